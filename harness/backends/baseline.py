@@ -1,0 +1,102 @@
+"""`baseline:majority`, `baseline:random`, `baseline:constant:TEXT`: floors every model must beat.
+
+`majority` answers, per answer type, the most frequent gold of the task's train split (or the
+task card's declared `prior` when no train split can be loaded); box targets get the mean train box.
+`random` draws, with the run's seed, among the sample's options, else among the train golds of
+its answer type. Neither ever reads the test gold.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from medharness.backends.base import Backend, Request, backend
+from medharness.errors import BackendError, DataError
+from medharness.records import Generation, Sample
+
+log = logging.getLogger(__name__)
+MODES = ("majority", "random", "constant")
+
+
+def _key(sample: Sample) -> str:
+    return str(sample.meta.get("answer_type", "all"))
+
+
+def _as_text(target: Any) -> str:
+    return json.dumps(target) if isinstance(target, list) else str(target)
+
+
+@backend("baseline")
+class BaselineBackend(Backend):
+    needs_images = False
+
+    def __init__(self, model: str, seed: int = 0, **options: Any) -> None:
+        super().__init__(model, **options)
+        mode, _, arg = model.partition(":")
+        if mode not in MODES:
+            raise BackendError(f"unknown baseline '{model}': use majority, random or constant:TEXT")
+        if mode == "constant" and not arg:
+            raise BackendError("baseline:constant needs the text to answer, e.g. baseline:constant:yes")
+        self.mode, self.constant, self.seed = mode, arg, seed
+        self.answers: dict[str, str] = {}
+        self.pools: dict[str, list[str]] = {}
+        self.samples: dict[str, Sample] = {}
+        self.rng = random.Random(seed)
+
+    @property
+    def fingerprint(self) -> str:
+        return f"baseline:{self.model}" + (f"@seed{self.seed}" if self.mode == "random" else "")
+
+    def prepare(self, task: Any, samples: Sequence[Sample]) -> None:
+        self.samples = {s.id: s for s in samples}
+        self.rng = random.Random(f"{self.seed}:{task.name}")
+        if self.mode == "constant":
+            return
+        try:
+            train = task.load_samples("train")
+        except DataError as exc:
+            train = []
+            log.info("task %s: no train split for the %s baseline (%s)", task.name, self.mode, exc)
+        if train:
+            by_key: dict[str, list[Any]] = {}
+            for s in train:
+                by_key.setdefault(_key(s), []).append(s.target)
+            self.answers = {k: _majority(v) for k, v in by_key.items()}
+            self.pools = {k: sorted({_as_text(t) for t in v}) for k, v in by_key.items()}
+            self.source = f"train split ({len(train)} samples)"
+        elif task.config.card.prior:
+            self.answers = dict(task.config.card.prior)
+            self.pools = {k: [v] for k, v in self.answers.items()}
+            self.source = "the task card's prior"
+        else:
+            raise BackendError(f"baseline:{self.mode} for task {task.name} needs its train split or a "
+                               "`card.prior`; neither is available (offline? pass --data-dir with the train file)")
+
+    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        return [Generation(sample_id=r.prompt.sample_id, text=self._answer(r.prompt.sample_id),
+                           finish_reason="stop", model=self.fingerprint) for r in requests]
+
+    def _answer(self, sample_id: str) -> str:
+        if self.mode == "constant":
+            return self.constant
+        sample = self.samples.get(sample_id)
+        key = _key(sample) if sample else "all"
+        if self.mode == "majority":
+            return self.answers.get(key) or next(iter(self.answers.values()))
+        if sample is not None and sample.choices:
+            return self.rng.choice(list(sample.choices))
+        pool = self.pools.get(key) or sorted({a for p in self.pools.values() for a in p})
+        return self.rng.choice(pool)
+
+
+def _majority(targets: list[Any]) -> str:
+    if all(isinstance(t, list) and len(t) == 4 for t in targets):
+        mean = [round(sum(t[i] for t in targets) / len(targets), 1) for i in range(4)]
+        return json.dumps(mean)
+    counts = Counter(_as_text(t).strip().lower() if isinstance(t, str) else _as_text(t) for t in targets)
+    return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]

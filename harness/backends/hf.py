@@ -1,0 +1,243 @@
+"""`hf`: any chat vision-language model that loads with `AutoProcessor` + `AutoModelForImageTextToText`.
+
+Options: `device` ("auto" = cuda when available, else cpu), `dtype` ("auto" = bfloat16 on cuda, float32 on
+cpu), `batch_size` (8), `attn_implementation` ("sdpa"). Requests are grouped by their generation settings
+and run in left-padded batches; temperature 0 is greedy decoding. When a batch fails, it is retried one
+request at a time so that only the failing request gets a `Generation(error=...)`.
+This module imports torch and transformers; the registry imports it only when "hf" is used.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medharness.backends.base import Backend, Request, backend
+from medharness.errors import BackendError, ConfigError
+from medharness.records import Generation, GenerationSettings, Prompt
+from medharness.torchvision_shim import ensure_torchvision_importable
+
+ensure_torchvision_importable()  # before transformers pulls torchvision in
+
+import torch  # noqa: E402
+from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_SMALL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json")
+_CHUNK = 1 << 20
+# Token ids a VLM must never generate: its image/video/vision placeholders (config attribute names vary).
+_VISION_ID_ATTRS = ("image_token_id", "image_token_index", "video_token_id", "video_token_index",
+                    "vision_start_token_id", "vision_end_token_id", "vision_token_id")
+_VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_pad|>", "<|vision_start|>", "<|vision_end|>")
+
+
+def weights_fingerprint(folder: Path) -> str:
+    """Short sha256 over a checkpoint folder: config files in full, and each weight file's name, size and
+    first + last MB. Cheap on multi-GB checkpoints, yet changes whenever the weights are rewritten."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        if path.name in _SMALL_FILES:
+            digest.update(f"{path.name}\0".encode() + path.read_bytes())
+        elif path.suffix in _WEIGHT_SUFFIXES:
+            size = path.stat().st_size
+            digest.update(f"{path.name}\0{size}\0".encode())
+            with path.open("rb") as fh:
+                digest.update(fh.read(_CHUNK))
+                if size > _CHUNK:
+                    fh.seek(max(_CHUNK, size - _CHUNK))
+                    digest.update(fh.read(_CHUNK))
+    return digest.hexdigest()[:12]
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot folder of a hub model id, if it is in the local cache."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # an id that is not a valid repo name, an unreadable cache, ...
+        return None
+    return Path(hit).parent if isinstance(hit, str) else None
+
+
+def _resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dtype == "auto":
+        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ConfigError(f"hf backend: unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
+    return dev, _DTYPES[dtype]
+
+
+def _chat(prompt: Prompt) -> list[dict[str, Any]]:
+    """medharness messages -> HF chat messages; images become `{"type": "image"}` placeholders."""
+    return [{"role": m.role,
+             "content": [{"type": "image"} if p.type == "image" else {"type": "text", "text": p.text or ""}
+                         for p in m.content]}
+            for m in prompt.messages]
+
+
+def _n_image_parts(prompt: Prompt) -> int:
+    return sum(1 for m in prompt.messages for p in m.content if p.type == "image")
+
+
+@backend("hf")
+class HFBackend(Backend):
+    """`--backend hf --model PATH_OR_HUB_ID [--device D --dtype T]`: local transformers inference."""
+
+    def __init__(self, model: str, device: str = "auto", dtype: str = "auto", batch_size: int = 8,
+                 attn_implementation: str = "sdpa", **options: Any) -> None:
+        super().__init__(model, **options)
+        if options:
+            log.warning("hf backend ignores unknown options: %s", ", ".join(sorted(options)))
+        if int(batch_size) < 1:
+            raise ConfigError(f"hf backend: batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.device, self.dtype = _resolve(device, dtype)
+        local = Path(model).expanduser()
+        self.source = str(local.resolve()) if local.exists() else model
+        try:
+            self.processor = AutoProcessor.from_pretrained(self.source)
+            self.net = AutoModelForImageTextToText.from_pretrained(
+                self.source, dtype=self.dtype, attn_implementation=attn_implementation).to(self.device).eval()
+        except Exception as exc:  # missing files, unsupported architecture, offline hub id, ...
+            raise BackendError(f"cannot load hf model {model!r}: {exc}") from exc
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._template_owner = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
+        self._eos_ids = self._stop_ids()
+        self._suppress = self._vision_ids()
+        self._fingerprint = f"hf:{self.source}@{self._content_hash()}"
+        log.info("loaded %s on %s (%s), %d params", self._fingerprint, self.device, self.dtype,
+                 sum(p.numel() for p in self.net.parameters()))
+
+    # -- identity -------------------------------------------------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def _content_hash(self) -> str:
+        folder = Path(self.source) if Path(self.source).is_dir() else _hub_snapshot(self.source)
+        if folder is not None:
+            return weights_fingerprint(folder)
+        return str(getattr(self.net.config, "_commit_hash", None) or "unknown")[:12]
+
+    # -- special tokens -------------------------------------------------------------------------------
+
+    def _stop_ids(self) -> set[int]:
+        eos = self.net.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    def _vision_ids(self) -> list[int]:
+        configs = [self.net.config, getattr(self.net.config, "text_config", None)]
+        ids = {getattr(c, a, None) for c in configs if c is not None for a in _VISION_ID_ATTRS}
+        vocab = self.tokenizer.get_vocab()
+        ids |= {vocab.get(t) for t in _VISION_TOKENS}
+        for attr in ("image_token", "video_token"):
+            token = getattr(self.processor, attr, None)
+            ids.add(vocab.get(token) if isinstance(token, str) else None)
+        size = self.net.get_output_embeddings().weight.shape[0]
+        return sorted(i for i in ids if isinstance(i, int) and 0 <= i < size and i not in self._eos_ids)
+
+    # -- generation -----------------------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        """Answer every request, in order; requests sharing settings share batches."""
+        results: list[Generation | None] = [None] * len(requests)
+        groups: dict[GenerationSettings, list[int]] = defaultdict(list)
+        for i, req in enumerate(requests):
+            n_parts = _n_image_parts(req.prompt)
+            if n_parts != len(req.images):
+                results[i] = self._error(req, f"prompt has {n_parts} image parts but {len(req.images)} images")
+            else:
+                groups[req.prompt.settings].append(i)
+        for settings, indices in groups.items():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start: start + self.batch_size]
+                for i, gen in zip(chunk, self._run_isolated([requests[i] for i in chunk], settings)):
+                    results[i] = gen
+        return [g for g in results if g is not None]
+
+    def _run_isolated(self, batch: list[Request], settings: GenerationSettings) -> list[Generation]:
+        """The batch at once; if that fails, one request at a time, each failure its own error."""
+        try:
+            return self._run_batch(batch, settings)
+        except Exception as exc:
+            self._free_memory()
+            if len(batch) == 1:
+                log.warning("hf generation failed for %s: %s", batch[0].prompt.sample_id, exc)
+                return [self._error(batch[0], f"{type(exc).__name__}: {exc}")]
+            log.warning("hf batch of %d failed (%s: %s); retrying one at a time", len(batch),
+                        type(exc).__name__, exc)
+            return [g for req in batch for g in self._run_isolated([req], settings)]
+
+    def _run_batch(self, batch: list[Request], settings: GenerationSettings) -> list[Generation]:
+        texts = [self._template_owner.apply_chat_template(_chat(r.prompt), tokenize=False,
+                                                          add_generation_prompt=True) for r in batch]
+        images = [img for r in batch for img in r.images]
+        inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        inputs = inputs.to(self.device)
+        for key, value in inputs.items():  # pixel values (any name) in the model's dtype
+            if torch.is_tensor(value) and value.is_floating_point():
+                inputs[key] = value.to(self.dtype)
+        if not settings.greedy:
+            torch.manual_seed(settings.seed)
+        with torch.inference_mode():
+            out = self.net.generate(**inputs, generation_config=self._generation_config(settings))
+        prompt_len = inputs["input_ids"].shape[1]
+        prompt_counts = inputs["attention_mask"].sum(dim=1).tolist()
+        return [self._finish(req, out[row, prompt_len:].tolist(), int(prompt_counts[row]), settings)
+                for row, req in enumerate(batch)]
+
+    def _generation_config(self, settings: GenerationSettings) -> Any:
+        """The model's own generation config with the sampling fields and length taken from `settings`."""
+        config = copy.deepcopy(self.net.generation_config)
+        config.max_new_tokens = settings.max_new_tokens
+        config.pad_token_id = self.tokenizer.pad_token_id
+        config.suppress_tokens = self._suppress or None
+        config.do_sample = not settings.greedy
+        config.temperature = None if settings.greedy else settings.temperature
+        config.top_p = None if settings.greedy else settings.top_p
+        config.top_k = None  # a model default such as top_k=1 would silently turn sampling greedy
+        return config
+
+    def _finish(self, req: Request, new: list[int], prompt_tokens: int,
+                settings: GenerationSettings) -> Generation:
+        stop = next((k for k, t in enumerate(new) if t in self._eos_ids), None)
+        kept = new if stop is None else new[: stop + 1]
+        reason = "stop" if stop is not None or len(new) < settings.max_new_tokens else "length"
+        return Generation(sample_id=req.prompt.sample_id,
+                          text=self.tokenizer.decode(kept, skip_special_tokens=True),
+                          finish_reason=reason, prompt_tokens=prompt_tokens, completion_tokens=len(kept),
+                          model=self._fingerprint)
+
+    def _error(self, req: Request, message: str) -> Generation:
+        return Generation(sample_id=req.prompt.sample_id, text="", model=self._fingerprint, error=message)
+
+    def _free_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def close(self) -> None:
+        """Drop the model and processor and release cached GPU memory."""
+        for attr in ("net", "processor", "tokenizer", "_template_owner"):
+            self.__dict__.pop(attr, None)
+        self._free_memory()

@@ -1,0 +1,206 @@
+"""The `medharness` command line. Heavy imports happen inside commands, so `--help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from medharness.errors import ConfigError, MedHarnessError
+
+EPILOG = "Docs: README.md and docs/ in the repository. Every command has --help."
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`-T vqa_rad.prompt=r1 -T vqa_rad.data_dir=DIR` -> {"vqa_rad": {"prompt": "r1", ...}}."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        task, dot, field = key.partition(".")
+        if not eq or not dot or not task or not field:
+            raise ConfigError(f"-T expects TASK.KEY=VALUE, got {item!r}")
+        out.setdefault(task, {})[field] = yaml.safe_load(value) if value else ""
+    return out
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="generate answers for tasks with a model and score them",
+                       description="Run a model on tasks; results go to a run directory (resumable).")
+    p.add_argument("--model", required=True,
+                   help="checkpoint folder or hub id; baseline:majority|random|constant:TEXT; a predictions file")
+    p.add_argument("--backend", default="auto",
+                   help="auto (baseline: prefix -> baseline, predictions file -> replay, else hf), hf, replay, baseline")
+    p.add_argument("--tasks", required=True, help="comma-separated task names, families or task YAML paths")
+    p.add_argument("--data-dir", help="folder holding the local copy of the dataset (for every task)")
+    p.add_argument("-T", dest="overrides", action="append", default=[], metavar="TASK.KEY=VALUE",
+                   help="per-task setting, e.g. -T vqa_rad.prompt=r1 -T slake.data_dir=DIR")
+    p.add_argument("--limit", type=int, help="only the first N samples of each task")
+    p.add_argument("--batch-size", type=int, default=8, help="samples per backend call (default 8)")
+    p.add_argument("--max-new-tokens", type=int, help="override the task's generation length")
+    p.add_argument("--temperature", type=float, help="0 = greedy (default); >0 samples with --seed")
+    p.add_argument("--seed", type=int, default=0, help="seed for sampling and random baselines (default 0)")
+    p.add_argument("--output", type=Path, help="run directory (default runs/<time>-<model>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output where it stopped")
+    p.add_argument("--max-error-rate", type=float, default=0.5,
+                   help="stop when more than this share of samples fails (default 0.5)")
+    p.add_argument("--device", help="hf backend: cpu, cuda, auto (default auto)")
+    p.add_argument("--dtype", help="hf backend: float32, bfloat16, auto (default auto)")
+    p.add_argument("--id-field", help="replay backend: the predictions file's id field")
+    p.add_argument("--prediction-field", help="replay backend: the predictions file's text field")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from medharness.pipeline import RunConfig, Runner
+
+    backend_options = {k: v for k, v in {"device": args.device, "dtype": args.dtype, "id_field": args.id_field,
+                                         "prediction_field": args.prediction_field}.items() if v is not None}
+    if args.resume and not args.output:
+        raise ConfigError("--resume needs --output RUN_DIR (the run to continue)")
+    config = RunConfig(model=args.model, backend=args.backend, tasks=args.tasks, data_dir=args.data_dir,
+                       overrides=parse_overrides(args.overrides), limit=args.limit, batch_size=args.batch_size,
+                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                       backend_options=backend_options, max_error_rate=args.max_error_rate)
+    from medharness.cli_output import progress_bar, print_run_summary
+
+    with progress_bar(disabled=args.no_progress) as progress:
+        runner = Runner(config, output=args.output, resume=args.resume, progress=progress)
+        run = runner.run()
+    print_run_summary(run)
+    return 0
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="score a predictions file, or re-score a run directory",
+                       description="`score RUN_DIR` re-scores a run from its samples (no model, no images); "
+                                   "`score --task T --predictions FILE` scores an external predictions file.")
+    p.add_argument("run_dir", nargs="?", type=Path, help="a run directory to re-score")
+    p.add_argument("--task", help="task name or YAML path (with --predictions)")
+    p.add_argument("--predictions", type=Path, help=".jsonl, .json list or .csv with an id and a prediction")
+    p.add_argument("--id-field", help="id field (default: the first of id, qid, sample_id, question_id)")
+    p.add_argument("--prediction-field",
+                   help="text field (default: the first of prediction, pred, response, output, answer, text)")
+    p.add_argument("--convention", help="scoring convention (default: the task's declared one); see `ls conventions`")
+    p.add_argument("--data-dir", help="local copy of the task's dataset (with --predictions)")
+    p.add_argument("-T", dest="overrides", action="append", default=[], metavar="TASK.KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from medharness.rescore import score_predictions, score_run
+    from medharness.cli_output import print_summaries
+
+    if args.run_dir and args.predictions:
+        raise ConfigError("give either RUN_DIR or --task with --predictions, not both")
+    if args.run_dir:
+        summaries = score_run(args.run_dir, args.convention)
+    elif args.predictions and args.task:
+        overrides = parse_overrides(args.overrides)
+        summary, match = score_predictions(args.task, args.predictions, convention=args.convention,
+                                           data_dir=args.data_dir, id_field=args.id_field,
+                                           prediction_field=args.prediction_field, overrides=overrides)
+        print(f"{args.predictions}: matched {match['matched']} of {match['task_samples']} task samples; "
+              f"{match['unmatched_predictions']} predictions match no sample; only matched samples are scored",
+              file=sys.stderr)
+        summaries = [summary]
+    else:
+        raise ConfigError("score needs RUN_DIR, or --task TASK --predictions FILE")
+    print_summaries(summaries, as_json=args.json)
+    return 0
+
+
+def _add_ls(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ls", help="list tasks, parsers, metrics, backends or conventions")
+    p.add_argument("what", nargs="?", default="tasks",
+                   choices=["tasks", "parsers", "metrics", "backends", "conventions", "normalizers"])
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from medharness.cli_output import print_listing
+
+    print_listing(args.what)
+    return 0
+
+
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check task files (all shipped ones by default)")
+    p.add_argument("files", nargs="*", type=Path, help="task YAML files")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from medharness.cli_output import validate_files
+
+    return validate_files(args.files)
+
+
+def _add_leaderboard(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("leaderboard", help="Markdown table of tasks x models from run directories")
+    p.add_argument("run_dirs", nargs="+", type=Path)
+    p.add_argument("--output", type=Path, help="write the Markdown here instead of printing it")
+    p.add_argument("--all-metrics", action="store_true", help="every metric, not only each task's primary one")
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from medharness.leaderboards.render import collect, render_markdown
+
+    text = render_markdown(collect(args.run_dirs), all_metrics=args.all_metrics)
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _add_tiny(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("make-tiny-model", help="build a tiny random-weight VLM offline (for smoke tests and CI)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--arch", default="qwen2_vl", choices=["qwen2_vl", "qwen2_5_vl"])
+    p.add_argument("--seed", type=int, default=0)
+
+
+def cmd_tiny(args: argparse.Namespace) -> int:
+    from medharness.tiny import build_tiny_vlm
+
+    path = build_tiny_vlm(args.dir, arch=args.arch, seed=args.seed)
+    print(f"built a tiny {args.arch} in {path}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "score": cmd_score, "ls": cmd_ls, "validate": cmd_validate,
+            "leaderboard": cmd_leaderboard, "make-tiny-model": cmd_tiny}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medharness", epilog=EPILOG,
+                                     description="Evaluate medical vision-language models on medical benchmarks.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from medharness import __version__
+
+    parser.add_argument("--version", action="version", version=f"medharness {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_run, _add_score, _add_ls, _add_validate, _add_leaderboard, _add_tiny):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except MedHarnessError as exc:
+        print(f"medharness {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume --output RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""What the CLI shows: progress bars, summary tables, listings, validation reports."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tabulate import tabulate
+
+from medharness.records import TaskSummary
+from medharness.runlog import RunDir, json_safe
+
+
+@contextmanager
+def progress_bar(disabled: bool = False) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar per task on stderr; yields the pipeline's progress callback."""
+    if disabled or not sys.stderr.isatty():
+        last: dict[str, int] = {}
+
+        def plain(task: str, done: int, total: int) -> None:
+            if done == total and last.get(task) != done:
+                print(f"{task}: {done}/{total} samples", file=sys.stderr)
+            last[task] = done
+
+        yield plain
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    bars: dict[str, int] = {}
+    with Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=Console(stderr=True)) as progress:
+
+        def update(task: str, done: int, total: int) -> None:
+            if task not in bars:
+                bars[task] = progress.add_task(task, total=total)
+            progress.update(bars[task], completed=done)
+
+        yield update
+
+
+def summary_rows(summary: TaskSummary, percent: dict[str, bool]) -> list[list[object]]:
+    rows = []
+    for name, m in summary.metrics.items():
+        scale = 100.0 if percent.get(name, True) else 1.0
+        value = "n/a" if m.value != m.value else f"{m.value * scale:.2f}"
+        err = "" if m.stderr is None else f"{m.stderr * scale:.2f}"
+        rows.append([summary.task, summary.convention, name, value, err, m.n, m.n_unparsed])
+    return rows
+
+
+HEADERS = ["task", "convention", "metric", "value", "stderr", "n", "unparsed"]
+
+
+def print_run_summary(run: RunDir) -> None:
+    rows = []
+    for entry in run.info["tasks"].values():
+        if entry.get("summary"):
+            rows += summary_rows(TaskSummary.model_validate(entry["summary"]), entry.get("percent", {}))
+    print(f"\nrun {run.path} ({run.info['status']}; model {run.info.get('model')})\n")
+    print(tabulate(rows, headers=HEADERS, tablefmt="github"))
+
+
+def _percent_of(summary: TaskSummary) -> dict[str, bool]:
+    from medharness.metrics import METRICS
+
+    out = {}
+    for label in summary.metrics:
+        out[label] = METRICS.get(label).percent if label in METRICS else True
+    return out
+
+
+def print_summaries(summaries: list[TaskSummary], as_json: bool = False) -> None:
+    if as_json:
+        data = [s.to_score_json() for s in summaries]
+        print(json.dumps(json_safe(data[0] if len(data) == 1 else data), indent=2))
+        return
+    for s in summaries:
+        print(tabulate(summary_rows(s, _percent_of(s)), headers=HEADERS, tablefmt="github"))
+        for field, groups in s.groups.items():
+            metric_names = list(s.metrics)
+            table = [[value, int(g["n"]), *[_fmt(g.get(m)) for m in metric_names]] for value, g in groups.items()]
+            print(f"\nby {field}:\n" + tabulate(table, headers=[field, "n", *metric_names], tablefmt="github"))
+        print()
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:.4f}"
+
+
+def print_listing(what: str) -> None:
+    if what == "tasks":
+        from medharness.task import discover_tasks, parse_task_file
+
+        rows = []
+        for name, path in discover_tasks().items():
+            c = parse_task_file(path)
+            size = c.card.sizes.get(c.split, "")
+            rows.append([name, c.family or "", c.card.modality, size, c.card.licence, c.scoring.convention,
+                         ",".join(c.prompts.variants)])
+        print(tabulate(rows, headers=["task", "family", "modality", "size", "licence", "convention", "prompts"],
+                       tablefmt="github"))
+        return
+    if what == "metrics":
+        from medharness.metrics import METRICS
+
+        rows = [[n, "higher" if m.higher_is_better else "lower", "corpus" if m.corpus else "mean",
+                 m.description] for n, m in METRICS.items()]
+        print(tabulate(rows, headers=["metric", "better", "aggregation", "description"], tablefmt="github"))
+        return
+    if what == "conventions":
+        from medharness.conventions import CONVENTIONS
+
+        rows = [[n, c.description.split(". ")[0]] for n, c in CONVENTIONS.items()]
+        print(tabulate(rows, headers=["convention", "rule"], tablefmt="github"))
+        return
+    registry = _registry(what)
+    for name in registry.names():
+        print(name)
+
+
+def _registry(what: str):  # type: ignore[no-untyped-def]
+    if what == "parsers":
+        from medharness.parsers import PARSERS
+
+        return PARSERS
+    if what == "normalizers":
+        from medharness.normalize import NORMALIZERS
+
+        return NORMALIZERS
+    from medharness.backends import BACKENDS
+
+    return BACKENDS
+
+
+def validate_files(files: list[Path]) -> int:
+    """Parse each task file and resolve every prompt variant's parser and metrics."""
+    from medharness.errors import MedHarnessError
+    from medharness.scoring import recipe_for
+    from medharness.task import Task, discover_tasks, parse_task_file
+
+    paths = files or list(discover_tasks().values())
+    failures = 0
+    for path in paths:
+        try:
+            config = parse_task_file(path)
+            task = Task(config, path)
+            for variant in config.prompts.variants:
+                recipe_for(task, prompt=variant)
+            print(f"ok    {path}")
+        except MedHarnessError as exc:
+            failures += 1
+            print(f"FAIL  {exc}" if str(path) in str(exc) else f"FAIL  {path}: {exc}")
+    print(f"{len(paths) - failures} valid, {failures} invalid")
+    return 1 if failures else 0

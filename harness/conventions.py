@@ -1,0 +1,113 @@
+"""Named scoring conventions: the harness default and the peers' rules, to re-score any run.
+
+A convention = a parser chain (None: keep the task's own) + metric specs (as in `resolve_metrics`).
+The rules are documented in docs/conventions.md; the metrics live in `medharness.metrics_*`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import medharness.metrics  # noqa: F401  (registers the metrics the conventions name)
+from medharness.registry import Registry
+
+
+@dataclass(frozen=True)
+class Convention:
+    name: str
+    description: str  # one paragraph: whose, what exactly
+    parser: list | None  # parser chain steps; None = use the task's own parser
+    metrics: list  # metric specs as in resolve_metrics
+    reference: str = ""  # where the rule comes from
+
+
+CONVENTIONS: Registry[Convention] = Registry("convention")
+
+
+def _add(convention: Convention) -> None:
+    CONVENTIONS.register(convention.name, convention)
+
+
+_add(Convention(
+    name="harness",
+    description=(
+        "medharness default. The task's own parser extracts the final answer. A yes/no gold is scored by a "
+        "strict whole-token yes/no parse of the answer (a hedge with both words is wrong; 'no' inside "
+        "'nodule'/'not' does not count); every other gold by exact match after the `simple` normaliser. "
+        "Token recall and F1 (simple, multiset) are reported beside it. Unparsed answers score 0 and are counted."
+    ),
+    parser=None,
+    metrics=["vqa_accuracy", "token_recall", "token_f1"],
+    reference="docs/scoring-conventions.md, 'The harness's own default'",
+))
+
+_add(Convention(
+    name="mumc",
+    description=(
+        "MUMC / MEVF family on VQA-RAD: the raw output and the gold are both cleaned with the `mumc` normaliser "
+        "(punctuation deleted, x-ray -> xray, then VQA-v2 punctuation/digit/article rules) and compared for "
+        "equality, for CLOSED and OPEN alike. Published as 100 x mean, split by answer_type and question_type."
+    ),
+    parser=["raw"],
+    metrics=[{"name": "exact_match", "args": {"normalizer": "mumc"}, "as": "accuracy"}],
+    reference="MUMC/MEVF VQA-RAD evaluation code; docs/scoring-conventions.md",
+))
+
+_add(Convention(
+    name="lmms_eval",
+    description=(
+        "lmms-eval `slake` task: raw output and gold cleaned with the `lmms_eval` normaliser (parentheticals "
+        "dropped, punctuation -> spaces, x ray -> xray, yeah/yep/true -> yes, nope/false -> no as whole "
+        "strings) and compared for equality."
+    ),
+    parser=["raw"],
+    metrics=[{"name": "exact_match", "args": {"normalizer": "lmms_eval"}}],
+    reference="lmms-eval slake task utils; docs/scoring-conventions.md",
+))
+
+_add(Convention(
+    name="yesno_strict",
+    description=(
+        "Common in SLAKE studies. CLOSED (sample.meta answer_type): simple-normalise, read yes/no as token "
+        "'yes', else token 'no', else the text starting with yes/no; correct iff the gold reads as yes/no and "
+        "the prediction reads the same, so non-yes/no CLOSED golds are always wrong. OPEN: simple exact match. "
+        "Traps kept: 'yes or no' reads as yes, 'nodule' reads as no."
+    ),
+    parser=["raw"],
+    metrics=["yesno_strict_accuracy"],
+    reference="docs/scoring-conventions.md, named conventions table",
+))
+
+_add(Convention(
+    name="llava_med",
+    description=(
+        "LLaVA-Med v1.0 / PathVQA scripts. Both texts are lower-cased and VQA-v2 normalised. CLOSED: hit iff "
+        "the prediction contains 'yes' or 'no' as a substring AND the gold is a substring of it (the fixed "
+        "rule: misses stay in the denominator), so 'not' and 'nodule' count as containing 'no'. OPEN: recall "
+        "(the paper's 'Open' column), precision and F1 over word counts, 'exact match' = distinct gold words "
+        "in pred / pred words, open_hit = gold substring of pred. Closed metrics are None on OPEN samples and "
+        "open metrics None on CLOSED ones."
+    ),
+    parser=["raw"],
+    metrics=[
+        {"name": "llava_med_closed", "as": "closed"},
+        {"name": "llava_med_recall", "as": "recall"},
+        {"name": "llava_med_precision", "as": "precision"},
+        {"name": "llava_med_f1", "as": "f1"},
+        {"name": "llava_med_exact_match", "as": "exact_match"},
+        {"name": "llava_med_open_hit", "as": "open_hit"},
+    ],
+    reference="microsoft/LLaVA-Med llava/eval/run_eval.py and eval_metrics/evaluate_metrics.py",
+))
+
+_add(Convention(
+    name="set_token_f1",
+    description=(
+        "Several GRPO-on-SLAKE studies: the answer is the content of the last <answer>...</answer>, else the "
+        "text after the last </think>, else the whole output; answer and gold are lower-cased with punctuation "
+        "deleted, and scored by F1 over token SETS (repeats ignored), on every sample."
+    ),
+    parser=[{"first_of": {"parsers": ["answer_tag", "after_think", "raw"]}}],
+    metrics=["set_token_f1"],
+    reference="docs/scoring-conventions.md, named conventions table",
+))

@@ -1,0 +1,97 @@
+"""Metrics: per-sample `fn(answer, sample, text, **args) -> float | None`, registered with `@metric`.
+
+Rules every metric follows:
+- `None` means "does not apply to this sample" (e.g. a closed-question metric on an open question);
+  such samples are left out of that metric's mean.
+- An unparsed answer (`answer.value is None`) gets zero credit (0.0), or the worst value for
+  lower-is-better metrics; the summary counts it in `n_unparsed`. Never a guess.
+- Values of `percent=True` metrics lie in [0, 1]; reports show them x100.
+Corpus-level metrics (e.g. quadratic weighted kappa) set `corpus=fn(pairs, **args) -> float` over
+(answer, sample) pairs instead of a per-sample mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from medharness.errors import ConfigError
+from medharness.records import Answer, Sample
+from medharness.registry import Registry
+
+MetricFn = Callable[..., float | None]
+CorpusFn = Callable[..., float]
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    fn: MetricFn | None
+    higher_is_better: bool = True
+    percent: bool = True
+    corpus: CorpusFn | None = None
+    description: str = ""
+
+
+METRICS: Registry[Metric] = Registry("metric")
+
+
+def metric(
+    name: str, *, higher_is_better: bool = True, percent: bool = True, corpus: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a per-sample metric function, or with `corpus=True` a corpus-level one."""
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        doc = (fn.__doc__ or "").strip().splitlines()
+        METRICS.register(
+            name,
+            Metric(
+                name=name,
+                fn=None if corpus else fn,
+                corpus=fn if corpus else None,
+                higher_is_better=higher_is_better,
+                percent=percent,
+                description=doc[0] if doc else "",
+            ),
+        )
+        return fn
+
+    return decorator
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric as a task names it: registered name, arguments, and the column label."""
+
+    label: str
+    metric: Metric
+    args: dict[str, Any]
+
+    def score(self, answer: Answer, sample: Sample, text: str) -> float | None:
+        assert self.metric.fn is not None
+        return self.metric.fn(answer, sample, text, **self.args)
+
+
+def resolve_metrics(specs: Sequence[str | dict[str, Any]]) -> list[MetricSpec]:
+    """`["exact_match", {"name": "token_f1", "args": {...}, "as": "f1_set"}]` -> MetricSpecs."""
+    out: list[MetricSpec] = []
+    for spec in specs:
+        if isinstance(spec, str):
+            name, args, label = spec, {}, spec
+        elif isinstance(spec, dict) and "name" in spec and set(spec) <= {"name", "args", "as"}:
+            name, args = str(spec["name"]), dict(spec.get("args") or {})
+            label = str(spec.get("as") or name)
+        else:
+            raise ConfigError(f"a metric is a name or {{name, args, as}}, got {spec!r}")
+        if label == "n":
+            raise ConfigError("'n' is reserved for group sizes; choose another metric label")
+        out.append(MetricSpec(label=label, metric=METRICS.get(name), args=args))
+    labels = [s.label for s in out]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"duplicate metric labels {labels}; give one of them `as: NAME`")
+    return out
+
+
+# The built-in metrics register themselves on import.
+from medharness import metrics_peers, metrics_structured, metrics_text  # noqa: E402,F401

@@ -1,0 +1,51 @@
+"""Helpers shared by the metric modules: answer/gold text, yes/no golds, answer type, token overlap."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from medharness.errors import ConfigError
+from medharness.normalize import simple
+from medharness.records import Answer, Sample
+
+
+def answer_text(answer: Answer) -> str | None:
+    """The parsed value as text, or None when unparsed."""
+    return None if answer.value is None else str(answer.value)
+
+
+def gold_text(sample: Sample) -> str | None:
+    """The gold answer as text, or None when the sample has no gold."""
+    return None if sample.target is None else str(sample.target)
+
+
+def gold_yes_no(sample: Sample) -> str | None:
+    """"yes"/"no" when the gold, `simple`-normalised, is exactly that word; else None."""
+    gold = gold_text(sample)
+    norm = simple(gold) if gold is not None else ""
+    return norm if norm in ("yes", "no") else None
+
+
+def answer_type(sample: Sample) -> str:
+    """"CLOSED" or "OPEN": `sample.meta["answer_type"]`, or when absent CLOSED iff the gold is yes/no
+    (the convention of the Hub VQA-RAD mirror, which has no answer_type column)."""
+    value = str(sample.meta.get("answer_type") or "").strip().upper()
+    if value in ("CLOSED", "OPEN"):
+        return value
+    return "CLOSED" if gold_yes_no(sample) else "OPEN"
+
+
+def overlap_prf(pred: list[str], gold: list[str], variant: str = "multiset") -> tuple[float, float, float]:
+    """(precision, recall, F1) of token lists; `variant` "multiset" (clipped counts) or "set"."""
+    if variant == "set":
+        p_count, g_count = Counter(set(pred)), Counter(set(gold))
+    elif variant == "multiset":
+        p_count, g_count = Counter(pred), Counter(gold)
+    else:
+        raise ConfigError(f"token metrics: variant must be 'multiset' or 'set', got {variant!r}")
+    common = sum((p_count & g_count).values())
+    if common == 0:
+        return 0.0, 0.0, 0.0
+    precision = common / sum(p_count.values())
+    recall = common / sum(g_count.values())
+    return precision, recall, 2 * precision * recall / (precision + recall)

@@ -1,0 +1,174 @@
+"""Text metrics: exact match, token overlap, yes/no, options, labels, BLEU, format, think length.
+
+All follow the rules in `medharness.metrics`: None = not applicable (e.g. no gold), unparsed = 0.0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medharness.errors import ConfigError
+from medharness.metrics import metric
+from medharness.metrics_common import answer_text, gold_text, gold_yes_no, overlap_prf
+from medharness.normalize import normalize, yes_no_of
+from medharness.parsers_lib import answer_tag, boxed_content, strip_end_markers, think_text
+from medharness.parsers_structured import letter_of
+from medharness.records import Answer, Sample
+
+# --- exact match and token overlap -----------------------------------------------------------
+
+
+@metric("exact_match")
+def exact_match(answer: Answer, sample: Sample, text: str, normalizer: str = "simple") -> float | None:
+    """Normalised answer == normalised gold (normalizer: simple by default)."""
+    gold, pred = gold_text(sample), answer_text(answer)
+    if gold is None:
+        return None
+    if pred is None:
+        return 0.0
+    return float(normalize(pred, normalizer) == normalize(gold, normalizer))
+
+
+def _token_score(answer: Answer, sample: Sample, which: int, normalizer: str, variant: str) -> float | None:
+    gold, pred = gold_text(sample), answer_text(answer)
+    gold_tokens = normalize(gold, normalizer).split() if gold is not None else []
+    if not gold_tokens:
+        return None
+    if pred is None:
+        return 0.0
+    return overlap_prf(normalize(pred, normalizer).split(), gold_tokens, variant)[which]
+
+
+@metric("token_precision")
+def token_precision(answer: Answer, sample: Sample, text: str, normalizer: str = "simple",
+                    variant: str = "multiset") -> float | None:
+    """Share of answer tokens found in the gold (multiset counts unless variant=set)."""
+    return _token_score(answer, sample, 0, normalizer, variant)
+
+
+@metric("token_recall")
+def token_recall(answer: Answer, sample: Sample, text: str, normalizer: str = "simple",
+                 variant: str = "multiset") -> float | None:
+    """Share of gold tokens found in the answer (multiset counts unless variant=set)."""
+    return _token_score(answer, sample, 1, normalizer, variant)
+
+
+@metric("token_f1")
+def token_f1(answer: Answer, sample: Sample, text: str, normalizer: str = "simple",
+             variant: str = "multiset") -> float | None:
+    """Token F1 of answer vs gold (multiset counts unless variant=set)."""
+    return _token_score(answer, sample, 2, normalizer, variant)
+
+
+# --- yes/no and the default VQA accuracy -----------------------------------------------------
+
+
+@metric("yes_no_accuracy")
+def yes_no_accuracy(answer: Answer, sample: Sample, text: str) -> float | None:
+    """Strict yes/no: correct iff yes_no_of(answer) == the yes/no gold; None for other golds."""
+    gold = gold_yes_no(sample)
+    if gold is None:
+        return None
+    pred = answer_text(answer)
+    return 0.0 if pred is None else float(yes_no_of(pred) == gold)
+
+
+@metric("vqa_accuracy")
+def vqa_accuracy(answer: Answer, sample: Sample, text: str) -> float | None:
+    """Harness default: yes/no gold -> strict yes/no parse (hedge wrong); else simple exact match."""
+    if gold_yes_no(sample) is not None:
+        return yes_no_accuracy(answer, sample, text)
+    return exact_match(answer, sample, text, normalizer="simple")
+
+
+# --- options and labels ----------------------------------------------------------------------
+
+
+@metric("choice_accuracy")
+def choice_accuracy(answer: Answer, sample: Sample, text: str) -> float | None:
+    """Answer letter == gold letter (gold given as a letter or as an option's text)."""
+    gold = letter_of(sample.target, sample.choices) if sample.target is not None else None
+    if gold is None:
+        return None
+    pred = answer_text(answer)
+    return 0.0 if pred is None else float(pred.strip().upper() == gold)
+
+
+@metric("label_accuracy")
+def label_accuracy(answer: Answer, sample: Sample, text: str) -> float | None:
+    """Lower-cased, stripped exact match of the class label (the VRFT accuracy reward)."""
+    gold, pred = gold_text(sample), answer_text(answer)
+    if gold is None:
+        return None
+    return 0.0 if pred is None else float(pred.strip().lower() == gold.strip().lower())
+
+
+# --- BLEU ------------------------------------------------------------------------------------
+
+
+@metric("bleu")
+def bleu(answer: Answer, sample: Sample, text: str, reference: str = "target") -> float | None:
+    """sacrebleu sentence BLEU / 100 (effective order) of the answer vs the gold or a meta field."""
+    import sacrebleu
+
+    ref: Any = sample.target if reference == "target" else sample.meta.get(reference)
+    if ref is None or not str(ref).strip():
+        return None
+    pred = answer_text(answer)
+    if pred is None or not pred.strip():
+        return 0.0
+    return sacrebleu.sentence_bleu(pred, [str(ref)], use_effective_order=True).score / 100.0
+
+
+# --- format and thinking ---------------------------------------------------------------------
+
+FORMATS = ("r1", "boxed", "answer_tag", "r1_boxed")
+
+
+def _after_single_think(text: str) -> str | None:
+    """The text after `</think>` when the output starts with one `<think>` ... `</think>` block."""
+    body = strip_end_markers(text)
+    low = body.lower()
+    if not low.startswith("<think>") or low.count("<think>") != 1 or low.count("</think>") != 1:
+        return None
+    return body[low.index("</think>") + len("</think>"):].strip()
+
+
+def _single_answer_tag(text: str) -> bool:
+    low = text.lower()
+    if low.count("<answer>") != 1 or low.count("</answer>") != 1:
+        return False
+    return low.startswith("<answer>") and low.endswith("</answer>") and bool(text[8:-9].strip())
+
+
+def format_ok(text: str, format: str) -> bool:
+    """Whether the raw output follows `format`:
+    r1: `<think>...</think>` then `<answer>...</answer>` and nothing else (one of each tag, answer non-empty);
+    boxed: a balanced, non-empty `\\boxed{}` anywhere; answer_tag: a closed, non-empty `<answer>...</answer>`;
+    r1_boxed: one leading `<think>...</think>` then text holding a balanced `\\boxed{}`.
+    Trailing `<|im_end|>`/`<|endoftext|>` and surrounding whitespace are ignored."""
+    if format == "r1":
+        rest = _after_single_think(text)
+        return rest is not None and _single_answer_tag(rest)
+    if format == "boxed":
+        return boxed_content(text)[0] is not None
+    if format == "answer_tag":
+        parsed = answer_tag(text, None)  # type: ignore[arg-type]
+        return parsed.value is not None and parsed.note != "missing </answer>"
+    if format == "r1_boxed":
+        rest = _after_single_think(text)
+        return rest is not None and boxed_content(rest)[0] is not None
+    raise ConfigError(f"format_compliance: format must be one of {', '.join(FORMATS)}, got {format!r}")
+
+
+@metric("format_compliance")
+def format_compliance(answer: Answer, sample: Sample, text: str, format: str = "r1") -> float | None:
+    """1 if the RAW output follows the format (r1, boxed, answer_tag, r1_boxed), else 0."""
+    return float(format_ok(text, format))
+
+
+@metric("think_length", percent=False)
+def think_length(answer: Answer, sample: Sample, text: str) -> float | None:
+    """Whitespace tokens in the think text (0 if none; an unclosed think counts to the end). Descriptive."""
+    content = think_text(text, allow_unclosed=True)
+    return float(len(content.split())) if content else 0.0

@@ -1,0 +1,83 @@
+"""Answer parsers: raw model text -> Answer. Unparseable is Answer(value=None), never an exception.
+
+A parser is a function `fn(text, sample, **args) -> Answer`, registered with `@parser("name")`.
+Task files name a chain of parsers, e.g. `parser: [answer_tag, yes_no]`: each step reads the
+previous step's (string) value; the first step that fails makes the whole answer unparsed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from medharness.errors import ConfigError
+from medharness.records import Answer, Sample
+from medharness.registry import Registry
+
+ParserFn = Callable[..., Answer]
+PARSERS: Registry[ParserFn] = Registry("parser")
+
+
+def parser(name: str) -> Callable[[ParserFn], ParserFn]:
+    return PARSERS.register(name)
+
+
+END_MARKERS = ("<|im_end|>", "<|endoftext|>")
+
+
+def strip_end_markers(text: str) -> str:
+    """Strip whitespace and any trailing `<|im_end|>` / `<|endoftext|>` markers (repeated)."""
+    text = text.strip()
+    changed = True
+    while changed:
+        changed = False
+        for marker in END_MARKERS:
+            if text.endswith(marker):
+                text = text[: -len(marker)].rstrip()
+                changed = True
+    return text
+
+
+StepSpec = str | dict[str, Any]
+
+
+class ParserChain:
+    """A resolved list of parser steps, callable as one parser."""
+
+    def __init__(self, steps: Sequence[StepSpec]) -> None:
+        if not steps:
+            raise ConfigError("a parser chain needs at least one step")
+        self.steps: list[tuple[str, dict[str, Any], ParserFn]] = []
+        for step in steps:
+            name, args = split_spec(step)
+            self.steps.append((name, args, PARSERS.get(name)))
+        self.name = "+".join(n for n, _, _ in self.steps)
+
+    def __call__(self, text: str, sample: Sample) -> Answer:
+        current: Any = text
+        answer = Answer(value=None, parser=self.name)
+        for name, args, fn in self.steps:
+            if not isinstance(current, str):
+                return Answer(value=None, parser=self.name, note=f"{name}: previous step gave a non-text value")
+            answer = fn(current, sample, **args)
+            if answer.value is None:
+                return Answer(value=None, parser=self.name, note=f"{name}: {answer.note}".rstrip(": "))
+            current = answer.value
+        return Answer(value=answer.value, parser=self.name, note=answer.note)
+
+
+def split_spec(step: StepSpec) -> tuple[str, dict[str, Any]]:
+    """`"name"` or `{"name": {args}}` or `{"name": "x", "args": {...}}` -> (name, args)."""
+    if isinstance(step, str):
+        return step, {}
+    if isinstance(step, dict) and set(step) <= {"name", "args"} and "name" in step:
+        return str(step["name"]), dict(step.get("args") or {})
+    if isinstance(step, dict) and len(step) == 1:
+        ((name, args),) = step.items()
+        return str(name), dict(args or {})
+    raise ConfigError(f"a parser step is a name or {{name: {{args}}}}, got {step!r}")
+
+
+# The built-in parsers register themselves on import (implementations: parsers_lib, parsers_structured).
+from medharness import parsers_lib  # noqa: E402,F401
+from medharness.boxes import from_absolute, to_absolute  # noqa: E402,F401

@@ -1,0 +1,205 @@
+"""The built-in parsers (registered on import; `medharness.parsers` imports this module).
+
+Every parser is `fn(text, sample, **args) -> Answer`, never raises on any text, and runs in time
+linear in the text (no regex that can backtrack catastrophically). Unparseable -> value None + note.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from medharness.errors import ConfigError
+from medharness.normalize import simple, yes_no_of
+from medharness.parsers import PARSERS, parser, split_spec, strip_end_markers
+from medharness.records import Answer, Sample
+
+
+def _ok(name: str, value: Any, note: str = "") -> Answer:
+    return Answer(value=value, parser=name, note=note)
+
+
+def _fail(name: str, note: str) -> Answer:
+    return Answer(value=None, parser=name, note=note)
+
+
+# --- text ------------------------------------------------------------------------------------
+
+
+@parser("raw")
+def raw(text: str, sample: Sample) -> Answer:
+    """The text, stripped; None if empty."""
+    text = text.strip()
+    return _ok("raw", text) if text else _fail("raw", "empty output")
+
+
+_ANSWER_PREFIX = re.compile(r"^(?:the\s+)?(?:final\s+)?answer\b(?:\s+is\b)?\s*[:：]?\s*", re.IGNORECASE)
+
+
+def strip_answer_prefix(text: str) -> str:
+    """Drop one leading "Answer:", "Final answer:", "The answer is", "The final answer is:"."""
+    return _ANSWER_PREFIX.sub("", text.strip(), count=1)
+
+
+@parser("short_answer")
+def short_answer(text: str, sample: Sample) -> Answer:
+    """First non-empty line, without end markers, an "Answer:"/"The answer is" prefix or final periods."""
+    for line in strip_end_markers(text).splitlines():
+        line = strip_answer_prefix(line).rstrip(". \t").strip()
+        if line:
+            return _ok("short_answer", line)
+    return _fail("short_answer", "no non-empty line")
+
+
+# --- \boxed{...} -----------------------------------------------------------------------------
+
+_BOXED = re.compile(r"\\boxed\s*\{")
+_TEXT_WRAPPER = re.compile(r"^\\(?:text|textbf|mathrm)\s*\{")
+
+
+def balanced_end(text: str, start: int) -> int | None:
+    """Index just past the `}` that closes the `{` at `start - 1`, or None if never closed."""
+    depth = 1
+    for i in range(start, len(text)):
+        ch = text[i]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+
+
+def boxed_content(text: str) -> tuple[str | None, str]:
+    """Content of the LAST `\\boxed{...}` (braces balanced), one `\\text{}` wrapper removed."""
+    last = None
+    for last in _BOXED.finditer(text):
+        pass
+    if last is None:
+        return None, "no \\boxed{}"
+    end = balanced_end(text, last.end())
+    if end is None:
+        return None, "unbalanced braces in the last \\boxed{}"
+    content = text[last.end(): end - 1].strip()
+    wrapper = _TEXT_WRAPPER.match(content)
+    if wrapper and balanced_end(content, wrapper.end()) == len(content):
+        content = content[wrapper.end(): -1].strip()
+    return (content, "") if content else (None, "empty \\boxed{}")
+
+
+@parser("boxed")
+def boxed(text: str, sample: Sample) -> Answer:
+    """Content of the last `\\boxed{...}`; unbalanced or empty -> None."""
+    content, note = boxed_content(text)
+    return _ok("boxed", content) if content is not None else _fail("boxed", note)
+
+
+# --- tags ------------------------------------------------------------------------------------
+
+
+@parser("answer_tag")
+def answer_tag(text: str, sample: Sample) -> Answer:
+    """Content of the last `<answer>...</answer>`; a missing `</answer>` means "to the end"."""
+    low = text.lower()
+    start = low.rfind("<answer>")
+    if start < 0:
+        return _fail("answer_tag", "no <answer> tag")
+    start += len("<answer>")
+    end = low.find("</answer>", start)
+    content = text[start:end] if end >= 0 else strip_end_markers(text[start:])
+    content = content.strip()
+    if not content:
+        return _fail("answer_tag", "empty <answer>")
+    return _ok("answer_tag", content, "" if end >= 0 else "missing </answer>")
+
+
+def think_text(text: str, allow_unclosed: bool = False) -> str | None:
+    """Text of the first `<think>...</think>` block.
+
+    With no `<think>` before the first `</think>`, the text from the start counts (chat templates
+    that put `<think>` in the prompt). An unclosed `<think>` gives None, or with `allow_unclosed`
+    the text to the end. No `</think>` and no `<think>` -> None."""
+    low = text.lower()
+    close = low.find("</think>")
+    open_ = low.find("<think>")
+    if close < 0:
+        if open_ < 0 or not allow_unclosed:
+            return None
+        return strip_end_markers(text[open_ + len("<think>"):]).strip()
+    start = open_ + len("<think>") if 0 <= open_ < close else 0
+    return text[start:close].strip()
+
+
+@parser("think")
+def think(text: str, sample: Sample) -> Answer:
+    """The text inside `<think>...</think>`; None if absent, unclosed or empty."""
+    content = think_text(text)
+    if content is None:
+        return _fail("think", "no closed <think> block")
+    return _ok("think", content) if content else _fail("think", "empty <think> block")
+
+
+@parser("after_think")
+def after_think(text: str, sample: Sample) -> Answer:
+    """The text after the last `</think>` (end markers stripped); None if no `</think>` or empty."""
+    pos = text.lower().rfind("</think>")
+    if pos < 0:
+        return _fail("after_think", "no </think>")
+    rest = strip_end_markers(text[pos + len("</think>"):])
+    return _ok("after_think", rest) if rest else _fail("after_think", "nothing after </think>")
+
+
+@parser("first_of")
+def first_of(text: str, sample: Sample, parsers: Sequence[Any] = ()) -> Answer:
+    """Try each parser step in `parsers` in order; the first parsed value wins."""
+    if not parsers:
+        raise ConfigError("first_of needs `parsers: [...]`")
+    notes = []
+    for step in parsers:
+        name, args = split_spec(step)
+        answer = PARSERS.get(name)(text, sample, **args)
+        if answer.value is not None:
+            return _ok("first_of", answer.value, f"{name}")
+        notes.append(f"{name}: {answer.note}")
+    return _fail("first_of", "; ".join(notes))
+
+
+# --- yes/no, integer -------------------------------------------------------------------------
+
+
+@parser("yes_no")
+def yes_no(text: str, sample: Sample) -> Answer:
+    """Strict yes/no via `yes_no_of` (whole tokens; a hedge with both is None)."""
+    value = yes_no_of(text)
+    if value is not None:
+        return _ok("yes_no", value)
+    words = set(simple(text).split())
+    return _fail("yes_no", "both yes and no (hedge)" if {"yes", "no"} <= words else "neither yes nor no")
+
+
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w])")
+
+
+@parser("integer")
+def integer(text: str, sample: Sample) -> Answer:
+    """The single integer in the text ("2", "Grade 3", "grade 2 (2)"); none, a decimal or several -> None.
+
+    Digits glued to letters ("T2", "3rd") are not numbers."""
+    values = set()
+    for match in _NUMBER.finditer(text):
+        number = match.group()
+        if len(number) > 50:
+            return _fail("integer", "number too long")
+        if "." in number and number.split(".")[1].strip("0"):
+            return _fail("integer", f"non-integer number {number}")
+        values.add(int(number.split(".")[0]))
+        if len(values) > 1:
+            return _fail("integer", "several different integers")
+    if not values:
+        return _fail("integer", "no integer")
+    return _ok("integer", values.pop())
+
+
+from medharness import parsers_structured  # noqa: E402,F401  (choice, label, json_bbox)

@@ -1,0 +1,68 @@
+"""Scoring without a model: re-score a run directory, or score an external predictions file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from medharness.errors import DataError
+from medharness.predictions import read_predictions
+from medharness.records import Generation, ResultRow, TaskSummary
+from medharness.runlog import RunDir
+from medharness.scoring import recipe_for, rescore, summarise
+from medharness.task import Task, load_task
+
+log = logging.getLogger(__name__)
+
+
+def _task_of(name: str, entry: dict[str, Any]) -> Task:
+    path = Path(entry.get("path", ""))
+    overrides = {"prompt": entry["prompt"]} if entry.get("prompt") else {}
+    return load_task(path if path.is_file() else name, overrides)
+
+
+def score_run(run_dir: Path, convention: str | None = None) -> list[TaskSummary]:
+    """Re-score every task of a run from samples/<task>.jsonl under a convention."""
+    run = RunDir.open(run_dir)
+    summaries = []
+    for name in run.tasks():
+        entry = run.info.get("tasks", {}).get(name, {})
+        task = _task_of(name, entry)
+        recipe = recipe_for(task, convention)
+        rows = rescore(run.rows(name), recipe)
+        summaries.append(summarise(rows, recipe, task.config.group_by, task.name, task.version))
+    if not summaries:
+        raise DataError(f"{run_dir}: no samples to score")
+    return summaries
+
+
+def score_predictions(task_ref: str, predictions: Path, convention: str | None = None,
+                      data_dir: str | None = None, id_field: str | None = None,
+                      prediction_field: str | None = None,
+                      overrides: dict[str, dict[str, Any]] | None = None) -> tuple[TaskSummary, dict[str, int]]:
+    """Score an external predictions file against the task's gold (joined by sample id).
+    Returns the summary and how many ids matched."""
+    ref: str | Path = Path(task_ref) if task_ref.endswith((".yaml", ".yml")) else task_ref
+    name = ref.stem if isinstance(ref, Path) else ref
+    task_overrides = dict((overrides or {}).get(name, {}))
+    if data_dir:
+        task_overrides["data_dir"] = data_dir
+    task = load_task(ref, task_overrides)
+    samples = task.load_samples()
+    preds = read_predictions(predictions, id_field, prediction_field)
+    matched = [s for s in samples if s.id in preds]
+    if not matched:
+        example = next(iter(preds))
+        raise DataError(f"{predictions}: none of its {len(preds)} ids match task {task.name} "
+                        f"(e.g. '{example}' vs the task's '{samples[0].id if samples else '-'}')")
+    unmatched = len(preds) - len(matched)
+    recipe = recipe_for(task, convention)
+    rows = []
+    for sample in matched:
+        gen = Generation(sample_id=sample.id, text=preds[sample.id], model=f"file:{predictions}")
+        answer, scores = recipe.score(sample, gen)
+        rows.append(ResultRow(task=task.name, task_version=task.version, sample=sample, prompt_hash="",
+                              generation=gen, answer=answer, scores=scores))
+    report = {"matched": len(matched), "task_samples": len(samples), "unmatched_predictions": unmatched}
+    return summarise(rows, recipe, task.config.group_by, task.name, task.version), report

@@ -1,0 +1,163 @@
+"""The run directory: `run.json` (config, versions, status, summaries) + `samples/<task>.jsonl`.
+
+Rows are appended and fsync'ed per batch, so a run killed at any point (even `kill -9`) loses at
+most the batch in flight; `--resume` drops a torn last line and continues with the missing ids.
+`run.json` is replaced atomically (write to a temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from medharness.errors import ConfigError, DataError
+from medharness.records import ResultRow
+
+RUN_FILE = "run.json"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("medharness", "torch", "transformers", "vllm", "datasets", "pydantic", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=False, allow_nan=False, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def json_safe(data: Any) -> Any:
+    """NaN/inf -> None, so run.json stays strict JSON."""
+    if isinstance(data, float):
+        return None if data != data or data in (float("inf"), float("-inf")) else data
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [json_safe(v) for v in data]
+    return data
+
+
+class RunDir:
+    """One run's folder. Create it with `RunDir.create` or reopen it with `RunDir.open`."""
+
+    def __init__(self, path: Path, info: dict[str, Any]) -> None:
+        self.path = path
+        self.info = info
+
+    @classmethod
+    def create(cls, path: Path, config: dict[str, Any]) -> RunDir:
+        if path.exists() and any(path.iterdir()):
+            raise ConfigError(f"run directory {path} already exists: pass --resume to continue it, "
+                              "or choose another --output")
+        (path / "samples").mkdir(parents=True, exist_ok=True)
+        info = {
+            "run_id": path.name, "status": "running", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": sys.argv, "config": config, "versions": versions(), "tasks": {},
+        }
+        run = cls(path, info)
+        run.save()
+        return run
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        file = path / RUN_FILE
+        if not file.is_file():
+            raise DataError(f"{path} is not a run directory (no {RUN_FILE})")
+        try:
+            info = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{file}: not valid JSON: {exc}") from None
+        return cls(path, info)
+
+    def discard(self) -> None:
+        """Remove a run directory that never got a single result (bad input before any work)."""
+        if not any(self.samples_dir.glob("*.jsonl")):
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.path / "samples"
+
+    def save(self) -> None:
+        self.info["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json_atomic(self.path / RUN_FILE, json_safe(self.info))
+
+    def set_status(self, status: str, error: str | None = None) -> None:
+        self.info["status"] = status
+        if error:
+            self.info["error"] = error
+        else:
+            self.info.pop("error", None)
+        self.save()
+
+    def task_file(self, task: str) -> Path:
+        return self.samples_dir / f"{task}.jsonl"
+
+    def append(self, task: str, rows: Iterable[ResultRow]) -> None:
+        """Append rows and force them to disk: a batch is either fully there or resumable."""
+        blob = "".join(row.model_dump_json() + "\n" for row in rows)
+        with self.task_file(task).open("a", encoding="utf-8") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def repair(self, task: str) -> int:
+        """Cut a torn last line left by a kill mid-write; return the number of bytes dropped."""
+        file = self.task_file(task)
+        if not file.exists():
+            return 0
+        data = file.read_bytes()
+        keep = data.rfind(b"\n") + 1
+        tail = data[keep:]
+        if tail:
+            with file.open("r+b") as fh:
+                fh.truncate(keep)
+        return len(tail)
+
+    def rows(self, task: str) -> list[ResultRow]:
+        return list(read_rows(self.task_file(task)))
+
+    def tasks(self) -> list[str]:
+        return sorted(p.stem for p in self.samples_dir.glob("*.jsonl"))
+
+
+def read_rows(file: Path) -> Iterator[ResultRow]:
+    """Rows of one samples file; a torn final line (a killed run) is skipped, anything else is an error."""
+    if not file.exists():
+        return
+    with file.open(encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    seen: set[str] = set()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = ResultRow.model_validate_json(line)
+        except ValidationError as exc:
+            if number == len(lines):  # no newline after it: torn by a kill
+                continue
+            raise DataError(f"{file}:{number}: not a result row: {exc.errors()[0]['msg']}") from None
+        if row.sample.id in seen:
+            raise DataError(f"{file}:{number}: sample '{row.sample.id}' appears twice")
+        seen.add(row.sample.id)
+        yield row

@@ -1,0 +1,317 @@
+"""Data sources: where a task's samples come from, and how their images are opened (lazily).
+
+Kinds: `local` (JSON / JSONL / CSV + an image folder), `npz` (MedMNIST layout), `hf` (Hugging Face
+`datasets.load_dataset`: a hub id, or a local folder in hub format), `phantom` (generated).
+Each source turns raw rows into `Sample`s through the task's column mapping; images are
+references that only `open_image` decodes, so scoring never touches pixels.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from medharness.errors import DataError
+from medharness.records import Sample
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from medharness.task import TaskConfig
+
+log = logging.getLogger(__name__)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Columns(Strict):
+    """Dataset column -> Sample field. `meta` copies extra columns for grouping and metrics."""
+
+    id: str | None = None  # None: the row index
+    question: str = "question"
+    target: str = "answer"
+    image: str | None = None
+    choices: list[str] | str | None = None  # several option columns, or one column holding a list
+    meta: dict[str, str] = Field(default_factory=dict)  # meta field -> column
+    derive_answer_type: bool = False  # no answer_type column: CLOSED iff the gold is yes/no
+
+
+def rows_to_samples(rows: list[dict[str, Any]], config: TaskConfig, columns: Columns, image_ref: Any) -> list[Sample]:
+    """Apply the task's filter and column mapping; `image_ref(row, index)` gives an image reference."""
+    out = []
+    for index, row in enumerate(rows):
+        if any(str(row.get(k)) != str(v) for k, v in config.filter.items()):
+            continue
+        try:
+            out.append(_sample(row, index, config, columns, image_ref))
+        except KeyError as exc:
+            raise DataError(f"task {config.name}: row {index} has no column {exc}; columns: {sorted(row)}") from None
+    return out
+
+
+def _sample(row: dict[str, Any], index: int, config: TaskConfig, columns: Columns, image_ref: Any) -> Sample:
+    target = row[columns.target]
+    if not isinstance(target, (list, int, float)):
+        target = str(target).strip()
+    meta = {field: row[col] for field, col in columns.meta.items()}
+    if columns.derive_answer_type and "answer_type" not in meta:
+        meta["answer_type"] = "CLOSED" if str(target).strip().lower() in ("yes", "no") else "OPEN"
+        meta["answer_type_derived"] = True
+    if isinstance(columns.choices, str):
+        choices = tuple(str(c) for c in row[columns.choices])
+    else:
+        choices = tuple(str(row[c]) for c in columns.choices or ())
+    ref = image_ref(row, index)
+    return Sample(
+        id=str(row[columns.id]) if columns.id else str(index),
+        task=config.name,
+        question=str(row[columns.question]),
+        target=target,
+        images=(ref,) if ref else (),
+        choices=choices,
+        meta=meta,
+    )
+
+
+def _open_bytes(data: bytes, what: str) -> Image:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"corrupt image {what}: {exc}") from None
+    return img.convert("RGB")
+
+
+class LocalSource(Strict):
+    """Files on disk under the data dir: `path` may hold `{split}` (e.g. `{split}set.json`)."""
+
+    kind: Literal["local"]
+    path: str
+    image_dir: str = ""
+    columns: Columns | None = None
+    _root: Path | None = PrivateAttr(default=None)
+
+    is_local: ClassVar[bool] = True
+
+    def available(self, root: Path, split: str) -> bool:
+        return (root / self.path.format(split=split)).is_file()
+
+    def bind(self, root: Path) -> LocalSource:
+        bound = self.model_copy()
+        bound._root = root.resolve()
+        return bound
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            raise DataError("local source used without a data dir")
+        return self._root
+
+    def read_rows(self, split: str) -> list[dict[str, Any]]:
+        file = self.root / self.path.format(split=split)
+        if not file.is_file():
+            raise DataError(f"{file} does not exist")
+        text = file.read_text(encoding="utf-8")
+        try:
+            if file.suffix == ".jsonl":
+                return [json.loads(line) for line in text.splitlines() if line.strip()]
+            if file.suffix == ".csv":
+                return list(csv.DictReader(io.StringIO(text)))
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{file}: not valid JSON: {exc}") from None
+        if isinstance(data, dict):
+            data = next((v for v in data.values() if isinstance(v, list)), None)
+        if not isinstance(data, list):
+            raise DataError(f"{file}: expected a list of records (or an object holding one)")
+        return data
+
+    def load(self, config: TaskConfig, split: str) -> list[Sample]:
+        columns = self.columns or config.columns
+        image_col = columns.image
+
+        def ref(row: dict[str, Any], _: int) -> str | None:
+            if not image_col:
+                return None
+            return str(PurePosixPath(self.image_dir) / str(row[image_col]))
+
+        return rows_to_samples(self.read_rows(split), config, columns, ref)
+
+    def open_image(self, ref: str) -> Image:
+        path = (self.root / ref).resolve()
+        if not path.is_relative_to(self.root):
+            raise DataError(f"image path '{ref}' resolves outside the data root {self.root}")
+        if not path.is_file():
+            raise DataError(f"missing image '{ref}' (looked for {path})")
+        return _open_bytes(path.read_bytes(), f"'{ref}'")
+
+
+class NpzSource(Strict):
+    """MedMNIST layout: arrays `{split}_images` and `{split}_labels` in one `.npz` (any resolution)."""
+
+    kind: Literal["npz"]
+    path: str | list[str]  # candidates, first found wins (e.g. the 224 px file, then the 28 px one)
+    classes: list[str]
+    question: str = "What does this image show?"
+    ordinal: bool = False  # target is the integer grade instead of the class name
+    _root: Path | None = PrivateAttr(default=None)
+
+    is_local: ClassVar[bool] = True
+
+    @property
+    def candidates(self) -> list[str]:
+        return [self.path] if isinstance(self.path, str) else list(self.path)
+
+    def available(self, root: Path, split: str) -> bool:
+        return any((root / p).is_file() for p in self.candidates)
+
+    def bind(self, root: Path) -> NpzSource:
+        bound = self.model_copy()
+        bound._root = root.resolve()
+        return bound
+
+    @cached_property
+    def arrays(self) -> Any:
+        import numpy as np
+
+        if self._root is None:
+            raise DataError("npz source used without a data dir")
+        for p in self.candidates:
+            if (self._root / p).is_file():
+                return np.load(self._root / p, mmap_mode="r")
+        raise DataError(f"none of {self.candidates} in {self._root}")
+
+    def load(self, config: TaskConfig, split: str) -> list[Sample]:
+        key = f"{split}_labels"
+        if key not in self.arrays:
+            raise DataError(f"task {config.name}: the npz has no '{key}' (has {sorted(self.arrays.files)})")
+        labels = self.arrays[key].reshape(len(self.arrays[key]), -1)[:, 0]
+        shape = self.arrays[f"{split}_images"].shape
+        out = []
+        for i, label in enumerate(labels.tolist()):
+            if not 0 <= label < len(self.classes):
+                raise DataError(f"task {config.name}: {split} label {label} at {i} outside classes {self.classes}")
+            out.append(Sample(
+                id=f"{split}-{i}", task=config.name, question=self.question,
+                target=int(label) if self.ordinal else self.classes[label],
+                images=(f"npz:{split}/{i}",), choices=tuple(self.classes),
+                meta={"label": int(label), "class_name": self.classes[label], "image_size": [shape[2], shape[1]]},
+            ))
+        return out
+
+    def open_image(self, ref: str) -> Image:
+        from PIL import Image
+
+        split, _, index = ref.removeprefix("npz:").partition("/")
+        try:
+            array = self.arrays[f"{split}_images"][int(index)]
+        except (KeyError, ValueError, IndexError):
+            raise DataError(f"bad npz image reference '{ref}'") from None
+        return Image.fromarray(array).convert("RGB")
+
+
+class HubSource(Strict):
+    """`datasets.load_dataset(dataset, name, split=..., revision=...)`: a hub id or a local hub-format folder."""
+
+    kind: Literal["hf"]
+    dataset: str
+    name: str | None = None
+    revision: str | None = None
+    splits: dict[str, str] = Field(default_factory=dict)  # task split -> hub split name
+    image_column: str | None = "image"
+    columns: Columns | None = None
+    is_local: ClassVar[bool] = False
+    _data: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def available(self, root: Path, split: str) -> bool:
+        return False
+
+    def dataset_split(self, split: str) -> Any:
+        if split not in self._data:
+            try:
+                import datasets
+            except ImportError:
+                raise DataError("hub datasets need the `data` extra: pip install 'medharness[data]'") from None
+            hub_split = self.splits.get(split, split)
+            try:
+                ds = datasets.load_dataset(self.dataset, self.name, split=hub_split, revision=self.revision)
+            except Exception as exc:  # network, auth, missing split: all end here
+                raise DataError(
+                    f"could not load {self.dataset} split '{hub_split}' from the hub ({type(exc).__name__}: {exc}); "
+                    "offline? pass --data-dir DIR with a local copy"
+                ) from None
+            if self.image_column and self.image_column in ds.column_names:
+                ds = ds.cast_column(self.image_column, datasets.Image(decode=False))
+            self._data[split] = ds
+        return self._data[split]
+
+    def load(self, config: TaskConfig, split: str) -> list[Sample]:
+        ds = self.dataset_split(split)
+        rows = ds.remove_columns([self.image_column]) if self.image_column in ds.column_names else ds
+        has_image = self.image_column in ds.column_names
+
+        def ref(_: dict[str, Any], index: int) -> str | None:
+            return f"hf:{split}/{index}" if has_image else None
+
+        return rows_to_samples(rows.to_list(), config, self.columns or config.columns, ref)
+
+    def open_image(self, ref: str) -> Image:
+        split, _, index = ref.removeprefix("hf:").partition("/")
+        cell = self.dataset_split(split)[int(index)][self.image_column]
+        if cell.get("bytes"):
+            return _open_bytes(cell["bytes"], ref)
+        if cell.get("path"):
+            return _open_bytes(Path(cell["path"]).read_bytes(), ref)
+        raise DataError(f"no image data for {ref}")
+
+
+class PhantomSource(Strict):
+    """The generated phantom benchmark: deterministic from the seed, no files. Train split = seed + 1000."""
+
+    kind: Literal["phantom"]
+    question: Literal["presence", "count", "side", "size", "box"]
+    seed: int = 0
+    n: int = 200
+    size: int = 224
+    is_local: ClassVar[bool] = False
+
+    def available(self, root: Path, split: str) -> bool:
+        return False
+
+    def load(self, config: TaskConfig, split: str) -> list[Sample]:
+        from medharness import phantom
+
+        seed = self.seed if split == "test" else self.seed + 1000
+        return phantom.make_samples(self.question, seed=seed, n=self.n, task=config.name, size=self.size)
+
+    def open_image(self, ref: str) -> Image:
+        from medharness import phantom
+
+        try:
+            return phantom.open_image(ref)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+
+
+SourceSpec = Annotated[LocalSource | NpzSource | HubSource | PhantomSource, Field(discriminator="kind")]
+
+
+def source_label(source: Any, split: str) -> str:
+    if isinstance(source, LocalSource):
+        return f"local {source.path.format(split=split)}"
+    if isinstance(source, NpzSource):
+        return f"npz {' or '.join(source.candidates)} [{split}]"
+    if isinstance(source, HubSource):
+        return f"hub {source.dataset} [{source.splits.get(split, split)}]@{source.revision or 'default'}"
+    return f"phantom {source.question} seed={source.seed} [{split}]"

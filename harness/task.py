@@ -1,0 +1,298 @@
+"""Task files: a strict schema for one benchmark, and the `Task` object the pipeline uses.
+
+A task is a YAML file in `tasks/` (or any path given to `--tasks`). Unknown or misspelled keys
+are errors naming the file, the line and the key. No code in YAML: parsers, metrics and sources
+are named by their registered names plus arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medharness.errors import ConfigError, DataError
+from medharness.records import GenerationSettings, Message, Part, Prompt, Sample
+from medharness.sources import Columns, SourceSpec, source_label
+from medharness.yamlio import line_of, load_yaml_with_lines
+
+log = logging.getLogger(__name__)
+TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+try:  # installed wheel: tasks ship as package data of medharness.tasks
+    import medharness.tasks as _tasks_pkg
+
+    TASKS_DIR = Path(_tasks_pkg.__file__).resolve().parent
+except ImportError:  # pragma: no cover
+    pass
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Card(Strict):
+    """What a user needs to trust the numbers: provenance, licence, sizes, scoring, pitfalls."""
+
+    licence: str
+    citation: str
+    modality: str = ""
+    homepage: str = ""
+    sizes: dict[str, int] = Field(default_factory=dict)  # expected split sizes (after filters)
+    prior: dict[str, str] = Field(default_factory=dict)  # answer_type -> majority answer, for baselines
+    pitfalls: list[str] = Field(default_factory=list)
+    scoring_notes: str = ""
+
+
+class PromptSpec(Strict):
+    """One prompt variant. `{question}`, `{choices}`, `{classes}` and meta fields are filled in."""
+
+    user: str
+    system: str | None = None
+    parser: list[str | dict[str, Any]] | None = None  # overrides scoring.parser for this variant
+    images: str = "before"  # where the image parts go: before | after the text
+    metrics: list[str | dict[str, Any]] = Field(default_factory=list)  # extra metrics this format allows
+
+    @model_validator(mode="after")
+    def _check(self) -> PromptSpec:
+        if self.images not in ("before", "after"):
+            raise ValueError("images must be 'before' or 'after'")
+        return self
+
+
+class Prompts(Strict):
+    default: str
+    variants: dict[str, PromptSpec]
+
+    @model_validator(mode="after")
+    def _default_exists(self) -> Prompts:
+        if self.default not in self.variants:
+            raise ValueError(f"default prompt '{self.default}' is not among {sorted(self.variants)}")
+        return self
+
+
+class Scoring(Strict):
+    convention: str = "harness"  # the declared default convention's name
+    parser: list[str | dict[str, Any]] = Field(default_factory=lambda: ["short_answer"])
+    metrics: list[str | dict[str, Any]] | None = None  # None: the named convention's metrics
+
+
+class TaskConfig(Strict):
+    name: str
+    version: str
+    description: str
+    family: str | None = None
+    card: Card
+    sources: list[SourceSpec] = Field(min_length=1)
+    columns: Columns = Columns()
+    filter: dict[str, Any] = Field(default_factory=dict)
+    split: str = "test"
+    prompts: Prompts
+    scoring: Scoring = Scoring()
+    group_by: list[str] = Field(default_factory=list)
+    generation: dict[str, Any] = Field(default_factory=dict)
+    data_dir: str | None = None  # set by --data-dir or -T task.data_dir=DIR
+    prompt: str | None = None  # set by -T task.prompt=NAME
+
+
+def _format_error(path: Path, exc: ValidationError, lines: dict[Any, int]) -> str:
+    msgs = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        line = line_of(lines, loc)
+        at = str(line) if line else "?"
+        if err["type"] == "extra_forbidden":
+            msgs.append(f"{path}:{at}: unknown key '{where}'")
+        else:
+            msgs.append(f"{path}:{at}: {where}: {err['msg']}")
+    return "invalid task file\n  " + "\n  ".join(msgs)
+
+
+def parse_task_file(path: Path, overrides: dict[str, Any] | None = None) -> TaskConfig:
+    """Load and validate one task YAML; `overrides` are dotted keys applied before validation."""
+    data, lines = load_yaml_with_lines(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a task file is a mapping of keys, got {type(data).__name__}")
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    try:
+        return TaskConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(path, exc, lines)) from None
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"-T {key}: '{part}' is not a mapping in the task file")
+    node[parts[-1]] = value
+
+
+class Task:
+    """A validated task file plus what it needs to load samples, render prompts and open images."""
+
+    def __init__(self, config: TaskConfig, path: Path) -> None:
+        self.config = config
+        self.path = path
+        self.load_report: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def version(self) -> str:
+        return self.config.version
+
+    @property
+    def prompt_name(self) -> str:
+        name = self.config.prompt or self.config.prompts.default
+        if name not in self.config.prompts.variants:
+            raise ConfigError(
+                f"task {self.name}: unknown prompt '{name}'; available: {sorted(self.config.prompts.variants)}"
+            )
+        return name
+
+    @property
+    def prompt_spec(self) -> PromptSpec:
+        return self.config.prompts.variants[self.prompt_name]
+
+    @cached_property
+    def source(self) -> SourceSpec:
+        """The data source to use: the local copy when a data dir is given, else the first remote."""
+        data_dir = self.config.data_dir
+        if data_dir:
+            root = Path(data_dir).expanduser()
+            if not root.is_dir():
+                raise DataError(f"task {self.name}: data dir {root} does not exist")
+            local = [s for s in self.config.sources if s.is_local]
+            for spec in local:
+                if spec.available(root, self.config.split):
+                    return spec.bind(root)
+            wanted = ", ".join(source_label(s, self.config.split) for s in local) or "no local source declared"
+            raise DataError(f"task {self.name}: {root} holds none of the expected files ({wanted})")
+        remote = [s for s in self.config.sources if not s.is_local]
+        if not remote:
+            kinds = ", ".join(source_label(s, self.config.split) for s in self.config.sources)
+            raise DataError(
+                f"task {self.name} reads local files ({kinds}): pass --data-dir DIR or -T {self.name}.data_dir=DIR"
+            )
+        return remote[0]
+
+    def load_samples(self, split: str | None = None) -> list[Sample]:
+        """All samples of a split, with ids checked unique and the size compared to the card."""
+        split = split or self.config.split
+        samples = self.source.load(self.config, split)
+        ids = [s.id for s in samples]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise DataError(f"task {self.name}: duplicate sample id '{dup}' in {source_label(self.source, split)}")
+        expected = self.config.card.sizes.get(split)
+        self.load_report = {"split": split, "source": source_label(self.source, split),
+                            "expected": expected, "actual": len(samples)}
+        if expected is not None and expected != len(samples):
+            log.warning("task %s: expected %d %s samples, loaded %d", self.name, expected, split, len(samples))
+        return samples
+
+    def open_image(self, ref: str) -> Any:
+        return self.source.open_image(ref)
+
+    def settings(self, **cli: Any) -> GenerationSettings:
+        values = {**self.config.generation, **{k: v for k, v in cli.items() if v is not None}}
+        return GenerationSettings(**values)
+
+    def render(self, sample: Sample, settings: GenerationSettings) -> Prompt:
+        """Fill the prompt variant with the sample's fields; image parts as the variant places them."""
+        spec = self.prompt_spec
+        fields = {**{k: v for k, v in sample.meta.items() if isinstance(v, (str, int, float))},
+                  "question": sample.question,
+                  "choices": "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(sample.choices)),
+                  "classes": ", ".join(sample.choices)}
+        text = _fill(spec.user, fields, self.name, self.prompt_name)
+        images = tuple(Part(type="image", image=ref) for ref in sample.images)
+        user = (*images, Part(type="text", text=text)) if spec.images == "before" else (
+            Part(type="text", text=text), *images)
+        messages = [Message(role="user", content=user)]
+        if spec.system:
+            system = _fill(spec.system, fields, self.name, self.prompt_name)
+            messages.insert(0, Message(role="system", content=(Part(type="text", text=system),)))
+        return Prompt(sample_id=sample.id, messages=tuple(messages), settings=settings)
+
+
+def _fill(template: str, fields: dict[str, Any], task: str, prompt: str) -> str:
+    names = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    missing = sorted(names - set(fields))
+    if missing:
+        raise ConfigError(f"task {task}, prompt '{prompt}': unknown placeholder(s) {missing}; "
+                          f"available: {sorted(fields)}")
+    return template.format_map(fields)
+
+
+def discover_tasks() -> dict[str, Path]:
+    """Task name -> file for every YAML shipped in tasks/ (the file stem is the task name)."""
+    return {p.stem: p for p in sorted(TASKS_DIR.glob("*.yaml"))}
+
+
+def families() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, path in discover_tasks().items():
+        fam = _peek_family(path)
+        if fam:
+            out.setdefault(fam, []).append(name)
+    return out
+
+
+def _peek_family(path: Path) -> str | None:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return None
+    return data.get("family") if isinstance(data, dict) else None
+
+
+def resolve_task_names(spec: str) -> list[str | Path]:
+    """'vqa_rad,phantom,path/to/x.yaml' -> task names (families expanded) and file paths."""
+    known, fams = discover_tasks(), families()
+    out: list[str | Path] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        if item.endswith((".yaml", ".yml")):
+            out.append(Path(item))
+        elif item in known:
+            out.append(item)
+        elif item in fams:
+            out.extend(fams[item])
+        else:
+            import difflib
+
+            choices = sorted([*known, *fams])
+            close = difflib.get_close_matches(item, choices, n=1, cutoff=0.5)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown task '{item}'.{hint} Available: {', '.join(choices)}")
+    if not out:
+        raise ConfigError("no task given")
+    return out
+
+
+def load_task(ref: str | Path, overrides: dict[str, Any] | None = None) -> Task:
+    """A task by name (from tasks/) or by YAML path, with `-T` overrides applied."""
+    path = ref if isinstance(ref, Path) else discover_tasks().get(ref)
+    if path is None:
+        resolve_task_names(str(ref))  # raises with a "did you mean"
+        raise ConfigError(f"unknown task '{ref}'")
+    if not path.exists():
+        raise ConfigError(f"task file {path} does not exist")
+    config = parse_task_file(path, overrides)
+    if isinstance(ref, str) and config.name != ref:
+        raise ConfigError(f"{path}: name '{config.name}' must equal the file name '{ref}'")
+    return Task(config, path)

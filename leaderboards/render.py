@@ -1,0 +1,80 @@
+"""Leaderboards: a pure function of run directories -> a Markdown table of models x tasks.
+
+Each cell is the task's primary metric (its first) with a 95% normal interval (1.96 x standard
+error); unparsed answers count as wrong and are reported in the `unparsed` table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tabulate import tabulate
+
+from medharness.errors import DataError
+
+
+def _model_label(info: dict[str, Any]) -> str:
+    config = info.get("config", {})
+    model = str(config.get("model", info.get("model", "?")))
+    if model.startswith("baseline:"):
+        return model
+    return Path(model).name or model
+
+
+def collect(run_dirs: Sequence[Path]) -> pd.DataFrame:
+    """One row per (run, task, metric) with value, stderr, n, n_unparsed, convention."""
+    records = []
+    for run_dir in run_dirs:
+        file = Path(run_dir) / "run.json"
+        if not file.is_file():
+            raise DataError(f"{run_dir} is not a run directory (no run.json)")
+        info = json.loads(file.read_text(encoding="utf-8"))
+        for task, entry in info.get("tasks", {}).items():
+            summary = entry.get("summary")
+            if not summary:
+                continue
+            percent = entry.get("percent", {})
+            for rank, (metric, m) in enumerate(summary["metrics"].items()):
+                scale = 100.0 if percent.get(metric, True) else 1.0
+                value = m["value"]
+                records.append({
+                    "run": info.get("run_id", Path(run_dir).name), "model": _model_label(info),
+                    "status": info.get("status"), "task": task, "metric": metric, "primary": rank == 0,
+                    "value": None if value is None else value * scale,
+                    "stderr": None if m.get("stderr") is None else m["stderr"] * scale,
+                    "n": m["n"], "n_unparsed": m["n_unparsed"], "convention": summary["convention"],
+                })
+    if not records:
+        raise DataError("no finished task summaries in the given run directories")
+    return pd.DataFrame.from_records(records)
+
+
+def _cell(value: float | None, stderr: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if stderr is None or math.isnan(stderr):
+        return f"{value:.1f}"
+    return f"{value:.1f} ± {1.96 * stderr:.1f}"
+
+
+def render_markdown(frame: pd.DataFrame, all_metrics: bool = False) -> str:
+    """Models x tasks (primary metric unless `all_metrics`), then unparsed counts, then the legend."""
+    rows = frame if all_metrics else frame[frame["primary"]]
+    rows = rows.assign(column=rows["task"] + " · " + rows["metric"], cell=[
+        _cell(v, s) for v, s in zip(rows["value"], rows["stderr"], strict=True)])
+    table = rows.pivot_table(index="model", columns="column", values="cell", aggfunc="first").fillna("")
+    unparsed = rows.assign(u=rows["n_unparsed"].astype(str) + "/" + rows["n"].astype(str)).pivot_table(
+        index="model", columns="task", values="u", aggfunc="first").fillna("")
+    by_convention = rows.groupby("convention")["task"].unique()
+    conventions = [f"{conv} ({', '.join(sorted(tasks))})" for conv, tasks in by_convention.items()]
+    return "\n\n".join([
+        tabulate(table, headers="keys", tablefmt="github"),
+        "Unparsed answers (counted as wrong) / scored samples:",
+        tabulate(unparsed, headers="keys", tablefmt="github"),
+        "Cells: metric value (x100 for rates) ± 1.96 × standard error. Conventions: " + "; ".join(conventions) + ".",
+    ]) + "\n"

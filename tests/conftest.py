@@ -1,0 +1,56 @@
+"""Shared fixtures: offline environment, the real data in ../shared/data, tiny models built once."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MEDHARNESS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+_cache = tempfile.mkdtemp(prefix="medharness-test-cache-")
+for var, value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HOME": os.path.join(_cache, "hf"),
+    "XDG_CACHE_HOME": _cache,
+    "MPLCONFIGDIR": os.path.join(_cache, "mpl"),
+}.items():
+    os.environ.setdefault(var, value)
+
+
+def shared(name: str) -> Path:
+    """A folder of ../shared/data, or skip the test with a reason when it is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def vqa_rad_dir() -> Path:
+    return shared("vqa-rad-test")
+
+
+@pytest.fixture(scope="session")
+def slake_dir() -> Path:
+    return shared("slake-test")
+
+
+@pytest.fixture(scope="session")
+def pneumonia_dir() -> Path:
+    return shared("pneumoniamnist")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-weight Qwen2-VL and Qwen2.5-VL checkpoints, built offline once per session."""
+    pytest.importorskip("transformers")
+    from medharness.tiny import build_tiny_vlm
+
+    out = tmp_path_factory.mktemp("tiny-models")
+    return {arch: build_tiny_vlm(out / arch, arch=arch) for arch in ("qwen2_vl", "qwen2_5_vl")}

@@ -1,0 +1,145 @@
+"""The command line: score (predictions files and run dirs), ls, validate, leaderboard, help."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medharness.cli import main
+
+
+def write_preds(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture()
+def vqa_gold(vqa_rad_dir: Path) -> list[dict[str, object]]:
+    return json.loads((vqa_rad_dir / "testset.json").read_text())
+
+
+def score_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    assert main(["score", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("convention", [None, "mumc", "lmms_eval", "yesno_strict", "llava_med", "set_token_f1"])
+def test_gold_as_predictions_scores_perfectly_under_each_convention(
+        tmp_path: Path, vqa_rad_dir: Path, vqa_gold: list[dict], convention: str | None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    preds = write_preds(tmp_path / "p.jsonl", [{"qid": r["qid"], "answer": r["answer"]} for r in vqa_gold])
+    args = ["--task", "vqa_rad", "--data-dir", str(vqa_rad_dir), "--predictions", str(preds)]
+    out = score_json(capsys, *args, *(["--convention", convention] if convention else []))
+    assert out["task"] == "vqa_rad" and out["convention"] == (convention or "harness")
+    first = next(iter(out["metrics"].values()))
+    assert first["n_unparsed"] == 0
+    if convention == "llava_med":  # its closed rule needs "yes" or "no" inside the prediction
+        closed = [str(r["answer"]).lower() for r in vqa_gold if r["answer_type"] == "CLOSED"]
+        assert first["value"] == pytest.approx(sum("yes" in g or "no" in g for g in closed) / 272)
+    elif convention != "yesno_strict":  # yesno_strict marks the 21 non-yes/no CLOSED golds wrong by design
+        assert first["value"] == pytest.approx(1.0)
+    assert out["groups"]["answer_type"]["CLOSED"]["n"] == 272
+
+
+def test_yesno_strict_loses_exactly_the_non_yes_no_closed_golds(
+        tmp_path: Path, vqa_rad_dir: Path, vqa_gold: list[dict], capsys: pytest.CaptureFixture[str]) -> None:
+    preds = write_preds(tmp_path / "p.jsonl", [{"qid": r["qid"], "answer": r["answer"]} for r in vqa_gold])
+    out = score_json(capsys, "--task", "vqa_rad", "--data-dir", str(vqa_rad_dir), "--predictions", str(preds),
+                     "--convention", "yesno_strict")
+    closed = out["groups"]["answer_type"]["CLOSED"]
+    value = next(v for k, v in closed.items() if k != "n")
+    assert value == pytest.approx(251 / 272)
+
+
+def test_csv_and_json_list_predictions_with_named_fields(
+        tmp_path: Path, vqa_rad_dir: Path, vqa_gold: list[dict], capsys: pytest.CaptureFixture[str]) -> None:
+    csv_path = tmp_path / "p.csv"
+    csv_path.write_text("question_key,model_output\n" + "".join(f"{r['qid']},no\n" for r in vqa_gold))
+    out = score_json(capsys, "--task", "vqa_rad", "--data-dir", str(vqa_rad_dir), "--predictions", str(csv_path),
+                     "--id-field", "question_key", "--prediction-field", "model_output")
+    assert out["metrics"]["vqa_accuracy"]["value"] == pytest.approx(133 / 451)
+    json_path = tmp_path / "p.json"
+    json_path.write_text(json.dumps([{"id": r["qid"], "prediction": "no"} for r in vqa_gold]))
+    assert score_json(capsys, "--task", "vqa_rad", "--data-dir", str(vqa_rad_dir),
+                      "--predictions", str(json_path))["metrics"] == out["metrics"]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"qid": "nope", "answer": "yes"}], "none of its 1 ids match task vqa_rad"),
+    ([{"qid": 11, "answer": "yes"}, {"qid": 11, "answer": "no"}], "duplicate prediction id '11'"),
+    ([{"key": 11, "answer": "yes"}], "cannot tell which field holds the id"),
+])
+def test_bad_predictions_files(tmp_path: Path, vqa_rad_dir: Path, capsys: pytest.CaptureFixture[str],
+                               rows: list[dict], message: str) -> None:
+    preds = write_preds(tmp_path / "p.jsonl", rows)
+    assert main(["score", "--task", "vqa_rad", "--data-dir", str(vqa_rad_dir), "--predictions", str(preds)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_partial_match_reported_and_odd_outputs_counted(
+        tmp_path: Path, vqa_rad_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [{"qid": 11, "answer": ""}, {"qid": 13, "answer": "x" * 1_000_000}, {"qid": 99999, "answer": "yes"}]
+    preds = write_preds(tmp_path / "p.jsonl", rows)
+    assert main(["score", "--task", "vqa_rad", "--data-dir", str(vqa_rad_dir), "--predictions", str(preds),
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "matched 2 of 451 task samples; 1 predictions match no sample" in captured.err
+    out = json.loads(captured.out)
+    assert out["metrics"]["vqa_accuracy"] == {"value": 0.0, "n": 2, "n_unparsed": 1}
+
+
+def test_rescore_run_dir_under_conventions(tmp_path: Path, vqa_rad_dir: Path, vqa_gold: list[dict],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    preds = write_preds(tmp_path / "p.jsonl", [{"id": r["qid"], "prediction": f"{r['answer']}."} for r in vqa_gold])
+    out_dir = tmp_path / "run"
+    assert main(["run", "--model", str(preds), "--tasks", "vqa_rad", "--data-dir", str(vqa_rad_dir),
+                 "--output", str(out_dir), "--no-progress"]) == 0
+    capsys.readouterr()
+    harness = score_json(capsys, str(out_dir))
+    assert harness["metrics"]["vqa_accuracy"]["value"] == pytest.approx(1.0)  # short_answer drops the period
+    mumc = score_json(capsys, str(out_dir), "--convention", "mumc")
+    assert mumc["convention"] == "mumc" and next(iter(mumc["metrics"].values()))["value"] == pytest.approx(1.0)
+    assert main(["score", str(out_dir), "--convention", "mumcc"]) == 2
+    assert "Did you mean 'mumc'?" in capsys.readouterr().err
+
+
+def test_leaderboard_from_run_dirs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for model in ("baseline:majority", "baseline:constant:no"):
+        assert main(["run", "--model", model, "--tasks", "phantom_presence", "--limit", "40",
+                     "--output", str(tmp_path / model.replace(":", "_")), "--no-progress"]) == 0
+    board = tmp_path / "board.md"
+    assert main(["leaderboard", *map(str, sorted(tmp_path.glob("baseline_*"))), "--output", str(board)]) == 0
+    text = board.read_text()
+    assert "| baseline:constant:no" in text and "| baseline:majority" in text
+    assert "phantom_presence · yes_no_accuracy" in text and "± 1.96 × standard error" in text
+    assert main(["leaderboard", str(tmp_path / "missing")]) == 2
+
+
+def test_ls_and_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ls", "tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "| vqa_rad" in out and "CC0-1.0" in out and "|    451 |" in out
+    for what, expected in [("parsers", "json_bbox"), ("metrics", "qwk"), ("backends", "baseline"),
+                           ("conventions", "llava_med"), ("normalizers", "vqa_v2")]:
+        assert main(["ls", what]) == 0
+        assert expected in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nversion: '1'\ndescripton: x\n")
+    assert main(["validate", str(bad)]) == 1
+    assert "unknown key 'descripton'" in capsys.readouterr().out
+
+
+def test_help_is_fast_and_imports_nothing_heavy() -> None:
+    code = ("import sys, medharness.cli as c\n"
+            "try: c.main(['--help'])\nexcept SystemExit: pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'datasets', 'pandas') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+    for command in ("run", "score", "ls", "validate", "leaderboard", "make-tiny-model"):
+        assert subprocess.run([sys.executable, "-m", "medharness.cli", command, "--help"],
+                              capture_output=True, text=True).returncode == 0

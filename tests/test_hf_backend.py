@@ -1,0 +1,202 @@
+"""The `hf` backend and `build_tiny_vlm` on real tiny Qwen2-VL / Qwen2.5-VL checkpoints (no mocks)."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from medharness.torchvision_shim import ensure_torchvision_importable  # noqa: E402 - before torchvision
+
+pytest.importorskip("transformers")
+ensure_torchvision_importable()
+pytest.importorskip("torchvision")
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from medharness.backends import BACKENDS, Request  # noqa: E402
+from medharness.backends.hf import HFBackend, weights_fingerprint  # noqa: E402
+from medharness.records import GenerationSettings, Message, Part, Prompt  # noqa: E402
+from medharness.tiny import ARCHS, TAG_TOKENS, build_tiny_vlm  # noqa: E402
+
+pytestmark = pytest.mark.slow
+MAX_NEW = 24
+GREEDY = GenerationSettings(max_new_tokens=MAX_NEW)
+
+
+def request(sid: str, text: str, images: list[Image.Image] | None = None, settings: GenerationSettings = GREEDY,
+            system: str | None = None) -> Request:
+    images = images or []
+    parts = (*(Part(type="image", image=f"img{i}.png") for i in range(len(images))), Part(type="text", text=text))
+    messages = (Message(role="user", content=parts),)
+    if system:
+        messages = (Message(role="system", content=(Part(type="text", text=system),)), *messages)
+    return Request(prompt=Prompt(sample_id=sid, messages=messages, settings=settings), images=list(images))
+
+
+def mixed_requests(settings: GenerationSettings = GREEDY) -> list[Request]:
+    """Three images of different sizes (so different image-token counts and prompt lengths) + text only."""
+    return [
+        request("small", "What is shown?", [Image.new("RGB", (60, 80), (200, 10, 10))], settings),
+        request("square", "Describe the lesion in this chest x-ray. Answer in <answer></answer>.",
+                [Image.new("RGB", (112, 112), (0, 100, 10))], settings, system="Be brief."),
+        request("wide", "Is there an effusion? yes or no", [Image.new("RGB", (300, 90), (5, 5, 250))], settings),
+        request("text", "Question: what abnormality is visible? Answer: " * 3, [], settings),
+    ]
+
+
+def truncated_png() -> Image.Image:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, "PNG")
+    return Image.open(io.BytesIO(buf.getvalue()[: len(buf.getvalue()) // 2]))  # fails when decoded
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def arch(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_models: dict[str, Path], arch: str) -> Iterator[HFBackend]:
+    backend = BACKENDS.get("hf")(str(tiny_models[arch]), device="cpu", batch_size=8)
+    yield backend
+    backend.close()
+
+
+# -- build_tiny_vlm ---------------------------------------------------------------------------------------
+
+def test_build_is_deterministic_per_seed(tmp_path: Path, arch: str) -> None:
+    a, b, c = (build_tiny_vlm(tmp_path / name, arch=arch, seed=seed)
+               for name, seed in (("a", 0), ("b", 0), ("c", 1)))
+    assert a == tmp_path / "a"
+    sa, sb, sc = (load_file(p / "model.safetensors") for p in (a, b, c))
+    assert sa.keys() == sb.keys() == sc.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+    assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+
+
+def test_tiny_folder_reloads_offline(tiny_models: dict[str, Path], arch: str) -> None:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = tiny_models[arch]
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
+    assert model.config.model_type == arch
+    tok = processor.tokenizer
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    assert model.config.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>")
+    for tag in TAG_TOKENS:
+        assert len(tok.encode(tag, add_special_tokens=False)) == 1
+    assert sum(p.numel() for p in model.parameters()) < 300_000
+    for side, n_tokens in ((20, 4), (2000, 16)):  # min 56x56 / max 112x112 pixels, 2x2 patches merged per token
+        grid = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[Image.new("RGB", (side, side))],
+                         return_tensors="pt")["image_grid_thw"]
+        assert int(grid.prod()) // 4 == n_tokens
+    assert "<|im_start|>assistant" in processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], tokenize=False, add_generation_prompt=True)
+
+
+def test_unknown_arch_refused(tmp_path: Path) -> None:
+    from medharness.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="qwen2_vl"):
+        build_tiny_vlm(tmp_path, arch="llava")
+
+
+# -- HFBackend --------------------------------------------------------------------------------------------
+
+def test_batched_greedy_equals_one_at_a_time(hf: HFBackend) -> None:
+    requests = mixed_requests()
+    batched = hf.generate(requests)
+    single = [hf.generate([r])[0] for r in requests]
+    assert [g.sample_id for g in batched] == [r.prompt.sample_id for r in requests]
+    for b, s in zip(batched, single):
+        assert b.error is None and isinstance(b.text, str) and b.text
+        assert 1 <= b.completion_tokens <= MAX_NEW
+        assert b.finish_reason in ("stop", "length")
+        assert b.model == hf.fingerprint
+    # Left padding must not change anything: same text, token counts (padding excluded) and finish reason.
+    assert [b.model_dump() for b in batched] == [s.model_dump() for s in single]
+    assert len({g.prompt_tokens for g in batched}) == len(batched)  # prompts really had different lengths
+
+
+def test_greedy_is_deterministic_across_calls(hf: HFBackend) -> None:
+    requests = mixed_requests()
+    assert hf.generate(requests) == hf.generate(requests)
+
+
+def test_sampling_is_seeded(hf: HFBackend) -> None:
+    requests = mixed_requests(GenerationSettings(max_new_tokens=MAX_NEW, temperature=1.0, top_p=0.9, seed=7))
+    first, again = hf.generate(requests), hf.generate(requests)
+    assert [g.text for g in first] == [g.text for g in again]
+    assert all(g.error is None and g.completion_tokens <= MAX_NEW for g in first)
+
+
+def test_mixed_settings_are_grouped_and_kept_in_order(hf: HFBackend) -> None:
+    short, long = GenerationSettings(max_new_tokens=3), GenerationSettings(max_new_tokens=9)
+    requests = [r for pair in zip(mixed_requests(short), mixed_requests(long)) for r in pair]
+    out = hf.generate(requests)
+    assert [g.sample_id for g in out] == [r.prompt.sample_id for r in requests]
+    for req, gen in zip(requests, out):
+        assert gen.completion_tokens <= req.prompt.settings.max_new_tokens
+    assert out == [hf.generate([r])[0] for r in requests]
+
+
+def test_broken_image_fails_only_its_sample(hf: HFBackend) -> None:
+    good = mixed_requests()
+    broken = [request("aspect", "What is shown?", [Image.new("RGB", (1, 300))]),  # aspect ratio > 200
+              request("truncated", "What is shown?", [truncated_png()]),
+              Request(prompt=request("count", "Two images", [Image.new("RGB", (60, 60))] * 2).prompt, images=[])]
+    requests = [good[0], broken[0], good[1], broken[1], good[3], broken[2]]
+    out = hf.generate(requests)
+    assert [g.sample_id for g in out] == [r.prompt.sample_id for r in requests]
+    by_id = {g.sample_id: g for g in out}
+    assert "aspect ratio" in by_id["aspect"].error
+    assert "truncated" in by_id["truncated"].error
+    assert "2 image parts but 0 images" in by_id["count"].error
+    assert all(by_id[s].text == "" for s in ("aspect", "truncated", "count"))
+    assert [by_id[r.prompt.sample_id] for r in (good[0], good[1], good[3])] == \
+        [hf.generate([r])[0] for r in (good[0], good[1], good[3])]
+
+
+def biased(path: Path, tokens: list[str]) -> HFBackend:
+    """A backend whose model is pushed (+1e4 logit bias) towards emitting `tokens`."""
+    backend = HFBackend(str(path), device="cpu")
+    head = backend.net.get_output_embeddings()
+    bias = torch.zeros(head.weight.shape[0])
+    bias[backend.tokenizer.convert_tokens_to_ids(tokens)] = 1e4
+    head.bias = torch.nn.Parameter(bias)
+    return backend
+
+
+def test_vision_tokens_are_suppressed(hf: HFBackend, tiny_models: dict[str, Path], arch: str) -> None:
+    """Even a model that prefers vision placeholders never emits them: with those ids masked out, greedy
+    decoding picks exactly what the unbiased model picks."""
+    backend = biased(tiny_models[arch], ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"])
+    requests = mixed_requests()
+    assert backend.generate(requests) == hf.generate(requests)
+    backend.close()
+
+
+def test_stop_at_eos(tiny_models: dict[str, Path], arch: str) -> None:
+    """A model pushed to emit <|im_end|> at once stops: finish "stop", one completion token, empty text."""
+    backend = biased(tiny_models[arch], ["<|im_end|>"])
+    out = backend.generate(mixed_requests())
+    assert [(g.text, g.finish_reason, g.completion_tokens) for g in out] == [("", "stop", 1)] * 4
+    backend.close()
+
+
+def test_fingerprint_is_stable_and_tracks_weights(tmp_path: Path) -> None:
+    path = build_tiny_vlm(tmp_path / "m", arch="qwen2_vl", seed=0)
+    first = HFBackend(str(path), device="cpu").fingerprint
+    assert re.fullmatch(rf"hf:{re.escape(str(path.resolve()))}@[0-9a-f]{{12}}", first)
+    assert HFBackend(str(path), device="cpu").fingerprint == first
+    assert first.endswith(weights_fingerprint(path))
+    build_tiny_vlm(path, arch="qwen2_vl", seed=1)  # same files, same sizes, new weights
+    assert HFBackend(str(path), device="cpu").fingerprint != first

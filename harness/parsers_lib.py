@@ -186,7 +186,7 @@ _NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w])")
 def integer(text: str, sample: Sample) -> Answer:
     """The single integer in the text ("2", "Grade 3", "grade 2 (2)"); none, a decimal or several -> None.
 
-    Digits glued to letters ("T2", "3rd") are not numbers."""
+    Digits glued to letters ("T2", "3rd") are not numbers; signs are ignored ("grade 2-3" is two)."""
     values = set()
     for match in _NUMBER.finditer(text):
         number = match.group()

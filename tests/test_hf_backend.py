@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from medharness.torchvision_shim import ensure_torchvision_importable  # noqa: E402 - before torchvision
+from medharness.torchvision_shim import ensure_torchvision_importable
 
 pytest.importorskip("transformers")
 ensure_torchvision_importable()
@@ -146,6 +146,13 @@ def test_mixed_settings_are_grouped_and_kept_in_order(hf: HFBackend) -> None:
     for req, gen in zip(requests, out):
         assert gen.completion_tokens <= req.prompt.settings.max_new_tokens
     assert out == [hf.generate([r])[0] for r in requests]
+
+
+def test_batch_size_does_not_change_answers(hf: HFBackend, tiny_models: dict[str, Path], arch: str) -> None:
+    requests = mixed_requests(GenerationSettings(max_new_tokens=5)) + mixed_requests()
+    small = HFBackend(str(tiny_models[arch]), device="cpu", batch_size=3)
+    assert small.generate(requests) == hf.generate(requests)
+    small.close()
 
 
 def test_broken_image_fails_only_its_sample(hf: HFBackend) -> None:

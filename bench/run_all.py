@@ -71,6 +71,8 @@ def bench_overhead(model: str, tasks: str, limit: int, label: str, batch_size: i
         backend.generate = generate  # type: ignore[method-assign]
         return backend
 
+    import sklearn.metrics  # noqa: F401 - a one-time 3-4 s import (QWK) is not per-sample overhead
+
     pipeline.make_backend = timed_make_backend  # type: ignore[assignment]
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -15,20 +15,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+import medharness.tasks as _tasks_package
 from medharness.errors import ConfigError, DataError
 from medharness.records import GenerationSettings, Message, Part, Prompt, Sample
 from medharness.sources import Columns, SourceSpec, source_label
 from medharness.yamlio import line_of, load_yaml_with_lines
 
 log = logging.getLogger(__name__)
-TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
-try:  # installed wheel: tasks ship as package data of medharness.tasks
-    import medharness.tasks as _tasks_pkg
-
-    TASKS_DIR = Path(_tasks_pkg.__file__).resolve().parent
-except ImportError:  # pragma: no cover
-    pass
-
+TASKS_DIR = Path(_tasks_package.__file__).resolve().parent  # tasks/ ships as package data
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

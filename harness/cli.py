@@ -86,7 +86,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
                    help="text field (default: the first of prediction, pred, response, output, answer, text)")
     p.add_argument("--convention", help="scoring convention (default: the task's declared one); see `ls conventions`")
     p.add_argument("--data-dir", help="local copy of the task's dataset (with --predictions)")
-    p.add_argument("-T", dest="overrides", action="append", default=[], metavar="TASK.KEY=VALUE")
+    p.add_argument("-T", dest="overrides", action="append", default=[], metavar="TASK.KEY=VALUE",
+                   help="per-task setting, e.g. -T slake.filter.q_lang=zh")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 

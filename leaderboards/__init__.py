@@ -1,1 +1,1 @@
-"""medharness.leaderboards."""
+"""Leaderboards: pure functions of run directories -> Markdown tables (render.py)."""

@@ -1,1 +1,1 @@
-"""medharness.tasks."""
+"""Task files (YAML), shipped as package data; see docs/tasks.md."""

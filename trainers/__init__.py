@@ -1,1 +1,1 @@
-"""medharness.trainers."""
+"""Trainers: TRL recipes whose rewards are the tasks' own parsers and metrics (skeleton; see the training issue)."""

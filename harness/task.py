@@ -42,10 +42,11 @@ class Card(Strict):
 
 
 class PromptSpec(Strict):
-    """One prompt variant. `{question}`, `{choices}`, `{classes}` and meta fields are filled in."""
+    """One prompt variant. `{question}`, `{choices}`, `{classes}`, `{knowledge}` and meta fields are filled in."""
 
     user: str
     system: str | None = None
+    knowledge: str | None = None  # a text file beside the task file: one "class: visual attributes" line each
     parser: list[str | dict[str, Any]] | None = None  # overrides scoring.parser for this variant
     images: str = "before"  # where the image parts go: before | after the text
     metrics: list[str | dict[str, Any]] = Field(default_factory=list)  # extra metrics this format allows
@@ -195,6 +196,15 @@ class Task:
             log.warning("task %s: expected %d %s samples, loaded %d", self.name, expected, split, len(samples))
         return samples
 
+    def knowledge_text(self, classes: tuple[str, ...]) -> str:
+        """The PA_P knowledge block: every class with its attributes, in the task's class order."""
+        file = self.path.parent / str(self.prompt_spec.knowledge)
+        knowledge = read_knowledge(file)
+        missing = [c for c in classes if c not in knowledge]
+        if missing:
+            raise ConfigError(f"{file}: no attributes for class(es) {missing}")
+        return "\n".join(f"{c}: {knowledge[c]}" for c in classes)
+
     def open_image(self, ref: str) -> Any:
         return self.source.open_image(ref)
 
@@ -209,6 +219,8 @@ class Task:
                   "question": sample.question,
                   "choices": "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(sample.choices)),
                   "classes": ", ".join(sample.choices)}
+        if spec.knowledge:
+            fields["knowledge"] = self.knowledge_text(sample.choices)
         text = _fill(spec.user, fields, self.name, self.prompt_name)
         images = tuple(Part(type="image", image=ref) for ref in sample.images)
         user = (*images, Part(type="text", text=text)) if spec.images == "before" else (
@@ -218,6 +230,21 @@ class Task:
             system = _fill(spec.system, fields, self.name, self.prompt_name)
             messages.insert(0, Message(role="system", content=(Part(type="text", text=system),)))
         return Prompt(sample_id=sample.id, messages=tuple(messages), settings=settings)
+
+
+def read_knowledge(path: Path) -> dict[str, str]:
+    """`class: attributes` lines (blank lines and `#` comments skipped) -> {class: attributes}."""
+    if not path.is_file():
+        raise ConfigError(f"knowledge file {path} does not exist")
+    out: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, colon, attributes = line.partition(":")
+        if not colon or not name.strip() or not attributes.strip():
+            raise ConfigError(f"{path}:{number}: expected 'class: visual attributes'")
+        out[name.strip()] = attributes.strip()
+    return out
 
 
 def _fill(template: str, fields: dict[str, Any], task: str, prompt: str) -> str:

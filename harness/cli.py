@@ -47,6 +47,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --output where it stopped")
     p.add_argument("--max-error-rate", type=float, default=0.5,
                    help="stop when more than this share of samples fails (default 0.5)")
+    p.add_argument("--ablate", choices=["blank", "noise", "shuffle"],
+                   help="replace every image (blank, noise, or another sample's): is the model using the picture?")
+    p.add_argument("--samples", dest="samples_file", type=Path,
+                   help="only these sample ids: JSON {task: [ids]} or [ids], or text lines 'id' / 'task<TAB>id'")
     p.add_argument("--device", help="hf backend: cpu, cuda, auto (default auto)")
     p.add_argument("--dtype", help="hf backend: float32, bfloat16, auto (default auto)")
     p.add_argument("--id-field", help="replay backend: the predictions file's id field")
@@ -64,7 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = RunConfig(model=args.model, backend=args.backend, tasks=args.tasks, data_dir=args.data_dir,
                        overrides=parse_overrides(args.overrides), limit=args.limit, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                       backend_options=backend_options, max_error_rate=args.max_error_rate)
+                       backend_options=backend_options, max_error_rate=args.max_error_rate, ablate=args.ablate,
+                       samples_file=str(args.samples_file) if args.samples_file else None)
     from medharness.cli_output import progress_bar, print_run_summary
 
     with progress_bar(disabled=args.no_progress) as progress:
@@ -157,6 +162,29 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_split(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("split", help="write a seeded k-shot subset's sample ids (for trainers and --samples)",
+                       description="k samples per class from a task's split, chosen by sha256(seed:id): stable "
+                                   "across runs, and the 10-shot set is inside the 20-shot set.")
+    p.add_argument("--task", required=True)
+    p.add_argument("--kshot", type=int, required=True, help="samples per class")
+    p.add_argument("--split", default="train", help="split to draw from (default train)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", help="local copy of the dataset")
+    p.add_argument("--output", type=Path, required=True, help="JSON file {task: [ids]}")
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from medharness.splits import kshot, write_sample_ids
+    from medharness.task import load_task
+
+    task = load_task(args.task, {"data_dir": args.data_dir} if args.data_dir else {})
+    chosen = kshot(task.load_samples(args.split), args.kshot, args.seed)
+    write_sample_ids(args.output, task.name, chosen)
+    print(f"wrote {len(chosen)} {args.split} sample ids ({args.kshot} per class, seed {args.seed}) to {args.output}")
+    return 0
+
+
 def _add_tiny(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-tiny-model", help="build a tiny random-weight VLM offline (for smoke tests and CI)")
     p.add_argument("dir", type=Path)
@@ -173,7 +201,7 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "score": cmd_score, "ls": cmd_ls, "validate": cmd_validate,
-            "leaderboard": cmd_leaderboard, "make-tiny-model": cmd_tiny}
+            "leaderboard": cmd_leaderboard, "split": cmd_split, "make-tiny-model": cmd_tiny}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"medharness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_score, _add_ls, _add_validate, _add_leaderboard, _add_tiny):
+    for add in (_add_run, _add_score, _add_ls, _add_validate, _add_leaderboard, _add_split, _add_tiny):
         add(sub)
     return parser
 

@@ -15,11 +15,13 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from medharness import ablation
 from medharness.backends import BACKENDS, Backend, Request
 from medharness.errors import ConfigError, DataError, MedHarnessError
 from medharness.records import Generation, ResultRow, Sample, TaskSummary
 from medharness.runlog import RunDir
 from medharness.scoring import Recipe, metric_is_percent, recipe_for, summarise
+from medharness.splits import read_sample_ids, select_pinned
 from medharness.task import Task, load_task, resolve_task_names
 
 log = logging.getLogger(__name__)
@@ -43,9 +45,11 @@ class RunConfig(BaseModel):
     seed: int = 0
     backend_options: dict[str, Any] = Field(default_factory=dict)
     max_error_rate: float = 0.5
+    ablate: str | None = None  # blank | noise | shuffle: replace every image (see ablation.py)
+    samples_file: str | None = None  # a pinned list of sample ids (see splits.py)
 
     RESULT_KEYS: ClassVar[tuple[str, ...]] = ("model", "backend", "tasks", "data_dir", "overrides", "limit",
-                                    "max_new_tokens", "temperature", "seed")
+                                              "max_new_tokens", "temperature", "seed", "ablate", "samples_file")
 
 
 def pick_backend(model: str, backend: str) -> tuple[str, str]:
@@ -108,19 +112,39 @@ class Runner:
                  progress: Progress | None = None) -> None:
         self.config = config
         pick_backend(config.model, config.backend)  # a wrong backend name fails before any work
+        ablation.check(config.ablate)
+        self.pinned = read_sample_ids(Path(config.samples_file)) if config.samples_file else None
         self.tasks = load_tasks(config)  # bad task files fail here, before any directory exists
         self.samples = {t.name: self._select(t) for t in self.tasks}
+        self.partners = {t.name: ablation.partners([s.id for s in self.samples[t.name]], config.seed)
+                         for t in self.tasks} if config.ablate == "shuffle" else {}
         self.recipes = {t.name: recipe_for(t) for t in self.tasks}
         for t in self.tasks:  # render once to catch template errors before the model loads
             if self.samples[t.name]:
                 t.render(self.samples[t.name][0], t.settings())
+        self.by_id = {t.name: {s.id: s for s in self.samples[t.name]} for t in self.tasks}
         self.path = output or Path("runs") / default_run_id(config)
         self.resume = resume
         self.progress = progress or (lambda task, done, total: None)
 
     def _select(self, task: Task) -> list[Sample]:
         samples = task.load_samples()
+        if self.pinned is not None:
+            samples = select_pinned(task.name, samples, self.pinned, Path(str(self.config.samples_file)))
         return samples[: self.config.limit] if self.config.limit else samples
+
+    def _images(self, task: Task, sample: Sample, refs: list[str]) -> list[Any]:
+        """Load a prompt's images, replaced as `--ablate` asks."""
+        mode, seed = self.config.ablate, self.config.seed
+        if mode == "shuffle":
+            partner = self.by_id[task.name][self.partners[task.name][sample.id]]
+            refs = list(partner.images[: len(refs)])
+        images = [task.open_image(ref) for ref in refs]
+        if mode == "blank":
+            return [ablation.blank(im) for im in images]
+        if mode == "noise":
+            return [ablation.noise(im, seed, f"{sample.id}/{i}") for i, im in enumerate(images)]
+        return images
 
     def run(self) -> RunDir:
         if self.resume:
@@ -182,7 +206,7 @@ class Runner:
         for sample in batch:
             prompt = prompts[sample.id]
             try:
-                images = [task.open_image(ref) for ref in prompt.image_refs()] if backend.needs_images else []
+                images = self._images(task, sample, prompt.image_refs()) if backend.needs_images else []
             except DataError as exc:
                 failed[sample.id] = Generation(sample_id=sample.id, text="", model=backend.fingerprint,
                                                error=f"image: {exc}")
@@ -202,6 +226,7 @@ class Runner:
     def _record_task(self, run: RunDir, task: Task, recipe: Recipe) -> None:
         entry = run.info["tasks"].setdefault(task.name, {})
         entry.update({"version": task.version, "prompt": task.prompt_name, "convention": recipe.convention,
+                      "ablation": self.config.ablate,
                       "parser": recipe.parser.name, "group_by": task.config.group_by,
                       "data": task.load_report, "n_selected": len(self.samples[task.name]),
                       "percent": metric_is_percent(recipe), "path": str(task.path)})

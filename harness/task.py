@@ -89,6 +89,7 @@ class TaskConfig(Strict):
     scoring: Scoring = Scoring()
     group_by: list[str] = Field(default_factory=list)
     generation: dict[str, Any] = Field(default_factory=dict)
+    check_sizes: bool = True  # a full split whose size differs from card.sizes is an error
     data_dir: str | None = None  # set by --data-dir or -T task.data_dir=DIR
     prompt: str | None = None  # set by -T task.prompt=NAME
 
@@ -133,9 +134,10 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 class Task:
     """A validated task file plus what it needs to load samples, render prompts and open images."""
 
-    def __init__(self, config: TaskConfig, path: Path) -> None:
+    def __init__(self, config: TaskConfig, path: Path, overridden: frozenset[str] = frozenset()) -> None:
         self.config = config
         self.path = path
+        self.overridden = overridden  # top-level keys changed by -T
         self.load_report: dict[str, Any] = {}
 
     @property
@@ -193,7 +195,12 @@ class Task:
         self.load_report = {"split": split, "source": source_label(self.source, split),
                             "expected": expected, "actual": len(samples)}
         if expected is not None and expected != len(samples):
-            log.warning("task %s: expected %d %s samples, loaded %d", self.name, expected, split, len(samples))
+            message = f"task {self.name}: the card expects {expected} {split} samples, {self.load_report['source']} " \
+                      f"gave {len(samples)}"
+            if self.config.check_sizes and "filter" not in self.overridden:
+                raise DataError(f"{message} (an incomplete or different copy? -T {self.name}.check_sizes=false "
+                                "runs it anyway)")
+            log.warning(message)
         return samples
 
     def knowledge_text(self, classes: tuple[str, ...]) -> str:
@@ -316,4 +323,4 @@ def load_task(ref: str | Path, overrides: dict[str, Any] | None = None) -> Task:
     config = parse_task_file(path, overrides)
     if isinstance(ref, str) and config.name != ref:
         raise ConfigError(f"{path}: name '{config.name}' must equal the file name '{ref}'")
-    return Task(config, path)
+    return Task(config, path, frozenset(k.split(".")[0] for k in overrides or {}))

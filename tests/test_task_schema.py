@@ -83,7 +83,9 @@ def test_local_source_needs_data_dir_and_reports_sizes(tmp_path: Path) -> None:
     (data / "test.jsonl").write_text('{"qid": 7, "question": "q1", "answer": "Yes", "kind": "CLOSED"}\n'
                                      '{"qid": 8, "question": "q2", "answer": "lung", "kind": "OPEN"}\n'
                                      '{"qid": 9, "question": "q3", "answer": "no", "kind": "CLOSED"}\n')
-    task = load_task(path, {"data_dir": str(data)})
+    with pytest.raises(DataError, match="the card expects 2 test samples, local test.jsonl gave 3"):
+        load_task(path, {"data_dir": str(data)}).load_samples()
+    task = load_task(path, {"data_dir": str(data), "check_sizes": False})
     samples = task.load_samples()
     assert [s.id for s in samples] == ["7", "8", "9"]
     assert samples[0].target == "Yes" and samples[1].meta == {"answer_type": "OPEN"}

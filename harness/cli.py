@@ -51,6 +51,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="replace every image (blank, noise, or another sample's): is the model using the picture?")
     p.add_argument("--samples", dest="samples_file", type=Path,
                    help="only these sample ids: JSON {task: [ids]} or [ids], or text lines 'id' / 'task<TAB>id'")
+    p.add_argument("--no-cache", action="store_true",
+                   help="always call the model (default: reuse identical greedy generations from the response cache)")
+    p.add_argument("--cache-dir", help="response cache folder (default $MEDHARNESS_CACHE or ~/.cache/medharness)")
     p.add_argument("--device", help="hf backend: cpu, cuda, auto (default auto)")
     p.add_argument("--dtype", help="hf backend: float32, bfloat16, auto (default auto)")
     p.add_argument("--id-field", help="replay backend: the predictions file's id field")
@@ -69,7 +72,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                        overrides=parse_overrides(args.overrides), limit=args.limit, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                        backend_options=backend_options, max_error_rate=args.max_error_rate, ablate=args.ablate,
-                       samples_file=str(args.samples_file) if args.samples_file else None)
+                       samples_file=str(args.samples_file) if args.samples_file else None,
+                       cache=not args.no_cache, cache_dir=args.cache_dir)
     from medharness.cli_output import progress_bar, print_run_summary
 
     with progress_bar(disabled=args.no_progress) as progress:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medharness import ablation
 from medharness.backends import BACKENDS, Backend, Request
+from medharness.cache import ResponseCache, cache_key
 from medharness.errors import ConfigError, DataError, MedHarnessError
 from medharness.records import Generation, ResultRow, Sample, TaskSummary
 from medharness.runlog import RunDir
@@ -47,6 +48,8 @@ class RunConfig(BaseModel):
     max_error_rate: float = 0.5
     ablate: str | None = None  # blank | noise | shuffle: replace every image (see ablation.py)
     samples_file: str | None = None  # a pinned list of sample ids (see splits.py)
+    cache: bool = True  # reuse generations from the response cache (see cache.py)
+    cache_dir: str | None = None
 
     RESULT_KEYS: ClassVar[tuple[str, ...]] = ("model", "backend", "tasks", "data_dir", "overrides", "limit",
                                               "max_new_tokens", "temperature", "seed", "ablate", "samples_file")
@@ -126,6 +129,8 @@ class Runner:
         self.path = output or Path("runs") / default_run_id(config)
         self.resume = resume
         self.progress = progress or (lambda task, done, total: None)
+        self.cache: ResponseCache | None = None
+        self.model_calls = 0
 
     def _select(self, task: Task) -> list[Sample]:
         samples = task.load_samples()
@@ -159,6 +164,8 @@ class Runner:
                 run.discard()
             raise
         run.info["model"] = backend.fingerprint
+        if self.config.cache and backend.cacheable:
+            self.cache = ResponseCache(Path(self.config.cache_dir) if self.config.cache_dir else None)
         run.set_status("running")
         try:
             for task in self.tasks:
@@ -171,6 +178,7 @@ class Runner:
             raise
         finally:
             backend.close()
+            self._record_usage(run)
         run.set_status("finished")
         return run
 
@@ -212,7 +220,7 @@ class Runner:
                                                error=f"image: {exc}")
                 continue
             requests.append(Request(prompt=prompt, images=images))
-        generated = {g.sample_id: g for g in backend.generate(requests)} if requests else {}
+        generated = self._generate(backend, requests)
         rows = []
         for sample in batch:
             gen = failed.get(sample.id) or generated.get(sample.id) or Generation(
@@ -223,6 +231,25 @@ class Runner:
                                   scores=scores))
         return rows
 
+    def _generate(self, backend: Backend, requests: list[Request]) -> dict[str, Generation]:
+        """Generations by sample id: from the response cache where possible, else from the backend."""
+        if not requests:
+            return {}
+        if self.cache is None or not backend.cacheable:
+            self.model_calls += len(requests)
+            return {g.sample_id: g for g in backend.generate(requests)}
+        keys = [cache_key(backend.fingerprint, r.prompt, r.images) for r in requests]
+        hits = self.cache.get_many(keys)
+        misses = [(k, r) for k, r in zip(keys, requests, strict=True) if k not in hits]
+        fresh = backend.generate([r for _, r in misses]) if misses else []
+        self.model_calls += len(misses)
+        self.cache.put_many((k, g) for (k, _), g in zip(misses, fresh, strict=True))
+        out = {g.sample_id: g for g in fresh}
+        for key, request in zip(keys, requests, strict=True):
+            if key in hits:
+                out[request.prompt.sample_id] = hits[key].model_copy(update={"sample_id": request.prompt.sample_id})
+        return out
+
     def _record_task(self, run: RunDir, task: Task, recipe: Recipe) -> None:
         entry = run.info["tasks"].setdefault(task.name, {})
         entry.update({"version": task.version, "prompt": task.prompt_name, "convention": recipe.convention,
@@ -232,10 +259,24 @@ class Runner:
                       "percent": metric_is_percent(recipe), "path": str(task.path)})
         run.save()
 
+    def _record_usage(self, run: RunDir) -> None:
+        cache = self.cache
+        run.info["usage"] = {
+            "model_calls": self.model_calls,
+            "cache": None if cache is None else {"hits": cache.hits, "misses": cache.misses, "path": str(cache.path)},
+        }
+        if cache is not None:
+            cache.close()
+            self.cache = None
+
     def _finish_task(self, run: RunDir, task: Task, recipe: Recipe) -> TaskSummary:
         selected = {s.id for s in self.samples[task.name]}
         rows = [r for r in run.rows(task.name) if r.sample_id in selected]
         summary = summarise(rows, recipe, task.config.group_by, task.name, task.version)
         run.info["tasks"][task.name]["summary"] = summary.model_dump()
+        run.info["tasks"][task.name]["tokens"] = {
+            "prompt": sum(r.generation.prompt_tokens or 0 for r in rows),
+            "completion": sum(r.generation.completion_tokens or 0 for r in rows),
+        }
         run.save()
         return summary

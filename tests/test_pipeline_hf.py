@@ -72,6 +72,7 @@ prompts: {default: p, variants: {p: {user: "{question}"}}}
 def _run_cmd(model: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "medharness.cli", "run", "--model", str(model), "--tasks", "phantom_presence",
             "--batch-size", "2", "--max-new-tokens", "8", "--limit", "60", "--output", str(out), "--no-progress",
+            "--no-cache",
             *extra]
 
 

@@ -33,6 +33,7 @@ class Backend(ABC):
 
     name: ClassVar[str] = ""
     needs_images: ClassVar[bool] = True
+    cacheable: ClassVar[bool] = True  # model outputs go through the response cache
 
     def __init__(self, model: str, **options: Any) -> None:
         self.model = model

@@ -34,6 +34,7 @@ def _as_text(target: Any) -> str:
 @backend("baseline")
 class BaselineBackend(Backend):
     needs_images = False
+    cacheable = False
 
     def __init__(self, model: str, seed: int = 0, **options: Any) -> None:
         super().__init__(model, **options)

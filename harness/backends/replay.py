@@ -17,6 +17,7 @@ class ReplayBackend(Backend):
     """`--model preds.jsonl --backend replay [--id-field F --prediction-field F]`."""
 
     needs_images = False
+    cacheable = False
 
     def __init__(self, model: str, id_field: str | None = None, prediction_field: str | None = None,
                  **options: Any) -> None:

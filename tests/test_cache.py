@@ -1,0 +1,56 @@
+"""The response cache: a repeated run makes zero model calls; keys follow images, settings and seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from medharness.cache import ResponseCache, cache_key
+from medharness.pipeline import RunConfig, Runner
+from medharness.records import Generation, GenerationSettings, Message, Part, Prompt
+
+
+def prompt(settings: GenerationSettings, text: str = "q") -> Prompt:
+    parts = (Part(type="image", image="a.png"), Part(type="text", text=text))
+    return Prompt(sample_id="1", messages=(Message(role="user", content=parts),), settings=settings)
+
+
+def test_key_depends_on_pixels_model_text_and_sampling_seed() -> None:
+    red, blue = Image.new("RGB", (4, 4), (255, 0, 0)), Image.new("RGB", (4, 4), (0, 0, 255))
+    greedy = GenerationSettings(seed=1)
+    base = cache_key("m", prompt(greedy), [red])
+    assert base == cache_key("m", prompt(GenerationSettings(seed=2)), [red])  # greedy: seed irrelevant
+    assert base != cache_key("m", prompt(greedy), [blue])
+    assert base != cache_key("m2", prompt(greedy), [red])
+    assert base != cache_key("m", prompt(greedy, "other"), [red])
+    sampled = GenerationSettings(temperature=0.7, seed=1)
+    assert cache_key("m", prompt(sampled), [red]) != cache_key("m", prompt(sampled.model_copy(update={"seed": 2})),
+                                                               [red])
+
+
+def test_failed_and_empty_generations_are_never_stored(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path)
+    cache.put_many([("a", Generation(sample_id="1", text="yes")), ("b", Generation(sample_id="1", text=" ")),
+                    ("c", Generation(sample_id="1", text="", error="timeout"))])
+    assert set(cache.get_many(["a", "b", "c"])) == {"a"}
+    assert (cache.hits, cache.misses) == (1, 2)
+
+
+def test_second_identical_run_makes_zero_model_calls(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    def run(name: str, **kw: object):  # type: ignore[no-untyped-def]
+        config = RunConfig(model=str(tiny_models["qwen2_vl"]), tasks="phantom_presence", limit=10,
+                           max_new_tokens=6, cache_dir=str(tmp_path / "cache"), **kw)
+        return Runner(config, output=tmp_path / name).run()
+
+    first, second = run("a"), run("b")
+    assert first.info["usage"]["model_calls"] == 10 and first.info["usage"]["cache"]["misses"] == 10
+    texts = [r.generation.text for r in first.rows("phantom_presence")]
+    empty = sum(not t.strip() for t in texts)  # a random model may stop at once: empty outputs are not cached
+    assert empty < 10
+    assert second.info["usage"]["model_calls"] == empty and second.info["usage"]["cache"]["hits"] == 10 - empty
+    assert [r.generation.text for r in second.rows("phantom_presence")] == texts
+    ablated = run("c", ablate="noise")  # other pixels (noise differs per sample): other prompts
+    assert ablated.info["usage"]["model_calls"] == 10
+    uncached = run("d", cache=False)
+    assert uncached.info["usage"] == {"model_calls": 10, "cache": None}

@@ -107,14 +107,18 @@ def label_accuracy(answer: Answer, sample: Sample, text: str) -> float | None:
 
 
 @metric("bleu")
-def bleu(answer: Answer, sample: Sample, text: str, reference: str = "target") -> float | None:
-    """sacrebleu sentence BLEU / 100 (effective order) of the answer vs the gold or a meta field."""
+def bleu(answer: Answer, sample: Sample, text: str, reference: str = "target",
+         hypothesis: str = "answer") -> float | None:
+    """sacrebleu sentence BLEU / 100 (effective order) of the answer (or, with `hypothesis: think`, the
+    `<think>` text) vs the gold or a meta field (e.g. `reference: reasoning`)."""
     import sacrebleu
 
+    if hypothesis not in ("answer", "think"):
+        raise ConfigError(f"bleu: hypothesis must be 'answer' or 'think', got {hypothesis!r}")
     ref: Any = sample.target if reference == "target" else sample.meta.get(reference)
     if ref is None or not str(ref).strip():
         return None
-    pred = answer_text(answer)
+    pred = answer_text(answer) if hypothesis == "answer" else think_text(text, allow_unclosed=True)
     if pred is None or not pred.strip():
         return 0.0
     return sacrebleu.sentence_bleu(pred, [str(ref)], use_effective_order=True).score / 100.0

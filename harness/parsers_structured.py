@@ -36,8 +36,10 @@ _OTHER_LETTER = re.compile(r"\(([A-Z])\)|^(?:or|and|/|,)\s*\(?([A-Z])\b|^\(?([A-
 
 
 def letter_of(target: Any, choices: Sequence[str]) -> str | None:
-    """The option letter of a gold `target` given as a letter ("B") or as an option's text."""
+    """The option letter of a gold `target` given as a letter ("B", "(B)") or as an option's text."""
     text = str(target).strip()
+    if len(text) == 3 and text[0] == "(" and text[2] == ")":
+        text = text[1]
     if len(text) == 1 and text.upper() in LETTERS[: len(choices)]:
         return text.upper()
     matches = [LETTERS[i] for i, c in enumerate(choices) if simple(c) == simple(text)]

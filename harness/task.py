@@ -50,6 +50,7 @@ class PromptSpec(Strict):
     parser: list[str | dict[str, Any]] | None = None  # overrides scoring.parser for this variant
     images: str = "before"  # where the image parts go: before | after the text
     metrics: list[str | dict[str, Any]] = Field(default_factory=list)  # extra metrics this format allows
+    generation: dict[str, Any] = Field(default_factory=dict)  # e.g. a longer max_new_tokens for reasoning
 
     @model_validator(mode="after")
     def _check(self) -> PromptSpec:
@@ -216,7 +217,8 @@ class Task:
         return self.source.open_image(ref)
 
     def settings(self, **cli: Any) -> GenerationSettings:
-        values = {**self.config.generation, **{k: v for k, v in cli.items() if v is not None}}
+        values = {**self.config.generation, **self.prompt_spec.generation,
+                  **{k: v for k, v in cli.items() if v is not None}}
         return GenerationSettings(**values)
 
     def render(self, sample: Sample, settings: GenerationSettings) -> Prompt:

@@ -243,3 +243,26 @@ def test_every_metric_is_fast_on_a_megabyte(text: str) -> None:
                        **args.get(name, {}))
             assert got is None or isinstance(got, float)
         assert time.perf_counter() - start < 5.0, name
+
+
+def test_bleu_of_the_reasoning_against_a_meta_field() -> None:
+    from medharness.metrics import METRICS
+    from medharness.records import Answer, Sample
+
+    fn = METRICS.get("bleu").fn
+    sample = Sample(id="1", task="t", question="q", target="yes", meta={"reasoning": "the left lung is clear"})
+    text = "<think>the left lung is clear</think><answer>yes</answer>"
+    assert fn(Answer(value="yes"), sample, text, reference="reasoning", hypothesis="think") == pytest.approx(1.0)
+    assert fn(Answer(value="yes"), sample, "<answer>yes</answer>", reference="reasoning", hypothesis="think") == 0.0
+    with pytest.raises(ConfigError):
+        fn(Answer(value="yes"), sample, text, hypothesis="raw")
+
+
+def test_choice_accuracy_accepts_parenthesised_gold_letters() -> None:
+    from medharness.metrics import METRICS
+    from medharness.records import Answer, Sample
+
+    fn = METRICS.get("choice_accuracy").fn
+    sample = Sample(id="1", task="t", question="q", target="(B)", choices=("left", "right"))
+    assert fn(Answer(value="B"), sample, "B") == 1.0
+    assert fn(Answer(value="A"), sample, "A") == 0.0

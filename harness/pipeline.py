@@ -19,6 +19,7 @@ from medharness import ablation
 from medharness.backends import BACKENDS, Backend, Request
 from medharness.cache import ResponseCache, cache_key
 from medharness.errors import ConfigError, DataError, MedHarnessError
+from medharness.prices import cost_usd
 from medharness.records import Generation, ResultRow, Sample, TaskSummary
 from medharness.runlog import RunDir
 from medharness.scoring import Recipe, metric_is_percent, recipe_for, summarise
@@ -274,9 +275,11 @@ class Runner:
         rows = [r for r in run.rows(task.name) if r.sample_id in selected]
         summary = summarise(rows, recipe, task.config.group_by, task.name, task.version)
         run.info["tasks"][task.name]["summary"] = summary.model_dump()
-        run.info["tasks"][task.name]["tokens"] = {
-            "prompt": sum(r.generation.prompt_tokens or 0 for r in rows),
-            "completion": sum(r.generation.completion_tokens or 0 for r in rows),
-        }
+        prompt_tokens = sum(r.generation.prompt_tokens or 0 for r in rows)
+        completion_tokens = sum(r.generation.completion_tokens or 0 for r in rows)
+        run.info["tasks"][task.name]["tokens"] = {"prompt": prompt_tokens, "completion": completion_tokens}
+        api = pick_backend(self.config.model, self.config.backend)[0] in ("openai", "gemini")
+        run.info["tasks"][task.name]["cost_usd"] = \
+            cost_usd(self.config.model, prompt_tokens, completion_tokens) if api else None
         run.save()
         return summary

@@ -54,3 +54,11 @@ def test_second_identical_run_makes_zero_model_calls(tmp_path: Path, tiny_models
     assert ablated.info["usage"]["model_calls"] == 10
     uncached = run("d", cache=False)
     assert uncached.info["usage"] == {"model_calls": 10, "cache": None}
+
+
+def test_cost_only_where_a_price_entry_exists() -> None:
+    from medharness.prices import cost_usd
+
+    assert cost_usd("gpt-4o-mini", 1_000_000, 1_000_000) == 0.75
+    assert cost_usd("models/gemini-1.5-flash", 2_000_000, 0) == 0.15
+    assert cost_usd("my-local-model", 10, 10) is None

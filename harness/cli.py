@@ -33,7 +33,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True,
                    help="checkpoint folder or hub id; baseline:majority|random|constant:TEXT; a predictions file")
     p.add_argument("--backend", default="auto",
-                   help="auto (baseline: prefix -> baseline, predictions file -> replay, else hf), hf, replay, baseline")
+                   help="auto (baseline: prefix -> baseline, predictions file -> replay, else hf), hf, openai, "
+                        "gemini, replay, baseline")
     p.add_argument("--tasks", required=True, help="comma-separated task names, families or task YAML paths")
     p.add_argument("--data-dir", help="folder holding the local copy of the dataset (for every task)")
     p.add_argument("-T", dest="overrides", action="append", default=[], metavar="TASK.KEY=VALUE",
@@ -54,6 +55,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true",
                    help="always call the model (default: reuse identical greedy generations from the response cache)")
     p.add_argument("--cache-dir", help="response cache folder (default $MEDHARNESS_CACHE or ~/.cache/medharness)")
+    p.add_argument("--base-url", help="openai/gemini backends: the endpoint, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--api-key-env", help="openai/gemini: the environment variable holding the key "
+                                         "(default OPENAI_API_KEY; GEMINI_API_KEY or GOOGLE_API_KEY)")
+    p.add_argument("--concurrency", type=int, help="openai/gemini: requests in flight (default 8)")
+    p.add_argument("--timeout", type=float, help="openai/gemini: seconds per attempt (default 60)")
+    p.add_argument("--max-retries", type=int, help="openai/gemini: retries after 429/5xx/timeouts (default 5)")
     p.add_argument("--device", help="hf backend: cpu, cuda, auto (default auto)")
     p.add_argument("--dtype", help="hf backend: float32, bfloat16, auto (default auto)")
     p.add_argument("--id-field", help="replay backend: the predictions file's id field")
@@ -64,8 +71,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from medharness.pipeline import RunConfig, Runner
 
-    backend_options = {k: v for k, v in {"device": args.device, "dtype": args.dtype, "id_field": args.id_field,
-                                         "prediction_field": args.prediction_field}.items() if v is not None}
+    options = {"device": args.device, "dtype": args.dtype, "id_field": args.id_field,
+               "prediction_field": args.prediction_field, "base_url": args.base_url, "api_key_env": args.api_key_env,
+               "concurrency": args.concurrency, "timeout": args.timeout, "max_retries": args.max_retries}
+    backend_options = {k: v for k, v in options.items() if v is not None}
     if args.resume and not args.output:
         raise ConfigError("--resume needs --output RUN_DIR (the run to continue)")
     config = RunConfig(model=args.model, backend=args.backend, tasks=args.tasks, data_dir=args.data_dir,

@@ -195,8 +195,9 @@ class Runner:
         if todo:
             backend.prepare(task, samples)
         n_done, n_errors = len(samples) - len(todo), 0
-        for start in range(0, len(todo), self.config.batch_size):
-            batch = todo[start: start + self.config.batch_size]
+        size = max(self.config.batch_size, backend.batch_size_hint)  # API backends: one batch per concurrency
+        for start in range(0, len(todo), size):
+            batch = todo[start: start + size]
             rows = self._batch(task, backend, recipe, batch, settings)
             run.append(task.name, rows)
             n_done += len(rows)

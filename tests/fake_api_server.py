@@ -17,6 +17,8 @@ request with no queued fault is answered normally. Fault kinds:
 
 `latency` adds a fixed delay to every answer. Bounded: after `max_requests` requests the server answers 503
 and stops; after `max_seconds` it stops itself whatever happens.
+`python tests/fake_api_server.py --latency 0.1` serves from its own process (prints the URL; `GET /_stats`
+gives counts, `POST /_reset` clears them), so a benchmark's client does not share the server's GIL.
 """
 
 from __future__ import annotations
@@ -127,10 +129,13 @@ class FakeAPIServer:
         class Handler(_Handler):
             fake = server
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # listen backlog: the default 5 drops connections when 32 arrive at once
+
+        self._httpd = Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="fake-api-server", daemon=True)
         self._thread.start()
         self._watchdog = threading.Timer(self.max_seconds, self.stop)
@@ -145,7 +150,8 @@ class FakeAPIServer:
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._httpd is not None:
-            threading.Thread(target=self._shutdown, daemon=True).start()  # shutdown() blocks; never in a handler
+            # shutdown() blocks until serve_forever returns: never call it from a handler thread
+            threading.Thread(target=self._shutdown, daemon=True).start()
 
     def _shutdown(self) -> None:
         assert self._httpd is not None
@@ -180,8 +186,20 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
         pass
 
+    def do_GET(self) -> None:  # noqa: N802 - `GET /_stats`: counters, for a server in another process
+        fake = self.fake
+        if self.path == "/_stats":
+            with fake._lock:
+                stats = {"requests": len(fake.requests), "max_in_flight": fake.max_in_flight}
+            return self._send(200, stats)
+        return self._send(404, {"error": {"message": f"no route {self.path}"}})
+
     def do_POST(self) -> None:  # noqa: N802
         fake = self.fake
+        if self.path == "/_reset":
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            fake.reset()
+            return self._send(200, {})
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         headers = {k.lower(): v for k, v in self.headers.items()}
         try:
@@ -203,8 +221,8 @@ class _Handler(BaseHTTPRequestHandler):
             fault = Fault.http(503) if over_budget else Fault.ok()
         if not over_budget:
             fault = fake._next_fault(text)
-        rec = Recorded(api=api, path=self.path, headers=headers, body=body, text=text, images=images, fault=fault,
-                       start=time.monotonic())
+        rec = Recorded(api=api, path=self.path, headers=headers, body=body, text=text, images=images,
+                       fault=fault, start=time.monotonic())
         with fake._lock:
             fake.requests.append(rec)
             fake.in_flight += 1
@@ -230,11 +248,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif fake.latency:
             fake._sleep(fake.latency)
         if fault.kind == "status":
-            key = headers.get("authorization", "").removeprefix("Bearer ") or headers.get("x-goog-api-key", "")
+            key = (headers.get("authorization", "").removeprefix("Bearer ")
+                   or headers.get("x-goog-api-key", ""))
             message = f"scripted error {fault.status}; request made with key {key}"
             extra = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
             if api == "gemini":
-                status = {429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE", 500: "INTERNAL"}.get(fault.status, "ERROR")
+                status = {429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE",
+                          500: "INTERNAL"}.get(fault.status, "ERROR")
                 return self._send(fault.status, {"error": {"code": fault.status, "message": message,
                                                            "status": status}}, extra)
             return self._send(fault.status, {"error": {"message": message, "type": "scripted", "code": None}},
@@ -243,7 +263,8 @@ class _Handler(BaseHTTPRequestHandler):
         n_prompt, n_completion = 7 + 100 * len(images), len(answer.split())
         if api == "openai":
             payload: dict[str, Any] = {
-                "id": f"chatcmpl-{len(fake.requests)}", "object": "chat.completion", "created": 0, "model": model,
+                "id": f"chatcmpl-{len(fake.requests)}", "object": "chat.completion", "created": 0,
+                "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
                              "finish_reason": "stop", "logprobs": None}],
                 "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_completion,
@@ -314,3 +335,22 @@ def _gemini_prompt(body: Any) -> tuple[str, list[str]]:
         if content.get("role", "user") == "user":
             text = " ".join(texts)
     return text, images
+
+
+def main() -> None:
+    """`python tests/fake_api_server.py --latency 0.1`: serve from this process (prints the URL, blocks)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="fake OpenAI/Gemini API on 127.0.0.1 (no faults scripted)")
+    ap.add_argument("--latency", type=float, default=0.0)
+    ap.add_argument("--max-requests", type=int, default=100_000)
+    ap.add_argument("--max-seconds", type=float, default=600.0)
+    args = ap.parse_args()
+    server = FakeAPIServer(latency=args.latency, max_requests=args.max_requests, max_seconds=args.max_seconds)
+    with server:
+        print(server.url, flush=True)
+        server._stop.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -142,10 +142,11 @@ def parse_retry_after(headers: Mapping[str, str] | None, now: float | None = Non
 
 
 _TRANSPORT_NAMES = ("ConnectError", "ConnectTimeout", "ReadError", "WriteError", "RemoteProtocolError",
-                    "LocalProtocolError", "ProtocolError", "NetworkError", "TransportError", "APIConnectionError",
-                    "ServerDisconnectedError", "ClientConnectorError", "ClientOSError", "ClientPayloadError",
-                    "IncompleteRead", "ConnectionError")
-_TIMEOUT_NAMES = ("Timeout", "TimeoutError", "TimeoutException", "ReadTimeout", "PoolTimeout", "APITimeoutError")
+                    "LocalProtocolError", "ProtocolError", "NetworkError", "TransportError",
+                    "APIConnectionError", "ServerDisconnectedError", "ClientConnectorError", "ClientOSError",
+                    "ClientPayloadError", "IncompleteRead", "ConnectionError")
+_TIMEOUT_NAMES = ("Timeout", "TimeoutError", "TimeoutException", "ReadTimeout", "PoolTimeout",
+                  "APITimeoutError")
 _DECODE_NAMES = ("JSONDecodeError", "DecodingError", "APIResponseValidationError", "UnknownApiResponseError",
                  "ValidationError")
 
@@ -316,19 +317,20 @@ class ApiBackend(Backend):
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str | None = None,
                  concurrency: int | str = 8, timeout: float | str = 60.0, max_retries: int | str = 5,
-                 image_format: str = "png", retry_base_delay: float | str = 0.5, retry_max_delay: float | str = 30.0,
-                 max_retry_after: float | str = 120.0, **options: Any) -> None:
+                 image_format: str = "png", retry_base_delay: float | str = 0.5,
+                 retry_max_delay: float | str = 30.0, max_retry_after: float | str = 120.0,
+                 **options: Any) -> None:
         for secret_option in ("api_key", "key", "token"):
             if secret_option in options:
-                raise ConfigError(f"{self.name} backend: do not pass the key as an option (it would be recorded); "
-                                  f"put it in an environment variable and name it with api_key_env")
+                raise ConfigError(f"{self.name} backend: do not pass the key as an option (it would be "
+                                  "recorded); put it in an environment variable named by api_key_env")
         super().__init__(model, **options)
         if options:
             log.warning("%s backend ignores unknown options: %s", self.name, ", ".join(sorted(options)))
         self.base_url = (base_url or self.default_base_url or "").rstrip("/") or None
-        envs = tuple(e.strip() for e in api_key_env.split(",") if e.strip()) if api_key_env else self.default_key_envs
-        self.api_key_envs = envs
-        self._api_key = next((os.environ[e] for e in envs if os.environ.get(e)), None)
+        envs = tuple(e.strip() for e in (api_key_env or "").split(",") if e.strip())
+        self.api_key_envs = envs or self.default_key_envs
+        self._api_key = next((os.environ[e] for e in self.api_key_envs if os.environ.get(e)), None)
         self.concurrency = _as_int("concurrency", concurrency, 1)
         self.image_format = image_format.lower()
         if self.image_format not in ("png", "jpeg", "jpg"):
@@ -367,6 +369,10 @@ class ApiBackend(Backend):
         return classify(exc, self.policy.timeout)
 
     # -- shared behaviour
+    @property
+    def batch_size_hint(self) -> int:
+        return self.concurrency
+
     @property
     def fingerprint(self) -> str:
         return self.scrub(f"{self.name}:{self.model}@{self.base_url or self.default_base_url}")

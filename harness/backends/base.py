@@ -40,6 +40,11 @@ class Backend(ABC):
         self.options = options
 
     @property
+    def batch_size_hint(self) -> int:
+        """The smallest batch that keeps this backend busy (API backends: their concurrency)."""
+        return 1
+
+    @property
     def fingerprint(self) -> str:
         """Identifies the exact model: weights path + content hash, API id + endpoint, ..."""
         return f"{self.name}:{self.model}"

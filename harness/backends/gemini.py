@@ -3,11 +3,12 @@
 `--backend gemini --model gemini-2.5-flash [--base-url URL]`; options (see `api_common.ApiBackend`):
 `base_url` (default https://generativelanguage.googleapis.com), `api_key_env` (default `GEMINI_API_KEY`, then
 `GOOGLE_API_KEY`; a placeholder is sent when neither is set and base_url is not Google's), `concurrency` (8),
-`timeout` (60 s per attempt), `max_retries` (5), `image_format` (png), `thinking_budget` (unset = the model's
-default; 0 turns thinking off where the model allows it). Images go as inline parts; system messages become the
-system instruction; `GenerateContentConfig(temperature, top_p, max_output_tokens, seed)`. The SDK's retries are
-off (`api_common` retries, honouring Retry-After). completion_tokens = candidates + thoughts tokens (what the
-model generated and is billed for). The fingerprint is `gemini:<model>@<base_url>`; the key is never recorded.
+`timeout` (60 s per attempt), `max_retries` (5), `image_format` (png), `thinking_budget` (unset = the
+model's default; 0 turns thinking off where the model allows it). Images go as inline parts; system messages
+become the system instruction; `GenerateContentConfig(temperature, top_p, max_output_tokens, seed)`. The SDK's
+retries are off (`api_common` retries, honouring Retry-After). completion_tokens = candidates + thoughts
+tokens (what the model generated and is billed for). The fingerprint is `gemini:<model>@<base_url>`; the key
+is never recorded.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ GEMINI_URL = "https://generativelanguage.googleapis.com"
 _FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
 
 
-def gemini_contents(prompt: Prompt, images: list[Any], image_format: str = "png") -> tuple[list[Any], str | None]:
+def gemini_contents(prompt: Prompt, images: list[Any],
+                    image_format: str = "png") -> tuple[list[Any], str | None]:
     """medharness messages -> (Gemini contents, system instruction). Image parts take `images` in order."""
     n_parts = sum(1 for m in prompt.messages for p in m.content if p.type == "image")
     if n_parts != len(images):
-        raise ValueError(f"the prompt has {n_parts} image part(s) but the request carries {len(images)} image(s)")
+        raise ValueError(f"the prompt has {n_parts} image part(s) but the request carries "
+                         f"{len(images)} image(s)")
     pending = iter(images)
     system: list[str] = []
     contents: list[Any] = []
@@ -64,9 +67,11 @@ class GeminiBackend(ApiBackend):
     def __init__(self, model: str, thinking_budget: int | str | None = None, **options: Any) -> None:
         super().__init__(model.removeprefix("models/"), **options)
         try:
-            self.thinking_budget = None if thinking_budget in (None, "") else int(thinking_budget)  # type: ignore[arg-type]
+            budget = None if thinking_budget in (None, "") else int(thinking_budget)  # type: ignore[arg-type]
+            self.thinking_budget = budget
         except (TypeError, ValueError):
-            raise ConfigError(f"gemini backend: thinking_budget must be an integer, got {thinking_budget!r}") from None
+            raise ConfigError(f"gemini backend: thinking_budget must be an integer, "
+                              f"got {thinking_budget!r}") from None
         if self._api_key is None and (self.base_url or GEMINI_URL) == GEMINI_URL:
             raise ConfigError(f"gemini backend: no API key; set {' or '.join(self.api_key_envs)} "
                               f"(a key may be omitted only for a local --base-url)")
@@ -97,10 +102,12 @@ class GeminiBackend(ApiBackend):
 
     async def _send(self, client: Any, request: Request, payload: Any) -> Generation:
         contents, config = payload
-        response = await client.aio.models.generate_content(model=self.model, contents=contents, config=config)
+        response = await client.aio.models.generate_content(model=self.model, contents=contents,
+                                                            config=config)
         usage = response.usage_metadata
         prompt_tokens = getattr(usage, "prompt_token_count", None)
-        generated = [getattr(usage, "candidates_token_count", None), getattr(usage, "thoughts_token_count", None)]
+        generated = [getattr(usage, "candidates_token_count", None),
+                     getattr(usage, "thoughts_token_count", None)]
         completion_tokens = sum(n for n in generated if n) if any(n is not None for n in generated) else None
         sid = request.prompt.sample_id
         if not response.candidates:
@@ -111,8 +118,8 @@ class GeminiBackend(ApiBackend):
         candidate = response.candidates[0]
         parts = candidate.content.parts if candidate.content and candidate.content.parts else []
         text = "".join(p.text for p in parts if p.text and not p.thought)
-        finish = candidate.finish_reason
-        finish_value = getattr(finish, "value", finish)
+        finish = getattr(candidate.finish_reason, "value", candidate.finish_reason)
         return Generation(sample_id=sid, text=text,
-                          finish_reason=_FINISH.get(finish_value, str(finish_value).lower()) if finish_value else None,
-                          prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, model=self.fingerprint)
+                          finish_reason=_FINISH.get(finish, str(finish).lower()) if finish else None,
+                          prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                          model=self.fingerprint)

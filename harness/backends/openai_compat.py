@@ -21,6 +21,7 @@ from medharness.records import Generation, Prompt
 
 try:
     import openai
+    from openai.types.chat import ChatCompletion
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise BackendError("the openai backend needs the openai package: pip install 'medharness[api]'") from exc
 
@@ -32,14 +33,16 @@ def openai_messages(prompt: Prompt, images: list[Any], image_format: str = "png"
     assistant messages with text only are sent as plain strings (what every compatible server accepts)."""
     n_parts = sum(1 for m in prompt.messages for p in m.content if p.type == "image")
     if n_parts != len(images):
-        raise ValueError(f"the prompt has {n_parts} image part(s) but the request carries {len(images)} image(s)")
+        raise ValueError(f"the prompt has {n_parts} image part(s) but the request carries "
+                         f"{len(images)} image(s)")
     pending = iter(images)
     out: list[dict[str, Any]] = []
     for message in prompt.messages:
         parts: list[dict[str, Any]] = []
         for part in message.content:
             if part.type == "image":
-                parts.append({"type": "image_url", "image_url": {"url": image_data_url(next(pending), image_format)}})
+                url = image_data_url(next(pending), image_format)
+                parts.append({"type": "image_url", "image_url": {"url": url}})
             else:
                 parts.append({"type": "text", "text": part.text or ""})
         if message.role != "user" and all(p["type"] == "text" for p in parts):
@@ -60,7 +63,7 @@ class OpenAIBackend(ApiBackend):
                  **options: Any) -> None:
         super().__init__(model, base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None, **options)
         if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
-            raise ConfigError(f"openai backend: max_tokens_param must be max_tokens or max_completion_tokens, "
+            raise ConfigError("openai backend: max_tokens_param must be max_tokens or max_completion_tokens, "
                               f"got {max_tokens_param!r}")
         self.max_tokens_param = max_tokens_param
         if self._api_key is None and (self.base_url or OPENAI_URL) == OPENAI_URL:
@@ -73,8 +76,8 @@ class OpenAIBackend(ApiBackend):
 
     def _prepare(self, request: Request) -> Any:
         settings = request.prompt.settings
-        params: dict[str, Any] = {"model": self.model,
-                                  "messages": openai_messages(request.prompt, request.images, self.image_format),
+        messages = openai_messages(request.prompt, request.images, self.image_format)
+        params: dict[str, Any] = {"model": self.model, "messages": messages,
                                   "temperature": settings.temperature, "seed": settings.seed,
                                   self.max_tokens_param: settings.max_new_tokens}
         if not settings.greedy and settings.top_p != 1.0:
@@ -82,7 +85,10 @@ class OpenAIBackend(ApiBackend):
         return params
 
     async def _send(self, client: Any, request: Request, payload: Any) -> Generation:
-        response = await client.chat.completions.create(**payload)
+        # `client.post` is the SDK's documented call for a raw endpoint: the same request as
+        # `chat.completions.create`, minus its recursive TypedDict transform of the params, which walks every
+        # message part (base64 images included) and was half of the client's CPU per request.
+        response = await client.post("/chat/completions", body=payload, cast_to=ChatCompletion)
         if not response.choices:
             raise ValueError("the response has no choices")
         choice = response.choices[0]

@@ -162,3 +162,11 @@ def test_real_pneumoniamnist(pneumonia_dir: Path) -> None:
     assert len(samples) == 624
     assert Counter(s.target for s in samples) == {"normal": 234, "pneumonia": 390}
     assert task.open_image(samples[0].images[0]).size == (28, 28)
+
+
+def test_real_slake_chinese(slake_dir: Path) -> None:
+    task = load_task("slake_zh", {"data_dir": str(slake_dir)})
+    samples = task.load_samples()
+    assert len(samples) == 1033 and task.load_report["expected"] == 1033
+    assert Counter(s.meta["answer_type"] for s in samples) == {"OPEN": 613, "CLOSED": 420}
+    assert all(s.meta["lang"] == "zh" for s in samples)

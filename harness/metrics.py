@@ -94,4 +94,4 @@ def resolve_metrics(specs: Sequence[str | dict[str, Any]]) -> list[MetricSpec]:
 
 
 # The built-in metrics register themselves on import.
-from medharness import metrics_peers, metrics_structured, metrics_text  # noqa: E402,F401
+from medharness import metrics_detection, metrics_peers, metrics_structured, metrics_text  # noqa: E402,F401

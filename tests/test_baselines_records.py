@@ -104,3 +104,13 @@ def test_make_tiny_model_command(tmp_path: Path, capsys: pytest.CaptureFixture[s
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["model_type"] == "qwen2_5_vl"
     assert (tmp_path / "m" / "tokenizer.json").exists()
+
+
+def test_majority_of_box_targets_is_the_mean_box() -> None:
+    from medharness.backends.baseline import _majority
+
+    assert json.loads(_majority([[0, 0, 10, 10], [10, 10, 20, 30]])) == [5.0, 5.0, 15.0, 20.0]
+    # a list of boxes per sample (e.g. every RBC of an image), four boxes each: not mistaken for one box
+    many = [[[0, 0, 2, 2]] * 4, [[2, 2, 4, 4]] * 4]
+    assert json.loads(_majority(many)) == [1.0, 1.0, 3.0, 3.0]
+    assert _majority(["yes", "no", "Yes"]) == "yes"

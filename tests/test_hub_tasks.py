@@ -263,10 +263,10 @@ def test_pmc_vqa_local_csv(pmc_vqa_dir: Path) -> None:
     samples = task.load_samples()
     assert [s.id for s in samples] == ["0", "1"]
     assert [s.target for s in samples] == ["B", "C"]  # Answer_label, the option letter
-    # the options as the CSV has them (letter prefixes kept until the loader can strip them)
-    assert samples[0].choices == ("A:Diffuse uptake pattern", "B:Focal uptake pattern", "C:No uptake pattern",
-                                  "D:Cannot determine from the information given")
-    assert samples[1].choices == (" A:CT ", " B:Ultrasound ", " C:MRI ", " D:X-ray ")
+    # the CSV's "A:" letter prefixes are stripped (columns.strip_choice_letters)
+    assert samples[0].choices == ("Diffuse uptake pattern", "Focal uptake pattern", "No uptake pattern",
+                                  "Cannot determine from the information given")
+    assert samples[1].choices == ("CT", "Ultrasound", "MRI", "X-ray")
     assert samples[0].images == ("figures/PMC1064097_F1.jpg",)
     assert task.open_image(samples[1].images[0]).getpixel((0, 0)) == (0, 200, 0)
     assert "answer_type" not in samples[0].meta  # nothing gold-derived is available to the prompt
@@ -283,7 +283,7 @@ def test_pmc_vqa_local_csv(pmc_vqa_dir: Path) -> None:
     assert score("(B)") == ("B", 1.0)
     assert score("The answer is B.") == ("B", 1.0)
     assert score("B: Focal uptake pattern") == ("B", 1.0)
-    assert score("B:Focal uptake pattern") == ("B", 1.0)  # the option text exactly as listed
+    assert score("Focal uptake pattern") == ("B", 1.0)  # the bare option text
     assert score("A or B") == (None, 0.0)  # several letters: unparsed, not a guess
     assert score("E") == (None, 0.0)  # out of range
     assert score("I am not sure") == (None, 0.0)
@@ -363,3 +363,15 @@ def test_reasoning_vqa_truncated_think_is_unparsed(reasoning_dir: Path) -> None:
     truncated = Generation(sample_id=sample.id, text="<think>The angle is")
     answer, scores = recipe_for(task).score(sample, truncated)
     assert answer.value is None and scores["vqa_accuracy"] == 0.0 and scores["format_compliance"] == 0.0
+
+
+def test_pmc_vqa_hub_source_reads_test_clean_by_name(pmc_vqa_dir: Path) -> None:
+    """The hub repo is a folder of CSVs: `data_files` picks test_clean.csv (not test.csv) as the split."""
+    pytest.importorskip("datasets")
+    (pmc_vqa_dir / "test.csv").write_text((pmc_vqa_dir / "test_clean.csv").read_text().replace("MRI", "PET"))
+    (pmc_vqa_dir / "train.csv").write_text((pmc_vqa_dir / "test_clean.csv").read_text())
+    task = load_task("pmc_vqa", with_local_hub("pmc_vqa", pmc_vqa_dir))
+    samples = task.load_samples()
+    assert [s.target for s in samples] == ["B", "C"]
+    assert samples[1].choices == ("CT", "Ultrasound", "MRI", "X-ray")
+    assert samples[0].images == ()  # the hub copy has no image column: extract the figures to generate

@@ -95,9 +95,14 @@ class BaselineBackend(Backend):
         return self.rng.choice(pool)
 
 
+def _is_box(t: Any) -> bool:
+    return isinstance(t, list) and len(t) == 4 and all(isinstance(v, (int, float)) for v in t)
+
+
 def _majority(targets: list[Any]) -> str:
-    if all(isinstance(t, list) and len(t) == 4 for t in targets):
-        mean = [round(sum(t[i] for t in targets) / len(targets), 1) for i in range(4)]
-        return json.dumps(mean)
+    """The most frequent gold; for box targets (one box, or a list of boxes) the mean box."""
+    boxes = [t for t in targets if _is_box(t)] or [b for t in targets if isinstance(t, list) for b in t if _is_box(b)]
+    if boxes and len(boxes) >= len(targets):
+        return json.dumps([round(sum(b[i] for b in boxes) / len(boxes), 1) for i in range(4)])
     counts = Counter(_as_text(t).strip().lower() if isinstance(t, str) else _as_text(t) for t in targets)
     return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0]

@@ -24,6 +24,7 @@ from medharness.errors import DataError
 from medharness.records import Sample
 from medharness.sources_detection import (
     Ham10000Source,
+    LocalFiles,
     Resize,
     VocSource,
     detection_label,
@@ -132,7 +133,7 @@ def _open_bytes(data: bytes, what: str) -> Image:
 DELIMITERS = {"csv": ",", "tsv": "\t", "psv": "|"}
 
 
-class LocalSource(Strict):
+class LocalSource(LocalFiles):
     """Files on disk under the data dir: `path` may hold `{split}` (e.g. `{split}set.json`).
 
     `path` may instead map each split to its file (`{test: X_Test.txt}`): a split without a file is then absent,
@@ -155,9 +156,7 @@ class LocalSource(Strict):
     question: str | None = None
     classes: list[str] | Literal["from_data"] | None = None
     resize: Resize = Resize()
-    _root: Path | None = PrivateAttr(default=None)
 
-    is_local: ClassVar[bool] = True
 
     def file_for(self, split: str) -> str | None:
         """The split's file, relative to the data dir (None: this source has no such split)."""
@@ -168,17 +167,6 @@ class LocalSource(Strict):
     def available(self, root: Path, split: str) -> bool:
         name = self.file_for(split)
         return name is not None and (root / name).is_file()
-
-    def bind(self, root: Path) -> LocalSource:
-        bound = self.model_copy()
-        bound._root = root.resolve()
-        return bound
-
-    @property
-    def root(self) -> Path:
-        if self._root is None:
-            raise DataError("local source used without a data dir")
-        return self._root
 
     def file_format(self, file: Path) -> str:
         if self.format != "auto":
@@ -262,16 +250,9 @@ class LocalSource(Strict):
         width, height = image_header_size(path)
         return size_meta(width, height, self.resize)
 
-    def open_image(self, ref: str) -> Image:
-        path = (self.root / ref).resolve()
-        if not path.is_relative_to(self.root):
-            raise DataError(f"image path '{ref}' resolves outside the data root {self.root}")
-        if not path.is_file():
-            raise DataError(f"missing image '{ref}' (looked for {path})")
-        return _open_bytes(path.read_bytes(), f"'{ref}'")
 
 
-class NpzSource(Strict):
+class NpzSource(LocalFiles):
     """MedMNIST layout: arrays `{split}_images` and `{split}_labels` in one `.npz` (any resolution)."""
 
     kind: Literal["npz"]
@@ -279,9 +260,6 @@ class NpzSource(Strict):
     classes: list[str]
     question: str = "What does this image show?"
     ordinal: bool = False  # target is the integer grade instead of the class name
-    _root: Path | None = PrivateAttr(default=None)
-
-    is_local: ClassVar[bool] = True
 
     @property
     def candidates(self) -> list[str]:
@@ -289,11 +267,6 @@ class NpzSource(Strict):
 
     def available(self, root: Path, split: str) -> bool:
         return any((root / p).is_file() for p in self.candidates)
-
-    def bind(self, root: Path) -> NpzSource:
-        bound = self.model_copy()
-        bound._root = root.resolve()
-        return bound
 
     @cached_property
     def arrays(self) -> Any:

@@ -130,7 +130,9 @@ def _keep(meta: dict[str, Any], config: TaskConfig) -> bool:
     return all(str(meta.get(k)) == str(v) for k, v in config.filter.items())
 
 
-class _Local(_Strict):
+class LocalFiles(_Strict):
+    """Base of sources that read files under a data dir given at run time (`bind`)."""
+
     _root: Path | None = PrivateAttr(default=None)
     is_local: ClassVar[bool] = True
 
@@ -163,7 +165,7 @@ class BoxColumns(_Strict):
     y2: str = "ymax"
 
 
-class VocSource(_Local):
+class VocSource(LocalFiles):
     """Pascal-VOC folders: one sample per (image, label present); target = every box of that label.
 
     `labels` maps each annotated label to the name the question uses, in sample order; a label not in it is
@@ -305,7 +307,7 @@ def mask_box(path: Path, threshold: int = 127) -> tuple[list[int], tuple[int, in
     return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1], (array.shape[1], array.shape[0])
 
 
-class Ham10000Source(_Local):
+class Ham10000Source(LocalFiles):
     """HAM10000 in its official layout; splits by lesion_id (`split: all` = every image)."""
 
     kind: Literal["ham10000"]

@@ -33,8 +33,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True,
                    help="checkpoint folder or hub id; baseline:majority|random|constant:TEXT; a predictions file")
     p.add_argument("--backend", default="auto",
-                   help="auto (baseline: prefix -> baseline, predictions file -> replay, else hf), hf, openai, "
-                        "gemini, replay, baseline")
+                   help="auto (baseline: prefix -> baseline, predictions file -> replay, vllm when installed "
+                        "and a GPU is present, else hf), hf, vllm, openai, gemini, replay, baseline")
     p.add_argument("--tasks", required=True, help="comma-separated task names, families or task YAML paths")
     p.add_argument("--data-dir", help="folder holding the local copy of the dataset (for every task)")
     p.add_argument("-T", dest="overrides", action="append", default=[], metavar="TASK.KEY=VALUE",
@@ -61,6 +61,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int, help="openai/gemini: requests in flight (default 8)")
     p.add_argument("--timeout", type=float, help="openai/gemini: seconds per attempt (default 60)")
     p.add_argument("--max-retries", type=int, help="openai/gemini: retries after 429/5xx/timeouts (default 5)")
+    p.add_argument("--backend-option", dest="backend_option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any backend option, e.g. vllm: max_model_len=1024 enforce_eager=true lora=ADAPTER_DIR")
     p.add_argument("--device", help="hf backend: cpu, cuda, auto (default auto)")
     p.add_argument("--dtype", help="hf backend: float32, bfloat16, auto (default auto)")
     p.add_argument("--id-field", help="replay backend: the predictions file's id field")
@@ -75,6 +77,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                "prediction_field": args.prediction_field, "base_url": args.base_url, "api_key_env": args.api_key_env,
                "concurrency": args.concurrency, "timeout": args.timeout, "max_retries": args.max_retries}
     backend_options = {k: v for k, v in options.items() if v is not None}
+    import yaml
+
+    for item in args.backend_option:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"--backend-option expects KEY=VALUE, got {item!r}")
+        backend_options[key] = yaml.safe_load(value)
     if args.resume and not args.output:
         raise ConfigError("--resume needs --output RUN_DIR (the run to continue)")
     config = RunConfig(model=args.model, backend=args.backend, tasks=args.tasks, data_dir=args.data_dir,

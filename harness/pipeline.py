@@ -68,7 +68,18 @@ def pick_backend(model: str, backend: str) -> tuple[str, str]:
         return backend, model
     if Path(model).suffix in (".jsonl", ".json", ".csv") and Path(model).is_file():
         return "replay", model
-    return "hf", model
+    return ("vllm" if _vllm_usable() else "hf"), model
+
+
+def _vllm_usable() -> bool:
+    """vLLM is the production path when it is installed and a CUDA GPU is present."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def make_backend(config: RunConfig) -> Backend:

@@ -70,14 +70,19 @@ def reference_answers(gold: str) -> list[str]:
     return out
 
 
+def _forms_and_prediction(answer: Answer, sample: Sample) -> tuple[list[str], str | None]:
+    """The gold's accepted forms and the predicted text (None when unparsed)."""
+    forms = reference_answers(sample.target) if sample.target is not None else []
+    return forms, answer_text(answer)
+
+
 @metric("reference_accuracy")
 def reference_accuracy(answer: Answer, sample: Sample, text: str) -> float | None:
     """Exact match (simple) with any accepted form of the gold (`#` alternatives, `( )` optional parts);
     a yes/no gold needs a strict yes/no answer; unparsed -> 0."""
-    forms = reference_answers(sample.target) if sample.target is not None else []
+    forms, pred = _forms_and_prediction(answer, sample)
     if not forms:
         return None
-    pred = answer_text(answer)
     if pred is None:
         return 0.0
     if set(forms) <= {"yes", "no"} and len(forms) == 1:
@@ -88,10 +93,9 @@ def reference_accuracy(answer: Answer, sample: Sample, text: str) -> float | Non
 @metric("reference_token_f1")
 def reference_token_f1(answer: Answer, sample: Sample, text: str) -> float | None:
     """Best token F1 (simple, multiset) over the accepted forms of the gold; unparsed -> 0."""
-    forms = reference_answers(sample.target) if sample.target is not None else []
+    forms, pred = _forms_and_prediction(answer, sample)
     if not forms:
         return None
-    pred = answer_text(answer)
     if pred is None:
         return 0.0
     tokens = simple(pred).split()

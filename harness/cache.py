@@ -49,10 +49,11 @@ def cache_key(fingerprint: str, prompt: Prompt, images: Sequence[Image]) -> str:
 
 
 class ResponseCache:
-    """key -> Generation. Safe to share between concurrent runs (SQLite with a busy timeout)."""
+    """key -> Generation. Safe to share between concurrent runs (SQLite with a busy timeout). `name` picks the
+    file: model responses in `responses.sqlite`, judges' replies in `verdicts.sqlite`."""
 
-    def __init__(self, directory: Path | None = None) -> None:
-        self.path = (directory or default_cache_dir()) / "responses.sqlite"
+    def __init__(self, directory: Path | None = None, name: str = "responses") -> None:
+        self.path = (directory or default_cache_dir()) / f"{name}.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=60)
         self.db.execute("PRAGMA journal_mode=WAL")

@@ -68,6 +68,35 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id-field", help="replay backend: the predictions file's id field")
     p.add_argument("--prediction-field", help="replay backend: the predictions file's text field")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_judge_options(p, inline=True)
+
+
+def _add_judge_options(p: argparse.ArgumentParser, inline: bool = False) -> None:
+    when = "judge the answers when the run finishes: " if inline else ""
+    p.add_argument("--judges", help=when + "SPEC:BACKEND:MODEL[,...], e.g. rarl_v1:openai:gpt-4o-mini "
+                                          "(see `medharness ls judges`)")
+    p.add_argument("--judge-config", type=Path,
+                   help=when + "a YAML list of judges (name, spec, backend, model, base_url, api_key_env, options)")
+    p.add_argument("--judge-base-url", help="--judges shorthand: the endpoint of its openai/gemini judges")
+    p.add_argument("--judge-api-key-env", help="--judges shorthand: the variable holding its judges' key")
+
+
+def _panel(args: argparse.Namespace) -> list[Any]:
+    from medharness.judges.panel import panel_from_args
+
+    return panel_from_args(args.judge_config, args.judges, args.judge_base_url, args.judge_api_key_env)
+
+
+def _judge_run(run: Any, panel: list[Any], args: argparse.Namespace, tasks: list[str] | None = None) -> None:
+    from medharness.cli_output import print_judging, progress_bar
+    from medharness.judges.audit import write_disagreements
+    from medharness.judges.judging import Judging
+
+    with progress_bar(disabled=args.no_progress) as progress:
+        usage = Judging(run, panel, tasks=tasks, cache=not args.no_cache,
+                        cache_dir=Path(args.cache_dir) if args.cache_dir else None, progress=progress).run()
+    path, n = write_disagreements(run, tasks)
+    print_judging(run, usage, path, n)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -94,10 +123,84 @@ def cmd_run(args: argparse.Namespace) -> int:
                        cache=not args.no_cache, cache_dir=args.cache_dir)
     from medharness.cli_output import progress_bar, print_run_summary
 
+    panel = _panel(args)  # a bad judge config fails before the model runs
     with progress_bar(disabled=args.no_progress) as progress:
         runner = Runner(config, output=args.output, resume=args.resume, progress=progress)
         run = runner.run()
     print_run_summary(run)
+    if panel:
+        _judge_run(run, panel, args)
+    return 0
+
+
+def _add_judge(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("judge", help="LLM judges score a finished run's answers (no original model needed)",
+                       description="Each judge gives a verdict per sample; verdicts go to "
+                                   "RUN_DIR/judgements/<task>.jsonl, judge and panel columns to run.json (shown "
+                                   "by `leaderboard`), the samples they disagree on to "
+                                   "judgements/disagreements.md. Already judged samples and cached verdicts "
+                                   "cost nothing; failed verdicts are retried.")
+    p.add_argument("run_dir", type=Path)
+    _add_judge_options(p)
+    p.add_argument("--tasks", help="comma-separated tasks of the run (default: all)")
+    p.add_argument("--no-cache", action="store_true", help="always call the judges (default: reuse cached verdicts)")
+    p.add_argument("--cache-dir", help="verdict cache folder (default $MEDHARNESS_CACHE or ~/.cache/medharness)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    from medharness.runlog import RunDir
+
+    run = RunDir.open(args.run_dir)
+    panel = _panel(args)
+    if not panel:
+        raise ConfigError("judge needs --judges SPEC:BACKEND:MODEL[,...] or --judge-config FILE")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    unknown = set(tasks or []) - set(run.tasks())
+    if unknown:
+        raise ConfigError(f"{args.run_dir} has no samples for task(s) {sorted(unknown)}; it has {run.tasks()}")
+    _judge_run(run, panel, args, tasks)
+    return 0
+
+
+def _add_agreement(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("agreement", help="how far to trust a run's judges: agreement statistics with CIs",
+                       description="Per task and judge spec: percent agreement, Fleiss' kappa, Krippendorff's "
+                                   "alpha and Gwet's AC1 for the panel; Cohen's kappa (weighted for ordinal "
+                                   "scales) per pair; each judge against the rule-based metric and, with "
+                                   "--human, against human labels (with ICC). 95% bootstrap intervals.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--tasks", help="comma-separated tasks (default: every judged task)")
+    p.add_argument("--field", help="verdict field (default: each spec's primary one, e.g. prediction_score)")
+    p.add_argument("--human", type=Path, help="human labels: CSV or JSONL with id, label (and task)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
+    p.add_argument("--output", type=Path, help="write the report here instead of printing it")
+
+
+def cmd_agreement(args: argparse.Namespace) -> int:
+    import json
+
+    from medharness.judges.agreement import to_json, to_markdown
+    from medharness.judges.audit import agreement_reports, write_disagreements
+    from medharness.runlog import RunDir
+
+    run = RunDir.open(args.run_dir)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    reports = agreement_reports(run, tasks, args.field, args.human, args.bootstrap, args.seed)
+    if args.json:
+        text = json.dumps([to_json(r) for r in reports], indent=2) + "\n"
+    else:
+        text = "\n".join(f"## {r['task']} · {r['spec']} ({', '.join(r['judges'])})\n\n" + to_markdown(r)
+                         + "".join(f"\nNote: {n}.\n" for n in r["notes"]) for r in reports)
+    path, n = write_disagreements(run, tasks)
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
+    print(f"{n} disagreeing sample(s) listed in {path}", file=sys.stderr)
     return 0
 
 
@@ -142,9 +245,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _add_ls(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ls", help="list tasks, parsers, metrics, backends or conventions")
+    p = sub.add_parser("ls", help="list tasks, parsers, metrics, backends, conventions or judge specs")
     p.add_argument("what", nargs="?", default="tasks",
-                   choices=["tasks", "parsers", "metrics", "backends", "conventions", "normalizers"])
+                   choices=["tasks", "parsers", "metrics", "backends", "conventions", "normalizers", "judges"])
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -170,12 +273,13 @@ def _add_leaderboard(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dirs", nargs="+", type=Path)
     p.add_argument("--output", type=Path, help="write the Markdown here instead of printing it")
     p.add_argument("--all-metrics", action="store_true", help="every metric, not only each task's primary one")
+    p.add_argument("--no-judges", action="store_true", help="leave out the LLM judge and panel columns")
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from medharness.leaderboards.render import collect, render_markdown
 
-    text = render_markdown(collect(args.run_dirs), all_metrics=args.all_metrics)
+    text = render_markdown(collect(args.run_dirs), all_metrics=args.all_metrics, judges=not args.no_judges)
     if args.output:
         args.output.write_text(text, encoding="utf-8")
         print(f"wrote {args.output}")
@@ -223,7 +327,8 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "score": cmd_score, "ls": cmd_ls, "validate": cmd_validate,
-            "leaderboard": cmd_leaderboard, "split": cmd_split, "make-tiny-model": cmd_tiny}
+            "leaderboard": cmd_leaderboard, "split": cmd_split, "make-tiny-model": cmd_tiny,
+            "judge": cmd_judge, "agreement": cmd_agreement}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"medharness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_score, _add_ls, _add_validate, _add_leaderboard, _add_split, _add_tiny):
+    for add in (_add_run, _add_score, _add_ls, _add_validate, _add_leaderboard, _add_split, _add_tiny,
+                _add_judge, _add_agreement):
         add(sub)
     return parser
 

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from tabulate import tabulate
 
@@ -87,6 +88,28 @@ def print_summaries(summaries: list[TaskSummary], as_json: bool = False) -> None
         print()
 
 
+def print_judging(run: RunDir, usage: dict[str, Any], disagreements: Path, n_disagreements: int) -> None:
+    """Each judge's bill for this pass, then the run's judge and panel columns."""
+    members = run.info.get("judges", {})
+    rows = []
+    for name, use in usage.items():
+        cost = members.get(name, {}).get("usage", {}).get("cost_usd")
+        rows.append([name, members.get(name, {}).get("spec"), use.judged, use.failed, use.skipped, use.calls,
+                     use.cache_hits, use.prompt_tokens, use.completion_tokens, "" if cost is None else f"{cost:.4f}"])
+    print("\njudges (this pass):\n" + tabulate(rows, headers=[
+        "judge", "spec", "judged", "failed", "skipped", "calls", "cache hits", "prompt tok", "completion tok",
+        "run cost USD"], tablefmt="github"))
+    table = []
+    for task, entry in run.info["tasks"].items():
+        for column, c in (entry.get("judges") or {}).get("columns", {}).items():
+            scale = 100.0 if c["percent"] else 1.0
+            value = "n/a" if c["value"] is None else f"{c['value'] * scale:.2f}"
+            table.append([task, column, value, c["n"], c["n_unscored"], c["n_failed"]])
+    print("\n" + tabulate(table, headers=["task", "column", "value", "n scored", "unscored", "judge failed"],
+                          tablefmt="github"))
+    print(f"\n{n_disagreements} disagreeing sample(s): {disagreements}")
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None or value != value else f"{value:.4f}"
 
@@ -116,6 +139,17 @@ def print_listing(what: str) -> None:
 
         rows = [[n, c.description.split(". ")[0]] for n, c in CONVENTIONS.items()]
         print(tabulate(rows, headers=["convention", "rule"], tablefmt="github"))
+        return
+    if what == "judges":
+        from medharness.judges.specs import JUDGES, get_spec
+
+        rows = []
+        for name in JUDGES.names():
+            spec = get_spec(name)
+            levels = f"{spec.levels[0]:g}..{spec.levels[-1]:g}" if spec.scale == "ordinal" else "0/1"
+            rows.append([name, spec.scale, ", ".join(spec.fields), levels, spec.prompt_hash])
+        print(tabulate(rows, headers=["judge spec", "scale", "verdict fields", "values", "prompt hash"],
+                       tablefmt="github"))
         return
     registry = _registry(what)
     for name in registry.names():

@@ -85,6 +85,7 @@ class Generation(Record):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     model: str = ""
+    model_version: str | None = None  # the exact model the provider says answered (e.g. gpt-4o-mini-2024-07-18)
     error: str | None = None
 
 
@@ -127,6 +128,30 @@ class ResultRow(Record):
     @property
     def sample_id(self) -> str:
         return self.sample.id
+
+
+class Judgement(Record):
+    """One judge's verdict on one sample's answer (judgements/<task>.jsonl). `value is None` = unscored:
+    `failed` when the judge's reply was no well-formed verdict (or the call failed), else nothing to judge."""
+
+    task: str
+    sample_id: str
+    judge: str  # the panel member's name
+    spec: str  # the judge spec, e.g. rarl_v1
+    prompt_hash: str  # of the spec's versioned prompt file
+    model: str  # the judge backend's fingerprint
+    model_version: str | None = None  # what the provider says answered, where it says
+    settings: GenerationSettings
+    prediction_hash: str  # of the text under judgement
+    values: dict[str, float] = Field(default_factory=dict)  # every verdict field
+    value: float | None = None  # the spec's primary field
+    failed: bool = False  # judge_failed: never read as 0 or 1
+    rationale: str | None = None
+    raw: str = ""  # the judge's reply, verbatim
+    note: str = ""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached: bool = False
 
 
 class MetricSummary(Record):

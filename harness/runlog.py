@@ -1,4 +1,5 @@
-"""The run directory: `run.json` (config, versions, status, summaries) + `samples/<task>.jsonl`.
+"""The run directory: `run.json` (config, versions, status, summaries) + `samples/<task>.jsonl` (+ the judges'
+`judgements/<task>.jsonl`, written the same way).
 
 Rows are appended and fsync'ed per batch, so a run killed at any point (even `kill -9`) loses at
 most the batch in flight; `--resume` drops a torn last line and continues with the missing ids.
@@ -16,14 +17,15 @@ import time
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from medharness.errors import ConfigError, DataError
-from medharness.records import ResultRow
+from medharness.records import Judgement, ResultRow
 
 RUN_FILE = "run.json"
+R = TypeVar("R", ResultRow, Judgement)
 
 
 def versions() -> dict[str, str]:
@@ -115,24 +117,24 @@ class RunDir:
 
     def append(self, task: str, rows: Iterable[ResultRow]) -> None:
         """Append rows and force them to disk: a batch is either fully there or resumable."""
-        blob = "".join(row.model_dump_json() + "\n" for row in rows)
-        with self.task_file(task).open("a", encoding="utf-8") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _append_lines(self.task_file(task), (row.model_dump_json() for row in rows))
 
     def repair(self, task: str) -> int:
         """Cut a torn last line left by a kill mid-write; return the number of bytes dropped."""
-        file = self.task_file(task)
-        if not file.exists():
-            return 0
-        data = file.read_bytes()
-        keep = data.rfind(b"\n") + 1
-        tail = data[keep:]
-        if tail:
-            with file.open("r+b") as fh:
-                fh.truncate(keep)
-        return len(tail)
+        return _repair(self.task_file(task))
+
+    def judgement_file(self, task: str) -> Path:
+        return self.path / "judgements" / f"{task}.jsonl"
+
+    def append_judgements(self, task: str, items: Iterable[Judgement]) -> None:
+        file = self.judgement_file(task)
+        file.parent.mkdir(exist_ok=True)
+        _repair(file)
+        _append_lines(file, (j.model_dump_json() for j in items))
+
+    def judgements(self, task: str) -> list[Judgement]:
+        """Every judgement of a task, in the order written (a re-judged sample appears again, later)."""
+        return list(read_jsonl(self.judgement_file(task), Judgement))
 
     def rows(self, task: str) -> list[ResultRow]:
         return list(read_rows(self.task_file(task)))
@@ -141,23 +143,48 @@ class RunDir:
         return sorted(p.stem for p in self.samples_dir.glob("*.jsonl"))
 
 
-def read_rows(file: Path) -> Iterator[ResultRow]:
-    """Rows of one samples file; a torn final line (a killed run) is skipped, anything else is an error."""
+def _append_lines(file: Path, lines: Iterable[str]) -> None:
+    blob = "".join(line + "\n" for line in lines)
+    with file.open("a", encoding="utf-8") as fh:
+        fh.write(blob)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _repair(file: Path) -> int:
+    if not file.exists():
+        return 0
+    data = file.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    tail = data[keep:]
+    if tail:
+        with file.open("r+b") as fh:
+            fh.truncate(keep)
+    return len(tail)
+
+
+def read_jsonl(file: Path, record: type[R]) -> Iterator[R]:
+    """Records of one JSONL file; a torn final line (a killed run) is skipped, anything else is an error."""
     if not file.exists():
         return
     with file.open(encoding="utf-8") as fh:
         lines = fh.read().split("\n")
-    seen: set[str] = set()
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            row = ResultRow.model_validate_json(line)
+            yield record.model_validate_json(line)
         except ValidationError as exc:
             if number == len(lines):  # no newline after it: torn by a kill
                 continue
-            raise DataError(f"{file}:{number}: not a result row: {exc.errors()[0]['msg']}") from None
+            raise DataError(f"{file}:{number}: not a {record.__name__} record: {exc.errors()[0]['msg']}") from None
+
+
+def read_rows(file: Path) -> Iterator[ResultRow]:
+    """Rows of one samples file (see `read_jsonl`); a sample id that appears twice is an error."""
+    seen: set[str] = set()
+    for row in read_jsonl(file, ResultRow):
         if row.sample.id in seen:
-            raise DataError(f"{file}:{number}: sample '{row.sample.id}' appears twice")
+            raise DataError(f"{file}: sample '{row.sample.id}' appears twice")
         seen.add(row.sample.id)
         yield row

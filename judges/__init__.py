@@ -1,1 +1,5 @@
-"""LLM judges: versioned judge prompts, panels and agreement statistics (skeleton; see the judge-panel issue)."""
+"""LLM judges: versioned judge specs (specs.py, prompts/), panels (panel.py), judging a run (judging.py),
+judge and panel columns (summary.py), agreement statistics (agreement.py) and audits (audit.py).
+
+Heavy modules (statistics, backends) are imported where used; `medharness ls judges` lists the specs.
+"""

@@ -1,7 +1,9 @@
 """Leaderboards: a pure function of run directories -> a Markdown table of models x tasks.
 
 Each cell is the task's primary metric (its first) with a 95% normal interval (1.96 x standard
-error); unparsed answers count as wrong and are reported in the `unparsed` table.
+error); unparsed answers count as wrong and are reported in the `unparsed` table. Judged runs add a
+column per judge and per panel aggregate (each judge spec's primary verdict field; see
+`medharness.judges.summary`) beside the rule-based metric: unscored verdicts are left out of their mean.
 """
 
 from __future__ import annotations
@@ -48,6 +50,17 @@ def collect(run_dirs: Sequence[Path]) -> pd.DataFrame:
                     "value": None if value is None else value * scale,
                     "stderr": None if m.get("stderr") is None else m["stderr"] * scale,
                     "n": m["n"], "n_unparsed": m["n_unparsed"], "convention": summary["convention"],
+                    "judge": False, "judge_primary": False,
+                })
+            for column, c in (entry.get("judges") or {}).get("columns", {}).items():
+                scale = 100.0 if c["percent"] else 1.0
+                records.append({
+                    "run": info.get("run_id", Path(run_dir).name), "model": _model_label(info),
+                    "status": info.get("status"), "task": task, "metric": column, "primary": False,
+                    "value": None if c["value"] is None else c["value"] * scale,
+                    "stderr": None if c.get("stderr") is None else c["stderr"] * scale,
+                    "n": c["n"], "n_unparsed": c["n_unscored"], "convention": summary["convention"],
+                    "judge": True, "judge_primary": c.get("primary", False),
                 })
     if not records:
         raise DataError("no finished task summaries in the given run directories")
@@ -62,19 +75,30 @@ def _cell(value: float | None, stderr: float | None) -> str:
     return f"{value:.1f} ± {1.96 * stderr:.1f}"
 
 
-def render_markdown(frame: pd.DataFrame, all_metrics: bool = False) -> str:
-    """Models x tasks (primary metric unless `all_metrics`), then unparsed counts, then the legend."""
-    rows = frame if all_metrics else frame[frame["primary"]]
+def render_markdown(frame: pd.DataFrame, all_metrics: bool = False, judges: bool = True) -> str:
+    """Models x tasks (primary metric unless `all_metrics`; with each judge's and panel's primary verdict
+    unless not `judges`), then unparsed counts, then the legend."""
+    judge = frame["judge"]
+    keep = (~judge & (frame["primary"] | all_metrics)) | (judge & judges & (frame["judge_primary"] | all_metrics))
+    rows = frame[keep]
     rows = rows.assign(column=rows["task"] + " · " + rows["metric"], cell=[
         _cell(v, s) for v, s in zip(rows["value"], rows["stderr"], strict=True)])
     table = rows.pivot_table(index="model", columns="column", values="cell", aggfunc="first").fillna("")
-    unparsed = rows.assign(u=rows["n_unparsed"].astype(str) + "/" + rows["n"].astype(str)).pivot_table(
+    order = rows.sort_values(["task", "judge"], kind="stable")["column"].drop_duplicates()  # rule metrics first
+    table = table[[c for c in order if c in table.columns]]
+    rule = rows[~rows["judge"]]
+    unparsed = rule.assign(u=rule["n_unparsed"].astype(str) + "/" + rule["n"].astype(str)).pivot_table(
         index="model", columns="task", values="u", aggfunc="first").fillna("")
     by_convention = rows.groupby("convention")["task"].unique()
     conventions = [f"{conv} ({', '.join(sorted(tasks))})" for conv, tasks in by_convention.items()]
+    legend = "Cells: metric value (x100 for rates) ± 1.96 × standard error. Conventions: " + "; ".join(conventions) + "."
+    if rows["judge"].any():
+        legend += (" judge:NAME:FIELD = one LLM judge's mean verdict; panel:SPEC:FIELD:majority|mean = the "
+                   "panel's per-sample majority (ties unscored) or mean; unscored verdicts are left out "
+                   "(counts: `medharness judge` / run.json).")
     return "\n\n".join([
         tabulate(table, headers="keys", tablefmt="github"),
         "Unparsed answers (counted as wrong) / scored samples:",
         tabulate(unparsed, headers="keys", tablefmt="github"),
-        "Cells: metric value (x100 for rates) ± 1.96 × standard error. Conventions: " + "; ".join(conventions) + ".",
+        legend,
     ]) + "\n"

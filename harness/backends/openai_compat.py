@@ -97,4 +97,4 @@ class OpenAIBackend(ApiBackend):
                           finish_reason=choice.finish_reason,
                           prompt_tokens=getattr(usage, "prompt_tokens", None),
                           completion_tokens=getattr(usage, "completion_tokens", None),
-                          model=self.fingerprint)
+                          model=self.fingerprint, model_version=response.model or None)

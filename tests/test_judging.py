@@ -170,12 +170,20 @@ def test_agreement_report(tmp_path: Path, server: FakeAPIServer, finished_run: R
 
 
 def test_run_judges_inline_with_cost(tmp_path: Path, server: FakeAPIServer) -> None:
+    pytest.importorskip("google.genai")
     out = tmp_path / "run"
+    gemini = tmp_path / "gemini.yaml"  # a Gemini judge through google-genai, beside the shorthand ones
+    gemini.write_text(f"- {{name: gemini-strict, spec: rarl_v1, backend: gemini, model: strict, "
+                      f"base_url: '{server.url}', options: {json.dumps(FAST)}}}\n")
     assert main(["run", "--model", "baseline:majority", "--tasks", "phantom_presence", "--limit", "6",
                  "--output", str(out), "--no-cache", "--no-progress",
                  "--judges", "rarl_v1:openai:gpt-4o-mini,equivalence_v1:openai:lenient",
-                 "--judge-base-url", f"{server.url}/v1"]) == 0
+                 "--judge-base-url", f"{server.url}/v1", "--judge-config", str(gemini)]) == 0
     info = json.loads((out / "run.json").read_text())
+    rule = [r.scores["yes_no_accuracy"] for r in RunDir.open(out).rows("phantom_presence")]
+    columns = info["tasks"]["phantom_presence"]["judges"]["columns"]
+    assert columns["judge:gemini-strict:prediction_score"]["value"] == pytest.approx(sum(rule) / len(rule))
+    assert info["judges"]["gemini-strict"]["model_versions"] == ["strict"]
     member = info["judges"]["rarl_v1-openai-gpt-4o-mini"]
     assert member["usage"]["prompt_tokens"] > 0 and member["usage"]["cost_usd"] > 0
     assert member["model_versions"] == ["gpt-4o-mini"]  # what the server said answered

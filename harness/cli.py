@@ -148,6 +148,15 @@ def _add_judge(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _run_tasks(run: Any, tasks: str | None) -> list[str] | None:
+    """`--tasks a,b` of a run directory (None = all); a task the run does not have is an error."""
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    unknown = set(names or []) - set(run.tasks())
+    if unknown:
+        raise ConfigError(f"{run.path} has no samples for task(s) {sorted(unknown)}; it has {run.tasks()}")
+    return names
+
+
 def cmd_judge(args: argparse.Namespace) -> int:
     from medharness.runlog import RunDir
 
@@ -155,11 +164,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     panel = _panel(args)
     if not panel:
         raise ConfigError("judge needs --judges SPEC:BACKEND:MODEL[,...] or --judge-config FILE")
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    unknown = set(tasks or []) - set(run.tasks())
-    if unknown:
-        raise ConfigError(f"{args.run_dir} has no samples for task(s) {sorted(unknown)}; it has {run.tasks()}")
-    _judge_run(run, panel, args, tasks)
+    _judge_run(run, panel, args, _run_tasks(run, args.tasks))
     return 0
 
 
@@ -187,7 +192,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
     from medharness.runlog import RunDir
 
     run = RunDir.open(args.run_dir)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    tasks = _run_tasks(run, args.tasks)
     reports = agreement_reports(run, tasks, args.field, args.human, args.bootstrap, args.seed)
     if args.json:
         text = json.dumps([to_json(r) for r in reports], indent=2) + "\n"

@@ -10,7 +10,6 @@ This module imports torch and transformers; the registry imports it only when "h
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -18,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from medharness.backends.base import Backend, Request, backend
+from medharness.backends.vlm_common import chat_template_owner, checkpoint_folder, image_count_error, \
+    render_prompt, stop_token_ids, vision_token_ids, weights_fingerprint
 from medharness.errors import BackendError, ConfigError
-from medharness.records import Generation, GenerationSettings, Prompt
+from medharness.records import Generation, GenerationSettings
 from medharness.torchvision_shim import ensure_torchvision_importable
 
 ensure_torchvision_importable()  # before transformers pulls torchvision in
@@ -31,43 +32,6 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-_SMALL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json",
-                "pytorch_model.bin.index.json")
-_CHUNK = 1 << 20
-# Token ids a VLM must never generate: its image/video/vision placeholders (config attribute names vary).
-_VISION_ID_ATTRS = ("image_token_id", "image_token_index", "video_token_id", "video_token_index",
-                    "vision_start_token_id", "vision_end_token_id", "vision_token_id")
-_VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_pad|>", "<|vision_start|>", "<|vision_end|>")
-
-
-def weights_fingerprint(folder: Path) -> str:
-    """Short sha256 over a checkpoint folder: config files in full, and each weight file's name, size and
-    first + last MB. Cheap on multi-GB checkpoints, yet changes whenever the weights are rewritten."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        if path.name in _SMALL_FILES:
-            digest.update(f"{path.name}\0".encode() + path.read_bytes())
-        elif path.suffix in _WEIGHT_SUFFIXES:
-            size = path.stat().st_size
-            digest.update(f"{path.name}\0{size}\0".encode())
-            with path.open("rb") as fh:
-                digest.update(fh.read(_CHUNK))
-                if size > _CHUNK:
-                    fh.seek(max(_CHUNK, size - _CHUNK))
-                    digest.update(fh.read(_CHUNK))
-    return digest.hexdigest()[:12]
-
-
-def _hub_snapshot(repo_id: str) -> Path | None:
-    """The cached snapshot folder of a hub model id, if it is in the local cache."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(repo_id, "config.json")
-    except Exception:  # an id that is not a valid repo name, an unreadable cache, ...
-        return None
-    return Path(hit).parent if isinstance(hit, str) else None
 
 
 def _resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
@@ -79,18 +43,6 @@ def _resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     if dtype not in _DTYPES:
         raise ConfigError(f"hf backend: unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
     return dev, _DTYPES[dtype]
-
-
-def _chat(prompt: Prompt) -> list[dict[str, Any]]:
-    """medharness messages -> HF chat messages; images become `{"type": "image"}` placeholders."""
-    return [{"role": m.role,
-             "content": [{"type": "image"} if p.type == "image" else {"type": "text", "text": p.text or ""}
-                         for p in m.content]}
-            for m in prompt.messages]
-
-
-def _n_image_parts(prompt: Prompt) -> int:
-    return sum(1 for m in prompt.messages for p in m.content if p.type == "image")
 
 
 @backend("hf")
@@ -118,9 +70,11 @@ class HFBackend(Backend):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self._template_owner = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
-        self._eos_ids = self._stop_ids()
-        self._suppress = self._vision_ids()
+        self._template_owner = chat_template_owner(self.processor)
+        self._eos_ids = stop_token_ids(self.net.generation_config.eos_token_id, self.tokenizer)
+        self._suppress = vision_token_ids(self.net.config, self.processor, self.tokenizer,
+                                          vocab_size=self.net.get_output_embeddings().weight.shape[0],
+                                          exclude=self._eos_ids)
         self._fingerprint = f"hf:{self.source}@{self._content_hash()}"
         log.info("loaded %s on %s (%s), %d params", self._fingerprint, self.device, self.dtype,
                  sum(p.numel() for p in self.net.parameters()))
@@ -132,30 +86,10 @@ class HFBackend(Backend):
         return self._fingerprint
 
     def _content_hash(self) -> str:
-        folder = Path(self.source) if Path(self.source).is_dir() else _hub_snapshot(self.source)
+        folder = checkpoint_folder(self.source)
         if folder is not None:
             return weights_fingerprint(folder)
         return str(getattr(self.net.config, "_commit_hash", None) or "unknown")[:12]
-
-    # -- special tokens -------------------------------------------------------------------------------
-
-    def _stop_ids(self) -> set[int]:
-        eos = self.net.generation_config.eos_token_id
-        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        return ids
-
-    def _vision_ids(self) -> list[int]:
-        configs = [self.net.config, getattr(self.net.config, "text_config", None)]
-        ids = {getattr(c, a, None) for c in configs if c is not None for a in _VISION_ID_ATTRS}
-        vocab = self.tokenizer.get_vocab()
-        ids |= {vocab.get(t) for t in _VISION_TOKENS}
-        for attr in ("image_token", "video_token"):
-            token = getattr(self.processor, attr, None)
-            ids.add(vocab.get(token) if isinstance(token, str) else None)
-        size = self.net.get_output_embeddings().weight.shape[0]
-        return sorted(i for i in ids if isinstance(i, int) and 0 <= i < size and i not in self._eos_ids)
 
     # -- generation -----------------------------------------------------------------------------------
 
@@ -164,9 +98,9 @@ class HFBackend(Backend):
         results: list[Generation | None] = [None] * len(requests)
         groups: dict[GenerationSettings, list[int]] = defaultdict(list)
         for i, req in enumerate(requests):
-            n_parts = _n_image_parts(req.prompt)
-            if n_parts != len(req.images):
-                results[i] = self._error(req, f"prompt has {n_parts} image parts but {len(req.images)} images")
+            problem = image_count_error(req)
+            if problem is not None:
+                results[i] = self._error(req, problem)
             else:
                 groups[req.prompt.settings].append(i)
         for settings, indices in groups.items():
@@ -190,8 +124,7 @@ class HFBackend(Backend):
             return [g for req in batch for g in self._run_isolated([req], settings)]
 
     def _run_batch(self, batch: list[Request], settings: GenerationSettings) -> list[Generation]:
-        texts = [self._template_owner.apply_chat_template(_chat(r.prompt), tokenize=False,
-                                                          add_generation_prompt=True) for r in batch]
+        texts = [render_prompt(self._template_owner, r.prompt) for r in batch]
         images = [img for r in batch for img in r.images]
         inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
         inputs = inputs.to(self.device)

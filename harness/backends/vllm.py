@@ -10,14 +10,15 @@ vLLM's default), `max_images_per_prompt` (4: vLLM's `limit_mm_per_prompt`; video
 `trust_remote_code` (False), `engine_args` (a dict passed on to `vllm.LLM` as is).
 
 How a request is built: the prompt text is rendered by the model's own HF processor chat template with the
-same message conversion as the `hf` backend (`medharness.backends.hf._chat`), and the PIL images go in as
-`multi_modal_data` to `LLM.enqueue`; vLLM's multimodal processor expands each image placeholder. Chosen over
-`LLM.chat` with OpenAI-style content parts because (1) the prompt is the `hf` backend's prompt string by
-construction, so both backends answer the same question; (2) `LLM.chat` guesses the template's content
-format and, for templates it classes as "string", moves every image to the start of the message; (3) images
-need no base64 round trip; (4) each request is rendered and enqueued on its own, so a broken image, a prompt
-over `max_model_len` or too many images fail that request alone (`Generation(error=...)`), while all the
-valid ones then run in one continuous batch (`LLM.wait_for_completion`).
+same message conversion as the `hf` backend (both call `medharness.backends.vlm_common.render_prompt`), and
+the PIL images go in as `multi_modal_data` to `LLM.enqueue`; vLLM's multimodal processor expands each image
+placeholder. Chosen over `LLM.chat` with OpenAI-style content parts because (1) the prompt is the `hf`
+backend's prompt string by construction, so both backends answer the same question; (2) `LLM.chat` guesses the
+template's content format and, for templates it classes as "string", moves every image to the start of the
+message; (3) images need no base64 round trip; (4) each request is rendered and enqueued on its own, so a
+broken image, a prompt over `max_model_len` or too many images fail that request alone
+(`Generation(error=...)`), while all the valid ones then run in one continuous batch
+(`LLM.wait_for_completion`).
 
 Decoding mirrors the `hf` backend: temperature 0 is greedy; otherwise temperature / top_p with a per-request
 seed (`settings.seed`); the model's `generation_config.json` repetition_penalty is kept (as the hf backend's
@@ -39,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from medharness.backends.base import Backend, Request, backend
-from medharness.backends.hf import _VISION_ID_ATTRS, _VISION_TOKENS, _chat, _hub_snapshot, _n_image_parts, \
-    weights_fingerprint
+from medharness.backends.vlm_common import chat_template_owner, checkpoint_folder, image_count_error, \
+    render_prompt, stop_token_ids, vision_token_ids, weights_fingerprint
 from medharness.errors import BackendError, ConfigError
 from medharness.records import Generation, GenerationSettings
 from medharness.torchvision_shim import ensure_torchvision_importable
@@ -59,7 +60,7 @@ _LORA_REFUSED_KEYS = ("modules_to_save",)
 
 def adapter_fingerprint(folder: Path) -> str:
     """Short sha256 of a PEFT adapter folder: its adapter_config.json in full (rank, alpha, targets) plus the
-    weights fingerprint of its weight files (`hf.weights_fingerprint`)."""
+    weights fingerprint of its weight files (`vlm_common.weights_fingerprint`)."""
     config = folder / "adapter_config.json"
     digest = hashlib.sha256(config.read_bytes() if config.is_file() else b"")
     digest.update(weights_fingerprint(folder).encode())
@@ -89,7 +90,7 @@ def read_adapter_config(folder: Path) -> dict[str, Any]:
 
 def model_fingerprint(source: str, lora: tuple[str, str] | None = None) -> str:
     """`vllm:<path or hub id>@<weights hash>[+lora:<adapter path>@<adapter hash>]`."""
-    folder = Path(source) if Path(source).is_dir() else _hub_snapshot(source)
+    folder = checkpoint_folder(source)
     digest = weights_fingerprint(folder) if folder is not None else "unknown"
     out = f"vllm:{source}@{digest}"
     if lora is not None:
@@ -137,9 +138,14 @@ class VLLMBackend(Backend):
         except Exception as exc:
             raise BackendError(f"cannot load the processor of {model!r}: {exc}") from exc
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        self._template_owner = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
+        self._template_owner = chat_template_owner(self.processor)
         self._eos_ids, self._repetition_penalty = self._generation_defaults()
-        self._logit_bias = {i: _SUPPRESS_BIAS for i in self._vision_ids(hf_config)}
+        text_config = getattr(hf_config, "text_config", None)
+        vocab_size = (getattr(text_config, "vocab_size", None) or getattr(hf_config, "vocab_size", None)
+                      or len(self.tokenizer))
+        suppressed = vision_token_ids(hf_config, self.processor, self.tokenizer, vocab_size,
+                                      exclude=self._eos_ids)
+        self._logit_bias = {i: _SUPPRESS_BIAS for i in suppressed}
 
         mm_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
         args: dict[str, Any] = {
@@ -189,23 +195,7 @@ class VLLMBackend(Backend):
             gen = GenerationConfig.from_pretrained(self.source)
         except Exception:  # no generation_config.json
             gen = GenerationConfig()
-        eos = gen.eos_token_id
-        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        return ids, float(gen.repetition_penalty or 1.0)
-
-    def _vision_ids(self, config: Any) -> list[int]:
-        """The image/video placeholder ids the model must never generate (as the hf backend suppresses)."""
-        text = getattr(config, "text_config", None)
-        ids = {getattr(c, a, None) for c in (config, text) if c is not None for a in _VISION_ID_ATTRS}
-        vocab = self.tokenizer.get_vocab()
-        ids |= {vocab.get(t) for t in _VISION_TOKENS}
-        for attr in ("image_token", "video_token"):
-            token = getattr(self.processor, attr, None)
-            ids.add(vocab.get(token) if isinstance(token, str) else None)
-        size = getattr(text, "vocab_size", None) or getattr(config, "vocab_size", None) or len(self.tokenizer)
-        return sorted(i for i in ids if isinstance(i, int) and 0 <= i < size and i not in self._eos_ids)
+        return stop_token_ids(gen.eos_token_id, self.tokenizer), float(gen.repetition_penalty or 1.0)
 
     # -- generation -----------------------------------------------------------------------------------
 
@@ -223,9 +213,7 @@ class VLLMBackend(Backend):
 
     def render(self, request: Request) -> dict[str, Any]:
         """The engine prompt: the chat-template text plus the request's images as multimodal data."""
-        text = self._template_owner.apply_chat_template(_chat(request.prompt), tokenize=False,
-                                                        add_generation_prompt=True)
-        prompt: dict[str, Any] = {"prompt": text}
+        prompt: dict[str, Any] = {"prompt": render_prompt(self._template_owner, request.prompt)}
         if request.images:
             prompt["multi_modal_data"] = {"image": [im.convert("RGB") for im in request.images]}
         return prompt
@@ -235,9 +223,9 @@ class VLLMBackend(Backend):
         results: list[Generation | None] = [None] * len(requests)
         queued: dict[str, int] = {}
         for i, req in enumerate(requests):
-            n_parts = _n_image_parts(req.prompt)
-            if n_parts != len(req.images):
-                results[i] = self._error(req, f"prompt has {n_parts} image parts but {len(req.images)} images")
+            problem = image_count_error(req)
+            if problem is not None:
+                results[i] = self._error(req, problem)
                 continue
             try:
                 (request_id,) = self.llm.enqueue(self.render(req), self.sampling_params(req.prompt.settings),

@@ -46,6 +46,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and random baselines (default 0)")
     p.add_argument("--output", type=Path, help="run directory (default runs/<time>-<model>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output where it stopped")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="with --resume: generate again the samples whose generation failed (e.g. API errors)")
     p.add_argument("--max-error-rate", type=float, default=0.5,
                    help="stop when more than this share of samples fails (default 0.5)")
     p.add_argument("--ablate", choices=["blank", "noise", "shuffle"],
@@ -125,7 +127,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     panel = _panel(args)  # a bad judge config fails before the model runs
     with progress_bar(disabled=args.no_progress) as progress:
-        runner = Runner(config, output=args.output, resume=args.resume, progress=progress)
+        runner = Runner(config, output=args.output, resume=args.resume, progress=progress,
+                        retry_errors=args.retry_errors)
         run = runner.run()
     print_run_summary(run)
     if panel:

@@ -1,7 +1,8 @@
 """The run loop: tasks -> samples -> prompts -> backend -> rows appended to the run directory.
 
 It resumes: samples whose rows are already on disk are skipped, so a killed run started again
-with `resume=True` generates each sample exactly once.
+with `resume=True` generates each sample exactly once; with `retry_errors=True` the rows whose generation
+failed (an API error after the last retry, a missing image) are dropped first and generated again.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class Runner:
     """Runs one RunConfig into one run directory."""
 
     def __init__(self, config: RunConfig, output: Path | None = None, resume: bool = False,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, retry_errors: bool = False) -> None:
         self.config = config
         pick_backend(config.model, config.backend)  # a wrong backend name fails before any work
         ablation.check(config.ablate)
@@ -140,6 +141,9 @@ class Runner:
         self.by_id = {t.name: {s.id: s for s in self.samples[t.name]} for t in self.tasks}
         self.path = output or Path("runs") / default_run_id(config)
         self.resume = resume
+        self.retry_errors = retry_errors
+        if retry_errors and not resume:
+            raise ConfigError("--retry-errors continues a run: it needs --resume")
         self.progress = progress or (lambda task, done, total: None)
         self.cache: ResponseCache | None = None
         self.model_calls = 0
@@ -197,6 +201,10 @@ class Runner:
     def _run_task(self, run: RunDir, backend: Backend, task: Task) -> None:
         samples, recipe = self.samples[task.name], self.recipes[task.name]
         run.repair(task.name)
+        if self.retry_errors:
+            dropped = run.drop_rows(task.name, lambda row: row.generation.error is not None)
+            if dropped:
+                log.info("%s: %d failed sample(s) will be generated again", task.name, dropped)
         done = {r.sample_id for r in run.rows(task.name)}
         todo = [s for s in samples if s.id not in done]
         settings = task.settings(max_new_tokens=self.config.max_new_tokens,

@@ -14,7 +14,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -122,6 +122,18 @@ class RunDir:
     def repair(self, task: str) -> int:
         """Cut a torn last line left by a kill mid-write; return the number of bytes dropped."""
         return _repair(self.task_file(task))
+
+    def drop_rows(self, task: str, drop: Callable[[ResultRow], bool]) -> int:
+        """Rewrite a samples file without the rows `drop` selects (atomically: a kill leaves the old file or
+        the new one); return how many were dropped."""
+        rows = self.rows(task)
+        keep = [r for r in rows if not drop(r)]
+        if len(keep) < len(rows):
+            tmp = self.task_file(task).with_suffix(".jsonl.tmp")
+            tmp.unlink(missing_ok=True)
+            _append_lines(tmp, (r.model_dump_json() for r in keep))
+            os.replace(tmp, self.task_file(task))
+        return len(rows) - len(keep)
 
     def judgement_file(self, task: str) -> Path:
         return self.path / "judgements" / f"{task}.jsonl"

@@ -365,3 +365,28 @@ def test_a_full_run_against_a_local_openai_server_keeps_the_key_out_and_caches(t
     assert info["model"].startswith("openai:fake-model@http://127.0.0.1")
     assert info["tasks"]["phantom_presence"]["summary"]["n"] == 12
     assert info["tasks"]["phantom_presence"]["tokens"]["prompt"] > 0
+
+
+def test_resume_with_retry_errors_generates_only_the_failed_samples_again(tmp_path):
+    """API errors after the last retry are recorded rows; `--resume --retry-errors` asks again for exactly those."""
+    from medharness.cli import main
+    from medharness.runlog import RunDir
+
+    out = tmp_path / "run"
+    with FakeAPIServer() as srv:
+        def run(*extra):
+            return main(["run", "--model", "fake-model", "--backend", "openai", "--base-url", f"{srv.url}/v1",
+                         "--tasks", "phantom_presence", "--limit", "10", "--concurrency", "1", "--max-retries",
+                         "0", "--output", str(out), "--no-progress", "--no-cache", *extra])
+
+        srv.script(Fault.ok(), Fault.http(500), Fault.ok(), Fault.http(500), Fault.http(500))
+        assert run() == 0
+        failed = {r.sample_id for r in RunDir.open(out).rows("phantom_presence") if r.generation.error}
+        assert len(failed) == 3 and len(srv.requests) == 10
+        assert run("--resume") == 0 and len(srv.requests) == 10  # plain resume: nothing missing
+        assert run("--resume", "--retry-errors") == 0
+        assert len(srv.requests) == 13  # the three failed samples, and only those
+    rows = RunDir.open(out).rows("phantom_presence")
+    assert len(rows) == 10 and not any(r.generation.error for r in rows)
+    assert main(["run", "--model", "x", "--backend", "openai", "--tasks", "phantom_presence", "--output",
+                 str(tmp_path / "new"), "--retry-errors"]) == 2  # needs --resume

@@ -306,3 +306,21 @@ def test_lora_is_served_as_merged(engine: VLLMBackend, hf: HFBackend, tmp_path: 
     assert [comparable(g) for g in out] == [comparable(g) for g in merged.generate(requests)]
     assert [g.text for g in out] != [g.text for g in engine.generate(requests)]
     merged.close()
+
+
+# -- data parallelism ----------------------------------------------------------------------------------------
+
+def test_data_parallel_engines_answer_like_one(engine: VLLMBackend, model_dir: Path) -> None:
+    """data_parallel_size=2: two engines in worker processes (sharing the CPU here; one GPU group each on a GPU
+    machine), the requests split between them, the answers back in order and equal to one engine's."""
+    requests = mixed_requests() * 2
+    pool = VLLMBackend(str(model_dir), data_parallel_size=2, **ENGINE)
+    try:
+        assert pool.fingerprint == engine.fingerprint and pool.batch_size_hint == 2 * engine.batch_size_hint
+        assert pool.pool is not None and len(pool.pool.workers) == 2
+        ours = pool.generate(requests)
+        assert [comparable(g) for g in ours] == [comparable(g) for g in engine.generate(requests)]
+        assert [g.sample_id for g in pool.generate(requests[:1])] == [requests[0].prompt.sample_id]
+    finally:
+        pool.close()
+    assert pool.pool is not None and pool.pool.workers == []

@@ -7,7 +7,8 @@ Options (constructor keywords; see docs/vllm.md): `dtype` ("auto"), `max_model_l
 vLLM's default), `max_images_per_prompt` (4: vLLM's `limit_mm_per_prompt`; videos are off), `min_pixels` /
 `max_pixels` (the image processor's resize bounds, via `mm_processor_kwargs`), `lora` (a PEFT adapter folder),
 `batch_size` (64: requests handed to the engine per call; the engine batches continuously inside),
-`trust_remote_code` (False), `engine_args` (a dict passed on to `vllm.LLM` as is).
+`trust_remote_code` (False), `engine_args` (a dict passed on to `vllm.LLM` as is), `data_parallel_size` (1:
+N > 1 runs N engines, one per GPU group of `tensor_parallel_size` GPUs, in worker processes; vllm_dp.py).
 
 How a request is built: the prompt text is rendered by the model's own HF processor chat template with the
 same message conversion as the `hf` backend (both call `medharness.backends.vlm_common.render_prompt`), and
@@ -26,7 +27,7 @@ copied generation config keeps it); image/video placeholder tokens are suppresse
 negative vLLM accepts); text is decoded with the same tokenizer call as the hf backend.
 
 LoRA: the adapter is served with vLLM's own LoRA support (`enable_lora`, one `LoRARequest` on every request),
-not merged. See docs/vllm.md for why, and for data parallelism (one process per GPU group + `--samples`).
+not merged. See docs/vllm.md for why, and for data parallelism.
 This module imports vllm, torch and transformers; the registry imports it only when "vllm" is used.
 """
 
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from medharness.backends.base import Backend, Request, backend
+from medharness.backends.vllm_dp import EnginePool
 from medharness.backends.vlm_common import chat_template_owner, checkpoint_folder, image_count_error, \
     render_prompt, stop_token_ids, vision_token_ids, weights_fingerprint
 from medharness.errors import BackendError, ConfigError
@@ -107,7 +109,10 @@ class VLLMBackend(Backend):
                  enforce_eager: bool = False, max_num_seqs: int | None = None, max_images_per_prompt: int = 4,
                  min_pixels: int | None = None, max_pixels: int | None = None, lora: str | None = None,
                  batch_size: int = 64, trust_remote_code: bool = False, seed: int = 0,
-                 engine_args: dict[str, Any] | None = None, device: str = "auto", **options: Any) -> None:
+                 engine_args: dict[str, Any] | None = None, device: str = "auto", data_parallel_size: int = 1,
+                 **options: Any) -> None:
+        worker_options = {k: v for k, v in locals().items()
+                          if k not in ("self", "model", "options", "data_parallel_size", "__class__")}
         super().__init__(model, **options)
         if options:
             log.warning("vllm backend ignores unknown options: %s", ", ".join(sorted(options)))
@@ -115,10 +120,11 @@ class VLLMBackend(Backend):
             raise ConfigError(f"vllm backend: device {device!r}: vLLM picks its platform itself (auto)")
         if dtype not in _DTYPES:
             raise ConfigError(f"vllm backend: unknown dtype {dtype!r}; use {', '.join(_DTYPES)}")
-        if int(batch_size) < 1 or int(max_images_per_prompt) < 0 or int(tensor_parallel_size) < 1:
-            raise ConfigError("vllm backend: batch_size and tensor_parallel_size must be >= 1, "
-                              "max_images_per_prompt >= 0")
-        self.batch_size = int(batch_size)
+        if min(int(batch_size), int(tensor_parallel_size), int(data_parallel_size)) < 1 \
+                or int(max_images_per_prompt) < 0:
+            raise ConfigError("vllm backend: batch_size, tensor_parallel_size and data_parallel_size must be "
+                              ">= 1, max_images_per_prompt >= 0")
+        self.batch_size = int(batch_size) * int(data_parallel_size)
         local = Path(model).expanduser()
         self.source = str(local.resolve()) if local.exists() else model
 
@@ -131,6 +137,10 @@ class VLLMBackend(Backend):
             lora_rank = int(adapter.get("r", 8))
             lora_id = (str(self.lora_path), adapter_fingerprint(self.lora_path))
         self._fingerprint = model_fingerprint(self.source, lora_id)
+        self.pool: EnginePool | None = None
+        if int(data_parallel_size) > 1:  # one engine per GPU group, each in a worker process (vllm_dp.py)
+            self.pool = EnginePool(self.source, int(data_parallel_size), int(tensor_parallel_size), worker_options)
+            return
 
         try:  # the main-process side: the chat template, the tokenizer and the special token ids
             self.processor = AutoProcessor.from_pretrained(self.source, trust_remote_code=trust_remote_code)
@@ -220,6 +230,8 @@ class VLLMBackend(Backend):
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         """Render and enqueue each request on its own (a failure stays with its request), then run them all."""
+        if self.pool is not None:
+            return self.pool.generate(requests)
         results: list[Generation | None] = [None] * len(requests)
         queued: dict[str, int] = {}
         for i, req in enumerate(requests):
@@ -266,6 +278,8 @@ class VLLMBackend(Backend):
 
     def close(self) -> None:
         """Shut the engine's worker processes down and drop the engine."""
+        if self.pool is not None:
+            self.pool.close()
         llm = self.__dict__.pop("llm", None)
         if llm is None:
             return

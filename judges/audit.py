@@ -94,8 +94,8 @@ def agreement_reports(run: RunDir, tasks: list[str] | None = None, field: str | 
                 reference = reference[reference.index.isin(list(rows))]
                 outside = set(reference.dropna().unique()) - set(spec.levels)
                 if outside:
-                    raise DataError(f"human labels for {task}: values {sorted(outside)} are not "
-                                    f"{spec_name} verdicts {list(spec.levels)}")
+                    raise DataError(f"human labels for {task}: values {sorted(float(v) for v in outside)} are "
+                                    f"not {spec_name} verdicts {list(spec.levels)}")
                 report["n_human"] = int(reference.notna().sum())
                 report["vs_human"] = agreement_with(ratings, reference, **kw, with_icc=True)
             reports.append(report)

@@ -26,7 +26,7 @@ from typing import Any
 from medharness.backends import BACKENDS, Backend, Request
 from medharness.cache import ResponseCache, cache_key
 from medharness.judges.panel import JudgeMember
-from medharness.judges.specs import JudgeSpec
+from medharness.judges.specs import JudgeInput, JudgeSpec
 from medharness.prices import cost_usd
 from medharness.records import Generation, GenerationSettings, Judgement, Prompt, ResultRow
 from medharness.runlog import RunDir
@@ -109,14 +109,15 @@ class Judging:
                      cache: ResponseCache | None, usage: MemberUsage) -> None:
         rows = self.rows[task]
         done = self._already_judged(task, member, spec, backend)
-        todo = [r for r in rows if (r.sample_id, _prediction_hash(spec, r)) not in done]
+        items = {r.sample_id: spec.judge_input(r) for r in rows}  # what the judge sees, once per row
+        todo = [r for r in rows if (r.sample_id, text_hash(_text(items[r.sample_id]))) not in done]
         label = f"{task} · {member.name}"
         self.progress(label, len(rows) - len(todo), len(rows))
         size = max(self.batch_size, backend.batch_size_hint)
         finished = len(rows) - len(todo)
         for start in range(0, len(todo), size):
             batch = todo[start: start + size]
-            judgements = self._batch(task, member, spec, backend, cache, batch, usage)
+            judgements = self._batch(task, member, spec, backend, cache, batch, items, usage)
             with self._write:
                 self.run_dir.append_judgements(task, judgements)
             finished += len(batch)
@@ -131,7 +132,8 @@ class Judging:
                 and j.model == backend.fingerprint and not j.failed}
 
     def _batch(self, task: str, member: JudgeMember, spec: JudgeSpec, backend: Backend,
-               cache: ResponseCache | None, batch: Sequence[ResultRow], usage: MemberUsage) -> list[Judgement]:
+               cache: ResponseCache | None, batch: Sequence[ResultRow], items: dict[str, JudgeInput | None],
+               usage: MemberUsage) -> list[Judgement]:
         settings = judge_settings(spec)
         base = {"task": task, "judge": member.name, "spec": spec.name, "prompt_hash": spec.prompt_hash,
                 "model": backend.fingerprint, "settings": settings}
@@ -139,41 +141,44 @@ class Judging:
         requests: list[Request] = []
         hashes: dict[str, str] = {}
         for row in batch:
-            item = spec.judge_input(row)
+            item = items[row.sample_id]
             if item is None:
                 usage.skipped += 1
-                out[row.sample_id] = Judgement(**base, sample_id=row.sample_id, prediction_hash=text_hash(""),
+                out[row.sample_id] = Judgement(**base, sample_id=row.sample_id, prediction_hash=text_hash(_text(None)),
                                                note=f"nothing to judge: {spec.name} needs text this answer lacks")
                 continue
             hashes[row.sample_id] = text_hash(item.prediction)
             prompt = Prompt(sample_id=row.sample_id, messages=spec.render(item), settings=settings)
             requests.append(Request(prompt=prompt))
-        for sid, (gen, cached) in self._generate(task, spec, backend, cache, requests, usage).items():
+        verdicts = []  # only replies that parsed into a verdict are cached, so a re-judge retries the failures
+        for sid, (gen, cached, key) in self._generate(task, backend, cache, requests, usage).items():
             out[sid] = self._judgement(base, sid, hashes[sid], spec, gen, cached, usage)
+            if not cached and not out[sid].failed:
+                verdicts.append((key, gen))
+        if cache is not None and verdicts:
+            cache.put_many(verdicts)
         return [out[row.sample_id] for row in batch]
 
     @staticmethod
-    def _generate(task: str, spec: JudgeSpec, backend: Backend, cache: ResponseCache | None,
-                  requests: list[Request], usage: MemberUsage) -> dict[str, tuple[Generation, bool]]:
-        """Replies by sample id, with whether each came from the verdict cache. Only replies that parse
-        into a verdict are cached, so a re-judge retries the failures."""
+    def _generate(task: str, backend: Backend, cache: ResponseCache | None, requests: list[Request],
+                  usage: MemberUsage) -> dict[str, tuple[Generation, bool, str]]:
+        """Replies by sample id, with whether each came from the verdict cache, and its cache key."""
         keys = [cache_key(f"{backend.fingerprint}|{task}|{r.prompt.sample_id}", r.prompt, []) for r in requests]
         hits = cache.get_many(keys) if cache is not None and keys else {}
         misses = [(k, r) for k, r in zip(keys, requests, strict=True) if k not in hits]
         fresh = backend.generate([r for _, r in misses]) if misses else []
         usage.calls += len(misses)
         usage.cache_hits += len(hits)
-        if cache is not None:
-            cache.put_many((k, g) for (k, _), g in zip(misses, fresh, strict=True)
-                           if g.error is None and not spec.parse(g.text).failed)
-        out = {g.sample_id: (g, False) for g in fresh}
+        fresh_by_id = {g.sample_id: g for g in fresh}
+        out: dict[str, tuple[Generation, bool, str]] = {}
         for key, request in zip(keys, requests, strict=True):
             sid = request.prompt.sample_id
             if key in hits:
-                out[sid] = (hits[key], True)
-            out.setdefault(sid, (Generation(sample_id=sid, text="",  # a dropped request: failed, not a crash
-                                            error="the judge backend returned no reply"), False))
-        return {r.prompt.sample_id: out[r.prompt.sample_id] for r in requests}
+                out[sid] = (hits[key], True, key)
+            else:  # a dropped request: a failed verdict, not a crash
+                out[sid] = (fresh_by_id.get(sid) or Generation(
+                    sample_id=sid, text="", error="the judge backend returned no reply"), False, key)
+        return out
 
     def _judgement(self, base: dict[str, Any], sid: str, prediction_hash: str, spec: JudgeSpec, gen: Generation,
                    cached: bool, usage: MemberUsage) -> Judgement:
@@ -225,6 +230,5 @@ class Judging:
         self.run_dir.save()
 
 
-def _prediction_hash(spec: JudgeSpec, row: ResultRow) -> str:
-    item = spec.judge_input(row)
-    return text_hash("" if item is None else item.prediction)
+def _text(item: JudgeInput | None) -> str:
+    return "" if item is None else item.prediction

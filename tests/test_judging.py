@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fake_api_server import Fault, FakeAPIServer  # noqa: E402
 
 N = 24
+KEY_ENV, KEY = "MEDHARNESS_TEST_JUDGE_KEY", "sk-judge-SECRET-0123456789abcdef"
 FAST = {"max_retries": 2, "retry_base_delay": 0.01, "retry_max_delay": 0.05, "timeout": 2}
 
 
@@ -68,7 +69,7 @@ def panel_file(tmp_path: Path, url: str, models: tuple[str, ...] = ("strict", "l
     lines = []
     for model in models:
         lines += [f"- name: {model}", "  spec: rarl_v1", "  backend: openai", f"  model: {model}",
-                  f"  base_url: {url}/v1", f"  options: {json.dumps(FAST)}"]
+                  f"  base_url: {url}/v1", f"  api_key_env: {KEY_ENV}", f"  options: {json.dumps(FAST)}"]
     path = tmp_path / "panel.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -79,7 +80,8 @@ def judgements(run: RunDir) -> list[dict[str, Any]]:
 
 
 def test_panel_judges_a_finished_run(tmp_path: Path, server: FakeAPIServer, finished_run: RunDir,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+                                     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
     server.reset()
     cache = tmp_path / "cache"
     panel = panel_file(tmp_path, server.url)
@@ -113,13 +115,16 @@ def test_panel_judges_a_finished_run(tmp_path: Path, server: FakeAPIServer, fini
     assert majority["n"] == N - ties and majority["value"] == 1.0
     assert info["tasks"]["phantom_presence"]["summary"]["metrics"]["yes_no_accuracy"]  # rule metric untouched
     assert info["judges"]["strict"]["usage"]["calls"] == N and info["judges"]["strict"]["prompt_hash"]
-    assert "api_key" not in json.dumps(info["judges"]["strict"]) or info["judges"]["strict"]["api_key_env"] is None
+    assert info["judges"]["strict"]["api_key_env"] == KEY_ENV
+    assert all(r.headers["authorization"] == f"Bearer {KEY}" for r in server.requests)  # the key was sent ...
+    written = "".join(p.read_text() for p in finished_run.path.rglob("*") if p.is_file())
+    out = capsys.readouterr().out
+    assert "SECRET" not in written and "SECRET" not in out  # ... and never written
 
     disagreements = (finished_run.path / "judgements" / "disagreements.md").read_text()
     wrong = [sid for sid, v in rule.items() if v == 0]
     for sid in wrong:  # lenient says 1 where the rule says 0
         assert f"phantom_presence / {sid}:" in disagreements
-    out = capsys.readouterr().out
     assert "judge:strict:prediction_score" in out and "disagreeing sample" in out
 
     # the leaderboard shows judge and panel columns beside the rule-based metric
@@ -164,6 +169,13 @@ def test_agreement_report(tmp_path: Path, server: FakeAPIServer, finished_run: R
     assert ci["low"] <= ci["value"] <= ci["high"]
     strict_vs_human = next(r for r in report["vs_human"] if r["rater"] == "strict")
     assert strict_vs_human["icc"]["value"] == pytest.approx(1.0) and report["n_human"] == N
+    # bad human labels: a clear error naming the file and the problem, nothing written
+    for body, message in (("sample,label\nx,1\n", "missing column(s) ['id']"),
+                          ("id,label\npresence-00000,maybe\n", "row 1: label 'maybe' is not a number or yes/no"),
+                          ("id,label\npresence-00000,3\n", "values [3.0] are not rarl_v1 verdicts")):
+        human.write_text(body)
+        assert main(["agreement", str(finished_run.path), "--human", str(human), "--bootstrap", "10"]) == 2
+        assert message in capsys.readouterr().err
     assert main(["agreement", str(finished_run.path), "--bootstrap", "50"]) == 0
     text = capsys.readouterr().out
     assert "## phantom_presence · rarl_v1 (lenient, strict)" in text and "Fleiss" in text

@@ -10,7 +10,6 @@ One engine per module (start ~30 s on 2 cores) serves every test; the LoRA test 
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import os
 import re
@@ -44,7 +43,7 @@ from medharness.errors import ConfigError  # noqa: E402
 from medharness.pipeline import RunConfig, Runner  # noqa: E402
 from medharness.records import Generation, GenerationSettings  # noqa: E402
 
-from chat_requests import GREEDY, request  # noqa: E402 - tests/ is on sys.path (rootdir conftest)
+from chat_requests import GREEDY, mixed_requests, request, truncated_png  # noqa: E402 - tests/ on sys.path
 
 pytestmark = pytest.mark.slow
 
@@ -54,23 +53,8 @@ ENGINE = {"dtype": "float32", "max_model_len": 1024, "enforce_eager": True, "max
 ARCH = "qwen2_vl"
 
 
-def mixed_requests(settings: GenerationSettings = GREEDY) -> list[Request]:
-    """Images of different sizes (4 to 16 image tokens), two images in one prompt, and text only."""
-    return [
-        request("small", "What is shown?", [Image.new("RGB", (60, 80), (200, 10, 10))], settings),
-        request("square", "Describe the lesion in this chest x-ray. Answer in <answer></answer>.",
-                [Image.new("RGB", (112, 112), (0, 100, 10))], settings, system="Be brief."),
-        request("wide", "Is there an effusion? yes or no", [Image.new("RGB", (300, 90), (5, 5, 250))], settings),
-        request("two", "Compare the two scans.", [Image.new("RGB", (90, 90), (90, 90, 90)),
-                                                  Image.new("L", (200, 150), 30)], settings),
-        request("text", "Question: what abnormality is visible? Answer: " * 3, [], settings),
-    ]
 
 
-def truncated_png() -> Image.Image:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, "PNG")
-    return Image.open(io.BytesIO(buf.getvalue()[: len(buf.getvalue()) // 2]))  # fails when decoded
 
 
 @pytest.fixture(scope="module")

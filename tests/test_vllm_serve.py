@@ -37,9 +37,6 @@ if importlib.util.find_spec("vllm") is None:  # decided before torch is imported
     pytest.skip("vllm is not installed here: run with the scripts/vllm-cpu-env.sh environment",
                 allow_module_level=True)
 
-from PIL import Image  # noqa: E402
-
-from medharness.backends import Request  # noqa: E402
 from medharness.backends.hf import HFBackend  # noqa: E402 - applies the torchvision shim first
 from medharness.backends.openai_compat import OpenAIBackend, openai_messages  # noqa: E402
 from medharness.backends.vlm_common import chat_template_owner, render_prompt  # noqa: E402
@@ -48,7 +45,7 @@ from medharness.records import Generation, GenerationSettings  # noqa: E402
 from medharness.runlog import RunDir  # noqa: E402
 from medharness.task import load_task  # noqa: E402
 
-from chat_requests import GREEDY, request  # noqa: E402 - tests/ is on sys.path (rootdir conftest)
+from chat_requests import mixed_requests  # noqa: E402 - tests/ is on sys.path (rootdir conftest)
 from vllm_server import CutProxy, VLLMServer, free_port, vllm_server  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -142,18 +139,6 @@ def test_run_scores_against_live_server(first_run: RunDir, server: VLLMServer, h
 
 # -- 2. greedy answers equal the hf backend's ---------------------------------------------------------------
 
-def mixed_requests(settings: GenerationSettings = GREEDY) -> list[Request]:
-    """0, 1 and 2 images of different sizes and modes, a system turn, and text only."""
-    return [
-        request("red", "What is shown?", [Image.new("RGB", (60, 80), (200, 10, 10))], settings),
-        request("green", "Describe the lesion in this chest x-ray. Answer in <answer></answer>.",
-                [Image.new("RGB", (112, 112), (0, 100, 10))], settings, system="Be brief."),
-        request("wide", "Is there an effusion? yes or no", [Image.new("RGB", (300, 90), (5, 5, 250))],
-                settings),
-        request("pair", "Compare the two scans.", [Image.new("RGB", (90, 90), (90, 90, 90)),
-                                                   Image.new("L", (200, 150), 30)], settings),
-        request("words", "Question: what abnormality is visible? Answer: " * 3, [], settings),
-    ]
 
 
 def test_greedy_answers_equal_hf(server: VLLMServer, hf: HFBackend) -> None:

@@ -78,3 +78,4 @@ class ResponseCache:
 
     def close(self) -> None:
         self.db.close()
+

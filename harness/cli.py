@@ -45,6 +45,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, help="0 = greedy (default); >0 samples with --seed")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and random baselines (default 0)")
     p.add_argument("--output", type=Path, help="run directory (default runs/<time>-<model>)")
+    p.add_argument("--label", help="a human name for this run on leaderboards (default: the run id)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output where it stopped")
     p.add_argument("--retry-errors", action="store_true",
                    help="with --resume: generate again the samples whose generation failed (e.g. API errors)")
@@ -122,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                        backend_options=backend_options, max_error_rate=args.max_error_rate, ablate=args.ablate,
                        samples_file=str(args.samples_file) if args.samples_file else None,
-                       cache=not args.no_cache, cache_dir=args.cache_dir)
+                       cache=not args.no_cache, cache_dir=args.cache_dir, label=args.label)
     from medharness.cli_output import progress_bar, print_run_summary
 
     panel = _panel(args)  # a bad judge config fails before the model runs

@@ -58,10 +58,10 @@ HEADERS = ["task", "convention", "metric", "value", "stderr", "n", "unparsed"]
 
 def print_run_summary(run: RunDir) -> None:
     rows = []
-    for entry in run.info["tasks"].values():
-        if entry.get("summary"):
-            rows += summary_rows(TaskSummary.model_validate(entry["summary"]), entry.get("percent", {}))
-    print(f"\nrun {run.path} ({run.info['status']}; model {run.info.get('model')})\n")
+    for entry in run.log.tasks.values():
+        if entry.summary is not None:
+            rows += summary_rows(entry.summary, entry.percent)
+    print(f"\nrun {run.path} ({run.log.status}; model {run.log.model})\n")
     print(tabulate(rows, headers=HEADERS, tablefmt="github"))
 
 
@@ -90,21 +90,22 @@ def print_summaries(summaries: list[TaskSummary], as_json: bool = False) -> None
 
 def print_judging(run: RunDir, usage: dict[str, Any], disagreements: Path, n_disagreements: int) -> None:
     """Each judge's bill for this pass, then the run's judge and panel columns."""
-    members = run.info.get("judges", {})
+    members = run.log.judges
     rows = []
     for name, use in usage.items():
-        cost = members.get(name, {}).get("usage", {}).get("cost_usd")
-        rows.append([name, members.get(name, {}).get("spec"), use.judged, use.failed, use.skipped, use.calls,
+        member = members.get(name)
+        cost = member.usage.cost_usd if member else None
+        rows.append([name, member.spec if member else None, use.judged, use.failed, use.skipped, use.calls,
                      use.cache_hits, use.prompt_tokens, use.completion_tokens, "" if cost is None else f"{cost:.4f}"])
     print("\njudges (this pass):\n" + tabulate(rows, headers=[
         "judge", "spec", "judged", "failed", "skipped", "calls", "cache hits", "prompt tok", "completion tok",
         "run cost USD"], tablefmt="github"))
     table = []
-    for task, entry in run.info["tasks"].items():
-        for column, c in (entry.get("judges") or {}).get("columns", {}).items():
-            scale = 100.0 if c["percent"] else 1.0
-            value = "n/a" if c["value"] is None else f"{c['value'] * scale:.2f}"
-            table.append([task, column, value, c["n"], c["n_unscored"], c["n_failed"]])
+    for task, entry in run.log.tasks.items():
+        for column, c in (entry.judges.columns if entry.judges else {}).items():
+            scale = 100.0 if c.percent else 1.0
+            value = "n/a" if c.value is None else f"{c.value * scale:.2f}"
+            table.append([task, column, value, c.n, c.n_unscored, c.n_failed])
     print("\n" + tabulate(table, headers=["task", "column", "value", "n scored", "unscored", "judge failed"],
                           tablefmt="github"))
     print(f"\n{n_disagreements} disagreeing sample(s): {disagreements}")

@@ -17,17 +17,22 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from medharness import ablation
-from medharness.backends import BACKENDS, Backend, Request
-from medharness.cache import ResponseCache, cache_key
+from medharness.backends import BACKENDS, Backend
+from medharness.cache import ResponseCache
 from medharness.errors import ConfigError, DataError, MedHarnessError
+from medharness.generate import generate_cached
+from medharness.inputs import ImageLoader, build_requests
+from medharness.lineage import trained_from
 from medharness.prices import cost_usd
-from medharness.records import Generation, ResultRow, Sample, TaskSummary
+from medharness.records import CacheUsage, GenerationSettings, ResultRow, RunUsage, Sample, TaskEntry, TaskSummary, \
+    TokenCount
 from medharness.runlog import RunDir
-from medharness.scoring import Recipe, metric_is_percent, recipe_for, summarise
+from medharness.scoring import Recipe, metric_is_percent, metric_records, recipe_for, summarise
 from medharness.splits import read_sample_ids, select_pinned
 from medharness.task import Task, load_task, resolve_task_names
 
 log = logging.getLogger(__name__)
+LOCAL_MODEL_BACKENDS = ("hf", "vllm")  # they load a model folder, which may carry a training manifest
 Progress = Callable[[str, int, int], None]  # (task, done, total)
 
 
@@ -52,6 +57,7 @@ class RunConfig(BaseModel):
     samples_file: str | None = None  # a pinned list of sample ids (see splits.py)
     cache: bool = True  # reuse generations from the response cache (see cache.py)
     cache_dir: str | None = None
+    label: str | None = None  # a human name for boards (not a result key)
 
     RESULT_KEYS: ClassVar[tuple[str, ...]] = ("model", "backend", "tasks", "data_dir", "overrides", "limit",
                                               "max_new_tokens", "temperature", "seed", "ablate", "samples_file")
@@ -113,7 +119,7 @@ def default_run_id(config: RunConfig) -> str:
 
 
 def _check_resume(run: RunDir, config: RunConfig) -> None:
-    old = run.info.get("config", {})
+    old = run.log.config
     new = config.model_dump()
     diffs = [k for k in RunConfig.RESULT_KEYS if old.get(k) != new.get(k)]
     if diffs:
@@ -132,13 +138,11 @@ class Runner:
         self.pinned = read_sample_ids(Path(config.samples_file)) if config.samples_file else None
         self.tasks = load_tasks(config)  # bad task files fail here, before any directory exists
         self.samples = {t.name: self._select(t) for t in self.tasks}
-        self.partners = {t.name: ablation.partners([s.id for s in self.samples[t.name]], config.seed)
-                         for t in self.tasks} if config.ablate == "shuffle" else {}
+        self.images = {t.name: ImageLoader(t, self.samples[t.name], config.ablate, config.seed) for t in self.tasks}
         self.recipes = {t.name: recipe_for(t) for t in self.tasks}
         for t in self.tasks:  # render once to catch template errors before the model loads
             if self.samples[t.name]:
                 t.render(self.samples[t.name][0], t.settings())
-        self.by_id = {t.name: {s.id: s for s in self.samples[t.name]} for t in self.tasks}
         self.path = output or Path("runs") / default_run_id(config)
         self.resume = resume
         self.retry_errors = retry_errors
@@ -154,32 +158,21 @@ class Runner:
             samples = select_pinned(task.name, samples, self.pinned, Path(str(self.config.samples_file)))
         return samples[: self.config.limit] if self.config.limit else samples
 
-    def _images(self, task: Task, sample: Sample, refs: list[str]) -> list[Any]:
-        """Load a prompt's images, replaced as `--ablate` asks."""
-        mode, seed = self.config.ablate, self.config.seed
-        if mode == "shuffle":
-            partner = self.by_id[task.name][self.partners[task.name][sample.id]]
-            refs = list(partner.images[: len(refs)])
-        images = [task.open_image(ref) for ref in refs]
-        if mode == "blank":
-            return [ablation.blank(im) for im in images]
-        if mode == "noise":
-            return [ablation.noise(im, seed, f"{sample.id}/{i}") for i, im in enumerate(images)]
-        return images
-
     def run(self) -> RunDir:
         if self.resume:
             run = RunDir.open(self.path)
             _check_resume(run, self.config)
         else:
-            run = RunDir.create(self.path, self.config.model_dump())
+            run = RunDir.create(self.path, self.config.model_dump(), seed=self.config.seed, label=self.config.label)
         try:
             backend = make_backend(self.config)
         except MedHarnessError:
             if not self.resume:
                 run.discard()
             raise
-        run.info["model"] = backend.fingerprint
+        name, model = pick_backend(self.config.model, self.config.backend)
+        run.set_model(backend.fingerprint, getattr(backend, "attn_implementation", None),
+                      trained_from(model) if name in LOCAL_MODEL_BACKENDS else None)
         if self.config.cache and backend.cacheable:
             self.cache = ResponseCache(Path(self.config.cache_dir) if self.config.cache_dir else None)
         run.set_status("running")
@@ -209,7 +202,7 @@ class Runner:
         todo = [s for s in samples if s.id not in done]
         settings = task.settings(max_new_tokens=self.config.max_new_tokens,
                                  temperature=self.config.temperature, seed=self.config.seed)
-        self._record_task(run, task, recipe)
+        run.set_task(task.name, self._task_entry(task, recipe))
         self.progress(task.name, len(samples) - len(todo), len(samples))
         if todo:
             backend.prepare(task, samples)
@@ -225,81 +218,44 @@ class Runner:
             if n_done >= 20 and n_errors / n_done > self.config.max_error_rate:
                 raise DataError(f"task {task.name}: {n_errors} of {n_done} samples failed, over the "
                                 f"--max-error-rate {self.config.max_error_rate}; see samples/{task.name}.jsonl")
-        self._finish_task(run, task, recipe)
+        self._finish_task(run, task, recipe, backend)
 
     def _batch(self, task: Task, backend: Backend, recipe: Recipe, batch: Sequence[Sample],
-               settings: Any) -> list[ResultRow]:
-        prompts = {s.id: task.render(s, settings) for s in batch}
-        failed: dict[str, Generation] = {}
-        requests: list[Request] = []
-        for sample in batch:
-            prompt = prompts[sample.id]
-            try:
-                images = self._images(task, sample, prompt.image_refs()) if backend.needs_images else []
-            except DataError as exc:
-                failed[sample.id] = Generation(sample_id=sample.id, text="", model=backend.fingerprint,
-                                               error=f"image: {exc}")
-                continue
-            requests.append(Request(prompt=prompt, images=images))
-        generated = self._generate(backend, requests)
+               settings: GenerationSettings) -> list[ResultRow]:
+        images = self.images[task.name] if backend.needs_images else None
+        prompts, requests, failed = build_requests(task, batch, settings, images, backend.fingerprint)
+        generated = generate_cached(backend, requests, self.cache)
+        self.model_calls += sum(1 for g in generated if not g.cached)
+        by_id = {g.generation.sample_id: g.generation for g in generated}
         rows = []
         for sample in batch:
-            gen = failed.get(sample.id) or generated.get(sample.id) or Generation(
-                sample_id=sample.id, text="", model=backend.fingerprint, error="backend returned no generation")
+            gen = failed.get(sample.id) or by_id[sample.id]
             answer, scores = recipe.score(sample, gen)
             rows.append(ResultRow(task=task.name, task_version=task.version, sample=sample,
                                   prompt_hash=prompts[sample.id].hash, generation=gen, answer=answer,
                                   scores=scores))
         return rows
 
-    def _generate(self, backend: Backend, requests: list[Request]) -> dict[str, Generation]:
-        """Generations by sample id: from the response cache where possible, else from the backend."""
-        if not requests:
-            return {}
-        if self.cache is None or not backend.cacheable:
-            self.model_calls += len(requests)
-            return {g.sample_id: g for g in backend.generate(requests)}
-        keys = [cache_key(backend.fingerprint, r.prompt, r.images) for r in requests]
-        hits = self.cache.get_many(keys)
-        misses = [(k, r) for k, r in zip(keys, requests, strict=True) if k not in hits]
-        fresh = backend.generate([r for _, r in misses]) if misses else []
-        self.model_calls += len(misses)
-        self.cache.put_many((k, g) for (k, _), g in zip(misses, fresh, strict=True))
-        out = {g.sample_id: g for g in fresh}
-        for key, request in zip(keys, requests, strict=True):
-            if key in hits:
-                out[request.prompt.sample_id] = hits[key].model_copy(update={"sample_id": request.prompt.sample_id})
-        return out
-
-    def _record_task(self, run: RunDir, task: Task, recipe: Recipe) -> None:
-        entry = run.info["tasks"].setdefault(task.name, {})
-        entry.update({"version": task.version, "prompt": task.prompt_name, "convention": recipe.convention,
-                      "ablation": self.config.ablate,
-                      "parser": recipe.parser.name, "group_by": task.config.group_by,
-                      "data": task.load_report, "n_selected": len(self.samples[task.name]),
-                      "percent": metric_is_percent(recipe), "path": str(task.path)})
-        run.save()
+    def _task_entry(self, task: Task, recipe: Recipe) -> TaskEntry:
+        return TaskEntry(version=task.version, prompt=task.prompt_name, convention=recipe.convention,
+                         ablation=self.config.ablate, parser=recipe.parser.name, group_by=list(task.config.group_by),
+                         data=task.load_report, n_selected=len(self.samples[task.name]),
+                         percent=metric_is_percent(recipe), metrics=metric_records(recipe), path=str(task.path))
 
     def _record_usage(self, run: RunDir) -> None:
         cache = self.cache
-        run.info["usage"] = {
-            "model_calls": self.model_calls,
-            "cache": None if cache is None else {"hits": cache.hits, "misses": cache.misses, "path": str(cache.path)},
-        }
+        run.set_usage(RunUsage(model_calls=self.model_calls, cache=None if cache is None else CacheUsage(
+            hits=cache.hits, misses=cache.misses, path=str(cache.path))))
         if cache is not None:
             cache.close()
             self.cache = None
 
-    def _finish_task(self, run: RunDir, task: Task, recipe: Recipe) -> TaskSummary:
+    def _finish_task(self, run: RunDir, task: Task, recipe: Recipe, backend: Backend) -> TaskSummary:
         selected = {s.id for s in self.samples[task.name]}
         rows = [r for r in run.rows(task.name) if r.sample_id in selected]
         summary = summarise(rows, recipe, task.config.group_by, task.name, task.version)
-        run.info["tasks"][task.name]["summary"] = summary.model_dump()
-        prompt_tokens = sum(r.generation.prompt_tokens or 0 for r in rows)
-        completion_tokens = sum(r.generation.completion_tokens or 0 for r in rows)
-        run.info["tasks"][task.name]["tokens"] = {"prompt": prompt_tokens, "completion": completion_tokens}
-        api = pick_backend(self.config.model, self.config.backend)[0] in ("openai", "gemini")
-        run.info["tasks"][task.name]["cost_usd"] = \
-            cost_usd(self.config.model, prompt_tokens, completion_tokens) if api else None
-        run.save()
+        tokens = TokenCount(prompt=sum(r.generation.prompt_tokens or 0 for r in rows),
+                            completion=sum(r.generation.completion_tokens or 0 for r in rows))
+        cost = cost_usd(self.config.model, tokens.prompt, tokens.completion) if backend.priced else None
+        run.update_task(task.name, summary=summary, tokens=tokens, cost_usd=cost)
         return summary

@@ -1,7 +1,7 @@
 """The plain records that flow through medharness. Read this module first.
 
-Sample --render--> Prompt --Backend.generate--> Generation --Parser--> Answer --Metric--> Score
-ResultRow (one per sample: samples/<task>.jsonl); TaskSummary (run.json).
+Sample --render--> Prompt --Backend.generate--> Generation --Parser--> Answer --Metric--> scores
+ResultRow (one per sample: samples/<task>.jsonl); TaskSummary; the run log (run.json): RunLog of TaskEntry.
 
 All records are frozen pydantic models that round-trip through JSON. Images are referenced
 (a path relative to the data root, or a `scheme:...` reference a data source resolves), never
@@ -15,7 +15,8 @@ import json
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from medharness.lineage import TrainedFrom
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Record(BaseModel):
@@ -101,13 +102,6 @@ class Answer(Record):
         return self.value is not None
 
 
-class Score(Record):
-    """One metric value for one sample. NaN means unscored, never silently 0."""
-
-    metric: str
-    value: float
-
-
 class ResultRow(Record):
     """One sample's full trail: what was asked, generated, parsed and scored."""
 
@@ -117,8 +111,15 @@ class ResultRow(Record):
     prompt_hash: str
     generation: Generation
     answer: Answer
-    scores: dict[str, float] = Field(default_factory=dict)
-    judgements: tuple[dict[str, Any], ...] = ()
+    scores: dict[str, float] = Field(default_factory=dict)  # metric label -> value; NaN = unscored
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_shape(cls, data: Any) -> Any:
+        """Rows written before 0.2 carry an always-empty `judgements` list (verdicts live in judgements/)."""
+        if isinstance(data, dict) and "judgements" in data and not data["judgements"]:
+            data = {k: v for k, v in data.items() if k != "judgements"}
+        return data
 
     @field_validator("scores", mode="before")
     @classmethod
@@ -154,12 +155,18 @@ class Judgement(Record):
     cached: bool = False
 
 
+def _nan_for_none(v: Any) -> Any:
+    return math.nan if v is None else v
+
+
 class MetricSummary(Record):
-    value: float
+    value: float  # NaN: no sample was scored (written as null in run.json)
     stderr: float | None = None
     n: int
     n_unparsed: int
     higher_is_better: bool = True
+
+    _value = field_validator("value", mode="before")(_nan_for_none)
 
 
 class TaskSummary(Record):
@@ -174,6 +181,14 @@ class TaskSummary(Record):
     metrics: dict[str, MetricSummary]
     groups: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
 
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _nan_groups(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        return {f: ({k: ({m: _nan_for_none(x) for m, x in g.items()} if isinstance(g, dict) else g)
+                     for k, g in b.items()} if isinstance(b, dict) else b) for f, b in v.items()}
+
     def to_score_json(self) -> dict[str, Any]:
         """The `medharness score --json` shape."""
         return {
@@ -182,3 +197,127 @@ class TaskSummary(Record):
             "metrics": {k: {"value": m.value, "n": m.n, "n_unparsed": m.n_unparsed} for k, m in self.metrics.items()},
             "groups": self.groups,
         }
+
+
+# ---------------------------------------------------------------------------------------------- the run log
+
+RUNLOG_SCHEMA = 1
+RunStatus = Literal["running", "finished", "failed", "interrupted"]
+
+
+class MetricSpecRecord(Record):
+    """A metric exactly as it was applied: registered name, the arguments, and its column label."""
+
+    label: str
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    higher_is_better: bool = True
+    percent: bool = True
+
+
+class TokenCount(Record):
+    prompt: int = 0
+    completion: int = 0
+
+
+class JudgeColumn(Record):
+    """One judge (or panel aggregate) column of a task: mean verdict over the samples it scored."""
+
+    value: float | None
+    stderr: float | None = None
+    n: int
+    n_unscored: int
+    n_failed: int = 0
+    percent: bool
+    primary: bool = False
+
+
+class TaskJudges(Record):
+    columns: dict[str, JudgeColumn] = Field(default_factory=dict)
+    judges: list[str] = Field(default_factory=list)
+
+
+class TaskEntry(Record):
+    """One task of a run: how it was scored (version, prompt, convention, metrics with their arguments) and
+    what came out (summary, tokens, cost, judge columns)."""
+
+    version: str
+    prompt: str | None = None
+    convention: str
+    ablation: str | None = None
+    parser: str = ""
+    group_by: list[str] = Field(default_factory=list)
+    data: dict[str, Any] = Field(default_factory=dict)  # the data source's load report
+    n_selected: int = 0
+    percent: dict[str, bool] = Field(default_factory=dict)  # metric label -> shown x100
+    metrics: list[MetricSpecRecord] = Field(default_factory=list)
+    path: str = ""
+    summary: TaskSummary | None = None
+    tokens: TokenCount | None = None
+    cost_usd: float | None = None
+    judges: TaskJudges | None = None
+
+
+class CacheUsage(Record):
+    hits: int
+    misses: int
+    path: str
+
+
+class RunUsage(Record):
+    model_calls: int = 0
+    cache: CacheUsage | None = None
+
+
+class JudgeUsage(Record):
+    calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+
+
+class JudgeEntry(Record):
+    """A panel member as the run log keeps it (the key's variable name, never the key)."""
+
+    name: str
+    spec: str
+    backend: str
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    fingerprint: str
+    spec_version: str
+    prompt_hash: str
+    settings: GenerationSettings
+    model_versions: list[str] = Field(default_factory=list)
+    usage: JudgeUsage = JudgeUsage()
+
+
+class RunLog(Record):
+    """`run.json`: one run's config, environment, status, lineage and per-task results. Only `runlog.py`
+    reads and writes the file; everything else passes these records."""
+
+    schema_version: int = RUNLOG_SCHEMA
+    run_id: str
+    label: str | None = None  # a human name for boards; the run id when absent
+    status: RunStatus = "running"
+    error: str | None = None
+    created: str = ""
+    updated: str = ""
+    command: list[str] = Field(default_factory=list)
+    config: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    seed: int | None = None
+    model: str | None = None  # the backend's fingerprint
+    attn_implementation: str | None = None  # the attention kernel a local model ran with
+    trained_from: TrainedFrom | None = None
+    origin: str | None = None  # where the rows came from when not generated here (e.g. an imported file)
+    tasks: dict[str, TaskEntry] = Field(default_factory=dict)
+    usage: RunUsage | None = None
+    judges: dict[str, JudgeEntry] = Field(default_factory=dict)
+
+    @property
+    def display_name(self) -> str:
+        return self.label or self.run_id

@@ -8,7 +8,7 @@ from typing import Any
 
 from medharness.errors import DataError
 from medharness.predictions import read_predictions
-from medharness.records import Generation, ResultRow, TaskSummary
+from medharness.records import Generation, ResultRow, TaskEntry, TaskSummary
 from medharness.runlog import RunDir
 from medharness.scoring import recipe_for, rescore, summarise
 from medharness.task import Task, load_task
@@ -16,10 +16,10 @@ from medharness.task import Task, load_task
 log = logging.getLogger(__name__)
 
 
-def _task_of(name: str, entry: dict[str, Any]) -> Task:
-    path = Path(entry.get("path", ""))
-    overrides = {"prompt": entry["prompt"]} if entry.get("prompt") else {}
-    return load_task(path if path.is_file() else name, overrides)
+def _task_of(name: str, entry: TaskEntry | None) -> Task:
+    path = Path(entry.path) if entry and entry.path else None
+    overrides = {"prompt": entry.prompt} if entry and entry.prompt else {}
+    return load_task(path if path is not None and path.is_file() else name, overrides)
 
 
 def score_run(run_dir: Path, convention: str | None = None) -> list[TaskSummary]:
@@ -27,8 +27,7 @@ def score_run(run_dir: Path, convention: str | None = None) -> list[TaskSummary]
     run = RunDir.open(run_dir)
     summaries = []
     for name in run.tasks():
-        entry = run.info.get("tasks", {}).get(name, {})
-        task = _task_of(name, entry)
+        task = _task_of(name, run.log.tasks.get(name))
         recipe = recipe_for(task, convention)
         rows = rescore(run.rows(name), recipe)
         summaries.append(summarise(rows, recipe, task.config.group_by, task.name, task.version))

@@ -9,6 +9,8 @@ most the batch in flight; `--resume` drops a torn last line and continues with t
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import platform
 import shutil
@@ -19,13 +21,24 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
-
 from medharness.errors import ConfigError, DataError
-from medharness.records import Judgement, ResultRow
+from medharness.lineage import TrainedFrom
+from medharness.records import (
+    RUNLOG_SCHEMA,
+    JudgeEntry,
+    Judgement,
+    ResultRow,
+    RunLog,
+    RunStatus,
+    RunUsage,
+    TaskEntry,
+    TaskJudges,
+)
+from pydantic import ValidationError
 
 RUN_FILE = "run.json"
 R = TypeVar("R", ResultRow, Judgement)
+log = logging.getLogger(__name__)
 
 
 def versions() -> dict[str, str]:
@@ -51,7 +64,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def json_safe(data: Any) -> Any:
     """NaN/inf -> None, so run.json stays strict JSON."""
     if isinstance(data, float):
-        return None if data != data or data in (float("inf"), float("-inf")) else data
+        return data if math.isfinite(data) else None
     if isinstance(data, dict):
         return {k: json_safe(v) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
@@ -59,24 +72,56 @@ def json_safe(data: Any) -> Any:
     return data
 
 
-class RunDir:
-    """One run's folder. Create it with `RunDir.create` or reopen it with `RunDir.open`."""
+_warned_old: set[Path] = set()
 
-    def __init__(self, path: Path, info: dict[str, Any]) -> None:
+
+def _load_log(file: Path) -> RunLog:
+    """Read run.json into a RunLog; a run.json of the previous (untyped, pre-0.2) shape loads too, said once."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{file}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or "run_id" not in data:
+        raise DataError(f"{file}: not a medharness run log (no run_id)")
+    version = data.get("schema_version", 0)
+    if not isinstance(version, int) or version > RUNLOG_SCHEMA:
+        raise DataError(f"{file}: run log schema {version!r} is newer than this medharness reads "
+                        f"({RUNLOG_SCHEMA}); upgrade medharness")
+    if version == 0:
+        if file not in _warned_old:
+            _warned_old.add(file)
+            log.warning("%s: a run log of the previous shape (no schema_version); read as schema %d, "
+                        "metric arguments unknown", file, RUNLOG_SCHEMA)
+        data = {**data, "schema_version": RUNLOG_SCHEMA}
+    try:
+        return RunLog.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise DataError(f"{file}: not a valid run log at {where or 'top level'}: {err['msg']}") from None
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class RunDir:
+    """One run's folder. Create it with `RunDir.create` or reopen it with `RunDir.open`; `log` is its run log,
+    changed only through the methods below (each saves run.json atomically)."""
+
+    def __init__(self, path: Path, runlog: RunLog) -> None:
         self.path = path
-        self.info = info
+        self.log = runlog
 
     @classmethod
-    def create(cls, path: Path, config: dict[str, Any]) -> RunDir:
+    def create(cls, path: Path, config: dict[str, Any], seed: int | None = None,
+               label: str | None = None) -> RunDir:
         if path.exists() and any(path.iterdir()):
             raise ConfigError(f"run directory {path} already exists: pass --resume to continue it, "
                               "or choose another --output")
         (path / "samples").mkdir(parents=True, exist_ok=True)
-        info = {
-            "run_id": path.name, "status": "running", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": sys.argv, "config": config, "versions": versions(), "tasks": {},
-        }
-        run = cls(path, info)
+        run = cls(path, RunLog(run_id=path.name, label=label, created=now(), command=list(sys.argv),
+                               config=config, versions=versions(), seed=seed))
         run.save()
         return run
 
@@ -85,11 +130,43 @@ class RunDir:
         file = path / RUN_FILE
         if not file.is_file():
             raise DataError(f"{path} is not a run directory (no {RUN_FILE})")
-        try:
-            info = json.loads(file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{file}: not valid JSON: {exc}") from None
-        return cls(path, info)
+        return cls(path, _load_log(file))
+
+    def save(self) -> None:
+        self.log = self.log.model_copy(update={"updated": now()})
+        write_json_atomic(self.path / RUN_FILE, json_safe(self.log.model_dump(mode="json")))
+
+    def _update(self, **fields: Any) -> None:
+        self.log = self.log.model_copy(update=fields)
+        self.save()
+
+    def set_status(self, status: RunStatus, error: str | None = None) -> None:
+        self._update(status=status, error=error or None)
+
+    def set_model(self, fingerprint: str, attn_implementation: str | None = None,
+                  trained_from: TrainedFrom | None = None) -> None:
+        self._update(model=fingerprint, attn_implementation=attn_implementation, trained_from=trained_from)
+
+    def set_task(self, name: str, entry: TaskEntry) -> None:
+        self._update(tasks={**self.log.tasks, name: entry})
+
+    def update_task(self, name: str, **fields: Any) -> None:
+        """Change some fields of a task entry (its summary, tokens, cost, judge columns)."""
+        entry = self.log.tasks.get(name)
+        if entry is None:
+            raise DataError(f"{self.path}: the run log has no task {name!r}")
+        self.set_task(name, entry.model_copy(update=fields))
+
+    def set_usage(self, usage: RunUsage) -> None:
+        self._update(usage=usage)
+
+    def set_judges(self, members: dict[str, JudgeEntry], columns: dict[str, TaskJudges]) -> None:
+        """Record panel members (merged by name) and each judged task's judge columns."""
+        tasks = dict(self.log.tasks)
+        for name, judged in columns.items():
+            if name in tasks:
+                tasks[name] = tasks[name].model_copy(update={"judges": judged})
+        self._update(judges={**self.log.judges, **members}, tasks=tasks)
 
     def discard(self) -> None:
         """Remove a run directory that never got a single result (bad input before any work)."""
@@ -99,18 +176,6 @@ class RunDir:
     @property
     def samples_dir(self) -> Path:
         return self.path / "samples"
-
-    def save(self) -> None:
-        self.info["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_json_atomic(self.path / RUN_FILE, json_safe(self.info))
-
-    def set_status(self, status: str, error: str | None = None) -> None:
-        self.info["status"] = status
-        if error:
-            self.info["error"] = error
-        else:
-            self.info.pop("error", None)
-        self.save()
 
     def task_file(self, task: str) -> Path:
         return self.samples_dir / f"{task}.jsonl"

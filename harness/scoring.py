@@ -16,7 +16,7 @@ import numpy as np
 from medharness.conventions import CONVENTIONS
 from medharness.metrics import MetricSpec, resolve_metrics
 from medharness.parsers import ParserChain
-from medharness.records import Answer, Generation, MetricSummary, ResultRow, Sample, TaskSummary
+from medharness.records import Answer, Generation, MetricSpecRecord, MetricSummary, ResultRow, Sample, TaskSummary
 
 if TYPE_CHECKING:
     from medharness.task import Task
@@ -114,6 +114,13 @@ def summarise(rows: Sequence[ResultRow], recipe: Recipe, group_by: Sequence[str]
 
 def metric_is_percent(recipe: Recipe) -> dict[str, bool]:
     return {s.label: s.metric.percent for s in recipe.metrics}
+
+
+def metric_records(recipe: Recipe) -> list[MetricSpecRecord]:
+    """The recipe's metrics as the run log keeps them: name, arguments, label, direction."""
+    return [MetricSpecRecord(label=s.label, name=s.metric.name, args=dict(s.args),
+                             higher_is_better=s.metric.higher_is_better, percent=s.metric.percent)
+            for s in recipe.metrics]
 
 
 def summary_table(summary: TaskSummary, percent: dict[str, bool] | None = None) -> list[dict[str, Any]]:

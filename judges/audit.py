@@ -55,8 +55,8 @@ def read_human_labels(path: Path) -> pd.DataFrame:
 
 def rule_metric(run: RunDir, task: str) -> str | None:
     """The task's primary rule-based metric (the first in its summary)."""
-    metrics = (run.info.get("tasks", {}).get(task, {}).get("summary") or {}).get("metrics") or {}
-    return next(iter(metrics), None)
+    entry = run.log.tasks.get(task)
+    return next(iter(entry.summary.metrics), None) if entry and entry.summary else None
 
 
 def agreement_reports(run: RunDir, tasks: list[str] | None = None, field: str | None = None,

@@ -25,10 +25,11 @@ from typing import Any
 
 from medharness.backends import BACKENDS, Backend, Request
 from medharness.cache import ResponseCache, cache_key
+from medharness.generate import generate_cached
 from medharness.judges.panel import JudgeMember
 from medharness.judges.specs import JudgeInput, JudgeSpec
 from medharness.prices import cost_usd
-from medharness.records import Generation, GenerationSettings, Judgement, Prompt, ResultRow
+from medharness.records import Generation, GenerationSettings, JudgeEntry, Judgement, JudgeUsage, Prompt
 from medharness.runlog import RunDir
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,78 @@ def make_judge_backend(member: JudgeMember) -> Backend:
     return BACKENDS.get(member.backend)(member.model, **options)
 
 
+@dataclass(frozen=True)
+class JudgeItem:
+    """One thing to judge, wherever it lives (a run's row, a training completion): `input=None` when the
+    answer lacks what the spec judges (recorded as skipped, unscored)."""
+
+    task: str
+    sample_id: str
+    input: JudgeInput | None
+
+
+def judge_items(spec: JudgeSpec, backend: Backend, items: Sequence[JudgeItem], judge_name: str | None = None,
+                cache: ResponseCache | None = None, usage: MemberUsage | None = None) -> list[Judgement]:
+    """One verdict per item, in order, from `backend` judging with `spec`; no run directory involved.
+    Replies that parsed into a verdict go to the verdict cache (keyed on the judge's fingerprint, task, sample
+    id and rendered prompt); failures are never cached, so asking again retries them."""
+    usage = usage if usage is not None else MemberUsage()
+    settings = judge_settings(spec)
+    base = {"judge": judge_name or spec.name, "spec": spec.name, "prompt_hash": spec.prompt_hash,
+            "model": backend.fingerprint, "settings": settings}
+    out: dict[int, Judgement] = {}
+    asked: list[int] = []
+    requests: list[Request] = []
+    for i, item in enumerate(items):
+        if item.input is None:
+            usage.skipped += 1
+            out[i] = Judgement(**base, task=item.task, sample_id=item.sample_id, prediction_hash=text_hash(""),
+                               note=f"nothing to judge: {spec.name} needs text this answer lacks")
+            continue
+        asked.append(i)
+        requests.append(Request(prompt=Prompt(sample_id=item.sample_id, messages=spec.render(item.input),
+                                              settings=settings)))
+    keys = [cache_key(f"{backend.fingerprint}|{items[i].task}|{r.prompt.sample_id}", r.prompt, [])
+            for i, r in zip(asked, requests, strict=True)]
+    generated = generate_cached(backend, requests, cache, keys=keys, store=False)
+    usage.calls += sum(1 for g in generated if not g.cached)
+    usage.cache_hits += sum(1 for g in generated if g.cached)
+    verdicts = []  # only replies that parsed into a verdict are cached
+    for i, got in zip(asked, generated, strict=True):
+        item = items[i]
+        assert item.input is not None
+        out[i] = _judgement(base, item, text_hash(item.input.prediction), spec, got.generation, got.cached, usage)
+        if not got.cached and not out[i].failed:
+            verdicts.append((got.key, got.generation))
+    if cache is not None and verdicts:
+        cache.put_many(verdicts)
+    return [out[i] for i in range(len(items))]
+
+
+def _judgement(base: dict[str, Any], item: JudgeItem, prediction_hash: str, spec: JudgeSpec, gen: Generation,
+               cached: bool, usage: MemberUsage) -> Judgement:
+    if not cached:
+        usage.prompt_tokens += gen.prompt_tokens or 0
+        usage.completion_tokens += gen.completion_tokens or 0
+    if gen.model_version:
+        usage.model_versions.add(gen.model_version)
+    usage.judged += 1
+    fields = {**base, "task": item.task, "sample_id": item.sample_id, "prediction_hash": prediction_hash,
+              "prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
+              "model_version": gen.model_version, "cached": cached}
+    if gen.error is not None:
+        usage.failed += 1
+        return Judgement(**fields, failed=True, note=f"judge call failed: {gen.error}")
+    verdict = spec.parse(gen.text)
+    if verdict.failed:
+        usage.failed += 1
+    return Judgement(**fields, values=verdict.values, value=verdict.value, failed=verdict.failed,
+                     rationale=verdict.rationale, raw=gen.text, note=verdict.note)
+
+
 class Judging:
-    """Judges the rows of `run` with a panel; `run()` returns each member's usage."""
+    """Judges the rows of `run` with a panel (a wrapper of `judge_items` over a run directory); `run()`
+    returns each member's usage."""
 
     def __init__(self, run: RunDir, panel: Sequence[JudgeMember], tasks: Sequence[str] | None = None,
                  cache: bool = True, cache_dir: Path | None = None, batch_size: int = 8,
@@ -94,30 +165,29 @@ class Judging:
         self._record(backends, usage)
         return usage
 
-    # ------------------------------------------------------------------------------------------ one member
     def _member(self, member: JudgeMember, backend: Backend, usage: MemberUsage) -> None:
-        spec = member.judge_spec
         cache = ResponseCache(self.cache_dir, name="verdicts") if self.cache else None
         try:
             for task in self.tasks:
-                self._member_task(task, member, spec, backend, cache, usage)
+                self._member_task(task, member, backend, cache, usage)
         finally:
             if cache is not None:
                 cache.close()
 
-    def _member_task(self, task: str, member: JudgeMember, spec: JudgeSpec, backend: Backend,
-                     cache: ResponseCache | None, usage: MemberUsage) -> None:
+    def _member_task(self, task: str, member: JudgeMember, backend: Backend, cache: ResponseCache | None,
+                     usage: MemberUsage) -> None:
+        spec = member.judge_spec
         rows = self.rows[task]
         done = self._already_judged(task, member, spec, backend)
-        items = {r.sample_id: spec.judge_input(r) for r in rows}  # what the judge sees, once per row
-        todo = [r for r in rows if (r.sample_id, text_hash(_text(items[r.sample_id]))) not in done]
+        items = [JudgeItem(task, r.sample_id, spec.judge_input(r)) for r in rows]  # built once per row
+        todo = [i for i in items if (i.sample_id, text_hash(i.input.prediction if i.input else "")) not in done]
         label = f"{task} · {member.name}"
-        self.progress(label, len(rows) - len(todo), len(rows))
-        size = max(self.batch_size, backend.batch_size_hint)
         finished = len(rows) - len(todo)
+        self.progress(label, finished, len(rows))
+        size = max(self.batch_size, backend.batch_size_hint)
         for start in range(0, len(todo), size):
             batch = todo[start: start + size]
-            judgements = self._batch(task, member, spec, backend, cache, batch, items, usage)
+            judgements = judge_items(spec, backend, batch, member.name, cache, usage)
             with self._write:
                 self.run_dir.append_judgements(task, judgements)
             finished += len(batch)
@@ -131,104 +201,24 @@ class Judging:
                 if j.judge == member.name and j.spec == spec.name and j.prompt_hash == spec.prompt_hash
                 and j.model == backend.fingerprint and not j.failed}
 
-    def _batch(self, task: str, member: JudgeMember, spec: JudgeSpec, backend: Backend,
-               cache: ResponseCache | None, batch: Sequence[ResultRow], items: dict[str, JudgeInput | None],
-               usage: MemberUsage) -> list[Judgement]:
-        settings = judge_settings(spec)
-        base = {"task": task, "judge": member.name, "spec": spec.name, "prompt_hash": spec.prompt_hash,
-                "model": backend.fingerprint, "settings": settings}
-        out: dict[str, Judgement] = {}
-        requests: list[Request] = []
-        hashes: dict[str, str] = {}
-        for row in batch:
-            item = items[row.sample_id]
-            if item is None:
-                usage.skipped += 1
-                out[row.sample_id] = Judgement(**base, sample_id=row.sample_id, prediction_hash=text_hash(_text(None)),
-                                               note=f"nothing to judge: {spec.name} needs text this answer lacks")
-                continue
-            hashes[row.sample_id] = text_hash(item.prediction)
-            prompt = Prompt(sample_id=row.sample_id, messages=spec.render(item), settings=settings)
-            requests.append(Request(prompt=prompt))
-        verdicts = []  # only replies that parsed into a verdict are cached, so a re-judge retries the failures
-        for sid, (gen, cached, key) in self._generate(task, backend, cache, requests, usage).items():
-            out[sid] = self._judgement(base, sid, hashes[sid], spec, gen, cached, usage)
-            if not cached and not out[sid].failed:
-                verdicts.append((key, gen))
-        if cache is not None and verdicts:
-            cache.put_many(verdicts)
-        return [out[row.sample_id] for row in batch]
-
-    @staticmethod
-    def _generate(task: str, backend: Backend, cache: ResponseCache | None, requests: list[Request],
-                  usage: MemberUsage) -> dict[str, tuple[Generation, bool, str]]:
-        """Replies by sample id, with whether each came from the verdict cache, and its cache key."""
-        keys = [cache_key(f"{backend.fingerprint}|{task}|{r.prompt.sample_id}", r.prompt, []) for r in requests]
-        hits = cache.get_many(keys) if cache is not None and keys else {}
-        misses = [(k, r) for k, r in zip(keys, requests, strict=True) if k not in hits]
-        fresh = backend.generate([r for _, r in misses]) if misses else []
-        usage.calls += len(misses)
-        usage.cache_hits += len(hits)
-        fresh_by_id = {g.sample_id: g for g in fresh}
-        out: dict[str, tuple[Generation, bool, str]] = {}
-        for key, request in zip(keys, requests, strict=True):
-            sid = request.prompt.sample_id
-            if key in hits:
-                out[sid] = (hits[key], True, key)
-            else:  # a dropped request: a failed verdict, not a crash
-                out[sid] = (fresh_by_id.get(sid) or Generation(
-                    sample_id=sid, text="", error="the judge backend returned no reply"), False, key)
-        return out
-
-    def _judgement(self, base: dict[str, Any], sid: str, prediction_hash: str, spec: JudgeSpec, gen: Generation,
-                   cached: bool, usage: MemberUsage) -> Judgement:
-        if not cached:
-            usage.prompt_tokens += gen.prompt_tokens or 0
-            usage.completion_tokens += gen.completion_tokens or 0
-        if gen.model_version:
-            usage.model_versions.add(gen.model_version)
-        usage.judged += 1
-        tokens = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
-                  "model_version": gen.model_version, "cached": cached}
-        if gen.error is not None:
-            usage.failed += 1
-            return Judgement(**base, sample_id=sid, prediction_hash=prediction_hash, failed=True,
-                             note=f"judge call failed: {gen.error}", **tokens)
-        verdict = spec.parse(gen.text)
-        if verdict.failed:
-            usage.failed += 1
-        return Judgement(**base, sample_id=sid, prediction_hash=prediction_hash, values=verdict.values,
-                         value=verdict.value, failed=verdict.failed, rationale=verdict.rationale, raw=gen.text,
-                         note=verdict.note, **tokens)
-
-    # ------------------------------------------------------------------------------------------ run.json
     def _record(self, backends: dict[str, Backend], usage: dict[str, MemberUsage]) -> None:
+        """Panel members (usage summed over judging passes) and judge columns into the run log."""
         from medharness.judges.summary import summarise_judgements
 
-        info = self.run_dir.info
-        members = info.setdefault("judges", {})
+        members = {}
         for member in self.panel:
             spec, use = member.judge_spec, usage[member.name]
-            entry = members.setdefault(member.name, {})
-            totals = entry.get("usage", {})
-            prompt = totals.get("prompt_tokens", 0) + use.prompt_tokens
-            completion = totals.get("completion_tokens", 0) + use.completion_tokens
-            entry.update({
-                **member.public(), "fingerprint": backends[member.name].fingerprint,
-                "spec_version": spec.version, "prompt_hash": spec.prompt_hash,
-                "settings": judge_settings(spec).model_dump(),
-                "model_versions": sorted(set(entry.get("model_versions", [])) | use.model_versions),
-                "usage": {"calls": totals.get("calls", 0) + use.calls,
-                          "cache_hits": totals.get("cache_hits", 0) + use.cache_hits,
-                          "prompt_tokens": prompt, "completion_tokens": completion,
-                          "cost_usd": cost_usd(member.model, prompt, completion)
-                          if member.backend in ("openai", "gemini") else None},
-            })
-        for task in self.tasks:
-            entry = info["tasks"].setdefault(task, {})
-            entry["judges"] = summarise_judgements(self.run_dir.judgements(task))
-        self.run_dir.save()
-
-
-def _text(item: JudgeInput | None) -> str:
-    return "" if item is None else item.prediction
+            old = self.run_dir.log.judges.get(member.name)
+            before = old.usage if old is not None else JudgeUsage()
+            prompt = before.prompt_tokens + use.prompt_tokens
+            completion = before.completion_tokens + use.completion_tokens
+            members[member.name] = JudgeEntry(
+                **member.model_dump(), fingerprint=backends[member.name].fingerprint,
+                spec_version=spec.version, prompt_hash=spec.prompt_hash, settings=judge_settings(spec),
+                model_versions=sorted(set(old.model_versions if old else []) | use.model_versions),
+                usage=JudgeUsage(calls=before.calls + use.calls, cache_hits=before.cache_hits + use.cache_hits,
+                                 prompt_tokens=prompt, completion_tokens=completion,
+                                 cost_usd=cost_usd(member.model, prompt, completion)
+                                 if backends[member.name].priced else None))
+        columns = {task: summarise_judgements(self.run_dir.judgements(task)) for task in self.tasks}
+        self.run_dir.set_judges(members, columns)

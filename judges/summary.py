@@ -16,12 +16,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
 
 import pandas as pd
 
 from medharness.judges.specs import get_spec
-from medharness.records import Judgement
+from medharness.records import JudgeColumn, Judgement, TaskJudges
 
 
 def latest(judgements: Iterable[Judgement]) -> dict[tuple[str, str], Judgement]:
@@ -43,12 +42,12 @@ def verdict_frame(judgements: Iterable[Judgement], field: str | None = None) -> 
     return {spec: pd.DataFrame(cols).sort_index().sort_index(axis=1) for spec, cols in sorted(cells.items())}
 
 
-def _column(values: pd.Series, percent: bool, n_failed: int = 0) -> dict[str, Any]:
+def _column(values: pd.Series, percent: bool, primary: bool, n_failed: int = 0) -> JudgeColumn:
     scored = values.dropna()
     n = int(scored.size)
     stderr = float(scored.std(ddof=1) / math.sqrt(n)) if n > 1 else None
-    return {"value": float(scored.mean()) if n else None, "stderr": stderr, "n": n,
-            "n_unscored": int(values.size - n), "n_failed": n_failed, "percent": percent}
+    return JudgeColumn(value=float(scored.mean()) if n else None, stderr=stderr, n=n,
+                       n_unscored=int(values.size - n), n_failed=n_failed, percent=percent, primary=primary)
 
 
 def majority(row: pd.Series) -> float:
@@ -59,10 +58,10 @@ def majority(row: pd.Series) -> float:
     return float(value) if count * 2 > sum(votes.values()) else math.nan
 
 
-def summarise_judgements(judgements: list[Judgement]) -> dict[str, Any]:
-    """{"columns": {column: {value, stderr, n, n_unscored, n_failed, percent, primary}}, "judges": [...]}"""
+def summarise_judgements(judgements: list[Judgement]) -> TaskJudges:
+    """A task's judge columns (value, stderr, n, n_unscored, n_failed, percent, primary) and its judges."""
     final = latest(judgements)
-    columns: dict[str, dict[str, Any]] = {}
+    columns: dict[str, JudgeColumn] = {}
     by_judge: dict[str, list[Judgement]] = {}
     for (_, judge), j in sorted(final.items()):
         by_judge.setdefault(judge, []).append(j)
@@ -72,15 +71,13 @@ def summarise_judgements(judgements: list[Judgement]) -> dict[str, Any]:
         for field in spec.fields:
             values = pd.Series([math.nan if j.failed or field not in j.values else j.values[field] for j in items],
                                dtype=float)
-            columns[f"judge:{judge}:{field}"] = {**_column(values, spec.scale == "binary", failed),
-                                                 "primary": field == spec.primary}
+            columns[f"judge:{judge}:{field}"] = _column(values, spec.scale == "binary", field == spec.primary,
+                                                        failed)
     for spec_name, frame in verdict_frame(judgements).items():
         if frame.shape[1] < 2:
             continue
         spec = get_spec(spec_name)
         binary = spec.scale == "binary"
-        columns[f"panel:{spec_name}:{spec.primary}:majority"] = {
-            **_column(frame.apply(majority, axis=1), binary), "primary": True}
-        columns[f"panel:{spec_name}:{spec.primary}:mean"] = {
-            **_column(frame.mean(axis=1, skipna=True), binary), "primary": True}
-    return {"columns": columns, "judges": sorted(by_judge)}
+        columns[f"panel:{spec_name}:{spec.primary}:majority"] = _column(frame.apply(majority, axis=1), binary, True)
+        columns[f"panel:{spec_name}:{spec.primary}:mean"] = _column(frame.mean(axis=1, skipna=True), binary, True)
+    return TaskJudges(columns=columns, judges=sorted(by_judge))

@@ -8,7 +8,6 @@ column per judge and per panel aggregate (each judge spec's primary verdict fiel
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,11 +17,12 @@ import pandas as pd
 from tabulate import tabulate
 
 from medharness.errors import DataError
+from medharness.records import RunLog
+from medharness.runlog import RunDir
 
 
-def _model_label(info: dict[str, Any]) -> str:
-    config = info.get("config", {})
-    model = str(config.get("model", info.get("model", "?")))
+def _model_label(runlog: RunLog) -> str:
+    model = str(runlog.config.get("model", runlog.model or "?"))
     if model.startswith("baseline:"):
         return model
     return Path(model).name or model
@@ -30,37 +30,31 @@ def _model_label(info: dict[str, Any]) -> str:
 
 def collect(run_dirs: Sequence[Path]) -> pd.DataFrame:
     """One row per (run, task, metric) with value, stderr, n, n_unparsed, convention."""
-    records = []
+    records: list[dict[str, Any]] = []
     for run_dir in run_dirs:
-        file = Path(run_dir) / "run.json"
-        if not file.is_file():
-            raise DataError(f"{run_dir} is not a run directory (no run.json)")
-        info = json.loads(file.read_text(encoding="utf-8"))
-        for task, entry in info.get("tasks", {}).items():
-            summary = entry.get("summary")
-            if not summary:
+        runlog = RunDir.open(Path(run_dir)).log
+        base = {"run": runlog.run_id, "model": _model_label(runlog), "status": runlog.status}
+        for task, entry in runlog.tasks.items():
+            summary = entry.summary
+            if summary is None:
                 continue
-            percent = entry.get("percent", {})
-            for rank, (metric, m) in enumerate(summary["metrics"].items()):
-                scale = 100.0 if percent.get(metric, True) else 1.0
-                value = m["value"]
+            for rank, (metric, m) in enumerate(summary.metrics.items()):
+                scale = 100.0 if entry.percent.get(metric, True) else 1.0
                 records.append({
-                    "run": info.get("run_id", Path(run_dir).name), "model": _model_label(info),
-                    "status": info.get("status"), "task": task, "metric": metric, "primary": rank == 0,
-                    "value": None if value is None else value * scale,
-                    "stderr": None if m.get("stderr") is None else m["stderr"] * scale,
-                    "n": m["n"], "n_unparsed": m["n_unparsed"], "convention": summary["convention"],
+                    **base, "task": task, "metric": metric, "primary": rank == 0,
+                    "value": None if math.isnan(m.value) else m.value * scale,
+                    "stderr": None if m.stderr is None else m.stderr * scale,
+                    "n": m.n, "n_unparsed": m.n_unparsed, "convention": summary.convention,
                     "judge": False, "judge_primary": False,
                 })
-            for column, c in (entry.get("judges") or {}).get("columns", {}).items():
-                scale = 100.0 if c["percent"] else 1.0
+            for column, c in (entry.judges.columns if entry.judges else {}).items():
+                scale = 100.0 if c.percent else 1.0
                 records.append({
-                    "run": info.get("run_id", Path(run_dir).name), "model": _model_label(info),
-                    "status": info.get("status"), "task": task, "metric": column, "primary": False,
-                    "value": None if c["value"] is None else c["value"] * scale,
-                    "stderr": None if c.get("stderr") is None else c["stderr"] * scale,
-                    "n": c["n"], "n_unparsed": c["n_unscored"], "convention": summary["convention"],
-                    "judge": True, "judge_primary": c.get("primary", False),
+                    **base, "task": task, "metric": column, "primary": False,
+                    "value": None if c.value is None else c.value * scale,
+                    "stderr": None if c.stderr is None else c.stderr * scale,
+                    "n": c.n, "n_unparsed": c.n_unscored, "convention": summary.convention,
+                    "judge": True, "judge_primary": c.primary,
                 })
     if not records:
         raise DataError("no finished task summaries in the given run directories")

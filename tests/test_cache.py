@@ -8,7 +8,7 @@ from PIL import Image
 
 from medharness.cache import ResponseCache, cache_key
 from medharness.pipeline import RunConfig, Runner
-from medharness.records import Generation, GenerationSettings, Message, Part, Prompt
+from medharness.records import Generation, GenerationSettings, Message, Part, Prompt, RunUsage
 
 
 def prompt(settings: GenerationSettings, text: str = "q") -> Prompt:
@@ -44,16 +44,16 @@ def test_second_identical_run_makes_zero_model_calls(tmp_path: Path, tiny_models
         return Runner(config, output=tmp_path / name).run()
 
     first, second = run("a"), run("b")
-    assert first.info["usage"]["model_calls"] == 10 and first.info["usage"]["cache"]["misses"] == 10
+    assert first.log.usage.model_calls == 10 and first.log.usage.cache.misses == 10
     texts = [r.generation.text for r in first.rows("phantom_presence")]
     empty = sum(not t.strip() for t in texts)  # a random model may stop at once: empty outputs are not cached
     assert empty < 10
-    assert second.info["usage"]["model_calls"] == empty and second.info["usage"]["cache"]["hits"] == 10 - empty
+    assert second.log.usage.model_calls == empty and second.log.usage.cache.hits == 10 - empty
     assert [r.generation.text for r in second.rows("phantom_presence")] == texts
     ablated = run("c", ablate="noise")  # other pixels (noise differs per sample): other prompts
-    assert ablated.info["usage"]["model_calls"] == 10
+    assert ablated.log.usage.model_calls == 10
     uncached = run("d", cache=False)
-    assert uncached.info["usage"] == {"model_calls": 10, "cache": None}
+    assert uncached.log.usage == RunUsage(model_calls=10, cache=None)
 
 
 def test_cost_only_where_a_price_entry_exists() -> None:

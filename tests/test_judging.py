@@ -268,3 +268,30 @@ def test_real_tiny_hf_judge_is_unscored_noise(tmp_path: Path, tiny_models: dict[
     # the baseline's answers have no <think> text: nothing for semantic_v1 to judge (skipped, no model call)
     semantic = [j for j in lines if j["spec"] == "semantic_v1"]
     assert len(semantic) == N and all(not j["failed"] and j["value"] is None and j["raw"] == "" for j in semantic)
+
+
+def test_judge_items_needs_no_run_directory(tmp_path: Path, server: FakeAPIServer,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The directory-free core a training reward calls: completions that live in no run."""
+    from medharness.cache import ResponseCache
+    from medharness.judges.judging import JudgeItem, MemberUsage, judge_items, make_judge_backend
+    from medharness.judges.specs import JudgeInput
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    server.reset()
+    member = load_panel(panel_file(tmp_path, server.url, ("strict",)))[0]
+    backend = make_judge_backend(member)
+    items = [JudgeItem("phantom_presence", "c1", JudgeInput(question="Lesion?", gold="yes", prediction="yes")),
+             JudgeItem("phantom_presence", "c2", JudgeInput(question="Lesion?", gold="yes", prediction="no")),
+             JudgeItem("phantom_presence", "c3", None)]
+    cache = ResponseCache(tmp_path / "cache", name="verdicts")
+    usage = MemberUsage()
+    first = judge_items(member.judge_spec, backend, items, "strict", cache, usage)
+    assert [j.value for j in first] == [1.0, 0.0, None] and [j.sample_id for j in first] == ["c1", "c2", "c3"]
+    assert not first[2].failed and "nothing to judge" in first[2].note and usage.skipped == 1
+    assert len(server.requests) == 2 and usage.calls == 2
+    again = judge_items(member.judge_spec, backend, items, "strict", cache, usage)
+    assert [j.value for j in again] == [1.0, 0.0, None] and all(j.cached for j in again[:2])
+    assert len(server.requests) == 2 and usage.cache_hits == 2
+    cache.close()
+    backend.close()

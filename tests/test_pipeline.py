@@ -98,7 +98,7 @@ def test_baseline_without_train_or_prior_fails_cleanly(tmp_path: Path, vqa_rad_d
 
 def test_constant_baseline_on_real_vqa_rad(tmp_path: Path, vqa_rad_dir: Path) -> None:
     result = run(tmp_path, "v", model="baseline:constant:no", tasks="vqa_rad", data_dir=str(vqa_rad_dir), limit=None)
-    summary = result.info["tasks"]["vqa_rad"]["summary"]
+    summary = result.log.tasks["vqa_rad"].summary.model_dump()
     assert summary["n"] == 451 and summary["n_unparsed"] == 0
     # "no" is right exactly for the 133 "no" golds (all CLOSED)
     assert summary["metrics"]["vqa_accuracy"]["value"] == pytest.approx(133 / 451)
@@ -112,10 +112,10 @@ def test_replay_backend_and_missing_predictions(tmp_path: Path) -> None:
     preds.write_text("".join(json.dumps({"id": f"count-{i:05d}", "prediction": "two"}) + "\n" for i in range(10)))
     result = run(tmp_path, "rp", model=str(preds), tasks="phantom_count", limit=12, max_error_rate=1.0)
     rows = result.rows("phantom_count")
-    assert result.info["model"].startswith("replay:")
+    assert result.log.model.startswith("replay:")
     assert sum(r.generation.error is not None for r in rows) == 2
     assert "no prediction for id 'count-00011'" in rows[-1].generation.error
-    summary = result.info["tasks"]["phantom_count"]["summary"]
+    summary = result.log.tasks["phantom_count"].summary.model_dump()
     assert summary["n_errors"] == 2 and summary["n_unparsed"] == 2
     expected = sum(r.sample.target == "2" for r in rows[:10]) / 12
     assert summary["metrics"]["accuracy"]["value"] == pytest.approx(expected)
@@ -127,5 +127,5 @@ def test_error_threshold_stops_the_run_and_keeps_rows(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="over the --max-error-rate 0.5"):
         run(tmp_path, "bad", model=str(preds), tasks="phantom_count", max_error_rate=0.5)
     reopened = RunDir.open(tmp_path / "bad")
-    assert reopened.info["status"] == "failed"
+    assert reopened.log.status == "failed"
     assert len(reopened.rows("phantom_count")) == 24  # three batches of 8 were written before stopping

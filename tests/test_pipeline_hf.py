@@ -31,8 +31,8 @@ def test_tiny_model_on_real_vqa_rad(tmp_path: Path, tiny_models: dict[str, Path]
     assert Counter(r.sample.meta["answer_type"] for r in rows) == {"CLOSED": 272, "OPEN": 179}
     assert all(r.generation.error is None for r in rows)
     assert all((r.generation.completion_tokens or 0) <= 6 for r in rows)
-    assert run.info["model"].startswith(f"hf:{tiny_models[arch]}@")
-    summary = run.info["tasks"]["vqa_rad"]["summary"]
+    assert run.log.model.startswith(f"hf:{tiny_models[arch]}@")
+    summary = run.log.tasks["vqa_rad"].summary.model_dump()
     assert summary["n"] == 451 and summary["groups"]["answer_type"]["OPEN"]["n"] == 179
     # random weights answer nonsense: every unparsed/wrong answer is counted, none guessed right
     unparsed = sum(not r.answer.parsed for r in rows)
@@ -65,7 +65,7 @@ prompts: {default: p, variants: {p: {user: "{question}"}}}
     assert "missing image 'images/missing.png'" in errors["1"]
     assert "corrupt image 'images/corrupt.jpg'" in errors["2"]
     assert "resolves outside the data root" in errors["3"]
-    summary = run.info["tasks"]["toy"]["summary"]
+    summary = run.log.tasks["toy"].summary.model_dump()
     assert summary["n"] == 4 and summary["n_errors"] == 3
 
 
@@ -99,7 +99,7 @@ def test_kill_9_and_resume_loses_and_repeats_nothing(tmp_path: Path, tiny_models
         fh.write('{"task": "phantom_presence", "task_version": "1.0", "sam')
     subprocess.run(_run_cmd(model, killed, "--resume"), check=True, env=env, capture_output=True)
     resumed = RunDir.open(killed)
-    assert resumed.info["status"] == "finished"
+    assert resumed.log.status == "finished"
     rows = resumed.rows("phantom_presence")
     ids = [r.sample_id for r in rows]
     assert len(ids) == 60 and len(set(ids)) == 60
@@ -107,5 +107,5 @@ def test_kill_9_and_resume_loses_and_repeats_nothing(tmp_path: Path, tiny_models
     assert set(ids) == set(ref_rows)
     # greedy decoding: the resumed run's answers are exactly the uninterrupted run's
     assert all(r.generation.text == ref_rows[r.sample_id].generation.text for r in rows)
-    assert resumed.info["tasks"]["phantom_presence"]["summary"] == \
-        RunDir.open(reference).info["tasks"]["phantom_presence"]["summary"]
+    assert resumed.log.tasks["phantom_presence"].summary.model_dump() == \
+        RunDir.open(reference).log.tasks["phantom_presence"].summary.model_dump()

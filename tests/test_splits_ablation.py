@@ -12,6 +12,7 @@ import pytest
 from medharness.ablation import partners
 from medharness.cli import main
 from medharness.errors import ConfigError, DataError
+from medharness.inputs import ImageLoader
 from medharness.pipeline import RunConfig, Runner
 from medharness.splits import kshot, read_sample_ids, select_pinned
 from medharness.task import load_task
@@ -72,28 +73,29 @@ def test_partners_are_a_seeded_derangement() -> None:
 
 @pytest.mark.parametrize("mode", ["blank", "noise", "shuffle"])
 def test_ablations_replace_the_image(tmp_path: Path, mode: str) -> None:
-    config = RunConfig(model="baseline:majority", tasks="phantom_presence", limit=6, ablate=mode, seed=5)
-    runner = Runner(config, output=tmp_path / "r")
-    task, samples = runner.tasks[0], runner.samples["phantom_presence"]
+    task = load_task("phantom_presence")
+    samples = task.load_samples()[:6]
+    images = ImageLoader(task, samples, ablate=mode, seed=5)
     for sample in samples:
         original = np.asarray(task.open_image(sample.images[0]))
-        (shown,) = runner._images(task, sample, list(sample.images))
+        (shown,) = images(sample, list(sample.images))
         shown = np.asarray(shown)
         assert shown.shape == original.shape and not np.array_equal(shown, original)
         if mode == "blank":
             assert shown.max() == 0
         if mode == "noise":
-            assert np.array_equal(shown, np.asarray(runner._images(task, sample, list(sample.images))[0]))
+            assert np.array_equal(shown, np.asarray(images(sample, list(sample.images))[0]))
         if mode == "shuffle":
-            partner = runner.by_id["phantom_presence"][runner.partners["phantom_presence"][sample.id]]
+            partner = images.partner(sample)
+            assert partner.id != sample.id
             assert np.array_equal(shown, np.asarray(task.open_image(partner.images[0])))
 
 
 def test_ablation_is_recorded_and_part_of_resume_identity(tmp_path: Path) -> None:
     config = RunConfig(model="baseline:majority", tasks="phantom_presence", limit=4, ablate="blank")
     run = Runner(config, output=tmp_path / "r").run()
-    assert run.info["config"]["ablate"] == "blank"
-    assert run.info["tasks"]["phantom_presence"]["ablation"] == "blank"
+    assert run.log.config["ablate"] == "blank"
+    assert run.log.tasks["phantom_presence"].ablation == "blank"
     other = RunConfig(model="baseline:majority", tasks="phantom_presence", limit=4, ablate="noise")
     with pytest.raises(ConfigError, match="ablate: 'blank' -> 'noise'"):
         Runner(other, output=tmp_path / "r", resume=True).run()

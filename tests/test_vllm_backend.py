@@ -195,13 +195,13 @@ def test_runner_end_to_end_matches_hf(engine: VLLMBackend, model_dir: Path, tmp_
     ref = Runner(RunConfig(backend="hf", backend_options={"device": "cpu", "dtype": "float32"}, **common),
                  output=tmp_path / "hf").run()
     assert [c.backend for c in made] == ["vllm", "hf"]
-    assert run.info["status"] == "finished" and run.info["model"] == engine.fingerprint
+    assert run.log.status == "finished" and run.log.model == engine.fingerprint
     rows, ref_rows = run.rows("phantom_presence"), ref.rows("phantom_presence")
     assert len(rows) == 16 and all(r.generation.error is None for r in rows)
     assert all(r.generation.prompt_tokens > 16 for r in rows)  # the phantom image's tokens are in the prompt
     assert [(r.sample_id, comparable(r.generation)) for r in rows] == \
         [(r.sample_id, comparable(r.generation)) for r in ref_rows]
-    assert run.info["tasks"]["phantom_presence"]["summary"] == ref.info["tasks"]["phantom_presence"]["summary"]
+    assert run.log.tasks["phantom_presence"].summary.model_dump() == ref.log.tasks["phantom_presence"].summary.model_dump()
 
 
 # -- identity and LoRA -------------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def first_run(server: VLLMServer, cache_dir: Path, tmp_path_factory: pytest.Temp
 # -- 1. a run scores against the live server -----------------------------------------------------------------
 
 def test_run_scores_against_live_server(first_run: RunDir, server: VLLMServer, hf: HFBackend) -> None:
-    info = first_run.info
+    info = first_run.log.model_dump(mode="json")
     assert info["status"] == "finished"
     assert info["model"] == f"openai:{server.model}@{server.base_url}"
     rows = first_run.rows(TASK)
@@ -188,12 +188,12 @@ def test_repeated_run_is_served_from_cache(first_run: RunDir, server: VLLMServer
     before = server.settled_requests()
     assert openai_run(tmp_path / "again", server.base_url, server.model, cache_dir) == 0
     again = RunDir.open(tmp_path / "again")
-    assert again.info["status"] == "finished"
-    assert again.info["usage"]["model_calls"] == 0
-    assert again.info["usage"]["cache"]["hits"] == LIMIT and again.info["usage"]["cache"]["misses"] == 0
+    assert again.log.status == "finished"
+    assert again.log.usage.model_calls == 0
+    assert again.log.usage.cache.hits == LIMIT and again.log.usage.cache.misses == 0
     assert server.settled_requests() == before  # not one request reached the server
     assert again.rows(TASK) == first_run.rows(TASK)
-    assert again.info["tasks"][TASK]["summary"] == first_run.info["tasks"][TASK]["summary"]
+    assert again.log.tasks[TASK].summary.model_dump() == first_run.log.tasks[TASK].summary.model_dump()
 
 
 # -- 4. faults: per-sample errors, nothing crashes, finished samples kept ------------------------------------
@@ -208,10 +208,10 @@ def test_unreachable_server_gives_per_sample_errors(tmp_path: Path) -> None:
                           "--max-retries", "1", "--timeout", "2") == 0
         run = RunDir.open(tmp_path / name)
         rows = run.rows(TASK)
-        assert run.info["status"] == "finished" and len(rows) == LIMIT
+        assert run.log.status == "finished" and len(rows) == LIMIT
         assert all(r.generation.error and "connection error" in r.generation.error
                    and "after 2 attempts" in r.generation.error and r.generation.text == "" for r in rows)
-        assert run.info["usage"]["model_calls"] == LIMIT and run.info["usage"]["cache"]["hits"] == 0
+        assert run.log.usage.model_calls == LIMIT and run.log.usage.cache.hits == 0
     assert time.monotonic() - start < 30
 
 
@@ -228,7 +228,7 @@ def test_server_lost_mid_run_then_resume(first_run: RunDir, server: VLLMServer, 
         assert openai_run(out, relay.base_url, server.model, cache, *args, limit=n) == 2
         assert relay.is_cut
     run = RunDir.open(out)
-    assert run.info["status"] == "failed" and "max-error-rate" in run.info["error"]
+    assert run.log.status == "failed" and "max-error-rate" in run.log.error
     rows = run.rows(TASK)
     assert len(rows) == 20
     assert all(r.generation.error is None for r in rows[:4])
@@ -240,7 +240,7 @@ def test_server_lost_mid_run_then_resume(first_run: RunDir, server: VLLMServer, 
     before = server.settled_requests()
     assert openai_run(out, server.base_url, server.model, cache, *args, "--resume", limit=n) == 0
     resumed = RunDir.open(out)
-    assert resumed.info["status"] == "finished" and resumed.info["usage"]["model_calls"] == 4
+    assert resumed.log.status == "finished" and resumed.log.usage.model_calls == 4
     assert server.settled_requests() == before + 4
     after = resumed.rows(TASK)
     assert len(after) == n and after[:20] == rows  # what was written stays as written
@@ -270,7 +270,7 @@ def test_tiny_model_judge_behind_vllm_serve_is_unscored(first_run: RunDir, serve
         assert j.raw or "judge call failed" in j.note  # a noise reply, or a call the server refused
         assert j.model_version == server.model and j.settings.temperature == 0.0
     assert sum(bool(j.raw) for j in verdicts) >= LIMIT  # the model really answered (noise)
-    columns = RunDir.open(first_run.path).info["tasks"][TASK]["judges"]["columns"]
+    columns = RunDir.open(first_run.path).log.tasks[TASK].judges.model_dump()["columns"]
     assert columns["judge:tiny-rarl:prediction_score"]["value"] is None
     assert columns["judge:tiny-rarl:prediction_score"]["n_failed"] == LIMIT
     assert main(args) == 0  # nothing cached (no verdict parsed): asked again

@@ -314,6 +314,7 @@ class ApiBackend(Backend):
     default_base_url: ClassVar[str] = ""
     needs_images = True
     cacheable = True
+    priced = True
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str | None = None,
                  concurrency: int | str = 8, timeout: float | str = 60.0, max_retries: int | str = 5,

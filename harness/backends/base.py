@@ -34,6 +34,7 @@ class Backend(ABC):
     name: ClassVar[str] = ""
     needs_images: ClassVar[bool] = True
     cacheable: ClassVar[bool] = True  # model outputs go through the response cache
+    priced: ClassVar[bool] = False  # a paid API: token costs come from `harness/prices.py`
 
     def __init__(self, model: str, **options: Any) -> None:
         self.model = model

@@ -38,7 +38,7 @@ _add(Convention(
     ),
     parser=None,
     metrics=["vqa_accuracy", "token_recall", "token_f1"],
-    reference="docs/scoring-conventions.md, 'The harness's own default'",
+    reference="docs/conventions.md, 'The harness default'",
 ))
 
 _add(Convention(
@@ -50,7 +50,7 @@ _add(Convention(
     ),
     parser=["raw"],
     metrics=[{"name": "exact_match", "args": {"normalizer": "mumc"}, "as": "accuracy"}],
-    reference="MUMC/MEVF VQA-RAD evaluation code; docs/scoring-conventions.md",
+    reference="MUMC/MEVF VQA-RAD evaluation code; docs/conventions.md",
 ))
 
 _add(Convention(
@@ -62,7 +62,7 @@ _add(Convention(
     ),
     parser=["raw"],
     metrics=[{"name": "exact_match", "args": {"normalizer": "lmms_eval"}}],
-    reference="lmms-eval slake task utils; docs/scoring-conventions.md",
+    reference="lmms-eval slake task utils; docs/conventions.md",
 ))
 
 _add(Convention(
@@ -75,7 +75,7 @@ _add(Convention(
     ),
     parser=["raw"],
     metrics=["yesno_strict_accuracy"],
-    reference="docs/scoring-conventions.md, named conventions table",
+    reference="docs/conventions.md, 'Peer conventions'",
 ))
 
 _add(Convention(
@@ -109,5 +109,5 @@ _add(Convention(
     ),
     parser=[{"first_of": {"parsers": ["answer_tag", "after_think", "raw"]}}],
     metrics=["set_token_f1"],
-    reference="docs/scoring-conventions.md, named conventions table",
+    reference="docs/conventions.md, 'Peer conventions'",
 ))

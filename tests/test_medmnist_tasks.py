@@ -19,7 +19,7 @@ from medharness.task import TASKS_DIR, Task, load_task, read_knowledge, resolve_
 class Spec:
     file: str  # MedMNIST file stem: <file>.npz, <file>_64.npz, ...
     classes: tuple[str, ...]  # MedMNIST label order
-    test_size: int  # the real test split (scoring-conventions.md)
+    test_size: int  # the real test split (docs/conventions.md, dataset facts)
     rgb: bool  # MedMNIST n_channels == 3
     ordinal: bool = False
 

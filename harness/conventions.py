@@ -1,7 +1,7 @@
 """Named scoring conventions: the harness default and the peers' rules, to re-score any run.
 
 A convention = a parser chain (None: keep the task's own) + metric specs (as in `resolve_metrics`).
-The rules are documented in docs/conventions.md; the metrics live in `medharness.metrics_*`.
+The rules are documented in docs/conventions.md; the metrics live in `medharness.metrics`.
 """
 
 from __future__ import annotations

@@ -19,9 +19,13 @@ from medharness.lineage import TrainedFrom
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-class Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class Strict(BaseModel):
+    """The one strict base: frozen, and an unknown key is an error (records, task files, sources, panels)."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Record(Strict):
     def to_json(self) -> str:
         return self.model_dump_json()
 

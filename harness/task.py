@@ -13,19 +13,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 import medharness.tasks as _tasks_package
 from medharness.errors import ConfigError, DataError
-from medharness.records import GenerationSettings, Message, Part, Prompt, Sample
-from medharness.sources import Columns, SourceSpec, source_label
+from medharness.records import GenerationSettings, Message, Part, Prompt, Sample, Strict
+from medharness.sources import Columns, LoadParams, SourceSpec, source_label
 from medharness.yamlio import line_of, load_yaml_with_lines
 
 log = logging.getLogger(__name__)
 TASKS_DIR = Path(_tasks_package.__file__).resolve().parent  # tasks/ ships as package data
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Card(Strict):
@@ -187,7 +184,8 @@ class Task:
     def load_samples(self, split: str | None = None) -> list[Sample]:
         """All samples of a split, with ids checked unique and the size compared to the card."""
         split = split or self.config.split
-        samples = self.source.load(self.config, split)
+        params = LoadParams(task=self.name, columns=self.config.columns, filter=self.config.filter)
+        samples = self.source.load(params, split)
         ids = [s.id for s in samples]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)

@@ -20,18 +20,17 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from medharness.errors import ConfigError
 from medharness.judges.specs import JudgeSpec, get_spec
+from medharness.records import Strict
 
 JUDGE_BACKENDS = ("openai", "gemini", "hf", "vllm")
 
 
-class JudgeMember(BaseModel):
+class JudgeMember(Strict):
     """One panel member: a spec on a model behind a backend."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
     spec: str

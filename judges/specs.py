@@ -22,8 +22,8 @@ from typing import Any, ClassVar, Literal
 
 from medharness.errors import ConfigError
 from medharness.parsers import strip_end_markers
-from medharness.parsers_lib import boxed_content, think_text
-from medharness.parsers_structured import letter_of
+from medharness.parsers.structured import letter_of
+from medharness.parsers.text import boxed_content, think_text
 from medharness.records import Message, Part, ResultRow
 from medharness.registry import Registry
 

@@ -20,7 +20,8 @@ from medharness.boxes import from_absolute
 from medharness.errors import DataError
 from medharness.records import Generation, Sample
 from medharness.scoring import recipe_for, summarise
-from medharness.sources_detection import HAM_CLASSES, lesion_split, mask_box, qwen_resized_size
+from medharness.sources.base import qwen_resized_size
+from medharness.sources.detection import HAM_CLASSES, lesion_split, mask_box
 from medharness.task import Task, load_task
 
 R1 = "<think>I look at the image.</think>"

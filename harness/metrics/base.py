@@ -91,7 +91,3 @@ def resolve_metrics(specs: Sequence[str | dict[str, Any]]) -> list[MetricSpec]:
     if len(set(labels)) != len(labels):
         raise ConfigError(f"duplicate metric labels {labels}; give one of them `as: NAME`")
     return out
-
-
-# The built-in metrics register themselves on import.
-from medharness import metrics_detection, metrics_peers, metrics_structured, metrics_text  # noqa: E402,F401

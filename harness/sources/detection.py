@@ -15,8 +15,6 @@ Box samples carry `meta.image_size = [w, h]` (read from the image header, never 
 `meta.resized_size`, the size Qwen2.5-VL's processor resizes the image to (`qwen_resized_size`), for the
 `resized` coordinate convention; scalar copies (`image_width`, ..., `resized_height`) serve prompts.
 Boxes are [x1, y1, x2, y2] in continuous absolute pixels of the original image.
-
-This module does not import `medharness.sources` at import time (that module imports this one).
 """
 
 from __future__ import annotations
@@ -24,86 +22,17 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import math
 import xml.etree.ElementTree as ET
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import Field, model_validator
 
 from medharness.errors import DataError
-from medharness.records import Sample
+from medharness.records import Sample, Strict
+from medharness.sources.base import LoadParams, LocalFiles, Resize, image_header_size, number, size_meta
 
-if TYPE_CHECKING:
-    from PIL.Image import Image
-
-    from medharness.task import TaskConfig
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# --- sizes -------------------------------------------------------------------------------------
-
-
-class Resize(_Strict):
-    """Qwen2.5-VL's image resize (`smart_resize`): sides rounded to multiples of `factor`, total pixels kept
-    within [min_pixels, max_pixels]. Defaults = the Qwen2-VL / Qwen2.5-VL processor defaults; set `max_pixels`
-    to the value your processor uses (e.g. 1003520 = 1280 x 28 x 28) when it is smaller."""
-
-    factor: int = 28
-    min_pixels: int = 56 * 56
-    max_pixels: int = 16384 * 28 * 28
-
-
-def qwen_resized_size(width: int, height: int, resize: Resize | None = None) -> list[int]:
-    """[w, h] of the image as Qwen2.5-VL sees it (qwen_vl_utils / transformers `smart_resize`)."""
-    r = resize or Resize()
-    if width <= 0 or height <= 0:
-        raise DataError(f"bad image size {width} x {height}")
-    h_bar = max(r.factor, round(height / r.factor) * r.factor)
-    w_bar = max(r.factor, round(width / r.factor) * r.factor)
-    if h_bar * w_bar > r.max_pixels:
-        beta = math.sqrt(height * width / r.max_pixels)
-        h_bar = max(r.factor, math.floor(height / beta / r.factor) * r.factor)
-        w_bar = max(r.factor, math.floor(width / beta / r.factor) * r.factor)
-    elif h_bar * w_bar < r.min_pixels:
-        beta = math.sqrt(r.min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / r.factor) * r.factor
-        w_bar = math.ceil(width * beta / r.factor) * r.factor
-    return [w_bar, h_bar]
-
-
-def image_header_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header only (PIL opens lazily; no pixel decoding)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except FileNotFoundError:
-        raise DataError(f"missing image {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"corrupt image {path}: {exc}") from None
-
-
-def size_meta(width: int, height: int, resize: Resize | None = None) -> dict[str, Any]:
-    """The meta fields every box sample carries (lists for parsers, scalars for prompt placeholders)."""
-    rw, rh = qwen_resized_size(width, height, resize)
-    return {"image_size": [width, height], "resized_size": [rw, rh], "image_width": width,
-            "image_height": height, "resized_width": rw, "resized_height": rh}
-
-
-def number(value: Any, what: str) -> int | float:
-    """A coordinate from text: int when integral (keeps JSON readable), else float; finite only."""
-    try:
-        x = float(str(value).strip())
-    except ValueError:
-        raise DataError(f"{what}: {value!r} is not a number") from None
-    if not math.isfinite(x):
-        raise DataError(f"{what}: {value!r} is not finite")
-    return int(x) if x.is_integer() else x
+# --- Pascal VOC --------------------------------------------------------------------------------
 
 
 def _check_box(box: list[int | float], what: str) -> list[int | float]:
@@ -112,49 +41,7 @@ def _check_box(box: list[int | float], what: str) -> list[int | float]:
     return box
 
 
-def _open_local(root: Path | None, ref: str) -> Image:
-    from medharness.sources import _open_bytes
-
-    if root is None:
-        raise DataError("local source used without a data dir")
-    path = (root / ref).resolve()
-    if not path.is_relative_to(root):
-        raise DataError(f"image path '{ref}' resolves outside the data root {root}")
-    if not path.is_file():
-        raise DataError(f"missing image '{ref}' (looked for {path})")
-    return _open_bytes(path.read_bytes(), f"'{ref}'")
-
-
-def _keep(meta: dict[str, Any], config: TaskConfig) -> bool:
-    """The task's equality `filter`, applied to the sample's meta fields."""
-    return all(str(meta.get(k)) == str(v) for k, v in config.filter.items())
-
-
-class LocalFiles(_Strict):
-    """Base of sources that read files under a data dir given at run time (`bind`)."""
-
-    _root: Path | None = PrivateAttr(default=None)
-    is_local: ClassVar[bool] = True
-
-    def bind(self, root: Path) -> Any:
-        bound = self.model_copy()
-        bound._root = root.resolve()
-        return bound
-
-    @property
-    def root(self) -> Path:
-        if self._root is None:
-            raise DataError(f"{getattr(self, 'kind', 'local')} source used without a data dir")
-        return self._root
-
-    def open_image(self, ref: str) -> Image:
-        return _open_local(self._root, ref)
-
-
-# --- Pascal VOC --------------------------------------------------------------------------------
-
-
-class BoxColumns(_Strict):
+class BoxColumns(Strict):
     """Column NAMES of a box CSV (one row per box). Named, so the column order in the file does not matter."""
 
     image: str = "filename"
@@ -192,6 +79,9 @@ class VocSource(LocalFiles):
     def available(self, root: Path, split: str) -> bool:
         boxes = (root / self.csv).is_file() if self.csv else (root / self.annotations).is_dir()
         return boxes and self._split_file(root, split) is not None
+
+    def label(self, split: str) -> str:
+        return f"voc {self.csv or self.annotations} [{split}]"
 
     def image_ids(self, split: str) -> list[str]:
         file = self._split_file(self.root, split)
@@ -235,7 +125,7 @@ class VocSource(LocalFiles):
                 raise DataError(f"voc: {file} has no column {exc}; columns: {sorted(row)}") from None
         return out
 
-    def load(self, config: TaskConfig, split: str) -> list[Sample]:
+    def load(self, params: LoadParams, split: str) -> list[Sample]:
         by_csv = self._csv_boxes() if self.csv else None
         out = []
         for image_id in self.image_ids(split):
@@ -248,7 +138,7 @@ class VocSource(LocalFiles):
                 size = image_header_size(self.root / ref)
             unknown = sorted({name for name, _ in objects} - set(self.labels))
             if unknown:
-                raise DataError(f"task {config.name}: image {image_id} has label(s) {unknown} not in the source's "
+                raise DataError(f"task {params.task}: image {image_id} has label(s) {unknown} not in the source's "
                                 f"labels {list(self.labels)}")
             for label, name in self.labels.items():
                 boxes = [box for obj, box in objects if obj == label]
@@ -256,8 +146,8 @@ class VocSource(LocalFiles):
                     continue
                 meta = {"label": label, "name": name, "image_id": image_id, "n_boxes": len(boxes),
                         **size_meta(size[0], size[1], self.resize)}
-                if _keep(meta, config):
-                    out.append(Sample(id=f"{image_id}/{label}", task=config.name,
+                if params.keep(meta):
+                    out.append(Sample(id=f"{image_id}/{label}", task=params.task,
                                       question=self.question.format(name=name), target=boxes,
                                       images=(ref,), meta=meta))
         return out
@@ -340,6 +230,10 @@ class Ham10000Source(LocalFiles):
         masks = self.target != "box" or (root / self.mask_dir).is_dir()
         return masks and self._metadata(root) is not None and (split == "all" or split in self.fractions)
 
+    def label(self, split: str) -> str:
+        metadata = self.metadata if isinstance(self.metadata, str) else self.metadata[0]
+        return f"ham10000 {metadata} ({self.target}) [{split}]"
+
     def _image_index(self) -> dict[str, str]:
         index: dict[str, str] = {}
         for folder in self.image_dirs:
@@ -362,9 +256,9 @@ class Ham10000Source(LocalFiles):
             raise DataError(f"ham10000: {file} lacks column(s) {sorted(missing)}")
         return rows
 
-    def load(self, config: TaskConfig, split: str) -> list[Sample]:
+    def load(self, params: LoadParams, split: str) -> list[Sample]:
         if split != "all" and split not in self.fractions:
-            raise DataError(f"task {config.name}: no split '{split}' (have {[*self.fractions, 'all']})")
+            raise DataError(f"task {params.task}: no split '{split}' (have {[*self.fractions, 'all']})")
         images = self._image_index()
         names = list(self.classes.values())
         out = []
@@ -374,10 +268,10 @@ class Ham10000Source(LocalFiles):
             if split != "all" and row_split != split:
                 continue
             if dx not in self.classes:
-                raise DataError(f"task {config.name}: image {image_id} has dx '{dx}', not in {list(self.classes)}")
+                raise DataError(f"task {params.task}: image {image_id} has dx '{dx}', not in {list(self.classes)}")
             ref = images.get(image_id)
             if ref is None:
-                raise DataError(f"task {config.name}: no image {image_id}{self.image_ext} in any of {self.image_dirs}")
+                raise DataError(f"task {params.task}: no image {image_id}{self.image_ext} in any of {self.image_dirs}")
             meta: dict[str, Any] = {"class_name": self.classes[dx], "dx": dx, "lesion_id": lesion,
                                     "image_id": image_id, "split": row_split,
                                     **{k: row[k].strip() for k in ("dx_type", "age", "sex", "localization")
@@ -387,17 +281,10 @@ class Ham10000Source(LocalFiles):
                 target, (w, h) = mask_box(self.root / self.mask_dir / f"{image_id}{self.mask_suffix}",
                                           self.mask_threshold)
                 if image_header_size(self.root / ref) != (w, h):
-                    raise DataError(f"task {config.name}: mask of {image_id} is {w} x {h}, the image is not")
+                    raise DataError(f"task {params.task}: mask of {image_id} is {w} x {h}, the image is not")
                 meta.update(size_meta(w, h, self.resize))
-            if _keep(meta, config):
-                out.append(Sample(id=image_id, task=config.name, question=self.question, target=target,
+            if params.keep(meta):
+                out.append(Sample(id=image_id, task=params.task, question=self.question, target=target,
                                   images=(ref,), choices=tuple(names) if self.target == "label" else (),
                                   meta=meta))
         return out
-
-
-def detection_label(source: Any, split: str) -> str:
-    if isinstance(source, VocSource):
-        return f"voc {source.csv or source.annotations} [{split}]"
-    return f"ham10000 {source.metadata if isinstance(source.metadata, str) else source.metadata[0]} " \
-           f"({source.target}) [{split}]"

@@ -10,7 +10,7 @@ from typing import Any
 from medharness.boxes import COORDS, box_problem, find_boxes, to_absolute
 from medharness.errors import ConfigError
 from medharness.normalize import simple
-from medharness.parsers import parser, strip_end_markers
+from medharness.parsers.base import parser, strip_end_markers
 from medharness.records import Answer, Sample
 
 LETTERS = string.ascii_uppercase

@@ -1,6 +1,6 @@
 """Text metrics: exact match, token overlap, yes/no, options, labels, BLEU, format, think length.
 
-All follow the rules in `medharness.metrics`: None = not applicable (e.g. no gold), unparsed = 0.0.
+All follow the rules in `medharness.metrics.base`: None = not applicable (e.g. no gold), unparsed = 0.0.
 """
 
 from __future__ import annotations
@@ -8,11 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 from medharness.errors import ConfigError
-from medharness.metrics import metric
-from medharness.metrics_common import answer_text, gold_text, gold_yes_no, overlap_prf
+from medharness.metrics.base import metric
+from medharness.metrics.common import answer_text, gold_text, gold_yes_no, overlap_prf
 from medharness.normalize import normalize, yes_no_of
-from medharness.parsers_lib import answer_tag, boxed_content, strip_end_markers, think_text
-from medharness.parsers_structured import letter_of
+from medharness.parsers.base import strip_end_markers
+from medharness.parsers.structured import letter_of
+from medharness.parsers.text import answer_tag, boxed_content, think_text
 from medharness.records import Answer, Sample
 
 # --- exact match and token overlap -----------------------------------------------------------

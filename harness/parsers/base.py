@@ -1,4 +1,4 @@
-"""Answer parsers: raw model text -> Answer. Unparseable is Answer(value=None), never an exception.
+"""Parser registry and chains: model text -> Answer. Unparseable is Answer(value=None), never an exception.
 
 A parser is a function `fn(text, sample, **args) -> Answer`, registered with `@parser("name")`.
 Task files name a chain of parsers, e.g. `parser: [answer_tag, yes_no]`: each step reads the
@@ -76,8 +76,3 @@ def split_spec(step: StepSpec) -> tuple[str, dict[str, Any]]:
         ((name, args),) = step.items()
         return str(name), dict(args or {})
     raise ConfigError(f"a parser step is a name or {{name: {{args}}}}, got {step!r}")
-
-
-# The built-in parsers register themselves on import (implementations: parsers_lib, parsers_structured).
-from medharness import parsers_lib  # noqa: E402,F401
-from medharness.boxes import from_absolute, to_absolute  # noqa: E402,F401

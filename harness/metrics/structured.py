@@ -11,7 +11,7 @@ import numpy as np
 
 from medharness.boxes import as_box, box_iou
 from medharness.errors import ConfigError
-from medharness.metrics import metric
+from medharness.metrics.base import metric
 from medharness.records import Answer, Sample
 
 # --- boxes -----------------------------------------------------------------------------------

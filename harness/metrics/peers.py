@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from medharness.metrics import metric
-from medharness.metrics_common import answer_text, answer_type, gold_text, overlap_prf
+from medharness.metrics.base import metric
+from medharness.metrics.common import answer_text, answer_type, gold_text, overlap_prf
 from medharness.normalize import simple, vqa_v2
 from medharness.records import Answer, Sample
 

@@ -1,4 +1,4 @@
-"""The built-in parsers (registered on import; `medharness.parsers` imports this module).
+"""The built-in text parsers (registered on import; `medharness.parsers` imports this module).
 
 Every parser is `fn(text, sample, **args) -> Answer`, never raises on any text, and runs in time
 linear in the text (no regex that can backtrack catastrophically). Unparseable -> value None + note.
@@ -12,7 +12,7 @@ from typing import Any
 
 from medharness.errors import ConfigError
 from medharness.normalize import simple, yes_no_of
-from medharness.parsers import PARSERS, parser, split_spec, strip_end_markers
+from medharness.parsers.base import PARSERS, parser, split_spec, strip_end_markers
 from medharness.records import Answer, Sample
 
 
@@ -200,6 +200,3 @@ def integer(text: str, sample: Sample) -> Answer:
     if not values:
         return _fail("integer", "no integer")
     return _ok("integer", values.pop())
-
-
-from medharness import parsers_structured  # noqa: E402,F401  (choice, label, json_bbox)

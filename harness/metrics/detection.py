@@ -7,7 +7,7 @@
   `#` separates alternatives (any one is correct) and `( )` marks an optional part (the answer may include or
   omit it). A yes/no gold needs a strict yes/no answer, as in the harness default.
 
-All follow `medharness.metrics`: None = not applicable (no usable gold), unparsed = 0.0.
+All follow `medharness.metrics.base`: None = not applicable (no usable gold), unparsed = 0.0.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import re
 from typing import Any
 
 from medharness.boxes import as_box, box_iou
-from medharness.metrics import metric
-from medharness.metrics_common import answer_text, overlap_prf
+from medharness.metrics.base import metric
+from medharness.metrics.common import answer_text, overlap_prf
 from medharness.normalize import simple, yes_no_of
 from medharness.records import Answer, Sample
 

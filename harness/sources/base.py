@@ -1,0 +1,224 @@
+"""What every source shares: the task's side of loading (`LoadParams`), the column mapping, rows -> `Sample`s,
+image opening under a data root, and the image sizes box samples carry.
+
+A source never sees the task: `Task` passes it a `LoadParams` (the task's name, default columns and filter)
+and, for local sources, the data root (`bind`). This module imports no other source module.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field, PrivateAttr
+
+from medharness.errors import DataError
+from medharness.records import Sample, Strict
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+
+class Columns(Strict):
+    """Dataset column -> Sample field. `meta` copies extra columns for grouping and metrics."""
+
+    id: str | None = None  # None: the row index
+    question: str = "question"
+    target: str = "answer"
+    image: str | None = None
+    choices: list[str] | str | None = None  # several option columns, or one column holding a list
+    meta: dict[str, str] = Field(default_factory=dict)  # meta field -> column
+    derive_answer_type: bool = False  # no answer_type column: CLOSED iff the gold is yes/no
+    strip_choice_letters: bool = False  # options stored as "A: text" / "(B) text": keep only the text
+    box: list[str] | None = Field(default=None, min_length=4, max_length=4)  # x1, y1, x2, y2 columns: the target
+
+
+@dataclass(frozen=True)
+class LoadParams:
+    """What a source needs from its task: the name every `Sample` carries (and errors cite), the default
+    column mapping (a source's own `columns` win), and the equality filter on row columns / meta fields."""
+
+    task: str
+    columns: Columns = field(default_factory=Columns)
+    filter: Mapping[str, Any] = field(default_factory=dict)
+
+    def keep(self, fields: Mapping[str, Any]) -> bool:
+        """The task's equality `filter`, applied to a raw row or a sample's meta fields."""
+        return all(str(fields.get(k)) == str(v) for k, v in self.filter.items())
+
+
+# --- rows -> samples ---------------------------------------------------------------------------
+
+_OPTION_LETTER = re.compile(r"^\s*(?:\(([A-Z])\)|([A-Z])\s*[:.)])\s*")
+
+ImageRef = Callable[[dict[str, Any], int], str | None]  # (row, index) -> an image reference
+
+
+def _strip_letter(option: str, position: int) -> str:
+    """'B: Focal' at position 1 -> 'Focal'; only the letter of the option's own position is removed."""
+    match = _OPTION_LETTER.match(option)
+    if match and (match.group(1) or match.group(2)) == chr(65 + position):
+        return option[match.end():].strip()
+    return option.strip()
+
+
+def rows_to_samples(rows: list[dict[str, Any]], params: LoadParams, columns: Columns, image_ref: ImageRef,
+                    question: str | None = None) -> list[Sample]:
+    """Apply the task's filter and the column mapping; `image_ref(row, index)` gives an image reference.
+
+    `question`: a fixed question for every row (files without a question column)."""
+    out = []
+    for index, row in enumerate(rows):
+        if not params.keep(row):
+            continue
+        try:
+            out.append(_sample(row, index, params.task, columns, image_ref, question))
+        except KeyError as exc:
+            raise DataError(f"task {params.task}: row {index} has no column {exc}; columns: {sorted(row)}") from None
+    return out
+
+
+def _sample(row: dict[str, Any], index: int, task: str, columns: Columns, image_ref: ImageRef,
+            question: str | None = None) -> Sample:
+    if columns.box:
+        what = f"task {task}: row {index}"
+        target: Any = [number(row[c], f"{what} column {c}") for c in columns.box]
+        if target[2] < target[0] or target[3] < target[1]:
+            raise DataError(f"{what}: reversed box {target} (x2 < x1 or y2 < y1); check the `box` column order")
+    else:
+        target = row[columns.target]
+    if not isinstance(target, (list, int, float)):
+        target = str(target).strip()
+    meta = {key: row[col] for key, col in columns.meta.items()}
+    if columns.derive_answer_type and "answer_type" not in meta:
+        meta["answer_type"] = "CLOSED" if str(target).strip().lower() in ("yes", "no") else "OPEN"
+        meta["answer_type_derived"] = True
+    if isinstance(columns.choices, str):
+        choices = tuple(str(c) for c in row[columns.choices])
+    else:
+        choices = tuple(str(row[c]) for c in columns.choices or ())
+    if columns.strip_choice_letters:
+        choices = tuple(_strip_letter(c, i) for i, c in enumerate(choices))
+    ref = image_ref(row, index)
+    return Sample(
+        id=str(row[columns.id]) if columns.id else str(index),
+        task=task,
+        question=question if question is not None else str(row[columns.question]),
+        target=target,
+        images=(ref,) if ref else (),
+        choices=choices,
+        meta=meta,
+    )
+
+
+def number(value: Any, what: str) -> int | float:
+    """A coordinate from text: int when integral (keeps JSON readable), else float; finite only."""
+    try:
+        x = float(str(value).strip())
+    except ValueError:
+        raise DataError(f"{what}: {value!r} is not a number") from None
+    if not math.isfinite(x):
+        raise DataError(f"{what}: {value!r} is not finite")
+    return int(x) if x.is_integer() else x
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+def open_bytes(data: bytes, what: str) -> Image:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"corrupt image {what}: {exc}") from None
+    return img.convert("RGB")
+
+
+def open_local(root: Path | None, ref: str) -> Image:
+    if root is None:
+        raise DataError("local source used without a data dir")
+    path = (root / ref).resolve()
+    if not path.is_relative_to(root):
+        raise DataError(f"image path '{ref}' resolves outside the data root {root}")
+    if not path.is_file():
+        raise DataError(f"missing image '{ref}' (looked for {path})")
+    return open_bytes(path.read_bytes(), f"'{ref}'")
+
+
+class LocalFiles(Strict):
+    """Base of sources that read files under a data dir given at run time (`bind`)."""
+
+    _root: Path | None = PrivateAttr(default=None)
+    is_local: ClassVar[bool] = True
+
+    def bind(self, root: Path) -> Any:
+        bound = self.model_copy()
+        bound._root = root.resolve()
+        return bound
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            raise DataError(f"{getattr(self, 'kind', 'local')} source used without a data dir")
+        return self._root
+
+    def open_image(self, ref: str) -> Image:
+        return open_local(self._root, ref)
+
+
+# --- sizes -------------------------------------------------------------------------------------
+
+
+class Resize(Strict):
+    """Qwen2.5-VL's image resize (`smart_resize`): sides rounded to multiples of `factor`, total pixels kept
+    within [min_pixels, max_pixels]. Defaults = the Qwen2-VL / Qwen2.5-VL processor defaults; set `max_pixels`
+    to the value your processor uses (e.g. 1003520 = 1280 x 28 x 28) when it is smaller."""
+
+    factor: int = 28
+    min_pixels: int = 56 * 56
+    max_pixels: int = 16384 * 28 * 28
+
+
+def qwen_resized_size(width: int, height: int, resize: Resize | None = None) -> list[int]:
+    """[w, h] of the image as Qwen2.5-VL sees it (qwen_vl_utils / transformers `smart_resize`)."""
+    r = resize or Resize()
+    if width <= 0 or height <= 0:
+        raise DataError(f"bad image size {width} x {height}")
+    h_bar = max(r.factor, round(height / r.factor) * r.factor)
+    w_bar = max(r.factor, round(width / r.factor) * r.factor)
+    if h_bar * w_bar > r.max_pixels:
+        beta = math.sqrt(height * width / r.max_pixels)
+        h_bar = max(r.factor, math.floor(height / beta / r.factor) * r.factor)
+        w_bar = max(r.factor, math.floor(width / beta / r.factor) * r.factor)
+    elif h_bar * w_bar < r.min_pixels:
+        beta = math.sqrt(r.min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / r.factor) * r.factor
+        w_bar = math.ceil(width * beta / r.factor) * r.factor
+    return [w_bar, h_bar]
+
+
+def image_header_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image header only (PIL opens lazily; no pixel decoding)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except FileNotFoundError:
+        raise DataError(f"missing image {path}") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"corrupt image {path}: {exc}") from None
+
+
+def size_meta(width: int, height: int, resize: Resize | None = None) -> dict[str, Any]:
+    """The meta fields every box sample carries (lists for parsers, scalars for prompt placeholders)."""
+    rw, rh = qwen_resized_size(width, height, resize)
+    return {"image_size": [width, height], "resized_size": [rw, rh], "image_width": width,
+            "image_height": height, "resized_width": rw, "resized_height": rh}

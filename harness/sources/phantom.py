@@ -1,0 +1,44 @@
+"""The `phantom` source: the generated phantom benchmark (`medharness.phantom`), no files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from medharness.errors import DataError
+from medharness.records import Sample, Strict
+from medharness.sources.base import LoadParams
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+
+class PhantomSource(Strict):
+    """The generated phantom benchmark: deterministic from the seed, no files. Train split = seed + 1000."""
+
+    kind: Literal["phantom"]
+    question: Literal["presence", "count", "side", "size", "box"]
+    seed: int = 0
+    n: int = 200
+    size: int = 224
+    is_local: ClassVar[bool] = False
+
+    def available(self, root: Path, split: str) -> bool:
+        return False
+
+    def label(self, split: str) -> str:
+        return f"phantom {self.question} seed={self.seed} [{split}]"
+
+    def load(self, params: LoadParams, split: str) -> list[Sample]:
+        from medharness import phantom
+
+        seed = self.seed if split == "test" else self.seed + 1000
+        return phantom.make_samples(self.question, seed=seed, n=self.n, task=params.task, size=self.size)
+
+    def open_image(self, ref: str) -> Image:
+        from medharness import phantom
+
+        try:
+            return phantom.open_image(ref)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None

@@ -13,18 +13,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from medharness.errors import DataError
+from medharness.records import Strict, TrainedFrom
+from pydantic import Field, ValidationError
 
 MANIFEST_FILE = "medharness.json"
 MANIFEST_SCHEMA = 1
 
 
-class CheckpointManifest(BaseModel):
+class CheckpointManifest(Strict):
     """What a trainer writes into every checkpoint folder it saves (`medharness.json`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     schema_version: int = MANIFEST_SCHEMA
     base_model: str  # what training started from (hub id or path)
@@ -44,25 +42,6 @@ class CheckpointManifest(BaseModel):
     parent_path: str | None = None
     versions: dict[str, str] = Field(default_factory=dict)  # trl, transformers, peft, torch, medharness
     created: str = ""
-
-
-class TrainedFrom(BaseModel):
-    """A run's lineage: which training produced the evaluated checkpoint (`known=False`: no manifest)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    checkpoint: str
-    known: bool
-    base_model: str | None = None
-    recipe: str | None = None
-    preset: str | None = None
-    task: str | None = None
-    step: int | None = None
-    seed: int | None = None
-    adapter: bool = False
-    manifest_hash: str | None = None
-    parent: str | None = None  # parent checkpoint's manifest hash
-    parent_run: str | None = None  # a run directory this lineage continues, where known
 
 
 def manifest_path(folder: Path) -> Path:

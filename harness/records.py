@@ -15,7 +15,6 @@ import json
 import math
 from typing import Any, Literal
 
-from medharness.lineage import TrainedFrom
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
@@ -297,6 +296,23 @@ class JudgeEntry(Record):
     settings: GenerationSettings
     model_versions: list[str] = Field(default_factory=list)
     usage: JudgeUsage = JudgeUsage()
+
+
+class TrainedFrom(Record):
+    """A run's lineage: which training produced the evaluated checkpoint (`known=False`: no manifest)."""
+
+    checkpoint: str
+    known: bool
+    base_model: str | None = None
+    recipe: str | None = None
+    preset: str | None = None
+    task: str | None = None
+    step: int | None = None
+    seed: int | None = None
+    adapter: bool = False
+    manifest_hash: str | None = None
+    parent: str | None = None  # parent checkpoint's manifest hash
+    parent_run: str | None = None  # a run directory this lineage continues, where known
 
 
 class RunLog(Record):

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medharness.errors import ConfigError, DataError
-from medharness.lineage import TrainedFrom
 from medharness.records import (
     RUNLOG_SCHEMA,
     JudgeEntry,
@@ -33,6 +32,7 @@ from medharness.records import (
     RunUsage,
     TaskEntry,
     TaskJudges,
+    TrainedFrom,
 )
 from pydantic import ValidationError
 

@@ -91,7 +91,7 @@ def _why_not(module: str) -> str | None:
         return f"`{module}` is not installed in {sys.prefix}"
     try:
         importlib.import_module(module)
-    except Exception as exc:  # a broken install: say so instead of crashing the other parts
+    except Exception as exc:  # noqa: BLE001 - a broken install: say so instead of crashing the other parts
         return f"`import {module}` fails: {type(exc).__name__}: {str(exc)[:200]}"
     return None
 
@@ -275,7 +275,7 @@ def part_lmeval(model_dir: Path, requests: list[Any], batches: list[int], repeat
     from lm_eval.tasks import TaskManager
     from transformers import AutoProcessor
 
-    import medharness.pipeline as pipeline
+    from medharness import pipeline
     from medharness.backends.hf import HFBackend
     from medharness.pipeline import RunConfig, Runner
 

@@ -26,7 +26,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def bench_scoring(n_rows: int) -> list[list[object]]:
     from medharness.records import Generation, ResultRow, Sample
-    from medharness.scoring import rescore, recipe_for, summarise
+    from medharness.scoring import recipe_for, rescore, summarise
     from medharness.task import load_task
 
     task = load_task("vqa_rad")
@@ -52,8 +52,8 @@ def bench_scoring(n_rows: int) -> list[list[object]]:
 
 
 def bench_overhead(model: str, tasks: str, limit: int, label: str, batch_size: int = 8) -> list[object]:
+    from medharness import pipeline
     from medharness.pipeline import RunConfig, Runner, make_backend
-    import medharness.pipeline as pipeline
 
     backend_time = 0.0
 

@@ -124,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                        backend_options=backend_options, max_error_rate=args.max_error_rate, ablate=args.ablate,
                        samples_file=str(args.samples_file) if args.samples_file else None,
                        cache=not args.no_cache, cache_dir=args.cache_dir, label=args.label)
-    from medharness.cli_output import progress_bar, print_run_summary
+    from medharness.cli_output import print_run_summary, progress_bar
 
     panel = _panel(args)  # a bad judge config fails before the model runs
     with progress_bar(disabled=args.no_progress) as progress:
@@ -231,8 +231,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from medharness.rescore import score_predictions, score_run
     from medharness.cli_output import print_summaries
+    from medharness.rescore import score_predictions, score_run
 
     if args.run_dir and args.predictions:
         raise ConfigError("give either RUN_DIR or --task with --predictions, not both")

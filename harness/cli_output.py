@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,9 +30,16 @@ def progress_bar(disabled: bool = False) -> Iterator[Callable[[str, int, int], N
         yield plain
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    bars: dict[str, int] = {}
+    bars: dict[str, TaskID] = {}
     with Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=Console(stderr=True)) as progress:
 
@@ -112,7 +120,7 @@ def print_judging(run: RunDir, usage: dict[str, Any], disagreements: Path, n_dis
 
 
 def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or value != value else f"{value:.4f}"
+    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
 def print_listing(what: str) -> None:
@@ -157,7 +165,7 @@ def print_listing(what: str) -> None:
         print(name)
 
 
-def _registry(what: str):  # type: ignore[no-untyped-def]
+def _registry(what: str) -> Any:
     if what == "parsers":
         from medharness.parsers import PARSERS
 

@@ -13,9 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, ValidationError
+
 from medharness.errors import DataError
 from medharness.records import Strict, TrainedFrom
-from pydantic import Field, ValidationError
 
 MANIFEST_FILE = "medharness.json"
 MANIFEST_SCHEMA = 1

@@ -12,6 +12,7 @@ files and conventions refer to them, and tests pin their exact output.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Callable
@@ -28,7 +29,13 @@ def normalizer(name: str) -> Callable[[NormalizerFn], NormalizerFn]:
 
 def normalize(text: str, name: str = "simple") -> str:
     """Apply the named normaliser (`str(text)` first, so ints and None never raise)."""
-    return NORMALIZERS.get(name)("" if text is None else str(text))
+    return _normalize_cached("" if text is None else str(text), name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalize_cached(text: str, name: str) -> str:
+    """Normalisers are pure: one row's metrics normalise the same gold and answer several times each."""
+    return NORMALIZERS.get(name)(text)
 
 
 def tokens(text: str, normalizer: str = "simple") -> list[str]:
@@ -93,15 +100,7 @@ _ARTICLES = frozenset({"a", "an", "the"})
 # Contractions written without apostrophes are restored ("dont" -> "don't"). Forms that are also
 # plain English words (ill, id, its, hell, shell, well, wed, shed, were, lets, cant is kept) are
 # left out, as the VQA map leaves out (or makes unreachable) most of them.
-_CONTRACTED = (
-    "ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't haven't "
-    "he'd he'd've he's how'd how'll how's isn't it'd it'd've it'll ma'am mightn't might've mustn't must've "
-    "needn't not've o'clock oughtn't shan't she'd've she's should've shouldn't shouldn't've somebody'd "
-    "somebody'll somebody's someone'd someone'll someone's something'd something'll that's there'd there're "
-    "there's they'd they'll they're they've 'twas wasn't we've weren't what'll what're what's what've when's "
-    "where'd where's where've who'd who'll who's who've why'll why're why's won't would've wouldn't "
-    "wouldn't've y'all you'd you'll you're you've"
-).split()
+_CONTRACTED = ["ain't", "aren't", "can't", "could've", "couldn't", "couldn't've", "didn't", "doesn't", "don't", "hadn't", "hadn't've", "hasn't", "haven't", "he'd", "he'd've", "he's", "how'd", "how'll", "how's", "isn't", "it'd", "it'd've", "it'll", "ma'am", "mightn't", "might've", "mustn't", "must've", "needn't", "not've", "o'clock", "oughtn't", "shan't", "she'd've", "she's", "should've", "shouldn't", "shouldn't've", "somebody'd", "somebody'll", "somebody's", "someone'd", "someone'll", "someone's", "something'd", "something'll", "that's", "there'd", "there're", "there's", "they'd", "they'll", "they're", "they've", "'twas", "wasn't", "we've", "weren't", "what'll", "what're", "what's", "what've", "when's", "where'd", "where's", "where've", "who'd", "who'll", "who's", "who've", "why'll", "why're", "why's", "won't", "would've", "wouldn't", "wouldn't've", "y'all", "you'd", "you'll", "you're", "you've"]
 CONTRACTIONS: dict[str, str] = {c.replace("'", ""): c for c in _CONTRACTED}
 
 

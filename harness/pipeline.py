@@ -24,8 +24,16 @@ from medharness.generate import generate_cached
 from medharness.inputs import ImageLoader, build_requests
 from medharness.lineage import trained_from
 from medharness.prices import cost_usd
-from medharness.records import CacheUsage, GenerationSettings, ResultRow, RunUsage, Sample, TaskEntry, TaskSummary, \
-    TokenCount
+from medharness.records import (
+    CacheUsage,
+    GenerationSettings,
+    ResultRow,
+    RunUsage,
+    Sample,
+    TaskEntry,
+    TaskSummary,
+    TokenCount,
+)
 from medharness.runlog import RunDir
 from medharness.scoring import Recipe, metric_is_percent, metric_records, recipe_for, summarise
 from medharness.splits import read_sample_ids, select_pinned

@@ -15,7 +15,7 @@ import json
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Strict(BaseModel):
@@ -116,13 +116,9 @@ class ResultRow(Record):
     answer: Answer
     scores: dict[str, float] = Field(default_factory=dict)  # metric label -> value; NaN = unscored
 
-    @model_validator(mode="before")
-    @classmethod
-    def _old_shape(cls, data: Any) -> Any:
-        """Rows written before 0.2 carry an always-empty `judgements` list (verdicts live in judgements/)."""
-        if isinstance(data, dict) and "judgements" in data and not data["judgements"]:
-            data = {k: v for k, v in data.items() if k != "judgements"}
-        return data
+    # Rows written by 0.1 carry an always-empty `judgements` list (verdicts live in judgements/): still read,
+    # never written. A type, not a Python validator, so reading rows stays in pydantic-core.
+    judgements: tuple[()] = Field(default=(), exclude=True)
 
     @field_validator("scores", mode="before")
     @classmethod

@@ -31,7 +31,7 @@ def load_plugins() -> None:
     for ep in entry_points(group="medharness"):
         try:
             ep.load()
-        except Exception as exc:  # a broken plugin must not break the harness
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the harness
             log.warning("plugin %s (%s) failed to load: %s", ep.name, ep.value, exc)
 
 

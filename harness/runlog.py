@@ -21,6 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
+
 from medharness.errors import ConfigError, DataError
 from medharness.records import (
     RUNLOG_SCHEMA,
@@ -34,7 +36,6 @@ from medharness.records import (
     TaskJudges,
     TrainedFrom,
 )
-from pydantic import ValidationError
 
 RUN_FILE = "run.json"
 R = TypeVar("R", ResultRow, Judgement)

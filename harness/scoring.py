@@ -16,7 +16,15 @@ import numpy as np
 from medharness.conventions import CONVENTIONS
 from medharness.metrics import MetricSpec, resolve_metrics
 from medharness.parsers import ParserChain
-from medharness.records import Answer, Generation, MetricSpecRecord, MetricSummary, ResultRow, Sample, TaskSummary
+from medharness.records import (
+    Answer,
+    Generation,
+    MetricSpecRecord,
+    MetricSummary,
+    ResultRow,
+    Sample,
+    TaskSummary,
+)
 
 if TYPE_CHECKING:
     from medharness.task import Task
@@ -33,7 +41,8 @@ class Recipe:
     def score(self, sample: Sample, generation: Generation) -> tuple[Answer, dict[str, float]]:
         """Parse and score one generation. A failed generation is unparsed: zero credit, counted."""
         if generation.error is not None:
-            answer = Answer(value=None, parser=self.parser.name, note=f"generation failed: {generation.error}")
+            answer = Answer.model_construct(value=None, parser=self.parser.name,
+                                            note=f"generation failed: {generation.error}")
         else:
             answer = self.parser(generation.text, sample)
         scores: dict[str, float] = {}
@@ -64,7 +73,7 @@ def rescore(rows: Iterable[ResultRow], recipe: Recipe) -> list[ResultRow]:
     out = []
     for row in rows:
         answer, scores = recipe.score(row.sample, row.generation)
-        out.append(row.model_copy(update={"answer": answer, "scores": scores}))
+        out.append(row.model_copy(update={"answer": answer, "scores": scores}))  # no re-validation of the row
     return out
 
 

@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError, model_validator
 import medharness.tasks as _tasks_package
 from medharness.errors import ConfigError, DataError
 from medharness.records import GenerationSettings, Message, Part, Prompt, Sample, Strict
-from medharness.sources import Columns, LoadParams, SourceSpec, source_label
+from medharness.sources import Columns, LoadParams, LocalFiles, SourceSpec, source_label
 from medharness.yamlio import line_of, load_yaml_with_lines
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class Prompts(Strict):
 
 class Scoring(Strict):
     convention: str = "harness"  # the declared default convention's name
-    parser: list[str | dict[str, Any]] = Field(default_factory=lambda: ["short_answer"])
+    parser: list[str | dict[str, Any]] = Field(default_factory=lambda: list[str | dict[str, Any]](["short_answer"]))
     metrics: list[str | dict[str, Any]] | None = None  # None: the named convention's metrics
 
 
@@ -167,13 +167,13 @@ class Task:
             root = Path(data_dir).expanduser()
             if not root.is_dir():
                 raise DataError(f"task {self.name}: data dir {root} does not exist")
-            local = [s for s in self.config.sources if s.is_local]
+            local = [s for s in self.config.sources if isinstance(s, LocalFiles)]
             for spec in local:
                 if spec.available(root, self.config.split):
                     return spec.bind(root)
             wanted = ", ".join(source_label(s, self.config.split) for s in local) or "no local source declared"
             raise DataError(f"task {self.name}: {root} holds none of the expected files ({wanted})")
-        remote = [s for s in self.config.sources if not s.is_local]
+        remote = [s for s in self.config.sources if not isinstance(s, LocalFiles)]
         if not remote:
             kinds = ", ".join(source_label(s, self.config.split) for s in self.config.sources)
             raise DataError(

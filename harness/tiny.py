@@ -144,7 +144,11 @@ def _config(arch: str, tok: Any) -> Any:
 def _model(arch: str, tok: Any, seed: int) -> Any:
     """Random weights drawn from a private RNG stream seeded with `seed` (global RNG state untouched)."""
     import torch
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+    from transformers import (
+        GenerationConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLForConditionalGeneration,
+    )
 
     cls = Qwen2VLForConditionalGeneration if arch == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
     with torch.random.fork_rng(devices=[]):
@@ -157,8 +161,12 @@ def _model(arch: str, tok: Any, seed: int) -> Any:
 
 
 def _processor(arch: str, tok: Any) -> Any:
-    from transformers import (Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor,
-                              Qwen2VLVideoProcessor)
+    from transformers import (
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     sizes = {"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS, "patch_size": PATCH,
              "temporal_patch_size": TEMPORAL_PATCH, "merge_size": MERGE}

@@ -33,7 +33,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -41,10 +41,31 @@ from statsmodels.stats import inter_rater
 from tabulate import tabulate
 
 from medharness.judges.agreement_stats import (
-    Estimate, Scale, alpha_from_counts, as_values, bootstrap, category_levels, cohen_kappa, counts, encode,
-    fleiss_from_table, fleiss_kappa, gwet_ac1, gwet_ac2, gwet_from_counts, icc, icc_from_values,
-    kappa_from_codes, kappa_from_table, krippendorff_alpha, on_rows, pair_table, percent_agreement,
-    percent_from_counts, quadratic_weights, resampled,
+    Estimate,
+    Scale,
+    alpha_from_counts,
+    as_values,
+    bootstrap,
+    category_levels,
+    cohen_kappa,
+    counts,
+    encode,
+    fleiss_from_table,
+    fleiss_kappa,
+    gwet_ac1,
+    gwet_ac2,
+    gwet_from_counts,
+    icc,
+    icc_from_values,
+    kappa_from_codes,
+    kappa_from_table,
+    krippendorff_alpha,
+    on_rows,
+    pair_table,
+    percent_agreement,
+    percent_from_counts,
+    quadratic_weights,
+    resampled,
 )
 
 __all__ = [
@@ -66,7 +87,7 @@ def panel_agreement(ratings: pd.DataFrame, scale: Scale, levels: Sequence[float]
     rated = table.sum(axis=1)
     multi, any_rated = table[rated >= 2], table[rated >= 1]
     full = inter_rater.aggregate_raters(codes[(codes >= 0).all(axis=1)], n_cat=q)[0]
-    level = "ordinal" if scale == "ordinal" else "nominal"
+    level: Literal["nominal", "ordinal"] = "ordinal" if scale == "ordinal" else "nominal"
     report: dict[str, Any] = {
         "n_items": int((rated >= 1).sum()),
         "n_raters": int(codes.shape[1]),
@@ -169,10 +190,10 @@ def to_markdown(report: dict[str, Any]) -> str:
     panel = report.get("panel")
     if panel:
         parts.append(f"Panel: {panel.get('n_items', '?')} items, {panel.get('n_raters', '?')} raters.")
-        rows = [[_label(k, ordinal), _cell(v), v.n] for k, v in panel.items() if isinstance(v, Estimate)]
-        parts.append(tabulate(rows, headers=["statistic", "estimate [95% CI]", "n"], tablefmt="github"))
+        stats = [[_label(k, ordinal), _cell(v), v.n] for k, v in panel.items() if isinstance(v, Estimate)]
+        parts.append(tabulate(stats, headers=["statistic", "estimate [95% CI]", "n"], tablefmt="github"))
     for section, title in SECTIONS.items():
-        rows = report.get(section)
+        rows: list[dict[str, Any]] = report.get(section) or []
         if not rows:
             continue
         keys = list(dict.fromkeys(k for row in rows for k in row))

@@ -74,7 +74,7 @@ def agreement_reports(run: RunDir, tasks: list[str] | None = None, field: str | 
             ratings = ratings[ratings.index.isin(list(rows))]
             report: dict[str, Any] = {"task": task, "spec": spec_name, "field": name, "scale": spec.scale,
                                       "judges": list(ratings.columns), "n_samples": len(rows), "notes": []}
-            kw = {"scale": spec.scale, "levels": spec.levels, "n_boot": n_boot, "seed": seed}
+            kw: dict[str, Any] = {"scale": spec.scale, "levels": spec.levels, "n_boot": n_boot, "seed": seed}
             if ratings.shape[1] >= 2:
                 report["panel"] = panel_agreement(ratings, **kw)
                 report["pairwise"] = pairwise_agreement(ratings, **kw)
@@ -160,8 +160,8 @@ def disagreements(rows: list[ResultRow], judgements: list[Judgement], metric: st
 def write_disagreements(run: RunDir, tasks: list[str] | None = None, limit: int = 200) -> tuple[Path, int]:
     """`judgements/disagreements.md`: per task, the disagreeing samples with question, gold, prediction and
     every verdict (at most `limit` per task). Returns the path and the number of samples listed."""
-    parts = [f"# Disagreements: {run.path.name}", "Samples where judges of one spec disagree with each other, "
-             "or a 0/1 judge disagrees with the task's rule-based metric. Newest verdict per judge."]
+    parts = [f"# Disagreements: {run.path.name}", ("Samples where judges of one spec disagree with each other, "
+             "or a 0/1 judge disagrees with the task's rule-based metric. Newest verdict per judge.")]
     total = 0
     for task in tasks or run.tasks():
         judgements = run.judgements(task)

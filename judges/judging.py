@@ -83,8 +83,8 @@ def judge_items(spec: JudgeSpec, backend: Backend, items: Sequence[JudgeItem], j
     id and rendered prompt); failures are never cached, so asking again retries them."""
     usage = usage if usage is not None else MemberUsage()
     settings = judge_settings(spec)
-    base = {"judge": judge_name or spec.name, "spec": spec.name, "prompt_hash": spec.prompt_hash,
-            "model": backend.fingerprint, "settings": settings}
+    base: dict[str, Any] = {"judge": judge_name or spec.name, "spec": spec.name, "prompt_hash": spec.prompt_hash,
+                            "model": backend.fingerprint, "settings": settings}
     out: dict[int, Judgement] = {}
     asked: list[int] = []
     requests: list[Request] = []

@@ -30,7 +30,7 @@ from medharness.registry import Registry
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 PLACEHOLDERS = ("question", "gold", "prediction")
 DELIMITERS = ("question", "gold_answer", "prediction", "reasoning")  # every tag a prompt may use
-_TAG = re.compile(r"(?:<|&lt;)\s*/?\s*(?:%s)\b(?:[^<>&]{0,200}(?:>|&gt;))?" % "|".join(DELIMITERS),
+_TAG = re.compile(r"(?:<|&lt;)\s*/?\s*(?:" + "|".join(DELIMITERS) + r")\b(?:[^<>&]{0,200}(?:>|&gt;))?",
                   re.IGNORECASE)
 _BRACE = re.compile(r"[{}]")
 

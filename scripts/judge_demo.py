@@ -28,13 +28,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fake_api_server import FakeAPIServer  # noqa: E402
+from fake_api_server import FakeAPIServer
 
-from medharness.cli import main  # noqa: E402
+from medharness.cli import main
 
 
 def _tag(text: str, name: str) -> str:
-    match = re.search(rf"<{name}>\n(.*?)\n</{name}>", text, re.S)
+    match = re.search(rf"<{name}>\n(.*?)\n</{name}>", text, re.DOTALL)
     return match.group(1).strip().lower().rstrip(".") if match else ""
 
 

@@ -19,10 +19,10 @@ import pytest
 pytest.importorskip("openai")
 pytest.importorskip("google.genai")
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from medharness.backends import BACKENDS, Request  # noqa: E402
-from medharness.backends.api_common import (  # noqa: E402
+from medharness.backends import BACKENDS, Request
+from medharness.backends.api_common import (
     Failure,
     RetryPolicy,
     call_with_retries,
@@ -30,11 +30,11 @@ from medharness.backends.api_common import (  # noqa: E402
     parse_retry_after,
     scrub,
 )
-from medharness.errors import ConfigError  # noqa: E402
-from medharness.records import GenerationSettings, Message, Part, Prompt  # noqa: E402
+from medharness.errors import ConfigError
+from medharness.records import GenerationSettings, Message, Part, Prompt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_api_server import Fault, FakeAPIServer  # noqa: E402
+from fake_api_server import FakeAPIServer, Fault
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 KEY_ENV = "MEDHARNESS_TEST_API_KEY"

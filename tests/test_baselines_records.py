@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from medharness.backends.baseline import BaselineBackend
 from medharness.backends.base import Request
+from medharness.backends.baseline import BaselineBackend
 from medharness.errors import BackendError
 from medharness.records import Generation, Prompt, ResultRow, Sample
 from medharness.task import load_task

@@ -14,16 +14,15 @@ pytest.importorskip("transformers")
 ensure_torchvision_importable()
 pytest.importorskip("torchvision")
 
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+import torch
+from chat_requests import GREEDY, mixed_requests, request, truncated_png
+from PIL import Image
+from safetensors.torch import load_file
 
-from medharness.backends import BACKENDS, Request  # noqa: E402
-from medharness.backends.hf import HFBackend, weights_fingerprint  # noqa: E402
-from medharness.records import GenerationSettings  # noqa: E402
-from medharness.tiny import ARCHS, TAG_TOKENS, build_tiny_vlm  # noqa: E402
-
-from chat_requests import GREEDY, mixed_requests, request, truncated_png  # noqa: E402 - tests/ on sys.path
+from medharness.backends import BACKENDS, Request
+from medharness.backends.hf import HFBackend, weights_fingerprint
+from medharness.records import GenerationSettings
+from medharness.tiny import ARCHS, TAG_TOKENS, build_tiny_vlm
 
 pytestmark = pytest.mark.slow
 

@@ -17,14 +17,14 @@ import pytest
 pytest.importorskip("openai")
 pytest.importorskip("krippendorff")
 
-from medharness.cli import main  # noqa: E402
-from medharness.errors import ConfigError  # noqa: E402
-from medharness.judges.panel import load_panel, parse_judges  # noqa: E402
-from medharness.pipeline import RunConfig, Runner  # noqa: E402
-from medharness.runlog import RunDir  # noqa: E402
+from medharness.cli import main
+from medharness.errors import ConfigError
+from medharness.judges.panel import load_panel, parse_judges
+from medharness.pipeline import RunConfig, Runner
+from medharness.runlog import RunDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_api_server import Fault, FakeAPIServer  # noqa: E402
+from fake_api_server import FakeAPIServer, Fault
 
 N = 24
 KEY_ENV, KEY = "MEDHARNESS_TEST_JUDGE_KEY", "sk-judge-SECRET-0123456789abcdef"
@@ -32,7 +32,7 @@ FAST = {"max_retries": 2, "retry_base_delay": 0.01, "retry_max_delay": 0.05, "ti
 
 
 def tag(text: str, name: str) -> str:
-    match = re.search(rf"<{name}>\n(.*?)\n</{name}>", text, re.S)
+    match = re.search(rf"<{name}>\n(.*?)\n</{name}>", text, re.DOTALL)
     assert match, f"no <{name}> in the judge prompt"
     return match.group(1).strip()
 
@@ -260,8 +260,8 @@ def test_panel_config_errors(tmp_path: Path) -> None:
 def test_real_tiny_hf_judge_is_unscored_noise(tmp_path: Path, tiny_models: dict[str, Path],
                                               finished_run: RunDir) -> None:
     """A real (random-weight) model as judge: its replies are noise, so every verdict is unscored."""
-    assert main(["judge", str(finished_run.path), "--judges", f"semantic_v1:hf:{tiny_models['qwen2_vl']},"
-                 f"rarl_v1:hf:{tiny_models['qwen2_vl']}", "--no-cache", "--no-progress"]) == 0
+    judges = f"semantic_v1:hf:{tiny_models['qwen2_vl']},rarl_v1:hf:{tiny_models['qwen2_vl']}"
+    assert main(["judge", str(finished_run.path), "--judges", judges, "--no-cache", "--no-progress"]) == 0
     lines = judgements(finished_run)
     rarl = [j for j in lines if j["spec"] == "rarl_v1"]
     assert len(rarl) == N and all(j["failed"] and j["value"] is None and j["raw"] for j in rarl)

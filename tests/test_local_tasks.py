@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared
 from PIL import Image
 
-from conftest import shared
 from medharness.boxes import from_absolute
 from medharness.errors import DataError
 from medharness.records import Generation, Sample

@@ -139,7 +139,7 @@ def test_truth_matches_pixels():
         if not n:
             assert box is None and phantom.side(case) is None and phantom.size_grade(case) == 0
             continue
-        area, (rows, cols), (x, y) = found[0]
+        area, (rows, cols), (x, _y) = found[0]
         pixel_box = [cols.start, rows.start, cols.stop, rows.stop]
         assert np.allclose(box, pixel_box, atol=2), f"case {i}: {box} vs {pixel_box}"
         assert phantom.side(case) == ("left" if x < case.size / 2 else "right")

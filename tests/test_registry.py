@@ -64,8 +64,8 @@ def test_real_registries_are_populated() -> None:
 
 
 def test_lazy_entry_replaced_when_its_module_registers_itself() -> None:
-    import types
     import sys
+    import types
 
     module = types.ModuleType("fake_backend_mod")
     sys.modules["fake_backend_mod"] = module

@@ -30,20 +30,23 @@ if importlib.util.find_spec("vllm") is None:  # decided before torch is imported
 ensure_torchvision_importable()  # vllm imports torchvision; the shim must come first
 pytest.importorskip("vllm", reason="vllm does not import here")
 
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+import torch
+from chat_requests import GREEDY, mixed_requests, request, truncated_png
+from PIL import Image
+from safetensors.torch import save_file
 
-from medharness import pipeline  # noqa: E402
-from medharness.backends import BACKENDS, Backend, Request  # noqa: E402
-from medharness.backends.hf import HFBackend, weights_fingerprint  # noqa: E402
-from medharness.backends.vllm import VLLMBackend, adapter_fingerprint, model_fingerprint, \
-    read_adapter_config  # noqa: E402
-from medharness.errors import ConfigError  # noqa: E402
-from medharness.pipeline import RunConfig, Runner  # noqa: E402
-from medharness.records import Generation, GenerationSettings  # noqa: E402
-
-from chat_requests import GREEDY, mixed_requests, request, truncated_png  # noqa: E402 - tests/ on sys.path
+from medharness import pipeline
+from medharness.backends import BACKENDS, Backend, Request
+from medharness.backends.hf import HFBackend, weights_fingerprint
+from medharness.backends.vllm import (
+    VLLMBackend,
+    adapter_fingerprint,
+    model_fingerprint,
+    read_adapter_config,
+)
+from medharness.errors import ConfigError
+from medharness.pipeline import RunConfig, Runner
+from medharness.records import Generation, GenerationSettings
 
 pytestmark = pytest.mark.slow
 
@@ -151,8 +154,8 @@ def test_bad_requests_fail_alone(engine: VLLMBackend) -> None:
     by_id = {g.sample_id: g for g in out}
     assert all(by_id[r.prompt.sample_id].error and by_id[r.prompt.sample_id].text == "" for r in broken)
     assert "2 image parts but 0 images" in by_id["count"].error
-    assert re.search(r"at most 4|limit|image", by_id["too_many"].error, re.I)
-    assert re.search(r"longer than|max_model_len|maximum model length|1024", by_id["too_long"].error, re.I)
+    assert re.search(r"at most 4|limit|image", by_id["too_many"].error, re.IGNORECASE)
+    assert re.search(r"longer than|max_model_len|maximum model length|1024", by_id["too_long"].error, re.IGNORECASE)
     assert [by_id[r.prompt.sample_id] for r in (good[0], good[1], good[4])] == \
         engine.generate([good[0], good[1], good[4]])
 

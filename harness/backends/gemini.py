@@ -67,7 +67,7 @@ class GeminiBackend(ApiBackend):
     def __init__(self, model: str, thinking_budget: int | str | None = None, **options: Any) -> None:
         super().__init__(model.removeprefix("models/"), **options)
         try:
-            budget = None if thinking_budget in (None, "") else int(thinking_budget)  # type: ignore[arg-type]
+            budget = None if thinking_budget in (None, "") else int(thinking_budget or 0)
             self.thinking_budget = budget
         except (TypeError, ValueError):
             raise ConfigError(f"gemini backend: thinking_budget must be an integer, "

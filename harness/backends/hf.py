@@ -17,16 +17,23 @@ from pathlib import Path
 from typing import Any
 
 from medharness.backends.base import Backend, Request, backend
-from medharness.backends.vlm_common import chat_template_owner, checkpoint_folder, image_count_error, \
-    render_prompt, stop_token_ids, vision_token_ids, weights_fingerprint
+from medharness.backends.vlm_common import (
+    chat_template_owner,
+    checkpoint_folder,
+    image_count_error,
+    render_prompt,
+    stop_token_ids,
+    vision_token_ids,
+    weights_fingerprint,
+)
 from medharness.errors import BackendError, ConfigError
 from medharness.records import Generation, GenerationSettings
 from medharness.torchvision_shim import ensure_torchvision_importable
 
 ensure_torchvision_importable()  # before transformers pulls torchvision in
 
-import torch  # noqa: E402
-from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +121,7 @@ class HFBackend(Backend):
         """The batch at once; if that fails, one request at a time, each failure its own error."""
         try:
             return self._run_batch(batch, settings)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of a batch is retried per request
             self._free_memory()
             if len(batch) == 1:
                 log.warning("hf generation failed for %s: %s", batch[0].prompt.sample_id, exc)

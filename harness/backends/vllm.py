@@ -42,15 +42,22 @@ from typing import Any
 
 from medharness.backends.base import Backend, Request, backend
 from medharness.backends.vllm_dp import EnginePool
-from medharness.backends.vlm_common import chat_template_owner, checkpoint_folder, image_count_error, \
-    render_prompt, stop_token_ids, vision_token_ids, weights_fingerprint
+from medharness.backends.vlm_common import (
+    chat_template_owner,
+    checkpoint_folder,
+    image_count_error,
+    render_prompt,
+    stop_token_ids,
+    vision_token_ids,
+    weights_fingerprint,
+)
 from medharness.errors import BackendError, ConfigError
 from medharness.records import Generation, GenerationSettings
 from medharness.torchvision_shim import ensure_torchvision_importable
 
 ensure_torchvision_importable()  # before vllm/transformers pull torchvision in
 
-from transformers import AutoConfig, AutoProcessor, GenerationConfig  # noqa: E402
+from transformers import AutoConfig, AutoProcessor, GenerationConfig
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +210,7 @@ class VLLMBackend(Backend):
         """Stop ids (generation config eos + tokenizer eos, as the hf backend) and the repetition penalty."""
         try:
             gen = GenerationConfig.from_pretrained(self.source)
-        except Exception:  # no generation_config.json
+        except Exception:  # noqa: BLE001 - no generation_config.json
             gen = GenerationConfig()
         return stop_token_ids(gen.eos_token_id, self.tokenizer), float(gen.repetition_penalty or 1.0)
 
@@ -242,7 +249,7 @@ class VLLMBackend(Backend):
             try:
                 (request_id,) = self.llm.enqueue(self.render(req), self.sampling_params(req.prompt.settings),
                                                  lora_request=self._lora_request, use_tqdm=False)
-            except Exception as exc:  # broken image, too many images, prompt over max_model_len, ...
+            except Exception as exc:  # noqa: BLE001 - broken image, too many images, prompt over max_model_len, ...
                 log.warning("vllm request %s refused: %s", req.prompt.sample_id, _describe(exc))
                 results[i] = self._error(req, _describe(exc))
                 continue
@@ -285,7 +292,7 @@ class VLLMBackend(Backend):
             return
         try:
             llm.llm_engine.engine_core.shutdown()
-        except Exception as exc:  # already gone
+        except Exception as exc:  # noqa: BLE001 - already gone
             log.debug("vllm shutdown: %s", exc)
         del llm
         import gc

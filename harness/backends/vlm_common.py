@@ -53,7 +53,7 @@ def hub_snapshot(repo_id: str) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
 
         hit = try_to_load_from_cache(repo_id, "config.json")
-    except Exception:  # an id that is not a valid repo name, an unreadable cache, ...
+    except Exception:  # noqa: BLE001 - an id that is not a valid repo name, an unreadable cache, ...
         return None
     return Path(hit).parent if isinstance(hit, str) else None
 

@@ -38,14 +38,16 @@ def answer_type(sample: Sample) -> str:
 def overlap_prf(pred: list[str], gold: list[str], variant: str = "multiset") -> tuple[float, float, float]:
     """(precision, recall, F1) of token lists; `variant` "multiset" (clipped counts) or "set"."""
     if variant == "set":
-        p_count, g_count = Counter(set(pred)), Counter(set(gold))
-    elif variant == "multiset":
-        p_count, g_count = Counter(pred), Counter(gold)
-    else:
+        pred, gold = list(set(pred)), list(set(gold))
+    elif variant != "multiset":
         raise ConfigError(f"token metrics: variant must be 'multiset' or 'set', got {variant!r}")
-    common = sum((p_count & g_count).values())
+    if not pred or not gold:
+        return 0.0, 0.0, 0.0
+    if len(pred) == 1 and len(gold) == 1:  # the common one-word answer, without building Counters
+        common = int(pred[0] == gold[0])
+    else:
+        common = sum((Counter(pred) & Counter(gold)).values())
     if common == 0:
         return 0.0, 0.0, 0.0
-    precision = common / sum(p_count.values())
-    recall = common / sum(g_count.values())
+    precision, recall = common / len(pred), common / len(gold)
     return precision, recall, 2 * precision * recall / (precision + recall)

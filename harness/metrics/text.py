@@ -158,7 +158,7 @@ def format_ok(text: str, format: str) -> bool:
     if format == "boxed":
         return boxed_content(text)[0] is not None
     if format == "answer_tag":
-        parsed = answer_tag(text, None)  # type: ignore[arg-type]
+        parsed = answer_tag(text, None)
         return parsed.value is not None and parsed.note != "missing </answer>"
     if format == "r1_boxed":
         rest = _after_single_think(text)

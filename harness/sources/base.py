@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, PrivateAttr
 
@@ -156,7 +156,6 @@ class LocalFiles(Strict):
     """Base of sources that read files under a data dir given at run time (`bind`)."""
 
     _root: Path | None = PrivateAttr(default=None)
-    is_local: ClassVar[bool] = True
 
     def bind(self, root: Path) -> Any:
         bound = self.model_copy()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, PrivateAttr
 
@@ -26,7 +26,6 @@ class HubSource(Strict):
     data_files: dict[str, str] | None = None  # hub split -> file in the repo (repos of plain CSV/JSON files)
     image_column: str | None = "image"
     columns: Columns | None = None
-    is_local: ClassVar[bool] = False
     _data: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     def available(self, root: Path, split: str) -> bool:
@@ -45,7 +44,7 @@ class HubSource(Strict):
             try:
                 ds = datasets.load_dataset(self.dataset, self.name, split=hub_split, revision=self.revision,
                                            data_files=self.data_files)
-            except Exception as exc:  # network, auth, missing split: all end here
+            except Exception as exc:  # noqa: BLE001 - network, auth, missing split: all end here
                 raise DataError(
                     f"could not load {self.dataset} split '{hub_split}' from the hub ({type(exc).__name__}: {exc}); "
                     "offline? pass --data-dir DIR with a local copy"

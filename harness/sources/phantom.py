@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Literal
 
 from medharness.errors import DataError
 from medharness.records import Sample, Strict
@@ -21,7 +21,6 @@ class PhantomSource(Strict):
     seed: int = 0
     n: int = 200
     size: int = 224
-    is_local: ClassVar[bool] = False
 
     def available(self, root: Path, split: str) -> bool:
         return False

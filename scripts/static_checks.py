@@ -1,0 +1,89 @@
+"""Static checks of the installed package's layout: the import contracts and the types.
+
+    python scripts/static_checks.py imports [ARGS]   # lint-imports: pyproject [tool.importlinter] (docs/design.md)
+    python scripts/static_checks.py types [ARGS]     # mypy -p medharness: pyproject [tool.mypy]
+    python scripts/static_checks.py all              # both (what CI runs)
+
+`medharness` is assembled from several folders (pyproject `package-dir`: `harness/` is `medharness`, `judges/`
+is `medharness.judges`, ...), but import-linter and mypy read a package from ONE folder, so a bare
+`lint-imports` or `mypy -p medharness` would not see the judges, trainers, leaderboards or tasks. This script
+builds that one folder as a tree of symlinks in build/static-tree (new modules need no reinstall) and runs
+the tool on it; mypy's file names are mapped back to the repository's paths.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    raise SystemExit("import-linter, and so this check, needs Python 3.11 or newer") from None
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_tree(target: Path) -> None:
+    """`target/<package path>` for every entry of `package-dir`: the root package's files linked one by one,
+    and each package from another folder linked in whole."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    package_dir: dict[str, str] = config["tool"]["setuptools"]["package-dir"]
+    for name, folder in sorted(package_dir.items(), key=lambda item: item[0].count(".")):
+        source, path = (ROOT / folder).resolve(), target.joinpath(*name.split("."))
+        if path.exists():  # already inside a linked folder: it must be the same one
+            if path.resolve() != source:
+                raise SystemExit(f"package-dir: {name} -> {folder} is not where its parent package puts it")
+            continue
+        if "." not in name:
+            path.mkdir(parents=True)
+            for child in source.iterdir():
+                if child.name != "__pycache__":
+                    (path / child.name).symlink_to(child, target_is_directory=child.is_dir())
+        else:
+            path.symlink_to(source, target_is_directory=True)
+
+
+def check_imports(tree: Path, args: list[str]) -> int:
+    code = subprocess.run([sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; "
+                           "sys.argv = ['lint-imports', '--no-cache', *sys.argv[1:]]; lint_imports_command()", *args],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(tree)}, check=False).returncode
+    return code
+
+
+def check_types(tree: Path, args: list[str]) -> int:
+    """mypy on the linked tree; its paths are rewritten to the source folders (longest package first)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    package_dir: dict[str, str] = config["tool"]["setuptools"]["package-dir"]
+    linked = {n: tree.joinpath(*n.split(".")) for n in package_dir}
+    prefixes = sorted([(f"{form}/", f"{package_dir[n].rstrip('/')}/") for n, path in linked.items()
+                       for form in (str(path), str(path.relative_to(ROOT)))], key=lambda p: -len(p[0]))
+    done = subprocess.run([sys.executable, "-m", "mypy", "-p", "medharness", *args], cwd=ROOT, text=True,
+                          capture_output=True, env={**os.environ, "MYPYPATH": str(tree)}, check=False)
+    for line in (done.stdout + done.stderr).splitlines():
+        for linked, source in prefixes:
+            line = line.replace(linked, source)
+        print(line)
+    return done.returncode
+
+
+def main() -> int:
+    what, args = (sys.argv[1] if len(sys.argv) > 1 else "all"), sys.argv[2:]
+    if what not in ("imports", "types", "all"):
+        raise SystemExit(__doc__)
+    tree = ROOT / "build" / "static-tree"  # a fixed place: mypy's incremental cache keys on file paths
+    shutil.rmtree(tree, ignore_errors=True)
+    build_tree(tree)
+    codes = []
+    if what in ("imports", "all"):
+        codes.append(check_imports(tree, args))
+    if what in ("types", "all"):
+        codes.append(check_types(tree, args))
+    return max(codes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

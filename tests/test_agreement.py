@@ -11,6 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+pytest.importorskip("statsmodels", reason="agreement statistics need the `judges` extra")
+pytest.importorskip("krippendorff", reason="agreement statistics need the `judges` extra")
+
 from medharness.errors import DataError
 from medharness.judges.agreement import (
     Estimate,

@@ -39,7 +39,8 @@ class HubSource(Strict):
             try:
                 import datasets
             except ImportError:
-                raise DataError("hub datasets need the `data` extra: pip install 'medharness[data]'") from None
+                raise DataError(f"could not load {self.dataset} from the hub: that needs the `data` extra "
+                                "(pip install 'medharness[data]'); or pass --data-dir DIR with a local copy") from None
             hub_split = self.splits.get(split, split)
             try:
                 ds = datasets.load_dataset(self.dataset, self.name, split=hub_split, revision=self.revision,

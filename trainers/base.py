@@ -65,6 +65,9 @@ class TrainerRecipe:
     @classmethod
     def config_class(cls) -> type:
         """TRL's own config class for this recipe (imports trl)."""
+        from medharness.torchvision_shim import ensure_torchvision_importable
+
+        ensure_torchvision_importable()  # before transformers/trl pull torchvision in
         return getattr(importlib.import_module("trl"), cls.trl_config)
 
     @staticmethod

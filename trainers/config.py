@@ -109,15 +109,21 @@ class Layers:
     presets: list[str] = field(default_factory=list)
 
     def add(self, data: dict[str, Any], where: str, lines: dict[Loc, int] | None = None, path: Loc = ()) -> None:
+        lines = lines or {}
         for key, value in data.items():
             loc = (*path, key)
-            line = (lines or {}).get(loc)
+            line = lines.get(loc)
             self.origin[loc] = f"{where}:{line}" if line else where
             node = self._node(path)
-            if isinstance(value, dict) and isinstance(node.get(key), dict) and value:
+            if isinstance(value, dict):
+                if not isinstance(node.get(key), dict):
+                    node[key] = {}
                 self.add(value, where, lines, loc)
             else:
                 node[key] = copy.deepcopy(value)
+                for sub, sub_line in lines.items():  # list items: rewards.0.metric
+                    if len(sub) > len(loc) and sub[: len(loc)] == loc:
+                        self.origin[sub] = f"{where}:{sub_line}"
 
     def _node(self, path: Loc) -> dict[str, Any]:
         node = self.data

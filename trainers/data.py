@@ -65,19 +65,28 @@ def pixel_budget(processor: Any, config: TrainConfig) -> PixelBudget | None:
     """The processor's pixel budget (Qwen-style `size = {shortest_edge, longest_edge}`), with the config's
     `min_pixels` / `max_pixels` applied to the processor too (so the saved processor evaluates the same)."""
     ip = getattr(processor, "image_processor", None)
-    size = getattr(ip, "size", None)
+    size = getattr(ip, "size", None)  # a dict, or transformers 5's SizeDict
     patch, merge = getattr(ip, "patch_size", None), getattr(ip, "merge_size", None)
-    if not isinstance(size, dict) or "longest_edge" not in size or not patch or not merge:
+    low, high = _size_field(size, "shortest_edge"), _size_field(size, "longest_edge")
+    if not low or not high or not patch or not merge:
         if config.max_pixels or config.min_pixels:
             raise ConfigError("max_pixels/min_pixels: this processor has no Qwen-style pixel budget")
         return None
-    budget = PixelBudget(int(patch) * int(merge), int(config.min_pixels or size["shortest_edge"]),
-                         int(config.max_pixels or size["longest_edge"]))
-    ip.size = {**size, "shortest_edge": budget.min_pixels, "longest_edge": budget.max_pixels}
+    budget = PixelBudget(int(patch) * int(merge), int(config.min_pixels or low), int(config.max_pixels or high))
+    for key, value in (("shortest_edge", budget.min_pixels), ("longest_edge", budget.max_pixels)):
+        if isinstance(size, dict):
+            size[key] = value
+        else:
+            setattr(size, key, value)
     for attr, value in (("min_pixels", budget.min_pixels), ("max_pixels", budget.max_pixels)):
-        if hasattr(ip, attr):
+        if getattr(ip, attr, None) is not None:
             setattr(ip, attr, value)
     return budget
+
+
+def _size_field(size: Any, key: str) -> int | None:
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(value) if value else None
 
 
 def resize(image: Any, budget: PixelBudget | None) -> Any:

@@ -3,7 +3,7 @@
 Layers, later wins: the named presets (`trainers/presets/*.yaml`, in order), `--config FILE`, the CLI flags
 (`--task`, `--model`, `--samples`, `--seed`, `--max-steps`) and `-C key=value` overrides (dotted keys).
 A layer may hold `recipes: {grpo: {...}}`: settings applied only when that recipe runs (so one overlay
-preset such as `tiny_cpu` serves every recipe). The `trl:` section is validated by constructing TRL's own
+preset such as `tiny_cpu` serves every recipe), merged right after the rest of its layer. The `trl:` section is validated by constructing TRL's own
 config object (`GRPOConfig`, `SFTConfig`, `DPOConfig`): a key TRL does not know is an error naming the file
 and line where it was written.
 """
@@ -108,22 +108,40 @@ class Layers:
     origin: dict[Loc, str] = field(default_factory=dict)
     presets: list[str] = field(default_factory=list)
 
-    def add(self, data: dict[str, Any], where: str, lines: dict[Loc, int] | None = None, path: Loc = ()) -> None:
+    def add(self, data: dict[str, Any], where: str, lines: dict[Loc, int] | None = None, path: Loc = (),
+            line_prefix: Loc = ()) -> None:
+        """Merge one layer; `line_prefix` is where `data` sits in its file (a `recipes: {grpo: ...}` part)."""
         lines = lines or {}
         for key, value in data.items():
             loc = (*path, key)
-            line = lines.get(loc)
+            line = lines.get((*line_prefix, *loc))
             self.origin[loc] = f"{where}:{line}" if line else where
             node = self._node(path)
             if isinstance(value, dict):
                 if not isinstance(node.get(key), dict):
                     node[key] = {}
-                self.add(value, where, lines, loc)
+                self.add(value, where, lines, loc, line_prefix)
             else:
                 node[key] = copy.deepcopy(value)
+                full = (*line_prefix, *loc)
                 for sub, sub_line in lines.items():  # list items: rewards.0.metric
-                    if len(sub) > len(loc) and sub[: len(loc)] == loc:
-                        self.origin[sub] = f"{where}:{sub_line}"
+                    if len(sub) > len(full) and sub[: len(full)] == full:
+                        self.origin[sub[len(line_prefix):]] = f"{where}:{sub_line}"
+
+    def add_layer(self, data: dict[str, Any], where: str, recipe: str, lines: dict[Loc, int] | None = None) -> None:
+        """A whole layer: its `recipes: {name: settings}` part for `recipe` merged right after the rest, so
+        a later layer (or -C) still wins over it."""
+        data = dict(data)
+        scoped = data.pop("recipes", None) or {}
+        if not isinstance(scoped, dict):
+            raise ConfigError(f"{where}: `recipes` maps recipe names to settings")
+        from medharness.trainers.base import TRAINERS
+
+        for name in scoped:
+            TRAINERS.get(str(name))  # a misspelt recipe name in `recipes:` is an error too
+        self.add(data, where, lines)
+        if isinstance(scoped.get(recipe), dict):
+            self.add(scoped[recipe], where, lines, line_prefix=("recipes", recipe))
 
     def _node(self, path: Loc) -> dict[str, Any]:
         node = self.data
@@ -203,23 +221,8 @@ def _pydantic_error(exc: ValidationError, layers: Layers) -> str:
 def build_config(layers: Layers) -> TrainConfig:
     """Validate the merged layers (the recipe's `recipes:` section applied) into a `TrainConfig`."""
     data = copy.deepcopy(layers.data)
-    per_recipe = data.pop("recipes", None) or {}
-    recipe = data.get("recipe")
-    if not recipe:
+    if not data.get("recipe"):
         raise ConfigError("no recipe given: pass --recipe NAME or a preset / --config that sets `recipe:`")
-    if not isinstance(per_recipe, dict):
-        raise ConfigError(f"{layers.where(('recipes',))}: `recipes` maps recipe names to settings")
-    from medharness.trainers.base import TRAINERS
-
-    for name in per_recipe:
-        TRAINERS.get(name)  # a misspelt recipe name in `recipes:` is an error too
-    if isinstance(per_recipe.get(recipe), dict):
-        scoped = Layers(data=data, origin=dict(layers.origin))
-        scoped.add(per_recipe[recipe], "(recipes)")
-        for loc, where in list(scoped.origin.items()):
-            if where == "(recipes)":
-                scoped.origin[loc] = layers.where(("recipes", recipe, *loc))
-        data = scoped.data
     data["trl"] = {k: numbers(v) for k, v in (data.get("trl") or {}).items()}
     try:
         return TrainConfig.model_validate(data)
@@ -235,8 +238,7 @@ def trl_args(config: TrainConfig, layers: Layers, output: Path, use_gpu: bool) -
     known = {f.name for f in dataclasses.fields(cls)}
     settings = dict(config.trl)
     for key in settings:
-        where = layers.where(("trl", key)) if ("trl", key) in layers.origin else \
-            layers.where(("recipes", config.recipe, "trl", key))
+        where = layers.where(("trl", key))
         if key in RESERVED_TRL:
             raise ConfigError(f"{where}: trl.{key} is set by medharness: use {RESERVED_TRL[key]}")
         if key not in known:
@@ -268,9 +270,9 @@ def load_layers(recipe: str | None, presets: list[str], config_file: Path | None
     """Merge presets, `--config FILE`, CLI flags and `-C` overrides. With no preset that names a recipe,
     the recipe's own preset (`grpo` for `--recipe grpo`) comes first, so every TRL setting is explicit."""
     files = [(name, *read_layer(preset_path(name))) for name in presets]
-    user = read_layer(config_file) if config_file is not None else None
     if config_file is not None and not config_file.is_file():
         raise ConfigError(f"config file {config_file} does not exist")
+    user = read_layer(config_file) if config_file is not None else None
     named = [d.get("recipe") for _, d, _ in files if d.get("recipe")]
     chosen = recipe or (named[-1] if named else None) or (user[0].get("recipe") if user else None)
     if chosen is None:
@@ -282,16 +284,16 @@ def load_layers(recipe: str | None, presets: list[str], config_file: Path | None
         files.insert(0, (str(chosen), *read_layer(preset_path(str(chosen)))))
     layers = Layers()
     for name, data, lines in files:
-        layers.add(data, str(preset_path(name)), lines)
+        layers.add_layer(data, str(preset_path(name)), str(chosen), lines)
         layers.presets.append(name)
     if user is not None:
-        layers.add(user[0], str(config_file), user[1])
+        layers.add_layer(user[0], str(config_file), str(chosen), user[1])
     for key, value in cli.items():
         if value is not None:
             layers.add(nested(key.split("."), value), f"--{key.split('.')[-1].replace('_', '-')}")
     for item in overrides:
         keys, value = parse_override(item)
-        layers.add(nested(keys, value), f"-C {item}")
+        layers.add_layer(nested(keys, value), f"-C {item}", str(chosen))
     set_recipe = layers.data.get("recipe")
     if recipe and set_recipe and set_recipe != recipe:
         raise ConfigError(f"{layers.where(('recipe',))}: recipe '{set_recipe}' conflicts with --recipe {recipe}")

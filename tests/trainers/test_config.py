@@ -139,3 +139,17 @@ def test_missing_model_and_flash_attention(monkeypatch: pytest.MonkeyPatch) -> N
                              overrides=["attn_implementation=flash_attention_2"]))
     with pytest.raises(ConfigError, match="attn_implementation: Value error, must be one of"):
         resolve(TrainRequest(recipe="sft", task="phantom_presence", model="m", overrides=["attn_implementation=x"]))
+
+
+def test_recipe_scoped_settings_keep_their_layer(tmp_path: Path) -> None:
+    """A preset's `recipes: {grpo: ...}` part does not beat a later -C or --config."""
+    _, args = _args(tmp_path, ["grpo", "tiny_cpu"], ["trl.num_generations=4", "trl.per_device_train_batch_size=4"])
+    assert args.num_generations == 4
+    cfg = tmp_path / "my.yaml"
+    cfg.write_text("recipes:\n  grpo:\n    trl:\n      num_generatons: 4\n")
+    config, layers = resolve(TrainRequest(presets=["grpo"], config_file=cfg, task="phantom_presence", model="m"))
+    with pytest.raises(ConfigError, match=r"my\.yaml:4: unknown TRL setting 'trl\.num_generatons'"):
+        trl_args(config, layers, tmp_path, use_gpu=False)
+    cfg.write_text("recipes:\n  gpro: {}\n")
+    with pytest.raises(ConfigError, match="Did you mean 'grpo'"):
+        resolve(TrainRequest(presets=["grpo"], config_file=cfg, task="phantom_presence", model="m"))

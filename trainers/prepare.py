@@ -107,6 +107,8 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
     import torch
 
     recipe = recipe_class(config.recipe)()
+    use_gpu = torch.cuda.is_available()
+    trl_args(config, layers, output, use_gpu)  # every TRL key and value checked before anything heavy
     task = load_train_task(config)
     prompt = task.prompt_name
     samples = select_samples(task, config)
@@ -121,7 +123,6 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
         gold = lambda s: gold_text(task, prompt, s)  # noqa: E731
     rejected = rejected_texts(task, prompt, samples, config.rejected, config.seed) \
         if recipe.data_format == "preference" else None
-    use_gpu = torch.cuda.is_available()
     model, processor = load_model(config, use_gpu)
     budget = pixel_budget(processor, config)
     rows = rows_for(recipe.data_format, task, samples,

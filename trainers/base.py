@@ -86,4 +86,4 @@ def recipe_class(name: str) -> type[TrainerRecipe]:
 
 
 # The built-in recipes register themselves on import (they import trl only inside `build`).
-from medharness.trainers import dpo, grpo, sft  # noqa: E402,F401
+from medharness.trainers import dpo, grpo, sft  # noqa: F401

@@ -63,7 +63,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _reward_specs(spec: str) -> Any:
     import yaml
-
     from medharness.trainers.rewards import parse_rewards
 
     if spec == "default":
@@ -108,7 +107,8 @@ def cmd_reward(args: argparse.Namespace) -> int:
     for split in [args.split] if args.split else ["test", "train"]:
         try:
             loaded = task.load_samples(split)
-        except Exception:  # noqa: BLE001 - a task without this split
+        except Exception as exc:  # noqa: BLE001 - a task without this split
+            print(f"(split {split} not loaded: {exc})", file=sys.stderr)
             continue
         samples.update({s.id: s for s in loaded if s.id in wanted and s.id not in samples})
     missing = sorted(wanted - set(samples))

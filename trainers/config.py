@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from medharness.errors import ConfigError
 from medharness.yamlio import Loc, load_yaml_with_lines
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")

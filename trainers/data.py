@@ -40,7 +40,7 @@ def select_samples(task: Task, config: TrainConfig, samples_file: Path | None = 
     split = config.samples.split
     try:
         samples = task.load_samples(split)
-    except Exception as exc:  # a missing split looks different in every source
+    except Exception as exc:  # noqa: BLE001 - a missing split looks different in every source
         raise no_samples_error(task, f"split '{split}' cannot be loaded: {exc}") from None
     file = samples_file or (Path(config.samples.file) if config.samples.file else None)
     if file is not None:

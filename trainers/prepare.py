@@ -20,7 +20,14 @@ from medharness.trainers.answers import gold_text, rejected_texts
 from medharness.trainers.base import TrainContext, TrainerRecipe, recipe_class
 from medharness.trainers.checkpoints import Lineage, freeze_vision, lora_config, manifest_callback
 from medharness.trainers.config import Layers, TrainConfig, trl_args
-from medharness.trainers.data import check_image_tokens, pixel_budget, resize, rows_for, select_samples, to_dataset
+from medharness.trainers.data import (
+    check_image_tokens,
+    pixel_budget,
+    resize,
+    rows_for,
+    select_samples,
+    to_dataset,
+)
 from medharness.trainers.logs import log_callback
 from medharness.trainers.rewards import RewardSet, default_rewards
 
@@ -120,7 +127,7 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
     gold = None
     if recipe.data_format in ("messages", "preference"):
         check_gold_parses(task, prompt, samples)
-        gold = lambda s: gold_text(task, prompt, s)  # noqa: E731
+        gold = lambda s: gold_text(task, prompt, s)
     rejected = rejected_texts(task, prompt, samples, config.rejected, config.seed) \
         if recipe.data_format == "preference" else None
     model, processor = load_model(config, use_gpu)

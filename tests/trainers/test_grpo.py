@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from medharness.trainers.prepare import prepare
 from medharness.trainers.run import TrainRequest, resolve, train
 

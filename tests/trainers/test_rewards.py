@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from medharness.cli import main
 from medharness.errors import ConfigError
 from medharness.records import Generation

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from medharness.errors import BackendError, DataError
-from medharness.records import Generation
 from medharness.scoring import recipe_for
 from medharness.task import Task, load_task
 from medharness.torchvision_shim import ensure_torchvision_importable
@@ -47,7 +46,7 @@ def check_gold_parses(task: Task, prompt: str, samples: list[Any]) -> None:
     parser = recipe_for(task, prompt=prompt).parser
     for sample in samples:
         text = gold_text(task, prompt, sample)
-        if parser(Generation(sample_id=sample.id, text=text).text, sample).value is None:
+        if parser(text, sample).value is None:
             raise DataError(f"task {task.name}, prompt '{prompt}': the gold answer of sample {sample.id} written as "
                             f"{text!r} does not parse with {parser.name}")
 

@@ -148,3 +148,26 @@ def test_reward_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["reward", "--task", "phantom_presence", "--completions", str(plain), "--sample-id", sample.id,
                  "--rewards", "[{metric: yes_no_acuracy}]"]) == 2
     assert "Did you mean 'yes_no_accuracy'" in capsys.readouterr().err
+
+
+def test_rejected_answers_from_a_finished_run(tmp_path: Path) -> None:
+    """`rejected: run:DIR` takes the base model's wrong answers, matched by sample id and image."""
+    from medharness.records import Answer, ResultRow
+
+    task = _task()
+    samples = task.load_samples("train")[:4]
+    test_twin = task.load_samples("test")[0]  # same id form, other image: never matched
+    rows = []
+    for i, sample in enumerate([*samples, test_twin]):
+        wrong = i % 2 == 0
+        text = f"<think>t</think><answer>{'no' if (sample.target == 'yes') == wrong else 'yes'}</answer>"
+        rows.append(ResultRow(task=task.name, task_version="1", sample=sample, prompt_hash="h",
+                              generation=Generation(sample_id=sample.id, text=text),
+                              answer=Answer(value=None), scores={"yes_no_accuracy": 0.0 if wrong else 1.0}))
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "phantom_presence.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in rows))
+    rejected = rejected_texts(task, "r1", samples, f"run:{tmp_path}", seed=0)
+    assert test_twin.id == samples[0].id  # the test split's row for this id has another image
+    assert rejected == {samples[0].id: rows[0].generation.text, samples[2].id: rows[2].generation.text}
+    with pytest.raises(Exception, match="has no samples/phantom_presence.jsonl"):
+        rejected_texts(task, "r1", samples, f"run:{tmp_path / 'nope'}", seed=0)

@@ -138,3 +138,28 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, tiny_models: 
         run_training(tmp_path / "out", tiny_models["qwen2_vl"], "grpo_lora")
     with pytest.raises(Exception, match="different seed"):
         run_training(tmp_path / "out", tiny_models["qwen2_vl"], "grpo_lora", seed=5, resume=True)
+
+
+@pytest.mark.parametrize(("error", "status"), [(KeyboardInterrupt, "interrupted"), (RuntimeError, "failed")])
+def test_a_stopped_run_records_its_status(tmp_path: Path, tiny_models: dict[str, Path],
+                                          monkeypatch: pytest.MonkeyPatch, error: type, status: str) -> None:
+    from transformers import TrainerCallback
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+            raise error("stop")
+
+    from medharness.trainers import prepare as prepare_module
+
+    original = prepare_module.Prepared.add_callbacks
+
+    def add_callbacks(self: Any, output: Path, progress: Any) -> None:
+        original(self, output, progress)
+        self.ctx.callbacks.append(Stop())
+
+    monkeypatch.setattr(prepare_module.Prepared, "add_callbacks", add_callbacks)
+    with pytest.raises(error):
+        run_training(tmp_path / "out", tiny_models["qwen2_vl"], "sft_lora")
+    info = json.loads((tmp_path / "out" / "train.json").read_text())
+    assert info["status"] == status and info["final"] is None and info["finished"]
+    assert (info["error"] is None) == (status == "interrupted")

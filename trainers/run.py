@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +69,8 @@ def default_output(config: TrainConfig, layers: Layers) -> Path:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch, the main process writes
+        return
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
@@ -99,7 +102,25 @@ def prepare_output(output: Path, config: TrainConfig, resume: bool) -> str | Non
     last = get_last_checkpoint(str(output))
     if last is None:
         log.warning("--resume: no checkpoint in %s yet; training starts over", output)
+    step = int(Path(last).name.rpartition("-")[2]) if last else 0
+    for name in ("logs.jsonl", "completions.jsonl"):  # rows past the checkpoint are logged again
+        drop_rows_after(output / name, step)
     return last
+
+
+def drop_rows_after(file: Path, step: int) -> None:
+    """Keep the JSONL rows logged at or before `step` (a torn last line goes too)."""
+    if not file.is_file():
+        return
+    kept = []
+    for line in file.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if (row.get("step") or 0) <= step:
+            kept.append(line + "\n")
+    file.write_text("".join(kept), encoding="utf-8")
 
 
 def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> Path:

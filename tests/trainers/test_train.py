@@ -127,11 +127,14 @@ def test_recipe_trains_and_writes_the_output_contract(tmp_path: Path, tiny_model
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
     out = run_training(tmp_path / "out", tiny_models["qwen2_vl"], "grpo_lora")
+    with (out / "logs.jsonl").open("a") as fh:  # a step logged after the last checkpoint, then a kill
+        fh.write(json.dumps({"step": 3, "loss": 0.0}) + "\n" + '{"step": 4, "lo')
     again = run_training(tmp_path / "out", tiny_models["qwen2_vl"], "grpo_lora", max_steps=4, resume=True)
     info = json.loads((again / "train.json").read_text())
     assert info["status"] == "finished" and info["steps"] == 4
     assert info["resumed_from"].endswith("checkpoint-2") and info["previous"][0]["status"] == "finished"
     assert [r["step"] for r in jsonl(out / "logs.jsonl") if "loss" in r] == [1, 2, 3, 4]
+    assert sorted({r["step"] for r in jsonl(out / "completions.jsonl")}) == [1, 2, 3, 4]
     assert json.loads((out / "final" / "medharness.json").read_text())["step"] == 4
     assert (out / "checkpoint-4").is_dir()
     with pytest.raises(Exception, match="exists and is not empty"):

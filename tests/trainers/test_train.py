@@ -166,3 +166,15 @@ def test_a_stopped_run_records_its_status(tmp_path: Path, tiny_models: dict[str,
     info = json.loads((tmp_path / "out" / "train.json").read_text())
     assert info["status"] == status and info["final"] is None and info["finished"]
     assert (info["error"] is None) == (status == "interrupted")
+
+
+def test_a_second_stage_records_its_parent(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """Training from a medharness checkpoint (multi-stage recipes): the manifest names the parent."""
+    from medharness.lineage import file_hash
+
+    first = run_training(tmp_path / "stage1", tiny_models["qwen2_vl"], "grpo", max_steps=1) / "final"
+    second = run_training(tmp_path / "stage2", first, "sft_lora", max_steps=1) / "final"
+    manifest = json.loads((second / "medharness.json").read_text())
+    assert manifest["parent"] == file_hash(first / "medharness.json")
+    assert manifest["parent_path"] == str(first.resolve()) and manifest["base_model"] == str(first)
+    assert manifest["base_fingerprint"] and json.loads((first / "medharness.json").read_text())["parent"] is None

@@ -218,11 +218,12 @@ def _pydantic_error(exc: ValidationError, layers: Layers) -> str:
 
 
 def build_config(layers: Layers) -> TrainConfig:
-    """Validate the merged layers (the recipe's `recipes:` section applied) into a `TrainConfig`."""
+    """Validate the merged layers into a `TrainConfig`."""
     data = copy.deepcopy(layers.data)
     if not data.get("recipe"):
         raise ConfigError("no recipe given: pass --recipe NAME or a preset / --config that sets `recipe:`")
-    data["trl"] = {k: numbers(v) for k, v in (data.get("trl") or {}).items()}
+    if isinstance(data.get("trl"), dict):
+        data["trl"] = {k: numbers(v) for k, v in data["trl"].items()}
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:

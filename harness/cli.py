@@ -351,7 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (_add_run, _add_score, _add_ls, _add_validate, _add_leaderboard, _add_split, _add_tiny,
                 _add_judge, _add_agreement):
         add(sub)
+    _add_training(sub)
     return parser
+
+
+def _add_training(sub: argparse._SubParsersAction) -> None:
+    """`train` and `reward` live in trainers/ (which imports trl/torch only inside the commands)."""
+    from medharness.trainers.cli import add_parsers
+
+    COMMANDS.update(add_parsers(sub))
 
 
 def main(argv: list[str] | None = None) -> int:

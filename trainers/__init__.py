@@ -1,1 +1,2 @@
-"""Trainers: TRL recipes whose rewards are the tasks' own parsers and metrics (skeleton; see the training issue)."""
+"""Trainers: TRL recipes (sft, dpo, grpo; LoRA an option, Dr.GRPO a preset) whose rewards are the tasks' own
+parsers and metrics. `medharness.trainers.base` holds the `@trainer` registry; see docs/training.md."""

@@ -1,0 +1,154 @@
+"""Recipe configs: presets, layering, strict keys with file:line errors, TRL validation, and the drift test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from medharness.errors import ConfigError
+from medharness.trainers.base import TRAINERS
+from medharness.trainers.config import build_config, load_layers, preset_names, trl_args
+from medharness.trainers.run import TrainRequest, resolve
+
+pytest.importorskip("trl")
+
+# What each shipped preset must set explicitly (and TRL must hold after construction): TRL's defaults for
+# these moved between versions, and a paper's numbers depend on them.
+GRPO_TABLE = {"beta": 0.04, "loss_type": "grpo", "scale_rewards": "group", "num_generations": 8, "temperature": 1.0,
+              "top_p": 1.0, "top_k": 0, "max_completion_length": 700, "learning_rate": 1e-6, "epsilon": 0.2,
+              "num_iterations": 1, "activation_checkpointing": True, "vllm_importance_sampling_correction": False,
+              "per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "max_steps": 1500,
+              "use_vllm": False, "mask_truncated_completions": False, "importance_sampling_level": "token"}
+TABLES = {
+    "grpo": GRPO_TABLE,
+    "dr_grpo": {**GRPO_TABLE, "loss_type": "dr_grpo", "scale_rewards": "none"},
+    "grpo_lora": {**GRPO_TABLE, "learning_rate": 1e-5},
+    "sft": {"learning_rate": 1e-5, "max_length": None, "packing": False, "activation_checkpointing": True,
+            "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2, "loss_type": "nll",
+            "assistant_only_loss": False, "max_steps": 1500},
+    "sft_lora": {"learning_rate": 1e-4, "max_length": None, "packing": False, "activation_checkpointing": True,
+                 "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2, "loss_type": "nll",
+                 "assistant_only_loss": False, "max_steps": 1500},
+    "dpo": {"beta": 0.1, "loss_type": ["sigmoid"], "learning_rate": 1e-6, "max_length": None,
+            "activation_checkpointing": True, "label_smoothing": 0.0, "precompute_ref_log_probs": False,
+            "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2, "max_steps": 1500},
+    "dpo_lora": {"beta": 0.1, "loss_type": ["sigmoid"], "learning_rate": 1e-5, "max_length": None,
+                 "activation_checkpointing": True, "label_smoothing": 0.0, "precompute_ref_log_probs": False,
+                 "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2, "max_steps": 1500},
+}
+
+
+def _args(tmp_path: Path, presets: list[str], overrides: list[str] = (), use_gpu: bool = False):  # type: ignore[assignment]
+    layers = load_layers(None, presets, None, {"task": "phantom_presence", "model": "m"}, list(overrides))
+    config = build_config(layers)
+    return config, trl_args(config, layers, tmp_path, use_gpu=use_gpu)
+
+
+def test_every_recipe_has_presets() -> None:
+    assert set(TRAINERS.names()) >= {"sft", "dpo", "grpo"}
+    assert set(preset_names()) >= {*TABLES, "tiny_cpu"}
+
+
+@pytest.mark.parametrize("preset", sorted(TABLES))
+def test_preset_drift(tmp_path: Path, preset: str) -> None:
+    """Each preset sets its table explicitly, and TRL's constructed config holds exactly those values:
+    a TRL upgrade that moves a default or renames a key fails here."""
+    layers = load_layers(None, [preset], None, {"task": "phantom_presence", "model": "m"}, [])
+    written = layers.data["trl"]
+    config, args = _args(tmp_path, [preset])
+    for key, value in TABLES[preset].items():
+        assert key in written, f"preset {preset} must set trl.{key} explicitly"
+        assert getattr(args, key) == pytest.approx(value) if isinstance(value, float) else \
+            getattr(args, key) == value, (preset, key, getattr(args, key))
+    assert written["bf16"] == "auto" and args.bf16 is False  # auto: on GPU only
+    assert args.gradient_checkpointing == args.activation_checkpointing  # the deprecated alias mirrors it
+    assert args.seed == config.seed == 0
+    assert args.report_to in ("none", [], ["none"])
+    lora = config.lora
+    assert (lora is not None) == preset.endswith("_lora")
+    assert config.freezes_vision
+
+
+def test_dr_grpo_is_a_grpo_preset(tmp_path: Path) -> None:
+    config, args = _args(tmp_path, ["dr_grpo"])
+    assert config.recipe == "grpo" and args.loss_type == "dr_grpo" and args.scale_rewards == "none"
+
+
+def test_overlay_and_overrides(tmp_path: Path) -> None:
+    config, args = _args(tmp_path, ["grpo", "tiny_cpu"], ["trl.learning_rate=1e-5", "lora.r=4", "seed=7"])
+    assert args.learning_rate == 1e-5 and args.num_generations == 2 and args.max_steps == 2
+    assert config.lora is not None and config.lora.r == 4 and config.lora.alpha == 16
+    assert args.seed == 7 and args.data_seed == 7
+    sft, sft_args = _args(tmp_path, ["sft", "tiny_cpu"])  # the grpo-only part of the overlay is not applied
+    assert sft.recipe == "sft" and not hasattr(sft_args, "num_generations")
+
+
+def test_default_preset_is_the_recipes_own() -> None:
+    layers = load_layers("grpo", [], None, {}, [])
+    assert layers.presets == ["grpo"] and layers.data["trl"]["beta"] == 0.04
+    assert load_layers("grpo", ["tiny_cpu"], None, {}, []).presets == ["grpo", "tiny_cpu"]
+
+
+def test_unknown_key_names_file_and_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "my.yaml"
+    cfg.write_text("recipe: grpo\ntask: phantom_presence\nmodel: m\nlora:\n  r: 4\n  alhpa: 8\n")
+    with pytest.raises(ConfigError, match=r"my\.yaml:6: unknown key 'lora\.alhpa'"):
+        resolve(TrainRequest(config_file=cfg))
+    cfg.write_text("recipe: grpo\ntask: phantom_presence\nmodel: m\nrewards:\n  - {metric: iou, wieght: 1}\n")
+    with pytest.raises(ConfigError, match=r"my\.yaml:5: unknown key 'rewards\.0\.wieght'"):
+        resolve(TrainRequest(config_file=cfg))
+
+
+def test_unknown_trl_key_names_file_and_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "my.yaml"
+    cfg.write_text("recipe: grpo\ntask: phantom_presence\nmodel: m\ntrl:\n  beta: 0.0\n  num_generation: 4\n")
+    config, layers = resolve(TrainRequest(config_file=cfg))
+    with pytest.raises(ConfigError, match=r"my\.yaml:6: unknown TRL setting 'trl\.num_generation' for GRPOConfig"
+                                          r".*Did you mean 'num_generations'"):
+        trl_args(config, layers, tmp_path, use_gpu=False)
+    with pytest.raises(ConfigError, match=r"-C trl.bogus=1: unknown TRL setting"):
+        _args(tmp_path, ["sft"], ["trl.bogus=1"])
+
+
+def test_reserved_and_refused_trl_values(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="trl.seed is set by medharness"):
+        _args(tmp_path, ["grpo"], ["trl.seed=3"])
+    with pytest.raises(ConfigError, match="GRPOConfig refused.*divisible by num_generations"):
+        _args(tmp_path, ["grpo"], ["trl.num_generations=3"])
+
+
+def test_unknown_recipe_and_preset_suggest() -> None:
+    with pytest.raises(ConfigError, match="unknown trainer 'gpro'. Did you mean 'grpo'"):
+        load_layers("gpro", [], None, {}, [])
+    with pytest.raises(ConfigError, match="unknown preset 'grpo_lroa'. Did you mean 'grpo_lora'"):
+        load_layers(None, ["grpo_lroa"], None, {}, [])
+    with pytest.raises(ConfigError, match="conflicts with --recipe sft"):
+        load_layers("sft", ["grpo"], None, {}, [])
+
+
+def test_missing_model_and_flash_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="train needs --model"):
+        resolve(TrainRequest(recipe="sft", task="phantom_presence"))
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real(name, *a))
+    with pytest.raises(ConfigError, match="flash_attention_2 needs the flash-attn package"):
+        resolve(TrainRequest(recipe="sft", task="phantom_presence", model="m",
+                             overrides=["attn_implementation=flash_attention_2"]))
+    with pytest.raises(ConfigError, match="attn_implementation: Value error, must be one of"):
+        resolve(TrainRequest(recipe="sft", task="phantom_presence", model="m", overrides=["attn_implementation=x"]))
+
+
+def test_recipe_scoped_settings_keep_their_layer(tmp_path: Path) -> None:
+    """A preset's `recipes: {grpo: ...}` part does not beat a later -C or --config."""
+    _, args = _args(tmp_path, ["grpo", "tiny_cpu"], ["trl.num_generations=4", "trl.per_device_train_batch_size=4"])
+    assert args.num_generations == 4
+    cfg = tmp_path / "my.yaml"
+    cfg.write_text("recipes:\n  grpo:\n    trl:\n      num_generatons: 4\n")
+    config, layers = resolve(TrainRequest(presets=["grpo"], config_file=cfg, task="phantom_presence", model="m"))
+    with pytest.raises(ConfigError, match=r"my\.yaml:4: unknown TRL setting 'trl\.num_generatons'"):
+        trl_args(config, layers, tmp_path, use_gpu=False)
+    cfg.write_text("recipes:\n  gpro: {}\n")
+    with pytest.raises(ConfigError, match="Did you mean 'grpo'"):
+        resolve(TrainRequest(presets=["grpo"], config_file=cfg, task="phantom_presence", model="m"))

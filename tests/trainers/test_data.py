@@ -1,0 +1,108 @@
+"""Training data: phantom train split, sample selection, formats, pixel budget and the pre-flight check."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from medharness.errors import DataError
+from medharness.phantom import open_image
+from medharness.splits import kshot, write_sample_ids
+from medharness.task import load_task
+from medharness.trainers.answers import gold_text
+from medharness.trainers.config import Layers, build_config
+from medharness.trainers.data import check_image_tokens, pixel_budget, resize, rows_for, select_samples
+from medharness.trainers.prepare import load_train_task
+
+PHANTOM = ["phantom_presence", "phantom_count", "phantom_side", "phantom_size", "phantom_box"]
+
+
+def _config(**data):  # type: ignore[no-untyped-def]
+    return build_config(Layers(data={"recipe": "grpo", "model": "m", **data}))
+
+
+def _digest(ref: str) -> str:
+    return hashlib.sha256(open_image(ref).tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", PHANTOM)
+def test_phantom_train_split_never_repeats_a_test_image(name: str) -> None:
+    task = load_task(name)
+    train, test = task.load_samples("train"), task.load_samples("test")
+    assert len(train) == len(test) == 200
+    train_refs = {r for s in train for r in s.images}
+    test_refs = {r for s in test for r in s.images}
+    assert not train_refs & test_refs  # different generator seeds (test: seed, train: seed + 1000)
+    if name == "phantom_presence":  # pixels too: no train image equals a test image
+        train_px = {_digest(r) for r in sorted(train_refs)[:100]}
+        test_px = {_digest(r) for r in sorted(test_refs)[:100]}
+        assert not train_px & test_px and len(train_px) == 100
+
+
+def test_select_samples_split_file_and_limit(tmp_path: Path) -> None:
+    task = load_task("phantom_presence")
+    assert len(select_samples(task, _config(task="phantom_presence"))) == 200
+    chosen = kshot(task.load_samples("train"), 3, seed=1)
+    file = tmp_path / "k3.json"
+    write_sample_ids(file, task.name, chosen)
+    picked = select_samples(task, _config(samples={"file": str(file)}))
+    assert [s.id for s in picked] == [s.id for s in chosen] and len(picked) == 6  # 3 yes + 3 no
+    assert len(select_samples(task, _config(samples={"limit": 5}))) == 5
+
+
+def test_task_without_training_samples(tmp_path: Path) -> None:
+    (tmp_path / "q.txt").write_text("a|is it?|yes\n")
+    task_file = tmp_path / "toy.yaml"
+    task_file.write_text(
+        'name: toy\nversion: "1"\ndescription: t\ncard: {licence: x, citation: y}\n'
+        "sources:\n  - {kind: local, path: {test: q.txt}, format: psv, fieldnames: [id, question, answer]}\n"
+        "columns: {id: id}\nprompts: {default: p, variants: {p: {user: '{question}'}}}\n")
+    config = _config(task=str(task_file), data_dir=str(tmp_path))
+    task = load_train_task(config)
+    with pytest.raises(DataError, match=r"task toy has no training samples \(split 'train'.*--samples FILE.*"
+                                        r"medharness split --task toy"):
+        select_samples(task, config)
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_models: dict[str, Path]):  # type: ignore[no-untyped-def]
+    from medharness.torchvision_shim import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_models["qwen2_5_vl"])
+
+
+def test_pixel_budget_matches_the_processor(processor) -> None:  # type: ignore[no-untyped-def]
+    budget = pixel_budget(processor, _config())
+    assert budget is not None and (budget.factor, budget.min_pixels, budget.max_pixels) == (28, 3136, 12544)
+    image = resize(open_image("phantom:1000/0/224"), budget)
+    assert image.size == (112, 112)  # what the processor itself resizes a 224 x 224 image to
+    smaller = pixel_budget(processor, _config(max_pixels=56 * 56))
+    assert resize(open_image("phantom:1000/0/224"), smaller).size == (56, 56)
+    assert processor.image_processor.size.longest_edge == 56 * 56  # the saved processor evaluates the same
+
+
+@pytest.mark.parametrize("fmt", ["prompt", "messages", "preference"])
+def test_formats_and_preflight(processor, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    task = load_task("phantom_presence", {"prompt": "r1"})
+    samples = task.load_samples("train")[:3]
+    budget = pixel_budget(processor, _config())
+    rows = rows_for(fmt, task, samples, lambda s: [resize(task.open_image(r), budget) for r in s.images],
+                    lambda s: gold_text(task, "r1", s), {s.id: "<think>x</think><answer>no</answer>" for s in samples})
+    assert [r["sample_id"] for r in rows] == [s.id for s in samples]
+    first = rows[0]
+    key = {"prompt": "prompt", "messages": "messages", "preference": "prompt"}[fmt]
+    assert first[key][0]["content"][0] == {"type": "image", "text": None}
+    if fmt == "messages":
+        assert first["messages"][-1]["content"][0]["text"] == gold_text(task, "r1", samples[0])
+    if fmt == "preference":
+        assert set(first) == {"sample_id", "images", "prompt", "chosen", "rejected"}
+    assert check_image_tokens(rows, processor) > 16
+    with pytest.raises(DataError, match=f"sample {samples[0].id}: .* > max_length 20"):
+        check_image_tokens(rows, processor, max_length=20)
+    bad = [{**first, "images": first["images"] * 2}]
+    with pytest.raises(DataError, match=f"sample {samples[0].id}: the prompt has 1 image parts but 2 images"):
+        check_image_tokens(bad, processor)

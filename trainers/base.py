@@ -1,0 +1,89 @@
+"""The trainer extension point: `TRAINERS = Registry("trainer")` and `@trainer("name")`.
+
+A trainer is a recipe class that configures one TRL trainer (never a fork of it): it names the TRL config
+class that validates the recipe file's `trl:` section, the dataset format its samples become
+(`trainers/data.py`), whether it has rewards, and how to build the TRL trainer from a prepared `TrainContext`.
+Recipe modules import trl/torch only inside `build`, so listing trainers stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from medharness.registry import Registry
+
+if TYPE_CHECKING:
+    from medharness.records import Sample
+    from medharness.task import Task
+    from medharness.trainers.config import TrainConfig
+    from medharness.trainers.rewards import RewardSet
+
+TRAINERS: Registry[type[TrainerRecipe]] = Registry("trainer")
+
+
+def trainer(name: str) -> Callable[[type[TrainerRecipe]], type[TrainerRecipe]]:
+    """Register a recipe class under `name` (e.g. `@trainer("grpo")`)."""
+
+    def decorator(cls: type[TrainerRecipe]) -> type[TrainerRecipe]:
+        cls.name = name
+        TRAINERS.register(name, cls)
+        return cls
+
+    return decorator
+
+
+@dataclass
+class TrainContext:
+    """Everything a recipe needs to build its TRL trainer; prepared by `trainers/run.py`."""
+
+    config: TrainConfig
+    task: Task
+    samples: list[Sample]
+    model: Any  # the loaded (possibly vision-frozen) model
+    processor: Any
+    trl_args: Any  # the constructed TRL config object
+    dataset: Any  # a `datasets.Dataset` in the recipe's format
+    output: Path
+    rewards: RewardSet | None = None
+    peft_config: Any = None
+    callbacks: list[Any] = field(default_factory=list)
+
+
+class TrainerRecipe:
+    """One training method. Subclasses set the class attributes and implement `build`."""
+
+    name: ClassVar[str] = ""
+    trl_config: ClassVar[str] = ""  # the TRL config class name, e.g. "GRPOConfig"
+    data_format: ClassVar[str] = ""  # "prompt" (GRPO) | "messages" (SFT) | "preference" (DPO)
+    uses_rewards: ClassVar[bool] = False
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def config_class(cls) -> type:
+        """TRL's own config class for this recipe (imports trl)."""
+        from medharness.torchvision_shim import ensure_torchvision_importable
+
+        ensure_torchvision_importable()  # before transformers/trl pull torchvision in
+        return getattr(importlib.import_module("trl"), cls.trl_config)
+
+    @staticmethod
+    def trl_injections(settings: dict[str, Any], reward_weights: list[float], suppress: list[int]) -> dict[str, Any]:
+        """TRL settings medharness derives for this recipe (reward weights, suppressed token ids)."""
+        return {}
+
+    def build(self, ctx: TrainContext) -> Any:
+        """The configured TRL trainer, ready for `.train()`."""
+        raise NotImplementedError
+
+
+def recipe_class(name: str) -> type[TrainerRecipe]:
+    """The registered recipe `name` ("did you mean" on a miss)."""
+    return TRAINERS.get(name)
+
+
+# The built-in recipes register themselves on import (they import trl only inside `build`).
+from medharness.trainers import dpo, grpo, sft  # noqa: F401

@@ -1,0 +1,150 @@
+"""Checkpoints: the vision-tower freeze, the LoRA config, and the `medharness.json` manifest (plus the
+processor) written into every `checkpoint-<step>/` TRL saves and into `final/`.
+
+The manifest is `medharness.lineage.CheckpointManifest`, the model the core reads back for `trained_from`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from medharness.backends.vlm_common import checkpoint_folder, weights_fingerprint
+from medharness.lineage import MANIFEST_FILE, CheckpointManifest, file_hash, manifest_path, read_manifest
+from medharness.trainers.config import LoraSpec, TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Module names of vision towers across VLM families (Qwen2-VL/2.5-VL `visual`, LLaVA `vision_tower`, ...).
+VISION_PATTERN = re.compile(r"(^|\.)(visual|vision_tower|vision_model|vision_encoder|image_encoder)(\.|$)")
+VISION_REGEX = r".*(^|\.)(visual|vision_tower|vision_model|vision_encoder|image_encoder)\..*"
+PACKAGES = ("medharness", "trl", "transformers", "peft", "torch", "datasets", "accelerate")
+
+
+def is_vision(name: str) -> bool:
+    return VISION_PATTERN.search(name) is not None
+
+
+def freeze_vision(model: Any) -> int:
+    """Turn off gradients for every vision-tower parameter (GRPOTrainer has no switch); returns how many."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if is_vision(name):
+            param.requires_grad_(False)
+            frozen += 1
+    if not frozen:
+        log.warning("freeze_vision: found no vision-tower parameters (looked for %s)", VISION_PATTERN.pattern)
+    return frozen
+
+
+def lora_config(spec: LoraSpec) -> Any:
+    """PEFT's `LoraConfig`; with `freeze_vision` the adapter is kept off the vision tower (exclude_modules)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                      target_modules=list(spec.target_modules), bias="none",
+                      exclude_modules=VISION_REGEX if spec.freeze_vision else None)
+
+
+def samples_hash(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def json_safe(data: Any) -> Any:
+    return json.loads(json.dumps(data, default=str))
+
+
+@dataclass
+class Lineage:
+    """What every manifest of one training run shares (everything but the step)."""
+
+    config: TrainConfig
+    presets: list[str]
+    trl_settings: dict[str, Any]  # TrainingArguments.to_dict()
+    sample_ids: list[str]
+    prompt: str
+    base_fingerprint: str | None = None
+    parent: str | None = None
+    parent_path: str | None = None
+
+    @classmethod
+    def create(cls, config: TrainConfig, presets: list[str], trl_args: Any, sample_ids: list[str],
+               prompt: str) -> Lineage:
+        assert config.model is not None
+        folder = checkpoint_folder(config.model)
+        fingerprint = weights_fingerprint(folder) if folder is not None else None
+        parent = read_manifest(folder) if folder is not None else None
+        return cls(config=config, presets=presets, trl_settings=json_safe(trl_args.to_dict()),
+                   sample_ids=sample_ids, prompt=prompt, base_fingerprint=fingerprint,
+                   parent=file_hash(manifest_path(folder)) if parent is not None and folder else None,
+                   parent_path=str(folder.resolve()) if parent is not None and folder else None)
+
+    def resolved(self) -> dict[str, Any]:
+        """The fully resolved config: medharness settings and every TRL setting."""
+        return {**json_safe(self.config.model_dump(by_alias=True, exclude={"trl"})), "trl": self.trl_settings}
+
+    def manifest(self, step: int | None) -> CheckpointManifest:
+        c = self.config
+        return CheckpointManifest(
+            base_model=str(c.model), base_fingerprint=self.base_fingerprint, recipe=c.recipe,
+            preset="+".join(self.presets) or None, task=str(c.task), prompt=self.prompt, config=self.resolved(),
+            train_samples_hash=samples_hash(self.sample_ids), n_train_samples=len(self.sample_ids), seed=c.seed,
+            step=step, adapter=c.lora is not None, attn_implementation=c.attn_implementation,
+            parent=self.parent, parent_path=self.parent_path, versions=versions(),
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def write_manifest(folder: Path, manifest: CheckpointManifest) -> Path:
+    path = folder / MANIFEST_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(manifest.model_dump_json(indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def finish_checkpoint(folder: Path, processor: Any, lineage: Lineage, step: int | None) -> None:
+    """Make a saved folder self-contained for `run`: the processor beside the weights, and the manifest."""
+    if not (folder / "processor_config.json").exists() and not (folder / "preprocessor_config.json").exists():
+        processor.save_pretrained(folder)
+    write_manifest(folder, lineage.manifest(step))
+
+
+def manifest_callback(processor: Any, lineage: Lineage, output: Path) -> Any:
+    """A TrainerCallback finishing each `checkpoint-<step>/` right after TRL saves it."""
+    from transformers import TrainerCallback
+
+    class ManifestCallback(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            folder = output / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir():
+                finish_checkpoint(folder, processor, lineage, state.global_step)
+
+    return ManifestCallback()
+
+
+def save_final(trainer: Any, processor: Any, lineage: Lineage, output: Path) -> Path:
+    """`OUTPUT/final/`: full weights or the LoRA adapter folder, the processor and the manifest."""
+    final = output / "final"
+    trainer.save_model(str(final))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(final)
+        write_manifest(final, lineage.manifest(trainer.state.global_step))
+    return final

@@ -1,0 +1,134 @@
+"""`medharness train` and `medharness reward`; `harness/cli.py` adds these through `add_parsers(sub)`.
+Nothing heavy is imported until a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from medharness.errors import ConfigError, DataError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Any]:
+    """Add the training subcommands; returns {command: handler} for the main CLI's dispatch."""
+    p = sub.add_parser("train", help="train a model on a task with a TRL recipe (sft, dpo, grpo; LoRA an option)",
+                       description="Train with a recipe (sft, dpo, grpo) configured by presets "
+                                   "(trainers/presets/*.yaml), --config FILE and -C overrides. Rewards are the "
+                                   "task's own parser + metrics. See docs/training.md.")
+    p.add_argument("--recipe", help="sft | dpo | grpo (default: the preset's or config's recipe)")
+    p.add_argument("--preset", action="append", default=[], metavar="NAME",
+                   help="a shipped preset (repeatable, later wins; default: the recipe's own): "
+                        "sft sft_lora dpo dpo_lora grpo grpo_lora dr_grpo tiny_cpu")
+    p.add_argument("--config", type=Path, help="a recipe config YAML (strict; see docs/training.md)")
+    p.add_argument("-C", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting (dotted key), e.g. -C trl.learning_rate=1e-5 -C lora.r=16")
+    p.add_argument("--task", help="the task to train on (its train split by default)")
+    p.add_argument("--model", help="the base model: hub id or folder")
+    p.add_argument("--prompt", help="the task's prompt variant (default: the task's default)")
+    p.add_argument("--samples", type=Path, help="training sample ids (a `medharness split` file or an id list)")
+    p.add_argument("--seed", type=int, help="run seed: data order, sampling, vLLM (default 0)")
+    p.add_argument("--max-steps", type=int, help="optimiser steps (trl.max_steps)")
+    p.add_argument("--output", type=Path, help="output directory (default runs/train/<preset>-<task>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue --output from its last checkpoint-*")
+
+    r = sub.add_parser("reward", help="print each reward component for given completions (as training would)",
+                       description="Score completions with reward metrics through the task's parser, exactly as "
+                                   "`train` rewards them and `run` scores them.")
+    r.add_argument("--task", required=True)
+    r.add_argument("--rewards", default="default",
+                   help="'default', a YAML list ([{metric: yes_no_accuracy, weight: 0.9}, ...]) or a YAML file")
+    r.add_argument("--completions", type=Path, required=True,
+                   help="JSONL of {sample_id, text}, or a text file of one completion per line with --sample-id")
+    r.add_argument("--sample-id", help="the sample every line of a plain text --completions file answers")
+    r.add_argument("--prompt", help="the task's prompt variant (its parser reads the completions)")
+    r.add_argument("--split", help="the split the sample ids come from (default: test, then train)")
+    r.add_argument("--data-dir", help="the task's local data copy")
+    r.add_argument("--json", action="store_true", help="one JSON object per completion")
+    return {"train": cmd_train, "reward": cmd_reward}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from medharness.trainers.run import TrainRequest, train
+
+    req = TrainRequest(recipe=args.recipe, presets=args.preset, config_file=args.config, overrides=args.overrides,
+                       task=args.task, model=args.model, prompt=args.prompt, samples_file=args.samples,
+                       seed=args.seed, max_steps=args.max_steps, output=args.output, resume=args.resume)
+    output = train(req, progress=lambda line: print(line, flush=True))
+    print(f"finished: {output / 'final'} (train.json, logs.jsonl, completions.jsonl in {output})", flush=True)
+    return 0
+
+
+def _reward_specs(spec: str) -> Any:
+    import yaml
+    from medharness.trainers.rewards import parse_rewards
+
+    if spec == "default":
+        return None
+    path = Path(spec)
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else yaml.safe_load(spec)
+    if isinstance(data, dict) and "rewards" in data:
+        data = data["rewards"]
+    return parse_rewards(data)
+
+
+def read_completions(path: Path, sample_id: str | None) -> list[tuple[str, str]]:
+    """(sample id, text) pairs: JSONL objects, or one completion per line for `--sample-id`."""
+    if not path.is_file():
+        raise DataError(f"completions file {path} does not exist")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if sample_id is not None:
+        return [(sample_id, line.replace("\\n", "\n")) for line in lines if line.strip()]
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            out.append((str(item["sample_id"]), str(item["text"])))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(f"{path}:{number}: expected a JSON object {{sample_id, text}} (or pass --sample-id for "
+                            "a plain text file)") from None
+    return out
+
+
+def cmd_reward(args: argparse.Namespace) -> int:
+    from medharness.task import load_task
+    from medharness.trainers.rewards import RewardSet, default_rewards
+
+    overrides = {k: v for k, v in (("prompt", args.prompt), ("data_dir", args.data_dir)) if v}
+    task = load_task(args.task, overrides)
+    prompt = task.prompt_name
+    pairs = read_completions(args.completions, args.sample_id)
+    wanted = {sid for sid, _ in pairs}
+    samples: dict[str, Any] = {}
+    for split in [args.split] if args.split else ["test", "train"]:
+        try:
+            loaded = task.load_samples(split)
+        except Exception as exc:  # noqa: BLE001 - a task without this split
+            print(f"(split {split} not loaded: {exc})", file=sys.stderr)
+            continue
+        samples.update({s.id: s for s in loaded if s.id in wanted and s.id not in samples})
+    missing = sorted(wanted - set(samples))
+    if missing:
+        raise ConfigError(f"task {task.name}: no sample(s) {missing[:5]} (use --split)")
+    specs = _reward_specs(args.rewards) or default_rewards(task, prompt)
+    rewards = RewardSet(task, prompt, specs, list(samples.values()))
+    rows = []
+    for sid, text in pairs:
+        answer, comps = rewards.score(samples[sid], text)
+        rows.append({"sample_id": sid, "text": text, "answer": answer.value, "rewards": comps,
+                     "total": rewards.total(comps)})
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, default=str))
+        return 0
+    from tabulate import tabulate
+
+    table = [{"sample_id": r["sample_id"], "answer": r["answer"], **r["rewards"], "total": r["total"]} for r in rows]
+    weights = ", ".join(f"{lab} x {w:g}" for lab, w in zip(rewards.labels, rewards.weights))
+    print(f"task {task.name}, prompt '{prompt}', total = {weights}", file=sys.stderr)
+    print(tabulate(table, headers="keys", tablefmt="github", missingval="n/a"))
+    return 0

@@ -1,0 +1,301 @@
+"""The recipe config: a strict schema (unknown keys are errors naming file, line and key), built from layers.
+
+Layers, later wins: the named presets (`trainers/presets/*.yaml`, in order), `--config FILE`, the CLI flags
+(`--task`, `--model`, `--samples`, `--seed`, `--max-steps`) and `-C key=value` overrides (dotted keys).
+A layer may hold `recipes: {grpo: {...}}`: settings applied only when that recipe runs (so one overlay
+preset such as `tiny_cpu` serves every recipe), merged right after the rest of its layer. The `trl:` section is validated by constructing TRL's own
+config object (`GRPOConfig`, `SFTConfig`, `DPOConfig`): a key TRL does not know is an error naming the file
+and line where it was written.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from medharness.errors import ConfigError
+from medharness.yamlio import Loc, load_yaml_with_lines
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+# Set by medharness itself, never in `trl:` (they would silently disagree with the run).
+RESERVED_TRL = {"output_dir": "--output", "seed": "the top-level `seed:`", "data_seed": "the top-level `seed:`"}
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class LoraSpec(Strict):
+    """A PEFT LoRA adapter on the language model; `freeze_vision` keeps it off the vision tower."""
+
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    freeze_vision: bool = True
+
+
+class RewardSpec(Strict):
+    """One reward component: a registered metric, its arguments and weight (`as`: its label)."""
+
+    metric: str
+    weight: float = 1.0
+    args: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = Field(None, alias="as")
+
+
+class SamplesSpec(Strict):
+    """Training samples: the task's `split`, narrowed to the ids of `file` (`medharness split` output or a
+    `--samples` id list), then the first `limit`."""
+
+    split: str = "train"
+    file: str | None = None
+    limit: int | None = Field(None, ge=1)
+
+
+class TrainConfig(Strict):
+    recipe: str
+    model: str | None = None  # the base model (hub id or folder); required to train
+    task: str | None = None  # required to train
+    prompt: str | None = None  # the task's prompt variant; None = the task's default
+    data_dir: str | None = None  # the task's local data copy
+    samples: SamplesSpec = SamplesSpec()
+    seed: int = 0
+    rewards: list[RewardSpec] | None = None  # None: the task's primary metric (+ format compliance)
+    rejected: str = "other_label"  # DPO: other_label | other_sample | run:DIR
+    lora: LoraSpec | None = None
+    freeze_vision: bool = False  # full fine-tunes: freeze the vision tower too
+    attn_implementation: str = "sdpa"
+    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+    max_pixels: int | None = Field(None, ge=1)  # None: the processor's own pixel budget
+    min_pixels: int | None = Field(None, ge=1)
+    trl: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _attn(cls, value: str) -> str:
+        if value not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"must be one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+        return value
+
+    @field_validator("rejected")
+    @classmethod
+    def _rejected(cls, value: str) -> str:
+        if value not in ("other_label", "other_sample") and not value.startswith("run:"):
+            raise ValueError("must be other_label, other_sample or run:DIR")
+        return value
+
+    @property
+    def freezes_vision(self) -> bool:
+        return self.lora.freeze_vision if self.lora is not None else self.freeze_vision
+
+
+@dataclass
+class Layers:
+    """The merged raw config plus, for every key path, where it was last set ("file:line" or "-C ...")."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    origin: dict[Loc, str] = field(default_factory=dict)
+    presets: list[str] = field(default_factory=list)
+
+    def add(self, data: dict[str, Any], where: str, lines: dict[Loc, int] | None = None, path: Loc = (),
+            line_prefix: Loc = ()) -> None:
+        """Merge one layer; `line_prefix` is where `data` sits in its file (a `recipes: {grpo: ...}` part)."""
+        lines = lines or {}
+        for key, value in data.items():
+            loc = (*path, key)
+            line = lines.get((*line_prefix, *loc))
+            self.origin[loc] = f"{where}:{line}" if line else where
+            node = self._node(path)
+            if isinstance(value, dict):
+                if not isinstance(node.get(key), dict):
+                    node[key] = {}
+                self.add(value, where, lines, loc, line_prefix)
+            else:
+                node[key] = copy.deepcopy(value)
+                full = (*line_prefix, *loc)
+                for sub, sub_line in lines.items():  # list items: rewards.0.metric
+                    if len(sub) > len(full) and sub[: len(full)] == full:
+                        self.origin[sub[len(line_prefix):]] = f"{where}:{sub_line}"
+
+    def add_layer(self, data: dict[str, Any], where: str, recipe: str, lines: dict[Loc, int] | None = None) -> None:
+        """A whole layer: its `recipes: {name: settings}` part for `recipe` merged right after the rest, so
+        a later layer (or -C) still wins over it."""
+        data = dict(data)
+        scoped = data.pop("recipes", None) or {}
+        if not isinstance(scoped, dict):
+            raise ConfigError(f"{where}: `recipes` maps recipe names to settings")
+        from medharness.trainers.base import TRAINERS
+
+        for name in scoped:
+            TRAINERS.get(str(name))  # a misspelt recipe name in `recipes:` is an error too
+        self.add(data, where, lines)
+        if isinstance(scoped.get(recipe), dict):
+            self.add(scoped[recipe], where, lines, line_prefix=("recipes", recipe))
+
+    def _node(self, path: Loc) -> dict[str, Any]:
+        node = self.data
+        for part in path:
+            node = node.setdefault(part, {})  # type: ignore[assignment]
+        return node
+
+    def where(self, loc: Loc) -> str:
+        """The origin of the deepest known key of `loc`."""
+        best = "(config)"
+        for i in range(1, len(loc) + 1):
+            best = self.origin.get(tuple(loc[:i]), best)
+        return best
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        names = preset_names()
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown preset '{name}'.{hint} Available: {', '.join(names)}")
+    return path
+
+
+def read_layer(path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
+    data, lines = load_yaml_with_lines(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe config is a mapping of keys, got {type(data).__name__}")
+    return data, lines
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`-C trl.learning_rate=1e-5` -> (["trl", "learning_rate"], 1e-05)."""
+    key, eq, raw = item.partition("=")
+    if not eq or not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"-C expects KEY=VALUE with a dotted KEY (e.g. trl.learning_rate=1e-5), got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"-C {item}: not a YAML value: {exc}") from None
+    return key.split("."), value
+
+
+def nested(keys: list[str], value: Any) -> dict[str, Any]:
+    out: Any = value
+    for key in reversed(keys):
+        out = {key: out}
+    return out
+
+
+def numbers(value: Any) -> Any:
+    """YAML 1.1 reads `1e-6` as a string: turn number-looking strings (in `trl:`) into numbers."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        number = float(value)
+        return int(number) if number.is_integer() and re.fullmatch(r"[-+]?\d+", value.strip()) else number
+    return value
+
+
+def _pydantic_error(exc: ValidationError, layers: Layers) -> str:
+    msgs = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        where = layers.where(loc)
+        if err["type"] == "extra_forbidden":
+            msgs.append(f"{where}: unknown key '{key}'")
+        else:
+            msgs.append(f"{where}: {key}: {err['msg']}")
+    return "invalid recipe config\n  " + "\n  ".join(msgs)
+
+
+def build_config(layers: Layers) -> TrainConfig:
+    """Validate the merged layers into a `TrainConfig`."""
+    data = copy.deepcopy(layers.data)
+    if not data.get("recipe"):
+        raise ConfigError("no recipe given: pass --recipe NAME or a preset / --config that sets `recipe:`")
+    if isinstance(data.get("trl"), dict):
+        data["trl"] = {k: numbers(v) for k, v in data["trl"].items()}
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_error(exc, layers)) from None
+
+
+def trl_args(config: TrainConfig, layers: Layers, output: Path, use_gpu: bool) -> Any:
+    """TRL's config object for the recipe, constructed from the `trl:` section (validating every key)."""
+    from medharness.trainers.base import recipe_class
+
+    cls = recipe_class(config.recipe).config_class()
+    known = {f.name for f in dataclasses.fields(cls)}
+    settings = dict(config.trl)
+    for key in settings:
+        where = layers.where(("trl", key))
+        if key in RESERVED_TRL:
+            raise ConfigError(f"{where}: trl.{key} is set by medharness: use {RESERVED_TRL[key]}")
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{where}: unknown TRL setting 'trl.{key}' for {cls.__name__} "
+                              f"(trl {_trl_version()}).{hint}")
+    if settings.get("bf16") == "auto":
+        settings["bf16"] = use_gpu
+    settings.setdefault("report_to", "none")
+    settings.setdefault("disable_tqdm", True)  # medharness prints its own progress lines
+    if not use_gpu:
+        settings.setdefault("use_cpu", True)
+    try:
+        return cls(output_dir=str(output), seed=config.seed, data_seed=config.seed, **settings)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{cls.__name__} refused the trl settings ({', '.join(sorted(config.trl))}): "
+                          f"{exc}") from None
+
+
+def _trl_version() -> str:
+    from importlib.metadata import version
+
+    return version("trl")
+
+
+def load_layers(recipe: str | None, presets: list[str], config_file: Path | None, cli: dict[str, Any],
+                overrides: list[str]) -> Layers:
+    """Merge presets, `--config FILE`, CLI flags and `-C` overrides. With no preset that names a recipe,
+    the recipe's own preset (`grpo` for `--recipe grpo`) comes first, so every TRL setting is explicit."""
+    files = [(name, *read_layer(preset_path(name))) for name in presets]
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+    user = read_layer(config_file) if config_file is not None else None
+    named = [d.get("recipe") for _, d, _ in files if d.get("recipe")]
+    chosen = recipe or (named[-1] if named else None) or (user[0].get("recipe") if user else None)
+    if chosen is None:
+        raise ConfigError("no recipe given: pass --recipe NAME, or a preset / --config that sets `recipe:`")
+    from medharness.trainers.base import TRAINERS
+
+    TRAINERS.get(str(chosen))  # "did you mean" for a misspelt recipe
+    if not named and chosen in preset_names():
+        files.insert(0, (str(chosen), *read_layer(preset_path(str(chosen)))))
+    layers = Layers()
+    for name, data, lines in files:
+        layers.add_layer(data, str(preset_path(name)), str(chosen), lines)
+        layers.presets.append(name)
+    if user is not None:
+        layers.add_layer(user[0], str(config_file), str(chosen), user[1])
+    for key, value in cli.items():
+        if value is not None:
+            layers.add(nested(key.split("."), value), f"--{key.split('.')[-1].replace('_', '-')}")
+    for item in overrides:
+        keys, value = parse_override(item)
+        layers.add_layer(nested(keys, value), f"-C {item}", str(chosen))
+    set_recipe = layers.data.get("recipe")
+    if recipe and set_recipe and set_recipe != recipe:
+        raise ConfigError(f"{layers.where(('recipe',))}: recipe '{set_recipe}' conflicts with --recipe {recipe}")
+    layers.data["recipe"] = chosen
+    return layers

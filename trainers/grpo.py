@@ -1,0 +1,41 @@
+"""`grpo`: TRL's GRPOTrainer, the rewards being the task's own metrics. Dr.GRPO is the `dr_grpo` preset
+(`loss_type: dr_grpo`, `scale_rewards: none`); LoRA is the `lora:` option (presets `grpo_lora`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medharness.trainers.base import TrainContext, TrainerRecipe, trainer
+
+
+@trainer("grpo")
+class GRPORecipe(TrainerRecipe):
+    trl_config = "GRPOConfig"
+    data_format = "prompt"
+    uses_rewards = True
+    description = "Group Relative Policy Optimisation (TRL GRPOTrainer); dr_grpo is a preset"
+
+    @staticmethod
+    def trl_injections(settings: dict[str, Any], reward_weights: list[float], suppress: list[int]) -> dict[str, Any]:
+        """Settings medharness derives: the reward weights, and the vision placeholder ids a random-weight
+        model must never sample (HF generation: `suppress_tokens`; vLLM: a -100 `logit_bias`)."""
+        kwargs = dict(settings.get("generation_kwargs") or {})
+        if settings.get("use_vllm"):
+            kwargs.setdefault("logit_bias", {int(i): -100.0 for i in suppress})
+        else:
+            kwargs["suppress_tokens"] = sorted(set(kwargs.get("suppress_tokens") or []) | set(suppress))
+        return {"reward_weights": reward_weights, "generation_kwargs": kwargs or None}
+
+    def build(self, ctx: TrainContext) -> Any:
+        from accelerate.utils import set_seed
+        from trl import GRPOTrainer
+
+        assert ctx.rewards is not None
+        built = GRPOTrainer(model=ctx.model, processing_class=ctx.processor, reward_funcs=ctx.rewards.functions(),
+                            args=ctx.trl_args, train_dataset=ctx.dataset, peft_config=ctx.peft_config,
+                            callbacks=ctx.callbacks)
+        if ctx.trl_args.use_vllm:
+            # trl 1.16 seeds the colocated vLLM engine with `process_index // tensor_parallel_size`, which resets
+            # the global RNG the sampler draws from: re-seed from the run seed so seeds vary the rollouts.
+            set_seed(ctx.trl_args.seed, device_specific=True)
+        return built

@@ -1,0 +1,151 @@
+"""Everything before `trainer.train()`, in the order that fails fastest on bad input: task and samples,
+rewards (refused when they do not apply), gold/rejected answers, the processor and pixel budget, the dataset
+and its pre-flight image-token check, the model (vision tower frozen where asked), TRL's config object.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medharness.errors import BackendError, DataError
+from medharness.scoring import recipe_for
+from medharness.task import Task, load_task
+from medharness.torchvision_shim import ensure_torchvision_importable
+from medharness.trainers.answers import gold_text, rejected_texts
+from medharness.trainers.base import TrainContext, TrainerRecipe, recipe_class
+from medharness.trainers.checkpoints import Lineage, freeze_vision, lora_config, manifest_callback
+from medharness.trainers.config import Layers, TrainConfig, trl_args
+from medharness.trainers.data import (
+    check_image_tokens,
+    pixel_budget,
+    resize,
+    rows_for,
+    select_samples,
+    to_dataset,
+)
+from medharness.trainers.logs import log_callback
+from medharness.trainers.rewards import RewardSet, default_rewards
+
+log = logging.getLogger(__name__)
+
+
+def load_train_task(config: TrainConfig) -> Task:
+    overrides = {k: v for k, v in (("prompt", config.prompt), ("data_dir", config.data_dir)) if v}
+    ref = str(config.task)
+    task = load_task(Path(ref) if ref.endswith((".yaml", ".yml")) else ref, overrides)
+    task.prompt_name  # noqa: B018 - an unknown prompt variant fails here
+    return task
+
+
+def check_gold_parses(task: Task, prompt: str, samples: list[Any]) -> None:
+    """The gold answer written in the variant's format must read back through the variant's parser."""
+    parser = recipe_for(task, prompt=prompt).parser
+    for sample in samples:
+        text = gold_text(task, prompt, sample)
+        if parser(text, sample).value is None:
+            raise DataError(f"task {task.name}, prompt '{prompt}': the gold answer of sample {sample.id} written as "
+                            f"{text!r} does not parse with {parser.name}")
+
+
+def load_model(config: TrainConfig, use_gpu: bool) -> tuple[Any, Any]:
+    ensure_torchvision_importable()
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    dtypes = {"auto": torch.bfloat16 if use_gpu else torch.float32, "bfloat16": torch.bfloat16,
+              "float32": torch.float32, "float16": torch.float16}
+    if config.dtype not in dtypes:
+        raise DataError(f"dtype {config.dtype!r}: use one of {', '.join(dtypes)}")
+    try:
+        processor = AutoProcessor.from_pretrained(config.model)
+        model = AutoModelForImageTextToText.from_pretrained(
+            config.model, dtype=dtypes[config.dtype], attn_implementation=config.attn_implementation)
+    except Exception as exc:
+        raise BackendError(f"cannot load model {config.model!r} for training: {exc}") from exc
+    return model, processor
+
+
+def suppressed_ids(model: Any, processor: Any) -> list[int]:
+    from medharness.backends.vlm_common import stop_token_ids, vision_token_ids
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    stops = stop_token_ids(model.generation_config.eos_token_id, tokenizer)
+    return vision_token_ids(model.config, processor, tokenizer, model.get_output_embeddings().weight.shape[0],
+                            exclude=stops)
+
+
+@dataclass
+class Prepared:
+    config: TrainConfig
+    layers: Layers
+    recipe: TrainerRecipe
+    ctx: TrainContext
+    lineage: Lineage
+    gold_means: dict[str, float]
+
+    def batch_info(self) -> dict[str, Any]:
+        """Batch sizes count completions in TRL (not prompts): record both."""
+        a = self.ctx.trl_args
+        completions = a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
+        generations = getattr(a, "num_generations", None)
+        return {"per_device_train_batch_size": a.per_device_train_batch_size,
+                "gradient_accumulation_steps": a.gradient_accumulation_steps, "world_size": a.world_size,
+                "completions_per_step": completions if generations else None, "num_generations": generations,
+                "prompts_per_step": completions // generations if generations else completions}
+
+    def reward_info(self) -> list[dict[str, Any]] | None:
+        if self.ctx.rewards is None:
+            return None
+        r = self.ctx.rewards
+        return [{"label": lab, "metric": s.metric, "args": s.args, "weight": w, "gold_mean": self.gold_means[lab]}
+                for lab, s, w in zip(r.labels, r.specs, r.weights)]
+
+    def add_callbacks(self, output: Path, progress: Callable[[str], None] | None) -> None:
+        self.ctx.callbacks[:0] = [log_callback(output / "logs.jsonl", progress),
+                                  manifest_callback(self.ctx.processor, self.lineage, output)]
+
+
+def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
+    import torch
+
+    recipe = recipe_class(config.recipe)()
+    use_gpu = torch.cuda.is_available()
+    trl_args(config, layers, output, use_gpu)  # every TRL key and value checked before anything heavy
+    task = load_train_task(config)
+    prompt = task.prompt_name
+    samples = select_samples(task, config)
+    rewards, gold_means = None, {}
+    if recipe.uses_rewards:
+        specs = config.rewards or default_rewards(task, prompt)
+        rewards = RewardSet(task, prompt, specs, samples, completions_file=output / "completions.jsonl")
+        gold_means = rewards.check_applicable(samples, lambda s: gold_text(task, prompt, s))
+    gold = None
+    if recipe.data_format in ("messages", "preference"):
+        check_gold_parses(task, prompt, samples)
+        gold = lambda s: gold_text(task, prompt, s)
+    rejected = rejected_texts(task, prompt, samples, config.rejected, config.seed) \
+        if recipe.data_format == "preference" else None
+    model, processor = load_model(config, use_gpu)
+    budget = pixel_budget(processor, config)
+    rows = rows_for(recipe.data_format, task, samples,
+                    lambda s: [resize(task.open_image(ref), budget) for ref in s.images], gold, rejected)
+    settings = dict(config.trl)
+    if rewards is not None:
+        if "reward_weights" in settings:
+            raise DataError("trl.reward_weights is set from the `rewards:` weights; remove it from trl:")
+        settings.update(recipe.trl_injections(settings, rewards.weights, suppressed_ids(model, processor)))
+    config = config.model_copy(update={"trl": settings})
+    args = trl_args(config, layers, output, use_gpu)
+    check_image_tokens(rows, processor, getattr(args, "max_length", None) if recipe.data_format != "prompt" else None)
+    if config.lora is None and config.freeze_vision:
+        log.info("froze %d vision-tower parameter tensors", freeze_vision(model))
+    ids = [r["sample_id"] for r in rows]
+    lineage = Lineage.create(config, layers.presets, args, ids, prompt)
+    ctx = TrainContext(config=config, task=task, samples=samples, model=model, processor=processor, trl_args=args,
+                       dataset=to_dataset(rows), output=output, rewards=rewards,
+                       peft_config=lora_config(config.lora) if config.lora else None)
+    return Prepared(config, layers, recipe, ctx, lineage, gold_means)

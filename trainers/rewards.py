@@ -1,0 +1,159 @@
+"""Rewards are metrics: each reward component is a registered metric scored through the task's own `Recipe`
+(the parser of the prompt variant + `MetricSpec.score`), exactly the path `medharness run` scores with.
+
+A `RewardSet` parses each completion once and scores every component; its `functions()` are TRL reward
+callables (keyword arguments, one float or `None` per completion: `None` = the metric does not apply, never a
+silent 0), combined by TRL with `reward_weights`. Each new batch of completions is appended to
+`completions.jsonl` with its parsed answer and every component.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from medharness.errors import ConfigError
+from medharness.metrics import resolve_metrics
+from medharness.records import Answer, Generation, Sample
+from medharness.scoring import Recipe, recipe_for
+from medharness.task import Task
+from medharness.trainers.config import RewardSpec
+
+log = logging.getLogger(__name__)
+
+
+def default_rewards(task: Task, prompt: str) -> list[RewardSpec]:
+    """The task's primary metric, plus format compliance where the prompt variant has a format (0.9 / 0.1)."""
+    recipe = recipe_for(task, prompt=prompt)
+    primary = next((s for s in recipe.metrics if s.metric.fn is not None), None)
+    if primary is None:
+        raise ConfigError(f"task {task.name}: no per-sample metric to reward; give `rewards:` explicitly")
+    fmt = next((s for s in recipe.metrics if s.metric.name == "format_compliance"), None)
+    first = RewardSpec(metric=primary.metric.name, args=primary.args, weight=0.9 if fmt else 1.0)
+    if fmt is None:
+        return [first]
+    return [first, RewardSpec(metric="format_compliance", args=fmt.args, weight=0.1)]
+
+
+def parse_rewards(value: Any) -> list[RewardSpec]:
+    """A reward list from YAML data: `[{metric, weight, args, as}]` or bare metric names."""
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            item = {"metric": item}
+        try:
+            out.append(RewardSpec.model_validate(item))
+        except ValueError as exc:
+            raise ConfigError(f"bad reward {item!r}: {exc}") from None
+    return out
+
+
+def completion_text(completion: Any) -> str:
+    """TRL's completion (a string, or conversational `[{"role": "assistant", "content": ...}]`) as text."""
+    if isinstance(completion, str):
+        return completion
+    parts = []
+    for message in completion:
+        content = message.get("content", "")
+        parts.append(content if isinstance(content, str) else
+                     "".join(p.get("text") or "" for p in content if isinstance(p, dict)))
+    return "".join(parts)
+
+
+class RewardSet:
+    """The reward components of one training run, scored through the task's `Recipe`."""
+
+    def __init__(self, task: Task, prompt: str, specs: Sequence[RewardSpec], samples: Sequence[Sample],
+                 completions_file: Path | None = None) -> None:
+        if not specs:
+            raise ConfigError("rewards: give at least one reward metric")
+        base = recipe_for(task, prompt=prompt)
+        metrics = resolve_metrics([{"name": s.metric, "args": s.args, "as": s.label or s.metric} for s in specs])
+        for spec in metrics:
+            if spec.metric.fn is None:
+                raise ConfigError(f"reward '{spec.label}': corpus metric {spec.metric.name} has no per-sample "
+                                  "value, so it cannot be a reward")
+        self.task, self.prompt = task, prompt
+        self.recipe = Recipe(base.convention, base.parser, metrics)
+        self.labels = [m.label for m in metrics]
+        self.weights = [float(s.weight) for s in specs]
+        self.specs = list(specs)
+        self.samples = {s.id: s for s in samples}
+        self.completions_file = completions_file
+        self._last_key: tuple[Any, ...] | None = None
+        self._last: list[tuple[Answer, dict[str, float]]] = []
+
+    # -- scoring ------------------------------------------------------------------------------------------
+
+    def score(self, sample: Sample, text: str) -> tuple[Answer, dict[str, float | None]]:
+        """One completion: the parsed answer and every component (None where the metric does not apply)."""
+        answer, scores = self.recipe.score(sample, Generation(sample_id=sample.id, text=text))
+        return answer, {label: scores.get(label) for label in self.labels}
+
+    def total(self, components: dict[str, float | None]) -> float | None:
+        """The weighted sum TRL optimises (components that do not apply left out); None if none applies."""
+        values = [(w, components[lab]) for w, lab in zip(self.weights, self.labels) if components[lab] is not None]
+        return sum(w * v for w, v in values) if values else None  # type: ignore[operator]
+
+    def _batch(self, sample_ids: Sequence[str], texts: Sequence[str], step: int | None) -> list[Any]:
+        key = (tuple(sample_ids), tuple(texts), step)
+        if key != self._last_key:
+            self._last_key = key
+            self._last = [self.score(self._sample(i), t) for i, t in zip(sample_ids, texts)]  # type: ignore[misc]
+            self._write(sample_ids, texts, step)
+        return self._last
+
+    def _sample(self, sample_id: str) -> Sample:
+        if sample_id not in self.samples:
+            raise KeyError(f"reward: unknown training sample id {sample_id!r}")
+        return self.samples[sample_id]
+
+    def _write(self, sample_ids: Sequence[str], texts: Sequence[str], step: int | None) -> None:
+        if self.completions_file is None:
+            return
+        with self.completions_file.open("a", encoding="utf-8") as fh:
+            for sid, text, (answer, comps) in zip(sample_ids, texts, self._last):
+                row = {"step": step, "sample_id": sid, "text": text, "answer": answer.value,
+                       "parsed": answer.value is not None, "rewards": comps, "total": self.total(comps)}
+                fh.write(json.dumps(row, default=str) + "\n")
+
+    # -- TRL reward callables -----------------------------------------------------------------------------
+
+    def functions(self) -> list[Callable[..., list[float | None]]]:
+        """One TRL reward function per component, named after its label (TRL logs `rewards/<label>/mean`)."""
+        return [self._function(label) for label in self.labels]
+
+    def _function(self, label: str) -> Callable[..., list[float | None]]:
+        def reward(completions: Sequence[Any], sample_id: Sequence[str], trainer_state: Any = None,
+                   **_: Any) -> list[float | None]:
+            step = None if trainer_state is None else int(trainer_state.global_step) + 1
+            texts = [completion_text(c) for c in completions]
+            return [comps[label] for _, comps in self._batch(sample_id, texts, step)]
+
+        reward.__name__ = label
+        reward.__qualname__ = f"reward_{label}"
+        return reward
+
+    # -- pre-flight ---------------------------------------------------------------------------------------
+
+    def check_applicable(self, samples: Sequence[Sample], gold: Callable[[Sample], str]) -> dict[str, float]:
+        """Score each sample's gold answer (written in the variant's format) through every component; a
+        component that gives no value for any sample does not apply to this task's answers: refuse it.
+        Returns each component's mean on the gold answers (the best a policy can expect)."""
+        values: dict[str, list[float]] = {label: [] for label in self.labels}
+        for sample in samples:
+            _, comps = self.score(sample, gold(sample))
+            for label, value in comps.items():
+                if value is not None:
+                    values[label].append(value)
+        dead = [label for label, got in values.items() if not got]
+        if dead:
+            raise ConfigError(
+                f"reward metric(s) {', '.join(dead)} do not apply to task {self.task.name} (prompt "
+                f"'{self.prompt}'): they give no score for the gold answer of any of {len(samples)} training "
+                "samples. Choose a metric for this task's answers (see `medharness ls metrics`).")
+        return {label: sum(got) / len(got) for label, got in values.items()}

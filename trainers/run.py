@@ -1,0 +1,168 @@
+"""`medharness train`: resolve the recipe config, prepare samples / rewards / data, build the TRL trainer,
+train, and write the output directory (the contract other stages rely on):
+
+    OUTPUT/train.json            status running|finished|failed|interrupted, resolved config, final path, times
+    OUTPUT/checkpoint-<step>/    TRL's checkpoints, each with the processor and `medharness.json`
+    OUTPUT/final/                full weights or a LoRA adapter folder, the processor and `medharness.json`
+    OUTPUT/logs.jsonl            one line per logging step (trainers/logs.py)
+    OUTPUT/completions.jsonl     sampled completions with parsed answer and every reward component (GRPO)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from medharness.errors import ConfigError, DataError
+from medharness.trainers.config import Layers, TrainConfig, build_config, load_layers
+
+log = logging.getLogger(__name__)
+TRAIN_FILE = "train.json"
+# Keys a resumed run must share with the run it continues.
+RESUME_KEYS = ("recipe", "model", "task", "prompt", "seed", "samples", "rewards", "lora", "rejected", "max_pixels")
+
+
+@dataclass
+class TrainRequest:
+    """The `medharness train` flags."""
+
+    recipe: str | None = None
+    presets: list[str] = field(default_factory=list)
+    config_file: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    task: str | None = None
+    model: str | None = None
+    prompt: str | None = None
+    samples_file: Path | None = None
+    seed: int | None = None
+    max_steps: int | None = None
+    output: Path | None = None
+    resume: bool = False
+
+
+def resolve(req: TrainRequest) -> tuple[TrainConfig, Layers]:
+    """The validated recipe config from presets, `--config`, flags and `-C` overrides."""
+    cli = {"task": req.task, "model": req.model, "prompt": req.prompt, "seed": req.seed,
+           "samples.file": str(req.samples_file) if req.samples_file else None, "trl.max_steps": req.max_steps}
+    layers = load_layers(req.recipe, req.presets, req.config_file, cli, req.overrides)
+    config = build_config(layers)
+    missing = [flag for flag, value in (("--model", config.model), ("--task", config.task)) if not value]
+    if missing:
+        raise ConfigError(f"train needs {' and '.join(missing)} (or `model:` / `task:` in --config)")
+    if config.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError("attn_implementation flash_attention_2 needs the flash-attn package, which is not "
+                          "importable here; use sdpa or install flash-attn")
+    return config, layers
+
+
+def default_output(config: TrainConfig, layers: Layers) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / "train" / f"{'+'.join(layers.presets) or config.recipe}-{config.task}-{stamp}"
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch, the main process writes
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def prepare_output(output: Path, config: TrainConfig, resume: bool) -> str | None:
+    """Check the output directory; on `--resume` return the last checkpoint (None: start over)."""
+    info = output / TRAIN_FILE
+    if not resume:
+        if output.exists() and any(output.iterdir()):
+            raise ConfigError(f"{output} exists and is not empty: continue it with --resume, or choose another "
+                              "--output")
+        output.mkdir(parents=True, exist_ok=True)
+        return None
+    if not info.is_file():
+        raise DataError(f"--resume: {output} has no {TRAIN_FILE} (not a medharness training directory)")
+    stored = json.loads(info.read_text(encoding="utf-8")).get("config", {})
+    now = json.loads(config.model_dump_json(by_alias=True))
+    differ = [k for k in RESUME_KEYS if stored.get(k) != now.get(k)]
+    if differ:
+        raise ConfigError(f"--resume: {output} was trained with different {', '.join(differ)}; "
+                          "give the same settings (only TRL settings such as max_steps may change)")
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(output))
+    if last is None:
+        log.warning("--resume: no checkpoint in %s yet; training starts over", output)
+    step = int(Path(last).name.rpartition("-")[2]) if last else 0
+    for name in ("logs.jsonl", "completions.jsonl"):  # rows past the checkpoint are logged again
+        drop_rows_after(output / name, step)
+    return last
+
+
+def drop_rows_after(file: Path, step: int) -> None:
+    """Keep the JSONL rows logged at or before `step` (a torn last line goes too)."""
+    if not file.is_file():
+        return
+    kept = []
+    for line in file.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if (row.get("step") or 0) <= step:
+            kept.append(line + "\n")
+    file.write_text("".join(kept), encoding="utf-8")
+
+
+def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> Path:
+    """Run one training job; returns the output directory (with `final/`)."""
+    from medharness.trainers.prepare import prepare
+
+    config, layers = resolve(req)
+    output = req.output or default_output(config, layers)
+    prepared = prepare(config, layers, output)  # bad input fails before the directory exists
+    last = prepare_output(output, config, req.resume)
+    prepared.add_callbacks(output, progress)
+    ctx, lineage, recipe = prepared.ctx, prepared.lineage, prepared.recipe
+    record: dict[str, Any] = {
+        "status": "running", "recipe": config.recipe, "presets": layers.presets, "task": config.task,
+        "prompt": lineage.prompt, "model": config.model, "seed": config.seed, "output": str(output),
+        "n_train_samples": len(lineage.sample_ids), "config": lineage.resolved(), "batch": prepared.batch_info(),
+        "rewards": prepared.reward_info(), "resumed_from": last, "final": None, "started": _now(), "finished": None,
+        "error": None}
+    info = output / TRAIN_FILE
+    if req.resume and info.is_file():  # keep the earlier attempts' status and times
+        before = json.loads(info.read_text(encoding="utf-8"))
+        record["previous"] = [*before.get("previous", []),
+                              {k: before.get(k) for k in ("status", "started", "finished", "steps", "error")}]
+    write_json(info, record)
+    start = time.perf_counter()
+    try:
+        built = recipe.build(ctx)
+        from transformers.trainer_callback import PrinterCallback
+
+        built.remove_callback(PrinterCallback)  # raw dicts on stdout; medharness prints its own progress lines
+        built.train(resume_from_checkpoint=last)
+        from medharness.trainers.checkpoints import save_final
+
+        final = save_final(built, ctx.processor, lineage, output)
+        record.update(status="finished", final=str(final), steps=built.state.global_step)
+    except KeyboardInterrupt:
+        record.update(status="interrupted")
+        raise
+    except Exception as exc:
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        record.update(finished=_now(), seconds=round(time.perf_counter() - start, 2))
+        write_json(info, record)
+    return output

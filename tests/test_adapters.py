@@ -8,19 +8,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from medharness.torchvision_shim import ensure_torchvision_importable
 
 pytest.importorskip("transformers")
 ensure_torchvision_importable()  # before peft pulls transformers (and torchvision) in
 pytest.importorskip("peft")
 
-import torch  # noqa: E402
-
-from medharness.backends.vlm_common import is_adapter_folder, resolve_adapter  # noqa: E402
-from medharness.cli import main  # noqa: E402
-from medharness.errors import ConfigError  # noqa: E402
-from medharness.lineage import CheckpointManifest, file_hash, manifest_path, read_manifest, trained_from  # noqa: E402
+import torch
+from medharness.backends.vlm_common import is_adapter_folder, resolve_adapter
+from medharness.cli import main
+from medharness.errors import ConfigError
+from medharness.lineage import CheckpointManifest, file_hash, manifest_path, read_manifest, trained_from
 
 pytestmark = pytest.mark.slow
 TASK = "phantom_presence"

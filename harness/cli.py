@@ -341,8 +341,8 @@ COMMANDS = {"run": cmd_run, "score": cmd_score, "ls": cmd_ls, "validate": cmd_va
             "judge": cmd_judge, "agreement": cmd_agreement}
 
 
-def _add_training(sub: argparse._SubParsersAction) -> None:
-    """Commands whose code lives in trainers/ (light modules: torch, peft, trl load when a command runs)."""
+def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
+    """`merge` and `train-then-eval` live in trainers/ (torch, peft load only when a command runs)."""
     from medharness.trainers import merge, sweep_cli
 
     merge.add_merge_command(sub)
@@ -358,8 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"medharness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_checkpoint_commands(sub)
     for add in (_add_run, _add_score, _add_ls, _add_validate, _add_leaderboard, _add_split, _add_tiny,
-                _add_judge, _add_agreement, _add_training):
+                _add_judge, _add_agreement):
         add(sub)
     return parser
 

@@ -119,7 +119,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], tasks: Sequence[str], title:
         table.append([r["row"], *(_cell_text(r["tasks"][t], n_expected) for t in tasks), r["lineage"]])
     lines = [f"# {title}", ""] if title else []
     lines.append(tabulate(table, headers=headers, tablefmt="github"))
-    lines += ["", "Cells: mean ± sample std over seeds of the task's primary metric (x100 for percentages); "
-                  "(i/n) = only i of n seeds finished; n/a = no finished run."]
+    lines += ["", ("Cells: mean ± sample std over seeds of the task's primary metric (x100 for percentages); "
+                   "(i/n) = only i of n seeds finished; n/a = no finished run.")]
     return "\n".join(lines) + "\n"
 

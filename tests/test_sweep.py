@@ -250,3 +250,40 @@ def test_demo_sweep_is_valid() -> None:
     sweep = load_sweep(DEMO)
     assert [c.id for c in expand(sweep)] == ["sft-phantom_presence-kall-s0", "grpo-from-sft-phantom_presence-kall-s0"]
     assert sweep.model == "tiny:small" and sweep.baselines == ["majority"]
+
+
+# -- the real train stage --------------------------------------------------------------------------------------
+
+REAL = """\
+name: real
+model: {model}
+tasks: [phantom_presence]
+recipes: [sft, {{recipe: grpo, from: sft}}]
+common_presets: [tiny_cpu]
+overrides: [samples.limit=4]
+max_steps: 2
+eval: {{limit: 4, batch_size: 4, backend: hf, backend_options: {{device: cpu}}}}
+baselines: [majority]
+"""
+
+
+@pytest.mark.slow
+def test_real_sweep_end_to_end(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """SFT then GRPO-from-SFT with the real `medharness train`, evaluated by `run`: the board has every row."""
+    from medharness.cli import COMMANDS, build_parser
+
+    build_parser()
+    if "train" not in COMMANDS:
+        pytest.skip("the `train` command is not on this branch yet")
+    monkeypatch.setenv("MEDHARNESS_CACHE", str(tmp_path / "cache"))
+    file = write(tmp_path / "s.yaml", REAL.format(model=tiny_models["qwen2_vl"]))
+    out = tmp_path / "sweep"
+    assert main(["train-then-eval", "--sweep", str(file), "--output", str(out)]) == 0
+    record = json.loads((out / "sweep.json").read_text())
+    assert all(c["finished"] for c in record["cells"]) and not record["failed"]
+    final = Path(record["cells"][1]["train"]["final"])
+    assert (final / "medharness.json").is_file()
+    board_text = (out / "leaderboard.md").read_text()
+    for row in ("| base ", "| baseline-majority ", "| sft · k=all ", "| grpo-from-sft · k=all "):
+        assert row in board_text
+    assert main(["train-then-eval", "--sweep", str(file), "--output", str(out), "--resume"]) == 0  # all skipped

@@ -324,20 +324,31 @@ def _add_tiny(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-tiny-model", help="build a tiny random-weight VLM offline (for smoke tests and CI)")
     p.add_argument("dir", type=Path)
     p.add_argument("--arch", default="qwen2_vl", choices=["qwen2_vl", "qwen2_5_vl"])
+    p.add_argument("--size", default="tiny", choices=["tiny", "small"],
+                   help="tiny (default, ~0.23 M params) or small (~2 M params: learns the phantom tasks on a CPU)")
     p.add_argument("--seed", type=int, default=0)
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
     from medharness.tiny import build_tiny_vlm
 
-    path = build_tiny_vlm(args.dir, arch=args.arch, seed=args.seed)
-    print(f"built a tiny {args.arch} in {path}")
+    path = build_tiny_vlm(args.dir, arch=args.arch, seed=args.seed, size=args.size)
+    print(f"built a {args.size} {args.arch} in {path}")
     return 0
 
 
 COMMANDS = {"run": cmd_run, "score": cmd_score, "ls": cmd_ls, "validate": cmd_validate,
             "leaderboard": cmd_leaderboard, "split": cmd_split, "make-tiny-model": cmd_tiny,
             "judge": cmd_judge, "agreement": cmd_agreement}
+
+
+def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
+    """`merge` and `train-then-eval` live in trainers/ (torch, peft load only when a command runs)."""
+    from medharness.trainers import merge, sweep_cli
+
+    merge.add_merge_command(sub)
+    sweep_cli.add_sweep_command(sub)
+    COMMANDS.update({"merge": merge.cmd_merge, "train-then-eval": sweep_cli.cmd_sweep})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -348,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"medharness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_checkpoint_commands(sub)
     for add in (_add_run, _add_score, _add_ls, _add_validate, _add_leaderboard, _add_split, _add_tiny,
                 _add_judge, _add_agreement):
         add(sub)

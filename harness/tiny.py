@@ -4,6 +4,8 @@ The tokenizer is a byte-level BPE trained in memory (so any text encodes) with Q
 and `<think>`/`<answer>` tags; the model is a real Qwen2(.5)-VL architecture shrunk to about 0.23 M
 parameters (text hidden 64, 2 layers, 2 heads, 1 KV head of size 32; vision depth 2, width 32), and
 the processor resizes every image to between 56x56 and 112x112 pixels (4 to 16 image tokens).
+`size="small"` is the same tokenizer and processor on a model that can learn the phantom tasks on a CPU:
+text hidden 192, 4 layers, 6 heads (2 KV heads of size 32), vision depth 4, width 64 (about 2 M parameters).
 Never commit a built folder: transformers 4 and 5 write incompatible configs.
 """
 
@@ -22,6 +24,28 @@ from medharness.torchvision_shim import ensure_torchvision_importable
 log = logging.getLogger(__name__)
 
 ARCHS = ("qwen2_vl", "qwen2_5_vl")
+
+
+@dataclass(frozen=True)
+class Size:
+    """The dimensions that differ between sizes (head size stays 32, the smallest vLLM CPU accepts)."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vision_depth: int
+    vision_width: int
+    vision_heads: int
+
+
+SIZES = {
+    "tiny": Size(hidden=64, intermediate=128, layers=2, heads=2, kv_heads=1, vision_depth=2, vision_width=32,
+                 vision_heads=2),
+    "small": Size(hidden=192, intermediate=512, layers=4, heads=6, kv_heads=2, vision_depth=4,
+                  vision_width=64, vision_heads=4),
+}
 
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>",
@@ -114,34 +138,36 @@ def _ids(tok: Any) -> _Ids:
                 vision_end=get("<|vision_end|>"))
 
 
-def _config(arch: str, tok: Any) -> Any:
+def _config(arch: str, tok: Any, size: str = "tiny") -> Any:
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
-    ids = _ids(tok)
+    ids, dims = _ids(tok), SIZES[size]
     text = {
-        "vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "num_key_value_heads": 1,  # head dim 32: the smallest vLLM CPU accepts
+        "vocab_size": len(tok), "hidden_size": dims.hidden, "intermediate_size": dims.intermediate,
+        "num_hidden_layers": dims.layers, "num_attention_heads": dims.heads,
+        "num_key_value_heads": dims.kv_heads,  # head dim 32: the smallest vLLM CPU accepts
         "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "hidden_act": "silu",
         # mrope_section sums to head_dim / 2 = 16 (temporal, height, width)
         "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [4, 6, 6]},
         "bos_token_id": ids.pad, "eos_token_id": ids.im_end, "pad_token_id": ids.pad,
     }
     patches = {"patch_size": PATCH, "spatial_merge_size": MERGE, "temporal_patch_size": TEMPORAL_PATCH,
-               "in_channels": 3, "depth": 2, "num_heads": 2}
+               "in_channels": 3, "depth": dims.vision_depth, "num_heads": dims.vision_heads}
+    width = dims.vision_width
     if arch == "qwen2_vl":  # vision hidden_size is the merger's output = the text hidden size
-        cfg = Qwen2VLConfig(text_config=text,
-                            vision_config={**patches, "embed_dim": 32, "hidden_size": 64, "mlp_ratio": 2})
+        cfg = Qwen2VLConfig(text_config=text, vision_config={
+            **patches, "embed_dim": width, "hidden_size": dims.hidden, "mlp_ratio": 2})
     else:
         cfg = Qwen2_5_VLConfig(text_config=text, vision_config={
-            **patches, "hidden_size": 32, "intermediate_size": 64, "out_hidden_size": 64,
-            "window_size": 112, "fullatt_block_indexes": [1], "tokens_per_second": 2})
+            **patches, "hidden_size": width, "intermediate_size": 2 * width, "out_hidden_size": dims.hidden,
+            "window_size": 112, "fullatt_block_indexes": [dims.vision_depth - 1], "tokens_per_second": 2})
     cfg.image_token_id, cfg.video_token_id = ids.image, ids.video
     cfg.vision_start_token_id, cfg.vision_end_token_id = ids.vision_start, ids.vision_end
     cfg.tie_word_embeddings = False
     return cfg
 
 
-def _model(arch: str, tok: Any, seed: int) -> Any:
+def _model(arch: str, tok: Any, seed: int, size: str = "tiny") -> Any:
     """Random weights drawn from a private RNG stream seeded with `seed` (global RNG state untouched)."""
     import torch
     from transformers import (
@@ -153,7 +179,7 @@ def _model(arch: str, tok: Any, seed: int) -> Any:
     cls = Qwen2VLForConditionalGeneration if arch == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = cls(_config(arch, tok)).eval()
+        model = cls(_config(arch, tok, size)).eval()
     ids = _ids(tok)
     model.generation_config = GenerationConfig(bos_token_id=ids.pad, eos_token_id=[ids.im_end, ids.pad],
                                                pad_token_id=ids.pad, do_sample=False)
@@ -175,24 +201,27 @@ def _processor(arch: str, tok: Any) -> Any:
                tokenizer=tok, chat_template=CHAT_TEMPLATE)
 
 
-def build_tiny_vlm(out_dir: Path | str, arch: str = "qwen2_vl", seed: int = 0) -> Path:
+def build_tiny_vlm(out_dir: Path | str, arch: str = "qwen2_vl", seed: int = 0, size: str = "tiny") -> Path:
     """Build a tiny random-weight VLM offline and save it to `out_dir`; return `out_dir`.
 
     `arch` is "qwen2_vl" or "qwen2_5_vl". The folder holds the model weights and config, its
     generation config (greedy), and the processor with its tokenizer and chat template, so it loads
     with `AutoProcessor` / `AutoModelForImageTextToText` (and the `hf` backend). The same `seed`
-    gives the same weights. Needs torch, transformers >= 5, tokenizers and torchvision.
+    gives the same weights. `size` is "tiny" (the default, about 0.23 M parameters) or "small" (about 2 M,
+    enough to learn the phantom tasks on a CPU). Needs torch, transformers >= 5, tokenizers and torchvision.
     """
     if arch not in ARCHS:
         raise ConfigError(f"unknown tiny model arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    if size not in SIZES:
+        raise ConfigError(f"unknown tiny model size {size!r}; choose one of {', '.join(SIZES)}")
     ensure_torchvision_importable()
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer()
-    model = _model(arch, tok, seed)
+    model = _model(arch, tok, seed, size)
     model.save_pretrained(out)
     _processor(arch, tok).save_pretrained(out)
-    log.info("built tiny %s (%d params, seed %d) in %.1fs -> %s", arch,
+    log.info("built %s %s (%d params, seed %d) in %.1fs -> %s", size, arch,
              sum(p.numel() for p in model.parameters()), seed, time.perf_counter() - start, out)
     return out

@@ -1,7 +1,15 @@
 """`hf`: any chat vision-language model that loads with `AutoProcessor` + `AutoModelForImageTextToText`.
 
 Options: `device` ("auto" = cuda when available, else cpu), `dtype` ("auto" = bfloat16 on cuda, float32 on
-cpu), `batch_size` (8), `attn_implementation` ("sdpa"). Requests are grouped by their generation settings
+cpu), `batch_size` (8), `attn_implementation` ("sdpa"; `flash_attention_2` needs the `flash_attn` package; the
+kernel actually used is `backend.attn_implementation`), `base` (the base model of a LoRA adapter folder),
+`merge_adapter` (True).
+
+A PEFT adapter folder (`adapter_config.json`) given as the model loads on its base: `base`, else the adapter
+config's `base_model_name_or_path`, else the `base_model` of its `medharness.json` manifest. The processor
+comes from the adapter folder when it has one, else from the base. The adapter is merged into the weights in
+memory (`merge_adapter=False` keeps the PEFT wrapper), which gives the same greedy text as the folder
+`medharness merge` writes. The fingerprint names base and adapter with both content hashes. Requests are grouped by their generation settings
 and run in left-padded batches; temperature 0 is greedy decoding. When a batch fails, it is retried one
 request at a time so that only the failing request gets a `Generation(error=...)`.
 This module imports torch and transformers; the registry imports it only when "hf" is used.
@@ -17,15 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from medharness.backends.base import Backend, Request, backend
-from medharness.backends.vlm_common import (
-    chat_template_owner,
-    checkpoint_folder,
-    image_count_error,
-    render_prompt,
-    stop_token_ids,
-    vision_token_ids,
-    weights_fingerprint,
-)
+from medharness.backends.vlm_common import AdapterFolder, adapter_fingerprint, chat_template_owner, \
+    checkpoint_folder, image_count_error, is_adapter_folder, render_prompt, resolve_adapter, stop_token_ids, \
+    vision_token_ids, weights_fingerprint
 from medharness.errors import BackendError, ConfigError
 from medharness.records import Generation, GenerationSettings
 from medharness.torchvision_shim import ensure_torchvision_importable
@@ -52,27 +54,62 @@ def _resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     return dev, _DTYPES[dtype]
 
 
+def check_attn_implementation(name: str) -> None:
+    """Refuse a kernel whose package is missing with a ConfigError (not a transformers traceback)."""
+    import importlib.util
+
+    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError("hf backend: attn_implementation=flash_attention_2 needs the flash_attn package "
+                          "(pip install flash-attn; CUDA only); use sdpa (the default) or eager")
+    if name == "flash_attention_3" and importlib.util.find_spec("flash_attn_interface") is None:
+        raise ConfigError("hf backend: attn_implementation=flash_attention_3 needs flash_attn_interface "
+                          "(FlashAttention 3, Hopper GPUs); use sdpa (the default) or eager")
+
+
+def _with_adapter(net: Any, adapter: AdapterFolder, merge: bool) -> Any:
+    """The base model with the PEFT adapter loaded (and merged into its weights when `merge`)."""
+    from peft import PeftModel
+
+    wrapped = PeftModel.from_pretrained(net, str(adapter.path), is_trainable=False)
+    return wrapped.merge_and_unload() if merge else wrapped
+
+
 @backend("hf")
 class HFBackend(Backend):
     """`--backend hf --model PATH_OR_HUB_ID [--device D --dtype T]`: local transformers inference."""
 
     def __init__(self, model: str, device: str = "auto", dtype: str = "auto", batch_size: int = 8,
-                 attn_implementation: str = "sdpa", **options: Any) -> None:
+                 attn_implementation: str = "sdpa", base: str | None = None, merge_adapter: bool = True,
+                 **options: Any) -> None:
         super().__init__(model, **options)
         if options:
             log.warning("hf backend ignores unknown options: %s", ", ".join(sorted(options)))
         if int(batch_size) < 1:
             raise ConfigError(f"hf backend: batch_size must be >= 1, got {batch_size}")
+        check_attn_implementation(attn_implementation)
         self.batch_size = int(batch_size)
         self.device, self.dtype = _resolve(device, dtype)
         local = Path(model).expanduser()
-        self.source = str(local.resolve()) if local.exists() else model
+        self.adapter: AdapterFolder | None = None
+        if is_adapter_folder(local):
+            self.adapter = resolve_adapter(local, base)
+            self.source = self.adapter.base
+        else:
+            if base:
+                log.warning("hf backend: base=%s ignored: %s is not an adapter folder", base, model)
+            self.source = str(local.resolve()) if local.exists() else model
         try:
-            self.processor = AutoProcessor.from_pretrained(self.source)
+            self.processor = AutoProcessor.from_pretrained(
+                self.adapter.processor_source if self.adapter else self.source)
             self.net = AutoModelForImageTextToText.from_pretrained(
-                self.source, dtype=self.dtype, attn_implementation=attn_implementation).to(self.device).eval()
+                self.source, dtype=self.dtype, attn_implementation=attn_implementation)
+            if self.adapter is not None:
+                self.net = _with_adapter(self.net, self.adapter, merge=bool(merge_adapter))
+            self.net = self.net.to(self.device).eval()
         except Exception as exc:  # missing files, unsupported architecture, offline hub id, ...
             raise BackendError(f"cannot load hf model {model!r}: {exc}") from exc
+        self.attn_implementation = str(getattr(self.net.config, "_attn_implementation", None)
+                                       or attn_implementation)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
@@ -83,8 +120,10 @@ class HFBackend(Backend):
                                           vocab_size=self.net.get_output_embeddings().weight.shape[0],
                                           exclude=self._eos_ids)
         self._fingerprint = f"hf:{self.source}@{self._content_hash()}"
-        log.info("loaded %s on %s (%s), %d params", self._fingerprint, self.device, self.dtype,
-                 sum(p.numel() for p in self.net.parameters()))
+        if self.adapter is not None:  # base and adapter weights: the response cache never mixes them
+            self._fingerprint += f"+lora:{self.adapter.path}@{adapter_fingerprint(self.adapter.path)}"
+        log.info("loaded %s on %s (%s, attention %s), %d params", self._fingerprint, self.device, self.dtype,
+                 self.attn_implementation, sum(p.numel() for p in self.net.parameters()))
 
     # -- identity -------------------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@
 Options (constructor keywords; see docs/vllm.md): `dtype` ("auto"), `max_model_len` (None = the model's),
 `tensor_parallel_size` (1), `gpu_memory_utilization` (0.9), `enforce_eager` (False), `max_num_seqs` (None =
 vLLM's default), `max_images_per_prompt` (4: vLLM's `limit_mm_per_prompt`; videos are off), `min_pixels` /
-`max_pixels` (the image processor's resize bounds, via `mm_processor_kwargs`), `lora` (a PEFT adapter folder),
+`max_pixels` (the image processor's resize bounds, via `mm_processor_kwargs`), `lora` (a PEFT adapter folder;
+`--model ADAPTER_DIR` does the same, serving it on its base: `base`, else the adapter's own record of it),
 `batch_size` (64: requests handed to the engine per call; the engine batches continuously inside),
 `trust_remote_code` (False), `engine_args` (a dict passed on to `vllm.LLM` as is), `data_parallel_size` (1:
 N > 1 runs N engines, one per GPU group of `tensor_parallel_size` GPUs, in worker processes; vllm_dp.py).
@@ -33,7 +34,6 @@ This module imports vllm, torch and transformers; the registry imports it only w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -42,15 +42,9 @@ from typing import Any
 
 from medharness.backends.base import Backend, Request, backend
 from medharness.backends.vllm_dp import EnginePool
-from medharness.backends.vlm_common import (
-    chat_template_owner,
-    checkpoint_folder,
-    image_count_error,
-    render_prompt,
-    stop_token_ids,
-    vision_token_ids,
-    weights_fingerprint,
-)
+from medharness.backends.vlm_common import adapter_fingerprint, chat_template_owner, checkpoint_folder, \
+    image_count_error, is_adapter_folder, render_prompt, resolve_adapter, stop_token_ids, vision_token_ids, \
+    weights_fingerprint
 from medharness.errors import BackendError, ConfigError
 from medharness.records import Generation, GenerationSettings
 from medharness.torchvision_shim import ensure_torchvision_importable
@@ -65,15 +59,6 @@ _SUPPRESS_BIAS = -100.0  # vLLM clamps logit_bias to [-100, 100]
 _DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")
 # LoRA target modules vLLM cannot serve on the language model of a VLM (vision tower / projector, or full copies).
 _LORA_REFUSED_KEYS = ("modules_to_save",)
-
-
-def adapter_fingerprint(folder: Path) -> str:
-    """Short sha256 of a PEFT adapter folder: its adapter_config.json in full (rank, alpha, targets) plus the
-    weights fingerprint of its weight files (`vlm_common.weights_fingerprint`)."""
-    config = folder / "adapter_config.json"
-    digest = hashlib.sha256(config.read_bytes() if config.is_file() else b"")
-    digest.update(weights_fingerprint(folder).encode())
-    return digest.hexdigest()[:12]
 
 
 def read_adapter_config(folder: Path) -> dict[str, Any]:
@@ -117,9 +102,15 @@ class VLLMBackend(Backend):
                  min_pixels: int | None = None, max_pixels: int | None = None, lora: str | None = None,
                  batch_size: int = 64, trust_remote_code: bool = False, seed: int = 0,
                  engine_args: dict[str, Any] | None = None, device: str = "auto", data_parallel_size: int = 1,
-                 **options: Any) -> None:
+                 base: str | None = None, **options: Any) -> None:
+        if is_adapter_folder(model):  # an adapter folder as the model: serve it as `lora` on its base
+            if lora:
+                raise ConfigError(f"vllm backend: --model {model} is an adapter folder; do not also pass lora=")
+            adapter_folder = resolve_adapter(model, base)
+            model, lora = adapter_folder.base, str(adapter_folder.path)
         worker_options = {k: v for k, v in locals().items()
-                          if k not in ("self", "model", "options", "data_parallel_size", "__class__")}
+                          if k not in ("self", "model", "options", "data_parallel_size", "__class__", "base",
+                                       "adapter_folder")}
         super().__init__(model, **options)
         if options:
             log.warning("vllm backend ignores unknown options: %s", ", ".join(sorted(options)))

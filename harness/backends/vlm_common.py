@@ -1,5 +1,6 @@
 """What the local VLM backends (`hf`, `vllm`) share: the chat-message conversion, the image-count check, the
-prompt rendering, the special token ids (stop ids, vision placeholders) and the checkpoint fingerprint.
+prompt rendering, the special token ids (stop ids, vision placeholders), the checkpoint fingerprint and the
+PEFT adapter folders (`adapter_config.json`) that both serve on their base model.
 
 Both backends render a request's prompt with the model's own HF chat template from the same messages, stop on
 the same ids and suppress the same placeholder tokens: that is what makes their greedy answers comparable.
@@ -9,11 +10,15 @@ Imports neither torch nor transformers: the callers pass their loaded config / p
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medharness.backends.base import Request
+from medharness.errors import ConfigError
+from medharness.lineage import read_manifest
 from medharness.records import Prompt
 
 # Token ids a VLM must never generate: its image/video/vision placeholders (config attribute names vary).
@@ -62,6 +67,80 @@ def checkpoint_folder(source: str) -> Path | None:
     """The folder holding a model's files: `source` itself when it is a directory, else its hub cache
     snapshot; None when neither is here."""
     return Path(source) if Path(source).is_dir() else hub_snapshot(source)
+
+
+# -- PEFT adapter folders ---------------------------------------------------------------------------------
+
+ADAPTER_CONFIG = "adapter_config.json"
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "tokenizer_config.json")
+
+
+@dataclass(frozen=True)
+class AdapterFolder:
+    """A PEFT adapter folder given as `--model`, resolved onto the base model it was trained on."""
+
+    path: Path  # the adapter folder (absolute)
+    base: str  # the base model: a local folder (absolute) or a hub id
+    config: dict[str, Any]  # adapter_config.json
+    has_processor: bool  # the adapter folder carries its own processor / tokenizer files
+
+    @property
+    def processor_source(self) -> str:
+        return str(self.path) if self.has_processor else self.base
+
+
+def is_adapter_folder(model: str | Path) -> bool:
+    """A local folder holding `adapter_config.json` (a PEFT adapter, not a full model)."""
+    return (Path(model).expanduser() / ADAPTER_CONFIG).is_file()
+
+
+def adapter_fingerprint(folder: Path) -> str:
+    """Short sha256 of a PEFT adapter folder: its adapter_config.json in full (rank, alpha, targets) plus the
+    weights fingerprint of its weight files (`weights_fingerprint`)."""
+    config = folder / ADAPTER_CONFIG
+    digest = hashlib.sha256(config.read_bytes() if config.is_file() else b"")
+    digest.update(weights_fingerprint(folder).encode())
+    return digest.hexdigest()[:12]
+
+
+def _local_or_id(ref: str, relative_to: Path) -> str | None:
+    """A base reference as a usable source: an existing folder (absolute), else the string as a hub id when
+    it looks like one (not a path that is missing here), else None."""
+    for candidate in (Path(ref).expanduser(), relative_to / ref):
+        if candidate.is_dir():
+            return str(candidate.resolve())
+    looks_like_path = ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref
+    return None if looks_like_path else ref
+
+
+def resolve_adapter(model: str | Path, base: str | None = None) -> AdapterFolder:
+    """The adapter folder `model` and its base: `base` when given; else the adapter config's
+    `base_model_name_or_path`, else the `base_model` of its `medharness.json` manifest (the first of them
+    that is a folder here or a hub id). A base that cannot be found is a ConfigError naming what was tried."""
+    folder = Path(model).expanduser().resolve()
+    try:
+        config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{folder}: unreadable {ADAPTER_CONFIG}: {exc}") from None
+    if not any(folder.glob("adapter_model.*")):
+        raise ConfigError(f"{folder} has {ADAPTER_CONFIG} but no adapter_model.safetensors / .bin")
+    manifest = read_manifest(folder)
+    tried: list[str] = []
+    if base:
+        candidates = [base]
+    else:
+        candidates = [c for c in (config.get("base_model_name_or_path"),
+                                  manifest.base_model if manifest else None) if c]
+    for ref in candidates:
+        source = _local_or_id(str(ref), folder)
+        if source is not None:
+            has_processor = any((folder / name).is_file() for name in PROCESSOR_FILES)
+            return AdapterFolder(path=folder, base=source, config=config, has_processor=has_processor)
+        tried.append(str(ref))
+    detail = f"tried {', '.join(tried)} (not found here)" if tried else \
+        "neither its adapter_config.json (base_model_name_or_path) nor a medharness.json manifest names one"
+    raise ConfigError(f"cannot find the base model of adapter {folder}: {detail}; "
+                      "pass --backend-option base=PATH_OR_HUB_ID")
 
 
 # -- prompts ------------------------------------------------------------------------------------------------

@@ -1,0 +1,289 @@
+"""Train-then-eval sweeps: the strict schema, cell expansion, stage commands, the dry run, the board, and
+(with a fake trainer in place of `train`, tests/fake_train.py) skip / resume / --cell / merge logic.
+The evaluations are real `medharness run` subprocesses on a tiny model.
+
+LEAD: when `medharness train` lands, add the real end-to-end test here: the shipped demo sweep
+(`train-then-eval --output DIR`, trainers/sweeps/demo.yaml) with the real train stage (no TRAIN_PROGRAM)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from medharness.cli import main
+from medharness.errors import ConfigError
+from medharness.trainers import sweep_exec
+from medharness.trainers.sweep import DEMO, expand, load_sweep
+from medharness.trainers.sweep_board import board, render_markdown
+from medharness.trainers.sweep_exec import Stages, reference_rows
+
+TESTS = Path(__file__).resolve().parent
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+GRID = """\
+name: grid
+model: {model}
+tasks: [phantom_presence]
+shots: [all, 2]
+seeds: [0, 1]
+presets: [null, lora]
+recipes:
+  - sft
+  - {{recipe: grpo, from: sft}}
+  - {{recipe: dpo, id: dpo-fixed, preset: dpo_lora}}
+common_presets: [tiny_cpu]
+overrides: [trl.learning_rate=1e-4]
+max_steps: 3
+eval: {{limit: 2, batch_size: 2}}
+baselines: [majority]
+"""
+
+
+# -- schema and cells ---------------------------------------------------------------------------------------
+
+def test_grid_expands_to_stable_cells(tmp_path: Path) -> None:
+    sweep = load_sweep(write(tmp_path / "s.yaml", GRID.format(model="tiny")))
+    cells = expand(sweep)
+    # sft and grpo: 2 presets x 2 shots x 2 seeds each; dpo: its fixed preset x 2 shots x 2 seeds
+    assert len(cells) == 8 + 8 + 4
+    ids = [c.id for c in cells]
+    assert "sft-phantom_presence-kall-s0" in ids and "sft-lora-phantom_presence-k2-s1" in ids
+    assert "dpo-fixed-dpo_lora-phantom_presence-kall-s0" in ids
+    child = next(c for c in cells if c.id == "grpo-from-sft-lora-phantom_presence-k2-s1")
+    assert child.parent == "sft-lora-phantom_presence-k2-s1" and child.stage == 2
+    assert ids.index(child.parent) < ids.index(child.id)  # parents first
+    assert [c.id for c in expand(sweep)] == ids  # stable
+
+
+def test_filters_keep_the_parents(tmp_path: Path) -> None:
+    text = GRID.format(model="tiny") + "cells: {only: ['grpo-*-kall-s0']}\n"
+    ids = [c.id for c in expand(load_sweep(write(tmp_path / "s.yaml", text)))]
+    assert ids == ["sft-phantom_presence-kall-s0", "sft-lora-phantom_presence-kall-s0",
+                   "grpo-from-sft-phantom_presence-kall-s0", "grpo-from-sft-lora-phantom_presence-kall-s0"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("model: m\ntasks: [t]\nrecipes: [sft]\nseed: [0]\n", r"s.yaml:4: unknown key 'seed'"),
+    ("model: m\ntasks: [t]\nrecipes:\n  - {recipe: sft, form: x}\n", r"s.yaml:4: unknown key 'recipes.0.*form'"),
+    ("model: m\ntasks: [t]\nrecipes: [sft]\nshots: [0]\n", r"s.yaml:4: shots"),
+    ("model: m\ntasks: [t]\nrecipes: [{recipe: grpo, from: sft}, sft]\n", "not a recipe listed before it"),
+    ("model: m\ntasks: [t]\nrecipes: [sft, sft]\n", "two recipes have the id 'sft'"),
+    ("model: m\ntasks: [t]\nrecipes: [sft]\noverrides: [lr]\n", "KEY=VALUE"),
+])
+def test_strict_schema_errors_name_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(write(tmp_path / "s.yaml", text))
+
+
+def test_stage_commands(tmp_path: Path) -> None:
+    file = write(tmp_path / "s.yaml", GRID.format(model="tiny") + "launch: {launcher: accelerate, "
+                                                                  "num_processes: 2, deepspeed: zero2}\n")
+    sweep = load_sweep(file)
+    stages = Stages(sweep, file, tmp_path / "out", resume=False)
+    cell = next(c for c in expand(sweep) if c.id == "sft-lora-phantom_presence-k2-s1")
+    argv = stages.train_argv(cell, "/m", tmp_path / "ids.json", resume=True)
+    assert argv[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
+    train = argv[argv.index("medharness.cli") + 1:]
+    assert train[:11] == ["train", "--recipe", "sft", "--task", "phantom_presence", "--model", "/m", "--seed", "1",
+                          "--output", str(tmp_path / "out" / "cells" / cell.id / "train")]
+    assert train[11:] == ["--preset", "lora", "--preset", "tiny_cpu", "--samples", str(tmp_path / "ids.json"),
+                          "--max-steps", "3", "-C", "trl.learning_rate=1e-4", "--resume"]
+    assert (tmp_path / "out" / "cells" / cell.id / "train" / "launch" / "deepspeed_zero2.json").is_file()
+    run = stages.eval_argv("/ckpt", "phantom_presence", tmp_path / "e", resume=False)
+    assert run[len(sweep_exec.PROGRAM):] == ["run", "--model", "/ckpt", "--tasks", "phantom_presence", "--output",
+                                             str(tmp_path / "e"), "--no-progress", "--batch-size", "2",
+                                             "--backend", "auto", "--limit", "2"]
+
+
+def test_print_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file = write(tmp_path / "s.yaml", GRID.format(model="tiny"))
+    assert main(["train-then-eval", "--sweep", str(file), "--output", str(tmp_path / "o"), "--print-commands"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    commands = [line for line in lines if line.startswith("medharness ")]
+    assert len(commands) == 2 + 20 + 1  # reference rows, cells, the final merge
+    assert commands[0].endswith("--cell reference-base --resume")
+    assert commands[-1] == f"medharness train-then-eval --sweep {file} --output {tmp_path / 'o'} --resume"
+    assert lines.index("# stage 1") < lines.index("# stage 2 (each after its parent cell of stage 1)")
+
+
+def test_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train-then-eval", "--dry-run", "--output", str(tmp_path / "o")]) == 0  # the shipped demo
+    out = capsys.readouterr().out
+    assert "grpo-from-sft-phantom_presence-kall-s0" in out and "ready" in out
+    assert not (tmp_path / "o").exists()  # nothing written
+    bad = write(tmp_path / "bad.yaml", "model: /no/such/model\ntasks: [phantom_presence, no_such_task]\n"
+                                       "recipes: [{recipe: sft, config: missing.yaml}]\nbaselines: [oracle]\n"
+                                       "shots: [3]\n")
+    assert main(["train-then-eval", "--sweep", str(bad), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    for text in ("model: /no/such/model does not exist", "train task no_such_task", "missing.yaml",
+                 "'oracle'"):
+        assert text in err
+
+
+def test_board_mean_and_std_over_seeds(tmp_path: Path) -> None:
+    file = write(tmp_path / "s.yaml", "model: m\ntasks: [phantom_presence]\nrecipes: [sft]\nseeds: [0, 1, 2]\n"
+                                      "baselines: [majority]\n")
+    sweep = load_sweep(file)
+    stages = Stages(sweep, file, tmp_path, resume=False)
+    cells = expand(sweep)
+
+    def fake_run(folder: Path, value: float | None, status: str = "finished") -> None:
+        folder.mkdir(parents=True)
+        summary = {"metrics": {"yes_no_accuracy": {"value": value, "n": 10}}} if value is not None else None
+        info = {"status": status, "tasks": {"phantom_presence": {"summary": summary,
+                                                                   "percent": {"yes_no_accuracy": True}}}}
+        (folder / "run.json").write_text(json.dumps(info))
+
+    fake_run(stages.eval_dir(cells[0].id, "phantom_presence"), 0.5)
+    fake_run(stages.eval_dir(cells[1].id, "phantom_presence"), 0.7)
+    fake_run(stages.eval_dir(cells[2].id, "phantom_presence"), 0.9, status="running")  # unfinished: left out
+    fake_run(stages.reference_dir("base", "phantom_presence"), 0.4)
+    refs = reference_rows(sweep)
+    rows = board(sweep, cells, stages.eval_dir, stages.reference_dir, refs, "m")
+    assert [r["row"] for r in rows] == ["base", "baseline-majority", "sft · k=all"]
+    stats = rows[2]["tasks"]["phantom_presence"]
+    assert stats["n"] == 2 and stats["mean"] == pytest.approx(60.0) and stats["std"] == pytest.approx(14.142, 1e-3)
+    assert rows[2]["lineage"] == "m → sft · k=all · 3 seeds (0, 1, 2)"
+    text = render_markdown(rows, ["phantom_presence"])
+    assert "60.0 ± 14.1 (2/3)" in text and "phantom_presence (yes_no_accuracy)" in text
+    assert "| base " in text and "n/a" in text  # the majority baseline has not run
+
+
+# -- running, with a fake trainer (fault injection) -----------------------------------------------------------
+
+SMALL = """\
+name: small
+model: {model}
+tasks: [phantom_presence]
+seeds: [0]
+recipes: [sft, {{recipe: grpo, from: sft}}]
+eval: {{limit: 2, batch_size: 2, backend: hf, backend_options: {{device: cpu}}}}
+baselines: [majority]
+"""
+
+
+@pytest.fixture()
+def fake_train(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setattr(sweep_exec, "TRAIN_PROGRAM", [sys.executable, str(TESTS / "fake_train.py")])
+    monkeypatch.setenv("MEDHARNESS_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def calls(out: Path, cid: str) -> list[list[str]]:
+    file = out / "cells" / cid / "train" / "calls.jsonl"
+    return [json.loads(line) for line in file.read_text().splitlines()] if file.is_file() else []
+
+
+@pytest.mark.slow
+def test_sweep_runs_skips_and_resumes(fake_train: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    file = write(fake_train / "s.yaml", SMALL.format(model=tiny_models["qwen2_vl"]))
+    out = fake_train / "sweep"
+    sft, grpo = "sft-phantom_presence-kall-s0", "grpo-from-sft-phantom_presence-kall-s0"
+    argv = ["train-then-eval", "--sweep", str(file), "--output", str(out)]
+
+    # the GRPO cell is killed once mid-training: the sweep goes on, reports it, exits 1
+    monkeypatch.setenv("FAKE_TRAIN_CRASH", grpo)
+    monkeypatch.setenv("FAKE_TRAIN_CRASH_MARK", str(fake_train / "crashed"))
+    assert main(argv) == 1
+    assert "1 cell(s) failed: " + grpo in capsys.readouterr().err
+    assert (out / "cells" / sft / "eval" / "phantom_presence" / "run.json").is_file()
+    assert (out / "cells" / grpo / "train" / "checkpoint-1").is_dir()
+    assert json.loads((out / "sweep.json").read_text())["failed"].keys() == {grpo}
+
+    # again without --resume: the started cell is refused, nothing is clobbered
+    assert main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+
+    # --resume: the finished cell and reference rows are skipped, the killed one resumes from its checkpoint
+    assert main([*argv, "--resume"]) == 0
+    assert len(calls(out, sft)) == 1
+    grpo_calls = calls(out, grpo)
+    assert len(grpo_calls) == 2 and "--resume" not in grpo_calls[0] and "--resume" in grpo_calls[1]
+    parent_final = str((out / "cells" / sft / "train" / "final").resolve())
+    assert grpo_calls[1][grpo_calls[1].index("--model") + 1] == parent_final  # trains from the SFT cell
+    board_text = (out / "leaderboard.md").read_text()
+    for row in ("| base ", "| baseline-majority ", "| sft · k=all ", "| grpo-from-sft · k=all "):
+        assert row in board_text
+    assert "sft → grpo · k=all · 1 seed (0)" in board_text
+    record = json.loads((out / "sweep.json").read_text())
+    assert not record["failed"] and all(c["finished"] for c in record["cells"])
+    assert record["cells"][1]["eval"]["phantom_presence"]["result"]["metric"] == "yes_no_accuracy"
+
+    # everything finished: a rerun only re-renders (no train call, no new run)
+    stamp = (out / "cells" / grpo / "eval" / "phantom_presence" / "run.json").stat().st_mtime_ns
+    assert main([*argv, "--resume"]) == 0
+    assert len(calls(out, grpo)) == 2
+    assert (out / "cells" / grpo / "eval" / "phantom_presence" / "run.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_cells_one_at_a_time_then_merge(fake_train: Path, tiny_models: dict[str, Path],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    file = write(fake_train / "s.yaml", SMALL.format(model=tiny_models["qwen2_vl"]).replace(
+        "baselines: [majority]", "baselines: []\nreference: false\nshots: [2]"))
+    out = fake_train / "sweep"
+    base = ["train-then-eval", "--sweep", str(file), "--output", str(out)]
+    sft, grpo = "sft-phantom_presence-k2-s0", "grpo-from-sft-phantom_presence-k2-s0"
+    assert main([*base, "--cell", grpo, "--resume"]) == 2  # its parent has not trained yet
+    assert "has not finished training" in capsys.readouterr().err
+    assert main([*base, "--cell", "nope"]) == 2
+    assert main([*base, "--cell", sft, "--resume"]) == 0
+    split = out / "splits" / "phantom_presence-k2-s0.json"
+    assert json.loads(split.read_text())["phantom_presence"]  # k-shot ids from `medharness split`
+    assert calls(out, sft)[0][calls(out, sft)[0].index("--samples") + 1] == str(split)
+    assert not (out / "leaderboard.md").exists()  # a single cell never renders the board
+    assert main([*base, "--cell", grpo, "--resume"]) == 0
+    assert main([*base, "--resume"]) == 0  # the final merge: nothing left to run, the board is rendered
+    assert "| grpo-from-sft · k=2/class " in (out / "leaderboard.md").read_text()
+
+
+def test_demo_sweep_is_valid() -> None:
+    sweep = load_sweep(DEMO)
+    assert [c.id for c in expand(sweep)] == ["sft-phantom_presence-kall-s0", "grpo-from-sft-phantom_presence-kall-s0"]
+    assert sweep.model == "tiny:small" and sweep.baselines == ["majority"]
+
+
+# -- the real train stage --------------------------------------------------------------------------------------
+
+REAL = """\
+name: real
+model: {model}
+tasks: [phantom_presence]
+recipes: [sft, {{recipe: grpo, from: sft}}]
+common_presets: [tiny_cpu]
+overrides: [samples.limit=4]
+max_steps: 2
+eval: {{limit: 4, batch_size: 4, backend: hf, backend_options: {{device: cpu}}}}
+baselines: [majority]
+"""
+
+
+@pytest.mark.slow
+def test_real_sweep_end_to_end(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """SFT then GRPO-from-SFT with the real `medharness train`, evaluated by `run`: the board has every row."""
+    from medharness.cli import COMMANDS, build_parser
+
+    build_parser()
+    if "train" not in COMMANDS:
+        pytest.skip("the `train` command is not on this branch yet")
+    monkeypatch.setenv("MEDHARNESS_CACHE", str(tmp_path / "cache"))
+    file = write(tmp_path / "s.yaml", REAL.format(model=tiny_models["qwen2_vl"]))
+    out = tmp_path / "sweep"
+    assert main(["train-then-eval", "--sweep", str(file), "--output", str(out)]) == 0
+    record = json.loads((out / "sweep.json").read_text())
+    assert all(c["finished"] for c in record["cells"]) and not record["failed"]
+    final = Path(record["cells"][1]["train"]["final"])
+    assert (final / "medharness.json").is_file()
+    board_text = (out / "leaderboard.md").read_text()
+    for row in ("| base ", "| baseline-majority ", "| sft · k=all ", "| grpo-from-sft · k=all "):
+        assert row in board_text
+    assert main(["train-then-eval", "--sweep", str(file), "--output", str(out), "--resume"]) == 0  # all skipped

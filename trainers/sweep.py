@@ -1,0 +1,229 @@
+"""Train-then-eval sweeps: the strict sweep file schema and its expansion into cells.
+
+A sweep file is a YAML grid: recipes x tasks x shots x seeds x presets. Each cell trains one checkpoint and
+evaluates it on the sweep's eval tasks; the base model and the baselines are evaluated once as reference rows.
+A recipe entry may train `from:` another entry (GRPO after SFT, multi-stage recipes): its cells start from
+the parent cell's final checkpoint. Unknown keys are errors that name the file and line (as task files).
+Running the cells: `sweep_exec.py`; the leaderboard: `sweep_board.py`; the command: `sweep_cli.py`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from medharness.errors import ConfigError
+from medharness.yamlio import line_of, load_yaml_with_lines
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEMO = Path(__file__).resolve().parent / "sweeps" / "demo.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, (str, int)) else value
+
+
+class RecipeEntry(Strict):
+    """One recipe of the grid: `sft`, or `{recipe: grpo, from: sft, preset: grpo_lora, overrides: [...]}`."""
+
+    recipe: str
+    id: str | None = None  # default: the recipe, or RECIPE-from-PARENT
+    preset: str | None = None  # fixed preset(s) ("a+b" layers a then b); None: the sweep's `presets` axis
+    config: str | None = None  # a recipe config YAML (`train --config`), relative to the sweep file
+    overrides: list[str] = Field(default_factory=list)  # extra `-C KEY=VALUE` for this entry
+    parent: str | None = Field(None, alias="from")  # train from this entry's final checkpoint (same task/shots/seed)
+
+    @property
+    def key(self) -> str:
+        return self.id or (f"{self.recipe}-from-{self.parent}" if self.parent else self.recipe)
+
+
+class EvalSpec(Strict):
+    backend: str = "auto"  # auto: vllm on a GPU when installed, hf elsewhere
+    limit: int | None = Field(None, ge=1)
+    samples: str | None = None  # a pinned sample id file (`run --samples`), relative to the sweep file
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1)
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+    checkpoints: Literal["final", "all"] = "final"  # all: every checkpoint-<step> too (the board uses final)
+
+
+class LaunchSection(Strict):
+    launcher: Literal["none", "accelerate"] = "none"
+    num_processes: int = Field(1, ge=1)
+    deepspeed: Literal["zero2", "zero3"] | None = None
+    fsdp: bool = False
+
+
+class CellFilter(Strict):
+    only: list[str] = Field(default_factory=list)  # glob patterns on cell ids; empty = every cell
+    skip: list[str] = Field(default_factory=list)
+
+
+class SweepConfig(Strict):
+    name: str | None = None
+    model: str  # the base model: folder, hub id, or tiny / tiny:small (built offline into SWEEP/models/)
+    recipes: list[str | RecipeEntry]
+    tasks: list[str]  # training tasks
+    eval_tasks: list[str] | None = None  # default: each cell's training task
+    prompt: str | None = None  # the tasks' prompt variant, for training and evaluation alike
+    data_dir: str | None = None  # the tasks' local data copy
+    shots: list[int | Literal["all"]] = Field(default_factory=lambda: ["all"])  # k per class (`split`)
+    split_seed: int | None = None  # None: each seed draws its own k-shot subset; else one fixed subset
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    presets: list[str | None] = Field(default_factory=lambda: [None])  # the preset axis ("a+b": layers)
+    common_presets: list[str] = Field(default_factory=list)  # layered after each cell's preset, not in ids
+    overrides: list[str] = Field(default_factory=list)  # `-C KEY=VALUE` for every cell
+    max_steps: int | None = Field(None, ge=1)
+    eval: EvalSpec = EvalSpec()
+    baselines: list[str] = Field(default_factory=list)  # majority, random, constant:TEXT
+    reference: bool = True  # evaluate the base model once as the reference row
+    launch: LaunchSection = LaunchSection()
+    cells: CellFilter = CellFilter()
+
+    _listify = field_validator("tasks", "eval_tasks", "shots", "seeds", "presets", "overrides", "baselines",
+                               mode="before")(_as_list)
+
+    @field_validator("shots")
+    @classmethod
+    def _positive_shots(cls, shots: list[int | str]) -> list[int | str]:
+        if any(isinstance(k, int) and k < 1 for k in shots):
+            raise ValueError("shots are k >= 1 per class, or 'all'")
+        return shots
+
+    @field_validator("overrides")
+    @classmethod
+    def _key_value(cls, items: list[str]) -> list[str]:
+        bad = [i for i in items if "=" not in i or i.startswith("=")]
+        if bad:
+            raise ValueError(f"overrides are KEY=VALUE strings, got {bad}")
+        return items
+
+    def entries(self) -> list[RecipeEntry]:
+        return [RecipeEntry(recipe=r) if isinstance(r, str) else r for r in self.recipes]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the grid and its evaluations."""
+
+    id: str
+    entry: RecipeEntry
+    preset: str | None  # the preset axis value (or the entry's fixed preset)
+    task: str
+    shots: int | None  # None = every training sample
+    seed: int
+    parent: str | None  # the cell whose final checkpoint this one starts from
+    stage: int  # 1 = from the base model; parent's stage + 1 otherwise
+
+    @property
+    def presets(self) -> list[str]:
+        return self.preset.split("+") if self.preset else []
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+]+", "-", text).strip("-").lower() or "x"
+
+
+def cell_id(entry: str, preset: str | None, task: str, shots: int | None, seed: int) -> str:
+    parts = [entry, preset, task, f"k{'all' if shots is None else shots}", f"s{seed}"]
+    return "-".join(slug(p) for p in parts if p)
+
+
+def _format_error(path: Path, exc: ValidationError, lines: dict[Any, int]) -> str:
+    msgs = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        at = line_of(lines, loc) or "?"
+        kind = "unknown key" if err["type"] == "extra_forbidden" else None
+        msgs.append(f"{path}:{at}: {kind} '{where}'" if kind else f"{path}:{at}: {where}: {err['msg']}")
+    return "invalid sweep file\n  " + "\n  ".join(msgs)
+
+
+def load_sweep(path: Path | str) -> SweepConfig:
+    """Parse and validate a sweep file; errors name the file, the line and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist")
+    data, lines = load_yaml_with_lines(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a sweep file is a mapping of keys, got {type(data).__name__}")
+    try:
+        sweep = SweepConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(path, exc, lines)) from None
+    try:
+        expand(sweep)  # ids, `from:` references
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return sweep
+
+
+def _parent_preset(parent: RecipeEntry, child: RecipeEntry, preset: str | None, axis: list[str | None]) -> str | None:
+    if parent.preset:
+        return parent.preset
+    if not child.preset:
+        return preset
+    if len(axis) == 1:
+        return axis[0]
+    raise ConfigError(f"recipe '{child.key}' has its own preset but trains from '{parent.key}', which follows "
+                      f"the presets axis {axis}: give '{parent.key}' a preset too")
+
+
+def expand(sweep: SweepConfig) -> list[Cell]:
+    """Every cell of the grid, parents before children, filtered by `cells.only/skip` (a kept cell keeps the
+    cells it trains from)."""
+    entries: dict[str, RecipeEntry] = {}
+    for entry in sweep.entries():
+        if entry.key in entries:
+            raise ConfigError(f"two recipes have the id '{entry.key}': give one an `id:`")
+        if entry.parent is not None and entry.parent not in entries:
+            raise ConfigError(f"recipe '{entry.key}' trains from '{entry.parent}', which is not a recipe listed "
+                              f"before it (known: {', '.join(entries) or 'none'})")
+        entries[entry.key] = entry
+    cells: dict[str, Cell] = {}
+    for entry in entries.values():
+        axis = [entry.preset] if entry.preset else list(sweep.presets)
+        for preset in axis:
+            for task in sweep.tasks:
+                for k in sweep.shots:
+                    shots = None if k == "all" else int(k)
+                    for seed in sweep.seeds:
+                        parent_id, stage = None, 1
+                        if entry.parent is not None:
+                            parent = entries[entry.parent]
+                            p_preset = _parent_preset(parent, entry, preset, list(sweep.presets))
+                            parent_id = cell_id(parent.key, p_preset, task, shots, seed)
+                            stage = cells[parent_id].stage + 1
+                        cid = cell_id(entry.key, preset, task, shots, seed)
+                        if cid in cells:
+                            raise ConfigError(f"two cells get the id '{cid}': give the recipes distinct ids")
+                        cells[cid] = Cell(cid, entry, preset, task, shots, seed, parent_id, stage)
+    keep = {c.id for c in cells.values() if _selected(c.id, sweep.cells)}
+    for cid in list(keep):
+        while cells[cid].parent is not None:
+            cid = str(cells[cid].parent)
+            keep.add(cid)
+    return sorted((c for c in cells.values() if c.id in keep), key=lambda c: c.stage)
+
+
+def _selected(cid: str, filters: CellFilter) -> bool:
+    if filters.only and not any(fnmatch.fnmatch(cid, p) for p in filters.only):
+        return False
+    return not any(fnmatch.fnmatch(cid, p) for p in filters.skip)
+
+
+def eval_tasks(sweep: SweepConfig, cell: Cell) -> list[str]:
+    return list(sweep.eval_tasks) if sweep.eval_tasks else [cell.task]
+
+
+def all_eval_tasks(sweep: SweepConfig) -> list[str]:
+    return list(dict.fromkeys(sweep.eval_tasks or sweep.tasks))

@@ -1,0 +1,166 @@
+"""`medharness train-then-eval`: run a sweep (trainers/sweep.py) cell by cell and render its leaderboard.
+
+    medharness train-then-eval [--sweep FILE] [--output DIR] [--resume] [--dry-run] [--print-commands] [--cell ID]
+
+Without --cell: the reference rows (base model, baselines), then every cell in stage order (a cell whose
+parent failed is skipped), then SWEEP/leaderboard.md and SWEEP/sweep.json. With --cell: that cell only (for a
+scheduler; `--print-commands` lists one such command per cell, by stage, and the final merge command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from medharness.errors import ConfigError
+from medharness.trainers.sweep import DEMO, Cell, SweepConfig, all_eval_tasks, expand, load_sweep
+from medharness.trainers.sweep_exec import StageFailed, Stages, reference_rows, write_json
+
+REFERENCE_PREFIX = "reference-"
+
+
+def add_sweep_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-then-eval", help="a sweep: train each cell of a grid, evaluate it, one leaderboard",
+                       description="Train every cell of a YAML grid (recipes x tasks x shots x seeds x presets), "
+                                   "evaluate each final checkpoint, evaluate the base model and baselines once, "
+                                   "and render mean ± std over seeds with each row's lineage. Finished stages are "
+                                   "skipped; --resume continues unfinished ones. See docs/training-eval.md.")
+    p.add_argument("--sweep", type=Path, help=f"sweep YAML (default: the shipped demo, {DEMO.name})")
+    p.add_argument("--output", type=Path, help="sweep folder (default runs/sweeps/<sweep name>)")
+    p.add_argument("--resume", action="store_true", help="continue stages that were started and did not finish")
+    p.add_argument("--dry-run", action="store_true", help="resolve and check every cell; train nothing")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print one self-contained command per cell (for Slurm arrays, Ray jobs) and the merge")
+    p.add_argument("--cell", help="run this cell only (an id from --print-commands or --dry-run)")
+
+
+def _paths(args: argparse.Namespace) -> tuple[Path, SweepConfig, Path]:
+    file = (args.sweep or DEMO).resolve()
+    sweep = load_sweep(file)
+    output = args.output or Path("runs") / "sweeps" / (sweep.name or file.stem)
+    return file, sweep, output.resolve()
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    file, sweep, output = _paths(args)
+    cells = expand(sweep)
+    stages = Stages(sweep, file, output, resume=args.resume, say=lambda line: print(line, flush=True))
+    references = reference_rows(sweep)
+    if args.print_commands:
+        print_commands(file, output, cells, references)
+        return 0
+    if args.dry_run:
+        return dry_run(sweep, stages, cells, references)
+    output.mkdir(parents=True, exist_ok=True)
+    if args.cell:
+        return run_one(args.cell, stages, cells, references)
+    failed: dict[str, str] = {}
+    for name, model in references.items():
+        print(f"[reference {name}]", flush=True)
+        try:
+            stages.run_reference(name, model, all_eval_tasks(sweep))
+        except StageFailed as exc:
+            failed[REFERENCE_PREFIX + name] = str(exc)
+            print(f"  failed: {exc}", file=sys.stderr)
+    for cell in cells:
+        print(f"[cell {cell.id}]", flush=True)
+        if cell.parent in failed:
+            failed[cell.id] = f"not run: its parent {cell.parent} failed"
+            print(f"  skipped: {failed[cell.id]}", file=sys.stderr)
+            continue
+        try:
+            stages.run_cell(cell)
+        except StageFailed as exc:
+            failed[cell.id] = str(exc)
+            print(f"  failed: {exc}", file=sys.stderr)
+    board_path = write_board(sweep, file, stages, cells, references, failed)
+    print(board_path.read_text(encoding="utf-8"), end="")
+    print(f"wrote {board_path} and {output / 'sweep.json'}")
+    if failed:
+        print(f"{len(failed)} cell(s) failed: {', '.join(failed)}; fix and rerun with --resume", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_one(cid: str, stages: Stages, cells: list[Cell], references: dict[str, str | None]) -> int:
+    if cid.startswith(REFERENCE_PREFIX) and cid.removeprefix(REFERENCE_PREFIX) in references:
+        name = cid.removeprefix(REFERENCE_PREFIX)
+        stages.run_reference(name, references[name], all_eval_tasks(stages.sweep))
+        print(f"reference {name}: finished")
+        return 0
+    by_id = {c.id: c for c in cells}
+    if cid not in by_id:
+        known = [REFERENCE_PREFIX + n for n in references] + list(by_id)
+        raise ConfigError(f"no cell {cid!r} in this sweep; cells: {', '.join(known)}")
+    stages.run_cell(by_id[cid])
+    print(f"cell {cid}: finished")
+    return 0
+
+
+def print_commands(file: Path, output: Path, cells: list[Cell], references: dict[str, str | None]) -> None:
+    base = ["medharness", "train-then-eval", "--sweep", str(file), "--output", str(output)]
+    print(f"# {len(cells)} cell(s) and {len(references)} reference row(s); each command is self-contained and "
+          "can be rerun (finished stages are skipped). Run the stages in order; within a stage, in parallel.")
+    if references:
+        print("# stage 0: reference rows")
+        for name in references:
+            print(shlex.join([*base, "--cell", REFERENCE_PREFIX + name, "--resume"]))
+    for stage in sorted({c.stage for c in cells}):
+        note = f" (each after its parent cell of stage {stage - 1})" if stage > 1 else ""
+        print(f"# stage {stage}{note}")
+        for cell in (c for c in cells if c.stage == stage):
+            print(shlex.join([*base, "--cell", cell.id, "--resume"]))
+    print("# when every cell is done: merge the folders and render the leaderboard")
+    print(shlex.join([*base, "--resume"]))
+
+
+def dry_run(sweep: SweepConfig, stages: Stages, cells: list[Cell], references: dict[str, str | None]) -> int:
+    from medharness.trainers.sweep_check import check_sweep
+    from tabulate import tabulate
+
+    problems, notes = check_sweep(sweep, stages, cells)
+    rows = [[REFERENCE_PREFIX + name, 0, model or "base model", "-", "-", "-", "-"]
+            for name, model in references.items()]
+    rows += [[c.id, c.stage, c.entry.recipe, c.preset or "-", c.task, "all" if c.shots is None else c.shots,
+              c.seed] for c in cells]
+    print(tabulate(rows, headers=["cell", "stage", "recipe", "preset", "task", "shots", "seed"],
+                   tablefmt="github"))
+    print()
+    for note in notes:
+        print(f"ok: {note}")
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    print(f"{len(cells)} cell(s), {len(references)} reference row(s): "
+          + ("ready" if not problems else f"{len(problems)} problem(s)"))
+    return 0 if not problems else 2
+
+
+def write_board(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell],
+                references: dict[str, str | None], failed: dict[str, str]) -> Path:
+    from medharness.trainers.sweep_board import board, primary_metric, render_markdown
+    from medharness.trainers.sweep_exec import read_train_state
+
+    base_label = Path(sweep.model).name if Path(stages.relative(sweep.model)).exists() else sweep.model
+    rows = board(sweep, cells, stages.eval_dir, stages.reference_dir, references, base_label)
+    tasks = all_eval_tasks(sweep)
+    path = stages.root / "leaderboard.md"
+    path.write_text(render_markdown(rows, tasks, title=f"Sweep {sweep.name or file.stem}: {base_label}"),
+                    encoding="utf-8")
+    cell_records: list[dict[str, Any]] = []
+    for c in cells:
+        state = read_train_state(stages.train_dir(c.id))
+        evals = {t: primary_metric(stages.eval_dir(c.id, t), t) for t in tasks}
+        cell_records.append({"id": c.id, "recipe": c.entry.recipe, "entry": c.entry.key, "preset": c.preset,
+                             "task": c.task, "shots": c.shots, "seed": c.seed, "parent": c.parent, "stage": c.stage,
+                             "train": {"dir": str(stages.train_dir(c.id)), "status": state.status,
+                                       "final": state.final and str(state.final)},
+                             "eval": {t: {"dir": str(stages.eval_dir(c.id, t)), "result": v}
+                                      for t, v in evals.items()},
+                             "finished": stages.cell_finished(c), "error": failed.get(c.id)})
+    write_json(stages.root / "sweep.json", {
+        "sweep_file": str(file), "output": str(stages.root), "config": sweep.model_dump(mode="json", by_alias=True),
+        "cells": cell_records, "board": rows, "failed": failed})
+    return path

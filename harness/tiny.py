@@ -122,7 +122,8 @@ def build_tokenizer() -> Any:
     trained = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
 
-    tok = Qwen2Tokenizer(vocab=trained["vocab"], merges=merges, unk_token=None, bos_token=None,
+    # transformers' annotations say str merges and a str unk token; pairs and None are what it takes at run time
+    tok = Qwen2Tokenizer(vocab=trained["vocab"], merges=merges, unk_token=None, bos_token=None,  # type: ignore[arg-type]
                          eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=4096)
     tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS],
                    special_tokens=True)
@@ -154,6 +155,7 @@ def _config(arch: str, tok: Any, size: str = "tiny") -> Any:
     patches = {"patch_size": PATCH, "spatial_merge_size": MERGE, "temporal_patch_size": TEMPORAL_PATCH,
                "in_channels": 3, "depth": dims.vision_depth, "num_heads": dims.vision_heads}
     width = dims.vision_width
+    cfg: Qwen2VLConfig | Qwen2_5_VLConfig
     if arch == "qwen2_vl":  # vision hidden_size is the merger's output = the text hidden size
         cfg = Qwen2VLConfig(text_config=text, vision_config={
             **patches, "embed_dim": width, "hidden_size": dims.hidden, "mlp_ratio": 2})
@@ -194,7 +196,7 @@ def _processor(arch: str, tok: Any) -> Any:
         Qwen2VLVideoProcessor,
     )
 
-    sizes = {"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS, "patch_size": PATCH,
+    sizes: dict[str, Any] = {"min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS, "patch_size": PATCH,
              "temporal_patch_size": TEMPORAL_PATCH, "merge_size": MERGE}
     cls = Qwen2VLProcessor if arch == "qwen2_vl" else Qwen2_5_VLProcessor
     return cls(image_processor=Qwen2VLImageProcessor(**sizes), video_processor=Qwen2VLVideoProcessor(**sizes),

@@ -47,11 +47,13 @@ def build_tree(target: Path) -> None:
             path.symlink_to(source, target_is_directory=True)
 
 
+LINT_IMPORTS = ("import sys; from importlinter.cli import lint_imports_command; "
+                "sys.argv = ['lint-imports', '--no-cache', *sys.argv[1:]]; lint_imports_command()")
+
+
 def check_imports(tree: Path, args: list[str]) -> int:
-    code = subprocess.run([sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; "
-                           "sys.argv = ['lint-imports', '--no-cache', *sys.argv[1:]]; lint_imports_command()", *args],
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(tree)}, check=False).returncode
-    return code
+    return subprocess.run([sys.executable, "-c", LINT_IMPORTS, *args], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(tree)}, check=False).returncode
 
 
 def check_types(tree: Path, args: list[str]) -> int:

@@ -8,6 +8,7 @@ import os
 import sys
 
 from accelerate import PartialState
+
 from medharness.trainers.launch import under_launcher
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from medharness.torchvision_shim import ensure_torchvision_importable
 
 pytest.importorskip("transformers")
@@ -15,6 +16,7 @@ ensure_torchvision_importable()  # before peft pulls transformers (and torchvisi
 pytest.importorskip("peft")
 
 import torch
+
 from medharness.backends.vlm_common import is_adapter_folder, resolve_adapter
 from medharness.cli import main
 from medharness.errors import ConfigError

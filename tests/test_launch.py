@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from medharness.errors import ConfigError
 from medharness.trainers.launch import (
     LaunchSpec,

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from medharness.cli import main
 from medharness.errors import ConfigError
 from medharness.trainers import sweep_exec

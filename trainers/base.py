@@ -83,7 +83,3 @@ class TrainerRecipe:
 def recipe_class(name: str) -> type[TrainerRecipe]:
     """The registered recipe `name` ("did you mean" on a miss)."""
     return TRAINERS.get(name)
-
-
-# The built-in recipes register themselves on import (they import trl only inside `build`).
-from medharness.trainers import dpo, grpo, sft  # noqa: F401

@@ -63,6 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _reward_specs(spec: str) -> Any:
     import yaml
+
     from medharness.trainers.rewards import parse_rewards
 
     if spec == "default":

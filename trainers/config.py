@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from medharness.errors import ConfigError
 from medharness.yamlio import Loc, load_yaml_with_lines
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
@@ -145,7 +146,7 @@ class Layers:
     def _node(self, path: Loc) -> dict[str, Any]:
         node = self.data
         for part in path:
-            node = node.setdefault(part, {})  # type: ignore[assignment]
+            node = node.setdefault(str(part), {})
         return node
 
     def where(self, loc: Loc) -> str:

@@ -31,7 +31,7 @@ class GRPORecipe(TrainerRecipe):
         from trl import GRPOTrainer
 
         assert ctx.rewards is not None
-        built = GRPOTrainer(model=ctx.model, processing_class=ctx.processor, reward_funcs=ctx.rewards.functions(),
+        built = GRPOTrainer(model=ctx.model, processing_class=ctx.processor, reward_funcs=list[Any](ctx.rewards.functions()),
                             args=ctx.trl_args, train_dataset=ctx.dataset, peft_config=ctx.peft_config,
                             callbacks=ctx.callbacks)
         if ctx.trl_args.use_vllm:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
 from medharness.errors import ConfigError
 
 LAUNCH_DIR = "launch"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medharness.errors import BackendError, DataError
+from medharness.errors import BackendError, ConfigError, DataError
 from medharness.scoring import recipe_for
 from medharness.task import Task, load_task
 from medharness.torchvision_shim import ensure_torchvision_importable
@@ -56,6 +56,8 @@ def load_model(config: TrainConfig, use_gpu: bool) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    if config.model is None:
+        raise ConfigError("no base model: pass --model or set `model:` in the recipe config")
     dtypes = {"auto": torch.bfloat16 if use_gpu else torch.float32, "bfloat16": torch.bfloat16,
               "float32": torch.float32, "float16": torch.float16}
     if config.dtype not in dtypes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +94,11 @@ class RewardSet:
         answer, scores = self.recipe.score(sample, Generation(sample_id=sample.id, text=text))
         return answer, {label: scores.get(label) for label in self.labels}
 
-    def total(self, components: dict[str, float | None]) -> float | None:
+    def total(self, components: Mapping[str, float | None]) -> float | None:
         """The weighted sum TRL optimises (components that do not apply left out); None if none applies."""
-        values = [(w, components[lab]) for w, lab in zip(self.weights, self.labels) if components[lab] is not None]
-        return sum(w * v for w, v in values) if values else None  # type: ignore[operator]
+        values = [w * v for w, lab in zip(self.weights, self.labels, strict=True)
+                  if (v := components[lab]) is not None]
+        return sum(values) if values else None
 
     def _batch(self, sample_ids: Sequence[str], texts: Sequence[str], step: int | None) -> list[Any]:
         key = (tuple(sample_ids), tuple(texts), step)

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from medharness.errors import ConfigError
 from medharness.yamlio import line_of, load_yaml_with_lines
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DEMO = Path(__file__).resolve().parent / "sweeps" / "demo.yaml"
 
@@ -75,10 +76,10 @@ class SweepConfig(Strict):
     eval_tasks: list[str] | None = None  # default: each cell's training task
     prompt: str | None = None  # the tasks' prompt variant, for training and evaluation alike
     data_dir: str | None = None  # the tasks' local data copy
-    shots: list[int | Literal["all"]] = Field(default_factory=lambda: ["all"])  # k per class (`split`)
+    shots: list[int | Literal["all"]] = Field(default_factory=lambda: list[int | Literal["all"]](["all"]))  # k/class
     split_seed: int | None = None  # None: each seed draws its own k-shot subset; else one fixed subset
     seeds: list[int] = Field(default_factory=lambda: [0])
-    presets: list[str | None] = Field(default_factory=lambda: [None])  # the preset axis ("a+b": layers)
+    presets: list[str | None] = Field(default_factory=lambda: list[str | None]([None]))  # the preset axis (a+b)
     common_presets: list[str] = Field(default_factory=list)  # layered after each cell's preset, not in ids
     overrides: list[str] = Field(default_factory=list)  # `-C KEY=VALUE` for every cell
     max_steps: int | None = Field(None, ge=1)

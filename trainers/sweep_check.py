@@ -78,18 +78,9 @@ def _check_tasks(sweep: SweepConfig, problems: list[str], notes: list[str]) -> N
 
 def _check_training(sweep: SweepConfig, stages: Stages, cells: list[Cell], problems: list[str],
                     notes: list[str]) -> None:
-    from medharness.cli import COMMANDS, build_parser
+    from medharness.trainers.base import recipe_class  # the train command's own registries
+    from medharness.trainers.config import preset_names
 
-    build_parser()  # registers the trainers' commands
-    if "train" not in COMMANDS:
-        notes.append("the `train` command is not installed here: recipes and presets are not checked")
-        return
-    try:  # the train command's own registries (trainers/base.py, trainers/config.py)
-        from medharness.trainers.base import recipe_class
-        from medharness.trainers.config import preset_names
-    except ImportError as exc:  # LEAD: wire to the train command's checks once its API settles
-        notes.append(f"recipes and presets not checked ({exc})")
-        return
     presets = set(preset_names())
     for recipe in sorted({c.entry.recipe for c in cells}):
         try:

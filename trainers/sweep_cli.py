@@ -118,8 +118,9 @@ def print_commands(file: Path, output: Path, cells: list[Cell], references: dict
 
 
 def dry_run(sweep: SweepConfig, stages: Stages, cells: list[Cell], references: dict[str, str | None]) -> int:
-    from medharness.trainers.sweep_check import check_sweep
     from tabulate import tabulate
+
+    from medharness.trainers.sweep_check import check_sweep
 
     problems, notes = check_sweep(sweep, stages, cells)
     rows = [[REFERENCE_PREFIX + name, 0, model or "base model", "-", "-", "-", "-"]

@@ -25,9 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from medharness.backends.base import Backend, Request, backend
-from medharness.backends.vlm_common import AdapterFolder, adapter_fingerprint, chat_template_owner, \
-    checkpoint_folder, image_count_error, is_adapter_folder, render_prompt, resolve_adapter, stop_token_ids, \
-    vision_token_ids, weights_fingerprint
+from medharness.backends.vlm_common import (
+    AdapterFolder,
+    adapter_fingerprint,
+    chat_template_owner,
+    checkpoint_folder,
+    image_count_error,
+    is_adapter_folder,
+    render_prompt,
+    resolve_adapter,
+    stop_token_ids,
+    vision_token_ids,
+    weights_fingerprint,
+)
 from medharness.errors import BackendError, ConfigError
 from medharness.records import Generation, GenerationSettings
 from medharness.torchvision_shim import ensure_torchvision_importable
@@ -105,7 +115,7 @@ class HFBackend(Backend):
                 self.source, dtype=self.dtype, attn_implementation=attn_implementation)
             if self.adapter is not None:
                 self.net = _with_adapter(self.net, self.adapter, merge=bool(merge_adapter))
-            self.net = self.net.to(self.device).eval()
+            self.net = self.net.to(self.device).eval()  # type: ignore[arg-type]  # transformers types `.to` loosely
         except Exception as exc:  # missing files, unsupported architecture, offline hub id, ...
             raise BackendError(f"cannot load hf model {model!r}: {exc}") from exc
         self.attn_implementation = str(getattr(self.net.config, "_attn_implementation", None)

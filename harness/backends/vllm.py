@@ -42,9 +42,18 @@ from typing import Any
 
 from medharness.backends.base import Backend, Request, backend
 from medharness.backends.vllm_dp import EnginePool
-from medharness.backends.vlm_common import adapter_fingerprint, chat_template_owner, checkpoint_folder, \
-    image_count_error, is_adapter_folder, render_prompt, resolve_adapter, stop_token_ids, vision_token_ids, \
-    weights_fingerprint
+from medharness.backends.vlm_common import (
+    adapter_fingerprint,
+    chat_template_owner,
+    checkpoint_folder,
+    image_count_error,
+    is_adapter_folder,
+    render_prompt,
+    resolve_adapter,
+    stop_token_ids,
+    vision_token_ids,
+    weights_fingerprint,
+)
 from medharness.errors import BackendError, ConfigError
 from medharness.records import Generation, GenerationSettings
 from medharness.torchvision_shim import ensure_torchvision_importable
@@ -252,9 +261,9 @@ class VLLMBackend(Backend):
             except Exception as exc:  # the engine itself failed (EngineDeadError, ...): not one sample's fault
                 raise BackendError(f"vLLM engine failed: {type(exc).__name__}: {exc}") from exc
             for out in outputs:
-                i = queued.get(out.request_id)
-                if i is not None and results[i] is None:
-                    results[i] = self._finish(requests[i], out)
+                index = queued.get(out.request_id)
+                if index is not None and results[index] is None:
+                    results[index] = self._finish(requests[index], out)
         for i in set(queued.values()):  # never answered: should not happen, but never drop a sample
             if results[i] is None:
                 results[i] = self._error(requests[i], "vLLM returned no output for this request")
@@ -293,11 +302,13 @@ class VLLMBackend(Backend):
 
 def _describe(exc: BaseException) -> str:
     """The exception with its causes: vLLM wraps processor errors ("Failed to apply ...") around the reason."""
-    parts, seen = [], set()
-    while exc is not None and id(exc) not in seen and len(parts) < 4:
-        seen.add(id(exc))
-        parts.append(f"{type(exc).__name__}: {exc}")
-        exc = exc.__cause__ or exc.__context__
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(parts) < 4:
+        seen.add(id(current))
+        parts.append(f"{type(current).__name__}: {current}")
+        current = current.__cause__ or current.__context__
     return " <- ".join(parts)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from medharness.errors import ConfigError
 from medharness.trainers.base import TRAINERS
 from medharness.trainers.config import build_config, load_layers, preset_names, trl_args

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+
 from medharness.errors import DataError
 from medharness.phantom import open_image
 from medharness.splits import kshot, write_sample_ids

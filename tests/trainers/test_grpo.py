@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from medharness.trainers.prepare import prepare
 from medharness.trainers.run import TrainRequest, resolve, train
 

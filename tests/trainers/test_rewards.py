@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from medharness.cli import main
 from medharness.errors import ConfigError
 from medharness.records import Generation

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from medharness.cli import main
 from medharness.metrics import METRICS, Metric
 from medharness.trainers.run import TrainRequest, train

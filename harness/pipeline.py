@@ -159,6 +159,7 @@ class Runner:
         self.progress = progress or (lambda task, done, total: None)
         self.cache: ResponseCache | None = None
         self.model_calls = 0
+        self.generate_s = 0.0
 
     def _select(self, task: Task) -> list[Sample]:
         samples = task.load_samples()
@@ -232,7 +233,9 @@ class Runner:
                settings: GenerationSettings) -> list[ResultRow]:
         images = self.images[task.name] if backend.needs_images else None
         prompts, requests, failed = build_requests(task, batch, settings, images, backend.fingerprint)
+        started = time.perf_counter()
         generated = generate_cached(backend, requests, self.cache)
+        self.generate_s += time.perf_counter() - started
         self.model_calls += sum(1 for g in generated if not g.cached)
         by_id = {g.generation.sample_id: g.generation for g in generated}
         rows = []
@@ -252,7 +255,7 @@ class Runner:
 
     def _record_usage(self, run: RunDir) -> None:
         cache = self.cache
-        run.set_usage(RunUsage(model_calls=self.model_calls, cache=None if cache is None else CacheUsage(
+        run.set_usage(RunUsage(model_calls=self.model_calls, generate_s=round(self.generate_s, 3), cache=None if cache is None else CacheUsage(
             hits=cache.hits, misses=cache.misses, path=str(cache.path))))
         if cache is not None:
             cache.close()

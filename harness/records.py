@@ -265,6 +265,7 @@ class CacheUsage(Record):
 
 class RunUsage(Record):
     model_calls: int = 0
+    generate_s: float = 0.0  # wall time spent generating (cache lookups included, model loading not)
     cache: CacheUsage | None = None
 
 

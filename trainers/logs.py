@@ -1,6 +1,7 @@
 """`OUTPUT/logs.jsonl`: one line per logging step with TRL's own metrics (loss, `rewards/<component>/mean|std`,
 `reward`, `kl`, `clip_ratio/*`, `frac_reward_zero_std`, `completions/mean_length`, ...) plus what TRL does not
-log everywhere: `step_time` (seconds per optimiser step) and `tokens_per_s`. A progress function (the CLI's
+log everywhere: `step_time` (seconds per optimiser step), `tokens_per_s` and, on a GPU, `peak_memory_gib` (the
+most memory PyTorch allocated on this process's GPU so far). A progress function (the CLI's
 print) gets a short line per logging step, whether or not stdout is a terminal.
 """
 
@@ -24,6 +25,12 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return None
     return value
+
+
+def _peak_memory_gib() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
 def progress_line(row: dict[str, Any], max_steps: int) -> str:
@@ -76,6 +83,9 @@ def log_callback(path: Path, progress: Callable[[str], None] | None = None) -> A
                           for k in row if k.startswith("rewards/") and k.endswith("/mean")}
             if components:
                 row["reward_components"] = components
+            peak = _peak_memory_gib()
+            if peak is not None:
+                row["peak_memory_gib"] = peak
             with path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row, default=str) + "\n")
             if progress is not None and "train_runtime" not in logs:

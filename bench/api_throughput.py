@@ -28,7 +28,7 @@ from tabulate import tabulate
 from medharness.backends import BACKENDS, Request
 from medharness.records import Message, Part, Prompt
 
-SERVER = Path(__file__).resolve().parents[1] / "tests" / "fake_api_server.py"
+SERVER = Path(__file__).resolve().parents[1] / "tests" / "support" / "fake_api_server.py"
 
 
 def make_requests(n: int) -> list[Request]:

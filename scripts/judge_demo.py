@@ -1,7 +1,7 @@
 """The README's agreement example, reproducible offline: a real VQA-RAD run judged by three SCRIPTED judges.
 
 No LLM is reachable from the machines this project is built on, so the judges here are rules played by the
-test suite's fake OpenAI server on 127.0.0.1 (tests/fake_api_server.py), answering in rarl_v1's format:
+test suite's fake OpenAI server on 127.0.0.1 (tests/support/fake_api_server.py), answering in rarl_v1's format:
 
     exact     prediction_score 1 iff the answer equals the gold (case and final period ignored)
     overlap   1 iff the answer and the gold share a word (a lenient judge)
@@ -26,7 +26,7 @@ import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 from fake_api_server import FakeAPIServer
 

@@ -120,4 +120,4 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__}, transformers
       f"vllm {vllm.__version__}")
 PY
 echo "$WANT" > "$STAMP"
-log "done: $ENV_DIR ready (run its tests with $PY -m pytest tests/test_vllm_backend.py)"
+log "done: $ENV_DIR ready (run its tests with $PY -m pytest tests/backends/test_vllm_backend.py)"

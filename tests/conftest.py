@@ -7,9 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("MEDHARNESS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+from shared_data import shared  # tests/support
 
 _cache = tempfile.mkdtemp(prefix="medharness-test-cache-")
 for var, value in {
@@ -21,14 +19,6 @@ for var, value in {
     "MPLCONFIGDIR": os.path.join(_cache, "mpl"),
 }.items():
     os.environ.setdefault(var, value)
-
-
-def shared(name: str) -> Path:
-    """A folder of ../shared/data, or skip the test with a reason when it is absent."""
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"real data not available: {path} is absent")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Any]:
     return {"train": cmd_train, "reward": cmd_reward}
 
 
+TRAIN_EXTRA = ("torch", "transformers", "trl", "peft", "datasets")
+
+
+def require_train_extra() -> None:
+    """A clear error, not an ImportError traceback, when the `train` extra is not installed."""
+    import importlib.util
+
+    missing = [name for name in TRAIN_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"training needs {', '.join(missing)}: pip install 'medharness[hf,train]'")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    require_train_extra()
     from medharness.trainers.run import TrainRequest, train
 
     req = TrainRequest(recipe=args.recipe, presets=args.preset, config_file=args.config, overrides=args.overrides,

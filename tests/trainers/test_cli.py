@@ -10,6 +10,8 @@ import pytest
 
 from medharness.cli import main
 
+pytest.importorskip("trl", reason="training needs the `train` extra")  # without it: tested below, by name
+
 
 def _train(*args: str) -> int:
     return main(["train", "--task", "phantom_presence", *args])
@@ -46,3 +48,12 @@ def test_bad_input_is_refused_before_training(tmp_path: Path, capsys: pytest.Cap
     err = capsys.readouterr().err
     assert __import__("re").search(message, err), err
     assert not out.exists()
+
+
+def test_missing_train_extra_is_named(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a))
+    assert _train("--model", "x") == 2
+    assert "training needs trl: pip install 'medharness[hf,train]'" in capsys.readouterr().err

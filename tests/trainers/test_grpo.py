@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+
+from train_rewards import REWARDS  # tests/support; tests/trainers/conftest.py registers its length metric
 
 from medharness.trainers.prepare import prepare
 from medharness.trainers.run import TrainRequest, resolve, train
-
-from .test_train import REWARDS, length_metric  # noqa: F401 - the autouse fixture registers the test metric
 
 pytestmark = pytest.mark.slow
 G = 4

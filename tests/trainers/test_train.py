@@ -9,26 +9,15 @@ from typing import Any
 import pytest
 
 from medharness.cli import main
-from medharness.metrics import METRICS, Metric
 from medharness.trainers.run import TrainRequest, train
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("trl")
 
-LENGTH = "test_text_length"
-REWARDS = ("rewards=[{metric: yes_no_accuracy, weight: 0.9}, {metric: format_compliance, args: {format: r1}, "
-           f"weight: 0.1}}, {{metric: {LENGTH}, weight: 0.1}}]")
-LABELS = {"yes_no_accuracy", "format_compliance", LENGTH}
+from train_rewards import LABELS, REWARDS
+
 PRESETS = ["sft", "sft_lora", "dpo", "dpo_lora", "grpo", "grpo_lora", "dr_grpo"]
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def length_metric() -> None:
-    """A reward that varies between completions of a random model, so GRPO advantages are not all zero."""
-    if LENGTH not in METRICS:
-        METRICS.register(LENGTH, Metric(name=LENGTH, fn=lambda answer, sample, text: len(text) / 10.0,
-                                        percent=False))
 
 
 def run_training(out: Path, model: Path, preset: str, *extra: str, **kw: Any) -> Path:

@@ -1,4 +1,4 @@
-"""The command line: score (predictions files and run dirs), ls, validate, leaderboard, help."""
+"""The command line: score (predictions files and run dirs), ls, validate, help."""
 
 from __future__ import annotations
 
@@ -105,18 +105,6 @@ def test_rescore_run_dir_under_conventions(tmp_path: Path, vqa_rad_dir: Path, vq
     assert mumc["convention"] == "mumc" and next(iter(mumc["metrics"].values()))["value"] == pytest.approx(1.0)
     assert main(["score", str(out_dir), "--convention", "mumcc"]) == 2
     assert "Did you mean 'mumc'?" in capsys.readouterr().err
-
-
-def test_leaderboard_from_run_dirs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for model in ("baseline:majority", "baseline:constant:no"):
-        assert main(["run", "--model", model, "--tasks", "phantom_presence", "--limit", "40",
-                     "--output", str(tmp_path / model.replace(":", "_")), "--no-progress"]) == 0
-    board = tmp_path / "board.md"
-    assert main(["leaderboard", *map(str, sorted(tmp_path.glob("baseline_*"))), "--output", str(board)]) == 0
-    text = board.read_text()
-    assert "| baseline:constant:no" in text and "| baseline:majority" in text
-    assert "phantom_presence · yes_no_accuracy" in text and "± 1.96 × standard error" in text
-    assert main(["leaderboard", str(tmp_path / "missing")]) == 2
 
 
 def test_ls_and_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

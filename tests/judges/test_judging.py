@@ -1,5 +1,5 @@
 """Judge panels end to end: a finished run judged by scripted judges on a real local HTTP server
-(tests/fake_api_server.py, 127.0.0.1), through the CLI: verdict files, panel columns, leaderboard,
+(tests/support/fake_api_server.py, 127.0.0.1), through the CLI: verdict files, panel columns, leaderboard,
 agreement, disagreement file, verdict cache, faults; plus a real tiny hf model as a (noise) judge.
 """
 
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,13 @@ import pytest
 pytest.importorskip("openai")
 pytest.importorskip("krippendorff")
 
+from fake_api_server import FakeAPIServer, Fault
+
 from medharness.cli import main
 from medharness.errors import ConfigError
 from medharness.judges.panel import load_panel, parse_judges
 from medharness.pipeline import RunConfig, Runner
 from medharness.runlog import RunDir
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_api_server import FakeAPIServer, Fault
 
 N = 24
 KEY_ENV, KEY = "MEDHARNESS_TEST_JUDGE_KEY", "sk-judge-SECRET-0123456789abcdef"

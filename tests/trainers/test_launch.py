@@ -26,7 +26,7 @@ from medharness.trainers.launch import (
     write_launch_config,
 )
 
-TESTS = Path(__file__).resolve().parent
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -151,7 +151,7 @@ def test_real_single_process_accelerate_launch_on_cpu(tmp_path: Path) -> None:
     result_file = tmp_path / "probe.json"
     argv = launch_argv([str(result_file), "--recipe", "sft", "--num-processes", "1"], config, 1,
                        module="accelerate_probe")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SUPPORT), os.environ.get("PYTHONPATH", "")]),
            "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]

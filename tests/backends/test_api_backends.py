@@ -1,4 +1,4 @@
-"""The `openai` and `gemini` backends against a real local HTTP server (tests/fake_api_server.py, 127.0.0.1).
+"""The `openai` and `gemini` backends against a real local HTTP server (tests/support/fake_api_server.py, 127.0.0.1).
 
 Every test talks to a fake server that stops itself after 60 s; retries use short delays so the file runs in
 well under a minute.
@@ -10,15 +10,14 @@ import asyncio
 import base64
 import json
 import logging
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("openai")
 pytest.importorskip("google.genai")
 
+from fake_api_server import FakeAPIServer, Fault
 from PIL import Image
 
 from medharness.backends import BACKENDS, Request
@@ -32,9 +31,6 @@ from medharness.backends.api_common import (
 )
 from medharness.errors import ConfigError
 from medharness.records import GenerationSettings, Message, Part, Prompt
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_api_server import FakeAPIServer, Fault
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 KEY_ENV = "MEDHARNESS_TEST_API_KEY"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared
 from PIL import Image
+from shared_data import shared
 
 from medharness.boxes import from_absolute
 from medharness.errors import DataError

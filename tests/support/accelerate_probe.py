@@ -1,4 +1,4 @@
-"""Launched by `accelerate launch -m accelerate_probe OUT.json ...` in tests/test_launch.py: records what the
+"""Launched by `accelerate launch -m accelerate_probe OUT.json ...` in tests/trainers/test_launch.py: records what the
 launched process sees (the accelerate environment, its argv) so the test can check a real launch on CPU."""
 
 from __future__ import annotations

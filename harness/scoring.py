@@ -41,7 +41,7 @@ class Recipe:
     def score(self, sample: Sample, generation: Generation) -> tuple[Answer, dict[str, float]]:
         """Parse and score one generation. A failed generation is unparsed: zero credit, counted."""
         if generation.error is not None:
-            answer = Answer.model_construct(value=None, parser=self.parser.name,
+            answer = Answer(value=None, parser=self.parser.name,
                                             note=f"generation failed: {generation.error}")
         else:
             answer = self.parser(generation.text, sample)

@@ -54,19 +54,16 @@ class ParserChain:
         self.name = "+".join(n for n, _, _ in self.steps)
 
     def __call__(self, text: str, sample: Sample) -> Answer:
-        # Answers are built with model_construct: their fields come from this code, not from outside, and
-        # validating them again cost a third of re-scoring time (docs/benchmarks.md).
         current: Any = text
         note = ""
         for name, args, fn in self.steps:
             if not isinstance(current, str):
-                return Answer.model_construct(value=None, parser=self.name,
-                                              note=f"{name}: previous step gave a non-text value")
+                return Answer(value=None, parser=self.name, note=f"{name}: previous step gave a non-text value")
             answer = fn(current, sample, **args)
             if answer.value is None:
-                return Answer.model_construct(value=None, parser=self.name, note=f"{name}: {answer.note}".rstrip(": "))
+                return Answer(value=None, parser=self.name, note=f"{name}: {answer.note}".rstrip(": "))
             current, note = answer.value, answer.note
-        return Answer.model_construct(value=current, parser=self.name, note=note)
+        return Answer(value=current, parser=self.name, note=note)
 
 
 def split_spec(step: StepSpec) -> tuple[str, dict[str, Any]]:

@@ -17,11 +17,11 @@ LETTERS = string.ascii_uppercase
 
 
 def _ok(name: str, value: Any, note: str = "") -> Answer:
-    return Answer.model_construct(value=value, parser=name, note=note)  # built here from str: no re-validation
+    return Answer(value=value, parser=name, note=note)
 
 
 def _fail(name: str, note: str) -> Answer:
-    return Answer.model_construct(value=None, parser=name, note=note)
+    return Answer(value=None, parser=name, note=note)
 
 # --- choice ----------------------------------------------------------------------------------
 

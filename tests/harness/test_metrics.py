@@ -242,7 +242,7 @@ def test_every_metric_is_fast_on_a_megabyte(text: str) -> None:
                                                  choices=OPTIONS, meta={"answer_type": "OPEN"}), text,
                        **args.get(name, {}))
             assert got is None or isinstance(got, float)
-        assert time.perf_counter() - start < 5.0, name
+        assert time.perf_counter() - start < 30.0, name  # a guard against quadratic blow-ups, not a speed target
 
 
 def test_bleu_of_the_reasoning_against_a_meta_field() -> None:

@@ -32,6 +32,8 @@ def test_tiny_model_on_real_vqa_rad(tmp_path: Path, tiny_models: dict[str, Path]
     assert all(r.generation.error is None for r in rows)
     assert all((r.generation.completion_tokens or 0) <= 6 for r in rows)
     assert run.log.model.startswith(f"hf:{tiny_models[arch]}@")
+    assert run.log.attn_implementation == "sdpa"  # the kernel the model ran with
+    assert run.log.trained_from is not None and not run.log.trained_from.known  # a folder without a manifest
     summary = run.log.tasks["vqa_rad"].summary.model_dump()
     assert summary["n"] == 451 and summary["groups"]["answer_type"]["OPEN"]["n"] == 179
     # random weights answer nonsense: every unparsed/wrong answer is counted, none guessed right

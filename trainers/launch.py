@@ -209,7 +209,7 @@ def launch_from_args(args: argparse.Namespace, train_argv: Sequence[str], output
     """For the train command: None when it should train in this process; else write the configs into
     `output` and return the accelerate argv to run instead."""
     if args.launcher == "none" or under_launcher():
-        spec_from_args(args, use_cpu=True)  # still refuse contradictory options
+        spec_from_args(args, use_cpu=False)  # still refuse contradictory options
         return None
     spec = spec_from_args(args)
     return launch_argv(train_argv, write_launch_config(spec, output), spec.num_processes)

@@ -106,15 +106,20 @@ def child_argv(args: argparse.Namespace, output: Path) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from medharness.trainers.config import trl_args
     from medharness.trainers.launch import launch_from_args, under_launcher
-    from medharness.trainers.run import TrainRequest, default_output, resolve, train
+    from medharness.trainers.run import TrainRequest, default_output, refuse_non_empty, resolve, train
 
     req = TrainRequest(recipe=args.recipe, presets=args.preset, config_file=args.config, overrides=args.overrides,
                        task=args.task, model=args.model, prompt=args.prompt, samples_file=args.samples,
                        seed=args.seed, max_steps=args.max_steps, output=args.output, resume=args.resume,
                        evals=eval_request(args))
     if args.launcher == "accelerate" and not under_launcher():
-        output = args.output or default_output(*resolve(req))  # a bad config fails before anything is written
+        config, layers = resolve(req)  # a bad config (TRL keys included) fails before anything is written
+        output = args.output or default_output(config, layers)
+        trl_args(config, layers, output, use_gpu=False)
+        if not args.resume:
+            refuse_non_empty(output)
         argv = launch_from_args(args, child_argv(args, output), output)
         assert argv is not None
         print(f"launching: {shlex.join(argv)}", flush=True)

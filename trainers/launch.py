@@ -108,6 +108,14 @@ def under_launcher() -> bool:
     return "ACCELERATE_MIXED_PRECISION" in os.environ or "LOCAL_RANK" in os.environ
 
 
+def launch_record(output: Path) -> dict[str, Any]:
+    """How this training process was started, for train.json."""
+    launched = under_launcher()
+    config = output / LAUNCH_DIR / ACCELERATE_CONFIG
+    return {"launcher": "accelerate" if launched else "none", "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            "config": str(config) if launched and config.is_file() else None}
+
+
 def _gpu_visible() -> bool:
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
         return False
@@ -236,6 +244,11 @@ def vllm_settings(mode: Literal["colocate", "server"], gpu_memory_utilization: f
     if max_model_length is not None:
         out["vllm_max_model_length"] = max_model_length
     return out
+
+
+def vllm_overrides(mode: Literal["colocate", "server"], **settings: Any) -> list[str]:
+    """`vllm_settings` as `-C trl.KEY=VALUE` overrides for `train` or a sweep's `overrides:`."""
+    return [f"trl.{key}={json.dumps(value)}" for key, value in vllm_settings(mode, **settings).items()]
 
 
 def vllm_serve_command(model: str, tensor_parallel_size: int = 1, data_parallel_size: int = 1,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from medharness.errors import ConfigError, DataError
 from medharness.trainers.config import Layers, TrainConfig, build_config, load_layers
 from medharness.trainers.evals import EvalRequest
-from medharness.trainers.launch import LAUNCH_DIR
+from medharness.trainers.launch import LAUNCH_DIR, launch_record
 
 if TYPE_CHECKING:
     from medharness.trainers.prepare import Prepared
@@ -96,14 +96,18 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def refuse_non_empty(output: Path) -> None:
+    """A new run needs an empty --output (launch/ holds the accelerate config the launching process wrote
+    just before starting this one)."""
+    if output.exists() and any(p.name != LAUNCH_DIR for p in output.iterdir()):
+        raise ConfigError(f"{output} exists and is not empty: continue it with --resume, or choose another --output")
+
+
 def prepare_output(output: Path, config: TrainConfig, resume: bool) -> str | None:
     """Check the output directory; on `--resume` return the last checkpoint (None: start over)."""
     info = output / TRAIN_FILE
     if not resume:
-        # launch/ holds the accelerate config the launching process wrote just before starting this one
-        if output.exists() and any(p.name != LAUNCH_DIR for p in output.iterdir()):
-            raise ConfigError(f"{output} exists and is not empty: continue it with --resume, or choose another "
-                              "--output")
+        refuse_non_empty(output)
         output.mkdir(parents=True, exist_ok=True)
         return None
     if not info.is_file():
@@ -146,15 +150,18 @@ def _main_process() -> bool:
 
 def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> Path:
     """Run one training job (then score its checkpoints when `req.evals` asks); returns the output directory."""
+    from medharness.task import resolve_task_names
     from medharness.trainers.evals import TrainSamples, evaluate_checkpoints, plan
     from medharness.trainers.prepare import prepare
 
     config, layers = resolve(req)
     output = req.output or default_output(config, layers)
+    evals = req.evals if req.evals is not None and req.evals.enabled else None
+    if evals is not None and evals.tasks:
+        resolve_task_names(evals.tasks)  # a misspelt eval task fails before the model loads
     prepared = prepare(config, layers, output)  # bad input fails before the directory exists
     ctx, lineage = prepared.ctx, prepared.lineage
     trained = TrainSamples.create(ctx.task.name, config.samples.split, ctx.samples, lineage.sample_ids)
-    evals = req.evals if req.evals is not None and req.evals.enabled else None
     eval_plan = plan(evals, str(config.task), ctx.task, config.data_dir, trained) if evals else None
     last = prepare_output(output, config, req.resume)
     write_json(output / TRAIN_SAMPLES_FILE, trained.to_json())
@@ -166,7 +173,7 @@ def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> P
         "prompt": lineage.prompt, "model": config.model, "seed": config.seed, "output": str(output),
         "n_train_samples": len(lineage.sample_ids), "config": lineage.resolved(), "batch": prepared.batch_info(),
         "rewards": prepared.reward_info(), "resumed_from": last, "final": None, "started": _now(), "finished": None,
-        "error": None, "evals": {**eval_plan.info(), "status": "pending"} if eval_plan else None}
+        "error": None, "launch": launch_record(output), "evals": {**eval_plan.info(), "status": "pending"} if eval_plan else None}
     info = output / TRAIN_FILE
     if req.resume and info.is_file():  # keep the earlier attempts' status and times
         before = json.loads(info.read_text(encoding="utf-8"))

@@ -129,6 +129,16 @@ def test_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert text in err
 
 
+def test_dry_run_checks_each_cells_trl_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("trl")
+    file = write(tmp_path / "s.yaml", "model: tiny\ntasks: [phantom_presence]\ncommon_presets: [tiny_cpu]\n"
+                                      "recipes: [sft, {recipe: grpo, from: sft, overrides: [trl.num_generations=4]}]\n")
+    assert main(["train-then-eval", "--sweep", str(file), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "cell grpo-from-sft-phantom_presence-kall-s0: " in err and "num_generations (4)" in err
+    assert "cell sft-" not in err
+
+
 def test_board_mean_and_std_over_seeds(tmp_path: Path) -> None:
     file = write(tmp_path / "s.yaml", "model: m\ntasks: [phantom_presence]\nrecipes: [sft]\nseeds: [0, 1, 2]\n"
                                       "baselines: [majority]\n")

@@ -5,11 +5,11 @@ samples, never on the training samples.
 The design: evaluation runs after training, in the main process, over the checkpoint folders training left
 (`checkpoint-<step>/`, plus `final/` when its step has no checkpoint). So no process of a multi-GPU job waits
 on another while a model generates, the trainer's memory is freed first, and every point is an ordinary,
-resumable run directory (a rerun skips finished points and redoes one whose checkpoint changed since).
+resumable run directory (a rerun skips finished points and redoes one whose checkpoint or held-out ids changed).
 
     OUTPUT/train_samples.json        the training sample ids (split, ids, sha256 as in the manifests) and content
                                      keys (images + question), written before training
-    OUTPUT/evals/heldout.json        the evaluated ids per task: the eval split minus every training sample
+    OUTPUT/evals/heldout-<hash>.json the evaluated ids per task: the eval split minus every training sample
     OUTPUT/evals/step-<N>/           one `medharness run` directory per point (run.json records `trained_from`)
     OUTPUT/train.json  `evals`       the settings, each point, and the curve {task: {metric, points: [[step, value]]}}
     OUTPUT/logs.jsonl                one `{"step": N, "eval": {task: {metric, value, n}}}` row per point
@@ -105,7 +105,7 @@ class TrainSamples:
 
 @dataclass
 class EvalPlan:
-    """The resolved evaluation: which tasks, which held-out ids (written to evals/heldout.json), how."""
+    """The resolved evaluation: which tasks, which held-out ids (written to evals/heldout-<hash>.json), how."""
 
     request: EvalRequest
     tasks: list[str]  # task names
@@ -114,13 +114,14 @@ class EvalPlan:
     heldout: dict[str, list[str]]
     dropped: dict[str, int]  # training samples left out, per task
     split: dict[str, str]
-    samples_file: Path | None = None  # evals/heldout.json, once written
+    samples_file: Path | None = None  # evals/heldout-<hash>.json, once written
 
     def write(self, output: Path) -> None:
         folder = output / EVALS_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        self.samples_file = folder / "heldout.json"
-        self.samples_file.write_text(json.dumps(self.heldout, indent=1) + "\n", encoding="utf-8")
+        text = json.dumps(self.heldout, indent=1) + "\n"
+        self.samples_file = folder / f"heldout-{hashlib.sha256(text.encode()).hexdigest()[:8]}.json"
+        self.samples_file.write_text(text, encoding="utf-8")
 
     def info(self) -> dict[str, Any]:
         r = self.request
@@ -174,31 +175,32 @@ def points(output: Path, start_model: str) -> list[tuple[int, str]]:
     return out
 
 
-def _stale(run_dir: Path, model: str) -> bool:
-    """A finished point whose checkpoint was written again since (another manifest) is scored again."""
-    from medharness.trainers.sweep_board import read_run
-
-    info = read_run(run_dir) or {}
-    folder = Path(model)
-    if not (folder / "medharness.json").is_file():
+def _same_point(info: dict[str, Any], config: Any) -> bool:
+    """An earlier run of this point is still valid: the same settings (held-out ids included: their file is
+    named by its content) and the same checkpoint (its manifest hash; a rewritten checkpoint is scored again)."""
+    old = info.get("config") or {}
+    if any(old.get(k) != v for k, v in config.model_dump().items() if k in config.RESULT_KEYS):
         return False
-    return (info.get("trained_from") or {}).get("manifest_hash") != file_hash(manifest_path(folder))
+    folder = Path(config.model)
+    if not (folder / "medharness.json").is_file():
+        return True
+    return bool((info.get("trained_from") or {}).get("manifest_hash") == file_hash(manifest_path(folder)))
 
 
 def evaluate_point(eval_plan: EvalPlan, model: str, run_dir: Path, trained: TrainSamples) -> None:
-    """One `Runner` run, skipped when finished, continued when started."""
+    """One `Runner` run: skipped when finished, continued when started, started afresh when it is stale."""
     from medharness.pipeline import RunConfig, Runner
     from medharness.trainers.sweep_board import read_run
 
-    info = read_run(run_dir)
-    if info is not None and info.get("status") == "finished" and not _stale(run_dir, model):
-        return
-    if info is None or info.get("status") == "finished":  # never started, or stale: from scratch
-        shutil.rmtree(run_dir, ignore_errors=True)
     r = eval_plan.request
     config = RunConfig(model=model, backend=r.backend, tasks=eval_plan.refs, overrides=eval_plan.overrides,
                        batch_size=r.batch_size, samples_file=str(eval_plan.samples_file), label=run_dir.name)
-    resume = info is not None and info.get("status") != "finished"
+    info = read_run(run_dir)
+    resume = info is not None and _same_point(info, config)
+    if resume and info is not None and info.get("status") == "finished":
+        return
+    if not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)
     runner = Runner(config, output=run_dir, resume=resume)
     for name, samples in runner.samples.items():  # refuse, whatever selected them
         leaked = [s.id for s in samples if trained.contains(name, eval_plan.split[name], s)]

@@ -107,6 +107,26 @@ def test_a_training_sample_is_refused_whatever_selected_it(tmp_path: Path) -> No
     assert not (tmp_path / "evals" / "step-0").exists()
 
 
+def test_a_point_is_skipped_when_done_and_scored_again_on_other_ids(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDHARNESS_CACHE", str(tmp_path / "cache"))
+    task = load_task("phantom_presence")
+    trained = TrainSamples.create(task.name, "train", [], [])
+    run_dir = tmp_path / "evals" / "step-0"
+
+    def point(n: int) -> None:
+        p = plan(EvalRequest(checkpoints=True, limit=n), "phantom_presence", task, None, trained)
+        p.write(tmp_path)
+        evaluate_point(p, "baseline:majority", run_dir, trained)
+
+    point(4)
+    stamp = (run_dir / "run.json").stat().st_mtime_ns
+    point(4)  # finished, same settings: skipped
+    assert (run_dir / "run.json").stat().st_mtime_ns == stamp
+    point(6)  # other held-out ids: another file, the point is scored again
+    assert len(evaluated_ids(run_dir)) == 6
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--eval-limit", "8"], "need --eval-every N or --eval-checkpoints"),
     (["--eval-every", "0"], "--eval-every must be >= 1"),

@@ -173,7 +173,8 @@ def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> P
         "prompt": lineage.prompt, "model": config.model, "seed": config.seed, "output": str(output),
         "n_train_samples": len(lineage.sample_ids), "config": lineage.resolved(), "batch": prepared.batch_info(),
         "rewards": prepared.reward_info(), "resumed_from": last, "final": None, "started": _now(), "finished": None,
-        "error": None, "launch": launch_record(output), "evals": {**eval_plan.info(), "status": "pending"} if eval_plan else None}
+        "error": None, "launch": launch_record(output),
+        "evals": {**eval_plan.info(), "status": "pending"} if eval_plan else None}
     info = output / TRAIN_FILE
     if req.resume and info.is_file():  # keep the earlier attempts' status and times
         before = json.loads(info.read_text(encoding="utf-8"))

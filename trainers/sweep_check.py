@@ -3,7 +3,8 @@
 Checked: the base model (a folder with a config, a `tiny` spec, or a hub id: noted, not fetched), every train
 and eval task (loads, the train split exists, each k-shot subset is non-empty), the files the sweep names,
 the eval backend and baselines, the launch settings, and, where the `train` command is installed, its recipes,
-presets and each cell's resolved config down to TRL's own checks (e.g. num_generations vs the batch size). Problems are collected (not raised one by one) so that one dry run lists them all.
+presets and each cell's resolved config down to TRL's own checks (e.g. num_generations vs the batch size).
+Problems are collected (not raised one by one) so that one dry run lists them all.
 """
 
 from __future__ import annotations

@@ -155,9 +155,9 @@ class Stages:
         if TRAIN_PROGRAM is not None:
             return [*TRAIN_PROGRAM, *argv[1:]]
         if s.launch.launcher == "accelerate":
-            from medharness.trainers.launch import LaunchSpec, launch_argv, write_launch_config
+            from medharness.trainers.launch import launch_argv, machine_spec, write_launch_config
 
-            spec = LaunchSpec("accelerate", s.launch.num_processes, s.launch.deepspeed, s.launch.fsdp)
+            spec = machine_spec(s.launch.num_processes, s.launch.deepspeed, s.launch.fsdp)
             config = write_launch_config(spec, self.train_dir(cell.id))
             return launch_argv(argv, config, spec.num_processes)
         return [*PROGRAM, *argv]

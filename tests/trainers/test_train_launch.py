@@ -108,3 +108,46 @@ def test_a_real_single_process_accelerate_launch_trains_on_cpu(tmp_path: Path, t
     assert (out / "final" / "medharness.json").is_file()
     assert yaml.safe_load((out / "launch" / "accelerate_config.yaml").read_text())["use_cpu"] is True
     assert [p[0] for p in info["evals"]["curve"]["phantom_presence"]["points"]] == [0, 2]  # scored in the child
+
+
+def test_a_sweeps_launch_config_fits_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launch, "_gpu_visible", lambda: False)
+    cpu = launch.machine_spec(1)
+    assert cpu.use_cpu and cpu.mixed_precision == "no"
+    assert not launch.machine_spec(8, deepspeed="zero3").use_cpu  # DeepSpeed / FSDP configs are GPU configs
+    monkeypatch.setattr(launch, "_gpu_visible", lambda: True)
+    gpu = launch.machine_spec(8, fsdp=True)
+    assert not gpu.use_cpu and gpu.mixed_precision == "bf16"
+
+
+SWEEP = """\
+model: {model}
+tasks: [phantom_presence]
+recipes: [sft]
+common_presets: [tiny_cpu]
+overrides: [samples.limit=4]
+max_steps: 2
+eval: {{limit: 4, batch_size: 4, backend: hf, backend_options: {{device: cpu}}}}
+baselines: []
+reference: false
+launch: {{launcher: accelerate, num_processes: 1}}
+"""
+
+
+@pytest.mark.slow
+def test_a_sweep_cell_trains_under_accelerate_launch(tmp_path: Path, tiny_models: dict[str, Path],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep writes the launch config into the cell's train folder first; the launched train accepts it."""
+    pytest.importorskip("trl")
+    for var in ("ACCELERATE_MIXED_PRECISION", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("MEDHARNESS_CACHE", str(tmp_path / "cache"))
+    file = tmp_path / "s.yaml"
+    file.write_text(SWEEP.format(model=tiny_models["qwen2_vl"]))
+    assert main(["train-then-eval", "--sweep", str(file), "--output", str(tmp_path / "out")]) == 0
+    train = tmp_path / "out" / "cells" / "sft-phantom_presence-kall-s0" / "train"
+    info = json.loads((train / "train.json").read_text())
+    assert info["status"] == "finished" and info["launch"]["launcher"] == "accelerate"
+    config = yaml.safe_load((train / "launch" / "accelerate_config.yaml").read_text())
+    assert config["use_cpu"] is True and config["mixed_precision"] == "no"

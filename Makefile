@@ -18,14 +18,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[hf,data,api,judges,train,dev]"
 	touch $(STAMP)
 
-# The main job on the embedded default: the phantom tasks for a majority baseline and a tiny
-# random-weight VLM built offline, then a leaderboard. No downloads, no GPU.
+# The main job on the embedded default: train-then-eval with the shipped demo sweep (trainers/sweeps/demo.yaml):
+# a small tiny VLM built offline, SFT on phantom_presence, then GRPO from the SFT checkpoint, and one leaderboard
+# with the majority baseline, the base model, after SFT and after GRPO (runs/demo/leaderboard.md). No downloads,
+# no GPU.
 demo: $(STAMP) clean-demo
-	$(BIN)/medharness make-tiny-model $(DEMO)/tiny-qwen2-vl
-	$(BIN)/medharness run --model baseline:majority --tasks phantom --output $(DEMO)/majority
-	$(BIN)/medharness run --model $(DEMO)/tiny-qwen2-vl --tasks phantom --output $(DEMO)/tiny-qwen2-vl-run
-	$(BIN)/medharness leaderboard $(DEMO)/majority $(DEMO)/tiny-qwen2-vl-run --output $(DEMO)/leaderboard.md
-	cat $(DEMO)/leaderboard.md
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/medharness train-then-eval --output $(DEMO)
 
 clean-demo:
 	rm -rf $(DEMO)

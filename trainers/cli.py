@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Any]:
     p.add_argument("--max-steps", type=int, help="optimiser steps (trl.max_steps)")
     p.add_argument("--output", type=Path, help="output directory (default runs/train/<preset>-<task>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue --output from its last checkpoint-*")
+    e = p.add_argument_group("evaluation during training (held-out samples, scored by the harness; "
+                             "docs/training.md)")
+    e.add_argument("--eval-every", type=int, metavar="N",
+                   help="save a checkpoint every N steps (sets trl.save_steps) and, after training, score step 0 "
+                        "(the starting model) and every checkpoint with `run` into OUTPUT/evals/step-<N>/")
+    e.add_argument("--eval-checkpoints", action="store_true",
+                   help="as --eval-every, for the checkpoints the config saves anyway (trl.save_steps unchanged)")
+    e.add_argument("--eval-tasks", metavar="TASKS",
+                   help="tasks or families to score (comma-separated; default: the training task)")
+    e.add_argument("--eval-split", metavar="SPLIT",
+                   help="the split to score (default: each task's evaluation split); training samples are "
+                        "always left out")
+    e.add_argument("--eval-limit", type=int, metavar="N", help="the first N held-out samples per task")
+    e.add_argument("--eval-backend", metavar="NAME", help="the run backend (default auto: vllm on a GPU where "
+                                                          "installed, else hf)")
+    e.add_argument("--eval-batch-size", type=int, metavar="N", help="run batch size (default 8)")
+    from medharness.trainers.launch import add_launch_options
+
+    add_launch_options(p)
 
     r = sub.add_parser("reward", help="print each reward component for given completions (as training would)",
                        description="Score completions with reward metrics through the task's parser, exactly as "
@@ -62,15 +83,64 @@ def require_train_extra() -> None:
         raise ConfigError(f"training needs {', '.join(missing)}: pip install 'medharness[hf,train]'")
 
 
+EVAL_FLAGS = (("--eval-every", "eval_every"), ("--eval-tasks", "eval_tasks"), ("--eval-split", "eval_split"),
+              ("--eval-limit", "eval_limit"), ("--eval-backend", "eval_backend"),
+              ("--eval-batch-size", "eval_batch_size"))
+
+
+def eval_request(args: argparse.Namespace) -> Any:
+    from medharness.trainers.evals import EvalRequest
+
+    req = EvalRequest(every=args.eval_every, checkpoints=args.eval_checkpoints, tasks=args.eval_tasks,
+                      split=args.eval_split, limit=args.eval_limit, backend=args.eval_backend or "auto",
+                      batch_size=args.eval_batch_size or 8)
+    given = (args.eval_tasks, args.eval_split, args.eval_limit, args.eval_backend, args.eval_batch_size)
+    if not req.enabled and any(v is not None for v in given):
+        raise ConfigError("--eval-tasks/--eval-split/--eval-limit/--eval-backend/--eval-batch-size need "
+                          "--eval-every N or --eval-checkpoints")
+    return req if req.enabled else None
+
+
+def child_argv(args: argparse.Namespace, output: Path) -> list[str]:
+    """The train command's argv for the launched processes: every option but the launch ones, --output fixed
+    (a default output with a timestamp would differ between the launcher and the launched processes)."""
+    argv = ["train", "--output", str(output)]
+    for flag, value in (("--recipe", args.recipe), ("--config", args.config), ("--task", args.task),
+                        ("--model", args.model), ("--prompt", args.prompt), ("--samples", args.samples),
+                        ("--seed", args.seed), ("--max-steps", args.max_steps)):
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += [x for preset in args.preset for x in ("--preset", preset)]
+    argv += [x for item in args.overrides for x in ("-C", item)]
+    argv += [x for flag, name in EVAL_FLAGS if getattr(args, name) is not None
+             for x in (flag, str(getattr(args, name)))]
+    return argv + (["--eval-checkpoints"] if args.eval_checkpoints else []) + (["--resume"] if args.resume else [])
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     require_train_extra()
-    from medharness.trainers.run import TrainRequest, train
+    from medharness.trainers.config import trl_args
+    from medharness.trainers.launch import launch_from_args, under_launcher
+    from medharness.trainers.run import TrainRequest, default_output, refuse_non_empty, resolve, train
 
     req = TrainRequest(recipe=args.recipe, presets=args.preset, config_file=args.config, overrides=args.overrides,
                        task=args.task, model=args.model, prompt=args.prompt, samples_file=args.samples,
-                       seed=args.seed, max_steps=args.max_steps, output=args.output, resume=args.resume)
+                       seed=args.seed, max_steps=args.max_steps, output=args.output, resume=args.resume,
+                       evals=eval_request(args))
+    if args.launcher == "accelerate" and not under_launcher():
+        config, layers = resolve(req)  # a bad config (TRL keys included) fails before anything is written
+        output = args.output or default_output(config, layers)
+        trl_args(config, layers, output, use_gpu=False)
+        if not args.resume:
+            refuse_non_empty(output)
+        argv = launch_from_args(args, child_argv(args, output), output)
+        assert argv is not None
+        print(f"launching: {shlex.join(argv)}", flush=True)
+        return subprocess.call(argv)
+    launch_from_args(args, [], args.output or Path())  # contradictory launch options are refused here too
     output = train(req, progress=lambda line: print(line, flush=True))
-    print(f"finished: {output / 'final'} (train.json, logs.jsonl, completions.jsonl in {output})", flush=True)
+    extra = ", evals/" if req.evals else ""
+    print(f"finished: {output / 'final'} (train.json, logs.jsonl, completions.jsonl{extra} in {output})", flush=True)
     return 0
 
 

@@ -87,6 +87,15 @@ def spec_from_args(args: argparse.Namespace, use_cpu: bool | None = None) -> Lau
                       use_cpu=use_cpu, main_process_port=args.main_process_port)
 
 
+def machine_spec(num_processes: int, deepspeed: Literal["zero2", "zero3"] | None = None,
+                 fsdp: bool = False) -> LaunchSpec:
+    """An accelerate LaunchSpec for this machine (a sweep's `launch:`): a CPU config without mixed precision
+    when no GPU is visible, except that DeepSpeed and FSDP configs are always GPU configs."""
+    cpu = not deepspeed and not fsdp and not _gpu_visible()
+    return LaunchSpec("accelerate", num_processes, deepspeed, fsdp, mixed_precision="no" if cpu else "bf16",
+                      use_cpu=cpu)
+
+
 def strip_launch_options(argv: Sequence[str]) -> list[str]:
     """The argv without the launch options (`--num-processes 4` and `--num-processes=4` forms)."""
     out: list[str] = []
@@ -106,6 +115,14 @@ def strip_launch_options(argv: Sequence[str]) -> list[str]:
 def under_launcher() -> bool:
     """True inside a process that `accelerate launch` (or torchrun) started."""
     return "ACCELERATE_MIXED_PRECISION" in os.environ or "LOCAL_RANK" in os.environ
+
+
+def launch_record(output: Path) -> dict[str, Any]:
+    """How this training process was started, for train.json."""
+    launched = under_launcher()
+    config = output / LAUNCH_DIR / ACCELERATE_CONFIG
+    return {"launcher": "accelerate" if launched else "none", "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            "config": str(config) if launched and config.is_file() else None}
 
 
 def _gpu_visible() -> bool:
@@ -209,7 +226,7 @@ def launch_from_args(args: argparse.Namespace, train_argv: Sequence[str], output
     """For the train command: None when it should train in this process; else write the configs into
     `output` and return the accelerate argv to run instead."""
     if args.launcher == "none" or under_launcher():
-        spec_from_args(args, use_cpu=True)  # still refuse contradictory options
+        spec_from_args(args, use_cpu=False)  # still refuse contradictory options
         return None
     spec = spec_from_args(args)
     return launch_argv(train_argv, write_launch_config(spec, output), spec.num_processes)
@@ -236,6 +253,11 @@ def vllm_settings(mode: Literal["colocate", "server"], gpu_memory_utilization: f
     if max_model_length is not None:
         out["vllm_max_model_length"] = max_model_length
     return out
+
+
+def vllm_overrides(mode: Literal["colocate", "server"], **settings: Any) -> list[str]:
+    """`vllm_settings` as `-C trl.KEY=VALUE` overrides for `train` or a sweep's `overrides:`."""
+    return [f"trl.{key}={json.dumps(value)}" for key, value in vllm_settings(mode, **settings).items()]
 
 
 def vllm_serve_command(model: str, tensor_parallel_size: int = 1, data_parallel_size: int = 1,

@@ -6,6 +6,10 @@ train, and write the output directory (the contract other stages rely on):
     OUTPUT/final/                full weights or a LoRA adapter folder, the processor and `medharness.json`
     OUTPUT/logs.jsonl            one line per logging step (trainers/logs.py)
     OUTPUT/completions.jsonl     sampled completions with parsed answer and every reward component (GRPO)
+    OUTPUT/train_samples.json    the training sample ids (and content keys), for held-out evaluation
+    OUTPUT/evals/step-<N>/       with --eval-every / --eval-checkpoints: a `run` directory per scored
+                                 checkpoint, the curve in train.json `evals` and logs.jsonl (trainers/evals.py)
+    OUTPUT/launch/               with --launcher accelerate: the accelerate / DeepSpeed configs (launch.py)
 """
 
 from __future__ import annotations
@@ -19,13 +23,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medharness.errors import ConfigError, DataError
 from medharness.trainers.config import Layers, TrainConfig, build_config, load_layers
+from medharness.trainers.evals import EvalRequest
+from medharness.trainers.launch import LAUNCH_DIR, launch_record
+
+if TYPE_CHECKING:
+    from medharness.trainers.prepare import Prepared
 
 log = logging.getLogger(__name__)
 TRAIN_FILE = "train.json"
+TRAIN_SAMPLES_FILE = "train_samples.json"
 # Keys a resumed run must share with the run it continues.
 RESUME_KEYS = ("recipe", "model", "task", "prompt", "seed", "samples", "rewards", "lora", "rejected", "max_pixels")
 
@@ -46,14 +56,20 @@ class TrainRequest:
     max_steps: int | None = None
     output: Path | None = None
     resume: bool = False
+    evals: EvalRequest | None = None  # --eval-every / --eval-checkpoints (trainers/evals.py)
 
 
 def resolve(req: TrainRequest) -> tuple[TrainConfig, Layers]:
     """The validated recipe config from presets, `--config`, flags and `-C` overrides."""
+    every = req.evals.every if req.evals else None
     cli = {"task": req.task, "model": req.model, "prompt": req.prompt, "seed": req.seed,
-           "samples.file": str(req.samples_file) if req.samples_file else None, "trl.max_steps": req.max_steps}
+           "samples.file": str(req.samples_file) if req.samples_file else None, "trl.max_steps": req.max_steps,
+           "trl.save_steps": every, "trl.save_strategy": "steps" if every else None}
     layers = load_layers(req.recipe, req.presets, req.config_file, cli, req.overrides)
     config = build_config(layers)
+    if every and (config.trl.get("save_steps"), config.trl.get("save_strategy")) != (every, "steps"):
+        raise ConfigError(f"--eval-every {every} saves a checkpoint every {every} steps: remove the trl.save_steps "
+                          f"/ trl.save_strategy set at {layers.where(('trl', 'save_steps'))}")
     missing = [flag for flag, value in (("--model", config.model), ("--task", config.task)) if not value]
     if missing:
         raise ConfigError(f"train needs {' and '.join(missing)} (or `model:` / `task:` in --config)")
@@ -80,13 +96,18 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def refuse_non_empty(output: Path) -> None:
+    """A new run needs an empty --output (launch/ holds the accelerate config the launching process wrote
+    just before starting this one)."""
+    if output.exists() and any(p.name != LAUNCH_DIR for p in output.iterdir()):
+        raise ConfigError(f"{output} exists and is not empty: continue it with --resume, or choose another --output")
+
+
 def prepare_output(output: Path, config: TrainConfig, resume: bool) -> str | None:
     """Check the output directory; on `--resume` return the last checkpoint (None: start over)."""
     info = output / TRAIN_FILE
     if not resume:
-        if output.exists() and any(output.iterdir()):
-            raise ConfigError(f"{output} exists and is not empty: continue it with --resume, or choose another "
-                              "--output")
+        refuse_non_empty(output)
         output.mkdir(parents=True, exist_ok=True)
         return None
     if not info.is_file():
@@ -123,38 +144,73 @@ def drop_rows_after(file: Path, step: int) -> None:
     file.write_text("".join(kept), encoding="utf-8")
 
 
+def _main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> Path:
-    """Run one training job; returns the output directory (with `final/`)."""
+    """Run one training job (then score its checkpoints when `req.evals` asks); returns the output directory."""
+    from medharness.task import resolve_task_names
+    from medharness.trainers.evals import TrainSamples, evaluate_checkpoints, plan
     from medharness.trainers.prepare import prepare
 
     config, layers = resolve(req)
     output = req.output or default_output(config, layers)
+    evals = req.evals if req.evals is not None and req.evals.enabled else None
+    if evals is not None and evals.tasks:
+        resolve_task_names(evals.tasks)  # a misspelt eval task fails before the model loads
     prepared = prepare(config, layers, output)  # bad input fails before the directory exists
+    ctx, lineage = prepared.ctx, prepared.lineage
+    trained = TrainSamples.create(ctx.task.name, config.samples.split, ctx.samples, lineage.sample_ids)
+    eval_plan = plan(evals, str(config.task), ctx.task, config.data_dir, trained) if evals else None
     last = prepare_output(output, config, req.resume)
+    write_json(output / TRAIN_SAMPLES_FILE, trained.to_json())
+    if eval_plan is not None and _main_process():
+        eval_plan.write(output)
     prepared.add_callbacks(output, progress)
-    ctx, lineage, recipe = prepared.ctx, prepared.lineage, prepared.recipe
     record: dict[str, Any] = {
         "status": "running", "recipe": config.recipe, "presets": layers.presets, "task": config.task,
         "prompt": lineage.prompt, "model": config.model, "seed": config.seed, "output": str(output),
         "n_train_samples": len(lineage.sample_ids), "config": lineage.resolved(), "batch": prepared.batch_info(),
         "rewards": prepared.reward_info(), "resumed_from": last, "final": None, "started": _now(), "finished": None,
-        "error": None}
+        "error": None, "launch": launch_record(output),
+        "evals": {**eval_plan.info(), "status": "pending"} if eval_plan else None}
     info = output / TRAIN_FILE
     if req.resume and info.is_file():  # keep the earlier attempts' status and times
         before = json.loads(info.read_text(encoding="utf-8"))
         record["previous"] = [*before.get("previous", []),
                               {k: before.get(k) for k in ("status", "started", "finished", "steps", "error")}]
     write_json(info, record)
+    _fit(prepared, record, info, last)
+    del prepared, ctx
+    if eval_plan is None or not _main_process():
+        return output
+    _free_memory()
+    try:
+        record["evals"] = {**evaluate_checkpoints(output, eval_plan, str(config.model), progress),
+                           "status": "finished"}
+    except BaseException as exc:
+        failed = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        record["evals"] = {**record["evals"], "status": failed, "error": f"{type(exc).__name__}: {exc}"}
+        raise
+    finally:
+        write_json(info, record)
+    return output
+
+
+def _fit(prepared: Prepared, record: dict[str, Any], info: Path, last: str | None) -> None:
+    """Build the TRL trainer, train, save final/; train.json records the outcome."""
+    ctx, output = prepared.ctx, prepared.ctx.output
     start = time.perf_counter()
     try:
-        built = recipe.build(ctx)
+        built = prepared.recipe.build(ctx)
         from transformers.trainer_callback import PrinterCallback
 
         built.remove_callback(PrinterCallback)  # raw dicts on stdout; medharness prints its own progress lines
         built.train(resume_from_checkpoint=last)
         from medharness.trainers.checkpoints import save_final
 
-        final = save_final(built, ctx.processor, lineage, output)
+        final = save_final(built, ctx.processor, prepared.lineage, output)
         record.update(status="finished", final=str(final), steps=built.state.global_step)
     except KeyboardInterrupt:
         record.update(status="interrupted")
@@ -165,4 +221,14 @@ def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> P
     finally:
         record.update(finished=_now(), seconds=round(time.perf_counter() - start, 2))
         write_json(info, record)
-    return output
+
+
+def _free_memory() -> None:
+    """Drop the trainer's model and optimiser before the evaluation loads its own model."""
+    import gc
+
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -2,8 +2,9 @@
 
 Checked: the base model (a folder with a config, a `tiny` spec, or a hub id: noted, not fetched), every train
 and eval task (loads, the train split exists, each k-shot subset is non-empty), the files the sweep names,
-the eval backend and baselines, the launch settings, and, where the `train` command is installed, its recipes
-and presets. Problems are collected (not raised one by one) so that one dry run lists them all.
+the eval backend and baselines, the launch settings, and, where the `train` command is installed, its recipes,
+presets and each cell's resolved config down to TRL's own checks (e.g. num_generations vs the batch size).
+Problems are collected (not raised one by one) so that one dry run lists them all.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def _check_training(sweep: SweepConfig, stages: Stages, cells: list[Cell], probl
     from medharness.trainers.config import preset_names
 
     presets = set(preset_names())
+    before = len(problems)
     for recipe in sorted({c.entry.recipe for c in cells}):
         try:
             recipe_class(recipe)
@@ -90,6 +92,32 @@ def _check_training(sweep: SweepConfig, stages: Stages, cells: list[Cell], probl
     wanted = {p for c in cells for p in c.presets} | set(sweep.common_presets)
     for preset in sorted(wanted - presets):
         problems.append(f"preset {preset}: unknown; available: {', '.join(sorted(presets))}")
+    if len(problems) > before:
+        return
+    try:
+        from medharness.trainers.config import trl_args
+    except ImportError as exc:  # a light install: the TRL settings are checked when the cells train
+        notes.append(f"TRL settings not checked ({exc})")
+        return
+    from medharness.trainers.run import TrainRequest, resolve
+
+    checked: set[tuple[str, str | None, str]] = set()
+    for cell in cells:  # each cell's config as its train command resolves it, down to TRL's own checks
+        if (cell.entry.key, cell.preset, cell.task) in checked:
+            continue
+        checked.add((cell.entry.key, cell.preset, cell.task))
+        e = cell.entry
+        if e.config and not Path(stages.relative(e.config)).is_file():
+            continue  # reported above
+        req = TrainRequest(recipe=e.recipe, presets=[*cell.presets, *sweep.common_presets],
+                           config_file=Path(stages.relative(e.config)) if e.config else None,
+                           overrides=stages.overrides(cell), task=cell.task, model="(the base model)",
+                           prompt=sweep.prompt, seed=cell.seed, max_steps=sweep.max_steps)
+        try:
+            config, layers = resolve(req)
+            trl_args(config, layers, stages.train_dir(cell.id), use_gpu=False)
+        except MedHarnessError as exc:
+            problems.append(f"cell {cell.id}: {exc}")
 
 
 def check_sweep(sweep: SweepConfig, stages: Stages, cells: list[Cell]) -> tuple[list[str], list[str]]:

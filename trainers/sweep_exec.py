@@ -129,6 +129,11 @@ class Stages:
         argv = [*PROGRAM, "split", "--task", task, "--kshot", str(shots), "--seed", str(seed), "--output", str(out)]
         return argv + (["--data-dir", self.sweep.data_dir] if self.sweep.data_dir else [])
 
+    def overrides(self, cell: Cell) -> list[str]:
+        """The `-C KEY=VALUE` items of a cell's train command."""
+        s = self.sweep
+        return ([f"data_dir={s.data_dir}"] if s.data_dir else []) + list(s.overrides) + list(cell.entry.overrides)
+
     def train_argv(self, cell: Cell, model: str, samples: Path | None, resume: bool) -> list[str]:
         s, e = self.sweep, cell.entry
         argv = ["train", "--recipe", e.recipe, "--task", cell.task, "--model", model, "--seed", str(cell.seed),
@@ -143,17 +148,16 @@ class Stages:
             argv += ["--samples", str(samples)]
         if s.max_steps:
             argv += ["--max-steps", str(s.max_steps)]
-        overrides = ([f"data_dir={s.data_dir}"] if s.data_dir else []) + list(s.overrides) + list(e.overrides)
-        for item in overrides:
+        for item in self.overrides(cell):
             argv += ["-C", item]
         if resume:
             argv.append("--resume")
         if TRAIN_PROGRAM is not None:
             return [*TRAIN_PROGRAM, *argv[1:]]
         if s.launch.launcher == "accelerate":
-            from medharness.trainers.launch import LaunchSpec, launch_argv, write_launch_config
+            from medharness.trainers.launch import launch_argv, machine_spec, write_launch_config
 
-            spec = LaunchSpec("accelerate", s.launch.num_processes, s.launch.deepspeed, s.launch.fsdp)
+            spec = machine_spec(s.launch.num_processes, s.launch.deepspeed, s.launch.fsdp)
             config = write_launch_config(spec, self.train_dir(cell.id))
             return launch_argv(argv, config, spec.num_processes)
         return [*PROGRAM, *argv]

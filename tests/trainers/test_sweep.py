@@ -1,13 +1,12 @@
-"""Train-then-eval sweeps: the strict schema, cell expansion, stage commands, the dry run, the board, and
-(with a fake trainer in place of `train`, tests/support/fake_train.py) skip / resume / --cell / merge logic.
-The evaluations are real `medharness run` subprocesses on a tiny model.
-
-LEAD: when `medharness train` lands, add the real end-to-end test here: the shipped demo sweep
-(`train-then-eval --output DIR`, trainers/sweeps/demo.yaml) with the real train stage (no TRAIN_PROGRAM)."""
+"""Train-then-eval sweeps: the strict schema, cell expansion, stage commands, the dry run, the board,
+(with a fake trainer in place of `train`, tests/support/fake_train.py) skip / resume / --cell / merge logic, and one
+real end-to-end sweep (the real `medharness train`, SFT then GRPO-from-SFT). The evaluations are real
+`medharness run` subprocesses on a tiny model."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from medharness.cli import main
 from medharness.errors import ConfigError
+from medharness.lineage import file_hash
 from medharness.trainers import sweep_exec
 from medharness.trainers.sweep import DEMO, expand, load_sweep
 from medharness.trainers.sweep_board import board, render_markdown
@@ -127,6 +127,16 @@ def test_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for text in ("model: /no/such/model does not exist", "train task no_such_task", "missing.yaml",
                  "'oracle'"):
         assert text in err
+
+
+def test_dry_run_checks_each_cells_trl_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("trl")
+    file = write(tmp_path / "s.yaml", "model: tiny\ntasks: [phantom_presence]\ncommon_presets: [tiny_cpu]\n"
+                                      "recipes: [sft, {recipe: grpo, from: sft, overrides: [trl.num_generations=4]}]\n")
+    assert main(["train-then-eval", "--sweep", str(file), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "cell grpo-from-sft-phantom_presence-kall-s0: " in err and "num_generations (4)" in err
+    assert "cell sft-" not in err
 
 
 def test_board_mean_and_std_over_seeds(tmp_path: Path) -> None:
@@ -269,22 +279,51 @@ baselines: [majority]
 
 
 @pytest.mark.slow
-def test_real_sweep_end_to_end(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    """SFT then GRPO-from-SFT with the real `medharness train`, evaluated by `run`: the board has every row."""
-    from medharness.cli import COMMANDS, build_parser
-
-    build_parser()
-    if "train" not in COMMANDS:
-        pytest.skip("the `train` command is not on this branch yet")
+def test_real_sweep_end_to_end(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    """SFT then GRPO-from-SFT with the real `medharness train`, evaluated by `run`: the board has every row and
+    lineage; a finished sweep resumed does nothing; a cell killed mid-training resumes from its last checkpoint."""
+    pytest.importorskip("trl")
     monkeypatch.setenv("MEDHARNESS_CACHE", str(tmp_path / "cache"))
     file = write(tmp_path / "s.yaml", REAL.format(model=tiny_models["qwen2_vl"]))
     out = tmp_path / "sweep"
-    assert main(["train-then-eval", "--sweep", str(file), "--output", str(out)]) == 0
+    argv = ["train-then-eval", "--sweep", str(file), "--output", str(out)]
+    sft, grpo = "sft-phantom_presence-kall-s0", "grpo-from-sft-phantom_presence-kall-s0"
+    assert main(argv) == 0
     record = json.loads((out / "sweep.json").read_text())
     assert all(c["finished"] for c in record["cells"]) and not record["failed"]
-    final = Path(record["cells"][1]["train"]["final"])
-    assert (final / "medharness.json").is_file()
+    sft_final, grpo_final = (out / "cells" / cid / "train" / "final" for cid in (sft, grpo))
+    assert Path(record["cells"][1]["train"]["final"]) == grpo_final
+    grpo_manifest = json.loads((grpo_final / "medharness.json").read_text())
+    assert grpo_manifest["recipe"] == "grpo" and grpo_manifest["parent"] == file_hash(sft_final / "medharness.json")
     board_text = (out / "leaderboard.md").read_text()
     for row in ("| base ", "| baseline-majority ", "| sft · k=all ", "| grpo-from-sft · k=all "):
         assert row in board_text
-    assert main(["train-then-eval", "--sweep", str(file), "--output", str(out), "--resume"]) == 0  # all skipped
+    for lineage in ("qwen2_vl (no training)", "baseline:majority", "qwen2_vl → sft · k=all · 1 seed (0)",
+                    "qwen2_vl → sft → grpo · k=all · 1 seed (0)"):
+        assert lineage in board_text
+    run = json.loads((out / "cells" / grpo / "eval" / "phantom_presence" / "run.json").read_text())
+    assert run["trained_from"]["recipe"] == "grpo" and run["trained_from"]["parent"] == grpo_manifest["parent"]
+
+    # finished: --resume trains and evaluates nothing
+    files = [out / "cells" / c / d for c in (sft, grpo) for d in ("train/train.json", "eval/phantom_presence/run.json")]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert main([*argv, "--resume"]) == 0
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+
+    # the GRPO cell as a kill during step 2 leaves it: checkpoint-1 saved, no final, train.json still running
+    train_dir = out / "cells" / grpo / "train"
+    for folder in (train_dir / "final", train_dir / "checkpoint-2", out / "cells" / grpo / "eval"):
+        shutil.rmtree(folder)
+    info = json.loads((train_dir / "train.json").read_text())
+    (train_dir / "train.json").write_text(json.dumps({**info, "status": "running", "final": None}))
+    capsys.readouterr()
+    assert main(argv) == 2 and "--resume" in capsys.readouterr().err  # not without --resume
+    assert main([*argv, "--resume"]) == 0
+    info = json.loads((train_dir / "train.json").read_text())
+    assert info["status"] == "finished" and info["steps"] == 2 and info["resumed_from"].endswith("checkpoint-1")
+    assert json.loads((train_dir / "final" / "medharness.json").read_text())["step"] == 2
+    assert (out / "cells" / sft / "train" / "train.json").stat().st_mtime_ns == stamps[0]  # the parent untouched
+    assert json.loads((out / "cells" / grpo / "eval" / "phantom_presence" / "run.json").read_text())["status"] == \
+        "finished"
+    assert "| grpo-from-sft · k=all " in (out / "leaderboard.md").read_text()

@@ -1,0 +1,153 @@
+"""`train --launcher accelerate`: the accelerate / DeepSpeed / FSDP configs land in the output folder and the command
+re-executes itself through `accelerate launch` without the launch options (a real single-process launch on CPU),
+and GRPO's vLLM generation is reachable from a recipe config."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from medharness.cli import main
+from medharness.trainers import cli as train_cli
+from medharness.trainers import launch
+
+
+@pytest.fixture()
+def launched(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Capture the argv `train` would re-execute, as if GPUs were visible (DeepSpeed and FSDP need them)."""
+    calls: list[list[str]] = []
+    for var in ("ACCELERATE_MIXED_PRECISION", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(launch, "_gpu_visible", lambda: True)
+    monkeypatch.setattr(train_cli.subprocess, "call", lambda argv: calls.append(argv) or 0)
+    return calls
+
+
+@pytest.mark.parametrize(("options", "files", "kind"), [
+    (["--deepspeed", "zero2"], ["accelerate_config.yaml", "deepspeed_zero2.json"], "DEEPSPEED"),
+    (["--deepspeed", "zero3"], ["accelerate_config.yaml", "deepspeed_zero3.json"], "DEEPSPEED"),
+    (["--fsdp"], ["accelerate_config.yaml"], "FSDP"),
+    ([], ["accelerate_config.yaml"], "MULTI_GPU"),
+])
+def test_launch_configs_are_written_into_the_output_folder(tmp_path: Path, launched: list[list[str]],
+                                                           options: list[str], files: list[str], kind: str) -> None:
+    out = tmp_path / "out"
+    train = ["train", "--recipe", "grpo", "--task", "phantom_presence", "--model", "/m", "--eval-every", "5"]
+    assert main([*train, "--output", str(out), "--launcher", "accelerate", "--num-processes", "8", *options]) == 0
+    assert sorted(p.name for p in (out / "launch").iterdir()) == files
+    config = yaml.safe_load((out / "launch" / "accelerate_config.yaml").read_text())
+    assert config["distributed_type"] == kind and config["num_processes"] == 8
+    if "--deepspeed" in options:
+        ds = json.loads(Path(config["deepspeed_config"]["deepspeed_config_file"]).read_text())
+        assert ds["zero_optimization"]["stage"] == int(options[1][-1])
+    (argv,) = launched
+    assert argv[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert argv[argv.index("--num_processes") + 1] == "8"
+    child = argv[argv.index("medharness.cli") + 1:]  # the plain training, every launch option removed
+    assert child == ["train", "--output", str(out), "--recipe", "grpo", "--task", "phantom_presence", "--model",
+                     "/m", "--eval-every", "5"]
+
+
+def test_launch_refuses_before_writing(tmp_path: Path, launched: list[list[str]],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    base = ["train", "--recipe", "sft", "--task", "phantom_presence", "--model", "/m", "--output", str(out)]
+    assert main([*base, "--launcher", "accelerate", "--deepspeed", "zero2", "--fsdp"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main([*base, "--num-processes", "2"]) == 2  # many processes need the launcher
+    assert main([*base, "--launcher", "accelerate", "-C", "trl.num_generation=2"]) == 2  # a bad config
+    assert not out.exists() and not launched
+    (out / "checkpoint-1").mkdir(parents=True)
+    assert main([*base, "--launcher", "accelerate"]) == 2  # a used folder needs --resume
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert not (out / "launch").exists()
+
+
+def test_vllm_generation_is_a_recipe_config_switch(tmp_path: Path) -> None:
+    pytest.importorskip("trl")
+    from medharness.trainers.config import trl_args
+    from medharness.trainers.run import TrainRequest, resolve
+
+    for mode in ("colocate", "server"):
+        overrides = launch.vllm_overrides(mode)
+        assert overrides[:2] == ["trl.use_vllm=true", f'trl.vllm_mode="{mode}"']
+        config, layers = resolve(TrainRequest(recipe="grpo", task="phantom_presence", model="/m",
+                                              overrides=overrides))
+        args: Any = trl_args(config, layers, tmp_path, use_gpu=False)
+        assert args.use_vllm is True and args.vllm_mode == mode
+    config, layers = resolve(TrainRequest(recipe="grpo", task="phantom_presence", model="/m",
+                                          overrides=["trl.use_vllm=true", "trl.vllm_mode=colocate"]))
+    assert trl_args(config, layers, tmp_path, use_gpu=False).vllm_mode == "colocate"
+
+
+@pytest.mark.slow
+def test_a_real_single_process_accelerate_launch_trains_on_cpu(tmp_path: Path, tiny_models: dict[str, Path],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("accelerate")
+    pytest.importorskip("trl")
+    for var in ("ACCELERATE_MIXED_PRECISION", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("MEDHARNESS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    code = main(["train", "--preset", "sft", "--preset", "tiny_cpu", "--task", "phantom_presence", "--model",
+                 str(tiny_models["qwen2_vl"]), "--output", str(out), "--eval-every", "2", "--eval-limit", "4",
+                 "--launcher", "accelerate", "--num-processes", "1"])
+    assert code == 0
+    info = json.loads((out / "train.json").read_text())
+    assert info["status"] == "finished" and info["steps"] == 2
+    assert info["launch"] == {"launcher": "accelerate", "world_size": 1,
+                              "config": str(out / "launch" / "accelerate_config.yaml")}
+    manifest = json.loads((out / "checkpoint-2" / "medharness.json").read_text())
+    assert manifest["step"] == 2 and manifest["recipe"] == "sft"
+    assert (out / "final" / "medharness.json").is_file()
+    assert yaml.safe_load((out / "launch" / "accelerate_config.yaml").read_text())["use_cpu"] is True
+    assert [p[0] for p in info["evals"]["curve"]["phantom_presence"]["points"]] == [0, 2]  # scored in the child
+
+
+def test_a_sweeps_launch_config_fits_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launch, "_gpu_visible", lambda: False)
+    cpu = launch.machine_spec(1)
+    assert cpu.use_cpu and cpu.mixed_precision == "no"
+    assert not launch.machine_spec(8, deepspeed="zero3").use_cpu  # DeepSpeed / FSDP configs are GPU configs
+    monkeypatch.setattr(launch, "_gpu_visible", lambda: True)
+    gpu = launch.machine_spec(8, fsdp=True)
+    assert not gpu.use_cpu and gpu.mixed_precision == "bf16"
+
+
+SWEEP = """\
+model: {model}
+tasks: [phantom_presence]
+recipes: [sft]
+common_presets: [tiny_cpu]
+overrides: [samples.limit=4]
+max_steps: 2
+eval: {{limit: 4, batch_size: 4, backend: hf, backend_options: {{device: cpu}}}}
+baselines: []
+reference: false
+launch: {{launcher: accelerate, num_processes: 1}}
+"""
+
+
+@pytest.mark.slow
+def test_a_sweep_cell_trains_under_accelerate_launch(tmp_path: Path, tiny_models: dict[str, Path],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep writes the launch config into the cell's train folder first; the launched train accepts it."""
+    pytest.importorskip("trl")
+    for var in ("ACCELERATE_MIXED_PRECISION", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("MEDHARNESS_CACHE", str(tmp_path / "cache"))
+    file = tmp_path / "s.yaml"
+    file.write_text(SWEEP.format(model=tiny_models["qwen2_vl"]))
+    assert main(["train-then-eval", "--sweep", str(file), "--output", str(tmp_path / "out")]) == 0
+    train = tmp_path / "out" / "cells" / "sft-phantom_presence-kall-s0" / "train"
+    info = json.loads((train / "train.json").read_text())
+    assert info["status"] == "finished" and info["launch"]["launcher"] == "accelerate"
+    config = yaml.safe_load((train / "launch" / "accelerate_config.yaml").read_text())
+    assert config["use_cpu"] is True and config["mixed_precision"] == "no"

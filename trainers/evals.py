@@ -1,0 +1,251 @@
+"""`train --eval-every N` / `--eval-checkpoints`: score step 0 (the model training started from) and every saved
+checkpoint with the harness itself (`medharness.pipeline.Runner`, the code path of `medharness run`) on held-out
+samples, never on the training samples.
+
+The design: evaluation runs after training, in the main process, over the checkpoint folders training left
+(`checkpoint-<step>/`, plus `final/` when its step has no checkpoint). So no process of a multi-GPU job waits
+on another while a model generates, the trainer's memory is freed first, and every point is an ordinary,
+resumable run directory (a rerun skips finished points and redoes one whose checkpoint or held-out ids changed).
+
+    OUTPUT/train_samples.json        the training sample ids (split, ids, sha256 as in the manifests) and content
+                                     keys (images + question), written before training
+    OUTPUT/evals/heldout-<hash>.json the evaluated ids per task: the eval split minus every training sample
+    OUTPUT/evals/step-<N>/           one `medharness run` directory per point (run.json records `trained_from`)
+    OUTPUT/train.json  `evals`       the settings, each point, and the curve {task: {metric, points: [[step, value]]}}
+    OUTPUT/logs.jsonl                one `{"step": N, "eval": {task: {metric, value, n}}}` row per point
+
+A held-out sample is one that is not a training sample: not the same (task, split, id), and not the same
+images + question (a duplicate under another split). Ids alone are not enough: the phantom tasks' train and test
+splits use the same ids for different images. Selection and a check before each run both apply the rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from medharness.errors import ConfigError, DataError
+from medharness.lineage import file_hash, manifest_path, read_manifest
+from medharness.records import Sample
+from medharness.task import Task, load_task, resolve_task_names
+
+TRAIN_SAMPLES_FILE = "train_samples.json"
+EVALS_DIR = "evals"
+
+
+@dataclass
+class EvalRequest:
+    """The `train --eval-*` flags."""
+
+    every: int | None = None  # save (and score) a checkpoint every N steps
+    checkpoints: bool = False  # score the checkpoints training saves anyway
+    tasks: str | None = None  # comma-separated tasks or families (default: the training task)
+    split: str | None = None  # default: each task's own evaluation split
+    limit: int | None = None  # the first N held-out samples per task
+    backend: str = "auto"
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.every is not None and self.every < 1:
+            raise ConfigError(f"--eval-every must be >= 1, got {self.every}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--eval-limit must be >= 1, got {self.limit}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.every is not None or self.checkpoints
+
+
+def content_key(sample: Sample) -> str:
+    """The same images and question: the same item, whatever its split and id."""
+    return hashlib.sha256(json.dumps([list(sample.images), sample.question]).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainSamples:
+    """What a training run trained on (OUTPUT/train_samples.json)."""
+
+    task: str
+    split: str
+    ids: list[str]
+    content: list[str] = field(default_factory=list)
+
+    def contains(self, task: str, split: str, sample: Sample) -> bool:
+        same = task == self.task and split == self.split and sample.id in self._ids
+        return same or content_key(sample) in self._content
+
+    def __post_init__(self) -> None:
+        self._ids, self._content = set(self.ids), set(self.content)
+
+    @classmethod
+    def create(cls, task: str, split: str, samples: Iterable[Sample], ids: Sequence[str]) -> TrainSamples:
+        used = set(ids)
+        return cls(task, split, sorted(used), sorted({content_key(s) for s in samples if s.id in used}))
+
+    def to_json(self) -> dict[str, Any]:
+        from medharness.trainers.checkpoints import samples_hash
+
+        return {"task": self.task, "split": self.split, "sha256": samples_hash(self.ids), "ids": self.ids,
+                "content": self.content}
+
+    @classmethod
+    def read(cls, output: Path) -> TrainSamples:
+        file = output / TRAIN_SAMPLES_FILE
+        if not file.is_file():
+            raise DataError(f"{output} has no {TRAIN_SAMPLES_FILE}: cannot tell held-out samples from training ones")
+        data = json.loads(file.read_text(encoding="utf-8"))
+        return cls(data["task"], data["split"], list(data["ids"]), list(data.get("content", [])))
+
+
+@dataclass
+class EvalPlan:
+    """The resolved evaluation: which tasks, which held-out ids (written to evals/heldout-<hash>.json), how."""
+
+    request: EvalRequest
+    tasks: list[str]  # task names
+    refs: str  # what `run --tasks` gets
+    overrides: dict[str, dict[str, Any]]
+    heldout: dict[str, list[str]]
+    dropped: dict[str, int]  # training samples left out, per task
+    split: dict[str, str]
+    samples_file: Path | None = None  # evals/heldout-<hash>.json, once written
+
+    def write(self, output: Path) -> None:
+        folder = output / EVALS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.heldout, indent=1) + "\n"
+        self.samples_file = folder / f"heldout-{hashlib.sha256(text.encode()).hexdigest()[:8]}.json"
+        self.samples_file.write_text(text, encoding="utf-8")
+
+    def info(self) -> dict[str, Any]:
+        r = self.request
+        return {"every": r.every, "tasks": self.tasks, "split": self.split, "limit": r.limit, "backend": r.backend,
+                "samples_file": str(self.samples_file), "n_samples": {t: len(ids) for t, ids in self.heldout.items()},
+                "dropped_training_samples": self.dropped}
+
+
+def plan(request: EvalRequest, train_ref: str, train_task: Task, data_dir: str | None,
+         trained: TrainSamples) -> EvalPlan:
+    """The held-out ids of every eval task (before training: a task without any fails now). `train_ref` is
+    the training task as given (a name or a task YAML path)."""
+    refs = request.tasks or train_ref
+    tasks: list[str] = []
+    overrides: dict[str, dict[str, Any]] = {}
+    heldout: dict[str, list[str]] = {}
+    dropped: dict[str, int] = {}
+    splits: dict[str, str] = {}
+    for ref in resolve_task_names(refs):
+        name = ref.stem if isinstance(ref, Path) else ref
+        over: dict[str, Any] = {}
+        if name == train_task.name:  # the prompt variant (and data) the model was trained on
+            over = {"prompt": train_task.prompt_name, **({"data_dir": data_dir} if data_dir else {})}
+        if request.split:
+            over["split"] = request.split
+        task = load_task(ref, over)
+        split = request.split or task.config.split
+        samples = task.load_samples(split)
+        held = [s for s in samples if not trained.contains(task.name, split, s)]
+        if not held:
+            raise DataError(f"--eval: task {task.name} has no held-out samples in split '{split}' "
+                            f"({len(samples)} samples, all used in training); choose --eval-split")
+        tasks.append(task.name)
+        overrides[task.name] = over
+        heldout[task.name] = [s.id for s in held[: request.limit or len(held)]]
+        dropped[task.name] = len(samples) - len(held)
+        splits[task.name] = split
+    return EvalPlan(request, tasks, refs, {t: o for t, o in overrides.items() if o}, heldout, dropped, splits)
+
+
+def points(output: Path, start_model: str) -> list[tuple[int, str]]:
+    """(step, model) to score: step 0 (the model training started from), each checkpoint, and final/ when its
+    step has no checkpoint (checkpoints removed by `save_total_limit` are gone and not scored)."""
+    from medharness.trainers.sweep_exec import checkpoints
+
+    out = [(0, start_model)] + [(int(c.name.rpartition("-")[2]), str(c)) for c in checkpoints(output)]
+    final = output / "final"
+    manifest = read_manifest(final) if final.is_dir() else None
+    if manifest is not None and manifest.step is not None and manifest.step not in {s for s, _ in out}:
+        out.append((manifest.step, str(final)))
+    return out
+
+
+def _same_point(info: dict[str, Any], config: Any) -> bool:
+    """An earlier run of this point is still valid: the same settings (held-out ids included: their file is
+    named by its content) and the same checkpoint (its manifest hash; a rewritten checkpoint is scored again)."""
+    old = info.get("config") or {}
+    if any(old.get(k) != v for k, v in config.model_dump().items() if k in config.RESULT_KEYS):
+        return False
+    folder = Path(config.model)
+    if not (folder / "medharness.json").is_file():
+        return True
+    return bool((info.get("trained_from") or {}).get("manifest_hash") == file_hash(manifest_path(folder)))
+
+
+def evaluate_point(eval_plan: EvalPlan, model: str, run_dir: Path, trained: TrainSamples) -> None:
+    """One `Runner` run: skipped when finished, continued when started, started afresh when it is stale."""
+    from medharness.pipeline import RunConfig, Runner
+    from medharness.trainers.sweep_board import read_run
+
+    r = eval_plan.request
+    config = RunConfig(model=model, backend=r.backend, tasks=eval_plan.refs, overrides=eval_plan.overrides,
+                       batch_size=r.batch_size, samples_file=str(eval_plan.samples_file), label=run_dir.name)
+    info = read_run(run_dir)
+    resume = info is not None and _same_point(info, config)
+    if resume and info is not None and info.get("status") == "finished":
+        return
+    if not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    runner = Runner(config, output=run_dir, resume=resume)
+    for name, samples in runner.samples.items():  # refuse, whatever selected them
+        leaked = [s.id for s in samples if trained.contains(name, eval_plan.split[name], s)]
+        if leaked:
+            raise DataError(f"refusing to evaluate {name} on training samples {leaked[:5]}")
+    runner.run()
+
+
+def evaluate_checkpoints(output: Path, eval_plan: EvalPlan, start_model: str,
+                         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Score every point; returns the `evals` record of train.json (and writes the logs.jsonl rows)."""
+    from medharness.trainers.sweep_board import primary_metric
+
+    trained = TrainSamples.read(output)
+    done: list[dict[str, Any]] = []
+    curve: dict[str, dict[str, Any]] = {t: {"metric": None, "points": []} for t in eval_plan.tasks}
+    for step, model in points(output, start_model):
+        run_dir = output / EVALS_DIR / f"step-{step}"
+        evaluate_point(eval_plan, model, run_dir, trained)
+        metrics = {t: primary_metric(run_dir, t) for t in eval_plan.tasks}
+        done.append({"step": step, "model": model, "run": str(run_dir),
+                     "eval": {t: m and {k: m[k] for k in ("metric", "value", "n")} for t, m in metrics.items()}})
+        for task, m in metrics.items():
+            if m is not None:
+                curve[task]["metric"] = m["metric"]
+                curve[task]["points"].append([step, m["value"]])
+        if progress is not None:
+            shown = "  ".join(f"{t} {m['metric']} {m['value']:.1f} (n={m['n']})" for t, m in metrics.items()
+                              if m and m["value"] is not None)
+            progress(f"eval step {step}: {shown}")
+    _log_rows(output / "logs.jsonl", done)
+    return {**eval_plan.info(), "points": done, "curve": curve}
+
+
+def _log_rows(file: Path, done: list[dict[str, Any]]) -> None:
+    """Replace the eval rows of logs.jsonl (idempotent when a resumed run scores again)."""
+    kept = []
+    if file.is_file():
+        for line in file.read_text(encoding="utf-8").splitlines():
+            try:
+                if "eval" not in json.loads(line):
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    kept += [json.dumps({"step": p["step"], "time": stamp, "eval": p["eval"], "model": p["model"],
+                         "run": p["run"]}) for p in done]
+    file.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from medharness import ablation
 from medharness.backends import BACKENDS, Backend, check_options
@@ -74,20 +74,24 @@ class RunConfig(BaseModel):
     RESULT_KEYS: ClassVar[tuple[str, ...]] = ("model", "backend", "tasks", "data_dir", "overrides", "limit",
                                               "max_new_tokens", "temperature", "seed", "ablate", "samples_file")
 
-    @model_validator(mode="after")
-    def _backend_options(self) -> RunConfig:
+    @field_validator("backend_options")
+    @classmethod
+    def _backend_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         """Options the chosen backend does not take are refused (`auto` on a model: hf or vllm, so options
         that one of them takes pass here, and the runner checks again once it has picked)."""
+        model, backend = info.data.get("model"), info.data.get("backend")
+        if not isinstance(model, str) or not isinstance(backend, str):
+            return options  # model or backend already refused
         errors = []
-        for name in candidate_backends(self.model, self.backend):
+        for name in candidate_backends(model, backend):
             try:
-                check_options(name, self.backend_options)
-                return self
+                check_options(name, options)
+                return options
             except ConfigError as exc:
                 errors.append(str(exc))
         if errors:
             raise ValueError(" / ".join(errors))
-        return self
+        return options
 
 
 def candidate_backends(model: str, backend: str) -> tuple[str, ...]:

@@ -102,7 +102,7 @@ def _format_error(path: Path, exc: ValidationError, lines: dict[Any, int]) -> st
         if err["type"] == "extra_forbidden":
             msgs.append(f"{path}:{at}: unknown key '{where}'")
         else:
-            msgs.append(f"{path}:{at}: {where}: {err['msg']}")
+            msgs.append(f"{path}:{at}: {where}: {err['msg'].removeprefix('Value error, ')}")
     return "invalid task file\n  " + "\n  ".join(msgs)
 
 

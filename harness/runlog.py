@@ -163,10 +163,23 @@ def describe_holder(file: Path) -> str:
     try:
         info = json.loads(file.read_text(encoding="utf-8"))
         command = " ".join(str(a) for a in info.get("command") or [])[:200]
-        return (f"{info.get('purpose', 'a')} process pid {info['pid']} on host {info['host']}, started "
+        text = (f"{info.get('purpose', 'a')} process pid {info['pid']} on host {info['host']}, started "
                 f"{info['started']}" + (f": {command}" if command else ""))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "a process that has not recorded itself yet"
+    if info["host"] == socket.gethostname() and not _alive(int(info["pid"])):
+        text += "; that process has ended, so a child it forked (e.g. a model server) still holds the lock"
+    return text
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
 
 
 class RunDir:

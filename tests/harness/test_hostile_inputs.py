@@ -380,6 +380,42 @@ def test_a_lock_left_by_a_killed_process_is_not_stale(tmp_path: Path) -> None:
         holder.wait()
 
 
+def test_a_lock_inherited_by_a_forked_child_names_the_ended_holder(tmp_path: Path) -> None:
+    """A child forked by the holder (a model server) keeps the lock after the holder ends: the refusal says so."""
+    RunDir.create(tmp_path / "run", {}).close()
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        from medharness.runlog import RunDir
+        run = RunDir.open(Path({str(tmp_path / "run")!r}), writer="run")
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        print("forked", flush=True)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env(),
+                              start_new_session=True)
+    try:
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "forked"
+        parent.wait(10)
+        with pytest.raises(RunInUseError, match=f"pid {parent.pid} .*that process has ended, so a child"):
+            RunDir.open(tmp_path / "run", writer="run")
+    finally:
+        try:
+            os.killpg(parent.pid, signal.SIGKILL)  # the forked child is in the parent's session
+        except ProcessLookupError:
+            pass
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            RunDir.open(tmp_path / "run", writer="run").close()
+            break
+        except RunInUseError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
 def test_creating_over_a_directory_that_holds_only_a_lock_file_works(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / LOCK_FILE).write_text("")

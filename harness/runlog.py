@@ -158,18 +158,34 @@ class RunLock:
         os.close(fd)
 
 
-def describe_holder(file: Path) -> str:
-    """'pid 123 on host h, since 2026-..., `medharness run ...`' from a lock file (what its holder wrote)."""
-    try:
-        info = json.loads(file.read_text(encoding="utf-8"))
-        command = " ".join(str(a) for a in info.get("command") or [])[:200]
-        text = (f"{info.get('purpose', 'a')} process pid {info['pid']} on host {info['host']}, started "
-                f"{info['started']}" + (f": {command}" if command else ""))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+def describe_holder(file: Path, wait_s: float = 1.0) -> str:
+    """'run process pid 123 on host h, started 2026-..., medharness run ...' from a lock file (what its holder
+    wrote). The holder writes its record just after it gets the lock, so an empty record (or one of an ended
+    process, left by a holder that was killed) is read again for up to `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        info = _read_holder(file)
+        live = info is not None and (info["host"] != socket.gethostname() or _alive(int(info["pid"])))
+        if live or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    if info is None:
         return "a process that has not recorded itself yet"
-    if info["host"] == socket.gethostname() and not _alive(int(info["pid"])):
+    command = " ".join(str(a) for a in info.get("command") or [])[:200]
+    text = (f"{info.get('purpose', 'a')} process pid {info['pid']} on host {info['host']}, started "
+            f"{info['started']}" + (f": {command}" if command else ""))
+    if not live:
         text += "; that process has ended, so a child it forked (e.g. a model server) still holds the lock"
     return text
+
+
+def _read_holder(file: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+        int(info["pid"]), str(info["host"]), str(info["started"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def _alive(pid: int) -> bool:

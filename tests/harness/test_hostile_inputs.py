@@ -380,6 +380,27 @@ def test_a_lock_left_by_a_killed_process_is_not_stale(tmp_path: Path) -> None:
         holder.wait()
 
 
+def test_a_writer_refused_in_the_instant_before_the_holder_records_itself_still_names_it(tmp_path: Path) -> None:
+    """Two processes started together: the loser may read run.lock between the winner's flock and its record."""
+    import fcntl
+    import socket
+    import threading
+
+    RunDir.create(tmp_path / "run", {}).close()
+    lock_file = tmp_path / "run" / LOCK_FILE
+    fd = os.open(lock_file, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held, nothing recorded yet
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": "now", "purpose": "run"}
+    late = threading.Timer(0.2, lambda: lock_file.write_text(json.dumps(record)))
+    late.start()
+    try:
+        with pytest.raises(RunInUseError, match=f"run process pid {os.getpid()} on host"):
+            RunDir.open(tmp_path / "run", writer="judge")
+    finally:
+        late.cancel()
+        os.close(fd)
+
+
 def test_a_lock_inherited_by_a_forked_child_names_the_ended_holder(tmp_path: Path) -> None:
     """A child forked by the holder (a model server) keeps the lock after the holder ends: the refusal says so."""
     RunDir.create(tmp_path / "run", {}).close()

@@ -32,10 +32,10 @@ class _Loader(yaml.SafeLoader):
         anchor = getattr(event, "anchor", None)
         if anchor is not None:
             sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
-            raise _AliasRefused(f"line {event.start_mark.line + 1}: YAML anchors and aliases ({sign}{anchor}) are "
+            raise _Refused(f"line {event.start_mark.line + 1}: YAML anchors and aliases ({sign}{anchor}) are "
                                 "not allowed; write the value out in full")
         if self.depth >= MAX_DEPTH:
-            raise _AliasRefused(f"line {event.start_mark.line + 1}: nested deeper than {MAX_DEPTH} levels")
+            raise _Refused(f"line {event.start_mark.line + 1}: nested deeper than {MAX_DEPTH} levels")
         self.depth += 1
         try:
             return super().compose_node(parent, index)
@@ -43,7 +43,7 @@ class _Loader(yaml.SafeLoader):
             self.depth -= 1
 
 
-class _AliasRefused(ConfigError):
+class _Refused(ConfigError):
     """An anchor, an alias or too deep a nesting met while composing (before any node is built)."""
 
 
@@ -71,14 +71,14 @@ def _construct(loader: _Loader, node: yaml.Node, path: Loc, lines: dict[Loc, int
 def load_yaml_with_lines(path: Path) -> tuple[Any, dict[Loc, int]]:
     """Parse one YAML document; return the data and a map from key path to line number.
 
-    Whatever is wrong with the file (unreadable, not UTF-8, not YAML, an anchor, nesting deeper than Python's
-    stack, a number too long to convert, ...) is a ConfigError naming the file: never a traceback."""
+    Whatever is wrong with the file (unreadable, not UTF-8, not YAML, an anchor, nesting deeper than
+    MAX_DEPTH, a number too long to convert, ...) is a ConfigError naming the file: never a traceback."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the file: {exc}") from None
     lines: dict[Loc, int] = {}
-    data = _load(text, str(path), lines, prefix=":")
+    data = _load(text, str(path), lines, in_file=True)
     if data is _EMPTY:
         raise ConfigError(f"{path}: the file is empty")
     return data, lines
@@ -87,8 +87,9 @@ def load_yaml_with_lines(path: Path) -> tuple[Any, dict[Loc, int]]:
 _EMPTY = object()
 
 
-def _load(text: str, where: str, lines: dict[Loc, int], prefix: str) -> Any:
-    """The one parse path of files and command-line values: refusals become ConfigErrors naming `where`."""
+def _load(text: str, where: str, lines: dict[Loc, int], in_file: bool) -> Any:
+    """The one parse path of files and command-line values: every failure is a ConfigError naming `where`
+    (and, in a file, the line: `task.yaml:2: ...`)."""
     loader = None
     try:
         loader = _Loader(text)
@@ -96,10 +97,10 @@ def _load(text: str, where: str, lines: dict[Loc, int], prefix: str) -> Any:
         if node is None:
             return _EMPTY
         return _construct(loader, node, (), lines)
-    except _AliasRefused as exc:
+    except _Refused as exc:
         line, _, message = str(exc).partition(": ")
-        raise ConfigError(f"{where}{prefix}{line.removeprefix('line ')}: {message}" if prefix == ":" else
-                          f"{where}: {exc}") from None
+        raise ConfigError(f"{where}:{line.removeprefix('line ')}: {message}" if in_file else f"{where}: {exc}") \
+            from None
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     except yaml.YAMLError as exc:
@@ -116,7 +117,7 @@ def _load(text: str, where: str, lines: dict[Loc, int], prefix: str) -> Any:
 def load_value(text: str, what: str) -> Any:
     """One YAML value from the command line (`-T key=VALUE`, `--backend-option key=VALUE`): scalars, lists and
     mappings as YAML reads them; anchors, aliases and tags are refused like in files."""
-    data = _load(text, what, {}, prefix=" ")
+    data = _load(text, what, {}, in_file=False)
     return None if data is _EMPTY else data
 
 

@@ -150,7 +150,8 @@ _FLAGS = {"samples_file": "--samples", "backend_options": "--backend-option", "o
 
 
 def option_errors(exc: Any) -> str:
-    """A RunConfig ValidationError as the options the user typed: '--limit -5: must be >= 1'."""
+    """A RunConfig ValidationError as the options the user typed: '--limit -5: Input should be greater than or
+    equal to 1'."""
     lines = []
     for err in exc.errors():
         field = str(err["loc"][0]) if err["loc"] else ""

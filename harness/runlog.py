@@ -25,10 +25,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
-from typing_extensions import Self
 
 from medharness.errors import ConfigError, DataError, RunInUseError
 from medharness.records import (
@@ -44,6 +43,9 @@ from medharness.records import (
     TrainedFrom,
     check_safe_name,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 RUN_FILE = "run.json"
 LOCK_FILE = "run.lock"

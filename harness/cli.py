@@ -15,7 +15,7 @@ EPILOG = "Docs: README.md and docs/ in the repository. Every command has --help.
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     """`-T vqa_rad.prompt=r1 -T vqa_rad.data_dir=DIR` -> {"vqa_rad": {"prompt": "r1", ...}}."""
-    import yaml
+    from medharness.yamlio import load_value
 
     out: dict[str, dict[str, Any]] = {}
     for item in items:
@@ -23,7 +23,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
         task, dot, field = key.partition(".")
         if not eq or not dot or not task or not field:
             raise ConfigError(f"-T expects TASK.KEY=VALUE, got {item!r}")
-        out.setdefault(task, {})[field] = yaml.safe_load(value) if value else ""
+        out.setdefault(task, {})[field] = load_value(value, f"-T {key}") if value else ""
     return out
 
 
@@ -109,21 +109,26 @@ def cmd_run(args: argparse.Namespace) -> int:
                "prediction_field": args.prediction_field, "base_url": args.base_url, "api_key_env": args.api_key_env,
                "concurrency": args.concurrency, "timeout": args.timeout, "max_retries": args.max_retries}
     backend_options = {k: v for k, v in options.items() if v is not None}
-    import yaml
+    from medharness.yamlio import load_value
 
     for item in args.backend_option:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise ConfigError(f"--backend-option expects KEY=VALUE, got {item!r}")
-        backend_options[key] = yaml.safe_load(value)
+        backend_options[key] = load_value(value, f"--backend-option {key}")
     if args.resume and not args.output:
         raise ConfigError("--resume needs --output RUN_DIR (the run to continue)")
-    config = RunConfig(model=args.model, backend=args.backend, tasks=args.tasks, data_dir=args.data_dir,
-                       overrides=parse_overrides(args.overrides), limit=args.limit, batch_size=args.batch_size,
-                       max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                       backend_options=backend_options, max_error_rate=args.max_error_rate, ablate=args.ablate,
-                       samples_file=str(args.samples_file) if args.samples_file else None,
-                       cache=not args.no_cache, cache_dir=args.cache_dir, label=args.label)
+    from pydantic import ValidationError
+
+    try:
+        config = RunConfig(model=args.model, backend=args.backend, tasks=args.tasks, data_dir=args.data_dir,
+                           overrides=parse_overrides(args.overrides), limit=args.limit, batch_size=args.batch_size,
+                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                           backend_options=backend_options, max_error_rate=args.max_error_rate, ablate=args.ablate,
+                           samples_file=str(args.samples_file) if args.samples_file else None,
+                           cache=not args.no_cache, cache_dir=args.cache_dir, label=args.label)
+    except ValidationError as exc:
+        raise ConfigError(option_errors(exc)) from None
     from medharness.cli_output import print_run_summary, progress_bar
 
     panel = _panel(args)  # a bad judge config fails before the model runs
@@ -133,8 +138,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         run = runner.run()
     print_run_summary(run)
     if panel:
-        _judge_run(run, panel, args)
+        from medharness.runlog import RunDir
+
+        with RunDir.open(run.path, writer="judge") as judged:
+            _judge_run(judged, panel, args)
     return 0
+
+
+_FLAGS = {"samples_file": "--samples", "backend_options": "--backend-option", "overrides": "-T",
+          "cache": "--no-cache", "model": "--model"}
+
+
+def option_errors(exc: Any) -> str:
+    """A RunConfig ValidationError as the options the user typed: '--limit -5: Input should be greater than or
+    equal to 1'."""
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else ""
+        flag = _FLAGS.get(field, "--" + field.replace("_", "-")) if field else "options"
+        got = err.get("input")
+        value = f" {got}" if field and not isinstance(got, dict) and got is not None else ""
+        lines.append(f"{flag}{value}: {err['msg'].removeprefix('Value error, ')}")
+    return "invalid option(s)\n  " + "\n  ".join(lines)
 
 
 def _add_judge(sub: argparse._SubParsersAction) -> None:
@@ -164,11 +189,11 @@ def _run_tasks(run: Any, tasks: str | None) -> list[str] | None:
 def cmd_judge(args: argparse.Namespace) -> int:
     from medharness.runlog import RunDir
 
-    run = RunDir.open(args.run_dir)
-    panel = _panel(args)
-    if not panel:
-        raise ConfigError("judge needs --judges SPEC:BACKEND:MODEL[,...] or --judge-config FILE")
-    _judge_run(run, panel, args, _run_tasks(run, args.tasks))
+    with RunDir.open(args.run_dir, writer="judge") as run:  # judging appends: one writer at a time
+        panel = _panel(args)
+        if not panel:
+            raise ConfigError("judge needs --judges SPEC:BACKEND:MODEL[,...] or --judge-config FILE")
+        _judge_run(run, panel, args, _run_tasks(run, args.tasks))
     return 0
 
 

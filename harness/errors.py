@@ -21,3 +21,7 @@ class BackendError(MedHarnessError):
 
 class JudgeError(MedHarnessError):
     """A judge cannot be configured or reached at all."""
+
+
+class RunInUseError(MedHarnessError):
+    """Another process holds the run directory's lock (it is running, resuming or judging that run)."""

@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from medharness import ablation
-from medharness.backends import BACKENDS, Backend
+from medharness.backends import BACKENDS, Backend, check_options
 from medharness.cache import ResponseCache
 from medharness.errors import ConfigError, DataError, MedHarnessError
 from medharness.generate import generate_cached
@@ -29,6 +29,7 @@ from medharness.records import (
     GenerationSettings,
     ResultRow,
     RunUsage,
+    SafeName,
     Sample,
     TaskEntry,
     TaskSummary,
@@ -45,7 +46,10 @@ Progress = Callable[[str, int, int], None]  # (task, done, total)
 
 
 class RunConfig(BaseModel):
-    """Everything that decides a run's results; stored in run.json and compared on --resume."""
+    """Everything that decides a run's results; stored in run.json and compared on --resume.
+
+    Every value is checked here, so the CLI and the Python API refuse the same input (the CLI names the
+    option: `--limit`, `--backend-option`, ...)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -54,21 +58,52 @@ class RunConfig(BaseModel):
     tasks: str
     data_dir: str | None = None
     overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)  # task -> {key: value}
-    limit: int | None = None
-    batch_size: int = 8
-    max_new_tokens: int | None = None
-    temperature: float | None = None
+    limit: int | None = Field(None, ge=1)  # None: every sample
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
     seed: int = 0
     backend_options: dict[str, Any] = Field(default_factory=dict)
-    max_error_rate: float = 0.5
+    max_error_rate: float = Field(0.5, ge=0, le=1, allow_inf_nan=False)
     ablate: str | None = None  # blank | noise | shuffle: replace every image (see ablation.py)
     samples_file: str | None = None  # a pinned list of sample ids (see splits.py)
     cache: bool = True  # reuse generations from the response cache (see cache.py)
     cache_dir: str | None = None
-    label: str | None = None  # a human name for boards (not a result key)
+    label: SafeName | None = None  # a human name for boards (not a result key)
 
     RESULT_KEYS: ClassVar[tuple[str, ...]] = ("model", "backend", "tasks", "data_dir", "overrides", "limit",
                                               "max_new_tokens", "temperature", "seed", "ablate", "samples_file")
+
+    @field_validator("backend_options")
+    @classmethod
+    def _backend_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Options the chosen backend does not take are refused (`auto` on a model: hf or vllm, so options
+        that one of them takes pass here, and the runner checks again once it has picked)."""
+        model, backend = info.data.get("model"), info.data.get("backend")
+        if not isinstance(model, str) or not isinstance(backend, str):
+            return options  # model or backend already refused
+        errors = []
+        for name in candidate_backends(model, backend):
+            try:
+                check_options(name, options)
+                return options
+            except ConfigError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise ValueError(" / ".join(errors))
+        return options
+
+
+def candidate_backends(model: str, backend: str) -> tuple[str, ...]:
+    """The backend(s) `pick_backend` can choose, found without importing torch: one name, or hf and vllm
+    for `auto` on a model (an option either takes is accepted until the choice is made)."""
+    if model.startswith("baseline:"):
+        return ("baseline",)
+    if backend != "auto":
+        return (backend,)
+    if Path(model).suffix in (".jsonl", ".json", ".csv") and Path(model).is_file():
+        return ("replay",)
+    return ("vllm", "hf")
 
 
 def pick_backend(model: str, backend: str) -> tuple[str, str]:
@@ -108,13 +143,20 @@ def make_backend(config: RunConfig) -> Backend:
 
 
 def load_tasks(config: RunConfig) -> list[Task]:
-    tasks = []
+    tasks: list[Task] = []
     for ref in resolve_task_names(config.tasks):
         name = ref.stem if isinstance(ref, Path) else ref
         overrides = dict(config.overrides.get(name, {}))
         if config.data_dir and "data_dir" not in overrides:
             overrides["data_dir"] = config.data_dir
-        tasks.append(load_task(ref, overrides))
+        task = load_task(ref, overrides)
+        same = next((t for t in tasks if t.name == task.name), None)
+        if same is not None and same.path.resolve() == task.path.resolve():
+            continue  # the same file twice (a family and one of its tasks): run it once
+        if same is not None:
+            raise ConfigError(f"--tasks: two tasks are named '{task.name}' ({same.path} and {task.path}); their "
+                              f"rows would share samples/{task.name}.jsonl: rename one (its `name:`)")
+        tasks.append(task)
     unknown = set(config.overrides) - {t.name for t in tasks}
     if unknown:
         raise ConfigError(f"-T names task(s) {sorted(unknown)} that are not in --tasks")
@@ -141,7 +183,8 @@ class Runner:
     def __init__(self, config: RunConfig, output: Path | None = None, resume: bool = False,
                  progress: Progress | None = None, retry_errors: bool = False) -> None:
         self.config = config
-        pick_backend(config.model, config.backend)  # a wrong backend name fails before any work
+        backend_name, _ = pick_backend(config.model, config.backend)  # a wrong backend name fails before any work
+        check_options(backend_name, config.backend_options)
         ablation.check(config.ablate)
         self.pinned = read_sample_ids(Path(config.samples_file)) if config.samples_file else None
         self.tasks = load_tasks(config)  # bad task files fail here, before any directory exists
@@ -168,11 +211,19 @@ class Runner:
         return samples[: self.config.limit] if self.config.limit else samples
 
     def run(self) -> RunDir:
+        """Run into the run directory, holding its lock throughout (a second writer is refused)."""
         if self.resume:
-            run = RunDir.open(self.path)
-            _check_resume(run, self.config)
+            run = RunDir.open(self.path, writer="run --resume")
         else:
             run = RunDir.create(self.path, self.config.model_dump(), seed=self.config.seed, label=self.config.label)
+        try:
+            return self._run(run)
+        finally:
+            run.close()
+
+    def _run(self, run: RunDir) -> RunDir:
+        if self.resume:
+            _check_resume(run, self.config)
         try:
             backend = make_backend(self.config)
         except MedHarnessError:
@@ -191,8 +242,8 @@ class Runner:
         except KeyboardInterrupt:
             run.set_status("interrupted", "stopped by the user; --resume continues")
             raise
-        except MedHarnessError as exc:
-            run.set_status("failed", str(exc))
+        except Exception as exc:  # recorded, then raised: run.json never stays "running"
+            run.set_status("failed", str(exc) if isinstance(exc, MedHarnessError) else f"{type(exc).__name__}: {exc}")
             raise
         finally:
             backend.close()

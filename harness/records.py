@@ -13,16 +13,39 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 class Strict(BaseModel):
     """The one strict base: frozen, and an unknown key is an error (records, task files, sources, panels)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_safe_name(value: str, what: str = "name") -> str:
+    """`value` if it can be used as a file name as it is (no separators, not `.`/`..`, not empty, <= 128
+    characters), else ValueError. Every name that becomes a file or folder name is checked with this."""
+    if not SAFE_NAME.fullmatch(value):
+        shown = repr(value if len(value) <= 60 else value[:60] + "...")
+        raise ValueError(f"{what} {shown} cannot be used as a file name: use 1 to 128 letters, digits, '.', '_' "
+                         "or '-', starting with a letter or digit")
+    return value
+
+
+def _safe_field(value: str, info: ValidationInfo) -> str:
+    return check_safe_name(value, info.field_name or "name")
+
+
+SafeName = Annotated[str, AfterValidator(_safe_field)]
+"""A name that becomes a file name (task, judge, run label, recipe, preset): validated by the schema that
+reads it, so a bad one is refused with the file and line before anything is written."""
 
 
 class Record(Strict):

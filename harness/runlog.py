@@ -4,6 +4,11 @@
 Rows are appended and fsync'ed per batch, so a run killed at any point (even `kill -9`) loses at
 most the batch in flight; `--resume` drops a torn last line and continues with the missing ids.
 `run.json` is replaced atomically (write to a temporary file, then rename).
+
+One process writes a run at a time: `RunDir.create` and `RunDir.open(path, writer=...)` take an exclusive
+advisory lock (`flock`) on `run.lock` inside the directory, held until `close()` or the process ends (the kernel
+drops it with the process, so a lock left by a killed run is never stale). A second writer is refused with a
+`RunInUseError` naming the holder (pid, host, start time, command), which the lock file records.
 """
 
 from __future__ import annotations
@@ -14,16 +19,17 @@ import math
 import os
 import platform
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
-from medharness.errors import ConfigError, DataError
+from medharness.errors import ConfigError, DataError, RunInUseError
 from medharness.records import (
     RUNLOG_SCHEMA,
     JudgeEntry,
@@ -35,9 +41,14 @@ from medharness.records import (
     TaskEntry,
     TaskJudges,
     TrainedFrom,
+    check_safe_name,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
+
 RUN_FILE = "run.json"
+LOCK_FILE = "run.lock"
 R = TypeVar("R", ResultRow, Judgement)
 log = logging.getLogger(__name__)
 
@@ -106,32 +117,142 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+class RunLock:
+    """An exclusive advisory lock on a run directory: `flock` on its `run.lock`, which records the holder."""
+
+    def __init__(self, directory: Path, fd: int) -> None:
+        self.directory = directory
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, directory: Path, purpose: str) -> RunLock:
+        """Lock `directory` (it must exist) for `purpose` (e.g. "run", "judge"), or raise RunInUseError."""
+        import fcntl
+
+        file = directory / LOCK_FILE
+        fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = describe_holder(file)
+            os.close(fd)
+            raise RunInUseError(f"run directory {directory} is in use by another medharness process ({holder}); "
+                                "wait for it to end, or choose another --output") from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": now(), "purpose": purpose,
+                "command": list(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        return cls(directory, fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Clear the holder record and unlock (closing the descriptor drops the lock)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def describe_holder(file: Path, wait_s: float = 1.0) -> str:
+    """'run process pid 123 on host h, started 2026-..., medharness run ...' from a lock file (what its holder
+    wrote). The holder writes its record just after it gets the lock, so an empty record (or one of an ended
+    process, left by a holder that was killed) is read again for up to `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        info = _read_holder(file)
+        live = info is not None and (info["host"] != socket.gethostname() or _alive(int(info["pid"])))
+        if live or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    if info is None:
+        return "a process that has not recorded itself yet"
+    command = " ".join(str(a) for a in info.get("command") or [])[:200]
+    text = (f"{info.get('purpose', 'a')} process pid {info['pid']} on host {info['host']}, started "
+            f"{info['started']}" + (f": {command}" if command else ""))
+    if not live:
+        text += "; that process has ended, so a child it forked (e.g. a model server) still holds the lock"
+    return text
+
+
+def _read_holder(file: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+        int(info["pid"]), str(info["host"]), str(info["started"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
+
+
 class RunDir:
     """One run's folder. Create it with `RunDir.create` or reopen it with `RunDir.open`; `log` is its run log,
-    changed only through the methods below (each saves run.json atomically)."""
+    changed only through the methods below (each saves run.json atomically).
 
-    def __init__(self, path: Path, runlog: RunLog) -> None:
+    `create` and `open(..., writer=PURPOSE)` hold the directory's lock until `close()` (or the `with` block's
+    end, or the process's end); `open` without a writer reads (leaderboards, agreement, re-scoring)."""
+
+    def __init__(self, path: Path, runlog: RunLog, lock: RunLock | None = None) -> None:
         self.path = path
         self.log = runlog
+        self.lock = lock
 
     @classmethod
     def create(cls, path: Path, config: dict[str, Any], seed: int | None = None,
                label: str | None = None) -> RunDir:
-        if path.exists() and any(path.iterdir()):
-            raise ConfigError(f"run directory {path} already exists: pass --resume to continue it, "
-                              "or choose another --output")
-        (path / "samples").mkdir(parents=True, exist_ok=True)
-        run = cls(path, RunLog(run_id=path.name, label=label, created=now(), command=list(sys.argv),
-                               config=config, versions=versions(), seed=seed))
-        run.save()
+        _refuse_existing(path)
+        path.mkdir(parents=True, exist_ok=True)
+        lock = RunLock.acquire(path, "run")
+        try:
+            _refuse_existing(path)  # another process may have created it between the check and the lock
+            (path / "samples").mkdir(exist_ok=True)
+            run = cls(path, RunLog(run_id=path.name, label=label, created=now(), command=list(sys.argv),
+                                   config=config, versions=versions(), seed=seed), lock)
+            run.save()
+        except BaseException:
+            lock.release()
+            raise
         return run
 
     @classmethod
-    def open(cls, path: Path) -> RunDir:
+    def open(cls, path: Path, writer: str | None = None) -> RunDir:
+        """Read a run directory; with `writer` (what the caller does: "run", "judge"), lock it first."""
         file = path / RUN_FILE
         if not file.is_file():
             raise DataError(f"{path} is not a run directory (no {RUN_FILE})")
-        return cls(path, _load_log(file))
+        lock = RunLock.acquire(path, writer) if writer else None
+        try:
+            return cls(path, _load_log(file), lock)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+
+    def close(self) -> None:
+        """Release the lock (if this object holds it); reading stays possible."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def save(self) -> None:
         self.log = self.log.model_copy(update={"updated": now()})
@@ -179,7 +300,7 @@ class RunDir:
         return self.path / "samples"
 
     def task_file(self, task: str) -> Path:
-        return self.samples_dir / f"{task}.jsonl"
+        return self.samples_dir / f"{_file_name(task)}.jsonl"
 
     def append(self, task: str, rows: Iterable[ResultRow]) -> None:
         """Append rows and force them to disk: a batch is either fully there or resumable."""
@@ -202,7 +323,7 @@ class RunDir:
         return len(rows) - len(keep)
 
     def judgement_file(self, task: str) -> Path:
-        return self.path / "judgements" / f"{task}.jsonl"
+        return self.path / "judgements" / f"{_file_name(task)}.jsonl"
 
     def append_judgements(self, task: str, items: Iterable[Judgement]) -> None:
         file = self.judgement_file(task)
@@ -219,6 +340,21 @@ class RunDir:
 
     def tasks(self) -> list[str]:
         return sorted(p.stem for p in self.samples_dir.glob("*.jsonl"))
+
+
+def _refuse_existing(path: Path) -> None:
+    if path.exists() and any(p.name != LOCK_FILE for p in path.iterdir()):
+        raise ConfigError(f"run directory {path} already exists: pass --resume to continue it, "
+                          "or choose another --output")
+
+
+def _file_name(task: str) -> str:
+    """A task name as a file name; one that would leave its folder (or name no file) is refused even when
+    the schema that read it was bypassed."""
+    try:
+        return check_safe_name(task, "task name")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _append_lines(file: Path, lines: Iterable[str]) -> None:

@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 
 import medharness.tasks as _tasks_package
 from medharness.errors import ConfigError, DataError
-from medharness.records import GenerationSettings, Message, Part, Prompt, Sample, Strict
+from medharness.records import GenerationSettings, Message, Part, Prompt, SafeName, Sample, Strict
 from medharness.sources import Columns, LoadParams, LocalFiles, SourceSpec, source_label
 from medharness.yamlio import line_of, load_yaml_with_lines
 
@@ -74,7 +74,7 @@ class Scoring(Strict):
 
 
 class TaskConfig(Strict):
-    name: str
+    name: SafeName  # the samples file is samples/<name>.jsonl
     version: str
     description: str
     family: str | None = None
@@ -102,7 +102,7 @@ def _format_error(path: Path, exc: ValidationError, lines: dict[Any, int]) -> st
         if err["type"] == "extra_forbidden":
             msgs.append(f"{path}:{at}: unknown key '{where}'")
         else:
-            msgs.append(f"{path}:{at}: {where}: {err['msg']}")
+            msgs.append(f"{path}:{at}: {where}: {err['msg'].removeprefix('Value error, ')}")
     return "invalid task file\n  " + "\n  ".join(msgs)
 
 
@@ -212,7 +212,16 @@ class Task:
         return "\n".join(f"{c}: {knowledge[c]}" for c in classes)
 
     def open_image(self, ref: str) -> Any:
-        return self.source.open_image(ref)
+        """The one door to a sample's pixels (run loop, judges, trainers): whatever goes wrong opening one image
+        (missing, corrupt, over the pixel limit, a source's own bug) is a DataError naming it, which the
+        caller records as that sample's error."""
+        try:
+            return self.source.open_image(ref)
+        except DataError as exc:
+            named = str(exc) if ref in str(exc) else f"image '{ref}': {exc}"
+            raise DataError(f"task {self.name}: {named}") from None
+        except Exception as exc:  # noqa: BLE001 - one bad image must never stop a run
+            raise DataError(f"task {self.name}: image '{ref}': {type(exc).__name__}: {exc}") from None
 
     def settings(self, **cli: Any) -> GenerationSettings:
         values = {**self.config.generation, **self.prompt_spec.generation,
@@ -278,11 +287,9 @@ def families() -> dict[str, list[str]]:
 
 
 def _peek_family(path: Path) -> str | None:
-    import yaml
-
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
+        data, _ = load_yaml_with_lines(path)
+    except ConfigError:
         return None
     return data.get("family") if isinstance(data, dict) else None
 

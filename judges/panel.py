@@ -22,9 +22,10 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
+from medharness.backends import check_options
 from medharness.errors import ConfigError
 from medharness.judges.specs import JudgeSpec, get_spec
-from medharness.records import Strict
+from medharness.records import SafeName, Strict
 
 JUDGE_BACKENDS = ("openai", "gemini", "hf", "vllm")
 
@@ -32,20 +33,13 @@ JUDGE_BACKENDS = ("openai", "gemini", "hf", "vllm")
 class JudgeMember(Strict):
     """One panel member: a spec on a model behind a backend."""
 
-    name: str
+    name: SafeName  # a column and file key
     spec: str
     backend: str
     model: str
     base_url: str | None = None
     api_key_env: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
-            raise ValueError(f"judge name {v!r}: use letters, digits, '.', '_' or '-'")
-        return v
 
     @field_validator("backend")
     @classmethod
@@ -79,6 +73,7 @@ def _check(members: list[JudgeMember], origin: str) -> list[JudgeMember]:
             raise ConfigError(f"{origin}: two judges are named {m.name!r}; names must be unique")
         seen.add(m.name)
         m.judge_spec  # noqa: B018 - an unknown spec fails here, with "did you mean"
+        check_options(m.backend, m.backend_options(), what=f"option of judge {m.name!r}")
     return members
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -129,16 +130,64 @@ def number(value: Any, what: str) -> int | float:
 
 # --- images ------------------------------------------------------------------------------------
 
+MAX_IMAGE_PIXELS = 16384 * 16384
+"""The most pixels (width x height) an image may claim in its header: above it the image is refused before its
+pixels are decoded (a "decompression bomb": a few hundred bytes that claim 65000 x 65000 would need ~12 GB).
+268 megapixels is far above any benchmark image (a mammogram is ~12 MP); set MEDHARNESS_MAX_IMAGE_PIXELS
+to change it (docs/safety.md)."""
+
+
+def max_image_pixels() -> int:
+    """The pixel limit in force: MEDHARNESS_MAX_IMAGE_PIXELS when set (a positive integer), else the default.
+    It is also given to Pillow (`Image.MAX_IMAGE_PIXELS`), so Pillow's own check agrees with ours."""
+    raw = os.environ.get("MEDHARNESS_MAX_IMAGE_PIXELS", "").strip()
+    try:
+        limit = int(raw) if raw else MAX_IMAGE_PIXELS
+    except ValueError:
+        raise DataError(f"MEDHARNESS_MAX_IMAGE_PIXELS={raw!r} is not an integer") from None
+    if limit < 1:
+        raise DataError(f"MEDHARNESS_MAX_IMAGE_PIXELS={raw!r} must be positive")
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = limit
+    return limit
+
+
+def _check_size(size: tuple[int, int], what: str) -> None:
+    width, height = size
+    if width * height > max_image_pixels():
+        raise _over_limit(what, f"{width} x {height}", width * height)
+
+
+def _over_limit(what: str, claim: object, pixels: int | None = None) -> DataError:
+    """The refusal of an image over the pixel limit (ours, or Pillow's DecompressionBombError, whose message
+    gives the size and twice our limit, Pillow's error threshold)."""
+    if pixels is None:
+        found = re.search(r"\((\d+) pixels\)", str(claim))
+        size = f"{int(found.group(1)):,} pixels" if found else "a size"
+    else:
+        size = f"{claim} = {pixels:,} pixels"
+    return DataError(f"image {what} claims {size}, over the limit of {max_image_pixels():,} pixels "
+                     "(MEDHARNESS_MAX_IMAGE_PIXELS); refused before decoding")
+
 
 def open_bytes(data: bytes, what: str) -> Image:
-    from PIL import Image, UnidentifiedImageError
+    """Decode one image to RGB. Every failure (not an image, truncated, over the pixel limit, a decoder's own
+    error) is a DataError naming the image: one bad file is one sample's error, never the run's."""
+    from PIL import Image
 
     try:
+        max_image_pixels()
         img = Image.open(io.BytesIO(data))
+        _check_size(img.size, what)
         img.load()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"corrupt image {what}: {exc}") from None
-    return img.convert("RGB")
+        return img.convert("RGB")
+    except DataError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow checks the size inside Image.open, before we can
+        raise _over_limit(what, exc) from None
+    except Exception as exc:  # noqa: BLE001 - UnidentifiedImageError, OSError, DecompressionBombError, ...
+        raise DataError(f"corrupt image {what}: {type(exc).__name__}: {exc}") from None
 
 
 def open_local(root: Path | None, ref: str) -> Image:
@@ -205,15 +254,21 @@ def qwen_resized_size(width: int, height: int, resize: Resize | None = None) -> 
 
 def image_header_size(path: Path) -> tuple[int, int]:
     """(width, height) from the image header only (PIL opens lazily; no pixel decoding)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
+        max_image_pixels()
         with Image.open(path) as img:
+            _check_size(img.size, str(path))
             return img.size
     except FileNotFoundError:
         raise DataError(f"missing image {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"corrupt image {path}: {exc}") from None
+    except DataError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise _over_limit(str(path), exc) from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure names the file
+        raise DataError(f"corrupt image {path}: {type(exc).__name__}: {exc}") from None
 
 
 def size_meta(width: int, height: int, resize: Resize | None = None) -> dict[str, Any]:

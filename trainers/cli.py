@@ -145,14 +145,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _reward_specs(spec: str) -> Any:
-    import yaml
-
     from medharness.trainers.rewards import parse_rewards
+    from medharness.yamlio import load_value, load_yaml_with_lines
 
     if spec == "default":
         return None
     path = Path(spec)
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else yaml.safe_load(spec)
+    data = load_yaml_with_lines(path)[0] if path.is_file() else load_value(spec, "--rewards")
     if isinstance(data, dict) and "rewards" in data:
         data = data["rewards"]
     return parse_rewards(data)

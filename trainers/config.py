@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medharness.errors import ConfigError
-from medharness.yamlio import Loc, load_yaml_with_lines
+from medharness.yamlio import Loc, load_value, load_yaml_with_lines
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
@@ -163,7 +162,7 @@ def preset_names() -> list[str]:
 
 def preset_path(name: str) -> Path:
     path = PRESETS_DIR / f"{name}.yaml"
-    if not path.is_file():
+    if name not in preset_names():  # a name, never a path: `../x` is just unknown
         names = preset_names()
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
         hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -183,11 +182,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, eq, raw = item.partition("=")
     if not eq or not key or any(not p for p in key.split(".")):
         raise ConfigError(f"-C expects KEY=VALUE with a dotted KEY (e.g. trl.learning_rate=1e-5), got {item!r}")
-    try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"-C {item}: not a YAML value: {exc}") from None
-    return key.split("."), value
+    return key.split("."), load_value(raw, f"-C {item}") if raw else ""
 
 
 def nested(keys: list[str], value: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from medharness.errors import ConfigError
+from medharness.records import SafeName
 from medharness.yamlio import line_of, load_yaml_with_lines
 
 DEMO = Path(__file__).resolve().parent / "sweeps" / "demo.yaml"
@@ -69,7 +70,7 @@ class CellFilter(Strict):
 
 
 class SweepConfig(Strict):
-    name: str | None = None
+    name: SafeName | None = None
     model: str  # the base model: folder, hub id, or tiny / tiny:small (built offline into SWEEP/models/)
     recipes: list[str | RecipeEntry]
     tasks: list[str]  # training tasks

@@ -153,3 +153,13 @@ def test_recipe_scoped_settings_keep_their_layer(tmp_path: Path) -> None:
     cfg.write_text("recipes:\n  gpro: {}\n")
     with pytest.raises(ConfigError, match="Did you mean 'grpo'"):
         resolve(TrainRequest(presets=["grpo"], config_file=cfg, task="phantom_presence", model="m"))
+
+
+def test_overrides_and_preset_names_are_values_not_code_or_paths() -> None:
+    from medharness.trainers.config import parse_override, preset_path
+
+    assert parse_override("trl.temperature=0.9") == (["trl", "temperature"], 0.9)
+    with pytest.raises(ConfigError, match="anchors and aliases"):
+        parse_override("trl.x=&a [1, 2]")
+    with pytest.raises(ConfigError, match="unknown preset '../presets/grpo'"):
+        preset_path("../presets/grpo")

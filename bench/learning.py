@@ -4,10 +4,15 @@ On a phantom task, with the small offline tiny model (`medharness make-tiny-mode
 1. the majority baseline on the held-out test samples (`medharness run --model baseline:majority`);
 2. SFT (`medharness train --recipe sft --preset tiny_cpu`) from the random-weight model, saving a checkpoint
    every K steps; each checkpoint (and the untrained model, step 0) is scored with `medharness run` on the
-   same test samples (never training samples: the phantom train split is generated from seed + 1000);
-3. GRPO (`--recipe grpo --preset tiny_cpu`, default rewards: the task's metric 0.9 + format compliance 0.1)
-   from the SFT final checkpoint, checkpoints every K steps, each scored the same way; the mean training
-   reward per logging step comes from the GRPO run's OUTPUT/logs.jsonl.
+   same test samples (never training samples: the phantom train split is generated from seed + 1000). With
+   `--train-n N` (default 2000) it trains on a copy of the task file whose phantom source has n = N, i.e. the
+   task's own train split extended to N generated samples, still disjoint from the test split;
+3. GRPO (`--recipe grpo --preset tiny_cpu`, the task's default rewards: its primary metric, plus format
+   compliance 0.1 where the prompt variant has a format; `plain` has none) from the SFT final checkpoint,
+   checkpoints every K steps, each scored the same way; the mean training reward per logging step comes from
+   the GRPO run's OUTPUT/logs.jsonl, the mean per step from OUTPUT/completions.jsonl.
+A finished stage (train.json `finished`, an eval folder with run.json) is reused when the script runs again
+with the same --output (its time then shows as 0 s); `--grpo-name` runs another GRPO setting from the same SFT.
 Accuracy intervals are 95 % Wilson score intervals on n test samples (binary per-sample accuracy). The
 balanced accuracy (mean of the per-gold-class accuracies, from the run's samples/<task>.jsonl) is printed too:
 the majority baseline scores 50 on it whatever the class balance.

@@ -13,11 +13,15 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medharness.errors import ConfigError
-from medharness.trainers.sweep import DEMO, Cell, SweepConfig, all_eval_tasks, expand, load_sweep
-from medharness.trainers.sweep_exec import StageFailed, Stages, reference_rows, write_json
+
+if TYPE_CHECKING:  # the sweep modules (pydantic schemas) load only when a sweep command runs
+    from medharness.trainers.sweep import Cell, SweepConfig
+    from medharness.trainers.sweep_exec import Stages
+
+DEMO = Path(__file__).resolve().parent / "sweeps" / "demo.yaml"
 
 REFERENCE_PREFIX = "reference-"
 
@@ -38,6 +42,8 @@ def add_sweep_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _paths(args: argparse.Namespace) -> tuple[Path, SweepConfig, Path]:
+    from medharness.trainers.sweep import load_sweep
+
     file = (args.sweep or DEMO).resolve()
     sweep = load_sweep(file)
     output = args.output or Path("runs") / "sweeps" / (sweep.name or file.stem)
@@ -45,6 +51,9 @@ def _paths(args: argparse.Namespace) -> tuple[Path, SweepConfig, Path]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from medharness.trainers.sweep import all_eval_tasks, expand
+    from medharness.trainers.sweep_exec import StageFailed, Stages, reference_rows
+
     file, sweep, output = _paths(args)
     cells = expand(sweep)
     stages = Stages(sweep, file, output, resume=args.resume, say=lambda line: print(line, flush=True))
@@ -86,6 +95,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def run_one(cid: str, stages: Stages, cells: list[Cell], references: dict[str, str | None]) -> int:
+    from medharness.trainers.sweep import all_eval_tasks
+
     if cid.startswith(REFERENCE_PREFIX) and cid.removeprefix(REFERENCE_PREFIX) in references:
         name = cid.removeprefix(REFERENCE_PREFIX)
         stages.run_reference(name, references[name], all_eval_tasks(stages.sweep))
@@ -141,8 +152,9 @@ def dry_run(sweep: SweepConfig, stages: Stages, cells: list[Cell], references: d
 
 def write_board(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell],
                 references: dict[str, str | None], failed: dict[str, str]) -> Path:
+    from medharness.trainers.sweep import all_eval_tasks
     from medharness.trainers.sweep_board import board, primary_metric, render_markdown
-    from medharness.trainers.sweep_exec import read_train_state
+    from medharness.trainers.sweep_exec import read_train_state, write_json
 
     base_label = Path(sweep.model).name if Path(stages.relative(sweep.model)).exists() else sweep.model
     rows = board(sweep, cells, stages.eval_dir, stages.reference_dir, references, base_label)

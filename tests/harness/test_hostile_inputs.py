@@ -448,6 +448,7 @@ def test_creating_over_a_directory_that_holds_only_a_lock_file_works(tmp_path: P
 def test_two_resumes_at_once_one_is_refused_and_no_row_is_written_twice(tmp_path: Path) -> None:
     """The issue: two `run --resume` processes on one directory. Both start together; the server holds every
     answer until one of them has exited, so the loser meets a live holder whatever the timing."""
+    pytest.importorskip("openai", reason="the processes use the openai backend (the `api` extra)")
     from fake_api_server import FakeAPIServer
 
     out, limit = tmp_path / "run", 40

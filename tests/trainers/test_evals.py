@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+pytest.importorskip("trl", reason="the train command needs the `train` extra")
+
 from medharness.cli import main
 from medharness.errors import ConfigError, DataError
 from medharness.lineage import file_hash

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+pytest.importorskip("trl", reason="the train command needs the `train` extra")
 import yaml
 
 from medharness.cli import main

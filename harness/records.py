@@ -308,16 +308,22 @@ class JudgeUsage(Record):
     cost_usd: float | None = None
 
 
-class JudgeEntry(Record):
-    """A panel member as the run log keeps it (the key's variable name, never the key)."""
+class PanelMember(Strict):
+    """One judge of a panel: a spec on a model behind a backend (the key's variable name, never the key)."""
 
-    name: str
+    name: SafeName  # a column and file key
     spec: str
     backend: str
     model: str
     base_url: str | None = None
     api_key_env: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+class JudgeEntry(PanelMember):
+    """A panel member as the run log keeps it: the member, its model's fingerprint, the spec's version and
+    prompt hash, its decoding settings, the model versions that answered, and its bill."""
+
     fingerprint: str
     spec_version: str
     prompt_hash: str

@@ -20,26 +20,18 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import ValidationError, field_validator
 
 from medharness.backends import check_options
 from medharness.errors import ConfigError
 from medharness.judges.specs import JudgeSpec, get_spec
-from medharness.records import SafeName, Strict
+from medharness.records import PanelMember
 
 JUDGE_BACKENDS = ("openai", "gemini", "hf", "vllm")
 
 
-class JudgeMember(Strict):
-    """One panel member: a spec on a model behind a backend."""
-
-    name: SafeName  # a column and file key
-    spec: str
-    backend: str
-    model: str
-    base_url: str | None = None
-    api_key_env: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+class JudgeMember(PanelMember):
+    """One panel member (the fields are `records.PanelMember`'s), checked: a known backend and spec."""
 
     @field_validator("backend")
     @classmethod

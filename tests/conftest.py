@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from shared_data import shared  # tests/support
 
 _cache = tempfile.mkdtemp(prefix="medharness-test-cache-")
+atexit.register(shutil.rmtree, _cache, ignore_errors=True)  # leave nothing behind in the temporary directory
 for var, value in {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",

@@ -32,7 +32,7 @@ from typing import Any
 
 from medharness.errors import ConfigError, DataError
 from medharness.lineage import file_hash, manifest_path, read_manifest
-from medharness.records import Sample
+from medharness.records import RunLog, Sample
 from medharness.task import Task, load_task, resolve_task_names
 
 TRAIN_SAMPLES_FILE = "train_samples.json"
@@ -175,16 +175,16 @@ def points(output: Path, start_model: str) -> list[tuple[int, str]]:
     return out
 
 
-def _same_point(info: dict[str, Any], config: Any) -> bool:
+def _same_point(runlog: RunLog, config: Any) -> bool:
     """An earlier run of this point is still valid: the same settings (held-out ids included: their file is
     named by its content) and the same checkpoint (its manifest hash; a rewritten checkpoint is scored again)."""
-    old = info.get("config") or {}
-    if any(old.get(k) != v for k, v in config.model_dump().items() if k in config.RESULT_KEYS):
+    if any(runlog.config.get(k) != v for k, v in config.model_dump().items() if k in config.RESULT_KEYS):
         return False
     folder = Path(config.model)
     if not (folder / "medharness.json").is_file():
         return True
-    return bool((info.get("trained_from") or {}).get("manifest_hash") == file_hash(manifest_path(folder)))
+    lineage = runlog.trained_from
+    return lineage is not None and lineage.manifest_hash == file_hash(manifest_path(folder))
 
 
 def evaluate_point(eval_plan: EvalPlan, model: str, run_dir: Path, trained: TrainSamples) -> None:
@@ -195,9 +195,9 @@ def evaluate_point(eval_plan: EvalPlan, model: str, run_dir: Path, trained: Trai
     r = eval_plan.request
     config = RunConfig(model=model, backend=r.backend, tasks=eval_plan.refs, overrides=eval_plan.overrides,
                        batch_size=r.batch_size, samples_file=str(eval_plan.samples_file), label=run_dir.name)
-    info = read_run(run_dir)
-    resume = info is not None and _same_point(info, config)
-    if resume and info is not None and info.get("status") == "finished":
+    runlog = read_run(run_dir)
+    resume = runlog is not None and _same_point(runlog, config)
+    if resume and runlog is not None and runlog.status == "finished":
         return
     if not resume:
         shutil.rmtree(run_dir, ignore_errors=True)

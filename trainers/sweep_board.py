@@ -1,45 +1,44 @@
 """The sweep's leaderboard: one row per (recipe, preset, shots) with mean +- std over seeds of each eval task's
 primary metric, the base model's reference row and the baselines, each with its lineage.
 
-A pure function of the sweep's folders: results are read from each run directory's run.json through
-`read_run` / `primary_metric` only (switch those two when run.json becomes typed).
+A pure function of the sweep's folders: results are read from each run directory's typed run log
+(`medharness.runlog`) through `read_run` / `primary_metric`.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medharness.errors import DataError
+from medharness.records import RunLog
+from medharness.runlog import RunDir
 from medharness.trainers.sweep import Cell, SweepConfig, all_eval_tasks, eval_tasks
 
 
-def read_run(run_dir: Path) -> dict[str, Any] | None:
-    """A run directory's run.json, None when there is none (or it cannot be read)."""
-    file = run_dir / "run.json"
+def read_run(run_dir: Path) -> RunLog | None:
+    """A run directory's run log, None when there is none (or it cannot be read: a stage to run again)."""
     try:
-        return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None
-    except (OSError, ValueError):
+        return RunDir.open(run_dir).log
+    except (DataError, OSError):
         return None
 
 
 def primary_metric(run_dir: Path, task: str) -> dict[str, Any] | None:
-    """{metric, value (x100 for percent metrics), n} of a finished run's task: the task's first metric
-    (`tasks.<task>.summary.metrics`); None when the run or the task's summary is missing."""
-    info = read_run(run_dir)
-    if info is None or info.get("status") != "finished":
+    """{metric, value (x100 for percent metrics), n, model} of a finished run's task: the task's first metric;
+    None when the run or the task's summary is missing."""
+    runlog = read_run(run_dir)
+    if runlog is None or runlog.status != "finished":
         return None
-    entry = info.get("tasks", {}).get(task, {})
-    metrics = (entry.get("summary") or {}).get("metrics") or {}
-    if not metrics:
+    entry = runlog.tasks.get(task)
+    if entry is None or entry.summary is None or not entry.summary.metrics:
         return None
-    name, m = next(iter(metrics.items()))
-    value = m.get("value")
-    if value is not None and entry.get("percent", {}).get(name, True):
-        value *= 100.0
-    return {"metric": name, "value": value, "n": m.get("n"), "model": info.get("model")}
+    name, m = next(iter(entry.summary.metrics.items()))
+    value = None if math.isnan(m.value) else m.value * (100.0 if entry.percent.get(name, True) else 1.0)
+    return {"metric": name, "value": value, "n": m.n, "model": runlog.model}
 
 
 def _stats(values: Sequence[float]) -> dict[str, Any]:

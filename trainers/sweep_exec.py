@@ -61,11 +61,11 @@ def read_train_state(train_dir: Path) -> TrainState:
 
 
 def run_status(run_dir: Path) -> str | None:
-    """`run.json` status of a run directory (None: no run there yet)."""
+    """The run log's status of a run directory (None: no run there yet)."""
     from medharness.trainers.sweep_board import read_run
 
-    info = read_run(run_dir)
-    return None if info is None else info.get("status")
+    runlog = read_run(run_dir)
+    return None if runlog is None else runlog.status
 
 
 def checkpoints(train_dir: Path) -> list[Path]:

@@ -15,6 +15,8 @@ import pytest
 from medharness.cli import main
 from medharness.errors import ConfigError
 from medharness.lineage import file_hash
+from medharness.records import MetricSummary, RunStatus, TaskEntry, TaskSummary
+from medharness.runlog import RunDir
 from medharness.trainers import sweep_exec
 from medharness.trainers.sweep import DEMO, expand, load_sweep
 from medharness.trainers.sweep_board import board, render_markdown
@@ -147,12 +149,15 @@ def test_board_mean_and_std_over_seeds(tmp_path: Path) -> None:
     stages = Stages(sweep, file, tmp_path, resume=False)
     cells = expand(sweep)
 
-    def fake_run(folder: Path, value: float | None, status: str = "finished") -> None:
-        folder.mkdir(parents=True)
-        summary = {"metrics": {"yes_no_accuracy": {"value": value, "n": 10}}} if value is not None else None
-        info = {"status": status, "tasks": {"phantom_presence": {"summary": summary,
-                                                                   "percent": {"yes_no_accuracy": True}}}}
-        (folder / "run.json").write_text(json.dumps(info))
+    def fake_run(folder: Path, value: float, status: RunStatus = "finished") -> None:
+        """A run directory whose typed run log holds one task summary (no model needed)."""
+        run = RunDir.create(folder, {"model": "m"})
+        summary = TaskSummary(task="phantom_presence", task_version="1.0", convention="harness", n=10,
+                              n_unparsed=0, metrics={"yes_no_accuracy": MetricSummary(value=value, n=10,
+                                                                                         n_unparsed=0)})
+        run.set_task("phantom_presence", TaskEntry(version="1.0", convention="harness", summary=summary,
+                                                   percent={"yes_no_accuracy": True}))
+        run.set_status(status)
 
     fake_run(stages.eval_dir(cells[0].id, "phantom_presence"), 0.5)
     fake_run(stages.eval_dir(cells[1].id, "phantom_presence"), 0.7)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import threading
 from pathlib import Path
 
 from PIL import Image
@@ -62,3 +64,28 @@ def test_cost_only_where_a_price_entry_exists() -> None:
     assert cost_usd("gpt-4o-mini", 1_000_000, 1_000_000) == 0.75
     assert cost_usd("models/gemini-1.5-flash", 2_000_000, 0) == 0.15
     assert cost_usd("my-local-model", 10, 10) is None
+
+
+
+
+def _open_and_write(folder: Path, start: threading.Barrier, i: int) -> int:
+    start.wait()  # every thread opens the fresh file at the same moment
+    cache = ResponseCache(folder, name="verdicts")
+    cache.put_many([(f"k{i}", Generation(sample_id=str(i), text="yes"))])
+    cache.close()
+    return i
+
+
+def test_caches_opened_at_once_on_a_fresh_file(tmp_path: Path) -> None:
+    """Judges of one panel open the verdict cache in parallel threads: none may fail with 'database is locked'."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = 12
+    for round_ in range(20):
+        folder = tmp_path / f"round{round_}"
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            opened = pool.map(functools.partial(_open_and_write, folder, threading.Barrier(n)), range(n))
+            assert sorted(opened) == list(range(n))
+        reopened = ResponseCache(folder, name="verdicts")
+        assert len(reopened.get_many([f"k{i}" for i in range(n)])) == n
+        reopened.close()

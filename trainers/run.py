@@ -14,7 +14,6 @@ train, and write the output directory (the contract other stages rely on):
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medharness.backends.vlm_common import check_attn_implementation
 from medharness.errors import ConfigError, DataError
 from medharness.trainers.config import Layers, TrainConfig, build_config, load_layers
 from medharness.trainers.evals import EvalRequest
@@ -73,9 +73,7 @@ def resolve(req: TrainRequest) -> tuple[TrainConfig, Layers]:
     missing = [flag for flag, value in (("--model", config.model), ("--task", config.task)) if not value]
     if missing:
         raise ConfigError(f"train needs {' and '.join(missing)} (or `model:` / `task:` in --config)")
-    if config.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-        raise ConfigError("attn_implementation flash_attention_2 needs the flash-attn package, which is not "
-                          "importable here; use sdpa or install flash-attn")
+    check_attn_implementation(config.attn_implementation, "train")
     return config, layers
 
 

@@ -29,6 +29,7 @@ from medharness.backends.vlm_common import (
     AdapterFolder,
     adapter_fingerprint,
     chat_template_owner,
+    check_attn_implementation,
     checkpoint_folder,
     image_count_error,
     is_adapter_folder,
@@ -62,18 +63,6 @@ def _resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     if dtype not in _DTYPES:
         raise ConfigError(f"hf backend: unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
     return dev, _DTYPES[dtype]
-
-
-def check_attn_implementation(name: str) -> None:
-    """Refuse a kernel whose package is missing with a ConfigError (not a transformers traceback)."""
-    import importlib.util
-
-    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-        raise ConfigError("hf backend: attn_implementation=flash_attention_2 needs the flash_attn package "
-                          "(pip install flash-attn; CUDA only); use sdpa (the default) or eager")
-    if name == "flash_attention_3" and importlib.util.find_spec("flash_attn_interface") is None:
-        raise ConfigError("hf backend: attn_implementation=flash_attention_3 needs flash_attn_interface "
-                          "(FlashAttention 3, Hopper GPUs); use sdpa (the default) or eager")
 
 
 def _with_adapter(net: Any, adapter: AdapterFolder, merge: bool) -> Any:

@@ -204,3 +204,16 @@ def vision_token_ids(config: Any, processor: Any, tokenizer: Any, vocab_size: in
         token = getattr(processor, attr, None)
         ids.add(vocab.get(token) if isinstance(token, str) else None)
     return sorted(i for i in ids if isinstance(i, int) and 0 <= i < vocab_size and i not in exclude)
+
+
+def check_attn_implementation(name: str, who: str = "hf backend") -> None:
+    """Refuse an attention kernel whose package is missing with a ConfigError naming it, before any model
+    loads (not a transformers traceback). The hf backend and the trainers both ask here."""
+    import importlib.util
+
+    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError(f"{who}: attn_implementation=flash_attention_2 needs the flash_attn package "
+                          "(pip install flash-attn; CUDA only); use sdpa (the default) or eager")
+    if name == "flash_attention_3" and importlib.util.find_spec("flash_attn_interface") is None:
+        raise ConfigError(f"{who}: attn_implementation=flash_attention_3 needs flash_attn_interface "
+                          "(FlashAttention 3, Hopper GPUs); use sdpa (the default) or eager")

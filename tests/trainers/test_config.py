@@ -134,7 +134,7 @@ def test_missing_model_and_flash_attention(monkeypatch: pytest.MonkeyPatch) -> N
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real(name, *a))
-    with pytest.raises(ConfigError, match="flash_attention_2 needs the flash-attn package"):
+    with pytest.raises(ConfigError, match="train: attn_implementation=flash_attention_2 needs the flash_attn package"):
         resolve(TrainRequest(recipe="sft", task="phantom_presence", model="m",
                              overrides=["attn_implementation=flash_attention_2"]))
     with pytest.raises(ConfigError, match="attn_implementation: Value error, must be one of"):

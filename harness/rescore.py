@@ -9,7 +9,7 @@ from typing import Any
 from medharness.errors import DataError
 from medharness.predictions import read_predictions
 from medharness.records import Generation, ResultRow, TaskEntry, TaskSummary
-from medharness.runlog import RunDir
+from medharness.runlog import RunDir, gc_paused
 from medharness.scoring import recipe_for, rescore, summarise
 from medharness.task import Task, load_task
 
@@ -29,8 +29,9 @@ def score_run(run_dir: Path, convention: str | None = None) -> list[TaskSummary]
     for name in run.tasks():
         task = _task_of(name, run.log.tasks.get(name))
         recipe = recipe_for(task, convention)
-        rows = rescore(run.rows(name), recipe)
-        summaries.append(summarise(rows, recipe, task.config.group_by, task.name, task.version))
+        with gc_paused():
+            rows = rescore(run.rows(name), recipe)
+            summaries.append(summarise(rows, recipe, task.config.group_by, task.name, task.version))
     if not summaries:
         raise DataError(f"{run_dir}: no samples to score")
     return summaries

@@ -13,6 +13,7 @@ drops it with the process, so a lock left by a killed run is never stale). A sec
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -336,7 +338,8 @@ class RunDir:
         return list(read_jsonl(self.judgement_file(task), Judgement))
 
     def rows(self, task: str) -> list[ResultRow]:
-        return list(read_rows(self.task_file(task)))
+        with gc_paused():
+            return list(read_rows(self.task_file(task)))
 
     def tasks(self) -> list[str]:
         return sorted(p.stem for p in self.samples_dir.glob("*.jsonl"))
@@ -375,6 +378,20 @@ def _repair(file: Path) -> int:
         with file.open("r+b") as fh:
             fh.truncate(keep)
     return len(tail)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector while many records are built. Records hold no reference
+    cycles (reference counting frees them), but each collection re-traverses every live row built so far:
+    on 100k rows that was half the time of `score RUN_DIR`."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def read_jsonl(file: Path, record: type[R]) -> Iterator[R]:

@@ -31,10 +31,12 @@ def _add(convention: Convention) -> None:
 _add(Convention(
     name="harness",
     description=(
-        "medharness default. The task's own parser extracts the final answer. A yes/no gold is scored by a "
-        "strict whole-token yes/no parse of the answer (a hedge with both words is wrong; 'no' inside "
-        "'nodule'/'not' does not count); every other gold by exact match after the `simple` normaliser. "
-        "Token recall and F1 (simple, multiset) are reported beside it. Unparsed answers score 0 and are counted."
+        "medharness default. The task's own parser extracts the final answer; a hedge (yes and no together, "
+        "two different <answer> blocks or boxes, a later bare yes/no line that disagrees) is unparsed. A yes/no "
+        "gold is scored by a strict whole-token yes/no parse of the answer ('no' inside 'nodule'/'not' does not "
+        "count); every other gold by exact match after the `harness` normaliser (NFKC, invisible characters "
+        "and Unicode punctuation deleted, markup tags as spaces, then `simple`). Token recall and F1 (harness, "
+        "multiset) are reported beside it. Unparsed answers score 0 and are counted."
     ),
     parser=None,
     metrics=["vqa_accuracy", "token_recall", "token_f1"],
@@ -107,7 +109,7 @@ _add(Convention(
         "text after the last </think>, else the whole output; answer and gold are lower-cased with punctuation "
         "deleted, and scored by F1 over token SETS (repeats ignored), on every sample."
     ),
-    parser=[{"first_of": {"parsers": ["answer_tag", "after_think", "raw"]}}],
+    parser=[{"first_of": {"parsers": [{"answer_tag": {"several": "last"}}, "after_think", "raw"]}}],
     metrics=["set_token_f1"],
     reference="docs/conventions.md, 'Peer conventions'",
 ))

@@ -35,17 +35,17 @@ def collect(run_dirs: Sequence[Path]) -> pd.DataFrame:
     records: list[dict[str, Any]] = []
     for run_dir in run_dirs:
         runlog = RunDir.open(Path(run_dir)).log
-        base = {"run": runlog.run_id, "model": _model_label(runlog), "status": runlog.status}
+        base: dict[str, Any] = {"run": runlog.run_id, "model": _model_label(runlog), "status": runlog.status}
         for task, entry in runlog.tasks.items():
             summary = entry.summary
             if summary is None:
                 continue
             oracle = entry.baseline is not None and entry.baseline.kind == "oracle"
-            base = {**base, "model": f"{_model_label(runlog)}{ORACLE if oracle else ''}", "oracle": oracle}
+            row = {**base, "model": f"{base['model']}{ORACLE if oracle else ''}", "oracle": oracle}
             for rank, (metric, m) in enumerate(summary.metrics.items()):
                 scale = 100.0 if entry.percent.get(metric, True) else 1.0
                 records.append({
-                    **base, "task": task, "metric": metric, "primary": rank == 0,
+                    **row, "task": task, "metric": metric, "primary": rank == 0,
                     "value": None if math.isnan(m.value) else m.value * scale,
                     "stderr": None if m.stderr is None else m.stderr * scale,
                     "n": m.n, "n_unparsed": m.n_unparsed, "convention": summary.convention,
@@ -54,7 +54,7 @@ def collect(run_dirs: Sequence[Path]) -> pd.DataFrame:
             for column, c in (entry.judges.columns if entry.judges else {}).items():
                 scale = 100.0 if c.percent else 1.0
                 records.append({
-                    **base, "task": task, "metric": column, "primary": False,
+                    **row, "task": task, "metric": column, "primary": False,
                     "value": None if c.value is None else c.value * scale,
                     "stderr": None if c.stderr is None else c.stderr * scale,
                     "n": c.n, "n_unparsed": c.n_unscored, "convention": summary.convention,

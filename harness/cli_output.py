@@ -121,7 +121,7 @@ def generation_counts(run: RunDir) -> str:
     if usage is None:
         return "\ngenerations: none recorded"
     if usage.cache is None:
-        return (f"\ngenerations this time: {usage.model_calls}, all by the model (response cache not used: "
+        return (f"\ngenerations this time: {usage.model_calls}, none from the response cache (not used: "
                 "--no-cache, or a backend that is never cached)")
     total = usage.model_calls + usage.cache.hits
     return (f"\ngenerations this time: {total} ({usage.cache.hits} from the response cache {usage.cache.path}, "

@@ -90,4 +90,4 @@ def test_run_says_how_many_generations_came_from_the_cache(tmp_path: Path, tiny_
 def test_a_backend_that_is_never_cached_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--model", "baseline:majority", "--tasks", "phantom_count", "--limit", "3",
                  "--output", str(tmp_path / "r")]) == 0
-    assert "generations this time: 3, all by the model (response cache not used" in capsys.readouterr().out
+    assert "generations this time: 3, none from the response cache (not used" in capsys.readouterr().out

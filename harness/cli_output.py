@@ -112,6 +112,9 @@ def print_run_summary(run: RunDir) -> None:
             rows += summary_rows(entry.summary, entry.percent)
     print(f"\nrun {run.path} ({run.log.status}; model {run.log.model})\n")
     print(tabulate(rows, headers=HEADERS, tablefmt="github"))
+    for task, entry in run.log.tasks.items():
+        if entry.baseline is not None and entry.baseline.kind == "oracle":
+            print(f"\n{task}: {entry.baseline.detail}")
     print(generation_counts(run))
 
 

@@ -95,7 +95,8 @@ def test_baseline_without_train_or_prior_is_a_labelled_oracle_floor(tmp_path: Pa
     code = main(["run", "--model", "baseline:majority", "--tasks", "vqa_rad", "--data-dir", str(vqa_rad_dir),
                  "--output", str(out), "--no-progress"])
     assert code == 0
-    assert "draws its answers from the evaluated test split's own golds, an oracle floor" in capsys.readouterr().err
+    assert "vqa_rad: ORACLE floor: the golds of the evaluated test split itself (451 samples)" in \
+        capsys.readouterr().out
     source = RunDir.open(out).log.tasks["vqa_rad"].baseline
     assert source is not None and source.kind == "oracle"
 

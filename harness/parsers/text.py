@@ -122,13 +122,19 @@ def _final_part(text: str) -> str:
 
 
 def all_boxed(text: str) -> list[str]:
-    """The content of every balanced `\\boxed{...}`, in order."""
-    out = []
-    for match in _BOXED.finditer(text):
-        end = balanced_end(text, match.end())
-        if end is not None:
-            out.append(text[match.end(): end - 1])
-    return out
+    """The content of every balanced `\\boxed{...}`, in order. One pass pairs every brace first (a stack), so
+    many nested or unclosed boxes stay linear, where calling `balanced_end` per box would be quadratic."""
+    starts = [m.end() for m in _BOXED.finditer(text)]
+    if len(starts) < 2:
+        return [text[s: e - 1] for s in starts if (e := balanced_end(text, s) or 0)]
+    closes: dict[int, int] = {}  # index after a `{` -> index of its `}`
+    stack: list[int] = []
+    for i, ch in enumerate(text):
+        if ch == "{":
+            stack.append(i + 1)
+        elif ch == "}" and stack:
+            closes[stack.pop()] = i
+    return [text[s: closes[s]] for s in starts if s in closes]
 
 
 @parser("boxed")

@@ -272,6 +272,8 @@ HOSTILE = [
     "<think>" * (MEGABYTE // 7), "[1," * (MEGABYTE // 3), "[1.1.1.1" * (MEGABYTE // 8), "1 " * (MEGABYTE // 2),
     "(" + "1" * MEGABYTE, "\\boxed{" + "{a}" * (MEGABYTE // 3), "Answer " * (MEGABYTE // 7),
     "melanoma nevus " * (MEGABYTE // 15), "\ud800",
+    "\\boxed{" * (MEGABYTE // 14) + "}" * (MEGABYTE // 14), "<answer>yes</answer>" * (MEGABYTE // 20),
+    "yes\n" * (MEGABYTE // 4), "\\boxed{a}" * (MEGABYTE // 9),
 ]
 
 

@@ -70,7 +70,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", help="hf backend: float32, bfloat16, auto (default auto)")
     p.add_argument("--id-field", help="replay backend: the predictions file's id field")
     p.add_argument("--prediction-field", help="replay backend: the predictions file's text field")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar or periodic progress lines: one line per finished task")
     _add_judge_options(p, inline=True)
 
 
@@ -174,7 +175,8 @@ def _add_judge(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", help="comma-separated tasks of the run (default: all)")
     p.add_argument("--no-cache", action="store_true", help="always call the judges (default: reuse cached verdicts)")
     p.add_argument("--cache-dir", help="verdict cache folder (default $MEDHARNESS_CACHE or ~/.cache/medharness)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar or periodic progress lines: one line per finished task")
 
 
 def _run_tasks(run: Any, tasks: str | None) -> list[str] | None:

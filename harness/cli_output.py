@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,19 +16,59 @@ from tabulate import tabulate
 from medharness.records import TaskSummary
 from medharness.runlog import RunDir, json_safe
 
+PROGRESS_EVERY_S = 30.0  # without a terminal: one progress line per task at most this often
+
+
+class ProgressLines:
+    """Progress as plain lines, for a log file, CI or nohup (no terminal to draw a bar on): a line when a task
+    starts, then at most one every `every` seconds while it runs (done/total, rate, time left), and one when it
+    ends. `every=None`: the end line only (`--no-progress`). `clock` is injectable for tests."""
+
+    def __init__(self, every: float | None = PROGRESS_EVERY_S, stream: Any = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every, self.stream, self.clock = every, stream, clock
+        self.started: dict[str, tuple[float, int]] = {}  # task -> (time, samples already done then)
+        self.printed: dict[str, float] = {}
+        self.last: dict[str, int] = {}
+
+    def __call__(self, task: str, done: int, total: int) -> None:
+        now = self.clock()
+        if task not in self.started:
+            self.started[task] = (now, done)
+            self.printed[task] = now
+            if self.every is not None and done < total:
+                self._print(f"{task}: starting, {done}/{total} samples done")
+        if done == total and self.last.get(task) != done:
+            self._print(f"{task}: {done}/{total} samples{self._pace(task, done, total, now)}")
+        elif self.every is not None and done < total and now - self.printed[task] >= self.every:
+            self.printed[task] = now
+            self._print(f"{task}: {done}/{total} samples{self._pace(task, done, total, now)}")
+        self.last[task] = done
+
+    def _pace(self, task: str, done: int, total: int, now: float) -> str:
+        start, first = self.started[task]
+        elapsed, count = now - start, done - first
+        if count <= 0 or elapsed <= 0:
+            return ""
+        rate = count / elapsed
+        left = "" if done >= total else f", about {_duration((total - done) / rate)} left"
+        return f" ({rate:.2f} samples/s, {_duration(elapsed)} elapsed{left})"
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream or sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(round(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
 
 @contextmanager
 def progress_bar(disabled: bool = False) -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress bar per task on stderr; yields the pipeline's progress callback."""
+    """A rich progress bar per task on stderr; without a terminal, periodic progress lines (`ProgressLines`);
+    with `disabled`, only a line per finished task. Yields the pipeline's progress callback."""
     if disabled or not sys.stderr.isatty():
-        last: dict[str, int] = {}
-
-        def plain(task: str, done: int, total: int) -> None:
-            if done == total and last.get(task) != done:
-                print(f"{task}: {done}/{total} samples", file=sys.stderr)
-            last[task] = done
-
-        yield plain
+        yield ProgressLines(every=None if disabled else PROGRESS_EVERY_S)
         return
     from rich.console import Console
     from rich.progress import (
@@ -71,6 +112,23 @@ def print_run_summary(run: RunDir) -> None:
             rows += summary_rows(entry.summary, entry.percent)
     print(f"\nrun {run.path} ({run.log.status}; model {run.log.model})\n")
     print(tabulate(rows, headers=HEADERS, tablefmt="github"))
+    for task, entry in run.log.tasks.items():
+        if entry.baseline is not None and entry.baseline.kind == "oracle":
+            print(f"\n{task}: {entry.baseline.detail}")
+    print(generation_counts(run))
+
+
+def generation_counts(run: RunDir) -> str:
+    """This invocation's generations: how many the model made and how many came from the response cache."""
+    usage = run.log.usage
+    if usage is None:
+        return "\ngenerations: none recorded"
+    if usage.cache is None:
+        return (f"\ngenerations this time: {usage.model_calls}, none from the response cache (not used: "
+                "--no-cache, or a backend that is never cached)")
+    total = usage.model_calls + usage.cache.hits
+    return (f"\ngenerations this time: {total} ({usage.cache.hits} from the response cache {usage.cache.path}, "
+            f"{usage.model_calls} by the model)")
 
 
 def _percent_of(summary: TaskSummary) -> dict[str, bool]:

@@ -5,6 +5,9 @@ files and conventions refer to them, and tests pin their exact output.
 
 - `none`: identity.  `lower`: lower-case and strip.
 - `simple`: lower, strip, delete every ASCII punctuation character, collapse whitespace.
+- `harness`: the harness convention's reading: Unicode NFKC, invisible (format) characters deleted, markup
+  (`<answer>`, `</think>`, `<|im_end|>`, `\\boxed`) turned into spaces, every Unicode punctuation mark
+  deleted, then `simple`. Peer conventions keep their own normalisers.
 - `vqa_v2`: the VQA-v2 evaluation's processPunctuation + processDigitArticle.
 - `mumc`: MUMC/MEVF pre-clean (delete , . ' ! ? " ( ) * # : ; ~, x-ray -> xray, " - " -> "-"), then `vqa_v2`.
 - `lmms_eval`: lmms-eval's slake cleaning (parentheticals dropped, punctuation -> space, yes/no synonyms).
@@ -15,6 +18,7 @@ from __future__ import annotations
 import functools
 import re
 import string
+import unicodedata
 from collections.abc import Callable
 
 from medharness.registry import Registry
@@ -46,15 +50,15 @@ def tokens(text: str, normalizer: str = "simple") -> list[str]:
 def yes_no_of(text: str) -> str | None:
     """Strict yes/no reading of a (short) answer: "yes", "no" or None.
 
-    Rule: normalise with `simple` (so punctuation is deleted and "Yes," becomes "yes"), split on
-    whitespace, and look at whole tokens only:
+    Rule: normalise with `harness` (so punctuation and markup go and "Yes," or "ｙｅｓ。" becomes "yes"),
+    split on whitespace, and look at whole tokens only:
     - token `yes` present and token `no` absent -> "yes"  ("Yes, there is." -> yes)
     - token `no` present and token `yes` absent -> "no"   ("No." / "no evidence" -> no)
     - both (a hedge such as "yes or no") or neither -> None.
     Substrings never count: "nodule", "not", "none", "abnormal", "yesterday" are not yes/no, and
     synonyms ("yeah", "nope", "true", "negative") are not accepted either.
     """
-    words = set(tokens(text, "simple"))
+    words = set(tokens(text, "harness"))
     has_yes, has_no = "yes" in words, "no" in words
     if has_yes and not has_no:
         return "yes"
@@ -84,6 +88,47 @@ def _lower(text: str) -> str:
 def simple(text: str) -> str:
     """Lower, delete every ASCII punctuation character, collapse all whitespace (incl. newlines)."""
     return " ".join(text.lower().translate(_DELETE_ASCII_PUNCT).split())
+
+
+# --- harness: Unicode and markup, then simple ---------------------------------------------------
+
+# Markup is never part of a word: `<answer>no</answer> yes` must read as "no yes", not "answernoanswer yes".
+# Matched: special tokens `<|...|>`, XML/HTML-like tags (`<answer>`, `</think>`, `<br/>`, `<b class=x>`) and
+# LaTeX commands (`\\boxed`, `\\text`). Every quantifier is bounded, so the scan stays linear.
+_MARKUP = re.compile(r"<\|[^<>|\n]{0,64}\|>|</?[A-Za-z][\w:-]{0,31}(?:\s[^<>\n]{0,256})?/?>|\\[A-Za-z]{1,32}")
+_ASCII_PUNCT = frozenset(string.punctuation)
+
+
+def strip_markup(text: str) -> str:
+    """Every markup tag or LaTeX command -> one space (their words then stand apart)."""
+    return _MARKUP.sub(" ", text) if ("<" in text or "\\" in text) else text
+
+
+def _drops(ch: str) -> bool:
+    """Punctuation (Unicode P*, e.g. 。、！，「」), ASCII punctuation and invisible format characters (Cf: zero-width
+    space and joiners, BOM, soft hyphen, direction marks)."""
+    if ch in _ASCII_PUNCT:
+        return True
+    category = unicodedata.category(ch)
+    return category[0] == "P" or category == "Cf"
+
+
+def clean_text(text: str) -> str:
+    """Raw model text as the harness reads it, case and punctuation kept: NFKC (full-width ｙｅｓ -> yes,
+    ！ -> !), invisible format characters (Cf) deleted, markup -> spaces."""
+    if not text.isascii():
+        text = "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
+    return strip_markup(text)
+
+
+@normalizer("harness")
+def harness(text: str) -> str:
+    """`clean_text`, then Unicode punctuation deleted (ASCII and P*: 。、！，「」), lower-case, whitespace
+    collapsed. On ASCII text it equals `simple` once markup is spaced out."""
+    text = clean_text(text)
+    if text.isascii():
+        return simple(text)
+    return " ".join("".join(ch for ch in text.lower() if not _drops(ch)).split())
 
 
 # --- vqa_v2 ----------------------------------------------------------------------------------

@@ -262,10 +262,13 @@ class Runner:
         todo = [s for s in samples if s.id not in done]
         settings = task.settings(max_new_tokens=self.config.max_new_tokens,
                                  temperature=self.config.temperature, seed=self.config.seed)
-        run.set_task(task.name, self._task_entry(task, recipe))
+        previous = run.log.tasks.get(task.name)
+        run.set_task(task.name, self._task_entry(task, recipe).model_copy(
+            update={"baseline": previous.baseline if previous else None}))
         self.progress(task.name, len(samples) - len(todo), len(samples))
         if todo:
             backend.prepare(task, samples)
+            run.update_task(task.name, baseline=backend.answer_source(task.name))
         n_done, n_errors = len(samples) - len(todo), 0
         size = max(self.config.batch_size, backend.batch_size_hint)  # API backends: one batch per concurrency
         for start in range(0, len(todo), size):

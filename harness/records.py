@@ -267,6 +267,17 @@ class TaskJudges(Record):
     judges: list[str] = Field(default_factory=list)
 
 
+class AnswerSource(Record):
+    """Where a baseline's answers for one task came from; boards show `oracle` on the row.
+
+    `train`: the task's train split; `prior`: the task card's declared prior (the train split's statistics);
+    `oracle`: the evaluated split's own golds, an ORACLE floor (it has seen the answers it is scored on; no model
+    could), used only where neither of the others exists; `constant`: the text the user gave."""
+
+    kind: Literal["train", "prior", "oracle", "constant"]
+    detail: str
+
+
 class TaskEntry(Record):
     """One task of a run: how it was scored (version, prompt, convention, metrics with their arguments) and
     what came out (summary, tokens, cost, judge columns)."""
@@ -286,6 +297,7 @@ class TaskEntry(Record):
     tokens: TokenCount | None = None
     cost_usd: float | None = None
     judges: TaskJudges | None = None
+    baseline: AnswerSource | None = None  # a baseline run: where its answers came from
 
 
 class CacheUsage(Record):

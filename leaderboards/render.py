@@ -20,6 +20,8 @@ from medharness.errors import DataError
 from medharness.records import RunLog
 from medharness.runlog import RunDir
 
+ORACLE = " (oracle floor)"  # a baseline that drew its answers from the evaluated split's own golds
+
 
 def _model_label(runlog: RunLog) -> str:
     model = str(runlog.config.get("model", runlog.model or "?"))
@@ -33,15 +35,17 @@ def collect(run_dirs: Sequence[Path]) -> pd.DataFrame:
     records: list[dict[str, Any]] = []
     for run_dir in run_dirs:
         runlog = RunDir.open(Path(run_dir)).log
-        base = {"run": runlog.run_id, "model": _model_label(runlog), "status": runlog.status}
+        base: dict[str, Any] = {"run": runlog.run_id, "model": _model_label(runlog), "status": runlog.status}
         for task, entry in runlog.tasks.items():
             summary = entry.summary
             if summary is None:
                 continue
+            oracle = entry.baseline is not None and entry.baseline.kind == "oracle"
+            row = {**base, "model": f"{base['model']}{ORACLE if oracle else ''}", "oracle": oracle}
             for rank, (metric, m) in enumerate(summary.metrics.items()):
                 scale = 100.0 if entry.percent.get(metric, True) else 1.0
                 records.append({
-                    **base, "task": task, "metric": metric, "primary": rank == 0,
+                    **row, "task": task, "metric": metric, "primary": rank == 0,
                     "value": None if math.isnan(m.value) else m.value * scale,
                     "stderr": None if m.stderr is None else m.stderr * scale,
                     "n": m.n, "n_unparsed": m.n_unparsed, "convention": summary.convention,
@@ -50,7 +54,7 @@ def collect(run_dirs: Sequence[Path]) -> pd.DataFrame:
             for column, c in (entry.judges.columns if entry.judges else {}).items():
                 scale = 100.0 if c.percent else 1.0
                 records.append({
-                    **base, "task": task, "metric": column, "primary": False,
+                    **row, "task": task, "metric": column, "primary": False,
                     "value": None if c.value is None else c.value * scale,
                     "stderr": None if c.stderr is None else c.stderr * scale,
                     "n": c.n, "n_unparsed": c.n_unscored, "convention": summary.convention,
@@ -86,6 +90,10 @@ def render_markdown(frame: pd.DataFrame, all_metrics: bool = False, judges: bool
     by_convention = rows.groupby("convention")["task"].unique()
     conventions = [f"{conv} ({', '.join(sorted(tasks))})" for conv, tasks in by_convention.items()]
     legend = "Cells: metric value (x100 for rates) ± 1.96 × standard error. Conventions: " + "; ".join(conventions) + "."
+    if rows["oracle"].any():
+        legend += (f" '{ORACLE.strip()}': a baseline without a train split or card prior, whose answers come from "
+                   "the golds of the very split it is scored on; it is no floor a model could reach by knowing "
+                   "the training data (run.json: tasks.TASK.baseline).")
     if rows["judge"].any():
         legend += (" judge:NAME:FIELD = one LLM judge's mean verdict; panel:SPEC:FIELD:majority|mean = the "
                    "panel's per-sample majority (ties unscored) or mean; unscored verdicts are left out "

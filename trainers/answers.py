@@ -1,4 +1,5 @@
-"""Answers written in a prompt variant's own format: the SFT/DPO gold turn, and DPO's rejected answers.
+"""Answers written in a prompt variant's own format (`medharness.answers`): the SFT/DPO gold turn, and DPO's
+rejected answers.
 
 The gold is written so that the variant's parser reads it back (`<think>..</think><answer>..</answer>`,
 `\\boxed{label}`, a JSON box in the variant's coordinate convention, an option letter): `rewards.py` checks
@@ -12,66 +13,20 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from medharness.boxes import from_absolute
+from medharness.answers import format_answer as core_format_answer
+from medharness.answers import option_letter
 from medharness.errors import ConfigError, DataError
-from medharness.parsers import split_spec
 from medharness.records import ResultRow, Sample
 from medharness.task import Task
 
-THINK_FORMATS = ("r1", "r1_boxed")
 DEFAULT_THINK = "I look at the image and answer the question."
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-def _steps(task: Task, prompt: str) -> list[tuple[str, dict[str, Any]]]:
-    variant = task.config.prompts.variants[prompt]
-    return [split_spec(s) for s in (variant.parser or task.config.scoring.parser)]
-
-
-def _wants_think(task: Task, prompt: str) -> bool:
-    variant = task.config.prompts.variants[prompt]
-    for spec in variant.metrics:
-        if isinstance(spec, dict) and spec.get("name") == "format_compliance" and \
-                (spec.get("args") or {}).get("format", "r1") in THINK_FORMATS:
-            return True
-    return "<think>" in variant.user
-
-
-def _letter(target: Any, choices: Sequence[str]) -> str:
-    text = str(target).strip()
-    if len(text) == 1 and text.upper() in LETTERS[: len(choices)]:
-        return text.upper()
-    for i, choice in enumerate(choices):
-        if choice.strip().lower() == text.lower():
-            return LETTERS[i]
-    return text
-
-
-def answer_value_text(task: Task, prompt: str, sample: Sample, value: Any) -> str:
-    """The bare answer `value` as the variant's innermost parser step reads it."""
-    for name, args in _steps(task, prompt):
-        if name == "json_bbox":
-            box = from_absolute(value, str(args.get("coords", "absolute")), sample.meta.get("image_size"),
-                                args.get("resized_size") or sample.meta.get("resized_size"))
-            return json.dumps([round(v, 1) for v in box])
-        if name == "choice":
-            return _letter(value, sample.choices)
-    return str(value)
 
 
 def format_answer(task: Task, prompt: str, sample: Sample, value: Any, think: str | None = None) -> str:
-    """`value` wrapped in the variant's format: `\\boxed{}` and/or `<answer>` tags, with a think block where
-    the variant asks for one (the sample's `reasoning` meta when it has one)."""
-    inner = answer_value_text(task, prompt, sample, value)
-    names = [name for name, _ in _steps(task, prompt)]
-    if "boxed" in names:
-        inner = f"\\boxed{{{inner}}}"
-    if "answer_tag" in names:
-        inner = f"<answer>{inner}</answer>"
-    if _wants_think(task, prompt):
-        reasoning = think or str(sample.meta.get("reasoning") or DEFAULT_THINK)
-        inner = f"<think>{reasoning}</think>{inner}"
-    return inner
+    """`value` in the variant's format (`medharness.answers.format_answer`), with a think block where the variant
+    asks for one: `think`, else the sample's `reasoning` meta, else a fixed sentence."""
+    reasoning = think or str(sample.meta.get("reasoning") or DEFAULT_THINK)
+    return core_format_answer(task, prompt, sample, value, think=reasoning)
 
 
 def gold_text(task: Task, prompt: str, sample: Sample) -> str:
@@ -100,7 +55,7 @@ def rejected_texts(task: Task, prompt: str, samples: Sequence[Sample], source: s
         values = {_key(s.target): s.target for s in samples if s.target is not None}
         for s in samples:
             pool = [c for c in s.choices if _key(c) != _key(s.target) and
-                    _letter(s.target, s.choices) != _letter(c, s.choices)] or \
+                    option_letter(s.target, s.choices) != option_letter(c, s.choices)] or \
                    [v for k, v in sorted(values.items()) if k != _key(s.target)]
             if pool:
                 out[s.id] = format_answer(task, prompt, s, rng.choice(pool))

@@ -38,7 +38,8 @@ def primary_metric(run_dir: Path, task: str) -> dict[str, Any] | None:
         return None
     name, m = next(iter(entry.summary.metrics.items()))
     value = None if math.isnan(m.value) else m.value * (100.0 if entry.percent.get(name, True) else 1.0)
-    return {"metric": name, "value": value, "n": m.n, "model": runlog.model}
+    oracle = entry.baseline is not None and entry.baseline.kind == "oracle"
+    return {"metric": name, "value": value, "n": m.n, "model": runlog.model, "oracle": oracle}
 
 
 def _stats(values: Sequence[float]) -> dict[str, Any]:
@@ -52,6 +53,7 @@ def _cell_text(stats: dict[str, Any], n_expected: int) -> str:
     if stats["mean"] is None:
         return "n/a"
     text = f"{stats['mean']:.1f}" + (f" ± {stats['std']:.1f}" if stats["std"] is not None else "")
+    text += " (oracle floor)" if stats.get("oracle") else ""
     return text if stats["n"] == n_expected else f"{text} ({stats['n']}/{n_expected})"
 
 
@@ -75,7 +77,7 @@ def board(sweep: SweepConfig, cells: Sequence[Cell], eval_dir: Any, reference_di
                                "tasks": {}}
         for task in tasks:
             got = primary_metric(reference_dir(name, task), task)
-            row["tasks"][task] = {"metric": got and got["metric"],
+            row["tasks"][task] = {"metric": got and got["metric"], "oracle": bool(got and got["oracle"]),
                                   **_stats([got["value"]] if got and got["value"] is not None else [])}
         rows.append(row)
     by_id = {c.id: c for c in cells}
@@ -119,6 +121,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], tasks: Sequence[str], title:
     lines = [f"# {title}", ""] if title else []
     lines.append(tabulate(table, headers=headers, tablefmt="github"))
     lines += ["", ("Cells: mean ± sample std over seeds of the task's primary metric (x100 for percentages); "
-                   "(i/n) = only i of n seeds finished; n/a = no finished run.")]
+                   "(i/n) = only i of n seeds finished; n/a = no finished run; (oracle floor) = a baseline that, "
+                   "without a train split or card prior, drew its answers from the evaluated split's own golds.")]
     return "\n".join(lines) + "\n"
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from medharness.records import Generation, Prompt, Sample
+from medharness.records import AnswerSource, Generation, Prompt, Sample
 from medharness.registry import Registry
 
 if TYPE_CHECKING:
@@ -53,6 +53,11 @@ class Backend(ABC):
     def prepare(self, task: Task, samples: Sequence[Sample]) -> None:
         """Called once per task before its first batch. Baselines read the train split and each
         sample's answer type and options here; model backends must never look at the targets."""
+
+    def answer_source(self, task: str) -> AnswerSource | None:
+        """Where the answers for `task` came from, for a backend that answers without a model (baselines);
+        None for a model. Read after `prepare`; recorded in the run log and shown on boards."""
+        return None
 
     @abstractmethod
     def generate(self, requests: Sequence[Request]) -> list[Generation]:

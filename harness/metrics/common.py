@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 from medharness.errors import ConfigError
-from medharness.normalize import simple
+from medharness.normalize import harness, simple
 from medharness.records import Answer, Sample
 
 
@@ -19,10 +20,10 @@ def gold_text(sample: Sample) -> str | None:
     return None if sample.target is None else str(sample.target)
 
 
-def gold_yes_no(sample: Sample) -> str | None:
-    """"yes"/"no" when the gold, `simple`-normalised, is exactly that word; else None."""
+def gold_yes_no(sample: Sample, normalizer: Callable[[str], str] = harness) -> str | None:
+    """"yes"/"no" when the gold, normalised (`harness` unless told), is exactly that word; else None."""
     gold = gold_text(sample)
-    norm = simple(gold) if gold is not None else ""
+    norm = normalizer(gold) if gold is not None else ""
     return norm if norm in ("yes", "no") else None
 
 
@@ -32,7 +33,7 @@ def answer_type(sample: Sample) -> str:
     value = str(sample.meta.get("answer_type") or "").strip().upper()
     if value in ("CLOSED", "OPEN"):
         return value
-    return "CLOSED" if gold_yes_no(sample) else "OPEN"
+    return "CLOSED" if gold_yes_no(sample, simple) else "OPEN"  # the peers' rule: `simple`, as they read it
 
 
 def overlap_prf(pred: list[str], gold: list[str], variant: str = "multiset") -> tuple[float, float, float]:

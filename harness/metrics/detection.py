@@ -18,7 +18,7 @@ from typing import Any
 from medharness.boxes import as_box, box_iou
 from medharness.metrics.base import metric
 from medharness.metrics.common import answer_text, overlap_prf
-from medharness.normalize import simple, yes_no_of
+from medharness.normalize import harness, yes_no_of
 from medharness.records import Answer, Sample
 
 # --- boxes -------------------------------------------------------------------------------------
@@ -59,12 +59,12 @@ _OPTIONAL = re.compile(r"\([^()]*\)")
 
 
 def reference_answers(gold: str) -> list[str]:
-    """Every accepted form of a VQA-Med reference, `simple`-normalised, in order and without repeats:
+    """Every accepted form of a VQA-Med reference, `harness`-normalised, in order and without repeats:
     per `#` alternative, the text with its optional `( )` parts kept, then with them dropped."""
     out: list[str] = []
     for alternative in str(gold).split("#"):
         for form in (alternative.replace("(", " ").replace(")", " "), _OPTIONAL.sub(" ", alternative)):
-            norm = simple(form)
+            norm = harness(form)
             if norm and norm not in out:
                 out.append(norm)
     return out
@@ -78,7 +78,7 @@ def _forms_and_prediction(answer: Answer, sample: Sample) -> tuple[list[str], st
 
 @metric("reference_accuracy")
 def reference_accuracy(answer: Answer, sample: Sample, text: str) -> float | None:
-    """Exact match (simple) with any accepted form of the gold (`#` alternatives, `( )` optional parts);
+    """Exact match (`harness`) with any accepted form of the gold (`#` alternatives, `( )` optional parts);
     a yes/no gold needs a strict yes/no answer; unparsed -> 0."""
     forms, pred = _forms_and_prediction(answer, sample)
     if not forms:
@@ -87,16 +87,16 @@ def reference_accuracy(answer: Answer, sample: Sample, text: str) -> float | Non
         return 0.0
     if set(forms) <= {"yes", "no"} and len(forms) == 1:
         return float(yes_no_of(pred) == forms[0])
-    return float(simple(pred) in forms)
+    return float(harness(pred) in forms)
 
 
 @metric("reference_token_f1")
 def reference_token_f1(answer: Answer, sample: Sample, text: str) -> float | None:
-    """Best token F1 (simple, multiset) over the accepted forms of the gold; unparsed -> 0."""
+    """Best token F1 (`harness`, multiset) over the accepted forms of the gold; unparsed -> 0."""
     forms, pred = _forms_and_prediction(answer, sample)
     if not forms:
         return None
     if pred is None:
         return 0.0
-    tokens = simple(pred).split()
+    tokens = harness(pred).split()
     return max(overlap_prf(tokens, form.split())[2] for form in forms)

@@ -20,8 +20,8 @@ from medharness.records import Answer, Sample
 
 
 @metric("exact_match")
-def exact_match(answer: Answer, sample: Sample, text: str, normalizer: str = "simple") -> float | None:
-    """Normalised answer == normalised gold (normalizer: simple by default)."""
+def exact_match(answer: Answer, sample: Sample, text: str, normalizer: str = "harness") -> float | None:
+    """Normalised answer == normalised gold (normalizer: `harness` by default)."""
     gold, pred = gold_text(sample), answer_text(answer)
     if gold is None:
         return None
@@ -41,21 +41,21 @@ def _token_score(answer: Answer, sample: Sample, which: int, normalizer: str, va
 
 
 @metric("token_precision")
-def token_precision(answer: Answer, sample: Sample, text: str, normalizer: str = "simple",
+def token_precision(answer: Answer, sample: Sample, text: str, normalizer: str = "harness",
                     variant: str = "multiset") -> float | None:
     """Share of answer tokens found in the gold (multiset counts unless variant=set)."""
     return _token_score(answer, sample, 0, normalizer, variant)
 
 
 @metric("token_recall")
-def token_recall(answer: Answer, sample: Sample, text: str, normalizer: str = "simple",
+def token_recall(answer: Answer, sample: Sample, text: str, normalizer: str = "harness",
                  variant: str = "multiset") -> float | None:
     """Share of gold tokens found in the answer (multiset counts unless variant=set)."""
     return _token_score(answer, sample, 1, normalizer, variant)
 
 
 @metric("token_f1")
-def token_f1(answer: Answer, sample: Sample, text: str, normalizer: str = "simple",
+def token_f1(answer: Answer, sample: Sample, text: str, normalizer: str = "harness",
              variant: str = "multiset") -> float | None:
     """Token F1 of answer vs gold (multiset counts unless variant=set)."""
     return _token_score(answer, sample, 2, normalizer, variant)
@@ -76,10 +76,10 @@ def yes_no_accuracy(answer: Answer, sample: Sample, text: str) -> float | None:
 
 @metric("vqa_accuracy")
 def vqa_accuracy(answer: Answer, sample: Sample, text: str) -> float | None:
-    """Harness default: yes/no gold -> strict yes/no parse (hedge wrong); else simple exact match."""
+    """Harness default: yes/no gold -> strict yes/no parse (hedge wrong); else `harness` exact match."""
     if gold_yes_no(sample) is not None:
         return yes_no_accuracy(answer, sample, text)
-    return exact_match(answer, sample, text, normalizer="simple")
+    return exact_match(answer, sample, text, normalizer="harness")
 
 
 # --- options and labels ----------------------------------------------------------------------

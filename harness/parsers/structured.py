@@ -9,7 +9,8 @@ from typing import Any
 
 from medharness.boxes import COORDS, box_problem, find_boxes, to_absolute
 from medharness.errors import ConfigError
-from medharness.normalize import simple
+from medharness.normalize import clean_text
+from medharness.normalize import harness as norm_text
 from medharness.parsers.base import parser, strip_end_markers
 from medharness.records import Answer, Sample
 
@@ -42,7 +43,7 @@ def letter_of(target: Any, choices: Sequence[str]) -> str | None:
         text = text[1]
     if len(text) == 1 and text.upper() in LETTERS[: len(choices)]:
         return text.upper()
-    matches = [LETTERS[i] for i, c in enumerate(choices) if simple(c) == simple(text)]
+    matches = [LETTERS[i] for i, c in enumerate(choices) if norm_text(c) == norm_text(text)]
     return matches[0] if len(matches) == 1 else None
 
 
@@ -55,10 +56,10 @@ def choice(text: str, sample: Sample) -> Answer:
     if not sample.choices:
         return _fail("choice", "sample has no choices")
     letters = LETTERS[: len(sample.choices)]
-    body = _CHOICE_PREFIX.sub("", strip_end_markers(text), count=1).rstrip(". \t\n").strip()
+    body = _CHOICE_PREFIX.sub("", clean_text(strip_end_markers(text)).strip(), count=1).rstrip(". \t\n").strip()
     if not body:
         return _fail("choice", "empty output")
-    options = [simple(c) for c in sample.choices]
+    options = [norm_text(c) for c in sample.choices]
     bare = _BARE_LETTER.fullmatch(body)
     lead = None if bare else _LEADING_LETTER.fullmatch(body)
     if bare or lead:
@@ -67,12 +68,12 @@ def choice(text: str, sample: Sample) -> Answer:
             return _fail("choice", f"letter {letter} is not an option ({letters[0]}-{letters[-1]})")
         if lead:
             rest = lead.group(2).rstrip(". ")
-            named = [LETTERS[i] for i, o in enumerate(options) if o == simple(rest)]
+            named = [LETTERS[i] for i, o in enumerate(options) if o == norm_text(rest)]
             others = {g for m in _OTHER_LETTER.finditer(rest) for g in m.groups() if g and g != letter}
             if others or (named and letter not in named):
                 return _fail("choice", f"ambiguous: letter {letter} followed by {rest[:40]!r}")
         return _ok("choice", letter)
-    named = [LETTERS[i] for i, o in enumerate(options) if o and o == simple(body)]
+    named = [LETTERS[i] for i, o in enumerate(options) if o and o == norm_text(body)]
     if len(named) == 1:
         return _ok("choice", named[0])
     if named:
@@ -87,15 +88,15 @@ def choice(text: str, sample: Sample) -> Answer:
 def label(text: str, sample: Sample) -> Answer:
     """The one class name among `sample.choices` that the text names.
 
-    First `simple`-normalised equality; else the only class name found as whole words (a class found
+    First `harness`-normalised equality; else the only class name found as whole words (a class found
     only inside a longer found class name, e.g. "nevus" in "melanocytic nevus", does not count).
     Negation is not understood: "not melanoma" names melanoma. Returns the class as spelled in choices."""
     if not sample.choices:
         return _fail("label", "sample has no class names (choices)")
-    norm = simple(text)
+    norm = norm_text(text)
     if not norm:
         return _fail("label", "empty output")
-    names = {c: simple(c) for c in sample.choices}
+    names = {c: norm_text(c) for c in sample.choices}
     exact = [c for c, n in names.items() if n == norm]
     if len(exact) == 1:
         return _ok("label", exact[0])

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from medharness.errors import ConfigError
-from medharness.normalize import simple, yes_no_of
+from medharness.normalize import harness, yes_no_of
 from medharness.parsers.base import PARSERS, parser, split_spec, strip_end_markers
 from medharness.records import Answer, Sample
 
@@ -42,14 +42,40 @@ def strip_answer_prefix(text: str) -> str:
     return _ANSWER_PREFIX.sub("", text.strip(), count=1)
 
 
+def hedge(answers: Sequence[str]) -> str | None:
+    """Why these candidate answers of one output are a hedge, or None. A hedge is never scored: it is unparsed.
+
+    - an answer holding both words `yes` and `no` ("yes or no", "<answer>no</answer> yes");
+    - yes and no given as two answers ("yes\\nno", two `<answer>` blocks);
+    - two answers that read differently after the `harness` normaliser (two `<answer>` or `\\boxed{}`)."""
+    readings = [harness(a) for a in answers]
+    if any({"yes", "no"} <= set(r.split()) for r in readings):
+        return "both yes and no (hedge)"
+    distinct = {r for r in readings if r}
+    if len(distinct) > 1:
+        shown = " / ".join(sorted(distinct))[:60]
+        return f"{len(distinct)} different answers (hedge: {shown})"
+    return None
+
+
 @parser("short_answer")
 def short_answer(text: str, sample: Sample) -> Answer:
-    """First non-empty line, without end markers, an "Answer:"/"The answer is" prefix or final periods."""
-    for line in strip_end_markers(text).splitlines():
-        line = strip_answer_prefix(line).rstrip(". \t").strip()
-        if line:
-            return _ok("short_answer", line)
-    return _fail("short_answer", "no non-empty line")
+    """First non-empty line, without end markers, an "Answer:"/"The answer is" prefix or final periods.
+
+    A hedge is unparsed: the line holds both yes and no, or a later line is a bare yes/no (prefix allowed:
+    "Final answer: no") that disagrees with it ("yes\\nno")."""
+    lines = [strip_answer_prefix(line).rstrip(". \t").strip() for line in strip_end_markers(text).splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return _fail("short_answer", "no non-empty line")
+    first = lines[0]
+    bare = [line for line in lines[1:] if harness(line) in ("yes", "no")]
+    if bare:
+        readings = {yes_no_of(first), *(harness(line) for line in bare)} - {None}
+        if len(readings) > 1:
+            return _fail("short_answer", "both yes and no (hedge)")
+    problem = hedge([first])
+    return _fail("short_answer", problem) if problem else _ok("short_answer", first)
 
 
 # --- \boxed{...} -----------------------------------------------------------------------------
@@ -89,19 +115,71 @@ def boxed_content(text: str) -> tuple[str | None, str]:
     return (content, "") if content else (None, "empty \\boxed{}")
 
 
+def _final_part(text: str) -> str:
+    """The text after the last `</think>` (the reasoning may try answers out), else all of it."""
+    close = text.lower().rfind("</think>")
+    return text if close < 0 else text[close + len("</think>"):]
+
+
+def all_boxed(text: str) -> list[str]:
+    """The content of every balanced `\\boxed{...}`, in order. One pass pairs every brace first (a stack), so
+    many nested or unclosed boxes stay linear, where calling `balanced_end` per box would be quadratic."""
+    starts = [m.end() for m in _BOXED.finditer(text)]
+    if len(starts) < 2:
+        return [text[s: e - 1] for s in starts if (e := balanced_end(text, s) or 0)]
+    closes: dict[int, int] = {}  # index after a `{` -> index of its `}`
+    stack: list[int] = []
+    for i, ch in enumerate(text):
+        if ch == "{":
+            stack.append(i + 1)
+        elif ch == "}" and stack:
+            closes[stack.pop()] = i
+    return [text[s: closes[s]] for s in starts if s in closes]
+
+
 @parser("boxed")
-def boxed(text: str, sample: Sample) -> Answer:
-    """Content of the last `\\boxed{...}`; unbalanced or empty -> None."""
+def boxed(text: str, sample: Sample, several: str = "refuse") -> Answer:
+    """Content of the last `\\boxed{...}`; unbalanced or empty -> None. Several boxes after the reasoning
+    that read differently are a hedge (None), unless `several: last`."""
     content, note = boxed_content(text)
-    return _ok("boxed", content) if content is not None else _fail("boxed", note)
+    if content is None:
+        return _fail("boxed", note)
+    if _several(several) == "refuse":
+        problem = hedge(all_boxed(_final_part(text)))
+        if problem:
+            return _fail("boxed", problem)
+    return _ok("boxed", content)
+
+
+def _several(value: str) -> str:
+    if value not in ("refuse", "last"):
+        raise ConfigError(f"several must be 'refuse' (a hedge is unparsed) or 'last', got {value!r}")
+    return value
 
 
 # --- tags ------------------------------------------------------------------------------------
 
 
+def all_answer_tags(text: str) -> list[str]:
+    """The content of every closed `<answer>...</answer>`, in order."""
+    low, out, pos = text.lower(), [], 0
+    while (start := low.find("<answer>", pos)) >= 0:
+        end = low.find("</answer>", start)
+        if end < 0:
+            break
+        out.append(text[start + len("<answer>"): end])
+        pos = end + len("</answer>")
+    return out
+
+
 @parser("answer_tag")
-def answer_tag(text: str, sample: Sample) -> Answer:
-    """Content of the last `<answer>...</answer>`; a missing `</answer>` means "to the end"."""
+def answer_tag(text: str, sample: Sample, several: str = "refuse") -> Answer:
+    """Content of the last `<answer>...</answer>`; a missing `</answer>` means "to the end". Several blocks
+    after the reasoning that read differently are a hedge (None), unless `several: last` (the peers' rule)."""
+    if _several(several) == "refuse":
+        problem = hedge(all_answer_tags(_final_part(text)))
+        if problem:
+            return _fail("answer_tag", problem)
     low = text.lower()
     start = low.rfind("<answer>")
     if start < 0:
@@ -175,7 +253,7 @@ def yes_no(text: str, sample: Sample) -> Answer:
     value = yes_no_of(text)
     if value is not None:
         return _ok("yes_no", value)
-    words = set(simple(text).split())
+    words = set(harness(text).split())
     return _fail("yes_no", "both yes and no (hedge)" if {"yes", "no"} <= words else "neither yes nor no")
 
 

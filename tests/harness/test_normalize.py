@@ -11,7 +11,7 @@ from medharness.normalize import NORMALIZERS, drop_parentheticals, normalize, to
 
 
 def test_registry_names() -> None:
-    assert NORMALIZERS.names() == ["lmms_eval", "lower", "mumc", "none", "simple", "vqa_v2"]
+    assert NORMALIZERS.names() == ["harness", "lmms_eval", "lower", "mumc", "none", "simple", "vqa_v2"]
     with pytest.raises(ConfigError, match="Did you mean 'simple'"):
         NORMALIZERS.get("simpel")
 

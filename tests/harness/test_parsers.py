@@ -73,7 +73,9 @@ def test_short_answer(text: str, expected: str | None) -> None:
 @pytest.mark.parametrize("text, expected", [
     (r"so \boxed{B}", "B"),
     (r"x \boxed{\text{Melanoma}} y", "Melanoma"),
-    (r"\boxed{A} first, then \boxed{C}", "C"),  # the last one
+    (r"\boxed{A} first, then \boxed{C}", None),  # two different answers: a hedge
+    (r"\boxed{C} first, then \boxed{ c }", "c"),  # the same answer twice: the last one
+    (r"<think>\boxed{A}?</think> \boxed{C}", "C"),  # a box tried out in the reasoning is no answer
     (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"),
     (r"\boxed{a{b}c}", "a{b}c"),
     (r"\boxed{a}} extra }", "a"),  # fake extra closing braces are outside
@@ -92,7 +94,11 @@ def test_boxed(text: str, expected: str | None) -> None:
 
 @pytest.mark.parametrize("text, expected", [
     ("<think>x</think><answer>yes</answer>", "yes"),
-    ("<answer>a</answer> then <answer>b</answer>", "b"),
+    ("<answer>a</answer> then <answer>b</answer>", None),  # two different answers: a hedge
+    ("<answer>yes</answer><answer>no</answer>", None),
+    ("<answer>Yes</answer> so <answer>yes.</answer>", "yes."),  # the same answer twice: the last one
+    ("<think><answer>no</answer>?</think><answer>yes</answer>", "yes"),  # tried out in the reasoning
+    ("<answer>yes or no</answer>", None),
     ("<answer> no <|im_end|>", "no"),  # missing </answer>: to the end, marker cut
     ("<answer>left lung", "left lung"),
     ("<Answer>Yes</Answer>", "Yes"),
@@ -103,6 +109,13 @@ def test_boxed(text: str, expected: str | None) -> None:
 ])
 def test_answer_tag(text: str, expected: str | None) -> None:
     assert parse("answer_tag", text).value == expected
+
+
+def test_several_last_keeps_the_peers_rule_and_bad_values_are_refused() -> None:
+    assert parse("answer_tag", "<answer>a</answer> then <answer>b</answer>", several="last").value == "b"
+    assert parse("boxed", r"\boxed{A} first, then \boxed{C}", several="last").value == "C"
+    with pytest.raises(ConfigError, match="several must be"):
+        parse("answer_tag", "<answer>a</answer>", several="first")
 
 
 @pytest.mark.parametrize("name, text, expected", [
@@ -259,6 +272,8 @@ HOSTILE = [
     "<think>" * (MEGABYTE // 7), "[1," * (MEGABYTE // 3), "[1.1.1.1" * (MEGABYTE // 8), "1 " * (MEGABYTE // 2),
     "(" + "1" * MEGABYTE, "\\boxed{" + "{a}" * (MEGABYTE // 3), "Answer " * (MEGABYTE // 7),
     "melanoma nevus " * (MEGABYTE // 15), "\ud800",
+    "\\boxed{" * (MEGABYTE // 14) + "}" * (MEGABYTE // 14), "<answer>yes</answer>" * (MEGABYTE // 20),
+    "yes\n" * (MEGABYTE // 4), "\\boxed{a}" * (MEGABYTE // 9),
 ]
 
 

@@ -87,13 +87,18 @@ def test_bad_input_fails_cleanly_without_a_run_dir(tmp_path: Path, capsys: pytes
     assert not out.exists()
 
 
-def test_baseline_without_train_or_prior_fails_cleanly(tmp_path: Path, vqa_rad_dir: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "never"
+def test_baseline_without_train_or_prior_is_a_labelled_oracle_floor(tmp_path: Path, vqa_rad_dir: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The test-only copy of VQA-RAD: the baseline runs, the console warns that it is an oracle floor, and the
+    run log says so (tests/harness/test_baseline_floors.py checks the boards)."""
+    out = tmp_path / "run"
     code = main(["run", "--model", "baseline:majority", "--tasks", "vqa_rad", "--data-dir", str(vqa_rad_dir),
                  "--output", str(out), "--no-progress"])
-    assert code == 2
-    assert "needs its train split or a `card.prior`" in capsys.readouterr().err
+    assert code == 0
+    assert "vqa_rad: ORACLE floor: the golds of the evaluated test split itself (451 samples)" in \
+        capsys.readouterr().out
+    source = RunDir.open(out).log.tasks["vqa_rad"].baseline
+    assert source is not None and source.kind == "oracle"
 
 
 def test_constant_baseline_on_real_vqa_rad(tmp_path: Path, vqa_rad_dir: Path) -> None:

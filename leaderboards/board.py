@@ -1,0 +1,183 @@
+"""A board spec + run directories -> a `Board`: rows x columns of `Value`s with intervals, the Average column,
+delta rows and significance marks against the reference row. Rendering is `formats.py`; plots `plots.py`.
+
+A row of one run shows the run log's value and interval. A row of several runs (seeds of one configuration)
+shows their mean with the sample standard deviation and the pooled interval of `medharness.stats.seed_summary`.
+A group cell (e.g. answer_type = CLOSED) is computed from the run's rows, with a bootstrap interval clustered by
+image. Significance: a paired test on the samples both runs scored (`medharness.stats.paired_compare`: exact
+McNemar for 0/1 metrics, else a clustered paired bootstrap), Holm-corrected over the rows of each column.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medharness.errors import ConfigError, DataError
+from medharness.leaderboards.columns import Column, resolve_columns
+from medharness.leaderboards.runs import MISSING, Opened, Value, lineage_text, open_runs, unique_labels
+from medharness.leaderboards.samples import RowCache
+from medharness.leaderboards.spec import BoardSpec, RowSpec
+from medharness.runlog import RunDir
+
+N_BOOT = 2000
+SEED = 0
+
+
+@dataclass
+class Row:
+    label: str
+    runs: list[RunDir]
+    lineage: str = ""
+    kind: str = "run"  # run | published | delta
+    published: dict[str, float] | None = None
+    source: str | None = None
+    method: str | None = None
+    shots: int | None = None
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A row's paired comparison with the reference in one column: difference (display scale), interval,
+    raw and corrected p-value, test."""
+
+    diff: float
+    low: float | None
+    high: float | None
+    p_value: float
+    p_adjusted: float
+    test: str
+    n: int
+    significant: bool
+
+
+@dataclass
+class Board:
+    spec: BoardSpec
+    columns: list[Column]
+    rows: list[Row]
+    cells: dict[tuple[str, str], Value] = field(default_factory=dict)
+    marks: dict[tuple[str, str], Mark] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    conventions: dict[str, str] = field(default_factory=dict)  # task -> convention(s) of the shown runs
+
+    def cell(self, row: str, column: str) -> Value:
+        return self.cells.get((row, column), MISSING)
+
+
+def _expand(pattern: str) -> list[Path]:
+    found = sorted(glob.glob(pattern))
+    return [Path(p) for p in found] if found else [Path(pattern)]
+
+
+def _row_paths(spec: RowSpec) -> list[Path]:
+    if spec.run:
+        return [Path(spec.run)]
+    if spec.runs:
+        return [p for pattern in spec.runs for p in _expand(pattern)]
+    if spec.sweep and spec.cell:
+        root = Path(spec.sweep)
+        if spec.cell.startswith("reference/"):
+            return _expand(str(root / spec.cell / "*"))
+        return _expand(str(root / "cells" / spec.cell / "eval" / "*"))
+    if spec.checkpoint is not None:
+        return [Path(spec.checkpoint) / "evals" / f"step-{spec.step}"]
+    return []
+
+
+def build_rows(spec: BoardSpec, run_dirs: Sequence[Path]) -> tuple[list[Row], Opened]:
+    """The spec's rows, then one row per RUNS path; every run folder is opened with `open_runs` (non-run folders
+    skipped with a note, failed runs left out and listed)."""
+    everything = Opened()
+    rows: list[Row] = []
+    for row_spec in spec.rows:
+        if row_spec.published is not None:
+            rows.append(Row(str(row_spec.label), [], row_spec.lineage or (row_spec.source or "published"),
+                            "published", dict(row_spec.published), row_spec.source, row_spec.method, row_spec.shots))
+            continue
+        opened = open_runs(_row_paths(row_spec))
+        _merge(everything, opened)
+        if not opened.runs:
+            everything.notes.append(f"row {row_spec.label or _row_paths(row_spec)[0]}: no finished run yet")
+            continue
+        label = row_spec.label or unique_labels(opened.runs)[0]
+        lineage = row_spec.lineage or " | ".join(dict.fromkeys(lineage_text(r.log) for r in opened.runs))
+        rows.append(Row(label, opened.runs, lineage, method=row_spec.method, shots=row_spec.shots))
+    opened = open_runs(run_dirs)
+    _merge(everything, opened)
+    for run, label in zip(opened.runs, unique_labels(opened.runs), strict=True):
+        rows.append(Row(label, [run], lineage_text(run.log)))
+    seen: set[str] = set()
+    for row in rows:
+        if row.label in seen:
+            raise ConfigError(f"two rows of board {spec.name!r} are labelled {row.label!r}: give them labels")
+        seen.add(row.label)
+    return rows, everything
+
+
+def _merge(into: Opened, more: Opened) -> None:
+    into.skipped += more.skipped
+    into.failed += more.failed
+    into.notes += more.notes
+
+
+def build(spec: BoardSpec, run_dirs: Sequence[Path] = ()) -> Board:
+    rows, opened = build_rows(spec, run_dirs)
+    if not any(r.runs or r.published for r in rows):
+        raise DataError("no run to show" + (": " + "; ".join(opened.messages()) if opened.messages() else ""))
+    runs = [run for row in rows for run in row.runs]
+    board = Board(spec, resolve_columns(spec, runs), rows, notes=opened.messages())
+    if not board.columns:
+        raise DataError("no finished task summaries in the given run directories")
+    cache = RowCache()
+    for row in rows:
+        for col in board.columns:
+            board.cells[(row.label, col.label)] = _value(row, col, cache)
+    for run in runs:
+        for task, entry in run.log.tasks.items():
+            if entry.summary is not None:
+                conventions = set(board.conventions.get(task, "").split(", ")) - {""}
+                board.conventions[task] = ", ".join(sorted(conventions | {entry.summary.convention}))
+    if spec.average:
+        _add_average(board)
+    if spec.reference is not None:
+        from medharness.leaderboards.compare import add_marks
+
+        add_marks(board, cache)
+    if spec.deltas:
+        from medharness.leaderboards.compare import add_deltas
+
+        add_deltas(board, cache)
+    return board
+
+
+def _value(row: Row, col: Column, cache: RowCache) -> Value:
+    if row.published is not None:
+        got = row.published.get(col.label)
+        return MISSING if got is None else Value(got, method=None)
+    values = [v for v in (col.value(run, cache) for run in row.runs) if not v.missing]
+    if len(values) <= 1:
+        return values[0] if values else MISSING
+    from medharness.stats import seed_summary
+
+    mean, std, interval = seed_summary([v.value for v in values if v.value is not None])
+    return Value(mean, interval.low, interval.high, n=sum(v.n for v in values), method=interval.method,
+                 std=std, n_runs=len(values))
+
+
+def _add_average(board: Board) -> None:
+    """The mean of a row's columns (each task weighted equally), shown only when every column has a value.
+    It carries no interval: its columns' intervals are not independent of each other."""
+    columns = list(board.columns)
+    avg = Column(label="Average", task="", metric="average", higher_is_better=True)
+    board.columns.append(avg)
+    for row in board.rows:
+        if row.published is not None and "Average" in row.published:
+            board.cells[(row.label, "Average")] = Value(row.published["Average"])
+            continue
+        values = [board.cell(row.label, c.label).value for c in columns]
+        if values and all(v is not None and not math.isnan(v) for v in values):
+            board.cells[(row.label, "Average")] = Value(sum(v for v in values if v is not None) / len(values))

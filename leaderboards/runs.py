@@ -1,0 +1,157 @@
+"""Run directories as a board reads them: which paths are runs (the others are skipped with a note), which runs
+failed (left out and listed), a unique label per run, and each task's values with their intervals.
+
+Intervals come from the run log's summary (`ci_low`, `ci_high`, `ci_method`, `n_clusters`, written by
+`medharness.stats`); a run log written before those fields existed falls back to 1.96 x the standard error,
+and the cell says which method it carries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medharness.errors import DataError
+from medharness.records import MetricSummary, RunLog, TaskEntry
+from medharness.runlog import RUN_FILE, RunDir
+
+NORMAL = "normal (1.96 x standard error)"
+
+
+@dataclass(frozen=True)
+class Value:
+    """One number of a board, on its display scale (x100 for percent metrics), with its interval."""
+
+    value: float | None
+    low: float | None = None
+    high: float | None = None
+    n: int = 0
+    method: str | None = None  # how the interval was made; None = no interval
+    n_clusters: int | None = None
+    std: float | None = None  # across runs (seeds) of one row
+    n_runs: int = 1
+
+    @property
+    def missing(self) -> bool:
+        return self.value is None
+
+
+MISSING = Value(None)
+
+
+@dataclass
+class Opened:
+    """What a list of paths holds: the runs to show, and what was left out (with the reason)."""
+
+    runs: list[RunDir] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # paths that are no run directory
+    failed: list[str] = field(default_factory=list)  # runs whose status is "failed"
+    notes: list[str] = field(default_factory=list)  # runs shown with a caveat (still running, interrupted)
+
+    def messages(self) -> list[str]:
+        return ([f"skipped {s}" for s in self.skipped] + [f"left out failed run {f}" for f in self.failed]
+                + self.notes)
+
+
+def _not_a_run(path: Path) -> str:
+    if not path.exists():
+        return f"{path}: no such file or folder"
+    if not path.is_dir():
+        return f"{path}: a file, not a run directory"
+    if (path / "sweep.json").is_file():
+        return (f"{path}: a train-then-eval folder, not a run directory (its board is {path / 'leaderboard.md'}; "
+                f"its runs are {path}/cells/*/eval/* and {path}/reference/*/*)")
+    return f"{path}: not a run directory (no {RUN_FILE})"
+
+
+def open_runs(paths: Iterable[Path], strict: bool = False) -> Opened:
+    """Open each path as a run directory. A path that is no run directory is skipped with a note (an error when
+    `strict`); a failed run is left out and listed; a run log that cannot be read is an error."""
+    out = Opened()
+    for path in paths:
+        path = Path(path)
+        if not (path / RUN_FILE).is_file():
+            if strict or not path.exists():
+                raise DataError(_not_a_run(path))
+            out.skipped.append(_not_a_run(path))
+            continue
+        run = RunDir.open(path)
+        log = run.log
+        if log.status == "failed":
+            out.failed.append(f"{path} ({log.error or 'no reason recorded'})")
+            continue
+        if log.status != "finished":
+            out.notes.append(f"{path}: status {log.status!r}; only its finished tasks are shown")
+        out.runs.append(run)
+    return out
+
+
+def unique_labels(runs: Sequence[RunDir]) -> list[str]:
+    """Each run's label (else its run id); where two runs would share one, the shortest path suffix that tells
+    them apart (e.g. `sft-s0/eval/phantom_presence`), so no row ever stands for two runs."""
+    labels = [r.log.display_name for r in runs]
+    for name in set(labels):
+        clash = [i for i, label in enumerate(labels) if label == name]
+        if len(clash) < 2:
+            continue
+        parts = [runs[i].path.resolve().parts for i in clash]
+        for depth in range(2, max(len(p) for p in parts) + 1):
+            suffixes = ["/".join(p[-depth:]) for p in parts]
+            if len(set(suffixes)) == len(suffixes):
+                break
+        for i, suffix in zip(clash, suffixes, strict=True):
+            labels[i] = suffix if runs[i].log.label is None else f"{name} ({suffix})"
+    return labels
+
+
+def model_name(log: RunLog) -> str:
+    model = str(log.config.get("model", log.model or "?"))
+    return model if model.startswith("baseline:") else (Path(model).name or model)
+
+
+def lineage_text(log: RunLog) -> str:
+    """`base → recipe[preset] · step N · seed S` from the run's lineage, else the model."""
+    t = log.trained_from
+    if t is None or not t.known:
+        return model_name(log)
+    parts = [Path(t.base_model).name if t.base_model else "?",
+             (t.recipe or "?") + (f"[{t.preset}]" if t.preset else "")]
+    if t.step is not None:
+        parts.append(f"step {t.step}")
+    if t.seed is not None:
+        parts.append(f"seed {t.seed}")
+    return " → ".join(parts[:2]) + "".join(f" · {p}" for p in parts[2:])
+
+
+def scale_of(entry: TaskEntry, metric: str) -> float:
+    return 100.0 if entry.percent.get(metric, True) else 1.0
+
+
+def metric_value(entry: TaskEntry, metric: str) -> Value:
+    """A task's metric from the run log's summary, on the display scale, with its interval."""
+    summary = entry.summary
+    m = summary.metrics.get(metric) if summary else None
+    if m is None:
+        return MISSING
+    return summary_value(m, scale_of(entry, metric))
+
+
+def summary_value(m: MetricSummary, scale: float) -> Value:
+    if math.isnan(m.value):
+        return Value(None, n=m.n)
+    low, high = getattr(m, "ci_low", None), getattr(m, "ci_high", None)
+    method = getattr(m, "ci_method", None)
+    n_clusters = getattr(m, "n_clusters", None)
+    if low is None or high is None:
+        if m.stderr is None or math.isnan(m.stderr):
+            low = high = method = None
+        else:
+            low, high, method = m.value - 1.96 * m.stderr, m.value + 1.96 * m.stderr, NORMAL
+    return Value(m.value * scale, None if low is None else low * scale, None if high is None else high * scale,
+                 n=m.n, method=method, n_clusters=n_clusters)
+
+
+def primary_metric(entry: TaskEntry) -> str | None:
+    return next(iter(entry.summary.metrics), None) if entry.summary else None

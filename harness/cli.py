@@ -302,26 +302,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return validate_files(args.files)
 
 
-def _add_leaderboard(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("leaderboard", help="Markdown table of tasks x models from run directories")
-    p.add_argument("run_dirs", nargs="+", type=Path)
-    p.add_argument("--output", type=Path, help="write the Markdown here instead of printing it")
-    p.add_argument("--all-metrics", action="store_true", help="every metric, not only each task's primary one")
-    p.add_argument("--no-judges", action="store_true", help="leave out the LLM judge and panel columns")
-
-
-def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from medharness.leaderboards.render import collect, render_markdown
-
-    text = render_markdown(collect(args.run_dirs), all_metrics=args.all_metrics, judges=not args.no_judges)
-    if args.output:
-        args.output.write_text(text, encoding="utf-8")
-        print(f"wrote {args.output}")
-    else:
-        print(text, end="")
-    return 0
-
-
 def _add_split(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("split", help="write a seeded k-shot subset's sample ids (for trainers and --samples)",
                        description="k samples per class from a task's split, chosen by sha256(seed:id): stable "
@@ -363,7 +343,7 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "score": cmd_score, "ls": cmd_ls, "validate": cmd_validate,
-            "leaderboard": cmd_leaderboard, "split": cmd_split, "make-tiny-model": cmd_tiny,
+            "split": cmd_split, "make-tiny-model": cmd_tiny,
             "judge": cmd_judge, "agreement": cmd_agreement}
 
 
@@ -376,6 +356,13 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     COMMANDS.update({"merge": merge.cmd_merge, "train-then-eval": sweep_cli.cmd_sweep})
 
 
+def _add_board_commands(sub: argparse._SubParsersAction) -> None:
+    """`leaderboard` and `report` live in leaderboards/ (pandas, matplotlib load only when a command runs)."""
+    from medharness.leaderboards.cli import add_commands
+
+    COMMANDS.update(add_commands(sub))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medharness", epilog=EPILOG,
                                      description="Evaluate medical vision-language models on medical benchmarks.")
@@ -385,9 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medharness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_checkpoint_commands(sub)
-    for add in (_add_run, _add_score, _add_ls, _add_validate, _add_leaderboard, _add_split, _add_tiny,
-                _add_judge, _add_agreement):
+    for add in (_add_run, _add_score, _add_ls, _add_validate, _add_split, _add_tiny, _add_judge, _add_agreement):
         add(sub)
+    _add_board_commands(sub)
     _add_training(sub)
     return parser
 

@@ -47,7 +47,8 @@ class Column:
 
 def _group_value(run: RunDir, cache: RowCache, task: str, metric: str, group: tuple[str, str],
                  scale: float) -> Value:
-    """A group's value as the run log's summary has it, with a clustered bootstrap interval from the rows."""
+    """A group's value as the run log's summary has it, with the interval a summary gets (`metric_interval`:
+    Wilson for 0/1 scores on independent items, else a bootstrap clustered by image) from the group's rows."""
     entry = run.log.tasks[task]
     stats = ((entry.summary.groups if entry.summary else {}).get(group[0]) or {}).get(group[1])
     if stats is None or stats.get(metric) is None or stats[metric] != stats[metric]:
@@ -56,11 +57,10 @@ def _group_value(run: RunDir, cache: RowCache, task: str, metric: str, group: tu
     scores = cache.scores(run, task, metric, group)
     if len(scores.values) < 2:
         return Value(value, n=int(stats.get("n", 0)))
-    from medharness.stats import bootstrap_interval
+    from medharness.stats import metric_interval
 
     ids = list(scores.values)
-    interval = bootstrap_interval([scores.values[i] for i in ids], [scores.clusters[i] for i in ids],
-                                  n_boot=2000, seed=0, level=0.95)
+    interval = metric_interval([scores.values[i] for i in ids], [scores.clusters[i] for i in ids])
     return Value(value, interval.low * scale, interval.high * scale, n=len(ids), method=interval.method,
                  n_clusters=interval.n_clusters)
 

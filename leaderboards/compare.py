@@ -4,6 +4,7 @@ paired interval where both rows are single runs). The tests are `medharness.stat
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from medharness.leaderboards.board import Board, Mark, Row
@@ -16,7 +17,7 @@ class Pair(NamedTuple):
     diff: float  # other - reference, on the display scale
     low: float | None
     high: float | None
-    p_value: float
+    p_value: float  # NaN: no test applies (e.g. every difference the same nonzero value)
     n: int
     test: str
 
@@ -42,23 +43,30 @@ def paired(board: Board, ref: Row, other: Row, col: Column, cache: RowCache) -> 
     if a_entry is None or b_entry is None or metric is None or metric != col.metric_of(b_run):
         return None
     if a_entry.version != b_entry.version:
-        note = (f"{col.label}: {other.label} (task version {b_entry.version}) is not compared with {ref.label} "
-                f"(version {a_entry.version})")
-        if note not in board.notes:
-            board.notes.append(note)
+        _note(board, f"{col.label}: {other.label} (task version {b_entry.version}) is not compared with "
+                     f"{ref.label} (version {a_entry.version})")
         return None
     a = cache.scores(a_run, col.task, metric, col.group)
     b = cache.scores(b_run, col.task, metric, col.group)
     shared = sorted(set(a.values) & set(b.values))
     if len(shared) < 2:
         return None
+    if len(shared) < max(len(a.values), len(b.values)):
+        _note(board, f"{col.label}: {other.label} and {ref.label} are compared on the {len(shared)} samples both "
+                     f"scored ({len(a.values)} and {len(b.values)} scored)")
     from medharness.stats import paired_compare
 
     result = paired_compare({i: a.values[i] for i in shared}, {i: b.values[i] for i in shared},
                             {i: a.clusters[i] for i in shared}, binary=a.binary and b.binary)
     scale = 100.0 if col.percent else 1.0
-    return Pair(result.diff * scale, _scaled(result.low, scale), _scaled(result.high, scale), result.p_value,
-                result.n, result.test)
+    p = math.nan if result.p_value is None else result.p_value
+    return Pair(result.diff * scale, _scaled(result.low, scale), _scaled(result.high, scale), p, result.n,
+                result.test)
+
+
+def _note(board: Board, text: str) -> None:
+    if text not in board.notes:
+        board.notes.append(text)
 
 
 def _scaled(x: float | None, scale: float) -> float | None:
@@ -81,12 +89,15 @@ def add_marks(board: Board, cache: RowCache) -> None:
                     found[row.label] = got
         if not found:
             continue
-        raw = [v.p_value for v in found.values()]
-        adjusted = list(holm(raw)) if sig is None or sig.correction == "holm" else raw
+        tested = [label for label, v in found.items() if not math.isnan(v.p_value)]
+        raw = [found[label].p_value for label in tested]
+        corrected = holm(raw) if sig is None or sig.correction == "holm" else raw
+        adjusted = dict(zip(tested, corrected, strict=True))
         alpha = sig.alpha if sig is not None else 0.05
-        for (label, pair), p_adj in zip(found.items(), adjusted, strict=True):
-            board.marks[(label, col.label)] = Mark(pair.diff, pair.low, pair.high, pair.p_value, float(p_adj),
-                                                   pair.test, pair.n, sig is not None and p_adj < alpha)
+        for label, pair in found.items():
+            p_adj = adjusted.get(label, math.nan)
+            board.marks[(label, col.label)] = Mark(pair.diff, pair.low, pair.high, pair.p_value, p_adj, pair.test,
+                                                   pair.n, sig is not None and p_adj < alpha)
 
 
 def add_deltas(board: Board, cache: RowCache) -> None:

@@ -21,7 +21,7 @@ from medharness.leaderboards.columns import Column, resolve_columns
 from medharness.leaderboards.runs import MISSING, Opened, Value, lineage_text, open_runs, unique_labels
 from medharness.leaderboards.samples import RowCache
 from medharness.leaderboards.spec import BoardSpec, RowSpec
-from medharness.runlog import RunDir
+from medharness.runlog import RUN_FILE, RunDir
 
 N_BOOT = 2000
 SEED = 0
@@ -69,8 +69,10 @@ class Board:
 
 
 def _expand(pattern: str) -> list[Path]:
-    found = sorted(glob.glob(pattern))
-    return [Path(p) for p in found] if found else [Path(pattern)]
+    """A path or glob -> paths; of a glob's matches, the run directories (a glob may catch a `logs/` folder)."""
+    found = [Path(p) for p in sorted(glob.glob(pattern))]
+    runs = [p for p in found if (p / RUN_FILE).is_file()]
+    return runs or found or [Path(pattern)]
 
 
 def _row_paths(spec: RowSpec) -> list[Path]:

@@ -55,23 +55,41 @@ class Opened:
                 + self.notes)
 
 
+# Folders that hold run directories in a known layout: a train-then-eval sweep and a `train --eval-every` output.
+HOLDERS = {"sweep.json": ("reference/*/*", "cells/*/eval/*", "cells/*/eval/checkpoint-*/*"),
+           "train.json": ("evals/step-*",)}
+
+
+def runs_inside(path: Path) -> list[Path]:
+    """The run directories a sweep or training folder holds, in its layout's order; [] for any other path."""
+    for marker, patterns in HOLDERS.items():
+        if (path / marker).is_file():
+            return [p for pattern in patterns for p in sorted(path.glob(pattern)) if (p / RUN_FILE).is_file()]
+    return []
+
+
 def _not_a_run(path: Path) -> str:
     if not path.exists():
         return f"{path}: no such file or folder"
     if not path.is_dir():
         return f"{path}: a file, not a run directory"
-    if (path / "sweep.json").is_file():
-        return (f"{path}: a train-then-eval folder, not a run directory (its board is {path / 'leaderboard.md'}; "
-                f"its runs are {path}/cells/*/eval/* and {path}/reference/*/*)")
     return f"{path}: not a run directory (no {RUN_FILE})"
 
 
 def open_runs(paths: Iterable[Path], strict: bool = False) -> Opened:
-    """Open each path as a run directory. A path that is no run directory is skipped with a note (an error when
-    `strict`); a failed run is left out and listed; a run log that cannot be read is an error."""
+    """Open each path as a run directory. A sweep or training folder stands for the run directories it holds
+    (said in a note); any other path that is no run directory is skipped with a note (an error when `strict`);
+    a failed run is left out and listed; a run log that cannot be read is an error."""
     out = Opened()
-    for path in paths:
-        path = Path(path)
+    queue = [Path(p) for p in paths]
+    while queue:
+        path = queue.pop(0)
+        inside = [] if (path / RUN_FILE).is_file() else runs_inside(path)
+        if inside:
+            kind = "train-then-eval" if (path / "sweep.json").is_file() else "training"
+            out.notes.append(f"{path}: a {kind} folder; its {len(inside)} run directories are shown")
+            queue[:0] = inside
+            continue
         if not (path / RUN_FILE).is_file():
             if strict or not path.exists():
                 raise DataError(_not_a_run(path))
@@ -89,26 +107,42 @@ def open_runs(paths: Iterable[Path], strict: bool = False) -> Opened:
 
 
 def unique_labels(runs: Sequence[RunDir]) -> list[str]:
-    """Each run's label (else its run id); where two runs would share one, the shortest path suffix that tells
-    them apart (e.g. `sft-s0/eval/phantom_presence`), so no row ever stands for two runs."""
+    """Each run's label (else its run id). Where runs would share one (a sweep's evaluations are all named after
+    their task), each gets the nearest folder of its path that no other of them has: `base/phantom_presence`,
+    `sft-phantom_presence-kall-s0/phantom_presence`; so no row ever stands for two runs."""
     labels = [r.log.display_name for r in runs]
     for name in set(labels):
         clash = [i for i, label in enumerate(labels) if label == name]
         if len(clash) < 2:
             continue
         parts = [runs[i].path.resolve().parts for i in clash]
-        for depth in range(2, max(len(p) for p in parts) + 1):
-            suffixes = ["/".join(p[-depth:]) for p in parts]
-            if len(set(suffixes)) == len(suffixes):
-                break
-        for i, suffix in zip(clash, suffixes, strict=True):
-            labels[i] = suffix if runs[i].log.label is None else f"{name} ({suffix})"
+        counts: dict[str, int] = {}
+        for p in parts:
+            for part in set(p):
+                counts[part] = counts.get(part, 0) + 1
+        for i, p in zip(clash, parts, strict=True):
+            distinct = next((part for part in reversed(p) if counts[part] == 1), "/".join(p))
+            labels[i] = f"{distinct}/{name}"
     return labels
+
+
+def _short_model(path: str) -> str:
+    """A model folder's name; for a training output's `final`, `checkpoint-N` or `merged` folder, the name of
+    the training run's folder with it (`sft-s0/final`)."""
+    parts = Path(path).parts
+    if not parts:
+        return path
+    keep = [parts[-1]]
+    for part in reversed(parts[:-1]):
+        if part not in ("train", "final", "merged") and not part.startswith("checkpoint-"):
+            keep.insert(0, part)
+            break
+    return "/".join(keep) if keep[-1] in ("final", "merged") or keep[-1].startswith("checkpoint-") else parts[-1]
 
 
 def model_name(log: RunLog) -> str:
     model = str(log.config.get("model", log.model or "?"))
-    return model if model.startswith("baseline:") else (Path(model).name or model)
+    return model if model.startswith("baseline:") else (_short_model(model) or model)
 
 
 def lineage_text(log: RunLog) -> str:
@@ -116,7 +150,7 @@ def lineage_text(log: RunLog) -> str:
     t = log.trained_from
     if t is None or not t.known:
         return model_name(log)
-    parts = [Path(t.base_model).name if t.base_model else "?",
+    parts = [_short_model(t.base_model) if t.base_model else "?",
              (t.recipe or "?") + (f"[{t.preset}]" if t.preset else "")]
     if t.step is not None:
         parts.append(f"step {t.step}")

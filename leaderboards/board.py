@@ -1,11 +1,13 @@
 """A board spec + run directories -> a `Board`: rows x columns of `Value`s with intervals, the Average column,
-delta rows and significance marks against the reference row. Rendering is `formats.py`; plots `plots.py`.
+delta rows and significance marks against the reference row (`compare.py`). Rendering: `render.py`; plots:
+`plots.py`.
 
 A row of one run shows the run log's value and interval. A row of several runs (seeds of one configuration)
 shows their mean with the sample standard deviation and the pooled interval of `medharness.stats.seed_summary`.
-A group cell (e.g. answer_type = CLOSED) is computed from the run's rows, with a bootstrap interval clustered by
-image. Significance: a paired test on the samples both runs scored (`medharness.stats.paired_compare`: exact
-McNemar for 0/1 metrics, else a clustered paired bootstrap), Holm-corrected over the rows of each column.
+A group cell (e.g. answer_type = CLOSED) is computed from the run's rows, with the interval a summary gets
+(Wilson, or a bootstrap clustered by image). Significance: a paired test on the samples both runs scored
+(`medharness.stats.paired_compare`: exact or clustered McNemar for 0/1 metrics, else a paired t-test on cluster
+totals), Holm-corrected over the rows of each column.
 """
 
 from __future__ import annotations
@@ -13,59 +15,19 @@ from __future__ import annotations
 import glob
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from medharness.errors import ConfigError, DataError
 from medharness.leaderboards.columns import Column, resolve_columns
+from medharness.leaderboards.compare import add_deltas, add_marks
 from medharness.leaderboards.runs import MISSING, Opened, Value, lineage_text, open_runs, unique_labels
 from medharness.leaderboards.samples import RowCache
 from medharness.leaderboards.spec import BoardSpec, RowSpec
-from medharness.runlog import RUN_FILE, RunDir
+from medharness.leaderboards.table import Board, Row
+from medharness.runlog import RUN_FILE
 
 N_BOOT = 2000
 SEED = 0
-
-
-@dataclass
-class Row:
-    label: str
-    runs: list[RunDir]
-    lineage: str = ""
-    kind: str = "run"  # run | published | delta
-    published: dict[str, float] | None = None
-    source: str | None = None
-    method: str | None = None
-    shots: int | None = None
-
-
-@dataclass(frozen=True)
-class Mark:
-    """A row's paired comparison with the reference in one column: difference (display scale), interval,
-    raw and corrected p-value, test."""
-
-    diff: float
-    low: float | None
-    high: float | None
-    p_value: float
-    p_adjusted: float
-    test: str
-    n: int
-    significant: bool
-
-
-@dataclass
-class Board:
-    spec: BoardSpec
-    columns: list[Column]
-    rows: list[Row]
-    cells: dict[tuple[str, str], Value] = field(default_factory=dict)
-    marks: dict[tuple[str, str], Mark] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    conventions: dict[str, str] = field(default_factory=dict)  # task -> convention(s) of the shown runs
-
-    def cell(self, row: str, column: str) -> Value:
-        return self.cells.get((row, column), MISSING)
 
 
 def _expand(pattern: str) -> list[Path]:
@@ -146,12 +108,8 @@ def build(spec: BoardSpec, run_dirs: Sequence[Path] = ()) -> Board:
     if spec.average:
         _add_average(board)
     if spec.reference is not None:
-        from medharness.leaderboards.compare import add_marks
-
         add_marks(board, cache)
     if spec.deltas:
-        from medharness.leaderboards.compare import add_deltas
-
         add_deltas(board, cache)
     return board
 

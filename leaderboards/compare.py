@@ -7,10 +7,10 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from medharness.leaderboards.board import Board, Mark, Row
 from medharness.leaderboards.columns import Column
 from medharness.leaderboards.runs import MISSING, Value
 from medharness.leaderboards.samples import RowCache
+from medharness.leaderboards.table import Board, Mark, Row
 
 
 class Pair(NamedTuple):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medharness.errors import ConfigError
-from medharness.leaderboards.board import Board, Row
+from medharness.leaderboards.table import Board, Row
 
 
 def _pyplot() -> Any:
@@ -50,7 +50,9 @@ def bars(board: Board, path: Path) -> int:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(columns) * max(1, len(rows)) / 2), 4.5))
     width = 0.8 / max(1, len(rows))
     for i, row in enumerate(rows):
-        xs, ys, errs = [], [], ([], [])
+        xs: list[float] = []
+        ys: list[float] = []
+        errs: tuple[list[float], list[float]] = ([], [])
         for j, col in enumerate(columns):
             v = board.cell(row.label, col.label)
             if v.value is None or math.isnan(v.value):
@@ -84,7 +86,8 @@ def shots(board: Board, path: Path) -> int:
                         if board.cell(r.label, col.label).value is not None)
         xs = [p[0] for p in points]
         ys = [p[1].value for p in points]
-        errs = list(zip(*(_err(v.value or 0.0, v.low, v.high) for _, v in points), strict=True)) or [[], []]
+        bounds = [_err(v.value or 0.0, v.low, v.high) for _, v in points]
+        errs = [[b[0] for b in bounds], [b[1] for b in bounds]]
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=method)
     ax.set_xlabel("shots (training images per class)")
     ax.set_ylabel(col.label)
@@ -155,7 +158,8 @@ def judge_agreement(reports: Sequence[dict[str, Any]], path: Path) -> int:
     """Horizontal bars: each judge pair's, and each judge's agreement with the rule metric, percent agreement
     and Cohen's κ with their bootstrap intervals; two series."""
     plt = _pyplot()
-    labels, series = [], {"percent agreement": [], "Cohen κ": []}  # type: dict[str, list[Any]]
+    labels: list[str] = []
+    series: dict[str, list[Any]] = {"percent agreement": [], "Cohen κ": []}
     for report in reports:
         for pair in report.get("pairwise", []):
             labels.append(f"{report['task']}: {pair['a']} vs {pair['b']}")
@@ -170,8 +174,8 @@ def judge_agreement(reports: Sequence[dict[str, Any]], path: Path) -> int:
     for i, (name, estimates) in enumerate(series.items()):
         ys = [k + (i - 0.5) * height for k in range(len(labels))]
         values = [0.0 if math.isnan(e.value) else e.value for e in estimates]
-        errs = list(zip(*(_err(e.value, e.low, e.high) if not math.isnan(e.value) else (0.0, 0.0)
-                          for e in estimates), strict=True)) or [[], []]
+        bounds = [_err(e.value, e.low, e.high) if not math.isnan(e.value) else (0.0, 0.0) for e in estimates]
+        errs = [[b[0] for b in bounds], [b[1] for b in bounds]]
         ax.barh(ys, values, height, xerr=errs, capsize=2, label=name)
     ax.set_yticks(range(len(labels)), labels, fontsize="small")
     ax.set_xlim(min(0.0, ax.get_xlim()[0]), 1.05)

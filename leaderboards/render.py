@@ -17,9 +17,9 @@ from typing import Any
 
 from tabulate import tabulate
 
-from medharness.leaderboards.board import Board, Row
 from medharness.leaderboards.columns import Column
 from medharness.leaderboards.runs import Value
+from medharness.leaderboards.table import Board, Row
 
 
 def _num(x: float | None, decimals: int, signed: bool = False) -> str:

@@ -59,7 +59,7 @@ def build_rows(spec: BoardSpec, run_dirs: Sequence[Path]) -> tuple[list[Row], Op
     rows: list[Row] = []
     for row_spec in spec.rows:
         if row_spec.published is not None:
-            rows.append(Row(str(row_spec.label), [], row_spec.lineage or (row_spec.source or "published"),
+            rows.append(Row(str(row_spec.label), [], row_spec.lineage or "published",
                             "published", dict(row_spec.published), row_spec.source, row_spec.method, row_spec.shots))
             continue
         opened = open_runs(_row_paths(row_spec))

@@ -89,9 +89,10 @@ def shots(board: Board, path: Path) -> int:
         bounds = [_err(v.value or 0.0, v.low, v.high) for _, v in points]
         errs = [[b[0] for b in bounds], [b[1] for b in bounds]]
         ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=method)
+    ax.set_xscale("symlog", linthresh=10)  # 0, 10, 20, 256 shots: a log axis that keeps zero-shot
     ax.set_xlabel("shots (training images per class)")
     ax.set_ylabel(col.label)
-    ax.set_title(f"{board.spec.title or board.spec.name}: {col.label} against shots")
+    ax.set_title(f"{board.spec.name}: {col.label} against shots")
     ax.legend(fontsize="small")
     _save(fig, path)
     return len(methods)

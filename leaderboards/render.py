@@ -102,10 +102,13 @@ def _legend(board: Board) -> str:
     parts = ["Cells: value (x100 for rates)"]
     if board.spec.intervals:
         parts.append(" [95% interval]; intervals: " + ("; ".join(methods) if methods else "none available"))
+    if any(r.kind == "published" for r in board.rows):
+        parts.append("; published rows: the paper's numbers as printed (no interval, not re-scored here)")
     if any(v.std is not None for v in board.cells.values()):
         parts.append("; several runs (seeds) of one row: mean ± sample std [t interval of the mean over seeds]")
-    parts.append(". Best in bold, second underlined. Conventions: "
-                 + "; ".join(f"{t}: {c}" for t, c in sorted(board.conventions.items())) + ".")
+    parts.append(". Best in bold, second underlined.")
+    if board.conventions:
+        parts.append(" Conventions: " + "; ".join(f"{t}: {c}" for t, c in sorted(board.conventions.items())) + ".")
     if any(c.judge for c in board.columns):
         parts.append(" judge:NAME:FIELD = one LLM judge's mean verdict; panel:SPEC:FIELD:majority|mean = the "
                      "panel's per-sample majority (ties unscored) or mean; unscored verdicts are left out.")

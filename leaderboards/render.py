@@ -41,18 +41,14 @@ def cell_text(v: Value, decimals: int, intervals: bool, signed: bool = False) ->
 
 
 def _ranks(board: Board, col: Column) -> dict[str, int]:
-    """Rank 1 (best) and 2 (second) among the ranked rows of a column; ties share a rank."""
-    ranked = [r for r in board.rows if r.kind != "delta"]
-    values = sorted({v for r in ranked if (v := board.cell(r.label, col.label).value) is not None
-                     and not math.isnan(v)}, reverse=col.higher_is_better)
+    """Rank 1 (best) and 2 (second) among the ranked rows of a column, on the values as shown (rounded); ties
+    share a rank."""
+    shown = {r.label: round(v, board.spec.decimals) for r in board.rows
+             if r.kind != "delta" and (v := board.cell(r.label, col.label).value) is not None and not math.isnan(v)}
+    values = sorted(set(shown.values()), reverse=col.higher_is_better)
     if len(values) < 2:
         return {}
-    out = {}
-    for r in ranked:
-        v = board.cell(r.label, col.label).value
-        if v in values[:2]:
-            out[r.label] = values.index(v) + 1
-    return out
+    return {label: values.index(v) + 1 for label, v in shown.items() if v in values[:2]}
 
 
 def _styled(text: str, rank: int | None) -> str:

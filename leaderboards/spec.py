@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from medharness.errors import ConfigError
 from medharness.records import SafeName, Strict
@@ -92,11 +92,12 @@ class BoardSpec(Strict):
     significance: SignificanceSpec | None = None  # marks against the reference (paired test)
     decimals: int = Field(1, ge=0, le=4)
 
-    @model_validator(mode="after")
-    def _references(self) -> BoardSpec:
-        if self.significance is not None and self.reference is None:
+    @field_validator("significance")
+    @classmethod
+    def _against_reference(cls, value: SignificanceSpec | None, info: ValidationInfo) -> SignificanceSpec | None:
+        if value is not None and info.data.get("reference") is None:
             raise ValueError("significance marks are against a reference row: set `reference`")
-        return self
+        return value
 
 
 DEFAULT = BoardSpec(name="default")

@@ -109,7 +109,8 @@ def open_runs(paths: Iterable[Path], strict: bool = False) -> Opened:
 def unique_labels(runs: Sequence[RunDir]) -> list[str]:
     """Each run's label (else its run id). Where runs would share one (a sweep's evaluations are all named after
     their task), each gets the nearest folder of its path that no other of them has: `base/phantom_presence`,
-    `sft-phantom_presence-kall-s0/phantom_presence`; so no row ever stands for two runs."""
+    `sft-phantom_presence-kall-s0/phantom_presence` (a run given a --label: `LABEL (folder)`); so no row ever
+    stands for two runs."""
     labels = [r.log.display_name for r in runs]
     for name in set(labels):
         clash = [i for i, label in enumerate(labels) if label == name]
@@ -122,7 +123,7 @@ def unique_labels(runs: Sequence[RunDir]) -> list[str]:
                 counts[part] = counts.get(part, 0) + 1
         for i, p in zip(clash, parts, strict=True):
             distinct = next((part for part in reversed(p) if counts[part] == 1), "/".join(p))
-            labels[i] = f"{distinct}/{name}"
+            labels[i] = f"{name} ({distinct})" if runs[i].log.label else f"{distinct}/{name}"
     return labels
 
 

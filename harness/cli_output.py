@@ -12,7 +12,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from medharness.records import TaskSummary
+from medharness.records import MetricSummary, TaskSummary
 from medharness.runlog import RunDir, json_safe
 
 
@@ -51,17 +51,41 @@ def progress_bar(disabled: bool = False) -> Iterator[Callable[[str, int, int], N
         yield update
 
 
+def _scaled(value: float | None, scale: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value * scale:.2f}"
+
+
+def interval_text(m: MetricSummary, scale: float) -> str:
+    """"[low, high]" on the metric's display scale; "n/a" where the run log has no interval."""
+    if m.ci_low is None or m.ci_high is None:
+        return "n/a"
+    return f"[{m.ci_low * scale:.2f}, {m.ci_high * scale:.2f}]"
+
+
 def summary_rows(summary: TaskSummary, percent: dict[str, bool]) -> list[list[object]]:
     rows = []
     for name, m in summary.metrics.items():
         scale = 100.0 if percent.get(name, True) else 1.0
-        value = "n/a" if m.value != m.value else f"{m.value * scale:.2f}"
-        err = "" if m.stderr is None else f"{m.stderr * scale:.2f}"
-        rows.append([summary.task, summary.convention, name, value, err, m.n, m.n_unparsed])
+        rows.append([summary.task, summary.convention, name, _scaled(m.value, scale), interval_text(m, scale),
+                     m.ci_method or "", m.n_clusters if m.n_clusters is not None else "", m.n, m.n_unparsed])
     return rows
 
 
-HEADERS = ["task", "convention", "metric", "value", "stderr", "n", "unparsed"]
+HEADERS = ["task", "convention", "metric", "value", "95% CI", "CI method", "clusters", "n", "unparsed"]
+
+
+def group_table(summary: TaskSummary, field: str, percent: dict[str, bool]) -> str:
+    """One group_by field as a table: n, unparsed, and each metric as value [95% CI] on the headline's scale."""
+    names = list(summary.metrics)
+    table = []
+    for value, g in summary.groups[field].items():
+        cells = []
+        for name in names:
+            scale = 100.0 if percent.get(name, True) else 1.0
+            m = g.metrics.get(name)
+            cells.append("n/a" if m is None else f"{_scaled(m.value, scale)} {interval_text(m, scale)}")
+        table.append([value, g.n, "" if g.n_unparsed is None else g.n_unparsed, *cells])
+    return tabulate(table, headers=[field, "n", "unparsed", *names], tablefmt="github")
 
 
 def print_run_summary(run: RunDir) -> None:
@@ -84,15 +108,14 @@ def _percent_of(summary: TaskSummary) -> dict[str, bool]:
 
 def print_summaries(summaries: list[TaskSummary], as_json: bool = False) -> None:
     if as_json:
-        data = [s.to_score_json() for s in summaries]
+        data = [s.to_score_json(_percent_of(s)) for s in summaries]
         print(json.dumps(json_safe(data[0] if len(data) == 1 else data), indent=2))
         return
     for s in summaries:
-        print(tabulate(summary_rows(s, _percent_of(s)), headers=HEADERS, tablefmt="github"))
-        for field, groups in s.groups.items():
-            metric_names = list(s.metrics)
-            table = [[value, int(g["n"]), *[_fmt(g.get(m)) for m in metric_names]] for value, g in groups.items()]
-            print(f"\nby {field}:\n" + tabulate(table, headers=[field, "n", *metric_names], tablefmt="github"))
+        percent = _percent_of(s)
+        print(tabulate(summary_rows(s, percent), headers=HEADERS, tablefmt="github"))
+        for field in s.groups:
+            print(f"\nby {field}:\n" + group_table(s, field, percent))
         print()
 
 
@@ -117,10 +140,6 @@ def print_judging(run: RunDir, usage: dict[str, Any], disagreements: Path, n_dis
     print("\n" + tabulate(table, headers=["task", "column", "value", "n scored", "unscored", "judge failed"],
                           tablefmt="github"))
     print(f"\n{n_disagreements} disagreeing sample(s): {disagreements}")
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
 def print_listing(what: str) -> None:

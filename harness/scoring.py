@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medharness import stats
 from medharness.conventions import CONVENTIONS
 from medharness.metrics import MetricSpec, resolve_metrics
 from medharness.parsers import ParserChain
 from medharness.records import (
     Answer,
     Generation,
+    GroupSummary,
     MetricSpecRecord,
     MetricSummary,
     ResultRow,
@@ -77,47 +79,76 @@ def rescore(rows: Iterable[ResultRow], recipe: Recipe) -> list[ResultRow]:
     return out
 
 
+CORPUS_BOOT = 1000  # corpus metrics recompute the metric per replicate: fewer replicates than the 2000 of a mean
+
+
+def cluster_of(sample: Sample, cluster_by: str) -> str:
+    """The unit the bootstrap resamples: the first image ("image"; items without one stand alone), the
+    item itself ("item"), or the value of a `meta` field (items without it stand alone)."""
+    if cluster_by == "image" and sample.images:
+        return "image:" + sample.images[0]
+    if cluster_by not in ("image", "item") and sample.meta.get(cluster_by) is not None:
+        return f"{cluster_by}:{sample.meta[cluster_by]}"
+    return "id:" + sample.id
+
+
 def _stderr(values: np.ndarray) -> float | None:
     return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
 
 
-def _metric_value(spec: MetricSpec, rows: Sequence[ResultRow]) -> tuple[float, float | None, int]:
+def _metric_summary(spec: MetricSpec, rows: Sequence[ResultRow], clusters: Sequence[str]) -> MetricSummary:
+    """Mean (or corpus value), i.i.d. stderr, the interval (medharness.stats) and the counts of one metric."""
+    unparsed = sum(1 for r in rows if (spec.metric.corpus is not None or spec.label in r.scores)
+                   and not r.answer.parsed)
+    common = {"higher_is_better": spec.metric.higher_is_better, "n_unparsed": unparsed}
     if spec.metric.corpus is not None:
+        corpus, args = spec.metric.corpus, spec.args
         pairs = [(r.answer, r.sample) for r in rows]
-        return (float(spec.metric.corpus(pairs, **spec.args)) if pairs else math.nan), None, len(pairs)
-    values = np.array([r.scores[spec.label] for r in rows if spec.label in r.scores], dtype=float)
-    values = values[~np.isnan(values)]
-    if not len(values):
-        return math.nan, None, 0
-    return float(values.mean()), _stderr(values), len(values)
+        if not pairs:
+            return MetricSummary(value=math.nan, n=0, **common)
+        ci = stats.bootstrap_interval(pairs, clusters, lambda p: corpus(p, **args), n_boot=CORPUS_BOOT)
+        return MetricSummary(value=float(corpus(pairs, **args)), n=len(pairs), **common, **_ci(ci))
+    kept = [(r.scores[spec.label], c) for r, c in zip(rows, clusters, strict=True)
+            if spec.label in r.scores and not math.isnan(r.scores[spec.label])]
+    if not kept:
+        return MetricSummary(value=math.nan, n=0, **common)
+    values = np.array([v for v, _ in kept], dtype=float)
+    ci = stats.metric_interval(values, [c for _, c in kept])
+    return MetricSummary(value=float(values.mean()), stderr=_stderr(values), n=len(values), **common, **_ci(ci))
+
+
+def _ci(ci: stats.Interval) -> dict[str, Any]:
+    if not ci.defined:
+        return {"n_clusters": ci.n_clusters, "ci_method": ci.method}
+    return {"ci_low": ci.low, "ci_high": ci.high, "n_clusters": ci.n_clusters, "ci_method": ci.method}
 
 
 def summarise(rows: Sequence[ResultRow], recipe: Recipe, group_by: Sequence[str], task: str,
-              version: str) -> TaskSummary:
-    """Per-metric mean (or corpus value) with its standard error, n and n_unparsed; then per group."""
-    metrics: dict[str, MetricSummary] = {}
-    for spec in recipe.metrics:
-        value, stderr, n = _metric_value(spec, rows)
-        applicable = [r for r in rows if spec.metric.corpus is not None or spec.label in r.scores]
-        metrics[spec.label] = MetricSummary(
-            value=value, stderr=stderr, n=n, higher_is_better=spec.metric.higher_is_better,
-            n_unparsed=sum(1 for r in applicable if not r.answer.parsed),
-        )
-    groups: dict[str, dict[str, dict[str, float]]] = {}
+              version: str, cluster_by: str = "image") -> TaskSummary:
+    """Per metric: mean (or corpus value), stderr, interval clustered by `cluster_by`, n and n_unparsed;
+    then the same per group. Seeded: the same rows give the same intervals."""
+    clusters = [cluster_of(r.sample, cluster_by) for r in rows]
+
+    def metrics(members: Sequence[int]) -> dict[str, MetricSummary]:
+        sub, cl = [rows[i] for i in members], [clusters[i] for i in members]
+        return {spec.label: _metric_summary(spec, sub, cl) for spec in recipe.metrics}
+
+    groups: dict[str, dict[str, GroupSummary]] = {}
     for field in group_by:
-        buckets: dict[str, list[ResultRow]] = {}
-        for row in rows:
+        buckets: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
             if field in row.sample.meta:
-                buckets.setdefault(str(row.sample.meta[field]), []).append(row)
+                buckets.setdefault(str(row.sample.meta[field]), []).append(i)
         groups[field] = {
-            key: {"n": float(len(members)), **{s.label: _metric_value(s, members)[0] for s in recipe.metrics}}
+            key: GroupSummary(n=len(members), n_unparsed=sum(1 for i in members if not rows[i].answer.parsed),
+                              metrics=metrics(members))
             for key, members in sorted(buckets.items())
         }
     return TaskSummary(
         task=task, task_version=version, convention=recipe.convention, n=len(rows),
         n_unparsed=sum(1 for r in rows if not r.answer.parsed),
         n_errors=sum(1 for r in rows if r.generation.error is not None),
-        metrics=metrics, groups=groups,
+        metrics=metrics(range(len(rows))), groups=groups,
     )
 
 
@@ -130,17 +161,3 @@ def metric_records(recipe: Recipe) -> list[MetricSpecRecord]:
     return [MetricSpecRecord(label=s.label, name=s.metric.name, args=dict(s.args),
                              higher_is_better=s.metric.higher_is_better, percent=s.metric.percent)
             for s in recipe.metrics]
-
-
-def summary_table(summary: TaskSummary, percent: dict[str, bool] | None = None) -> list[dict[str, Any]]:
-    """Rows for a Markdown table: metric, value (x100 for percent metrics), +-stderr, n, n_unparsed."""
-    out = []
-    for name, m in summary.metrics.items():
-        scale = 100.0 if (percent or {}).get(name, True) else 1.0
-        out.append({
-            "task": summary.task, "metric": name,
-            "value": None if math.isnan(m.value) else round(m.value * scale, 2),
-            "stderr": None if m.stderr is None else round(m.stderr * scale, 2),
-            "n": m.n, "n_unparsed": m.n_unparsed,
-        })
-    return out

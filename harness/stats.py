@@ -121,9 +121,10 @@ def bootstrap_interval(values: Sequence[Any] | np.ndarray, clusters: Sequence[An
     """Percentile bootstrap interval of `statistic(values)`, resampling `clusters` (items when None).
 
     With `statistic=np.mean` (the default) `values` are numbers and the replicates are vectorised. Any other
-    statistic is called once per replicate with the resampled values as a list (items of a drawn cluster
-    repeated as often as it was drawn), so `values` may be rows, e.g. (answer, sample) pairs for a corpus
-    metric such as QWK or BLEU; return NaN for an undefined replicate (it is dropped).
+    statistic is called once per replicate with the resampled values (the items of each drawn cluster, as
+    often as it was drawn): a list, or an array when `values` is one. So `values` may be rows, e.g.
+    (answer, sample) pairs for a corpus metric such as QWK or BLEU, or `np.arange(n)` for a statistic of
+    item indices. A replicate may return NaN where it is undefined: it is dropped.
     """
     _check_level(level)
     return _bootstrap(values, cluster_codes(clusters, len(values)), statistic, n_boot, seed, level)
@@ -141,12 +142,15 @@ def _bootstrap(values: Sequence[Any] | np.ndarray, codes: np.ndarray, statistic:
             raise DataError("values contain NaN: drop unscored items before the bootstrap")
         reps = mean_replicates(arr, codes, n_boot, seed)
     else:
-        members = [np.flatnonzero(codes == c) for c in range(k)]
         rng = np.random.default_rng(seed)
+        order = np.argsort(codes, kind="stable")  # items grouped by cluster, clusters in code order
+        starts = np.searchsorted(codes[order], np.arange(k + 1))
         reps = np.empty(n_boot)
         for b in range(n_boot):
-            idx = np.concatenate([members[c] for c in rng.integers(0, k, size=k)])
-            reps[b] = float(statistic([values[i] for i in idx]))
+            drawn = rng.integers(0, k, size=k)
+            idx = drawn if k == n else np.concatenate([order[starts[c]:starts[c + 1]] for c in drawn])
+            reps[b] = float(statistic(values[idx] if isinstance(values, np.ndarray)
+                                      else [values[i] for i in idx]))
     low, high = _percentile(reps, level)
     return Interval(low, high, BOOTSTRAP, k, level)
 
@@ -159,7 +163,8 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> Interval:
     if not 0 <= successes <= n:
         raise DataError(f"{successes} successes out of {n}")
     low, high = proportion_confint(successes, n, alpha=1 - level, method="wilson")
-    return Interval(float(low), float(high), WILSON, n, level)
+    low, high = (0.0 if successes == 0 else float(low)), (1.0 if successes == n else float(high))  # no 1e-18 noise
+    return Interval(low, high, WILSON, n, level)
 
 
 def is_binary(values: np.ndarray) -> bool:

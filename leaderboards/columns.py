@@ -3,10 +3,11 @@ each reads its `Value` from one run."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from medharness.leaderboards.runs import MISSING, Value, metric_value, primary_metric, scale_of
+from medharness.leaderboards.runs import MISSING, Value, metric_value, primary_metric, scale_of, summary_value
 from medharness.leaderboards.samples import RowCache
 from medharness.leaderboards.spec import BoardSpec, ColumnSpec
 from medharness.runlog import RunDir
@@ -47,21 +48,23 @@ class Column:
 
 def _group_value(run: RunDir, cache: RowCache, task: str, metric: str, group: tuple[str, str],
                  scale: float) -> Value:
-    """A group's value as the run log's summary has it, with the interval a summary gets (`metric_interval`:
-    Wilson for 0/1 scores on independent items, else a bootstrap clustered by image) from the group's rows."""
+    """A group's value and interval as the run log's summary has them; for a run log written before groups
+    had intervals, the interval a summary gets (`metric_interval`) computed here from the group's rows."""
     entry = run.log.tasks[task]
-    stats = ((entry.summary.groups if entry.summary else {}).get(group[0]) or {}).get(group[1])
-    if stats is None or stats.get(metric) is None or stats[metric] != stats[metric]:
+    g = ((entry.summary.groups if entry.summary else {}).get(group[0]) or {}).get(group[1])
+    m = g.metrics.get(metric) if g is not None else None
+    if m is None:
         return MISSING
-    value = stats[metric] * scale
+    if m.ci_low is not None or math.isnan(m.value):
+        return summary_value(m, scale)
     scores = cache.scores(run, task, metric, group)
     if len(scores.values) < 2:
-        return Value(value, n=int(stats.get("n", 0)))
+        return Value(m.value * scale, n=m.n)
     from medharness.stats import metric_interval
 
     ids = list(scores.values)
     interval = metric_interval([scores.values[i] for i in ids], [scores.clusters[i] for i in ids])
-    return Value(value, interval.low * scale, interval.high * scale, n=len(ids), method=interval.method,
+    return Value(m.value * scale, interval.low * scale, interval.high * scale, n=len(ids), method=interval.method,
                  n_clusters=interval.n_clusters)
 
 

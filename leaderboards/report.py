@@ -63,10 +63,10 @@ def group_tables(run: RunDir, cache: RowCache) -> list[str]:
         metrics = list(entry.summary.metrics)
         for field, groups in entry.summary.groups.items():
             body = []
-            for value, stats in groups.items():
+            for value, g in groups.items():
                 cells = [cell_text(Column("", task, m, (field, value)).value(run, cache), 1, True) for m in metrics]
-                body.append([value, str(int(stats.get("n", 0))), *cells])
-            parts.append(f"### {task} by {field}\n\n" + _table(body, [field, "n", *metrics]))
+                body.append([value, str(g.n), "" if g.n_unparsed is None else str(g.n_unparsed), *cells])
+            parts.append(f"### {task} by {field}\n\n" + _table(body, [field, "n", "unparsed", *metrics]))
     return parts
 
 

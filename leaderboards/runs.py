@@ -176,9 +176,7 @@ def metric_value(entry: TaskEntry, metric: str) -> Value:
 def summary_value(m: MetricSummary, scale: float) -> Value:
     if math.isnan(m.value):
         return Value(None, n=m.n)
-    low, high = getattr(m, "ci_low", None), getattr(m, "ci_high", None)
-    method = getattr(m, "ci_method", None)
-    n_clusters = getattr(m, "n_clusters", None)
+    low, high, method, n_clusters = m.ci_low, m.ci_high, m.ci_method, m.n_clusters
     if low is None or high is None:
         if m.stderr is None or math.isnan(m.stderr):
             low = high = method = None

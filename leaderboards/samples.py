@@ -1,8 +1,9 @@
 """Per-sample scores of a run's task, read from its rows (`samples/<task>.jsonl`): for group cells' intervals and
 for paired tests between rows. Rows are read once per (run, task) and kept.
 
-Clusters: samples that share an image are not independent (VQA-RAD asks 451 questions about 203 images), so
-a sample's cluster is its first image reference; a sample without images is its own cluster.
+Clusters: samples that share an image are not independent (VQA-RAD asks 451 questions about 203 images); a
+sample's cluster is what the task's `cluster_by` says (recorded in the run log; the first image by default),
+the same rule the run's own intervals used (`medharness.scoring.cluster_of`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from medharness.records import ResultRow
 from medharness.runlog import RunDir
+from medharness.scoring import cluster_of
 
 
 @dataclass(frozen=True)
@@ -25,10 +27,6 @@ class Scores:
     @property
     def binary(self) -> bool:
         return bool(self.values) and set(self.values.values()) <= {0.0, 1.0}
-
-
-def cluster_of(row: ResultRow) -> str:
-    return row.sample.images[0] if row.sample.images else f"id:{row.sample.id}"
 
 
 @dataclass
@@ -46,6 +44,8 @@ class RowCache:
     def scores(self, run: RunDir, task: str, metric: str, group: tuple[str, str] | None = None) -> Scores:
         values: dict[str, float] = {}
         clusters: dict[str, str] = {}
+        entry = run.log.tasks.get(task)
+        cluster_by = (entry.cluster_by if entry is not None else None) or "image"
         for row in self.rows(run, task):
             if group is not None and (group[0] not in row.sample.meta or str(row.sample.meta[group[0]]) != group[1]):
                 continue
@@ -53,5 +53,5 @@ class RowCache:
             if value is None or math.isnan(value):
                 continue
             values[row.sample.id] = value
-            clusters[row.sample.id] = cluster_of(row)
+            clusters[row.sample.id] = cluster_of(row.sample, cluster_by)
         return Scores(values, clusters)

@@ -21,6 +21,7 @@ from medharness.errors import ConfigError
 from medharness.leaderboards.board import build
 from medharness.leaderboards.render import render_csv, render_json, render_markdown
 from medharness.leaderboards.spec import BOARDS, load_board
+from medharness.leaderboards.table import Board
 from medharness.runlog import RunDir
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -32,7 +33,7 @@ def in_runs(phantom_runs: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return phantom_runs
 
 
-def golden_board():  # noqa: ANN201 - a Board
+def golden_board() -> Board:
     return build(load_board(GOLDEN / "phantom.yaml"))
 
 
@@ -53,11 +54,13 @@ def test_cells_are_the_run_logs_numbers(in_runs: Path) -> None:
     cell = board.cell("majority", "presence")
     assert cell.value == pytest.approx(100 * m.value) and cell.n == m.n == 60
     assert cell.low is not None and cell.high is not None and cell.low <= cell.value <= cell.high
-    # a group column: the summary's group value, its interval from the group's rows
+    assert (cell.low, cell.high) == pytest.approx((100 * m.ci_low, 100 * m.ci_high)) and cell.method == m.ci_method
+    # a group column: the summary's group value and interval
     group = majority.tasks["phantom_count"].summary.groups["n_lesions"]["3"]
     g = board.cell("majority", "phantom_count · 3")
-    assert g.value == pytest.approx(100 * group["accuracy"]) and g.n == group["n"]
-    assert g.low <= g.value <= g.high + 1e-9 and g.method
+    gm = group.metrics["accuracy"]
+    assert g.value == pytest.approx(100 * gm.value) and g.n == group.n == gm.n
+    assert (g.low, g.high) == pytest.approx((100 * gm.ci_low, 100 * gm.ci_high)) and g.method == gm.ci_method
     # several seeds: mean and sample std of the three runs' values, with the t interval over seeds
     values = [100 * RunDir.open(in_runs / "runs" / f"random_s{s}").log.tasks["phantom_presence"].summary
               .metrics["yes_no_accuracy"].value for s in range(3)]

@@ -29,6 +29,11 @@ def run(out: Path, model: str, *extra: str, tasks: str = "phantom_presence") -> 
 def test_leaderboard_from_run_dirs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for model in ("baseline:majority", "baseline:constant:no"):
         assert run(tmp_path / model.replace(":", "_"), model) == 0
+        out = capsys.readouterr().out  # the run's console summary: groups, each value with its interval
+        group = RunDir.open(tmp_path / model.replace(":", "_")).log.tasks["phantom_presence"].summary.groups
+        m = group["n_lesions"]["0"].metrics["yes_no_accuracy"]
+        assert "phantom_presence by n_lesions:" in out
+        assert f"{100 * m.value:.2f} [{100 * m.ci_low:.2f}, {100 * m.ci_high:.2f}]" in out
     board = tmp_path / "board.md"
     assert main(["leaderboard", *map(str, sorted(tmp_path.glob("baseline_*"))), "--output", str(board)]) == 0
     text = board.read_text()

@@ -96,8 +96,11 @@ def print_run_summary(run: RunDir) -> None:
     print(f"\nrun {run.path} ({run.log.status}; model {run.log.model})\n")
     print(tabulate(rows, headers=HEADERS, tablefmt="github"))
     for task, entry in run.log.tasks.items():
-        for field in entry.summary.groups if entry.summary is not None else {}:
-            print(f"\n{task} by {field}:\n" + group_table(entry.summary, field, entry.percent))
+        summary = entry.summary
+        if summary is None:
+            continue
+        for field in summary.groups:
+            print(f"\n{task} by {field}:\n" + group_table(summary, field, entry.percent))
 
 
 def _percent_of(summary: TaskSummary) -> dict[str, bool]:

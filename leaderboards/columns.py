@@ -115,12 +115,20 @@ def resolve_columns(spec: BoardSpec, runs: Sequence[RunDir]) -> list[Column]:
             cols.append(Column(c.label or _column_label(c.task, c.metric, None, many), c.task, c.metric,
                                higher_is_better=direction, percent=percent))
         for g in groups:
-            label = c.label if c.label and value else None
+            label = (c.label if value else f"{c.label} · {g}") if c.label else None
             cols.append(Column(label or _column_label(c.task, c.metric, (field, g), many), c.task, c.metric,
                                (field, g), higher_is_better=direction, percent=percent))
     if not spec.columns and spec.judges:
         cols += _judge_columns(runs, spec.all_metrics)
-    return cols
+    unique: dict[str, Column] = {}
+    for col in cols:  # `by` can repeat a column the spec lists (the same task, metric and group): shown once
+        if col.label in unique and (unique[col.label].task, unique[col.label].metric, unique[col.label].group) != (
+                col.task, col.metric, col.group):
+            from medharness.errors import ConfigError
+
+            raise ConfigError(f"board {spec.name!r}: two different columns are labelled {col.label!r}")
+        unique.setdefault(col.label, col)
+    return list(unique.values())
 
 
 def _direction(runs: Sequence[RunDir], task: str, metric: str | None) -> tuple[bool, bool]:

@@ -96,6 +96,12 @@ def build(spec: BoardSpec, run_dirs: Sequence[Path] = ()) -> Board:
     board = Board(spec, resolve_columns(spec, runs), rows, notes=opened.messages())
     if not board.columns:
         raise DataError("no finished task summaries in the given run directories")
+    labels = {c.label for c in board.columns} | ({"Average"} if spec.average else set())
+    for row in rows:
+        unknown = sorted(set(row.published or {}) - labels)
+        if unknown:
+            raise ConfigError(f"board {spec.name!r}: published row {row.label!r} names no column {unknown} "
+                              f"(columns: {', '.join(sorted(labels))})")
     cache = RowCache()
     for row in rows:
         for col in board.columns:

@@ -155,3 +155,11 @@ def test_shipped_boards_load_and_paper_boards_render(tmp_path: Path) -> None:
     line = next(x for x in text.splitlines() if x.startswith("| V-RFT + PA_P · k=256 "))
     assert [c.strip() for c in line.split("|")[2:4]] == ["**73.07**", "**82.69**"]
     assert board.cell("Δ PA_P · k=10", "Average").value == pytest.approx(42.05 - 35.16)
+
+
+def test_published_numbers_must_name_a_column(tmp_path: Path) -> None:
+    file = tmp_path / "b.yaml"
+    file.write_text("name: b\ncolumns: [{task: vqa_rad, label: VQA-RAD}]\n"
+                    "rows: [{label: paper, published: {VQA-RAD: 50.0, SLAKE: 60.0}}]\n")
+    with pytest.raises(ConfigError, match=r"published row 'paper' names no column \['SLAKE'\]"):
+        build(load_board(file))

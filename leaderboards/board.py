@@ -62,7 +62,7 @@ def build_rows(spec: BoardSpec, run_dirs: Sequence[Path]) -> tuple[list[Row], Op
             rows.append(Row(str(row_spec.label), [], row_spec.lineage or "published",
                             "published", dict(row_spec.published), row_spec.source, row_spec.method, row_spec.shots))
             continue
-        opened = open_runs(_row_paths(row_spec))
+        opened = open_runs(_row_paths(row_spec), missing_ok=True)
         _merge(everything, opened)
         if not opened.runs:
             everything.notes.append(f"row {row_spec.label or _row_paths(row_spec)[0]}: no finished run yet")

@@ -76,10 +76,11 @@ def _not_a_run(path: Path) -> str:
     return f"{path}: not a run directory (no {RUN_FILE})"
 
 
-def open_runs(paths: Iterable[Path], strict: bool = False) -> Opened:
+def open_runs(paths: Iterable[Path], strict: bool = False, missing_ok: bool = False) -> Opened:
     """Open each path as a run directory. A sweep or training folder stands for the run directories it holds
     (said in a note); any other path that is no run directory is skipped with a note (an error when `strict`);
-    a failed run is left out and listed; a run log that cannot be read is an error."""
+    a failed run is left out and listed; a run log that cannot be read is an error. A path that does not exist is
+    an error unless `missing_ok` (a board spec's row whose run is not made yet)."""
     out = Opened()
     queue = [Path(p) for p in paths]
     while queue:
@@ -91,7 +92,7 @@ def open_runs(paths: Iterable[Path], strict: bool = False) -> Opened:
             queue[:0] = inside
             continue
         if not (path / RUN_FILE).is_file():
-            if strict or not path.exists():
+            if strict or not (path.exists() or missing_ok):
                 raise DataError(_not_a_run(path))
             out.skipped.append(_not_a_run(path))
             continue

@@ -116,3 +116,23 @@ def test_board_of_a_previous_shape_run_with_judges(tmp_path: Path) -> None:
     assert "panel:rarl_v1:prediction_score:majority" in text and "judge:NAME:FIELD" in text
     no_judges = build(DEFAULT.model_copy(update={"judges": False}), [tmp_path / "old"])
     assert not any(c.judge for c in no_judges.columns)
+
+
+def test_spec_rows_from_a_sweep_and_a_training_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sweep:` + `cell:` and `checkpoint:` + `step:` rows find the run directories in those folders' layouts."""
+    monkeypatch.chdir(tmp_path)
+    Path("s.yaml").write_text("name: floors\nmodel: tiny:small\nrecipes: []\ntasks: [phantom_presence]\n"
+                              "reference: false\nbaselines: [majority]\neval: {limit: 20, backend: hf}\n")
+    assert main(["train-then-eval", "--sweep", "s.yaml", "--output", "sw"]) == 0
+    assert run(Path("train/evals/step-40"), "baseline:constant:no") == 0  # where `train --eval-every` puts a point
+    Path("b.yaml").write_text("name: b\nrows:\n  - {sweep: sw, cell: reference/baseline-majority, label: majority}\n"
+                              "  - {checkpoint: train, step: 40, label: step 40}\n"
+                              "  - {checkpoint: train, step: 80, label: step 80}\n")
+    from medharness.leaderboards.spec import load_board
+
+    board = build(load_board("b.yaml"))
+    assert [r.label for r in board.rows] == ["majority", "step 40"]
+    assert [str(r.runs[0].path) for r in board.rows] == ["sw/reference/baseline-majority/phantom_presence",
+                                                         "train/evals/step-40"]
+    assert board.notes == ["skipped train/evals/step-80: no such file or folder",
+                           "row step 80: no finished run yet"]

@@ -54,7 +54,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ablate", choices=["blank", "noise", "shuffle"],
                    help="replace every image (blank, noise, or another sample's): is the model using the picture?")
     p.add_argument("--samples", dest="samples_file", type=Path,
-                   help="only these sample ids: JSON {task: [ids]} or [ids], or text lines 'id' / 'task<TAB>id'")
+                   help="only these sample ids: JSON {task: [ids]} or [ids], text lines 'id' / 'task<TAB>id', "
+                        "or a folder of such JSON files (e.g. tasks/subsets: the pinned CI subsets)")
     p.add_argument("--no-cache", action="store_true",
                    help="always call the model (default: reuse identical greedy generations from the response cache)")
     p.add_argument("--cache-dir", help="response cache folder (default $MEDHARNESS_CACHE or ~/.cache/medharness)")
@@ -371,6 +372,8 @@ def _add_split(sub: argparse._SubParsersAction) -> None:
                                    "across runs, and the 10-shot set is inside the 20-shot set.")
     p.add_argument("--task", required=True)
     p.add_argument("--kshot", type=int, required=True, help="samples per class")
+    p.add_argument("--by", metavar="FIELD",
+                   help="stratify by this meta field (e.g. answer_type) instead of the gold answer")
     p.add_argument("--split", default="train", help="split to draw from (default train)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", help="local copy of the dataset")
@@ -382,9 +385,14 @@ def cmd_split(args: argparse.Namespace) -> int:
     from medharness.task import load_task
 
     task = load_task(args.task, {"data_dir": args.data_dir} if args.data_dir else {})
-    chosen = kshot(task.load_samples(args.split), args.kshot, args.seed)
+    samples = task.load_samples(args.split)
+    if args.by and not any(args.by in s.meta for s in samples):
+        raise ConfigError(f"--by {args.by}: no sample of {task.name} has that field")
+    label = (lambda s: s.meta.get(args.by)) if args.by else (lambda s: s.target)
+    chosen = kshot(samples, args.kshot, args.seed, label)
     write_sample_ids(args.output, task.name, chosen)
-    print(f"wrote {len(chosen)} {args.split} sample ids ({args.kshot} per class, seed {args.seed}) to {args.output}")
+    per = f"per {args.by}" if args.by else "per class"
+    print(f"wrote {len(chosen)} {args.split} sample ids ({args.kshot} {per}, seed {args.seed}) to {args.output}")
     return 0
 
 

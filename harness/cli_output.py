@@ -66,7 +66,7 @@ def interval_text(m: MetricSummary, scale: float) -> str:
 
 
 def summary_rows(summary: TaskSummary, percent: dict[str, bool]) -> list[list[object]]:
-    rows = []
+    rows: list[list[object]] = []
     for name, m in summary.metrics.items():
         scale = 100.0 if percent.get(name, True) else 1.0
         rows.append([summary.task, summary.convention, name, _scaled(m.value, scale), interval_text(m, scale),
@@ -241,7 +241,7 @@ def gate_markdown(result: GateResult, baseline: str, candidate: str) -> str:
             rows.append([t.task, t.metric or "", "", "", "", "", "", "", "", t.verdict])
             continue
         s = t.scale
-        rows.append([t.task, t.metric, f"{p.n} ({p.n_clusters})", f"{p.mean_a * s:.2f}", f"{p.mean_b * s:.2f}",
+        rows.append([t.task, t.metric or "", f"{p.n} ({p.n_clusters})", f"{p.mean_a * s:.2f}", f"{p.mean_b * s:.2f}",
                      f"{p.diff * s:+.2f} [{p.low * s:+.2f}, {p.high * s:+.2f}]", p.test,
                      "n/a" if p.p_value is None else f"{p.p_value:.3g}",
                      "n/a" if t.p_holm is None else f"{t.p_holm:.3g}", f"**{t.verdict}**" if t.verdict == "worse"

@@ -181,7 +181,7 @@ def is_binary(values: np.ndarray) -> bool:
     return bool(values.size) and bool(np.isin(values, (0.0, 1.0)).all())
 
 
-def metric_interval(values: Sequence[float], clusters: Sequence[Any] | None = None, *, n_boot: int = 2000,
+def metric_interval(values: Sequence[float] | np.ndarray, clusters: Sequence[Any] | None = None, *, n_boot: int = 2000,
                     seed: int = 0, level: float = 0.95) -> Interval:
     """The interval a per-sample metric's mean gets in a run summary.
 

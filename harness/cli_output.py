@@ -8,12 +8,15 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tabulate import tabulate
 
 from medharness.records import MetricSummary, TaskSummary
 from medharness.runlog import RunDir, json_safe
+
+if TYPE_CHECKING:
+    from medharness.gate import GateResult
 
 
 @contextmanager
@@ -63,7 +66,7 @@ def interval_text(m: MetricSummary, scale: float) -> str:
 
 
 def summary_rows(summary: TaskSummary, percent: dict[str, bool]) -> list[list[object]]:
-    rows = []
+    rows: list[list[object]] = []
     for name, m in summary.metrics.items():
         scale = 100.0 if percent.get(name, True) else 1.0
         rows.append([summary.task, summary.convention, name, _scaled(m.value, scale), interval_text(m, scale),
@@ -85,7 +88,7 @@ def group_table(summary: TaskSummary, field: str, percent: dict[str, bool]) -> s
             m = g.metrics.get(name)
             cells.append("n/a" if m is None else f"{_scaled(m.value, scale)} {interval_text(m, scale)}")
         table.append([value, g.n, "" if g.n_unparsed is None else g.n_unparsed, *cells])
-    return tabulate(table, headers=[field, "n", "unparsed", *names], tablefmt="github")
+    return tabulate(table, headers=[field, "n", "unparsed", *names], tablefmt="github", disable_numparse=True)
 
 
 def print_run_summary(run: RunDir) -> None:
@@ -94,7 +97,7 @@ def print_run_summary(run: RunDir) -> None:
         if entry.summary is not None:
             rows += summary_rows(entry.summary, entry.percent)
     print(f"\nrun {run.path} ({run.log.status}; model {run.log.model})\n")
-    print(tabulate(rows, headers=HEADERS, tablefmt="github"))
+    print(tabulate(rows, headers=HEADERS, tablefmt="github", disable_numparse=True))
     for task, entry in run.log.tasks.items():
         summary = entry.summary
         if summary is None:
@@ -119,7 +122,7 @@ def print_summaries(summaries: list[TaskSummary], as_json: bool = False) -> None
         return
     for s in summaries:
         percent = _percent_of(s)
-        print(tabulate(summary_rows(s, percent), headers=HEADERS, tablefmt="github"))
+        print(tabulate(summary_rows(s, percent), headers=HEADERS, tablefmt="github", disable_numparse=True))
         for field in s.groups:
             print(f"\nby {field}:\n" + group_table(s, field, percent))
         print()
@@ -224,3 +227,33 @@ def validate_files(files: list[Path]) -> int:
             print(f"FAIL  {exc}" if str(path) in str(exc) else f"FAIL  {path}: {exc}")
     print(f"{len(paths) - failures} valid, {failures} invalid")
     return 1 if failures else 0
+
+
+def gate_markdown(result: GateResult, baseline: str, candidate: str) -> str:
+    """The gate's verdict as Markdown: a headline, one row per task, and the reasons for refusals."""
+    worse = [t.task for t in result.tasks if t.verdict == "worse"]
+    refused = [t for t in result.tasks if t.verdict == "incomparable"]
+    gated = sum(t.paired is not None for t in result.tasks)
+    head = {"pass": "PASS", "fail": f"FAIL ({len(worse)} of {gated} task(s) worse)",
+            "incomparable": f"INCOMPARABLE ({len(refused)} task(s) cannot be compared)"}[result.verdict]
+    lines = [f"## medharness gate: {head}", "",
+             (f"baseline `{baseline}`, candidate `{candidate}`; fails when worse by more than {result.max_drop:g} "
+             f"point(s) and the paired test gives p < {result.alpha:g} (Holm-corrected across {gated} task(s))."),
+             ""]
+    rows = []
+    for t in result.tasks:
+        p = t.paired
+        if p is None:
+            rows.append([t.task, t.metric or "", "", "", "", "", "", "", "", t.verdict])
+            continue
+        s = t.scale
+        rows.append([t.task, t.metric or "", f"{p.n} ({p.n_clusters})", f"{p.mean_a * s:.2f}", f"{p.mean_b * s:.2f}",
+                     f"{p.diff * s:+.2f} [{p.low * s:+.2f}, {p.high * s:+.2f}]", p.test,
+                     "n/a" if p.p_value is None else f"{p.p_value:.3g}",
+                     "n/a" if t.p_holm is None else f"{t.p_holm:.3g}", f"**{t.verdict}**" if t.verdict == "worse"
+                     else t.verdict])
+    lines.append(tabulate(rows, headers=["task", "metric", "n (clusters)", "baseline", "candidate",
+                                         "candidate - baseline [95% CI]", "test", "p", "p (Holm)", "verdict"],
+                          tablefmt="github"))
+    notes = [f"- {t.task}: {t.verdict}: {t.reason}" for t in result.tasks if t.reason]
+    return "\n".join(lines + ([""] + notes if notes else []))

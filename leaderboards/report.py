@@ -16,10 +16,13 @@ from typing import Any
 from tabulate import tabulate
 
 from medharness.errors import ConfigError
+from medharness.leaderboards.board import build
 from medharness.leaderboards.columns import Column
 from medharness.leaderboards.render import cell_text
 from medharness.leaderboards.runs import lineage_text, metric_value, model_name, scale_of
 from medharness.leaderboards.samples import RowCache
+from medharness.leaderboards.spec import BoardSpec, ColumnSpec
+from medharness.leaderboards.table import Board
 from medharness.records import ResultRow
 from medharness.runlog import RunDir
 
@@ -55,7 +58,8 @@ def headline(run: RunDir) -> str:
                          "failed (task)"])
 
 
-def group_tables(run: RunDir, cache: RowCache) -> list[str]:
+def group_tables(run: RunDir, cache: RowCache, output: Path) -> list[str]:
+    """Per task and group field: n, unparsed and every metric with its interval; a PNG of the primary metric."""
     parts = []
     for task, entry in run.log.tasks.items():
         if entry.summary is None:
@@ -67,6 +71,9 @@ def group_tables(run: RunDir, cache: RowCache) -> list[str]:
                 cells = [cell_text(Column("", task, m, (field, value)).value(run, cache), 1, True) for m in metrics]
                 body.append([value, str(g.n), "" if g.n_unparsed is None else str(g.n_unparsed), *cells])
             parts.append(f"### {task} by {field}\n\n" + _table(body, [field, "n", "unparsed", *metrics]))
+            spec = BoardSpec(name=re.sub(r"[^A-Za-z0-9._-]+", "-", f"{task}-by-{field}"), title=f"{task} by {field}: {metrics[0]}",
+                             columns=[ColumnSpec(task=task, group=field)])
+            parts.append(_plot(build(spec, [run.path]), output / f"{spec.name}.png"))
     return parts
 
 
@@ -171,7 +178,7 @@ def write_report(run_dir: Path, output: Path, ablated: Path | None = None, max_s
         parts[-1] += (f"\n- model calls: {log.usage.model_calls}{cache_hits}; generation time "
                       f"{log.usage.generate_s:.1f} s")
     parts += ["## Headline", headline(run), _headline_plot(run, output)]
-    groups = group_tables(run, cache)
+    groups = group_tables(run, cache, output)
     if groups:
         parts += ["## By group", *groups]
     parts.append("## Unparsed and failed samples")
@@ -192,15 +199,17 @@ def write_report(run_dir: Path, output: Path, ablated: Path | None = None, max_s
 
 
 def _headline_plot(run: RunDir, output: Path) -> str:
-    from medharness.leaderboards.board import build
-    from medharness.leaderboards.spec import BoardSpec
-
     board = build(BoardSpec(name="headline", title=f"{run.log.display_name}: primary metrics", judges=False),
                   [run.path])
+    return _plot(board, output / "headline.png")
+
+
+def _plot(board: Board, path: Path) -> str:
+    """Bars of the board into `path`, and the Markdown image link (a note where matplotlib is absent)."""
     try:
         from medharness.leaderboards.plots import bars
 
-        bars(board, output / "headline.png")
-    except ConfigError as exc:  # matplotlib absent
+        bars(board, path)
+    except ConfigError as exc:
         return f"(no plot: {exc})"
-    return "![headline](headline.png)"
+    return f"![{board.spec.title}]({path.name})"

@@ -34,8 +34,9 @@ def test_report_of_a_run_with_unparsed_and_failed_samples(tmp_path: Path,
     assert main(["report", str(run_dir), "--output", str(out)]) == 0
     text = (out / "report.md").read_text()
     plotted = importlib.util.find_spec("matplotlib") is not None  # the `plots` extra
-    assert files(run_dir) == before and sorted(files(out)) == (["headline.png"] if plotted else []) + ["report.md"]
-    assert ("![headline](headline.png)" in text) == plotted
+    pngs = ["headline.png", "phantom_presence-by-n_lesions.png"] if plotted else []
+    assert files(run_dir) == before and sorted(files(out)) == sorted([*pngs, "report.md"])
+    assert all((f"({png})" in text) == plotted for png in ("headline.png", "phantom_presence-by-n_lesions.png"))
     summary = RunDir.open(run_dir).log.tasks["phantom_presence"].summary
     m = summary.metrics["yes_no_accuracy"]
     assert f"{100 * m.value:.1f} [{100 * m.ci_low:.1f}, {100 * m.ci_high:.1f}]" in text and m.ci_method in text

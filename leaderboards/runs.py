@@ -82,6 +82,7 @@ def open_runs(paths: Iterable[Path], strict: bool = False, missing_ok: bool = Fa
     a failed run is left out and listed; a run log that cannot be read is an error. A path that does not exist is
     an error unless `missing_ok` (a board spec's row whose run is not made yet)."""
     out = Opened()
+    seen: set[Path] = set()
     queue = [Path(p) for p in paths]
     while queue:
         path = queue.pop(0)
@@ -96,6 +97,10 @@ def open_runs(paths: Iterable[Path], strict: bool = False, missing_ok: bool = Fa
                 raise DataError(_not_a_run(path))
             out.skipped.append(_not_a_run(path))
             continue
+        if path.resolve() in seen:
+            out.notes.append(f"{path}: given twice; shown once")
+            continue
+        seen.add(path.resolve())
         run = RunDir.open(path)
         log = run.log
         if log.status == "failed":

@@ -67,7 +67,8 @@ def build_rows(spec: BoardSpec, run_dirs: Sequence[Path]) -> tuple[list[Row], Op
         if not opened.runs:
             everything.notes.append(f"row {row_spec.label or _row_paths(row_spec)[0]}: no finished run yet")
             continue
-        label = row_spec.label or unique_labels(opened.runs)[0]
+        first = unique_labels(opened.runs)[0]
+        label = row_spec.label or (first if len(opened.runs) == 1 else f"{first} (+{len(opened.runs) - 1} runs)")
         lineage = row_spec.lineage or " | ".join(dict.fromkeys(lineage_text(r.log) for r in opened.runs))
         rows.append(Row(label, opened.runs, lineage, method=row_spec.method, shots=row_spec.shots))
     opened = open_runs(run_dirs)

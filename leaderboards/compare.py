@@ -22,10 +22,15 @@ class Pair(NamedTuple):
     test: str
 
 
-def _row(board: Board, label: str, what: str) -> Row:
+def _row(board: Board, label: str, what: str) -> Row | None:
+    """The row labelled `label`; None (with a note) for a row of the spec whose runs are not made yet; a label
+    that no row has is an error."""
     for row in board.rows:
         if row.label == label:
             return row
+    if label in {r.label for r in board.spec.rows}:
+        _note(board, f"{what} {label!r} has no finished run yet: left out")
+        return None
     from medharness.errors import ConfigError
 
     raise ConfigError(f"board {board.spec.name!r}: {what} {label!r} is not a row label "
@@ -78,7 +83,9 @@ def add_marks(board: Board, cache: RowCache) -> None:
     column (`significance.correction`), a mark where the corrected p is below `significance.alpha`."""
     from medharness.stats import holm
 
-    ref = _row(board, str(board.spec.reference), "reference")
+    ref = _row(board, str(board.spec.reference), "reference row")
+    if ref is None:
+        return
     sig = board.spec.significance
     for col in board.columns:
         found: dict[str, Pair] = {}
@@ -104,6 +111,8 @@ def add_deltas(board: Board, cache: RowCache) -> None:
     """Delta rows after the rows they compare: `row - minus` per column (paired interval where it applies)."""
     for delta in board.spec.deltas:
         top, bottom = _row(board, delta.row, "delta row"), _row(board, delta.minus, "delta minus")
+        if top is None or bottom is None:
+            continue
         label = delta.label or f"Δ {top.label} − {bottom.label}"
         row = Row(label, [], f"{top.label} minus {bottom.label}", kind="delta")
         for col in board.columns:

@@ -110,7 +110,7 @@ def _legend(board: Board) -> str:
                      "panel's per-sample majority (ties unscored) or mean; unscored verdicts are left out.")
     if any(c.label == "Average" for c in board.columns):
         parts.append(" Average: mean of the row's columns (shown when all are present; no interval).")
-    if board.spec.reference is not None:
+    if board.spec.reference is not None and board.marks:
         sig = board.spec.significance
         what = "Holm-corrected" if sig is None or sig.correction == "holm" else "uncorrected"
         if sig is not None:

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from medharness.cli import main
+from medharness.errors import ConfigError
 from medharness.leaderboards.board import build
 from medharness.leaderboards.render import render_markdown
-from medharness.leaderboards.spec import DEFAULT
+from medharness.leaderboards.spec import DEFAULT, load_board
 from medharness.runlog import RunDir
 
 OLD = Path(__file__).parents[1] / "data" / "runlog_v0"
@@ -127,12 +128,15 @@ def test_spec_rows_from_a_sweep_and_a_training_output(tmp_path: Path, monkeypatc
     assert run(Path("train/evals/step-40"), "baseline:constant:no") == 0  # where `train --eval-every` puts a point
     Path("b.yaml").write_text("name: b\nrows:\n  - {sweep: sw, cell: reference/baseline-majority, label: majority}\n"
                               "  - {checkpoint: train, step: 40, label: step 40}\n"
-                              "  - {checkpoint: train, step: 80, label: step 80}\n")
-    from medharness.leaderboards.spec import load_board
-
+                              "  - {checkpoint: train, step: 80, label: step 80}\n"
+                              "reference: step 80\nsignificance: {alpha: 0.05}\n")
     board = build(load_board("b.yaml"))
     assert [r.label for r in board.rows] == ["majority", "step 40"]
     assert [str(r.runs[0].path) for r in board.rows] == ["sw/reference/baseline-majority/phantom_presence",
                                                          "train/evals/step-40"]
-    assert board.notes == ["skipped train/evals/step-80: no such file or folder",
-                           "row step 80: no finished run yet"]
+    assert board.notes == ["skipped train/evals/step-80: no such file or folder", "row step 80: no finished run yet",
+                           "reference row 'step 80' has no finished run yet: left out"]
+    assert not board.marks
+    Path("typo.yaml").write_text(Path("b.yaml").read_text().replace("reference: step 80", "reference: step 8"))
+    with pytest.raises(ConfigError, match="reference row 'step 8' is not a row label"):
+        build(load_board("typo.yaml"))

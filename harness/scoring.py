@@ -6,6 +6,7 @@ without the model or the images.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from medharness.records import (
 
 if TYPE_CHECKING:
     from medharness.task import Task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,8 @@ def summarise(rows: Sequence[ResultRow], recipe: Recipe, group_by: Sequence[str]
               version: str, cluster_by: str = "image") -> TaskSummary:
     """Per metric: mean (or corpus value), stderr, interval clustered by `cluster_by`, n and n_unparsed;
     then the same per group. Seeded: the same rows give the same intervals."""
+    if cluster_by not in ("image", "item") and rows and not any(cluster_by in r.sample.meta for r in rows):
+        log.warning("%s: no sample has the cluster_by field '%s': intervals resample items", task, cluster_by)
     codes = np.unique([cluster_of(r.sample, cluster_by) for r in rows], return_inverse=True)[1].astype(np.int64)
     parsed = np.fromiter((r.answer.parsed for r in rows), bool, len(rows))
     per_row = {s.label: (np.fromiter((r.scores.get(s.label, math.nan) for r in rows), float, len(rows)),

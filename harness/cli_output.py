@@ -145,9 +145,10 @@ def print_judging(run: RunDir, usage: dict[str, Any], disagreements: Path, n_dis
         for column, c in (entry.judges.columns if entry.judges else {}).items():
             scale = 100.0 if c.percent else 1.0
             value = "n/a" if c.value is None else f"{c.value * scale:.2f}"
-            table.append([task, column, value, c.n, c.n_unscored, c.n_failed])
-    print("\n" + tabulate(table, headers=["task", "column", "value", "n scored", "unscored", "judge failed"],
-                          tablefmt="github"))
+            ci = "n/a" if c.ci_low is None or c.ci_high is None else f"[{c.ci_low * scale:.2f}, {c.ci_high * scale:.2f}]"
+            table.append([task, column, value, ci, c.ci_method or "", c.n, c.n_unscored, c.n_failed])
+    print("\n" + tabulate(table, headers=["task", "column", "value", "95% CI", "CI method", "n scored", "unscored",
+                                          "judge failed"], tablefmt="github", disable_numparse=True))
     print(f"\n{n_disagreements} disagreeing sample(s): {disagreements}")
 
 

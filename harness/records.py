@@ -290,6 +290,10 @@ class JudgeColumn(Record):
 
     value: float | None
     stderr: float | None = None
+    ci_low: float | None = None  # the interval, as for MetricSummary (None in run logs before intervals)
+    ci_high: float | None = None
+    n_clusters: int | None = None
+    ci_method: str | None = None
     n: int
     n_unscored: int
     n_failed: int = 0

@@ -6,6 +6,7 @@ without the model or the images.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from medharness.records import (
 
 if TYPE_CHECKING:
     from medharness.task import Task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,25 +99,28 @@ def _stderr(values: np.ndarray) -> float | None:
     return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
 
 
-def _metric_summary(spec: MetricSpec, rows: Sequence[ResultRow], clusters: Sequence[str]) -> MetricSummary:
-    """Mean (or corpus value), i.i.d. stderr, the interval (medharness.stats) and the counts of one metric."""
-    unparsed = sum(1 for r in rows if (spec.metric.corpus is not None or spec.label in r.scores)
-                   and not r.answer.parsed)
-    common = {"higher_is_better": spec.metric.higher_is_better, "n_unparsed": unparsed}
+def _metric_summary(spec: MetricSpec, rows: Sequence[ResultRow], idx: np.ndarray, codes: np.ndarray,
+                    parsed: np.ndarray, values: np.ndarray, present: np.ndarray) -> MetricSummary:
+    """One metric over the rows `idx`: mean (or corpus value), i.i.d. stderr, the interval (medharness.stats)
+    and the counts. `values`/`present` are the metric's per-row value (NaN: unscored) and whether it applies."""
+    common: dict[str, Any] = {"higher_is_better": spec.metric.higher_is_better}
     if spec.metric.corpus is not None:
         corpus, args = spec.metric.corpus, spec.args
-        pairs = [(r.answer, r.sample) for r in rows]
+        pairs = [(rows[i].answer, rows[i].sample) for i in idx]
+        common["n_unparsed"] = int((~parsed[idx]).sum())
         if not pairs:
             return MetricSummary(value=math.nan, n=0, **common)
-        ci = stats.bootstrap_interval(pairs, clusters, lambda p: corpus(p, **args), n_boot=CORPUS_BOOT)
+        n_boot = int(min(CORPUS_BOOT, max(200, 2_000_000 // len(pairs))))  # bounded: ~2M items re-scored
+        ci = stats.bootstrap_interval(pairs, codes[idx], lambda p: corpus(p, **args), n_boot=n_boot)
         return MetricSummary(value=float(corpus(pairs, **args)), n=len(pairs), **common, **_ci(ci))
-    kept = [(r.scores[spec.label], c) for r, c in zip(rows, clusters, strict=True)
-            if spec.label in r.scores and not math.isnan(r.scores[spec.label])]
-    if not kept:
+    v, applies = values[idx], present[idx]
+    common["n_unparsed"] = int((applies & ~parsed[idx]).sum())
+    scored = ~np.isnan(v)
+    if not scored.any():
         return MetricSummary(value=math.nan, n=0, **common)
-    values = np.array([v for v, _ in kept], dtype=float)
-    ci = stats.metric_interval(values, [c for _, c in kept])
-    return MetricSummary(value=float(values.mean()), stderr=_stderr(values), n=len(values), **common, **_ci(ci))
+    kept = v[scored]
+    ci = stats.metric_interval(kept, codes[idx][scored])
+    return MetricSummary(value=float(kept.mean()), stderr=_stderr(kept), n=len(kept), **common, **_ci(ci))
 
 
 def _ci(ci: stats.Interval) -> dict[str, Any]:
@@ -127,11 +133,18 @@ def summarise(rows: Sequence[ResultRow], recipe: Recipe, group_by: Sequence[str]
               version: str, cluster_by: str = "image") -> TaskSummary:
     """Per metric: mean (or corpus value), stderr, interval clustered by `cluster_by`, n and n_unparsed;
     then the same per group. Seeded: the same rows give the same intervals."""
-    clusters = [cluster_of(r.sample, cluster_by) for r in rows]
+    if cluster_by not in ("image", "item") and rows and not any(cluster_by in r.sample.meta for r in rows):
+        log.warning("%s: no sample has the cluster_by field '%s': intervals resample items", task, cluster_by)
+    codes = np.unique([cluster_of(r.sample, cluster_by) for r in rows], return_inverse=True)[1].astype(np.int64)
+    parsed = np.fromiter((r.answer.parsed for r in rows), bool, len(rows))
+    per_row = {s.label: (np.fromiter((r.scores.get(s.label, math.nan) for r in rows), float, len(rows)),
+                         np.fromiter((s.label in r.scores for r in rows), bool, len(rows)))
+               for s in recipe.metrics if s.metric.corpus is None}
+    none = (np.empty(0), np.empty(0, bool))
 
-    def metrics(members: Sequence[int]) -> dict[str, MetricSummary]:
-        sub, cl = [rows[i] for i in members], [clusters[i] for i in members]
-        return {spec.label: _metric_summary(spec, sub, cl) for spec in recipe.metrics}
+    def metrics(idx: np.ndarray) -> dict[str, MetricSummary]:
+        return {s.label: _metric_summary(s, rows, idx, codes, parsed, *per_row.get(s.label, none))
+                for s in recipe.metrics}
 
     groups: dict[str, dict[str, GroupSummary]] = {}
     for field in group_by:
@@ -140,15 +153,15 @@ def summarise(rows: Sequence[ResultRow], recipe: Recipe, group_by: Sequence[str]
             if field in row.sample.meta:
                 buckets.setdefault(str(row.sample.meta[field]), []).append(i)
         groups[field] = {
-            key: GroupSummary(n=len(members), n_unparsed=sum(1 for i in members if not rows[i].answer.parsed),
-                              metrics=metrics(members))
+            key: GroupSummary(n=len(members), n_unparsed=int((~parsed[members]).sum()),
+                              metrics=metrics(np.asarray(members, dtype=np.int64)))
             for key, members in sorted(buckets.items())
         }
     return TaskSummary(
         task=task, task_version=version, convention=recipe.convention, n=len(rows),
-        n_unparsed=sum(1 for r in rows if not r.answer.parsed),
+        n_unparsed=int((~parsed).sum()),
         n_errors=sum(1 for r in rows if r.generation.error is not None),
-        metrics=metrics(range(len(rows))), groups=groups,
+        metrics=metrics(np.arange(len(rows))), groups=groups,
     )
 
 

@@ -10,7 +10,8 @@ Who computes what (library where one exists):
                         cluster holds one item.
     paired t            scipy.stats.ttest_1samp on per-cluster totals of the differences (per item when
                         items are independent)
-    cluster-robust t    statsmodels OLS(cov_type="cluster") on a constant, for means over > 5000 clusters
+    cluster-robust t    written here (the sandwich formula for a mean, over > 5000 clusters), checked against
+                        statsmodels OLS(cov_type="cluster") in the tests
     bootstrap           written here, vectorised with numpy: scipy.stats.bootstrap resamples items only,
                         not clusters, and calls the statistic per replicate.
 
@@ -83,7 +84,11 @@ def cluster_codes(clusters: Sequence[Any] | None, n: int) -> np.ndarray:
         return np.arange(n)
     if len(clusters) != n:
         raise DataError(f"{len(clusters)} cluster labels for {n} values")
-    _, first, codes = np.unique(np.asarray([str(c) for c in clusters]), return_index=True, return_inverse=True)
+    labels = clusters if isinstance(clusters, np.ndarray) and clusters.dtype.kind in "iu" else \
+        np.asarray([str(c) for c in clusters])
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    _, first, codes = np.unique(labels, return_index=True, return_inverse=True)
     order = np.argsort(np.argsort(first))  # renumber clusters by first appearance: stable across label sets
     return order[codes]
 
@@ -206,13 +211,17 @@ def metric_interval(values: Sequence[float] | np.ndarray, clusters: Sequence[Any
 
 
 def cluster_robust_interval(values: np.ndarray, codes: np.ndarray, level: float = 0.95) -> Interval:
-    """The mean's t interval with the cluster-robust (sandwich) standard error: statsmodels OLS on a constant
-    with cov_type="cluster" and G - 1 degrees of freedom."""
-    from statsmodels.regression.linear_model import OLS
+    """The mean's t interval (G - 1 degrees of freedom) with the cluster-robust sandwich standard error,
+    sqrt(G / (G - 1) * sum_g (sum_{i in g} (y_i - mean))^2) / n: what statsmodels OLS on a constant with
+    cov_type="cluster" gives. Written here because that fit costs ~0.15 s per call at 20,000 rows for a
+    three-line formula; the tests check it against statsmodels."""
+    from scipy import stats as sps
 
-    fit = OLS(values, np.ones(len(values))).fit(cov_type="cluster", cov_kwds={"groups": codes}, use_t=True)
-    low, high = fit.conf_int(alpha=1 - level)[0]
-    return Interval(float(low), float(high), "cluster-robust-t", int(codes.max()) + 1, level)
+    k, n = int(codes.max()) + 1, len(values)
+    resid = np.bincount(codes, weights=values - values.mean(), minlength=k)
+    se = math.sqrt(k / (k - 1) * float((resid**2).sum())) / n
+    half = float(sps.t.ppf((1 + level) / 2, k - 1)) * se
+    return Interval(float(values.mean()) - half, float(values.mean()) + half, "cluster-robust-t", k, level)
 
 
 def _aligned(a: Mapping[str, float], b: Mapping[str, float],

@@ -98,3 +98,13 @@ def test_score_prints_one_scale_with_intervals(tmp_path: Path, capsys: pytest.Ca
     # one shape: a group's metric entry has exactly the headline entry's keys; counts are integers
     assert set(group["metrics"]["yes_no_accuracy"]) == set(head) >= {"value", "stderr", "ci_low", "ci_high"}
     assert isinstance(group["n"], int) and isinstance(presence["n"], int)
+
+
+def test_a_cluster_by_field_no_sample_has_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    task = load_task("phantom_presence")
+    recipe = recipe_for(task)
+    rows = rescore(rows_on_images([["yes", "no"]] * 5), recipe)
+    with caplog.at_level("WARNING", logger="medharness.scoring"):
+        m = summarise(rows, recipe, [], task.name, task.version, "patient_id").metrics["yes_no_accuracy"]
+    assert "no sample has the cluster_by field 'patient_id'" in caplog.text
+    assert m.n_clusters == 10  # items

@@ -180,4 +180,9 @@ def test_many_clusters_use_the_cluster_robust_interval_which_agrees_with_the_boo
     resid = np.bincount(clusters, weights=values - mean)
     n = len(values)
     se = math.sqrt(k / (k - 1) * (resid**2).sum()) / n
-    assert robust.high - robust.low == pytest.approx(2 * sps.t.ppf(0.975, k - 1) * se, rel=1e-3)
+    assert robust.high - robust.low == pytest.approx(2 * sps.t.ppf(0.975, k - 1) * se, rel=1e-9)
+    # and the library: statsmodels OLS on a constant with cluster-robust covariance
+    from statsmodels.regression.linear_model import OLS
+
+    fit = OLS(values, np.ones(len(values))).fit(cov_type="cluster", cov_kwds={"groups": clusters}, use_t=True)
+    assert (robust.low, robust.high) == tuple(pytest.approx(x, rel=1e-9) for x in fit.conf_int(0.05)[0])

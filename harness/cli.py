@@ -54,7 +54,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ablate", choices=["blank", "noise", "shuffle"],
                    help="replace every image (blank, noise, or another sample's): is the model using the picture?")
     p.add_argument("--samples", dest="samples_file", type=Path,
-                   help="only these sample ids: JSON {task: [ids]} or [ids], or text lines 'id' / 'task<TAB>id'")
+                   help="only these sample ids: JSON {task: [ids]} or [ids], text lines 'id' / 'task<TAB>id', "
+                        "or a folder of such JSON files (e.g. tasks/subsets: the pinned CI subsets)")
     p.add_argument("--no-cache", action="store_true",
                    help="always call the model (default: reuse identical greedy generations from the response cache)")
     p.add_argument("--cache-dir", help="response cache folder (default $MEDHARNESS_CACHE or ~/.cache/medharness)")
@@ -280,6 +281,49 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_gate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "gate", help="regression gate: is a candidate run worse than a baseline on the same items?",
+        description="Exit 0: no task worse beyond the tolerance and the paired test; 1: a task is worse by more "
+                    "than --max-drop points AND the paired test (Holm-corrected across tasks) says so at --alpha; "
+                    "2: the runs cannot be compared (reason given). See docs/regression-gate.md.")
+    p.add_argument("--baseline", type=Path, help="run directory or gate summary file (--write-summary)")
+    p.add_argument("--candidate", type=Path, help="run directory or gate summary file")
+    p.add_argument("--metric", help="metric label to gate on (default: each task's first per-sample metric)")
+    p.add_argument("--max-drop", type=float, default=1.0,
+                   help="tolerated loss in points (x100 for percent metrics; default 1.0)")
+    p.add_argument("--alpha", type=float, default=0.05, help="level of the paired test (default 0.05)")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON instead of Markdown")
+    p.add_argument("--write-summary", type=Path, metavar="RUN_DIR",
+                   help="instead: write RUN_DIR's per-sample metric values (no text) to --output, as a baseline")
+    p.add_argument("-o", "--output", type=Path, help="with --write-summary: the summary file")
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    import json
+
+    from medharness.cli_output import gate_markdown
+    from medharness.gate import compare, load_side, write_summary
+
+    if args.write_summary:
+        if not args.output or args.baseline or args.candidate:
+            raise ConfigError("--write-summary RUN_DIR needs -o FILE (and no --baseline/--candidate)")
+        summary = write_summary(args.write_summary, args.output)
+        n = sum(len(t.samples) for t in summary.tasks.values())
+        print(f"wrote {args.output}: {len(summary.tasks)} task(s), {n} samples' metric values")
+        return 0
+    if not args.baseline or not args.candidate:
+        raise ConfigError("gate needs --baseline and --candidate (or --write-summary RUN_DIR -o FILE)")
+    result = compare(load_side(args.baseline), load_side(args.candidate), args.metric, args.max_drop, args.alpha)
+    if args.json:
+        from medharness.runlog import json_safe
+
+        print(json.dumps(json_safe(result.to_json()), indent=2))
+    else:
+        print(gate_markdown(result, str(args.baseline), str(args.candidate)))
+    return result.exit_code
+
+
 def _add_ls(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ls", help="list tasks, parsers, metrics, backends, conventions or judge specs")
     p.add_argument("what", nargs="?", default="tasks",
@@ -304,32 +348,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return validate_files(args.files)
 
 
-def _add_leaderboard(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("leaderboard", help="Markdown table of tasks x models from run directories")
-    p.add_argument("run_dirs", nargs="+", type=Path)
-    p.add_argument("--output", type=Path, help="write the Markdown here instead of printing it")
-    p.add_argument("--all-metrics", action="store_true", help="every metric, not only each task's primary one")
-    p.add_argument("--no-judges", action="store_true", help="leave out the LLM judge and panel columns")
-
-
-def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from medharness.leaderboards.render import collect, render_markdown
-
-    text = render_markdown(collect(args.run_dirs), all_metrics=args.all_metrics, judges=not args.no_judges)
-    if args.output:
-        args.output.write_text(text, encoding="utf-8")
-        print(f"wrote {args.output}")
-    else:
-        print(text, end="")
-    return 0
-
-
 def _add_split(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("split", help="write a seeded k-shot subset's sample ids (for trainers and --samples)",
                        description="k samples per class from a task's split, chosen by sha256(seed:id): stable "
                                    "across runs, and the 10-shot set is inside the 20-shot set.")
     p.add_argument("--task", required=True)
     p.add_argument("--kshot", type=int, required=True, help="samples per class")
+    p.add_argument("--by", metavar="FIELD",
+                   help="stratify by this meta field (e.g. answer_type) instead of the gold answer")
     p.add_argument("--split", default="train", help="split to draw from (default train)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", help="local copy of the dataset")
@@ -341,9 +367,14 @@ def cmd_split(args: argparse.Namespace) -> int:
     from medharness.task import load_task
 
     task = load_task(args.task, {"data_dir": args.data_dir} if args.data_dir else {})
-    chosen = kshot(task.load_samples(args.split), args.kshot, args.seed)
+    samples = task.load_samples(args.split)
+    if args.by and not any(args.by in s.meta for s in samples):
+        raise ConfigError(f"--by {args.by}: no sample of {task.name} has that field")
+    label = (lambda s: s.meta.get(args.by)) if args.by else (lambda s: s.target)
+    chosen = kshot(samples, args.kshot, args.seed, label)
     write_sample_ids(args.output, task.name, chosen)
-    print(f"wrote {len(chosen)} {args.split} sample ids ({args.kshot} per class, seed {args.seed}) to {args.output}")
+    per = f"per {args.by}" if args.by else "per class"
+    print(f"wrote {len(chosen)} {args.split} sample ids ({args.kshot} {per}, seed {args.seed}) to {args.output}")
     return 0
 
 
@@ -365,8 +396,8 @@ def cmd_tiny(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "score": cmd_score, "ls": cmd_ls, "validate": cmd_validate,
-            "leaderboard": cmd_leaderboard, "split": cmd_split, "make-tiny-model": cmd_tiny,
-            "judge": cmd_judge, "agreement": cmd_agreement}
+            "split": cmd_split, "make-tiny-model": cmd_tiny,
+            "judge": cmd_judge, "agreement": cmd_agreement, "gate": cmd_gate}
 
 
 def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
@@ -378,6 +409,13 @@ def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     COMMANDS.update({"merge": merge.cmd_merge, "train-then-eval": sweep_cli.cmd_sweep})
 
 
+def _add_board_commands(sub: argparse._SubParsersAction) -> None:
+    """`leaderboard` and `report` live in leaderboards/ (pandas, matplotlib load only when a command runs)."""
+    from medharness.leaderboards.cli import add_commands
+
+    COMMANDS.update(add_commands(sub))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medharness", epilog=EPILOG,
                                      description="Evaluate medical vision-language models on medical benchmarks.")
@@ -387,9 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"medharness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_checkpoint_commands(sub)
-    for add in (_add_run, _add_score, _add_ls, _add_validate, _add_leaderboard, _add_split, _add_tiny,
-                _add_judge, _add_agreement):
+    for add in (_add_run, _add_score, _add_ls, _add_validate, _add_split, _add_tiny, _add_judge, _add_agreement,
+                _add_gate):
         add(sub)
+    _add_board_commands(sub)
     _add_training(sub)
     return parser
 

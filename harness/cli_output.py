@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tabulate import tabulate
 
-from medharness.records import TaskSummary
+from medharness.records import MetricSummary, TaskSummary
 from medharness.runlog import RunDir, json_safe
 
 PROGRESS_EVERY_S = 30.0  # without a terminal: one progress line per task at most this often
@@ -63,6 +63,10 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+if TYPE_CHECKING:
+    from medharness.gate import GateResult
+
+
 @contextmanager
 def progress_bar(disabled: bool = False) -> Iterator[Callable[[str, int, int], None]]:
     """A rich progress bar per task on stderr; without a terminal, periodic progress lines (`ProgressLines`);
@@ -92,17 +96,41 @@ def progress_bar(disabled: bool = False) -> Iterator[Callable[[str, int, int], N
         yield update
 
 
+def _scaled(value: float | None, scale: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value * scale:.2f}"
+
+
+def interval_text(m: MetricSummary, scale: float) -> str:
+    """"[low, high]" on the metric's display scale; "n/a" where the run log has no interval."""
+    if m.ci_low is None or m.ci_high is None:
+        return "n/a"
+    return f"[{m.ci_low * scale:.2f}, {m.ci_high * scale:.2f}]"
+
+
 def summary_rows(summary: TaskSummary, percent: dict[str, bool]) -> list[list[object]]:
-    rows = []
+    rows: list[list[object]] = []
     for name, m in summary.metrics.items():
         scale = 100.0 if percent.get(name, True) else 1.0
-        value = "n/a" if m.value != m.value else f"{m.value * scale:.2f}"
-        err = "" if m.stderr is None else f"{m.stderr * scale:.2f}"
-        rows.append([summary.task, summary.convention, name, value, err, m.n, m.n_unparsed])
+        rows.append([summary.task, summary.convention, name, _scaled(m.value, scale), interval_text(m, scale),
+                     m.ci_method or "", m.n_clusters if m.n_clusters is not None else "", m.n, m.n_unparsed])
     return rows
 
 
-HEADERS = ["task", "convention", "metric", "value", "stderr", "n", "unparsed"]
+HEADERS = ["task", "convention", "metric", "value", "95% CI", "CI method", "clusters", "n", "unparsed"]
+
+
+def group_table(summary: TaskSummary, field: str, percent: dict[str, bool]) -> str:
+    """One group_by field as a table: n, unparsed, and each metric as value [95% CI] on the headline's scale."""
+    names = list(summary.metrics)
+    table = []
+    for value, g in summary.groups[field].items():
+        cells = []
+        for name in names:
+            scale = 100.0 if percent.get(name, True) else 1.0
+            m = g.metrics.get(name)
+            cells.append("n/a" if m is None else f"{_scaled(m.value, scale)} {interval_text(m, scale)}")
+        table.append([value, g.n, "" if g.n_unparsed is None else g.n_unparsed, *cells])
+    return tabulate(table, headers=[field, "n", "unparsed", *names], tablefmt="github", disable_numparse=True)
 
 
 def print_run_summary(run: RunDir) -> None:
@@ -111,8 +139,12 @@ def print_run_summary(run: RunDir) -> None:
         if entry.summary is not None:
             rows += summary_rows(entry.summary, entry.percent)
     print(f"\nrun {run.path} ({run.log.status}; model {run.log.model})\n")
-    print(tabulate(rows, headers=HEADERS, tablefmt="github"))
+    print(tabulate(rows, headers=HEADERS, tablefmt="github", disable_numparse=True))
     for task, entry in run.log.tasks.items():
+        summary = entry.summary
+        if summary is not None:
+            for field in summary.groups:
+                print(f"\n{task} by {field}:\n" + group_table(summary, field, entry.percent))
         if entry.baseline is not None and entry.baseline.kind == "oracle":
             print(f"\n{task}: {entry.baseline.detail}")
     print(generation_counts(run))
@@ -142,15 +174,14 @@ def _percent_of(summary: TaskSummary) -> dict[str, bool]:
 
 def print_summaries(summaries: list[TaskSummary], as_json: bool = False) -> None:
     if as_json:
-        data = [s.to_score_json() for s in summaries]
+        data = [s.to_score_json(_percent_of(s)) for s in summaries]
         print(json.dumps(json_safe(data[0] if len(data) == 1 else data), indent=2))
         return
     for s in summaries:
-        print(tabulate(summary_rows(s, _percent_of(s)), headers=HEADERS, tablefmt="github"))
-        for field, groups in s.groups.items():
-            metric_names = list(s.metrics)
-            table = [[value, int(g["n"]), *[_fmt(g.get(m)) for m in metric_names]] for value, g in groups.items()]
-            print(f"\nby {field}:\n" + tabulate(table, headers=[field, "n", *metric_names], tablefmt="github"))
+        percent = _percent_of(s)
+        print(tabulate(summary_rows(s, percent), headers=HEADERS, tablefmt="github", disable_numparse=True))
+        for field in s.groups:
+            print(f"\nby {field}:\n" + group_table(s, field, percent))
         print()
 
 
@@ -171,14 +202,11 @@ def print_judging(run: RunDir, usage: dict[str, Any], disagreements: Path, n_dis
         for column, c in (entry.judges.columns if entry.judges else {}).items():
             scale = 100.0 if c.percent else 1.0
             value = "n/a" if c.value is None else f"{c.value * scale:.2f}"
-            table.append([task, column, value, c.n, c.n_unscored, c.n_failed])
-    print("\n" + tabulate(table, headers=["task", "column", "value", "n scored", "unscored", "judge failed"],
-                          tablefmt="github"))
+            ci = "n/a" if c.ci_low is None or c.ci_high is None else f"[{c.ci_low * scale:.2f}, {c.ci_high * scale:.2f}]"
+            table.append([task, column, value, ci, c.ci_method or "", c.n, c.n_unscored, c.n_failed])
+    print("\n" + tabulate(table, headers=["task", "column", "value", "95% CI", "CI method", "n scored", "unscored",
+                                          "judge failed"], tablefmt="github", disable_numparse=True))
     print(f"\n{n_disagreements} disagreeing sample(s): {disagreements}")
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
 def print_listing(what: str) -> None:
@@ -257,3 +285,33 @@ def validate_files(files: list[Path]) -> int:
             print(f"FAIL  {exc}" if str(path) in str(exc) else f"FAIL  {path}: {exc}")
     print(f"{len(paths) - failures} valid, {failures} invalid")
     return 1 if failures else 0
+
+
+def gate_markdown(result: GateResult, baseline: str, candidate: str) -> str:
+    """The gate's verdict as Markdown: a headline, one row per task, and the reasons for refusals."""
+    worse = [t.task for t in result.tasks if t.verdict == "worse"]
+    refused = [t for t in result.tasks if t.verdict == "incomparable"]
+    gated = sum(t.paired is not None for t in result.tasks)
+    head = {"pass": "PASS", "fail": f"FAIL ({len(worse)} of {gated} task(s) worse)",
+            "incomparable": f"INCOMPARABLE ({len(refused)} task(s) cannot be compared)"}[result.verdict]
+    lines = [f"## medharness gate: {head}", "",
+             (f"baseline `{baseline}`, candidate `{candidate}`; fails when worse by more than {result.max_drop:g} "
+             f"point(s) and the paired test gives p < {result.alpha:g} (Holm-corrected across {gated} task(s))."),
+             ""]
+    rows = []
+    for t in result.tasks:
+        p = t.paired
+        if p is None:
+            rows.append([t.task, t.metric or "", "", "", "", "", "", "", "", t.verdict])
+            continue
+        s = t.scale
+        rows.append([t.task, t.metric or "", f"{p.n} ({p.n_clusters})", f"{p.mean_a * s:.2f}", f"{p.mean_b * s:.2f}",
+                     f"{p.diff * s:+.2f} [{p.low * s:+.2f}, {p.high * s:+.2f}]", p.test,
+                     "n/a" if p.p_value is None else f"{p.p_value:.3g}",
+                     "n/a" if t.p_holm is None else f"{t.p_holm:.3g}", f"**{t.verdict}**" if t.verdict == "worse"
+                     else t.verdict])
+    lines.append(tabulate(rows, headers=["task", "metric", "n (clusters)", "baseline", "candidate",
+                                         "candidate - baseline [95% CI]", "test", "p", "p (Holm)", "verdict"],
+                          tablefmt="github"))
+    notes = [f"- {t.task}: {t.verdict}: {t.reason}" for t in result.tasks if t.reason]
+    return "\n".join(lines + ([""] + notes if notes else []))

@@ -304,6 +304,7 @@ class Runner:
     def _task_entry(self, task: Task, recipe: Recipe) -> TaskEntry:
         return TaskEntry(version=task.version, prompt=task.prompt_name, convention=recipe.convention,
                          ablation=self.config.ablate, parser=recipe.parser.name, group_by=list(task.config.group_by),
+                         cluster_by=task.config.cluster_by,
                          data=task.load_report, n_selected=len(self.samples[task.name]),
                          percent=metric_is_percent(recipe), metrics=metric_records(recipe), path=str(task.path))
 
@@ -318,7 +319,8 @@ class Runner:
     def _finish_task(self, run: RunDir, task: Task, recipe: Recipe, backend: Backend) -> TaskSummary:
         selected = {s.id for s in self.samples[task.name]}
         rows = [r for r in run.rows(task.name) if r.sample_id in selected]
-        summary = summarise(rows, recipe, task.config.group_by, task.name, task.version)
+        summary = summarise(rows, recipe, task.config.group_by, task.name, task.version,
+                            task.config.cluster_by)
         tokens = TokenCount(prompt=sum(r.generation.prompt_tokens or 0 for r in rows),
                             completion=sum(r.generation.completion_tokens or 0 for r in rows))
         cost = cost_usd(self.config.model, tokens.prompt, tokens.completion) if backend.priced else None

@@ -17,7 +17,15 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class Strict(BaseModel):
@@ -190,13 +198,42 @@ def _nan_for_none(v: Any) -> Any:
 
 
 class MetricSummary(Record):
+    """A metric over a task's samples (or one group of them): the value with its interval.
+
+    `ci_low`/`ci_high` is the 95% interval made by `ci_method` (medharness.stats: "wilson",
+    "bootstrap-percentile" clustered by the task's `cluster_by`, "wilson-clusters"), over `n_clusters`
+    independent units. Absent (None) in run logs written before intervals were recorded, and where no
+    interval exists (no scored sample). `n_unparsed` is None only in group entries of such old run logs."""
+
     value: float  # NaN: no sample was scored (written as null in run.json)
-    stderr: float | None = None
+    stderr: float | None = None  # i.i.d. standard error, kept for comparison with papers that print it
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n_clusters: int | None = None
+    ci_method: str | None = None
     n: int
-    n_unparsed: int
+    n_unparsed: int | None
     higher_is_better: bool = True
 
     _value = field_validator("value", mode="before")(_nan_for_none)
+
+
+class GroupSummary(Record):
+    """One group of a task's samples (e.g. answer_type = CLOSED): its size and its metrics."""
+
+    n: int
+    n_unparsed: int | None = None  # None: not recorded (run logs before intervals)
+    metrics: dict[str, MetricSummary]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, v: Any) -> Any:
+        """Run logs before intervals kept a group as {"n": 272.0, "<metric>": value}."""
+        if not isinstance(v, dict) or "metrics" in v or not isinstance(v.get("n"), (int, float)):
+            return v
+        n = int(v["n"])
+        return {"n": n, "metrics": {m: {"value": _nan_for_none(x), "n": n, "n_unparsed": None}
+                                    for m, x in v.items() if m != "n"}}
 
 
 class TaskSummary(Record):
@@ -209,23 +246,21 @@ class TaskSummary(Record):
     n_unparsed: int
     n_errors: int = 0
     metrics: dict[str, MetricSummary]
-    groups: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
+    groups: dict[str, dict[str, GroupSummary]] = Field(default_factory=dict)  # field -> value -> group
 
-    @field_validator("groups", mode="before")
-    @classmethod
-    def _nan_groups(cls, v: Any) -> Any:
-        if not isinstance(v, dict):
-            return v
-        return {f: ({k: ({m: _nan_for_none(x) for m, x in g.items()} if isinstance(g, dict) else g)
-                     for k, g in b.items()} if isinstance(b, dict) else b) for f, b in v.items()}
+    def to_score_json(self, percent: dict[str, bool] | None = None) -> dict[str, Any]:
+        """The `medharness score --json` shape: values are fractions as in run.json (the console shows
+        `percent` metrics x100); every metric entry, headline or group, has the same keys."""
 
-    def to_score_json(self) -> dict[str, Any]:
-        """The `medharness score --json` shape."""
+        def metrics(ms: dict[str, MetricSummary]) -> dict[str, Any]:
+            return {k: {**m.model_dump(), "percent": (percent or {}).get(k, True)} for k, m in ms.items()}
+
         return {
-            "task": self.task,
-            "convention": self.convention,
-            "metrics": {k: {"value": m.value, "n": m.n, "n_unparsed": m.n_unparsed} for k, m in self.metrics.items()},
-            "groups": self.groups,
+            "task": self.task, "task_version": self.task_version, "convention": self.convention,
+            "n": self.n, "n_unparsed": self.n_unparsed, "n_errors": self.n_errors,
+            "metrics": metrics(self.metrics),
+            "groups": {f: {k: {"n": g.n, "n_unparsed": g.n_unparsed, "metrics": metrics(g.metrics)}
+                           for k, g in b.items()} for f, b in self.groups.items()},
         }
 
 
@@ -255,6 +290,10 @@ class JudgeColumn(Record):
 
     value: float | None
     stderr: float | None = None
+    ci_low: float | None = None  # the interval, as for MetricSummary (None in run logs before intervals)
+    ci_high: float | None = None
+    n_clusters: int | None = None
+    ci_method: str | None = None
     n: int
     n_unscored: int
     n_failed: int = 0
@@ -288,6 +327,7 @@ class TaskEntry(Record):
     ablation: str | None = None
     parser: str = ""
     group_by: list[str] = Field(default_factory=list)
+    cluster_by: str | None = None  # what the summary's intervals resample (None: run logs before intervals)
     data: dict[str, Any] = Field(default_factory=dict)  # the data source's load report
     n_selected: int = 0
     percent: dict[str, bool] = Field(default_factory=dict)  # metric label -> shown x100

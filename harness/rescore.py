@@ -31,7 +31,8 @@ def score_run(run_dir: Path, convention: str | None = None) -> list[TaskSummary]
         recipe = recipe_for(task, convention)
         with gc_paused():
             rows = rescore(run.rows(name), recipe)
-            summaries.append(summarise(rows, recipe, task.config.group_by, task.name, task.version))
+            summaries.append(summarise(rows, recipe, task.config.group_by, task.name, task.version,
+                                       task.config.cluster_by))
     if not summaries:
         raise DataError(f"{run_dir}: no samples to score")
     return summaries
@@ -65,4 +66,5 @@ def score_predictions(task_ref: str, predictions: Path, convention: str | None =
         rows.append(ResultRow(task=task.name, task_version=task.version, sample=sample, prompt_hash="",
                               generation=gen, answer=answer, scores=scores))
     report = {"matched": len(matched), "task_samples": len(samples), "unmatched_predictions": unmatched}
-    return summarise(rows, recipe, task.config.group_by, task.name, task.version), report
+    return summarise(rows, recipe, task.config.group_by, task.name, task.version,
+                     task.config.cluster_by), report

@@ -6,6 +6,7 @@ without the model or the images.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -13,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medharness import stats
 from medharness.conventions import CONVENTIONS
 from medharness.metrics import MetricSpec, resolve_metrics
 from medharness.parsers import ParserChain
 from medharness.records import (
     Answer,
     Generation,
+    GroupSummary,
     MetricSpecRecord,
     MetricSummary,
     ResultRow,
@@ -28,6 +31,8 @@ from medharness.records import (
 
 if TYPE_CHECKING:
     from medharness.task import Task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,47 +82,86 @@ def rescore(rows: Iterable[ResultRow], recipe: Recipe) -> list[ResultRow]:
     return out
 
 
+CORPUS_BOOT = 1000  # corpus metrics recompute the metric per replicate: fewer replicates than the 2000 of a mean
+
+
+def cluster_of(sample: Sample, cluster_by: str) -> str:
+    """The unit the bootstrap resamples: the first image ("image"; items without one stand alone), the
+    item itself ("item"), or the value of a `meta` field (items without it stand alone)."""
+    if cluster_by == "image" and sample.images:
+        return "image:" + sample.images[0]
+    if cluster_by not in ("image", "item") and sample.meta.get(cluster_by) is not None:
+        return f"{cluster_by}:{sample.meta[cluster_by]}"
+    return "id:" + sample.id
+
+
 def _stderr(values: np.ndarray) -> float | None:
     return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
 
 
-def _metric_value(spec: MetricSpec, rows: Sequence[ResultRow]) -> tuple[float, float | None, int]:
+def _metric_summary(spec: MetricSpec, rows: Sequence[ResultRow], idx: np.ndarray, codes: np.ndarray,
+                    parsed: np.ndarray, values: np.ndarray, present: np.ndarray) -> MetricSummary:
+    """One metric over the rows `idx`: mean (or corpus value), i.i.d. stderr, the interval (medharness.stats)
+    and the counts. `values`/`present` are the metric's per-row value (NaN: unscored) and whether it applies."""
+    common: dict[str, Any] = {"higher_is_better": spec.metric.higher_is_better}
     if spec.metric.corpus is not None:
-        pairs = [(r.answer, r.sample) for r in rows]
-        return (float(spec.metric.corpus(pairs, **spec.args)) if pairs else math.nan), None, len(pairs)
-    values = np.array([r.scores[spec.label] for r in rows if spec.label in r.scores], dtype=float)
-    values = values[~np.isnan(values)]
-    if not len(values):
-        return math.nan, None, 0
-    return float(values.mean()), _stderr(values), len(values)
+        corpus, args = spec.metric.corpus, spec.args
+        pairs = [(rows[i].answer, rows[i].sample) for i in idx]
+        common["n_unparsed"] = int((~parsed[idx]).sum())
+        if not pairs:
+            return MetricSummary(value=math.nan, n=0, **common)
+        n_boot = int(min(CORPUS_BOOT, max(200, 2_000_000 // len(pairs))))  # bounded: ~2M items re-scored
+        ci = stats.bootstrap_interval(pairs, codes[idx], lambda p: corpus(p, **args), n_boot=n_boot)
+        return MetricSummary(value=float(corpus(pairs, **args)), n=len(pairs), **common, **_ci(ci))
+    v, applies = values[idx], present[idx]
+    common["n_unparsed"] = int((applies & ~parsed[idx]).sum())
+    scored = ~np.isnan(v)
+    if not scored.any():
+        return MetricSummary(value=math.nan, n=0, **common)
+    kept = v[scored]
+    ci = stats.metric_interval(kept, codes[idx][scored])
+    return MetricSummary(value=float(kept.mean()), stderr=_stderr(kept), n=len(kept), **common, **_ci(ci))
+
+
+def _ci(ci: stats.Interval) -> dict[str, Any]:
+    if not ci.defined:
+        return {"n_clusters": ci.n_clusters, "ci_method": ci.method}
+    return {"ci_low": ci.low, "ci_high": ci.high, "n_clusters": ci.n_clusters, "ci_method": ci.method}
 
 
 def summarise(rows: Sequence[ResultRow], recipe: Recipe, group_by: Sequence[str], task: str,
-              version: str) -> TaskSummary:
-    """Per-metric mean (or corpus value) with its standard error, n and n_unparsed; then per group."""
-    metrics: dict[str, MetricSummary] = {}
-    for spec in recipe.metrics:
-        value, stderr, n = _metric_value(spec, rows)
-        applicable = [r for r in rows if spec.metric.corpus is not None or spec.label in r.scores]
-        metrics[spec.label] = MetricSummary(
-            value=value, stderr=stderr, n=n, higher_is_better=spec.metric.higher_is_better,
-            n_unparsed=sum(1 for r in applicable if not r.answer.parsed),
-        )
-    groups: dict[str, dict[str, dict[str, float]]] = {}
+              version: str, cluster_by: str = "image") -> TaskSummary:
+    """Per metric: mean (or corpus value), stderr, interval clustered by `cluster_by`, n and n_unparsed;
+    then the same per group. Seeded: the same rows give the same intervals."""
+    if cluster_by not in ("image", "item") and rows and not any(cluster_by in r.sample.meta for r in rows):
+        log.warning("%s: no sample has the cluster_by field '%s': intervals resample items", task, cluster_by)
+    codes = np.unique([cluster_of(r.sample, cluster_by) for r in rows], return_inverse=True)[1].astype(np.int64)
+    parsed = np.fromiter((r.answer.parsed for r in rows), bool, len(rows))
+    per_row = {s.label: (np.fromiter((r.scores.get(s.label, math.nan) for r in rows), float, len(rows)),
+                         np.fromiter((s.label in r.scores for r in rows), bool, len(rows)))
+               for s in recipe.metrics if s.metric.corpus is None}
+    none = (np.empty(0), np.empty(0, bool))
+
+    def metrics(idx: np.ndarray) -> dict[str, MetricSummary]:
+        return {s.label: _metric_summary(s, rows, idx, codes, parsed, *per_row.get(s.label, none))
+                for s in recipe.metrics}
+
+    groups: dict[str, dict[str, GroupSummary]] = {}
     for field in group_by:
-        buckets: dict[str, list[ResultRow]] = {}
-        for row in rows:
+        buckets: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
             if field in row.sample.meta:
-                buckets.setdefault(str(row.sample.meta[field]), []).append(row)
+                buckets.setdefault(str(row.sample.meta[field]), []).append(i)
         groups[field] = {
-            key: {"n": float(len(members)), **{s.label: _metric_value(s, members)[0] for s in recipe.metrics}}
+            key: GroupSummary(n=len(members), n_unparsed=int((~parsed[members]).sum()),
+                              metrics=metrics(np.asarray(members, dtype=np.int64)))
             for key, members in sorted(buckets.items())
         }
     return TaskSummary(
         task=task, task_version=version, convention=recipe.convention, n=len(rows),
-        n_unparsed=sum(1 for r in rows if not r.answer.parsed),
+        n_unparsed=int((~parsed).sum()),
         n_errors=sum(1 for r in rows if r.generation.error is not None),
-        metrics=metrics, groups=groups,
+        metrics=metrics(np.arange(len(rows))), groups=groups,
     )
 
 
@@ -130,17 +174,3 @@ def metric_records(recipe: Recipe) -> list[MetricSpecRecord]:
     return [MetricSpecRecord(label=s.label, name=s.metric.name, args=dict(s.args),
                              higher_is_better=s.metric.higher_is_better, percent=s.metric.percent)
             for s in recipe.metrics]
-
-
-def summary_table(summary: TaskSummary, percent: dict[str, bool] | None = None) -> list[dict[str, Any]]:
-    """Rows for a Markdown table: metric, value (x100 for percent metrics), +-stderr, n, n_unparsed."""
-    out = []
-    for name, m in summary.metrics.items():
-        scale = 100.0 if (percent or {}).get(name, True) else 1.0
-        out.append({
-            "task": summary.task, "metric": name,
-            "value": None if math.isnan(m.value) else round(m.value * scale, 2),
-            "stderr": None if m.stderr is None else round(m.stderr * scale, 2),
-            "n": m.n, "n_unparsed": m.n_unparsed,
-        })
-    return out

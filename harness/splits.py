@@ -35,7 +35,18 @@ def kshot(samples: Sequence[Sample], k: int, seed: int = 0,
 
 def read_sample_ids(path: Path) -> dict[str, list[str]]:
     """A pinned list: JSON `{task: [ids]}` or `[ids]`, or text with one `id` or `task<TAB>id` per line.
-    Ids that apply to every task are stored under "*"."""
+    Ids that apply to every task are stored under "*". A folder: every `*.json` file in it, merged (e.g.
+    tasks/subsets/, the pinned CI subsets); a task named by two files is an error."""
+    if path.is_dir():
+        merged: dict[str, list[str]] = {}
+        for file in sorted(path.glob("*.json")):
+            for task, ids in read_sample_ids(file).items():
+                if task in merged:
+                    raise DataError(f"{path}: task {task} has ids in more than one file (second: {file.name})")
+                merged[task] = ids
+        if not merged:
+            raise DataError(f"{path}: a folder without .json sample-id files")
+        return merged
     if not path.is_file():
         raise DataError(f"samples file {path} does not exist")
     text = path.read_text(encoding="utf-8")

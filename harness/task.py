@@ -86,6 +86,9 @@ class TaskConfig(Strict):
     prompts: Prompts
     scoring: Scoring = Scoring()
     group_by: list[str] = Field(default_factory=list)
+    # what the bootstrap resamples (docs/statistics.md): "image" (the first image reference; the default),
+    # "item", or a `meta` field naming a shared unit (e.g. a patient id)
+    cluster_by: str = Field(default="image", min_length=1)
     generation: dict[str, Any] = Field(default_factory=dict)
     check_sizes: bool = True  # a full split whose size differs from card.sizes is an error
     data_dir: str | None = None  # set by --data-dir or -T task.data_dir=DIR

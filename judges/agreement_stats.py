@@ -34,6 +34,7 @@ import pandas as pd
 from sklearn.metrics import cohen_kappa_score
 from statsmodels.stats import inter_rater
 
+from medharness import stats
 from medharness.errors import DataError
 
 Scale = Literal["binary", "nominal", "ordinal"]
@@ -247,18 +248,14 @@ def icc(ratings: pd.DataFrame, form: IccForm = "2,1") -> float:
 
 def resampled(point: float, replicate: Callable[[np.ndarray], float], n: int, n_boot: int = 1000,
               seed: int = 0, confidence: float = 0.95) -> Estimate:
-    """Percentile interval of `replicate(item indices)` over `n_boot` resamples of the n items."""
+    """Percentile interval of `replicate(item indices)` over `n_boot` resamples of the n items
+    (medharness.stats.bootstrap_interval; undefined replicates, e.g. one category drawn, are dropped)."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), not {confidence}")
     if n == 0 or n_boot <= 0 or math.isnan(point):
         return Estimate(point, NAN, NAN, n)
-    rng = np.random.default_rng(seed)
-    reps = np.fromiter((replicate(rng.integers(0, n, n)) for _ in range(n_boot)), float, n_boot)
-    reps = reps[~np.isnan(reps)]  # undefined replicates (e.g. one category drawn) are dropped
-    if reps.size == 0:
-        return Estimate(point, NAN, NAN, n)
-    low, high = np.quantile(reps, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return Estimate(point, float(low), float(high), n)
+    ci = stats.bootstrap_interval(np.arange(n), None, replicate, n_boot=n_boot, seed=seed, level=confidence)
+    return Estimate(point, ci.low, ci.high, n)
 
 
 def on_rows(fn: Callable[[np.ndarray], float], data: np.ndarray, n_boot: int = 1000, seed: int = 0,

@@ -201,6 +201,14 @@ class Judging:
                 if j.judge == member.name and j.spec == spec.name and j.prompt_hash == spec.prompt_hash
                 and j.model == backend.fingerprint and not j.failed}
 
+    def _clusters(self, task: str) -> dict[str, str]:
+        """sample id -> the unit the task's intervals resample (its cluster_by, recorded in the run log)."""
+        from medharness.scoring import cluster_of
+
+        entry = self.run_dir.log.tasks.get(task)
+        cluster_by = (entry.cluster_by if entry else None) or "image"
+        return {r.sample_id: cluster_of(r.sample, cluster_by) for r in self.run_dir.rows(task)}
+
     def _record(self, backends: dict[str, Backend], usage: dict[str, MemberUsage]) -> None:
         """Panel members (usage summed over judging passes) and judge columns into the run log."""
         from medharness.judges.summary import summarise_judgements
@@ -220,5 +228,6 @@ class Judging:
                                  prompt_tokens=prompt, completion_tokens=completion,
                                  cost_usd=cost_usd(member.model, prompt, completion)
                                  if backends[member.name].priced else None))
-        columns = {task: summarise_judgements(self.run_dir.judgements(task)) for task in self.tasks}
+        columns = {task: summarise_judgements(self.run_dir.judgements(task), self._clusters(task))
+                   for task in self.tasks}
         self.run_dir.set_judges(members, columns)

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
+from medharness import stats
 from medharness.judges.specs import get_spec
 from medharness.records import JudgeColumn, Judgement, TaskJudges
 
@@ -42,12 +43,21 @@ def verdict_frame(judgements: Iterable[Judgement], field: str | None = None) -> 
     return {spec: pd.DataFrame(cols).sort_index().sort_index(axis=1) for spec, cols in sorted(cells.items())}
 
 
-def _column(values: pd.Series, percent: bool, primary: bool, n_failed: int = 0) -> JudgeColumn:
+def _column(values: pd.Series, percent: bool, primary: bool, n_failed: int = 0,
+            clusters: Mapping[str, str] | None = None) -> JudgeColumn:
+    """Mean of the scored verdicts (index: sample id) with its interval (medharness.stats.metric_interval,
+    clustered like the task's metrics when `clusters` maps sample ids to clusters)."""
     scored = values.dropna()
     n = int(scored.size)
     stderr = float(scored.std(ddof=1) / math.sqrt(n)) if n > 1 else None
+    ci = {}
+    if n:
+        units = [clusters.get(str(i), f"id:{i}") for i in scored.index] if clusters is not None else None
+        interval = stats.metric_interval(scored.to_numpy(dtype=float), units)
+        ci = {"ci_low": interval.low, "ci_high": interval.high, "n_clusters": interval.n_clusters,
+              "ci_method": interval.method}
     return JudgeColumn(value=float(scored.mean()) if n else None, stderr=stderr, n=n,
-                       n_unscored=int(values.size - n), n_failed=n_failed, percent=percent, primary=primary)
+                       n_unscored=int(values.size - n), n_failed=n_failed, percent=percent, primary=primary, **ci)
 
 
 def majority(row: pd.Series) -> float:
@@ -58,8 +68,9 @@ def majority(row: pd.Series) -> float:
     return float(value) if count * 2 > sum(votes.values()) else math.nan
 
 
-def summarise_judgements(judgements: list[Judgement]) -> TaskJudges:
-    """A task's judge columns (value, stderr, n, n_unscored, n_failed, percent, primary) and its judges."""
+def summarise_judgements(judgements: list[Judgement], clusters: Mapping[str, str] | None = None) -> TaskJudges:
+    """A task's judge columns (value, stderr, interval, n, n_unscored, n_failed, percent, primary) and its
+    judges. `clusters`: sample id -> the unit its interval resamples (scoring.cluster_of); None: items."""
     final = latest(judgements)
     columns: dict[str, JudgeColumn] = {}
     by_judge: dict[str, list[Judgement]] = {}
@@ -70,14 +81,16 @@ def summarise_judgements(judgements: list[Judgement]) -> TaskJudges:
         failed = sum(j.failed for j in items)
         for field in spec.fields:
             values = pd.Series([math.nan if j.failed or field not in j.values else j.values[field] for j in items],
-                               dtype=float)
+                               index=[j.sample_id for j in items], dtype=float)
             columns[f"judge:{judge}:{field}"] = _column(values, spec.scale == "binary", field == spec.primary,
-                                                        failed)
+                                                        failed, clusters)
     for spec_name, frame in verdict_frame(judgements).items():
         if frame.shape[1] < 2:
             continue
         spec = get_spec(spec_name)
         binary = spec.scale == "binary"
-        columns[f"panel:{spec_name}:{spec.primary}:majority"] = _column(frame.apply(majority, axis=1), binary, True)
-        columns[f"panel:{spec_name}:{spec.primary}:mean"] = _column(frame.mean(axis=1, skipna=True), binary, True)
+        columns[f"panel:{spec_name}:{spec.primary}:majority"] = _column(frame.apply(majority, axis=1), binary, True,
+                                                                         clusters=clusters)
+        columns[f"panel:{spec_name}:{spec.primary}:mean"] = _column(frame.mean(axis=1, skipna=True), binary, True,
+                                                                     clusters=clusters)
     return TaskJudges(columns=columns, judges=sorted(by_judge))

@@ -12,7 +12,9 @@ import pytest
 from medharness.answers import format_answer, parser_steps
 from medharness.backends.base import Request
 from medharness.backends.baseline import BaselineBackend
-from medharness.leaderboards.render import collect, render_markdown
+from medharness.leaderboards.board import build
+from medharness.leaderboards.render import render_markdown
+from medharness.leaderboards.spec import DEFAULT
 from medharness.pipeline import RunConfig, Runner
 from medharness.records import Generation, Prompt, Sample
 from medharness.runlog import RunDir
@@ -100,8 +102,9 @@ def test_oracle_floor_is_named_in_the_run_log_and_on_the_board(tmp_path: Path) -
     entry = RunDir.open(out).log.tasks["toy"]
     assert entry.baseline is not None and entry.baseline.kind == "oracle"
     assert entry.summary is not None and entry.summary.metrics["vqa_accuracy"].value == pytest.approx(4 / 5)
-    board = render_markdown(collect([out]))
-    assert "baseline:majority (oracle floor)" in board and "oracle floor" in board.split("\n\n")[-1]
+    board = render_markdown(build(DEFAULT, [out]))
+    label = RunDir.open(out).log.display_name
+    assert f"| {label} (oracle floor) " in board and "oracle floor" in board.split("\n\n")[-1]
     # a resumed run with nothing left to do keeps the label
     Runner(RunConfig(model="baseline:majority", tasks=str(tmp_path / "toy.yaml"), data_dir=str(data)), out,
            resume=True).run()
@@ -113,7 +116,7 @@ def test_a_train_split_baseline_is_not_labelled_oracle(tmp_path: Path) -> None:
     Runner(RunConfig(model="baseline:majority", tasks="phantom_presence", limit=10), out).run()
     entry = RunDir.open(out).log.tasks["phantom_presence"]
     assert entry.baseline is not None and entry.baseline.kind == "train"
-    assert "oracle" not in render_markdown(collect([out]))
+    assert "oracle" not in render_markdown(build(DEFAULT, [out]))
 
 
 @pytest.mark.parametrize("task", ["phantom_presence", "phantom_box", "phantom_side", "phantom_size", "phantom_count"])
@@ -150,7 +153,7 @@ def test_baselines_run_on_the_test_only_copies_as_labelled_oracle_floors(
     assert entry.baseline is not None and entry.baseline.kind == "oracle"
     summary = entry.summary
     assert summary is not None and summary.n_unparsed == 0 and summary.n == {"vqa_rad": 451, "slake": 1061}[task]
-    assert f"baseline:{mode} (oracle floor)" in render_markdown(collect([out]))
+    assert f"| {RunDir.open(out).log.display_name} (oracle floor) " in render_markdown(build(DEFAULT, [out]))
 
 
 def test_the_sweep_board_names_an_oracle_floor(tmp_path: Path) -> None:

@@ -51,8 +51,9 @@ def test_yesno_strict_loses_exactly_the_non_yes_no_closed_golds(
     out = score_json(capsys, "--task", "vqa_rad", "--data-dir", str(vqa_rad_dir), "--predictions", str(preds),
                      "--convention", "yesno_strict")
     closed = out["groups"]["answer_type"]["CLOSED"]
-    value = next(v for k, v in closed.items() if k != "n")
-    assert value == pytest.approx(251 / 272)
+    value = next(iter(closed["metrics"].values()))
+    assert value["value"] == pytest.approx(251 / 272) and value["n"] == 272 and isinstance(closed["n"], int)
+    assert value["ci_low"] < value["value"] < value["ci_high"] and value["ci_method"] == "bootstrap-percentile"
 
 
 def test_csv_and_json_list_predictions_with_named_fields(
@@ -89,7 +90,9 @@ def test_partial_match_reported_and_odd_outputs_counted(
     captured = capsys.readouterr()
     assert "matched 2 of 451 task samples; 1 predictions match no sample" in captured.err
     out = json.loads(captured.out)
-    assert out["metrics"]["vqa_accuracy"] == {"value": 0.0, "n": 2, "n_unparsed": 1}
+    acc = out["metrics"]["vqa_accuracy"]
+    assert (acc["value"], acc["n"], acc["n_unparsed"], acc["ci_method"]) == (0.0, 2, 1, "wilson")
+    assert acc["ci_low"] == 0.0 < acc["ci_high"]
 
 
 def test_rescore_run_dir_under_conventions(tmp_path: Path, vqa_rad_dir: Path, vqa_gold: list[dict],

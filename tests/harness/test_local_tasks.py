@@ -324,7 +324,8 @@ def test_covid_severity_grades(tmp_path: Path) -> None:
             answer, scores = recipe.score(sample, gen)
             assert scores["grade_accuracy"] == 1.0 and scores["mfrs"] == 1.0 and scores["grade_mae"] == 0.0
             rows.append(ResultRow.model_construct(sample=sample, generation=gen, answer=answer, scores=scores))
-        summary = summarise(rows, recipe, task.config.group_by, task.name, task.version)
+        summary = summarise(rows, recipe, task.config.group_by, task.name, task.version,
+                            task.config.cluster_by)
         assert summary.metrics["qwk"].value == pytest.approx(1.0)
     off = score(task, samples[0], R1 + "\\boxed{2}", "r1")
     assert off["mfrs"] == 0.0625 and off["grade_mae"] == 2.0

@@ -108,8 +108,14 @@ def test_constant_baseline_on_real_vqa_rad(tmp_path: Path, vqa_rad_dir: Path) ->
     # "no" is right exactly for the 133 "no" golds (all CLOSED)
     assert summary["metrics"]["vqa_accuracy"]["value"] == pytest.approx(133 / 451)
     assert summary["groups"]["answer_type"]["CLOSED"]["n"] == 272
-    assert summary["groups"]["answer_type"]["CLOSED"]["vqa_accuracy"] == pytest.approx(133 / 272)
-    assert summary["groups"]["answer_type"]["OPEN"]["vqa_accuracy"] == 0.0
+    closed, open_ = (summary["groups"]["answer_type"][k]["metrics"]["vqa_accuracy"] for k in ("CLOSED", "OPEN"))
+    assert closed["value"] == pytest.approx(133 / 272) and open_["value"] == 0.0
+    # intervals clustered by image: 451 questions on fewer images; never 0 +- 0 at 0%
+    head = summary["metrics"]["vqa_accuracy"]
+    rows = result.rows("vqa_rad")
+    assert head["n_clusters"] == len({r.sample.images[0] for r in rows}) < 451
+    assert head["ci_method"] == "bootstrap-percentile" and head["ci_low"] < 133 / 451 < head["ci_high"]
+    assert open_["ci_method"] == "wilson-clusters" and open_["ci_low"] == 0.0 < open_["ci_high"]
 
 
 def test_replay_backend_and_missing_predictions(tmp_path: Path) -> None:

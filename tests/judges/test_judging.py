@@ -104,6 +104,9 @@ def test_panel_judges_a_finished_run(tmp_path: Path, server: FakeAPIServer, fini
     columns = info["tasks"]["phantom_presence"]["judges"]["columns"]
     assert columns["judge:strict:prediction_score"]["value"] == pytest.approx(sum(rule.values()) / N)
     assert columns["judge:lenient:prediction_score"]["value"] == 1.0
+    lenient = columns["judge:lenient:prediction_score"]  # 100%: a Wilson interval, never 1.0 +- 0.0
+    assert (lenient["ci_method"], lenient["n_clusters"], lenient["ci_high"]) == ("wilson", N, 1.0)
+    assert 0.5 < lenient["ci_low"] < 1.0
     flaky = columns["judge:flaky:prediction_score"]
     assert (flaky["value"], flaky["n"], flaky["n_failed"]) == (1.0, N - n_flaky_failed, n_flaky_failed)
     # majority of strict/lenient/flaky: 1 unless strict says 0 and flaky failed (a 1-1 tie: unscored)

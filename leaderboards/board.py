@@ -1,0 +1,150 @@
+"""A board spec + run directories -> a `Board`: rows x columns of `Value`s with intervals, the Average column,
+delta rows and significance marks against the reference row (`compare.py`). Rendering: `render.py`; plots:
+`plots.py`.
+
+A row of one run shows the run log's value and interval. A row of several runs (seeds of one configuration)
+shows their mean with the sample standard deviation and the pooled interval of `medharness.stats.seed_summary`.
+A group cell (e.g. answer_type = CLOSED) is computed from the run's rows, with the interval a summary gets
+(Wilson, or a bootstrap clustered by image). Significance: a paired test on the samples both runs scored
+(`medharness.stats.paired_compare`: exact or clustered McNemar for 0/1 metrics, else a paired t-test on cluster
+totals), Holm-corrected over the rows of each column.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from medharness.errors import ConfigError, DataError
+from medharness.leaderboards.columns import Column, resolve_columns
+from medharness.leaderboards.compare import add_deltas, add_marks
+from medharness.leaderboards.runs import MISSING, Opened, Value, lineage_text, open_runs, unique_labels
+from medharness.leaderboards.samples import RowCache
+from medharness.leaderboards.spec import BoardSpec, RowSpec
+from medharness.leaderboards.table import Board, Row
+from medharness.runlog import RUN_FILE
+
+N_BOOT = 2000
+SEED = 0
+
+
+def _expand(pattern: str) -> list[Path]:
+    """A path or glob -> paths; of a glob's matches, the run directories (a glob may catch a `logs/` folder)."""
+    found = [Path(p) for p in sorted(glob.glob(pattern))]
+    runs = [p for p in found if (p / RUN_FILE).is_file()]
+    return runs or found or [Path(pattern)]
+
+
+def _row_paths(spec: RowSpec) -> list[Path]:
+    if spec.run:
+        return [Path(spec.run)]
+    if spec.runs:
+        return [p for pattern in spec.runs for p in _expand(pattern)]
+    if spec.sweep and spec.cell:
+        root = Path(spec.sweep)
+        if spec.cell.startswith("reference/"):
+            return _expand(str(root / spec.cell / "*"))
+        return _expand(str(root / "cells" / spec.cell / "eval" / "*"))
+    if spec.checkpoint is not None:
+        return [Path(spec.checkpoint) / "evals" / f"step-{spec.step}"]
+    return []
+
+
+def build_rows(spec: BoardSpec, run_dirs: Sequence[Path]) -> tuple[list[Row], Opened]:
+    """The spec's rows, then one row per RUNS path; every run folder is opened with `open_runs` (non-run folders
+    skipped with a note, failed runs left out and listed)."""
+    everything = Opened()
+    rows: list[Row] = []
+    for row_spec in spec.rows:
+        if row_spec.published is not None:
+            rows.append(Row(str(row_spec.label), [], row_spec.lineage or "published",
+                            "published", dict(row_spec.published), row_spec.source, row_spec.method, row_spec.shots))
+            continue
+        opened = open_runs(_row_paths(row_spec), missing_ok=True)
+        _merge(everything, opened)
+        if not opened.runs:
+            everything.notes.append(f"row {row_spec.label or _row_paths(row_spec)[0]}: no finished run yet")
+            continue
+        first = unique_labels(opened.runs)[0]
+        label = row_spec.label or (first if len(opened.runs) == 1 else f"{first} (+{len(opened.runs) - 1} runs)")
+        lineage = row_spec.lineage or " | ".join(dict.fromkeys(lineage_text(r.log) for r in opened.runs))
+        rows.append(Row(label, opened.runs, lineage, method=row_spec.method, shots=row_spec.shots))
+    opened = open_runs(run_dirs)
+    _merge(everything, opened)
+    for run, label in zip(opened.runs, unique_labels(opened.runs), strict=True):
+        rows.append(Row(label, [run], lineage_text(run.log)))
+    seen: set[str] = set()
+    for row in rows:
+        if row.label in seen:
+            raise ConfigError(f"two rows of board {spec.name!r} are labelled {row.label!r}: give them labels")
+        seen.add(row.label)
+    return rows, everything
+
+
+def _merge(into: Opened, more: Opened) -> None:
+    into.skipped += more.skipped
+    into.failed += more.failed
+    into.notes += more.notes
+
+
+def build(spec: BoardSpec, run_dirs: Sequence[Path] = ()) -> Board:
+    rows, opened = build_rows(spec, run_dirs)
+    if not any(r.runs or r.published for r in rows):
+        raise DataError("no run to show" + (": " + "; ".join(opened.messages()) if opened.messages() else ""))
+    runs = [run for row in rows for run in row.runs]
+    board = Board(spec, resolve_columns(spec, runs), rows, notes=opened.messages())
+    if not board.columns:
+        raise DataError("no finished task summaries in the given run directories")
+    labels = {c.label for c in board.columns} | ({"Average"} if spec.average else set())
+    for row in rows:
+        unknown = sorted(set(row.published or {}) - labels)
+        if unknown:
+            raise ConfigError(f"board {spec.name!r}: published row {row.label!r} names no column {unknown} "
+                              f"(columns: {', '.join(sorted(labels))})")
+    cache = RowCache()
+    for row in rows:
+        for col in board.columns:
+            board.cells[(row.label, col.label)] = _value(row, col, cache)
+    for run in runs:
+        for task, entry in run.log.tasks.items():
+            if entry.summary is not None:
+                conventions = set(board.conventions.get(task, "").split(", ")) - {""}
+                board.conventions[task] = ", ".join(sorted(conventions | {entry.summary.convention}))
+    if spec.average:
+        _add_average(board)
+    if spec.reference is not None:
+        add_marks(board, cache)
+    if spec.deltas:
+        add_deltas(board, cache)
+    return board
+
+
+def _value(row: Row, col: Column, cache: RowCache) -> Value:
+    if row.published is not None:
+        got = row.published.get(col.label)
+        return MISSING if got is None else Value(got, method=None)
+    values = [v for v in (col.value(run, cache) for run in row.runs) if not v.missing]
+    if len(values) <= 1:
+        return values[0] if values else MISSING
+    from medharness.stats import seed_summary
+
+    mean, std, interval = seed_summary([v.value for v in values if v.value is not None])
+    return Value(mean, interval.low, interval.high, n=sum(v.n for v in values), method=interval.method,
+                 std=std, n_runs=len(values))
+
+
+def _add_average(board: Board) -> None:
+    """The mean of a row's columns (each task weighted equally), shown only when every column has a value.
+    It carries no interval: its columns' intervals are not independent of each other."""
+    columns = list(board.columns)
+    avg = Column(label="Average", task="", metric="average", higher_is_better=True)
+    board.columns.append(avg)
+    for row in board.rows:
+        if row.published is not None and "Average" in row.published:
+            board.cells[(row.label, "Average")] = Value(row.published["Average"])
+            continue
+        values = [board.cell(row.label, c.label).value for c in columns]
+        if values and all(v is not None and not math.isnan(v) for v in values):
+            board.cells[(row.label, "Average")] = Value(sum(v for v in values if v is not None) / len(values))

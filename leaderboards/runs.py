@@ -1,0 +1,205 @@
+"""Run directories as a board reads them: which paths are runs (the others are skipped with a note), which runs
+failed (left out and listed), a unique label per run, and each task's values with their intervals.
+
+Intervals come from the run log's summary (`ci_low`, `ci_high`, `ci_method`, `n_clusters`, written by
+`medharness.stats`); a run log written before those fields existed falls back to 1.96 x the standard error,
+and the cell says which method it carries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medharness.errors import DataError
+from medharness.records import MetricSummary, RunLog, TaskEntry
+from medharness.runlog import RUN_FILE, RunDir
+
+NORMAL = "normal (1.96 x standard error)"
+
+
+@dataclass(frozen=True)
+class Value:
+    """One number of a board, on its display scale (x100 for percent metrics), with its interval."""
+
+    value: float | None
+    low: float | None = None
+    high: float | None = None
+    n: int = 0
+    method: str | None = None  # how the interval was made; None = no interval
+    n_clusters: int | None = None
+    std: float | None = None  # across runs (seeds) of one row
+    n_runs: int = 1
+
+    @property
+    def missing(self) -> bool:
+        return self.value is None
+
+
+MISSING = Value(None)
+
+
+@dataclass
+class Opened:
+    """What a list of paths holds: the runs to show, and what was left out (with the reason)."""
+
+    runs: list[RunDir] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # paths that are no run directory
+    failed: list[str] = field(default_factory=list)  # runs whose status is "failed"
+    notes: list[str] = field(default_factory=list)  # runs shown with a caveat (still running, interrupted)
+
+    def messages(self) -> list[str]:
+        return ([f"skipped {s}" for s in self.skipped] + [f"left out failed run {f}" for f in self.failed]
+                + self.notes)
+
+
+# Folders that hold run directories in a known layout: a train-then-eval sweep and a `train --eval-every` output.
+HOLDERS = {"sweep.json": ("reference/*/*", "cells/*/eval/*", "cells/*/eval/checkpoint-*/*"),
+           "train.json": ("evals/step-*",)}
+
+
+def runs_inside(path: Path) -> list[Path]:
+    """The run directories a sweep or training folder holds, in its layout's order; [] for any other path."""
+    for marker, patterns in HOLDERS.items():
+        if (path / marker).is_file():
+            return [p for pattern in patterns for p in sorted(path.glob(pattern)) if (p / RUN_FILE).is_file()]
+    return []
+
+
+def _not_a_run(path: Path) -> str:
+    if not path.exists():
+        return f"{path}: no such file or folder"
+    if not path.is_dir():
+        return f"{path}: a file, not a run directory"
+    return f"{path}: not a run directory (no {RUN_FILE})"
+
+
+def open_runs(paths: Iterable[Path], strict: bool = False, missing_ok: bool = False) -> Opened:
+    """Open each path as a run directory. A sweep or training folder stands for the run directories it holds
+    (said in a note); any other path that is no run directory is skipped with a note (an error when `strict`);
+    a failed run is left out and listed; a run log that cannot be read is an error. A path that does not exist is
+    an error unless `missing_ok` (a board spec's row whose run is not made yet)."""
+    out = Opened()
+    seen: set[Path] = set()
+    queue = [Path(p) for p in paths]
+    while queue:
+        path = queue.pop(0)
+        inside = [] if (path / RUN_FILE).is_file() else runs_inside(path)
+        if inside:
+            kind = "train-then-eval" if (path / "sweep.json").is_file() else "training"
+            out.notes.append(f"{path}: a {kind} folder; its {len(inside)} run directories are shown")
+            queue[:0] = inside
+            continue
+        if not (path / RUN_FILE).is_file():
+            if strict or not (path.exists() or missing_ok):
+                raise DataError(_not_a_run(path))
+            out.skipped.append(_not_a_run(path))
+            continue
+        if path.resolve() in seen:
+            out.notes.append(f"{path}: given twice; shown once")
+            continue
+        seen.add(path.resolve())
+        run = RunDir.open(path)
+        log = run.log
+        if log.status == "failed":
+            out.failed.append(f"{path} ({log.error or 'no reason recorded'})")
+            continue
+        if log.status != "finished":
+            out.notes.append(f"{path}: status {log.status!r}; only its finished tasks are shown")
+        out.runs.append(run)
+    return out
+
+
+def unique_labels(runs: Sequence[RunDir]) -> list[str]:
+    """Each run's label (else its run id). Where runs would share one (a sweep's evaluations are all named after
+    their task), each gets the nearest folder of its path that no other of them has: `base/phantom_presence`,
+    `sft-phantom_presence-kall-s0/phantom_presence` (a run given a --label: `LABEL (folder)`); so no row ever
+    stands for two runs."""
+    labels = [r.log.display_name for r in runs]
+    for name in set(labels):
+        clash = [i for i, label in enumerate(labels) if label == name]
+        if len(clash) < 2:
+            continue
+        parts = [runs[i].path.resolve().parts for i in clash]
+        counts: dict[str, int] = {}
+        for p in parts:
+            for part in set(p):
+                counts[part] = counts.get(part, 0) + 1
+        for i, p in zip(clash, parts, strict=True):
+            distinct = next((part for part in reversed(p) if counts[part] == 1), "/".join(p))
+            labels[i] = f"{name} ({distinct})" if runs[i].log.label else f"{distinct}/{name}"
+    return [label + ORACLE if is_oracle(run) else label for label, run in zip(labels, runs, strict=True)]
+
+
+ORACLE = " (oracle floor)"
+
+
+def is_oracle(run: RunDir) -> bool:
+    """A baseline without a train split or card prior: its answers come from the golds of the split it is
+    scored on (run.json: tasks.TASK.baseline), so its row is labelled as such on every board."""
+    return any(e.baseline is not None and e.baseline.kind == "oracle" for e in run.log.tasks.values())
+
+
+def _short_model(path: str) -> str:
+    """A model folder's name; for a training output's `final`, `checkpoint-N` or `merged` folder, the name of
+    the training run's folder with it (`sft-s0/final`)."""
+    parts = Path(path).parts
+    if not parts:
+        return path
+    keep = [parts[-1]]
+    for part in reversed(parts[:-1]):
+        if part not in ("train", "final", "merged") and not part.startswith("checkpoint-"):
+            keep.insert(0, part)
+            break
+    return "/".join(keep) if keep[-1] in ("final", "merged") or keep[-1].startswith("checkpoint-") else parts[-1]
+
+
+def model_name(log: RunLog) -> str:
+    model = str(log.config.get("model", log.model or "?"))
+    return model if model.startswith("baseline:") else (_short_model(model) or model)
+
+
+def lineage_text(log: RunLog) -> str:
+    """`base → recipe[preset] · step N · seed S` from the run's lineage, else the model."""
+    t = log.trained_from
+    if t is None or not t.known:
+        return model_name(log)
+    parts = [_short_model(t.base_model) if t.base_model else "?",
+             (t.recipe or "?") + (f"[{t.preset}]" if t.preset else "")]
+    if t.step is not None:
+        parts.append(f"step {t.step}")
+    if t.seed is not None:
+        parts.append(f"seed {t.seed}")
+    return " → ".join(parts[:2]) + "".join(f" · {p}" for p in parts[2:])
+
+
+def scale_of(entry: TaskEntry, metric: str) -> float:
+    return 100.0 if entry.percent.get(metric, True) else 1.0
+
+
+def metric_value(entry: TaskEntry, metric: str) -> Value:
+    """A task's metric from the run log's summary, on the display scale, with its interval."""
+    summary = entry.summary
+    m = summary.metrics.get(metric) if summary else None
+    if m is None:
+        return MISSING
+    return summary_value(m, scale_of(entry, metric))
+
+
+def summary_value(m: MetricSummary, scale: float) -> Value:
+    if math.isnan(m.value):
+        return Value(None, n=m.n)
+    low, high, method, n_clusters = m.ci_low, m.ci_high, m.ci_method, m.n_clusters
+    if low is None or high is None:
+        if m.stderr is None or math.isnan(m.stderr):
+            low = high = method = None
+        else:
+            low, high, method = m.value - 1.96 * m.stderr, m.value + 1.96 * m.stderr, NORMAL
+    return Value(m.value * scale, None if low is None else low * scale, None if high is None else high * scale,
+                 n=m.n, method=method, n_clusters=n_clusters)
+
+
+def primary_metric(entry: TaskEntry) -> str | None:
+    return next(iter(entry.summary.metrics), None) if entry.summary else None

@@ -1,0 +1,127 @@
+"""Board specs (`leaderboards/boards/*.yaml`): which rows (runs, seeds, sweep cells, checkpoints, published
+numbers), which columns (task x metric, or task x group such as CLOSED / OPEN), averages, a reference row,
+delta rows, intervals and significance marks. Strict like task files: an unknown key or a bad value is an error
+naming the file and the line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from medharness.errors import ConfigError
+from medharness.records import SafeName, Strict
+from medharness.yamlio import line_of, load_yaml_with_lines
+
+BOARDS = Path(__file__).resolve().parent / "boards"
+
+
+class ColumnSpec(Strict):
+    """One column, or one per group value: `{task: vqa_rad}` (its primary metric), `{task: vqa_rad, metric:
+    vqa_accuracy, group: answer_type}` (one column per answer type), `group: answer_type=CLOSED` (one)."""
+
+    task: str
+    metric: str | None = None  # default: the task's primary metric (its first)
+    group: str | None = None  # FIELD (every value) or FIELD=VALUE
+    label: str | None = None  # default: "task · metric", "task · VALUE" for groups
+
+
+class RowSpec(Strict):
+    """One row. Exactly one source: `run`, `runs` (several runs of one configuration, e.g. seeds: mean ± std),
+    `sweep` + `cell` (a train-then-eval folder's cells, a glob over seeds; `reference/NAME` for its reference
+    rows), `checkpoint` + `step` (a `train --eval-every` point), or `published` (numbers from a paper)."""
+
+    label: str | None = None  # default: the run's label, else its run id
+    run: str | None = None
+    runs: list[str] = Field(default_factory=list)  # paths or globs
+    sweep: str | None = None
+    cell: str | None = None
+    checkpoint: str | None = None
+    step: int | None = Field(None, ge=0)
+    published: dict[str, float] | None = None  # column label -> value as published
+    source: str | None = None  # where published numbers come from (cited under the board)
+    lineage: str | None = None  # default: from the run log (base model → recipe · step · seed)
+    method: str | None = None  # for plots: the series this row belongs to (accuracy against shots)
+    shots: int | None = Field(None, ge=0)  # for plots: the x position
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RowSpec:
+        given = [k for k in ("run", "runs", "sweep", "checkpoint", "published") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("a row has exactly one of run, runs, sweep (+ cell), checkpoint (+ step), published; "
+                             f"got {', '.join(given) or 'none'}")
+        if self.sweep and not self.cell:
+            raise ValueError("a sweep row names its cell (a glob over seeds, or reference/NAME)")
+        if self.checkpoint and self.step is None:
+            raise ValueError("a checkpoint row names its step (OUTPUT/evals/step-N)")
+        if (self.cell and not self.sweep) or (self.step is not None and not self.checkpoint):
+            raise ValueError("`cell` goes with `sweep`, `step` with `checkpoint`")
+        if self.published is not None and not self.label:
+            raise ValueError("a published row needs a label")
+        return self
+
+
+class DeltaSpec(Strict):
+    """A row of differences `row - minus` (paired intervals where both rows are single runs)."""
+
+    row: str
+    minus: str
+    label: str | None = None  # default: "Δ row − minus"
+
+
+class SignificanceSpec(Strict):
+    alpha: float = Field(0.05, gt=0, lt=1)
+    correction: Literal["holm", "none"] = "holm"
+
+
+class BoardSpec(Strict):
+    name: SafeName
+    title: str | None = None
+    caption: str | None = None  # printed under the table (cite the paper of published rows here)
+    columns: list[ColumnSpec] = Field(default_factory=list)  # empty: every task's primary metric in the runs
+    by: str | None = None  # a group field: each column split by its values (e.g. answer_type)
+    all_metrics: bool = False  # with empty columns: every metric, not only the primary one
+    judges: bool = True  # with empty columns: the judge and panel columns too
+    rows: list[RowSpec] = Field(default_factory=list)  # more rows come from the command line's RUNS
+    average: bool = False  # an Average column (mean of the row's columns, when all are present)
+    reference: str | None = None  # the label of the row others are compared with
+    deltas: list[DeltaSpec] = Field(default_factory=list)
+    intervals: bool = True
+    significance: SignificanceSpec | None = None  # marks against the reference (paired test)
+    decimals: int = Field(1, ge=0, le=4)
+
+    @field_validator("significance")
+    @classmethod
+    def _against_reference(cls, value: SignificanceSpec | None, info: ValidationInfo) -> SignificanceSpec | None:
+        if value is not None and info.data.get("reference") is None:
+            raise ValueError("significance marks are against a reference row: set `reference`")
+        return value
+
+
+DEFAULT = BoardSpec(name="default")
+
+
+def load_board(path: Path | str) -> BoardSpec:
+    """A board spec from a file, or by name from the shipped boards; errors name the file and the line."""
+    path = Path(path)
+    if not path.exists() and not path.suffix and (BOARDS / f"{path}.yaml").is_file():
+        path = BOARDS / f"{path}.yaml"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in BOARDS.glob("*.yaml")))
+        raise ConfigError(f"board spec {path} does not exist (shipped boards: {shipped})")
+    data, lines = load_yaml_with_lines(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a board spec is a mapping of keys, got {type(data).__name__}")
+    try:
+        return BoardSpec.model_validate(data)
+    except ValidationError as exc:
+        msgs = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            where = ".".join(str(p) for p in loc) or "(top level)"
+            at = line_of(lines, loc) or "?"
+            msgs.append(f"{path}:{at}: unknown key '{where}'" if err["type"] == "extra_forbidden"
+                        else f"{path}:{at}: {where}: {err['msg']}")
+        raise ConfigError("invalid board spec\n  " + "\n  ".join(msgs)) from None

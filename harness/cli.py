@@ -389,12 +389,20 @@ def build_parser() -> argparse.ArgumentParser:
                 _add_judge, _add_agreement):
         add(sub)
     _add_training(sub)
+    _add_bridges(sub)
     return parser
 
 
 def _add_training(sub: argparse._SubParsersAction) -> None:
     """`train` and `reward` live in trainers/ (which imports trl/torch only inside the commands)."""
     from medharness.trainers.cli import add_parsers
+
+    COMMANDS.update(add_parsers(sub))
+
+
+def _add_bridges(sub: argparse._SubParsersAction) -> None:
+    """`import` and `export` live in bridges/ (peers' files in and out; docs/ecosystem.md)."""
+    from medharness.bridges.cli import add_parsers
 
     COMMANDS.update(add_parsers(sub))
 

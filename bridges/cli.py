@@ -1,17 +1,15 @@
-"""`medharness import` and `medharness export` (docs/ecosystem.md). Heavy imports happen inside the commands."""
+"""The options of `medharness import` and `medharness export` (docs/ecosystem.md); the commands themselves are in
+the CLI (`cli.cmd_import`, `cli.cmd_export`), which may print run summaries."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 TOOLS = ("lm-eval", "lmms-eval", "vlmevalkit")
-LM_EVAL_PREFIX = "lm_eval:"  # `run --tasks lm_eval:NAME`: an lm-eval task, run by lm-eval (bridges/lmeval_run.py)
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import", help="a peer tool's per-sample outputs (lm-eval, lmms-eval, VLMEvalKit) -> a run "
                                       "directory, scored by medharness",
                        description="Import another tool's predictions into a run directory: the raw text of each "
@@ -45,44 +43,3 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse
     e.add_argument("-T", dest="overrides", action="append", default=[], metavar="TASK.KEY=VALUE",
                    help="task setting, e.g. -T vqa_rad.prompt=r1")
     e.add_argument("--limit", type=int, help="only the first N samples")
-    return {"import": cmd_import, "export": cmd_export}
-
-
-def _task_overrides(task: str, items: list[str]) -> dict[str, object]:
-    from medharness.cli import parse_overrides
-
-    name = Path(task).stem if task.endswith((".yaml", ".yml")) else task
-    given = parse_overrides(items)
-    unknown = set(given) - {name}
-    if unknown:
-        from medharness.errors import ConfigError
-
-        raise ConfigError(f"-T names task(s) {sorted(unknown)}, not --task {name}")
-    return dict(given.get(name, {}))
-
-
-def cmd_import(args: argparse.Namespace) -> int:
-    from medharness.bridges.importer import ImportRequest, import_predictions
-    from medharness.cli_output import print_run_summary
-
-    run = import_predictions(ImportRequest(
-        tool=args.tool, file=args.file, task=args.task, output=args.output, data_dir=args.data_dir,
-        overrides=_task_overrides(args.task, args.overrides), model_name=args.model_name,
-        tool_version=args.peer_version, id_field=args.id_field, id_map=args.id_map,
-        allow_unmatched=args.allow_unmatched, label=args.label))
-    for name, entry in run.log.tasks.items():
-        o = entry.origin
-        if o is not None:
-            print(f"{args.file}: {o.n_matched} of {o.n_rows} rows matched task {name} ({o.n_task_samples} samples; "
-                  f"{o.n_unmatched} unmatched rows left out); model {run.log.model}", file=sys.stderr)
-    print_run_summary(run)
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from medharness.bridges.export import export_task
-
-    main = export_task(args.tool, args.task, args.output, data_dir=args.data_dir,
-                       overrides=_task_overrides(args.task, args.overrides), limit=args.limit)
-    print(f"wrote {args.output} ({main.name}; see README.md there)")
-    return 0

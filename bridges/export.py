@@ -19,6 +19,7 @@ import yaml
 
 from medharness.bridges import peer_task_utils
 from medharness.bridges.importer import load_for_import
+from medharness.bridges.readme import write_readme
 from medharness.errors import ConfigError, DataError
 from medharness.records import Sample
 from medharness.scoring import recipe_for
@@ -195,7 +196,5 @@ def export_task(target: str, task_ref: str, output: Path, data_dir: str | None =
             _lmms_eval_yaml(task, output, max_new_tokens)
         main = output / f"{name}.yaml"
         main.write_text(_yaml(data), encoding="utf-8")
-    from medharness.bridges.readme import write_readme
-
-    write_readme(target, task, items, output, max_new_tokens)
+    write_readme(target, task, name, items, output, max_new_tokens)
     return main

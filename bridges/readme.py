@@ -48,18 +48,16 @@ SCORING = {
 }
 
 
-def write_readme(target: str, task: Task, items: list[Exported], output: Path, max_new_tokens: int) -> None:
-    from medharness.bridges.export import peer_task_name
-
-    name = peer_task_name(task)
+def write_readme(target: str, task: Task, name: str, items: list[Exported], output: Path,
+                 max_new_tokens: int) -> None:
     recipe = recipe_for(task)
     systems = {i.system for i in items if i.system}
     lines = [
         f"# {name}: medharness task `{task.name}` (version {task.version}) for {target}",
         "",
-        f"{len(items)} samples, prompt variant `{task.prompt_name}` rendered by medharness (the text it sends to a "
-        f"model), greedy, at most {max_new_tokens} new tokens. Metrics: "
-        f"{', '.join(m.label for m in recipe.metrics)} (convention `{recipe.convention}`).",
+        (f"{len(items)} samples, prompt variant `{task.prompt_name}` rendered by medharness (the text it sends to a "
+         f"model), greedy, at most {max_new_tokens} new tokens. Metrics: "
+         f"{', '.join(m.label for m in recipe.metrics)} (convention `{recipe.convention}`)."),
         "",
         "## Run",
         "",
@@ -71,7 +69,7 @@ def write_readme(target: str, task: Task, items: list[Exported], output: Path, m
     ]
     if systems:
         lines += ["", "## System message", "",
-                  "The prompt variant has a system message, which a task file of this peer cannot carry: pass it "
-                  "to the peer (lm-eval `--system_instruction`, lmms-eval `system_prompt=` model argument):", ""]
+                  ("The prompt variant has a system message, which a task file of this peer cannot carry: pass it "
+                   "to the peer (lm-eval `--system_instruction`, lmms-eval `system_prompt=` model argument):"), ""]
         lines += [f"> {s}" for s in sorted(systems)]
     (output / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

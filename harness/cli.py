@@ -401,10 +401,47 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_bridges(sub: argparse._SubParsersAction) -> None:
-    """`import` and `export` live in bridges/ (peers' files in and out; docs/ecosystem.md)."""
+    """`import` and `export`: peers' files in and out (bridges/, docs/ecosystem.md)."""
     from medharness.bridges.cli import add_parsers
 
-    COMMANDS.update(add_parsers(sub))
+    add_parsers(sub)
+    COMMANDS.update({"import": cmd_import, "export": cmd_export})
+
+
+def _task_overrides(task: str, items: list[str]) -> dict[str, object]:
+    name = Path(task).stem if task.endswith((".yaml", ".yml")) else task
+    given = parse_overrides(items)
+    unknown = set(given) - {name}
+    if unknown:
+        raise ConfigError(f"-T names task(s) {sorted(unknown)}, not --task {name}")
+    return dict(given.get(name, {}))
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from medharness.bridges.importer import ImportRequest, import_predictions
+    from medharness.cli_output import print_run_summary
+
+    run = import_predictions(ImportRequest(
+        tool=args.tool, file=args.file, task=args.task, output=args.output, data_dir=args.data_dir,
+        overrides=_task_overrides(args.task, args.overrides), model_name=args.model_name,
+        tool_version=args.peer_version, id_field=args.id_field, id_map=args.id_map,
+        allow_unmatched=args.allow_unmatched, label=args.label))
+    for name, entry in run.log.tasks.items():
+        o = entry.origin
+        if o is not None:
+            print(f"{args.file}: {o.n_matched} of {o.n_rows} rows matched task {name} ({o.n_task_samples} samples; "
+                  f"{o.n_unmatched} unmatched rows left out); model {run.log.model}", file=sys.stderr)
+    print_run_summary(run)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from medharness.bridges.export import export_task
+
+    main = export_task(args.tool, args.task, args.output, data_dir=args.data_dir,
+                       overrides=_task_overrides(args.task, args.overrides), limit=args.limit)
+    print(f"wrote {args.output} ({main.name}; see README.md there)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,97 @@
+"""Round trips with the real peers (slow): export phantom_presence, run lm-eval (in this environment, as a library)
+and lmms-eval (its own environment, `.venv-lmms` from scripts/peer-envs.sh, as a subprocess) on it with the tiny
+model (greedy), import their logged samples, and compare with medharness's own run of the same model on the same
+samples: the same text for every sample, so the same score."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from medharness.bridges.export import export_task
+from medharness.bridges.importer import ImportRequest, import_predictions
+from medharness.runlog import RunDir
+
+pytestmark = pytest.mark.slow
+TASK = "phantom_presence"
+N = 8
+ROOT = Path(__file__).resolve().parents[2]
+LMMS_PYTHON = Path(os.environ.get("MEDHARNESS_LMMS_PYTHON", ROOT / ".venv-lmms" / "bin" / "python"))
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def medharness_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunDir]:
+    pytest.importorskip("transformers", reason="the hf extra runs the tiny model")
+    from medharness.pipeline import RunConfig, Runner
+    from medharness.tiny import build_tiny_vlm
+
+    tmp = tmp_path_factory.mktemp("round_trip")
+    model = build_tiny_vlm(tmp / "tiny")
+    run = Runner(RunConfig(model=str(model), backend="hf", tasks=TASK, limit=N, cache=False,
+                           backend_options={"device": "cpu", "dtype": "float32"}), output=tmp / "medharness").run()
+    return Path(model), run
+
+
+def _compare(imported: RunDir, own: RunDir) -> None:
+    ours = {r.sample.id: r for r in own.rows(TASK)}
+    theirs = {r.sample.id: r for r in imported.rows(TASK)}
+    assert set(theirs) == set(ours) and len(ours) == N
+    assert {k: r.generation.text for k, r in theirs.items()} == {k: r.generation.text for k, r in ours.items()}
+    a, b = imported.log.tasks[TASK].summary, own.log.tasks[TASK].summary
+    assert a is not None and b is not None
+    assert a.metrics == b.metrics and a.n_unparsed == b.n_unparsed
+
+
+def test_lm_eval_round_trip(tmp_path: Path, medharness_run: tuple[Path, RunDir],
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("lm_eval", reason="the peers extra installs lm-eval")
+    for key, value in {**OFFLINE, "HF_HOME": str(tmp_path / "hf")}.items():
+        monkeypatch.setenv(key, value)
+    import lm_eval
+    from lm_eval.loggers import EvaluationTracker
+    from lm_eval.tasks import TaskManager
+
+    model, own = medharness_run
+    export_task("lm-eval", TASK, tmp_path / "task", limit=N)
+    tracker = EvaluationTracker(output_path=str(tmp_path / "out"))
+    results = lm_eval.simple_evaluate(
+        model="hf-multimodal", model_args=f"pretrained={model},device=cpu,dtype=float32,max_images=1",
+        tasks=[f"medharness_{TASK}"], task_manager=TaskManager(include_path=str(tmp_path / "task"),
+                                                               include_defaults=False),
+        apply_chat_template=True, log_samples=True, evaluation_tracker=tracker, batch_size=8)
+    assert results is not None
+    tracker.save_results_aggregated(results=results, samples=results["samples"])
+    tracker.save_results_samples(task_name=f"medharness_{TASK}", samples=results["samples"][f"medharness_{TASK}"])
+    (file,) = (tmp_path / "out").glob(f"*/samples_medharness_{TASK}_*.jsonl")
+    imported = import_predictions(ImportRequest(tool="lm-eval", file=file, task=TASK, output=tmp_path / "run"))
+    assert imported.log.model is not None and imported.log.model.startswith("lm-eval==")
+    _compare(imported, own)
+    # lm-eval's own number (medharness's scorer inside the exported task) is the same
+    value = results["results"][f"medharness_{TASK}"]["yes_no_accuracy,none"]
+    assert value == pytest.approx(own.log.tasks[TASK].summary.metrics["yes_no_accuracy"].value)  # type: ignore[union-attr]
+
+
+def test_lmms_eval_round_trip(tmp_path: Path, medharness_run: tuple[Path, RunDir]) -> None:
+    if not LMMS_PYTHON.is_file():
+        pytest.skip(f"lmms-eval's environment {LMMS_PYTHON} is absent (scripts/peer-envs.sh builds it)")
+    model, own = medharness_run
+    export_task("lmms-eval", TASK, tmp_path / "task", limit=N)
+    # lmms-eval's qwen2_vl model resizes images with its own pixel limits: the tiny processor's 112x112 here
+    launch = ("import runpy, sys; from medharness.torchvision_shim import ensure_torchvision_importable as f; f(); "
+              "sys.argv[0] = 'lmms_eval'; runpy.run_module('lmms_eval', run_name='__main__')")
+    cmd = [str(LMMS_PYTHON), "-c", launch, "--model", "qwen2_vl", "--model_args",
+           f"pretrained={model},device=cpu,device_map=cpu,max_pixels=12544,min_pixels=3136",
+           "--include_path", str(tmp_path / "task"), "--tasks", f"medharness_{TASK}", "--batch_size", "1",
+           "--log_samples", "--output_path", str(tmp_path / "out")]
+    env = {**os.environ, **OFFLINE, "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run(cmd, check=False, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = list((tmp_path / "out").glob(f"*/*_samples_medharness_{TASK}.jsonl"))
+    assert len(files) == 1, done.stderr[-3000:]
+    imported = import_predictions(ImportRequest(tool="lmms-eval", file=files[0], task=TASK, output=tmp_path / "run",
+                                                id_map=tmp_path / "task" / "docs.jsonl"))
+    _compare(imported, own)

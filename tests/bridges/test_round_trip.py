@@ -95,3 +95,51 @@ def test_lmms_eval_round_trip(tmp_path: Path, medharness_run: tuple[Path, RunDir
     imported = import_predictions(ImportRequest(tool="lmms-eval", file=files[0], task=TASK, output=tmp_path / "run",
                                                 id_map=tmp_path / "task" / "docs.jsonl"))
     _compare(imported, own)
+
+
+def test_lm_eval_tasks_land_in_the_run(tmp_path: Path, medharness_run: tuple[Path, RunDir],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run --tasks phantom_presence,lm_eval:NAME`: lm-eval's (local, text multiple-choice) task on the same
+    checkpoint lands beside the medharness task in one run directory and on one board."""
+    pytest.importorskip("lm_eval", reason="the peers extra installs lm-eval")
+    for key, value in {**OFFLINE, "HF_HOME": str(tmp_path / "hf")}.items():
+        monkeypatch.setenv(key, value)
+    import json
+
+    from medharness.cli import main
+
+    model, _ = medharness_run
+    tasks = tmp_path / "lm_tasks"
+    tasks.mkdir()
+    docs = [{"question": "Which organ pumps blood?", "label": 0}, {"question": "Which organ makes urine?", "label": 3},
+            {"question": "Where does gas exchange happen?", "label": 2}, {"question": "Which organ makes bile?",
+                                                                        "label": 1}]
+    (tasks / "organs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tasks / "organs.yaml").write_text(
+        "task: medtiny_organs\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files: {tasks / 'organs.jsonl'}\ntest_split: train\n"
+        "output_type: multiple_choice\ndoc_to_text: \"Question: {{question}}\\nAnswer:\"\n"
+        "doc_to_choice: [heart, liver, lung, kidney]\ndoc_to_target: label\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\nmetadata:\n  version: 1.0\n")
+    out = tmp_path / "run"
+    code = main(["run", "--model", str(model), "--backend", "hf", "--device", "cpu", "--dtype", "float32",
+                 "--tasks", "phantom_presence,lm_eval:medtiny_organs", "--lm-eval-include-path", str(tasks),
+                 "--limit", "4", "--output", str(out), "--no-cache", "--no-progress"])
+    assert code == 0
+    run = RunDir.open(out)
+    assert set(run.log.tasks) == {"phantom_presence", "lm_eval.medtiny_organs"} and run.log.status == "finished"
+    entry = run.log.tasks["lm_eval.medtiny_organs"]
+    assert entry.origin is not None and entry.origin.scored_by == "lm-eval" and entry.summary is not None
+    rows = run.rows("lm_eval.medtiny_organs")
+    assert len(rows) == len(docs)
+    for row in rows:  # the recorded choice (highest log-likelihood) agrees with lm-eval's per-doc accuracy
+        assert row.scores["acc"] == float(row.answer.value == row.sample.target)
+        assert row.generation.text == row.sample.choices[row.answer.value]
+    acc = entry.summary.metrics["acc"].value
+    assert acc == pytest.approx(sum(r.scores["acc"] for r in rows) / len(rows))
+    (results,) = (out / "lm_eval").glob("*/results_*.json")
+    assert json.loads(results.read_text())["results"]["medtiny_organs"]["acc,none"] == pytest.approx(acc)
+    assert main(["score", str(out)]) == 0  # the lm-eval task is left as lm-eval scored it
+    board = tmp_path / "board.md"
+    assert main(["leaderboard", str(out), "--output", str(board)]) == 0
+    assert "lm_eval.medtiny_organs" in board.read_text()

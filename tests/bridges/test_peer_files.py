@@ -217,3 +217,27 @@ def test_lm_eval_export_renders_medharness_prompts(tmp_path: Path, samples: list
     spec.loader.exec_module(utils)
     scores = [utils.process_results(doc, [a])["yes_no_accuracy"] for doc, a in zip(docs, _answers(samples))]
     assert utils.mean_defined(scores) == pytest.approx(_expected(tmp_path, samples, _answers(samples)))
+
+
+def test_vlmevalkit_multiple_choice_rows(tmp_path: Path) -> None:
+    """phantom_side (left/right): options A/B filled, C/D blank (NaN), the answer a letter; VLMEvalKit's letter
+    predictions are read by the task's own choice parser."""
+    out = tmp_path / "export"
+    export_task("vlmevalkit", "phantom_side", out, limit=N)
+    sides = load_task("phantom_side").load_samples()[:N]
+    table = pd.read_csv(out / "medharness_phantom_side.tsv", sep="\t")
+    assert table["A"].tolist() == ["left"] * N and table["B"].tolist() == ["right"] * N
+    assert table["answer"].tolist() == ["A" if s.target == "left" else "B" for s in sides]
+    table = table.drop(columns=["image"])
+    table["C"], table["D"] = math.nan, math.nan
+    letters = ["A", "B", "(B)", "", "B. right", "A"]
+    table["prediction"] = [x if x else math.nan for x in letters]
+    file = tmp_path / "MyVLM_medharness_phantom_side.tsv"
+    table.to_csv(file, sep="\t", index=False)
+    run = import_predictions(ImportRequest(tool="vlmevalkit", file=file, task="phantom_side",
+                                           output=tmp_path / "run", id_map=out / "ids.tsv", allow_unmatched=True))
+    preds = tmp_path / "expected.jsonl"
+    preds.write_text("".join(json.dumps({"id": s.id, "prediction": x}) + "\n" for s, x in zip(sides, letters)))
+    expected, _ = score_predictions("phantom_side", preds)
+    summary = run.log.tasks["phantom_side"].summary
+    assert summary is not None and summary.metrics == expected.metrics and summary.n_unparsed == 1

@@ -241,3 +241,16 @@ def test_vlmevalkit_multiple_choice_rows(tmp_path: Path) -> None:
     expected, _ = score_predictions("phantom_side", preds)
     summary = run.log.tasks["phantom_side"].summary
     assert summary is not None and summary.metrics == expected.metrics and summary.n_unparsed == 1
+
+
+def test_export_cli_and_a_dataset_tsv_given_as_predictions(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    out = tmp_path / "export"
+    assert main(["export", "--to", "vlmevalkit", TASK, "--output", str(out), "--limit", "3"]) == 0
+    assert main(["export", "--to", "vlmevalkit", TASK, "--output", str(out), "--limit", "3"]) == 2  # not empty
+    assert "exists and is not empty" in capsys.readouterr().err
+    dataset = out / f"medharness_{TASK}.tsv"  # the dataset itself, not a prediction file: no `prediction`
+    code = main(["import", "--from", "vlmevalkit", str(dataset), "--id-map", str(out / "ids.tsv"), "--task", TASK,
+                 "--output", str(tmp_path / "run")])
+    assert code == 2 and "no column prediction: not a VLMEvalKit prediction file" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,6 @@ class PeerFile:
     model: str | None = None
     tool_version: str | None = None
     n_rows: int = 0
-    notes: list[str] = field(default_factory=list)
 
     @property
     def sha256(self) -> str:
@@ -107,6 +106,7 @@ def _read_logged_samples(tool: str, path: Path, id_field: str, docs: Path | None
         if missing:
             raise DataError(f"{path}:{number}: no {', '.join(missing)}: not a {tool} logged-samples record "
                             "(lm-eval 0.4 / lmms-eval 0.7 format expected)")
+    # one line per doc and filter; the raw response is the same on each, so one filter's lines are read
     filters = list(dict.fromkeys(str(r.get("filter", "none")) for _, r in records))
     keep = "none" if "none" in filters else filters[0]
     chosen = [(n, r) for n, r in records if str(r.get("filter", "none")) == keep]
@@ -126,10 +126,9 @@ def _read_logged_samples(tool: str, path: Path, id_field: str, docs: Path | None
                             "medharness exports carry one; pass --id-field, or --id-map docs.jsonl for lmms-eval)")
         rows.append((sid, _raw_text(tool, path, number, record)))
     meta = _results_beside(tool, path)
-    notes = [f"filter {keep!r} of {filters}"] if len(filters) > 1 else []
     mapping = f"doc.{id_field}" if by_doc_id is None else f"doc_id -> {docs.name if docs else ''} row {id_field}"
     return PeerFile(tool, path, rows, mapping, model=meta.get("model"), tool_version=meta.get("version"),
-                    n_rows=len(chosen), notes=notes)
+                    n_rows=len(chosen))
 
 
 def _docs_ids(docs: Path, id_field: str) -> dict[int, str]:
@@ -140,13 +139,12 @@ def _docs_ids(docs: Path, id_field: str) -> dict[int, str]:
 
 
 def _results_beside(tool: str, samples: Path) -> dict[str, str]:
-    """Model and tool version from the run's aggregated results file next to the samples file, where found."""
+    """Model and tool version from the same run's aggregated results file next to the samples file, if there."""
     name = samples.stem
     if tool == "lm-eval":  # samples_<task>_<date>.jsonl -> results_<date>.json
         candidates = [samples.with_name(f"results_{name.rsplit('_', 1)[-1]}.json")]
     else:  # <date>_samples_<task>.jsonl -> <date>_results.json
         candidates = [samples.with_name(f"{name.split('_samples_', 1)[0]}_results.json")]
-    candidates += sorted(samples.parent.glob("*results*.json"))
     for file in candidates:
         if file.is_file():
             try:
@@ -218,6 +216,7 @@ def _read_vlmevalkit(path: Path, id_map: Path) -> PeerFile:
     mismatched = []
     for number, record in enumerate(table.to_dict("records"), 1):
         index = _index(record["index"], path, number)
+        # an index the export never wrote matches no sample id: counted as unmatched
         sid, question = mapping.get(index, (f"<index {index} not in {id_map.name}>", ""))
         if question and "question" in record and not _blank(record["question"]) \
                 and str(record["question"]).strip() != question.strip():

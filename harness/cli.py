@@ -35,7 +35,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto",
                    help="auto (baseline: prefix -> baseline, predictions file -> replay, vllm when installed "
                         "and a GPU is present, else hf), hf, vllm, openai, gemini, replay, baseline")
-    p.add_argument("--tasks", required=True, help="comma-separated task names, families or task YAML paths")
+    p.add_argument("--tasks", required=True, help="comma-separated task names, families or task YAML paths; "
+                                                  "lm_eval:NAME runs lm-eval's task NAME (docs/ecosystem.md)")
+    p.add_argument("--lm-eval-include-path", help="a folder of local lm-eval task YAMLs for lm_eval:NAME tasks")
     p.add_argument("--data-dir", help="folder holding the local copy of the dataset (for every task)")
     p.add_argument("-T", dest="overrides", action="append", default=[], metavar="TASK.KEY=VALUE",
                    help="per-task setting, e.g. -T vqa_rad.prompt=r1 -T slake.data_dir=DIR")
@@ -122,8 +124,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--resume needs --output RUN_DIR (the run to continue)")
     from pydantic import ValidationError
 
+    from medharness.bridges.lmeval_run import split_tasks
+
+    ours, lm_eval_tasks = split_tasks(args.tasks)
     try:
-        config = RunConfig(model=args.model, backend=args.backend, tasks=args.tasks, data_dir=args.data_dir,
+        config = RunConfig(model=args.model, backend=args.backend, tasks=ours or args.tasks, data_dir=args.data_dir,
                            overrides=parse_overrides(args.overrides), limit=args.limit, batch_size=args.batch_size,
                            max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                            backend_options=backend_options, max_error_rate=args.max_error_rate, ablate=args.ablate,
@@ -134,10 +139,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from medharness.cli_output import print_run_summary, progress_bar
 
     panel = _panel(args)  # a bad judge config fails before the model runs
-    with progress_bar(disabled=args.no_progress) as progress:
-        runner = Runner(config, output=args.output, resume=args.resume, progress=progress,
-                        retry_errors=args.retry_errors)
-        run = runner.run()
+    run = None
+    if ours:
+        with progress_bar(disabled=args.no_progress) as progress:
+            runner = Runner(config, output=args.output, resume=args.resume, progress=progress,
+                            retry_errors=args.retry_errors)
+            run = runner.run()
+    if lm_eval_tasks:
+        run = _run_lm_eval(args, config, lm_eval_tasks, run.path if run else None)
+    assert run is not None
     print_run_summary(run)
     if panel:
         from medharness.runlog import RunDir
@@ -145,6 +155,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         with RunDir.open(run.path, writer="judge") as judged:
             _judge_run(judged, panel, args)
     return 0
+
+
+def _run_lm_eval(args: argparse.Namespace, config: Any, tasks: list[str], path: Path | None) -> Any:
+    """`--tasks lm_eval:NAME`: lm-eval runs its tasks on the checkpoint into the same run directory."""
+    from medharness.bridges.lmeval_run import run_lm_eval_tasks
+    from medharness.pipeline import default_run_id, pick_backend
+    from medharness.runlog import RunDir
+
+    if pick_backend(config.model, config.backend)[0] not in ("hf", "vllm"):
+        raise ConfigError("lm_eval: tasks run a local checkpoint with lm-eval; --model must be a model folder or id")
+    if path is not None:
+        run = RunDir.open(path, writer="run lm_eval")
+    elif args.resume:
+        run = RunDir.open(args.output, writer="run --resume")
+    else:
+        path = args.output or Path("runs") / default_run_id(config)
+        run = RunDir.create(path, config.model_dump(), seed=config.seed, label=config.label)
+    with run:
+        try:
+            run_lm_eval_tasks(run, config.model, tasks, include_path=args.lm_eval_include_path, limit=config.limit,
+                              batch_size=config.batch_size, device=args.device, dtype=args.dtype, seed=config.seed)
+        except Exception as exc:
+            run.set_status("failed", f"lm-eval: {type(exc).__name__}: {exc}")
+            raise
+        run.set_status("finished")
+    return RunDir.open(run.path)
 
 
 _FLAGS = {"samples_file": "--samples", "backend_options": "--backend-option", "overrides": "-T",
@@ -430,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub)
     _add_board_commands(sub)
     _add_training(sub)
+    _add_bridges(sub)
     return parser
 
 
@@ -438,6 +475,50 @@ def _add_training(sub: argparse._SubParsersAction) -> None:
     from medharness.trainers.cli import add_parsers
 
     COMMANDS.update(add_parsers(sub))
+
+
+def _add_bridges(sub: argparse._SubParsersAction) -> None:
+    """`import` and `export`: peers' files in and out (bridges/, docs/ecosystem.md)."""
+    from medharness.bridges.cli import add_parsers
+
+    add_parsers(sub)
+    COMMANDS.update({"import": cmd_import, "export": cmd_export})
+
+
+def _task_overrides(task: str, items: list[str]) -> dict[str, object]:
+    name = Path(task).stem if task.endswith((".yaml", ".yml")) else task
+    given = parse_overrides(items)
+    unknown = set(given) - {name}
+    if unknown:
+        raise ConfigError(f"-T names task(s) {sorted(unknown)}, not --task {name}")
+    return dict(given.get(name, {}))
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from medharness.bridges.importer import ImportRequest, import_predictions
+    from medharness.cli_output import print_run_summary
+
+    run = import_predictions(ImportRequest(
+        tool=args.tool, file=args.file, task=args.task, output=args.output, data_dir=args.data_dir,
+        overrides=_task_overrides(args.task, args.overrides), model_name=args.model_name,
+        tool_version=args.peer_version, id_field=args.id_field, id_map=args.id_map,
+        allow_unmatched=args.allow_unmatched, label=args.label))
+    for name, entry in run.log.tasks.items():
+        o = entry.origin
+        if o is not None:
+            print(f"{args.file}: {o.n_matched} of {o.n_rows} rows matched task {name} ({o.n_task_samples} samples; "
+                  f"{o.n_unmatched} unmatched rows left out); model {run.log.model}", file=sys.stderr)
+    print_run_summary(run)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from medharness.bridges.export import export_task
+
+    main = export_task(args.tool, args.task, args.output, data_dir=args.data_dir,
+                       overrides=_task_overrides(args.task, args.overrides), limit=args.limit)
+    print(f"wrote {args.output} ({main.name}; see README.md there)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

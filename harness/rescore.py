@@ -27,7 +27,12 @@ def score_run(run_dir: Path, convention: str | None = None) -> list[TaskSummary]
     run = RunDir.open(run_dir)
     summaries = []
     for name in run.tasks():
-        task = _task_of(name, run.log.tasks.get(name))
+        entry = run.log.tasks.get(name)
+        if entry is not None and entry.origin is not None and entry.origin.scored_by != "medharness":
+            log.warning("%s: task %s was scored by %s (its own metric), not re-scored", run_dir, name,
+                        entry.origin.scored_by)
+            continue
+        task = _task_of(name, entry)
         recipe = recipe_for(task, convention)
         with gc_paused():
             rows = rescore(run.rows(name), recipe)

@@ -1,0 +1,236 @@
+"""Reading other tools' per-sample outputs: lm-eval's and lmms-eval's logged samples, VLMEvalKit's prediction
+files. Each reader returns a `PeerFile`: (sample id, raw generated text) per row, plus what the file says about the
+model and the tool's version. Nothing here imports the peers: these are plain files.
+
+Formats (the peers' own, as of lm-eval 0.4, lmms-eval 0.7 and VLMEvalKit 0.2):
+
+- lm-eval `samples_<task>_<time>.jsonl` (`--log_samples`): one JSON object per doc and filter with `doc_id`,
+  `doc`, `target`, `resps` (a list, per request, of the model's raw outputs), `filtered_resps`, `filter`. The
+  sample id is a field of `doc` (medharness's exported tasks carry `id`). Beside it, `results_<time>.json` names
+  the model (`config.model`, `config.model_args`, `model_name`) and lm-eval's version (`lm_eval_version`).
+- lmms-eval `<time>_samples_<task>.jsonl`: the same record (`doc_id`, `target`, `resps`, `filtered_resps`,
+  `doc` where logged); the sample id is read from `doc`, or from the exported docs file by `doc_id` (the row number
+  in the exported split, which lmms-eval keeps in order). `<time>_results.json` beside it names the model.
+- VLMEvalKit `{model}_{dataset}.xlsx` / `.tsv`: the dataset TSV's columns (`index`, `question`, `answer`,
+  `category`, options `A`-`D` on multiple-choice rows, blank elsewhere) plus `prediction`. `index` is the row's
+  number in the dataset TSV, mapped to sample ids by the `ids.tsv` that `medharness export --to vlmevalkit` wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medharness.errors import DataError
+
+TOOLS = ("lm-eval", "lmms-eval", "vlmevalkit")
+
+
+@dataclass
+class PeerFile:
+    """What a peer's output file holds, rows in file order: (sample id, raw text)."""
+
+    tool: str
+    path: Path
+    rows: list[tuple[str, str]]
+    id_mapping: str
+    model: str | None = None
+    tool_version: str | None = None
+    n_rows: int = 0
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def read_peer_file(tool: str, path: Path, id_field: str = "id", id_map: Path | None = None) -> PeerFile:
+    """Read one peer output file; any deviation from the peer's format is a DataError naming file and line."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if tool == "lm-eval":
+        return _read_logged_samples(tool, path, id_field, None)
+    if tool == "lmms-eval":
+        return _read_logged_samples(tool, path, id_field, id_map)
+    if tool == "vlmevalkit":
+        if id_map is None:
+            raise DataError(f"{path}: a VLMEvalKit file numbers its rows by `index`; pass --id-map ids.tsv "
+                            "(written by `medharness export --to vlmevalkit`) to match them to sample ids")
+        return _read_vlmevalkit(path, id_map)
+    raise DataError(f"unknown peer tool {tool!r}; one of {', '.join(TOOLS)}")
+
+
+# --- lm-eval / lmms-eval logged samples -------------------------------------------------------------------------
+
+def _json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    out = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{number}: not a JSON object")
+        out.append((number, record))
+    if not out:
+        raise DataError(f"{path}: no rows")
+    return out
+
+
+def _raw_text(tool: str, path: Path, number: int, record: dict[str, Any]) -> str:
+    """The model's raw output. lm-eval: `resps[0][0]` (one generate_until request per doc). lmms-eval 0.7 flattens
+    one-request docs and drops `resps` when it equals `filtered_resps` (the `none` filter): either, unwrapped."""
+    value = record.get("resps")
+    if tool == "lm-eval" and not (isinstance(value, list) and value and isinstance(value[0], list) and value[0]):
+        raise DataError(f"{path}:{number}: `resps` is not a list of lists of generated texts: not an lm-eval "
+                        "samples file of a generation task (lm-eval 0.4 format expected)")
+    if value is None:
+        value = record.get("filtered_resps")
+    while isinstance(value, list) and value:
+        value = value[0]
+    if not isinstance(value, str):
+        raise DataError(f"{path}:{number}: the response is {type(value).__name__}, not generated text (a "
+                        "log-likelihood task? only generation tasks can be imported)")
+    return value
+
+
+def _read_logged_samples(tool: str, path: Path, id_field: str, docs: Path | None) -> PeerFile:
+    records = _json_lines(path)
+    for number, record in records:
+        missing = [k for k in ("doc_id", "resps" if tool == "lm-eval" else "filtered_resps") if k not in record]
+        if missing:
+            raise DataError(f"{path}:{number}: no {', '.join(missing)}: not a {tool} logged-samples record "
+                            "(lm-eval 0.4 / lmms-eval 0.7 format expected)")
+    # one line per doc and filter; the raw response is the same on each, so one filter's lines are read
+    filters = list(dict.fromkeys(str(r.get("filter", "none")) for _, r in records))
+    keep = "none" if "none" in filters else filters[0]
+    chosen = [(n, r) for n, r in records if str(r.get("filter", "none")) == keep]
+    by_doc_id = _docs_ids(docs, id_field) if docs is not None else None
+    rows = []
+    for number, record in chosen:
+        doc = record.get("doc")
+        if isinstance(doc, dict) and id_field in doc:
+            sid = str(doc[id_field])
+        elif by_doc_id is not None:
+            sid = by_doc_id.get(int(record["doc_id"]), "")
+            if not sid:
+                raise DataError(f"{path}:{number}: doc_id {record['doc_id']} is not a row of {docs} "
+                                f"({len(by_doc_id)} rows)")
+        else:
+            raise DataError(f"{path}:{number}: its doc has no {id_field!r} field to match a sample id (the tasks "
+                            "medharness exports carry one; pass --id-field, or --id-map docs.jsonl for lmms-eval)")
+        rows.append((sid, _raw_text(tool, path, number, record)))
+    meta = _results_beside(tool, path)
+    mapping = f"doc.{id_field}" if by_doc_id is None else f"doc_id -> {docs.name if docs else ''} row {id_field}"
+    return PeerFile(tool, path, rows, mapping, model=meta.get("model"), tool_version=meta.get("version"),
+                    n_rows=len(chosen))
+
+
+def _docs_ids(docs: Path, id_field: str) -> dict[int, str]:
+    """Row number -> sample id of an exported docs JSONL (lmms-eval logs `doc_id`, the row in the split)."""
+    if not docs.is_file():
+        raise DataError(f"--id-map {docs}: no such file")
+    return {i: str(r.get(id_field, "")) for i, (_, r) in enumerate(_json_lines(docs))}
+
+
+def _results_beside(tool: str, samples: Path) -> dict[str, str]:
+    """Model and tool version from the same run's aggregated results file next to the samples file, if there."""
+    name = samples.stem
+    if tool == "lm-eval":  # samples_<task>_<date>.jsonl -> results_<date>.json
+        candidates = [samples.with_name(f"results_{name.rsplit('_', 1)[-1]}.json")]
+    else:  # <date>_samples_<task>.jsonl -> <date>_results.json
+        candidates = [samples.with_name(f"{name.split('_samples_', 1)[0]}_results.json")]
+    for file in candidates:
+        if file.is_file():
+            try:
+                data = json.loads(file.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            config = data.get("config") if isinstance(data.get("config"), dict) else {}
+            model = data.get("model_name") or config.get("model")
+            runner = data.get("model_source") or config.get("model")
+            version = data.get("lm_eval_version") or data.get("lmms_eval_version")
+            label = f"{runner}:{model}" if runner and model and runner != model else model
+            return {k: str(v) for k, v in {"model": label, "version": version}.items() if v}
+    return {}
+
+
+# --- VLMEvalKit ---------------------------------------------------------------------------------------------------
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _index(value: Any, path: Path, row: int) -> int:
+    """VLMEvalKit's `index`: an integer, though spreadsheets hand it back as a float (3.0)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if _blank(value) or math.isnan(number) or number != int(number):
+        raise DataError(f"{path}: row {row}: index {value!r} is not a row number")
+    return int(number)
+
+
+def read_id_map(path: Path) -> dict[int, tuple[str, str]]:
+    """`ids.tsv` written by the VLMEvalKit export: index -> (sample id, question)."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise DataError(f"--id-map {path}: no such file")
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    if not {"index", "id"} <= set(table.columns):
+        raise DataError(f"--id-map {path}: needs columns index and id (has {list(table.columns)})")
+    out: dict[int, tuple[str, str]] = {}
+    for i, r in table.iterrows():
+        out[_index(r["index"], path, int(str(i)) + 1)] = (r["id"], r.get("question", ""))
+    return out
+
+
+def _read_vlmevalkit(path: Path, id_map: Path) -> PeerFile:
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".xlsx":
+            table = pd.read_excel(path, engine="openpyxl")
+        elif suffix in (".tsv", ".csv"):
+            table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        else:
+            raise DataError(f"{path}: a VLMEvalKit prediction file is .xlsx, .tsv or .csv")
+    except ImportError as exc:
+        raise DataError(f"{path}: reading .xlsx needs openpyxl ({exc})") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: not a readable {suffix} table ({exc})") from None
+    missing = [c for c in ("index", "prediction") if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: no column {', '.join(missing)}: not a VLMEvalKit prediction file "
+                        f"(columns: {list(table.columns)[:12]})")
+    mapping = read_id_map(id_map)
+    rows: list[tuple[str, str]] = []
+    mismatched = []
+    for number, record in enumerate(table.to_dict("records"), 1):
+        index = _index(record["index"], path, number)
+        # an index the export never wrote matches no sample id: counted as unmatched
+        sid, question = mapping.get(index, (f"<index {index} not in {id_map.name}>", ""))
+        if question and "question" in record and not _blank(record["question"]) \
+                and str(record["question"]).strip() != question.strip():
+            mismatched.append(index)
+            continue
+        text = record["prediction"]
+        rows.append((sid, "" if _blank(text) else str(text)))  # an empty cell is an empty answer (unparsed)
+    if mismatched:
+        raise DataError(f"{path}: the question of {len(mismatched)} of {len(table)} rows differs from the exported "
+                        f"dataset's ({id_map}) at the same index (e.g. index {mismatched[0]}): a file of another "
+                        f"dataset, or of a re-ordered TSV; {len(table) - len(mismatched)} rows matched")
+    model = None
+    stem = path.stem
+    for dataset in (p.stem for p in id_map.parent.glob("*.tsv") if p.name != id_map.name):
+        if stem.endswith("_" + dataset):  # {model}_{dataset}.xlsx, the dataset being the exported TSV's name
+            model = stem[: -len(dataset) - 1]
+    return PeerFile("vlmevalkit", path, rows, f"index via {id_map.name}", model=model, n_rows=len(table))

@@ -253,6 +253,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-T", dest="overrides", action="append", default=[], metavar="TASK.KEY=VALUE",
                    help="per-task setting, e.g. -T slake.filter.q_lang=zh")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="score a predictions file that matches under 95%% of the task's samples (matched only)")
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -267,7 +269,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         overrides = parse_overrides(args.overrides)
         summary, match = score_predictions(args.task, args.predictions, convention=args.convention,
                                            data_dir=args.data_dir, id_field=args.id_field,
-                                           prediction_field=args.prediction_field, overrides=overrides)
+                                           prediction_field=args.prediction_field, overrides=overrides,
+                                           allow_partial=args.allow_partial)
         print(f"{args.predictions}: matched {match['matched']} of {match['task_samples']} task samples; "
               f"{match['unmatched_predictions']} predictions match no sample; only matched samples are scored",
               file=sys.stderr)

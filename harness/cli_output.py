@@ -57,20 +57,43 @@ def summary_rows(summary: TaskSummary, percent: dict[str, bool]) -> list[list[ob
         scale = 100.0 if percent.get(name, True) else 1.0
         value = "n/a" if m.value != m.value else f"{m.value * scale:.2f}"
         err = "" if m.stderr is None else f"{m.stderr * scale:.2f}"
-        rows.append([summary.task, summary.convention, name, value, err, m.n, m.n_unparsed])
+        rows.append([summary.task, summary.convention, name, value, err, m.n, m.n_unparsed - m.n_errors,
+                     m.n_errors, _coverage(summary)])
     return rows
 
 
-HEADERS = ["task", "convention", "metric", "value", "stderr", "n", "unparsed"]
+HEADERS = ["task", "convention", "metric", "value", "stderr", "n", "unparsed", "gen errors", "samples"]
+
+
+def _coverage(summary: TaskSummary) -> str:
+    """'20/451' when only part of the task's samples was scored, else the sample count."""
+    partial = summary.n_expected is not None and summary.n_expected != summary.n
+    return f"{summary.n}/{summary.n_expected}" if partial else str(summary.n)
+
+
+def coverage_notes(summaries: list[TaskSummary]) -> list[str]:
+    """What the table's numbers leave out: failed generations (no answer at all, not a wrong one) and samples
+    never scored."""
+    notes = []
+    for s in summaries:
+        if s.n_errors:
+            notes.append(f"{s.task}: {s.n_errors} of {s.n} generations failed (no answer from the model; zero "
+                         "credit, counted under 'gen errors', apart from answers the parser could not read)")
+        if s.n_expected is not None and s.n < s.n_expected:
+            notes.append(f"{s.task}: only {s.n} of its {s.n_expected} samples were scored: a partial result")
+    return notes
 
 
 def print_run_summary(run: RunDir) -> None:
     rows = []
+    summaries = [e.summary for e in run.log.tasks.values() if e.summary is not None]
     for entry in run.log.tasks.values():
         if entry.summary is not None:
             rows += summary_rows(entry.summary, entry.percent)
     print(f"\nrun {run.path} ({run.log.status}; model {run.log.model})\n")
     print(tabulate(rows, headers=HEADERS, tablefmt="github"))
+    for note in coverage_notes(summaries):
+        print(f"note: {note}")
 
 
 def _percent_of(summary: TaskSummary) -> dict[str, bool]:
@@ -94,6 +117,8 @@ def print_summaries(summaries: list[TaskSummary], as_json: bool = False) -> None
             table = [[value, int(g["n"]), *[_fmt(g.get(m)) for m in metric_names]] for value, g in groups.items()]
             print(f"\nby {field}:\n" + tabulate(table, headers=[field, "n", *metric_names], tablefmt="github"))
         print()
+    for note in coverage_notes(summaries):
+        print(f"note: {note}")
 
 
 def print_judging(run: RunDir, usage: dict[str, Any], disagreements: Path, n_disagreements: int) -> None:

@@ -193,7 +193,8 @@ class MetricSummary(Record):
     value: float  # NaN: no sample was scored (written as null in run.json)
     stderr: float | None = None
     n: int
-    n_unparsed: int
+    n_unparsed: int  # failed generations included (zero credit)
+    n_errors: int = 0  # of those, the generations that failed (no answer at all)
     higher_is_better: bool = True
 
     _value = field_validator("value", mode="before")(_nan_for_none)
@@ -208,6 +209,7 @@ class TaskSummary(Record):
     n: int
     n_unparsed: int
     n_errors: int = 0
+    n_expected: int | None = None  # the samples the task selected: n < n_expected is a partial result
     metrics: dict[str, MetricSummary]
     groups: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
 
@@ -224,7 +226,11 @@ class TaskSummary(Record):
         return {
             "task": self.task,
             "convention": self.convention,
-            "metrics": {k: {"value": m.value, "n": m.n, "n_unparsed": m.n_unparsed} for k, m in self.metrics.items()},
+            "n": self.n,
+            "n_expected": self.n_expected,
+            "n_errors": self.n_errors,
+            "metrics": {k: {"value": m.value, "n": m.n, "n_unparsed": m.n_unparsed, "n_errors": m.n_errors}
+                        for k, m in self.metrics.items()},
             "groups": self.groups,
         }
 
@@ -282,6 +288,7 @@ class TaskEntry(Record):
     percent: dict[str, bool] = Field(default_factory=dict)  # metric label -> shown x100
     metrics: list[MetricSpecRecord] = Field(default_factory=list)
     path: str = ""
+    definition: str | None = None  # hash of the resolved task definition (`Task.definition_hash`): resume checks it
     summary: TaskSummary | None = None
     tokens: TokenCount | None = None
     cost_usd: float | None = None

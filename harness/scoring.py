@@ -102,6 +102,7 @@ def summarise(rows: Sequence[ResultRow], recipe: Recipe, group_by: Sequence[str]
         metrics[spec.label] = MetricSummary(
             value=value, stderr=stderr, n=n, higher_is_better=spec.metric.higher_is_better,
             n_unparsed=sum(1 for r in applicable if not r.answer.parsed),
+            n_errors=sum(1 for r in applicable if r.generation.error is not None),
         )
     groups: dict[str, dict[str, dict[str, float]]] = {}
     for field in group_by:

@@ -7,6 +7,8 @@ are named by their registered names plus arguments.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import string
 from functools import cached_property
@@ -145,6 +147,13 @@ class Task:
     @property
     def version(self) -> str:
         return self.config.version
+
+    @cached_property
+    def definition_hash(self) -> str:
+        """A hash of the resolved definition (the file with its -T overrides, as validated): a run resumes only
+        under the same one."""
+        blob = json.dumps(self.config.model_dump(mode="json"), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
     def prompt_name(self) -> str:

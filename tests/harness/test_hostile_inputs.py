@@ -313,17 +313,29 @@ def test_any_exception_opening_an_image_names_it(covid_dir: Path, monkeypatch: p
 
 def test_an_unexpected_error_in_the_loop_marks_the_run_failed(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """Defence in depth: run.json never stays at "running" after an exception, ours or not."""
+    """Defence in depth: run.json never stays at "running" after an exception, ours or not (here in the second
+    batch, after rows were written); a failure before the first row leaves no directory at all."""
     from medharness import pipeline
 
+    real = pipeline.build_requests
+    calls: list[int] = []
+
     def boom(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("a bug")
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("a bug")
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "build_requests", boom)
     with pytest.raises(RuntimeError):
-        Runner(RunConfig(model="baseline:majority", tasks="phantom_count", limit=3), output=tmp_path / "r").run()
+        Runner(RunConfig(model="baseline:majority", tasks="phantom_count", limit=3, batch_size=2),
+               output=tmp_path / "r").run()
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["status"] == "failed" and info["error"] == "RuntimeError: a bug"
+    calls.append(1)
+    with pytest.raises(RuntimeError):
+        Runner(RunConfig(model="baseline:majority", tasks="phantom_count", limit=3), output=tmp_path / "s").run()
+    assert not (tmp_path / "s").exists()
 
 
 # --- 4. one writer per run directory -------------------------------------------------------------------------
@@ -441,8 +453,11 @@ def test_creating_over_a_directory_that_holds_only_a_lock_file_works(tmp_path: P
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / LOCK_FILE).write_text("")
     RunDir.create(tmp_path / "run", {}).close()
-    with pytest.raises(ConfigError, match="already exists: pass --resume"):
+    with pytest.raises(ConfigError, match="stopped before its first sample .*pass --resume to take it over"):
         RunDir.create(tmp_path / "run", {})
+    (tmp_path / "run" / "samples" / "t.jsonl").write_text("{}\n")
+    with pytest.raises(ConfigError, match="already exists: pass --resume"):
+        RunDir.create(tmp_path / "run", {}, take_over=True)
 
 
 def test_two_resumes_at_once_one_is_refused_and_no_row_is_written_twice(tmp_path: Path) -> None:

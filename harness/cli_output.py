@@ -205,10 +205,12 @@ def _registry(what: str) -> Any:
 
 
 def validate_files(files: list[Path]) -> int:
-    """Parse each task file and resolve every prompt variant's parser and metrics."""
+    """Check each task file as `run` would without data: the schema (names, generation settings, templates,
+    group_by and placeholders against the sources' fields, parser and metric arguments), every prompt variant's
+    scoring recipe and knowledge file."""
     from medharness.errors import MedHarnessError
     from medharness.scoring import recipe_for
-    from medharness.task import Task, discover_tasks, parse_task_file
+    from medharness.task import Task, discover_tasks, parse_task_file, read_knowledge
 
     paths = files or list(discover_tasks().values())
     failures = 0
@@ -216,8 +218,10 @@ def validate_files(files: list[Path]) -> int:
         try:
             config = parse_task_file(path)
             task = Task(config, path)
-            for variant in config.prompts.variants:
+            for variant, spec in config.prompts.variants.items():
                 recipe_for(task, prompt=variant)
+                if spec.knowledge:
+                    read_knowledge(path.parent / spec.knowledge)
             print(f"ok    {path}")
         except MedHarnessError as exc:
             failures += 1

@@ -361,6 +361,10 @@ class Runner:
         rows = [r for r in run.rows(task.name) if r.sample_id in selected]
         summary = summarise(rows, recipe, task.config.group_by, task.name, task.version).model_copy(
             update={"n_expected": len(selected)})
+        for field, groups in summary.groups.items():
+            if rows and not groups:
+                log.warning("task %s: no sample of %s has the group_by field '%s'; its table is empty",
+                            task.name, task.load_report.get("source", "this source"), field)
         tokens = TokenCount(prompt=sum(r.generation.prompt_tokens or 0 for r in rows),
                             completion=sum(r.generation.completion_tokens or 0 for r in rows))
         cost = cost_usd(self.config.model, tokens.prompt, tokens.completion) if backend.priced else None

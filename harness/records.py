@@ -66,9 +66,11 @@ class Sample(Record):
 
 
 class GenerationSettings(Record):
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
+    """Decoding settings; task files' `generation:` keys are these fields, checked when the file is read."""
+
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0, allow_inf_nan=False)  # 0 = greedy
+    top_p: float = Field(1.0, gt=0, le=1)
     seed: int = 0
 
     @property

@@ -304,6 +304,16 @@ def image_header_size(path: Path) -> tuple[int, int]:
         raise DataError(f"corrupt image {path}: {type(exc).__name__}: {exc}") from None
 
 
+SIZE_META = frozenset({"image_size", "resized_size", "image_width", "image_height", "resized_width",
+                       "resized_height"})
+
+
+def column_meta(columns: Columns) -> frozenset[str]:
+    """The meta fields a column mapping gives every sample (what `meta_fields` of a row-based source says)."""
+    derived = {"answer_type", "answer_type_derived"} if columns.derive_answer_type else set()
+    return frozenset({*columns.meta, *derived})
+
+
 def size_meta(width: int, height: int, resize: Resize | None = None) -> dict[str, Any]:
     """The meta fields every box sample carries (lists for parsers, scalars for prompt placeholders)."""
     rw, rh = qwen_resized_size(width, height, resize)

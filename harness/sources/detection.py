@@ -29,7 +29,16 @@ from pydantic import Field, model_validator
 from medharness.datafiles import read_records, read_text
 from medharness.errors import DataError
 from medharness.records import Sample, Strict
-from medharness.sources.base import LoadParams, LocalFiles, Resize, image_header_size, number, size_meta
+from medharness.sources.base import (
+    SIZE_META,
+    Columns,
+    LoadParams,
+    LocalFiles,
+    Resize,
+    image_header_size,
+    number,
+    size_meta,
+)
 
 # --- Pascal VOC --------------------------------------------------------------------------------
 
@@ -123,6 +132,9 @@ class VocSource(LocalFiles):
             except KeyError as exc:
                 raise DataError(f"voc: {file} has no column {exc}; columns: {sorted(row)}") from None
         return out
+
+    def meta_fields(self, columns: Columns) -> frozenset[str]:
+        return frozenset({"label", "name", "image_id", "n_boxes"}) | SIZE_META
 
     def load(self, params: LoadParams, split: str) -> list[Sample]:
         by_csv = self._csv_boxes() if self.csv else None
@@ -254,6 +266,12 @@ class Ham10000Source(LocalFiles):
         if missing:
             raise DataError(f"ham10000: {file} lacks column(s) {sorted(missing)}")
         return rows
+
+    def meta_fields(self, columns: Columns) -> frozenset[str]:
+        """dx_type, age, sex and localization are copied where the metadata file has them."""
+        optional = {"dx_type", "age", "sex", "localization"}
+        return frozenset({"class_name", "dx", "lesion_id", "image_id", "split", *optional}) | (
+            SIZE_META if self.target == "box" else set())
 
     def load(self, params: LoadParams, split: str) -> list[Sample]:
         if split != "all" and split not in self.fractions:

@@ -11,10 +11,12 @@ from medharness.datafiles import Record, read_records
 from medharness.errors import DataError
 from medharness.records import Sample
 from medharness.sources.base import (
+    SIZE_META,
     Columns,
     LoadParams,
     LocalFiles,
     Resize,
+    column_meta,
     image_header_size,
     rows_to_samples,
     size_meta,
@@ -74,6 +76,12 @@ class LocalSource(LocalFiles):
         if not file.is_file():
             raise DataError(f"{file} does not exist")
         return read_records(file, self.file_format(file), self.fieldnames)
+
+    def meta_fields(self, columns: Columns) -> frozenset[str]:
+        """The meta fields every sample of this source carries (task files are checked against them)."""
+        columns = self.columns or columns
+        return column_meta(columns) | ({"class_name"} if self.classes is not None else set()) | (
+            SIZE_META if columns.box else set())
 
     def load(self, params: LoadParams, split: str) -> list[Sample]:
         columns = self.columns or params.columns
@@ -142,6 +150,9 @@ class NpzSource(LocalFiles):
             if (self._root / p).is_file():
                 return np.load(self._root / p, mmap_mode="r")
         raise DataError(f"none of {self.candidates} in {self._root}")
+
+    def meta_fields(self, columns: Columns) -> frozenset[str]:
+        return frozenset({"label", "class_name", "image_size"})
 
     def load(self, params: LoadParams, split: str) -> list[Sample]:
         key = f"{split}_labels"

@@ -135,7 +135,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     with progress_bar(disabled=args.no_progress) as progress:
         runner = Runner(config, output=args.output, resume=args.resume, progress=progress,
                         retry_errors=args.retry_errors)
-        run = runner.run()
+        try:
+            run = runner.run()
+        except MedHarnessError:
+            from medharness.runlog import RUN_FILE, RunDir
+
+            if runner.started and (runner.path / RUN_FILE).is_file():  # a run that stopped: what it has, then why
+                print_run_summary(RunDir.open(runner.path))
+            raise
     print_run_summary(run)
     if panel:
         from medharness.runlog import RunDir

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -188,6 +191,24 @@ def _check_resume(run: RunDir, config: RunConfig, tasks: Sequence[Task]) -> None
                           "start a new run in another --output")
 
 
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler, `kill`, a closed nohup session) stops a run like Ctrl-C: recorded as "interrupted",
+    never left at "running". (SIGKILL cannot be caught: `--resume` continues such a run.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("stopped by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class Runner:
     """Runs one RunConfig into one run directory."""
 
@@ -214,6 +235,7 @@ class Runner:
         self.cache: ResponseCache | None = None
         self.model_calls = 0
         self.generate_s = 0.0
+        self.started = False  # the run loop began (its directory records how it ended)
 
     def _select(self, task: Task) -> list[Sample]:
         samples = task.load_samples()
@@ -247,13 +269,15 @@ class Runner:
             run = RunDir.create(self.path, self.config.model_dump(), seed=self.config.seed, label=self.config.label,
                                 take_over=self.resume)
         try:
-            return self._run(run, backend)
+            with _sigterm_interrupts():
+                return self._run(run, backend)
         finally:
             backend.close()
             run.close()
 
     def _run(self, run: RunDir, backend: Backend) -> RunDir:
         name, model = pick_backend(self.config.model, self.config.backend)
+        self.started = True
         try:
             run.set_model(backend.fingerprint, getattr(backend, "attn_implementation", None),
                           trained_from(model) if name in LOCAL_MODEL_BACKENDS else None)
@@ -263,8 +287,8 @@ class Runner:
             for task in self.tasks:
                 self._run_task(run, backend, task)
             self._check_error_rates(run)
-        except KeyboardInterrupt:
-            run.set_status("interrupted", "stopped by the user; --resume continues")
+        except KeyboardInterrupt as exc:
+            run.set_status("interrupted", f"{exc or 'stopped by the user'}; --resume continues")
             raise
         except BaseException as exc:  # recorded, then raised: run.json never stays "running"
             if not self.resume and run.discard():

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
+from medharness.datafiles import read_text
 from medharness.errors import ConfigError, DataError, RunInUseError
 from medharness.records import (
     RUNLOG_SCHEMA,
@@ -90,9 +91,9 @@ _warned_old: set[Path] = set()
 def _load_log(file: Path) -> RunLog:
     """Read run.json into a RunLog; a run.json of the previous (untyped, pre-0.2) shape loads too, said once."""
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{file}: not valid JSON: {exc}") from None
+        data = json.loads(read_text(file, "run log"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{file}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     if not isinstance(data, dict) or "run_id" not in data:
         raise DataError(f"{file}: not a medharness run log (no run_id)")
     version = data.get("schema_version", 0)
@@ -417,8 +418,7 @@ def read_jsonl(file: Path, record: type[R]) -> Iterator[R]:
     """Records of one JSONL file; a torn final line (a killed run) is skipped, anything else is an error."""
     if not file.exists():
         return
-    with file.open(encoding="utf-8") as fh:
-        lines = fh.read().split("\n")
+    lines = read_text(file, "run file").split("\n")
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -129,9 +129,9 @@ def test_every_hostile_task_file_is_refused_quickly_with_a_named_error(path: Pat
 
 
 def test_yaml_reading_failures_are_config_errors_naming_the_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=f"{tmp_path}: cannot read the file"):
-        load_yaml_with_lines(tmp_path)  # a directory
-    with pytest.raises(ConfigError, match="cannot read the file"):
+    with pytest.raises(ConfigError, match=f"{tmp_path}: is a directory, not a YAML file"):
+        load_yaml_with_lines(tmp_path)
+    with pytest.raises(ConfigError, match="missing.yaml: no such YAML file"):
         load_yaml_with_lines(tmp_path / "missing.yaml")
 
 

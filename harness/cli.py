@@ -46,11 +46,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and random baselines (default 0)")
     p.add_argument("--output", type=Path, help="run directory (default runs/<time>-<model>)")
     p.add_argument("--label", help="a human name for this run on leaderboards (default: the run id)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output where it stopped")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output where it stopped (same settings and task definitions), or "
+                        "take over a directory it left without results")
     p.add_argument("--retry-errors", action="store_true",
                    help="with --resume: generate again the samples whose generation failed (e.g. API errors)")
     p.add_argument("--max-error-rate", type=float, default=0.5,
-                   help="stop when more than this share of samples fails (default 0.5)")
+                   help="fail when more than this share of a task's generations fails (default 0.5; checked from "
+                        "20 samples on, and at each task's end whatever its size)")
     p.add_argument("--ablate", choices=["blank", "noise", "shuffle"],
                    help="replace every image (blank, noise, or another sample's): is the model using the picture?")
     p.add_argument("--samples", dest="samples_file", type=Path,

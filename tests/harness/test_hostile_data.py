@@ -331,3 +331,24 @@ def test_a_dead_server_with_three_samples_exits_non_zero(tmp_path: Path, capsys:
     assert "task fuzz_base: 3 of 3 samples failed: over the --max-error-rate 0.5" in captured.err
     assert "fuzz_base: 3 of 3 generations failed (no answer from the model" in captured.out
     assert json.loads((out / RUN_FILE).read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("question", ["presence", "count", "side", "size", "box"])
+def test_a_sources_declared_meta_fields_are_what_its_samples_carry(question: str) -> None:
+    """validate checks group_by and placeholders against `meta_fields`: it must say what load gives."""
+    from medharness.sources import Columns, LoadParams, PhantomSource
+
+    source = PhantomSource(kind="phantom", question=question, n=6)
+    samples = source.load(LoadParams(task="t"), "test")
+    assert {k for s in samples for k in s.meta} == source.meta_fields(Columns())
+
+
+def test_a_local_sources_meta_fields_follow_its_columns(tmp_path: Path) -> None:
+    from medharness.sources import Columns, LoadParams, LocalSource
+
+    (tmp_path / "test.jsonl").write_text('{"qid": 1, "question": "q", "answer": "yes", "organ": "lung"}\n')
+    columns = Columns(id="qid", meta={"body": "organ"}, derive_answer_type=True)
+    source = LocalSource(kind="local", path="{split}.jsonl", classes="from_data").bind(tmp_path)
+    [sample] = source.load(LoadParams(task="t", columns=columns), "test")
+    assert set(sample.meta) == source.meta_fields(columns) == {"body", "answer_type", "answer_type_derived",
+                                                                "class_name"}

@@ -42,7 +42,7 @@ def read_text(path: Path, what: str = "file", error: Callable[[str], MedHarnessE
             raise error(f"{path}: is a directory, not a {what}")
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise error(f"{path}: no such {what}") from None
+        raise error(f"{what} {path} does not exist") from None
     except OSError as exc:
         raise error(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
     bom = next((name for mark, name in _BOMS.items() if raw.startswith(mark)), None)

@@ -48,11 +48,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and random baselines (default 0)")
     p.add_argument("--output", type=Path, help="run directory (default runs/<time>-<model>)")
     p.add_argument("--label", help="a human name for this run on leaderboards (default: the run id)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output where it stopped")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output where it stopped (same settings and task definitions), or "
+                        "take over a directory it left without results")
     p.add_argument("--retry-errors", action="store_true",
                    help="with --resume: generate again the samples whose generation failed (e.g. API errors)")
     p.add_argument("--max-error-rate", type=float, default=0.5,
-                   help="stop when more than this share of samples fails (default 0.5)")
+                   help="fail when more than this share of a task's generations fails (default 0.5; checked from "
+                        "20 samples on, and at each task's end whatever its size)")
     p.add_argument("--ablate", choices=["blank", "noise", "shuffle"],
                    help="replace every image (blank, noise, or another sample's): is the model using the picture?")
     p.add_argument("--samples", dest="samples_file", type=Path,
@@ -144,7 +146,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         with progress_bar(disabled=args.no_progress) as progress:
             runner = Runner(config, output=args.output, resume=args.resume, progress=progress,
                             retry_errors=args.retry_errors)
-            run = runner.run()
+            try:
+                run = runner.run()
+            except MedHarnessError:
+                from medharness.runlog import RUN_FILE, RunDir
+
+                if runner.started and (runner.path / RUN_FILE).is_file():  # a run that stopped: what it has, then why
+                    print_run_summary(RunDir.open(runner.path))
+                raise
     if lm_eval_tasks:
         run = _run_lm_eval(args, config, lm_eval_tasks, run.path if run else None)
     assert run is not None
@@ -292,6 +301,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-T", dest="overrides", action="append", default=[], metavar="TASK.KEY=VALUE",
                    help="per-task setting, e.g. -T slake.filter.q_lang=zh")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="score a predictions file that matches under 95%% of the task's samples (matched only)")
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -306,7 +317,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         overrides = parse_overrides(args.overrides)
         summary, match = score_predictions(args.task, args.predictions, convention=args.convention,
                                            data_dir=args.data_dir, id_field=args.id_field,
-                                           prediction_field=args.prediction_field, overrides=overrides)
+                                           prediction_field=args.prediction_field, overrides=overrides,
+                                           allow_partial=args.allow_partial)
         print(f"{args.predictions}: matched {match['matched']} of {match['task_samples']} task samples; "
               f"{match['unmatched_predictions']} predictions match no sample; only matched samples are scored",
               file=sys.stderr)

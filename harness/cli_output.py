@@ -112,11 +112,13 @@ def summary_rows(summary: TaskSummary, percent: dict[str, bool]) -> list[list[ob
     for name, m in summary.metrics.items():
         scale = 100.0 if percent.get(name, True) else 1.0
         rows.append([summary.task, summary.convention, name, _scaled(m.value, scale), interval_text(m, scale),
-                     m.ci_method or "", m.n_clusters if m.n_clusters is not None else "", m.n, m.n_unparsed])
+                     m.ci_method or "", m.n_clusters if m.n_clusters is not None else "", m.n,
+                     (m.n_unparsed or 0) - m.n_errors, m.n_errors, _coverage(summary)])
     return rows
 
 
-HEADERS = ["task", "convention", "metric", "value", "95% CI", "CI method", "clusters", "n", "unparsed"]
+HEADERS = ["task", "convention", "metric", "value", "95% CI", "CI method", "clusters", "n", "unparsed",
+           "gen errors", "samples"]
 
 
 def group_table(summary: TaskSummary, field: str, percent: dict[str, bool]) -> str:
@@ -133,13 +135,35 @@ def group_table(summary: TaskSummary, field: str, percent: dict[str, bool]) -> s
     return tabulate(table, headers=[field, "n", "unparsed", *names], tablefmt="github", disable_numparse=True)
 
 
+def _coverage(summary: TaskSummary) -> str:
+    """'20/451' when only part of the task's samples was scored, else the sample count."""
+    partial = summary.n_expected is not None and summary.n_expected != summary.n
+    return f"{summary.n}/{summary.n_expected}" if partial else str(summary.n)
+
+
+def coverage_notes(summaries: list[TaskSummary]) -> list[str]:
+    """What the table's numbers leave out: failed generations (no answer at all, not a wrong one) and samples
+    never scored."""
+    notes = []
+    for s in summaries:
+        if s.n_errors:
+            notes.append(f"{s.task}: {s.n_errors} of {s.n} generations failed (no answer from the model; zero "
+                         "credit, counted under 'gen errors', apart from answers the parser could not read)")
+        if s.n_expected is not None and s.n < s.n_expected:
+            notes.append(f"{s.task}: only {s.n} of its {s.n_expected} samples were scored: a partial result")
+    return notes
+
+
 def print_run_summary(run: RunDir) -> None:
     rows = []
+    summaries = [e.summary for e in run.log.tasks.values() if e.summary is not None]
     for entry in run.log.tasks.values():
         if entry.summary is not None:
             rows += summary_rows(entry.summary, entry.percent)
     print(f"\nrun {run.path} ({run.log.status}; model {run.log.model})\n")
     print(tabulate(rows, headers=HEADERS, tablefmt="github", disable_numparse=True))
+    for note in coverage_notes(summaries):
+        print(f"note: {note}")
     for task, entry in run.log.tasks.items():
         summary = entry.summary
         if summary is not None:
@@ -183,6 +207,8 @@ def print_summaries(summaries: list[TaskSummary], as_json: bool = False) -> None
         for field in s.groups:
             print(f"\nby {field}:\n" + group_table(s, field, percent))
         print()
+    for note in coverage_notes(summaries):
+        print(f"note: {note}")
 
 
 def print_judging(run: RunDir, usage: dict[str, Any], disagreements: Path, n_disagreements: int) -> None:
@@ -266,10 +292,12 @@ def _registry(what: str) -> Any:
 
 
 def validate_files(files: list[Path]) -> int:
-    """Parse each task file and resolve every prompt variant's parser and metrics."""
+    """Check each task file as `run` would without data: the schema (names, generation settings, templates,
+    group_by and placeholders against the sources' fields, parser and metric arguments), every prompt variant's
+    scoring recipe and knowledge file."""
     from medharness.errors import MedHarnessError
     from medharness.scoring import recipe_for
-    from medharness.task import Task, discover_tasks, parse_task_file
+    from medharness.task import Task, discover_tasks, parse_task_file, read_knowledge
 
     paths = files or list(discover_tasks().values())
     failures = 0
@@ -277,8 +305,10 @@ def validate_files(files: list[Path]) -> int:
         try:
             config = parse_task_file(path)
             task = Task(config, path)
-            for variant in config.prompts.variants:
+            for variant, spec in config.prompts.variants.items():
                 recipe_for(task, prompt=variant)
+                if spec.knowledge:
+                    read_knowledge(path.parent / spec.knowledge)
             print(f"ok    {path}")
         except MedHarnessError as exc:
             failures += 1

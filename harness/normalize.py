@@ -27,6 +27,10 @@ NormalizerFn = Callable[[str], str]
 NORMALIZERS: Registry[NormalizerFn] = Registry("normalizer")
 
 
+NormalizerName = NORMALIZERS.name_type()
+"""A metric or parser argument that names a normaliser: unknown names are refused when the task is read."""
+
+
 def normalizer(name: str) -> Callable[[NormalizerFn], NormalizerFn]:
     return NORMALIZERS.register(name)
 

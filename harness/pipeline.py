@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -168,13 +171,42 @@ def default_run_id(config: RunConfig) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{slug or 'model'}"
 
 
-def _check_resume(run: RunDir, config: RunConfig) -> None:
+def _check_resume(run: RunDir, config: RunConfig, tasks: Sequence[Task]) -> None:
+    """A run continues only with the settings and the task definitions it started with: rows of two task
+    versions (or of an edited prompt, parser or filter) never share one file."""
     old = run.log.config
     new = config.model_dump()
-    diffs = [k for k in RunConfig.RESULT_KEYS if old.get(k) != new.get(k)]
+    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in RunConfig.RESULT_KEYS if old.get(k) != new.get(k)]
+    for task in tasks:
+        entry = run.log.tasks.get(task.name)
+        versions = sorted({r.task_version for r in run.rows(task.name)} - {task.version})
+        if versions or (entry is not None and entry.version != task.version):
+            was = versions or [entry.version if entry else "?"]
+            diffs.append(f"task {task.name} version: {', '.join(map(repr, was))} -> {task.version!r}")
+        elif entry is not None and entry.definition not in (None, task.definition_hash):
+            diffs.append(f"task {task.name} definition ({task.path}): hash {entry.definition} -> "
+                         f"{task.definition_hash} (the task file changed)")
     if diffs:
-        detail = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs)
-        raise ConfigError(f"cannot resume {run.path}: the run was started with other settings ({detail})")
+        raise ConfigError(f"cannot resume {run.path}: the run was started with other settings ({'; '.join(diffs)}); "
+                          "start a new run in another --output")
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler, `kill`, a closed nohup session) stops a run like Ctrl-C: recorded as "interrupted",
+    never left at "running". (SIGKILL cannot be caught: `--resume` continues such a run.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("stopped by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Runner:
@@ -203,6 +235,7 @@ class Runner:
         self.cache: ResponseCache | None = None
         self.model_calls = 0
         self.generate_s = 0.0
+        self.started = False  # the run loop began (its directory records how it ended)
 
     def _select(self, task: Task) -> list[Sample]:
         samples = task.load_samples()
@@ -211,45 +244,76 @@ class Runner:
         return samples[: self.config.limit] if self.config.limit else samples
 
     def run(self) -> RunDir:
-        """Run into the run directory, holding its lock throughout (a second writer is refused)."""
-        if self.resume:
-            run = RunDir.open(self.path, writer="run --resume")
-        else:
-            run = RunDir.create(self.path, self.config.model_dump(), seed=self.config.seed, label=self.config.label)
-        try:
-            return self._run(run)
-        finally:
-            run.close()
+        """Run into the run directory, holding its lock throughout (a second writer is refused).
 
-    def _run(self, run: RunDir) -> RunDir:
-        if self.resume:
-            _check_resume(run, self.config)
+        A directory that holds no results (a run stopped before its first sample, or killed while it was being
+        created) is taken over by `--resume`. A fresh run that fails before its first row leaves no directory;
+        a run that stops later is marked "failed" (or "interrupted") with the reason."""
+        if self.resume and RunDir.has_results(self.path):
+            run = RunDir.open(self.path, writer="run --resume")
+            try:
+                _check_resume(run, self.config, self.tasks)
+            except BaseException:
+                run.close()
+                raise
+        else:
+            RunDir.check_new(self.path, take_over=self.resume)
+            run = None
         try:
-            backend = make_backend(self.config)
-        except MedHarnessError:
-            if not self.resume:
-                run.discard()
+            backend = make_backend(self.config)  # a model that cannot load fails before a directory exists
+        except BaseException:
+            if run is not None:
+                run.close()
             raise
-        name, model = pick_backend(self.config.model, self.config.backend)
-        run.set_model(backend.fingerprint, getattr(backend, "attn_implementation", None),
-                      trained_from(model) if name in LOCAL_MODEL_BACKENDS else None)
-        if self.config.cache and backend.cacheable:
-            self.cache = ResponseCache(Path(self.config.cache_dir) if self.config.cache_dir else None)
-        run.set_status("running")
+        if run is None:
+            run = RunDir.create(self.path, self.config.model_dump(), seed=self.config.seed, label=self.config.label,
+                                take_over=self.resume)
         try:
-            for task in self.tasks:
-                self._run_task(run, backend, task)
-        except KeyboardInterrupt:
-            run.set_status("interrupted", "stopped by the user; --resume continues")
-            raise
-        except Exception as exc:  # recorded, then raised: run.json never stays "running"
-            run.set_status("failed", str(exc) if isinstance(exc, MedHarnessError) else f"{type(exc).__name__}: {exc}")
-            raise
+            with _sigterm_interrupts():
+                return self._run(run, backend)
         finally:
             backend.close()
-            self._record_usage(run)
+            run.close()
+
+    def _run(self, run: RunDir, backend: Backend) -> RunDir:
+        name, model = pick_backend(self.config.model, self.config.backend)
+        self.started = True
+        try:
+            run.set_model(backend.fingerprint, getattr(backend, "attn_implementation", None),
+                          trained_from(model) if name in LOCAL_MODEL_BACKENDS else None)
+            if self.config.cache and backend.cacheable:
+                self.cache = ResponseCache(Path(self.config.cache_dir) if self.config.cache_dir else None)
+            run.set_status("running")
+            for task in self.tasks:
+                self._run_task(run, backend, task)
+            self._check_error_rates(run)
+        except KeyboardInterrupt as exc:
+            run.set_status("interrupted", f"{exc or 'stopped by the user'}; --resume continues")
+            raise
+        except BaseException as exc:  # recorded, then raised: run.json never stays "running"
+            if not self.resume and run.discard():
+                self._close_cache()
+                raise  # nothing was generated: no directory is left behind
+            reason = str(exc) if isinstance(exc, MedHarnessError) else f"{type(exc).__name__}: {exc}"
+            run.set_status("failed", reason)
+            raise
+        finally:
+            if run.path.is_dir():
+                self._record_usage(run)
         run.set_status("finished")
         return run
+
+    def _check_error_rates(self, run: RunDir) -> None:
+        """The whole run fails when a task's generation-error rate passes --max-error-rate, however few its
+        samples (during the run the check waits for 20 samples, so that one early failure does not stop it)."""
+        failed = []
+        for task in self.tasks:
+            summary = run.log.tasks[task.name].summary
+            if summary is not None and summary.n and summary.n_errors / summary.n > self.config.max_error_rate:
+                failed.append(f"task {task.name}: {summary.n_errors} of {summary.n} samples failed")
+        if failed:
+            raise DataError(f"{'; '.join(failed)}: over the --max-error-rate {self.config.max_error_rate} "
+                            "(generation errors, not wrong answers; see samples/<task>.jsonl)")
 
     def _run_task(self, run: RunDir, backend: Backend, task: Task) -> None:
         samples, recipe = self.samples[task.name], self.recipes[task.name]
@@ -306,21 +370,29 @@ class Runner:
                          ablation=self.config.ablate, parser=recipe.parser.name, group_by=list(task.config.group_by),
                          cluster_by=task.config.cluster_by,
                          data=task.load_report, n_selected=len(self.samples[task.name]),
-                         percent=metric_is_percent(recipe), metrics=metric_records(recipe), path=str(task.path))
+                         percent=metric_is_percent(recipe), metrics=metric_records(recipe), path=str(task.path),
+                         definition=task.definition_hash)
 
     def _record_usage(self, run: RunDir) -> None:
         cache = self.cache
         run.set_usage(RunUsage(model_calls=self.model_calls, generate_s=round(self.generate_s, 3), cache=None if cache is None else CacheUsage(
             hits=cache.hits, misses=cache.misses, path=str(cache.path))))
-        if cache is not None:
-            cache.close()
+        self._close_cache()
+
+    def _close_cache(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
             self.cache = None
 
     def _finish_task(self, run: RunDir, task: Task, recipe: Recipe, backend: Backend) -> TaskSummary:
         selected = {s.id for s in self.samples[task.name]}
         rows = [r for r in run.rows(task.name) if r.sample_id in selected]
         summary = summarise(rows, recipe, task.config.group_by, task.name, task.version,
-                            task.config.cluster_by)
+                            task.config.cluster_by).model_copy(update={"n_expected": len(selected)})
+        for field, groups in summary.groups.items():
+            if rows and not groups:
+                log.warning("task %s: no sample of %s has the group_by field '%s'; its table is empty",
+                            task.name, task.load_report.get("source", "this source"), field)
         tokens = TokenCount(prompt=sum(r.generation.prompt_tokens or 0 for r in rows),
                             completion=sum(r.generation.completion_tokens or 0 for r in rows))
         cost = cost_usd(self.config.model, tokens.prompt, tokens.completion) if backend.priced else None

@@ -2,33 +2,36 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medharness.datafiles import Record, read_records
 from medharness.errors import DataError
+from medharness.records import Generation
 
 ID_FIELDS = ("id", "qid", "sample_id", "question_id")
 PREDICTION_FIELDS = ("prediction", "pred", "response", "output", "answer", "text")
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
+@dataclass(frozen=True)
+class Prediction:
+    """One predicted text; `error` (a null or non-text prediction) makes it that sample's error, never a value."""
+
+    text: str
+    error: str | None = None
+
+    def generation(self, sample_id: str, model: str, finish_reason: str | None = None) -> Generation:
+        return Generation(sample_id=sample_id, text=self.text, model=model, error=self.error,
+                          finish_reason=None if self.error else finish_reason)
+
+
+def _records(path: Path) -> list[Record]:
+    if not path.is_file() and not path.is_dir():
         raise DataError(f"predictions file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".csv":
-            return list(csv.DictReader(io.StringIO(text)))
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of records")
-    return data
+    fmt = {".csv": "csv", ".jsonl": "jsonl"}.get(path.suffix, "json")
+    return read_records(path, fmt, what="predictions file")
 
 
 def _pick(record: dict[str, Any], given: str | None, fallbacks: tuple[str, ...], what: str, path: Path) -> str:
@@ -43,29 +46,51 @@ def _pick(record: dict[str, Any], given: str | None, fallbacks: tuple[str, ...],
                     f"fields: {sorted(record)}; pass --{what.replace(' ', '-')}-field")
 
 
+def _prediction(value: Any, where: str, field: str) -> Prediction:
+    """Text as it is; a number as its digits (a count, a grade); anything else is the sample's error."""
+    if isinstance(value, str):
+        return Prediction(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Prediction(str(value))
+    shown = "null" if value is None else f"{type(value).__name__} {json.dumps(value)[:40]}"
+    return Prediction("", f"{where}: field '{field}' is {shown}, not a predicted text")
+
+
+def _sample_id(value: Any, where: str, field: str) -> str:
+    if value is None or isinstance(value, (bool, list, dict)) or not str(value).strip():
+        raise DataError(f"{where}: field '{field}' is {json.dumps(value)[:40]}, not a sample id")
+    return str(value)
+
+
 def read_predictions(path: Path, id_field: str | None = None, prediction_field: str | None = None,
-                     task: str | None = None) -> dict[str, str]:
-    """sample id -> raw predicted text. Duplicate ids are an error. A run's samples file works too."""
+                     task: str | None = None) -> dict[str, Prediction]:
+    """sample id -> prediction. Duplicate or empty ids are errors naming the line. A run's samples file works
+    too."""
     records = _records(path)
     if not records:
         raise DataError(f"{path}: no predictions")
-    first = records[0]
+    first = records[0].data
+    pairs: list[tuple[str, str, Prediction]] = []
     if "sample" in first and "generation" in first:  # a medharness samples/<task>.jsonl
-        pairs = [(str(r["sample"]["id"]), r["generation"].get("text") or "") for r in records
-                 if task is None or r.get("task") == task]
+        for r in records:
+            sample, gen = r.data.get("sample"), r.data.get("generation")
+            if not isinstance(sample, dict) or not isinstance(gen, dict):
+                raise DataError(f"{r.where}: not a medharness row (sample and generation objects)")
+            if task is None or r.data.get("task") == task:
+                pairs.append((r.where, _sample_id(sample.get("id"), r.where, "sample.id"),
+                              _prediction(gen.get("text") or "", r.where, "generation.text")))
     else:
         idf = _pick(first, id_field, ID_FIELDS, "id", path)
         pf = _pick(first, prediction_field, PREDICTION_FIELDS, "prediction", path)
-        if task is not None and "task" in first:
-            records = [r for r in records if r.get("task") == task]
-        pairs = []
-        for number, r in enumerate(records, 1):
-            if idf not in r or pf not in r:
-                raise DataError(f"{path}: record {number} lacks '{idf}' or '{pf}'")
-            pairs.append((str(r[idf]), "" if r[pf] is None else str(r[pf])))
-    out: dict[str, str] = {}
-    for sid, text in pairs:
+        for r in records:
+            if task is not None and "task" in first and r.data.get("task") != task:
+                continue
+            if idf not in r.data or pf not in r.data:
+                raise DataError(f"{r.where}: the record lacks '{idf}' or '{pf}'")
+            pairs.append((r.where, _sample_id(r.data[idf], r.where, idf), _prediction(r.data[pf], r.where, pf)))
+    out: dict[str, Prediction] = {}
+    for where, sid, pred in pairs:
         if sid in out:
-            raise DataError(f"{path}: duplicate prediction id '{sid}'")
-        out[sid] = text
+            raise DataError(f"{where}: duplicate prediction id '{sid}'")
+        out[sid] = pred
     return out

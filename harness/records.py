@@ -74,9 +74,11 @@ class Sample(Record):
 
 
 class GenerationSettings(Record):
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
+    """Decoding settings; task files' `generation:` keys are these fields, checked when the file is read."""
+
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0, allow_inf_nan=False)  # 0 = greedy
+    top_p: float = Field(1.0, gt=0, le=1)
     seed: int = 0
 
     @property
@@ -213,6 +215,7 @@ class MetricSummary(Record):
     ci_method: str | None = None
     n: int
     n_unparsed: int | None
+    n_errors: int = 0  # of the unparsed, the generations that failed (no answer at all)
     higher_is_better: bool = True
 
     _value = field_validator("value", mode="before")(_nan_for_none)
@@ -245,6 +248,7 @@ class TaskSummary(Record):
     n: int
     n_unparsed: int
     n_errors: int = 0
+    n_expected: int | None = None  # the samples the task selected: n < n_expected is a partial result
     metrics: dict[str, MetricSummary]
     groups: dict[str, dict[str, GroupSummary]] = Field(default_factory=dict)  # field -> value -> group
 
@@ -257,7 +261,7 @@ class TaskSummary(Record):
 
         return {
             "task": self.task, "task_version": self.task_version, "convention": self.convention,
-            "n": self.n, "n_unparsed": self.n_unparsed, "n_errors": self.n_errors,
+            "n": self.n, "n_expected": self.n_expected, "n_unparsed": self.n_unparsed, "n_errors": self.n_errors,
             "metrics": metrics(self.metrics),
             "groups": {f: {k: {"n": g.n, "n_unparsed": g.n_unparsed, "metrics": metrics(g.metrics)}
                            for k, g in b.items()} for f, b in self.groups.items()},
@@ -350,6 +354,7 @@ class TaskEntry(Record):
     percent: dict[str, bool] = Field(default_factory=dict)  # metric label -> shown x100
     metrics: list[MetricSpecRecord] = Field(default_factory=list)
     path: str = ""
+    definition: str | None = None  # hash of the resolved task definition (`Task.definition_hash`): resume checks it
     summary: TaskSummary | None = None
     tokens: TokenCount | None = None
     cost_usd: float | None = None

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import logging
-from collections.abc import Iterator
-from typing import Any, Generic, TypeVar
+import typing
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, Generic, TypeVar
+
+from pydantic import AfterValidator, TypeAdapter, ValidationError
 
 from medharness.errors import ConfigError
 
@@ -95,6 +99,19 @@ class Registry(Generic[T]):
         hint = f" Did you mean '{close[0]}'?" if close else ""
         return f"unknown {self.kind} '{name}'.{hint} Available: {', '.join(names)}"
 
+    def name_type(self) -> Any:
+        """A type for an argument that names an entry (`normalizer: NormalizerName`): `check_arguments`
+        refuses an unknown name, with a "did you mean", when the task file is read."""
+
+        def known(name: str) -> str:
+            if name not in self._entries:
+                load_plugins()
+            if name not in self._entries:
+                raise ValueError(self._miss_message(name))
+            return name
+
+        return Annotated[str, AfterValidator(known)]
+
     def names(self) -> list[str]:
         load_plugins()
         return sorted(self._entries)
@@ -108,3 +125,30 @@ class Registry(Generic[T]):
     def items(self) -> list[tuple[str, T]]:
         return [(n, self.get(n)) for n in self.names()]
 
+
+
+def check_arguments(fn: Callable[..., Any], args: dict[str, Any], fixed: int, what: str) -> None:
+    """The arguments a task file gives a registered function (a metric's or a parser step's `args`), checked
+    as the call will see them: each must be a parameter after its `fixed` positional ones, with a value of the
+    annotated type (a registry name type refuses unknown names). Run does the same check, so `validate` passes
+    only what `run` accepts."""
+    params = list(inspect.signature(fn).parameters.values())[fixed:]
+    named = {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if not any(p.kind == p.VAR_KEYWORD for p in params):
+        for key in args:
+            if key not in named:
+                close = difflib.get_close_matches(str(key), list(named), n=1, cutoff=0.5)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(f"{what} takes no argument '{key}'{hint}; it takes: "
+                                  f"{', '.join(named) or 'no arguments'}")
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # noqa: BLE001 - annotations that cannot be resolved here (a plugin's): names only
+        return
+    for key, value in args.items():
+        if key in hints:
+            try:
+                TypeAdapter(hints[key]).validate_python(value, strict=True)
+            except ValidationError as exc:
+                msg = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                raise ConfigError(f"{what}: argument {key}={value!r}: {msg}") from None

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
+from medharness.datafiles import read_text
 from medharness.errors import ConfigError, DataError, RunInUseError
 from medharness.records import (
     RUNLOG_SCHEMA,
@@ -92,9 +93,9 @@ _warned_old: set[Path] = set()
 def _load_log(file: Path) -> RunLog:
     """Read run.json into a RunLog; a run.json of the previous (untyped, pre-0.2) shape loads too, said once."""
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{file}: not valid JSON: {exc}") from None
+        data = json.loads(read_text(file, "run log"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{file}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     if not isinstance(data, dict) or "run_id" not in data:
         raise DataError(f"{file}: not a medharness run log (no run_id)")
     version = data.get("schema_version", 0)
@@ -216,13 +217,18 @@ class RunDir:
 
     @classmethod
     def create(cls, path: Path, config: dict[str, Any], seed: int | None = None,
-               label: str | None = None) -> RunDir:
-        _refuse_existing(path)
+               label: str | None = None, take_over: bool = False) -> RunDir:
+        """A new run directory, locked. `take_over`: a directory that holds no results (see `has_results`) is
+        cleared and started afresh, under the lock."""
+        cls.check_new(path, take_over)
         path.mkdir(parents=True, exist_ok=True)
-        lock = RunLock.acquire(path, "run")
+        lock = RunLock.acquire(path, "run --resume" if take_over else "run")
         try:
-            _refuse_existing(path)  # another process may have created it between the check and the lock
-            (path / "samples").mkdir(exist_ok=True)
+            cls.check_new(path, take_over)  # another process may have written it between the check and the lock
+            for leftover in (path / RUN_FILE, path / (RUN_FILE + ".tmp")):
+                leftover.unlink(missing_ok=True)
+            shutil.rmtree(path / "samples", ignore_errors=True)
+            (path / "samples").mkdir()
             run = cls(path, RunLog(run_id=path.name, label=label, created=now(), command=list(sys.argv),
                                    config=config, versions=versions(), seed=seed), lock)
             run.save()
@@ -231,12 +237,46 @@ class RunDir:
             raise
         return run
 
+    @staticmethod
+    def has_results(path: Path) -> bool:
+        """Whether `path` holds anything a run produced beyond its bookkeeping: a row, a verdict or a file
+        medharness did not write. A directory without (an empty one, one left by a run that stopped before its
+        first sample or was killed while being created) can be taken over."""
+        if not path.is_dir():
+            return False
+        for item in path.iterdir():
+            if item.name in (RUN_FILE, RUN_FILE + ".tmp", LOCK_FILE):
+                continue
+            if item.name == "samples" and item.is_dir() and not any(
+                    f.stat().st_size for f in item.iterdir() if f.is_file()) and not any(
+                    f.is_dir() for f in item.iterdir()):
+                continue
+            return True
+        return False
+
+    @classmethod
+    def check_new(cls, path: Path, take_over: bool = False) -> None:
+        """Refuse a new run in a directory that is not free (see `has_results`); a directory holding only a
+        stopped run's bookkeeping is free with `take_over` (`--resume`)."""
+        if not path.exists():
+            return
+        if not path.is_dir():
+            raise ConfigError(f"--output {path} is a file, not a directory")
+        if cls.has_results(path):
+            raise ConfigError(f"run directory {path} already exists: pass --resume to continue it, "
+                              "or choose another --output")
+        if not take_over and any(p.name != LOCK_FILE for p in path.iterdir()):
+            raise ConfigError(f"run directory {path} holds a run that stopped before its first sample (no results): "
+                              "pass --resume to take it over, or choose another --output")
+
     @classmethod
     def open(cls, path: Path, writer: str | None = None) -> RunDir:
         """Read a run directory; with `writer` (what the caller does: "run", "judge"), lock it first."""
         file = path / RUN_FILE
         if not file.is_file():
-            raise DataError(f"{path} is not a run directory (no {RUN_FILE})")
+            hint = "; it holds no results: `run --resume` takes it over" if path.is_dir() and not cls.has_results(
+                path) else ""
+            raise DataError(f"{path} is not a run directory (no {RUN_FILE}){hint}")
         lock = RunLock.acquire(path, writer) if writer else None
         try:
             return cls(path, _load_log(file), lock)
@@ -296,10 +336,13 @@ class RunDir:
                 tasks[name] = tasks[name].model_copy(update={"judges": judged})
         self._update(judges={**self.log.judges, **members}, tasks=tasks)
 
-    def discard(self) -> None:
-        """Remove a run directory that never got a single result (bad input before any work)."""
-        if not any(self.samples_dir.glob("*.jsonl")):
-            shutil.rmtree(self.path, ignore_errors=True)
+    def discard(self) -> bool:
+        """Remove a run directory that never got a single result (a failure before the first sample); return
+        whether it was removed."""
+        if self.has_results(self.path):
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        return True
 
     @property
     def samples_dir(self) -> Path:
@@ -349,12 +392,6 @@ class RunDir:
         return sorted(p.stem for p in self.samples_dir.glob("*.jsonl"))
 
 
-def _refuse_existing(path: Path) -> None:
-    if path.exists() and any(p.name != LOCK_FILE for p in path.iterdir()):
-        raise ConfigError(f"run directory {path} already exists: pass --resume to continue it, "
-                          "or choose another --output")
-
-
 def _file_name(task: str) -> str:
     """A task name as a file name; one that would leave its folder (or name no file) is refused even when
     the schema that read it was bypassed."""
@@ -402,8 +439,7 @@ def read_jsonl(file: Path, record: type[R]) -> Iterator[R]:
     """Records of one JSONL file; a torn final line (a killed run) is skipped, anything else is an error."""
     if not file.exists():
         return
-    with file.open(encoding="utf-8") as fh:
-        lines = fh.read().split("\n")
+    lines = read_text(file, "run file").split("\n")
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue

@@ -100,7 +100,8 @@ def _stderr(values: np.ndarray) -> float | None:
 
 
 def _metric_summary(spec: MetricSpec, rows: Sequence[ResultRow], idx: np.ndarray, codes: np.ndarray,
-                    parsed: np.ndarray, values: np.ndarray, present: np.ndarray) -> MetricSummary:
+                    parsed: np.ndarray, errors: np.ndarray, values: np.ndarray,
+                    present: np.ndarray) -> MetricSummary:
     """One metric over the rows `idx`: mean (or corpus value), i.i.d. stderr, the interval (medharness.stats)
     and the counts. `values`/`present` are the metric's per-row value (NaN: unscored) and whether it applies."""
     common: dict[str, Any] = {"higher_is_better": spec.metric.higher_is_better}
@@ -108,6 +109,7 @@ def _metric_summary(spec: MetricSpec, rows: Sequence[ResultRow], idx: np.ndarray
         corpus, args = spec.metric.corpus, spec.args
         pairs = [(rows[i].answer, rows[i].sample) for i in idx]
         common["n_unparsed"] = int((~parsed[idx]).sum())
+        common["n_errors"] = int(errors[idx].sum())
         if not pairs:
             return MetricSummary(value=math.nan, n=0, **common)
         n_boot = int(min(CORPUS_BOOT, max(200, 2_000_000 // len(pairs))))  # bounded: ~2M items re-scored
@@ -115,6 +117,7 @@ def _metric_summary(spec: MetricSpec, rows: Sequence[ResultRow], idx: np.ndarray
         return MetricSummary(value=float(corpus(pairs, **args)), n=len(pairs), **common, **_ci(ci))
     v, applies = values[idx], present[idx]
     common["n_unparsed"] = int((applies & ~parsed[idx]).sum())
+    common["n_errors"] = int((applies & errors[idx]).sum())
     scored = ~np.isnan(v)
     if not scored.any():
         return MetricSummary(value=math.nan, n=0, **common)
@@ -137,13 +140,14 @@ def summarise(rows: Sequence[ResultRow], recipe: Recipe, group_by: Sequence[str]
         log.warning("%s: no sample has the cluster_by field '%s': intervals resample items", task, cluster_by)
     codes = np.unique([cluster_of(r.sample, cluster_by) for r in rows], return_inverse=True)[1].astype(np.int64)
     parsed = np.fromiter((r.answer.parsed for r in rows), bool, len(rows))
+    errors = np.fromiter((r.generation.error is not None for r in rows), bool, len(rows))
     per_row = {s.label: (np.fromiter((r.scores.get(s.label, math.nan) for r in rows), float, len(rows)),
                          np.fromiter((s.label in r.scores for r in rows), bool, len(rows)))
                for s in recipe.metrics if s.metric.corpus is None}
     none = (np.empty(0), np.empty(0, bool))
 
     def metrics(idx: np.ndarray) -> dict[str, MetricSummary]:
-        return {s.label: _metric_summary(s, rows, idx, codes, parsed, *per_row.get(s.label, none))
+        return {s.label: _metric_summary(s, rows, idx, codes, parsed, errors, *per_row.get(s.label, none))
                 for s in recipe.metrics}
 
     groups: dict[str, dict[str, GroupSummary]] = {}
@@ -160,7 +164,7 @@ def summarise(rows: Sequence[ResultRow], recipe: Recipe, group_by: Sequence[str]
     return TaskSummary(
         task=task, task_version=version, convention=recipe.convention, n=len(rows),
         n_unparsed=int((~parsed).sum()),
-        n_errors=sum(1 for r in rows if r.generation.error is not None),
+        n_errors=int(errors.sum()),
         metrics=metrics(np.arange(len(rows))), groups=groups,
     )
 

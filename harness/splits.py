@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from medharness.datafiles import read_text
 from medharness.errors import DataError
 from medharness.records import Sample
 
@@ -47,14 +48,12 @@ def read_sample_ids(path: Path) -> dict[str, list[str]]:
         if not merged:
             raise DataError(f"{path}: a folder without .json sample-id files")
         return merged
-    if not path.is_file():
-        raise DataError(f"samples file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "samples file")
     if path.suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: not valid JSON: {exc}") from None
+            raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         if isinstance(data, list):
             return {"*": [str(i) for i in data]}
         if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):

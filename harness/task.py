@@ -7,18 +7,20 @@ are named by their registered names plus arguments.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import string
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 import medharness.tasks as _tasks_package
 from medharness.errors import ConfigError, DataError
 from medharness.records import GenerationSettings, Message, Part, Prompt, SafeName, Sample, Strict
 from medharness.sources import Columns, LoadParams, LocalFiles, SourceSpec, source_label
+from medharness.taskcheck import check_fields, check_generation, template_fields
 from medharness.yamlio import line_of, load_yaml_with_lines
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,15 @@ class PromptSpec(Strict):
         if self.images not in ("before", "after"):
             raise ValueError("images must be 'before' or 'after'")
         return self
+
+    @field_validator("user", "system")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is not None:
+            template_fields(value)
+        return value
+
+    _generation = field_validator("generation")(classmethod(lambda cls, v: check_generation(v)))
 
 
 class Prompts(Strict):
@@ -94,6 +105,8 @@ class TaskConfig(Strict):
     data_dir: str | None = None  # set by --data-dir or -T task.data_dir=DIR
     prompt: str | None = None  # set by -T task.prompt=NAME
 
+    _generation = field_validator("generation")(classmethod(lambda cls, v: check_generation(v)))
+
 
 def _format_error(path: Path, exc: ValidationError, lines: dict[Any, int]) -> str:
     msgs = []
@@ -117,9 +130,14 @@ def parse_task_file(path: Path, overrides: dict[str, Any] | None = None) -> Task
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
     try:
-        return TaskConfig.model_validate(data)
+        config = TaskConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(path, exc, lines)) from None
+    errors = check_fields(config)
+    if errors:
+        raise ConfigError("invalid task file\n  " + "\n  ".join(
+            f"{path}:{line_of(lines, loc) or '?'}: {'.'.join(map(str, loc))}: {msg}" for loc, msg in errors))
+    return config
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -148,6 +166,13 @@ class Task:
     @property
     def version(self) -> str:
         return self.config.version
+
+    @cached_property
+    def definition_hash(self) -> str:
+        """A hash of the resolved definition (the file with its -T overrides, as validated): a run resumes only
+        under the same one."""
+        blob = json.dumps(self.config.model_dump(mode="json"), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
     def prompt_name(self) -> str:
@@ -267,7 +292,10 @@ def read_knowledge(path: Path) -> dict[str, str]:
 
 
 def _fill(template: str, fields: dict[str, Any], task: str, prompt: str) -> str:
-    names = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    try:
+        names = template_fields(template)
+    except ValueError as exc:
+        raise ConfigError(f"task {task}, prompt '{prompt}': {exc}") from None
     missing = sorted(names - set(fields))
     if missing:
         raise ConfigError(f"task {task}, prompt '{prompt}': unknown placeholder(s) {missing}; "

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from medharness.datafiles import read_text
 from medharness.errors import ConfigError
 
 Loc = tuple[str | int, ...]
@@ -73,10 +74,7 @@ def load_yaml_with_lines(path: Path) -> tuple[Any, dict[Loc, int]]:
 
     Whatever is wrong with the file (unreadable, not UTF-8, not YAML, an anchor, nesting deeper than
     MAX_DEPTH, a number too long to convert, ...) is a ConfigError naming the file: never a traceback."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the file: {exc}") from None
+    text = read_text(path, "YAML file", ConfigError)
     lines: dict[Loc, int] = {}
     data = _load(text, str(path), lines, in_file=True)
     if data is _EMPTY:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from medharness.datafiles import read_records
 from medharness.errors import DataError
 from medharness.judges.specs import get_spec
 from medharness.judges.summary import latest, verdict_frame
@@ -28,25 +29,27 @@ _WORDS = {"yes": 1.0, "no": 0.0, "true": 1.0, "false": 0.0}
 
 def read_human_labels(path: Path) -> pd.DataFrame:
     """-> DataFrame with columns task (may be None), id, label (float)."""
-    if not path.is_file():
-        raise DataError(f"human labels {path}: no such file")
-    frame = pd.read_json(path, lines=True, dtype=False) if path.suffix == ".jsonl" else pd.read_csv(path, dtype=str)
+    records = read_records(path, "jsonl" if path.suffix == ".jsonl" else "csv", what="human labels file")
+    frame = pd.DataFrame([r.data for r in records])
     if "id" not in frame.columns and "sample_id" in frame.columns:
         frame = frame.rename(columns={"sample_id": "id"})
     missing = {"id", "label"} - set(frame.columns)
     if missing:
         raise DataError(f"human labels {path}: missing column(s) {sorted(missing)} (need id and label)")
 
-    def number(value: Any, line: int) -> float:
+    def number(value: Any, where: str) -> float:
         text = str(value).strip().lower()
         if text in _WORDS:
             return _WORDS[text]
         try:
             return float(text)
         except ValueError:
-            raise DataError(f"human labels {path}: row {line}: label {value!r} is not a number or yes/no") from None
+            raise DataError(f"human labels {where}: label {value!r} is not a number or yes/no") from None
 
-    frame["label"] = [number(v, i + 1) for i, v in enumerate(frame["label"])]
+    for value, record in zip(frame["id"], records, strict=True):
+        if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip():
+            raise DataError(f"human labels {record.where}: the id is empty")
+    frame["label"] = [number(v, r.where) for v, r in zip(frame["label"], records, strict=True)]
     frame["id"] = frame["id"].astype(str)
     if "task" not in frame.columns:
         frame["task"] = None

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from medharness.backends.base import Backend, Request, backend
-from medharness.predictions import read_predictions
+from medharness.predictions import Prediction, read_predictions
 from medharness.records import Generation
 
 
@@ -24,7 +24,7 @@ class ReplayBackend(Backend):
         super().__init__(model, **options)
         self.path = Path(model)
         self.id_field, self.prediction_field = id_field, prediction_field
-        self.predictions: dict[str, str] = {}
+        self.predictions: dict[str, Prediction] = {}
 
     @property
     def fingerprint(self) -> str:
@@ -39,8 +39,7 @@ class ReplayBackend(Backend):
         for req in requests:
             sid = req.prompt.sample_id
             if sid in self.predictions:
-                out.append(Generation(sample_id=sid, text=self.predictions[sid], finish_reason="replay",
-                                      model=self.fingerprint))
+                out.append(self.predictions[sid].generation(sid, self.fingerprint, finish_reason="replay"))
             else:
                 out.append(Generation(sample_id=sid, text="", model=self.fingerprint,
                                       error=f"no prediction for id '{sid}' in {self.path}"))

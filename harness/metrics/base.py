@@ -18,7 +18,7 @@ from typing import Any
 
 from medharness.errors import ConfigError
 from medharness.records import Answer, Sample
-from medharness.registry import Registry
+from medharness.registry import Registry, check_arguments
 
 MetricFn = Callable[..., float | None]
 CorpusFn = Callable[..., float]
@@ -86,7 +86,11 @@ def resolve_metrics(specs: Sequence[str | dict[str, Any]]) -> list[MetricSpec]:
             raise ConfigError(f"a metric is a name or {{name, args, as}}, got {spec!r}")
         if label == "n":
             raise ConfigError("'n' is reserved for group sizes; choose another metric label")
-        out.append(MetricSpec(label=label, metric=METRICS.get(name), args=args))
+        found = METRICS.get(name)
+        fn = found.fn or found.corpus
+        if fn is not None:
+            check_arguments(fn, args, 3 if found.fn else 1, f"metric '{name}'")
+        out.append(MetricSpec(label=label, metric=found, args=args))
     labels = [s.label for s in out]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"duplicate metric labels {labels}; give one of them `as: NAME`")

@@ -10,7 +10,7 @@ from typing import Any
 from medharness.errors import ConfigError
 from medharness.metrics.base import metric
 from medharness.metrics.common import answer_text, gold_text, gold_yes_no, overlap_prf
-from medharness.normalize import normalize, yes_no_of
+from medharness.normalize import NormalizerName, normalize, yes_no_of
 from medharness.parsers.base import strip_end_markers
 from medharness.parsers.structured import letter_of
 from medharness.parsers.text import answer_tag, boxed_content, think_text
@@ -20,7 +20,7 @@ from medharness.records import Answer, Sample
 
 
 @metric("exact_match")
-def exact_match(answer: Answer, sample: Sample, text: str, normalizer: str = "harness") -> float | None:
+def exact_match(answer: Answer, sample: Sample, text: str, normalizer: NormalizerName = "harness") -> float | None:
     """Normalised answer == normalised gold (normalizer: `harness` by default)."""
     gold, pred = gold_text(sample), answer_text(answer)
     if gold is None:
@@ -30,7 +30,7 @@ def exact_match(answer: Answer, sample: Sample, text: str, normalizer: str = "ha
     return float(normalize(pred, normalizer) == normalize(gold, normalizer))
 
 
-def _token_score(answer: Answer, sample: Sample, which: int, normalizer: str, variant: str) -> float | None:
+def _token_score(answer: Answer, sample: Sample, which: int, normalizer: NormalizerName, variant: str) -> float | None:
     gold, pred = gold_text(sample), answer_text(answer)
     gold_tokens = normalize(gold, normalizer).split() if gold is not None else []
     if not gold_tokens:
@@ -41,21 +41,21 @@ def _token_score(answer: Answer, sample: Sample, which: int, normalizer: str, va
 
 
 @metric("token_precision")
-def token_precision(answer: Answer, sample: Sample, text: str, normalizer: str = "harness",
+def token_precision(answer: Answer, sample: Sample, text: str, normalizer: NormalizerName = "harness",
                     variant: str = "multiset") -> float | None:
     """Share of answer tokens found in the gold (multiset counts unless variant=set)."""
     return _token_score(answer, sample, 0, normalizer, variant)
 
 
 @metric("token_recall")
-def token_recall(answer: Answer, sample: Sample, text: str, normalizer: str = "harness",
+def token_recall(answer: Answer, sample: Sample, text: str, normalizer: NormalizerName = "harness",
                  variant: str = "multiset") -> float | None:
     """Share of gold tokens found in the answer (multiset counts unless variant=set)."""
     return _token_score(answer, sample, 1, normalizer, variant)
 
 
 @metric("token_f1")
-def token_f1(answer: Answer, sample: Sample, text: str, normalizer: str = "harness",
+def token_f1(answer: Answer, sample: Sample, text: str, normalizer: NormalizerName = "harness",
              variant: str = "multiset") -> float | None:
     """Token F1 of answer vs gold (multiset counts unless variant=set)."""
     return _token_score(answer, sample, 2, normalizer, variant)

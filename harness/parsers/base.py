@@ -12,7 +12,7 @@ from typing import Any
 
 from medharness.errors import ConfigError
 from medharness.records import Answer, Sample
-from medharness.registry import Registry
+from medharness.registry import Registry, check_arguments
 
 ParserFn = Callable[..., Answer]
 PARSERS: Registry[ParserFn] = Registry("parser")
@@ -50,7 +50,9 @@ class ParserChain:
         self.steps: list[tuple[str, dict[str, Any], ParserFn]] = []
         for step in steps:
             name, args = split_spec(step)
-            self.steps.append((name, args, PARSERS.get(name)))
+            fn = PARSERS.get(name)
+            check_arguments(fn, args, 2, f"parser '{name}'")
+            self.steps.append((name, args, fn))
         self.name = "+".join(n for n, _, _ in self.steps)
 
     def __call__(self, text: str, sample: Sample) -> Answer:

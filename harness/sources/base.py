@@ -8,10 +8,11 @@ and, for local sources, the data root (`bind`). This module imports no other sou
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,30 +70,57 @@ def _strip_letter(option: str, position: int) -> str:
 
 
 def rows_to_samples(rows: list[dict[str, Any]], params: LoadParams, columns: Columns, image_ref: ImageRef,
-                    question: str | None = None) -> list[Sample]:
+                    question: str | None = None, where: Sequence[str] | None = None) -> list[Sample]:
     """Apply the task's filter and the column mapping; `image_ref(row, index)` gives an image reference.
 
-    `question`: a fixed question for every row (files without a question column)."""
+    `question`: a fixed question for every row (files without a question column). `where`: each row's place
+    (`file:line`) for errors; default `row N`. A row missing a mapped column, with a null (or short-row
+    missing) field, or a blank id, gold or image name, is a DataError naming the task, the row and the column:
+    never the text "None"."""
     out = []
     for index, row in enumerate(rows):
         if not params.keep(row):
             continue
+        at = f"task {params.task}: {where[index] if where is not None else f'row {index}'}"
         try:
-            out.append(_sample(row, index, params.task, columns, image_ref, question))
+            out.append(_sample(row, index, params.task, columns, image_ref, question, at))
         except KeyError as exc:
-            raise DataError(f"task {params.task}: row {index} has no column {exc}; columns: {sorted(row)}") from None
+            raise DataError(f"{at}: no column {exc}; columns: {sorted(map(str, row))}") from None
     return out
 
 
+def cell(row: dict[str, Any], column: str, at: str, blank_ok: bool = False) -> Any:
+    """`row[column]`, refused when null (JSON null, a missing cell) or, unless `blank_ok`, blank text."""
+    return _present(row[column], f"column '{column}'", at, blank_ok)
+
+
+def _present(value: Any, what: str, at: str, blank_ok: bool = False) -> Any:
+    if value is None or (not blank_ok and isinstance(value, str) and not value.strip()):
+        raise DataError(f"{at}: {what} is empty ({json.dumps(value)}); a sample needs it")
+    return value
+
+
+def _text(value: Any, what: str, at: str, blank_ok: bool = False) -> str:
+    """A value that becomes text (id, question, option, image name): a string or a number, nothing else."""
+    value = _present(value, what, at, blank_ok)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise DataError(f"{at}: {what} holds {type(value).__name__} {json.dumps(value, default=str)[:40]}, "
+                        "not text")
+    return str(value)
+
+
+def text_cell(row: dict[str, Any], column: str, at: str, blank_ok: bool = False) -> str:
+    return _text(row[column], f"column '{column}'", at, blank_ok)
+
+
 def _sample(row: dict[str, Any], index: int, task: str, columns: Columns, image_ref: ImageRef,
-            question: str | None = None) -> Sample:
+            question: str | None, at: str) -> Sample:
     if columns.box:
-        what = f"task {task}: row {index}"
-        target: Any = [number(row[c], f"{what} column {c}") for c in columns.box]
+        target: Any = [number(cell(row, c, at), f"{at} column {c}") for c in columns.box]
         if target[2] < target[0] or target[3] < target[1]:
-            raise DataError(f"{what}: reversed box {target} (x2 < x1 or y2 < y1); check the `box` column order")
+            raise DataError(f"{at}: reversed box {target} (x2 < x1 or y2 < y1); check the `box` column order")
     else:
-        target = row[columns.target]
+        target = cell(row, columns.target, at)
     if not isinstance(target, (list, int, float)):
         target = str(target).strip()
     meta = {key: row[col] for key, col in columns.meta.items()}
@@ -100,16 +128,21 @@ def _sample(row: dict[str, Any], index: int, task: str, columns: Columns, image_
         meta["answer_type"] = "CLOSED" if str(target).strip().lower() in ("yes", "no") else "OPEN"
         meta["answer_type_derived"] = True
     if isinstance(columns.choices, str):
-        choices = tuple(str(c) for c in row[columns.choices])
+        options = cell(row, columns.choices, at)
+        if not isinstance(options, (list, tuple)):
+            raise DataError(f"{at}: column '{columns.choices}' holds {type(options).__name__}, not a list of options")
+        choices = tuple(_text(o, f"option {i + 1} of column '{columns.choices}'", at, True) for i, o in enumerate(options))
     else:
-        choices = tuple(str(row[c]) for c in columns.choices or ())
+        choices = tuple(text_cell(row, c, at, True) for c in columns.choices or ())
     if columns.strip_choice_letters:
         choices = tuple(_strip_letter(c, i) for i, c in enumerate(choices))
+    if columns.image:
+        text_cell(row, columns.image, at)
     ref = image_ref(row, index)
     return Sample(
-        id=str(row[columns.id]) if columns.id else str(index),
+        id=text_cell(row, columns.id, at) if columns.id else str(index),
         task=task,
-        question=question if question is not None else str(row[columns.question]),
+        question=question if question is not None else text_cell(row, columns.question, at, True),
         target=target,
         images=(ref,) if ref else (),
         choices=choices,
@@ -269,6 +302,16 @@ def image_header_size(path: Path) -> tuple[int, int]:
         raise _over_limit(str(path), exc) from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure names the file
         raise DataError(f"corrupt image {path}: {type(exc).__name__}: {exc}") from None
+
+
+SIZE_META = frozenset({"image_size", "resized_size", "image_width", "image_height", "resized_width",
+                       "resized_height"})
+
+
+def column_meta(columns: Columns) -> frozenset[str]:
+    """The meta fields a column mapping gives every sample (what `meta_fields` of a row-based source says)."""
+    derived = {"answer_type", "answer_type_derived"} if columns.derive_answer_type else set()
+    return frozenset({*columns.meta, *derived})
 
 
 def size_meta(width: int, height: int, resize: Resize | None = None) -> dict[str, Any]:

@@ -19,18 +19,26 @@ Boxes are [x1, y1, x2, y2] in continuous absolute pixels of the original image.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import xml.etree.ElementTree as ET
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from medharness.datafiles import read_records, read_text
 from medharness.errors import DataError
 from medharness.records import Sample, Strict
-from medharness.sources.base import LoadParams, LocalFiles, Resize, image_header_size, number, size_meta
+from medharness.sources.base import (
+    SIZE_META,
+    Columns,
+    LoadParams,
+    LocalFiles,
+    Resize,
+    image_header_size,
+    number,
+    size_meta,
+)
 
 # --- Pascal VOC --------------------------------------------------------------------------------
 
@@ -113,7 +121,7 @@ class VocSource(LocalFiles):
 
     def _csv_boxes(self) -> dict[str, list[tuple[str, list[int | float]]]]:
         file = self.root / str(self.csv)
-        rows = list(csv.DictReader(io.StringIO(file.read_text(encoding="utf-8-sig"))))
+        rows = [r.data for r in read_records(file, "csv")]
         c = self.csv_columns
         out: dict[str, list[tuple[str, list[int | float]]]] = {}
         for n, row in enumerate(rows, 2):
@@ -124,6 +132,9 @@ class VocSource(LocalFiles):
             except KeyError as exc:
                 raise DataError(f"voc: {file} has no column {exc}; columns: {sorted(row)}") from None
         return out
+
+    def meta_fields(self, columns: Columns) -> frozenset[str]:
+        return frozenset({"label", "name", "image_id", "n_boxes"}) | SIZE_META
 
     def load(self, params: LoadParams, split: str) -> list[Sample]:
         by_csv = self._csv_boxes() if self.csv else None
@@ -248,13 +259,19 @@ class Ham10000Source(LocalFiles):
         file = self._metadata(self.root)
         if file is None:
             raise DataError(f"ham10000: none of {self.metadata} under {self.root}")
-        text = file.read_text(encoding="utf-8-sig")
-        delimiter = "\t" if file.suffix in (".tab", ".tsv") or ("\t" in text.split("\n", 1)[0]) else ","
-        rows = list(csv.DictReader(io.StringIO(text), delimiter=delimiter))
+        text = read_text(file, "metadata file")
+        tabs = file.suffix in (".tab", ".tsv") or ("\t" in text.split("\n", 1)[0])
+        rows = [r.data for r in read_records(file, "tsv" if tabs else "csv")]
         missing = {"lesion_id", "image_id", "dx"} - set(rows[0] if rows else {})
         if missing:
             raise DataError(f"ham10000: {file} lacks column(s) {sorted(missing)}")
         return rows
+
+    def meta_fields(self, columns: Columns) -> frozenset[str]:
+        """dx_type, age, sex and localization are copied where the metadata file has them."""
+        optional = {"dx_type", "age", "sex", "localization"}
+        return frozenset({"class_name", "dx", "lesion_id", "image_id", "split", *optional}) | (
+            SIZE_META if self.target == "box" else set())
 
     def load(self, params: LoadParams, split: str) -> list[Sample]:
         if split != "all" and split not in self.fractions:

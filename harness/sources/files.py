@@ -3,20 +3,20 @@ folder) and `npz` (the MedMNIST layout)."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
+from medharness.datafiles import Record, read_records
 from medharness.errors import DataError
 from medharness.records import Sample
 from medharness.sources.base import (
+    SIZE_META,
     Columns,
     LoadParams,
     LocalFiles,
     Resize,
+    column_meta,
     image_header_size,
     rows_to_samples,
     size_meta,
@@ -24,9 +24,6 @@ from medharness.sources.base import (
 
 if TYPE_CHECKING:
     from PIL.Image import Image
-
-
-DELIMITERS = {"csv": ",", "tsv": "\t", "psv": "|"}
 
 
 class LocalSource(LocalFiles):
@@ -71,47 +68,20 @@ class LocalSource(LocalFiles):
             return self.format
         return {".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv", ".psv": "psv"}.get(file.suffix, "json")
 
-    def read_rows(self, split: str) -> list[dict[str, Any]]:
+    def read_rows(self, split: str) -> list[Record]:
         name = self.file_for(split)
         if name is None:
             raise DataError(f"no '{split}' split: this local source has files for {sorted(self.path)} only")
         file = self.root / name
         if not file.is_file():
             raise DataError(f"{file} does not exist")
-        fmt = self.file_format(file)
-        if fmt in ("tsv", "psv"):
-            return self._delimited(file, DELIMITERS[fmt])
-        text = file.read_text(encoding="utf-8")
-        try:
-            if fmt == "jsonl":
-                return [json.loads(line) for line in text.splitlines() if line.strip()]
-            if fmt == "csv":
-                return list(csv.DictReader(io.StringIO(text), fieldnames=self.fieldnames))
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{file}: not valid JSON: {exc}") from None
-        if isinstance(data, dict):
-            data = next((v for v in data.values() if isinstance(v, list)), None)
-        if not isinstance(data, list):
-            raise DataError(f"{file}: expected a list of records (or an object holding one)")
-        return data
+        return read_records(file, self.file_format(file), self.fieldnames)
 
-    def _delimited(self, file: Path, sep: str) -> list[dict[str, Any]]:
-        """Split lines on `sep` (no quoting); the last field keeps any further separators."""
-        lines = [(n, line.rstrip("\r")) for n, line in
-                 enumerate(file.read_text(encoding="utf-8-sig").split("\n"), 1) if line.strip()]
-        names = self.fieldnames
-        if names is None:
-            if not lines:
-                return []
-            names = [h.strip() for h in lines.pop(0)[1].split(sep)]
-        rows = []
-        for n, line in lines:
-            values = line.split(sep, len(names) - 1)
-            if len(values) != len(names):
-                raise DataError(f"{file}:{n}: {len(values)} field(s), expected {len(names)} ({', '.join(names)})")
-            rows.append(dict(zip(names, values, strict=True)))
-        return rows
+    def meta_fields(self, columns: Columns) -> frozenset[str]:
+        """The meta fields every sample of this source carries (task files are checked against them)."""
+        columns = self.columns or columns
+        return column_meta(columns) | ({"class_name"} if self.classes is not None else set()) | (
+            SIZE_META if columns.box else set())
 
     def load(self, params: LoadParams, split: str) -> list[Sample]:
         columns = self.columns or params.columns
@@ -122,7 +92,9 @@ class LocalSource(LocalFiles):
                 return None
             return str(PurePosixPath(self.image_dir) / f"{row[image_col]}{self.image_suffix}")
 
-        samples = rows_to_samples(self.read_rows(split), params, columns, ref, self.question)
+        records = self.read_rows(split)
+        samples = rows_to_samples([r.data for r in records], params, columns, ref, self.question,
+                                  where=[r.where for r in records])
         if self.classes is not None:
             samples = self._with_classes(samples, params.task)
         if columns.box:
@@ -178,6 +150,9 @@ class NpzSource(LocalFiles):
             if (self._root / p).is_file():
                 return np.load(self._root / p, mmap_mode="r")
         raise DataError(f"none of {self.candidates} in {self._root}")
+
+    def meta_fields(self, columns: Columns) -> frozenset[str]:
+        return frozenset({"label", "class_name", "image_size"})
 
     def load(self, params: LoadParams, split: str) -> list[Sample]:
         key = f"{split}_labels"

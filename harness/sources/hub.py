@@ -9,7 +9,7 @@ from pydantic import Field, PrivateAttr
 
 from medharness.errors import DataError
 from medharness.records import Sample, Strict
-from medharness.sources.base import Columns, LoadParams, open_bytes, rows_to_samples
+from medharness.sources.base import Columns, LoadParams, column_meta, open_bytes, rows_to_samples
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -54,6 +54,9 @@ class HubSource(Strict):
                 ds = ds.cast_column(self.image_column, datasets.Image(decode=False))
             self._data[split] = ds
         return self._data[split]
+
+    def meta_fields(self, columns: Columns) -> frozenset[str]:
+        return column_meta(self.columns or columns)
 
     def load(self, params: LoadParams, split: str) -> list[Sample]:
         ds = self.dataset_split(split)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 from medharness.errors import DataError
 from medharness.records import Sample, Strict
-from medharness.sources.base import LoadParams
+from medharness.sources.base import Columns, LoadParams
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -27,6 +27,9 @@ class PhantomSource(Strict):
 
     def label(self, split: str) -> str:
         return f"phantom {self.question} seed={self.seed} [{split}]"
+
+    def meta_fields(self, columns: Columns) -> frozenset[str]:
+        return frozenset({"answer_type", "n_lesions", "image_size", "kind"})
 
     def load(self, params: LoadParams, split: str) -> list[Sample]:
         from medharness import phantom

@@ -85,14 +85,17 @@ def test_partial_match_reported_and_odd_outputs_counted(
         tmp_path: Path, vqa_rad_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = [{"qid": 11, "answer": ""}, {"qid": 13, "answer": "x" * 1_000_000}, {"qid": 99999, "answer": "yes"}]
     preds = write_preds(tmp_path / "p.jsonl", rows)
-    assert main(["score", "--task", "vqa_rad", "--data-dir", str(vqa_rad_dir), "--predictions", str(preds),
-                 "--json"]) == 0
+    args = ["score", "--task", "vqa_rad", "--data-dir", str(vqa_rad_dir), "--predictions", str(preds), "--json"]
+    assert main(args) == 2  # 2 of 451: not the task's score unless asked for
+    assert "matches only 2 of the 451 samples of task vqa_rad" in capsys.readouterr().err
+    assert main([*args, "--allow-partial"]) == 0
     captured = capsys.readouterr()
     assert "matched 2 of 451 task samples; 1 predictions match no sample" in captured.err
     out = json.loads(captured.out)
     acc = out["metrics"]["vqa_accuracy"]
     assert (acc["value"], acc["n"], acc["n_unparsed"], acc["ci_method"]) == (0.0, 2, 1, "wilson")
     assert acc["ci_low"] == 0.0 < acc["ci_high"]
+    assert out["n"] == 2 and out["n_expected"] == 451 and acc["n_errors"] == 0
 
 
 def test_rescore_run_dir_under_conventions(tmp_path: Path, vqa_rad_dir: Path, vqa_gold: list[dict],

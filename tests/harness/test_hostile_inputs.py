@@ -113,13 +113,15 @@ FUZZ_FILES = sorted(FUZZ.glob("*.yaml"))
 
 
 def test_the_fuzz_corpus_is_there() -> None:
-    assert len(FUZZ_FILES) >= 15
+    assert len(FUZZ_FILES) >= 40
 
 
 @pytest.mark.parametrize("path", FUZZ_FILES, ids=lambda p: p.stem)
 def test_every_hostile_task_file_is_refused_quickly_with_a_named_error(path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    expect = path.read_bytes().split(b"\n", 1)[0].decode().removeprefix("# expect: ")
+    raw = path.read_bytes()
+    text = raw.decode("utf-16") if raw.startswith(b"\xff\xfe") else raw.decode("utf-8", errors="replace")
+    expect = text.split("\n", 1)[0].removeprefix("# expect: ")
     start = time.perf_counter()
     assert main(["validate", str(path)]) == 1
     elapsed = time.perf_counter() - start
@@ -129,9 +131,9 @@ def test_every_hostile_task_file_is_refused_quickly_with_a_named_error(path: Pat
 
 
 def test_yaml_reading_failures_are_config_errors_naming_the_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=f"{tmp_path}: cannot read the file"):
-        load_yaml_with_lines(tmp_path)  # a directory
-    with pytest.raises(ConfigError, match="cannot read the file"):
+    with pytest.raises(ConfigError, match=f"{tmp_path}: is a directory, not a YAML file"):
+        load_yaml_with_lines(tmp_path)
+    with pytest.raises(ConfigError, match="YAML file .*missing.yaml does not exist"):
         load_yaml_with_lines(tmp_path / "missing.yaml")
 
 
@@ -313,17 +315,29 @@ def test_any_exception_opening_an_image_names_it(covid_dir: Path, monkeypatch: p
 
 def test_an_unexpected_error_in_the_loop_marks_the_run_failed(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """Defence in depth: run.json never stays at "running" after an exception, ours or not."""
+    """Defence in depth: run.json never stays at "running" after an exception, ours or not (here in the second
+    batch, after rows were written); a failure before the first row leaves no directory at all."""
     from medharness import pipeline
 
+    real = pipeline.build_requests
+    calls: list[int] = []
+
     def boom(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("a bug")
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("a bug")
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "build_requests", boom)
     with pytest.raises(RuntimeError):
-        Runner(RunConfig(model="baseline:majority", tasks="phantom_count", limit=3), output=tmp_path / "r").run()
+        Runner(RunConfig(model="baseline:majority", tasks="phantom_count", limit=3, batch_size=2),
+               output=tmp_path / "r").run()
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["status"] == "failed" and info["error"] == "RuntimeError: a bug"
+    calls.append(1)
+    with pytest.raises(RuntimeError):
+        Runner(RunConfig(model="baseline:majority", tasks="phantom_count", limit=3), output=tmp_path / "s").run()
+    assert not (tmp_path / "s").exists()
 
 
 # --- 4. one writer per run directory -------------------------------------------------------------------------
@@ -441,8 +455,11 @@ def test_creating_over_a_directory_that_holds_only_a_lock_file_works(tmp_path: P
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / LOCK_FILE).write_text("")
     RunDir.create(tmp_path / "run", {}).close()
-    with pytest.raises(ConfigError, match="already exists: pass --resume"):
+    with pytest.raises(ConfigError, match="stopped before its first sample .*pass --resume to take it over"):
         RunDir.create(tmp_path / "run", {})
+    (tmp_path / "run" / "samples" / "t.jsonl").write_text("{}\n")
+    with pytest.raises(ConfigError, match="already exists: pass --resume"):
+        RunDir.create(tmp_path / "run", {}, take_over=True)
 
 
 def test_two_resumes_at_once_one_is_refused_and_no_row_is_written_twice(tmp_path: Path) -> None:

@@ -102,12 +102,17 @@ def test_duplicate_ids_refused(tmp_path: Path) -> None:
 
 
 def test_render_placeholders(tmp_path: Path) -> None:
-    task = load_task(write(tmp_path, MINIMAL.replace('"{question}?"', '"{question} [{organ}]"')))
+    unknown = write(tmp_path, MINIMAL.replace('"{question}?"', '"{question} [{organ}]"'))
+    with pytest.raises(ConfigError, match=r"toy.yaml:12: prompts.variants.plain.user: unknown placeholder\(s\) "
+                                          r"\{organ\} for source 1 \(local\); available: answer_type, choices"):
+        load_task(unknown)  # the source does not provide it: refused when the file is read, not at run time
+    task = load_task(write(tmp_path, MINIMAL.replace('"{question}?"', '"{question} [{organ}]"').replace(
+        "meta: {answer_type: kind}", "meta: {answer_type: kind, organ: organ}")))
     from medharness.records import Sample
 
     sample = Sample(id="1", task="toy", question="Where?", target="x", images=("a.jpg",), meta={})
     with pytest.raises(ConfigError, match=r"unknown placeholder\(s\) \['organ'\]"):
-        task.render(sample, task.settings())
+        task.render(sample, task.settings())  # a sample without it (a plugin source's) still fails by name
     sample = sample.model_copy(update={"meta": {"organ": "CHEST"}})
     prompt = task.render(sample, task.settings(max_new_tokens=5))
     assert [p.type for p in prompt.messages[0].content] == ["image", "text"]

@@ -172,7 +172,7 @@ def test_agreement_report(tmp_path: Path, server: FakeAPIServer, finished_run: R
     assert strict_vs_human["icc"]["value"] == pytest.approx(1.0) and report["n_human"] == N
     # bad human labels: a clear error naming the file and the problem, nothing written
     for body, message in (("sample,label\nx,1\n", "missing column(s) ['id']"),
-                          ("id,label\npresence-00000,maybe\n", "row 1: label 'maybe' is not a number or yes/no"),
+                          ("id,label\npresence-00000,maybe\n", "human.csv:2: label 'maybe' is not a number or yes/no"),
                           ("id,label\npresence-00000,3\n", "values [3.0] are not rarl_v1 verdicts")):
         human.write_text(body)
         assert main(["agreement", str(finished_run.path), "--human", str(human), "--bootstrap", "10"]) == 2

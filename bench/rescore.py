@@ -1,7 +1,8 @@
 """Re-scoring throughput of `medharness score RUN_DIR` (a script, not a test): prints a Markdown table.
 
 Writes a run directory of N VQA-RAD rows (a mix of short, hedged and tagged answers; no model, no images)
-with the real run log, then times `score_run` (read + parse + score + summarise) under three conventions,
+with the real run log; every other row's answer is a free-text phrase that few other rows share (about 2,500
+distinct), so memoised normalisation is not credited with more repetition than a real run has; then times `score_run` (read + parse + score + summarise) under three conventions,
 and each phase alone. Usage: python bench/rescore.py [--rows 100000] [--repeat 3]
 """
 
@@ -17,6 +18,12 @@ from tabulate import tabulate
 
 ANSWERS = ["yes", "no", "Yes.", "left lung", "The answer is no", "mri", "yes or no", "<answer>x</answer>"]
 GOLDS = ["yes", "no", "yes", "left lung", "no", "ct", "yes", "x"]
+WORDS = ["left", "right", "upper", "lower", "middle", "apical", "basal", "lateral", "medial", "anterior",
+         "posterior", "central", "peripheral", "superior", "inferior", "proximal", "distal", "cortical", "hilar",
+         "pleural", "cardiac", "hepatic", "renal", "splenic", "gastric", "colonic", "pelvic", "cranial", "spinal",
+         "thoracic", "abdominal", "vascular", "arterial", "venous", "nodal", "focal", "diffuse", "bilateral",
+         "unilateral", "small", "large", "round", "oval", "dense", "lucent", "calcified", "cystic", "solid",
+         "mixed"]
 
 
 def write_run(folder: Path, n_rows: int) -> None:
@@ -32,10 +39,11 @@ def write_run(folder: Path, n_rows: int) -> None:
     rows = []
     for i in range(n_rows):
         k = i % len(ANSWERS)
-        sample = Sample(id=str(i), task="vqa_rad", question="q?", target=GOLDS[k],
+        text = ANSWERS[k] if i % 2 else f"The {WORDS[i % 50]} of the {WORDS[(i // 50) % 50]} lobe."
+        sample = Sample(id=str(i), task="vqa_rad", question="q?", target=GOLDS[k], images=(f"img{i // 2}.jpg",),
                         meta={"answer_type": "CLOSED" if GOLDS[k] in ("yes", "no") else "OPEN"})
         rows.append(ResultRow(task="vqa_rad", task_version=task.version, sample=sample, prompt_hash="",
-                              generation=Generation(sample_id=str(i), text=ANSWERS[k]), answer=Answer()))
+                              generation=Generation(sample_id=str(i), text=text), answer=Answer()))
     run.append("vqa_rad", rows)
     run.set_status("finished")
 

@@ -51,6 +51,7 @@ def tokens(text: str, normalizer: str = "simple") -> list[str]:
     return normalize(text, normalizer).split()
 
 
+@functools.lru_cache(maxsize=8192)
 def yes_no_of(text: str) -> str | None:
     """Strict yes/no reading of a (short) answer: "yes", "no" or None.
 
@@ -89,6 +90,7 @@ def _lower(text: str) -> str:
 
 
 @normalizer("simple")
+@functools.lru_cache(maxsize=8192)  # pure, and called on the same gold and answer by several metrics of a row
 def simple(text: str) -> str:
     """Lower, delete every ASCII punctuation character, collapse all whitespace (incl. newlines)."""
     return " ".join(text.lower().translate(_DELETE_ASCII_PUNCT).split())
@@ -126,6 +128,7 @@ def clean_text(text: str) -> str:
 
 
 @normalizer("harness")
+@functools.lru_cache(maxsize=8192)  # pure, and called on the same gold and answer by several metrics of a row
 def harness(text: str) -> str:
     """`clean_text`, then Unicode punctuation deleted (ASCII and P*: 。、！，「」), lower-case, whitespace
     collapsed. On ASCII text it equals `simple` once markup is spaced out."""

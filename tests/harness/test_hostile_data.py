@@ -239,9 +239,17 @@ def test_score_run_dir_refuses_rows_of_another_task_version(tmp_path: Path,
 # --- 11. partial and stuck run directories -------------------------------------------------------------------
 
 
-def test_a_failure_before_the_first_sample_leaves_no_directory(tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """baseline:majority on a task without a train split or prior fails in the run loop, before any row."""
+def test_a_failure_before_the_first_sample_leaves_no_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backend that fails while preparing a task (fault injected: a baseline whose prior cannot be read), in
+    the run loop but before any row: the run directory it created is removed again."""
+    from medharness.backends.baseline import BaselineBackend
+    from medharness.errors import DataError
+
+    def broken_prepare(self: BaselineBackend, *args: object) -> None:
+        raise DataError("injected: the baseline's prior cannot be read")
+
+    monkeypatch.setattr(BaselineBackend, "prepare", broken_prepare)
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(FUZZ / "data" / "null_gold.jsonl", data / "test.jsonl")
@@ -251,7 +259,7 @@ def test_a_failure_before_the_first_sample_leaves_no_directory(tmp_path: Path,
     out = tmp_path / "r"
     assert main(["run", "--model", "baseline:majority", "--tasks", str(task), "--data-dir", str(data),
                  "--output", str(out), "--no-progress"]) == 2
-    assert "needs its train split or a `card.prior`" in capsys.readouterr().err
+    assert "injected: the baseline's prior cannot be read" in capsys.readouterr().err
     assert not out.exists()
 
 

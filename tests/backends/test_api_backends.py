@@ -242,12 +242,9 @@ def test_concurrency_is_bounded_and_used(name, make):
         backend.generate([request(99, n_images=0)])  # warm-up: client, imports
         srv.reset()
         requests = [request(i) for i in range(16)]
-        start = time.monotonic()
         out = backend.generate(requests)
-        elapsed = time.monotonic() - start
         assert [g.text for g in out] == [f"answer to: question {i}?" for i in range(16)]
-        assert srv.max_in_flight == 8  # never more than 8 in flight, and 8 were
-        assert 0.2 <= elapsed < 0.8, elapsed  # 2 rounds of 100 ms (+ overhead), far from 16 x 100 ms serial
+        assert srv.max_in_flight == 8  # never more than 8 in flight, and 8 were (no wall-clock assertion)
 
 
 @pytest.mark.parametrize("name", BACKEND_NAMES)

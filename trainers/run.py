@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 TRAIN_FILE = "train.json"
 TRAIN_SAMPLES_FILE = "train_samples.json"
 # Keys a resumed run must share with the run it continues.
-RESUME_KEYS = ("recipe", "model", "task", "prompt", "seed", "samples", "rewards", "lora", "rejected", "max_pixels")
+RESUME_KEYS = ("recipe", "model", "task", "prompt", "seed", "samples", "rewards", "lora", "rejected", "max_pixels",
+               "options")
 
 
 @dataclass

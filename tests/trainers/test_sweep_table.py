@@ -11,7 +11,14 @@ from medharness.cli import main
 from medharness.errors import ConfigError
 from medharness.records import MetricSummary, TaskEntry, TaskSummary
 from medharness.runlog import RunDir
-from medharness.trainers.sweep import all_eval_tasks, eval_prompt, eval_tasks, expand, load_sweep, train_prompt
+from medharness.trainers.sweep import (
+    all_eval_tasks,
+    eval_prompt,
+    eval_tasks,
+    expand,
+    load_sweep,
+    train_prompt,
+)
 from medharness.trainers.sweep_exec import Stages
 from medharness.trainers.sweep_table import load_reference, paper_table, render_table
 

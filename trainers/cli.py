@@ -207,7 +207,8 @@ def recipe_rewards(recipe: str | None, options: list[str], task: Any, prompt: st
     except ValidationError as exc:
         bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"--option: {bad}") from None
-    return cls().default_rewards(task, prompt, TrainConfig(recipe=recipe, options=parsed))
+    return cls().default_rewards(task, prompt, TrainConfig(recipe=recipe, options=parsed)) or \
+        default_rewards(task, prompt)
 
 
 def cmd_reward(args: argparse.Namespace) -> int:

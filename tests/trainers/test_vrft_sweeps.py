@@ -49,8 +49,12 @@ def tiny_profile(name: str, out: Path, model: Path, tasks: dict[str, str | None]
                 row["shots"] = data["shots"][0]
     if data_dir is not None:
         data["data_dir"] = str(data_dir)
-    if isinstance(data.get("eval_tasks"), dict):
-        data["eval_tasks"] = {tasks.get(k, k): task_list(v) for k, v in data["eval_tasks"].items() if tasks.get(k, k)}
+    if isinstance(data.get("eval_tasks"), dict):  # two tasks mapped onto one: their eval tasks merge
+        merged: dict[str, list[str]] = {}
+        for key, value in data["eval_tasks"].items():
+            if tasks.get(key, key):
+                merged[str(tasks.get(key, key))] = task_list([*merged.get(str(tasks.get(key, key)), []), *value])
+        data["eval_tasks"] = merged
     for entry in data["recipes"]:
         entry.setdefault("overrides", []).append("samples.limit=4")
         entry.update({k: prompt(entry[k]) for k in ("prompt", "eval_prompt") if k in entry})

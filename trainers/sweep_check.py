@@ -207,6 +207,10 @@ def check_table(sweep: SweepConfig, stages: Stages, cells: list[Cell], found: Fi
     if spec is None:
         return
     labels = [c.label for c in spec.columns]
+    for kind, names in (("column", labels), ("row", [r.label for r in spec.rows])):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            found.problems.append(f"table: {kind} label(s) {twice} appear more than once")
     if ref is not None and set(ref.columns) - set(labels):
         found.problems.append(f"reference: columns {sorted(set(ref.columns) - set(labels))} are not columns of "
                               f"the table ({labels})")

@@ -131,11 +131,12 @@ def _check_training(sweep: SweepConfig, stages: Stages, cells: list[Cell], probl
         problems.append(f"preset {preset}: unknown; available: {', '.join(sorted(presets))}")
     if len(problems) > before:
         return
-    try:
-        from medharness.trainers.config import trl_args
-    except ImportError as exc:  # a light install: the TRL settings are checked when the cells train
-        notes.append(f"TRL settings not checked ({exc})")
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None:  # a light install: the TRL settings are checked when cells train
+        notes.append("TRL settings not checked (trl is not installed: pip install 'medharness[train]')")
         return
+    from medharness.trainers.config import trl_args
     from medharness.trainers.run import TrainRequest, resolve
 
     checked: set[tuple[str, str | None, str]] = set()

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 TRAIN_FILE = "train.json"
 TRAIN_SAMPLES_FILE = "train_samples.json"
 # Keys a resumed run must share with the run it continues.
-RESUME_KEYS = ("recipe", "model", "task", "prompt", "seed", "samples", "rewards", "lora", "rejected", "max_pixels")
+RESUME_KEYS = ("recipe", "model", "task", "prompt", "seed", "samples", "rewards", "lora", "rejected", "max_pixels",
+               "options")
 
 
 @dataclass
@@ -112,6 +113,7 @@ def prepare_output(output: Path, config: TrainConfig, resume: bool) -> str | Non
         raise DataError(f"--resume: {output} has no {TRAIN_FILE} (not a medharness training directory)")
     stored = json.loads(info.read_text(encoding="utf-8")).get("config", {})
     now = json.loads(config.model_dump_json(by_alias=True))
+    stored.setdefault("options", {})  # runs from before recipes had options
     differ = [k for k in RESUME_KEYS if stored.get(k) != now.get(k)]
     if differ:
         raise ConfigError(f"--resume: {output} was trained with different {', '.join(differ)}; "

@@ -9,6 +9,7 @@ and each phase alone. Usage: python bench/rescore.py [--rows 100000] [--repeat 3
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -39,7 +40,8 @@ def write_run(folder: Path, n_rows: int) -> None:
     rows = []
     for i in range(n_rows):
         k = i % len(ANSWERS)
-        text = ANSWERS[k] if i % 2 else f"The {WORDS[i % 50]} of the {WORDS[(i // 50) % 50]} lobe."
+        w = len(WORDS)
+        text = ANSWERS[k] if i % 2 else f"The {WORDS[i % w]} of the {WORDS[(i // w) % w]} lobe."
         sample = Sample(id=str(i), task="vqa_rad", question="q?", target=GOLDS[k], images=(f"img{i // 2}.jpg",),
                         meta={"answer_type": "CLOSED" if GOLDS[k] in ("yes", "no") else "OPEN"})
         rows.append(ResultRow(task="vqa_rad", task_version=task.version, sample=sample, prompt_hash="",
@@ -73,9 +75,12 @@ def main() -> None:
         write_run(folder, args.rows)
         score_run(folder)  # warm imports (normalisers, sklearn) outside the timings
         n = args.rows
+        cpus = os.cpu_count() or 1
         for convention in ("harness", "mumc", "llava_med"):
-            dt = timed(lambda c=convention: score_run(folder, c), args.repeat)  # type: ignore[misc]
-            table.append([f"`score RUN_DIR` {n:,} rows ({convention})", f"{dt:.2f} s", f"{n / dt:,.0f} rows/s"])
+            for workers in sorted({1, cpus}):
+                dt = timed(lambda c=convention, w=workers: score_run(folder, c, w), args.repeat)  # type: ignore[misc]
+                table.append([f"`score RUN_DIR --workers {workers}` {n:,} rows ({convention})", f"{dt:.2f} s",
+                              f"{n / dt:,.0f} rows/s"])
         run = RunDir.open(folder)
         dt = timed(lambda: run.rows("vqa_rad"), args.repeat)
         table.append([f"  read + validate {n:,} rows", f"{dt:.2f} s", f"{n / dt:,.0f} rows/s"])
@@ -87,6 +92,7 @@ def main() -> None:
         scored = rescore(rows, recipe)
         dt = timed(lambda: summarise(scored, recipe, ["answer_type"], "vqa_rad", "1"), args.repeat)
         table.append([f"  summarise {n:,} rows", f"{dt:.2f} s", f"{n / dt:,.0f} rows/s"])
+    print(f"{os.cpu_count()} CPUs\n")
     print(tabulate(table, headers=["benchmark", "median", "rate"], tablefmt="github"))
 
 

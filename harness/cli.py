@@ -301,6 +301,9 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-T", dest="overrides", action="append", default=[], metavar="TASK.KEY=VALUE",
                    help="per-task setting, e.g. -T slake.filter.q_lang=zh")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes that re-score a run directory's large task (default: the CPUs; a task is "
+                        "split only where each gets 20,000 rows or more)")
     p.add_argument("--allow-partial", action="store_true",
                    help="score a predictions file that matches under 95%% of the task's samples (matched only)")
 
@@ -311,8 +314,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     if args.run_dir and args.predictions:
         raise ConfigError("give either RUN_DIR or --task with --predictions, not both")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be 1 or more, got {args.workers}")
     if args.run_dir:
-        summaries = score_run(args.run_dir, args.convention)
+        summaries = score_run(args.run_dir, args.convention, workers=args.workers)
     elif args.predictions and args.task:
         overrides = parse_overrides(args.overrides)
         summary, match = score_predictions(args.task, args.predictions, convention=args.convention,

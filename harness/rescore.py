@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medharness.datafiles import read_text
 from medharness.errors import DataError
 from medharness.predictions import read_predictions
 from medharness.records import ResultRow, TaskEntry, TaskSummary
-from medharness.runlog import RunDir, gc_paused
-from medharness.scoring import recipe_for, rescore, summarise
+from medharness.runlog import RunDir, gc_paused, parse_jsonl
+from medharness.scoring import Recipe, Scored, recipe_for, rescore, summarise, summarise_scored
 from medharness.task import Task, load_task
 
 log = logging.getLogger(__name__)
 MIN_COVERAGE = 0.95  # below this share of a task's samples, scoring predictions needs allow_partial
+ROWS_PER_WORKER = 20_000  # a task's rows are re-scored in parallel only where each worker gets this many
 
 
 def _task_of(name: str, entry: TaskEntry | None) -> Task:
@@ -23,8 +30,9 @@ def _task_of(name: str, entry: TaskEntry | None) -> Task:
     return load_task(path if path is not None and path.is_file() else name, overrides)
 
 
-def score_run(run_dir: Path, convention: str | None = None) -> list[TaskSummary]:
-    """Re-score every task of a run from samples/<task>.jsonl under a convention."""
+def score_run(run_dir: Path, convention: str | None = None, workers: int | None = None) -> list[TaskSummary]:
+    """Re-score every task of a run from samples/<task>.jsonl under a convention. `workers`: processes for
+    a large task (default: the CPUs; each gets at least ROWS_PER_WORKER rows, else one process does it all)."""
     run = RunDir.open(run_dir)
     summaries = []
     for name in run.tasks():
@@ -33,29 +41,84 @@ def score_run(run_dir: Path, convention: str | None = None) -> list[TaskSummary]
             log.warning("%s: task %s was scored by %s (its own metric), not re-scored", run_dir, name,
                         entry.origin.scored_by)
             continue
-        task = _task_of(name, entry)
-        recipe = recipe_for(task, convention)
+        job = _Job(run.task_file(name), name, entry, convention)
+        lines = read_text(job.file, "run file").split("\n")
+        n = min(workers or os.cpu_count() or 1, len(lines) // ROWS_PER_WORKER)
         with gc_paused():
-            rows = run.rows(name)
-            _check_versions(run_dir, task, rows)
-            summary = summarise(rescore(rows, recipe), recipe, task.config.group_by, task.name, task.version,
-                                task.config.cluster_by)
+            if n > 1:
+                parts = _in_parallel(job, lines, n)
+            else:
+                _init(job)
+                parts = [_score_lines(lines, 1, len(lines))]
+        task, recipe = _worker["task"], _worker["recipe"]
+        ids = [i for p in parts for i in p.ids]
+        if len(set(ids)) != len(ids):
+            twice = next(i for i, c in Counter(ids).items() if c > 1)
+            raise DataError(f"{job.file}: sample '{twice}' appears twice")
+        _check_versions(run_dir, task, sum((p.versions for p in parts), Counter()))
+        summary = summarise_scored(Scored.concat([p.scored for p in parts]), recipe, task.name, task.version,
+                                   task.config.cluster_by)
         summaries.append(summary.model_copy(update={"n_expected": entry.n_selected if entry else None}))
     if not summaries:
         raise DataError(f"{run_dir}: no samples to score")
     return summaries
 
 
-def _check_versions(run_dir: Path, task: Task, rows: list[ResultRow]) -> None:
+@dataclass(frozen=True)
+class _Job:
+    file: Path
+    task: str
+    entry: TaskEntry | None
+    convention: str | None
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A worker's share of a task's rows, re-scored and reduced to what the summary reads (no rows)."""
+
+    ids: list[str]
+    versions: Counter[str]
+    scored: Scored
+
+
+_worker: dict[str, Any] = {}  # per process: the job, its task and recipe (set by _init)
+
+
+def _init(job: _Job) -> None:
+    task = _task_of(job.task, job.entry)
+    _worker.update(job=job, task=task, recipe=recipe_for(task, job.convention))
+
+
+def _score_lines(lines: list[str], first: int, last: int) -> _Part:
+    job: _Job = _worker["job"]
+    task, recipe = _worker["task"], _worker["recipe"]
+    assert isinstance(recipe, Recipe)
+    with gc_paused():
+        rows = rescore(parse_jsonl(job.file, lines, ResultRow, first, last), recipe)
+        return _Part(ids=[r.sample.id for r in rows], versions=Counter(r.task_version for r in rows),
+                     scored=Scored.of(rows, recipe, task.config.group_by, task.config.cluster_by))
+
+
+def _in_parallel(job: _Job, lines: list[str], n: int) -> list[_Part]:
+    """`n` processes, each validating and re-scoring a contiguous share of the lines (numbered as in the
+    file); fork where the platform has it (no re-import), else spawn."""
+    size = -(-len(lines) // n)
+    starts = range(0, len(lines), size)
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    _init(job)  # the parent's own task and recipe: the summary's
+    with ProcessPoolExecutor(n, mp_context=context, initializer=_init, initargs=(job,)) as pool:
+        futures = [pool.submit(_score_lines, lines[s:s + size], s + 1, len(lines)) for s in starts]
+        return [f.result() for f in futures]
+
+
+def _check_versions(run_dir: Path, task: Task, versions: Counter[str]) -> None:
     """Rows made under another version of the task (its gold, prompt or parser may differ) are not re-scored
     under this one."""
-    other: dict[str, int] = {}
-    for row in rows:
-        if row.task_version != task.version:
-            other[row.task_version] = other.get(row.task_version, 0) + 1
+    other = {v: n for v, n in versions.items() if v != task.version}
     if other:
         made = ", ".join(f"{n} under version {v!r}" for v, n in sorted(other.items()))
-        raise DataError(f"{run_dir}: {sum(other.values())} of {len(rows)} rows of task {task.name} were made "
+        raise DataError(f"{run_dir}: {sum(other.values())} of {sum(versions.values())} rows of task {task.name} were made "
                         f"under another task version ({made}); the task file {task.path} is version "
                         f"{task.version!r}. Score them with the task file of that version, or run again")
 

@@ -23,7 +23,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -437,16 +437,23 @@ def gc_paused() -> Iterator[None]:
 
 def read_jsonl(file: Path, record: type[R]) -> Iterator[R]:
     """Records of one JSONL file; a torn final line (a killed run) is skipped, anything else is an error."""
-    if not file.exists():
-        return
-    lines = read_text(file, "run file").split("\n")
-    for number, line in enumerate(lines, 1):
+    if file.exists():
+        yield from parse_jsonl(file, read_text(file, "run file").split("\n"), record)
+
+
+def parse_jsonl(file: Path, lines: Sequence[str], record: type[R], first: int = 1,
+                last: int | None = None) -> Iterator[R]:
+    """Records of `lines` of `file`, numbered from `first`. A line that is no record is an error naming its
+    line, except the file's final line (number `last`, by default the last of `lines`): with no newline after
+    it, it was torn by a kill and is skipped."""
+    last = first + len(lines) - 1 if last is None else last
+    for number, line in enumerate(lines, first):
         if not line.strip():
             continue
         try:
             yield record.model_validate_json(line)
         except ValidationError as exc:
-            if number == len(lines):  # no newline after it: torn by a kill
+            if number == last:
                 continue
             raise DataError(f"{file}:{number}: not a {record.__name__} record: {exc.errors()[0]['msg']}") from None
 

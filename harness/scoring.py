@@ -99,15 +99,58 @@ def _stderr(values: np.ndarray) -> float | None:
     return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
 
 
-def _metric_summary(spec: MetricSpec, rows: Sequence[ResultRow], idx: np.ndarray, codes: np.ndarray,
-                    parsed: np.ndarray, errors: np.ndarray, values: np.ndarray,
-                    present: np.ndarray) -> MetricSummary:
+@dataclass(frozen=True)
+class Scored:
+    """What `summarise` reads of scored rows, as columns: built from rows, or sent by the workers of a
+    parallel re-score instead of the rows themselves (arrays pickle cheaply; rows do not)."""
+
+    clusters: list[str]  # the bootstrap's unit of each row (`cluster_of`)
+    parsed: np.ndarray  # bool per row
+    errors: np.ndarray  # bool per row: the generation failed
+    values: dict[str, np.ndarray]  # per-sample metric -> value per row (NaN: unscored or does not apply)
+    present: dict[str, np.ndarray]  # per-sample metric -> bool per row: the metric applies
+    meta: dict[str, list[str | None]]  # group_by field -> the row's value as text (None: the sample lacks it)
+    pairs: list[tuple[Answer, Sample]]  # (answer, sample) per row where the recipe has a corpus metric, else []
+    cluster_field_seen: bool  # some sample has the task's cluster_by field
+
+    @classmethod
+    def of(cls, rows: Sequence[ResultRow], recipe: Recipe, group_by: Sequence[str], cluster_by: str) -> Scored:
+        n = len(rows)
+        per_sample = [s.label for s in recipe.metrics if s.metric.corpus is None]
+        return cls(
+            clusters=[cluster_of(r.sample, cluster_by) for r in rows],
+            parsed=np.fromiter((r.answer.parsed for r in rows), bool, n),
+            errors=np.fromiter((r.generation.error is not None for r in rows), bool, n),
+            values={k: np.fromiter((r.scores.get(k, math.nan) for r in rows), float, n) for k in per_sample},
+            present={k: np.fromiter((k in r.scores for r in rows), bool, n) for k in per_sample},
+            meta={f: [None if f not in r.sample.meta else str(r.sample.meta[f]) for r in rows] for f in group_by},
+            pairs=[(r.answer, r.sample) for r in rows] if any(s.metric.corpus for s in recipe.metrics) else [],
+            cluster_field_seen=cluster_by in ("image", "item") or any(cluster_by in r.sample.meta for r in rows),
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[Scored]) -> Scored:
+        """The parts' rows in order (parts of one task's rows, scored under one recipe)."""
+        first = parts[0]
+        return cls(
+            clusters=[c for p in parts for c in p.clusters],
+            parsed=np.concatenate([p.parsed for p in parts]), errors=np.concatenate([p.errors for p in parts]),
+            values={k: np.concatenate([p.values[k] for p in parts]) for k in first.values},
+            present={k: np.concatenate([p.present[k] for p in parts]) for k in first.present},
+            meta={f: [v for p in parts for v in p.meta[f]] for f in first.meta},
+            pairs=[x for p in parts for x in p.pairs],
+            cluster_field_seen=any(p.cluster_field_seen for p in parts),
+        )
+
+
+def _metric_summary(spec: MetricSpec, scored: Scored, idx: np.ndarray, codes: np.ndarray) -> MetricSummary:
     """One metric over the rows `idx`: mean (or corpus value), i.i.d. stderr, the interval (medharness.stats)
-    and the counts. `values`/`present` are the metric's per-row value (NaN: unscored) and whether it applies."""
+    and the counts."""
+    parsed, errors = scored.parsed, scored.errors
     common: dict[str, Any] = {"higher_is_better": spec.metric.higher_is_better}
     if spec.metric.corpus is not None:
         corpus, args = spec.metric.corpus, spec.args
-        pairs = [(rows[i].answer, rows[i].sample) for i in idx]
+        pairs = [scored.pairs[i] for i in idx]
         common["n_unparsed"] = int((~parsed[idx]).sum())
         common["n_errors"] = int(errors[idx].sum())
         if not pairs:
@@ -115,14 +158,14 @@ def _metric_summary(spec: MetricSpec, rows: Sequence[ResultRow], idx: np.ndarray
         n_boot = int(min(CORPUS_BOOT, max(200, 2_000_000 // len(pairs))))  # bounded: ~2M items re-scored
         ci = stats.bootstrap_interval(pairs, codes[idx], lambda p: corpus(p, **args), n_boot=n_boot)
         return MetricSummary(value=float(corpus(pairs, **args)), n=len(pairs), **common, **_ci(ci))
-    v, applies = values[idx], present[idx]
+    v, applies = scored.values[spec.label][idx], scored.present[spec.label][idx]
     common["n_unparsed"] = int((applies & ~parsed[idx]).sum())
     common["n_errors"] = int((applies & errors[idx]).sum())
-    scored = ~np.isnan(v)
-    if not scored.any():
+    kept_at = ~np.isnan(v)
+    if not kept_at.any():
         return MetricSummary(value=math.nan, n=0, **common)
-    kept = v[scored]
-    ci = stats.metric_interval(kept, codes[idx][scored])
+    kept = v[kept_at]
+    ci = stats.metric_interval(kept, codes[idx][kept_at])
     return MetricSummary(value=float(kept.mean()), stderr=_stderr(kept), n=len(kept), **common, **_ci(ci))
 
 
@@ -136,36 +179,34 @@ def summarise(rows: Sequence[ResultRow], recipe: Recipe, group_by: Sequence[str]
               version: str, cluster_by: str = "image") -> TaskSummary:
     """Per metric: mean (or corpus value), stderr, interval clustered by `cluster_by`, n and n_unparsed;
     then the same per group. Seeded: the same rows give the same intervals."""
-    if cluster_by not in ("image", "item") and rows and not any(cluster_by in r.sample.meta for r in rows):
+    return summarise_scored(Scored.of(rows, recipe, group_by, cluster_by), recipe, task, version, cluster_by)
+
+
+def summarise_scored(scored: Scored, recipe: Recipe, task: str, version: str, cluster_by: str) -> TaskSummary:
+    """`summarise` of rows already reduced to their columns."""
+    n = len(scored.clusters)
+    if n and not scored.cluster_field_seen:
         log.warning("%s: no sample has the cluster_by field '%s': intervals resample items", task, cluster_by)
-    codes = np.unique([cluster_of(r.sample, cluster_by) for r in rows], return_inverse=True)[1].astype(np.int64)
-    parsed = np.fromiter((r.answer.parsed for r in rows), bool, len(rows))
-    errors = np.fromiter((r.generation.error is not None for r in rows), bool, len(rows))
-    per_row = {s.label: (np.fromiter((r.scores.get(s.label, math.nan) for r in rows), float, len(rows)),
-                         np.fromiter((s.label in r.scores for r in rows), bool, len(rows)))
-               for s in recipe.metrics if s.metric.corpus is None}
-    none = (np.empty(0), np.empty(0, bool))
+    codes = np.unique(scored.clusters, return_inverse=True)[1].astype(np.int64).reshape(-1)
 
     def metrics(idx: np.ndarray) -> dict[str, MetricSummary]:
-        return {s.label: _metric_summary(s, rows, idx, codes, parsed, errors, *per_row.get(s.label, none))
-                for s in recipe.metrics}
+        return {s.label: _metric_summary(s, scored, idx, codes) for s in recipe.metrics}
 
     groups: dict[str, dict[str, GroupSummary]] = {}
-    for field in group_by:
+    for field, values in scored.meta.items():
         buckets: dict[str, list[int]] = {}
-        for i, row in enumerate(rows):
-            if field in row.sample.meta:
-                buckets.setdefault(str(row.sample.meta[field]), []).append(i)
+        for i, value in enumerate(values):
+            if value is not None:
+                buckets.setdefault(value, []).append(i)
         groups[field] = {
-            key: GroupSummary(n=len(members), n_unparsed=int((~parsed[members]).sum()),
+            key: GroupSummary(n=len(members), n_unparsed=int((~scored.parsed[members]).sum()),
                               metrics=metrics(np.asarray(members, dtype=np.int64)))
             for key, members in sorted(buckets.items())
         }
     return TaskSummary(
-        task=task, task_version=version, convention=recipe.convention, n=len(rows),
-        n_unparsed=int((~parsed).sum()),
-        n_errors=int(errors.sum()),
-        metrics=metrics(np.arange(len(rows))), groups=groups,
+        task=task, task_version=version, convention=recipe.convention, n=n,
+        n_unparsed=int((~scored.parsed).sum()), n_errors=int(scored.errors.sum()),
+        metrics=metrics(np.arange(n)), groups=groups,
     )
 
 

@@ -1,0 +1,55 @@
+"""`score RUN_DIR` split over worker processes gives the summary one process gives, and its errors name the
+file's true line (a worker validates lines numbered as in the file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import medharness.rescore as rescore_module
+from medharness.errors import DataError
+from medharness.pipeline import RunConfig, Runner
+from medharness.rescore import score_run
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real baseline run of 120 samples of two tasks, with workers allowed from 30 rows each."""
+    out = tmp_path / "run"
+    Runner(RunConfig(model="baseline:random", tasks="phantom_presence,phantom_count", limit=120, seed=3), out).run()
+    monkeypatch.setattr(rescore_module, "ROWS_PER_WORKER", 30)
+    return out
+
+
+@pytest.mark.parametrize("convention", [None, "mumc"])
+def test_workers_give_the_summary_of_one_process(run_dir: Path, convention: str | None) -> None:
+    one = [s.model_dump() for s in score_run(run_dir, convention, workers=1)]
+    for workers in (2, 3):
+        assert [s.model_dump() for s in score_run(run_dir, convention, workers=workers)] == one
+    assert one[0]["n"] == 120 and one[0]["metrics"]  # intervals included: the same seeded bootstrap
+
+
+def test_a_bad_line_in_a_later_share_is_named_by_its_line_in_the_file(run_dir: Path) -> None:
+    file = run_dir / "samples" / "phantom_count.jsonl"
+    lines = file.read_text().split("\n")
+    lines[99] = '{"task": "phantom_count"}'
+    file.write_text("\n".join(lines))
+    with pytest.raises(DataError, match=rf"{file}:100: not a ResultRow record"):
+        score_run(run_dir, workers=3)
+
+
+def test_a_sample_twice_across_shares_is_refused(run_dir: Path) -> None:
+    file = run_dir / "samples" / "phantom_count.jsonl"
+    lines = file.read_text().rstrip("\n").split("\n")
+    file.write_text("\n".join([*lines, lines[0]]) + "\n")
+    with pytest.raises(DataError, match="appears twice"):
+        score_run(run_dir, workers=3)
+
+
+def test_a_torn_final_line_is_skipped_in_the_last_share(run_dir: Path) -> None:
+    file = run_dir / "samples" / "phantom_count.jsonl"
+    text = file.read_text()
+    file.write_text(text + text.split("\n")[0][:40])  # a kill mid-write: no newline after it
+    summaries = {s.task: s for s in score_run(run_dir, workers=3)}
+    assert summaries["phantom_count"].n == 120

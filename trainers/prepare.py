@@ -87,7 +87,7 @@ class Prepared:
     recipe: TrainerRecipe
     ctx: TrainContext
     lineage: Lineage
-    gold_means: dict[str, float]
+    gold_means: dict[str, float | None]
 
     def batch_info(self) -> dict[str, Any]:
         """Batch sizes count completions in TRL (not prompts): record both."""
@@ -120,10 +120,11 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
     task = load_train_task(config)
     prompt = task.prompt_name
     samples = select_samples(task, config)
-    rewards, gold_means = None, {}
+    rewards, gold_means = None, dict[str, float | None]()
     if recipe.uses_rewards:
         specs = config.rewards or default_rewards(task, prompt)
-        rewards = RewardSet(task, prompt, specs, samples, completions_file=output / "completions.jsonl")
+        rewards = RewardSet(task, prompt, specs, samples, completions_file=output / "completions.jsonl",
+                            model=config.model)
         gold_means = rewards.check_applicable(samples, lambda s: gold_text(task, prompt, s))
     gold = None
     if recipe.data_format in ("messages", "preference"):

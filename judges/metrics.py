@@ -56,14 +56,14 @@ def _backend(member: JudgeMember) -> Backend:
         return _backends[key]
 
 
-def _row(item: Item, task: str) -> ResultRow:
+def _row(item: Item) -> ResultRow:
     answer, sample, text = item
-    return ResultRow(task=task, task_version="", sample=sample, prompt_hash="", answer=answer,
+    return ResultRow(task=sample.task, task_version="", sample=sample, prompt_hash="", answer=answer,
                      generation=Generation(sample_id=sample.id, text=text))
 
 
-def _member_values(member: JudgeMember, items: Sequence[Item], field: str | None, task: str,
-                   cache: bool, cache_dir: str | None) -> list[float | None]:
+def _member_values(member: JudgeMember, items: Sequence[Item], field: str | None, cache: bool,
+                   cache_dir: str | None) -> list[float | None]:
     spec = member.judge_spec
     name = field or spec.primary
     if name not in spec.fields:
@@ -71,8 +71,8 @@ def _member_values(member: JudgeMember, items: Sequence[Item], field: str | None
                           f"({', '.join(spec.fields)})")
     store = ResponseCache(Path(cache_dir) if cache_dir else None, name="verdicts") if cache else None
     try:
-        judged = judge_items(spec, _backend(member), [JudgeItem(task, s.id, spec.judge_input(_row((a, s, t), task)))
-                                                      for a, s, t in items], member.name, store)
+        todo = [JudgeItem(s.task, s.id, spec.judge_input(_row((a, s, t)))) for a, s, t in items]
+        judged = judge_items(spec, _backend(member), todo, member.name, store)
     finally:
         if store is not None:
             store.close()
@@ -81,18 +81,26 @@ def _member_values(member: JudgeMember, items: Sequence[Item], field: str | None
 
 def judge_batch(items: Sequence[Item], judges: str | None = None, panel: str | None = None, field: str | None = None,
                 requires: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
-                task: str = "reward", cache: bool = True, cache_dir: str | None = None) -> list[float | None]:
+                cache: bool = True, cache_dir: str | None = None) -> list[float | None]:
     """One value per (answer, sample, text): the mean verdict of the members that scored it, else None."""
     members = panel_members(judges, panel, base_url, api_key_env)
     keep = [i for i, (_, sample, _) in enumerate(items) if requires is None or sample.meta.get(requires)]
     todo = [items[i] for i in keep]
     with ThreadPoolExecutor(max_workers=len(members), thread_name_prefix="judge-metric") as pool:
-        per_member = list(pool.map(lambda m: _member_values(m, todo, field, task, cache, cache_dir), members))
+        per_member = list(pool.map(lambda m: _member_values(m, todo, field, cache, cache_dir), members))
     out: list[float | None] = [None] * len(items)
     for pos, i in enumerate(keep):
         scored = [v[pos] for v in per_member if v[pos] is not None]
         out[i] = sum(scored) / len(scored) if scored else None  # type: ignore[arg-type]
     return out
+
+
+def close_backends() -> None:
+    """Close every judge backend this process opened (tests; the end of a training run)."""
+    with _lock:
+        for backend in _backends.values():
+            backend.close()
+        _backends.clear()
 
 
 def judge_score(answer: Answer, sample: Sample, text: str, **args: Any) -> float | None:

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 
 import medharness.tasks as _tasks_package
 from medharness.errors import ConfigError, DataError
+from medharness.knowledge import knowledge_block, read_knowledge  # noqa: F401 - read_knowledge: re-exported
 from medharness.records import GenerationSettings, Message, Part, Prompt, SafeName, Sample, Strict
 from medharness.sources import Columns, LoadParams, LocalFiles, SourceSpec, source_label
 from medharness.yamlio import line_of, load_yaml_with_lines
@@ -204,12 +205,15 @@ class Task:
 
     def knowledge_text(self, classes: tuple[str, ...]) -> str:
         """The PA_P knowledge block: every class with its attributes, in the task's class order."""
-        file = self.path.parent / str(self.prompt_spec.knowledge)
-        knowledge = read_knowledge(file)
-        missing = [c for c in classes if c not in knowledge]
-        if missing:
-            raise ConfigError(f"{file}: no attributes for class(es) {missing}")
-        return "\n".join(f"{c}: {knowledge[c]}" for c in classes)
+        if self.knowledge_path is None:
+            raise ConfigError(f"task {self.name}: prompt '{self.prompt_name}' has no knowledge file")
+        return knowledge_block(self.knowledge_path, classes)
+
+    @property
+    def knowledge_path(self) -> Path | None:
+        """The prompt variant's knowledge file (None: the variant has none)."""
+        spec = self.prompt_spec
+        return self.path.parent / str(spec.knowledge) if spec.knowledge else None
 
     def open_image(self, ref: str) -> Any:
         """The one door to a sample's pixels (run loop, judges, trainers): whatever goes wrong opening one image
@@ -246,21 +250,6 @@ class Task:
             system = _fill(spec.system, fields, self.name, self.prompt_name)
             messages.insert(0, Message(role="system", content=(Part(type="text", text=system),)))
         return Prompt(sample_id=sample.id, messages=tuple(messages), settings=settings)
-
-
-def read_knowledge(path: Path) -> dict[str, str]:
-    """`class: attributes` lines (blank lines and `#` comments skipped) -> {class: attributes}."""
-    if not path.is_file():
-        raise ConfigError(f"knowledge file {path} does not exist")
-    out: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        name, colon, attributes = line.partition(":")
-        if not colon or not name.strip() or not attributes.strip():
-            raise ConfigError(f"{path}:{number}: expected 'class: visual attributes'")
-        out[name.strip()] = attributes.strip()
-    return out
 
 
 def _fill(template: str, fields: dict[str, Any], task: str, prompt: str) -> str:

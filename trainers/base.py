@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from medharness.registry import Registry
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from medharness.records import Sample
     from medharness.task import Task
-    from medharness.trainers.config import TrainConfig
+    from medharness.trainers.config import RewardSpec, TrainConfig
     from medharness.trainers.rewards import RewardSet
 
 TRAINERS: Registry[type[TrainerRecipe]] = Registry("trainer")
@@ -61,6 +63,25 @@ class TrainerRecipe:
     data_format: ClassVar[str] = ""  # "prompt" (GRPO) | "messages" (SFT) | "preference" (DPO)
     uses_rewards: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    own_preset: ClassVar[str | None] = None  # the preset `--recipe NAME` starts from (default: NAME's own)
+    options_model: ClassVar[type[BaseModel] | None] = None  # validates the config's `options:` section
+
+    @classmethod
+    def parse_options(cls, options: dict[str, Any]) -> Any:
+        """The config's `options:` as the recipe's model (pydantic raises on a bad key or value)."""
+        if cls.options_model is None:
+            if options:
+                from medharness.errors import ConfigError
+
+                raise ConfigError(f"recipe {cls.name} takes no `options:` (got {', '.join(sorted(options))})")
+            return None
+        return cls.options_model.model_validate(options)
+
+    def default_rewards(self, task: Task, prompt: str, config: TrainConfig) -> list[RewardSpec]:
+        """The rewards when the config gives none: the task's primary metric (+ format compliance)."""
+        from medharness.trainers.rewards import default_rewards
+
+        return default_rewards(task, prompt)
 
     @classmethod
     def config_class(cls) -> type:

@@ -80,6 +80,17 @@ def versions() -> dict[str, str]:
     return out
 
 
+def batch_sizes(trl_args: Any) -> dict[str, Any]:
+    """Batch sizes per optimiser step: TRL counts completions (GRPO: prompts x num_generations); both recorded."""
+    a = trl_args
+    completions = a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
+    generations = getattr(a, "num_generations", None)
+    return {"per_device_train_batch_size": a.per_device_train_batch_size,
+            "gradient_accumulation_steps": a.gradient_accumulation_steps, "world_size": a.world_size,
+            "completions_per_step": completions if generations else None, "num_generations": generations,
+            "prompts_per_step": completions // generations if generations else completions}
+
+
 def json_safe(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
 
@@ -96,6 +107,7 @@ class Lineage:
     base_fingerprint: str | None = None
     parent: str | None = None
     parent_path: str | None = None
+    batch: dict[str, Any] | None = None
 
     @classmethod
     def create(cls, config: TrainConfig, presets: list[str], trl_args: Any, sample_ids: list[str],
@@ -105,7 +117,7 @@ class Lineage:
         fingerprint = weights_fingerprint(folder) if folder is not None else None
         parent = read_manifest(folder) if folder is not None else None
         return cls(config=config, presets=presets, trl_settings=json_safe(trl_args.to_dict()),
-                   sample_ids=sample_ids, prompt=prompt, base_fingerprint=fingerprint,
+                   sample_ids=sample_ids, prompt=prompt, base_fingerprint=fingerprint, batch=batch_sizes(trl_args),
                    parent=file_hash(manifest_path(folder)) if parent is not None and folder else None,
                    parent_path=str(folder.resolve()) if parent is not None and folder else None)
 
@@ -120,7 +132,7 @@ class Lineage:
             preset="+".join(self.presets) or None, task=str(c.task), prompt=self.prompt, config=self.resolved(),
             train_samples_hash=samples_hash(self.sample_ids), n_train_samples=len(self.sample_ids), seed=c.seed,
             step=step, adapter=c.lora is not None, attn_implementation=c.attn_implementation,
-            parent=self.parent, parent_path=self.parent_path, versions=versions(),
+            parent=self.parent, parent_path=self.parent_path, batch=self.batch, versions=versions(),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 

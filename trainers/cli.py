@@ -60,7 +60,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Any]:
                                    "`train` rewards them and `run` scores them.")
     r.add_argument("--task", required=True)
     r.add_argument("--rewards", default="default",
-                   help="'default', a YAML list ([{metric: yes_no_accuracy, weight: 0.9}, ...]) or a YAML file")
+                   help="'default' (the --recipe's rewards), a YAML list ([{metric: yes_no_accuracy, weight: 0.9}, "
+                        "...]) or a YAML file")
+    r.add_argument("--recipe", help="whose default rewards to use (e.g. vrft_aug; default: grpo's)")
+    r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a recipe option for the default rewards, e.g. --option recitation=0.2 (repeatable)")
     r.add_argument("--completions", type=Path, required=True,
                    help="JSONL of {sample_id, text}, or a text file of one completion per line with --sample-id")
     r.add_argument("--sample-id", help="the sample every line of a plain text --completions file answers")
@@ -178,9 +182,38 @@ def read_completions(path: Path, sample_id: str | None) -> list[tuple[str, str]]
     return out
 
 
+def recipe_rewards(recipe: str | None, options: list[str], task: Any, prompt: str) -> Any:
+    """A recipe's default rewards for the task, with its `options:` from `--option KEY=VALUE` items."""
+    from medharness.trainers.config import TrainConfig, parse_override
+    from medharness.trainers.rewards import default_rewards
+
+    if recipe is None:
+        if options:
+            raise ConfigError("--option needs --recipe (whose options they are)")
+        return default_rewards(task, prompt)
+    from pydantic import ValidationError
+
+    from medharness.trainers.base import recipe_class
+
+    parsed: dict[str, Any] = {}
+    for item in options:
+        keys, value = parse_override(item)
+        node = parsed
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    cls = recipe_class(recipe)
+    try:
+        cls.parse_options(parsed)
+    except ValidationError as exc:
+        bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"--option: {bad}") from None
+    return cls().default_rewards(task, prompt, TrainConfig(recipe=recipe, options=parsed))
+
+
 def cmd_reward(args: argparse.Namespace) -> int:
     from medharness.task import load_task
-    from medharness.trainers.rewards import RewardSet, default_rewards
+    from medharness.trainers.rewards import RewardSet
 
     overrides = {k: v for k, v in (("prompt", args.prompt), ("data_dir", args.data_dir)) if v}
     task = load_task(args.task, overrides)
@@ -198,7 +231,7 @@ def cmd_reward(args: argparse.Namespace) -> int:
     missing = sorted(wanted - set(samples))
     if missing:
         raise ConfigError(f"task {task.name}: no sample(s) {missing[:5]} (use --split)")
-    specs = _reward_specs(args.rewards) or default_rewards(task, prompt)
+    specs = _reward_specs(args.rewards) or recipe_rewards(args.recipe, args.option, task, prompt)
     rewards = RewardSet(task, prompt, specs, list(samples.values()), model=args.model)
     rows = []
     for sid, text in pairs:

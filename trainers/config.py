@@ -80,6 +80,7 @@ class TrainConfig(Strict):
     max_pixels: int | None = Field(None, ge=1)  # None: the processor's own pixel budget
     min_pixels: int | None = Field(None, ge=1)
     trl: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)  # the recipe's own settings (its `Options` model)
 
     @field_validator("attn_implementation")
     @classmethod
@@ -201,10 +202,10 @@ def numbers(value: Any) -> Any:
     return value
 
 
-def _pydantic_error(exc: ValidationError, layers: Layers) -> str:
+def _pydantic_error(exc: ValidationError, layers: Layers, prefix: tuple[str, ...] = ()) -> str:
     msgs = []
     for err in exc.errors():
-        loc = tuple(err["loc"])
+        loc = (*prefix, *err["loc"])
         key = ".".join(str(p) for p in loc) or "(top level)"
         where = layers.where(loc)
         if err["type"] == "extra_forbidden":
@@ -222,9 +223,16 @@ def build_config(layers: Layers) -> TrainConfig:
     if isinstance(data.get("trl"), dict):
         data["trl"] = {k: numbers(v) for k, v in data["trl"].items()}
     try:
-        return TrainConfig.model_validate(data)
+        config = TrainConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_pydantic_error(exc, layers)) from None
+    from medharness.trainers.base import recipe_class
+
+    try:
+        recipe_class(config.recipe).parse_options(config.options)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_error(exc, layers, prefix=("options",))) from None
+    return config
 
 
 def trl_args(config: TrainConfig, layers: Layers, output: Path, use_gpu: bool) -> Any:
@@ -265,7 +273,8 @@ def _trl_version() -> str:
 def load_layers(recipe: str | None, presets: list[str], config_file: Path | None, cli: dict[str, Any],
                 overrides: list[str]) -> Layers:
     """Merge presets, `--config FILE`, CLI flags and `-C` overrides. With no preset that names a recipe,
-    the recipe's own preset (`grpo` for `--recipe grpo`) comes first, so every TRL setting is explicit."""
+    the recipe's own preset (`grpo` for `--recipe grpo`, `vrft_aug_paper` for `--recipe vrft_aug`) comes
+    first, so every TRL setting is explicit."""
     files = [(name, *read_layer(preset_path(name))) for name in presets]
     if config_file is not None and not config_file.is_file():
         raise ConfigError(f"config file {config_file} does not exist")
@@ -276,9 +285,9 @@ def load_layers(recipe: str | None, presets: list[str], config_file: Path | None
         raise ConfigError("no recipe given: pass --recipe NAME, or a preset / --config that sets `recipe:`")
     from medharness.trainers.base import TRAINERS
 
-    TRAINERS.get(str(chosen))  # "did you mean" for a misspelt recipe
-    if not named and chosen in preset_names():
-        files.insert(0, (str(chosen), *read_layer(preset_path(str(chosen)))))
+    own = TRAINERS.get(str(chosen)).own_preset or str(chosen)  # "did you mean" for a misspelt recipe
+    if not named and own in preset_names():
+        files.insert(0, (own, *read_layer(preset_path(own))))
     layers = Layers()
     for name, data, lines in files:
         layers.add_layer(data, str(preset_path(name)), str(chosen), lines)

@@ -17,7 +17,13 @@ from medharness.task import Task, load_task
 from medharness.torchvision_shim import ensure_torchvision_importable
 from medharness.trainers.answers import gold_text, rejected_texts
 from medharness.trainers.base import TrainContext, TrainerRecipe, recipe_class
-from medharness.trainers.checkpoints import Lineage, freeze_vision, lora_config, manifest_callback
+from medharness.trainers.checkpoints import (
+    Lineage,
+    batch_sizes,
+    freeze_vision,
+    lora_config,
+    manifest_callback,
+)
 from medharness.trainers.config import Layers, TrainConfig, trl_args
 from medharness.trainers.data import (
     check_image_tokens,
@@ -28,7 +34,7 @@ from medharness.trainers.data import (
     to_dataset,
 )
 from medharness.trainers.logs import log_callback
-from medharness.trainers.rewards import RewardSet, default_rewards
+from medharness.trainers.rewards import RewardSet
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +98,7 @@ class Prepared:
 
     def batch_info(self) -> dict[str, Any]:
         """Batch sizes count completions in TRL (not prompts): record both."""
-        a = self.ctx.trl_args
-        completions = a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
-        generations = getattr(a, "num_generations", None)
-        return {"per_device_train_batch_size": a.per_device_train_batch_size,
-                "gradient_accumulation_steps": a.gradient_accumulation_steps, "world_size": a.world_size,
-                "completions_per_step": completions if generations else None, "num_generations": generations,
-                "prompts_per_step": completions // generations if generations else completions}
+        return batch_sizes(self.ctx.trl_args)
 
     def reward_info(self) -> list[dict[str, Any]] | None:
         if self.ctx.rewards is None:
@@ -123,7 +123,7 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
     samples = select_samples(task, config)
     rewards, gold_means = None, dict[str, float | None]()
     if recipe.uses_rewards:
-        specs = config.rewards or default_rewards(task, prompt)
+        specs = config.rewards or recipe.default_rewards(task, prompt, config)
         rewards = RewardSet(task, prompt, specs, samples, completions_file=output / "completions.jsonl",
                             model=config.model)
         gold_means = rewards.check_applicable(samples, lambda s: gold_text(task, prompt, s))

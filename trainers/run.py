@@ -38,7 +38,7 @@ TRAIN_FILE = "train.json"
 TRAIN_SAMPLES_FILE = "train_samples.json"
 # Keys a resumed run must share with the run it continues.
 RESUME_KEYS = ("recipe", "model", "task", "prompt", "prompt_styles", "seed", "samples", "rewards", "lora", "rejected",
-               "max_pixels")
+               "max_pixels", "options")
 
 
 @dataclass

@@ -29,6 +29,9 @@ class Strict(BaseModel):
 
 
 def _as_list(value: Any) -> Any:
+    """A scalar becomes a one-item list (and each value of a mapping)."""
+    if isinstance(value, dict):
+        return {k: _as_list(v) for k, v in value.items()}
     return [value] if isinstance(value, (str, int)) else value
 
 
@@ -41,6 +44,11 @@ class RecipeEntry(Strict):
     config: str | None = None  # a recipe config YAML (`train --config`), relative to the sweep file
     overrides: list[str] = Field(default_factory=list)  # extra `-C KEY=VALUE` for this entry
     parent: str | None = Field(None, alias="from")  # train from this entry's final checkpoint (same task/shots/seed)
+    tasks: list[str] | None = None  # this entry's training tasks (default: the sweep's `tasks`)
+    prompt: str | None = None  # this entry's prompt variant, training and evaluation (default: the sweep's)
+    eval_prompt: str | None = None  # the prompt variant its evaluations use (default: `prompt`)
+
+    _listify = field_validator("tasks", mode="before")(_as_list)
 
     @property
     def key(self) -> str:
@@ -69,13 +77,45 @@ class CellFilter(Strict):
     skip: list[str] = Field(default_factory=list)
 
 
+class TableColumn(Strict):
+    """A column of the paper's table: one eval task's metric, or the mean of the row's other columns."""
+
+    label: str
+    task: str | None = None  # the eval task (default: the row's `task`)
+    metric: str | None = None  # a metric label of the task's run log (default: the task's primary metric)
+    average: bool = False  # the mean of the row's non-average columns (n/a unless all have a value)
+
+
+class TableRow(Strict):
+    """A row of the paper's table: a reference row (`base`, `baseline-KIND`) or one board group (a recipe entry,
+    its preset and shots: mean over seeds)."""
+
+    label: str
+    reference: str | None = None
+    entry: str | None = None  # a recipe entry id (`RecipeEntry.key`)
+    preset: str | None = None  # needed when the entry has several presets
+    shots: int | Literal["all"] | None = None  # needed when the sweep has several shots values
+    task: str | None = None  # the eval task of every column of this row (layouts with tasks as rows)
+
+
+class TableSpec(Strict):
+    """The paper's layout: rows in its order, columns = eval task x metric (`docs/training-eval.md`)."""
+
+    title: str | None = None
+    columns: list[TableColumn]
+    rows: list[TableRow]
+    decimals: int = Field(2, ge=0, le=4)
+
+
 class SweepConfig(Strict):
     name: SafeName | None = None
     model: str  # the base model: folder, hub id, or tiny / tiny:small (built offline into SWEEP/models/)
     recipes: list[str | RecipeEntry]
     tasks: list[str]  # training tasks
-    eval_tasks: list[str] | None = None  # default: each cell's training task
+    eval_tasks: list[str] | dict[str, list[str]] | None = None  # default: each cell's training task; a
+    # mapping {training task: [eval tasks]} pairs them (tasks it does not name evaluate on themselves)
     prompt: str | None = None  # the tasks' prompt variant, for training and evaluation alike
+    eval_prompt: str | None = None  # the evaluations' (and reference rows') prompt variant; default: `prompt`
     data_dir: str | None = None  # the tasks' local data copy
     shots: list[int | Literal["all"]] = Field(default_factory=lambda: list[int | Literal["all"]](["all"]))  # k/class
     split_seed: int | None = None  # None: each seed draws its own k-shot subset; else one fixed subset
@@ -86,12 +126,22 @@ class SweepConfig(Strict):
     max_steps: int | None = Field(None, ge=1)
     eval: EvalSpec = EvalSpec()
     baselines: list[str] = Field(default_factory=list)  # majority, random, constant:TEXT
-    reference: bool = True  # evaluate the base model once as the reference row
+    base_row: bool = True  # evaluate the base model once as a reference row (`base`)
     launch: LaunchSection = LaunchSection()
     cells: CellFilter = CellFilter()
+    reference: str | None = None  # published numbers (YAML, relative to the sweep file): trainers/sweep_table.py
+    table: TableSpec | None = None  # the paper's layout of the board
 
     _listify = field_validator("tasks", "eval_tasks", "shots", "seeds", "presets", "overrides", "baselines",
                                mode="before")(_as_list)
+
+    @field_validator("reference", mode="before")
+    @classmethod
+    def _reference_file(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("is the published-numbers file (a path); the base model's row is "  # noqa: TRY004
+                             f"`base_row: {str(value).lower()}`")  # (pydantic reports ValueErrors)
+        return value
 
     @field_validator("shots")
     @classmethod
@@ -195,7 +245,7 @@ def expand(sweep: SweepConfig) -> list[Cell]:
     for entry in entries.values():
         axis = [entry.preset] if entry.preset else list(sweep.presets)
         for preset in axis:
-            for task in sweep.tasks:
+            for task in entry.tasks or sweep.tasks:
                 for k in sweep.shots:
                     shots = None if k == "all" else int(k)
                     for seed in sweep.seeds:
@@ -204,6 +254,10 @@ def expand(sweep: SweepConfig) -> list[Cell]:
                             parent = entries[entry.parent]
                             p_preset = _parent_preset(parent, entry, preset, list(sweep.presets))
                             parent_id = cell_id(parent.key, p_preset, task, shots, seed)
+                            if parent_id not in cells:
+                                raise ConfigError(f"recipe '{entry.key}' trains from '{parent.key}', which has no "
+                                                  f"cell for task {task} (its tasks: "
+                                                  f"{', '.join(parent.tasks or sweep.tasks)})")
                             stage = cells[parent_id].stage + 1
                         cid = cell_id(entry.key, preset, task, shots, seed)
                         if cid in cells:
@@ -224,8 +278,32 @@ def _selected(cid: str, filters: CellFilter) -> bool:
 
 
 def eval_tasks(sweep: SweepConfig, cell: Cell) -> list[str]:
+    """The tasks a cell is evaluated on: the sweep's list, its training task's entry in the mapping, or the
+    training task itself."""
+    if isinstance(sweep.eval_tasks, dict):
+        return list(sweep.eval_tasks.get(cell.task, [cell.task]))
     return list(sweep.eval_tasks) if sweep.eval_tasks else [cell.task]
 
 
+def train_tasks(sweep: SweepConfig) -> list[str]:
+    """Every training task of the sweep (its `tasks` and the entries' own)."""
+    return list(dict.fromkeys([*sweep.tasks, *(t for e in sweep.entries() for t in e.tasks or [])]))
+
+
 def all_eval_tasks(sweep: SweepConfig) -> list[str]:
-    return list(dict.fromkeys(sweep.eval_tasks or sweep.tasks))
+    if isinstance(sweep.eval_tasks, list) and sweep.eval_tasks:
+        return list(dict.fromkeys(sweep.eval_tasks))
+    mapping = sweep.eval_tasks if isinstance(sweep.eval_tasks, dict) else {}
+    return list(dict.fromkeys(t for task in train_tasks(sweep) for t in mapping.get(task, [task])))
+
+
+def train_prompt(sweep: SweepConfig, cell: Cell) -> str | None:
+    """The prompt variant a cell trains with (None: the task's default)."""
+    return cell.entry.prompt or sweep.prompt
+
+
+def eval_prompt(sweep: SweepConfig, cell: Cell | None) -> str | None:
+    """The prompt variant of a cell's evaluations (`cell` None: the reference rows')."""
+    if cell is not None and (cell.entry.eval_prompt or cell.entry.prompt):
+        return cell.entry.eval_prompt or cell.entry.prompt
+    return sweep.eval_prompt or sweep.prompt

@@ -27,21 +27,25 @@ def read_run(run_dir: Path) -> RunLog | None:
         return None
 
 
-def primary_metric(run_dir: Path, task: str) -> dict[str, Any] | None:
-    """{metric, value (x100 for percent metrics), n, model} of a finished run's task: the task's first metric;
-    None when the run or the task's summary is missing."""
+def primary_metric(run_dir: Path, task: str, metric: str | None = None) -> dict[str, Any] | None:
+    """{metric, value (x100 for percent metrics), n, model} of a finished run's task: the task's first metric
+    (or the metric labelled `metric`); None when the run, the task's summary or that metric is missing."""
     runlog = read_run(run_dir)
     if runlog is None or runlog.status != "finished":
         return None
     entry = runlog.tasks.get(task)
     if entry is None or entry.summary is None or not entry.summary.metrics:
         return None
-    name, m = next(iter(entry.summary.metrics.items()))
+    metrics = entry.summary.metrics
+    if metric is not None and metric not in metrics:
+        return None
+    name = metric or next(iter(metrics))
+    m = metrics[name]
     value = None if math.isnan(m.value) else m.value * (100.0 if entry.percent.get(name, True) else 1.0)
     return {"metric": name, "value": value, "n": m.n, "model": runlog.model}
 
 
-def _stats(values: Sequence[float]) -> dict[str, Any]:
+def stats(values: Sequence[float]) -> dict[str, Any]:
     if not values:
         return {"mean": None, "std": None, "n": 0}
     std = statistics.stdev(values) if len(values) > 1 else None
@@ -76,7 +80,7 @@ def board(sweep: SweepConfig, cells: Sequence[Cell], eval_dir: Any, reference_di
         for task in tasks:
             got = primary_metric(reference_dir(name, task), task)
             row["tasks"][task] = {"metric": got and got["metric"],
-                                  **_stats([got["value"]] if got and got["value"] is not None else [])}
+                                  **stats([got["value"]] if got and got["value"] is not None else [])}
         rows.append(row)
     by_id = {c.id: c for c in cells}
     groups: dict[tuple[str, str | None, int | None], list[Cell]] = {}
@@ -100,7 +104,7 @@ def board(sweep: SweepConfig, cells: Sequence[Cell], eval_dir: Any, reference_di
                 if got and got["value"] is not None:
                     values.append(got["value"])
                     metric = got["metric"]
-            row["tasks"][task] = {"metric": metric, **_stats(values)}
+            row["tasks"][task] = {"metric": metric, **stats(values)}
         rows.append(row)
     return rows
 

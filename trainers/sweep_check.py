@@ -9,19 +9,48 @@ Problems are collected (not raised one by one) so that one dry run lists them al
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medharness.errors import MedHarnessError
-from medharness.trainers.sweep import Cell, SweepConfig, all_eval_tasks
+from medharness.errors import DataError, MedHarnessError
+from medharness.trainers.sweep import Cell, SweepConfig, all_eval_tasks, eval_prompt, eval_tasks, train_prompt
 from medharness.trainers.sweep_exec import Stages
 
 
-def _task(name: str, sweep: SweepConfig) -> Any:
+@dataclass
+class Findings:
+    """What a dry run found: problems (a cell cannot start), notes, and data not on this machine (warnings:
+    the configuration is sound, the cells that read it cannot start here)."""
+
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    missing_data: list[str] = field(default_factory=list)
+
+
+def sweep_task(name: str, sweep: SweepConfig, prompt: str | None) -> Any:
+    """The task as the sweep's commands load it; an unknown prompt variant is an error here."""
     from medharness.task import load_task
 
-    overrides = {k: v for k, v in (("data_dir", sweep.data_dir), ("prompt", sweep.prompt)) if v}
-    return load_task(name, overrides)
+    overrides = {k: v for k, v in (("data_dir", sweep.data_dir), ("prompt", prompt)) if v}
+    task = load_task(name, overrides)
+    task.prompt_name  # noqa: B018 - raises for an unknown variant
+    return task
+
+
+def _samples(task: Any, split: str | None, found: Findings) -> list[Any] | None:
+    """The task's samples; None (and a warning) when its data is not on this machine, None (and a problem)
+    when it cannot be read."""
+    try:
+        task.source  # noqa: B018 - local-only tasks without their data fail here
+    except DataError as exc:
+        found.missing_data.append(f"{exc} (not checked: its samples and k-shot subsets)")
+        return None
+    try:
+        return list(task.load_samples(split))
+    except MedHarnessError as exc:
+        found.problems.append(f"task {task.name} ({split or 'eval'} split): {exc}")
+        return None
 
 
 def _check_model(sweep: SweepConfig, stages: Stages, problems: list[str], notes: list[str]) -> None:
@@ -49,32 +78,38 @@ def _check_model(sweep: SweepConfig, stages: Stages, problems: list[str], notes:
         notes.append(f"base model: hub id {model} ({'in the local cache' if cached else 'not in the local cache'})")
 
 
-def _check_tasks(sweep: SweepConfig, problems: list[str], notes: list[str]) -> None:
+def _check_tasks(sweep: SweepConfig, cells: list[Cell], found: Findings) -> None:
+    """Every (training task, prompt) and (eval task, prompt) of the cells loads; samples where the data is here."""
     from medharness.splits import kshot
 
     seeds = [sweep.split_seed] if sweep.split_seed is not None else sweep.seeds
-    for name in sweep.tasks:
+    trains = dict.fromkeys((c.task, train_prompt(sweep, c)) for c in cells)
+    evals = dict.fromkeys((t, eval_prompt(sweep, c)) for c in cells for t in eval_tasks(sweep, c))
+    if sweep.base_row or sweep.baselines:
+        evals.update(dict.fromkeys((t, eval_prompt(sweep, None)) for t in all_eval_tasks(sweep)))
+    for (name, prompt), kind in [*((k, "train") for k in trains), *((k, "eval") for k in evals)]:
+        label = f"{kind} task {name}" + (f" (prompt {prompt})" if prompt else "")
         try:
-            train = _task(name, sweep).load_samples("train")
+            task = sweep_task(name, sweep, prompt)
         except MedHarnessError as exc:
-            problems.append(f"train task {name}: {exc}")
+            found.problems.append(f"{label}: {exc}")
             continue
-        for k in sweep.shots:
-            if k == "all":
-                notes.append(f"train task {name}: {len(train)} training samples")
+        samples = _samples(task, "train" if kind == "train" else None, found)
+        if samples is None:
+            continue
+        if kind == "eval":
+            limit = sweep.eval.limit
+            found.notes.append(f"{label}: {min(len(samples), limit) if limit else len(samples)} of "
+                               f"{len(samples)} samples")
+            continue
+        for k in sorted({c.shots for c in cells if c.task == name}, key=lambda k: k or 0):
+            if k is None:
+                found.notes.append(f"{label}: {len(samples)} training samples")
                 continue
-            sizes = sorted({len(kshot(train, int(k), seed)) for seed in seeds})
-            if 0 in sizes or not train:
-                problems.append(f"train task {name}: the {k}-shot subset is empty")
-            notes.append(f"train task {name}: k={k} per class -> {'/'.join(map(str, sizes))} samples")
-    for name in all_eval_tasks(sweep):
-        try:
-            n = len(_task(name, sweep).load_samples())
-        except MedHarnessError as exc:
-            problems.append(f"eval task {name}: {exc}")
-            continue
-        limit = sweep.eval.limit
-        notes.append(f"eval task {name}: {min(n, limit) if limit else n} of {n} samples")
+            sizes = sorted({len(kshot(samples, k, seed)) for seed in seeds})
+            if 0 in sizes or not samples:
+                found.problems.append(f"{label}: the {k}-shot subset is empty")
+            found.notes.append(f"{label}: k={k} per class -> {'/'.join(map(str, sizes))} samples")
 
 
 def _check_training(sweep: SweepConfig, stages: Stages, cells: list[Cell], problems: list[str],
@@ -112,7 +147,7 @@ def _check_training(sweep: SweepConfig, stages: Stages, cells: list[Cell], probl
         req = TrainRequest(recipe=e.recipe, presets=[*cell.presets, *sweep.common_presets],
                            config_file=Path(stages.relative(e.config)) if e.config else None,
                            overrides=stages.overrides(cell), task=cell.task, model="(the base model)",
-                           prompt=sweep.prompt, seed=cell.seed, max_steps=sweep.max_steps)
+                           prompt=train_prompt(sweep, cell), seed=cell.seed, max_steps=sweep.max_steps)
         try:
             config, layers = resolve(req)
             trl_args(config, layers, stages.train_dir(cell.id), use_gpu=False)
@@ -120,15 +155,16 @@ def _check_training(sweep: SweepConfig, stages: Stages, cells: list[Cell], probl
             problems.append(f"cell {cell.id}: {exc}")
 
 
-def check_sweep(sweep: SweepConfig, stages: Stages, cells: list[Cell]) -> tuple[list[str], list[str]]:
-    """(problems, notes) for the whole sweep; no problems = every cell can start."""
+def check_sweep(sweep: SweepConfig, stages: Stages, cells: list[Cell]) -> Findings:
+    """Everything a sweep needs; no problems = every cell can start (where its data is here)."""
     from medharness.backends import BACKENDS
     from medharness.trainers.launch import LaunchSpec
+    from medharness.trainers.sweep_table import check_table
 
-    problems: list[str] = []
-    notes: list[str] = []
+    found = Findings()
+    problems, notes = found.problems, found.notes
     _check_model(sweep, stages, problems, notes)
-    _check_tasks(sweep, problems, notes)
+    _check_tasks(sweep, cells, found)
     for entry in sweep.entries():
         if entry.config and not Path(stages.relative(entry.config)).is_file():
             problems.append(f"recipe {entry.key}: config file {entry.config} does not exist")
@@ -148,4 +184,5 @@ def check_sweep(sweep: SweepConfig, stages: Stages, cells: list[Cell]) -> tuple[
     except MedHarnessError as exc:
         problems.append(f"launch: {exc}")
     _check_training(sweep, stages, cells, problems, notes)
-    return problems, notes
+    check_table(sweep, stages, cells, found)
+    return found

@@ -39,6 +39,7 @@ def add_sweep_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--print-commands", action="store_true",
                    help="print one self-contained command per cell (for Slurm arrays, Ray jobs) and the merge")
     p.add_argument("--cell", help="run this cell only (an id from --print-commands or --dry-run)")
+    p.add_argument("--data-dir", help="the tasks' local data copy (replaces the sweep file's `data_dir:`)")
 
 
 def _paths(args: argparse.Namespace) -> tuple[Path, SweepConfig, Path]:
@@ -46,6 +47,8 @@ def _paths(args: argparse.Namespace) -> tuple[Path, SweepConfig, Path]:
 
     file = (args.sweep or DEMO).resolve()
     sweep = load_sweep(file)
+    if args.data_dir:
+        sweep = sweep.model_copy(update={"data_dir": str(Path(args.data_dir).resolve())})
     output = args.output or Path("runs") / "sweeps" / (sweep.name or file.stem)
     return file, sweep, output.resolve()
 
@@ -133,7 +136,8 @@ def dry_run(sweep: SweepConfig, stages: Stages, cells: list[Cell], references: d
 
     from medharness.trainers.sweep_check import check_sweep
 
-    problems, notes = check_sweep(sweep, stages, cells)
+    found = check_sweep(sweep, stages, cells)
+    problems = found.problems
     rows = [[REFERENCE_PREFIX + name, 0, model or "base model", "-", "-", "-", "-"]
             for name, model in references.items()]
     rows += [[c.id, c.stage, c.entry.recipe, c.preset or "-", c.task, "all" if c.shots is None else c.shots,
@@ -141,12 +145,17 @@ def dry_run(sweep: SweepConfig, stages: Stages, cells: list[Cell], references: d
     print(tabulate(rows, headers=["cell", "stage", "recipe", "preset", "task", "shots", "seed"],
                    tablefmt="github"))
     print()
-    for note in notes:
+    for note in found.notes:
         print(f"ok: {note}")
+    for missing in found.missing_data:
+        print(f"data not here: {missing}")
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
-    print(f"{len(cells)} cell(s), {len(references)} reference row(s): "
-          + ("ready" if not problems else f"{len(problems)} problem(s)"))
+    status = "ready" if not problems else f"{len(problems)} problem(s)"
+    if found.missing_data and not problems:
+        status += (f"; the data of {len(found.missing_data)} task(s) is not on this machine (give `data_dir:` or "
+                   "--data-dir): the cells that read it cannot start here")
+    print(f"{len(cells)} cell(s), {len(references)} reference row(s): {status}")
     return 0 if not problems else 2
 
 
@@ -155,13 +164,18 @@ def write_board(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell
     from medharness.trainers.sweep import all_eval_tasks
     from medharness.trainers.sweep_board import board, primary_metric, render_markdown
     from medharness.trainers.sweep_exec import read_train_state, write_json
+    from medharness.trainers.sweep_table import paper_table, render_table
 
     base_label = Path(sweep.model).name if Path(stages.relative(sweep.model)).exists() else sweep.model
     rows = board(sweep, cells, stages.eval_dir, stages.reference_dir, references, base_label)
     tasks = all_eval_tasks(sweep)
     path = stages.root / "leaderboard.md"
-    path.write_text(render_markdown(rows, tasks, title=f"Sweep {sweep.name or file.stem}: {base_label}"),
-                    encoding="utf-8")
+    title = f"Sweep {sweep.name or file.stem}: {base_label}"
+    text = render_markdown(rows, tasks, title=title)
+    table = paper_table(sweep, cells, stages)
+    if table is not None:  # the paper's layout first, with the published rows; then every row of the board
+        text = f"# {title}\n\n{render_table(table)}\n## Every row\n\n{render_markdown(rows, tasks)}"
+    path.write_text(text, encoding="utf-8")
     cell_records: list[dict[str, Any]] = []
     for c in cells:
         state = read_train_state(stages.train_dir(c.id))
@@ -175,5 +189,5 @@ def write_board(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell
                              "finished": stages.cell_finished(c), "error": failed.get(c.id)})
     write_json(stages.root / "sweep.json", {
         "sweep_file": str(file), "output": str(stages.root), "config": sweep.model_dump(mode="json", by_alias=True),
-        "cells": cell_records, "board": rows, "failed": failed})
+        "cells": cell_records, "board": rows, "table": table, "failed": failed})
     return path

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medharness.errors import ConfigError, MedHarnessError
-from medharness.trainers.sweep import Cell, SweepConfig, eval_tasks
+from medharness.trainers.sweep import Cell, SweepConfig, eval_prompt, eval_tasks, train_prompt
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,8 @@ class Stages:
             argv += ["--preset", preset]
         if e.config:
             argv += ["--config", self.relative(e.config)]
-        if s.prompt:
-            argv += ["--prompt", s.prompt]
+        if train_prompt(s, cell):
+            argv += ["--prompt", str(train_prompt(s, cell))]
         if samples is not None:
             argv += ["--samples", str(samples)]
         if s.max_steps:
@@ -162,7 +162,8 @@ class Stages:
             return launch_argv(argv, config, spec.num_processes)
         return [*PROGRAM, *argv]
 
-    def eval_argv(self, model: str, task: str, out: Path, resume: bool, baseline: bool = False) -> list[str]:
+    def eval_argv(self, model: str, task: str, out: Path, resume: bool, baseline: bool = False,
+                  prompt: str | None = None) -> list[str]:
         e = self.sweep.eval
         argv = [*PROGRAM, "run", "--model", model, "--tasks", task, "--output", str(out), "--no-progress",
                 "--batch-size", str(e.batch_size)]
@@ -175,8 +176,8 @@ class Stages:
                             ("--data-dir", self.sweep.data_dir)):
             if value is not None:
                 argv += [flag, str(value)]
-        if self.sweep.prompt:
-            argv += ["-T", f"{task}.prompt={self.sweep.prompt}"]
+        if prompt:
+            argv += ["-T", f"{task}.prompt={prompt}"]
         return argv + (["--resume"] if resume else [])
 
     # running
@@ -207,7 +208,8 @@ class Stages:
             os.replace(tmp, out)
         return out
 
-    def evaluate(self, model: str, task: str, out: Path, log_file: Path, baseline: bool = False) -> None:
+    def evaluate(self, model: str, task: str, out: Path, log_file: Path, baseline: bool = False,
+                 prompt: str | None = None) -> None:
         """One `medharness run`, skipped when finished, resumed when started (with --resume)."""
         status = run_status(out)
         if status == "finished":
@@ -217,7 +219,8 @@ class Stages:
         elif out.exists():  # a folder without run.json: a run that never started
             shutil.rmtree(out)
         self.say(f"  eval {task} -> {out}")
-        self._call(self.eval_argv(model, task, out, resume=status is not None, baseline=baseline), log_file)
+        self._call(self.eval_argv(model, task, out, resume=status is not None, baseline=baseline, prompt=prompt),
+                   log_file)
         if run_status(out) != "finished":
             raise StageFailed(f"{out}: the run did not finish (status {run_status(out)})")
 
@@ -270,13 +273,14 @@ class Stages:
         """Train (or skip), then evaluate the final checkpoint (and each checkpoint-N with checkpoints: all)."""
         final = self.train(cell)
         logs = self.cell_dir(cell.id) / "logs"
+        prompt = eval_prompt(self.sweep, cell)
         for task in eval_tasks(self.sweep, cell):
-            self.evaluate(str(final), task, self.eval_dir(cell.id, task), logs / f"eval-{task}.log")
+            self.evaluate(str(final), task, self.eval_dir(cell.id, task), logs / f"eval-{task}.log", prompt=prompt)
         if self.sweep.eval.checkpoints == "all":
             for ckpt in checkpoints(self.train_dir(cell.id)):
                 for task in eval_tasks(self.sweep, cell):
                     self.evaluate(str(ckpt), task, self.eval_dir(cell.id, task, ckpt.name),
-                                  logs / f"eval-{ckpt.name}-{task}.log")
+                                  logs / f"eval-{ckpt.name}-{task}.log", prompt=prompt)
 
     def run_reference(self, name: str, model: str | None, tasks: list[str]) -> None:
         """The base model's row (`model` None) or a baseline's (`baseline:KIND`), once per eval task."""
@@ -284,7 +288,8 @@ class Stages:
         model = model or self.base_model()
         for task in tasks:
             self.evaluate(model, task, self.reference_dir(name, task),
-                          self.root / "reference" / name / "logs" / f"{task}.log", baseline=baseline)
+                          self.root / "reference" / name / "logs" / f"{task}.log", baseline=baseline,
+                          prompt=eval_prompt(self.sweep, None))
 
     def cell_finished(self, cell: Cell) -> bool:
         state = read_train_state(self.train_dir(cell.id))
@@ -296,7 +301,7 @@ def reference_rows(sweep: SweepConfig) -> dict[str, str | None]:
     """Reference row name -> its model: `base` -> None (the sweep's base model), `baseline-KIND` -> baseline:KIND."""
     from medharness.trainers.sweep import slug
 
-    rows: dict[str, str | None] = {"base": None} if sweep.reference else {}
+    rows: dict[str, str | None] = {"base": None} if sweep.base_row else {}
     for b in sweep.baselines:
         kind = b.removeprefix("baseline:")
         rows[f"baseline-{slug(kind)}"] = f"baseline:{kind}"

@@ -28,10 +28,13 @@ def iou(answer: Answer, sample: Sample, text: str) -> float | None:
 
 
 @metric("iou_accuracy")
-def iou_accuracy(answer: Answer, sample: Sample, text: str, threshold: float = 0.5) -> float | None:
-    """1 if IoU >= threshold (default 0.5), else 0; unparsed -> 0."""
+def iou_accuracy(answer: Answer, sample: Sample, text: str, threshold: float = 0.5,
+                 strict: bool = False) -> float | None:
+    """1 if IoU >= threshold (default 0.5; with `strict`, IoU > threshold, as VRFT-Aug), else 0; unparsed -> 0."""
     value = iou(answer, sample, text)
-    return None if value is None else float(value >= threshold)
+    if value is None:
+        return None
+    return float(value > threshold if strict else value >= threshold)
 
 
 # --- grades ----------------------------------------------------------------------------------

@@ -5,15 +5,19 @@ All follow the rules in `medharness.metrics.base`: None = not applicable (e.g. n
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from typing import Any
 
 from medharness.errors import ConfigError
+from medharness.knowledge import knowledge_block, knowledge_file
 from medharness.metrics.base import metric
 from medharness.metrics.common import answer_text, gold_text, gold_yes_no, overlap_prf
 from medharness.normalize import normalize, yes_no_of
 from medharness.parsers.base import strip_end_markers
 from medharness.parsers.structured import letter_of
-from medharness.parsers.text import answer_tag, boxed_content, think_text
+from medharness.parsers.text import answer_tag, balanced_end, boxed_content, think_text
 from medharness.records import Answer, Sample
 
 # --- exact match and token overlap -----------------------------------------------------------
@@ -112,22 +116,42 @@ def bleu(answer: Answer, sample: Sample, text: str, reference: str = "target",
          hypothesis: str = "answer") -> float | None:
     """sacrebleu sentence BLEU / 100 (effective order) of the answer (or, with `hypothesis: think`, the
     `<think>` text) vs the gold or a meta field (e.g. `reference: reasoning`)."""
-    import sacrebleu
-
     if hypothesis not in ("answer", "think"):
         raise ConfigError(f"bleu: hypothesis must be 'answer' or 'think', got {hypothesis!r}")
     ref: Any = sample.target if reference == "target" else sample.meta.get(reference)
     if ref is None or not str(ref).strip():
         return None
     pred = answer_text(answer) if hypothesis == "answer" else think_text(text, allow_unclosed=True)
-    if pred is None or not pred.strip():
+    return sentence_bleu(pred, str(ref))
+
+
+def sentence_bleu(hypothesis: str | None, reference: str) -> float:
+    """sacrebleu sentence BLEU / 100 with effective order (a short perfect match scores 1, not ~0); an
+    empty hypothesis scores 0."""
+    import sacrebleu
+
+    if hypothesis is None or not hypothesis.strip():
         return 0.0
-    return sacrebleu.sentence_bleu(pred, [str(ref)], use_effective_order=True).score / 100.0
+    return sacrebleu.sentence_bleu(hypothesis, [reference], use_effective_order=True).score / 100.0
+
+
+@metric("recitation_bleu", percent=False)
+def recitation_bleu(answer: Answer, sample: Sample, text: str, knowledge: str | None = None,
+                    delta: float = 1.0) -> float | None:
+    """VRFT-Aug's recitation reward: delta x BLEU(`<think>` text, the prompt's knowledge block for the sample's
+    classes); `knowledge` = the knowledge file (absolute, or under tasks/knowledge/); None without choices."""
+    if knowledge is None:
+        raise ConfigError("recitation_bleu needs args.knowledge: the prompt variant's knowledge file "
+                          "(e.g. knowledge/medmnist_blood.txt)")
+    if not sample.choices:
+        return None
+    block = knowledge_block(knowledge_file(knowledge), sample.choices)
+    return float(delta) * sentence_bleu(think_text(text, allow_unclosed=True), block)
 
 
 # --- format and thinking ---------------------------------------------------------------------
 
-FORMATS = ("r1", "boxed", "answer_tag", "r1_boxed")
+FORMATS = ("r1", "boxed", "answer_tag", "r1_boxed", "think_boxed", "think_answer_box")
 
 
 def _after_single_think(text: str) -> str | None:
@@ -146,15 +170,40 @@ def _single_answer_tag(text: str) -> bool:
     return low.startswith("<answer>") and low.endswith("</answer>") and bool(text[8:-9].strip())
 
 
+def _json_box(content: str) -> bool:
+    """The content parses as JSON (``` fences allowed) holding a list of exactly 4 numbers somewhere."""
+    body = re.sub(r"^```(?:json)?\s*|\s*```$", "", content.strip())
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list) and len(node) == 4 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in node):
+            return True
+        stack.extend(node if isinstance(node, list) else node.values() if isinstance(node, dict) else [])
+    return False
+
+
 def format_ok(text: str, format: str) -> bool:
     """Whether the raw output follows `format`:
     r1: `<think>...</think>` then `<answer>...</answer>` and nothing else (one of each tag, answer non-empty);
     boxed: a balanced, non-empty `\\boxed{}` anywhere; answer_tag: a closed, non-empty `<answer>...</answer>`;
-    r1_boxed: one leading `<think>...</think>` then text holding a balanced `\\boxed{}`.
+    r1_boxed: one leading `<think>...</think>` then text holding a balanced `\\boxed{}`;
+    think_boxed (VRFT-Aug, strict): one leading `<think>...</think>` then `\\boxed{...}` and nothing else;
+    think_answer_box (VRFT-Aug detection): r1 whose answer is JSON holding `[x1, y1, x2, y2]`.
     Trailing `<|im_end|>`/`<|endoftext|>` and surrounding whitespace are ignored."""
-    if format == "r1":
+    if format in ("r1", "think_answer_box"):
         rest = _after_single_think(text)
-        return rest is not None and _single_answer_tag(rest)
+        if rest is None or not _single_answer_tag(rest):
+            return False
+        return format == "r1" or _json_box(rest[len("<answer>"):-len("</answer>")])
+    if format == "think_boxed":
+        rest = _after_single_think(text)
+        return rest is not None and rest.startswith("\\boxed{") and boxed_content(rest)[0] is not None \
+            and balanced_end(rest, len("\\boxed{")) == len(rest)
     if format == "boxed":
         return boxed_content(text)[0] is not None
     if format == "answer_tag":

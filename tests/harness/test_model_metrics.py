@@ -17,8 +17,8 @@ from medharness.torchvision_shim import ensure_torchvision_importable
 
 ensure_torchvision_importable()
 
-import torch  # noqa: E402
-from transformers import (  # noqa: E402
+import torch
+from transformers import (
     BertConfig,
     BertModel,
     BertTokenizerFast,
@@ -28,10 +28,10 @@ from transformers import (  # noqa: E402
     RobertaForSequenceClassification,
 )
 
-from medharness.metrics import METRICS  # noqa: E402
-from medharness.metrics.models import bertscore_f1, cross_encoder_score, perplexity  # noqa: E402
-from medharness.records import Answer, Sample  # noqa: E402
-from medharness.tiny import build_tokenizer  # noqa: E402
+from medharness.metrics import METRICS
+from medharness.metrics.models import bertscore_f1, cross_encoder_score, perplexity
+from medharness.records import Answer, Sample
+from medharness.tiny import build_tokenizer
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "left", "right", "lung", "mass", "liver",
          "normal", "yes", "no", "small", "large", "lesion", "in", "is", "there"]

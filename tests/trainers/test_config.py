@@ -33,6 +33,8 @@ TABLES = {
     "dpo": {"beta": 0.1, "loss_type": ["sigmoid"], "learning_rate": 1e-6, "max_length": None,
             "activation_checkpointing": True, "label_smoothing": 0.0, "precompute_ref_log_probs": False,
             "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2, "max_steps": 1500},
+    "vrft_aug_paper": {**GRPO_TABLE, "temperature": 0.9, "max_completion_length": 1024, "optim": "adamw_torch",
+                       "gradient_accumulation_steps": 32, "max_steps": 120},
     "dpo_lora": {"beta": 0.1, "loss_type": ["sigmoid"], "learning_rate": 1e-5, "max_length": None,
                  "activation_checkpointing": True, "label_smoothing": 0.0, "precompute_ref_log_probs": False,
                  "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2, "max_steps": 1500},

@@ -246,7 +246,7 @@ def test_sweep_runs_skips_and_resumes(fake_train: Path, tiny_models: dict[str, P
 def test_cells_one_at_a_time_then_merge(fake_train: Path, tiny_models: dict[str, Path],
                                         capsys: pytest.CaptureFixture[str]) -> None:
     file = write(fake_train / "s.yaml", SMALL.format(model=tiny_models["qwen2_vl"]).replace(
-        "baselines: [majority]", "baselines: []\nreference: false\nshots: [2]"))
+        "baselines: [majority]", "baselines: []\nbase_row: false\nshots: [2]"))
     out = fake_train / "sweep"
     base = ["train-then-eval", "--sweep", str(file), "--output", str(out)]
     sft, grpo = "sft-phantom_presence-k2-s0", "grpo-from-sft-phantom_presence-k2-s0"

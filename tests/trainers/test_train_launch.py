@@ -131,7 +131,7 @@ overrides: [samples.limit=4]
 max_steps: 2
 eval: {{limit: 4, batch_size: 4, backend: hf, backend_options: {{device: cpu}}}}
 baselines: []
-reference: false
+base_row: false
 launch: {{launcher: accelerate, num_processes: 1}}
 """
 

@@ -1,0 +1,161 @@
+"""The paper layout of a sweep's board (`table:`) with published reference rows (`reference:`), per-entry tasks,
+prompts and eval-task mappings, and the dry run's checks of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medharness.cli import main
+from medharness.errors import ConfigError
+from medharness.records import MetricSummary, TaskEntry, TaskSummary
+from medharness.runlog import RunDir
+from medharness.trainers.sweep import (
+    all_eval_tasks,
+    eval_prompt,
+    eval_tasks,
+    expand,
+    load_sweep,
+    train_prompt,
+)
+from medharness.trainers.sweep_exec import Stages
+from medharness.trainers.sweep_table import load_reference, paper_table, render_table
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+REFERENCE = """\
+source: "A paper, Table 9"
+note: copied by hand
+columns: [Presence, Side, Average]
+rows:
+  - {label: base, values: {Presence: 50.0, Side: 40.0, Average: 45.0}}
+  - {label: tuned, values: {Presence: 80.0, Side: null, Average: null}}
+  - {label: bigger model, values: {Presence: 90.0, Side: 91.0, Average: 90.5}}
+"""
+
+SWEEP = """\
+name: t
+model: tiny
+tasks: [phantom_presence, phantom_side]
+seeds: [0, 1]
+recipes:
+  - grpo
+  - {recipe: grpo, id: boxes, tasks: [phantom_box], prompt: r1, eval_prompt: plain}
+eval_tasks: {phantom_box: [phantom_presence, phantom_side]}
+common_presets: [tiny_cpu]
+reference: ref.yaml
+table:
+  title: Table 9
+  columns:
+    - {label: Presence, task: phantom_presence}
+    - {label: Side, task: phantom_side, metric: choice_accuracy}
+    - {label: Average, average: true}
+  rows:
+    - {label: base, reference: base}
+    - {label: tuned, entry: grpo}
+    - {label: boxes, entry: boxes}
+"""
+
+
+def fake_run(folder: Path, task: str, values: dict[str, float]) -> None:
+    """A finished run directory whose run log holds one task summary (no model needed)."""
+    run = RunDir.create(folder, {"model": "m"})
+    metrics = {k: MetricSummary(value=v, n=10, n_unparsed=0) for k, v in values.items()}
+    summary = TaskSummary(task=task, task_version="1.0", convention="harness", n=10, n_unparsed=0, metrics=metrics)
+    run.set_task(task, TaskEntry(version="1.0", convention="harness", summary=summary,
+                                 percent=dict.fromkeys(values, True)))
+    run.set_status("finished")
+
+
+def test_entry_tasks_prompts_and_eval_mapping(tmp_path: Path) -> None:
+    write(tmp_path / "ref.yaml", REFERENCE)
+    sweep = load_sweep(write(tmp_path / "s.yaml", SWEEP))
+    cells = expand(sweep)
+    assert [c.id for c in cells] == ["grpo-phantom_presence-kall-s0", "grpo-phantom_presence-kall-s1",
+                                     "grpo-phantom_side-kall-s0", "grpo-phantom_side-kall-s1",
+                                     "boxes-phantom_box-kall-s0", "boxes-phantom_box-kall-s1"]
+    box, presence = cells[4], cells[0]
+    assert eval_tasks(sweep, box) == ["phantom_presence", "phantom_side"]
+    assert eval_tasks(sweep, presence) == ["phantom_presence"]  # not in the mapping: evaluated on itself
+    assert all_eval_tasks(sweep) == ["phantom_presence", "phantom_side"]
+    assert (train_prompt(sweep, box), eval_prompt(sweep, box)) == ("r1", "plain")
+    assert (train_prompt(sweep, presence), eval_prompt(sweep, presence), eval_prompt(sweep, None)) == (None,) * 3
+    argv = Stages(sweep, tmp_path / "s.yaml", tmp_path / "o", resume=False).eval_argv(
+        "/ckpt", "phantom_side", tmp_path / "e", resume=False, prompt=eval_prompt(sweep, box))
+    assert argv[argv.index("-T") + 1] == "phantom_side.prompt=plain"
+
+
+def test_paper_table_with_published_rows(tmp_path: Path) -> None:
+    write(tmp_path / "ref.yaml", REFERENCE)
+    file = write(tmp_path / "s.yaml", SWEEP)
+    sweep = load_sweep(file)
+    stages = Stages(sweep, file, tmp_path / "o", resume=False)
+    cells = {c.id: c for c in expand(sweep)}
+    fake_run(stages.reference_dir("base", "phantom_presence"), "phantom_presence", {"yes_no_accuracy": 0.25})
+    fake_run(stages.reference_dir("base", "phantom_side"), "phantom_side", {"choice_accuracy": 0.5})
+    for seed, value in ((0, 0.6), (1, 0.8)):
+        fake_run(stages.eval_dir(f"grpo-phantom_presence-kall-s{seed}", "phantom_presence"), "phantom_presence",
+                 {"yes_no_accuracy": value})
+    fake_run(stages.eval_dir("grpo-phantom_side-kall-s0", "phantom_side"), "phantom_side",
+             {"choice_accuracy": 0.3})  # seed 1 never finished
+    table = paper_table(sweep, list(cells.values()), stages)
+    assert table is not None
+    labels = [(r["label"], r["kind"]) for r in table["rows"]]
+    assert labels == [("base", "measured"), ("base", "published"), ("tuned", "measured"), ("tuned", "published"),
+                      ("boxes", "measured"), ("bigger model", "published")]
+    base, tuned, boxes = (table["rows"][i]["values"] for i in (0, 2, 4))
+    assert base["Presence"]["mean"] == pytest.approx(25.0) and base["Side"]["mean"] == pytest.approx(50.0)
+    assert base["Average"]["mean"] == pytest.approx(37.5)  # the mean of the row's columns, as the paper's
+    assert tuned["Presence"]["mean"] == pytest.approx(70.0) and tuned["Presence"]["std"] == pytest.approx(14.1421, 1e-4)
+    assert tuned["Side"]["n"] == 1 and tuned["Average"]["mean"] == pytest.approx(50.0)
+    assert boxes["Presence"]["mean"] is None and boxes["Average"]["mean"] is None
+    text = render_table(table)
+    published = next(line for line in text.splitlines() if line.startswith("| tuned · published"))
+    assert "## Table 9" in text and [c.strip() for c in published.split("|")[2:5]] == ["80.00", "-", "-"]
+    assert "70.00 ± 14.14" in text and "30.00 (1/2)" in text and "n/a" in text
+    assert "as published in A paper, Table 9" in text and "copied by hand" in text
+
+
+def test_reference_file_errors(tmp_path: Path) -> None:
+    bad = write(tmp_path / "r.yaml", "source: x\ncolumns: [A]\nrows:\n  - {label: a, values: {A: 1}, extra: 2}\n")
+    with pytest.raises(ConfigError, match=r"r.yaml:4: rows.0.extra"):
+        load_reference(bad)
+    bad = write(tmp_path / "r.yaml", "source: x\ncolumns: [A]\nrows:\n  - {label: a, values: {B: 1}}\n")
+    with pytest.raises(ConfigError, match=r"row 'a' has values for \['B'\]"):
+        load_reference(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_reference(tmp_path / "none.yaml")
+    with pytest.raises(ConfigError, match="base_row: true"):
+        load_sweep(write(tmp_path / "s.yaml", "model: m\ntasks: [phantom_presence]\nrecipes: [sft]\n"
+                                              "reference: true\n"))
+
+
+def test_dry_run_checks_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("trl", reason="the dry run checks recipes against TRL")
+    write(tmp_path / "ref.yaml", REFERENCE)
+    good = write(tmp_path / "s.yaml", SWEEP)
+    assert main(["train-then-eval", "--sweep", str(good), "--dry-run"]) == 0
+    assert "reference: 3 published rows from A paper, Table 9" in capsys.readouterr().out
+    broken = SWEEP.replace("metric: choice_accuracy", "metric: no_such_metric").replace(
+        "entry: grpo}", "entry: grpo, shots: 5}").replace("reference: base}", "reference: baseline-majority}")
+    write(tmp_path / "ref.yaml", REFERENCE.replace("[Presence, Side, Average]", "[Presence, Side, Average, Extra]"))
+    write(tmp_path / "s.yaml", broken.replace("prompt: r1, eval_prompt: plain", "prompt: r1, eval_prompt: nope"))
+    assert main(["train-then-eval", "--sweep", str(good), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    for text in ("columns ['Extra'] are not columns of the table", "no reference row 'baseline-majority'",
+                 "table row 'tuned': selects no cell", "reports no metric 'no_such_metric'",
+                 "eval task phantom_presence (prompt nope): task phantom_presence: unknown prompt 'nope'"):
+        assert text in err
+
+
+def test_dry_run_reports_data_not_here(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A task whose data is not on this machine is a warning (the configuration is checked), not a problem."""
+    file = write(tmp_path / "s.yaml", "model: m_missing_here\ntasks: [medmnist_oct]\nrecipes: [sft]\n")
+    assert main(["train-then-eval", "--sweep", str(file), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "data not here: task medmnist_oct reads local files" in out and "cannot start here" in out

@@ -1,0 +1,246 @@
+"""A sweep's board in the paper's layout (`table:`), with the published numbers (`reference:`) beside it.
+
+The reference file (YAML, `trainers/sweeps/references/<paper>_<table>.yaml`) holds a table as published:
+
+    source: "<paper title>, Table N"        # the citation, shown in the caption
+    note: "..."                              # optional: how the numbers were copied, what they mean
+    columns: [Breast, Pneumonia, ...]        # the paper's column labels (= the sweep table's column labels)
+    rows:
+      - {label: "10 · V-RFT", values: {Breast: 60.89, Pneumonia: 51.28, ...}}   # null = not reported
+
+Each measured row of the table is followed by the published row with the same label ("· published"); published
+rows without a measured counterpart (e.g. a larger model the sweep does not train) come after. Plain tables:
+bold / underline and delta rows are the leaderboard's work. `check_table` is the dry run's part.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medharness.errors import ConfigError, MedHarnessError
+from medharness.yamlio import line_of, load_yaml_with_lines
+
+if TYPE_CHECKING:
+    from medharness.trainers.sweep import Cell, SweepConfig, TableRow
+    from medharness.trainers.sweep_check import Findings
+    from medharness.trainers.sweep_exec import Stages
+
+PUBLISHED = "published"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReferenceRow(_Strict):
+    label: str
+    values: dict[str, float | None]
+
+
+class Reference(_Strict):
+    """A published table: its citation, columns and rows."""
+
+    source: str = Field(min_length=1)
+    note: str | None = None
+    columns: list[str]
+    rows: list[ReferenceRow]
+
+
+def load_reference(path: Path) -> Reference:
+    """Parse a reference file; errors name the file, the line and the key (as sweep files)."""
+    if not path.is_file():
+        raise ConfigError(f"reference file {path} does not exist")
+    data, lines = load_yaml_with_lines(path)
+    try:
+        ref = Reference.model_validate(data)
+    except ValidationError as exc:
+        msgs = [f"{path}:{line_of(lines, tuple(e['loc'])) or '?'}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
+                for e in exc.errors()]
+        raise ConfigError("invalid reference file\n  " + "\n  ".join(msgs)) from None
+    for row in ref.rows:
+        unknown = sorted(set(row.values) - set(ref.columns))
+        if unknown:
+            raise ConfigError(f"{path}: row {row.label!r} has values for {unknown}, which are not in columns "
+                              f"{ref.columns}")
+    return ref
+
+
+def reference_path(sweep: SweepConfig, stages: Stages) -> Path | None:
+    return Path(stages.relative(sweep.reference)) if sweep.reference else None
+
+
+# -- rows of the sweep's board that a table row selects ---------------------------------------------------
+
+def groups(cells: Sequence[Cell]) -> dict[tuple[str, str | None, int | None], list[Cell]]:
+    """Cells by board row: (recipe entry id, preset, shots); each group's cells differ by seed."""
+    out: dict[tuple[str, str | None, int | None], list[Cell]] = {}
+    for cell in cells:
+        out.setdefault((cell.entry.key, cell.preset, cell.shots), []).append(cell)
+    return out
+
+
+def select(row: TableRow, cells: Sequence[Cell]) -> list[tuple[str, str | None, int | None]]:
+    """The board groups a table row names (exactly one for a usable row)."""
+    shots = None if row.shots in (None, "all") else int(row.shots)  # type: ignore[arg-type]
+    return [key for key in groups(cells) if key[0] == row.entry and (row.preset is None or key[1] == row.preset)
+            and (row.shots is None or key[2] == shots)]
+
+
+# -- the table --------------------------------------------------------------------------------------------
+
+def paper_table(sweep: SweepConfig, cells: Sequence[Cell], stages: Stages) -> dict[str, Any] | None:
+    """The table's rows (measured: mean, std and n over seeds per column; published: as in the reference
+    file), or None when the sweep has no `table:` and no `reference:`."""
+    from medharness.trainers.sweep import eval_tasks
+    from medharness.trainers.sweep_board import primary_metric, stats
+
+    spec = sweep.table
+    path = reference_path(sweep, stages)
+    ref = load_reference(path) if path else None
+    if spec is None:
+        return None if ref is None else {"title": None, "columns": ref.columns, "rows": _published(ref, set()),
+                                         "source": ref.source, "note": ref.note}
+    by_group = groups(cells)
+    rows: list[dict[str, Any]] = []
+    for trow in spec.rows:
+        values: dict[str, dict[str, Any]] = {}
+        for col in spec.columns:
+            if col.average:
+                continue
+            task = trow.task or col.task
+            runs: list[Path] = []
+            if trow.reference is not None and task:
+                runs = [stages.reference_dir(trow.reference, task)]
+            elif task:
+                members = [c for key in select(trow, cells) for c in by_group[key]]
+                runs = [stages.eval_dir(c.id, task) for c in members if task in eval_tasks(sweep, c)]
+            got = [primary_metric(run, str(task), col.metric) for run in runs]
+            values[col.label] = {**stats([g["value"] for g in got if g and g["value"] is not None]),
+                                 "expected": len(runs)}
+        for col in (c for c in spec.columns if c.average):
+            means = [v["mean"] for v in values.values()]
+            values[col.label] = {**stats([statistics.fmean(means)] if means and None not in means else []),
+                                 "expected": 1}
+        rows.append({"label": trow.label, "kind": "measured", "values": values})
+        if ref is not None:
+            rows += [r for r in _published(ref, set()) if r["label"] == trow.label]
+    labels = {r.label for r in spec.rows}
+    if ref is not None:
+        rows += [r for r in _published(ref, labels) if r["label"] not in labels]
+    return {"title": spec.title, "columns": [c.label for c in spec.columns], "rows": rows,
+            "source": ref.source if ref else None, "note": ref.note if ref else None, "decimals": spec.decimals}
+
+
+def _published(ref: Reference, skip: set[str]) -> list[dict[str, Any]]:
+    return [{"label": r.label, "kind": PUBLISHED, "values": {c: r.values.get(c) for c in ref.columns}}
+            for r in ref.rows if r.label not in skip]
+
+
+def render_table(table: dict[str, Any]) -> str:
+    """The table as Markdown: measured cells `mean ± std` over seeds (`(i/n)` when seeds are missing, `n/a`
+    when none finished); published rows marked and cited."""
+    from tabulate import tabulate
+
+    digits = table.get("decimals", 2)
+    out = []
+    for row in table["rows"]:
+        if row["kind"] == PUBLISHED:
+            cells = ["-" if (v := row["values"].get(c)) is None else f"{v:.{digits}f}" for c in table["columns"]]
+            out.append([f"{row['label']} · {PUBLISHED}", *cells])
+            continue
+        cells = []
+        for c in table["columns"]:
+            s = row["values"][c]
+            if s["mean"] is None:
+                cells.append("n/a")
+                continue
+            text = f"{s['mean']:.{digits}f}" + (f" ± {s['std']:.{digits}f}" if s["std"] is not None else "")
+            cells.append(text if s["n"] >= s["expected"] else f"{text} ({s['n']}/{s['expected']})")
+        out.append([row["label"], *cells])
+    lines = [f"## {table['title']}", ""] if table.get("title") else []
+    lines.append(tabulate(out, headers=["row", *table["columns"]], tablefmt="github", disable_numparse=True))
+    caption = ["", ("Measured rows: mean ± sample std over seeds (x100 for percentages); (i/n) = i of n seeds "
+                    "finished; n/a = no finished run.")]
+    if table.get("source"):
+        caption.append(f"Rows marked '{PUBLISHED}': as published in {table['source']}; '-' = not reported."
+                       + (f" {table['note']}" if table.get("note") else ""))
+    return "\n".join(lines + caption) + "\n"
+
+
+# -- the dry run's checks ---------------------------------------------------------------------------------
+
+def check_table(sweep: SweepConfig, stages: Stages, cells: Sequence[Cell], found: Findings) -> None:
+    """The reference file parses and its columns are the table's; every table row selects exactly one board
+    row (or a reference row this sweep evaluates); every column's task is evaluated and has its metric."""
+    from medharness.trainers.sweep import all_eval_tasks, eval_prompt, eval_tasks
+    from medharness.trainers.sweep_exec import reference_rows
+
+    path = reference_path(sweep, stages)
+    ref = None
+    if path is not None:
+        try:
+            ref = load_reference(path)
+            found.notes.append(f"reference: {len(ref.rows)} published rows from {ref.source}")
+        except MedHarnessError as exc:
+            found.problems.append(f"reference: {exc}")
+    spec = sweep.table
+    if spec is None:
+        return
+    labels = [c.label for c in spec.columns]
+    if ref is not None and set(ref.columns) - set(labels):
+        found.problems.append(f"reference: columns {sorted(set(ref.columns) - set(labels))} are not columns of "
+                              f"the table ({labels})")
+    refs = reference_rows(sweep)
+    metric_tasks: set[tuple[str, str | None, str | None]] = set()
+    for row in spec.rows:
+        where = f"table row {row.label!r}"
+        if (row.reference is None) == (row.entry is None):
+            found.problems.append(f"{where}: give one of `reference:` (a reference row) or `entry:` (a recipe id)")
+            continue
+        if row.reference is not None:
+            if row.reference not in refs:
+                found.problems.append(f"{where}: no reference row {row.reference!r} (this sweep has "
+                                      f"{', '.join(refs) or 'none'})")
+            evaluated = set(all_eval_tasks(sweep))
+            prompt = eval_prompt(sweep, None)
+        else:
+            keys = select(row, cells)
+            if len(keys) != 1:
+                found.problems.append(f"{where}: selects {len(keys)} board rows {keys}; give `preset:` / `shots:` "
+                                      "so it selects one" if keys else f"{where}: selects no cell (entry "
+                                      f"{row.entry!r}, preset {row.preset!r}, shots {row.shots!r})")
+                continue
+            members = groups(cells)[keys[0]]
+            evaluated = {t for c in members for t in eval_tasks(sweep, c)}
+            prompt = eval_prompt(sweep, members[0])
+        for col in (c for c in spec.columns if not c.average):
+            task = row.task or col.task
+            if task is None:
+                found.problems.append(f"{where}, column {col.label!r}: no task (give the column or the row one)")
+            elif task not in evaluated:
+                found.problems.append(f"{where}, column {col.label!r}: task {task} is not evaluated for this row")
+            else:
+                metric_tasks.add((task, prompt, col.metric))
+    _check_metrics(sweep, metric_tasks, found)
+
+
+def _check_metrics(sweep: SweepConfig, wanted: set[tuple[str, str | None, str | None]], found: Findings) -> None:
+    from medharness.scoring import recipe_for
+    from medharness.trainers.sweep_check import sweep_task
+
+    for task_name, prompt, metric in sorted(wanted, key=str):
+        if metric is None:
+            continue
+        try:
+            task = sweep_task(task_name, sweep, prompt)
+            labels = [m.label for m in recipe_for(task, prompt=task.prompt_name).metrics]
+        except MedHarnessError:
+            continue  # reported by the task checks
+        if metric not in labels:
+            found.problems.append(f"table: task {task_name} (prompt {task.prompt_name}) reports no metric "
+                                  f"{metric!r}; it reports {', '.join(labels)}")

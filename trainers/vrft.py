@@ -1,0 +1,123 @@
+"""`vrft_aug`: VRFT-Aug (Du, Yang, Yi et al. 2026, arXiv 2602.10619) as a GRPO recipe: TRL's GRPOTrainer with
+the paper's rewards, all of them registered metrics scored through the task's own parser (docs/recipes/vrft_aug.md).
+
+    total = lambda x accuracy + (1 - lambda) x format [+ R_recite]        lambda = `accuracy_weight` (0.9)
+
+- accuracy (`reward: auto`): boxes -> `iou_accuracy` with IoU > 0.5 (strict) in the variant's coordinate
+  convention; ordinal grades -> `mfrs` (1, 1/4, 1/16 for 0, 1, 2 grades off); labels -> the task's primary metric
+  (`label_accuracy`: lower-cased exact match). `reward: accuracy` uses exact grades on ordinal tasks (Table 3's R_acc).
+- format: strict, from the prompt variant's parser: `think_boxed` (`<think>...</think>` then only `\\boxed{label}`),
+  `think_answer_box` (`<think>` then `<answer>` holding JSON `[x1, y1, x2, y2]`), or `r1` for other `<answer>` tasks.
+- recitation (`recitation: DELTA`): `recitation_bleu`, DELTA x BLEU(`<think>` text, the variant's knowledge block),
+  DELTA = +0.2 rewards reciting the PA_P knowledge, -2 penalises it; needs a `knowledge` prompt variant.
+
+PA_P is the tasks' `knowledge` variants; PA_pi is a sweep (GRPO on a `*_bbox` task, evaluated zero-shot on the
+classification task), not a different trainer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medharness.errors import ConfigError
+from medharness.trainers.base import trainer
+from medharness.trainers.config import RewardSpec
+from medharness.trainers.grpo import GRPORecipe
+
+if TYPE_CHECKING:
+    from medharness.task import Task
+    from medharness.trainers.config import TrainConfig
+
+BOX_METRICS = ("iou", "iou_accuracy")
+GRADE_METRICS = ("grade_accuracy", "mfrs")
+
+
+class PaperBatch(BaseModel):
+    """The batch size as the paper states it and what it is taken to count (recorded, not applied)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    size: int = Field(ge=1)
+    counts: Literal["prompts", "completions"]
+    note: str = ""
+
+
+class VrftOptions(BaseModel):
+    """`options:` of the vrft_aug recipe."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    reward: Literal["auto", "accuracy", "mfrs", "iou"] = "auto"
+    accuracy_weight: float = Field(0.9, ge=0.0, le=1.0)  # lambda; the format weight is 1 - lambda
+    recitation: float | None = None  # delta of R_recite (+0.2 or -2 in the paper); None: no recitation reward
+    iou_threshold: float = Field(0.5, gt=0.0, lt=1.0)  # accuracy = IoU > threshold
+    format: str | None = None  # None: from the prompt variant's parser
+    paper_batch: PaperBatch | None = None
+
+
+def _parser_names(task: Task, prompt: str) -> list[str]:
+    variant = task.config.prompts.variants[prompt]
+    spec = variant.parser or task.config.scoring.parser or []
+    return [item if isinstance(item, str) else next(iter(item)) for item in spec]
+
+
+def vrft_format(task: Task, prompt: str) -> str:
+    """The strict format of a variant: think_boxed, think_answer_box or r1 (an error for variants without one)."""
+    names = _parser_names(task, prompt)
+    if "boxed" in names:
+        return "think_boxed"
+    if "answer_tag" in names:
+        return "think_answer_box" if "json_bbox" in names else "r1"
+    usable = [v for v in task.config.prompts.variants if {"boxed", "answer_tag"} & set(_parser_names(task, v))]
+    raise ConfigError(f"vrft_aug: prompt '{prompt}' of task {task.name} does not ask for <think> and \\boxed{{}} "
+                      f"or <answer>; use one of: {', '.join(usable) or 'none (add such a variant)'}")
+
+
+def accuracy_reward(task: Task, prompt: str, opts: VrftOptions) -> RewardSpec:
+    """The accuracy component for the task's answers (see the module docstring)."""
+    from medharness.scoring import recipe_for
+
+    recipe = recipe_for(task, prompt=prompt)
+    primary = next(s for s in recipe.metrics if s.metric.fn is not None)
+    name = primary.metric.name
+    kind = "box" if name in BOX_METRICS else "grade" if name in GRADE_METRICS else "label"
+    wanted = {"auto": {"box": "iou", "grade": "mfrs"}.get(kind, "accuracy"), "accuracy": "accuracy",
+              "mfrs": "mfrs", "iou": "iou"}[opts.reward]
+    if (wanted == "mfrs" and kind != "grade") or (wanted == "iou" and kind != "box"):
+        raise ConfigError(f"vrft_aug: reward '{opts.reward}' needs a {'grading' if wanted == 'mfrs' else 'box'} "
+                          f"task; {task.name} is scored by {name}")
+    weight = opts.accuracy_weight
+    if kind == "box":
+        return RewardSpec(metric="iou_accuracy", args={"threshold": opts.iou_threshold, "strict": True},
+                          weight=weight, label="accuracy")
+    if kind == "grade":
+        return RewardSpec(metric="mfrs" if wanted == "mfrs" else "grade_accuracy", weight=weight, label="accuracy")
+    return RewardSpec(metric=name, args=dict(primary.args), weight=weight, label="accuracy")
+
+
+def vrft_rewards(task: Task, prompt: str, opts: VrftOptions) -> list[RewardSpec]:
+    """accuracy (lambda), format (1 - lambda) and, with `recitation`, R_recite (weight 1: delta is inside)."""
+    specs = [accuracy_reward(task, prompt, opts),
+             RewardSpec(metric="format_compliance", args={"format": opts.format or vrft_format(task, prompt)},
+                        weight=1.0 - opts.accuracy_weight, label="format")]
+    if opts.recitation is not None:
+        variant = task.config.prompts.variants[prompt]
+        if not variant.knowledge:
+            with_knowledge = [n for n, v in task.config.prompts.variants.items() if v.knowledge]
+            raise ConfigError(f"vrft_aug: the recitation reward compares the thinking with the prompt's knowledge, "
+                              f"and prompt '{prompt}' of task {task.name} has none; use "
+                              f"{', '.join(with_knowledge) or 'a knowledge variant (this task has none)'}")
+        specs.append(RewardSpec(metric="recitation_bleu", label="recitation", weight=1.0,
+                                args={"knowledge": str(task.path.parent / variant.knowledge),
+                                      "delta": opts.recitation}))
+    return specs
+
+
+@trainer("vrft_aug")
+class VrftAugRecipe(GRPORecipe):
+    description = "VRFT-Aug: GRPO with strict-format, accuracy / IoU / MFRS and recitation rewards (PA_P, PA_pi)"
+    own_preset = "vrft_aug_paper"
+    options_model = VrftOptions
+
+    def default_rewards(self, task: Task, prompt: str, config: TrainConfig) -> list[RewardSpec]:
+        return vrft_rewards(task, prompt, VrftOptions.model_validate(config.options))

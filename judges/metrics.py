@@ -9,6 +9,9 @@ reward list, with no import of judges from the core.
     {metric: judge_score, args: {judges: "rarl_v1:openai:gpt-4o-mini", field: reasoning_score,
                                  requires: reasoning}}                                  # RARL: judge form
     {metric: judge_score, args: {panel: panel.yaml, field: quality}}                   # a --judge-config file
+    {name: judge_rate, args: {judges: "rarl_v1:gemini:gemini-1.5-flash", field: prediction_score}}  # task metric
+
+`judge_rate` is `judge_score` reported as a percentage (for 0/1 verdict fields, e.g. RARL's judge columns).
 
 Value: per sample, the mean of `field` (default: each spec's primary field) over the panel members that
 scored it; None (never 0) when no member did: an unscored verdict (a reply that is not one well-formed verdict,
@@ -111,3 +114,7 @@ def judge_score(answer: Answer, sample: Sample, text: str, **args: Any) -> float
 METRICS.register("judge_score", Metric(
     name="judge_score", fn=judge_score, batch=judge_batch, percent=False,
     description="A judge panel's mean verdict (`judges: SPEC:BACKEND:MODEL,...` or `panel: FILE`); None if unscored"))
+# The same for a 0/1 verdict field shown as a percentage (RARL's judge columns): share of samples judged 1.
+METRICS.register("judge_rate", Metric(
+    name="judge_rate", fn=judge_score, batch=judge_batch, percent=True,
+    description="judge_score of a 0/1 verdict field, reported as a percentage of the samples judged"))

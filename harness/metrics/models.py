@@ -6,7 +6,7 @@ the GRPO study and RARL, and rewards where a training run names them.
 
 - `bertscore`: BERTScore F1 (the `bert-score` package) of the answer vs the gold (`model`, `num_layers`).
 - `rarl_accuracy`: RARL's accuracy reward: binary for closed and yes/no questions (strict yes/no for a yes/no
-  gold, else `simple` exact match), BERTScore F1 for open ones.
+  gold, else `simple` exact match) and for multiple choice (`choice_accuracy`), BERTScore F1 for open ones.
 - `reasoning_similarity`: a cross-encoder's score of (the `<think>` text, the reference): the gold answer (an
   option's letter and text for choice questions) or a meta field (`reference: reasoning`, RARL's annotated
   reasoning; None where the sample has none). A one-label cross-encoder's logit goes through a sigmoid, as
@@ -24,7 +24,7 @@ from typing import Any
 from medharness.errors import ConfigError
 from medharness.metrics.base import metric
 from medharness.metrics.common import answer_text, answer_type, gold_text, gold_yes_no
-from medharness.metrics.text import vqa_accuracy
+from medharness.metrics.text import choice_accuracy, vqa_accuracy
 from medharness.parsers.structured import letter_of
 from medharness.parsers.text import think_text
 from medharness.records import Answer, Sample
@@ -96,7 +96,9 @@ def bertscore(answer: Answer, sample: Sample, text: str, model: str = BERTSCORE_
 @metric("rarl_accuracy")
 def rarl_accuracy(answer: Answer, sample: Sample, text: str, model: str = BERTSCORE_MODEL,
                   num_layers: int = BERTSCORE_LAYERS) -> float | None:
-    """RARL accuracy: binary for closed / yes-no questions, BERTScore F1 for open ones."""
+    """RARL accuracy: binary for closed / yes-no / multiple-choice questions, BERTScore F1 for open ones."""
+    if sample.choices:
+        return choice_accuracy(answer, sample, text)
     if answer_type(sample) == "CLOSED" or gold_yes_no(sample) is not None:
         return vqa_accuracy(answer, sample, text)
     return bertscore(answer, sample, text, model, num_layers)

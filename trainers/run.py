@@ -75,6 +75,12 @@ def resolve(req: TrainRequest) -> tuple[TrainConfig, Layers]:
     if missing:
         raise ConfigError(f"train needs {' and '.join(missing)} (or `model:` / `task:` in --config)")
     check_attn_implementation(config.attn_implementation, "train")
+    if config.prompt_styles:  # every style exists and reads answers as the run's prompt does
+        from medharness.trainers.prepare import load_train_task
+        from medharness.trainers.styles import style_tasks
+
+        task = load_train_task(config)
+        style_tasks(task, config.prompt_styles, task.prompt_name, config.data_dir)
     return config, layers
 
 

@@ -18,23 +18,13 @@ from medharness.torchvision_shim import ensure_torchvision_importable
 ensure_torchvision_importable()
 
 import torch
-from transformers import (
-    BertConfig,
-    BertModel,
-    BertTokenizerFast,
-    BioGptConfig,
-    BioGptForCausalLM,
-    RobertaConfig,
-    RobertaForSequenceClassification,
-)
+from metric_models import build_metric_models  # tests/support
+from transformers import BertModel, BertTokenizerFast, BioGptForCausalLM, RobertaForSequenceClassification
 
 from medharness.metrics import METRICS
 from medharness.metrics.models import bertscore_f1, cross_encoder_score, perplexity
 from medharness.records import Answer, Sample
-from medharness.tiny import build_tokenizer
 
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "left", "right", "lung", "mass", "liver",
-         "normal", "yes", "no", "small", "large", "lesion", "in", "is", "there"]
 OPEN = Sample(task="t", id="o1", question="Where is the mass?", target="left lung", meta={"answer_type": "OPEN"})
 CLOSED = Sample(task="t", id="c1", question="Is there a mass?", target="yes", meta={"answer_type": "CLOSED"})
 MCQ = Sample(task="t", id="m1", question="Which organ?", target="B", choices=["liver", "lung"],
@@ -43,23 +33,7 @@ MCQ = Sample(task="t", id="m1", question="Which organ?", target="B", choices=["l
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    out = tmp_path_factory.mktemp("metric-models")
-    torch.manual_seed(0)
-    bert = out / "bert"
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(WORDS)}, model_max_length=64).save_pretrained(bert)
-    BertModel(BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(bert)
-    tok = build_tokenizer()
-    small = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-    cross = out / "cross-encoder"
-    RobertaForSequenceClassification(RobertaConfig(vocab_size=len(tok), num_labels=1, max_position_embeddings=len(tok) + 8,
-                                                   pad_token_id=tok.pad_token_id, **small)).save_pretrained(cross)
-    tok.save_pretrained(cross)
-    causal = out / "biogpt"
-    BioGptForCausalLM(BioGptConfig(vocab_size=len(tok), max_position_embeddings=1100,
-                                   pad_token_id=tok.pad_token_id, **small)).save_pretrained(causal)
-    tok.save_pretrained(causal)
-    return {"bert": str(bert), "cross": str(cross), "causal": str(causal)}
+    return build_metric_models(tmp_path_factory.mktemp("metric-models"))
 
 
 def metric(name: str, sample: Sample, text: str, value: str | None = None, **args: object) -> float | None:

@@ -169,3 +169,13 @@ def test_real_tiny_hf_judge_is_unscored(tiny_models: dict[str, Path]) -> None:
     """A real model behind the hf backend: a random-weight one replies noise, so the reward is None."""
     value = judge(THINK, judges=f"semantic_v1:hf:{tiny_models['qwen2_vl']}", cache=False)
     assert value is None
+
+
+def test_shipped_rarl_panel_config() -> None:
+    """The panel users run for RARL's evaluation: GPT-4o mini and Gemini 1.5 Flash with rarl_v1."""
+    from medharness.judges.panel import load_panel
+
+    path = Path(__file__).resolve().parents[2] / "trainers" / "sweeps" / "panels" / "rarl_judges.yaml"
+    members = load_panel(path)
+    assert [(m.spec, m.backend, m.model) for m in members] == [("rarl_v1", "openai", "gpt-4o-mini"),
+                                                                ("rarl_v1", "gemini", "gemini-1.5-flash")]

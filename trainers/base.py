@@ -77,11 +77,9 @@ class TrainerRecipe:
             return None
         return cls.options_model.model_validate(options)
 
-    def default_rewards(self, task: Task, prompt: str, config: TrainConfig) -> list[RewardSpec]:
-        """The rewards when the config gives none: the task's primary metric (+ format compliance)."""
-        from medharness.trainers.rewards import default_rewards
-
-        return default_rewards(task, prompt)
+    def default_rewards(self, task: Task, prompt: str, config: TrainConfig) -> list[RewardSpec] | None:
+        """The rewards when the config gives none; None: the task's primary metric (+ format compliance)."""
+        return None
 
     @classmethod
     def config_class(cls) -> type:

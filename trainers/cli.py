@@ -20,10 +20,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Any]:
                        description="Train with a recipe (sft, dpo, grpo) configured by presets "
                                    "(trainers/presets/*.yaml), --config FILE and -C overrides. Rewards are the "
                                    "task's own parser + metrics. See docs/training.md.")
-    p.add_argument("--recipe", help="sft | dpo | grpo (default: the preset's or config's recipe)")
+    p.add_argument("--recipe", help="sft | dpo | grpo | vrft_aug (default: the preset's or config's recipe)")
     p.add_argument("--preset", action="append", default=[], metavar="NAME",
                    help="a shipped preset (repeatable, later wins; default: the recipe's own): "
-                        "sft sft_lora dpo dpo_lora grpo grpo_lora dr_grpo tiny_cpu")
+                        "sft sft_lora dpo dpo_lora grpo grpo_lora dr_grpo vrft_aug_paper vrft_aug_loc tiny_cpu")
     p.add_argument("--config", type=Path, help="a recipe config YAML (strict; see docs/training.md)")
     p.add_argument("-C", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting (dotted key), e.g. -C trl.learning_rate=1e-5 -C lora.r=16")
@@ -208,7 +208,8 @@ def recipe_rewards(recipe: str | None, options: list[str], task: Any, prompt: st
     except ValidationError as exc:
         bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"--option: {bad}") from None
-    return cls().default_rewards(task, prompt, TrainConfig(recipe=recipe, options=parsed))
+    return cls().default_rewards(task, prompt, TrainConfig(recipe=recipe, options=parsed)) or \
+        default_rewards(task, prompt)
 
 
 def cmd_reward(args: argparse.Namespace) -> int:

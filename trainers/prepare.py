@@ -34,7 +34,7 @@ from medharness.trainers.data import (
     to_dataset,
 )
 from medharness.trainers.logs import log_callback
-from medharness.trainers.rewards import RewardSet
+from medharness.trainers.rewards import RewardSet, default_rewards
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
     samples = select_samples(task, config)
     rewards, gold_means = None, dict[str, float | None]()
     if recipe.uses_rewards:
-        specs = config.rewards or recipe.default_rewards(task, prompt, config)
+        specs = config.rewards or recipe.default_rewards(task, prompt, config) or default_rewards(task, prompt)
         rewards = RewardSet(task, prompt, specs, samples, completions_file=output / "completions.jsonl",
                             model=config.model)
         gold_means = rewards.check_applicable(samples, lambda s: gold_text(task, prompt, s))

@@ -119,6 +119,7 @@ def prepare_output(output: Path, config: TrainConfig, resume: bool) -> str | Non
         raise DataError(f"--resume: {output} has no {TRAIN_FILE} (not a medharness training directory)")
     stored = json.loads(info.read_text(encoding="utf-8")).get("config", {})
     now = json.loads(config.model_dump_json(by_alias=True))
+    stored.setdefault("options", {})  # runs from before recipes had options
     differ = [k for k in RESUME_KEYS if stored.get(k) != now.get(k)]
     if differ:
         raise ConfigError(f"--resume: {output} was trained with different {', '.join(differ)}; "

@@ -35,6 +35,16 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, (str, int)) else value
 
 
+# A prompt variant for every task, or per task ({medmnist_retina: names, covid_severity: r1}; a task it does not
+# name uses its default variant).
+Prompts = str | dict[str, str] | None
+
+
+def pick(prompts: Prompts, task: str) -> str | None:
+    """The variant `prompts` gives `task` (None: not given)."""
+    return prompts.get(task) if isinstance(prompts, dict) else prompts
+
+
 class RecipeEntry(Strict):
     """One recipe of the grid: `sft`, or `{recipe: grpo, from: sft, preset: grpo_lora, overrides: [...]}`."""
 
@@ -45,8 +55,8 @@ class RecipeEntry(Strict):
     overrides: list[str] = Field(default_factory=list)  # extra `-C KEY=VALUE` for this entry
     parent: str | None = Field(None, alias="from")  # train from this entry's final checkpoint (same task/shots/seed)
     tasks: list[str] | None = None  # this entry's training tasks (default: the sweep's `tasks`)
-    prompt: str | None = None  # this entry's prompt variant, training and evaluation (default: the sweep's)
-    eval_prompt: str | None = None  # the prompt variant its evaluations use (default: `prompt`)
+    prompt: Prompts = None  # this entry's prompt variant, training and evaluation (default: the sweep's)
+    eval_prompt: Prompts = None  # the prompt variant its evaluations use (default: `prompt`)
 
     _listify = field_validator("tasks", mode="before")(_as_list)
 
@@ -96,6 +106,7 @@ class TableRow(Strict):
     preset: str | None = None  # needed when the entry has several presets
     shots: int | Literal["all"] | None = None  # needed when the sweep has several shots values
     task: str | None = None  # the eval task of every column of this row (layouts with tasks as rows)
+    blank: list[str] = Field(default_factory=list)  # columns this row does not measure (n/a; say why in a comment)
 
 
 class TableSpec(Strict):
@@ -114,8 +125,8 @@ class SweepConfig(Strict):
     tasks: list[str]  # training tasks
     eval_tasks: list[str] | dict[str, list[str]] | None = None  # default: each cell's training task; a
     # mapping {training task: [eval tasks]} pairs them (tasks it does not name evaluate on themselves)
-    prompt: str | None = None  # the tasks' prompt variant, for training and evaluation alike
-    eval_prompt: str | None = None  # the evaluations' (and reference rows') prompt variant; default: `prompt`
+    prompt: Prompts = None  # the tasks' prompt variant, for training and evaluation alike
+    eval_prompt: Prompts = None  # the evaluations' (and reference rows') prompt variant; default: `prompt`
     data_dir: str | None = None  # the tasks' local data copy
     shots: list[int | Literal["all"]] = Field(default_factory=lambda: list[int | Literal["all"]](["all"]))  # k/class
     split_seed: int | None = None  # None: each seed draws its own k-shot subset; else one fixed subset
@@ -299,11 +310,14 @@ def all_eval_tasks(sweep: SweepConfig) -> list[str]:
 
 def train_prompt(sweep: SweepConfig, cell: Cell) -> str | None:
     """The prompt variant a cell trains with (None: the task's default)."""
-    return cell.entry.prompt or sweep.prompt
+    return pick(cell.entry.prompt, cell.task) or pick(sweep.prompt, cell.task)
 
 
-def eval_prompt(sweep: SweepConfig, cell: Cell | None) -> str | None:
-    """The prompt variant of a cell's evaluations (`cell` None: the reference rows')."""
-    if cell is not None and (cell.entry.eval_prompt or cell.entry.prompt):
-        return cell.entry.eval_prompt or cell.entry.prompt
-    return sweep.eval_prompt or sweep.prompt
+def eval_prompt(sweep: SweepConfig, cell: Cell | None, task: str) -> str | None:
+    """The prompt variant of a cell's evaluation on `task` (`cell` None: the reference rows'): `eval_prompt`,
+    else `prompt`, of the entry, then of the sweep."""
+    if cell is not None:
+        chosen = pick(cell.entry.eval_prompt, task) or pick(cell.entry.prompt, task)
+        if chosen:
+            return chosen
+    return pick(sweep.eval_prompt, task) or pick(sweep.prompt, task)

@@ -44,7 +44,9 @@ def _samples(task: Any, split: str | None, found: Findings) -> list[Any] | None:
     try:
         task.source  # noqa: B018 - local-only tasks without their data fail here
     except DataError as exc:
-        found.missing_data.append(f"{exc} (not checked: its samples and k-shot subsets)")
+        message = f"{exc} (not checked: its samples and k-shot subsets)"
+        if message not in found.missing_data:
+            found.missing_data.append(message)
         return None
     try:
         return list(task.load_samples(split))
@@ -90,9 +92,9 @@ def _check_tasks(sweep: SweepConfig, cells: list[Cell], found: Findings) -> None
 
     seeds = [sweep.split_seed] if sweep.split_seed is not None else sweep.seeds
     trains = dict.fromkeys((c.task, train_prompt(sweep, c)) for c in cells)
-    evals = dict.fromkeys((t, eval_prompt(sweep, c)) for c in cells for t in eval_tasks(sweep, c))
+    evals = dict.fromkeys((t, eval_prompt(sweep, c, t)) for c in cells for t in eval_tasks(sweep, c))
     if sweep.base_row or sweep.baselines:
-        evals.update(dict.fromkeys((t, eval_prompt(sweep, None)) for t in all_eval_tasks(sweep)))
+        evals.update(dict.fromkeys((t, eval_prompt(sweep, None, t)) for t in all_eval_tasks(sweep)))
     for (name, prompt), kind in [*((k, "train") for k in trains), *((k, "eval") for k in evals)]:
         label = f"{kind} task {name}" + (f" (prompt {prompt})" if prompt else "")
         try:
@@ -135,11 +137,12 @@ def _check_training(sweep: SweepConfig, stages: Stages, cells: list[Cell], probl
         problems.append(f"preset {preset}: unknown; available: {', '.join(sorted(presets))}")
     if len(problems) > before:
         return
-    try:
-        from medharness.trainers.config import trl_args
-    except ImportError as exc:  # a light install: the TRL settings are checked when the cells train
-        notes.append(f"TRL settings not checked ({exc})")
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None:  # a light install: the TRL settings are checked when cells train
+        notes.append("TRL settings not checked (trl is not installed: pip install 'medharness[train]')")
         return
+    from medharness.trainers.config import trl_args
     from medharness.trainers.run import TrainRequest, resolve
 
     checked: set[tuple[str, str | None, str]] = set()
@@ -165,7 +168,6 @@ def check_sweep(sweep: SweepConfig, stages: Stages, cells: list[Cell]) -> Findin
     """Everything a sweep needs; no problems = every cell can start (where its data is here)."""
     from medharness.backends import BACKENDS
     from medharness.trainers.launch import LaunchSpec
-    from medharness.trainers.sweep_table import check_table
 
     found = Findings()
     problems, notes = found.problems, found.notes
@@ -192,3 +194,81 @@ def check_sweep(sweep: SweepConfig, stages: Stages, cells: list[Cell]) -> Findin
     _check_training(sweep, stages, cells, problems, notes)
     check_table(sweep, stages, cells, found)
     return found
+
+
+def check_table(sweep: SweepConfig, stages: Stages, cells: list[Cell], found: Findings) -> None:
+    """The reference file parses and its columns are the table's; every table row selects exactly one board
+    row (or a reference row this sweep evaluates); every column's task is evaluated and has its metric."""
+    from medharness.trainers.sweep_exec import reference_rows
+    from medharness.trainers.sweep_table import groups, load_reference, reference_path, select
+
+    path = reference_path(sweep, stages)
+    ref = None
+    if path is not None:
+        try:
+            ref = load_reference(path)
+            found.notes.append(f"reference: {len(ref.rows)} published rows from {ref.source}")
+        except MedHarnessError as exc:
+            found.problems.append(f"reference: {exc}")
+    spec = sweep.table
+    if spec is None:
+        return
+    labels = [c.label for c in spec.columns]
+    for kind, names in (("column", labels), ("row", [r.label for r in spec.rows])):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            found.problems.append(f"table: {kind} label(s) {twice} appear more than once")
+    if ref is not None and set(ref.columns) - set(labels):
+        found.problems.append(f"reference: columns {sorted(set(ref.columns) - set(labels))} are not columns of "
+                              f"the table ({labels})")
+    refs = reference_rows(sweep)
+    metric_tasks: set[tuple[str, str | None, str | None]] = set()
+    for row in spec.rows:
+        where = f"table row {row.label!r}"
+        if (row.reference is None) == (row.entry is None):
+            found.problems.append(f"{where}: give one of `reference:` (a reference row) or `entry:` (a recipe id)")
+            continue
+        if row.reference is not None:
+            if row.reference not in refs:
+                found.problems.append(f"{where}: no reference row {row.reference!r} (this sweep has "
+                                      f"{', '.join(refs) or 'none'})")
+            evaluated = set(all_eval_tasks(sweep))
+            first: Cell | None = None
+        else:
+            keys = select(row, cells)
+            if len(keys) != 1:
+                found.problems.append(f"{where}: selects {len(keys)} board rows {keys}; give `preset:` / `shots:` "
+                                      "so it selects one" if keys else f"{where}: selects no cell (entry "
+                                      f"{row.entry!r}, preset {row.preset!r}, shots {row.shots!r})")
+                continue
+            members = groups(cells)[keys[0]]
+            evaluated = {t for c in members for t in eval_tasks(sweep, c)}
+            first = members[0]
+        unknown = sorted(set(row.blank) - set(labels))
+        if unknown:
+            found.problems.append(f"{where}: blank {unknown} are not columns of the table ({labels})")
+        for col in (c for c in spec.columns if not c.average and c.label not in row.blank):
+            task = row.task or col.task
+            if task is None:
+                found.problems.append(f"{where}, column {col.label!r}: no task (give the column or the row one)")
+            elif task not in evaluated:
+                found.problems.append(f"{where}, column {col.label!r}: task {task} is not evaluated for this row")
+            else:
+                metric_tasks.add((task, eval_prompt(sweep, first, task), col.metric))
+    _check_metrics(sweep, metric_tasks, found)
+
+
+def _check_metrics(sweep: SweepConfig, wanted: set[tuple[str, str | None, str | None]], found: Findings) -> None:
+    from medharness.scoring import recipe_for
+
+    for task_name, prompt, metric in sorted(wanted, key=str):
+        if metric is None:
+            continue
+        try:
+            task = sweep_task(task_name, sweep, prompt)
+            labels = [m.label for m in recipe_for(task, prompt=task.prompt_name).metrics]
+        except MedHarnessError:
+            continue  # reported by the task checks
+        if metric not in labels:
+            found.problems.append(f"table: task {task_name} (prompt {task.prompt_name}) reports no metric "
+                                  f"{metric!r}; it reports {', '.join(labels)}")

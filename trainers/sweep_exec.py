@@ -273,14 +273,14 @@ class Stages:
         """Train (or skip), then evaluate the final checkpoint (and each checkpoint-N with checkpoints: all)."""
         final = self.train(cell)
         logs = self.cell_dir(cell.id) / "logs"
-        prompt = eval_prompt(self.sweep, cell)
         for task in eval_tasks(self.sweep, cell):
-            self.evaluate(str(final), task, self.eval_dir(cell.id, task), logs / f"eval-{task}.log", prompt=prompt)
+            self.evaluate(str(final), task, self.eval_dir(cell.id, task), logs / f"eval-{task}.log",
+                          prompt=eval_prompt(self.sweep, cell, task))
         if self.sweep.eval.checkpoints == "all":
             for ckpt in checkpoints(self.train_dir(cell.id)):
                 for task in eval_tasks(self.sweep, cell):
                     self.evaluate(str(ckpt), task, self.eval_dir(cell.id, task, ckpt.name),
-                                  logs / f"eval-{ckpt.name}-{task}.log", prompt=prompt)
+                                  logs / f"eval-{ckpt.name}-{task}.log", prompt=eval_prompt(self.sweep, cell, task))
 
     def run_reference(self, name: str, model: str | None, tasks: list[str]) -> None:
         """The base model's row (`model` None) or a baseline's (`baseline:KIND`), once per eval task."""
@@ -289,7 +289,7 @@ class Stages:
         for task in tasks:
             self.evaluate(model, task, self.reference_dir(name, task),
                           self.root / "reference" / name / "logs" / f"{task}.log", baseline=baseline,
-                          prompt=eval_prompt(self.sweep, None))
+                          prompt=eval_prompt(self.sweep, None, task))
 
     def cell_finished(self, cell: Cell) -> bool:
         state = read_train_state(self.train_dir(cell.id))

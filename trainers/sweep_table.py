@@ -10,7 +10,7 @@ The reference file (YAML, `trainers/sweeps/references/<paper>_<table>.yaml`) hol
 
 Each measured row of the table is followed by the published row with the same label ("· published"); published
 rows without a measured counterpart (e.g. a larger model the sweep does not train) come after. Plain tables:
-bold / underline and delta rows are the leaderboard's work. `check_table` is the dry run's part.
+bold / underline and delta rows are the leaderboard's work. The dry run's checks: `sweep_check.check_table`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from medharness.errors import ConfigError, MedHarnessError
+from medharness.errors import ConfigError
 from medharness.yamlio import line_of, load_yaml_with_lines
 
 if TYPE_CHECKING:
     from medharness.trainers.sweep import Cell, SweepConfig, TableRow
-    from medharness.trainers.sweep_check import Findings
     from medharness.trainers.sweep_exec import Stages
 
 PUBLISHED = "published"
@@ -86,7 +85,7 @@ def groups(cells: Sequence[Cell]) -> dict[tuple[str, str | None, int | None], li
 
 def select(row: TableRow, cells: Sequence[Cell]) -> list[tuple[str, str | None, int | None]]:
     """The board groups a table row names (exactly one for a usable row)."""
-    shots = None if row.shots in (None, "all") else int(row.shots)  # type: ignore[arg-type]
+    shots = None if row.shots in (None, "all") else int(row.shots)
     return [key for key in groups(cells) if key[0] == row.entry and (row.preset is None or key[1] == row.preset)
             and (row.shots is None or key[2] == shots)]
 
@@ -114,7 +113,9 @@ def paper_table(sweep: SweepConfig, cells: Sequence[Cell], stages: Stages) -> di
                 continue
             task = trow.task or col.task
             runs: list[Path] = []
-            if trow.reference is not None and task:
+            if col.label in trow.blank:
+                pass
+            elif trow.reference is not None and task:
                 runs = [stages.reference_dir(trow.reference, task)]
             elif task:
                 members = [c for key in select(trow, cells) for c in by_group[key]]
@@ -170,77 +171,3 @@ def render_table(table: dict[str, Any]) -> str:
         caption.append(f"Rows marked '{PUBLISHED}': as published in {table['source']}; '-' = not reported."
                        + (f" {table['note']}" if table.get("note") else ""))
     return "\n".join(lines + caption) + "\n"
-
-
-# -- the dry run's checks ---------------------------------------------------------------------------------
-
-def check_table(sweep: SweepConfig, stages: Stages, cells: Sequence[Cell], found: Findings) -> None:
-    """The reference file parses and its columns are the table's; every table row selects exactly one board
-    row (or a reference row this sweep evaluates); every column's task is evaluated and has its metric."""
-    from medharness.trainers.sweep import all_eval_tasks, eval_prompt, eval_tasks
-    from medharness.trainers.sweep_exec import reference_rows
-
-    path = reference_path(sweep, stages)
-    ref = None
-    if path is not None:
-        try:
-            ref = load_reference(path)
-            found.notes.append(f"reference: {len(ref.rows)} published rows from {ref.source}")
-        except MedHarnessError as exc:
-            found.problems.append(f"reference: {exc}")
-    spec = sweep.table
-    if spec is None:
-        return
-    labels = [c.label for c in spec.columns]
-    if ref is not None and set(ref.columns) - set(labels):
-        found.problems.append(f"reference: columns {sorted(set(ref.columns) - set(labels))} are not columns of "
-                              f"the table ({labels})")
-    refs = reference_rows(sweep)
-    metric_tasks: set[tuple[str, str | None, str | None]] = set()
-    for row in spec.rows:
-        where = f"table row {row.label!r}"
-        if (row.reference is None) == (row.entry is None):
-            found.problems.append(f"{where}: give one of `reference:` (a reference row) or `entry:` (a recipe id)")
-            continue
-        if row.reference is not None:
-            if row.reference not in refs:
-                found.problems.append(f"{where}: no reference row {row.reference!r} (this sweep has "
-                                      f"{', '.join(refs) or 'none'})")
-            evaluated = set(all_eval_tasks(sweep))
-            prompt = eval_prompt(sweep, None)
-        else:
-            keys = select(row, cells)
-            if len(keys) != 1:
-                found.problems.append(f"{where}: selects {len(keys)} board rows {keys}; give `preset:` / `shots:` "
-                                      "so it selects one" if keys else f"{where}: selects no cell (entry "
-                                      f"{row.entry!r}, preset {row.preset!r}, shots {row.shots!r})")
-                continue
-            members = groups(cells)[keys[0]]
-            evaluated = {t for c in members for t in eval_tasks(sweep, c)}
-            prompt = eval_prompt(sweep, members[0])
-        for col in (c for c in spec.columns if not c.average):
-            task = row.task or col.task
-            if task is None:
-                found.problems.append(f"{where}, column {col.label!r}: no task (give the column or the row one)")
-            elif task not in evaluated:
-                found.problems.append(f"{where}, column {col.label!r}: task {task} is not evaluated for this row")
-            else:
-                metric_tasks.add((task, prompt, col.metric))
-    _check_metrics(sweep, metric_tasks, found)
-
-
-def _check_metrics(sweep: SweepConfig, wanted: set[tuple[str, str | None, str | None]], found: Findings) -> None:
-    from medharness.scoring import recipe_for
-    from medharness.trainers.sweep_check import sweep_task
-
-    for task_name, prompt, metric in sorted(wanted, key=str):
-        if metric is None:
-            continue
-        try:
-            task = sweep_task(task_name, sweep, prompt)
-            labels = [m.label for m in recipe_for(task, prompt=task.prompt_name).metrics]
-        except MedHarnessError:
-            continue  # reported by the task checks
-        if metric not in labels:
-            found.problems.append(f"table: task {task_name} (prompt {task.prompt_name}) reports no metric "
-                                  f"{metric!r}; it reports {', '.join(labels)}")

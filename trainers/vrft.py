@@ -17,12 +17,13 @@ classification task), not a different trainer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import logging
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from medharness.errors import ConfigError
-from medharness.trainers.base import trainer
+from medharness.trainers.base import TrainContext, trainer
 from medharness.trainers.config import RewardSpec
 from medharness.trainers.grpo import GRPORecipe
 
@@ -30,7 +31,11 @@ if TYPE_CHECKING:
     from medharness.task import Task
     from medharness.trainers.config import TrainConfig
 
+log = logging.getLogger(__name__)
 BOX_METRICS = ("iou", "iou_accuracy")
+# The box convention each model family was trained on (harness/boxes.py): Qwen2-VL 0-1000, Qwen2.5-VL pixels of
+# its resized input.
+FAMILY_COORDS = {"qwen2_vl": "norm1000", "qwen2_5_vl": "resized"}
 GRADE_METRICS = ("grade_accuracy", "mfrs")
 
 
@@ -113,6 +118,26 @@ def vrft_rewards(task: Task, prompt: str, opts: VrftOptions) -> list[RewardSpec]
     return specs
 
 
+def box_coords(task: Task, prompt: str) -> str | None:
+    """The coordinate convention of a variant's `json_bbox` parser (None: not a box variant)."""
+    variant = task.config.prompts.variants[prompt]
+    for item in variant.parser or task.config.scoring.parser or []:
+        if isinstance(item, dict) and "json_bbox" in item:
+            return str((item["json_bbox"] or {}).get("coords", "absolute"))
+        if item == "json_bbox":
+            return "absolute"
+    return None
+
+
+def coords_warning(model_type: str, task: Task, prompt: str) -> str | None:
+    """A note when a box variant's convention is not the one the model family was trained on."""
+    coords, native = box_coords(task, prompt), FAMILY_COORDS.get(model_type)
+    if coords is None or native is None or coords == native:
+        return None
+    return (f"vrft_aug: prompt '{prompt}' of {task.name} asks for boxes in '{coords}' coordinates; {model_type} "
+            f"was trained on '{native}' (a variant such as box_{native} matches it)")
+
+
 @trainer("vrft_aug")
 class VrftAugRecipe(GRPORecipe):
     description = "VRFT-Aug: GRPO with strict-format, accuracy / IoU / MFRS and recitation rewards (PA_P, PA_pi)"
@@ -121,3 +146,9 @@ class VrftAugRecipe(GRPORecipe):
 
     def default_rewards(self, task: Task, prompt: str, config: TrainConfig) -> list[RewardSpec]:
         return vrft_rewards(task, prompt, VrftOptions.model_validate(config.options))
+
+    def build(self, ctx: TrainContext) -> Any:
+        note = coords_warning(str(getattr(ctx.model.config, "model_type", "")), ctx.task, ctx.task.prompt_name)
+        if note:
+            log.warning(note)
+        return super().build(ctx)

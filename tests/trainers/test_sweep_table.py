@@ -83,10 +83,14 @@ def test_entry_tasks_prompts_and_eval_mapping(tmp_path: Path) -> None:
     assert eval_tasks(sweep, box) == ["phantom_presence", "phantom_side"]
     assert eval_tasks(sweep, presence) == ["phantom_presence"]  # not in the mapping: evaluated on itself
     assert all_eval_tasks(sweep) == ["phantom_presence", "phantom_side"]
-    assert (train_prompt(sweep, box), eval_prompt(sweep, box)) == ("r1", "plain")
-    assert (train_prompt(sweep, presence), eval_prompt(sweep, presence), eval_prompt(sweep, None)) == (None,) * 3
+    assert (train_prompt(sweep, box), eval_prompt(sweep, box, "phantom_side")) == ("r1", "plain")
+    assert (train_prompt(sweep, presence), eval_prompt(sweep, presence, "phantom_presence"),
+            eval_prompt(sweep, None, "phantom_presence")) == (None,) * 3
+    per_task = sweep.model_copy(update={"prompt": {"phantom_presence": "r1"}})
+    assert (train_prompt(per_task, presence), train_prompt(per_task, cells[2]), eval_prompt(per_task, None,
+            "phantom_presence"), eval_prompt(per_task, box, "phantom_presence")) == ("r1", None, "r1", "plain")
     argv = Stages(sweep, tmp_path / "s.yaml", tmp_path / "o", resume=False).eval_argv(
-        "/ckpt", "phantom_side", tmp_path / "e", resume=False, prompt=eval_prompt(sweep, box))
+        "/ckpt", "phantom_side", tmp_path / "e", resume=False, prompt=eval_prompt(sweep, box, "phantom_side"))
     assert argv[argv.index("-T") + 1] == "phantom_side.prompt=plain"
 
 

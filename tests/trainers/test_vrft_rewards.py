@@ -18,7 +18,7 @@ from medharness.metrics.text import format_ok
 from medharness.records import Answer, Sample
 from medharness.task import load_task
 from medharness.trainers.rewards import RewardSet
-from medharness.trainers.vrft import VrftOptions, vrft_rewards
+from medharness.trainers.vrft import VrftOptions, coords_warning, vrft_rewards
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 RETINA = tuple(f"grade {i}" for i in range(5))
@@ -266,3 +266,49 @@ def test_reward_command_on_real_pneumoniamnist(tmp_path: Path, capsys: pytest.Ca
     assert rows[0]["rewards"] == {"accuracy": 1.0, "format": 1.0, "recitation": pytest.approx(0.2)}
     assert rows[1]["rewards"]["accuracy"] == 0.0 and rows[1]["total"] == pytest.approx(0.1 + rows[1]["rewards"][
         "recitation"])
+
+
+@pytest.mark.parametrize(("model_type", "prompt", "warned"), [
+    ("qwen2_5_vl", "box_resized", False), ("qwen2_5_vl", "box_norm1000", True), ("qwen2_vl", "box_norm1000", False),
+    ("qwen2_vl", "box", True), ("llava", "box", False)])
+def test_coordinate_convention_of_the_model_family(model_type: str, prompt: str, warned: bool) -> None:
+    note = coords_warning(model_type, load_task("heel_bbox", {"prompt": prompt}), prompt)
+    assert (note is not None) is warned
+    assert coords_warning("qwen2_vl", load_task("medmnist_breast"), "names") is None  # not a box task
+
+
+# -- the presets and options -------------------------------------------------------------------------------------
+
+def test_paper_preset_batch_translation(tmp_path: Path) -> None:
+    """`--recipe vrft_aug` starts from vrft_aug_paper; 256 completions = 32 prompts x 8 per step on one GPU;
+    vrft_aug_loc: 1 prompt (8 completions) x accumulation 2, two epochs."""
+    pytest.importorskip("trl")
+    from medharness.trainers.checkpoints import batch_sizes
+    from medharness.trainers.config import trl_args
+    from medharness.trainers.run import TrainRequest, resolve
+
+    config, layers = resolve(TrainRequest(recipe="vrft_aug", task="medmnist_breast"))
+    assert layers.presets == ["vrft_aug_paper"] and config.model == "Qwen/Qwen2.5-VL-3B-Instruct"
+    batch = batch_sizes(trl_args(config, layers, tmp_path, use_gpu=False))
+    assert (batch["completions_per_step"], batch["prompts_per_step"]) == (256, 32)
+    paper = config.options["paper_batch"]
+    assert (paper["size"], paper["counts"]) == (256, "completions") and "2,048 completions" in paper["note"]
+    config, layers = resolve(TrainRequest(presets=["vrft_aug_paper", "vrft_aug_loc"], task="phantom_box"))
+    args = trl_args(config, layers, tmp_path, use_gpu=False)
+    assert (batch_sizes(args)["prompts_per_step"], args.num_train_epochs, args.max_steps) == (2, 2, -1)
+    assert config.options["paper_batch"]["counts"] == "prompts"
+
+
+@pytest.mark.parametrize(("recipe", "override", "message"), [
+    ("vrft_aug", "options.recitaton=0.2", "-C options.recitaton=0.2: unknown key 'options.recitaton'"),
+    ("vrft_aug", "options.accuracy_weight=1.5", "options.accuracy_weight: Input should be less than or equal to 1"),
+    ("vrft_aug", "options.reward=bleu", "options.reward: Input should be 'auto', 'accuracy', 'mfrs' or 'iou'"),
+    ("grpo", "options.recitation=0.2", "recipe grpo takes no `options:` (got recitation)"),
+])
+def test_options_are_checked(recipe: str, override: str, message: str) -> None:
+    pytest.importorskip("trl")
+    from medharness.trainers.run import TrainRequest, resolve
+
+    with pytest.raises(ConfigError) as err:
+        resolve(TrainRequest(recipe=recipe, task="medmnist_breast", model="m", overrides=[override]))
+    assert message in str(err.value)

@@ -56,9 +56,9 @@ def assign_styles(samples: Sequence[Sample], styles: Sequence[str], seed: int) -
 
 def record_styles(output: Path, styles: Sequence[str], seed: int, assignment: dict[str, str]) -> dict[str, int]:
     """Write OUTPUT/prompt_styles.json; returns the count per style."""
-    counts = Counter(assignment.values())
-    data = {"seed": seed, "styles": list(styles), "counts": {s: counts.get(s, 0) for s in styles},
-            "assignment": assignment}
+    drawn = Counter(assignment.values())
+    counts = {s: drawn.get(s, 0) for s in styles}
+    data = {"seed": seed, "styles": list(styles), "counts": counts, "assignment": assignment}
     output.mkdir(parents=True, exist_ok=True)
     (output / STYLES_FILE).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    return data["counts"]
+    return counts

@@ -33,7 +33,7 @@ TINY = ["samples.limit=4", "max_pixels=12544", "recipes.rarl.trl.num_generations
         "recipes.rarl.trl.per_device_train_batch_size=2", "recipes.rarl.trl.gradient_accumulation_steps=1",
         "recipes.rarl.trl.max_completion_length=8", "recipes.rarl.trl.bf16=false",
         "recipes.rarl.trl.activation_checkpointing=false", "recipes.rarl.trl.save_steps=1"]
-EVAL = {"limit": 2, "batch_size": 2, "backend": "hf", "backend_options": {"device": "cpu"}}
+EVAL = {"limit": 2, "batch_size": 2, "max_new_tokens": 12, "backend": "hf", "backend_options": {"device": "cpu"}}
 R1 = ("rewards=[{metric: yes_no_accuracy, weight: 1.0}, "  # the study's accuracy + format, for a yes/no task
       "{metric: format_compliance, args: {format: r1}, weight: 1.0}]")
 

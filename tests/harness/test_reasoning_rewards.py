@@ -99,3 +99,18 @@ def test_cwr_is_none_where_its_accuracy_does_not_apply() -> None:
 def test_think_tokens() -> None:
     assert score("think_tokens", "<think>one two three</think><answer>B</answer>") == 3.0
     assert score("think_tokens", "B") == 0.0
+
+
+def test_where_scores_one_group() -> None:
+    """A per-group column: the inner metric on the samples of that group, None (left out) on the others."""
+    fn = METRICS.get("where").fn
+    assert fn is not None
+    count = Sample(task="t", id="c", question="?", target="(B)", choices=["1", "2"], meta={"task": "Count"})
+    depth = count.model_copy(update={"meta": {"task": "Depth"}})
+    args = {"metric": "choice_accuracy", "field": "task", "value": "Count"}
+    assert fn(Answer(value="B"), count, "", **args) == 1.0
+    assert fn(Answer(value="A"), count, "", **args) == 0.0
+    assert fn(Answer(value=None), count, "", **args) == 0.0  # unparsed: zero credit, counted
+    assert fn(Answer(value="B"), depth, "", **args) is None
+    with pytest.raises(ConfigError, match="field"):
+        fn(Answer(value="B"), count, "", metric="choice_accuracy")

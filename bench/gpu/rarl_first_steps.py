@@ -63,8 +63,8 @@ def build_reward_models(out: Path, size: str) -> dict[str, str]:
     cross = out / "cross-encoder"
     RobertaForSequenceClassification(RobertaConfig(
         vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=inter, num_labels=1, max_position_embeddings=len(tok) + 8,
-        pad_token_id=tok.pad_token_id)).save_pretrained(cross)
+        intermediate_size=inter, num_labels=1, max_position_embeddings=514,
+        pad_token_id=1)).save_pretrained(cross)
     tok.save_pretrained(cross)
     hidden, layers, heads, inter, _ = BERTSCORE[size]
     encoder = out / "bertscore-encoder"

@@ -121,8 +121,9 @@ def cross_encoder_score(first: str, second: str, model: str = CROSS_ENCODER) -> 
     import torch
 
     tokenizer, net = _pair_model("cross-encoder", model)
-    enc = tokenizer(first, second, truncation=True, max_length=min(512, tokenizer.model_max_length),
-                    return_tensors="pt")
+    # RoBERTa counts positions from its padding index + 1: at most max_position_embeddings - 2 tokens fit
+    limit = min(512, tokenizer.model_max_length, int(getattr(net.config, "max_position_embeddings", 514)) - 2)
+    enc = tokenizer(first, second, truncation=True, max_length=limit, return_tensors="pt")
     with torch.no_grad():
         logits = net(**enc).logits[0]
     if logits.shape[-1] == 1:

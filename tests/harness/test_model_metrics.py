@@ -99,6 +99,14 @@ def test_cross_encoder_similarity_by_hand(models: dict[str, str]) -> None:
     assert metric("reasoning_similarity", MCQ, "B", "B", model=models["cross"]) == 0.0  # no reasoning at all
 
 
+def test_long_reasoning_is_truncated_to_the_models_positions(models: dict[str, str]) -> None:
+    long = "<think>" + "the lesion is in the left lung " * 400 + "</think><answer>B</answer>"
+    similarity = metric("reasoning_similarity", MCQ, long, "B", model=models["cross"])
+    assert similarity is not None and 0.0 < similarity < 1.0
+    ppl = metric("reasoning_perplexity", MCQ, long, "B", model=models["causal"])
+    assert ppl is not None and ppl > 1.0
+
+
 def test_perplexity_is_exp_mean_token_nll(models: dict[str, str]) -> None:
     from transformers import AutoTokenizer
 

@@ -37,8 +37,8 @@ def build_metric_models(out: Path) -> dict[str, str]:
     tok = build_tokenizer()
     cross = out / "cross-encoder"
     RobertaForSequenceClassification(RobertaConfig(vocab_size=len(tok), num_labels=1,
-                                                   max_position_embeddings=len(tok) + 8,
-                                                   pad_token_id=tok.pad_token_id, **SMALL)).save_pretrained(cross)
+                                                   max_position_embeddings=514,
+                                                   pad_token_id=1, **SMALL)).save_pretrained(cross)
     tok.save_pretrained(cross)
     causal = out / "biogpt"
     BioGptForCausalLM(BioGptConfig(vocab_size=len(tok), max_position_embeddings=1100,

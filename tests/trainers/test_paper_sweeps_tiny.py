@@ -142,8 +142,9 @@ def test_rarl_tables_tiny(tmp_path: Path, tiny_models: dict[str, Path], metric_m
     monkeypatch.setenv("MEDHARNESS_CACHE", str(tmp_path / "cache"))
     data_dir = reasoning_data(tmp_path / "reasoning")
     model = str(tiny_models["qwen2_vl"])
-    options = [f"options.bertscore_model={metric_models['bert']}", "options.bertscore_layers=2",
-               f"options.similarity_model={metric_models['cross']}"]
+    options = [f"recipes.rarl.options.bertscore_model={metric_models['bert']}",  # rarl cells only (SFT has none)
+               "recipes.rarl.options.bertscore_layers=2",
+               f"recipes.rarl.options.similarity_model={metric_models['cross']}"]
     runs = (("rarl_table3", None, {}),
             ("rarl_table6", ["pd-reasoning"], {"reasoning_judged": "reasoning"}))  # one training of the two
     for name, only, eval_prompts in runs:

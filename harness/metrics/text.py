@@ -139,11 +139,9 @@ def sentence_bleu(hypothesis: str | None, reference: str) -> float:
 def recitation_bleu(answer: Answer, sample: Sample, text: str, knowledge: str | None = None,
                     delta: float = 1.0) -> float | None:
     """VRFT-Aug's recitation reward: delta x BLEU(`<think>` text, the prompt's knowledge block for the sample's
-    classes); `knowledge` = the knowledge file (absolute, or under tasks/knowledge/); None without choices."""
-    if knowledge is None:
-        raise ConfigError("recitation_bleu needs args.knowledge: the prompt variant's knowledge file "
-                          "(e.g. knowledge/medmnist_blood.txt)")
-    if not sample.choices:
+    classes); `knowledge` = the knowledge file (absolute, or under tasks/knowledge/). None (does not apply) without
+    a knowledge file or without choices: a reward list that gives none is refused before training."""
+    if knowledge is None or not sample.choices:
         return None
     block = knowledge_block(knowledge_file(knowledge), sample.choices)
     return float(delta) * sentence_bleu(think_text(text, allow_unclosed=True), block)

@@ -164,6 +164,7 @@ def test_recitation_bleu_both_signs(knowledge: Path, delta: float) -> None:
     assert reward("<think>green square</think>\\boxed{a}") == 0.0
     assert reward("\\boxed{a}") == 0.0
     assert fn(Answer(value="a"), sample.model_copy(update={"choices": ()}), "x", knowledge=str(knowledge)) is None
+    assert fn(Answer(value="a"), sample, "<think>a: red round spots</think>") is None  # no knowledge file named
 
 
 def test_recitation_total_and_knowledge_of_the_prompt() -> None:

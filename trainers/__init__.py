@@ -3,4 +3,4 @@ parsers and metrics. `medharness.trainers.base` holds the `@trainer` registry; s
 
 # The built-in recipes register themselves on import (they import trl only inside `build`); they import
 # `.base`, never this package, so there is no cycle.
-from medharness.trainers import dpo, grpo, sft, vrft  # noqa: F401
+from medharness.trainers import dpo, grpo, rarl, sft, vrft  # noqa: F401

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medharness.backends.vlm_common import checkpoint_folder, weights_fingerprint
+from medharness.errors import ConfigError
 from medharness.lineage import MANIFEST_FILE, CheckpointManifest, file_hash, manifest_path, read_manifest
 from medharness.trainers.config import LoraSpec, TrainConfig
 
@@ -43,6 +44,17 @@ def freeze_vision(model: Any) -> int:
     if not frozen:
         log.warning("freeze_vision: found no vision-tower parameters (looked for %s)", VISION_PATTERN.pattern)
     return frozen
+
+
+def check_vision_frozen(model: Any) -> int:
+    """Raise when any vision-tower parameter is trainable (after LoRA wrapping or freezing); returns how many
+    trainable parameter tensors the model has."""
+    trainable = [name for name, param in model.named_parameters() if param.requires_grad]
+    vision = [name for name in trainable if is_vision(name)]
+    if vision:
+        raise ConfigError(f"freeze_vision is set but {len(vision)} vision-tower parameter tensors are trainable "
+                          f"(e.g. {vision[0]}): LoRA target_modules or freezing reached the vision tower")
+    return len(trainable)
 
 
 def lora_config(spec: LoraSpec) -> Any:

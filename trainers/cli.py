@@ -71,6 +71,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Any]:
     r.add_argument("--prompt", help="the task's prompt variant (its parser reads the completions)")
     r.add_argument("--split", help="the split the sample ids come from (default: test, then train)")
     r.add_argument("--data-dir", help="the task's local data copy")
+    r.add_argument("--model", help="what a reward argument '@model' stands for (e.g. a length reward's tokenizer)")
     r.add_argument("--json", action="store_true", help="one JSON object per completion")
     return {"train": cmd_train, "reward": cmd_reward}
 
@@ -232,7 +233,7 @@ def cmd_reward(args: argparse.Namespace) -> int:
     if missing:
         raise ConfigError(f"task {task.name}: no sample(s) {missing[:5]} (use --split)")
     specs = _reward_specs(args.rewards) or recipe_rewards(args.recipe, args.option, task, prompt)
-    rewards = RewardSet(task, prompt, specs, list(samples.values()))
+    rewards = RewardSet(task, prompt, specs, list(samples.values()), model=args.model)
     rows = []
     for sid, text in pairs:
         answer, comps = rewards.score(samples[sid], text)

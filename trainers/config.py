@@ -67,6 +67,7 @@ class TrainConfig(Strict):
     model: str | None = None  # the base model (hub id or folder); required to train
     task: str | None = None  # required to train
     prompt: str | None = None  # the task's prompt variant; None = the task's default
+    prompt_styles: list[str] | None = None  # RARL prompting diversity: a seeded style per sample (styles.py)
     data_dir: str | None = None  # the task's local data copy
     samples: SamplesSpec = SamplesSpec()
     seed: int = 0

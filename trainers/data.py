@@ -120,13 +120,17 @@ def assistant(text: str) -> list[Message]:
 
 
 def rows_for(fmt: str, task: Task, samples: Sequence[Sample], images: Callable[[Sample], list[Any]],
-             gold: Callable[[Sample], str] | None = None,
-             rejected: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Dataset rows in one of the three formats ("prompt", "messages", "preference")."""
+             gold: Callable[[Sample], str] | None = None, rejected: dict[str, str] | None = None,
+             styles: tuple[dict[str, str], dict[str, Task]] | None = None) -> list[dict[str, Any]]:
+    """Dataset rows in one of the three formats ("prompt", "messages", "preference"). With `styles`
+    (sample id -> style, style -> task with that prompt variant) each sample is rendered in its style and the
+    row records `prompt_style`."""
     rows = []
     for s in samples:
-        base = {"sample_id": s.id, "images": images(s)}
-        prompt = prompt_messages(task, s)
+        base: dict[str, Any] = {"sample_id": s.id, "images": images(s)}
+        if styles is not None:
+            base["prompt_style"] = styles[0][s.id]
+        prompt = prompt_messages(styles[1][styles[0][s.id]] if styles is not None else task, s)
         if fmt == "prompt":
             rows.append({**base, "prompt": prompt})
         elif fmt == "messages":

@@ -93,7 +93,8 @@ class Prepared:
     recipe: TrainerRecipe
     ctx: TrainContext
     lineage: Lineage
-    gold_means: dict[str, float]
+    gold_means: dict[str, float | None]
+    styles: dict[str, str] | None = None  # sample id -> prompt style (prompt_styles), written by run.py
 
     def batch_info(self) -> dict[str, Any]:
         """Batch sizes count completions in TRL (not prompts): record both."""
@@ -120,10 +121,11 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
     task = load_train_task(config)
     prompt = task.prompt_name
     samples = select_samples(task, config)
-    rewards, gold_means = None, {}
+    rewards, gold_means = None, dict[str, float | None]()
     if recipe.uses_rewards:
         specs = config.rewards or recipe.default_rewards(task, prompt, config) or default_rewards(task, prompt)
-        rewards = RewardSet(task, prompt, specs, samples, completions_file=output / "completions.jsonl")
+        rewards = RewardSet(task, prompt, specs, samples, completions_file=output / "completions.jsonl",
+                            model=config.model)
         gold_means = rewards.check_applicable(samples, lambda s: gold_text(task, prompt, s))
     gold = None
     if recipe.data_format in ("messages", "preference"):
@@ -131,10 +133,16 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
         gold = lambda s: gold_text(task, prompt, s)
     rejected = rejected_texts(task, prompt, samples, config.rejected, config.seed) \
         if recipe.data_format == "preference" else None
+    styles = None
+    if config.prompt_styles:  # checked before the model loads
+        from medharness.trainers.styles import assign_styles, style_tasks
+
+        styled = style_tasks(task, config.prompt_styles, prompt, config.data_dir)
+        styles = (assign_styles(samples, config.prompt_styles, config.seed), styled)
     model, processor = load_model(config, use_gpu)
     budget = pixel_budget(processor, config)
     rows = rows_for(recipe.data_format, task, samples,
-                    lambda s: [resize(task.open_image(ref), budget) for ref in s.images], gold, rejected)
+                    lambda s: [resize(task.open_image(ref), budget) for ref in s.images], gold, rejected, styles)
     settings = dict(config.trl)
     if rewards is not None:
         if "reward_weights" in settings:
@@ -150,4 +158,4 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
     ctx = TrainContext(config=config, task=task, samples=samples, model=model, processor=processor, trl_args=args,
                        dataset=to_dataset(rows), output=output, rewards=rewards,
                        peft_config=lora_config(config.lora) if config.lora else None)
-    return Prepared(config, layers, recipe, ctx, lineage, gold_means)
+    return Prepared(config, layers, recipe, ctx, lineage, gold_means, styles[0] if styles else None)

@@ -3,14 +3,19 @@
 
 A `RewardSet` parses each completion once and scores every component; its `functions()` are TRL reward
 callables (keyword arguments, one float or `None` per completion: `None` = the metric does not apply, never a
-silent 0), combined by TRL with `reward_weights`. Each new batch of completions is appended to
-`completions.jsonl` with its parsed answer and every component.
+silent 0), combined by TRL with `reward_weights`. A component whose metric has a `batch` form (a judge panel,
+`judge_score`) becomes an `async` TRL reward that scores the whole batch in a worker thread, so its calls run
+while TRL computes the others. Each batch of completions is appended to `completions.jsonl` with its parsed
+answer and every component, once all components have scored it. A reward argument `@model` (e.g. a length
+reward's `tokenizer`) means the model being trained.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,31 +73,42 @@ class RewardSet:
     """The reward components of one training run, scored through the task's `Recipe`."""
 
     def __init__(self, task: Task, prompt: str, specs: Sequence[RewardSpec], samples: Sequence[Sample],
-                 completions_file: Path | None = None) -> None:
+                 completions_file: Path | None = None, model: str | None = None) -> None:
         if not specs:
             raise ConfigError("rewards: give at least one reward metric")
         base = recipe_for(task, prompt=prompt)
-        metrics = resolve_metrics([{"name": s.metric, "args": s.args, "as": s.label or s.metric} for s in specs])
+        metrics = resolve_metrics([{"name": s.metric, "args": resolve_model_args(s.args, model, s.metric),
+                                    "as": s.label or s.metric} for s in specs])
         for spec in metrics:
             if spec.metric.fn is None:
                 raise ConfigError(f"reward '{spec.label}': corpus metric {spec.metric.name} has no per-sample "
                                   "value, so it cannot be a reward")
         self.task, self.prompt = task, prompt
-        self.recipe = Recipe(base.convention, base.parser, metrics)
+        self.recipe = Recipe(base.convention, base.parser, [m for m in metrics if m.metric.batch is None])
+        self.batched = {m.label: m for m in metrics if m.metric.batch is not None}
         self.labels = [m.label for m in metrics]
         self.weights = [float(s.weight) for s in specs]
         self.specs = list(specs)
         self.samples = {s.id: s for s in samples}
         self.completions_file = completions_file
         self._last_key: tuple[Any, ...] | None = None
-        self._last: list[tuple[Answer, dict[str, float]]] = []
+        self._last: list[tuple[Answer, dict[str, float | None]]] = []
+        self._reported: set[str] = set()  # components that have scored the current batch
+        self._lock = threading.Lock()
 
     # -- scoring ------------------------------------------------------------------------------------------
 
     def score(self, sample: Sample, text: str) -> tuple[Answer, dict[str, float | None]]:
         """One completion: the parsed answer and every component (None where the metric does not apply)."""
+        answer, comps = self._score_plain(sample, text)
+        for label, spec in self.batched.items():
+            comps[label] = spec.score(answer, sample, text)
+        return answer, {label: comps.get(label) for label in self.labels}
+
+    def _score_plain(self, sample: Sample, text: str) -> tuple[Answer, dict[str, float | None]]:
+        """The parsed answer and the components without a batch form (the batched ones are None here)."""
         answer, scores = self.recipe.score(sample, Generation(sample_id=sample.id, text=text))
-        return answer, {label: scores.get(label) for label in self.labels}
+        return answer, {label: None if label in self.batched else scores.get(label) for label in self.labels}
 
     def total(self, components: Mapping[str, float | None]) -> float | None:
         """The weighted sum TRL optimises (components that do not apply left out); None if none applies."""
@@ -101,12 +117,20 @@ class RewardSet:
         return sum(values) if values else None
 
     def _batch(self, sample_ids: Sequence[str], texts: Sequence[str], step: int | None) -> list[Any]:
+        """The batch's answers and plain components, computed once for all the reward functions."""
         key = (tuple(sample_ids), tuple(texts), step)
         if key != self._last_key:
-            self._last_key = key
-            self._last = [self.score(self._sample(i), t) for i, t in zip(sample_ids, texts)]  # type: ignore[misc]
-            self._write(sample_ids, texts, step)
+            self._last_key, self._reported = key, set()
+            self._last = [self._score_plain(self._sample(i), t) for i, t in zip(sample_ids, texts)]
         return self._last
+
+    def _report(self, label: str, sample_ids: Sequence[str], texts: Sequence[str], step: int | None) -> None:
+        """One component has scored the batch; when all have, the batch goes to completions.jsonl."""
+        if label in self._reported:
+            return
+        self._reported.add(label)
+        if self._reported == set(self.labels):
+            self._write(sample_ids, texts, step)
 
     def _sample(self, sample_id: str) -> Sample:
         if sample_id not in self.samples:
@@ -124,16 +148,45 @@ class RewardSet:
 
     # -- TRL reward callables -----------------------------------------------------------------------------
 
-    def functions(self) -> list[Callable[..., list[float | None]]]:
+    def functions(self) -> list[Callable[..., Any]]:
         """One TRL reward function per component, named after its label (TRL logs `rewards/<label>/mean`)."""
         return [self._function(label) for label in self.labels]
 
-    def _function(self, label: str) -> Callable[..., list[float | None]]:
+    def _function(self, label: str) -> Callable[..., Any]:
+        if label in self.batched:
+            return self._async_function(label)
+
         def reward(completions: Sequence[Any], sample_id: Sequence[str], trainer_state: Any = None,
                    **_: Any) -> list[float | None]:
             step = None if trainer_state is None else int(trainer_state.global_step) + 1
             texts = [completion_text(c) for c in completions]
-            return [comps[label] for _, comps in self._batch(sample_id, texts, step)]
+            with self._lock:
+                values = [comps[label] for _, comps in self._batch(sample_id, texts, step)]
+                self._report(label, sample_id, texts, step)
+            return values
+
+        reward.__name__ = label
+        reward.__qualname__ = f"reward_{label}"
+        return reward
+
+    def _async_function(self, label: str) -> Callable[..., Any]:
+        spec = self.batched[label]
+        assert spec.metric.batch is not None
+        batch = spec.metric.batch
+
+        async def reward(completions: Sequence[Any], sample_id: Sequence[str], trainer_state: Any = None,
+                         **_: Any) -> list[float | None]:
+            step = None if trainer_state is None else int(trainer_state.global_step) + 1
+            texts = [completion_text(c) for c in completions]
+            with self._lock:
+                answers = [answer for answer, _ in self._batch(sample_id, texts, step)]
+            items = [(a, self._sample(i), t) for a, i, t in zip(answers, sample_id, texts, strict=True)]
+            values = await asyncio.to_thread(batch, items, **spec.args)
+            with self._lock:
+                for (_, comps), value in zip(self._batch(sample_id, texts, step), values, strict=True):
+                    comps[label] = value
+                self._report(label, sample_id, texts, step)
+            return list(values)
 
         reward.__name__ = label
         reward.__qualname__ = f"reward_{label}"
@@ -141,20 +194,33 @@ class RewardSet:
 
     # -- pre-flight ---------------------------------------------------------------------------------------
 
-    def check_applicable(self, samples: Sequence[Sample], gold: Callable[[Sample], str]) -> dict[str, float]:
+    def check_applicable(self, samples: Sequence[Sample],
+                         gold: Callable[[Sample], str]) -> dict[str, float | None]:
         """Score each sample's gold answer (written in the variant's format) through every component; a
         component that gives no value for any sample does not apply to this task's answers: refuse it.
         Returns each component's mean on the gold answers (the best a policy can expect)."""
-        values: dict[str, list[float]] = {label: [] for label in self.labels}
+        values: dict[str, list[float]] = {label: [] for label in self.labels if label not in self.batched}
         for sample in samples:
-            _, comps = self.score(sample, gold(sample))
-            for label, value in comps.items():
-                if value is not None:
-                    values[label].append(value)
+            _, comps = self._score_plain(sample, gold(sample))
+            for label, got in values.items():
+                if (value := comps[label]) is not None:
+                    got.append(value)
         dead = [label for label, got in values.items() if not got]
         if dead:
             raise ConfigError(
                 f"reward metric(s) {', '.join(dead)} do not apply to task {self.task.name} (prompt "
                 f"'{self.prompt}'): they give no score for the gold answer of any of {len(samples)} training "
                 "samples. Choose a metric for this task's answers (see `medharness ls metrics`).")
-        return {label: sum(got) / len(got) for label, got in values.items()}
+        # a judge-backed component is not called on the gold answers (paid calls): its mean stays unknown
+        means: dict[str, float | None] = {label: None for label in self.labels}
+        means.update({label: sum(got) / len(got) for label, got in values.items()})
+        return means
+
+
+def resolve_model_args(args: dict[str, Any], model: str | None, metric: str) -> dict[str, Any]:
+    """Reward arguments with `@model` replaced by the model being trained (e.g. a length reward's tokenizer)."""
+    if "@model" not in args.values():
+        return dict(args)
+    if model is None:
+        raise ConfigError(f"reward {metric}: an argument is '@model', which needs the training model (--model)")
+    return {k: model if v == "@model" else v for k, v in args.items()}

@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 TRAIN_FILE = "train.json"
 TRAIN_SAMPLES_FILE = "train_samples.json"
 # Keys a resumed run must share with the run it continues.
-RESUME_KEYS = ("recipe", "model", "task", "prompt", "seed", "samples", "rewards", "lora", "rejected", "max_pixels",
-               "options")
+RESUME_KEYS = ("recipe", "model", "task", "prompt", "prompt_styles", "seed", "samples", "rewards", "lora", "rejected",
+               "max_pixels", "options")
 
 
 @dataclass
@@ -75,6 +75,12 @@ def resolve(req: TrainRequest) -> tuple[TrainConfig, Layers]:
     if missing:
         raise ConfigError(f"train needs {' and '.join(missing)} (or `model:` / `task:` in --config)")
     check_attn_implementation(config.attn_implementation, "train")
+    if config.prompt_styles:  # every style exists and reads answers as the run's prompt does
+        from medharness.trainers.prepare import load_train_task
+        from medharness.trainers.styles import style_tasks
+
+        task = load_train_task(config)
+        style_tasks(task, config.prompt_styles, task.prompt_name, config.data_dir)
     return config, layers
 
 
@@ -165,6 +171,11 @@ def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> P
     eval_plan = plan(evals, str(config.task), ctx.task, config.data_dir, trained) if evals else None
     last = prepare_output(output, config, req.resume)
     write_json(output / TRAIN_SAMPLES_FILE, trained.to_json())
+    style_counts = None
+    if prepared.styles is not None and config.prompt_styles and _main_process():
+        from medharness.trainers.styles import record_styles
+
+        style_counts = record_styles(output, config.prompt_styles, config.seed, prepared.styles)
     if eval_plan is not None and _main_process():
         eval_plan.write(output)
     prepared.add_callbacks(output, progress)
@@ -172,7 +183,7 @@ def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> P
         "status": "running", "recipe": config.recipe, "presets": layers.presets, "task": config.task,
         "prompt": lineage.prompt, "model": config.model, "seed": config.seed, "output": str(output),
         "n_train_samples": len(lineage.sample_ids), "config": lineage.resolved(), "batch": prepared.batch_info(),
-        "rewards": prepared.reward_info(), "resumed_from": last, "final": None, "started": _now(), "finished": None,
+        "rewards": prepared.reward_info(), "prompt_styles": style_counts, "resumed_from": last, "final": None, "started": _now(), "finished": None,
         "error": None, "launch": launch_record(output),
         "evals": {**eval_plan.info(), "status": "pending"} if eval_plan else None}
     info = output / TRAIN_FILE
@@ -204,6 +215,10 @@ def _fit(prepared: Prepared, record: dict[str, Any], info: Path, last: str | Non
     start = time.perf_counter()
     try:
         built = prepared.recipe.build(ctx)
+        if ctx.config.freezes_vision:
+            from medharness.trainers.checkpoints import check_vision_frozen
+
+            record["trainable_tensors"] = check_vision_frozen(built.model)  # asserted: no vision parameter trains
         from transformers.trainer_callback import PrinterCallback
 
         built.remove_callback(PrinterCallback)  # raw dicts on stdout; medharness prints its own progress lines

@@ -50,6 +50,12 @@ def _samples(task: Any, split: str | None, found: Findings) -> list[Any] | None:
         return None
     try:
         return list(task.load_samples(split))
+    except DataError as exc:
+        if getattr(task.source, "kind", None) == "hf":  # a hub dataset that cannot be reached from here
+            found.missing_data.append(f"task {task.name} ({split or 'eval'} split): {exc}")
+        else:
+            found.problems.append(f"task {task.name} ({split or 'eval'} split): {exc}")
+        return None
     except MedHarnessError as exc:
         found.problems.append(f"task {task.name} ({split or 'eval'} split): {exc}")
         return None

@@ -8,6 +8,9 @@ Rules every metric follows:
 - Values of `percent=True` metrics lie in [0, 1]; reports show them x100.
 Corpus-level metrics (e.g. quadratic weighted kappa) set `corpus=fn(pairs, **args) -> float` over
 (answer, sample) pairs instead of a per-sample mean.
+A per-sample metric that is cheaper or faster over many samples at once (an LLM judge panel: one concurrent
+batch of calls) may also set `batch=fn(items, **args) -> [float | None, ...]` over (answer, sample, text)
+triples, equal item by item to `fn`; training rewards run it concurrently with the other rewards.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from medharness.registry import Registry, check_arguments
 
 MetricFn = Callable[..., float | None]
 CorpusFn = Callable[..., float]
+BatchFn = Callable[..., list[float | None]]
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class Metric:
     percent: bool = True
     corpus: CorpusFn | None = None
     description: str = ""
+    batch: BatchFn | None = None  # optional: many (answer, sample, text) at once, equal to `fn` item by item
 
 
 METRICS: Registry[Metric] = Registry("metric")

@@ -12,7 +12,7 @@ from typing import Any
 
 from medharness.errors import ConfigError
 from medharness.knowledge import knowledge_block, knowledge_file
-from medharness.metrics.base import metric
+from medharness.metrics.base import METRICS, metric
 from medharness.metrics.common import answer_text, gold_text, gold_yes_no, overlap_prf
 from medharness.normalize import NormalizerName, normalize, yes_no_of
 from medharness.parsers.base import strip_end_markers
@@ -224,3 +224,19 @@ def think_length(answer: Answer, sample: Sample, text: str) -> float | None:
     """Whitespace tokens in the think text (0 if none; an unclosed think counts to the end). Descriptive."""
     content = think_text(text, allow_unclosed=True)
     return float(len(content.split())) if content else 0.0
+
+
+# --- one metric on a subset of the samples ---------------------------------------------------
+
+
+@metric("where")
+def where(answer: Answer, sample: Sample, text: str, metric: str = "exact_match", field: str = "",
+          value: Any = None, args: dict[str, Any] | None = None) -> float | None:
+    """A percent `metric` on the samples whose meta `field` equals `value`, None (left out) on the others: a
+    per-group column, e.g. CV-Bench's Count accuracy ({metric: choice_accuracy, field: task, value: Count})."""
+    inner = METRICS.get(metric)
+    if inner.fn is None or not field:
+        raise ConfigError(f"where: give a per-sample `metric` and a meta `field` (got {metric!r}, {field!r})")
+    if str(sample.meta.get(field)) != str(value):
+        return None
+    return inner.fn(answer, sample, text, **(args or {}))

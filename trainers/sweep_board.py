@@ -8,7 +8,6 @@ A pure function of the sweep's folders: results are read from each run directory
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,24 +40,44 @@ def primary_metric(run_dir: Path, task: str, metric: str | None = None) -> dict[
         return None
     name = metric or next(iter(metrics))
     m = metrics[name]
-    value = None if math.isnan(m.value) else m.value * (100.0 if entry.percent.get(name, True) else 1.0)
+    scale = 100.0 if entry.percent.get(name, True) else 1.0
+    value = None if math.isnan(m.value) else m.value * scale
     oracle = entry.baseline is not None and entry.baseline.kind == "oracle"
-    return {"metric": name, "value": value, "n": m.n, "model": runlog.model, "oracle": oracle}
+    ci = (m.ci_low * scale, m.ci_high * scale) if m.ci_low is not None and m.ci_high is not None else None
+    return {"metric": name, "value": value, "n": m.n, "model": runlog.model, "oracle": oracle, "ci": ci,
+            "ci_method": m.ci_method}
 
 
-def stats(values: Sequence[float]) -> dict[str, Any]:
+def stats(found: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """Mean, sample std and a 95% interval over the runs `primary_metric` found (seeds of one row): the t
+    interval over seeds (medharness.stats.seed_summary) from two runs on, a single run's own interval."""
+    got = [g for g in found if g and g["value"] is not None]
+    values = [g["value"] for g in got]
     if not values:
-        return {"mean": None, "std": None, "n": 0}
-    std = statistics.stdev(values) if len(values) > 1 else None
-    return {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+        return {"mean": None, "std": None, "n": 0, "low": None, "high": None, "ci_method": None}
+    if len(values) == 1:
+        low, high = got[0]["ci"] or (None, None)
+        return {"mean": values[0], "std": None, "n": 1, "low": low, "high": high, "ci_method": got[0]["ci_method"]}
+    from medharness.stats import seed_summary
+
+    mean, std, interval = seed_summary(values)
+    return {"mean": mean, "std": std, "n": len(values), "low": interval.low, "high": interval.high,
+            "ci_method": f"{interval.method} (n={len(values)})"}
 
 
-def _cell_text(stats: dict[str, Any], n_expected: int) -> str:
+def cell_text(stats: dict[str, Any], n_expected: int, digits: int = 1) -> str:
+    """`58.0 ± 1.2 [55.0, 61.0]`: mean ± std over seeds [95% interval]; `(i/n)` when seeds are missing."""
     if stats["mean"] is None:
         return "n/a"
-    text = f"{stats['mean']:.1f}" + (f" ± {stats['std']:.1f}" if stats["std"] is not None else "")
+    text = f"{stats['mean']:.{digits}f}" + (f" ± {stats['std']:.{digits}f}" if stats["std"] is not None else "")
+    if stats.get("low") is not None and stats.get("high") is not None and not math.isnan(stats["low"]):
+        text += f" [{stats['low']:.{digits}f}, {stats['high']:.{digits}f}]"
     text += " (oracle floor)" if stats.get("oracle") else ""
-    return text if stats["n"] == n_expected else f"{text} ({stats['n']}/{n_expected})"
+    return text if stats["n"] >= n_expected else f"{text} ({stats['n']}/{n_expected})"
+
+
+INTERVALS = ("[95% interval]: over two or more seeds the t interval of their mean (t-seeds); for a single run, "
+             "that run's own interval (its method in sweep.json: clustered bootstrap or Wilson)")
 
 
 def _chain(cell: Cell, by_id: dict[str, Cell]) -> str:
@@ -82,7 +101,7 @@ def board(sweep: SweepConfig, cells: Sequence[Cell], eval_dir: Any, reference_di
         for task in tasks:
             got = primary_metric(reference_dir(name, task), task)
             row["tasks"][task] = {"metric": got and got["metric"], "oracle": bool(got and got["oracle"]),
-                                  **stats([got["value"]] if got and got["value"] is not None else [])}
+                                  **stats([got])}
         rows.append(row)
     by_id = {c.id: c for c in cells}
     groups: dict[tuple[str, str | None, int | None], list[Cell]] = {}
@@ -98,21 +117,16 @@ def board(sweep: SweepConfig, cells: Sequence[Cell], eval_dir: Any, reference_di
                           f"({', '.join(str(c.seed) for c in members)})",
                "tasks": {}}
         for task in tasks:
-            values, metric = [], None
-            for cell in members:
-                if task not in eval_tasks(sweep, cell):
-                    continue
-                got = primary_metric(eval_dir(cell.id, task), task)
-                if got and got["value"] is not None:
-                    values.append(got["value"])
-                    metric = got["metric"]
-            row["tasks"][task] = {"metric": metric, **stats(values)}
+            found = [primary_metric(eval_dir(c.id, task), task) for c in members if task in eval_tasks(sweep, c)]
+            metric = next((g["metric"] for g in found if g and g["value"] is not None), None)
+            row["tasks"][task] = {"metric": metric, **stats(found)}
         rows.append(row)
     return rows
 
 
 def render_markdown(rows: Sequence[dict[str, Any]], tasks: Sequence[str], title: str | None = None) -> str:
-    """The board as Markdown: mean ± std over seeds of each task's primary metric (x100 for percents)."""
+    """The board as Markdown: mean ± std over seeds [95% interval] of each task's primary metric (x100 for
+    percents)."""
     from tabulate import tabulate
 
     metrics = {t: next((r["tasks"][t]["metric"] for r in rows if r["tasks"].get(t, {}).get("metric")), None)
@@ -121,11 +135,11 @@ def render_markdown(rows: Sequence[dict[str, Any]], tasks: Sequence[str], title:
     table = []
     for r in rows:
         n_expected = 1 if r["kind"] == "reference" else len(r["seeds"])
-        table.append([r["row"], *(_cell_text(r["tasks"][t], n_expected) for t in tasks), r["lineage"]])
+        table.append([r["row"], *(cell_text(r["tasks"][t], n_expected) for t in tasks), r["lineage"]])
     lines = [f"# {title}", ""] if title else []
     lines.append(tabulate(table, headers=headers, tablefmt="github"))
     lines += ["", ("Cells: mean ± sample std over seeds of the task's primary metric (x100 for percentages); "
-                   "(i/n) = only i of n seeds finished; n/a = no finished run; (oracle floor) = a baseline that, "
+                   f"{INTERVALS}; (i/n) = only i of n seeds finished; n/a = no finished run; (oracle floor) = a baseline that, "
                    "without a train split or card prior, drew its answers from the evaluated split's own golds.")]
     return "\n".join(lines) + "\n"
 

@@ -121,12 +121,12 @@ def paper_table(sweep: SweepConfig, cells: Sequence[Cell], stages: Stages) -> di
                 members = [c for key in select(trow, cells) for c in by_group[key]]
                 runs = [stages.eval_dir(c.id, task) for c in members if task in eval_tasks(sweep, c)]
             got = [primary_metric(run, str(task), col.metric) for run in runs]
-            values[col.label] = {**stats([g["value"] for g in got if g and g["value"] is not None]),
-                                 "expected": len(runs)}
+            values[col.label] = {**stats(got), "expected": len(runs)}
         for col in (c for c in spec.columns if c.average):
             means = [v["mean"] for v in values.values()]
-            values[col.label] = {**stats([statistics.fmean(means)] if means and None not in means else []),
-                                 "expected": 1}
+            mean = statistics.fmean(means) if means and None not in means else None
+            values[col.label] = {"mean": mean, "std": None, "n": int(mean is not None), "low": None, "high": None,
+                                 "expected": 1}  # an average of the row's columns: no interval
         rows.append({"label": trow.label, "kind": "measured", "values": values})
         if ref is not None:
             rows += [r for r in _published(ref, set()) if r["label"] == trow.label]
@@ -147,6 +147,8 @@ def render_table(table: dict[str, Any]) -> str:
     when none finished); published rows marked and cited."""
     from tabulate import tabulate
 
+    from medharness.trainers.sweep_board import INTERVALS, cell_text
+
     digits = table.get("decimals", 2)
     out = []
     for row in table["rows"]:
@@ -157,16 +159,12 @@ def render_table(table: dict[str, Any]) -> str:
         cells = []
         for c in table["columns"]:
             s = row["values"][c]
-            if s["mean"] is None:
-                cells.append("n/a")
-                continue
-            text = f"{s['mean']:.{digits}f}" + (f" ± {s['std']:.{digits}f}" if s["std"] is not None else "")
-            cells.append(text if s["n"] >= s["expected"] else f"{text} ({s['n']}/{s['expected']})")
+            cells.append(cell_text(s, s["expected"], digits))
         out.append([row["label"], *cells])
     lines = [f"## {table['title']}", ""] if table.get("title") else []
     lines.append(tabulate(out, headers=["row", *table["columns"]], tablefmt="github", disable_numparse=True))
-    caption = ["", ("Measured rows: mean ± sample std over seeds (x100 for percentages); (i/n) = i of n seeds "
-                    "finished; n/a = no finished run.")]
+    caption = ["", ("Measured rows: mean ± sample std over seeds (x100 for percentages); " + INTERVALS + "; "
+                    "(i/n) = i of n seeds finished; n/a = no finished run; Average: no interval.")]
     if table.get("source"):
         caption.append(f"Rows marked '{PUBLISHED}': as published in {table['source']}; '-' = not reported."
                        + (f" {table['note']}" if table.get("note") else ""))

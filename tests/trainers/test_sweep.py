@@ -170,7 +170,8 @@ def test_board_mean_and_std_over_seeds(tmp_path: Path) -> None:
     assert stats["n"] == 2 and stats["mean"] == pytest.approx(60.0) and stats["std"] == pytest.approx(14.142, 1e-3)
     assert rows[2]["lineage"] == "m → sft · k=all · 3 seeds (0, 1, 2)"
     text = render_markdown(rows, ["phantom_presence"])
-    assert "60.0 ± 14.1 (2/3)" in text and "phantom_presence (yes_no_accuracy)" in text
+    # two seeds: the t interval of their mean, 60 ± t(0.975, 1) x 14.142 / sqrt(2) = 60 ± 12.706 x 10
+    assert "60.0 ± 14.1 [-67.1, 187.1] (2/3)" in text and "phantom_presence (yes_no_accuracy)" in text
     assert "| base " in text and "n/a" in text  # the majority baseline has not run
 
 
@@ -333,3 +334,12 @@ def test_real_sweep_end_to_end(tmp_path: Path, tiny_models: dict[str, Path], mon
     assert json.loads((out / "cells" / grpo / "eval" / "phantom_presence" / "run.json").read_text())["status"] == \
         "finished"
     assert "| grpo-from-sft · k=all " in (out / "leaderboard.md").read_text()
+
+
+def test_a_single_run_cell_shows_that_run_s_own_interval() -> None:
+    from medharness.trainers.sweep_board import cell_text, stats
+
+    one = stats([{"value": 50.0, "ci": (40.2, 59.8), "ci_method": "wilson"}, None])
+    assert (one["n"], one["low"], one["high"], one["ci_method"]) == (1, 40.2, 59.8, "wilson")
+    assert cell_text(one, 1) == "50.0 [40.2, 59.8]"
+    assert cell_text(stats([{"value": 50.0, "ci": None, "ci_method": None}]), 1) == "50.0"  # an old run log

@@ -121,7 +121,7 @@ def test_paper_table_with_published_rows(tmp_path: Path) -> None:
     text = render_table(table)
     published = next(line for line in text.splitlines() if line.startswith("| tuned · published"))
     assert "## Table 9" in text and [c.strip() for c in published.split("|")[2:5]] == ["80.00", "-", "-"]
-    assert "70.00 ± 14.14" in text and "30.00 (1/2)" in text and "n/a" in text
+    assert "70.00 ± 14.14 [-57.06, 197.06]" in text and "30.00 (1/2)" in text and "n/a" in text  # 70 ± 12.706 x 10
     assert "as published in A paper, Table 9" in text and "copied by hand" in text
 
 

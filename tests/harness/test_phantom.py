@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from collections import Counter
 
 import numpy as np
@@ -172,8 +171,7 @@ def test_open_image_size():
     assert image.mode == "RGB" and image.size == (128, 128)
 
 
-def test_render_is_fast():
-    start = time.perf_counter()
-    for i in range(100):
-        phantom.render(phantom.make_case(9, i))
-    assert time.perf_counter() - start < 5.0
+def test_render_is_deterministic_per_case():
+    first = [phantom.render(phantom.make_case(9, i)).tobytes() for i in range(20)]
+    assert first == [phantom.render(phantom.make_case(9, i)).tobytes() for i in range(20)]
+    assert len(set(first)) > 1  # cases differ

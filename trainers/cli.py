@@ -16,11 +16,11 @@ from medharness.errors import ConfigError, DataError
 
 def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Any]:
     """Add the training subcommands; returns {command: handler} for the main CLI's dispatch."""
-    p = sub.add_parser("train", help="train a model on a task with a TRL recipe (sft, dpo, grpo; LoRA an option)",
-                       description="Train with a recipe (sft, dpo, grpo) configured by presets "
+    p = sub.add_parser("train", help="train a model on a task with a TRL recipe (sft, dpo, grpo, vrft_aug, rarl; LoRA an option)",
+                       description="Train with a recipe (sft, dpo, grpo, vrft_aug, rarl) configured by presets "
                                    "(trainers/presets/*.yaml), --config FILE and -C overrides. Rewards are the "
                                    "task's own parser + metrics. See docs/training.md.")
-    p.add_argument("--recipe", help="sft | dpo | grpo | vrft_aug (default: the preset's or config's recipe)")
+    p.add_argument("--recipe", help="sft | dpo | grpo | vrft_aug | rarl (default: the preset's or config's recipe)")
     p.add_argument("--preset", action="append", default=[], metavar="NAME",
                    help="a shipped preset (repeatable, later wins; default: the recipe's own): "
                         "sft sft_lora dpo dpo_lora grpo grpo_lora dr_grpo vrft_aug_paper vrft_aug_loc tiny_cpu")

@@ -1,9 +1,20 @@
 """Re-scoring throughput of `medharness score RUN_DIR` (a script, not a test): prints a Markdown table.
 
-Writes a run directory of N VQA-RAD rows (a mix of short, hedged and tagged answers; no model, no images)
-with the real run log; every other row's answer is a free-text phrase that few other rows share (about 2,500
-distinct), so memoised normalisation is not credited with more repetition than a real run has; then times `score_run` (read + parse + score + summarise) under three conventions,
-and each phase alone. Usage: python bench/rescore.py [--rows 100000] [--repeat 3]
+Writes run directories of N rows with the real run log (no model, no images) and times `score_run`
+(read + validate + parse + score + summarise) under one and all CPUs, for three workloads:
+
+- `open VQA, short answers`: VQA-RAD rows, every question different (as in a real test set); answers half
+  short, hedged or tagged ("yes", "<answer>x</answer>", ...), half free-text phrases (about 2,500 distinct,
+  against four golds), so an (answer, gold) pair recurs as in a real run's short answers. Under the harness,
+  mumc and llava_med conventions, then each phase alone.
+- `open VQA, every answer distinct`: the same rows with the row number in every answer: nothing recurs.
+- `classification, short answers`: OrganAMNIST rows with the task's one question and 11 classes, the `plain`
+  prompt's label answers (right, wrong, off-list, empty): inputs repeat by the thousand, as in a real
+  classification run.
+- `classification, reasoning outputs`: the same rows answered in the `names` prompt's format
+  (`<think>...</think> \\boxed{label}`), every text different.
+
+Usage: python bench/rescore.py [--rows 100000] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -13,8 +24,11 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from tabulate import tabulate
 
 ANSWERS = ["yes", "no", "Yes.", "left lung", "The answer is no", "mri", "yes or no", "<answer>x</answer>"]
@@ -25,32 +39,65 @@ WORDS = ["left", "right", "upper", "lower", "middle", "apical", "basal", "latera
          "thoracic", "abdominal", "vascular", "arterial", "venous", "nodal", "focal", "diffuse", "bilateral",
          "unilateral", "small", "large", "round", "oval", "dense", "lucent", "calcified", "cystic", "solid",
          "mixed"]
+ORGANS = ["bladder", "left femur", "right femur", "heart", "left kidney", "right kidney", "liver", "left lung",
+          "right lung", "pancreas", "spleen"]
 
 
-def write_run(folder: Path, n_rows: int) -> None:
+def vqa_row(i: int) -> tuple[str, Any, dict[str, Any], tuple[str, ...], str]:
+    k, w = i % len(ANSWERS), len(WORDS)
+    text = ANSWERS[k] if i % 2 else f"The {WORDS[i % w]} of the {WORDS[(i // w) % w]} lobe."
+    question = f"Is there an abnormality in the {WORDS[i % w]} region of image {i // 2}?"
+    return question, GOLDS[k], {"answer_type": "CLOSED" if GOLDS[k] in ("yes", "no") else "OPEN"}, (), text
+
+
+def vqa_distinct_row(i: int) -> tuple[str, Any, dict[str, Any], tuple[str, ...], str]:
+    question, target, meta, choices, text = vqa_row(i)
+    return question, target, meta, choices, f"{text} (finding {i})"
+
+
+def _organ_answer(i: int, gold: int) -> str:
+    """Right 70%, a wrong class 20%, off-list 5%, empty 5% (a fixed pattern)."""
+    r = (i * 7919) % 100
+    return (ORGANS[gold] if r < 70 else ORGANS[(gold + 1 + r % 10) % 11] if r < 90
+            else "kidney" if r < 95 else "")
+
+
+def organ_short_row(i: int) -> tuple[str, Any, dict[str, Any], tuple[str, ...], str]:
+    gold = i % 11
+    return ("Which organ is shown in this CT image?", ORGANS[gold], {"label": gold, "class_name": ORGANS[gold]},
+            tuple(ORGANS), _organ_answer(i, gold))
+
+
+def organ_reasoning_row(i: int) -> tuple[str, Any, dict[str, Any], tuple[str, ...], str]:
+    question, target, meta, choices, answer = organ_short_row(i)
+    text = (f"<think>Slice {i}: the structure at the centre has the density and outline of the "
+            f"{WORDS[i % len(WORDS)]} {answer or 'organ'}.</think> \\boxed{{{answer}}}")
+    return question, target, meta, choices, text
+
+
+def write_run(folder: Path, task_name: str, prompt: str | None, n_rows: int,
+              row: Callable[[int], tuple[str, Any, dict[str, Any], tuple[str, ...], str]]) -> None:
     from medharness.pipeline import RunConfig
     from medharness.records import Answer, Generation, ResultRow, Sample, TaskEntry
     from medharness.runlog import RunDir
     from medharness.task import load_task
 
-    task = load_task("vqa_rad")
-    run = RunDir.create(folder, RunConfig(model="bench", tasks="vqa_rad").model_dump())
-    run.set_task("vqa_rad", TaskEntry(version=task.version, prompt=task.prompt_name, convention="harness",
+    task = load_task(task_name, {"prompt": prompt} if prompt else {})
+    run = RunDir.create(folder, RunConfig(model="bench", tasks=task_name).model_dump())
+    run.set_task(task_name, TaskEntry(version=task.version, prompt=task.prompt_name, convention="harness",
                                       path=str(task.path)))
     rows = []
     for i in range(n_rows):
-        k = i % len(ANSWERS)
-        w = len(WORDS)
-        text = ANSWERS[k] if i % 2 else f"The {WORDS[i % w]} of the {WORDS[(i // w) % w]} lobe."
-        sample = Sample(id=str(i), task="vqa_rad", question="q?", target=GOLDS[k], images=(f"img{i // 2}.jpg",),
-                        meta={"answer_type": "CLOSED" if GOLDS[k] in ("yes", "no") else "OPEN"})
-        rows.append(ResultRow(task="vqa_rad", task_version=task.version, sample=sample, prompt_hash="",
+        question, target, meta, choices, text = row(i)
+        sample = Sample(id=str(i), task=task_name, question=question, target=target, images=(f"img{i // 2}.jpg",),
+                        choices=choices, meta=meta)
+        rows.append(ResultRow(task=task_name, task_version=task.version, sample=sample, prompt_hash="",
                               generation=Generation(sample_id=str(i), text=text), answer=Answer()))
-    run.append("vqa_rad", rows)
+    run.append(task_name, rows)
     run.set_status("finished")
 
 
-def timed(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
+def timed(fn: Callable[[], object], repeat: int) -> float:
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -65,35 +112,57 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     from medharness.rescore import score_run
-    from medharness.runlog import RunDir
-    from medharness.scoring import recipe_for, rescore, summarise
+    from medharness.runlog import RunDir, gc_paused, parse_rows_to_score
+    from medharness.scoring import DistinctScores, Scored, recipe_for, summarise_scored
     from medharness.task import load_task
 
+    n, cpus = args.rows, os.cpu_count() or 1
+    workloads = [("open VQA, short answers", "vqa_rad", None, vqa_row, ("harness", "mumc", "llava_med")),
+                 ("open VQA, every answer distinct", "vqa_rad", "distinct", vqa_distinct_row, ("harness",)),
+                 ("classification, short answers", "medmnist_organa", "plain", organ_short_row, ("harness",)),
+                 ("classification, reasoning outputs", "medmnist_organa", "names", organ_reasoning_row, ("harness",))]
     table = []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "run"
-        write_run(folder, args.rows)
-        score_run(folder)  # warm imports (normalisers, sklearn) outside the timings
-        n = args.rows
-        cpus = os.cpu_count() or 1
-        for convention in ("harness", "mumc", "llava_med"):
-            for workers in sorted({1, cpus}):
-                dt = timed(lambda c=convention, w=workers: score_run(folder, c, w), args.repeat)  # type: ignore[misc]
-                table.append([f"`score RUN_DIR --workers {workers}` {n:,} rows ({convention})", f"{dt:.2f} s",
-                              f"{n / dt:,.0f} rows/s"])
-        run = RunDir.open(folder)
-        dt = timed(lambda: run.rows("vqa_rad"), args.repeat)
-        table.append([f"  read + validate {n:,} rows", f"{dt:.2f} s", f"{n / dt:,.0f} rows/s"])
-        rows = run.rows("vqa_rad")
+        for label, task_name, prompt, row, conventions in workloads:
+            folder = Path(tmp) / task_name / (prompt or "default")
+            write_run(folder, task_name, None if prompt == "distinct" else prompt, n, row)
+            score_run(folder)  # warm imports (normalisers, sklearn) outside the timings
+            for convention in conventions:
+                for workers in sorted({1, cpus}):
+                    dt = timed(lambda f=folder, c=convention, w=workers: score_run(f, c, w), args.repeat)  # type: ignore[misc]
+                    table.append([label, f"`score RUN_DIR --workers {workers}` ({convention})", f"{dt:.2f} s",
+                                  f"{n / dt:,.0f} rows/s"])
+        # the phases of one process on the first workload, harness convention
+        folder = Path(tmp) / "vqa_rad" / "default"
+        file = RunDir.open(folder).task_file("vqa_rad")
+        lines = file.read_text().split("\n")
         task = load_task("vqa_rad")
         recipe = recipe_for(task)
-        dt = timed(lambda: rescore(rows, recipe), args.repeat)
-        table.append([f"  parse + score {n:,} rows (harness)", f"{dt:.2f} s", f"{n / dt:,.0f} rows/s"])
-        scored = rescore(rows, recipe)
-        dt = timed(lambda: summarise(scored, recipe, ["answer_type"], "vqa_rad", "1"), args.repeat)
-        table.append([f"  summarise {n:,} rows", f"{dt:.2f} s", f"{n / dt:,.0f} rows/s"])
-    print(f"{os.cpu_count()} CPUs\n")
-    print(tabulate(table, headers=["benchmark", "median", "rate"], tablefmt="github"))
+
+        def read() -> list[Any]:
+            with gc_paused():
+                return list(parse_rows_to_score(file, lines))
+
+        def score(rows: list[Any]) -> DistinctScores:
+            scores = DistinctScores(recipe)
+            with gc_paused():
+                for r in rows:
+                    scores.add(r["sample"], r["generation"]["text"], r["generation"].get("error"))
+            return scores
+
+        rows = read()
+        phase = "open VQA, phases (1 process, harness)"
+        table.append([phase, "read + validate", f"{timed(read, args.repeat):.2f} s", ""])
+        table.append([phase, "parse + score", f"{timed(lambda: score(rows), args.repeat):.2f} s", ""])
+        scores = score(rows)
+        scored = Scored.build(scores.results, scores.samples, np.asarray(scores.which), ["id:" + r["sample"]["id"]
+                              for r in rows], [r["sample"]["meta"] for r in rows], recipe, task.config.group_by,
+                              task.config.cluster_by)
+        dt = timed(lambda: summarise_scored(scored, recipe, "vqa_rad", task.version, task.config.cluster_by),
+                   args.repeat)
+        table.append([phase, "summarise (intervals included)", f"{dt:.2f} s", ""])
+    print(f"{n:,} rows per run; {cpus} CPUs\n")
+    print(tabulate(table, headers=["workload", "what", "median", "rate"], tablefmt="github"))
 
 
 if __name__ == "__main__":

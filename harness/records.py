@@ -26,6 +26,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from typing_extensions import NotRequired, TypedDict
 
 
 class Strict(BaseModel):
@@ -169,6 +170,30 @@ class ResultRow(Record):
     @property
     def sample_id(self) -> str:
         return self.sample.id
+
+
+def fields_of(model: type[BaseModel]) -> Any:
+    """A TypedDict of `model`'s fields (the same types and constraints; fields with a default may be absent;
+    unknown keys refused): validates a JSON object exactly as `model` would, without building the model.
+    Derived from the model, so the two cannot drift apart."""
+    fields: dict[str, Any] = {}
+    for name, f in model.model_fields.items():
+        kind: Any = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+        fields[name] = kind if f.is_required() else NotRequired[kind]
+    view = _typed_dict(f"{model.__name__}Fields", fields)
+    view.__pydantic_config__ = ConfigDict(extra="forbid")
+    return view
+
+
+_typed_dict: Any = TypedDict  # built from fields at run time, which static type checkers cannot follow
+
+RowToScore: Any = _typed_dict("RowToScore", {
+    "task_version": str, "sample": fields_of(Sample), "generation": fields_of(Generation)})
+RowToScore.__pydantic_config__ = ConfigDict(extra="ignore")
+RowToScore.__doc__ = """What re-scoring reads of a `ResultRow` line: its task version, sample and generation,
+validated as strictly as `ResultRow` validates them (`fields_of`) but left as dicts, since re-scoring builds a
+`Sample` only for the rows it parses (`scoring.DistinctScores`). The answer and scores that re-scoring
+replaces, and the other top-level keys, are skipped unread."""
 
 
 class Judgement(Record):

@@ -11,12 +11,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medharness.datafiles import read_text
 from medharness.errors import DataError
 from medharness.predictions import read_predictions
 from medharness.records import ResultRow, TaskEntry, TaskSummary
-from medharness.runlog import RunDir, gc_paused, parse_jsonl
-from medharness.scoring import Recipe, Scored, recipe_for, rescore, summarise, summarise_scored
+from medharness.runlog import RunDir, gc_paused, parse_rows_to_score
+from medharness.scoring import (
+    DistinctScores,
+    Recipe,
+    Scored,
+    cluster_key,
+    recipe_for,
+    summarise,
+    summarise_scored,
+)
 from medharness.task import Task, load_task
 
 log = logging.getLogger(__name__)
@@ -90,26 +100,55 @@ def _init(job: _Job) -> None:
 
 
 def _score_lines(lines: list[str], first: int, last: int) -> _Part:
+    """Lines `first`..`last` of the task's file, validated (`RowToScore`), re-scored and reduced to columns."""
     job: _Job = _worker["job"]
     task, recipe = _worker["task"], _worker["recipe"]
     assert isinstance(recipe, Recipe)
+    cluster_by = task.config.cluster_by
     with gc_paused():
-        rows = rescore(parse_jsonl(job.file, lines, ResultRow, first, last), recipe)
-        return _Part(ids=[r.sample.id for r in rows], versions=Counter(r.task_version for r in rows),
-                     scored=Scored.of(rows, recipe, task.config.group_by, task.config.cluster_by))
+        rows = list(parse_rows_to_score(job.file, lines, first, last))
+        scores = DistinctScores(recipe)
+        ids, clusters, metas = [], [], []
+        for row in rows:
+            sample, generation = row["sample"], row["generation"]
+            scores.add(sample, generation["text"], generation.get("error"))
+            meta = sample.get("meta", _NO_META)
+            ids.append(sample["id"])
+            clusters.append(cluster_key(sample["id"], sample.get("images", ()), meta, cluster_by))
+            metas.append(meta)
+        scored = Scored.build(scores.results, scores.samples, np.asarray(scores.which, dtype=np.int64), clusters,
+                              metas, recipe, task.config.group_by, cluster_by)
+        return _Part(ids=ids, versions=Counter(r["task_version"] for r in rows), scored=scored)
+
+
+_NO_META: dict[str, Any] = {}
 
 
 def _in_parallel(job: _Job, lines: list[str], n: int) -> list[_Part]:
     """`n` processes, each validating and re-scoring a contiguous share of the lines (numbered as in the
-    file); fork where the platform has it (no re-import), else spawn."""
+    file). Forked workers (where the platform has fork) inherit the parent's task, recipe and lines, so
+    nothing is re-imported, re-loaded or sent but line numbers; spawned ones get the job and their lines."""
     size = -(-len(lines) // n)
-    starts = range(0, len(lines), size)
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    _init(job)  # the parent's own task and recipe: the summary's
-    with ProcessPoolExecutor(n, mp_context=context, initializer=_init, initargs=(job,)) as pool:
-        futures = [pool.submit(_score_lines, lines[s:s + size], s + 1, len(lines)) for s in starts]
+    shares = [(s, min(s + size, len(lines))) for s in range(0, len(lines), size)]
+    _init(job)  # the parent's own task and recipe: the summary's, and the forked workers'
+    if "fork" in multiprocessing.get_all_start_methods():
+        _worker["lines"] = lines
+        try:
+            with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = [pool.submit(_score_share, a, b) for a, b in shares]
+                return [f.result() for f in futures]
+        finally:
+            del _worker["lines"]
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_init,
+                             initargs=(job,)) as pool:
+        futures = [pool.submit(_score_lines, lines[a:b], a + 1, len(lines)) for a, b in shares]
         return [f.result() for f in futures]
+
+
+def _score_share(first: int, end: int) -> _Part:
+    """A forked worker's share: lines[first:end] of the lines it inherited."""
+    lines: list[str] = _worker["lines"]
+    return _score_lines(lines[first:end], first + 1, len(lines))
 
 
 def _check_versions(run_dir: Path, task: Task, versions: Counter[str]) -> None:

@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from medharness.datafiles import read_text
 from medharness.errors import ConfigError, DataError, RunInUseError
@@ -38,6 +38,7 @@ from medharness.records import (
     JudgeEntry,
     Judgement,
     ResultRow,
+    RowToScore,
     RunLog,
     RunStatus,
     RunUsage,
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 RUN_FILE = "run.json"
 LOCK_FILE = "run.lock"
 R = TypeVar("R", ResultRow, Judgement)
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -446,16 +448,30 @@ def parse_jsonl(file: Path, lines: Sequence[str], record: type[R], first: int = 
     """Records of `lines` of `file`, numbered from `first`. A line that is no record is an error naming its
     line, except the file's final line (number `last`, by default the last of `lines`): with no newline after
     it, it was torn by a kill and is skipped."""
+    return _parse_lines(file, lines, record.model_validate_json, record.__name__, first, last)
+
+
+_ROW_TO_SCORE: TypeAdapter[dict[str, Any]] = TypeAdapter(RowToScore)
+
+
+def parse_rows_to_score(file: Path, lines: Sequence[str], first: int = 1,
+                        last: int | None = None) -> Iterator[dict[str, Any]]:
+    """`parse_jsonl` of a samples file into `RowToScore` dicts: what re-scoring reads of each row."""
+    return _parse_lines(file, lines, _ROW_TO_SCORE.validate_json, "ResultRow", first, last)
+
+
+def _parse_lines(file: Path, lines: Sequence[str], validate: Callable[[str], T], what: str, first: int,
+                 last: int | None) -> Iterator[T]:
     last = first + len(lines) - 1 if last is None else last
     for number, line in enumerate(lines, first):
         if not line.strip():
             continue
         try:
-            yield record.model_validate_json(line)
+            yield validate(line)
         except ValidationError as exc:
             if number == last:
                 continue
-            raise DataError(f"{file}:{number}: not a {record.__name__} record: {exc.errors()[0]['msg']}") from None
+            raise DataError(f"{file}:{number}: not a {what} record: {exc.errors()[0]['msg']}") from None
 
 
 def read_rows(file: Path) -> Iterator[ResultRow]:

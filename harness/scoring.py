@@ -45,19 +45,87 @@ class Recipe:
 
     def score(self, sample: Sample, generation: Generation) -> tuple[Answer, dict[str, float]]:
         """Parse and score one generation. A failed generation is unparsed: zero credit, counted."""
-        if generation.error is not None:
-            answer = Answer(value=None, parser=self.parser.name,
-                                            note=f"generation failed: {generation.error}")
+        return self.score_text(sample, generation.text, generation.error)
+
+    def score_text(self, sample: Sample, text: str, error: str | None = None) -> tuple[Answer, dict[str, float]]:
+        """`score` of a generation given as its text and error."""
+        if error is not None:
+            answer = Answer(value=None, parser=self.parser.name, note=f"generation failed: {error}")
         else:
-            answer = self.parser(generation.text, sample)
+            answer = self.parser(text, sample)
         scores: dict[str, float] = {}
         for spec in self.metrics:
             if spec.metric.fn is None:
                 continue  # corpus metric: computed in summarise()
-            value = spec.score(answer, sample, generation.text)
+            value = spec.score(answer, sample, text)
             if value is not None:
                 scores[spec.label] = float(value)
         return answer, scores
+
+
+class DistinctScores:
+    """`Recipe.score_text` over many rows, each distinct input scored once: `results` holds one
+    (answer, scores, failed) per distinct input, `samples` the `Sample` it was scored on, and `which` the
+    index of each row's result.
+
+    The built-in parsers and metrics read the generation and the sample's target, choices and meta, never its
+    question, id or image paths (tests/harness/test_distinct_scores.py holds each of them to it), so a row
+    equal in those to one already scored gets its result: short answers repeat by the thousand. Where the
+    first PROBE_ROWS rows repeat less than MIN_REPEATS (free text, reasoning), rows are scored one by one,
+    without keys. A recipe with any other parser or metric (a plugin's, which may read anything) or with a
+    `batch` metric (an LLM judge: it calls out, keyed by sample id) scores every row."""
+
+    PROBE_ROWS = 2000
+    MIN_REPEATS = 0.05
+
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        self.results: list[tuple[Answer, dict[str, float], bool]] = []
+        self.samples: list[Sample] = []
+        self.which: list[int] = []
+        self._seen: dict[tuple[Any, ...], int] | None = {} if memoisable(recipe) else None
+
+    def add(self, sample: dict[str, Any], text: str, error: str | None) -> None:
+        """One row: `sample` is a sample's fields as validated (`records.RowToScore`)."""
+        seen, key = self._seen, None
+        if (seen is not None and len(self.which) == self.PROBE_ROWS
+                and len(self.which) - len(self.results) < self.MIN_REPEATS * self.PROBE_ROWS):
+            seen = self._seen = None  # almost nothing repeats: keys would cost more than they save
+        if seen is not None:
+            key = (text, error, _frozen(sample["target"]), sample.get("choices", ()), _frozen(sample.get("meta")))
+            at = seen.get(key)
+            if at is not None:
+                self.which.append(at)
+                return
+            seen[key] = len(self.results)
+        self.which.append(len(self.results))
+        built = Sample.model_validate(sample)
+        self.samples.append(built)
+        self.results.append((*self.recipe.score_text(built, text, error), error is not None))
+
+
+def memoisable(recipe: Recipe) -> bool:
+    """Whether `DistinctScores` may reuse results: only built-in parsers and metrics, none of them `batch`."""
+    functions: list[Any] = [fn for _, _, fn in recipe.parser.steps]
+    functions += [s.metric.fn or s.metric.corpus for s in recipe.metrics]
+    return (all(s.metric.batch is None for s in recipe.metrics)
+            and all(getattr(fn, "__module__", "").startswith(_BUILT_IN) for fn in functions))
+
+
+_BUILT_IN = ("medharness.parsers.", "medharness.metrics.")
+
+
+def _frozen(value: Any) -> Any:
+    """A JSON value as a memo key: text as it is; anything else a tuple led by its type, so no two
+    different values (1, 1.0 and true; "x" and ["x"]) give one key."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is list or kind is tuple:
+        return (list, *map(_frozen, value))
+    if kind is dict:
+        return (dict, *((k, _frozen(v)) for k, v in value.items()))
+    return (kind, value)
 
 
 def recipe_for(task: Task, convention: str | None = None, prompt: str | None = None) -> Recipe:
@@ -88,11 +156,16 @@ CORPUS_BOOT = 1000  # corpus metrics recompute the metric per replicate: fewer r
 def cluster_of(sample: Sample, cluster_by: str) -> str:
     """The unit the bootstrap resamples: the first image ("image"; items without one stand alone), the
     item itself ("item"), or the value of a `meta` field (items without it stand alone)."""
-    if cluster_by == "image" and sample.images:
-        return "image:" + sample.images[0]
-    if cluster_by not in ("image", "item") and sample.meta.get(cluster_by) is not None:
-        return f"{cluster_by}:{sample.meta[cluster_by]}"
-    return "id:" + sample.id
+    return cluster_key(sample.id, sample.images, sample.meta, cluster_by)
+
+
+def cluster_key(sample_id: str, images: Sequence[str], meta: dict[str, Any], cluster_by: str) -> str:
+    """`cluster_of` from a sample's id, images and meta."""
+    if cluster_by == "image" and images:
+        return "image:" + images[0]
+    if cluster_by not in ("image", "item") and meta.get(cluster_by) is not None:
+        return f"{cluster_by}:{meta[cluster_by]}"
+    return "id:" + sample_id
 
 
 def _stderr(values: np.ndarray) -> float | None:
@@ -115,17 +188,36 @@ class Scored:
 
     @classmethod
     def of(cls, rows: Sequence[ResultRow], recipe: Recipe, group_by: Sequence[str], cluster_by: str) -> Scored:
-        n = len(rows)
+        samples = [r.sample for r in rows]
+        return cls.build([(r.answer, r.scores, r.generation.error is not None) for r in rows], samples,
+                         np.arange(len(rows)), [cluster_of(s, cluster_by) for s in samples],
+                         [s.meta for s in samples], recipe, group_by, cluster_by)
+
+    @classmethod
+    def build(cls, results: Sequence[tuple[Answer, dict[str, float], bool]], samples: Sequence[Sample],
+              which: np.ndarray, clusters: list[str], metas: Sequence[dict[str, Any]], recipe: Recipe,
+              group_by: Sequence[str], cluster_by: str) -> Scored:
+        """Columns of rows whose (answer, scores, failed) are `results[which[i]]`, scored on
+        `samples[which[i]]` (`DistinctScores`), with the given clusters and metas: per-result columns are
+        built once, then indexed per row."""
+        m = len(results)
         per_sample = [s.label for s in recipe.metrics if s.metric.corpus is None]
+        absent = object()
+        meta: dict[str, list[str | None]] = {}
+        for f in group_by:
+            values = [fields.get(f, absent) for fields in metas]
+            meta[f] = [None if v is absent else v if type(v) is str else str(v) for v in values]
         return cls(
-            clusters=[cluster_of(r.sample, cluster_by) for r in rows],
-            parsed=np.fromiter((r.answer.parsed for r in rows), bool, n),
-            errors=np.fromiter((r.generation.error is not None for r in rows), bool, n),
-            values={k: np.fromiter((r.scores.get(k, math.nan) for r in rows), float, n) for k in per_sample},
-            present={k: np.fromiter((k in r.scores for r in rows), bool, n) for k in per_sample},
-            meta={f: [None if f not in r.sample.meta else str(r.sample.meta[f]) for r in rows] for f in group_by},
-            pairs=[(r.answer, r.sample) for r in rows] if any(s.metric.corpus for s in recipe.metrics) else [],
-            cluster_field_seen=cluster_by in ("image", "item") or any(cluster_by in r.sample.meta for r in rows),
+            clusters=clusters,
+            parsed=np.fromiter((a.value is not None for a, _, _ in results), bool, m)[which],
+            errors=np.fromiter((failed for _, _, failed in results), bool, m)[which],
+            values={k: np.fromiter((sc.get(k, math.nan) for _, sc, _ in results), float, m)[which]
+                    for k in per_sample},
+            present={k: np.fromiter((k in sc for _, sc, _ in results), bool, m)[which] for k in per_sample},
+            meta=meta,
+            pairs=([(results[w][0], samples[w]) for w in which.tolist()]
+                   if any(s.metric.corpus for s in recipe.metrics) else []),
+            cluster_field_seen=cluster_by in ("image", "item") or any(cluster_by in fields for fields in metas),
         )
 
     @classmethod

@@ -5,6 +5,7 @@ All follow the rules in `medharness.metrics.base`: None = not applicable (e.g. n
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -35,13 +36,21 @@ def exact_match(answer: Answer, sample: Sample, text: str, normalizer: Normalize
 
 
 def _token_score(answer: Answer, sample: Sample, which: int, normalizer: NormalizerName, variant: str) -> float | None:
-    gold, pred = gold_text(sample), answer_text(answer)
-    gold_tokens = normalize(gold, normalizer).split() if gold is not None else []
+    gold = gold_text(sample)
+    prf = None if gold is None else token_prf(answer_text(answer), gold, normalizer, variant)
+    return None if prf is None else prf[which]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def token_prf(pred: str | None, gold: str, normalizer: NormalizerName, variant: str) -> tuple[float, float, float] | None:
+    """(precision, recall, F1) of the answer's tokens against the gold's; None if the gold has no tokens;
+    zeros if unparsed. Cached: token precision, recall and F1 of one row share one computation."""
+    gold_tokens = normalize(gold, normalizer).split()
     if not gold_tokens:
         return None
     if pred is None:
-        return 0.0
-    return overlap_prf(normalize(pred, normalizer).split(), gold_tokens, variant)[which]
+        return 0.0, 0.0, 0.0
+    return overlap_prf(normalize(pred, normalizer).split(), gold_tokens, variant)
 
 
 @metric("token_precision")

@@ -56,6 +56,12 @@ class ParserChain:
         self.name = "+".join(n for n, _, _ in self.steps)
 
     def __call__(self, text: str, sample: Sample) -> Answer:
+        if len(self.steps) == 1:  # the common one-step chain: the step's answer, under the chain's name
+            name, args, fn = self.steps[0]
+            answer = fn(text, sample, **args)
+            if answer.value is None:
+                return Answer(value=None, parser=self.name, note=f"{name}: {answer.note}".rstrip(": "))
+            return answer if answer.parser == self.name else Answer(answer.value, self.name, answer.note)
         current: Any = text
         note = ""
         for name, args, fn in self.steps:

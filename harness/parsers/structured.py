@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Sequence
@@ -96,7 +97,7 @@ def label(text: str, sample: Sample) -> Answer:
     norm = norm_text(text)
     if not norm:
         return _fail("label", "empty output")
-    names = {c: norm_text(c) for c in sample.choices}
+    names = _class_names(sample.choices)
     exact = [c for c, n in names.items() if n == norm]
     if len(exact) == 1:
         return _ok("label", exact[0])
@@ -107,6 +108,12 @@ def label(text: str, sample: Sample) -> Answer:
     if len(found) == 1:
         return _ok("label", found[0])
     return _fail("label", "several class names" if found else "no class name")
+
+
+@functools.lru_cache(maxsize=256)
+def _class_names(choices: tuple[str, ...]) -> dict[str, str]:
+    """Each class name -> its `norm_text` (a task's choices are the same on every sample: built once)."""
+    return {c: norm_text(c) for c in choices}
 
 
 # --- boxes -----------------------------------------------------------------------------------

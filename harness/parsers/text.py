@@ -87,15 +87,17 @@ _TEXT_WRAPPER = re.compile(r"^\\(?:text|textbf|mathrm)\s*\{")
 def balanced_end(text: str, start: int) -> int | None:
     """Index just past the `}` that closes the `{` at `start - 1`, or None if never closed."""
     depth = 1
-    for i in range(start, len(text)):
-        ch = text[i]
-        if ch == "{":
+    for brace in _BRACE.finditer(text, start):  # jumps over the text between braces in C
+        if brace.group() == "{":
             depth += 1
-        elif ch == "}":
+        else:
             depth -= 1
             if depth == 0:
-                return i + 1
+                return brace.end()
     return None
+
+
+_BRACE = re.compile(r"[{}]")
 
 
 def boxed_content(text: str) -> tuple[str | None, str]:

@@ -6,6 +6,9 @@ Rules every metric follows:
 - An unparsed answer (`answer.value is None`) gets zero credit (0.0), or the worst value for
   lower-is-better metrics; the summary counts it in `n_unparsed`. Never a guess.
 - Values of `percent=True` metrics lie in [0, 1]; reports show them x100.
+- A built-in metric reads the answer, the text and the sample's target, choices and meta, never its question,
+  id or image paths: re-scoring scores each distinct such input once (`scoring.DistinctScores`). A plugin's
+  metric may read anything; a recipe that uses one is scored row by row.
 Corpus-level metrics (e.g. quadratic weighted kappa) set `corpus=fn(pairs, **args) -> float` over
 (answer, sample) pairs instead of a per-sample mean.
 A per-sample metric that is cheaper or faster over many samples at once (an LLM judge panel: one concurrent

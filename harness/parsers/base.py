@@ -3,6 +3,8 @@
 A parser is a function `fn(text, sample, **args) -> Answer`, registered with `@parser("name")`.
 Task files name a chain of parsers, e.g. `parser: [answer_tag, yes_no]`: each step reads the
 previous step's (string) value; the first step that fails makes the whole answer unparsed.
+A built-in parser reads the text and the sample's target, choices and meta, never its question, id or image
+paths (see `medharness.metrics.base`).
 """
 
 from __future__ import annotations

@@ -53,3 +53,10 @@ def test_a_torn_final_line_is_skipped_in_the_last_share(run_dir: Path) -> None:
     file.write_text(text + text.split("\n")[0][:40])  # a kill mid-write: no newline after it
     summaries = {s.task: s for s in score_run(run_dir, workers=3)}
     assert summaries["phantom_count"].n == 120
+
+
+def test_spawned_workers_give_the_summary_of_one_process(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the platform has no fork (Windows, macOS by default), workers are spawned and sent their lines."""
+    one = [s.model_dump() for s in score_run(run_dir, workers=1)]
+    monkeypatch.setattr(rescore_module.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    assert [s.model_dump() for s in score_run(run_dir, workers=2)] == one

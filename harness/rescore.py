@@ -54,20 +54,16 @@ def score_run(run_dir: Path, convention: str | None = None, workers: int | None 
         job = _Job(run.task_file(name), name, entry, convention)
         lines = read_text(job.file, "run file").split("\n")
         n = min(workers or os.cpu_count() or 1, len(lines) // ROWS_PER_WORKER)
-        with gc_paused():
-            if n > 1:
-                parts = _in_parallel(job, lines, n)
-            else:
-                _init(job)
-                parts = [_score_lines(lines, 1, len(lines))]
-        task, recipe = _worker["task"], _worker["recipe"]
-        ids = [i for p in parts for i in p.ids]
-        if len(set(ids)) != len(ids):
-            twice = next(i for i, c in Counter(ids).items() if c > 1)
-            raise DataError(f"{job.file}: sample '{twice}' appears twice")
-        _check_versions(run_dir, task, sum((p.versions for p in parts), Counter()))
-        summary = summarise_scored(Scored.concat([p.scored for p in parts]), recipe, task.name, task.version,
-                                   task.config.cluster_by)
+        with gc_paused():  # the whole task: the summary reads columns of every row
+            parts = _in_parallel(job, lines, n) if n > 1 else _in_one(job, lines)
+            task, recipe = _worker["task"], _worker["recipe"]
+            ids = [i for p in parts for i in p.ids]
+            if len(set(ids)) != len(ids):
+                twice = next(i for i, c in Counter(ids).items() if c > 1)
+                raise DataError(f"{job.file}: sample '{twice}' appears twice")
+            _check_versions(run_dir, task, sum((p.versions for p in parts), Counter()))
+            summary = summarise_scored(Scored.concat([p.scored for p in parts]), recipe, task.name, task.version,
+                                       task.config.cluster_by)
         summaries.append(summary.model_copy(update={"n_expected": entry.n_selected if entry else None}))
     if not summaries:
         raise DataError(f"{run_dir}: no samples to score")
@@ -92,6 +88,11 @@ class _Part:
 
 
 _worker: dict[str, Any] = {}  # per process: the job, its task and recipe (set by _init)
+
+
+def _in_one(job: _Job, lines: list[str]) -> list[_Part]:
+    _init(job)
+    return [_score_lines(lines, 1, len(lines))]
 
 
 def _init(job: _Job) -> None:
@@ -126,23 +127,25 @@ _NO_META: dict[str, Any] = {}
 
 def _in_parallel(job: _Job, lines: list[str], n: int) -> list[_Part]:
     """`n` processes, each validating and re-scoring a contiguous share of the lines (numbered as in the
-    file). Forked workers (where the platform has fork) inherit the parent's task, recipe and lines, so
-    nothing is re-imported, re-loaded or sent but line numbers; spawned ones get the job and their lines."""
+    file): this one takes the first share while n - 1 workers take the rest. Forked workers (where the
+    platform has fork) inherit the task, recipe and lines, so nothing is re-imported, re-loaded or sent but
+    line numbers; spawned ones get the job and their lines."""
     size = -(-len(lines) // n)
     shares = [(s, min(s + size, len(lines))) for s in range(0, len(lines), size)]
-    _init(job)  # the parent's own task and recipe: the summary's, and the forked workers'
+    _init(job)  # this process's task and recipe: the summary's, and the forked workers'
     if "fork" in multiprocessing.get_all_start_methods():
         _worker["lines"] = lines
         try:
-            with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")) as pool:
-                futures = [pool.submit(_score_share, a, b) for a, b in shares]
-                return [f.result() for f in futures]
+            with ProcessPoolExecutor(len(shares) - 1, mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = [pool.submit(_score_share, a, b) for a, b in shares[1:]]
+                return [_score_share(*shares[0]), *(f.result() for f in futures)]
         finally:
             del _worker["lines"]
-    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_init,
+    with ProcessPoolExecutor(len(shares) - 1, mp_context=multiprocessing.get_context("spawn"), initializer=_init,
                              initargs=(job,)) as pool:
-        futures = [pool.submit(_score_lines, lines[a:b], a + 1, len(lines)) for a, b in shares]
-        return [f.result() for f in futures]
+        futures = [pool.submit(_score_lines, lines[a:b], a + 1, len(lines)) for a, b in shares[1:]]
+        first, end = shares[0]
+        return [_score_lines(lines[first:end], first + 1, len(lines)), *(f.result() for f in futures)]
 
 
 def _score_share(first: int, end: int) -> _Part:

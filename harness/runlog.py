@@ -457,7 +457,7 @@ _ROW_TO_SCORE: TypeAdapter[dict[str, Any]] = TypeAdapter(RowToScore)
 def parse_rows_to_score(file: Path, lines: Sequence[str], first: int = 1,
                         last: int | None = None) -> Iterator[dict[str, Any]]:
     """`parse_jsonl` of a samples file into `RowToScore` dicts: what re-scoring reads of each row."""
-    return _parse_lines(file, lines, _ROW_TO_SCORE.validate_json, "ResultRow", first, last)
+    return _parse_lines(file, lines, _ROW_TO_SCORE.validator.validate_json, "ResultRow", first, last)
 
 
 def _parse_lines(file: Path, lines: Sequence[str], validate: Callable[[str], T], what: str, first: int,

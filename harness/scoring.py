@@ -124,7 +124,11 @@ def _frozen(value: Any) -> Any:
     if kind is list or kind is tuple:
         return (list, *map(_frozen, value))
     if kind is dict:
-        return (dict, *((k, _frozen(v)) for k, v in value.items()))
+        items = tuple(value.items())
+        for _, v in items:
+            if type(v) is not str:
+                return (dict, *((k, _frozen(v)) for k, v in items))
+        return (dict, *items)  # all text (the common meta): the same key, without a call per value
     return (kind, value)
 
 
@@ -173,16 +177,46 @@ def _stderr(values: np.ndarray) -> float | None:
 
 
 @dataclass(frozen=True)
+class Categories:
+    """Text values of many rows as codes: row i's value is `names[codes[i]]` (None: the row has none). Codes
+    number the values by first appearance; they pickle as one array where a list of texts does not."""
+
+    codes: np.ndarray  # int64 per row
+    names: list[str | None]
+
+    @classmethod
+    def of(cls, values: Sequence[str | None]) -> Categories:
+        index: dict[str | None, int] = {}
+        codes = np.fromiter((index.setdefault(v, len(index)) for v in values), np.int64, len(values))
+        return cls(codes, list(index))
+
+    @classmethod
+    def concat(cls, parts: Sequence[Categories]) -> Categories:
+        index: dict[str | None, int] = {}
+        codes = [np.fromiter((index.setdefault(v, len(index)) for v in p.names), np.int64, len(p.names))[p.codes]
+                 for p in parts]
+        return cls(np.concatenate(codes) if codes else np.zeros(0, np.int64), list(index))
+
+    def groups(self) -> dict[str, np.ndarray]:
+        """Each value (None left out) -> the rows that have it, in row order; values sorted."""
+        order = np.argsort(self.codes, kind="stable")
+        ends = np.cumsum(np.bincount(self.codes, minlength=len(self.names)))
+        starts = ends - np.bincount(self.codes, minlength=len(self.names))
+        return {name: order[starts[c]:ends[c]] for c, name in sorted(
+            ((c, name) for c, name in enumerate(self.names) if name is not None), key=lambda x: x[1])}
+
+
+@dataclass(frozen=True)
 class Scored:
     """What `summarise` reads of scored rows, as columns: built from rows, or sent by the workers of a
     parallel re-score instead of the rows themselves (arrays pickle cheaply; rows do not)."""
 
-    clusters: list[str]  # the bootstrap's unit of each row (`cluster_of`)
+    clusters: Categories  # the bootstrap's unit of each row (`cluster_of`)
     parsed: np.ndarray  # bool per row
     errors: np.ndarray  # bool per row: the generation failed
     values: dict[str, np.ndarray]  # per-sample metric -> value per row (NaN: unscored or does not apply)
     present: dict[str, np.ndarray]  # per-sample metric -> bool per row: the metric applies
-    meta: dict[str, list[str | None]]  # group_by field -> the row's value as text (None: the sample lacks it)
+    meta: dict[str, Categories]  # group_by field -> the row's value as text (None: the sample lacks it)
     pairs: list[tuple[Answer, Sample]]  # (answer, sample) per row where the recipe has a corpus metric, else []
     cluster_field_seen: bool  # some sample has the task's cluster_by field
 
@@ -203,12 +237,12 @@ class Scored:
         m = len(results)
         per_sample = [s.label for s in recipe.metrics if s.metric.corpus is None]
         absent = object()
-        meta: dict[str, list[str | None]] = {}
+        meta: dict[str, Categories] = {}
         for f in group_by:
             values = [fields.get(f, absent) for fields in metas]
-            meta[f] = [None if v is absent else v if type(v) is str else str(v) for v in values]
+            meta[f] = Categories.of([None if v is absent else v if type(v) is str else str(v) for v in values])
         return cls(
-            clusters=clusters,
+            clusters=Categories.of(clusters),
             parsed=np.fromiter((a.value is not None for a, _, _ in results), bool, m)[which],
             errors=np.fromiter((failed for _, _, failed in results), bool, m)[which],
             values={k: np.fromiter((sc.get(k, math.nan) for _, sc, _ in results), float, m)[which]
@@ -225,11 +259,11 @@ class Scored:
         """The parts' rows in order (parts of one task's rows, scored under one recipe)."""
         first = parts[0]
         return cls(
-            clusters=[c for p in parts for c in p.clusters],
+            clusters=Categories.concat([p.clusters for p in parts]),
             parsed=np.concatenate([p.parsed for p in parts]), errors=np.concatenate([p.errors for p in parts]),
             values={k: np.concatenate([p.values[k] for p in parts]) for k in first.values},
             present={k: np.concatenate([p.present[k] for p in parts]) for k in first.present},
-            meta={f: [v for p in parts for v in p.meta[f]] for f in first.meta},
+            meta={f: Categories.concat([p.meta[f] for p in parts]) for f in first.meta},
             pairs=[x for p in parts for x in p.pairs],
             cluster_field_seen=any(p.cluster_field_seen for p in parts),
         )
@@ -276,24 +310,19 @@ def summarise(rows: Sequence[ResultRow], recipe: Recipe, group_by: Sequence[str]
 
 def summarise_scored(scored: Scored, recipe: Recipe, task: str, version: str, cluster_by: str) -> TaskSummary:
     """`summarise` of rows already reduced to their columns."""
-    n = len(scored.clusters)
+    codes = scored.clusters.codes  # any numbering: the intervals renumber each subset's clusters themselves
+    n = len(codes)
     if n and not scored.cluster_field_seen:
         log.warning("%s: no sample has the cluster_by field '%s': intervals resample items", task, cluster_by)
-    codes = np.unique(scored.clusters, return_inverse=True)[1].astype(np.int64).reshape(-1)
 
     def metrics(idx: np.ndarray) -> dict[str, MetricSummary]:
         return {s.label: _metric_summary(s, scored, idx, codes) for s in recipe.metrics}
 
     groups: dict[str, dict[str, GroupSummary]] = {}
     for field, values in scored.meta.items():
-        buckets: dict[str, list[int]] = {}
-        for i, value in enumerate(values):
-            if value is not None:
-                buckets.setdefault(value, []).append(i)
         groups[field] = {
-            key: GroupSummary(n=len(members), n_unparsed=int((~scored.parsed[members]).sum()),
-                              metrics=metrics(np.asarray(members, dtype=np.int64)))
-            for key, members in sorted(buckets.items())
+            key: GroupSummary(n=len(members), n_unparsed=int((~scored.parsed[members]).sum()), metrics=metrics(members))
+            for key, members in values.groups().items()
         }
     return TaskSummary(
         task=task, task_version=version, convention=recipe.convention, n=n,

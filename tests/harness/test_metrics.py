@@ -269,3 +269,38 @@ def test_choice_accuracy_accepts_parenthesised_gold_letters() -> None:
     sample = Sample(id="1", task="t", question="q", target="(B)", choices=("left", "right"))
     assert fn(Answer(value="B"), sample, "B") == 1.0
     assert fn(Answer(value="A"), sample, "A") == 0.0
+
+
+def test_quadratic_kappa_equals_sklearn() -> None:
+    """`quadratic_kappa` (numpy: the bootstrap calls it 1,000 times) against sklearn's cohen_kappa_score on
+    random grades, constant columns and golds outside the labels included; NaN where sklearn has no value."""
+    import warnings
+
+    import numpy as np
+    from sklearn.metrics import cohen_kappa_score
+
+    from medharness.metrics.structured import quadratic_kappa
+
+    rng = np.random.default_rng(0)
+    compared = 0
+    for case in range(2000):
+        low, high = int(rng.integers(0, 2)), int(rng.integers(2, 6))
+        n = int(rng.integers(1, 30))
+        y_true = rng.integers(low - 1, high + 2, n).tolist()
+        y_pred = rng.integers(low, high + 1, n).tolist()
+        if case % 7 == 0:
+            y_pred = [y_true[0]] * n
+        if case % 11 == 0:
+            y_true = [y_true[0]] * n
+        got = quadratic_kappa(y_true, y_pred, low, high)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            try:
+                expected = float(cohen_kappa_score(y_true, y_pred, labels=list(range(low, high + 1)),
+                                                   weights="quadratic"))
+            except ValueError:  # no item inside the labels
+                assert math.isnan(got)
+                continue
+        assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, abs=1e-12)
+        compared += 1
+    assert compared > 1800

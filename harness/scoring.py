@@ -65,8 +65,8 @@ class Recipe:
 
 class DistinctScores:
     """`Recipe.score_text` over many rows, each distinct input scored once: `results` holds one
-    (answer, scores, failed) per distinct input, `samples` the `Sample` it was scored on, and `which` the
-    index of each row's result.
+    (answer, scores, failed) per distinct input, `samples` the `Sample` it was scored on (kept only for a
+    recipe with a corpus metric, which reads them again), and `which` the index of each row's result.
 
     The built-in parsers and metrics read the generation and the sample's target, choices and meta, never its
     question, id or image paths (tests/harness/test_distinct_scores.py holds each of them to it), so a row
@@ -84,6 +84,7 @@ class DistinctScores:
         self.samples: list[Sample] = []
         self.which: list[int] = []
         self._seen: dict[tuple[Any, ...], int] | None = {} if memoisable(recipe) else None
+        self._keep_samples = any(s.metric.corpus is not None for s in recipe.metrics)
 
     def add(self, sample: dict[str, Any], text: str, error: str | None) -> None:
         """One row: `sample` is a sample's fields as validated (`records.RowToScore`)."""
@@ -100,7 +101,8 @@ class DistinctScores:
             seen[key] = len(self.results)
         self.which.append(len(self.results))
         built = Sample.model_validate(sample)
-        self.samples.append(built)
+        if self._keep_samples:
+            self.samples.append(built)
         self.results.append((*self.recipe.score_text(built, text, error), error is not None))
 
 

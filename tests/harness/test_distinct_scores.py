@@ -237,11 +237,14 @@ def test_score_run_equals_scoring_every_row_on_a_real_vqa_rad_run(tmp_path: Path
     assert got[0]["n"] == 451
 
 
-def test_score_run_equals_scoring_every_row_on_classification_and_boxes(tmp_path: Path) -> None:
+def test_score_run_equals_scoring_every_row_on_classification_grades_and_boxes(tmp_path: Path) -> None:
+    """The phantom family: classes, counts, boxes, sides and grades (phantom_size's QWK, a corpus metric that
+    reads the samples again)."""
     out = tmp_path / "run"
-    Runner(RunConfig(model="baseline:random", tasks="phantom_presence,phantom_count,phantom_box,phantom_side",
-                     limit=60, seed=5), out).run()
+    Runner(RunConfig(model="baseline:random", tasks="phantom", limit=60, seed=5), out).run()
     got = [s.model_dump(mode="json") for s in score_run(out, workers=1)]
     assert got == _scored_one_by_one(out, None)
-    assert {s["task"] for s in got} == {"phantom_presence", "phantom_count", "phantom_box", "phantom_side"}
+    assert {s["task"] for s in got} == {"phantom_presence", "phantom_count", "phantom_box", "phantom_side",
+                                        "phantom_size"}
+    assert "qwk" in next(s for s in got if s["task"] == "phantom_size")["metrics"]
     assert np.isfinite([m["value"] for s in got for m in s["metrics"].values()]).all()

@@ -109,9 +109,10 @@ def _score_lines(lines: list[str], first: int, last: int) -> _Part:
     with gc_paused():
         rows = list(parse_rows_to_score(job.file, lines, first, last))
         scores = DistinctScores(recipe)
-        ids, clusters, metas = [], [], []
+        ids, clusters, metas, versions = [], [], [], Counter[str]()
         for row in rows:
             sample, generation = row["sample"], row["generation"]
+            versions[row["task_version"]] += 1
             scores.add(sample, generation["text"], generation.get("error"))
             meta = sample.get("meta", _NO_META)
             ids.append(sample["id"])
@@ -119,7 +120,7 @@ def _score_lines(lines: list[str], first: int, last: int) -> _Part:
             metas.append(meta)
         scored = Scored.build(scores.results, scores.samples, np.asarray(scores.which, dtype=np.int64), clusters,
                               metas, recipe, task.config.group_by, cluster_by)
-        return _Part(ids=ids, versions=Counter(r["task_version"] for r in rows), scored=scored)
+        return _Part(ids=ids, versions=versions, scored=scored)
 
 
 _NO_META: dict[str, Any] = {}

@@ -202,8 +202,9 @@ class Categories:
     def groups(self) -> dict[str, np.ndarray]:
         """Each value (None left out) -> the rows that have it, in row order; values sorted."""
         order = np.argsort(self.codes, kind="stable")
-        ends = np.cumsum(np.bincount(self.codes, minlength=len(self.names)))
-        starts = ends - np.bincount(self.codes, minlength=len(self.names))
+        counts = np.bincount(self.codes, minlength=len(self.names))
+        ends = np.cumsum(counts)
+        starts = ends - counts
         return {name: order[starts[c]:ends[c]] for c, name in sorted(
             ((c, name) for c, name in enumerate(self.names) if name is not None), key=lambda x: x[1])}
 

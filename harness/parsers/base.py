@@ -58,22 +58,15 @@ class ParserChain:
         self.name = "+".join(n for n, _, _ in self.steps)
 
     def __call__(self, text: str, sample: Sample) -> Answer:
-        if len(self.steps) == 1:  # the common one-step chain: the step's answer, under the chain's name
-            name, args, fn = self.steps[0]
-            answer = fn(text, sample, **args)
-            if answer.value is None:
-                return Answer(value=None, parser=self.name, note=f"{name}: {answer.note}".rstrip(": "))
-            return answer if answer.parser == self.name else Answer(answer.value, self.name, answer.note)
-        current: Any = text
-        note = ""
+        answer = Answer(value=text)
         for name, args, fn in self.steps:
-            if not isinstance(current, str):
+            if not isinstance(answer.value, str):
                 return Answer(value=None, parser=self.name, note=f"{name}: previous step gave a non-text value")
-            answer = fn(current, sample, **args)
+            answer = fn(answer.value, sample, **args)
             if answer.value is None:
                 return Answer(value=None, parser=self.name, note=f"{name}: {answer.note}".rstrip(": "))
-            current, note = answer.value, answer.note
-        return Answer(value=current, parser=self.name, note=note)
+        # the last step's answer under the chain's name (a one-step chain's own answer: nothing rebuilt)
+        return answer if answer.parser == self.name else Answer(answer.value, self.name, answer.note)
 
 
 def split_spec(step: StepSpec) -> tuple[str, dict[str, Any]]:

@@ -197,7 +197,8 @@ def test_a_row_is_read_as_the_full_record_reads_it(tmp_path: Path) -> None:
     bad["sample"]["images"] = "a.png"
     with pytest.raises(DataError, match=r"f\.jsonl:1: not a ResultRow record"):
         list(parse_rows_to_score(tmp_path / "f.jsonl", [json.dumps(bad), line]))
-    assert TypeAdapter(RowToScore).validate_json(json.dumps({**json.loads(line), "extra": 1}))  # top level: skipped
+    read = TypeAdapter(RowToScore).validate_json(json.dumps({**json.loads(line), "extra": 1}))
+    assert set(read) == {"task_version", "sample", "generation"}  # the answer, scores and unknown keys: skipped
 
 
 # --- whole runs -------------------------------------------------------------------------------

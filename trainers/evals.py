@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,6 +31,7 @@ from typing import Any
 
 from medharness.errors import ConfigError, DataError
 from medharness.lineage import file_hash, manifest_path, read_manifest
+from medharness.paths import set_aside
 from medharness.records import RunLog, Sample
 from medharness.task import Task, load_task, resolve_task_names
 
@@ -187,8 +187,10 @@ def _same_point(runlog: RunLog, config: Any) -> bool:
     return lineage is not None and lineage.manifest_hash == file_hash(manifest_path(folder))
 
 
-def evaluate_point(eval_plan: EvalPlan, model: str, run_dir: Path, trained: TrainSamples) -> None:
-    """One `Runner` run: skipped when finished, continued when started, started afresh when it is stale."""
+def evaluate_point(eval_plan: EvalPlan, model: str, run_dir: Path, trained: TrainSamples,
+                   output: Path) -> None:
+    """One `Runner` run: skipped when finished, continued when started, started afresh when it is stale (the
+    stale run is moved into OUTPUT/.set-aside/, not deleted)."""
     from medharness.pipeline import RunConfig, Runner
     from medharness.trainers.sweep_board import read_run
 
@@ -200,7 +202,7 @@ def evaluate_point(eval_plan: EvalPlan, model: str, run_dir: Path, trained: Trai
     if resume and runlog is not None and runlog.status == "finished":
         return
     if not resume:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        set_aside(run_dir, output)
     runner = Runner(config, output=run_dir, resume=resume)
     for name, samples in runner.samples.items():  # refuse, whatever selected them
         leaked = [s.id for s in samples if trained.contains(name, eval_plan.split[name], s)]
@@ -219,7 +221,7 @@ def evaluate_checkpoints(output: Path, eval_plan: EvalPlan, start_model: str,
     curve: dict[str, dict[str, Any]] = {t: {"metric": None, "points": []} for t in eval_plan.tasks}
     for step, model in points(output, start_model):
         run_dir = output / EVALS_DIR / f"step-{step}"
-        evaluate_point(eval_plan, model, run_dir, trained)
+        evaluate_point(eval_plan, model, run_dir, trained, output)
         metrics = {t: primary_metric(run_dir, t) for t in eval_plan.tasks}
         done.append({"step": step, "model": model, "run": str(run_dir),
                      "eval": {t: m and {k: m[k] for k in ("metric", "value", "n")} for t, m in metrics.items()}})

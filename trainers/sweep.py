@@ -49,12 +49,12 @@ class RecipeEntry(Strict):
     """One recipe of the grid: `sft`, or `{recipe: grpo, from: sft, preset: grpo_lora, overrides: [...]}`."""
 
     recipe: str
-    id: str | None = None  # default: the recipe, or RECIPE-from-PARENT
+    id: SafeName | None = None  # default: the recipe, or RECIPE-from-PARENT
     preset: str | None = None  # fixed preset(s) ("a+b" layers a then b); None: the sweep's `presets` axis
     config: str | None = None  # a recipe config YAML (`train --config`), relative to the sweep file
     overrides: list[str] = Field(default_factory=list)  # extra `-C KEY=VALUE` for this entry
     parent: str | None = Field(None, alias="from")  # train from this entry's final checkpoint (same task/shots/seed)
-    tasks: list[str] | None = None  # this entry's training tasks (default: the sweep's `tasks`)
+    tasks: list[SafeName] | None = None  # this entry's training tasks (default: the sweep's `tasks`)
     prompt: Prompts = None  # this entry's prompt variant, training and evaluation (default: the sweep's)
     eval_prompt: Prompts = None  # the prompt variant its evaluations use (default: `prompt`)
 
@@ -122,9 +122,10 @@ class SweepConfig(Strict):
     name: SafeName | None = None
     model: str  # the base model: folder, hub id, or tiny / tiny:small (built offline into SWEEP/models/)
     recipes: list[str | RecipeEntry]
-    tasks: list[str]  # training tasks
-    eval_tasks: list[str] | dict[str, list[str]] | None = None  # default: each cell's training task; a
-    # mapping {training task: [eval tasks]} pairs them (tasks it does not name evaluate on themselves)
+    tasks: list[SafeName]  # training tasks: shipped task names (each becomes a folder name, never a path)
+    eval_tasks: list[SafeName] | dict[SafeName, list[SafeName]] | None = None
+    # default: each cell's training task; a mapping {training task: [eval tasks]} pairs them (tasks it does not
+    # name evaluate on themselves)
     prompt: Prompts = None  # the tasks' prompt variant, for training and evaluation alike
     eval_prompt: Prompts = None  # the evaluations' (and reference rows') prompt variant; default: `prompt`
     data_dir: str | None = None  # the tasks' local data copy
@@ -200,14 +201,27 @@ def cell_id(entry: str, preset: str | None, task: str, shots: int | None, seed: 
     return "-".join(slug(p) for p in parts if p)
 
 
+_UNION_TAG = re.compile(r"[a-z-]+\[.*\]")  # pydantic's name of a union branch in an error's location
+_WRONG_BRANCH = ("list_type", "dict_type")
+
+
 def _format_error(path: Path, exc: ValidationError, lines: dict[Any, int]) -> str:
+    """One line per error, `FILE:LINE: key.path: message`; of a union (`eval_tasks`: a list or a mapping) only
+    the branch the value has is reported, and pydantic's branch names are left out of the key path."""
+    errors = exc.errors()
+    branched = {e["loc"][0] for e in errors
+                if any(isinstance(p, str) and _UNION_TAG.fullmatch(p) for p in e["loc"])}
     msgs = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
+    for err in errors:
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _UNION_TAG.fullmatch(p)))
+        if len(loc) == 1 and loc[0] in branched and err["type"] in _WRONG_BRANCH and len(errors) > 1:
+            continue  # the value is of another branch's type: that branch's errors say what is wrong
         where = ".".join(str(p) for p in loc) or "(top level)"
         at = line_of(lines, loc) or "?"
-        kind = "unknown key" if err["type"] == "extra_forbidden" else None
-        msgs.append(f"{path}:{at}: {kind} '{where}'" if kind else f"{path}:{at}: {where}: {err['msg']}")
+        if err["type"] == "extra_forbidden":
+            msgs.append(f"{path}:{at}: unknown key '{where}'")
+        else:
+            msgs.append(f"{path}:{at}: {where}: {err['msg'].removeprefix('Value error, ')}")
     return "invalid sweep file\n  " + "\n  ".join(msgs)
 
 

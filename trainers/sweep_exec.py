@@ -11,6 +11,8 @@ folder says it is finished, so a sweep (or one `--cell`) started again continues
 
 The stage commands are built in one place (`Stages`); `PROGRAM` is how `medharness` is started and
 `TRAIN_PROGRAM` replaces the train stage's program (tests inject a fake trainer there for fault injection).
+Every folder is built with `paths.inside` (a task or cell id that would leave SWEEP is refused), and a folder
+that a stage must start afresh is moved into SWEEP/.set-aside/ (`paths.set_aside`), never deleted.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from medharness.errors import ConfigError, MedHarnessError
+from medharness.paths import inside, remove_own, set_aside
 from medharness.trainers.sweep import Cell, SweepConfig, eval_prompt, eval_tasks, train_prompt
 
 log = logging.getLogger(__name__)
@@ -86,19 +88,19 @@ class Stages:
 
     # paths
     def cell_dir(self, cid: str) -> Path:
-        return self.root / "cells" / cid
+        return inside(self.root, "cells", cid)
 
     def train_dir(self, cid: str) -> Path:
         return self.cell_dir(cid) / "train"
 
     def eval_dir(self, cid: str, task: str, checkpoint: str | None = None) -> Path:
-        return self.cell_dir(cid) / "eval" / (f"{checkpoint}/{task}" if checkpoint else task)
+        return inside(self.root, "cells", cid, "eval", *([checkpoint] if checkpoint else []), task)
 
     def reference_dir(self, name: str, task: str) -> Path:
-        return self.root / "reference" / name / task
+        return inside(self.root, "reference", name, task)
 
     def split_file(self, task: str, shots: int, seed: int) -> Path:
-        return self.root / "splits" / f"{task}-k{shots}-s{seed}.json"
+        return inside(self.root, "splits", f"{task}-k{shots}-s{seed}.json")
 
     def relative(self, ref: str) -> str:
         """A path in the sweep file, relative to the sweep file's folder when it is there."""
@@ -119,9 +121,10 @@ class Stages:
             tmp = out.with_name(f".{out.name}.{os.getpid()}")
             self._call([*PROGRAM, "make-tiny-model", str(tmp), "--size", size], self.root / "logs" / "models.log")
             if not (out / "config.json").is_file():
+                set_aside(out, self.root)  # without config.json: an earlier build that did not finish
                 os.replace(tmp, out)
             else:
-                shutil.rmtree(tmp, ignore_errors=True)
+                remove_own(tmp, self.root)
         return str(out.resolve())
 
     # argv
@@ -193,6 +196,10 @@ class Stages:
             raise StageFailed(f"`{' '.join(argv[:4])} ...` exited with {code}; see {log_file}:\n  "
                               + "\n  ".join(tail))
 
+    def _set_aside(self, folder: Path, why: str) -> None:
+        moved = set_aside(folder, self.root)
+        self.say(f"  {folder} is started afresh ({why}); what was there is kept in {moved}")
+
     def _need_resume(self, what: str, where: Path) -> None:
         if not self.resume:
             raise ConfigError(f"{what} in {where} was started before and is not finished: pass --resume to "
@@ -217,7 +224,7 @@ class Stages:
         if status is not None:
             self._need_resume("the evaluation", out)
         elif out.exists():  # a folder without run.json: a run that never started
-            shutil.rmtree(out)
+            self._set_aside(out, "it has no run.json")
         self.say(f"  eval {task} -> {out}")
         self._call(self.eval_argv(model, task, out, resume=status is not None, baseline=baseline, prompt=prompt),
                    log_file)
@@ -239,14 +246,14 @@ class Stages:
         merged = self.cell_dir(cell.parent) / "merged"
         if not (merged / "config.json").is_file():  # merged once, atomically (child cells may run in parallel)
             tmp = merged.with_name(f".merged.{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_own(tmp, self.root)  # left by an earlier process with this pid
             self._call([*PROGRAM, "merge", str(state.final), "--output", str(tmp)],
                        self.cell_dir(cell.parent) / "logs" / "merge.log")
             if not (merged / "config.json").is_file():
-                shutil.rmtree(merged, ignore_errors=True)
+                set_aside(merged, self.root)  # a merge that did not finish
                 os.replace(tmp, merged)
             else:
-                shutil.rmtree(tmp, ignore_errors=True)
+                remove_own(tmp, self.root)
         return str(merged.resolve())
 
     def train(self, cell: Cell) -> Path:
@@ -259,7 +266,7 @@ class Stages:
         if started:
             self._need_resume("the training", out)
         elif out.exists():  # never wrote train.json: start afresh
-            shutil.rmtree(out)
+            self._set_aside(out, "it has no train.json")
         samples = self.split(cell.task, cell.shots, cell.seed) if cell.shots is not None else None
         argv = self.train_argv(cell, self.cell_model(cell), samples, resume=started)
         self.say(f"  train {cell.entry.recipe} ({'resumed' if started else 'new'}) -> {out}")

@@ -14,6 +14,7 @@ pytest.importorskip("trl", reason="the train command needs the `train` extra")
 from medharness.cli import main
 from medharness.errors import ConfigError, DataError
 from medharness.lineage import file_hash
+from medharness.paths import SET_ASIDE
 from medharness.records import Sample
 from medharness.task import load_task
 from medharness.trainers.evals import EvalPlan, EvalRequest, TrainSamples, evaluate_point, plan
@@ -105,7 +106,7 @@ def test_a_training_sample_is_refused_whatever_selected_it(tmp_path: Path) -> No
                      {"phantom_presence": [train[0].id, phantom()[5].id]}, {}, {"phantom_presence": "test"})
     leaky.write(tmp_path)
     with pytest.raises(DataError, match="refusing to evaluate phantom_presence on training samples"):
-        evaluate_point(leaky, "baseline:majority", tmp_path / "evals" / "step-0", trained)
+        evaluate_point(leaky, "baseline:majority", tmp_path / "evals" / "step-0", trained, tmp_path)
     assert not (tmp_path / "evals" / "step-0").exists()
 
 
@@ -119,14 +120,16 @@ def test_a_point_is_skipped_when_done_and_scored_again_on_other_ids(tmp_path: Pa
     def point(n: int) -> None:
         p = plan(EvalRequest(checkpoints=True, limit=n), "phantom_presence", task, None, trained)
         p.write(tmp_path)
-        evaluate_point(p, "baseline:majority", run_dir, trained)
+        evaluate_point(p, "baseline:majority", run_dir, trained, tmp_path)
 
     point(4)
     stamp = (run_dir / "run.json").stat().st_mtime_ns
     point(4)  # finished, same settings: skipped
     assert (run_dir / "run.json").stat().st_mtime_ns == stamp
-    point(6)  # other held-out ids: another file, the point is scored again
+    point(6)  # other held-out ids: another file, the point is scored again; the old run is kept aside
     assert len(evaluated_ids(run_dir)) == 6
+    (kept,) = (tmp_path / SET_ASIDE).iterdir()
+    assert kept.name.startswith("evals--step-0.") and len(evaluated_ids(kept)) == 4
 
 
 @pytest.mark.parametrize(("args", "message"), [

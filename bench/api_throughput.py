@@ -26,7 +26,7 @@ from PIL import Image
 from tabulate import tabulate
 
 from medharness.backends import BACKENDS, Request
-from medharness.records import Message, Part, Prompt
+from medharness.core.records import Message, Part, Prompt
 
 SERVER = Path(__file__).resolve().parents[1] / "tests" / "support" / "fake_api_server.py"
 

@@ -1,6 +1,6 @@
 """Backend benchmarks (issue "Production backends"): a script, not a test; prints Markdown tables.
 
-Every part uses the same tiny random-weight Qwen2-VL (`medharness.tiny.build_tiny_vlm`, seed 0, built offline
+Every part uses the same tiny random-weight Qwen2-VL (`medharness.checkpoints.tiny.build_tiny_vlm`, seed 0, built offline
 into a temporary folder: about 0.23 M parameters, 4-16 image tokens), the same N prompts with images (the
 first N samples of the `phantom_presence` task: one generated 224 px scan each, "Is there a bright lesion in
 this scan? Answer yes or no.", rendered with the model's own chat template), greedy decoding and the same
@@ -144,8 +144,8 @@ def _same(texts: Sequence[str], reference: Sequence[str] | None) -> str:
 def make_requests(n: int, max_new_tokens: int) -> list[Any]:
     """The first n samples of `phantom_presence` as backend requests (prompt + rendered image)."""
     from medharness.backends import Request
-    from medharness.records import GenerationSettings
-    from medharness.task import load_task
+    from medharness.core.records import GenerationSettings
+    from medharness.taskfiles.task import load_task
 
     task = load_task(TASK)
     samples = task.load_samples()[:n]
@@ -275,9 +275,9 @@ def part_lmeval(model_dir: Path, requests: list[Any], batches: list[int], repeat
     from lm_eval.tasks import TaskManager
     from transformers import AutoProcessor
 
-    from medharness import pipeline
     from medharness.backends.hf import HFBackend
-    from medharness.pipeline import RunConfig, Runner
+    from medharness.runs import pipeline
+    from medharness.runs.pipeline import RunConfig, Runner
 
     for name in ("lm_eval", "lm-eval", "lm_eval.models", "lm_eval.evaluator", "lm_eval.api.task"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -382,7 +382,7 @@ def main() -> int:
         tmp = Path(tmp_name)
         _offline(tmp)
         logging.basicConfig(level=logging.WARNING)
-        from medharness.torchvision_shim import ensure_torchvision_importable
+        from medharness.core.torchvision_shim import ensure_torchvision_importable
 
         ensure_torchvision_importable()  # before torch / transformers / vllm / lm_eval import torchvision
         skipped: list[tuple[str, str]] = []
@@ -401,7 +401,7 @@ def main() -> int:
 
         import torch
 
-        from medharness.tiny import build_tiny_vlm
+        from medharness.checkpoints.tiny import build_tiny_vlm
 
         model_dir = build_tiny_vlm(tmp / "tiny_qwen2_vl", arch="qwen2_vl", seed=0)
         requests = make_requests(args.n, args.max_new_tokens)

@@ -46,7 +46,7 @@ def main() -> None:
         bomb = Path(tmp) / "bomb.yaml"
         bomb.write_text("name: bomb\n" + alias_bomb())
         script = ("import resource, sys, time\nresource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
-                  "from medharness.cli import main\nimport medharness.task, medharness.cli_output\n"
+                  "from medharness.cli import main\nimport medharness.taskfiles.task, medharness.cli_output\n"
                   f"t = time.perf_counter(); rc = main(['validate', {str(bomb)!r}])\n"
                   "print(f'{time.perf_counter() - t:.4f}', rc)")
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False).stdout

@@ -77,10 +77,10 @@ def organ_reasoning_row(i: int) -> tuple[str, Any, dict[str, Any], tuple[str, ..
 
 def write_run(folder: Path, task_name: str, prompt: str | None, n_rows: int,
               row: Callable[[int], tuple[str, Any, dict[str, Any], tuple[str, ...], str]]) -> None:
-    from medharness.pipeline import RunConfig
-    from medharness.records import Answer, Generation, ResultRow, Sample, TaskEntry
-    from medharness.runlog import RunDir
-    from medharness.task import load_task
+    from medharness.core.records import Answer, Generation, ResultRow, Sample, TaskEntry
+    from medharness.runs.pipeline import RunConfig
+    from medharness.runs.runlog import RunDir
+    from medharness.taskfiles.task import load_task
 
     task = load_task(task_name, {"prompt": prompt} if prompt else {})
     run = RunDir.create(folder, RunConfig(model="bench", tasks=task_name).model_dump())
@@ -111,10 +111,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    from medharness.rescore import score_run
-    from medharness.runlog import RunDir, gc_paused, parse_rows_to_score
-    from medharness.scoring import DistinctScores, Scored, recipe_for, summarise_scored
-    from medharness.task import load_task
+    from medharness.runs.rescore import score_run
+    from medharness.runs.runlog import RunDir, gc_paused, parse_rows_to_score
+    from medharness.scoring.recipe import DistinctScores, Scored, summarise_scored
+    from medharness.taskfiles.task import load_task, recipe_for
 
     n, cpus = args.rows, os.cpu_count() or 1
     workloads = [("open VQA, short answers", "vqa_rad", None, vqa_row, ("harness", "mumc", "llava_med")),

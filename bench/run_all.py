@@ -25,9 +25,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def bench_scoring(n_rows: int) -> list[list[object]]:
-    from medharness.records import Generation, ResultRow, Sample
-    from medharness.scoring import recipe_for, rescore, summarise
-    from medharness.task import load_task
+    from medharness.core.records import Generation, ResultRow, Sample
+    from medharness.scoring.recipe import rescore, summarise
+    from medharness.taskfiles.task import load_task, recipe_for
 
     task = load_task("vqa_rad")
     answers = ["yes", "no", "Yes.", "left lung", "The answer is no", "mri", "yes or no", "<answer>x</answer>"]
@@ -52,8 +52,8 @@ def bench_scoring(n_rows: int) -> list[list[object]]:
 
 
 def bench_overhead(model: str, tasks: str, limit: int, label: str, batch_size: int = 8) -> list[object]:
-    from medharness import pipeline
-    from medharness.pipeline import RunConfig, Runner, make_backend
+    from medharness.runs import pipeline
+    from medharness.runs.pipeline import RunConfig, Runner, make_backend
 
     backend_time = 0.0
 
@@ -109,7 +109,7 @@ def main() -> None:
     table.append(bench_overhead("baseline:majority", "phantom", 200, "baseline, 5 phantom tasks"))
     if not args.skip_hf:
         try:
-            from medharness.tiny import build_tiny_vlm
+            from medharness.checkpoints.tiny import build_tiny_vlm
         except ImportError:
             print("transformers missing: skipping the hf overhead row", file=sys.stderr)
         else:

@@ -20,10 +20,9 @@ import yaml
 from medharness.bridges import peer_task_utils
 from medharness.bridges.importer import load_for_import
 from medharness.bridges.readme import write_readme
-from medharness.errors import ConfigError, DataError
-from medharness.records import Sample
-from medharness.scoring import recipe_for
-from medharness.task import Task
+from medharness.core.errors import ConfigError, DataError
+from medharness.core.records import Sample
+from medharness.taskfiles.task import Task, recipe_for
 
 TARGETS = ("lm-eval", "lmms-eval", "vlmevalkit")
 IMAGE_TAG = "<image>"  # lm-eval hf-multimodal / vllm-vlm: where an image goes in the text

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from medharness.bridges.peerfiles import PeerFile, read_peer_file
-from medharness.errors import ConfigError, DataError
-from medharness.records import Generation, PeerOrigin, ResultRow, TaskEntry
-from medharness.runlog import RunDir
-from medharness.scoring import metric_is_percent, metric_records, recipe_for, summarise
-from medharness.task import Task, load_task
+from medharness.core.errors import ConfigError, DataError
+from medharness.core.records import Generation, PeerOrigin, ResultRow, TaskEntry
+from medharness.runs.runlog import RunDir
+from medharness.scoring.recipe import metric_is_percent, metric_records, summarise
+from medharness.taskfiles.task import Task, load_task, recipe_for
 
 
 @dataclass

@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medharness.errors import ConfigError, DataError
-from medharness.records import (
+from medharness.core.errors import ConfigError, DataError
+from medharness.core.records import (
     Answer,
     Generation,
     MetricSpecRecord,
@@ -29,7 +29,7 @@ from medharness.records import (
     TaskEntry,
     TaskSummary,
 )
-from medharness.runlog import RunDir
+from medharness.runs.runlog import RunDir
 
 PREFIX = "lm_eval:"
 

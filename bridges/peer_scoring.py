@@ -7,9 +7,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from medharness.records import Generation, Sample
-from medharness.scoring import Recipe, recipe_for
-from medharness.task import load_task
+from medharness.core.records import Generation, Sample
+from medharness.scoring.recipe import Recipe
+from medharness.taskfiles.task import load_task, recipe_for
 
 
 @lru_cache(maxsize=8)

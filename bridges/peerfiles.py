@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medharness.errors import DataError
+from medharness.core.errors import DataError
 
 TOOLS = ("lm-eval", "lmms-eval", "vlmevalkit")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medharness.scoring import recipe_for
+from medharness.taskfiles.task import recipe_for
 
 if TYPE_CHECKING:
     from medharness.bridges.export import Exported
-    from medharness.task import Task
+    from medharness.taskfiles.task import Task
 
 RUN = {
     "lm-eval": """```bash

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medharness.errors import ConfigError, MedHarnessError
+from medharness.core.errors import ConfigError, MedHarnessError
 
 EPILOG = "Docs: README.md and docs/ in the repository. Every command has --help."
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     """`-T vqa_rad.prompt=r1 -T vqa_rad.data_dir=DIR` -> {"vqa_rad": {"prompt": "r1", ...}}."""
-    from medharness.yamlio import load_value
+    from medharness.core.yamlio import load_value
 
     out: dict[str, dict[str, Any]] = {}
     for item in items:
@@ -109,13 +109,13 @@ def _judge_run(run: Any, panel: list[Any], args: argparse.Namespace, tasks: list
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from medharness.pipeline import RunConfig, Runner
+    from medharness.runs.pipeline import RunConfig, Runner
 
     options = {"device": args.device, "dtype": args.dtype, "id_field": args.id_field,
                "prediction_field": args.prediction_field, "base_url": args.base_url, "api_key_env": args.api_key_env,
                "concurrency": args.concurrency, "timeout": args.timeout, "max_retries": args.max_retries}
     backend_options = {k: v for k, v in options.items() if v is not None}
-    from medharness.yamlio import load_value
+    from medharness.core.yamlio import load_value
 
     for item in args.backend_option:
         key, eq, value = item.partition("=")
@@ -149,7 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             try:
                 run = runner.run()
             except MedHarnessError:
-                from medharness.runlog import RUN_FILE, RunDir
+                from medharness.runs.runlog import RUN_FILE, RunDir
 
                 if runner.started and (runner.path / RUN_FILE).is_file():  # a run that stopped: what it has, then why
                     print_run_summary(RunDir.open(runner.path))
@@ -159,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     assert run is not None
     print_run_summary(run)
     if panel:
-        from medharness.runlog import RunDir
+        from medharness.runs.runlog import RunDir
 
         with RunDir.open(run.path, writer="judge") as judged:
             _judge_run(judged, panel, args)
@@ -169,8 +169,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_lm_eval(args: argparse.Namespace, config: Any, tasks: list[str], path: Path | None) -> Any:
     """`--tasks lm_eval:NAME`: lm-eval runs its tasks on the checkpoint into the same run directory."""
     from medharness.bridges.lmeval_run import run_lm_eval_tasks
-    from medharness.pipeline import default_run_id, pick_backend
-    from medharness.runlog import RunDir
+    from medharness.runs.pipeline import default_run_id, pick_backend
+    from medharness.runs.runlog import RunDir
 
     if pick_backend(config.model, config.backend)[0] not in ("hf", "vllm"):
         raise ConfigError("lm_eval: tasks run a local checkpoint with lm-eval; --model must be a model folder or id")
@@ -235,7 +235,7 @@ def _run_tasks(run: Any, tasks: str | None) -> list[str] | None:
 
 
 def cmd_judge(args: argparse.Namespace) -> int:
-    from medharness.runlog import RunDir
+    from medharness.runs.runlog import RunDir
 
     with RunDir.open(args.run_dir, writer="judge") as run:  # judging appends: one writer at a time
         panel = _panel(args)
@@ -266,7 +266,7 @@ def cmd_agreement(args: argparse.Namespace) -> int:
 
     from medharness.judges.agreement import to_json, to_markdown
     from medharness.judges.audit import agreement_reports, write_disagreements
-    from medharness.runlog import RunDir
+    from medharness.runs.runlog import RunDir
 
     run = RunDir.open(args.run_dir)
     tasks = _run_tasks(run, args.tasks)
@@ -310,7 +310,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from medharness.cli_output import print_summaries
-    from medharness.rescore import score_predictions, score_run
+    from medharness.runs.rescore import score_predictions, score_run
 
     if args.run_dir and args.predictions:
         raise ConfigError("give either RUN_DIR or --task with --predictions, not both")
@@ -356,7 +356,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     import json
 
     from medharness.cli_output import gate_markdown
-    from medharness.gate import compare, load_side, write_summary
+    from medharness.runs.gate import compare, load_side, write_summary
 
     if args.write_summary:
         if not args.output or args.baseline or args.candidate:
@@ -369,7 +369,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
         raise ConfigError("gate needs --baseline and --candidate (or --write-summary RUN_DIR -o FILE)")
     result = compare(load_side(args.baseline), load_side(args.candidate), args.metric, args.max_drop, args.alpha)
     if args.json:
-        from medharness.runlog import json_safe
+        from medharness.runs.runlog import json_safe
 
         print(json.dumps(json_safe(result.to_json()), indent=2))
     else:
@@ -416,8 +416,8 @@ def _add_split(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from medharness.splits import kshot, write_sample_ids
-    from medharness.task import load_task
+    from medharness.taskfiles.splits import kshot, write_sample_ids
+    from medharness.taskfiles.task import load_task
 
     task = load_task(args.task, {"data_dir": args.data_dir} if args.data_dir else {})
     samples = task.load_samples(args.split)
@@ -441,7 +441,7 @@ def _add_tiny(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
-    from medharness.tiny import build_tiny_vlm
+    from medharness.checkpoints.tiny import build_tiny_vlm
 
     path = build_tiny_vlm(args.dir, arch=args.arch, seed=args.seed, size=args.size)
     print(f"built a {args.size} {args.arch} in {path}")

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from tabulate import tabulate
 
-from medharness.records import MetricSummary, TaskSummary
-from medharness.runlog import RunDir, json_safe
+from medharness.core.records import MetricSummary, TaskSummary
+from medharness.runs.runlog import RunDir, json_safe
 
 PROGRESS_EVERY_S = 30.0  # without a terminal: one progress line per task at most this often
 
@@ -64,7 +64,7 @@ def _duration(seconds: float) -> str:
 
 
 if TYPE_CHECKING:
-    from medharness.gate import GateResult
+    from medharness.runs.gate import GateResult
 
 
 @contextmanager
@@ -188,7 +188,7 @@ def generation_counts(run: RunDir) -> str:
 
 
 def _percent_of(summary: TaskSummary) -> dict[str, bool]:
-    from medharness.metrics import METRICS
+    from medharness.scoring.metrics import METRICS
 
     out = {}
     for label in summary.metrics:
@@ -237,7 +237,7 @@ def print_judging(run: RunDir, usage: dict[str, Any], disagreements: Path, n_dis
 
 def print_listing(what: str) -> None:
     if what == "tasks":
-        from medharness.task import discover_tasks, parse_task_file
+        from medharness.taskfiles.task import discover_tasks, parse_task_file
 
         rows = []
         for name, path in discover_tasks().items():
@@ -249,14 +249,14 @@ def print_listing(what: str) -> None:
                        tablefmt="github"))
         return
     if what == "metrics":
-        from medharness.metrics import METRICS
+        from medharness.scoring.metrics import METRICS
 
         rows = [[n, "higher" if m.higher_is_better else "lower", "corpus" if m.corpus else "mean",
                  m.description] for n, m in METRICS.items()]
         print(tabulate(rows, headers=["metric", "better", "aggregation", "description"], tablefmt="github"))
         return
     if what == "conventions":
-        from medharness.conventions import CONVENTIONS
+        from medharness.scoring.conventions import CONVENTIONS
 
         rows = [[n, c.description.split(". ")[0]] for n, c in CONVENTIONS.items()]
         print(tabulate(rows, headers=["convention", "rule"], tablefmt="github"))
@@ -279,11 +279,11 @@ def print_listing(what: str) -> None:
 
 def _registry(what: str) -> Any:
     if what == "parsers":
-        from medharness.parsers import PARSERS
+        from medharness.scoring.parsers import PARSERS
 
         return PARSERS
     if what == "normalizers":
-        from medharness.normalize import NORMALIZERS
+        from medharness.scoring.normalize import NORMALIZERS
 
         return NORMALIZERS
     from medharness.backends import BACKENDS
@@ -295,9 +295,9 @@ def validate_files(files: list[Path]) -> int:
     """Check each task file as `run` would without data: the schema (names, generation settings, templates,
     group_by and placeholders against the sources' fields, parser and metric arguments), every prompt variant's
     scoring recipe and knowledge file."""
-    from medharness.errors import MedHarnessError
-    from medharness.scoring import recipe_for
-    from medharness.task import Task, discover_tasks, parse_task_file, read_knowledge
+    from medharness.core.errors import MedHarnessError
+    from medharness.scoring.knowledge import read_knowledge
+    from medharness.taskfiles.task import Task, discover_tasks, parse_task_file, recipe_for
 
     paths = files or list(discover_tasks().values())
     failures = 0

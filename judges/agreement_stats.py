@@ -34,8 +34,8 @@ import pandas as pd
 from sklearn.metrics import cohen_kappa_score
 from statsmodels.stats import inter_rater
 
-from medharness import stats
-from medharness.errors import DataError
+from medharness.core import stats
+from medharness.core.errors import DataError
 
 Scale = Literal["binary", "nominal", "ordinal"]
 IccForm = Literal["1,1", "2,1", "3,1"]
@@ -249,7 +249,7 @@ def icc(ratings: pd.DataFrame, form: IccForm = "2,1") -> float:
 def resampled(point: float, replicate: Callable[[np.ndarray], float], n: int, n_boot: int = 1000,
               seed: int = 0, confidence: float = 0.95) -> Estimate:
     """Percentile interval of `replicate(item indices)` over `n_boot` resamples of the n items
-    (medharness.stats.bootstrap_interval; undefined replicates, e.g. one category drawn, are dropped)."""
+    (medharness.core.stats.bootstrap_interval; undefined replicates, e.g. one category drawn, are dropped)."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), not {confidence}")
     if n == 0 or n_boot <= 0 or math.isnan(point):

@@ -17,12 +17,12 @@ from typing import Any
 
 import pandas as pd
 
-from medharness.datafiles import read_records
-from medharness.errors import DataError
+from medharness.core.datafiles import read_records
+from medharness.core.errors import DataError
+from medharness.core.records import Judgement, ResultRow
 from medharness.judges.specs import get_spec
 from medharness.judges.summary import latest, verdict_frame
-from medharness.records import Judgement, ResultRow
-from medharness.runlog import RunDir
+from medharness.runs.runlog import RunDir
 
 _WORDS = {"yes": 1.0, "no": 0.0, "true": 1.0, "false": 0.0}
 

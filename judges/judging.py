@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from medharness.backends import BACKENDS, Backend, Request
-from medharness.cache import ResponseCache, cache_key
-from medharness.generate import generate_cached
+from medharness.backends.cache import ResponseCache, cache_key
+from medharness.backends.generate import generate_cached
+from medharness.core.records import Generation, GenerationSettings, JudgeEntry, Judgement, JudgeUsage, Prompt
 from medharness.judges.panel import JudgeMember
 from medharness.judges.specs import JudgeInput, JudgeSpec
-from medharness.prices import cost_usd
-from medharness.records import Generation, GenerationSettings, JudgeEntry, Judgement, JudgeUsage, Prompt
-from medharness.runlog import RunDir
+from medharness.runs.prices import cost_usd
+from medharness.runs.runlog import RunDir
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (label, done, total)
@@ -203,7 +203,7 @@ class Judging:
 
     def _clusters(self, task: str) -> dict[str, str]:
         """sample id -> the unit the task's intervals resample (its cluster_by, recorded in the run log)."""
-        from medharness.scoring import cluster_of
+        from medharness.scoring.recipe import cluster_of
 
         entry = self.run_dir.log.tasks.get(task)
         cluster_by = (entry.cluster_by if entry else None) or "image"

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from medharness.backends import Backend
-from medharness.cache import ResponseCache
-from medharness.errors import ConfigError
+from medharness.backends.cache import ResponseCache
+from medharness.core.errors import ConfigError
+from medharness.core.records import Answer, Generation, ResultRow, Sample
 from medharness.judges.judging import JudgeItem, judge_items, make_judge_backend
 from medharness.judges.panel import JudgeMember, load_panel, parse_judges
-from medharness.metrics import METRICS, Metric
-from medharness.records import Answer, Generation, ResultRow, Sample
+from medharness.scoring.metrics import METRICS, Metric
 
 Item = tuple[Answer, Sample, str]
 _backends: dict[str, Backend] = {}  # one backend per member for the process (clients, engines, rate limits)

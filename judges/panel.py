@@ -23,9 +23,9 @@ from typing import Any
 from pydantic import ValidationError, field_validator
 
 from medharness.backends import check_options
-from medharness.errors import ConfigError
+from medharness.core.errors import ConfigError
+from medharness.core.records import PanelMember
 from medharness.judges.specs import JudgeSpec, get_spec
-from medharness.records import PanelMember
 
 JUDGE_BACKENDS = ("openai", "gemini", "hf", "vllm")
 
@@ -71,7 +71,7 @@ def _check(members: list[JudgeMember], origin: str) -> list[JudgeMember]:
 
 def load_panel(path: Path) -> list[JudgeMember]:
     """Read a `--judge-config` YAML file; every error names the file, the line and the judge."""
-    from medharness.yamlio import line_of, load_yaml_with_lines
+    from medharness.core.yamlio import line_of, load_yaml_with_lines
 
     if not path.is_file():
         raise ConfigError(f"--judge-config {path}: no such file")

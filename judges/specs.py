@@ -20,12 +20,12 @@ from pathlib import Path
 from string import Template
 from typing import Any, ClassVar, Literal
 
-from medharness.errors import ConfigError
-from medharness.parsers import strip_end_markers
-from medharness.parsers.structured import letter_of
-from medharness.parsers.text import boxed_content, think_text
-from medharness.records import Message, Part, ResultRow
-from medharness.registry import Registry
+from medharness.core.errors import ConfigError
+from medharness.core.records import Message, Part, ResultRow
+from medharness.core.registry import Registry
+from medharness.scoring.parsers import strip_end_markers
+from medharness.scoring.parsers.structured import letter_of
+from medharness.scoring.parsers.text import boxed_content, think_text
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 PLACEHOLDERS = ("question", "gold", "prediction")

@@ -19,9 +19,9 @@ from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
-from medharness import stats
+from medharness.core import stats
+from medharness.core.records import JudgeColumn, Judgement, TaskJudges
 from medharness.judges.specs import get_spec
-from medharness.records import JudgeColumn, Judgement, TaskJudges
 
 
 def latest(judgements: Iterable[Judgement]) -> dict[tuple[str, str], Judgement]:
@@ -45,7 +45,7 @@ def verdict_frame(judgements: Iterable[Judgement], field: str | None = None) -> 
 
 def _column(values: pd.Series, percent: bool, primary: bool, n_failed: int = 0,
             clusters: Mapping[str, str] | None = None) -> JudgeColumn:
-    """Mean of the scored verdicts (index: sample id) with its interval (medharness.stats.metric_interval,
+    """Mean of the scored verdicts (index: sample id) with its interval (medharness.core.stats.metric_interval,
     clustered like the task's metrics when `clusters` maps sample ids to clusters)."""
     scored = values.dropna()
     n = int(scored.size)

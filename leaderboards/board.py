@@ -3,10 +3,10 @@ delta rows and significance marks against the reference row (`compare.py`). Rend
 `plots.py`.
 
 A row of one run shows the run log's value and interval. A row of several runs (seeds of one configuration)
-shows their mean with the sample standard deviation and the pooled interval of `medharness.stats.seed_summary`.
+shows their mean with the sample standard deviation and the pooled interval of `medharness.core.stats.seed_summary`.
 A group cell (e.g. answer_type = CLOSED) is computed from the run's rows, with the interval a summary gets
 (Wilson, or a bootstrap clustered by image). Significance: a paired test on the samples both runs scored
-(`medharness.stats.paired_compare`: exact or clustered McNemar for 0/1 metrics, else a paired t-test on cluster
+(`medharness.core.stats.paired_compare`: exact or clustered McNemar for 0/1 metrics, else a paired t-test on cluster
 totals), Holm-corrected over the rows of each column.
 """
 
@@ -17,14 +17,14 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from medharness.errors import ConfigError, DataError
+from medharness.core.errors import ConfigError, DataError
 from medharness.leaderboards.columns import Column, resolve_columns
 from medharness.leaderboards.compare import add_deltas, add_marks
 from medharness.leaderboards.runs import MISSING, Opened, Value, lineage_text, open_runs, unique_labels
 from medharness.leaderboards.samples import RowCache
 from medharness.leaderboards.spec import BoardSpec, RowSpec
 from medharness.leaderboards.table import Board, Row
-from medharness.runlog import RUN_FILE
+from medharness.runs.runlog import RUN_FILE
 
 N_BOOT = 2000
 SEED = 0
@@ -128,7 +128,7 @@ def _value(row: Row, col: Column, cache: RowCache) -> Value:
     values = [v for v in (col.value(run, cache) for run in row.runs) if not v.missing]
     if len(values) <= 1:
         return values[0] if values else MISSING
-    from medharness.stats import seed_summary
+    from medharness.core.stats import seed_summary
 
     mean, std, interval = seed_summary([v.value for v in values if v.value is not None])
     return Value(mean, interval.low, interval.high, n=sum(v.n for v in values), method=interval.method,

@@ -35,7 +35,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Any]:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from medharness.errors import ConfigError
+    from medharness.core.errors import ConfigError
     from medharness.leaderboards.board import build
     from medharness.leaderboards.render import FORMATS
     from medharness.leaderboards.spec import DEFAULT, load_board

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from medharness.leaderboards.runs import MISSING, Value, metric_value, primary_metric, scale_of, summary_value
 from medharness.leaderboards.samples import RowCache
 from medharness.leaderboards.spec import BoardSpec, ColumnSpec
-from medharness.runlog import RunDir
+from medharness.runs.runlog import RunDir
 
 
 @dataclass
@@ -60,7 +60,7 @@ def _group_value(run: RunDir, cache: RowCache, task: str, metric: str, group: tu
     scores = cache.scores(run, task, metric, group)
     if len(scores.values) < 2:
         return Value(m.value * scale, n=m.n)
-    from medharness.stats import metric_interval
+    from medharness.core.stats import metric_interval
 
     ids = list(scores.values)
     interval = metric_interval([scores.values[i] for i in ids], [scores.clusters[i] for i in ids])
@@ -124,7 +124,7 @@ def resolve_columns(spec: BoardSpec, runs: Sequence[RunDir]) -> list[Column]:
     for col in cols:  # `by` can repeat a column the spec lists (the same task, metric and group): shown once
         if col.label in unique and (unique[col.label].task, unique[col.label].metric, unique[col.label].group) != (
                 col.task, col.metric, col.group):
-            from medharness.errors import ConfigError
+            from medharness.core.errors import ConfigError
 
             raise ConfigError(f"board {spec.name!r}: two different columns are labelled {col.label!r}")
         unique.setdefault(col.label, col)

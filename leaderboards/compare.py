@@ -1,6 +1,6 @@
 """Rows against rows on the same samples: significance marks against the reference row (a paired test per
 column, Holm-corrected over the rows compared with the reference) and delta rows (`row - minus`, with the
-paired interval where both rows are single runs). The tests are `medharness.stats.paired_compare`."""
+paired interval where both rows are single runs). The tests are `medharness.core.stats.paired_compare`."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _row(board: Board, label: str, what: str) -> Row | None:
     if label in {r.label for r in board.spec.rows}:
         _note(board, f"{what} {label!r} has no finished run yet: left out")
         return None
-    from medharness.errors import ConfigError
+    from medharness.core.errors import ConfigError
 
     raise ConfigError(f"board {board.spec.name!r}: {what} {label!r} is not a row label "
                       f"(rows: {', '.join(r.label for r in board.rows)})")
@@ -59,7 +59,7 @@ def paired(board: Board, ref: Row, other: Row, col: Column, cache: RowCache) -> 
     if len(shared) < max(len(a.values), len(b.values)):
         _note(board, f"{col.label}: {other.label} and {ref.label} are compared on the {len(shared)} samples both "
                      f"scored ({len(a.values)} and {len(b.values)} scored)")
-    from medharness.stats import paired_compare
+    from medharness.core.stats import paired_compare
 
     result = paired_compare({i: a.values[i] for i in shared}, {i: b.values[i] for i in shared},
                             {i: a.clusters[i] for i in shared}, binary=a.binary and b.binary)
@@ -81,7 +81,7 @@ def _scaled(x: float | None, scale: float) -> float | None:
 def add_marks(board: Board, cache: RowCache) -> None:
     """Each row's paired comparison with the reference, per column; p-values Holm-corrected over the rows of a
     column (`significance.correction`), a mark where the corrected p is below `significance.alpha`."""
-    from medharness.stats import holm
+    from medharness.core.stats import holm
 
     ref = _row(board, str(board.spec.reference), "reference row")
     if ref is None:

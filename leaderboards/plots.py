@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medharness.errors import ConfigError
+from medharness.core.errors import ConfigError
 from medharness.leaderboards.table import Board, Row
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from medharness.errors import ConfigError
+from medharness.core.errors import ConfigError
+from medharness.core.records import ResultRow
 from medharness.leaderboards.board import build
 from medharness.leaderboards.columns import Column
 from medharness.leaderboards.render import cell_text
@@ -23,8 +24,7 @@ from medharness.leaderboards.runs import lineage_text, metric_value, model_name,
 from medharness.leaderboards.samples import RowCache
 from medharness.leaderboards.spec import BoardSpec, ColumnSpec
 from medharness.leaderboards.table import Board
-from medharness.records import ResultRow
-from medharness.runlog import RunDir
+from medharness.runs.runlog import RunDir
 
 
 def _table(rows: list[list[Any]], headers: list[str]) -> str:
@@ -129,7 +129,7 @@ def judge_sections(run: RunDir, cache: RowCache, output: Path, limit: int) -> li
 
 def ablation_deltas(run: RunDir, ablated: RunDir, cache: RowCache) -> str:
     """Per task and metric: the run's value, the ablated run's, and their paired difference on shared samples."""
-    from medharness.stats import paired_compare
+    from medharness.core.stats import paired_compare
 
     if ablated.log.model != run.log.model:
         raise ConfigError(f"--ablated {ablated.path} is a run of another model ({ablated.log.model}, not "

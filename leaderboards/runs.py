@@ -2,7 +2,7 @@
 failed (left out and listed), a unique label per run, and each task's values with their intervals.
 
 Intervals come from the run log's summary (`ci_low`, `ci_high`, `ci_method`, `n_clusters`, written by
-`medharness.stats`); a run log written before those fields existed falls back to 1.96 x the standard error,
+`medharness.core.stats`); a run log written before those fields existed falls back to 1.96 x the standard error,
 and the cell says which method it carries.
 """
 
@@ -13,9 +13,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medharness.errors import DataError
-from medharness.records import MetricSummary, RunLog, TaskEntry
-from medharness.runlog import RUN_FILE, RunDir
+from medharness.core.errors import DataError
+from medharness.core.records import MetricSummary, RunLog, TaskEntry
+from medharness.runs.runlog import RUN_FILE, RunDir
 
 NORMAL = "normal (1.96 x standard error)"
 

@@ -3,7 +3,7 @@ for paired tests between rows. Rows are read once per (run, task) and kept.
 
 Clusters: samples that share an image are not independent (VQA-RAD asks 451 questions about 203 images); a
 sample's cluster is what the task's `cluster_by` says (recorded in the run log; the first image by default),
-the same rule the run's own intervals used (`medharness.scoring.cluster_of`).
+the same rule the run's own intervals used (`medharness.scoring.recipe.cluster_of`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medharness.records import ResultRow
-from medharness.runlog import RunDir
-from medharness.scoring import cluster_of
+from medharness.core.records import ResultRow
+from medharness.runs.runlog import RunDir
+from medharness.scoring.recipe import cluster_of
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from medharness.errors import ConfigError
-from medharness.records import SafeName, Strict
-from medharness.yamlio import line_of, load_yaml_with_lines
+from medharness.core.errors import ConfigError
+from medharness.core.records import SafeName, Strict
+from medharness.core.yamlio import line_of, load_yaml_with_lines
 
 BOARDS = Path(__file__).resolve().parent / "boards"
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from medharness.leaderboards.columns import Column
 from medharness.leaderboards.runs import MISSING, Value
 from medharness.leaderboards.spec import BoardSpec
-from medharness.runlog import RunDir
+from medharness.runs.runlog import RunDir
 
 
 @dataclass

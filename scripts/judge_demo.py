@@ -50,7 +50,7 @@ def judge(text: str, model: str) -> str:
 
 
 def shuffled_gold(data_dir: Path, path: Path, seed: int = 0) -> Path:
-    from medharness.task import load_task
+    from medharness.taskfiles.task import load_task
 
     samples = load_task("vqa_rad", {"data_dir": str(data_dir)}).load_samples()
     rng = random.Random(seed)

@@ -62,10 +62,10 @@ log "medharness (editable, no deps)"
 # vLLM imports torchvision in processes it starts itself (the model-registry probe, the engine core, the
 # workers), where no medharness code runs first. The registry's torchvision is a CUDA build that dies on import
 # next to CPU torch ("operator torchvision::nms does not exist"), so this env gets a startup hook (a .pth file)
-# that applies medharness.torchvision_shim in every process, lazily: only when torchvision is first looked up.
+# that applies medharness.core.torchvision_shim in every process, lazily: only when torchvision is first looked up.
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 cat > "$SITE/_medharness_torchvision_shim.py" <<'HOOK'
-"""Written by medharness scripts/vllm-cpu-env.sh: apply medharness.torchvision_shim before torchvision loads.
+"""Written by medharness scripts/vllm-cpu-env.sh: apply medharness.core.torchvision_shim before torchvision loads.
 
 A meta-path finder that, the first time anything looks `torchvision` up, removes itself, declares the op
 schemas a CUDA torchvision build needs next to CPU torch (a no-op where torchvision loads normally), and lets
@@ -101,7 +101,7 @@ log "checking the environment"
 import importlib.metadata as md
 import sys
 
-from medharness.torchvision_shim import ensure_torchvision_importable
+from medharness.core.torchvision_shim import ensure_torchvision_importable
 
 ensure_torchvision_importable()
 import torch, transformers, vllm  # noqa: E401

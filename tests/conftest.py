@@ -43,7 +43,7 @@ def pneumonia_dir() -> Path:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random-weight Qwen2-VL and Qwen2.5-VL checkpoints, built offline once per session."""
     pytest.importorskip("transformers")
-    from medharness.tiny import build_tiny_vlm
+    from medharness.checkpoints.tiny import build_tiny_vlm
 
     out = tmp_path_factory.mktemp("tiny-models")
     return {arch: build_tiny_vlm(out / arch, arch=arch) for arch in ("qwen2_vl", "qwen2_5_vl")}

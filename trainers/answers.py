@@ -1,4 +1,4 @@
-"""Answers written in a prompt variant's own format (`medharness.answers`): the SFT/DPO gold turn, and DPO's
+"""Answers written in a prompt variant's own format (`medharness.taskfiles.answers`): the SFT/DPO gold turn, and DPO's
 rejected answers.
 
 The gold is written so that the variant's parser reads it back (`<think>..</think><answer>..</answer>`,
@@ -13,17 +13,17 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from medharness.answers import format_answer as core_format_answer
-from medharness.answers import option_letter
-from medharness.errors import ConfigError, DataError
-from medharness.records import ResultRow, Sample
-from medharness.task import Task
+from medharness.core.errors import ConfigError, DataError
+from medharness.core.records import ResultRow, Sample
+from medharness.taskfiles.answers import format_answer as core_format_answer
+from medharness.taskfiles.answers import option_letter
+from medharness.taskfiles.task import Task
 
 DEFAULT_THINK = "I look at the image and answer the question."
 
 
 def format_answer(task: Task, prompt: str, sample: Sample, value: Any, think: str | None = None) -> str:
-    """`value` in the variant's format (`medharness.answers.format_answer`), with a think block where the variant
+    """`value` in the variant's format (`medharness.taskfiles.answers.format_answer`), with a think block where the variant
     asks for one: `think`, else the sample's `reasoning` meta, else a fixed sentence."""
     reasoning = think or str(sample.meta.get("reasoning") or DEFAULT_THINK)
     return core_format_answer(task, prompt, sample, value, think=reasoning)
@@ -72,7 +72,7 @@ def rejected_texts(task: Task, prompt: str, samples: Sequence[Sample], source: s
 def _from_run(task: Task, run_dir: str, wanted: dict[str, Sample]) -> dict[str, str]:
     from pathlib import Path
 
-    from medharness.scoring import recipe_for
+    from medharness.taskfiles.task import recipe_for
 
     file = Path(run_dir) / "samples" / f"{task.name}.jsonl"
     if not file.is_file():

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from medharness.registry import Registry
+from medharness.core.registry import Registry
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from medharness.records import Sample
-    from medharness.task import Task
+    from medharness.core.records import Sample
+    from medharness.taskfiles.task import Task
     from medharness.trainers.config import RewardSpec, TrainConfig
     from medharness.trainers.rewards import RewardSet
 
@@ -71,7 +71,7 @@ class TrainerRecipe:
         """The config's `options:` as the recipe's model (pydantic raises on a bad key or value)."""
         if cls.options_model is None:
             if options:
-                from medharness.errors import ConfigError
+                from medharness.core.errors import ConfigError
 
                 raise ConfigError(f"recipe {cls.name} takes no `options:` (got {', '.join(sorted(options))})")
             return None
@@ -84,7 +84,7 @@ class TrainerRecipe:
     @classmethod
     def config_class(cls) -> type:
         """TRL's own config class for this recipe (imports trl)."""
-        from medharness.torchvision_shim import ensure_torchvision_importable
+        from medharness.core.torchvision_shim import ensure_torchvision_importable
 
         ensure_torchvision_importable()  # before transformers/trl pull torchvision in
         return getattr(importlib.import_module("trl"), cls.trl_config)

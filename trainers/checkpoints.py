@@ -1,7 +1,7 @@
 """Checkpoints: the vision-tower freeze, the LoRA config, and the `medharness.json` manifest (plus the
 processor) written into every `checkpoint-<step>/` TRL saves and into `final/`.
 
-The manifest is `medharness.lineage.CheckpointManifest`, the model the core reads back for `trained_from`.
+The manifest is `medharness.checkpoints.lineage.CheckpointManifest`, the model the core reads back for `trained_from`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from medharness.backends.vlm_common import checkpoint_folder, weights_fingerprint
-from medharness.errors import ConfigError
-from medharness.lineage import MANIFEST_FILE, CheckpointManifest, file_hash, manifest_path, read_manifest
+from medharness.checkpoints.lineage import (
+    MANIFEST_FILE,
+    CheckpointManifest,
+    file_hash,
+    manifest_path,
+    read_manifest,
+)
+from medharness.core.errors import ConfigError
 from medharness.trainers.config import LoraSpec, TrainConfig
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medharness.errors import ConfigError, DataError
+from medharness.core.errors import ConfigError, DataError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Any]:
@@ -150,8 +150,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _reward_specs(spec: str) -> Any:
+    from medharness.core.yamlio import load_value, load_yaml_with_lines
     from medharness.trainers.rewards import parse_rewards
-    from medharness.yamlio import load_value, load_yaml_with_lines
 
     if spec == "default":
         return None
@@ -213,7 +213,7 @@ def recipe_rewards(recipe: str | None, options: list[str], task: Any, prompt: st
 
 
 def cmd_reward(args: argparse.Namespace) -> int:
-    from medharness.task import load_task
+    from medharness.taskfiles.task import load_task
     from medharness.trainers.rewards import RewardSet
 
     overrides = {k: v for k, v in (("prompt", args.prompt), ("data_dir", args.data_dir)) if v}

@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medharness.errors import ConfigError
-from medharness.yamlio import Loc, load_value, load_yaml_with_lines
+from medharness.core.errors import ConfigError
+from medharness.core.yamlio import Loc, load_value, load_yaml_with_lines
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from medharness.backends.vlm_common import chat_template_owner
-from medharness.errors import ConfigError, DataError
-from medharness.records import GenerationSettings, Sample
-from medharness.splits import read_sample_ids, select_pinned
-from medharness.task import Task
+from medharness.core.errors import ConfigError, DataError
+from medharness.core.records import GenerationSettings, Sample
+from medharness.taskfiles.splits import read_sample_ids, select_pinned
+from medharness.taskfiles.task import Task
 from medharness.trainers.config import TrainConfig
 
 log = logging.getLogger(__name__)

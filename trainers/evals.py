@@ -1,5 +1,5 @@
 """`train --eval-every N` / `--eval-checkpoints`: score step 0 (the model training started from) and every saved
-checkpoint with the harness itself (`medharness.pipeline.Runner`, the code path of `medharness run`) on held-out
+checkpoint with the harness itself (`medharness.runs.pipeline.Runner`, the code path of `medharness run`) on held-out
 samples, never on the training samples.
 
 The design: evaluation runs after training, in the main process, over the checkpoint folders training left
@@ -29,11 +29,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from medharness.errors import ConfigError, DataError
-from medharness.lineage import file_hash, manifest_path, read_manifest
-from medharness.paths import set_aside
-from medharness.records import RunLog, Sample
-from medharness.task import Task, load_task, resolve_task_names
+from medharness.checkpoints.lineage import file_hash, manifest_path, read_manifest
+from medharness.core.errors import ConfigError, DataError
+from medharness.core.paths import set_aside
+from medharness.core.records import RunLog, Sample
+from medharness.taskfiles.task import Task, load_task, resolve_task_names
 
 TRAIN_SAMPLES_FILE = "train_samples.json"
 EVALS_DIR = "evals"
@@ -191,7 +191,7 @@ def evaluate_point(eval_plan: EvalPlan, model: str, run_dir: Path, trained: Trai
                    output: Path) -> None:
     """One `Runner` run: skipped when finished, continued when started, started afresh when it is stale (the
     stale run is moved into OUTPUT/.set-aside/, not deleted)."""
-    from medharness.pipeline import RunConfig, Runner
+    from medharness.runs.pipeline import RunConfig, Runner
     from medharness.trainers.sweep_board import read_run
 
     r = eval_plan.request

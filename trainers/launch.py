@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import yaml
 
-from medharness.errors import ConfigError
+from medharness.core.errors import ConfigError
 
 LAUNCH_DIR = "launch"
 ACCELERATE_CONFIG = "accelerate_config.yaml"

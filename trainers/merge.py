@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from medharness.errors import ConfigError
+from medharness.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16")
 def merged_manifest(adapter_dir: Path) -> dict[str, Any] | None:
     """The manifest a merged folder gets: the adapter's own with `adapter: false` and the adapter recorded as
     its parent; None when the adapter folder has no manifest."""
-    from medharness.lineage import file_hash, manifest_path, read_manifest
+    from medharness.checkpoints.lineage import file_hash, manifest_path, read_manifest
 
     manifest = read_manifest(adapter_dir)
     if manifest is None:
@@ -42,7 +42,7 @@ def merge_adapter(adapter_dir: Path | str, output: Path | str, base: str | None 
     import json
 
     from medharness.backends.vlm_common import is_adapter_folder, resolve_adapter
-    from medharness.lineage import manifest_path
+    from medharness.checkpoints.lineage import manifest_path
 
     adapter_dir, output = Path(adapter_dir), Path(output)
     if not is_adapter_folder(adapter_dir):
@@ -53,7 +53,7 @@ def merge_adapter(adapter_dir: Path | str, output: Path | str, base: str | None 
         raise ConfigError(f"merge: {output} already exists and is not empty; choose another --output")
     adapter = resolve_adapter(adapter_dir, base)
 
-    from medharness.torchvision_shim import ensure_torchvision_importable
+    from medharness.core.torchvision_shim import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     import torch

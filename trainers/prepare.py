@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medharness.errors import BackendError, ConfigError, DataError
-from medharness.scoring import recipe_for
-from medharness.task import Task, load_task
-from medharness.torchvision_shim import ensure_torchvision_importable
+from medharness.core.errors import BackendError, ConfigError, DataError
+from medharness.core.torchvision_shim import ensure_torchvision_importable
+from medharness.taskfiles.task import Task, load_task, recipe_for
 from medharness.trainers.answers import gold_text, rejected_texts
 from medharness.trainers.base import TrainContext, TrainerRecipe, recipe_class
 from medharness.trainers.checkpoints import (

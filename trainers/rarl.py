@@ -24,7 +24,7 @@ from medharness.trainers.config import RewardSpec
 from medharness.trainers.grpo import GRPORecipe
 
 if TYPE_CHECKING:
-    from medharness.task import Task
+    from medharness.taskfiles.task import Task
     from medharness.trainers.config import TrainConfig
 
 

@@ -20,11 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medharness.errors import ConfigError
-from medharness.metrics import resolve_metrics
-from medharness.records import Answer, Generation, Sample
-from medharness.scoring import Recipe, recipe_for
-from medharness.task import Task
+from medharness.core.errors import ConfigError
+from medharness.core.records import Answer, Generation, Sample
+from medharness.scoring.metrics import resolve_metrics
+from medharness.scoring.recipe import Recipe
+from medharness.taskfiles.task import Task, recipe_for
 from medharness.trainers.config import RewardSpec
 
 log = logging.getLogger(__name__)

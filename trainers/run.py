@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medharness.backends.vlm_common import check_attn_implementation
-from medharness.errors import ConfigError, DataError
+from medharness.core.errors import ConfigError, DataError
 from medharness.trainers.config import Layers, TrainConfig, build_config, load_layers
 from medharness.trainers.evals import EvalRequest
 from medharness.trainers.launch import LAUNCH_DIR, launch_record
@@ -156,7 +156,7 @@ def _main_process() -> bool:
 
 def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> Path:
     """Run one training job (then score its checkpoints when `req.evals` asks); returns the output directory."""
-    from medharness.task import resolve_task_names
+    from medharness.taskfiles.task import resolve_task_names
     from medharness.trainers.evals import TrainSamples, evaluate_checkpoints, plan
     from medharness.trainers.prepare import prepare
 

@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medharness.errors import ConfigError
-from medharness.records import Sample
-from medharness.scoring import recipe_for
-from medharness.task import Task, load_task
+from medharness.core.errors import ConfigError
+from medharness.core.records import Sample
+from medharness.taskfiles.task import Task, load_task, recipe_for
 
 STYLES_FILE = "prompt_styles.json"
 

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from medharness.errors import ConfigError
-from medharness.records import SafeName
-from medharness.yamlio import line_of, load_yaml_with_lines
+from medharness.core.errors import ConfigError
+from medharness.core.records import SafeName
+from medharness.core.yamlio import line_of, load_yaml_with_lines
 
 DEMO = Path(__file__).resolve().parent / "sweeps" / "demo.yaml"
 

@@ -2,7 +2,7 @@
 primary metric, the base model's reference row and the baselines, each with its lineage.
 
 A pure function of the sweep's folders: results are read from each run directory's typed run log
-(`medharness.runlog`) through `read_run` / `primary_metric`.
+(`medharness.runs.runlog`) through `read_run` / `primary_metric`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medharness.errors import DataError
-from medharness.records import RunLog
-from medharness.runlog import RunDir
+from medharness.core.errors import DataError
+from medharness.core.records import RunLog
+from medharness.runs.runlog import RunDir
 from medharness.trainers.sweep import Cell, SweepConfig, all_eval_tasks, eval_tasks
 
 
@@ -50,7 +50,7 @@ def primary_metric(run_dir: Path, task: str, metric: str | None = None) -> dict[
 
 def stats(found: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
     """Mean, sample std and a 95% interval over the runs `primary_metric` found (seeds of one row): the t
-    interval over seeds (medharness.stats.seed_summary) from two runs on, a single run's own interval."""
+    interval over seeds (medharness.core.stats.seed_summary) from two runs on, a single run's own interval."""
     got = [g for g in found if g and g["value"] is not None]
     values = [g["value"] for g in got]
     if not values:
@@ -58,7 +58,7 @@ def stats(found: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
     if len(values) == 1:
         low, high = got[0]["ci"] or (None, None)
         return {"mean": values[0], "std": None, "n": 1, "low": low, "high": high, "ci_method": got[0]["ci_method"]}
-    from medharness.stats import seed_summary
+    from medharness.core.stats import seed_summary
 
     mean, std, interval = seed_summary(values)
     return {"mean": mean, "std": std, "n": len(values), "low": interval.low, "high": interval.high,

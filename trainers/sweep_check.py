@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medharness.errors import DataError, MedHarnessError
+from medharness.core.errors import DataError, MedHarnessError
 from medharness.trainers.sweep import Cell, SweepConfig, all_eval_tasks, eval_prompt, eval_tasks, train_prompt
 from medharness.trainers.sweep_exec import Stages
 
@@ -30,7 +30,7 @@ class Findings:
 
 def sweep_task(name: str, sweep: SweepConfig, prompt: str | None) -> Any:
     """The task as the sweep's commands load it; an unknown prompt variant is an error here."""
-    from medharness.task import load_task
+    from medharness.taskfiles.task import load_task
 
     overrides = {k: v for k, v in (("data_dir", sweep.data_dir), ("prompt", prompt)) if v}
     task = load_task(name, overrides)
@@ -88,7 +88,7 @@ def _check_model(sweep: SweepConfig, stages: Stages, problems: list[str], notes:
 
 def _check_tasks(sweep: SweepConfig, cells: list[Cell], found: Findings) -> None:
     """Every (training task, prompt) and (eval task, prompt) of the cells loads; samples where the data is here."""
-    from medharness.splits import kshot
+    from medharness.taskfiles.splits import kshot
 
     seeds = [sweep.split_seed] if sweep.split_seed is not None else sweep.seeds
     trains = dict.fromkeys((c.task, train_prompt(sweep, c)) for c in cells)
@@ -259,7 +259,7 @@ def check_table(sweep: SweepConfig, stages: Stages, cells: list[Cell], found: Fi
 
 
 def _check_metrics(sweep: SweepConfig, wanted: set[tuple[str, str | None, str | None]], found: Findings) -> None:
-    from medharness.scoring import recipe_for
+    from medharness.taskfiles.task import recipe_for
 
     for task_name, prompt, metric in sorted(wanted, key=str):
         if metric is None:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medharness.errors import ConfigError
+from medharness.core.errors import ConfigError
 
 if TYPE_CHECKING:  # the sweep modules (pydantic schemas) load only when a sweep command runs
     from medharness.trainers.sweep import Cell, SweepConfig

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medharness.errors import ConfigError, MedHarnessError
-from medharness.paths import inside, remove_own, set_aside
+from medharness.core.errors import ConfigError, MedHarnessError
+from medharness.core.paths import inside, remove_own, set_aside
 from medharness.trainers.sweep import Cell, SweepConfig, eval_prompt, eval_tasks, train_prompt
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from medharness.errors import ConfigError
-from medharness.yamlio import line_of, load_yaml_with_lines
+from medharness.core.errors import ConfigError
+from medharness.core.yamlio import line_of, load_yaml_with_lines
 
 if TYPE_CHECKING:
     from medharness.trainers.sweep import Cell, SweepConfig, TableRow

@@ -22,18 +22,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medharness.errors import ConfigError
+from medharness.core.errors import ConfigError
 from medharness.trainers.base import TrainContext, trainer
 from medharness.trainers.config import RewardSpec
 from medharness.trainers.grpo import GRPORecipe
 
 if TYPE_CHECKING:
-    from medharness.task import Task
+    from medharness.taskfiles.task import Task
     from medharness.trainers.config import TrainConfig
 
 log = logging.getLogger(__name__)
 BOX_METRICS = ("iou", "iou_accuracy")
-# The box convention each model family was trained on (harness/boxes.py): Qwen2-VL 0-1000, Qwen2.5-VL pixels of
+# The box convention each model family was trained on (harness/scoring/boxes.py): Qwen2-VL 0-1000, Qwen2.5-VL pixels of
 # its resized input.
 FAMILY_COORDS = {"qwen2_vl": "norm1000", "qwen2_5_vl": "resized"}
 GRADE_METRICS = ("grade_accuracy", "mfrs")
@@ -80,7 +80,7 @@ def vrft_format(task: Task, prompt: str) -> str:
 
 def accuracy_reward(task: Task, prompt: str, opts: VrftOptions) -> RewardSpec:
     """The accuracy component for the task's answers (see the module docstring)."""
-    from medharness.scoring import recipe_for
+    from medharness.taskfiles.task import recipe_for
 
     recipe = recipe_for(task, prompt=prompt)
     primary = next(s for s in recipe.metrics if s.metric.fn is not None)

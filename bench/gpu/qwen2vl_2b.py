@@ -43,7 +43,7 @@ MINI = {"hidden": 128, "intermediate": 256, "layers": 2, "heads": 4, "kv_heads":
 
 def build(out: Path, dims: dict[str, Any]) -> int:
     """The architecture with random weights, saved with a processor; returns the parameter count."""
-    from medharness.torchvision_shim import ensure_torchvision_importable
+    from medharness.core.torchvision_shim import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     import torch
@@ -56,7 +56,7 @@ def build(out: Path, dims: dict[str, Any]) -> int:
         Qwen2VLVideoProcessor,
     )
 
-    from medharness.tiny import CHAT_TEMPLATE, _ids, build_tokenizer
+    from medharness.checkpoints.tiny import CHAT_TEMPLATE, _ids, build_tokenizer
 
     tok = build_tokenizer()
     ids = _ids(tok)

@@ -43,7 +43,7 @@ WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "scan", "show
 
 def build_reward_models(out: Path, size: str) -> dict[str, str]:
     """Random-weight reward models of the real ones' shapes, with offline tokenizers."""
-    from medharness.torchvision_shim import ensure_torchvision_importable
+    from medharness.core.torchvision_shim import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     import torch
@@ -55,7 +55,7 @@ def build_reward_models(out: Path, size: str) -> dict[str, str]:
         RobertaForSequenceClassification,
     )
 
-    from medharness.tiny import build_tokenizer
+    from medharness.checkpoints.tiny import build_tokenizer
 
     torch.manual_seed(0)
     hidden, layers, heads, inter = CROSS[size]
@@ -76,7 +76,7 @@ def build_reward_models(out: Path, size: str) -> dict[str, str]:
 
 def reasoning_folder(out: Path, n: int = 32) -> Path:
     """reasoning_vqa's layout from phantom scans: yes/no (closed) and lesion counts (open), with reasoning."""
-    from medharness.task import load_task
+    from medharness.taskfiles.task import load_task
 
     task = load_task("phantom_presence")
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if args.tiny:
-        from medharness.tiny import build_tiny_vlm
+        from medharness.checkpoints.tiny import build_tiny_vlm
 
         model = build_tiny_vlm(args.out / "qwen2vl-tiny", arch="qwen2_vl")
         n_params = None

@@ -26,6 +26,6 @@ def load_docs(data_files: str = "phantom_presence.jsonl", **_metadata: Any) -> A
 
 
 def doc_to_image(doc: dict[str, Any]) -> list[Any]:
-    from medharness import phantom
+    from medharness.taskfiles import phantom
 
     return [phantom.open_image(doc["image"])]

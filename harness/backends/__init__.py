@@ -11,7 +11,7 @@ import difflib
 from collections.abc import Iterable
 
 from medharness.backends.base import BACKENDS, Backend, Request, backend
-from medharness.errors import ConfigError
+from medharness.core.errors import ConfigError
 
 BACKENDS.add_lazy("hf", "medharness.backends.hf:HFBackend")
 BACKENDS.add_lazy("replay", "medharness.backends.replay:ReplayBackend")

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from medharness.backends.base import Backend, Request
-from medharness.errors import ConfigError
-from medharness.records import Generation
+from medharness.core.errors import ConfigError
+from medharness.core.records import Generation
 
 if TYPE_CHECKING:
     from PIL.Image import Image

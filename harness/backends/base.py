@@ -11,13 +11,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from medharness.records import AnswerSource, Generation, Prompt, Sample
-from medharness.registry import Registry
+from medharness.core.records import AnswerSource, Generation, Prompt, Sample
+from medharness.core.registry import Registry
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from medharness.task import Task
+    from medharness.taskfiles.task import Task
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Backend(ABC):
     name: ClassVar[str] = ""
     needs_images: ClassVar[bool] = True
     cacheable: ClassVar[bool] = True  # model outputs go through the response cache
-    priced: ClassVar[bool] = False  # a paid API: token costs come from `harness/prices.py`
+    priced: ClassVar[bool] = False  # a paid API: token costs come from `harness/runs/prices.py`
 
     def __init__(self, model: str, **options: Any) -> None:
         self.model = model

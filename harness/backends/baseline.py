@@ -7,7 +7,7 @@ split nor a prior exists (a test-only copy of VQA-RAD or SLAKE), both draw from 
 instead: an ORACLE floor, recorded as such in the run log (`tasks.<task>.baseline.kind == "oracle"`) and named
 on every board, never passed off as a train-split baseline.
 
-Every answer is written in the format the task's prompt variant asks for (`medharness.answers`), so it reaches
+Every answer is written in the format the task's prompt variant asks for (`medharness.taskfiles.answers`), so it reaches
 the scorer as a model's answer in that format would: `\\boxed{pneumonia}`, `<answer>yes</answer>`, `B`.
 """
 
@@ -20,10 +20,10 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from medharness.answers import format_answer
 from medharness.backends.base import Backend, Request, backend
-from medharness.errors import BackendError, DataError
-from medharness.records import AnswerSource, Generation, Sample
+from medharness.core.errors import BackendError, DataError
+from medharness.core.records import AnswerSource, Generation, Sample
+from medharness.taskfiles.answers import format_answer
 
 log = logging.getLogger(__name__)
 MODES = ("majority", "random", "constant")

@@ -17,8 +17,8 @@ from typing import Any
 
 from medharness.backends.api_common import PLACEHOLDER_KEY, ApiBackend, encode_image
 from medharness.backends.base import Request, backend
-from medharness.errors import BackendError, ConfigError
-from medharness.records import Generation, Prompt
+from medharness.core.errors import BackendError, ConfigError
+from medharness.core.records import Generation, Prompt
 
 try:
     from google import genai

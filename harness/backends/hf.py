@@ -39,9 +39,9 @@ from medharness.backends.vlm_common import (
     vision_token_ids,
     weights_fingerprint,
 )
-from medharness.errors import BackendError, ConfigError
-from medharness.records import Generation, GenerationSettings
-from medharness.torchvision_shim import ensure_torchvision_importable
+from medharness.core.errors import BackendError, ConfigError
+from medharness.core.records import Generation, GenerationSettings
+from medharness.core.torchvision_shim import ensure_torchvision_importable
 
 ensure_torchvision_importable()  # before transformers pulls torchvision in
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from medharness.backends.api_common import PLACEHOLDER_KEY, ApiBackend, image_data_url
 from medharness.backends.base import Request, backend
-from medharness.errors import BackendError, ConfigError
-from medharness.records import Generation, Prompt
+from medharness.core.errors import BackendError, ConfigError
+from medharness.core.records import Generation, Prompt
 
 try:
     import openai

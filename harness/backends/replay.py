@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from medharness.backends.base import Backend, Request, backend
-from medharness.predictions import Prediction, read_predictions
-from medharness.records import Generation
+from medharness.backends.predictions import Prediction, read_predictions
+from medharness.core.records import Generation
 
 
 @backend("replay")

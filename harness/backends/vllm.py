@@ -54,9 +54,9 @@ from medharness.backends.vlm_common import (
     vision_token_ids,
     weights_fingerprint,
 )
-from medharness.errors import BackendError, ConfigError
-from medharness.records import Generation, GenerationSettings
-from medharness.torchvision_shim import ensure_torchvision_importable
+from medharness.core.errors import BackendError, ConfigError
+from medharness.core.records import Generation, GenerationSettings
+from medharness.core.torchvision_shim import ensure_torchvision_importable
 
 ensure_torchvision_importable()  # before vllm/transformers pull torchvision in
 
@@ -146,7 +146,8 @@ class VLLMBackend(Backend):
         self._fingerprint = model_fingerprint(self.source, lora_id)
         self.pool: EnginePool | None = None
         if int(data_parallel_size) > 1:  # one engine per GPU group, each in a worker process (vllm_dp.py)
-            self.pool = EnginePool(self.source, int(data_parallel_size), int(tensor_parallel_size), worker_options)
+            self.pool = EnginePool(f"{__name__}:VLLMBackend", self.source, int(data_parallel_size),
+                                   int(tensor_parallel_size), worker_options)
             return
 
         try:  # the main-process side: the chat template, the tokenizer and the special token ids

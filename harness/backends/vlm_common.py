@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from medharness.backends.base import Request
-from medharness.errors import ConfigError
-from medharness.lineage import read_manifest
-from medharness.records import Prompt
+from medharness.checkpoints.lineage import read_manifest
+from medharness.core.errors import ConfigError
+from medharness.core.records import Prompt
 
 # Token ids a VLM must never generate: its image/video/vision placeholders (config attribute names vary).
 VISION_ID_ATTRS = ("image_token_id", "image_token_index", "video_token_id", "video_token_index",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from medharness.torchvision_shim import ensure_torchvision_importable
+from medharness.core.torchvision_shim import ensure_torchvision_importable
 
 pytest.importorskip("transformers")
 ensure_torchvision_importable()  # before peft pulls transformers (and torchvision) in
@@ -18,9 +18,15 @@ pytest.importorskip("peft")
 import torch
 
 from medharness.backends.vlm_common import is_adapter_folder, resolve_adapter
+from medharness.checkpoints.lineage import (
+    CheckpointManifest,
+    file_hash,
+    manifest_path,
+    read_manifest,
+    trained_from,
+)
 from medharness.cli import main
-from medharness.errors import ConfigError
-from medharness.lineage import CheckpointManifest, file_hash, manifest_path, read_manifest, trained_from
+from medharness.core.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 TASK = "phantom_presence"

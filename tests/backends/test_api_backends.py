@@ -29,8 +29,8 @@ from medharness.backends.api_common import (
     parse_retry_after,
     scrub,
 )
-from medharness.errors import ConfigError
-from medharness.records import GenerationSettings, Message, Part, Prompt
+from medharness.core.errors import ConfigError
+from medharness.core.records import GenerationSettings, Message, Part, Prompt
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 KEY_ENV = "MEDHARNESS_TEST_API_KEY"
@@ -363,7 +363,7 @@ def test_a_full_run_against_a_local_openai_server_keeps_the_key_out_and_caches(t
 def test_resume_with_retry_errors_generates_only_the_failed_samples_again(tmp_path):
     """API errors after the last retry are recorded rows; `--resume --retry-errors` asks again for exactly those."""
     from medharness.cli import main
-    from medharness.runlog import RunDir
+    from medharness.runs.runlog import RunDir
 
     out = tmp_path / "run"
     with FakeAPIServer() as srv:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medharness.torchvision_shim import ensure_torchvision_importable
+from medharness.core.torchvision_shim import ensure_torchvision_importable
 
 pytest.importorskip("transformers")
 ensure_torchvision_importable()
@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 
 from medharness.backends import BACKENDS, Request
 from medharness.backends.hf import HFBackend, weights_fingerprint
-from medharness.records import GenerationSettings
-from medharness.tiny import ARCHS, TAG_TOKENS, build_tiny_vlm
+from medharness.checkpoints.tiny import ARCHS, TAG_TOKENS, build_tiny_vlm
+from medharness.core.records import GenerationSettings
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,7 @@ def test_tiny_folder_reloads_offline(tiny_models: dict[str, Path], arch: str) ->
 
 
 def test_unknown_arch_refused(tmp_path: Path) -> None:
-    from medharness.errors import ConfigError
+    from medharness.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="qwen2_vl"):
         build_tiny_vlm(tmp_path, arch="llava")

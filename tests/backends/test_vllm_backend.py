@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from medharness.torchvision_shim import ensure_torchvision_importable
+from medharness.core.torchvision_shim import ensure_torchvision_importable
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU: plenty for a tiny model
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -35,7 +35,6 @@ from chat_requests import GREEDY, mixed_requests, request, truncated_png
 from PIL import Image
 from safetensors.torch import save_file
 
-from medharness import pipeline
 from medharness.backends import BACKENDS, Backend, Request
 from medharness.backends.hf import HFBackend, weights_fingerprint
 from medharness.backends.vllm import (
@@ -44,9 +43,10 @@ from medharness.backends.vllm import (
     model_fingerprint,
     read_adapter_config,
 )
-from medharness.errors import ConfigError
-from medharness.pipeline import RunConfig, Runner
-from medharness.records import Generation, GenerationSettings
+from medharness.core.errors import ConfigError
+from medharness.core.records import Generation, GenerationSettings
+from medharness.runs import pipeline
+from medharness.runs.pipeline import RunConfig, Runner
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import multiprocessing as mp
 import pytest
 
 from medharness.backends.vllm_dp import EnginePool, gpu_groups
-from medharness.errors import BackendError, ConfigError
+from medharness.core.errors import BackendError, ConfigError
 
 
 def test_gpu_groups(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -25,5 +25,5 @@ def test_gpu_groups(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_worker_that_cannot_start_fails_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(BackendError, match="worker 0 could not start its engine: .*Error"):
-        EnginePool("/no/such/model", 2, 1, {"dtype": "not-a-dtype"})
+        EnginePool("medharness.backends.vllm:VLLMBackend", "/no/such/model", 2, 1, {"dtype": "not-a-dtype"})
     assert not [p for p in mp.active_children() if p.name.startswith("medharness-vllm-dp")]

@@ -43,9 +43,9 @@ from medharness.backends.hf import HFBackend
 from medharness.backends.openai_compat import OpenAIBackend, openai_messages
 from medharness.backends.vlm_common import chat_template_owner, render_prompt
 from medharness.cli import main
-from medharness.records import Generation, GenerationSettings
-from medharness.runlog import RunDir
-from medharness.task import load_task
+from medharness.core.records import Generation, GenerationSettings
+from medharness.runs.runlog import RunDir
+from medharness.taskfiles.task import load_task
 
 pytestmark = pytest.mark.slow
 

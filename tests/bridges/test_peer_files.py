@@ -13,10 +13,10 @@ import pytest
 from medharness.bridges.export import export_task
 from medharness.bridges.importer import ImportRequest, import_predictions
 from medharness.cli import main
-from medharness.errors import DataError
-from medharness.rescore import score_predictions
-from medharness.runlog import RunDir
-from medharness.task import load_task
+from medharness.core.errors import DataError
+from medharness.runs.rescore import score_predictions
+from medharness.runs.runlog import RunDir
+from medharness.taskfiles.task import load_task
 
 TASK = "phantom_presence"
 N = 6

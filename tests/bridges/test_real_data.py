@@ -13,8 +13,8 @@ from shared_data import shared
 
 from medharness.bridges.export import export_task
 from medharness.bridges.importer import ImportRequest, import_predictions
-from medharness.rescore import score_predictions
-from medharness.task import load_task
+from medharness.runs.rescore import score_predictions
+from medharness.taskfiles.task import load_task
 
 pytestmark = pytest.mark.shared_data
 N = 40

@@ -13,7 +13,7 @@ import pytest
 
 from medharness.bridges.export import export_task
 from medharness.bridges.importer import ImportRequest, import_predictions
-from medharness.runlog import RunDir
+from medharness.runs.runlog import RunDir
 
 pytestmark = pytest.mark.slow
 TASK = "phantom_presence"
@@ -26,14 +26,14 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFL
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("transformers", reason="the hf extra runs the tiny model")
-    from medharness.tiny import build_tiny_vlm
+    from medharness.checkpoints.tiny import build_tiny_vlm
 
     return Path(build_tiny_vlm(tmp_path_factory.mktemp("tiny") / "tiny"))
 
 
 def _own_run(model: Path, task: str, out: Path, data_dir: str | None = None, tokens: int | None = None
              ) -> RunDir:
-    from medharness.pipeline import RunConfig, Runner
+    from medharness.runs.pipeline import RunConfig, Runner
 
     return Runner(RunConfig(model=str(model), backend="hf", tasks=task, limit=N, cache=False, data_dir=data_dir,
                             max_new_tokens=tokens,
@@ -118,7 +118,7 @@ def test_lm_eval_round_trip_on_vqa_rad(tmp_path: Path, tiny: Path, monkeypatch: 
     processor = AutoProcessor.from_pretrained(tiny)
     sent = {str(json.loads(line)["doc"]["id"]): json.loads(line)["arguments"]["gen_args_0"]["arg_0"]
             for line in file.read_text().splitlines()}
-    from medharness.task import load_task
+    from medharness.taskfiles.task import load_task
 
     task = load_task("vqa_rad", {"data_dir": data})
     for row in own.rows("vqa_rad"):
@@ -134,7 +134,7 @@ def test_lmms_eval_round_trip(tmp_path: Path, medharness_run: tuple[Path, RunDir
     model, own = medharness_run
     export_task("lmms-eval", TASK, tmp_path / "task", limit=N)
     # lmms-eval's qwen2_vl model resizes images with its own pixel limits: the tiny processor's 112x112 here
-    launch = ("import runpy, sys; from medharness.torchvision_shim import ensure_torchvision_importable as f; f(); "
+    launch = ("import runpy, sys; from medharness.core.torchvision_shim import ensure_torchvision_importable as f; f(); "
               "sys.argv[0] = 'lmms_eval'; runpy.run_module('lmms_eval', run_name='__main__')")
     cmd = [str(LMMS_PYTHON), "-c", launch, "--model", "qwen2_vl", "--model_args",
            f"pretrained={model},device=cpu,device_map=cpu,max_pixels=12544,min_pixels=3136",

@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from medharness.normalize import normalize
-from medharness.records import Generation, Sample
-from medharness.scoring import recipe_for
-from medharness.task import load_task
+from medharness.core.records import Generation, Sample
+from medharness.scoring.normalize import normalize
+from medharness.taskfiles.task import load_task, recipe_for
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "fuzz" / "outputs"
 CASES = [json.loads(line) for path in sorted(CORPUS.glob("*.jsonl"))
@@ -51,8 +50,8 @@ def test_adversarial_output(case: dict[str, Any]) -> None:
 
 def test_hedges_are_counted_as_unparsed_in_the_summary() -> None:
     """A hedge never earns credit and is counted in n_unparsed, like any unparsed answer."""
-    from medharness.records import ResultRow
-    from medharness.scoring import summarise
+    from medharness.core.records import ResultRow
+    from medharness.scoring.recipe import summarise
 
     task = load_task("vqa_rad")
     recipe = recipe_for(task)

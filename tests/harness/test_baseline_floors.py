@@ -10,17 +10,16 @@ from typing import Any
 
 import pytest
 
-from medharness.answers import format_answer, parser_steps
 from medharness.backends.base import Request
 from medharness.backends.baseline import BaselineBackend
+from medharness.core.records import Prompt, Sample
 from medharness.leaderboards.board import build
 from medharness.leaderboards.render import render_markdown
 from medharness.leaderboards.spec import DEFAULT
-from medharness.pipeline import RunConfig, Runner
-from medharness.records import Prompt, Sample
-from medharness.runlog import RunDir
-from medharness.scoring import recipe_for
-from medharness.task import TASKS_DIR, load_task
+from medharness.runs.pipeline import RunConfig, Runner
+from medharness.runs.runlog import RunDir
+from medharness.taskfiles.answers import format_answer, parser_steps
+from medharness.taskfiles.task import TASKS_DIR, load_task, recipe_for
 
 SHIPPED = sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
 VARIANTS = [(name, variant) for name in SHIPPED for variant in load_task(name).config.prompts.variants]
@@ -45,7 +44,7 @@ def gold_sample(name: str, variant: str) -> Sample:
 
 @pytest.mark.parametrize("name, variant", VARIANTS, ids=[f"{n}-{v}" for n, v in VARIANTS])
 def test_every_shipped_variant_reads_back_the_answer_written_in_its_format(name: str, variant: str) -> None:
-    """The writer the baselines use (`medharness.answers.format_answer`) against the variant's own recipe: the
+    """The writer the baselines use (`medharness.taskfiles.answers.format_answer`) against the variant's own recipe: the
     gold written in the variant's format is parsed and earns full credit on the task's primary metric."""
     task = load_task(name)
     sample = gold_sample(name, variant)

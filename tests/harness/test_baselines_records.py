@@ -10,9 +10,9 @@ import pytest
 
 from medharness.backends.base import Request
 from medharness.backends.baseline import BaselineBackend
-from medharness.errors import BackendError
-from medharness.records import Generation, Prompt, ResultRow, Sample
-from medharness.task import load_task
+from medharness.core.errors import BackendError
+from medharness.core.records import Generation, Prompt, ResultRow, Sample
+from medharness.taskfiles.task import load_task
 
 TASK = """\
 name: toy

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from medharness.cache import ResponseCache, cache_key
-from medharness.pipeline import RunConfig, Runner
-from medharness.records import Generation, GenerationSettings, Message, Part, Prompt
+from medharness.backends.cache import ResponseCache, cache_key
+from medharness.core.records import Generation, GenerationSettings, Message, Part, Prompt
+from medharness.runs.pipeline import RunConfig, Runner
 
 
 def prompt(settings: GenerationSettings, text: str = "q") -> Prompt:
@@ -59,7 +59,7 @@ def test_second_identical_run_makes_zero_model_calls(tmp_path: Path, tiny_models
 
 
 def test_cost_only_where_a_price_entry_exists() -> None:
-    from medharness.prices import cost_usd
+    from medharness.runs.prices import cost_usd
 
     assert cost_usd("gpt-4o-mini", 1_000_000, 1_000_000) == 0.75
     assert cost_usd("models/gemini-1.5-flash", 2_000_000, 0) == 0.15

@@ -11,7 +11,7 @@ import pytest
 
 from medharness.cli import main
 from medharness.cli_output import ProgressLines
-from medharness.runlog import RunDir
+from medharness.runs.runlog import RunDir
 
 
 class Clock:

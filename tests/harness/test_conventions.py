@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from medharness.conventions import CONVENTIONS, Convention
-from medharness.metrics import resolve_metrics
-from medharness.normalize import vqa_v2, yes_no_of
-from medharness.parsers import ParserChain
-from medharness.records import Sample
+from medharness.core.records import Sample
+from medharness.scoring.conventions import CONVENTIONS, Convention
+from medharness.scoring.metrics import resolve_metrics
+from medharness.scoring.normalize import vqa_v2, yes_no_of
+from medharness.scoring.parsers import ParserChain
 
 NAMES = ["harness", "llava_med", "lmms_eval", "mumc", "set_token_f1", "yesno_strict"]
 # The task's own parser, used by conventions whose parser is None (the harness default).

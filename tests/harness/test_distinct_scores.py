@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-import medharness.metrics
-import medharness.parsers
-from medharness.errors import DataError
-from medharness.metrics import METRICS, Metric, resolve_metrics
-from medharness.pipeline import RunConfig, Runner
-from medharness.records import Generation, ResultRow, RowToScore, Sample, fields_of
-from medharness.rescore import score_run
-from medharness.runlog import RunDir, parse_rows_to_score
-from medharness.scoring import DistinctScores, Recipe, _frozen, memoisable, recipe_for, summarise
-from medharness.task import load_task
+import medharness.scoring.metrics
+import medharness.scoring.parsers
+from medharness.core.errors import DataError
+from medharness.core.records import Generation, ResultRow, RowToScore, Sample, fields_of
+from medharness.runs.pipeline import RunConfig, Runner
+from medharness.runs.rescore import score_run
+from medharness.runs.runlog import RunDir, parse_rows_to_score
+from medharness.scoring.metrics import METRICS, Metric, resolve_metrics
+from medharness.scoring.recipe import DistinctScores, Recipe, _frozen, memoisable, summarise
+from medharness.taskfiles.task import load_task, recipe_for
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "fuzz" / "outputs"
 CASES = [json.loads(line) for path in sorted(CORPUS.glob("*.jsonl"))
@@ -89,7 +89,7 @@ def test_the_built_in_parsers_and_metrics_never_read_a_samples_question_id_or_im
     """The contract that lets DistinctScores leave the question, id and image paths out of its key, checked
     on the source of every built-in parser and metric module."""
     read = []
-    for package in (medharness.parsers, medharness.metrics):
+    for package in (medharness.scoring.parsers, medharness.scoring.metrics):
         for file in sorted(Path(package.__file__).parent.glob("*.py")):  # type: ignore[arg-type]
             for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
                 if isinstance(node, ast.Attribute) and node.attr in ("question", "id", "images"):
@@ -186,7 +186,7 @@ def test_the_view_accepts_and_refuses_what_the_model_does(model: Any, good: dict
 
 def test_a_row_is_read_as_the_full_record_reads_it(tmp_path: Path) -> None:
     row = ResultRow(task="t", task_version="1", sample=Sample.model_validate(GOOD_SAMPLE), prompt_hash="h",
-                    generation=Generation.model_validate(GOOD_GENERATION), answer=medharness.records.Answer("x"),
+                    generation=Generation.model_validate(GOOD_GENERATION), answer=medharness.core.records.Answer("x"),
                     scores={"a": math.nan})
     line = row.model_dump_json()
     (view,) = parse_rows_to_score(tmp_path / "f.jsonl", [line])

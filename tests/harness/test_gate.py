@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from medharness.cli import main
-from medharness.gate import GateSummary, GateTask, MetricInfo, ScoredSample, compare, load_side
+from medharness.runs.gate import GateSummary, GateTask, MetricInfo, ScoredSample, compare, load_side
 
 GATE_DATA = Path(__file__).parents[1] / "data" / "gate"
 SUBSETS = Path(__file__).parents[2] / "tasks" / "subsets"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from medharness.cli import main
-from medharness.errors import ConfigError, DataError
-from medharness.pipeline import RunConfig, Runner
-from medharness.runlog import LOCK_FILE, RUN_FILE, RunDir
+from medharness.core.errors import ConfigError, DataError
+from medharness.runs.pipeline import RunConfig, Runner
+from medharness.runs.runlog import LOCK_FILE, RUN_FILE, RunDir
 
 FUZZ = Path(__file__).resolve().parents[1] / "data" / "fuzz"
 BASE_TASK = FUZZ / "valid" / "fuzz_base.yaml"
@@ -82,7 +82,7 @@ def test_a_hostile_data_file_is_refused_by_file_and_line_before_any_directory(
 
 def test_a_good_row_of_each_format_still_loads(tmp_path: Path) -> None:
     """The same reader accepts what it should: quoted CSV fields across lines, a BOM, numbers as ids."""
-    from medharness.task import load_task
+    from medharness.taskfiles.task import load_task
 
     data = tmp_path / "data"
     data.mkdir()
@@ -244,7 +244,7 @@ def test_a_failure_before_the_first_sample_leaves_no_directory(tmp_path: Path, c
     """A backend that fails while preparing a task (fault injected: a baseline whose prior cannot be read), in
     the run loop but before any row: the run directory it created is removed again."""
     from medharness.backends.baseline import BaselineBackend
-    from medharness.errors import DataError
+    from medharness.core.errors import DataError
 
     def broken_prepare(self: BaselineBackend, *args: object) -> None:
         raise DataError("injected: the baseline's prior cannot be read")
@@ -303,7 +303,7 @@ def test_an_interrupted_run_is_marked_with_the_reason(tmp_path: Path, monkeypatc
     import os
     import signal
 
-    from medharness import pipeline
+    from medharness.runs import pipeline
 
     real = pipeline.build_requests
     calls: list[int] = []
@@ -344,7 +344,7 @@ def test_a_dead_server_with_three_samples_exits_non_zero(tmp_path: Path, capsys:
 @pytest.mark.parametrize("question", ["presence", "count", "side", "size", "box"])
 def test_a_sources_declared_meta_fields_are_what_its_samples_carry(question: str) -> None:
     """validate checks group_by and placeholders against `meta_fields`: it must say what load gives."""
-    from medharness.sources import Columns, LoadParams, PhantomSource
+    from medharness.taskfiles.sources import Columns, LoadParams, PhantomSource
 
     source = PhantomSource(kind="phantom", question=question, n=6)
     samples = source.load(LoadParams(task="t"), "test")
@@ -352,7 +352,7 @@ def test_a_sources_declared_meta_fields_are_what_its_samples_carry(question: str
 
 
 def test_a_local_sources_meta_fields_follow_its_columns(tmp_path: Path) -> None:
-    from medharness.sources import Columns, LoadParams, LocalSource
+    from medharness.taskfiles.sources import Columns, LoadParams, LocalSource
 
     (tmp_path / "test.jsonl").write_text('{"qid": 1, "question": "q", "answer": "yes", "organ": "lung"}\n')
     columns = Columns(id="qid", meta={"body": "organ"}, derive_answer_type=True)

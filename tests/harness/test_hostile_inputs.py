@@ -25,13 +25,13 @@ from pydantic import ValidationError
 
 from medharness.backends import OPTIONS, Backend, Request, backend
 from medharness.cli import main
-from medharness.errors import ConfigError, DataError, RunInUseError
-from medharness.pipeline import RunConfig, Runner
-from medharness.records import Generation, ResultRow, check_safe_name
-from medharness.runlog import LOCK_FILE, RunDir
-from medharness.sources.base import MAX_IMAGE_PIXELS, open_bytes
-from medharness.task import TASKS_DIR, load_task, parse_task_file
-from medharness.yamlio import load_value, load_yaml_with_lines
+from medharness.core.errors import ConfigError, DataError, RunInUseError
+from medharness.core.records import Generation, ResultRow, check_safe_name
+from medharness.core.yamlio import load_value, load_yaml_with_lines
+from medharness.runs.pipeline import RunConfig, Runner
+from medharness.runs.runlog import LOCK_FILE, RunDir
+from medharness.taskfiles.sources.base import MAX_IMAGE_PIXELS, open_bytes
+from medharness.taskfiles.task import TASKS_DIR, load_task, parse_task_file
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZ = REPO / "tests" / "data" / "fuzz"
@@ -306,7 +306,7 @@ def test_an_unexpected_error_in_the_loop_marks_the_run_failed(tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Defence in depth: run.json never stays at "running" after an exception, ours or not (here in the second
     batch, after rows were written); a failure before the first row leaves no directory at all."""
-    from medharness import pipeline
+    from medharness.runs import pipeline
 
     real = pipeline.build_requests
     calls: list[int] = []
@@ -365,7 +365,7 @@ def test_a_lock_left_by_a_killed_process_is_not_stale(tmp_path: Path) -> None:
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
             from pathlib import Path
-            from medharness.runlog import RunDir
+            from medharness.runs.runlog import RunDir
             run = RunDir.open(Path({str(tmp_path / "run")!r}), writer="run")
             print("locked", flush=True)
             time.sleep(60)
@@ -410,7 +410,7 @@ def test_a_lock_inherited_by_a_forked_child_names_the_ended_holder(tmp_path: Pat
     script = textwrap.dedent(f"""
         import os, sys, time
         from pathlib import Path
-        from medharness.runlog import RunDir
+        from medharness.runs.runlog import RunDir
         run = RunDir.open(Path({str(tmp_path / "run")!r}), writer="run")
         if os.fork() == 0:
             time.sleep(30)

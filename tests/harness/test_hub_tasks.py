@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from medharness.cli_output import validate_files
-from medharness.records import Generation, Sample
-from medharness.scoring import Recipe, recipe_for
-from medharness.task import Task, discover_tasks, load_task
+from medharness.core.records import Generation, Sample
+from medharness.scoring.recipe import Recipe
+from medharness.taskfiles.task import Task, discover_tasks, load_task, recipe_for
 
 TASKS = ("pathvqa", "pmc_vqa", "cv_bench", "reasoning_vqa")
 R1_VARIANTS = {"r1", "explanation", "short", "open_ended", "reasoning", "reasoning_judged", "r1_study",
@@ -255,7 +255,7 @@ def test_pathvqa_hub_layout(pathvqa_hub: Path) -> None:
 
 
 def test_pathvqa_card_size_check(pathvqa_hub: Path) -> None:
-    from medharness.errors import DataError
+    from medharness.core.errors import DataError
 
     overrides = with_local_hub("pathvqa", pathvqa_hub)
     overrides.pop("check_sizes")
@@ -297,7 +297,7 @@ def test_pmc_vqa_local_csv(pmc_vqa_dir: Path) -> None:
 
 
 def test_pmc_vqa_needs_local_data() -> None:
-    from medharness.errors import DataError
+    from medharness.core.errors import DataError
 
     with pytest.raises(DataError, match="pass --data-dir"):
         load_task("pmc_vqa").load_samples()

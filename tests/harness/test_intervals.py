@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from medharness.cli import main
-from medharness.records import Answer, Generation, ResultRow, Sample
-from medharness.rescore import score_run
-from medharness.runlog import RunDir
-from medharness.scoring import cluster_of, recipe_for, rescore, summarise
-from medharness.task import load_task
+from medharness.core.records import Answer, Generation, ResultRow, Sample
+from medharness.runs.rescore import score_run
+from medharness.runs.runlog import RunDir
+from medharness.scoring.recipe import cluster_of, rescore, summarise
+from medharness.taskfiles.task import load_task, recipe_for
 
 OLD = Path(__file__).parents[1] / "data" / "runlog_v0"  # written by medharness 0.1, before intervals
 
@@ -104,7 +104,7 @@ def test_a_cluster_by_field_no_sample_has_is_said(caplog: pytest.LogCaptureFixtu
     task = load_task("phantom_presence")
     recipe = recipe_for(task)
     rows = rescore(rows_on_images([["yes", "no"]] * 5), recipe)
-    with caplog.at_level("WARNING", logger="medharness.scoring"):
+    with caplog.at_level("WARNING", logger="medharness.scoring.recipe"):
         m = summarise(rows, recipe, [], task.name, task.version, "patient_id").metrics["yes_no_accuracy"]
     assert "no sample has the cluster_by field 'patient_id'" in caplog.text
     assert m.n_clusters == 10  # items

@@ -16,13 +16,13 @@ import pytest
 from PIL import Image
 from shared_data import shared
 
-from medharness.boxes import from_absolute
-from medharness.errors import DataError
-from medharness.records import Generation, Sample
-from medharness.scoring import recipe_for, summarise
-from medharness.sources.base import qwen_resized_size
-from medharness.sources.detection import HAM_CLASSES, lesion_split, mask_box
-from medharness.task import Task, load_task
+from medharness.core.errors import DataError
+from medharness.core.records import Generation, Sample
+from medharness.scoring.boxes import from_absolute
+from medharness.scoring.recipe import summarise
+from medharness.taskfiles.sources.base import qwen_resized_size
+from medharness.taskfiles.sources.detection import HAM_CLASSES, lesion_split, mask_box
+from medharness.taskfiles.task import Task, load_task, recipe_for
 
 R1 = "<think>I look at the image.</think>"
 COORDS = {"plain": "absolute", "box": "absolute", "box_norm1000": "norm1000", "box_resized": "resized"}
@@ -317,7 +317,7 @@ def test_covid_severity_grades(tmp_path: Path) -> None:
         assert [int(s.target) for s in samples] == grades and samples[0].meta["grade"] == "0"
         recipe = recipe_for(task)
         rows = []
-        from medharness.records import ResultRow
+        from medharness.core.records import ResultRow
 
         for sample in samples:
             gen = Generation(sample_id=sample.id, text=text.format(gold=sample.target))

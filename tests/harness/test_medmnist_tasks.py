@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from medharness.cli_output import validate_files
-from medharness.errors import DataError
-from medharness.records import Generation, Sample
-from medharness.scoring import recipe_for
-from medharness.task import TASKS_DIR, Task, load_task, read_knowledge, resolve_task_names
+from medharness.core.errors import DataError
+from medharness.core.records import Generation, Sample
+from medharness.scoring.knowledge import read_knowledge
+from medharness.taskfiles.task import TASKS_DIR, Task, load_task, recipe_for, resolve_task_names
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from medharness.errors import ConfigError
-from medharness.metrics import METRICS, resolve_metrics
-from medharness.records import Answer, Sample
+from medharness.core.errors import ConfigError
+from medharness.core.records import Answer, Sample
+from medharness.scoring.metrics import METRICS, resolve_metrics
 
 OPTIONS = ("pneumonia", "edema", "normal")
 
@@ -249,8 +249,8 @@ def test_every_metric_survives_a_megabyte(text: str) -> None:
 
 
 def test_bleu_of_the_reasoning_against_a_meta_field() -> None:
-    from medharness.metrics import METRICS
-    from medharness.records import Answer, Sample
+    from medharness.core.records import Answer, Sample
+    from medharness.scoring.metrics import METRICS
 
     fn = METRICS.get("bleu").fn
     sample = Sample(id="1", task="t", question="q", target="yes", meta={"reasoning": "the left lung is clear"})
@@ -262,8 +262,8 @@ def test_bleu_of_the_reasoning_against_a_meta_field() -> None:
 
 
 def test_choice_accuracy_accepts_parenthesised_gold_letters() -> None:
-    from medharness.metrics import METRICS
-    from medharness.records import Answer, Sample
+    from medharness.core.records import Answer, Sample
+    from medharness.scoring.metrics import METRICS
 
     fn = METRICS.get("choice_accuracy").fn
     sample = Sample(id="1", task="t", question="q", target="(B)", choices=("left", "right"))
@@ -279,7 +279,7 @@ def test_quadratic_kappa_equals_sklearn() -> None:
     import numpy as np
     from sklearn.metrics import cohen_kappa_score
 
-    from medharness.metrics.structured import quadratic_kappa
+    from medharness.scoring.metrics.structured import quadratic_kappa
 
     rng = np.random.default_rng(0)
     compared = 0

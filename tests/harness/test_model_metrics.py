@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from medharness.torchvision_shim import ensure_torchvision_importable
+from medharness.core.torchvision_shim import ensure_torchvision_importable
 
 ensure_torchvision_importable()
 
@@ -21,9 +21,9 @@ import torch
 from metric_models import build_metric_models  # tests/support
 from transformers import BertModel, BertTokenizerFast, BioGptForCausalLM, RobertaForSequenceClassification
 
-from medharness.metrics import METRICS
-from medharness.metrics.models import bertscore_f1, cross_encoder_score, perplexity
-from medharness.records import Answer, Sample
+from medharness.core.records import Answer, Sample
+from medharness.scoring.metrics import METRICS
+from medharness.scoring.metrics.models import bertscore_f1, cross_encoder_score, perplexity
 
 OPEN = Sample(task="t", id="o1", question="Where is the mass?", target="left lung", meta={"answer_type": "OPEN"})
 CLOSED = Sample(task="t", id="c1", question="Is there a mass?", target="yes", meta={"answer_type": "CLOSED"})
@@ -130,7 +130,7 @@ def test_perplexity_is_exp_mean_token_nll(models: dict[str, str]) -> None:
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
-    from medharness.errors import ConfigError
+    from medharness.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="cannot be loaded"):
         metric("reasoning_perplexity", MCQ, "<think>x y z</think>", "B", model=str(tmp_path / "nowhere"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from medharness.errors import ConfigError
-from medharness.normalize import NORMALIZERS, drop_parentheticals, normalize, tokens, yes_no_of
+from medharness.core.errors import ConfigError
+from medharness.scoring.normalize import NORMALIZERS, drop_parentheticals, normalize, tokens, yes_no_of
 
 
 def test_registry_names() -> None:

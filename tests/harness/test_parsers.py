@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from medharness.boxes import from_absolute, to_absolute
-from medharness.errors import ConfigError
-from medharness.parsers import PARSERS, ParserChain, strip_end_markers
-from medharness.records import Answer, Sample
+from medharness.core.errors import ConfigError
+from medharness.core.records import Answer, Sample
+from medharness.scoring.boxes import from_absolute, to_absolute
+from medharness.scoring.parsers import PARSERS, ParserChain, strip_end_markers
 
 OPTIONS = ("pneumonia", "edema", "normal")
 CLASSES = ("nevus", "melanocytic nevus", "melanoma", "benign keratosis")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medharness import phantom
-from medharness.records import Sample
+from medharness.core.records import Sample
+from medharness.taskfiles import phantom
 
 THRESHOLD = 170  # between the body (<= ~137) and the lesions (>= 200)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from medharness.cli import main
-from medharness.errors import ConfigError
-from medharness.pipeline import RunConfig, Runner
-from medharness.runlog import RunDir
+from medharness.core.errors import ConfigError
+from medharness.runs.pipeline import RunConfig, Runner
+from medharness.runs.runlog import RunDir
 
 
 def run(tmp_path: Path, name: str = "r", resume: bool = False, **kw: object) -> RunDir:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from medharness.pipeline import RunConfig, Runner
-from medharness.runlog import RunDir
+from medharness.runs.pipeline import RunConfig, Runner
+from medharness.runs.runlog import RunDir
 
 pytestmark = pytest.mark.slow
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from medharness.errors import ConfigError
-from medharness.metrics import METRICS
-from medharness.records import Answer, Sample
+from medharness.core.errors import ConfigError
+from medharness.core.records import Answer, Sample
+from medharness.scoring.metrics import METRICS
 
 YES = Sample(task="t", id="q1", question="Is there a mass?", target="yes", meta={"answer_type": "CLOSED"})
 MCQ = Sample(task="t", id="q2", question="Which organ?", target="B", choices=["liver", "lung", "heart", "kidney"])
@@ -48,7 +48,7 @@ def test_length_reward_cap(words: int, expected: float) -> None:
 def test_length_reward_counts_tokenizer_tokens(tmp_path: Path) -> None:
     """With a tokenizer folder the completion's own tokens are counted (the model's, as TRL's completion_ids)."""
     pytest.importorskip("transformers")
-    from medharness.tiny import build_tokenizer
+    from medharness.checkpoints.tiny import build_tokenizer
 
     tok = build_tokenizer()
     tok.save_pretrained(tmp_path / "tok")

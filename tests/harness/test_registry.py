@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from medharness.errors import ConfigError
-from medharness.registry import Registry
+from medharness.core.errors import ConfigError
+from medharness.core.registry import Registry
 
 
 def test_decorator_and_lookup() -> None:
@@ -53,9 +53,9 @@ def test_did_you_mean() -> None:
 
 def test_real_registries_are_populated() -> None:
     from medharness.backends import BACKENDS
-    from medharness.conventions import CONVENTIONS
-    from medharness.metrics import METRICS
-    from medharness.parsers import PARSERS
+    from medharness.scoring.conventions import CONVENTIONS
+    from medharness.scoring.metrics import METRICS
+    from medharness.scoring.parsers import PARSERS
 
     assert {"boxed", "answer_tag", "think", "json_bbox", "choice", "yes_no", "short_answer"} <= set(PARSERS.names())
     assert {"exact_match", "token_f1", "iou", "mfrs", "qwk", "bleu"} <= set(METRICS.names())

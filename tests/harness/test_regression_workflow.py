@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medharness.splits import read_sample_ids
-from medharness.task import load_task
+from medharness.taskfiles.splits import read_sample_ids
+from medharness.taskfiles.task import load_task
 
 ROOT = Path(__file__).parents[2]
 WORKFLOW = ROOT / ".github" / "workflows" / "gpu-regression.yml"

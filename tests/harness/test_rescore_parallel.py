@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import medharness.rescore as rescore_module
-from medharness.errors import DataError
-from medharness.pipeline import RunConfig, Runner
-from medharness.rescore import score_run
+import medharness.runs.rescore as rescore_module
+from medharness.core.errors import DataError
+from medharness.runs.pipeline import RunConfig, Runner
+from medharness.runs.rescore import score_run
 
 
 @pytest.fixture()

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from medharness.errors import DataError
-from medharness.lineage import MANIFEST_FILE, CheckpointManifest
-from medharness.pipeline import RunConfig, Runner
-from medharness.records import RUNLOG_SCHEMA, RunLog
-from medharness.rescore import score_run
-from medharness.runlog import RunDir
+from medharness.checkpoints.lineage import MANIFEST_FILE, CheckpointManifest
+from medharness.core.errors import DataError
+from medharness.core.records import RUNLOG_SCHEMA, RunLog
+from medharness.runs.pipeline import RunConfig, Runner
+from medharness.runs.rescore import score_run
+from medharness.runs.runlog import RunDir
 
 OLD = Path(__file__).parents[1] / "data" / "runlog_v0"  # written by medharness 0.1 (commit ff05d3c), judged
 
@@ -25,7 +25,7 @@ def test_previous_shape_loads_and_says_so_once(tmp_path: Path, caplog: pytest.Lo
     shutil.copytree(OLD, tmp_path / "old")
     raw = json.loads((tmp_path / "old" / "run.json").read_text())
     assert "schema_version" not in raw
-    with caplog.at_level(logging.WARNING, logger="medharness.runlog"):
+    with caplog.at_level(logging.WARNING, logger="medharness.runs.runlog"):
         first = RunDir.open(tmp_path / "old").log
         RunDir.open(tmp_path / "old")
     assert sum("previous shape" in r.message for r in caplog.records) == 1
@@ -87,7 +87,7 @@ def test_new_run_log_records_seed_label_metric_arguments(tmp_path: Path) -> None
 
 
 def test_trained_from_is_read_from_the_manifest(tmp_path: Path) -> None:
-    from medharness.lineage import trained_from
+    from medharness.checkpoints.lineage import trained_from
 
     folder = tmp_path / "ckpt"
     folder.mkdir()

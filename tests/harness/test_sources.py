@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medharness.errors import DataError
-from medharness.task import load_task
+from medharness.core.errors import DataError
+from medharness.taskfiles.task import load_task
 
 TASK = """\
 name: toy

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medharness.ablation import partners
+from medharness.backends.inputs import ImageLoader
 from medharness.cli import main
-from medharness.errors import ConfigError, DataError
-from medharness.inputs import ImageLoader
-from medharness.pipeline import RunConfig, Runner
-from medharness.splits import kshot, read_sample_ids, select_pinned
-from medharness.task import load_task
+from medharness.core.errors import ConfigError, DataError
+from medharness.runs.pipeline import RunConfig, Runner
+from medharness.taskfiles.ablation import partners
+from medharness.taskfiles.splits import kshot, read_sample_ids, select_pinned
+from medharness.taskfiles.task import load_task
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""medharness.stats against hand-computed and published examples, and against the libraries."""
+"""medharness.core.stats against hand-computed and published examples, and against the libraries."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar
 
-from medharness import stats
-from medharness.errors import DataError
+from medharness.core import stats
+from medharness.core.errors import DataError
 
 
 def wilson_by_formula(k: int, n: int, z: float) -> tuple[float, float]:

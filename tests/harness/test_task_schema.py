@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from medharness.errors import ConfigError, DataError
-from medharness.task import discover_tasks, families, load_task, parse_task_file, resolve_task_names
+from medharness.core.errors import ConfigError, DataError
+from medharness.taskfiles.task import discover_tasks, families, load_task, parse_task_file, resolve_task_names
 
 MINIMAL = """\
 name: toy
@@ -108,7 +108,7 @@ def test_render_placeholders(tmp_path: Path) -> None:
         load_task(unknown)  # the source does not provide it: refused when the file is read, not at run time
     task = load_task(write(tmp_path, MINIMAL.replace('"{question}?"', '"{question} [{organ}]"').replace(
         "meta: {answer_type: kind}", "meta: {answer_type: kind, organ: organ}")))
-    from medharness.records import Sample
+    from medharness.core.records import Sample
 
     sample = Sample(id="1", task="toy", question="Where?", target="x", images=("a.jpg",), meta={})
     with pytest.raises(ConfigError, match=r"unknown placeholder\(s\) \['organ'\]"):

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("statsmodels", reason="agreement statistics need the `judges` extra")
 pytest.importorskip("krippendorff", reason="agreement statistics need the `judges` extra")
 
-from medharness.errors import DataError
+from medharness.core.errors import DataError
 from medharness.judges.agreement import (
     Estimate,
     agreement_with,

@@ -21,9 +21,9 @@ pytest.importorskip("openai")
 from fake_api_server import FakeAPIServer, Fault
 
 from medharness.cli import main
-from medharness.metrics import METRICS
-from medharness.records import Answer, Sample
-from medharness.task import load_task
+from medharness.core.records import Answer, Sample
+from medharness.scoring.metrics import METRICS
+from medharness.taskfiles.task import load_task
 from medharness.trainers.config import RewardSpec
 from medharness.trainers.rewards import RewardSet
 
@@ -77,7 +77,7 @@ THINK = "<think>a bright round spot, so a lesion</think><answer>yes</answer>"
 
 def test_registered_from_outside_the_core_through_the_entry_point() -> None:
     """The core's registry finds judge_score on its first miss; importing the core imports no judges module."""
-    code = ("import sys; from medharness.metrics import METRICS; "
+    code = ("import sys; from medharness.scoring.metrics import METRICS; "
             "before = any(m.startswith('medharness.judges') for m in sys.modules); "
             "m = METRICS.get('judge_score'); "
             "print(before, m.batch is not None, 'medharness.judges.metrics' in sys.modules)")

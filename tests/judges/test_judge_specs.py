@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from medharness.errors import ConfigError
+from medharness.core.errors import ConfigError
+from medharness.core.records import Answer, Generation, ResultRow, Sample
 from medharness.judges.specs import (
     JUDGES,
     JudgeInput,
@@ -18,7 +19,6 @@ from medharness.judges.specs import (
     judge,
     neutralise,
 )
-from medharness.records import Answer, Generation, ResultRow, Sample
 
 NAMES = ["rarl_v1", "semantic_v1", "equivalence_v1", "quality_1to10_v1"]
 RARL_OK = '{"evaluation": "Correct and well reasoned.", "reasoning_score": 0, "prediction_score": 1}'

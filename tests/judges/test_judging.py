@@ -19,10 +19,10 @@ pytest.importorskip("krippendorff")
 from fake_api_server import FakeAPIServer, Fault
 
 from medharness.cli import main
-from medharness.errors import ConfigError
+from medharness.core.errors import ConfigError
 from medharness.judges.panel import load_panel, parse_judges
-from medharness.pipeline import RunConfig, Runner
-from medharness.runlog import RunDir
+from medharness.runs.pipeline import RunConfig, Runner
+from medharness.runs.runlog import RunDir
 
 N = 24
 KEY_ENV, KEY = "MEDHARNESS_TEST_JUDGE_KEY", "sk-judge-SECRET-0123456789abcdef"
@@ -274,7 +274,7 @@ def test_real_tiny_hf_judge_is_unscored_noise(tmp_path: Path, tiny_models: dict[
 def test_judge_items_needs_no_run_directory(tmp_path: Path, server: FakeAPIServer,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The directory-free core a training reward calls: completions that live in no run."""
-    from medharness.cache import ResponseCache
+    from medharness.backends.cache import ResponseCache
     from medharness.judges.judging import JudgeItem, MemberUsage, judge_items, make_judge_backend
     from medharness.judges.specs import JudgeInput
 

@@ -17,12 +17,12 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
 from medharness.cli import main
-from medharness.errors import ConfigError
+from medharness.core.errors import ConfigError
 from medharness.leaderboards.board import build
 from medharness.leaderboards.render import render_csv, render_json, render_markdown
 from medharness.leaderboards.spec import BOARDS, load_board
 from medharness.leaderboards.table import Board
-from medharness.runlog import RunDir
+from medharness.runs.runlog import RunDir
 
 GOLDEN = Path(__file__).parent / "golden"
 

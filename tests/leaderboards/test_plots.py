@@ -18,7 +18,7 @@ from medharness.judges.audit import agreement_reports
 from medharness.leaderboards import plots
 from medharness.leaderboards.board import build
 from medharness.leaderboards.spec import load_board
-from medharness.runlog import RunDir
+from medharness.runs.runlog import RunDir
 
 GOLDEN = Path(__file__).parent / "golden"
 OLD = Path(__file__).parents[1] / "data" / "runlog_v0"

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from medharness.cli import main
-from medharness.errors import ConfigError
+from medharness.core.errors import ConfigError
 from medharness.leaderboards.board import build
 from medharness.leaderboards.render import render_markdown
 from medharness.leaderboards.spec import DEFAULT, load_board
-from medharness.runlog import RunDir
+from medharness.runs.runlog import RunDir
 
 OLD = Path(__file__).parents[1] / "data" / "runlog_v0"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from medharness.cli import main
-from medharness.runlog import RunDir
+from medharness.runs.runlog import RunDir
 
 OLD = Path(__file__).parents[1] / "data" / "runlog_v0"
 TRICKY = "I think\n```\nmaybe\n```\nso: perhaps"

@@ -7,7 +7,7 @@ import io
 from PIL import Image
 
 from medharness.backends import Request
-from medharness.records import GenerationSettings, Message, Part, Prompt
+from medharness.core.records import GenerationSettings, Message, Part, Prompt
 
 GREEDY = GenerationSettings(max_new_tokens=24)
 

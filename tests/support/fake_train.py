@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from medharness.lineage import CheckpointManifest, manifest_path
+from medharness.checkpoints.lineage import CheckpointManifest, manifest_path
 
 
 def main() -> int:

@@ -13,7 +13,7 @@ SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "i
 
 def build_metric_models(out: Path) -> dict[str, str]:
     """{"bert", "cross", "causal"} -> model folders under `out`."""
-    from medharness.torchvision_shim import ensure_torchvision_importable
+    from medharness.core.torchvision_shim import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     import torch
@@ -27,7 +27,7 @@ def build_metric_models(out: Path) -> dict[str, str]:
         RobertaForSequenceClassification,
     )
 
-    from medharness.tiny import build_tokenizer
+    from medharness.checkpoints.tiny import build_tokenizer
 
     torch.manual_seed(0)
     bert = out / "bert"

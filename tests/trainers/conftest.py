@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from train_rewards import LENGTH  # tests/support
 
-from medharness.metrics import METRICS, Metric
+from medharness.scoring.metrics import METRICS, Metric
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medharness.errors import ConfigError
+from medharness.core.errors import ConfigError
 from medharness.trainers.base import TRAINERS
 from medharness.trainers.config import build_config, load_layers, preset_names, trl_args
 from medharness.trainers.run import TrainRequest, resolve

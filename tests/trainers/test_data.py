@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from medharness.errors import DataError
-from medharness.phantom import open_image
-from medharness.splits import kshot, write_sample_ids
-from medharness.task import load_task
+from medharness.core.errors import DataError
+from medharness.taskfiles.phantom import open_image
+from medharness.taskfiles.splits import kshot, write_sample_ids
+from medharness.taskfiles.task import load_task
 from medharness.trainers.answers import gold_text
 from medharness.trainers.config import Layers, build_config
 from medharness.trainers.data import check_image_tokens, pixel_budget, resize, rows_for, select_samples
@@ -68,7 +68,7 @@ def test_task_without_training_samples(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def processor(tiny_models: dict[str, Path]):  # type: ignore[no-untyped-def]
-    from medharness.torchvision_shim import ensure_torchvision_importable
+    from medharness.core.torchvision_shim import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     from transformers import AutoProcessor

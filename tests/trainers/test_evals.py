@@ -11,12 +11,12 @@ import pytest
 
 pytest.importorskip("trl", reason="the train command needs the `train` extra")
 
+from medharness.checkpoints.lineage import file_hash
 from medharness.cli import main
-from medharness.errors import ConfigError, DataError
-from medharness.lineage import file_hash
-from medharness.paths import SET_ASIDE
-from medharness.records import Sample
-from medharness.task import load_task
+from medharness.core.errors import ConfigError, DataError
+from medharness.core.paths import SET_ASIDE
+from medharness.core.records import Sample
+from medharness.taskfiles.task import load_task
 from medharness.trainers.evals import EvalPlan, EvalRequest, TrainSamples, evaluate_point, plan
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medharness.errors import ConfigError
+from medharness.core.errors import ConfigError
 from medharness.trainers.launch import (
     LaunchSpec,
     add_launch_options,
@@ -132,7 +132,7 @@ def test_vllm_settings_are_grpo_config_keys() -> None:
     assert vllm_serve_command("M", tensor_parallel_size=2, port=8001)[:6] == [
         "trl", "vllm-serve", "--model", "M", "--tensor-parallel-size", "2"]
     try:  # the keys exist on this TRL's GRPOConfig
-        from medharness.torchvision_shim import ensure_torchvision_importable
+        from medharness.core.torchvision_shim import ensure_torchvision_importable
 
         ensure_torchvision_importable()
         import dataclasses

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from medharness.errors import ConfigError
+from medharness.core.errors import ConfigError
 from medharness.trainers.base import recipe_class
 from medharness.trainers.config import RewardSpec, build_config, load_layers, trl_args
 from medharness.trainers.launch import LaunchSpec, accelerate_config, deepspeed_config
@@ -97,7 +97,7 @@ def test_prompt_styles_are_checked_when_the_config_resolves() -> None:
 def test_style_assignment_is_seeded_and_recorded(tmp_path: Path) -> None:
     import json
 
-    from medharness.records import Sample
+    from medharness.core.records import Sample
     from medharness.trainers.styles import assign_styles, record_styles
 
     samples = [Sample(task="t", id=f"s{i}", question="q", target="a") for i in range(40)]

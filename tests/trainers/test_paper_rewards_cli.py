@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from medharness.cli import main
-from medharness.task import load_task
+from medharness.taskfiles.task import load_task
 
 pytest.importorskip("transformers")
 

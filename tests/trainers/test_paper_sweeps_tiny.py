@@ -25,7 +25,7 @@ from fake_api_server import FakeAPIServer  # tests/support
 from metric_models import build_metric_models  # tests/support
 
 from medharness.cli import main
-from medharness.task import load_task
+from medharness.taskfiles.task import load_task
 
 SWEEPS = Path(__file__).resolve().parents[2] / "trainers" / "sweeps"
 KEY_ENV = "MEDHARNESS_TEST_JUDGE_KEY"

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from medharness.cli import main
-from medharness.errors import ConfigError
-from medharness.records import Generation
-from medharness.scoring import recipe_for
-from medharness.task import load_task
+from medharness.core.errors import ConfigError
+from medharness.core.records import Generation
+from medharness.taskfiles.task import load_task, recipe_for
 from medharness.trainers.answers import gold_text, rejected_texts
 from medharness.trainers.config import RewardSpec
 from medharness.trainers.rewards import RewardSet, default_rewards, parse_rewards
@@ -153,7 +152,7 @@ def test_reward_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_rejected_answers_from_a_finished_run(tmp_path: Path) -> None:
     """`rejected: run:DIR` takes the base model's wrong answers, matched by sample id and image."""
-    from medharness.records import Answer, ResultRow
+    from medharness.core.records import Answer, ResultRow
 
     task = _task()
     samples = task.load_samples("train")[:4]

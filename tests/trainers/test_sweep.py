@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from medharness.checkpoints.lineage import file_hash
 from medharness.cli import main
-from medharness.errors import ConfigError
-from medharness.lineage import file_hash
-from medharness.records import MetricSummary, RunStatus, TaskEntry, TaskSummary
-from medharness.runlog import RunDir
+from medharness.core.errors import ConfigError
+from medharness.core.records import MetricSummary, RunStatus, TaskEntry, TaskSummary
+from medharness.runs.runlog import RunDir
 from medharness.trainers import sweep_exec
 from medharness.trainers.sweep import DEMO, expand, load_sweep
 from medharness.trainers.sweep_board import board, render_markdown

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from medharness.cli import main
-from medharness.errors import ConfigError
-from medharness.paths import SET_ASIDE
+from medharness.core.errors import ConfigError
+from medharness.core.paths import SET_ASIDE
 from medharness.trainers.sweep import DEMO, load_sweep
 from medharness.trainers.sweep_exec import StageFailed, Stages
 

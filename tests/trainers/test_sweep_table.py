@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from medharness.cli import main
-from medharness.errors import ConfigError
-from medharness.records import MetricSummary, TaskEntry, TaskSummary
-from medharness.runlog import RunDir
+from medharness.core.errors import ConfigError
+from medharness.core.records import MetricSummary, TaskEntry, TaskSummary
+from medharness.runs.runlog import RunDir
 from medharness.trainers.sweep import (
     all_eval_tasks,
     eval_prompt,

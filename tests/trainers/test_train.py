@@ -160,7 +160,7 @@ def test_a_stopped_run_records_its_status(tmp_path: Path, tiny_models: dict[str,
 
 def test_a_second_stage_records_its_parent(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
     """Training from a medharness checkpoint (multi-stage recipes): the manifest names the parent."""
-    from medharness.lineage import file_hash
+    from medharness.checkpoints.lineage import file_hash
 
     first = run_training(tmp_path / "stage1", tiny_models["qwen2_vl"], "grpo", max_steps=1) / "final"
     second = run_training(tmp_path / "stage2", first, "sft_lora", max_steps=1) / "final"

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from medharness.cli import main
-from medharness.errors import ConfigError
-from medharness.metrics import METRICS
-from medharness.metrics.text import format_ok
-from medharness.records import Answer, Sample
-from medharness.task import load_task
+from medharness.core.errors import ConfigError
+from medharness.core.records import Answer, Sample
+from medharness.scoring.metrics import METRICS
+from medharness.scoring.metrics.text import format_ok
+from medharness.taskfiles.task import load_task
 from medharness.trainers.rewards import RewardSet
 from medharness.trainers.vrft import VrftOptions, coords_warning, vrft_rewards
 

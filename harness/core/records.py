@@ -1,0 +1,477 @@
+"""The plain records that flow through medharness. Read this module first.
+
+Sample --render--> Prompt --Backend.generate--> Generation --Parser--> Answer --Metric--> scores
+ResultRow (one per sample: samples/<task>.jsonl); TaskSummary; the run log (run.json): RunLog of TaskEntry.
+
+All records are frozen pydantic models that round-trip through JSON. Images are referenced
+(a path relative to the data root, or a `scheme:...` reference a data source resolves), never
+held as decoded pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from typing_extensions import NotRequired, TypedDict
+
+
+class Strict(BaseModel):
+    """The one strict base: frozen, and an unknown key is an error (records, task files, sources, panels)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_safe_name(value: str, what: str = "name") -> str:
+    """`value` if it can be used as a file name as it is (no separators, not `.`/`..`, not empty, <= 128
+    characters), else ValueError. Every name that becomes a file or folder name is checked with this."""
+    if not SAFE_NAME.fullmatch(value):
+        shown = repr(value if len(value) <= 60 else value[:60] + "...")
+        raise ValueError(f"{what} {shown} cannot be used as a file name: use 1 to 128 letters, digits, '.', '_' "
+                         "or '-', starting with a letter or digit")
+    return value
+
+
+def _safe_field(value: str, info: ValidationInfo) -> str:
+    return check_safe_name(value, info.field_name or "name")
+
+
+SafeName = Annotated[str, AfterValidator(_safe_field)]
+"""A name that becomes a file name (task, judge, run label, recipe, preset): validated by the schema that
+reads it, so a bad one is refused with the file and line before anything is written."""
+
+
+class Record(Strict):
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+class Sample(Record):
+    """One benchmark item. `target` is the gold answer: text, an option letter, a grade or a box."""
+
+    id: str
+    task: str
+    question: str
+    target: Any
+    images: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class GenerationSettings(Record):
+    """Decoding settings; task files' `generation:` keys are these fields, checked when the file is read."""
+
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0, allow_inf_nan=False)  # 0 = greedy
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class Part(Record):
+    """One piece of a chat message: text, or an image reference."""
+
+    type: Literal["text", "image"]
+    text: str | None = None
+    image: str | None = None
+
+
+class Message(Record):
+    role: Literal["system", "user", "assistant"]
+    content: tuple[Part, ...]
+
+
+class Prompt(Record):
+    sample_id: str
+    messages: tuple[Message, ...]
+    settings: GenerationSettings = GenerationSettings()
+
+    @property
+    def hash(self) -> str:
+        """Stable hash of the rendered messages and settings (not of the pixels)."""
+        blob = json.dumps(self.model_dump(exclude={"sample_id"}), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def image_refs(self) -> list[str]:
+        return [p.image for m in self.messages for p in m.content if p.type == "image" and p.image]
+
+
+class Generation(Record):
+    """What a backend produced for one prompt. `error` set means no usable text was produced."""
+
+    sample_id: str
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    model: str = ""
+    model_version: str | None = None  # the exact model the provider says answered (e.g. gpt-4o-mini-2024-07-18)
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A parsed answer. `value is None` means unparseable: data, never an exception.
+
+    A frozen dataclass rather than a pydantic model: parsers build one or two per generation, and re-scoring
+    100k rows spent a third of its time constructing them; pydantic still validates it strictly wherever a row
+    is read (it is a field of `ResultRow`)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    value: Any = None
+    parser: str = ""
+    note: str = ""
+
+    @property
+    def parsed(self) -> bool:
+        return self.value is not None
+
+
+class ResultRow(Record):
+    """One sample's full trail: what was asked, generated, parsed and scored."""
+
+    task: str
+    task_version: str
+    sample: Sample
+    prompt_hash: str
+    generation: Generation
+    answer: Answer
+    scores: dict[str, float] = Field(default_factory=dict)  # metric label -> value; NaN = unscored
+
+    # Rows written by 0.1 carry an always-empty `judgements` list (verdicts live in judgements/): still read,
+    # never written. A type, not a Python validator, so reading rows stays in pydantic-core.
+    judgements: tuple[()] = Field(default=(), exclude=True)
+
+    @field_validator("scores", mode="before")
+    @classmethod
+    def _nan_safe(cls, v: dict[str, Any]) -> dict[str, float]:
+        return {k: (math.nan if x is None else float(x)) for k, x in v.items()}
+
+    @property
+    def sample_id(self) -> str:
+        return self.sample.id
+
+
+def fields_of(model: type[BaseModel]) -> Any:
+    """A TypedDict of `model`'s fields (the same types and constraints; fields with a default may be absent;
+    unknown keys refused): validates a JSON object exactly as `model` would, without building the model.
+    Derived from the model, so the two cannot drift apart."""
+    fields: dict[str, Any] = {}
+    for name, f in model.model_fields.items():
+        kind: Any = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+        fields[name] = kind if f.is_required() else NotRequired[kind]
+    view = _typed_dict(f"{model.__name__}Fields", fields)
+    view.__pydantic_config__ = ConfigDict(extra="forbid")
+    return view
+
+
+_typed_dict: Any = TypedDict  # built from fields at run time, which static type checkers cannot follow
+
+RowToScore: Any = _typed_dict("RowToScore", {
+    "task_version": str, "sample": fields_of(Sample), "generation": fields_of(Generation)})
+RowToScore.__pydantic_config__ = ConfigDict(extra="ignore")
+RowToScore.__doc__ = """What re-scoring reads of a `ResultRow` line: its task version, sample and generation,
+validated as strictly as `ResultRow` validates them (`fields_of`) but left as dicts, since re-scoring builds a
+`Sample` only for the rows it parses (`scoring.DistinctScores`). The answer and scores that re-scoring
+replaces, and the other top-level keys, are skipped unread."""
+
+
+class Judgement(Record):
+    """One judge's verdict on one sample's answer (judgements/<task>.jsonl). `value is None` = unscored:
+    `failed` when the judge's reply was no well-formed verdict (or the call failed), else nothing to judge."""
+
+    task: str
+    sample_id: str
+    judge: str  # the panel member's name
+    spec: str  # the judge spec, e.g. rarl_v1
+    prompt_hash: str  # of the spec's versioned prompt file
+    model: str  # the judge backend's fingerprint
+    model_version: str | None = None  # what the provider says answered, where it says
+    settings: GenerationSettings
+    prediction_hash: str  # of the text under judgement
+    values: dict[str, float] = Field(default_factory=dict)  # every verdict field
+    value: float | None = None  # the spec's primary field
+    failed: bool = False  # judge_failed: never read as 0 or 1
+    rationale: str | None = None
+    raw: str = ""  # the judge's reply, verbatim
+    note: str = ""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached: bool = False
+
+
+def _nan_for_none(v: Any) -> Any:
+    return math.nan if v is None else v
+
+
+class MetricSummary(Record):
+    """A metric over a task's samples (or one group of them): the value with its interval.
+
+    `ci_low`/`ci_high` is the 95% interval made by `ci_method` (medharness.core.stats: "wilson",
+    "bootstrap-percentile" clustered by the task's `cluster_by`, "wilson-clusters"), over `n_clusters`
+    independent units. Absent (None) in run logs written before intervals were recorded, and where no
+    interval exists (no scored sample). `n_unparsed` is None only in group entries of such old run logs."""
+
+    value: float  # NaN: no sample was scored (written as null in run.json)
+    stderr: float | None = None  # i.i.d. standard error, kept for comparison with papers that print it
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n_clusters: int | None = None
+    ci_method: str | None = None
+    n: int
+    n_unparsed: int | None
+    n_errors: int = 0  # of the unparsed, the generations that failed (no answer at all)
+    higher_is_better: bool = True
+
+    _value = field_validator("value", mode="before")(_nan_for_none)
+
+
+class GroupSummary(Record):
+    """One group of a task's samples (e.g. answer_type = CLOSED): its size and its metrics."""
+
+    n: int
+    n_unparsed: int | None = None  # None: not recorded (run logs before intervals)
+    metrics: dict[str, MetricSummary]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, v: Any) -> Any:
+        """Run logs before intervals kept a group as {"n": 272.0, "<metric>": value}."""
+        if not isinstance(v, dict) or "metrics" in v or not isinstance(v.get("n"), (int, float)):
+            return v
+        n = int(v["n"])
+        return {"n": n, "metrics": {m: {"value": _nan_for_none(x), "n": n, "n_unparsed": None}
+                                    for m, x in v.items() if m != "n"}}
+
+
+class TaskSummary(Record):
+    """A task's aggregate scores under one convention, with per-group breakdowns."""
+
+    task: str
+    task_version: str
+    convention: str
+    n: int
+    n_unparsed: int
+    n_errors: int = 0
+    n_expected: int | None = None  # the samples the task selected: n < n_expected is a partial result
+    metrics: dict[str, MetricSummary]
+    groups: dict[str, dict[str, GroupSummary]] = Field(default_factory=dict)  # field -> value -> group
+
+    def to_score_json(self, percent: dict[str, bool] | None = None) -> dict[str, Any]:
+        """The `medharness score --json` shape: values are fractions as in run.json (the console shows
+        `percent` metrics x100); every metric entry, headline or group, has the same keys."""
+
+        def metrics(ms: dict[str, MetricSummary]) -> dict[str, Any]:
+            return {k: {**m.model_dump(), "percent": (percent or {}).get(k, True)} for k, m in ms.items()}
+
+        return {
+            "task": self.task, "task_version": self.task_version, "convention": self.convention,
+            "n": self.n, "n_expected": self.n_expected, "n_unparsed": self.n_unparsed, "n_errors": self.n_errors,
+            "metrics": metrics(self.metrics),
+            "groups": {f: {k: {"n": g.n, "n_unparsed": g.n_unparsed, "metrics": metrics(g.metrics)}
+                           for k, g in b.items()} for f, b in self.groups.items()},
+        }
+
+
+# ---------------------------------------------------------------------------------------------- the run log
+
+RUNLOG_SCHEMA = 1
+RunStatus = Literal["running", "finished", "failed", "interrupted"]
+
+
+class MetricSpecRecord(Record):
+    """A metric exactly as it was applied: registered name, the arguments, and its column label."""
+
+    label: str
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    higher_is_better: bool = True
+    percent: bool = True
+
+
+class TokenCount(Record):
+    prompt: int = 0
+    completion: int = 0
+
+
+class JudgeColumn(Record):
+    """One judge (or panel aggregate) column of a task: mean verdict over the samples it scored."""
+
+    value: float | None
+    stderr: float | None = None
+    ci_low: float | None = None  # the interval, as for MetricSummary (None in run logs before intervals)
+    ci_high: float | None = None
+    n_clusters: int | None = None
+    ci_method: str | None = None
+    n: int
+    n_unscored: int
+    n_failed: int = 0
+    percent: bool
+    primary: bool = False
+
+
+class TaskJudges(Record):
+    columns: dict[str, JudgeColumn] = Field(default_factory=dict)
+    judges: list[str] = Field(default_factory=list)
+
+
+class AnswerSource(Record):
+    """Where a baseline's answers for one task came from; boards show `oracle` on the row.
+
+    `train`: the task's train split; `prior`: the task card's declared prior (the train split's statistics);
+    `oracle`: the evaluated split's own golds, an ORACLE floor (it has seen the answers it is scored on; no model
+    could), used only where neither of the others exists; `constant`: the text the user gave."""
+
+    kind: Literal["train", "prior", "oracle", "constant"]
+    detail: str
+
+
+class PeerOrigin(Record):
+    """Rows that another evaluation tool generated (`medharness import`, `run --tasks lm_eval:...`): which tool,
+    which file, which model, and how the file's rows matched the task's samples."""
+
+    tool: str  # lm-eval | lmms-eval | vlmevalkit
+    tool_version: str | None = None  # None: the file does not say and none was given
+    file: str
+    sha256: str  # of the file as read
+    model: str  # the model the peer ran, as the peer names it
+    id_mapping: str  # how the file's rows were matched to sample ids (e.g. "doc.id", "index via ids.tsv")
+    n_rows: int  # rows in the file
+    n_matched: int
+    n_unmatched: int  # rows of the file that match no sample of the task (left out)
+    n_task_samples: int  # samples of the task; those with no row in the file are not in the run
+    scored_by: str = "medharness"  # "medharness": rows re-scored here; or the peer's own metric (not re-scorable)
+
+
+class TaskEntry(Record):
+    """One task of a run: how it was scored (version, prompt, convention, metrics with their arguments) and
+    what came out (summary, tokens, cost, judge columns)."""
+
+    version: str
+    prompt: str | None = None
+    convention: str
+    ablation: str | None = None
+    parser: str = ""
+    group_by: list[str] = Field(default_factory=list)
+    cluster_by: str | None = None  # what the summary's intervals resample (None: run logs before intervals)
+    data: dict[str, Any] = Field(default_factory=dict)  # the data source's load report
+    n_selected: int = 0
+    percent: dict[str, bool] = Field(default_factory=dict)  # metric label -> shown x100
+    metrics: list[MetricSpecRecord] = Field(default_factory=list)
+    path: str = ""
+    definition: str | None = None  # hash of the resolved task definition (`Task.definition_hash`): resume checks it
+    summary: TaskSummary | None = None
+    tokens: TokenCount | None = None
+    cost_usd: float | None = None
+    judges: TaskJudges | None = None
+    baseline: AnswerSource | None = None  # a baseline run: where its answers came from
+    origin: PeerOrigin | None = None  # rows from another tool (None: generated by this run)
+
+
+class CacheUsage(Record):
+    hits: int
+    misses: int
+    path: str
+
+
+class RunUsage(Record):
+    model_calls: int = 0
+    generate_s: float = 0.0  # wall time spent generating (cache lookups included, model loading not)
+    cache: CacheUsage | None = None
+
+
+class JudgeUsage(Record):
+    calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+
+
+class PanelMember(Strict):
+    """One judge of a panel: a spec on a model behind a backend (the key's variable name, never the key)."""
+
+    name: SafeName  # a column and file key
+    spec: str
+    backend: str
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class JudgeEntry(PanelMember):
+    """A panel member as the run log keeps it: the member, its model's fingerprint, the spec's version and
+    prompt hash, its decoding settings, the model versions that answered, and its bill."""
+
+    fingerprint: str
+    spec_version: str
+    prompt_hash: str
+    settings: GenerationSettings
+    model_versions: list[str] = Field(default_factory=list)
+    usage: JudgeUsage = JudgeUsage()
+
+
+class TrainedFrom(Record):
+    """A run's lineage: which training produced the evaluated checkpoint (`known=False`: no manifest)."""
+
+    checkpoint: str
+    known: bool
+    base_model: str | None = None
+    recipe: str | None = None
+    preset: str | None = None
+    task: str | None = None
+    step: int | None = None
+    seed: int | None = None
+    adapter: bool = False
+    manifest_hash: str | None = None
+    parent: str | None = None  # parent checkpoint's manifest hash
+    parent_run: str | None = None  # a run directory this lineage continues, where known
+
+
+class RunLog(Record):
+    """`run.json`: one run's config, environment, status, lineage and per-task results. Only `runlog.py`
+    reads and writes the file; everything else passes these records."""
+
+    schema_version: int = RUNLOG_SCHEMA
+    run_id: str
+    label: str | None = None  # a human name for boards; the run id when absent
+    status: RunStatus = "running"
+    error: str | None = None
+    created: str = ""
+    updated: str = ""
+    command: list[str] = Field(default_factory=list)
+    config: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    seed: int | None = None
+    model: str | None = None  # the backend's fingerprint
+    attn_implementation: str | None = None  # the attention kernel a local model ran with
+    trained_from: TrainedFrom | None = None
+    origin: str | None = None  # where the rows came from when not generated here (e.g. an imported file)
+    tasks: dict[str, TaskEntry] = Field(default_factory=dict)
+    usage: RunUsage | None = None
+    judges: dict[str, JudgeEntry] = Field(default_factory=dict)
+
+    @property
+    def display_name(self) -> str:
+        return self.label or self.run_id

@@ -1,0 +1,198 @@
+"""Scoring without a model: re-score a run directory, or score an external predictions file."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medharness.core.datafiles import read_text
+from medharness.core.errors import DataError
+from medharness.backends.predictions import read_predictions
+from medharness.core.records import ResultRow, TaskEntry, TaskSummary
+from medharness.runs.runlog import RunDir, gc_paused, parse_rows_to_score
+from medharness.scoring.recipe import DistinctScores, Recipe, Scored, cluster_key, summarise, summarise_scored
+from medharness.taskfiles.task import recipe_for
+from medharness.taskfiles.task import Task, load_task
+
+log = logging.getLogger(__name__)
+MIN_COVERAGE = 0.95  # below this share of a task's samples, scoring predictions needs allow_partial
+ROWS_PER_WORKER = 20_000  # a task's rows are re-scored in parallel only where each worker gets this many
+
+
+def _task_of(name: str, entry: TaskEntry | None) -> Task:
+    path = Path(entry.path) if entry and entry.path else None
+    overrides = {"prompt": entry.prompt} if entry and entry.prompt else {}
+    return load_task(path if path is not None and path.is_file() else name, overrides)
+
+
+def score_run(run_dir: Path, convention: str | None = None, workers: int | None = None) -> list[TaskSummary]:
+    """Re-score every task of a run from samples/<task>.jsonl under a convention. `workers`: processes for
+    a large task (default: the CPUs; each gets at least ROWS_PER_WORKER rows, else one process does it all)."""
+    run = RunDir.open(run_dir)
+    summaries = []
+    for name in run.tasks():
+        entry = run.log.tasks.get(name)
+        if entry is not None and entry.origin is not None and entry.origin.scored_by != "medharness":
+            log.warning("%s: task %s was scored by %s (its own metric), not re-scored", run_dir, name,
+                        entry.origin.scored_by)
+            continue
+        job = _Job(run.task_file(name), name, entry, convention)
+        lines = read_text(job.file, "run file").split("\n")
+        n = min(workers or os.cpu_count() or 1, len(lines) // ROWS_PER_WORKER)
+        with gc_paused():  # the whole task: the summary reads columns of every row
+            parts = _in_parallel(job, lines, n) if n > 1 else _in_one(job, lines)
+            task, recipe = _worker["task"], _worker["recipe"]
+            ids = [i for p in parts for i in p.ids]
+            if len(set(ids)) != len(ids):
+                twice = next(i for i, c in Counter(ids).items() if c > 1)
+                raise DataError(f"{job.file}: sample '{twice}' appears twice")
+            _check_versions(run_dir, task, sum((p.versions for p in parts), Counter()))
+            summary = summarise_scored(Scored.concat([p.scored for p in parts]), recipe, task.name, task.version,
+                                       task.config.cluster_by)
+        summaries.append(summary.model_copy(update={"n_expected": entry.n_selected if entry else None}))
+    if not summaries:
+        raise DataError(f"{run_dir}: no samples to score")
+    return summaries
+
+
+@dataclass(frozen=True)
+class _Job:
+    file: Path
+    task: str
+    entry: TaskEntry | None
+    convention: str | None
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A worker's share of a task's rows, re-scored and reduced to what the summary reads (no rows)."""
+
+    ids: list[str]
+    versions: Counter[str]
+    scored: Scored
+
+
+_worker: dict[str, Any] = {}  # per process: the job, its task and recipe (set by _init)
+
+
+def _in_one(job: _Job, lines: list[str]) -> list[_Part]:
+    _init(job)
+    return [_score_lines(lines, 1, len(lines))]
+
+
+def _init(job: _Job) -> None:
+    task = _task_of(job.task, job.entry)
+    _worker.update(job=job, task=task, recipe=recipe_for(task, job.convention))
+
+
+def _score_lines(lines: list[str], first: int, last: int) -> _Part:
+    """Lines `first`..`last` of the task's file, validated (`RowToScore`), re-scored and reduced to columns."""
+    job: _Job = _worker["job"]
+    task, recipe = _worker["task"], _worker["recipe"]
+    assert isinstance(recipe, Recipe)
+    cluster_by = task.config.cluster_by
+    with gc_paused():
+        rows = list(parse_rows_to_score(job.file, lines, first, last))
+        scores = DistinctScores(recipe)
+        ids, clusters, metas, versions = [], [], [], Counter[str]()
+        for row in rows:
+            sample, generation = row["sample"], row["generation"]
+            versions[row["task_version"]] += 1
+            scores.add(sample, generation["text"], generation.get("error"))
+            meta = sample.get("meta", _NO_META)
+            ids.append(sample["id"])
+            clusters.append(cluster_key(sample["id"], sample.get("images", ()), meta, cluster_by))
+            metas.append(meta)
+        scored = Scored.build(scores.results, scores.samples, np.asarray(scores.which, dtype=np.int64), clusters,
+                              metas, recipe, task.config.group_by, cluster_by)
+        return _Part(ids=ids, versions=versions, scored=scored)
+
+
+_NO_META: dict[str, Any] = {}
+
+
+def _in_parallel(job: _Job, lines: list[str], n: int) -> list[_Part]:
+    """`n` processes, each validating and re-scoring a contiguous share of the lines (numbered as in the
+    file): this one takes the first share while n - 1 workers take the rest. Forked workers (where the
+    platform has fork) inherit the task, recipe and lines, so nothing is re-imported, re-loaded or sent but
+    line numbers; spawned ones get the job and their lines."""
+    size = -(-len(lines) // n)
+    shares = [(s, min(s + size, len(lines))) for s in range(0, len(lines), size)]
+    _init(job)  # this process's task and recipe: the summary's, and the forked workers'
+    if "fork" in multiprocessing.get_all_start_methods():
+        _worker["lines"] = lines
+        try:
+            with ProcessPoolExecutor(len(shares) - 1, mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = [pool.submit(_score_share, a, b) for a, b in shares[1:]]
+                return [_score_share(*shares[0]), *(f.result() for f in futures)]
+        finally:
+            del _worker["lines"]
+    with ProcessPoolExecutor(len(shares) - 1, mp_context=multiprocessing.get_context("spawn"), initializer=_init,
+                             initargs=(job,)) as pool:
+        futures = [pool.submit(_score_lines, lines[a:b], a + 1, len(lines)) for a, b in shares[1:]]
+        first, end = shares[0]
+        return [_score_lines(lines[first:end], first + 1, len(lines)), *(f.result() for f in futures)]
+
+
+def _score_share(first: int, end: int) -> _Part:
+    """A forked worker's share: lines[first:end] of the lines it inherited."""
+    lines: list[str] = _worker["lines"]
+    return _score_lines(lines[first:end], first + 1, len(lines))
+
+
+def _check_versions(run_dir: Path, task: Task, versions: Counter[str]) -> None:
+    """Rows made under another version of the task (its gold, prompt or parser may differ) are not re-scored
+    under this one."""
+    other = {v: n for v, n in versions.items() if v != task.version}
+    if other:
+        made = ", ".join(f"{n} under version {v!r}" for v, n in sorted(other.items()))
+        raise DataError(f"{run_dir}: {sum(other.values())} of {sum(versions.values())} rows of task {task.name} were made "
+                        f"under another task version ({made}); the task file {task.path} is version "
+                        f"{task.version!r}. Score them with the task file of that version, or run again")
+
+
+def score_predictions(task_ref: str, predictions: Path, convention: str | None = None,
+                      data_dir: str | None = None, id_field: str | None = None,
+                      prediction_field: str | None = None,
+                      overrides: dict[str, dict[str, Any]] | None = None,
+                      allow_partial: bool = False) -> tuple[TaskSummary, dict[str, int]]:
+    """Score an external predictions file against the task's gold (joined by sample id). Returns the summary
+    (`n` matched of `n_expected`) and how many ids matched. A file that matches fewer than MIN_COVERAGE of the
+    task's samples is refused unless `allow_partial`."""
+    ref: str | Path = Path(task_ref) if task_ref.endswith((".yaml", ".yml")) else task_ref
+    name = ref.stem if isinstance(ref, Path) else ref
+    task_overrides = dict((overrides or {}).get(name, {}))
+    if data_dir:
+        task_overrides["data_dir"] = data_dir
+    task = load_task(ref, task_overrides)
+    samples = task.load_samples()
+    preds = read_predictions(predictions, id_field, prediction_field)
+    matched = [s for s in samples if s.id in preds]
+    if not matched:
+        example = next(iter(preds))
+        raise DataError(f"{predictions}: none of its {len(preds)} ids match task {task.name} "
+                        f"(e.g. '{example}' vs the task's '{samples[0].id if samples else '-'}')")
+    if len(matched) < MIN_COVERAGE * len(samples) and not allow_partial:
+        raise DataError(f"{predictions}: matches only {len(matched)} of the {len(samples)} samples of task "
+                        f"{task.name} (under {MIN_COVERAGE:.0%}); a score of so few is not the task's score. "
+                        "Pass --allow-partial to score the matched samples only (shown as "
+                        f"{len(matched)}/{len(samples)})")
+    unmatched = len(preds) - len(matched)
+    recipe = recipe_for(task, convention)
+    rows = []
+    for sample in matched:
+        gen = preds[sample.id].generation(sample.id, f"file:{predictions}")
+        answer, scores = recipe.score(sample, gen)
+        rows.append(ResultRow(task=task.name, task_version=task.version, sample=sample, prompt_hash="",
+                              generation=gen, answer=answer, scores=scores))
+    report = {"matched": len(matched), "task_samples": len(samples), "unmatched_predictions": unmatched}
+    summary = summarise(rows, recipe, task.config.group_by, task.name, task.version, task.config.cluster_by)
+    return summary.model_copy(update={"n_expected": len(samples)}), report

@@ -82,7 +82,7 @@ class _TorchvisionShimHook(importlib.abc.MetaPathFinder):
         if self in sys.meta_path:
             sys.meta_path.remove(self)
         try:
-            from medharness import torchvision_shim as shim
+            from medharness.core import torchvision_shim as shim
 
             if not shim._lock.locked():  # held: the shim itself is probing torchvision right now
                 shim.ensure_torchvision_importable()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,6 +35,8 @@ from medharness.core.errors import ConfigError, DataError
 from medharness.core.paths import set_aside
 from medharness.core.records import RunLog, Sample
 from medharness.taskfiles.task import Task, load_task, resolve_task_names
+
+log = logging.getLogger(__name__)
 
 TRAIN_SAMPLES_FILE = "train_samples.json"
 EVALS_DIR = "evals"
@@ -202,7 +205,10 @@ def evaluate_point(eval_plan: EvalPlan, model: str, run_dir: Path, trained: Trai
     if resume and runlog is not None and runlog.status == "finished":
         return
     if not resume:
-        set_aside(run_dir, output)
+        moved = set_aside(run_dir, output)
+        if moved is not None:
+            log.warning("%s: its settings or held-out ids changed; scored again, the old run kept in %s",
+                        run_dir, moved)
     runner = Runner(config, output=run_dir, resume=resume)
     for name, samples in runner.samples.items():  # refuse, whatever selected them
         leaked = [s.id for s in samples if trained.contains(name, eval_plan.split[name], s)]

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medharness.core.errors import ConfigError
 from medharness.core.records import SafeName
-from medharness.core.yamlio import line_of, load_yaml_with_lines
+from medharness.core.yamlio import load_yaml_with_lines, validation_report
 
 DEMO = Path(__file__).resolve().parent / "sweeps" / "demo.yaml"
 
@@ -201,30 +201,6 @@ def cell_id(entry: str, preset: str | None, task: str, shots: int | None, seed: 
     return "-".join(slug(p) for p in parts if p)
 
 
-_UNION_TAG = re.compile(r"[a-z-]+\[.*\]")  # pydantic's name of a union branch in an error's location
-_WRONG_BRANCH = ("list_type", "dict_type")
-
-
-def _format_error(path: Path, exc: ValidationError, lines: dict[Any, int]) -> str:
-    """One line per error, `FILE:LINE: key.path: message`; of a union (`eval_tasks`: a list or a mapping) only
-    the branch the value has is reported, and pydantic's branch names are left out of the key path."""
-    errors = exc.errors()
-    branched = {e["loc"][0] for e in errors
-                if any(isinstance(p, str) and _UNION_TAG.fullmatch(p) for p in e["loc"])}
-    msgs = []
-    for err in errors:
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _UNION_TAG.fullmatch(p)))
-        if len(loc) == 1 and loc[0] in branched and err["type"] in _WRONG_BRANCH and len(errors) > 1:
-            continue  # the value is of another branch's type: that branch's errors say what is wrong
-        where = ".".join(str(p) for p in loc) or "(top level)"
-        at = line_of(lines, loc) or "?"
-        if err["type"] == "extra_forbidden":
-            msgs.append(f"{path}:{at}: unknown key '{where}'")
-        else:
-            msgs.append(f"{path}:{at}: {where}: {err['msg'].removeprefix('Value error, ')}")
-    return "invalid sweep file\n  " + "\n  ".join(msgs)
-
-
 def load_sweep(path: Path | str) -> SweepConfig:
     """Parse and validate a sweep file; errors name the file, the line and the key."""
     path = Path(path)
@@ -236,7 +212,7 @@ def load_sweep(path: Path | str) -> SweepConfig:
     try:
         sweep = SweepConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(path, exc, lines)) from None
+        raise ConfigError(validation_report("sweep file", path, exc, lines)) from None
     try:
         expand(sweep)  # ids, `from:` references
     except ConfigError as exc:

@@ -20,7 +20,7 @@ SET_ASIDE = ".set-aside"
 
 
 def _contained(path: Path, root: Path) -> bool:
-    """Whether `path`, symlinks resolved, lies strictly below `root` (symlinks resolved)."""
+    """Whether `path` lies strictly below `root`, both with symlinks resolved."""
     real_root, real = root.resolve(), path.resolve()
     return real != real_root and real.is_relative_to(real_root)
 

@@ -8,10 +8,12 @@ would otherwise expand to billions of nodes (an "alias bomb", see docs/safety.md
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from medharness.core.datafiles import read_text
 from medharness.core.errors import ConfigError
@@ -127,3 +129,50 @@ def line_of(lines: dict[Loc, int], loc: Loc) -> int | None:
         if (*path, part) in lines:
             path = (*path, part)
     return lines.get(path)
+
+
+_UNION_TAG = re.compile(r"[a-z-]+\[.*\]|str|int|float|bool")  # pydantic's names of a union's branches
+_WRONG_BRANCH = ("list_type", "dict_type")
+
+
+def _untagged(loc: tuple[Any, ...], lines: dict[Loc, int]) -> tuple[Any, ...]:
+    """`loc` without the union branch names pydantic puts in it (a part that names a type and is not a key of
+    the file at that place)."""
+    kept: tuple[Any, ...] = ()
+    for part in loc:
+        if isinstance(part, str) and _UNION_TAG.fullmatch(part) and (*kept, part) not in lines:
+            continue
+        kept = (*kept, part)
+    return kept
+
+
+def validation_report(what: str, path: Path, exc: ValidationError, lines: dict[Loc, int]) -> str:
+    """`invalid WHAT` and one line per error, `FILE:LINE: key.path: message` (`unknown key 'key.path'`), for
+    every strict file read with `load_yaml_with_lines`. A value that fits no branch of a union is one line
+    (`Input should be a valid string or a valid dictionary`); a branch of another shape than the value (a list
+    given where a mapping could be) is left out when another branch says what is wrong inside the value; and
+    pydantic's branch names are left out of the key path."""
+    errors = [(_untagged(tuple(e["loc"]), lines), len(e["loc"]) != len(_untagged(tuple(e["loc"]), lines)), e)
+              for e in exc.errors()]
+    deeper = [loc for loc, branched, _ in errors if branched]
+    merged: dict[tuple[Any, ...], list[str]] = {}
+    for loc, branched, err in errors:
+        if branched and err["type"] in _WRONG_BRANCH and any(d[:len(loc)] == loc and len(d) > len(loc)
+                                                              for d in deeper):
+            continue  # the value is of another branch's shape: that branch's errors say what is wrong
+        if err["type"] == "extra_forbidden":
+            merged.setdefault(loc, []).append("")  # "" marks an unknown key
+            continue
+        message = err["msg"].removeprefix("Value error, ")
+        if branched and merged.get(loc):
+            message = message.removeprefix("Input should be ")
+        merged.setdefault(loc, []).append(message)
+    msgs = []
+    for loc, messages in merged.items():
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        at = line_of(lines, loc) or "?"
+        if messages == [""]:
+            msgs.append(f"{path}:{at}: unknown key '{where}'")
+        else:
+            msgs.append(f"{path}:{at}: {where}: {' or '.join(m for m in messages if m)}")
+    return f"invalid {what}\n  " + "\n  ".join(msgs)

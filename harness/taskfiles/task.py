@@ -19,7 +19,7 @@ from pydantic import ValidationError
 import medharness.tasks as _tasks_package
 from medharness.core.errors import ConfigError, DataError
 from medharness.core.records import GenerationSettings, Message, Part, Prompt, Sample
-from medharness.core.yamlio import line_of, load_yaml_with_lines
+from medharness.core.yamlio import line_of, load_yaml_with_lines, validation_report
 from medharness.scoring.conventions import CONVENTIONS
 from medharness.scoring.knowledge import knowledge_block
 from medharness.scoring.metrics import resolve_metrics
@@ -33,20 +33,6 @@ log = logging.getLogger(__name__)
 TASKS_DIR = Path(_tasks_package.__file__).resolve().parent  # tasks/ ships as package data
 
 
-def _format_error(path: Path, exc: ValidationError, lines: dict[Any, int]) -> str:
-    msgs = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        where = ".".join(str(p) for p in loc) or "(top level)"
-        line = line_of(lines, loc)
-        at = str(line) if line else "?"
-        if err["type"] == "extra_forbidden":
-            msgs.append(f"{path}:{at}: unknown key '{where}'")
-        else:
-            msgs.append(f"{path}:{at}: {where}: {err['msg'].removeprefix('Value error, ')}")
-    return "invalid task file\n  " + "\n  ".join(msgs)
-
-
 def parse_task_file(path: Path, overrides: dict[str, Any] | None = None) -> TaskConfig:
     """Load and validate one task YAML; `overrides` are dotted keys applied before validation."""
     data, lines = load_yaml_with_lines(path)
@@ -57,7 +43,7 @@ def parse_task_file(path: Path, overrides: dict[str, Any] | None = None) -> Task
     try:
         config = TaskConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(path, exc, lines)) from None
+        raise ConfigError(validation_report("task file", path, exc, lines)) from None
     errors = check_fields(config)
     if errors:
         raise ConfigError("invalid task file\n  " + "\n  ".join(

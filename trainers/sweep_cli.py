@@ -31,7 +31,8 @@ def add_sweep_command(sub: argparse._SubParsersAction) -> None:
                        description="Train every cell of a YAML grid (recipes x tasks x shots x seeds x presets), "
                                    "evaluate each final checkpoint, evaluate the base model and baselines once, "
                                    "and render mean ± std over seeds with each row's lineage. Finished stages are "
-                                   "skipped; --resume continues unfinished ones. See docs/training-eval.md.")
+                                   "skipped; --resume continues unfinished ones; a stage folder started afresh is "
+                                   "kept in OUTPUT/.set-aside/, never deleted. See docs/training-eval.md.")
     p.add_argument("--sweep", type=Path, help=f"sweep YAML (default: the shipped demo, {DEMO.name})")
     p.add_argument("--output", type=Path, help="sweep folder (default runs/sweeps/<sweep name>)")
     p.add_argument("--resume", action="store_true", help="continue stages that were started and did not finish")

@@ -3,7 +3,8 @@
     python scripts/static_checks.py imports [ARGS]   # lint-imports: pyproject [tool.importlinter] (docs/design.md)
     python scripts/static_checks.py types [ARGS]     # mypy -p medharness: pyproject [tool.mypy]
     python scripts/static_checks.py cycles           # no strongly connected modules, type-only imports included
-    python scripts/static_checks.py all              # all three (what CI runs)
+    python scripts/static_checks.py tracked          # no source file of the package is ignored by git
+    python scripts/static_checks.py all              # all four (what CI runs)
 
 `medharness` is assembled from several folders (pyproject `package-dir`: `harness/` is `medharness`, `judges/`
 is `medharness.judges`, ...), but import-linter and mypy read a package from ONE folder, so a bare
@@ -116,14 +117,34 @@ def check_cycles(tree: Path) -> int:
     return 1 if new or gone else 0
 
 
+def check_tracked() -> int:
+    """Source files in the package folders that git ignores: a clean clone would lack them (a sub-package
+    named like an ignored output folder once lost its __init__.py this way)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    folders = sorted(set(config["tool"]["setuptools"]["package-dir"].values()))
+    listed = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", *folders],
+                            cwd=ROOT, capture_output=True, text=True, check=False)
+    if listed.returncode != 0:
+        print(f"tracked: not a git checkout, skipped ({listed.stderr.strip()})")
+        return 0
+    lost = [name for name in listed.stdout.splitlines()
+            if "__pycache__" not in name and name.endswith((".py", ".yaml", ".txt", ".json", ".md"))]
+    for name in lost:
+        print(f"ignored by git, so missing from a clean clone: {name}")
+    print(f"tracked: {len(lost)} source file(s) ignored by git; {'FAILED' if lost else 'ok'}")
+    return 1 if lost else 0
+
+
 def main() -> int:
     what, args = (sys.argv[1] if len(sys.argv) > 1 else "all"), sys.argv[2:]
-    if what not in ("imports", "types", "cycles", "all"):
+    if what not in ("imports", "types", "cycles", "tracked", "all"):
         raise SystemExit(__doc__)
     tree = ROOT / "build" / "static-tree"  # a fixed place: mypy's incremental cache keys on file paths
     shutil.rmtree(tree, ignore_errors=True)
     build_tree(tree)
     codes = []
+    if what in ("tracked", "all"):
+        codes.append(check_tracked())
     if what in ("imports", "all"):
         codes.append(check_imports(tree, args))
     if what in ("types", "all"):

@@ -195,5 +195,5 @@ def export_task(target: str, task_ref: str, output: Path, data_dir: str | None =
             _lmms_eval_yaml(task, output, max_new_tokens)
         main = output / f"{name}.yaml"
         main.write_text(_yaml(data), encoding="utf-8")
-    write_readme(target, task, name, items, output, max_new_tokens)
+    write_readme(target, task, name, [i.system for i in items], output, max_new_tokens)
     return main

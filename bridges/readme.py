@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medharness.taskfiles.task import recipe_for
 
 if TYPE_CHECKING:
-    from medharness.bridges.export import Exported
     from medharness.taskfiles.task import Task
 
 RUN = {
@@ -48,14 +48,15 @@ SCORING = {
 }
 
 
-def write_readme(target: str, task: Task, name: str, items: list[Exported], output: Path,
+def write_readme(target: str, task: Task, name: str, systems: Sequence[str | None], output: Path,
                  max_new_tokens: int) -> None:
+    """README.md of an export: `systems` holds each exported sample's system message (None: none)."""
     recipe = recipe_for(task)
-    systems = {i.system for i in items if i.system}
+    distinct = {s for s in systems if s}
     lines = [
         f"# {name}: medharness task `{task.name}` (version {task.version}) for {target}",
         "",
-        (f"{len(items)} samples, prompt variant `{task.prompt_name}` rendered by medharness (the text it sends to a "
+        (f"{len(systems)} samples, prompt variant `{task.prompt_name}` rendered by medharness (the text it sends to a "
          f"model), greedy, at most {max_new_tokens} new tokens. Metrics: "
          f"{', '.join(m.label for m in recipe.metrics)} (convention `{recipe.convention}`)."),
         "",
@@ -67,9 +68,9 @@ def write_readme(target: str, task: Task, name: str, items: list[Exported], outp
         "",
         SCORING[target],
     ]
-    if systems:
+    if distinct:
         lines += ["", "## System message", "",
                   ("The prompt variant has a system message, which a task file of this peer cannot carry: pass it "
                    "to the peer (lm-eval `--system_instruction`, lmms-eval `system_prompt=` model argument):"), ""]
-        lines += [f"> {s}" for s in sorted(systems)]
+        lines += [f"> {s}" for s in sorted(distinct)]
     (output / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

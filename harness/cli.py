@@ -455,7 +455,8 @@ COMMANDS = {"run": cmd_run, "score": cmd_score, "ls": cmd_ls, "validate": cmd_va
 
 def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
     """`merge` and `train-then-eval` live in trainers/ (torch, peft load only when a command runs)."""
-    from medharness.trainers import merge, sweep_cli
+    from medharness.trainers import merge
+    from medharness.trainers.sweeps import cli as sweep_cli
 
     merge.add_merge_command(sub)
     sweep_cli.add_sweep_command(sub)

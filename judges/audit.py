@@ -59,7 +59,7 @@ def read_human_labels(path: Path) -> pd.DataFrame:
 def rule_metric(run: RunDir, task: str) -> str | None:
     """The task's primary rule-based metric (the first in its summary)."""
     entry = run.log.tasks.get(task)
-    return next(iter(entry.summary.metrics), None) if entry and entry.summary else None
+    return entry.summary.primary if entry and entry.summary else None
 
 
 def agreement_reports(run: RunDir, tasks: list[str] | None = None, field: str | None = None,

@@ -24,6 +24,7 @@ from medharness.leaderboards.runs import MISSING, Opened, Value, lineage_text, o
 from medharness.leaderboards.samples import RowCache
 from medharness.leaderboards.spec import BoardSpec, RowSpec
 from medharness.leaderboards.table import Board, Row
+from medharness.runs.folders import SweepDir, TrainDir
 from medharness.runs.runlog import RUN_FILE
 
 N_BOOT = 2000
@@ -46,9 +47,9 @@ def _row_paths(spec: RowSpec) -> list[Path]:
         root = Path(spec.sweep)
         if spec.cell.startswith("reference/"):
             return _expand(str(root / spec.cell / "*"))
-        return _expand(str(root / "cells" / spec.cell / "eval" / "*"))
-    if spec.checkpoint is not None:
-        return [Path(spec.checkpoint) / "evals" / f"step-{spec.step}"]
+        return _expand(SweepDir(root).cell_runs(spec.cell))
+    if spec.checkpoint is not None and spec.step is not None:  # the spec requires both together
+        return [TrainDir(Path(spec.checkpoint)).eval_dir(spec.step)]
     return []
 
 

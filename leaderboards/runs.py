@@ -15,6 +15,7 @@ from pathlib import Path
 
 from medharness.core.errors import DataError
 from medharness.core.records import MetricSummary, RunLog, TaskEntry
+from medharness.runs.folders import MODEL_FOLDERS, RUN_GLOBS, SWEEP_FILE, is_checkpoint
 from medharness.runs.runlog import RUN_FILE, RunDir
 
 NORMAL = "normal (1.96 x standard error)"
@@ -55,14 +56,9 @@ class Opened:
                 + self.notes)
 
 
-# Folders that hold run directories in a known layout: a train-then-eval sweep and a `train --eval-every` output.
-HOLDERS = {"sweep.json": ("reference/*/*", "cells/*/eval/*", "cells/*/eval/checkpoint-*/*"),
-           "train.json": ("evals/step-*",)}
-
-
 def runs_inside(path: Path) -> list[Path]:
     """The run directories a sweep or training folder holds, in its layout's order; [] for any other path."""
-    for marker, patterns in HOLDERS.items():
+    for marker, patterns in RUN_GLOBS.items():
         if (path / marker).is_file():
             return [p for pattern in patterns for p in sorted(path.glob(pattern)) if (p / RUN_FILE).is_file()]
     return []
@@ -88,7 +84,7 @@ def open_runs(paths: Iterable[Path], strict: bool = False, missing_ok: bool = Fa
         path = queue.pop(0)
         inside = [] if (path / RUN_FILE).is_file() else runs_inside(path)
         if inside:
-            kind = "train-then-eval" if (path / "sweep.json").is_file() else "training"
+            kind = "train-then-eval" if (path / SWEEP_FILE).is_file() else "training"
             out.notes.append(f"{path}: a {kind} folder; its {len(inside)} run directories are shown")
             queue[:0] = inside
             continue
@@ -150,10 +146,10 @@ def _short_model(path: str) -> str:
         return path
     keep = [parts[-1]]
     for part in reversed(parts[:-1]):
-        if part not in ("train", "final", "merged") and not part.startswith("checkpoint-"):
+        if part != "train" and part not in MODEL_FOLDERS and not is_checkpoint(part):
             keep.insert(0, part)
             break
-    return "/".join(keep) if keep[-1] in ("final", "merged") or keep[-1].startswith("checkpoint-") else parts[-1]
+    return "/".join(keep) if keep[-1] in MODEL_FOLDERS or is_checkpoint(keep[-1]) else parts[-1]
 
 
 def model_name(log: RunLog) -> str:
@@ -202,4 +198,4 @@ def summary_value(m: MetricSummary, scale: float) -> Value:
 
 
 def primary_metric(entry: TaskEntry) -> str | None:
-    return next(iter(entry.summary.metrics), None) if entry.summary else None
+    return entry.summary.primary if entry.summary else None

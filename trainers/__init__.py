@@ -1,6 +1,12 @@
-"""Trainers: TRL recipes (sft, dpo, grpo, vrft_aug, rarl; LoRA an option, Dr.GRPO a preset) whose rewards are the
-tasks' own parsers and metrics. `medharness.trainers.base` holds the `@trainer` registry; see docs/training.md."""
+"""Trainers: one training run on TRL (`medharness train`) and the train-then-eval sweeps over it.
 
-# The built-in recipes register themselves on import (they import trl only inside `build`); they import
-# `.base`, never this package, so there is no cycle.
-from medharness.trainers import dpo, grpo, rarl, sft, vrft  # noqa: F401
+    schema.py      the recipe config's schema (TrainConfig, RewardSpec, LoraSpec)
+    config.py      loading it: presets, --config, flags and -C layers, TRL's own config object
+    recipes/       the training recipes, one file per registered name (`@trainer`, recipes/base.py)
+    rewards.py     rewards that ARE the task's metrics;  data.py: samples to TRL datasets
+    prepare.py     model, processor, dataset and trainer for a run;  run.py: the run and its train.json
+    checkpoints.py what a training run saves;  logs.py: its logs.jsonl;  evals.py: --eval-every
+    launch.py      accelerate / torchrun;  merge.py: LoRA merge;  cli.py: `train`, `reward`
+    sweeps/        `train-then-eval`: sweep files (*.yaml), their schema, stages, checks, board and tables
+
+See docs/training.md."""

@@ -25,8 +25,9 @@ from medharness.checkpoints.lineage import (
     manifest_path,
     read_manifest,
 )
+from medharness.core.atomic import write_text_atomic
 from medharness.core.errors import ConfigError
-from medharness.trainers.config import LoraSpec, TrainConfig
+from medharness.trainers.schema import LoraSpec, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,7 @@ class Lineage:
 
 def write_manifest(folder: Path, manifest: CheckpointManifest) -> Path:
     path = folder / MANIFEST_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(manifest.model_dump_json(indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, manifest.model_dump_json(indent=1) + "\n")
     return path
 
 

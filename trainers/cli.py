@@ -184,8 +184,9 @@ def read_completions(path: Path, sample_id: str | None) -> list[tuple[str, str]]
 
 def recipe_rewards(recipe: str | None, options: list[str], task: Any, prompt: str) -> Any:
     """A recipe's default rewards for the task, with its `options:` from `--option KEY=VALUE` items."""
-    from medharness.trainers.config import TrainConfig, parse_override
+    from medharness.trainers.config import parse_override
     from medharness.trainers.rewards import default_rewards
+    from medharness.trainers.schema import TrainConfig
 
     if recipe is None:
         if options:
@@ -193,7 +194,7 @@ def recipe_rewards(recipe: str | None, options: list[str], task: Any, prompt: st
         return default_rewards(task, prompt)
     from pydantic import ValidationError
 
-    from medharness.trainers.base import recipe_class
+    from medharness.trainers.recipes.base import recipe_class
 
     parsed: dict[str, Any] = {}
     for item in options:

@@ -1,4 +1,4 @@
-"""The recipe config: a strict schema (unknown keys are errors naming file, line and key), built from layers.
+"""Loading the recipe config (its schema: `schema.py`; unknown keys are errors naming file, line and key).
 
 Layers, later wins: the named presets (`trainers/presets/*.yaml`, in order), `--config FILE`, the CLI flags
 (`--task`, `--model`, `--samples`, `--seed`, `--max-steps`) and `-C key=value` overrides (dotted keys).
@@ -18,87 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from medharness.core.errors import ConfigError
 from medharness.core.yamlio import Loc, load_value, load_yaml_with_lines
+from medharness.trainers.schema import TrainConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 # Set by medharness itself, never in `trl:` (they would silently disagree with the run).
 RESERVED_TRL = {"output_dir": "--output", "seed": "the top-level `seed:`", "data_seed": "the top-level `seed:`"}
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class LoraSpec(Strict):
-    """A PEFT LoRA adapter on the language model; `freeze_vision` keeps it off the vision tower."""
-
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    freeze_vision: bool = True
-
-
-class RewardSpec(Strict):
-    """One reward component: a registered metric, its arguments and weight (`as`: its label)."""
-
-    metric: str
-    weight: float = 1.0
-    args: dict[str, Any] = Field(default_factory=dict)
-    label: str | None = Field(None, alias="as")
-
-
-class SamplesSpec(Strict):
-    """Training samples: the task's `split`, narrowed to the ids of `file` (`medharness split` output or a
-    `--samples` id list), then the first `limit`."""
-
-    split: str = "train"
-    file: str | None = None
-    limit: int | None = Field(None, ge=1)
-
-
-class TrainConfig(Strict):
-    recipe: str
-    model: str | None = None  # the base model (hub id or folder); required to train
-    task: str | None = None  # required to train
-    prompt: str | None = None  # the task's prompt variant; None = the task's default
-    prompt_styles: list[str] | None = None  # RARL prompting diversity: a seeded style per sample (styles.py)
-    data_dir: str | None = None  # the task's local data copy
-    samples: SamplesSpec = SamplesSpec()
-    seed: int = 0
-    rewards: list[RewardSpec] | None = None  # None: the task's primary metric (+ format compliance)
-    rejected: str = "other_label"  # DPO: other_label | other_sample | run:DIR
-    lora: LoraSpec | None = None
-    freeze_vision: bool = False  # full fine-tunes: freeze the vision tower too
-    attn_implementation: str = "sdpa"
-    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
-    max_pixels: int | None = Field(None, ge=1)  # None: the processor's own pixel budget
-    min_pixels: int | None = Field(None, ge=1)
-    trl: dict[str, Any] = Field(default_factory=dict)
-    options: dict[str, Any] = Field(default_factory=dict)  # the recipe's own settings (its `Options` model)
-
-    @field_validator("attn_implementation")
-    @classmethod
-    def _attn(cls, value: str) -> str:
-        if value not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"must be one of {', '.join(ATTN_IMPLEMENTATIONS)}")
-        return value
-
-    @field_validator("rejected")
-    @classmethod
-    def _rejected(cls, value: str) -> str:
-        if value not in ("other_label", "other_sample") and not value.startswith("run:"):
-            raise ValueError("must be other_label, other_sample or run:DIR")
-        return value
-
-    @property
-    def freezes_vision(self) -> bool:
-        return self.lora.freeze_vision if self.lora is not None else self.freeze_vision
 
 
 @dataclass
@@ -136,7 +65,7 @@ class Layers:
         scoped = data.pop("recipes", None) or {}
         if not isinstance(scoped, dict):
             raise ConfigError(f"{where}: `recipes` maps recipe names to settings")
-        from medharness.trainers.base import TRAINERS
+        from medharness.trainers.recipes.base import TRAINERS
 
         for name in scoped:
             TRAINERS.get(str(name))  # a misspelt recipe name in `recipes:` is an error too
@@ -226,7 +155,7 @@ def build_config(layers: Layers) -> TrainConfig:
         config = TrainConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_pydantic_error(exc, layers)) from None
-    from medharness.trainers.base import recipe_class
+    from medharness.trainers.recipes.base import recipe_class
 
     try:
         recipe_class(config.recipe).parse_options(config.options)
@@ -237,7 +166,7 @@ def build_config(layers: Layers) -> TrainConfig:
 
 def trl_args(config: TrainConfig, layers: Layers, output: Path, use_gpu: bool) -> Any:
     """TRL's config object for the recipe, constructed from the `trl:` section (validating every key)."""
-    from medharness.trainers.base import recipe_class
+    from medharness.trainers.recipes.base import recipe_class
 
     cls = recipe_class(config.recipe).config_class()
     known = {f.name for f in dataclasses.fields(cls)}
@@ -283,7 +212,7 @@ def load_layers(recipe: str | None, presets: list[str], config_file: Path | None
     chosen = recipe or (named[-1] if named else None) or (user[0].get("recipe") if user else None)
     if chosen is None:
         raise ConfigError("no recipe given: pass --recipe NAME, or a preset / --config that sets `recipe:`")
-    from medharness.trainers.base import TRAINERS
+    from medharness.trainers.recipes.base import TRAINERS
 
     own = TRAINERS.get(str(chosen)).own_preset or str(chosen)  # "did you mean" for a misspelt recipe
     if not named and own in preset_names():

@@ -22,7 +22,7 @@ from medharness.core.errors import ConfigError, DataError
 from medharness.core.records import GenerationSettings, Sample
 from medharness.taskfiles.splits import read_sample_ids, select_pinned
 from medharness.taskfiles.task import Task
-from medharness.trainers.config import TrainConfig
+from medharness.trainers.schema import TrainConfig
 
 log = logging.getLogger(__name__)
 Message = dict[str, Any]

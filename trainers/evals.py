@@ -31,15 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from medharness.checkpoints.lineage import file_hash, manifest_path, read_manifest
+from medharness.core.atomic import write_text_atomic
 from medharness.core.errors import ConfigError, DataError
 from medharness.core.paths import set_aside
 from medharness.core.records import RunLog, Sample
+from medharness.runs.folders import EVALS_DIR, TRAIN_SAMPLES_FILE, TrainDir, read_run, task_result
 from medharness.taskfiles.task import Task, load_task, resolve_task_names
 
 log = logging.getLogger(__name__)
 
-TRAIN_SAMPLES_FILE = "train_samples.json"
-EVALS_DIR = "evals"
 
 
 @dataclass
@@ -124,7 +124,7 @@ class EvalPlan:
         folder.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.heldout, indent=1) + "\n"
         self.samples_file = folder / f"heldout-{hashlib.sha256(text.encode()).hexdigest()[:8]}.json"
-        self.samples_file.write_text(text, encoding="utf-8")
+        write_text_atomic(self.samples_file, text)
 
     def info(self) -> dict[str, Any]:
         r = self.request
@@ -168,10 +168,9 @@ def plan(request: EvalRequest, train_ref: str, train_task: Task, data_dir: str |
 def points(output: Path, start_model: str) -> list[tuple[int, str]]:
     """(step, model) to score: step 0 (the model training started from), each checkpoint, and final/ when its
     step has no checkpoint (checkpoints removed by `save_total_limit` are gone and not scored)."""
-    from medharness.trainers.sweep_exec import checkpoints
-
-    out = [(0, start_model)] + [(int(c.name.rpartition("-")[2]), str(c)) for c in checkpoints(output)]
-    final = output / "final"
+    train_dir = TrainDir(output)
+    out = [(0, start_model)] + [(int(c.name.rpartition("-")[2]), str(c)) for c in train_dir.checkpoints()]
+    final = train_dir.final
     manifest = read_manifest(final) if final.is_dir() else None
     if manifest is not None and manifest.step is not None and manifest.step not in {s for s, _ in out}:
         out.append((manifest.step, str(final)))
@@ -195,7 +194,6 @@ def evaluate_point(eval_plan: EvalPlan, model: str, run_dir: Path, trained: Trai
     """One `Runner` run: skipped when finished, continued when started, started afresh when it is stale (the
     stale run is moved into OUTPUT/.set-aside/, not deleted)."""
     from medharness.runs.pipeline import RunConfig, Runner
-    from medharness.trainers.sweep_board import read_run
 
     r = eval_plan.request
     config = RunConfig(model=model, backend=r.backend, tasks=eval_plan.refs, overrides=eval_plan.overrides,
@@ -220,15 +218,13 @@ def evaluate_point(eval_plan: EvalPlan, model: str, run_dir: Path, trained: Trai
 def evaluate_checkpoints(output: Path, eval_plan: EvalPlan, start_model: str,
                          progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Score every point; returns the `evals` record of train.json (and writes the logs.jsonl rows)."""
-    from medharness.trainers.sweep_board import primary_metric
-
     trained = TrainSamples.read(output)
     done: list[dict[str, Any]] = []
     curve: dict[str, dict[str, Any]] = {t: {"metric": None, "points": []} for t in eval_plan.tasks}
     for step, model in points(output, start_model):
-        run_dir = output / EVALS_DIR / f"step-{step}"
+        run_dir = TrainDir(output).eval_dir(step)
         evaluate_point(eval_plan, model, run_dir, trained, output)
-        metrics = {t: primary_metric(run_dir, t) for t in eval_plan.tasks}
+        metrics = {t: task_result(run_dir, t) for t in eval_plan.tasks}
         done.append({"step": step, "model": model, "run": str(run_dir),
                      "eval": {t: m and {k: m[k] for k in ("metric", "value", "n")} for t, m in metrics.items()}})
         for task, m in metrics.items():

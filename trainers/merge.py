@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from medharness.core.atomic import write_json_atomic
 from medharness.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ def merged_manifest(adapter_dir: Path) -> dict[str, Any] | None:
 def merge_adapter(adapter_dir: Path | str, output: Path | str, base: str | None = None,
                   dtype: str = "auto") -> Path:
     """Merge the LoRA adapter in `adapter_dir` into its base and save a full HF model folder to `output`."""
-    import json
 
     from medharness.backends.vlm_common import is_adapter_folder, resolve_adapter
     from medharness.checkpoints.lineage import manifest_path
@@ -68,7 +68,7 @@ def merge_adapter(adapter_dir: Path | str, output: Path | str, base: str | None 
     AutoProcessor.from_pretrained(adapter.processor_source).save_pretrained(output)
     manifest = merged_manifest(adapter.path)
     if manifest is not None:
-        manifest_path(output).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(manifest_path(output), manifest)
     else:
         log.warning("%s has no medharness.json manifest: %s gets none (lineage unknown)", adapter.path, output)
     log.info("merged %s onto %s -> %s", adapter.path, adapter.base, output)

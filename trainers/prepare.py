@@ -14,8 +14,6 @@ from typing import Any
 from medharness.core.errors import BackendError, ConfigError, DataError
 from medharness.core.torchvision_shim import ensure_torchvision_importable
 from medharness.taskfiles.task import Task, load_task, recipe_for
-from medharness.trainers.answers import gold_text, rejected_texts
-from medharness.trainers.base import TrainContext, TrainerRecipe, recipe_class
 from medharness.trainers.checkpoints import (
     Lineage,
     batch_sizes,
@@ -23,7 +21,7 @@ from medharness.trainers.checkpoints import (
     lora_config,
     manifest_callback,
 )
-from medharness.trainers.config import Layers, TrainConfig, trl_args
+from medharness.trainers.config import Layers, trl_args
 from medharness.trainers.data import (
     check_image_tokens,
     pixel_budget,
@@ -33,7 +31,10 @@ from medharness.trainers.data import (
     to_dataset,
 )
 from medharness.trainers.logs import log_callback
+from medharness.trainers.recipes.base import TrainContext, TrainerRecipe, recipe_class
 from medharness.trainers.rewards import RewardSet, default_rewards
+from medharness.trainers.schema import TrainConfig
+from medharness.trainers.targets import gold_text, rejected_texts
 
 log = logging.getLogger(__name__)
 

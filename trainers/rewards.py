@@ -25,7 +25,7 @@ from medharness.core.records import Answer, Generation, Sample
 from medharness.scoring.metrics import resolve_metrics
 from medharness.scoring.recipe import Recipe
 from medharness.taskfiles.task import Task, recipe_for
-from medharness.trainers.config import RewardSpec
+from medharness.trainers.schema import RewardSpec
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def default_rewards(task: Task, prompt: str) -> list[RewardSpec]:
     """The task's primary metric, plus format compliance where the prompt variant has a format (0.9 / 0.1)."""
     recipe = recipe_for(task, prompt=prompt)
-    primary = next((s for s in recipe.metrics if s.metric.fn is not None), None)
+    primary = recipe.sample_primary
     if primary is None:
         raise ConfigError(f"task {task.name}: no per-sample metric to reward; give `rewards:` explicitly")
     fmt = next((s for s in recipe.metrics if s.metric.name == "format_compliance"), None)

@@ -25,17 +25,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medharness.backends.vlm_common import check_attn_implementation
+from medharness.core.atomic import write_json_atomic, write_text_atomic
 from medharness.core.errors import ConfigError, DataError
-from medharness.trainers.config import Layers, TrainConfig, build_config, load_layers
+from medharness.runs.folders import TRAIN_FILE, TRAIN_SAMPLES_FILE
+from medharness.trainers.config import Layers, build_config, load_layers
 from medharness.trainers.evals import EvalRequest
 from medharness.trainers.launch import LAUNCH_DIR, launch_record
+from medharness.trainers.schema import TrainConfig
 
 if TYPE_CHECKING:
     from medharness.trainers.prepare import Prepared
 
 log = logging.getLogger(__name__)
-TRAIN_FILE = "train.json"
-TRAIN_SAMPLES_FILE = "train_samples.json"
 # Keys a resumed run must share with the run it continues.
 RESUME_KEYS = ("recipe", "model", "task", "prompt", "prompt_styles", "seed", "samples", "rewards", "lora", "rejected",
                "max_pixels", "options")
@@ -92,9 +93,7 @@ def default_output(config: TrainConfig, layers: Layers) -> Path:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch, the main process writes
         return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, data, indent=1)
 
 
 def _now() -> str:
@@ -147,7 +146,7 @@ def drop_rows_after(file: Path, step: int) -> None:
             continue
         if (row.get("step") or 0) <= step:
             kept.append(line + "\n")
-    file.write_text("".join(kept), encoding="utf-8")
+    write_text_atomic(file, "".join(kept))
 
 
 def _main_process() -> bool:

@@ -12,13 +12,13 @@ the styles, the per-sample assignment and the counts; each dataset row carries i
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medharness.core.atomic import write_json_atomic
 from medharness.core.errors import ConfigError
 from medharness.core.records import Sample
 from medharness.taskfiles.task import Task, load_task, recipe_for
@@ -59,5 +59,5 @@ def record_styles(output: Path, styles: Sequence[str], seed: int, assignment: di
     counts = {s: drawn.get(s, 0) for s in styles}
     data = {"seed": seed, "styles": list(styles), "counts": counts, "assignment": assignment}
     output.mkdir(parents=True, exist_ok=True)
-    (output / STYLES_FILE).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    write_json_atomic(output / STYLES_FILE, data, indent=1)
     return counts

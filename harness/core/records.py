@@ -30,9 +30,10 @@ from typing_extensions import NotRequired, TypedDict
 
 
 class Strict(BaseModel):
-    """The one strict base: frozen, and an unknown key is an error (records, task files, sources, panels)."""
+    """The one strict base: frozen, and an unknown key is an error (records, task, recipe, sweep and board
+    files, sources, panels). A field with an alias (`as:`, `from:`) also takes its own name."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -276,6 +277,12 @@ class TaskSummary(Record):
     n_expected: int | None = None  # the samples the task selected: n < n_expected is a partial result
     metrics: dict[str, MetricSummary]
     groups: dict[str, dict[str, GroupSummary]] = Field(default_factory=dict)  # field -> value -> group
+
+    @property
+    def primary(self) -> str | None:
+        """The task's primary metric: the first one its recipe lists (`Recipe.primary`; a summary keeps the
+        recipe's order), corpus metrics included (QWK for a grading task)."""
+        return next(iter(self.metrics), None)
 
     def to_score_json(self, percent: dict[str, bool] | None = None) -> dict[str, Any]:
         """The `medharness score --json` shape: values are fractions as in run.json (the console shows

@@ -19,14 +19,12 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from medharness.taskfiles import ablation
 from medharness.backends import BACKENDS, Backend, check_options
 from medharness.backends.cache import ResponseCache
-from medharness.core.errors import ConfigError, DataError, MedHarnessError
 from medharness.backends.generate import generate_cached
 from medharness.backends.inputs import ImageLoader, build_requests
 from medharness.checkpoints.lineage import trained_from
-from medharness.runs.prices import cost_usd
+from medharness.core.errors import ConfigError, DataError, MedHarnessError
 from medharness.core.records import (
     CacheUsage,
     GenerationSettings,
@@ -38,11 +36,12 @@ from medharness.core.records import (
     TaskSummary,
     TokenCount,
 )
+from medharness.runs.prices import cost_usd
 from medharness.runs.runlog import RunDir
 from medharness.scoring.recipe import Recipe, metric_is_percent, metric_records, summarise
-from medharness.taskfiles.task import recipe_for
+from medharness.taskfiles import ablation
 from medharness.taskfiles.splits import read_sample_ids, select_pinned
-from medharness.taskfiles.task import Task, load_task, resolve_task_names
+from medharness.taskfiles.task import Task, load_task, recipe_for, resolve_task_names
 
 log = logging.getLogger(__name__)
 LOCAL_MODEL_BACKENDS = ("hf", "vllm")  # they load a model folder, which may carry a training manifest

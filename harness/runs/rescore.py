@@ -13,14 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from medharness.backends.predictions import read_predictions
 from medharness.core.datafiles import read_text
 from medharness.core.errors import DataError
-from medharness.backends.predictions import read_predictions
 from medharness.core.records import ResultRow, TaskEntry, TaskSummary
 from medharness.runs.runlog import RunDir, gc_paused, parse_rows_to_score
 from medharness.scoring.recipe import DistinctScores, Recipe, Scored, cluster_key, summarise, summarise_scored
-from medharness.taskfiles.task import recipe_for
-from medharness.taskfiles.task import Task, load_task
+from medharness.taskfiles.task import Task, load_task, recipe_for
 
 log = logging.getLogger(__name__)
 MIN_COVERAGE = 0.95  # below this share of a task's samples, scoring predictions needs allow_partial

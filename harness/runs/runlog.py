@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
+from medharness.core.atomic import is_temporary_of, temporary_file, write_json_atomic
 from medharness.core.datafiles import read_text
 from medharness.core.errors import ConfigError, DataError, RunInUseError
 from medharness.core.records import (
@@ -66,16 +67,6 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=False, allow_nan=False, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def json_safe(data: Any) -> Any:
@@ -227,8 +218,9 @@ class RunDir:
         lock = RunLock.acquire(path, "run --resume" if take_over else "run")
         try:
             cls.check_new(path, take_over)  # another process may have written it between the check and the lock
-            for leftover in (path / RUN_FILE, path / (RUN_FILE + ".tmp")):
-                leftover.unlink(missing_ok=True)
+            for leftover in path.iterdir():
+                if leftover.name == RUN_FILE or is_temporary_of(leftover.name, RUN_FILE):
+                    leftover.unlink()
             shutil.rmtree(path / "samples", ignore_errors=True)
             (path / "samples").mkdir()
             run = cls(path, RunLog(run_id=path.name, label=label, created=now(), command=list(sys.argv),
@@ -247,7 +239,7 @@ class RunDir:
         if not path.is_dir():
             return False
         for item in path.iterdir():
-            if item.name in (RUN_FILE, RUN_FILE + ".tmp", LOCK_FILE):
+            if item.name in (RUN_FILE, LOCK_FILE) or is_temporary_of(item.name, RUN_FILE):
                 continue
             if item.name == "samples" and item.is_dir() and not any(
                     f.stat().st_size for f in item.iterdir() if f.is_file()) and not any(
@@ -300,7 +292,7 @@ class RunDir:
 
     def save(self) -> None:
         self.log = self.log.model_copy(update={"updated": now()})
-        write_json_atomic(self.path / RUN_FILE, json_safe(self.log.model_dump(mode="json")))
+        write_json_atomic(self.path / RUN_FILE, json_safe(self.log.model_dump(mode="json")), allow_nan=False)
 
     def _update(self, **fields: Any) -> None:
         self.log = self.log.model_copy(update=fields)
@@ -367,7 +359,7 @@ class RunDir:
         rows = self.rows(task)
         keep = [r for r in rows if not drop(r)]
         if len(keep) < len(rows):
-            tmp = self.task_file(task).with_suffix(".jsonl.tmp")
+            tmp = temporary_file(self.task_file(task))
             tmp.unlink(missing_ok=True)
             _append_lines(tmp, (r.model_dump_json() for r in keep))
             os.replace(tmp, self.task_file(task))

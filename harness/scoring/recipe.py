@@ -39,6 +39,18 @@ class Recipe:
     parser: ParserChain
     metrics: list[MetricSpec]
 
+    @property
+    def primary(self) -> MetricSpec:
+        """The task's primary metric, its headline number on every board, curve and gate: the first metric
+        listed, a corpus metric included (`TaskSummary.primary` reads it back from a run log)."""
+        return self.metrics[0]
+
+    @property
+    def sample_primary(self) -> MetricSpec | None:
+        """The first per-sample metric (a corpus metric like QWK has no per-sample value): what one answer is
+        scored by where a single sample's score is needed (rewards, DPO's rejected answers)."""
+        return next((s for s in self.metrics if s.metric.fn is not None), None)
+
     def score(self, sample: Sample, generation: Generation) -> tuple[Answer, dict[str, float]]:
         """Parse and score one generation. A failed generation is unparsed: zero credit, counted."""
         return self.score_text(sample, generation.text, generation.error)

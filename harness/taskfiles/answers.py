@@ -1,7 +1,7 @@
 """Answers written in a prompt variant's own format, so that the variant's parser reads them back.
 
 One writer for everything that answers without a model: the baselines (`backends/baseline.py`) and the
-trainers' gold and rejected turns (`trainers/answers.py`). `\\boxed{label}` for a boxed chain, `<answer>..</answer>`
+trainers' gold and rejected turns (`trainers/targets.py`). `\\boxed{label}` for a boxed chain, `<answer>..</answer>`
 for an answer-tag chain, an option letter for `choice`, a JSON box in the chain's coordinate convention for
 `json_bbox`, and a think block only when the caller gives reasoning and the variant asks for one.
 """

@@ -101,7 +101,7 @@ class Prompts(Strict):
 class Scoring(Strict):
     convention: str = "harness"  # the declared default convention's name
     parser: list[str | dict[str, Any]] = Field(default_factory=lambda: list[str | dict[str, Any]](["short_answer"]))
-    metrics: list[str | dict[str, Any]] | None = None  # None: the named convention's metrics
+    metrics: list[str | dict[str, Any]] | None = Field(None, min_length=1)  # None: the named convention's
 
 
 class TaskConfig(Strict):

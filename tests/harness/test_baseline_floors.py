@@ -161,10 +161,10 @@ def test_baselines_run_on_the_test_only_copies_as_labelled_oracle_floors(
 def test_the_sweep_board_names_an_oracle_floor(tmp_path: Path) -> None:
     """A sweep evaluated on a test-only task: its baseline reference row is a real run of baseline:majority whose
     answers are an oracle floor, and the sweep's board says so in the cell and in the legend."""
-    from medharness.trainers.sweep import expand, load_sweep
-    from medharness.trainers.sweep_board import board
-    from medharness.trainers.sweep_board import render_markdown as render_sweep
-    from medharness.trainers.sweep_exec import Stages, reference_rows
+    from medharness.trainers.sweeps.board import board
+    from medharness.trainers.sweeps.board import render_markdown as render_sweep
+    from medharness.trainers.sweeps.schema import expand, load_sweep
+    from medharness.trainers.sweeps.stages import Stages, reference_rows
 
     data = toy_task(tmp_path)
     file = tmp_path / "s.yaml"
@@ -172,8 +172,8 @@ def test_the_sweep_board_names_an_oracle_floor(tmp_path: Path) -> None:
     sweep = load_sweep(file)
     stages = Stages(sweep, file, tmp_path / "sweep", resume=False)
     Runner(RunConfig(model="baseline:majority", tasks=str(tmp_path / "toy.yaml"), data_dir=str(data)),
-           stages.reference_dir("baseline-majority", "toy")).run()
-    rows = board(sweep, expand(sweep), stages.eval_dir, stages.reference_dir, reference_rows(sweep), "m")
+           stages.dir.reference_dir("baseline-majority", "toy")).run()
+    rows = board(sweep, expand(sweep), stages.dir, reference_rows(sweep), "m")
     text = render_sweep(rows, ["toy"])
     assert re.search(r"80\.0 \[[0-9.]+, [0-9.]+\] \(oracle floor\)", text)  # the run's own interval
     assert "drew its answers from the evaluated split's own golds" in text

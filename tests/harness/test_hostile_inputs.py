@@ -81,7 +81,7 @@ def test_alias_bomb_validate_is_refused_fast_under_a_memory_limit(tmp_path: Path
 def test_aliases_refused_in_every_yaml_the_project_reads(tmp_path: Path, loader: str) -> None:
     from medharness.judges.panel import load_panel
     from medharness.trainers.config import read_layer
-    from medharness.trainers.sweep import load_sweep
+    from medharness.trainers.sweeps.schema import load_sweep
 
     path = tmp_path / f"{loader}.yaml"
     path.write_text("defaults: &d {concurrency: 2}\nuse: *d\n")

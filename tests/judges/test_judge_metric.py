@@ -24,8 +24,8 @@ from medharness.cli import main
 from medharness.core.records import Answer, Sample
 from medharness.scoring.metrics import METRICS
 from medharness.taskfiles.task import load_task
-from medharness.trainers.config import RewardSpec
 from medharness.trainers.rewards import RewardSet
+from medharness.trainers.schema import RewardSpec
 
 KEY_ENV = "MEDHARNESS_TEST_JUDGE_KEY"
 FAST = {"max_retries": 1, "retry_base_delay": 0.01, "retry_max_delay": 0.02, "timeout": 2}

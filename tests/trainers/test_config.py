@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from medharness.core.errors import ConfigError
-from medharness.trainers.base import TRAINERS
 from medharness.trainers.config import build_config, load_layers, preset_names, trl_args
+from medharness.trainers.recipes.base import TRAINERS
 from medharness.trainers.run import TrainRequest, resolve
 
 pytest.importorskip("trl")

@@ -11,10 +11,10 @@ from medharness.core.errors import DataError
 from medharness.taskfiles.phantom import open_image
 from medharness.taskfiles.splits import kshot, write_sample_ids
 from medharness.taskfiles.task import load_task
-from medharness.trainers.answers import gold_text
 from medharness.trainers.config import Layers, build_config
 from medharness.trainers.data import check_image_tokens, pixel_budget, resize, rows_for, select_samples
 from medharness.trainers.prepare import load_train_task
+from medharness.trainers.targets import gold_text
 
 PHANTOM = ["phantom_presence", "phantom_count", "phantom_side", "phantom_size", "phantom_box"]
 

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from medharness.core.errors import ConfigError
-from medharness.trainers.base import recipe_class
-from medharness.trainers.config import RewardSpec, build_config, load_layers, trl_args
+from medharness.trainers.config import build_config, load_layers, trl_args
 from medharness.trainers.launch import LaunchSpec, accelerate_config, deepspeed_config
 from medharness.trainers.prepare import load_train_task
-from medharness.trainers.rarl import RarlOptions, rarl_rewards
+from medharness.trainers.recipes.base import recipe_class
+from medharness.trainers.recipes.rarl import RarlOptions, rarl_rewards
 from medharness.trainers.run import TrainRequest, resolve
+from medharness.trainers.schema import RewardSpec
 
 pytest.importorskip("trl")
 

@@ -11,9 +11,9 @@ from medharness.cli import main
 from medharness.core.errors import ConfigError
 from medharness.core.records import Generation
 from medharness.taskfiles.task import load_task, recipe_for
-from medharness.trainers.answers import gold_text, rejected_texts
-from medharness.trainers.config import RewardSpec
 from medharness.trainers.rewards import RewardSet, default_rewards, parse_rewards
+from medharness.trainers.schema import RewardSpec
+from medharness.trainers.targets import gold_text, rejected_texts
 
 TEXTS = ["<think>bright spot</think><answer>yes</answer>", "<think>x</think><answer>no</answer>", "yes",
          "<answer>yes</answer>", "maybe", "<think>hmm</think> <answer>Yes.</answer><|im_end|>", ""]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from medharness.cli import main
-from medharness.trainers.sweep import load_sweep
-from medharness.trainers.sweep_table import load_reference
+from medharness.trainers.sweeps.schema import load_sweep
+from medharness.trainers.sweeps.table import load_reference
 
 SWEEPS = Path(__file__).resolve().parents[2] / "trainers" / "sweeps"
 FILES = sorted(SWEEPS.glob("*.yaml"))

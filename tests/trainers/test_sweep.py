@@ -17,10 +17,11 @@ from medharness.cli import main
 from medharness.core.errors import ConfigError
 from medharness.core.records import MetricSummary, RunStatus, TaskEntry, TaskSummary
 from medharness.runs.runlog import RunDir
-from medharness.trainers import sweep_exec
-from medharness.trainers.sweep import DEMO, expand, load_sweep
-from medharness.trainers.sweep_board import board, render_markdown
-from medharness.trainers.sweep_exec import Stages, reference_rows
+from medharness.trainers.sweeps import DEMO
+from medharness.trainers.sweeps import stages as sweep_exec
+from medharness.trainers.sweeps.board import board, render_markdown
+from medharness.trainers.sweeps.schema import expand, load_sweep
+from medharness.trainers.sweeps.stages import Stages, reference_rows
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 
@@ -159,12 +160,12 @@ def test_board_mean_and_std_over_seeds(tmp_path: Path) -> None:
                                                    percent={"yes_no_accuracy": True}))
         run.set_status(status)
 
-    fake_run(stages.eval_dir(cells[0].id, "phantom_presence"), 0.5)
-    fake_run(stages.eval_dir(cells[1].id, "phantom_presence"), 0.7)
-    fake_run(stages.eval_dir(cells[2].id, "phantom_presence"), 0.9, status="running")  # unfinished: left out
-    fake_run(stages.reference_dir("base", "phantom_presence"), 0.4)
+    fake_run(stages.dir.eval_dir(cells[0].id, "phantom_presence"), 0.5)
+    fake_run(stages.dir.eval_dir(cells[1].id, "phantom_presence"), 0.7)
+    fake_run(stages.dir.eval_dir(cells[2].id, "phantom_presence"), 0.9, status="running")  # unfinished: left out
+    fake_run(stages.dir.reference_dir("base", "phantom_presence"), 0.4)
     refs = reference_rows(sweep)
-    rows = board(sweep, cells, stages.eval_dir, stages.reference_dir, refs, "m")
+    rows = board(sweep, cells, stages.dir, refs, "m")
     assert [r["row"] for r in rows] == ["base", "baseline-majority", "sft · k=all"]
     stats = rows[2]["tasks"]["phantom_presence"]
     assert stats["n"] == 2 and stats["mean"] == pytest.approx(60.0) and stats["std"] == pytest.approx(14.142, 1e-3)
@@ -337,7 +338,7 @@ def test_real_sweep_end_to_end(tmp_path: Path, tiny_models: dict[str, Path], mon
 
 
 def test_a_single_run_cell_shows_that_run_s_own_interval() -> None:
-    from medharness.trainers.sweep_board import cell_text, stats
+    from medharness.trainers.sweeps.board import cell_text, stats
 
     one = stats([{"value": 50.0, "ci": (40.2, 59.8), "ci_method": "wilson"}, None])
     assert (one["n"], one["low"], one["high"], one["ci_method"]) == (1, 40.2, 59.8, "wilson")

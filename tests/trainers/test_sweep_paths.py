@@ -12,8 +12,9 @@ import pytest
 from medharness.cli import main
 from medharness.core.errors import ConfigError
 from medharness.core.paths import SET_ASIDE
-from medharness.trainers.sweep import DEMO, load_sweep
-from medharness.trainers.sweep_exec import StageFailed, Stages
+from medharness.trainers.sweeps import DEMO
+from medharness.trainers.sweeps.schema import load_sweep
+from medharness.trainers.sweeps.stages import StageFailed, Stages
 
 CORPUS = sorted((Path(__file__).resolve().parents[1] / "data" / "fuzz" / "sweeps").glob("*.yaml"))
 
@@ -64,25 +65,25 @@ def stages(tmp_path: Path) -> Stages:
 def test_stage_paths_that_leave_the_sweep_are_refused(stages: Stages, tmp_path: Path) -> None:
     """The schema is the first guard; the paths are checked again where they are built (a Cell made in code)."""
     victim = victim_folder(tmp_path)
-    for build in (lambda: stages.eval_dir("c", str(victim)),
-                  lambda: stages.eval_dir("c", "../../../../victim"),
-                  lambda: stages.reference_dir("base", "../../victim"),
-                  lambda: stages.cell_dir(".."), lambda: stages.cell_dir(""),
-                  lambda: stages.split_file("../../victim/x", 2, 0)):
+    for build in (lambda: stages.dir.eval_dir("c", str(victim)),
+                  lambda: stages.dir.eval_dir("c", "../../../../victim"),
+                  lambda: stages.dir.reference_dir("base", "../../victim"),
+                  lambda: stages.dir.cell_dir(".."), lambda: stages.dir.cell_dir(""),
+                  lambda: stages.dir.split_file("../../victim/x", 2, 0)):
         with pytest.raises(ConfigError, match="would leave the output folder"):
             build()
     # a cell folder that is a symlink to a folder outside: its paths resolve outside, so they are refused
     (stages.root / "cells").mkdir()
     os.symlink(victim, stages.root / "cells" / "linked")
     with pytest.raises(ConfigError, match="would leave the output folder"):
-        stages.train_dir("linked")
+        stages.dir.train_dir("linked")
     assert (victim / "images" / "scan.png").is_file()
 
 
 def test_an_unfinished_folder_is_moved_aside_not_deleted(stages: Stages,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A stage folder without its run.json (or train.json) is started afresh; what was in it is kept."""
-    out = stages.eval_dir("cell", "phantom_presence")
+    out = stages.dir.eval_dir("cell", "phantom_presence")
     out.mkdir(parents=True)
     (out / "notes.txt").write_text("mine", encoding="utf-8")
     started: list[list[str]] = []
@@ -104,7 +105,7 @@ def test_a_symlinked_stage_folder_is_neither_moved_nor_followed(stages: Stages, 
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     victim = victim_folder(tmp_path)
     before = contents(victim)
-    out = stages.eval_dir("cell", "phantom_presence")
+    out = stages.dir.eval_dir("cell", "phantom_presence")
     out.parent.mkdir(parents=True)
     os.symlink(victim, out)
     monkeypatch.setattr(stages, "_call", lambda argv, log_file: pytest.fail("the stage must not start"))

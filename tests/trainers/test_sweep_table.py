@@ -11,7 +11,7 @@ from medharness.cli import main
 from medharness.core.errors import ConfigError
 from medharness.core.records import MetricSummary, TaskEntry, TaskSummary
 from medharness.runs.runlog import RunDir
-from medharness.trainers.sweep import (
+from medharness.trainers.sweeps.schema import (
     all_eval_tasks,
     eval_prompt,
     eval_tasks,
@@ -19,8 +19,8 @@ from medharness.trainers.sweep import (
     load_sweep,
     train_prompt,
 )
-from medharness.trainers.sweep_exec import Stages
-from medharness.trainers.sweep_table import load_reference, paper_table, render_table
+from medharness.trainers.sweeps.stages import Stages
+from medharness.trainers.sweeps.table import load_reference, paper_table, render_table
 
 
 def write(path: Path, text: str) -> Path:
@@ -100,12 +100,12 @@ def test_paper_table_with_published_rows(tmp_path: Path) -> None:
     sweep = load_sweep(file)
     stages = Stages(sweep, file, tmp_path / "o", resume=False)
     cells = {c.id: c for c in expand(sweep)}
-    fake_run(stages.reference_dir("base", "phantom_presence"), "phantom_presence", {"yes_no_accuracy": 0.25})
-    fake_run(stages.reference_dir("base", "phantom_side"), "phantom_side", {"choice_accuracy": 0.5})
+    fake_run(stages.dir.reference_dir("base", "phantom_presence"), "phantom_presence", {"yes_no_accuracy": 0.25})
+    fake_run(stages.dir.reference_dir("base", "phantom_side"), "phantom_side", {"choice_accuracy": 0.5})
     for seed, value in ((0, 0.6), (1, 0.8)):
-        fake_run(stages.eval_dir(f"grpo-phantom_presence-kall-s{seed}", "phantom_presence"), "phantom_presence",
+        fake_run(stages.dir.eval_dir(f"grpo-phantom_presence-kall-s{seed}", "phantom_presence"), "phantom_presence",
                  {"yes_no_accuracy": value})
-    fake_run(stages.eval_dir("grpo-phantom_side-kall-s0", "phantom_side"), "phantom_side",
+    fake_run(stages.dir.eval_dir("grpo-phantom_side-kall-s0", "phantom_side"), "phantom_side",
              {"choice_accuracy": 0.3})  # seed 1 never finished
     table = paper_table(sweep, list(cells.values()), stages)
     assert table is not None

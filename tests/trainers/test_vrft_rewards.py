@@ -17,8 +17,8 @@ from medharness.core.records import Answer, Sample
 from medharness.scoring.metrics import METRICS
 from medharness.scoring.metrics.text import format_ok
 from medharness.taskfiles.task import load_task
+from medharness.trainers.recipes.vrft_aug import VrftOptions, coords_warning, vrft_rewards
 from medharness.trainers.rewards import RewardSet
-from medharness.trainers.vrft import VrftOptions, coords_warning, vrft_rewards
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 RETINA = tuple(f"grade {i}" for i in range(5))

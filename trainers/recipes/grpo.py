@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medharness.trainers.base import TrainContext, TrainerRecipe, trainer
+from medharness.trainers.recipes.base import TrainContext, TrainerRecipe, trainer
 
 
 @trainer("grpo")

@@ -1,55 +1,22 @@
 """The sweep's leaderboard: one row per (recipe, preset, shots) with mean +- std over seeds of each eval task's
 primary metric, the base model's reference row and the baselines, each with its lineage.
 
-A pure function of the sweep's folders: results are read from each run directory's typed run log
-(`medharness.runs.runlog`) through `read_run` / `primary_metric`.
+A pure function of the sweep's folders: results are read from each run directory's typed run log through
+`medharness.runs.folders.task_result`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from medharness.core.errors import DataError
-from medharness.core.records import RunLog
-from medharness.runs.runlog import RunDir
-from medharness.trainers.sweep import Cell, SweepConfig, all_eval_tasks, eval_tasks
-
-
-def read_run(run_dir: Path) -> RunLog | None:
-    """A run directory's run log, None when there is none (or it cannot be read: a stage to run again)."""
-    try:
-        return RunDir.open(run_dir).log
-    except (DataError, OSError):
-        return None
-
-
-def primary_metric(run_dir: Path, task: str, metric: str | None = None) -> dict[str, Any] | None:
-    """{metric, value (x100 for percent metrics), n, model} of a finished run's task: the task's first metric
-    (or the metric labelled `metric`); None when the run, the task's summary or that metric is missing."""
-    runlog = read_run(run_dir)
-    if runlog is None or runlog.status != "finished":
-        return None
-    entry = runlog.tasks.get(task)
-    if entry is None or entry.summary is None or not entry.summary.metrics:
-        return None
-    metrics = entry.summary.metrics
-    if metric is not None and metric not in metrics:
-        return None
-    name = metric or next(iter(metrics))
-    m = metrics[name]
-    scale = 100.0 if entry.percent.get(name, True) else 1.0
-    value = None if math.isnan(m.value) else m.value * scale
-    oracle = entry.baseline is not None and entry.baseline.kind == "oracle"
-    ci = (m.ci_low * scale, m.ci_high * scale) if m.ci_low is not None and m.ci_high is not None else None
-    return {"metric": name, "value": value, "n": m.n, "model": runlog.model, "oracle": oracle, "ci": ci,
-            "ci_method": m.ci_method}
+from medharness.runs.folders import SweepDir, task_result
+from medharness.trainers.sweeps.schema import Cell, SweepConfig, all_eval_tasks, eval_tasks
 
 
 def stats(found: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
-    """Mean, sample std and a 95% interval over the runs `primary_metric` found (seeds of one row): the t
+    """Mean, sample std and a 95% interval over the runs `task_result` found (seeds of one row): the t
     interval over seeds (medharness.core.stats.seed_summary) from two runs on, a single run's own interval."""
     got = [g for g in found if g and g["value"] is not None]
     values = [g["value"] for g in got]
@@ -89,17 +56,16 @@ def _chain(cell: Cell, by_id: dict[str, Cell]) -> str:
     return " → ".join(reversed(parts))
 
 
-def board(sweep: SweepConfig, cells: Sequence[Cell], eval_dir: Any, reference_dir: Any,
-          references: dict[str, str | None], base_label: str) -> list[dict[str, Any]]:
-    """Rows of the leaderboard (dicts, also written to sweep.json). `eval_dir(cell_id, task)` and
-    `reference_dir(name, task)` locate the run directories."""
+def board(sweep: SweepConfig, cells: Sequence[Cell], folder: SweepDir, references: dict[str, str | None],
+          base_label: str) -> list[dict[str, Any]]:
+    """Rows of the leaderboard (dicts, also written to sweep.json), read from the sweep's run directories."""
     tasks = all_eval_tasks(sweep)
     rows: list[dict[str, Any]] = []
     for name, model in references.items():
         row: dict[str, Any] = {"row": name, "kind": "reference", "lineage": model or f"{base_label} (no training)",
                                "tasks": {}}
         for task in tasks:
-            got = primary_metric(reference_dir(name, task), task)
+            got = task_result(folder.reference_dir(name, task), task)
             row["tasks"][task] = {"metric": got and got["metric"], "oracle": bool(got and got["oracle"]),
                                   **stats([got])}
         rows.append(row)
@@ -117,7 +83,7 @@ def board(sweep: SweepConfig, cells: Sequence[Cell], eval_dir: Any, reference_di
                           f"({', '.join(str(c.seed) for c in members)})",
                "tasks": {}}
         for task in tasks:
-            found = [primary_metric(eval_dir(c.id, task), task) for c in members if task in eval_tasks(sweep, c)]
+            found = [task_result(folder.eval_dir(c.id, task), task) for c in members if task in eval_tasks(sweep, c)]
             metric = next((g["metric"] for g in found if g and g["value"] is not None), None)
             row["tasks"][task] = {"metric": metric, **stats(found)}
         rows.append(row)

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
     from medharness.core.records import Sample
     from medharness.taskfiles.task import Task
-    from medharness.trainers.config import RewardSpec, TrainConfig
     from medharness.trainers.rewards import RewardSet
+    from medharness.trainers.schema import RewardSpec, TrainConfig
 
 TRAINERS: Registry[type[TrainerRecipe]] = Registry("trainer")
 

@@ -14,8 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from medharness.core.errors import DataError, MedHarnessError
-from medharness.trainers.sweep import Cell, SweepConfig, all_eval_tasks, eval_prompt, eval_tasks, train_prompt
-from medharness.trainers.sweep_exec import Stages
+from medharness.trainers.sweeps.schema import (
+    Cell,
+    SweepConfig,
+    all_eval_tasks,
+    eval_prompt,
+    eval_tasks,
+    train_prompt,
+)
+from medharness.trainers.sweeps.stages import Stages
 
 
 @dataclass
@@ -122,8 +129,8 @@ def _check_tasks(sweep: SweepConfig, cells: list[Cell], found: Findings) -> None
 
 def _check_training(sweep: SweepConfig, stages: Stages, cells: list[Cell], problems: list[str],
                     notes: list[str]) -> None:
-    from medharness.trainers.base import recipe_class  # the train command's own registries
     from medharness.trainers.config import preset_names
+    from medharness.trainers.recipes.base import recipe_class  # the train command's own registries
 
     presets = set(preset_names())
     before = len(problems)
@@ -159,7 +166,7 @@ def _check_training(sweep: SweepConfig, stages: Stages, cells: list[Cell], probl
                            prompt=train_prompt(sweep, cell), seed=cell.seed, max_steps=sweep.max_steps)
         try:
             config, layers = resolve(req)
-            trl_args(config, layers, stages.train_dir(cell.id), use_gpu=False)
+            trl_args(config, layers, stages.dir.train_dir(cell.id).root, use_gpu=False)
         except MedHarnessError as exc:
             problems.append(f"cell {cell.id}: {exc}")
 
@@ -199,8 +206,8 @@ def check_sweep(sweep: SweepConfig, stages: Stages, cells: list[Cell]) -> Findin
 def check_table(sweep: SweepConfig, stages: Stages, cells: list[Cell], found: Findings) -> None:
     """The reference file parses and its columns are the table's; every table row selects exactly one board
     row (or a reference row this sweep evaluates); every column's task is evaluated and has its metric."""
-    from medharness.trainers.sweep_exec import reference_rows
-    from medharness.trainers.sweep_table import groups, load_reference, reference_path, select
+    from medharness.trainers.sweeps.stages import reference_rows
+    from medharness.trainers.sweeps.table import groups, load_reference, reference_path, select
 
     path = reference_path(sweep, stages)
     ref = None

@@ -20,16 +20,17 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from medharness.core.errors import ConfigError
-from medharness.trainers.base import TrainContext, trainer
-from medharness.trainers.config import RewardSpec
-from medharness.trainers.grpo import GRPORecipe
+from medharness.core.records import Strict
+from medharness.trainers.recipes.base import TrainContext, trainer
+from medharness.trainers.recipes.grpo import GRPORecipe
+from medharness.trainers.schema import RewardSpec
 
 if TYPE_CHECKING:
     from medharness.taskfiles.task import Task
-    from medharness.trainers.config import TrainConfig
+    from medharness.trainers.schema import TrainConfig
 
 log = logging.getLogger(__name__)
 BOX_METRICS = ("iou", "iou_accuracy")
@@ -39,19 +40,17 @@ FAMILY_COORDS = {"qwen2_vl": "norm1000", "qwen2_5_vl": "resized"}
 GRADE_METRICS = ("grade_accuracy", "mfrs")
 
 
-class PaperBatch(BaseModel):
+class PaperBatch(Strict):
     """The batch size as the paper states it and what it is taken to count (recorded, not applied)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     size: int = Field(ge=1)
     counts: Literal["prompts", "completions"]
     note: str = ""
 
 
-class VrftOptions(BaseModel):
+class VrftOptions(Strict):
     """`options:` of the vrft_aug recipe."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     reward: Literal["auto", "accuracy", "mfrs", "iou"] = "auto"
     accuracy_weight: float = Field(0.9, ge=0.0, le=1.0)  # lambda; the format weight is 1 - lambda
     recitation: float | None = None  # delta of R_recite (+0.2 or -2 in the paper); None: no recitation reward
@@ -83,7 +82,9 @@ def accuracy_reward(task: Task, prompt: str, opts: VrftOptions) -> RewardSpec:
     from medharness.taskfiles.task import recipe_for
 
     recipe = recipe_for(task, prompt=prompt)
-    primary = next(s for s in recipe.metrics if s.metric.fn is not None)
+    primary = recipe.sample_primary
+    if primary is None:
+        raise ConfigError(f"task {task.name}: no per-sample metric to build VRFT-Aug's accuracy reward from")
     name = primary.metric.name
     kind = "box" if name in BOX_METRICS else "grade" if name in GRADE_METRICS else "label"
     wanted = {"auto": {"box": "iou", "grade": "mfrs"}.get(kind, "accuracy"), "accuracy": "accuracy",

@@ -1,4 +1,4 @@
-"""Answers written in a prompt variant's own format (`medharness.taskfiles.answers`): the SFT/DPO gold turn, and DPO's
+"""Training targets: answers written in a prompt variant's own format (`medharness.taskfiles.answers`): the SFT/DPO gold turn, and DPO's
 rejected answers.
 
 The gold is written so that the variant's parser reads it back (`<think>..</think><answer>..</answer>`,
@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from medharness.core.errors import ConfigError, DataError
 from medharness.core.records import ResultRow, Sample
 from medharness.taskfiles.answers import format_answer as core_format_answer
 from medharness.taskfiles.answers import option_letter
-from medharness.taskfiles.task import Task
+from medharness.taskfiles.task import Task, recipe_for
 
 DEFAULT_THINK = "I look at the image and answer the question."
 
@@ -70,15 +71,15 @@ def rejected_texts(task: Task, prompt: str, samples: Sequence[Sample], source: s
 
 
 def _from_run(task: Task, run_dir: str, wanted: dict[str, Sample]) -> dict[str, str]:
-    from pathlib import Path
-
-    from medharness.taskfiles.task import recipe_for
-
     file = Path(run_dir) / "samples" / f"{task.name}.jsonl"
     if not file.is_file():
         raise DataError(f"rejected: run:{run_dir} has no {file.relative_to(run_dir)} (a finished medharness run "
                         f"of the base model on task {task.name})")
-    primary = recipe_for(task).metrics[0].label
+    primary_spec = recipe_for(task).sample_primary
+    if primary_spec is None:
+        raise ConfigError(f"rejected: run:{run_dir}: task {task.name} has no per-sample metric to tell a wrong "
+                          "answer by")
+    primary = primary_spec.label
     out: dict[str, str] = {}
     for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():

@@ -17,29 +17,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from medharness.trainers.base import trainer
-from medharness.trainers.config import RewardSpec
-from medharness.trainers.grpo import GRPORecipe
+from medharness.core.records import Strict
+from medharness.trainers.recipes.base import trainer
+from medharness.trainers.recipes.grpo import GRPORecipe
+from medharness.trainers.schema import RewardSpec
 
 if TYPE_CHECKING:
     from medharness.taskfiles.task import Task
-    from medharness.trainers.config import TrainConfig
+    from medharness.trainers.schema import TrainConfig
 
 
-class RarlWeights(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class RarlWeights(Strict):
     format: float = 1.0
     length: float = 1.0
     accuracy: float = 1.0
     reasoning: float = 1.0
 
 
-class RarlOptions(BaseModel):
+class RarlOptions(Strict):
     """`options:` of the rarl recipe."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     reasoning: Literal["similarity", "judge", "none"] = "similarity"
     similarity_model: str = "cross-encoder/stsb-roberta-base"  # a local folder or hub id
     judges: str = "rarl_v1:openai:gpt-4o-mini"  # the judge form's panel (SPEC:BACKEND:MODEL,...)

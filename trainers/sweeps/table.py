@@ -10,7 +10,7 @@ The reference file (YAML, `trainers/sweeps/references/<paper>_<table>.yaml`) hol
 
 Each measured row of the table is followed by the published row with the same label ("· published"); published
 rows without a measured counterpart (e.g. a larger model the sweep does not train) come after. Plain tables:
-bold / underline and delta rows are the leaderboard's work. The dry run's checks: `sweep_check.check_table`.
+bold / underline and delta rows are the leaderboard's work. The dry run's checks: `check.check_table`.
 """
 
 from __future__ import annotations
@@ -20,28 +20,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from medharness.core.errors import ConfigError
+from medharness.core.records import Strict
 from medharness.core.yamlio import line_of, load_yaml_with_lines
 
 if TYPE_CHECKING:
-    from medharness.trainers.sweep import Cell, SweepConfig, TableRow
-    from medharness.trainers.sweep_exec import Stages
+    from medharness.trainers.sweeps.schema import Cell, SweepConfig, TableRow
+    from medharness.trainers.sweeps.stages import Stages
 
 PUBLISHED = "published"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ReferenceRow(_Strict):
+class ReferenceRow(Strict):
     label: str
     values: dict[str, float | None]
 
 
-class Reference(_Strict):
+class Reference(Strict):
     """A published table: its citation, columns and rows."""
 
     source: str = Field(min_length=1)
@@ -95,8 +92,9 @@ def select(row: TableRow, cells: Sequence[Cell]) -> list[tuple[str, str | None, 
 def paper_table(sweep: SweepConfig, cells: Sequence[Cell], stages: Stages) -> dict[str, Any] | None:
     """The table's rows (measured: mean, std and n over seeds per column; published: as in the reference
     file), or None when the sweep has no `table:` and no `reference:`."""
-    from medharness.trainers.sweep import eval_tasks
-    from medharness.trainers.sweep_board import primary_metric, stats
+    from medharness.runs.folders import task_result
+    from medharness.trainers.sweeps.board import stats
+    from medharness.trainers.sweeps.schema import eval_tasks
 
     spec = sweep.table
     path = reference_path(sweep, stages)
@@ -116,11 +114,11 @@ def paper_table(sweep: SweepConfig, cells: Sequence[Cell], stages: Stages) -> di
             if col.label in trow.blank:
                 pass
             elif trow.reference is not None and task:
-                runs = [stages.reference_dir(trow.reference, task)]
+                runs = [stages.dir.reference_dir(trow.reference, task)]
             elif task:
                 members = [c for key in select(trow, cells) for c in by_group[key]]
-                runs = [stages.eval_dir(c.id, task) for c in members if task in eval_tasks(sweep, c)]
-            got = [primary_metric(run, str(task), col.metric) for run in runs]
+                runs = [stages.dir.eval_dir(c.id, task) for c in members if task in eval_tasks(sweep, c)]
+            got = [task_result(run, str(task), col.metric) for run in runs]
             values[col.label] = {**stats(got), "expected": len(runs)}
         for col in (c for c in spec.columns if c.average):
             means = [v["mean"] for v in values.values()]
@@ -147,7 +145,7 @@ def render_table(table: dict[str, Any]) -> str:
     when none finished); published rows marked and cited."""
     from tabulate import tabulate
 
-    from medharness.trainers.sweep_board import INTERVALS, cell_text
+    from medharness.trainers.sweeps.board import INTERVALS, cell_text
 
     digits = table.get("decimals", 2)
     out = []

@@ -1,13 +1,6 @@
 """Running a sweep's cells: each stage is a `medharness` subprocess, and every stage is skipped when its
-folder says it is finished, so a sweep (or one `--cell`) started again continues where it stopped.
-
-    SWEEP/models/tiny-small/              a `tiny[:SIZE]` base model, built once
-    SWEEP/splits/TASK-kK-sS.json          k-shot training ids (`medharness split`)
-    SWEEP/reference/NAME/TASK/            the base model's and the baselines' runs (`medharness run`)
-    SWEEP/cells/ID/train/                 `medharness train --output` (train.json, checkpoint-*/, final/)
-    SWEEP/cells/ID/merged/                a LoRA parent's final merged into a full folder for its child cells
-    SWEEP/cells/ID/eval/TASK/             `medharness run` on the final checkpoint (eval/checkpoint-N/TASK too)
-    SWEEP/cells/ID/logs/*.log             each stage's output
+folder says it is finished, so a sweep (or one `--cell`) started again continues where it stopped. The sweep
+folder's layout and its readers: `medharness.runs.folders` (SweepDir, TrainDir).
 
 The stage commands are built in one place (`Stages`); `PROGRAM` is how `medharness` is started and
 `TRAIN_PROGRAM` replaces the train stage's program (tests inject a fake trainer there for fault injection).
@@ -23,13 +16,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medharness.core.errors import ConfigError, MedHarnessError
-from medharness.core.paths import inside, remove_own, set_aside
-from medharness.trainers.sweep import Cell, SweepConfig, eval_prompt, eval_tasks, train_prompt
+from medharness.core.paths import remove_own, set_aside
+from medharness.runs.folders import SweepDir, run_status
+from medharness.trainers.sweeps.schema import Cell, SweepConfig, eval_prompt, eval_tasks, train_prompt
 
 log = logging.getLogger(__name__)
 
@@ -41,41 +34,6 @@ class StageFailed(MedHarnessError):
     """A stage's subprocess failed or left its folder unfinished."""
 
 
-# -- the folders' contracts (read through these functions only) --------------------------------------------
-
-@dataclass(frozen=True)
-class TrainState:
-    status: str | None  # running | finished | failed | interrupted; None: never started
-    final: Path | None
-
-
-def read_train_state(train_dir: Path) -> TrainState:
-    """`train.json` of a `medharness train --output` folder: its status and final checkpoint."""
-    file = train_dir / "train.json"
-    if not file.is_file():
-        return TrainState(None, None)
-    try:
-        info = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return TrainState("failed", None)
-    final = info.get("final")
-    return TrainState(info.get("status"), Path(final) if final else None)
-
-
-def run_status(run_dir: Path) -> str | None:
-    """The run log's status of a run directory (None: no run there yet)."""
-    from medharness.trainers.sweep_board import read_run
-
-    runlog = read_run(run_dir)
-    return None if runlog is None else runlog.status
-
-
-def checkpoints(train_dir: Path) -> list[Path]:
-    """The `checkpoint-<step>` folders of a training output, by step."""
-    found = [p for p in train_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
 # -- stages ---------------------------------------------------------------------------------------------
 
 class Stages:
@@ -85,22 +43,7 @@ class Stages:
                  say: Callable[[str], None] = lambda line: None) -> None:
         self.sweep, self.file, self.root, self.resume, self.say = sweep, sweep_file.resolve(), root, resume, say
         self.base_dir = self.file.parent
-
-    # paths
-    def cell_dir(self, cid: str) -> Path:
-        return inside(self.root, "cells", cid)
-
-    def train_dir(self, cid: str) -> Path:
-        return self.cell_dir(cid) / "train"
-
-    def eval_dir(self, cid: str, task: str, checkpoint: str | None = None) -> Path:
-        return inside(self.root, "cells", cid, "eval", *([checkpoint] if checkpoint else []), task)
-
-    def reference_dir(self, name: str, task: str) -> Path:
-        return inside(self.root, "reference", name, task)
-
-    def split_file(self, task: str, shots: int, seed: int) -> Path:
-        return inside(self.root, "splits", f"{task}-k{shots}-s{seed}.json")
+        self.dir = SweepDir(root)
 
     def relative(self, ref: str) -> str:
         """A path in the sweep file, relative to the sweep file's folder when it is there."""
@@ -116,10 +59,10 @@ class Stages:
         size = model.partition(":")[2] or "tiny"
         if size not in ("tiny", "small"):
             raise ConfigError(f"model: {model!r}: tiny models are tiny or tiny:small")
-        out = self.root / "models" / f"tiny-{size}"
+        out = self.dir.model_dir(size)
         if build and not (out / "config.json").is_file():
             tmp = out.with_name(f".{out.name}.{os.getpid()}")
-            self._call([*PROGRAM, "make-tiny-model", str(tmp), "--size", size], self.root / "logs" / "models.log")
+            self._call([*PROGRAM, "make-tiny-model", str(tmp), "--size", size], self.dir.logs / "models.log")
             if not (out / "config.json").is_file():
                 set_aside(out, self.root)  # without config.json: an earlier build that did not finish
                 os.replace(tmp, out)
@@ -140,7 +83,7 @@ class Stages:
     def train_argv(self, cell: Cell, model: str, samples: Path | None, resume: bool) -> list[str]:
         s, e = self.sweep, cell.entry
         argv = ["train", "--recipe", e.recipe, "--task", cell.task, "--model", model, "--seed", str(cell.seed),
-                "--output", str(self.train_dir(cell.id))]
+                "--output", str(self.dir.train_dir(cell.id).root)]
         for preset in [*cell.presets, *s.common_presets]:
             argv += ["--preset", preset]
         if e.config:
@@ -161,7 +104,7 @@ class Stages:
             from medharness.trainers.launch import launch_argv, machine_spec, write_launch_config
 
             spec = machine_spec(s.launch.num_processes, s.launch.deepspeed, s.launch.fsdp)
-            config = write_launch_config(spec, self.train_dir(cell.id))
+            config = write_launch_config(spec, self.dir.train_dir(cell.id).root)
             return launch_argv(argv, config, spec.num_processes)
         return [*PROGRAM, *argv]
 
@@ -207,11 +150,11 @@ class Stages:
 
     def split(self, task: str, shots: int, seed: int) -> Path:
         split_seed = seed if self.sweep.split_seed is None else self.sweep.split_seed
-        out = self.split_file(task, shots, split_seed)
+        out = self.dir.split_file(task, shots, split_seed)
         if not out.is_file():
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(f".{out.name}.{os.getpid()}.json")
-            self._call(self.split_argv(task, shots, split_seed, tmp), self.root / "logs" / "splits.log")
+            self._call(self.split_argv(task, shots, split_seed, tmp), self.dir.logs / "splits.log")
             os.replace(tmp, out)
         return out
 
@@ -235,7 +178,7 @@ class Stages:
         """What a cell trains from: the base model, or its parent's final (merged when it is an adapter)."""
         if cell.parent is None:
             return self.base_model()
-        state = read_train_state(self.train_dir(cell.parent))
+        state = self.dir.train_dir(cell.parent).state()
         if state.status != "finished" or state.final is None:
             raise StageFailed(f"cell {cell.id} trains from {cell.parent}, which has not finished training "
                               "(run it first: `--cell " + cell.parent + "`)")
@@ -243,12 +186,12 @@ class Stages:
 
         if not is_adapter_folder(state.final):
             return str(state.final)
-        merged = self.cell_dir(cell.parent) / "merged"
+        merged = self.dir.merged_dir(cell.parent)
         if not (merged / "config.json").is_file():  # merged once, atomically (child cells may run in parallel)
             tmp = merged.with_name(f".merged.{os.getpid()}")
             remove_own(tmp, self.root)  # left by an earlier process with this pid
             self._call([*PROGRAM, "merge", str(state.final), "--output", str(tmp)],
-                       self.cell_dir(cell.parent) / "logs" / "merge.log")
+                       self.dir.cell_logs(cell.parent) / "merge.log")
             if not (merged / "config.json").is_file():
                 set_aside(merged, self.root)  # a merge that did not finish
                 os.replace(tmp, merged)
@@ -258,8 +201,8 @@ class Stages:
 
     def train(self, cell: Cell) -> Path:
         """The train stage; returns the final checkpoint."""
-        out = self.train_dir(cell.id)
-        state = read_train_state(out)
+        out = self.dir.train_dir(cell.id).root
+        state = self.dir.train_dir(cell.id).state()
         if state.status == "finished" and state.final is not None:
             return state.final
         started = state.status is not None
@@ -270,8 +213,8 @@ class Stages:
         samples = self.split(cell.task, cell.shots, cell.seed) if cell.shots is not None else None
         argv = self.train_argv(cell, self.cell_model(cell), samples, resume=started)
         self.say(f"  train {cell.entry.recipe} ({'resumed' if started else 'new'}) -> {out}")
-        self._call(argv, self.cell_dir(cell.id) / "logs" / "train.log")
-        state = read_train_state(out)
+        self._call(argv, self.dir.cell_logs(cell.id) / "train.log")
+        state = self.dir.train_dir(cell.id).state()
         if state.status != "finished" or state.final is None:
             raise StageFailed(f"{out}: training did not finish (train.json status {state.status})")
         return state.final
@@ -279,14 +222,14 @@ class Stages:
     def run_cell(self, cell: Cell) -> None:
         """Train (or skip), then evaluate the final checkpoint (and each checkpoint-N with checkpoints: all)."""
         final = self.train(cell)
-        logs = self.cell_dir(cell.id) / "logs"
+        logs = self.dir.cell_logs(cell.id)
         for task in eval_tasks(self.sweep, cell):
-            self.evaluate(str(final), task, self.eval_dir(cell.id, task), logs / f"eval-{task}.log",
+            self.evaluate(str(final), task, self.dir.eval_dir(cell.id, task), logs / f"eval-{task}.log",
                           prompt=eval_prompt(self.sweep, cell, task))
         if self.sweep.eval.checkpoints == "all":
-            for ckpt in checkpoints(self.train_dir(cell.id)):
+            for ckpt in self.dir.train_dir(cell.id).checkpoints():
                 for task in eval_tasks(self.sweep, cell):
-                    self.evaluate(str(ckpt), task, self.eval_dir(cell.id, task, ckpt.name),
+                    self.evaluate(str(ckpt), task, self.dir.eval_dir(cell.id, task, ckpt.name),
                                   logs / f"eval-{ckpt.name}-{task}.log", prompt=eval_prompt(self.sweep, cell, task))
 
     def run_reference(self, name: str, model: str | None, tasks: list[str]) -> None:
@@ -294,19 +237,19 @@ class Stages:
         baseline = model is not None
         model = model or self.base_model()
         for task in tasks:
-            self.evaluate(model, task, self.reference_dir(name, task),
-                          self.root / "reference" / name / "logs" / f"{task}.log", baseline=baseline,
+            self.evaluate(model, task, self.dir.reference_dir(name, task),
+                          self.dir.reference_logs(name) / f"{task}.log", baseline=baseline,
                           prompt=eval_prompt(self.sweep, None, task))
 
     def cell_finished(self, cell: Cell) -> bool:
-        state = read_train_state(self.train_dir(cell.id))
+        state = self.dir.train_dir(cell.id).state()
         return state.status == "finished" and all(
-            run_status(self.eval_dir(cell.id, t)) == "finished" for t in eval_tasks(self.sweep, cell))
+            run_status(self.dir.eval_dir(cell.id, t)) == "finished" for t in eval_tasks(self.sweep, cell))
 
 
 def reference_rows(sweep: SweepConfig) -> dict[str, str | None]:
     """Reference row name -> its model: `base` -> None (the sweep's base model), `baseline-KIND` -> baseline:KIND."""
-    from medharness.trainers.sweep import slug
+    from medharness.trainers.sweeps.schema import slug
 
     rows: dict[str, str | None] = {"base": None} if sweep.base_row else {}
     for b in sweep.baselines:

@@ -4,7 +4,7 @@ A sweep file is a YAML grid: recipes x tasks x shots x seeds x presets. Each cel
 evaluates it on the sweep's eval tasks; the base model and the baselines are evaluated once as reference rows.
 A recipe entry may train `from:` another entry (GRPO after SFT, multi-stage recipes): its cells start from
 the parent cell's final checkpoint. Unknown keys are errors that name the file and line (as task files).
-Running the cells: `sweep_exec.py`; the leaderboard: `sweep_board.py`; the command: `sweep_cli.py`.
+Running the cells: `stages.py`; the leaderboard: `board.py`; the command: `cli.py`.
 """
 
 from __future__ import annotations
@@ -15,17 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from medharness.core.errors import ConfigError
-from medharness.core.records import SafeName
+from medharness.core.records import SafeName, Strict
 from medharness.core.yamlio import load_yaml_with_lines, validation_report
-
-DEMO = Path(__file__).resolve().parent / "sweeps" / "demo.yaml"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 def _as_list(value: Any) -> Any:
@@ -141,7 +135,7 @@ class SweepConfig(Strict):
     base_row: bool = True  # evaluate the base model once as a reference row (`base`)
     launch: LaunchSection = LaunchSection()
     cells: CellFilter = CellFilter()
-    reference: str | None = None  # published numbers (YAML, relative to the sweep file): trainers/sweep_table.py
+    reference: str | None = None  # published numbers (YAML, relative to the sweep file): trainers/sweeps/table.py
     table: TableSpec | None = None  # the paper's layout of the board
 
     _listify = field_validator("tasks", "eval_tasks", "shots", "seeds", "presets", "overrides", "baselines",

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medharness.core.errors import ConfigError
+from medharness.trainers.sweeps import DEMO
 
 if TYPE_CHECKING:  # the sweep modules (pydantic schemas) load only when a sweep command runs
-    from medharness.trainers.sweep import Cell, SweepConfig
-    from medharness.trainers.sweep_exec import Stages
+    from medharness.trainers.sweeps.schema import Cell, SweepConfig
+    from medharness.trainers.sweeps.stages import Stages
 
-DEMO = Path(__file__).resolve().parent / "sweeps" / "demo.yaml"
 
 REFERENCE_PREFIX = "reference-"
 
@@ -44,7 +44,7 @@ def add_sweep_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _paths(args: argparse.Namespace) -> tuple[Path, SweepConfig, Path]:
-    from medharness.trainers.sweep import load_sweep
+    from medharness.trainers.sweeps.schema import load_sweep
 
     file = (args.sweep or DEMO).resolve()
     sweep = load_sweep(file)
@@ -55,8 +55,8 @@ def _paths(args: argparse.Namespace) -> tuple[Path, SweepConfig, Path]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from medharness.trainers.sweep import all_eval_tasks, expand
-    from medharness.trainers.sweep_exec import StageFailed, Stages, reference_rows
+    from medharness.trainers.sweeps.schema import all_eval_tasks, expand
+    from medharness.trainers.sweeps.stages import StageFailed, Stages, reference_rows
 
     file, sweep, output = _paths(args)
     cells = expand(sweep)
@@ -99,7 +99,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def run_one(cid: str, stages: Stages, cells: list[Cell], references: dict[str, str | None]) -> int:
-    from medharness.trainers.sweep import all_eval_tasks
+    from medharness.trainers.sweeps.schema import all_eval_tasks
 
     if cid.startswith(REFERENCE_PREFIX) and cid.removeprefix(REFERENCE_PREFIX) in references:
         name = cid.removeprefix(REFERENCE_PREFIX)
@@ -135,7 +135,7 @@ def print_commands(file: Path, output: Path, cells: list[Cell], references: dict
 def dry_run(sweep: SweepConfig, stages: Stages, cells: list[Cell], references: dict[str, str | None]) -> int:
     from tabulate import tabulate
 
-    from medharness.trainers.sweep_check import check_sweep
+    from medharness.trainers.sweeps.check import check_sweep
 
     found = check_sweep(sweep, stages, cells)
     problems = found.problems
@@ -162,33 +162,34 @@ def dry_run(sweep: SweepConfig, stages: Stages, cells: list[Cell], references: d
 
 def write_board(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell],
                 references: dict[str, str | None], failed: dict[str, str]) -> Path:
-    from medharness.trainers.sweep import all_eval_tasks
-    from medharness.trainers.sweep_board import board, primary_metric, render_markdown
-    from medharness.trainers.sweep_exec import read_train_state, write_json
-    from medharness.trainers.sweep_table import paper_table, render_table
+    from medharness.core.atomic import write_json_atomic, write_text_atomic
+    from medharness.runs.folders import task_result
+    from medharness.trainers.sweeps.board import board, render_markdown
+    from medharness.trainers.sweeps.schema import all_eval_tasks
+    from medharness.trainers.sweeps.table import paper_table, render_table
 
     base_label = Path(sweep.model).name if Path(stages.relative(sweep.model)).exists() else sweep.model
-    rows = board(sweep, cells, stages.eval_dir, stages.reference_dir, references, base_label)
+    rows = board(sweep, cells, stages.dir, references, base_label)
     tasks = all_eval_tasks(sweep)
-    path = stages.root / "leaderboard.md"
+    path = stages.dir.board_file
     title = f"Sweep {sweep.name or file.stem}: {base_label}"
     text = render_markdown(rows, tasks, title=title)
     table = paper_table(sweep, cells, stages)
     if table is not None:  # the paper's layout first, with the published rows; then every row of the board
         text = f"# {title}\n\n{render_table(table)}\n## Every row\n\n{render_markdown(rows, tasks)}"
-    path.write_text(text, encoding="utf-8")
+    write_text_atomic(path, text)
     cell_records: list[dict[str, Any]] = []
     for c in cells:
-        state = read_train_state(stages.train_dir(c.id))
-        evals = {t: primary_metric(stages.eval_dir(c.id, t), t) for t in tasks}
+        state = stages.dir.train_dir(c.id).state()
+        evals = {t: task_result(stages.dir.eval_dir(c.id, t), t) for t in tasks}
         cell_records.append({"id": c.id, "recipe": c.entry.recipe, "entry": c.entry.key, "preset": c.preset,
                              "task": c.task, "shots": c.shots, "seed": c.seed, "parent": c.parent, "stage": c.stage,
-                             "train": {"dir": str(stages.train_dir(c.id)), "status": state.status,
+                             "train": {"dir": str(stages.dir.train_dir(c.id).root), "status": state.status,
                                        "final": state.final and str(state.final)},
-                             "eval": {t: {"dir": str(stages.eval_dir(c.id, t)), "result": v}
+                             "eval": {t: {"dir": str(stages.dir.eval_dir(c.id, t)), "result": v}
                                       for t, v in evals.items()},
                              "finished": stages.cell_finished(c), "error": failed.get(c.id)})
-    write_json(stages.root / "sweep.json", {
+    write_json_atomic(stages.dir.log_file, {
         "sweep_file": str(file), "output": str(stages.root), "config": sweep.model_dump(mode="json", by_alias=True),
         "cells": cell_records, "board": rows, "table": table, "failed": failed})
     return path

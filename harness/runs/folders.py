@@ -1,0 +1,175 @@
+"""The folders that training runs and sweeps leave: their layout and their readers, in this one place.
+
+    RUN/run.json, samples/TASK.jsonl          a `medharness run` (runlog.py)
+    TRAIN/                                    a `medharness train --output` (TrainDir)
+        train.json                            status running|finished|failed|interrupted, config, final path
+        train_samples.json                    the ids (and content keys) it trained on
+        checkpoint-<step>/, final/            TRL's checkpoints, the final model
+        evals/step-<N>/                       with --eval-every: a run directory per scored checkpoint
+    SWEEP/                                    a `medharness train-then-eval` (SweepDir)
+        sweep.json, leaderboard.md            the resolved sweep, its cells, board and paper table
+        models/tiny-SIZE/                     a `tiny[:SIZE]` base model, built once
+        splits/TASK-kK-sS.json                k-shot training ids (`medharness split`)
+        reference/NAME/TASK/                  the base model's and the baselines' runs
+        cells/ID/train/                       a TRAIN folder
+        cells/ID/merged/                      a LoRA parent's final merged into a full folder for its child cells
+        cells/ID/eval/[checkpoint-N/]TASK/    runs of the final (and each checkpoint's) model
+        cells/ID/logs/, logs/                 each stage's output
+
+A name from a sweep file (cell id, task) becomes part of a path only through `paths.inside`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medharness.core.errors import DataError
+from medharness.core.paths import inside
+from medharness.core.records import RunLog
+from medharness.runs.runlog import RunDir
+
+TRAIN_FILE = "train.json"
+TRAIN_SAMPLES_FILE = "train_samples.json"
+SWEEP_FILE = "sweep.json"
+EVALS_DIR = "evals"
+# The folder names a training run gives models (a checkpoint is `checkpoint-<step>`).
+MODEL_FOLDERS = ("final", "merged")
+
+
+def read_run(run_dir: Path) -> RunLog | None:
+    """A run directory's run log, None when there is none (or it cannot be read: a stage to run again)."""
+    try:
+        return RunDir.open(run_dir).log
+    except (DataError, OSError):
+        return None
+
+
+def run_status(run_dir: Path) -> str | None:
+    """The run log's status of a run directory (None: no run there yet)."""
+    runlog = read_run(run_dir)
+    return None if runlog is None else runlog.status
+
+
+def task_result(run_dir: Path, task: str, metric: str | None = None) -> dict[str, Any] | None:
+    """{metric, value (x100 for percent metrics), n, model, oracle, ci, ci_method} of a finished run's task:
+    its primary metric (`TaskSummary.primary`) or the metric labelled `metric`; None when the run, the task's
+    summary or that metric is missing."""
+    runlog = read_run(run_dir)
+    if runlog is None or runlog.status != "finished":
+        return None
+    entry = runlog.tasks.get(task)
+    if entry is None or entry.summary is None or entry.summary.primary is None:
+        return None
+    name = metric or entry.summary.primary
+    m = entry.summary.metrics.get(name)
+    if m is None:
+        return None
+    scale = 100.0 if entry.percent.get(name, True) else 1.0
+    value = None if math.isnan(m.value) else m.value * scale
+    oracle = entry.baseline is not None and entry.baseline.kind == "oracle"
+    ci = (m.ci_low * scale, m.ci_high * scale) if m.ci_low is not None and m.ci_high is not None else None
+    return {"metric": name, "value": value, "n": m.n, "model": runlog.model, "oracle": oracle, "ci": ci,
+            "ci_method": m.ci_method}
+
+
+@dataclass(frozen=True)
+class TrainState:
+    status: str | None  # running | finished | failed | interrupted; None: never started
+    final: Path | None
+
+
+@dataclass(frozen=True)
+class TrainDir:
+    """A `medharness train --output` folder."""
+
+    root: Path
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / TRAIN_FILE
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final"
+
+    def eval_dir(self, step: int | str) -> Path:
+        return self.root / EVALS_DIR / f"step-{step}"
+
+    def state(self) -> TrainState:
+        """`train.json`'s status and final checkpoint (unreadable: failed)."""
+        if not self.log_file.is_file():
+            return TrainState(None, None)
+        try:
+            info = json.loads(self.log_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return TrainState("failed", None)
+        final = info.get("final")
+        return TrainState(info.get("status"), Path(final) if final else None)
+
+    def checkpoints(self) -> list[Path]:
+        """The `checkpoint-<step>` folders, by step."""
+        found = [p for p in self.root.glob("checkpoint-*") if p.is_dir() and is_checkpoint(p.name)]
+        return sorted(found, key=lambda p: int(p.name.rpartition("-")[2]))
+
+
+def is_checkpoint(name: str) -> bool:
+    return name.startswith("checkpoint-") and name.rpartition("-")[2].isdigit()
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """A `medharness train-then-eval` output folder."""
+
+    root: Path
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / SWEEP_FILE
+
+    @property
+    def board_file(self) -> Path:
+        return self.root / "leaderboard.md"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def model_dir(self, size: str) -> Path:
+        return inside(self.root, "models", f"tiny-{size}")
+
+    def split_file(self, task: str, shots: int, seed: int) -> Path:
+        return inside(self.root, "splits", f"{task}-k{shots}-s{seed}.json")
+
+    def reference_dir(self, name: str, task: str) -> Path:
+        return inside(self.root, "reference", name, task)
+
+    def reference_logs(self, name: str) -> Path:
+        return inside(self.root, "reference", name, "logs")
+
+    def cell_dir(self, cid: str) -> Path:
+        return inside(self.root, "cells", cid)
+
+    def train_dir(self, cid: str) -> TrainDir:
+        return TrainDir(self.cell_dir(cid) / "train")
+
+    def merged_dir(self, cid: str) -> Path:
+        return self.cell_dir(cid) / "merged"
+
+    def cell_logs(self, cid: str) -> Path:
+        return self.cell_dir(cid) / "logs"
+
+    def eval_dir(self, cid: str, task: str, checkpoint: str | None = None) -> Path:
+        return inside(self.root, "cells", cid, "eval", *([checkpoint] if checkpoint else []), task)
+
+    def cell_runs(self, cid: str) -> str:
+        """A glob of the run directories of a cell's final model."""
+        return str(self.cell_dir(cid) / "eval" / "*")
+
+
+# The run directories a sweep or training folder holds, as globs in their layout's order.
+RUN_GLOBS = {SWEEP_FILE: ("reference/*/*", "cells/*/eval/*", "cells/*/eval/checkpoint-*/*"),
+             TRAIN_FILE: (f"{EVALS_DIR}/step-*",)}

@@ -1,0 +1,11 @@
+"""`medharness train-then-eval`: a sweep file (the *.yaml here) expands into cells, each trained and scored.
+
+    schema.py  the sweep file's schema and its expansion into cells
+    stages.py  the sweep folder's layout and the stage commands (train, merge, split, run)
+    check.py   the dry run's checks;  cli.py: the command
+    board.py   the sweep's leaderboard;  table.py: a paper table beside its published numbers (references/)
+"""
+
+from pathlib import Path
+
+DEMO = Path(__file__).resolve().parent / "demo.yaml"  # the sweep `train-then-eval` runs by default

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from medharness.core.errors import ConfigError
 from medharness.core.records import SafeName, Strict
-from medharness.core.yamlio import line_of, load_yaml_with_lines
+from medharness.core.yamlio import load_strict
 
 BOARDS = Path(__file__).resolve().parent / "boards"
 
@@ -111,17 +111,4 @@ def load_board(path: Path | str) -> BoardSpec:
     if not path.is_file():
         shipped = ", ".join(sorted(p.stem for p in BOARDS.glob("*.yaml")))
         raise ConfigError(f"board spec {path} does not exist (shipped boards: {shipped})")
-    data, lines = load_yaml_with_lines(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a board spec is a mapping of keys, got {type(data).__name__}")
-    try:
-        return BoardSpec.model_validate(data)
-    except ValidationError as exc:
-        msgs = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            where = ".".join(str(p) for p in loc) or "(top level)"
-            at = line_of(lines, loc) or "?"
-            msgs.append(f"{path}:{at}: unknown key '{where}'" if err["type"] == "extra_forbidden"
-                        else f"{path}:{at}: {where}: {err['msg']}")
-        raise ConfigError("invalid board spec\n  " + "\n  ".join(msgs)) from None
+    return load_strict(BoardSpec, path, "board spec")[0]

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from medharness.core.datafiles import read_text
 from medharness.core.errors import ConfigError
@@ -176,3 +176,32 @@ def validation_report(what: str, path: Path, exc: ValidationError, lines: dict[L
         else:
             msgs.append(f"{path}:{at}: {where}: {' or '.join(m for m in messages if m)}")
     return f"invalid {what}\n  " + "\n  ".join(msgs)
+
+
+StrictModel = TypeVar("StrictModel", bound=BaseModel)
+
+
+def validate_strict(model: type[StrictModel], data: Any, what: str, path: Path,
+                    lines: dict[Loc, int]) -> StrictModel:
+    """`data` read from `path` as `model`; a ValidationError becomes `validation_report`'s ConfigError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(validation_report(what, path, exc, lines)) from None
+
+
+def read_mapping(path: Path, what: str) -> tuple[dict[str, Any], dict[Loc, int]]:
+    """A YAML file whose top level is a mapping, with each key's line (`what` names the file in errors)."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    data, lines = load_yaml_with_lines(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a {what} is a mapping of keys, got {type(data).__name__}")
+    return data, lines
+
+
+def load_strict(model: type[StrictModel], path: Path, what: str) -> tuple[StrictModel, dict[Loc, int]]:
+    """The one way a strict YAML file (task, sweep, board, reference) is read: a mapping at the top, validated
+    as `model`, every error `FILE:LINE: key.path: message`; returns the model and the lines of its keys."""
+    data, lines = read_mapping(path, what)
+    return validate_strict(model, data, what, path, lines), lines

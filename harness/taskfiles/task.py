@@ -14,12 +14,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 import medharness.tasks as _tasks_package
 from medharness.core.errors import ConfigError, DataError
 from medharness.core.records import GenerationSettings, Message, Part, Prompt, Sample
-from medharness.core.yamlio import line_of, load_yaml_with_lines, validation_report
+from medharness.core.yamlio import line_of, load_yaml_with_lines, read_mapping, validate_strict
 from medharness.scoring.conventions import CONVENTIONS
 from medharness.scoring.knowledge import knowledge_block
 from medharness.scoring.metrics import resolve_metrics
@@ -35,15 +33,10 @@ TASKS_DIR = Path(_tasks_package.__file__).resolve().parent  # tasks/ ships as pa
 
 def parse_task_file(path: Path, overrides: dict[str, Any] | None = None) -> TaskConfig:
     """Load and validate one task YAML; `overrides` are dotted keys applied before validation."""
-    data, lines = load_yaml_with_lines(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a task file is a mapping of keys, got {type(data).__name__}")
+    data, lines = read_mapping(path, "task file")
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
-    try:
-        config = TaskConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(validation_report("task file", path, exc, lines)) from None
+    config = validate_strict(TaskConfig, data, "task file", path, lines)
     errors = check_fields(config)
     if errors:
         raise ConfigError("invalid task file\n  " + "\n  ".join(

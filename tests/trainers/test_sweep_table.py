@@ -127,7 +127,7 @@ def test_paper_table_with_published_rows(tmp_path: Path) -> None:
 
 def test_reference_file_errors(tmp_path: Path) -> None:
     bad = write(tmp_path / "r.yaml", "source: x\ncolumns: [A]\nrows:\n  - {label: a, values: {A: 1}, extra: 2}\n")
-    with pytest.raises(ConfigError, match=r"r.yaml:4: rows.0.extra"):
+    with pytest.raises(ConfigError, match=r"r.yaml:4: unknown key 'rows.0.extra'"):
         load_reference(bad)
     bad = write(tmp_path / "r.yaml", "source: x\ncolumns: [A]\nrows:\n  - {label: a, values: {B: 1}}\n")
     with pytest.raises(ConfigError, match=r"row 'a' has values for \['B'\]"):

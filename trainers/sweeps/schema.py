@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from medharness.core.errors import ConfigError
 from medharness.core.records import SafeName, Strict
-from medharness.core.yamlio import load_yaml_with_lines, validation_report
+from medharness.core.yamlio import load_strict
 
 
 def _as_list(value: Any) -> Any:
@@ -198,15 +198,7 @@ def cell_id(entry: str, preset: str | None, task: str, shots: int | None, seed: 
 def load_sweep(path: Path | str) -> SweepConfig:
     """Parse and validate a sweep file; errors name the file, the line and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {path} does not exist")
-    data, lines = load_yaml_with_lines(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a sweep file is a mapping of keys, got {type(data).__name__}")
-    try:
-        sweep = SweepConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(validation_report("sweep file", path, exc, lines)) from None
+    sweep, _ = load_strict(SweepConfig, path, "sweep file")
     try:
         expand(sweep)  # ids, `from:` references
     except ConfigError as exc:

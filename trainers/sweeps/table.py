@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from medharness.core.errors import ConfigError
 from medharness.core.records import Strict
-from medharness.core.yamlio import line_of, load_yaml_with_lines
+from medharness.core.yamlio import load_strict
 
 if TYPE_CHECKING:
     from medharness.trainers.sweeps.schema import Cell, SweepConfig, TableRow
@@ -49,15 +49,7 @@ class Reference(Strict):
 
 def load_reference(path: Path) -> Reference:
     """Parse a reference file; errors name the file, the line and the key (as sweep files)."""
-    if not path.is_file():
-        raise ConfigError(f"reference file {path} does not exist")
-    data, lines = load_yaml_with_lines(path)
-    try:
-        ref = Reference.model_validate(data)
-    except ValidationError as exc:
-        msgs = [f"{path}:{line_of(lines, tuple(e['loc'])) or '?'}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
-                for e in exc.errors()]
-        raise ConfigError("invalid reference file\n  " + "\n  ".join(msgs)) from None
+    ref, _ = load_strict(Reference, path, "reference file")
     for row in ref.rows:
         unknown = sorted(set(row.values) - set(ref.columns))
         if unknown:

@@ -71,12 +71,12 @@ def _construct(loader: _Loader, node: yaml.Node, path: Loc, lines: dict[Loc, int
     return loader.construct_object(node)
 
 
-def load_yaml_with_lines(path: Path) -> tuple[Any, dict[Loc, int]]:
+def load_yaml_with_lines(path: Path, what: str = "YAML file") -> tuple[Any, dict[Loc, int]]:
     """Parse one YAML document; return the data and a map from key path to line number.
 
     Whatever is wrong with the file (unreadable, not UTF-8, not YAML, an anchor, nesting deeper than
     MAX_DEPTH, a number too long to convert, ...) is a ConfigError naming the file: never a traceback."""
-    text = read_text(path, "YAML file", ConfigError)
+    text = read_text(path, what, ConfigError)
     lines: dict[Loc, int] = {}
     data = _load(text, str(path), lines, in_file=True)
     if data is _EMPTY:
@@ -192,9 +192,7 @@ def validate_strict(model: type[StrictModel], data: Any, what: str, path: Path,
 
 def read_mapping(path: Path, what: str) -> tuple[dict[str, Any], dict[Loc, int]]:
     """A YAML file whose top level is a mapping, with each key's line (`what` names the file in errors)."""
-    if not path.is_file():
-        raise ConfigError(f"{what} {path} does not exist")
-    data, lines = load_yaml_with_lines(path)
+    data, lines = load_yaml_with_lines(path, what)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a {what} is a mapping of keys, got {type(data).__name__}")
     return data, lines

@@ -181,7 +181,8 @@ def test_run_refuses_what_validate_refuses_before_any_directory(
 def test_validate_of_a_missing_file_or_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(tmp_path / "nope.yaml"), str(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert f"YAML file {tmp_path / 'nope.yaml'} does not exist" in out and f"{tmp_path}: is a directory" in out
+    assert f"task file {tmp_path / 'nope.yaml'} does not exist" in out
+    assert f"{tmp_path}: is a directory, not a task file" in out
 
 
 def test_a_non_utf8_samples_list_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

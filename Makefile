@@ -1,11 +1,12 @@
-# Set-up and the two everyday commands. `make demo` and `make test` install everything they need.
+# Set-up and the two everyday commands. `make demo` and `make test` install everything they need; `make test-slow`
+# runs the slow end-to-end tests that `make test` leaves out (CI runs both).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO := runs/demo
 
-.PHONY: demo test install bench clean-demo
+.PHONY: demo test test-slow test-all install bench clean-demo
 
 install: $(STAMP)
 
@@ -28,7 +29,16 @@ demo: $(STAMP) clean-demo
 clean-demo:
 	rm -rf $(DEMO)
 
+# The everyday suite (a few minutes on 2 cores): everything but the tests marked `slow` (real models trained and
+# run end to end, the paper sweeps' tiny profiles, subprocess round trips), which `make test-slow` runs; CI
+# (.ci/run) runs both.
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -38,6 +38,9 @@ from typing import Any
 
 from tabulate import tabulate
 
+from medharness.runs.folders import TrainDir
+from medharness.runs.runlog import RunDir
+
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 for _key, _value in OFFLINE.items():
     os.environ.setdefault(_key, _value)
@@ -71,11 +74,10 @@ def evaluate(model: str, task: str, limit: int, out: Path, log: Path) -> dict[st
     if not (out / "run.json").exists():
         medharness("run", "--model", model, "--tasks", task, "--limit", str(limit), "--output", str(out),
                    "--batch-size", "32", "--no-cache", "--no-progress", log=log)
-    run = json.loads((out / "run.json").read_text())
-    summary = run["tasks"][task]["summary"]
-    name, metric = next(iter(summary["metrics"].items()))
-    value = float(metric["value"])
-    n = int(metric["n"])
+    summary = RunDir.open(out).log.tasks[task].summary
+    assert summary is not None and summary.primary is not None, f"{out}: no summary of {task}"
+    name = summary.primary
+    value, n = summary.metrics[name].value, summary.metrics[name].n
     low, high = wilson(value * n, n)
     by_class: dict[str, list[float]] = {}  # the metric per gold answer, from the run's own sample rows
     for line in (out / "samples" / f"{task}.jsonl").read_text().splitlines():
@@ -84,13 +86,12 @@ def evaluate(model: str, task: str, limit: int, out: Path, log: Path) -> dict[st
         by_class.setdefault(str(row["sample"]["target"]), []).append(0.0 if score is None else float(score))
     per_class = {k: sum(v) / len(v) for k, v in sorted(by_class.items())}
     return {"metric": name, "value": value, "n": n, "low": low, "high": high,
-            "unparsed": int(summary.get("n_unparsed", 0)), "per_class": per_class,
+            "unparsed": summary.n_unparsed, "per_class": per_class,
             "balanced": sum(per_class.values()) / len(per_class)}
 
 
 def checkpoints(train_dir: Path) -> list[tuple[int, Path]]:
-    found = [(int(p.name.split("-")[1]), p) for p in train_dir.glob("checkpoint-*") if p.is_dir()]
-    return sorted(found)
+    return [(int(p.name.rpartition("-")[2]), p) for p in TrainDir(train_dir).checkpoints()]
 
 
 def read_logs(train_dir: Path) -> list[dict[str, Any]]:
@@ -100,7 +101,7 @@ def read_logs(train_dir: Path) -> list[dict[str, Any]]:
 
 def train(recipe: str, model: Path, out: Path, args: argparse.Namespace, steps: int, every: int, lr: float,
           extra: list[str], log: Path) -> float:
-    if (out / "train.json").exists() and json.loads((out / "train.json").read_text()).get("status") == "finished":
+    if TrainDir(out).state().status == "finished":
         return 0.0
     if out.exists():
         shutil.rmtree(out)

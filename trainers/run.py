@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 from medharness.backends.vlm_common import check_attn_implementation
 from medharness.core.atomic import write_json_atomic, write_text_atomic
 from medharness.core.errors import ConfigError, DataError
-from medharness.runs.folders import TRAIN_FILE, TRAIN_SAMPLES_FILE
+from medharness.core.records import TrainLog
+from medharness.runs.folders import TRAIN_FILE, TRAIN_SAMPLES_FILE, TrainDir
 from medharness.trainers.config import Layers, build_config, load_layers
 from medharness.trainers.evals import EvalRequest
 from medharness.trainers.launch import LAUNCH_DIR, launch_record
@@ -96,6 +97,11 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     write_json_atomic(path, data, indent=1)
 
 
+def write_train_log(path: Path, log: TrainLog) -> None:
+    """train.json: the fields this run set (a field never set, such as `steps` before training ends, is absent)."""
+    write_json(path, log.model_dump(mode="json", exclude_unset=True))
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -116,7 +122,8 @@ def prepare_output(output: Path, config: TrainConfig, resume: bool) -> str | Non
         return None
     if not info.is_file():
         raise DataError(f"--resume: {output} has no {TRAIN_FILE} (not a medharness training directory)")
-    stored = json.loads(info.read_text(encoding="utf-8")).get("config", {})
+    before = TrainDir(output).log()
+    stored = dict(before.config) if before is not None else {}
     now = json.loads(config.model_dump_json(by_alias=True))
     stored.setdefault("options", {})  # runs from before recipes had options
     differ = [k for k in RESUME_KEYS if stored.get(k) != now.get(k)]
@@ -178,40 +185,39 @@ def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> P
     if eval_plan is not None and _main_process():
         eval_plan.write(output)
     prepared.add_callbacks(output, progress)
-    record: dict[str, Any] = {
-        "status": "running", "recipe": config.recipe, "presets": layers.presets, "task": config.task,
-        "prompt": lineage.prompt, "model": config.model, "seed": config.seed, "output": str(output),
-        "n_train_samples": len(lineage.sample_ids), "config": lineage.resolved(), "batch": prepared.batch_info(),
-        "rewards": prepared.reward_info(), "prompt_styles": style_counts, "resumed_from": last, "final": None, "started": _now(), "finished": None,
-        "error": None, "launch": launch_record(output),
-        "evals": {**eval_plan.info(), "status": "pending"} if eval_plan else None}
+    record = TrainLog(
+        status="running", recipe=config.recipe, presets=layers.presets, task=config.task, prompt=lineage.prompt,
+        model=config.model, seed=config.seed, output=str(output), n_train_samples=len(lineage.sample_ids),
+        config=lineage.resolved(), batch=prepared.batch_info(), rewards=prepared.reward_info(),
+        prompt_styles=style_counts, resumed_from=last, final=None, started=_now(), finished=None, error=None,
+        launch=launch_record(output), evals={**eval_plan.info(), "status": "pending"} if eval_plan else None)
+    before = TrainDir(output).log() if req.resume else None
+    if before is not None:  # keep the earlier attempts' status and times
+        record = record.model_copy(update={"previous": [*before.previous, before.attempt()]})
     info = output / TRAIN_FILE
-    if req.resume and info.is_file():  # keep the earlier attempts' status and times
-        before = json.loads(info.read_text(encoding="utf-8"))
-        record["previous"] = [*before.get("previous", []),
-                              {k: before.get(k) for k in ("status", "started", "finished", "steps", "error")}]
-    write_json(info, record)
-    _fit(prepared, record, info, last)
+    write_train_log(info, record)
+    record = _fit(prepared, record, info, last)
     del prepared, ctx
     if eval_plan is None or not _main_process():
         return output
     _free_memory()
+    curve: dict[str, Any] = dict(record.evals or {})
     try:
-        record["evals"] = {**evaluate_checkpoints(output, eval_plan, str(config.model), progress),
-                           "status": "finished"}
+        curve = {**evaluate_checkpoints(output, eval_plan, str(config.model), progress), "status": "finished"}
     except BaseException as exc:
         failed = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        record["evals"] = {**record["evals"], "status": failed, "error": f"{type(exc).__name__}: {exc}"}
+        curve = {**curve, "status": failed, "error": f"{type(exc).__name__}: {exc}"}
         raise
     finally:
-        write_json(info, record)
+        write_train_log(info, record.model_copy(update={"evals": curve}))
     return output
 
 
-def _fit(prepared: Prepared, record: dict[str, Any], info: Path, last: str | None) -> None:
-    """Build the TRL trainer, train, save final/; train.json records the outcome."""
+def _fit(prepared: Prepared, log: TrainLog, info: Path, last: str | None) -> TrainLog:
+    """Build the TRL trainer, train, save final/; train.json records the outcome (returned)."""
     ctx, output = prepared.ctx, prepared.ctx.output
     start = time.perf_counter()
+    record: dict[str, Any] = {}  # what this attempt sets
     try:
         built = prepared.recipe.build(ctx)
         if ctx.config.freezes_vision:
@@ -234,7 +240,9 @@ def _fit(prepared: Prepared, record: dict[str, Any], info: Path, last: str | Non
         raise
     finally:
         record.update(finished=_now(), seconds=round(time.perf_counter() - start, 2))
-        write_json(info, record)
+        log = log.model_copy(update=record)
+        write_train_log(info, log)
+    return log
 
 
 def _free_memory() -> None:

@@ -482,3 +482,47 @@ class RunLog(Record):
     @property
     def display_name(self) -> str:
         return self.label or self.run_id
+
+
+class TrainAttempt(Record):
+    """An earlier attempt of a resumed training run, as `TrainLog.previous` keeps it."""
+
+    status: RunStatus | None = None
+    started: str | None = None
+    finished: str | None = None
+    steps: int | None = None
+    error: str | None = None
+
+
+class TrainLog(Record):
+    """`train.json` of a `medharness train --output` folder: what was trained, how, and how it ended.
+    `trainers/run.py` writes it (only the fields it set), `runs/folders.py` reads it."""
+
+    status: RunStatus
+    recipe: str | None = None
+    presets: list[str] = Field(default_factory=list)
+    task: str | None = None
+    prompt: str | None = None
+    model: str | None = None  # the model training started from
+    seed: int | None = None
+    output: str | None = None
+    n_train_samples: int | None = None
+    config: dict[str, Any] = Field(default_factory=dict)  # the resolved recipe config (TrainConfig, trl settings)
+    batch: dict[str, Any] | None = None  # batch sizes in prompts and in completions
+    rewards: list[dict[str, Any]] | None = None  # label, metric, args, weight, gold_mean per component
+    prompt_styles: dict[str, int] | None = None  # RARL: samples per prompt style
+    resumed_from: str | None = None  # the checkpoint a --resume continued from
+    final: str | None = None  # the final model's folder once finished
+    started: str | None = None
+    finished: str | None = None
+    seconds: float | None = None
+    steps: int | None = None
+    error: str | None = None
+    launch: dict[str, Any] | None = None  # how the process was started (accelerate, torchrun, plain)
+    evals: dict[str, Any] | None = None  # `--eval-every`: its settings, points and curve (trainers/evals.py)
+    trainable_tensors: int | None = None  # a frozen vision tower: how many tensors did train
+    previous: list[TrainAttempt] = Field(default_factory=list)
+
+    def attempt(self) -> TrainAttempt:
+        return TrainAttempt(status=self.status, started=self.started, finished=self.finished, steps=self.steps,
+                            error=self.error)

@@ -21,7 +21,6 @@ A name from a sweep file (cell id, task) becomes part of a path only through `pa
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 from medharness.core.errors import DataError
 from medharness.core.paths import inside
-from medharness.core.records import RunLog
+from medharness.core.records import RunLog, TrainLog
 from medharness.runs.runlog import RunDir
 
 TRAIN_FILE = "train.json"
@@ -99,16 +98,24 @@ class TrainDir:
     def eval_dir(self, step: int | str) -> Path:
         return self.root / EVALS_DIR / f"step-{step}"
 
+    def log(self) -> TrainLog | None:
+        """`train.json` as its record; None when there is none, DataError when it cannot be read."""
+        if not self.log_file.is_file():
+            return None
+        try:
+            return TrainLog.model_validate_json(self.log_file.read_bytes())
+        except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            raise DataError(f"{self.log_file}: not a readable train.json ({str(exc).splitlines()[0]})") from None
+
     def state(self) -> TrainState:
         """`train.json`'s status and final checkpoint (unreadable: failed)."""
-        if not self.log_file.is_file():
-            return TrainState(None, None)
         try:
-            info = json.loads(self.log_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            log = self.log()
+        except DataError:
             return TrainState("failed", None)
-        final = info.get("final")
-        return TrainState(info.get("status"), Path(final) if final else None)
+        if log is None:
+            return TrainState(None, None)
+        return TrainState(log.status, Path(log.final) if log.final else None)
 
     def checkpoints(self) -> list[Path]:
         """The `checkpoint-<step>` folders, by step."""

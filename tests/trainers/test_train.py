@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from medharness.cli import main
+from medharness.runs.folders import TrainDir
 from medharness.trainers.run import TrainRequest, train
 
 pytestmark = pytest.mark.slow
@@ -75,6 +76,9 @@ def test_recipe_trains_and_writes_the_output_contract(tmp_path: Path, tiny_model
     info = json.loads((out / "train.json").read_text())
     assert info["status"] == "finished" and info["final"] == str(out / "final") and info["steps"] == 2
     assert info["config"]["trl"]["max_steps"] == 2 and info["presets"] == [preset, "tiny_cpu"]
+    log = TrainDir(out).log()  # the typed record reads what the run wrote, field for field
+    assert log is not None and log.model_dump(mode="json", exclude_unset=True) == info
+    assert log.steps == 2 and log.previous == [] and "previous" not in info
     lora = preset.endswith("_lora")
     for folder in (out / "checkpoint-1", out / "checkpoint-2", out / "final"):
         manifest = json.loads((folder / "medharness.json").read_text())

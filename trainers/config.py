@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from medharness.core.errors import ConfigError
 from medharness.core.yamlio import Loc, load_value, load_yaml_with_lines
+from medharness.trainers.recipes.base import TRAINERS, recipe_class
 from medharness.trainers.schema import TrainConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -65,7 +66,6 @@ class Layers:
         scoped = data.pop("recipes", None) or {}
         if not isinstance(scoped, dict):
             raise ConfigError(f"{where}: `recipes` maps recipe names to settings")
-        from medharness.trainers.recipes.base import TRAINERS
 
         for name in scoped:
             TRAINERS.get(str(name))  # a misspelt recipe name in `recipes:` is an error too
@@ -155,7 +155,6 @@ def build_config(layers: Layers) -> TrainConfig:
         config = TrainConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_pydantic_error(exc, layers)) from None
-    from medharness.trainers.recipes.base import recipe_class
 
     try:
         recipe_class(config.recipe).parse_options(config.options)
@@ -166,8 +165,6 @@ def build_config(layers: Layers) -> TrainConfig:
 
 def trl_args(config: TrainConfig, layers: Layers, output: Path, use_gpu: bool) -> Any:
     """TRL's config object for the recipe, constructed from the `trl:` section (validating every key)."""
-    from medharness.trainers.recipes.base import recipe_class
-
     cls = recipe_class(config.recipe).config_class()
     known = {f.name for f in dataclasses.fields(cls)}
     settings = dict(config.trl)
@@ -212,7 +209,6 @@ def load_layers(recipe: str | None, presets: list[str], config_file: Path | None
     chosen = recipe or (named[-1] if named else None) or (user[0].get("recipe") if user else None)
     if chosen is None:
         raise ConfigError("no recipe given: pass --recipe NAME, or a preset / --config that sets `recipe:`")
-    from medharness.trainers.recipes.base import TRAINERS
 
     own = TRAINERS.get(str(chosen)).own_preset or str(chosen)  # "did you mean" for a misspelt recipe
     if not named and own in preset_names():

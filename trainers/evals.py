@@ -36,7 +36,9 @@ from medharness.core.errors import ConfigError, DataError
 from medharness.core.paths import set_aside
 from medharness.core.records import RunLog, Sample
 from medharness.runs.folders import EVALS_DIR, TRAIN_SAMPLES_FILE, TrainDir, read_run, task_result
+from medharness.runs.pipeline import RunConfig, Runner
 from medharness.taskfiles.task import Task, load_task, resolve_task_names
+from medharness.trainers.checkpoints import samples_hash
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +94,6 @@ class TrainSamples:
         return cls(task, split, sorted(used), sorted({content_key(s) for s in samples if s.id in used}))
 
     def to_json(self) -> dict[str, Any]:
-        from medharness.trainers.checkpoints import samples_hash
-
         return {"task": self.task, "split": self.split, "sha256": samples_hash(self.ids), "ids": self.ids,
                 "content": self.content}
 
@@ -193,8 +193,6 @@ def evaluate_point(eval_plan: EvalPlan, model: str, run_dir: Path, trained: Trai
                    output: Path) -> None:
     """One `Runner` run: skipped when finished, continued when started, started afresh when it is stale (the
     stale run is moved into OUTPUT/.set-aside/, not deleted)."""
-    from medharness.runs.pipeline import RunConfig, Runner
-
     r = eval_plan.request
     config = RunConfig(model=model, backend=r.backend, tasks=eval_plan.refs, overrides=eval_plan.overrides,
                        batch_size=r.batch_size, samples_file=str(eval_plan.samples_file), label=run_dir.name)

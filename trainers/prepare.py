@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medharness.backends.vlm_common import stop_token_ids, vision_token_ids
 from medharness.core.errors import BackendError, ConfigError, DataError
 from medharness.core.torchvision_shim import ensure_torchvision_importable
 from medharness.taskfiles.task import Task, load_task, recipe_for
@@ -34,6 +35,7 @@ from medharness.trainers.logs import log_callback
 from medharness.trainers.recipes.base import TrainContext, TrainerRecipe, recipe_class
 from medharness.trainers.rewards import RewardSet, default_rewards
 from medharness.trainers.schema import TrainConfig
+from medharness.trainers.styles import assign_styles, style_tasks
 from medharness.trainers.targets import gold_text, rejected_texts
 
 log = logging.getLogger(__name__)
@@ -78,8 +80,6 @@ def load_model(config: TrainConfig, use_gpu: bool) -> tuple[Any, Any]:
 
 
 def suppressed_ids(model: Any, processor: Any) -> list[int]:
-    from medharness.backends.vlm_common import stop_token_ids, vision_token_ids
-
     tokenizer = getattr(processor, "tokenizer", processor)
     stops = stop_token_ids(model.generation_config.eos_token_id, tokenizer)
     return vision_token_ids(model.config, processor, tokenizer, model.get_output_embeddings().weight.shape[0],
@@ -135,8 +135,6 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
         if recipe.data_format == "preference" else None
     styles = None
     if config.prompt_styles:  # checked before the model loads
-        from medharness.trainers.styles import assign_styles, style_tasks
-
         styled = style_tasks(task, config.prompt_styles, prompt, config.data_dir)
         styles = (assign_styles(samples, config.prompt_styles, config.seed), styled)
     model, processor = load_model(config, use_gpu)

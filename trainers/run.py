@@ -29,10 +29,14 @@ from medharness.core.atomic import write_json_atomic, write_text_atomic
 from medharness.core.errors import ConfigError, DataError
 from medharness.core.records import TrainLog
 from medharness.runs.folders import TRAIN_FILE, TRAIN_SAMPLES_FILE, TrainDir
+from medharness.taskfiles.task import resolve_task_names
+from medharness.trainers.checkpoints import check_vision_frozen, save_final
 from medharness.trainers.config import Layers, build_config, load_layers
-from medharness.trainers.evals import EvalRequest
+from medharness.trainers.evals import EvalRequest, TrainSamples, evaluate_checkpoints, plan
 from medharness.trainers.launch import LAUNCH_DIR, launch_record
+from medharness.trainers.prepare import load_train_task, prepare
 from medharness.trainers.schema import TrainConfig
+from medharness.trainers.styles import record_styles, style_tasks
 
 if TYPE_CHECKING:
     from medharness.trainers.prepare import Prepared
@@ -78,9 +82,6 @@ def resolve(req: TrainRequest) -> tuple[TrainConfig, Layers]:
         raise ConfigError(f"train needs {' and '.join(missing)} (or `model:` / `task:` in --config)")
     check_attn_implementation(config.attn_implementation, "train")
     if config.prompt_styles:  # every style exists and reads answers as the run's prompt does
-        from medharness.trainers.prepare import load_train_task
-        from medharness.trainers.styles import style_tasks
-
         task = load_train_task(config)
         style_tasks(task, config.prompt_styles, task.prompt_name, config.data_dir)
     return config, layers
@@ -162,10 +163,6 @@ def _main_process() -> bool:
 
 def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> Path:
     """Run one training job (then score its checkpoints when `req.evals` asks); returns the output directory."""
-    from medharness.taskfiles.task import resolve_task_names
-    from medharness.trainers.evals import TrainSamples, evaluate_checkpoints, plan
-    from medharness.trainers.prepare import prepare
-
     config, layers = resolve(req)
     output = req.output or default_output(config, layers)
     evals = req.evals if req.evals is not None and req.evals.enabled else None
@@ -179,8 +176,6 @@ def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> P
     write_json(output / TRAIN_SAMPLES_FILE, trained.to_json())
     style_counts = None
     if prepared.styles is not None and config.prompt_styles and _main_process():
-        from medharness.trainers.styles import record_styles
-
         style_counts = record_styles(output, config.prompt_styles, config.seed, prepared.styles)
     if eval_plan is not None and _main_process():
         eval_plan.write(output)
@@ -221,15 +216,11 @@ def _fit(prepared: Prepared, log: TrainLog, info: Path, last: str | None) -> Tra
     try:
         built = prepared.recipe.build(ctx)
         if ctx.config.freezes_vision:
-            from medharness.trainers.checkpoints import check_vision_frozen
-
             record["trainable_tensors"] = check_vision_frozen(built.model)  # asserted: no vision parameter trains
         from transformers.trainer_callback import PrinterCallback
 
         built.remove_callback(PrinterCallback)  # raw dicts on stdout; medharness prints its own progress lines
         built.train(resume_from_checkpoint=last)
-        from medharness.trainers.checkpoints import save_final
-
         final = save_final(built, ctx.processor, prepared.lineage, output)
         record.update(status="finished", final=str(final), steps=built.state.global_step)
     except KeyboardInterrupt:

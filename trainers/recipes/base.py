@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from medharness.core.errors import ConfigError
 from medharness.core.registry import Registry
+from medharness.core.torchvision_shim import ensure_torchvision_importable
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -71,8 +73,6 @@ class TrainerRecipe:
         """The config's `options:` as the recipe's model (pydantic raises on a bad key or value)."""
         if cls.options_model is None:
             if options:
-                from medharness.core.errors import ConfigError
-
                 raise ConfigError(f"recipe {cls.name} takes no `options:` (got {', '.join(sorted(options))})")
             return None
         return cls.options_model.model_validate(options)
@@ -84,8 +84,6 @@ class TrainerRecipe:
     @classmethod
     def config_class(cls) -> type:
         """TRL's own config class for this recipe (imports trl)."""
-        from medharness.core.torchvision_shim import ensure_torchvision_importable
-
         ensure_torchvision_importable()  # before transformers/trl pull torchvision in
         return getattr(importlib.import_module("trl"), cls.trl_config)
 

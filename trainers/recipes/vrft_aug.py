@@ -24,6 +24,7 @@ from pydantic import Field
 
 from medharness.core.errors import ConfigError
 from medharness.core.records import Strict
+from medharness.taskfiles.task import recipe_for
 from medharness.trainers.recipes.base import TrainContext, trainer
 from medharness.trainers.recipes.grpo import GRPORecipe
 from medharness.trainers.schema import RewardSpec
@@ -79,8 +80,6 @@ def vrft_format(task: Task, prompt: str) -> str:
 
 def accuracy_reward(task: Task, prompt: str, opts: VrftOptions) -> RewardSpec:
     """The accuracy component for the task's answers (see the module docstring)."""
-    from medharness.taskfiles.task import recipe_for
-
     recipe = recipe_for(task, prompt=prompt)
     primary = recipe.sample_primary
     if primary is None:

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from medharness.core.stats import seed_summary
 from medharness.runs.folders import SweepDir, task_result
 from medharness.trainers.sweeps.schema import Cell, SweepConfig, all_eval_tasks, eval_tasks
 
@@ -25,7 +26,6 @@ def stats(found: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
     if len(values) == 1:
         low, high = got[0]["ci"] or (None, None)
         return {"mean": values[0], "std": None, "n": 1, "low": low, "high": high, "ci_method": got[0]["ci_method"]}
-    from medharness.core.stats import seed_summary
 
     mean, std, interval = seed_summary(values)
     return {"mean": mean, "std": std, "n": len(values), "low": interval.low, "high": interval.high,

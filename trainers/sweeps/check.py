@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medharness.backends import BACKENDS
+from medharness.backends.vlm_common import hub_snapshot
 from medharness.core.errors import DataError, MedHarnessError
+from medharness.taskfiles.splits import kshot
+from medharness.taskfiles.task import load_task, recipe_for
+from medharness.trainers.config import preset_names, trl_args
+from medharness.trainers.launch import LaunchSpec
+from medharness.trainers.recipes.base import recipe_class
+from medharness.trainers.run import TrainRequest, resolve
 from medharness.trainers.sweeps.schema import (
     Cell,
     SweepConfig,
@@ -22,7 +30,8 @@ from medharness.trainers.sweeps.schema import (
     eval_tasks,
     train_prompt,
 )
-from medharness.trainers.sweeps.stages import Stages
+from medharness.trainers.sweeps.stages import Stages, reference_rows
+from medharness.trainers.sweeps.table import groups, load_reference, reference_path, select
 
 
 @dataclass
@@ -37,8 +46,6 @@ class Findings:
 
 def sweep_task(name: str, sweep: SweepConfig, prompt: str | None) -> Any:
     """The task as the sweep's commands load it; an unknown prompt variant is an error here."""
-    from medharness.taskfiles.task import load_task
-
     overrides = {k: v for k, v in (("data_dir", sweep.data_dir), ("prompt", prompt)) if v}
     task = load_task(name, overrides)
     task.prompt_name  # noqa: B018 - raises for an unknown variant
@@ -87,16 +94,12 @@ def _check_model(sweep: SweepConfig, stages: Stages, problems: list[str], notes:
     elif str(model).startswith(("/", ".", "~")):
         problems.append(f"model: {model} does not exist")
     else:
-        from medharness.backends.vlm_common import hub_snapshot
-
         cached = hub_snapshot(model)
         notes.append(f"base model: hub id {model} ({'in the local cache' if cached else 'not in the local cache'})")
 
 
 def _check_tasks(sweep: SweepConfig, cells: list[Cell], found: Findings) -> None:
     """Every (training task, prompt) and (eval task, prompt) of the cells loads; samples where the data is here."""
-    from medharness.taskfiles.splits import kshot
-
     seeds = [sweep.split_seed] if sweep.split_seed is not None else sweep.seeds
     trains = dict.fromkeys((c.task, train_prompt(sweep, c)) for c in cells)
     evals = dict.fromkeys((t, eval_prompt(sweep, c, t)) for c in cells for t in eval_tasks(sweep, c))
@@ -129,9 +132,6 @@ def _check_tasks(sweep: SweepConfig, cells: list[Cell], found: Findings) -> None
 
 def _check_training(sweep: SweepConfig, stages: Stages, cells: list[Cell], problems: list[str],
                     notes: list[str]) -> None:
-    from medharness.trainers.config import preset_names
-    from medharness.trainers.recipes.base import recipe_class  # the train command's own registries
-
     presets = set(preset_names())
     before = len(problems)
     for recipe in sorted({c.entry.recipe for c in cells}):
@@ -149,8 +149,6 @@ def _check_training(sweep: SweepConfig, stages: Stages, cells: list[Cell], probl
     if importlib.util.find_spec("trl") is None:  # a light install: the TRL settings are checked when cells train
         notes.append("TRL settings not checked (trl is not installed: pip install 'medharness[train]')")
         return
-    from medharness.trainers.config import trl_args
-    from medharness.trainers.run import TrainRequest, resolve
 
     checked: set[tuple[str, str | None, str]] = set()
     for cell in cells:  # each cell's config as its train command resolves it, down to TRL's own checks
@@ -173,9 +171,6 @@ def _check_training(sweep: SweepConfig, stages: Stages, cells: list[Cell], probl
 
 def check_sweep(sweep: SweepConfig, stages: Stages, cells: list[Cell]) -> Findings:
     """Everything a sweep needs; no problems = every cell can start (where its data is here)."""
-    from medharness.backends import BACKENDS
-    from medharness.trainers.launch import LaunchSpec
-
     found = Findings()
     problems, notes = found.problems, found.notes
     _check_model(sweep, stages, problems, notes)
@@ -206,9 +201,6 @@ def check_sweep(sweep: SweepConfig, stages: Stages, cells: list[Cell]) -> Findin
 def check_table(sweep: SweepConfig, stages: Stages, cells: list[Cell], found: Findings) -> None:
     """The reference file parses and its columns are the table's; every table row selects exactly one board
     row (or a reference row this sweep evaluates); every column's task is evaluated and has its metric."""
-    from medharness.trainers.sweeps.stages import reference_rows
-    from medharness.trainers.sweeps.table import groups, load_reference, reference_path, select
-
     path = reference_path(sweep, stages)
     ref = None
     if path is not None:
@@ -266,8 +258,6 @@ def check_table(sweep: SweepConfig, stages: Stages, cells: list[Cell], found: Fi
 
 
 def _check_metrics(sweep: SweepConfig, wanted: set[tuple[str, str | None, str | None]], found: Findings) -> None:
-    from medharness.taskfiles.task import recipe_for
-
     for task_name, prompt, metric in sorted(wanted, key=str):
         if metric is None:
             continue

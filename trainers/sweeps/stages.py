@@ -19,10 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from medharness.backends.vlm_common import is_adapter_folder
 from medharness.core.errors import ConfigError, MedHarnessError
 from medharness.core.paths import remove_own, set_aside
 from medharness.runs.folders import SweepDir, run_status
-from medharness.trainers.sweeps.schema import Cell, SweepConfig, eval_prompt, eval_tasks, train_prompt
+from medharness.trainers.launch import launch_argv, machine_spec, write_launch_config
+from medharness.trainers.sweeps.schema import Cell, SweepConfig, eval_prompt, eval_tasks, slug, train_prompt
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,6 @@ class Stages:
         if TRAIN_PROGRAM is not None:
             return [*TRAIN_PROGRAM, *argv[1:]]
         if s.launch.launcher == "accelerate":
-            from medharness.trainers.launch import launch_argv, machine_spec, write_launch_config
-
             spec = machine_spec(s.launch.num_processes, s.launch.deepspeed, s.launch.fsdp)
             config = write_launch_config(spec, self.dir.train_dir(cell.id).root)
             return launch_argv(argv, config, spec.num_processes)
@@ -182,7 +182,6 @@ class Stages:
         if state.status != "finished" or state.final is None:
             raise StageFailed(f"cell {cell.id} trains from {cell.parent}, which has not finished training "
                               "(run it first: `--cell " + cell.parent + "`)")
-        from medharness.backends.vlm_common import is_adapter_folder
 
         if not is_adapter_folder(state.final):
             return str(state.final)
@@ -249,8 +248,6 @@ class Stages:
 
 def reference_rows(sweep: SweepConfig) -> dict[str, str | None]:
     """Reference row name -> its model: `base` -> None (the sweep's base model), `baseline-KIND` -> baseline:KIND."""
-    from medharness.trainers.sweeps.schema import slug
-
     rows: dict[str, str | None] = {"base": None} if sweep.base_row else {}
     for b in sweep.baselines:
         kind = b.removeprefix("baseline:")

@@ -25,6 +25,9 @@ from pydantic import Field
 from medharness.core.errors import ConfigError
 from medharness.core.records import Strict
 from medharness.core.yamlio import load_strict
+from medharness.runs.folders import task_result
+from medharness.trainers.sweeps.board import INTERVALS, cell_text, stats
+from medharness.trainers.sweeps.schema import eval_tasks
 
 if TYPE_CHECKING:
     from medharness.trainers.sweeps.schema import Cell, SweepConfig, TableRow
@@ -84,10 +87,6 @@ def select(row: TableRow, cells: Sequence[Cell]) -> list[tuple[str, str | None, 
 def paper_table(sweep: SweepConfig, cells: Sequence[Cell], stages: Stages) -> dict[str, Any] | None:
     """The table's rows (measured: mean, std and n over seeds per column; published: as in the reference
     file), or None when the sweep has no `table:` and no `reference:`."""
-    from medharness.runs.folders import task_result
-    from medharness.trainers.sweeps.board import stats
-    from medharness.trainers.sweeps.schema import eval_tasks
-
     spec = sweep.table
     path = reference_path(sweep, stages)
     ref = load_reference(path) if path else None
@@ -136,8 +135,6 @@ def render_table(table: dict[str, Any]) -> str:
     """The table as Markdown: measured cells `mean ± std` over seeds (`(i/n)` when seeds are missing, `n/a`
     when none finished); published rows marked and cited."""
     from tabulate import tabulate
-
-    from medharness.trainers.sweeps.board import INTERVALS, cell_text
 
     digits = table.get("decimals", 2)
     out = []

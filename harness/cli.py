@@ -377,10 +377,15 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+# What `ls` lists: every registry and every shipped catalogue (cli_output.LISTERS has one lister per name; a
+# test checks the two agree).
+LISTINGS = ("tasks", "parsers", "metrics", "normalizers", "conventions", "backends", "judges", "recipes",
+            "presets", "sweeps", "boards")
+
+
 def _add_ls(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ls", help="list tasks, parsers, metrics, backends, conventions or judge specs")
-    p.add_argument("what", nargs="?", default="tasks",
-                   choices=["tasks", "parsers", "metrics", "backends", "conventions", "normalizers", "judges"])
+    p = sub.add_parser("ls", help=f"list what is registered or shipped: {', '.join(LISTINGS)}")
+    p.add_argument("what", nargs="?", default="tasks", choices=LISTINGS)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

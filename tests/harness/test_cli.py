@@ -118,13 +118,32 @@ def test_ls_and_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     assert "| vqa_rad" in out and "CC0-1.0" in out and "|    451 |" in out
     for what, expected in [("parsers", "json_bbox"), ("metrics", "qwk"), ("backends", "baseline"),
-                           ("conventions", "llava_med"), ("normalizers", "vqa_v2")]:
+                           ("conventions", "llava_med"), ("normalizers", "vqa_v2"), ("judges", "rarl_v1"),
+                           ("recipes", "| vrft_aug "), ("presets", "| tiny_cpu "), ("sweeps", "| demo "),
+                           ("boards", "| vrft_table1 ")]:
         assert main(["ls", what]) == 0
         assert expected in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\nversion: '1'\ndescripton: x\n")
     assert main(["validate", str(bad)]) == 1
     assert "unknown key 'descripton'" in capsys.readouterr().out
+
+
+def test_ls_lists_every_registry_and_catalogue_from_the_source() -> None:
+    """`ls`'s choices and its listers are one list; each shipped file and registered name is listed."""
+    from medharness.cli import LISTINGS
+    from medharness.cli_output import LISTERS
+    from medharness.leaderboards.spec import BOARDS
+    from medharness.trainers.config import PRESETS_DIR
+    from medharness.trainers.recipes.base import TRAINERS
+    from medharness.trainers.sweeps import DEMO
+
+    assert set(LISTINGS) == set(LISTERS)
+    listed = {what: [row[0] for row in LISTERS[what]()[1]] for what in ("recipes", "presets", "sweeps", "boards")}
+    assert listed["recipes"] == TRAINERS.names()
+    assert listed["presets"] == sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    assert listed["sweeps"] == sorted(p.stem for p in DEMO.parent.glob("*.yaml"))
+    assert sorted(listed["boards"]) == sorted(p.stem for p in BOARDS.glob("*.yaml"))
 
 
 def test_help_is_fast_and_imports_nothing_heavy() -> None:

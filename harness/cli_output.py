@@ -327,8 +327,8 @@ def _list_sweeps() -> tuple[list[str], list[list[Any]]]:
 
     rows = []
     for path in sorted(DEMO.parent.glob("*.yaml")):
-        sweep = load_sweep(path)
-        rows.append([path.stem, len(expand(sweep)), ", ".join(sorted({e.recipe for e in sweep.recipes})),
+        cells = expand(load_sweep(path))
+        rows.append([path.stem, len(cells), ", ".join(sorted({c.entry.recipe for c in cells})),
                      _first_comment(path)])
     return ["sweep (--sweep trainers/sweeps/NAME.yaml)", "cells", "recipes", "description"], rows
 

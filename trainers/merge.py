@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from medharness.core.atomic import write_json_atomic
+from medharness.core.dtypes import DTYPE_CHOICES, canonical_dtype
 from medharness.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def merged_manifest(adapter_dir: Path) -> dict[str, Any] | None:
@@ -47,8 +47,7 @@ def merge_adapter(adapter_dir: Path | str, output: Path | str, base: str | None 
     adapter_dir, output = Path(adapter_dir), Path(output)
     if not is_adapter_folder(adapter_dir):
         raise ConfigError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
-    if dtype not in _DTYPES:
-        raise ConfigError(f"merge: unknown dtype {dtype!r}; use {', '.join(_DTYPES)}")
+    dtype = canonical_dtype(dtype, "merge")
     if output.exists() and any(output.iterdir()):
         raise ConfigError(f"merge: {output} already exists and is not empty; choose another --output")
     adapter = resolve_adapter(adapter_dir, base)
@@ -84,7 +83,7 @@ def add_merge_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("adapter_dir", type=Path, help="a PEFT adapter folder (adapter_config.json)")
     p.add_argument("--output", type=Path, required=True, help="the full model folder to write")
     p.add_argument("--base", help="the base model (default: the adapter config's or manifest's base)")
-    p.add_argument("--dtype", default="auto", choices=list(_DTYPES),
+    p.add_argument("--dtype", default="auto", choices=list(DTYPE_CHOICES),
                    help="weights dtype of the merged folder (default auto: the base's)")
 
 

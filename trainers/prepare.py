@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medharness.backends.vlm_common import stop_token_ids, vision_token_ids
+from medharness.core.dtypes import torch_dtype
 from medharness.core.errors import BackendError, ConfigError, DataError
 from medharness.core.torchvision_shim import ensure_torchvision_importable
 from medharness.taskfiles.task import Task, load_task, recipe_for
@@ -61,19 +62,15 @@ def check_gold_parses(task: Task, prompt: str, samples: list[Any]) -> None:
 
 def load_model(config: TrainConfig, use_gpu: bool) -> tuple[Any, Any]:
     ensure_torchvision_importable()
-    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     if config.model is None:
         raise ConfigError("no base model: pass --model or set `model:` in the recipe config")
-    dtypes = {"auto": torch.bfloat16 if use_gpu else torch.float32, "bfloat16": torch.bfloat16,
-              "float32": torch.float32, "float16": torch.float16}
-    if config.dtype not in dtypes:
-        raise DataError(f"dtype {config.dtype!r}: use one of {', '.join(dtypes)}")
+    dtype = torch_dtype(config.dtype, use_gpu, "dtype")
     try:
         processor = AutoProcessor.from_pretrained(config.model)
         model = AutoModelForImageTextToText.from_pretrained(
-            config.model, dtype=dtypes[config.dtype], attn_implementation=config.attn_implementation)
+            config.model, dtype=dtype, attn_implementation=config.attn_implementation)
     except Exception as exc:
         raise BackendError(f"cannot load model {config.model!r} for training: {exc}") from exc
     return model, processor

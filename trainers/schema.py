@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from medharness.core.dtypes import DTYPE_CHOICES
 from medharness.core.records import Strict
 
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
@@ -54,7 +55,7 @@ class TrainConfig(Strict):
     lora: LoraSpec | None = None
     freeze_vision: bool = False  # full fine-tunes: freeze the vision tower too
     attn_implementation: str = "sdpa"
-    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
+    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU (core/dtypes.py: the names)
     max_pixels: int | None = Field(None, ge=1)  # None: the processor's own pixel budget
     min_pixels: int | None = Field(None, ge=1)
     trl: dict[str, Any] = Field(default_factory=dict)
@@ -65,6 +66,13 @@ class TrainConfig(Strict):
     def _attn(cls, value: str) -> str:
         if value not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"must be one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str) -> str:
+        if value not in DTYPE_CHOICES:
+            raise ValueError(f"must be one of {', '.join(DTYPE_CHOICES)}")
         return value
 
     @field_validator("rejected")

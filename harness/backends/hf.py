@@ -39,6 +39,7 @@ from medharness.backends.vlm_common import (
     vision_token_ids,
     weights_fingerprint,
 )
+from medharness.core.dtypes import torch_dtype
 from medharness.core.errors import BackendError, ConfigError
 from medharness.core.records import Generation, GenerationSettings
 from medharness.core.torchvision_shim import ensure_torchvision_importable
@@ -50,19 +51,11 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
-
-
 def _resolve(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    if dtype == "auto":
-        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise ConfigError(f"hf backend: unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
-    return dev, _DTYPES[dtype]
+    return dev, torch_dtype(dtype, dev.type == "cuda", "hf backend")
 
 
 def _with_adapter(net: Any, adapter: AdapterFolder, merge: bool) -> Any:

@@ -54,6 +54,7 @@ from medharness.backends.vlm_common import (
     vision_token_ids,
     weights_fingerprint,
 )
+from medharness.core.dtypes import canonical_dtype
 from medharness.core.errors import BackendError, ConfigError
 from medharness.core.records import Generation, GenerationSettings
 from medharness.core.torchvision_shim import ensure_torchvision_importable
@@ -65,7 +66,6 @@ from transformers import AutoConfig, AutoProcessor, GenerationConfig
 log = logging.getLogger(__name__)
 
 _SUPPRESS_BIAS = -100.0  # vLLM clamps logit_bias to [-100, 100]
-_DTYPES = ("auto", "float32", "float16", "bfloat16", "half", "float")
 # LoRA target modules vLLM cannot serve on the language model of a VLM (vision tower / projector, or full copies).
 _LORA_REFUSED_KEYS = ("modules_to_save",)
 
@@ -125,8 +125,7 @@ class VLLMBackend(Backend):
             log.warning("vllm backend ignores unknown options: %s", ", ".join(sorted(options)))
         if device not in ("auto", "cuda", "cpu"):
             raise ConfigError(f"vllm backend: device {device!r}: vLLM picks its platform itself (auto)")
-        if dtype not in _DTYPES:
-            raise ConfigError(f"vllm backend: unknown dtype {dtype!r}; use {', '.join(_DTYPES)}")
+        dtype = canonical_dtype(dtype, "vllm backend")
         if min(int(batch_size), int(tensor_parallel_size), int(data_parallel_size)) < 1 \
                 or int(max_images_per_prompt) < 0:
             raise ConfigError("vllm backend: batch_size, tensor_parallel_size and data_parallel_size must be "

@@ -156,3 +156,16 @@ def test_help_is_fast_and_imports_nothing_heavy() -> None:
     for command in ("run", "score", "ls", "validate", "leaderboard", "make-tiny-model"):
         assert subprocess.run([sys.executable, "-m", "medharness.cli", command, "--help"],
                               capture_output=True, text=True, check=False).returncode == 0
+
+
+def test_a_reader_that_goes_away_is_no_error() -> None:
+    """`medharness ls metrics | head -1`: the closed pipe ends the command quietly, exit 0, no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "medharness.cli", "ls", "metrics"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the command writes its first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

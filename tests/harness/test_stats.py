@@ -34,6 +34,19 @@ def test_wilson_matches_its_formula_and_a_published_example() -> None:
         stats.wilson_interval(5, 3)
 
 
+def test_wilson_is_statsmodels_proportion_confint_bit_for_bit() -> None:
+    """Written here to spare `run` the statsmodels import; the numbers in run.json stay exactly statsmodels'."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    for n in [*range(1, 120), 451, 1000, 6719, 100003]:
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+            for level in (0.95, 0.9, 0.99):
+                low, high = proportion_confint(k, n, alpha=1 - level, method="wilson")
+                expected = (0.0 if k == 0 else float(low), 1.0 if k == n else float(high))
+                w = stats.wilson_interval(k, n, level)
+                assert (w.low, w.high) == expected, (k, n, level)
+
+
 def binary_runs(table: list[list[int]]) -> tuple[dict[str, float], dict[str, float]]:
     """Per-item 0/1 values of runs a and b realising a 2x2 table [[a1b1, a1b0], [a0b1, a0b0]]."""
     cells = [(1, 1)] * table[0][0] + [(1, 0)] * table[0][1] + [(0, 1)] * table[1][0] + [(0, 0)] * table[1][1]

@@ -103,12 +103,12 @@ def judge_items(spec: JudgeSpec, backend: Backend, items: Sequence[JudgeItem], j
     usage.calls += sum(1 for g in generated if not g.cached)
     usage.cache_hits += sum(1 for g in generated if g.cached)
     verdicts = []  # only replies that parsed into a verdict are cached
-    for i, got in zip(asked, generated, strict=True):
+    for i, got, key in zip(asked, generated, keys, strict=True):
         item = items[i]
         assert item.input is not None
         out[i] = _judgement(base, item, text_hash(item.input.prediction), spec, got.generation, got.cached, usage)
         if not got.cached and not out[i].failed:
-            verdicts.append((got.key, got.generation))
+            verdicts.append((key, got.generation))
     if cache is not None and verdicts:
         cache.put_many(verdicts)
     return [out[i] for i in range(len(items))]

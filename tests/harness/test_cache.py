@@ -6,6 +6,7 @@ import functools
 import threading
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from medharness.backends.cache import ResponseCache, cache_key
@@ -89,3 +90,32 @@ def test_caches_opened_at_once_on_a_fresh_file(tmp_path: Path) -> None:
         reopened = ResponseCache(folder, name="verdicts")
         assert len(reopened.get_many([f"k{i}" for i in range(n)])) == n
         reopened.close()
+
+
+def test_no_cache_no_hashing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a cache (`run --no-cache`) no cache key is computed (each hashes the request's images); with
+    one, every request gets its key. The generations are the same either way."""
+    from medharness.backends import generate
+    from medharness.backends.base import Request
+
+    class Echo:  # a cacheable stand-in backend: the reply is the question
+        fingerprint, cacheable = "echo", True
+
+        def generate(self, requests: list[Request]) -> list[Generation]:
+            return [Generation(sample_id=r.prompt.sample_id, text=r.prompt.sample_id, model="echo")
+                    for r in requests]
+
+    requests = [Request(prompt=prompt(GenerationSettings(), f"q{i}").model_copy(update={"sample_id": f"s{i}"}))
+                for i in range(3)]
+    computed: list[str] = []
+
+    def counted(*args: object) -> str:
+        computed.append(cache_key(*args))  # type: ignore[arg-type]
+        return computed[-1]
+
+    monkeypatch.setattr(generate, "cache_key", counted)
+    off = generate.generate_cached(Echo(), requests, None)  # type: ignore[arg-type]
+    assert computed == [] and [g.key for g in off] == [None] * 3
+    on = generate.generate_cached(Echo(), requests, ResponseCache(tmp_path / "c.sqlite"))  # type: ignore[arg-type]
+    assert len(computed) == 3 and [g.key for g in on] == computed
+    assert [g.generation.text for g in off] == [g.generation.text for g in on] == ["s0", "s1", "s2"]

@@ -131,6 +131,16 @@ def test_shipped_tasks_discovered_and_families() -> None:
         resolve_task_names("vqa-rad")
 
 
+def test_the_family_peek_is_the_parsed_family() -> None:
+    """Family names resolve from a peek at each file's text; it agrees with the strict parse of every file."""
+    parsed: dict[str, list[str]] = {}
+    for name, path in discover_tasks().items():
+        family = parse_task_file(path).family
+        if family:
+            parsed.setdefault(family, []).append(name)
+    assert families() == parsed
+
+
 def test_every_shipped_task_validates() -> None:
     from medharness.cli_output import validate_files
 

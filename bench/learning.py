@@ -12,8 +12,8 @@ On a phantom task, with the small offline tiny model (`medharness make-tiny-mode
    checkpoints every K steps, each scored the same way; the mean training reward per logging step comes from
    the GRPO run's OUTPUT/logs.jsonl, the mean per step from OUTPUT/completions.jsonl.
 A finished stage (train.json `finished`, an eval folder with run.json) is reused when the script runs again
-with the same --output (its time then shows as 0 s); `--grpo-name` runs another GRPO setting from the same SFT.
-Accuracy intervals are 95 % Wilson score intervals on n test samples (binary per-sample accuracy). The
+with the same --output (its time then shows as 0 s); `--grpo-name` runs another GRPO setting from the same
+SFT. Accuracy intervals are 95 % Wilson score intervals on n test samples (binary per-sample accuracy). The
 balanced accuracy (mean of the per-gold-class accuracies, from the run's samples/<task>.jsonl) is printed too:
 the majority baseline scores 50 on it whatever the class balance.
 Every stage runs the `medharness` CLI in a subprocess with HF_HUB_OFFLINE=1; nothing is downloaded.
@@ -53,7 +53,8 @@ def medharness(*args: str, log: Path) -> float:
     with log.open("a") as out:
         out.write("$ medharness " + " ".join(args) + "\n")
         out.flush()
-        proc = subprocess.run(cmd, check=False, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE})
+        proc = subprocess.run(cmd, check=False, stdout=out, stderr=subprocess.STDOUT,
+                              env={**os.environ, **OFFLINE})
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): medharness {' '.join(args)}; see {log}")
     return time.perf_counter() - t0
@@ -96,7 +97,8 @@ def checkpoints(train_dir: Path) -> list[tuple[int, Path]]:
 
 def read_logs(train_dir: Path) -> list[dict[str, Any]]:
     path = train_dir / "logs.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return ([json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists()
+            else [])
 
 
 def train(recipe: str, model: Path, out: Path, args: argparse.Namespace, steps: int, every: int, lr: float,
@@ -108,7 +110,8 @@ def train(recipe: str, model: Path, out: Path, args: argparse.Namespace, steps: 
     cmd = ["train", "--recipe", recipe, "--preset", recipe, "--preset", "tiny_cpu", "--task", args.train_task,
            "--model", str(model), "--seed", str(args.seed), "--max-steps", str(steps), "--output", str(out),
            "-C", "samples.limit=null", "-C", f"trl.save_steps={every}", "-C", f"trl.learning_rate={lr}",
-           "-C", f"trl.logging_steps={args.log_every}", "-C", f"freeze_vision={str(args.freeze_vision).lower()}"]
+           "-C", f"trl.logging_steps={args.log_every}", "-C",
+           f"freeze_vision={str(args.freeze_vision).lower()}"]
     for item in extra:
         cmd += ["-C", item]
     return medharness(*cmd, log=log)
@@ -129,7 +132,8 @@ def plot(rows: list[dict[str, Any]], majority: dict[str, Any], grpo_logs: list[d
         x = [r["x"] for r in pts]
         y = [100 * r["value"] for r in pts]
         err = [[100 * (r["value"] - r["low"]) for r in pts], [100 * (r["high"] - r["value"]) for r in pts]]
-        top.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colour, label=f"{stage} accuracy (95% Wilson)")
+        top.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colour,
+                     label=f"{stage} accuracy (95% Wilson)")
         top.plot(x, [100 * r["balanced"] for r in pts], marker="s", linestyle=":", color=colour, alpha=0.6,
                  markerfacecolor="none", label=f"{stage} balanced accuracy (mean per-class)")
     top.axhline(100 * majority["value"], color="grey", linestyle="--",
@@ -142,11 +146,12 @@ def plot(rows: list[dict[str, Any]], majority: dict[str, Any], grpo_logs: list[d
     top.set_xlabel(f"optimiser step (SFT 0-{sft_steps}, then GRPO)")
     if per_step:
         steps = sorted(per_step)
-        bottom.plot(steps, [per_step[s] for s in steps], linestyle="none", marker=".", color="tab:red", alpha=0.3,
-                    label="mean reward of one step's completions")
+        bottom.plot(steps, [per_step[s] for s in steps], linestyle="none", marker=".", color="tab:red",
+                    alpha=0.3, label="mean reward of one step's completions")
     gx = [r["step"] for r in grpo_logs if isinstance(r.get("reward"), (int, float))]
     gy = [r["reward"] for r in grpo_logs if isinstance(r.get("reward"), (int, float))]
-    bottom.plot(gx, gy, marker="o", color="tab:red", label="mean training reward per logging step (logs.jsonl)")
+    bottom.plot(gx, gy, marker="o", color="tab:red",
+                label="mean training reward per logging step (logs.jsonl)")
     bottom.set_xlabel("GRPO step")
     bottom.set_ylabel("mean reward (0-1)")
     bottom.legend(fontsize=8, loc="lower right")
@@ -174,7 +179,8 @@ def mean_reward(logs: list[dict[str, Any]], lo: int, hi: int) -> float | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("runs/learning"))
     parser.add_argument("--task", default="phantom_presence")
     parser.add_argument("--limit", type=int, default=200, help="held-out test samples per evaluation")
@@ -188,7 +194,8 @@ def main() -> None:
     parser.add_argument("--grpo-every", type=int, default=20)
     parser.add_argument("--grpo-lr", type=float, default=1e-4)
     parser.add_argument("--grpo-name", default="grpo",
-                        help="folder of the GRPO stage under --output (a second GRPO setting reuses the SFT stage)")
+                        help="folder of the GRPO stage under --output (a second GRPO setting reuses the SFT "
+                             "stage)")
     parser.add_argument("--generations", type=int, default=8, help="GRPO completions per prompt")
     parser.add_argument("--train-n", type=int, default=2000,
                         help="train on the task's phantom source with this many generated train samples "
@@ -206,10 +213,12 @@ def main() -> None:
     t_all = time.perf_counter()
 
     args.train_task = args.task
-    if args.train_n:  # the same task file with a larger generated train split (train = seed + 1000, test = seed)
+    # the same task file with a larger generated train split (train = seed + 1000, test = seed)
+    if args.train_n:
         import yaml
 
-        spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "tasks" / f"{args.task}.yaml").read_text())
+        spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "tasks"
+                               / f"{args.task}.yaml").read_text())
         spec["name"] = f"{args.task}_train{args.train_n}"
         for source in spec["sources"]:
             source["n"] = args.train_n
@@ -218,8 +227,8 @@ def main() -> None:
 
     model = out / f"model-{args.size}"
     if not (model / "config.json").exists():
-        times["build"] = medharness("make-tiny-model", str(model), "--size", args.size, "--seed", str(args.seed),
-                                    log=log)
+        times["build"] = medharness("make-tiny-model", str(model), "--size", args.size, "--seed",
+                                    str(args.seed), log=log)
     majority = evaluate("baseline:majority", args.task, args.limit, out / "eval" / "majority", log)
 
     t0 = time.perf_counter()
@@ -254,8 +263,8 @@ def main() -> None:
     first = mean_reward(grpo_logs, 0, args.log_every)
     def cells(r: dict[str, Any]) -> list[object]:
         per_class = " / ".join(f"{100 * v:.0f}" for v in r["per_class"].values())
-        return [f"{100 * r['value']:.1f}", f"[{100 * r['low']:.1f}, {100 * r['high']:.1f}]", r["n"], r["unparsed"],
-                f"{100 * r['balanced']:.1f} ({per_class})"]
+        return [f"{100 * r['value']:.1f}", f"[{100 * r['low']:.1f}, {100 * r['high']:.1f}]", r["n"],
+                r["unparsed"], f"{100 * r['balanced']:.1f} ({per_class})"]
 
     table = [["majority baseline", "-", *cells(majority), ""]]
     for r in rows:
@@ -266,16 +275,17 @@ def main() -> None:
     classes = " / ".join(majority["per_class"])
     print(tabulate(table, headers=["stage", "step", "accuracy %", "95% Wilson", "n", "unparsed",
                                    f"balanced accuracy % (per class: {classes})",
-                                   "GRPO mean training reward (steps since previous row)"], tablefmt="github"))
+                                   "GRPO mean training reward (steps since previous row)"],
+                   tablefmt="github"))
     if first is not None:
         print(f"\nGRPO mean training reward over its first {args.log_every} steps: {first:.3f}")
     print("\nwall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
     title = (f"{args.task} (test, n={majority['n']}), tiny model --size {args.size}, seed {args.seed}: "
              f"SFT {args.sft_steps} steps, then GRPO {args.grpo_steps}")
     plot(rows, majority, grpo_logs, step_rewards(grpo_dir), args.sft_steps, title, args.png)
-    (out / f"learning-{args.grpo_name}.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                   "majority": majority, "rows": rows, "grpo_logs": grpo_logs,
-                                                   "times": times}, indent=1))
+    record = {"args": {k: str(v) for k, v in vars(args).items()}, "majority": majority, "rows": rows,
+              "grpo_logs": grpo_logs, "times": times}
+    (out / f"learning-{args.grpo_name}.json").write_text(json.dumps(record, indent=1))
     print(f"PNG: {args.png}; records: {out}/learning-{args.grpo_name}.json; commands and their output: {log}")
 
 

@@ -34,13 +34,13 @@ from tabulate import tabulate
 ANSWERS = ["yes", "no", "Yes.", "left lung", "The answer is no", "mri", "yes or no", "<answer>x</answer>"]
 GOLDS = ["yes", "no", "yes", "left lung", "no", "ct", "yes", "x"]
 WORDS = ["left", "right", "upper", "lower", "middle", "apical", "basal", "lateral", "medial", "anterior",
-         "posterior", "central", "peripheral", "superior", "inferior", "proximal", "distal", "cortical", "hilar",
-         "pleural", "cardiac", "hepatic", "renal", "splenic", "gastric", "colonic", "pelvic", "cranial", "spinal",
-         "thoracic", "abdominal", "vascular", "arterial", "venous", "nodal", "focal", "diffuse", "bilateral",
-         "unilateral", "small", "large", "round", "oval", "dense", "lucent", "calcified", "cystic", "solid",
-         "mixed"]
-ORGANS = ["bladder", "left femur", "right femur", "heart", "left kidney", "right kidney", "liver", "left lung",
-          "right lung", "pancreas", "spleen"]
+         "posterior", "central", "peripheral", "superior", "inferior", "proximal", "distal", "cortical",
+         "hilar", "pleural", "cardiac", "hepatic", "renal", "splenic", "gastric", "colonic", "pelvic",
+         "cranial", "spinal", "thoracic", "abdominal", "vascular", "arterial", "venous", "nodal", "focal",
+         "diffuse", "bilateral", "unilateral", "small", "large", "round", "oval", "dense", "lucent",
+         "calcified", "cystic", "solid", "mixed"]
+ORGANS = ["bladder", "left femur", "right femur", "heart", "left kidney", "right kidney", "liver",
+          "left lung", "right lung", "pancreas", "spleen"]
 
 
 def vqa_row(i: int) -> tuple[str, Any, dict[str, Any], tuple[str, ...], str]:
@@ -64,8 +64,8 @@ def _organ_answer(i: int, gold: int) -> str:
 
 def organ_short_row(i: int) -> tuple[str, Any, dict[str, Any], tuple[str, ...], str]:
     gold = i % 11
-    return ("Which organ is shown in this CT image?", ORGANS[gold], {"label": gold, "class_name": ORGANS[gold]},
-            tuple(ORGANS), _organ_answer(i, gold))
+    return ("Which organ is shown in this CT image?", ORGANS[gold],
+            {"label": gold, "class_name": ORGANS[gold]}, tuple(ORGANS), _organ_answer(i, gold))
 
 
 def organ_reasoning_row(i: int) -> tuple[str, Any, dict[str, Any], tuple[str, ...], str]:
@@ -89,8 +89,8 @@ def write_run(folder: Path, task_name: str, prompt: str | None, n_rows: int,
     rows = []
     for i in range(n_rows):
         question, target, meta, choices, text = row(i)
-        sample = Sample(id=str(i), task=task_name, question=question, target=target, images=(f"img{i // 2}.jpg",),
-                        choices=choices, meta=meta)
+        sample = Sample(id=str(i), task=task_name, question=question, target=target,
+                        images=(f"img{i // 2}.jpg",), choices=choices, meta=meta)
         rows.append(ResultRow(task=task_name, task_version=task.version, sample=sample, prompt_hash="",
                               generation=Generation(sample_id=str(i), text=text), answer=Answer()))
     run.append(task_name, rows)
@@ -107,7 +107,8 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
@@ -120,7 +121,8 @@ def main() -> None:
     workloads = [("open VQA, short answers", "vqa_rad", None, vqa_row, ("harness", "mumc", "llava_med")),
                  ("open VQA, every answer distinct", "vqa_rad", "distinct", vqa_distinct_row, ("harness",)),
                  ("classification, short answers", "medmnist_organa", "plain", organ_short_row, ("harness",)),
-                 ("classification, reasoning outputs", "medmnist_organa", "names", organ_reasoning_row, ("harness",))]
+                 ("classification, reasoning outputs", "medmnist_organa", "names",
+                  organ_reasoning_row, ("harness",))]
     table = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, task_name, prompt, row, conventions in workloads:
@@ -129,7 +131,8 @@ def main() -> None:
             score_run(folder)  # warm imports (normalisers, sklearn) outside the timings
             for convention in conventions:
                 for workers in sorted({1, cpus}):
-                    dt = timed(lambda f=folder, c=convention, w=workers: score_run(f, c, w), args.repeat)  # type: ignore[misc]
+                    dt = timed(lambda f=folder, c=convention, w=workers:  # type: ignore[misc]
+                               score_run(f, c, w), args.repeat)
                     table.append([label, f"`score RUN_DIR --workers {workers}` ({convention})", f"{dt:.2f} s",
                                   f"{n / dt:,.0f} rows/s"])
         # the phases of one process on the first workload, harness convention
@@ -155,9 +158,9 @@ def main() -> None:
         table.append([phase, "read + validate", f"{timed(read, args.repeat):.2f} s", ""])
         table.append([phase, "parse + score", f"{timed(lambda: score(rows), args.repeat):.2f} s", ""])
         scores = score(rows)
-        scored = Scored.build(scores.results, scores.samples, np.asarray(scores.which), ["id:" + r["sample"]["id"]
-                              for r in rows], [r["sample"]["meta"] for r in rows], recipe, task.config.group_by,
-                              task.config.cluster_by)
+        scored = Scored.build(scores.results, scores.samples, np.asarray(scores.which),
+                              ["id:" + r["sample"]["id"] for r in rows], [r["sample"]["meta"] for r in rows],
+                              recipe, task.config.group_by, task.config.cluster_by)
         dt = timed(lambda: summarise_scored(scored, recipe, "vqa_rad", task.version, task.config.cluster_by),
                    args.repeat)
         table.append([phase, "summarise (intervals included)", f"{dt:.2f} s", ""])

@@ -1,5 +1,5 @@
-"""The options of `medharness import` and `medharness export` (docs/ecosystem.md); the commands themselves are in
-the CLI (`cli.cmd_import`, `cli.cmd_export`), which may print run summaries."""
+"""The options of `medharness import` and `medharness export` (docs/ecosystem.md); the commands themselves are
+in the CLI (`cli.cmd_import`, `cli.cmd_export`), which may print run summaries."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ TOOLS = ("lm-eval", "lmms-eval", "vlmevalkit")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import", help="a peer tool's per-sample outputs (lm-eval, lmms-eval, VLMEvalKit) -> a run "
-                                      "directory, scored by medharness",
-                       description="Import another tool's predictions into a run directory: the raw text of each "
-                                   "row becomes the generation, scored by the task's own recipe; the file, the "
-                                   "model, the peer's version and the match counts go to run.json.")
-    p.add_argument("file", type=Path, help="lm-eval samples_<task>_<time>.jsonl, lmms-eval <time>_samples_<task>"
-                                           ".jsonl, or VLMEvalKit <model>_<dataset>.xlsx/.tsv")
+    p = sub.add_parser("import", help="a peer tool's per-sample outputs (lm-eval, lmms-eval, VLMEvalKit) -> "
+                                      "a run directory, scored by medharness",
+                       description="Import another tool's predictions into a run directory: the raw text of "
+                                   "each row becomes the generation, scored by the task's own recipe; the "
+                                   "file, the model, the peer's version and the match counts go to run.json.")
+    p.add_argument("file", type=Path, help="lm-eval samples_<task>_<time>.jsonl, lmms-eval "
+                                           "<time>_samples_<task>.jsonl, or VLMEvalKit "
+                                           "<model>_<dataset>.xlsx/.tsv")
     p.add_argument("--from", dest="tool", required=True, choices=TOOLS)
     p.add_argument("--task", required=True, help="the medharness task (name or YAML path) the rows answer")
     p.add_argument("--output", type=Path, required=True, help="the run directory to write (must not exist)")
@@ -25,17 +26,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="task setting, e.g. -T vqa_rad.prompt=r1 (the prompt variant the peer was given)")
     p.add_argument("--id-field", default="id", help="lm-eval/lmms-eval: the doc field holding the sample id "
                                                     "(default id, as exported)")
-    p.add_argument("--id-map", type=Path, help="VLMEvalKit: the export's ids.tsv (index -> id); lmms-eval: the "
-                                               "export's docs.jsonl (doc_id = row number), its logs drop the doc")
+    p.add_argument("--id-map", type=Path, help="VLMEvalKit: the export's ids.tsv (index -> id); lmms-eval: "
+                                               "the export's docs.jsonl (doc_id = row number), its logs "
+                                               "drop the doc")
     p.add_argument("--model-name", help="the model's name (default: what the peer's results file says)")
     p.add_argument("--peer-version", help="the peer's version (default: what its results file says)")
     p.add_argument("--allow-unmatched", action="store_true",
                    help="import the rows that match the task even when some do not (they are counted)")
     p.add_argument("--label", help="a human name for this run on leaderboards")
 
-    e = sub.add_parser("export", help="write a medharness task as a folder lm-eval, lmms-eval or VLMEvalKit runs",
-                       description="Export a task: prompts rendered by medharness, images, the peer's task file "
-                                   "or TSV, and a README on running it and importing the output back.")
+    e = sub.add_parser("export",
+                       help="write a medharness task as a folder lm-eval, lmms-eval or VLMEvalKit runs",
+                       description="Export a task: prompts rendered by medharness, images, the peer's task "
+                                   "file or TSV, and a README on running it and importing the output back.")
     e.add_argument("task", help="task name or YAML path")
     e.add_argument("--to", dest="tool", required=True, choices=TOOLS)
     e.add_argument("--output", type=Path, required=True, help="folder to write (new or empty)")

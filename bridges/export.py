@@ -50,7 +50,8 @@ def render_all(task: Task, limit: int | None) -> list[Exported]:
     out = []
     for sample in samples:
         prompt = task.render(sample, settings)
-        system = next((p.text for m in prompt.messages if m.role == "system" for p in m.content if p.text), None)
+        system = next((p.text for m in prompt.messages if m.role == "system" for p in m.content if p.text),
+                      None)
         user = next(m for m in prompt.messages if m.role == "user")
         text = "".join(p.text or "" for p in user.content if p.type == "text")
         tagged = "".join(IMAGE_TAG if p.type == "image" else (p.text or "") for p in user.content)
@@ -80,15 +81,17 @@ def _write_docs(task: Task, items: list[Exported], output: Path) -> None:
             fh.write(json.dumps(doc, ensure_ascii=False) + "\n")
     shutil.copyfile(peer_task_utils.__file__, output / "utils.py")
     recipe = recipe_for(task)
-    spec: dict[str, Any] = {"task": task.name if task.path.parent.name == "tasks" else str(task.path.resolve()),
+    spec: dict[str, Any] = {"task": task.name if task.path.parent.name == "tasks"
+                            else str(task.path.resolve()),
             "prompt": task.prompt_name, "version": task.version, "convention": recipe.convention,
             "metrics": [m.label for m in per_sample_metrics(task)]}
     (output / peer_task_utils.SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
 
 
 def _metric_list(task: Task) -> list[dict[str, Any]]:
-    """The task's per-sample metrics, averaged over the samples each applies to (corpus metrics, e.g. kappa, are
-    left out: a peer's per-doc `process_results` cannot compute them; importing the output back gives them)."""
+    """The task's per-sample metrics, averaged over the samples each applies to (corpus metrics, e.g. kappa,
+    are left out: a peer's per-doc `process_results` cannot compute them; importing the output back gives
+    them)."""
     return [{"metric": m.label, "aggregation": _Fn("utils.mean_defined"),
              "higher_is_better": m.metric.higher_is_better} for m in per_sample_metrics(task)]
 
@@ -122,7 +125,8 @@ def _lm_eval_yaml(task: Task, max_new_tokens: int) -> dict[str, Any]:
         "doc_to_image": _Fn("utils.doc_to_image"),
         "doc_to_text": "{{prompt}}",
         "doc_to_target": "target",
-        "generation_kwargs": {"until": [], "do_sample": False, "temperature": 0.0, "max_gen_toks": max_new_tokens},
+        "generation_kwargs": {"until": [], "do_sample": False, "temperature": 0.0,
+                              "max_gen_toks": max_new_tokens},
         "process_results": _Fn("utils.process_results"),
         "metric_list": _metric_list(task),
         "metadata": {"version": task.version, "medharness_task": task.name, "prompt": task.prompt_name},
@@ -133,7 +137,8 @@ def _lmms_eval_yaml(task: Task, output: Path, max_new_tokens: int) -> dict[str, 
     return {
         "task": peer_task_name(task),
         "dataset_path": "json",
-        # lmms-eval loads with datasets.load_dataset and no task-relative paths: absolute, so re-export if moved
+        # lmms-eval loads with datasets.load_dataset and no task-relative paths: absolute, so re-export
+        # if moved
         "dataset_kwargs": {"data_files": {"test": str((output / "docs.jsonl").resolve())}},
         "test_split": "test",
         "output_type": "generate_until",

@@ -1,9 +1,10 @@
 """`medharness import`: a peer's per-sample outputs -> a medharness run directory.
 
-Each matched row becomes a `ResultRow` whose generation is the peer's raw text, scored by the task's own recipe
-(so `score --convention`, `judge`, `agreement` and the leaderboards work on it as on any run); the model name and
-the peer's version make the fingerprint, and the task entry's `origin` records the file, its hash, the id mapping
-and the match counts. The run directory is written through `runlog.RunDir`, like every other run.
+Each matched row becomes a `ResultRow` whose generation is the peer's raw text, scored by the task's own
+recipe (so `score --convention`, `judge`, `agreement` and the leaderboards work on it as on any run); the
+model name and the peer's version make the fingerprint, and the task entry's `origin` records the file, its
+hash, the id mapping and the match counts. The run directory is written through `runlog.RunDir`, like every
+other run.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def load_for_import(task_ref: str, data_dir: str | None, overrides: dict[str, An
 
 
 def match_rows(peer: PeerFile, task: Task, allow_unmatched: bool) -> tuple[list[tuple[Any, str]], int, int]:
-    """(sample, text) for each row whose id is a sample of the task; (matched, unmatched, n_samples) checked."""
+    """(sample, text) for each row whose id is a sample of the task; (matched, unmatched, n_samples)
+    checked."""
     samples = task.load_samples()
     by_id = {s.id: s for s in samples}
     seen: dict[str, int] = {}
@@ -61,10 +63,11 @@ def match_rows(peer: PeerFile, task: Task, allow_unmatched: bool) -> tuple[list[
     if not matched:
         example = unmatched[0] if unmatched else "-"
         raise DataError(f"{where} ({len(samples)} samples; e.g. the file's {example!r} vs the task's "
-                        f"{samples[0].id if samples else '-'!r}): a file of another task, or another id mapping?")
+                        f"{samples[0].id if samples else '-'!r}): a file of another task, or another id "
+                        "mapping?")
     if unmatched and not allow_unmatched:
-        raise DataError(f"{where}; {len(unmatched)} match none (e.g. {unmatched[0]!r}); pass --allow-unmatched to "
-                        "import the matched rows only")
+        raise DataError(f"{where}; {len(unmatched)} match none (e.g. {unmatched[0]!r}); pass "
+                        "--allow-unmatched to import the matched rows only")
     return matched, len(unmatched), len(samples)
 
 
@@ -96,11 +99,13 @@ def import_predictions(req: ImportRequest) -> RunDir:
         run.set_origin(f"imported from {req.tool} file {req.file}")
         run.set_model(fingerprint)
         run.set_task(task.name, TaskEntry(
-            version=task.version, prompt=task.prompt_name, convention=recipe.convention, parser=recipe.parser.name,
-            group_by=list(task.config.group_by), data=task.load_report, n_selected=len(rows),
-            percent=metric_is_percent(recipe), metrics=metric_records(recipe), path=str(task.path), origin=origin))
+            version=task.version, prompt=task.prompt_name, convention=recipe.convention,
+            parser=recipe.parser.name, group_by=list(task.config.group_by), data=task.load_report,
+            n_selected=len(rows), percent=metric_is_percent(recipe), metrics=metric_records(recipe),
+            path=str(task.path), origin=origin))
         run.append(task.name, rows)
-        run.update_task(task.name, summary=summarise(rows, recipe, task.config.group_by, task.name, task.version))
+        run.update_task(task.name, summary=summarise(rows, recipe, task.config.group_by,
+                                                     task.name, task.version))
         run.set_status("finished")
     finally:
         run.close()

@@ -1,11 +1,13 @@
-"""`medharness run --tasks lm_eval:medqa_4options,...`: lm-eval's own tasks on the same checkpoint, run by lm-eval
-as a library, landed in the same run directory (a VLM's text-only medical knowledge, beside its image tasks).
+"""`medharness run --tasks lm_eval:medqa_4options,...`: lm-eval's own tasks on the same checkpoint, run by
+lm-eval as a library, landed in the same run directory (a VLM's text-only medical knowledge, beside its image
+tasks).
 
 The checkpoint is loaded once with transformers (a VLM as image-text-to-text, its text path used: lm-eval's
-`hf` loader only knows causal LMs) and handed to lm-eval's `HFLM`. lm-eval scores (its metric, its filters); each of
-its tasks becomes a task `lm_eval.<name>` of the run: one row per doc (the prompt, the generated text or the chosen
-choice, lm-eval's per-doc metrics) and a summary of lm-eval's aggregates with its standard errors. The run log marks
-them `scored_by: lm-eval` (re-scoring leaves them as they are); lm-eval's own files are kept in `RUN_DIR/lm_eval/`.
+`hf` loader only knows causal LMs) and handed to lm-eval's `HFLM`. lm-eval scores (its metric, its filters);
+each of its tasks becomes a task `lm_eval.<name>` of the run: one row per doc (the prompt, the generated text
+or the chosen choice, lm-eval's per-doc metrics) and a summary of lm-eval's aggregates with its standard
+errors. The run log marks them `scored_by: lm-eval` (re-scoring leaves them as they are); lm-eval's own files
+are kept in `RUN_DIR/lm_eval/`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def split_tasks(spec: str) -> tuple[str, list[str]]:
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     theirs = [p.removeprefix(PREFIX) for p in parts if p.startswith(PREFIX)]
     if any(not name for name in theirs):
-        raise ConfigError(f"--tasks {spec!r}: `{PREFIX}` needs an lm-eval task name, e.g. lm_eval:medqa_4options")
+        raise ConfigError(f"--tasks {spec!r}: `{PREFIX}` needs an lm-eval task name, e.g. "
+                          "lm_eval:medqa_4options")
     if theirs and importlib.util.find_spec("lm_eval") is None:
         raise ConfigError(f"--tasks {PREFIX}...: lm-eval is not installed (the `peers` extra)")
     return ",".join(p for p in parts if not p.startswith(PREFIX)), theirs
@@ -87,8 +90,10 @@ def _rows(name: str, version: str, output_type: str, fingerprint: str, samples: 
         choices = tuple(str(a[1]).strip() for a in args) if output_type == "multiple_choice" else ()
         sample = Sample(id=str(record["doc_id"]), task=name, question=question, target=record["target"],
                         choices=choices, meta={"lm_eval_doc_id": record["doc_id"]})
-        scores = {m: float(record[m]) for m in record.get("metrics", []) if isinstance(record.get(m), (int, float))}
-        rows.append(ResultRow(task=name, task_version=version, sample=sample, prompt_hash=str(record["prompt_hash"]),
+        scores = {m: float(record[m]) for m in record.get("metrics", [])
+                  if isinstance(record.get(m), (int, float))}
+        rows.append(ResultRow(task=name, task_version=version, sample=sample,
+                              prompt_hash=str(record["prompt_hash"]),
                               generation=Generation(sample_id=sample.id, text=text, model=fingerprint),
                               answer=Answer(value=value, parser="lm-eval"), scores=scores))
     return rows
@@ -108,18 +113,20 @@ def _summary(name: str, version: str, aggregate: dict[str, Any], better: dict[st
         label = metric if filter_key == "none" else f"{metric},{filter_key}"
         stderr = _number(aggregate.get(f"{metric}_stderr,{filter_key}"))
         higher = better.get(metric, True)
-        metrics[label] = MetricSummary(value=float(value), stderr=stderr, n=n, n_unparsed=0, higher_is_better=higher)
+        metrics[label] = MetricSummary(value=float(value), stderr=stderr, n=n, n_unparsed=0,
+                                       higher_is_better=higher)
         records.append(MetricSpecRecord(label=label, name=f"lm-eval:{metric}", higher_is_better=higher))
         percent[label] = higher and 0.0 <= float(value) <= 1.0  # accuracies as %, perplexities as they are
-    return (TaskSummary(task=name, task_version=version, convention="lm-eval", n=n, n_unparsed=0, metrics=metrics),
+    return (TaskSummary(task=name, task_version=version, convention="lm-eval", n=n, n_unparsed=0,
+                        metrics=metrics),
             records, percent)
 
 
 def run_lm_eval_tasks(run: RunDir, model: str, tasks: list[str], *, include_path: str | None = None,
                       limit: int | None = None, batch_size: int = 8, device: str | None = None,
                       dtype: str | None = None, seed: int = 0) -> list[str]:
-    """Run lm-eval's `tasks` on the checkpoint `model` into `run` (locked by the caller); tasks already finished in
-    the run are skipped (`--resume`). Returns the run's task names written."""
+    """Run lm-eval's `tasks` on the checkpoint `model` into `run` (locked by the caller); tasks already
+    finished in the run are skipped (`--resume`). Returns the run's task names written."""
     todo = [t for t in tasks if (e := run.log.tasks.get(run_name(t))) is None or e.summary is None]
     if not todo:
         return []

@@ -1,9 +1,10 @@
 """The `utils.py` of a task folder written by `medharness export --to lm-eval|lmms-eval` (this file, copied).
 
 The docs are `docs.jsonl` beside it (one exported sample per line: `id`, the rendered prompt, image files, the
-target, and the medharness sample as JSON); the images are PNG files under `images/`. Scoring calls medharness's
-own scorer (the task's parser chain and metrics, under the task's default convention), so the peer and medharness
-give the same number for the same texts: medharness must be importable where the peer runs.
+target, and the medharness sample as JSON); the images are PNG files under `images/`. Scoring calls
+medharness's own scorer (the task's parser chain and metrics, under the task's default convention), so the
+peer and medharness give the same number for the same texts: medharness must be importable where the peer
+runs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ SPEC_FILE = "medharness_task.json"  # task reference, prompt variant, metric lab
 
 
 def load_docs(data_files: str = "docs.jsonl", **_metadata: Any) -> Any:
-    """lm-eval `custom_dataset`: the docs (a path relative to this folder) as a DatasetDict with a `test` split."""
+    """lm-eval `custom_dataset`: the docs (a path relative to this folder) as a DatasetDict with a `test`
+    split."""
     import datasets
 
     path = Path(data_files)

@@ -1,19 +1,22 @@
 """Reading other tools' per-sample outputs: lm-eval's and lmms-eval's logged samples, VLMEvalKit's prediction
-files. Each reader returns a `PeerFile`: (sample id, raw generated text) per row, plus what the file says about the
-model and the tool's version. Nothing here imports the peers: these are plain files.
+files. Each reader returns a `PeerFile`: (sample id, raw generated text) per row, plus what the file says
+about the model and the tool's version. Nothing here imports the peers: these are plain files.
 
 Formats (the peers' own, as of lm-eval 0.4, lmms-eval 0.7 and VLMEvalKit 0.2):
 
 - lm-eval `samples_<task>_<time>.jsonl` (`--log_samples`): one JSON object per doc and filter with `doc_id`,
   `doc`, `target`, `resps` (a list, per request, of the model's raw outputs), `filtered_resps`, `filter`. The
-  sample id is a field of `doc` (medharness's exported tasks carry `id`). Beside it, `results_<time>.json` names
-  the model (`config.model`, `config.model_args`, `model_name`) and lm-eval's version (`lm_eval_version`).
+  sample id is a field of `doc` (medharness's exported tasks carry `id`). Beside it, `results_<time>.json`
+  names the model (`config.model`, `config.model_args`, `model_name`) and lm-eval's version
+  (`lm_eval_version`).
 - lmms-eval `<time>_samples_<task>.jsonl`: the same record (`doc_id`, `target`, `resps`, `filtered_resps`,
-  `doc` where logged); the sample id is read from `doc`, or from the exported docs file by `doc_id` (the row number
-  in the exported split, which lmms-eval keeps in order). `<time>_results.json` beside it names the model.
+  `doc` where logged); the sample id is read from `doc`, or from the exported docs file by `doc_id` (the row
+  number in the exported split, which lmms-eval keeps in order). `<time>_results.json` beside it names the
+  model.
 - VLMEvalKit `{model}_{dataset}.xlsx` / `.tsv`: the dataset TSV's columns (`index`, `question`, `answer`,
-  `category`, options `A`-`D` on multiple-choice rows, blank elsewhere) plus `prediction`. `index` is the row's
-  number in the dataset TSV, mapped to sample ids by the `ids.tsv` that `medharness export --to vlmevalkit` wrote.
+  `category`, options `A`-`D` on multiple-choice rows, blank elsewhere) plus `prediction`. `index` is the
+  row's number in the dataset TSV, mapped to sample ids by the `ids.tsv` that `medharness export --to
+  vlmevalkit` wrote.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def read_peer_file(tool: str, path: Path, id_field: str = "id", id_map: Path | N
     raise DataError(f"unknown peer tool {tool!r}; one of {', '.join(TOOLS)}")
 
 
-# --- lm-eval / lmms-eval logged samples -------------------------------------------------------------------------
+# --- lm-eval / lmms-eval logged samples ---------------------------------------------------------------------
 
 def _json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
     out = []
@@ -83,10 +86,12 @@ def _json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _raw_text(tool: str, path: Path, number: int, record: dict[str, Any]) -> str:
-    """The model's raw output. lm-eval: `resps[0][0]` (one generate_until request per doc). lmms-eval 0.7 flattens
-    one-request docs and drops `resps` when it equals `filtered_resps` (the `none` filter): either, unwrapped."""
+    """The model's raw output. lm-eval: `resps[0][0]` (one generate_until request per doc). lmms-eval 0.7
+    flattens one-request docs and drops `resps` when it equals `filtered_resps` (the `none` filter): either,
+    unwrapped."""
     value = record.get("resps")
-    if tool == "lm-eval" and not (isinstance(value, list) and value and isinstance(value[0], list) and value[0]):
+    if tool == "lm-eval" and not (isinstance(value, list) and value and isinstance(value[0], list)
+                                  and value[0]):
         raise DataError(f"{path}:{number}: `resps` is not a list of lists of generated texts: not an lm-eval "
                         "samples file of a generation task (lm-eval 0.4 format expected)")
     if value is None:
@@ -102,7 +107,8 @@ def _raw_text(tool: str, path: Path, number: int, record: dict[str, Any]) -> str
 def _read_logged_samples(tool: str, path: Path, id_field: str, docs: Path | None) -> PeerFile:
     records = _json_lines(path)
     for number, record in records:
-        missing = [k for k in ("doc_id", "resps" if tool == "lm-eval" else "filtered_resps") if k not in record]
+        missing = [k for k in ("doc_id", "resps" if tool == "lm-eval" else "filtered_resps")
+                   if k not in record]
         if missing:
             raise DataError(f"{path}:{number}: no {', '.join(missing)}: not a {tool} logged-samples record "
                             "(lm-eval 0.4 / lmms-eval 0.7 format expected)")
@@ -122,11 +128,13 @@ def _read_logged_samples(tool: str, path: Path, id_field: str, docs: Path | None
                 raise DataError(f"{path}:{number}: doc_id {record['doc_id']} is not a row of {docs} "
                                 f"({len(by_doc_id)} rows)")
         else:
-            raise DataError(f"{path}:{number}: its doc has no {id_field!r} field to match a sample id (the tasks "
-                            "medharness exports carry one; pass --id-field, or --id-map docs.jsonl for lmms-eval)")
+            raise DataError(f"{path}:{number}: its doc has no {id_field!r} field to match a sample id (the "
+                            "tasks medharness exports carry one; pass --id-field, or --id-map docs.jsonl "
+                            "for lmms-eval)")
         rows.append((sid, _raw_text(tool, path, number, record)))
     meta = _results_beside(tool, path)
-    mapping = f"doc.{id_field}" if by_doc_id is None else f"doc_id -> {docs.name if docs else ''} row {id_field}"
+    mapping = f"doc.{id_field}" if by_doc_id is None else (f"doc_id -> {docs.name if docs else ''} row "
+                                                           f"{id_field}")
     return PeerFile(tool, path, rows, mapping, model=meta.get("model"), tool_version=meta.get("version"),
                     n_rows=len(chosen))
 
@@ -139,7 +147,8 @@ def _docs_ids(docs: Path, id_field: str) -> dict[int, str]:
 
 
 def _results_beside(tool: str, samples: Path) -> dict[str, str]:
-    """Model and tool version from the same run's aggregated results file next to the samples file, if there."""
+    """Model and tool version from the same run's aggregated results file next to the samples file, if
+    there."""
     name = samples.stem
     if tool == "lm-eval":  # samples_<task>_<date>.jsonl -> results_<date>.json
         candidates = [samples.with_name(f"results_{name.rsplit('_', 1)[-1]}.json")]
@@ -160,7 +169,7 @@ def _results_beside(tool: str, samples: Path) -> dict[str, str]:
     return {}
 
 
-# --- VLMEvalKit ---------------------------------------------------------------------------------------------------
+# --- VLMEvalKit ---------------------------------------------------------------------------------------------
 
 def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
@@ -225,9 +234,10 @@ def _read_vlmevalkit(path: Path, id_map: Path) -> PeerFile:
         text = record["prediction"]
         rows.append((sid, "" if _blank(text) else str(text)))  # an empty cell is an empty answer (unparsed)
     if mismatched:
-        raise DataError(f"{path}: the question of {len(mismatched)} of {len(table)} rows differs from the exported "
-                        f"dataset's ({id_map}) at the same index (e.g. index {mismatched[0]}): a file of another "
-                        f"dataset, or of a re-ordered TSV; {len(table) - len(mismatched)} rows matched")
+        raise DataError(f"{path}: the question of {len(mismatched)} of {len(table)} rows differs from the "
+                        f"exported dataset's ({id_map}) at the same index (e.g. index {mismatched[0]}): a "
+                        f"file of another dataset, or of a re-ordered TSV; {len(table) - len(mismatched)} "
+                        "rows matched")
     model = None
     stem = path.stem
     for dataset in (p.stem for p in id_map.parent.glob("*.tsv") if p.name != id_map.name):

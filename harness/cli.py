@@ -32,13 +32,15 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="generate answers for tasks with a model and score them",
                        description="Run a model on tasks; results go to a run directory (resumable).")
     p.add_argument("--model", required=True,
-                   help="checkpoint folder or hub id; baseline:majority|random|constant:TEXT; a predictions file")
+                   help="checkpoint folder or hub id; baseline:majority|random|constant:TEXT; a predictions "
+                        "file")
     p.add_argument("--backend", default="auto",
                    help="auto (baseline: prefix -> baseline, predictions file -> replay, vllm when installed "
                         "and a GPU is present, else hf), hf, vllm, openai, gemini, replay, baseline")
     p.add_argument("--tasks", required=True, help="comma-separated task names, families or task YAML paths; "
                                                   "lm_eval:NAME runs lm-eval's task NAME (docs/ecosystem.md)")
-    p.add_argument("--lm-eval-include-path", help="a folder of local lm-eval task YAMLs for lm_eval:NAME tasks")
+    p.add_argument("--lm-eval-include-path",
+                   help="a folder of local lm-eval task YAMLs for lm_eval:NAME tasks")
     p.add_argument("--data-dir", help="folder holding the local copy of the dataset (for every task)")
     p.add_argument("-T", dest="overrides", action="append", default=[], metavar="TASK.KEY=VALUE",
                    help="per-task setting, e.g. -T vqa_rad.prompt=r1 -T slake.data_dir=DIR")
@@ -49,29 +51,37 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and random baselines (default 0)")
     p.add_argument("--output", type=Path, help="run directory (default runs/<time>-<model>)")
     p.add_argument("--label", help="a human name for this run on leaderboards (default: the run id)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output where it stopped (same settings and task definitions), or "
-                        "take over a directory it left without results")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output where it stopped (same settings and task definitions), "
+                        "or take over a directory it left without results")
     p.add_argument("--retry-errors", action="store_true",
                    help="with --resume: generate again the samples whose generation failed (e.g. API errors)")
     p.add_argument("--max-error-rate", type=float, default=0.5,
-                   help="fail when more than this share of a task's generations fails (default 0.5; checked from "
-                        "20 samples on, and at each task's end whatever its size)")
+                   help="fail when more than this share of a task's generations fails (default 0.5; checked "
+                        "from 20 samples on, and at each task's end whatever its size)")
     p.add_argument("--ablate", choices=["blank", "noise", "shuffle"],
-                   help="replace every image (blank, noise, or another sample's): is the model using the picture?")
+                   help="replace every image (blank, noise, or another sample's): is the model using the "
+                        "picture?")
     p.add_argument("--samples", dest="samples_file", type=Path,
-                   help="only these sample ids: JSON {task: [ids]} or [ids], text lines 'id' / 'task<TAB>id', "
-                        "or a folder of such JSON files (e.g. tasks/subsets: the pinned CI subsets)")
+                   help="only these sample ids: JSON {task: [ids]} or [ids], text lines 'id' / "
+                        "'task<TAB>id', or a folder of such JSON files (e.g. tasks/subsets: the pinned CI "
+                        "subsets)")
     p.add_argument("--no-cache", action="store_true",
-                   help="always call the model (default: reuse identical greedy generations from the response cache)")
-    p.add_argument("--cache-dir", help="response cache folder (default $MEDHARNESS_CACHE or ~/.cache/medharness)")
+                   help="always call the model (default: reuse identical greedy generations from the "
+                        "response cache)")
+    p.add_argument("--cache-dir",
+                   help="response cache folder (default $MEDHARNESS_CACHE or ~/.cache/medharness)")
     p.add_argument("--base-url", help="openai/gemini backends: the endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--api-key-env", help="openai/gemini: the environment variable holding the key "
                                          "(default OPENAI_API_KEY; GEMINI_API_KEY or GOOGLE_API_KEY)")
     p.add_argument("--concurrency", type=int, help="openai/gemini: requests in flight (default 8)")
     p.add_argument("--timeout", type=float, help="openai/gemini: seconds per attempt (default 60)")
-    p.add_argument("--max-retries", type=int, help="openai/gemini: retries after 429/5xx/timeouts (default 5)")
-    p.add_argument("--backend-option", dest="backend_option", action="append", default=[], metavar="KEY=VALUE",
-                   help="any backend option, e.g. vllm: max_model_len=1024 enforce_eager=true lora=ADAPTER_DIR")
+    p.add_argument("--max-retries", type=int,
+                   help="openai/gemini: retries after 429/5xx/timeouts (default 5)")
+    p.add_argument("--backend-option", dest="backend_option", action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="any backend option, e.g. vllm: max_model_len=1024 enforce_eager=true "
+                        "lora=ADAPTER_DIR")
     p.add_argument("--device", help="hf backend: cpu, cuda, auto (default auto)")
     p.add_argument("--dtype", help="hf backend: float32, bfloat16, auto (default auto)")
     p.add_argument("--id-field", help="replay backend: the predictions file's id field")
@@ -86,7 +96,8 @@ def _add_judge_options(p: argparse.ArgumentParser, inline: bool = False) -> None
     p.add_argument("--judges", help=when + "SPEC:BACKEND:MODEL[,...], e.g. rarl_v1:openai:gpt-4o-mini "
                                           "(see `medharness ls judges`)")
     p.add_argument("--judge-config", type=Path,
-                   help=when + "a YAML list of judges (name, spec, backend, model, base_url, api_key_env, options)")
+                   help=when + "a YAML list of judges (name, spec, backend, model, base_url, api_key_env, "
+                               "options)")
     p.add_argument("--judge-base-url", help="--judges shorthand: the endpoint of its openai/gemini judges")
     p.add_argument("--judge-api-key-env", help="--judges shorthand: the variable holding its judges' key")
 
@@ -113,8 +124,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from medharness.runs.pipeline import RunConfig, Runner
 
     options = {"device": args.device, "dtype": args.dtype, "id_field": args.id_field,
-               "prediction_field": args.prediction_field, "base_url": args.base_url, "api_key_env": args.api_key_env,
-               "concurrency": args.concurrency, "timeout": args.timeout, "max_retries": args.max_retries}
+               "prediction_field": args.prediction_field, "base_url": args.base_url,
+               "api_key_env": args.api_key_env, "concurrency": args.concurrency, "timeout": args.timeout,
+               "max_retries": args.max_retries}
     backend_options = {k: v for k, v in options.items() if v is not None}
     from medharness.core.yamlio import load_value
 
@@ -131,10 +143,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     ours, lm_eval_tasks = split_tasks(args.tasks)
     try:
-        config = RunConfig(model=args.model, backend=args.backend, tasks=ours or args.tasks, data_dir=args.data_dir,
-                           overrides=parse_overrides(args.overrides), limit=args.limit, batch_size=args.batch_size,
-                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                           backend_options=backend_options, max_error_rate=args.max_error_rate, ablate=args.ablate,
+        config = RunConfig(model=args.model, backend=args.backend, tasks=ours or args.tasks,
+                           data_dir=args.data_dir, overrides=parse_overrides(args.overrides),
+                           limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                           temperature=args.temperature, seed=args.seed, backend_options=backend_options,
+                           max_error_rate=args.max_error_rate, ablate=args.ablate,
                            samples_file=str(args.samples_file) if args.samples_file else None,
                            cache=not args.no_cache, cache_dir=args.cache_dir, label=args.label)
     except ValidationError as exc:
@@ -152,7 +165,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             except MedHarnessError:
                 from medharness.runs.runlog import RUN_FILE, RunDir
 
-                if runner.started and (runner.path / RUN_FILE).is_file():  # a run that stopped: what it has, then why
+                # a run that stopped: what it has, then why
+                if runner.started and (runner.path / RUN_FILE).is_file():
                     print_run_summary(RunDir.open(runner.path))
                 raise
     if lm_eval_tasks:
@@ -174,7 +188,8 @@ def _run_lm_eval(args: argparse.Namespace, config: Any, tasks: list[str], path: 
     from medharness.runs.runlog import RunDir
 
     if pick_backend(config.model, config.backend)[0] not in ("hf", "vllm"):
-        raise ConfigError("lm_eval: tasks run a local checkpoint with lm-eval; --model must be a model folder or id")
+        raise ConfigError("lm_eval: tasks run a local checkpoint with lm-eval; --model must be a model "
+                          "folder or id")
     if path is not None:
         run = RunDir.open(path, writer="run lm_eval")
     elif args.resume:
@@ -184,8 +199,9 @@ def _run_lm_eval(args: argparse.Namespace, config: Any, tasks: list[str], path: 
         run = RunDir.create(path, config.model_dump(), seed=config.seed, label=config.label)
     with run:
         try:
-            run_lm_eval_tasks(run, config.model, tasks, include_path=args.lm_eval_include_path, limit=config.limit,
-                              batch_size=config.batch_size, device=args.device, dtype=args.dtype, seed=config.seed)
+            run_lm_eval_tasks(run, config.model, tasks, include_path=args.lm_eval_include_path,
+                              limit=config.limit, batch_size=config.batch_size, device=args.device,
+                              dtype=args.dtype, seed=config.seed)
         except Exception as exc:
             run.set_status("failed", f"lm-eval: {type(exc).__name__}: {exc}")
             raise
@@ -213,15 +229,17 @@ def option_errors(exc: Any) -> str:
 def _add_judge(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("judge", help="LLM judges score a finished run's answers (no original model needed)",
                        description="Each judge gives a verdict per sample; verdicts go to "
-                                   "RUN_DIR/judgements/<task>.jsonl, judge and panel columns to run.json (shown "
-                                   "by `leaderboard`), the samples they disagree on to "
+                                   "RUN_DIR/judgements/<task>.jsonl, judge and panel columns to run.json "
+                                   "(shown by `leaderboard`), the samples they disagree on to "
                                    "judgements/disagreements.md. Already judged samples and cached verdicts "
                                    "cost nothing; failed verdicts are retried.")
     p.add_argument("run_dir", type=Path)
     _add_judge_options(p)
     p.add_argument("--tasks", help="comma-separated tasks of the run (default: all)")
-    p.add_argument("--no-cache", action="store_true", help="always call the judges (default: reuse cached verdicts)")
-    p.add_argument("--cache-dir", help="verdict cache folder (default $MEDHARNESS_CACHE or ~/.cache/medharness)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="always call the judges (default: reuse cached verdicts)")
+    p.add_argument("--cache-dir",
+                   help="verdict cache folder (default $MEDHARNESS_CACHE or ~/.cache/medharness)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar or periodic progress lines: one line per finished task")
 
@@ -248,10 +266,11 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 def _add_agreement(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("agreement", help="how far to trust a run's judges: agreement statistics with CIs",
-                       description="Per task and judge spec: percent agreement, Fleiss' kappa, Krippendorff's "
-                                   "alpha and Gwet's AC1 for the panel; Cohen's kappa (weighted for ordinal "
-                                   "scales) per pair; each judge against the rule-based metric and, with "
-                                   "--human, against human labels (with ICC). 95% bootstrap intervals.")
+                       description="Per task and judge spec: percent agreement, Fleiss' kappa, "
+                                   "Krippendorff's alpha and Gwet's AC1 for the panel; Cohen's kappa "
+                                   "(weighted for ordinal scales) per pair; each judge against the "
+                                   "rule-based metric and, with --human, against human labels (with ICC). "
+                                   "95% bootstrap intervals.")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--tasks", help="comma-separated tasks (default: every judged task)")
     p.add_argument("--field", help="verdict field (default: each spec's primary one, e.g. prediction_score)")
@@ -297,7 +316,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id-field", help="id field (default: the first of id, qid, sample_id, question_id)")
     p.add_argument("--prediction-field",
                    help="text field (default: the first of prediction, pred, response, output, answer, text)")
-    p.add_argument("--convention", help="scoring convention (default: the task's declared one); see `ls conventions`")
+    p.add_argument("--convention",
+                   help="scoring convention (default: the task's declared one); see `ls conventions`")
     p.add_argument("--data-dir", help="local copy of the task's dataset (with --predictions)")
     p.add_argument("-T", dest="overrides", action="append", default=[], metavar="TASK.KEY=VALUE",
                    help="per-task setting, e.g. -T slake.filter.q_lang=zh")
@@ -306,7 +326,8 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
                    help="processes that re-score a run directory's large task (default: the CPUs; a task is "
                         "split only where each gets 20,000 rows or more)")
     p.add_argument("--allow-partial", action="store_true",
-                   help="score a predictions file that matches under 95%% of the task's samples (matched only)")
+                   help="score a predictions file that matches under 95%% of the task's samples (matched "
+                        "only)")
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -326,7 +347,8 @@ def cmd_score(args: argparse.Namespace) -> int:
                                            prediction_field=args.prediction_field, overrides=overrides,
                                            allow_partial=args.allow_partial)
         print(f"{args.predictions}: matched {match['matched']} of {match['task_samples']} task samples; "
-              f"{match['unmatched_predictions']} predictions match no sample; only matched samples are scored",
+              f"{match['unmatched_predictions']} predictions match no sample; only matched samples are "
+              "scored",
               file=sys.stderr)
         summaries = [summary]
     else:
@@ -338,9 +360,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 def _add_gate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "gate", help="regression gate: is a candidate run worse than a baseline on the same items?",
-        description="Exit 0: no task worse beyond the tolerance and the paired test; 1: a task is worse by more "
-                    "than --max-drop points AND the paired test (Holm-corrected across tasks) says so at --alpha; "
-                    "2: the runs cannot be compared (reason given). See docs/regression-gate.md.")
+        description="Exit 0: no task worse beyond the tolerance and the paired test; 1: a task is worse by "
+                    "more than --max-drop points AND the paired test (Holm-corrected across tasks) says so "
+                    "at --alpha; 2: the runs cannot be compared (reason given). See docs/regression-gate.md.")
     p.add_argument("--baseline", type=Path, help="run directory or gate summary file (--write-summary)")
     p.add_argument("--candidate", type=Path, help="run directory or gate summary file")
     p.add_argument("--metric", help="metric label to gate on (default: each task's first per-sample metric)")
@@ -349,7 +371,8 @@ def _add_gate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=0.05, help="level of the paired test (default 0.05)")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON instead of Markdown")
     p.add_argument("--write-summary", type=Path, metavar="RUN_DIR",
-                   help="instead: write RUN_DIR's per-sample metric values (no text) to --output, as a baseline")
+                   help="instead: write RUN_DIR's per-sample metric values (no text) to --output, as a "
+                        "baseline")
     p.add_argument("-o", "--output", type=Path, help="with --write-summary: the summary file")
 
 
@@ -368,7 +391,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
         return 0
     if not args.baseline or not args.candidate:
         raise ConfigError("gate needs --baseline and --candidate (or --write-summary RUN_DIR -o FILE)")
-    result = compare(load_side(args.baseline), load_side(args.candidate), args.metric, args.max_drop, args.alpha)
+    result = compare(load_side(args.baseline), load_side(args.candidate), args.metric,
+                     args.max_drop, args.alpha)
     if args.json:
         from medharness.runs.runlog import json_safe
 
@@ -409,8 +433,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _add_split(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("split", help="write a seeded k-shot subset's sample ids (for trainers and --samples)",
-                       description="k samples per class from a task's split, chosen by sha256(seed:id): stable "
-                                   "across runs, and the 10-shot set is inside the 20-shot set.")
+                       description="k samples per class from a task's split, chosen by sha256(seed:id): "
+                                   "stable across runs, and the 10-shot set is inside the 20-shot set.")
     p.add_argument("--task", required=True)
     p.add_argument("--kshot", type=int, required=True, help="samples per class")
     p.add_argument("--by", metavar="FIELD",
@@ -433,16 +457,19 @@ def cmd_split(args: argparse.Namespace) -> int:
     chosen = kshot(samples, args.kshot, args.seed, label)
     write_sample_ids(args.output, task.name, chosen)
     per = f"per {args.by}" if args.by else "per class"
-    print(f"wrote {len(chosen)} {args.split} sample ids ({args.kshot} {per}, seed {args.seed}) to {args.output}")
+    print(f"wrote {len(chosen)} {args.split} sample ids ({args.kshot} {per}, seed {args.seed}) to "
+          f"{args.output}")
     return 0
 
 
 def _add_tiny(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("make-tiny-model", help="build a tiny random-weight VLM offline (for smoke tests and CI)")
+    p = sub.add_parser("make-tiny-model",
+                       help="build a tiny random-weight VLM offline (for smoke tests and CI)")
     p.add_argument("dir", type=Path)
     p.add_argument("--arch", default="qwen2_vl", choices=["qwen2_vl", "qwen2_5_vl"])
     p.add_argument("--size", default="tiny", choices=["tiny", "small"],
-                   help="tiny (default, ~0.23 M params) or small (~2 M params: learns the phantom tasks on a CPU)")
+                   help="tiny (default, ~0.23 M params) or small (~2 M params: learns the phantom tasks on "
+                        "a CPU)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -478,15 +505,16 @@ def _add_board_commands(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medharness", epilog=EPILOG,
-                                     description="Evaluate medical vision-language models on medical benchmarks.")
+                                     description="Evaluate medical vision-language models on medical "
+                                                 "benchmarks.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     from medharness import __version__
 
     parser.add_argument("--version", action="version", version=f"medharness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_checkpoint_commands(sub)
-    for add in (_add_run, _add_score, _add_ls, _add_validate, _add_split, _add_tiny, _add_judge, _add_agreement,
-                _add_gate):
+    for add in (_add_run, _add_score, _add_ls, _add_validate, _add_split, _add_tiny, _add_judge,
+                _add_agreement, _add_gate):
         add(sub)
     _add_board_commands(sub)
     _add_training(sub)
@@ -530,8 +558,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     for name, entry in run.log.tasks.items():
         o = entry.origin
         if o is not None:
-            print(f"{args.file}: {o.n_matched} of {o.n_rows} rows matched task {name} ({o.n_task_samples} samples; "
-                  f"{o.n_unmatched} unmatched rows left out); model {run.log.model}", file=sys.stderr)
+            print(f"{args.file}: {o.n_matched} of {o.n_rows} rows matched task {name} ({o.n_task_samples} "
+                  f"samples; {o.n_unmatched} unmatched rows left out); model "
+                  f"{run.log.model}", file=sys.stderr)
     print_run_summary(run)
     return 0
 
@@ -557,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with --resume --output RUN_DIR", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (`medharness ls | head`): no traceback, nothing more to say
+    except BrokenPipeError:  # the reader went away (`medharness ls | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 

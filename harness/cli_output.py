@@ -21,8 +21,8 @@ PROGRESS_EVERY_S = 30.0  # without a terminal: one progress line per task at mos
 
 class ProgressLines:
     """Progress as plain lines, for a log file, CI or nohup (no terminal to draw a bar on): a line when a task
-    starts, then at most one every `every` seconds while it runs (done/total, rate, time left), and one when it
-    ends. `every=None`: the end line only (`--no-progress`). `clock` is injectable for tests."""
+    starts, then at most one every `every` seconds while it runs (done/total, rate, time left), and one when
+    it ends. `every=None`: the end line only (`--no-progress`). `clock` is injectable for tests."""
 
     def __init__(self, every: float | None = PROGRESS_EVERY_S, stream: Any = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -122,7 +122,8 @@ HEADERS = ["task", "convention", "metric", "value", "95% CI", "CI method", "clus
 
 
 def group_table(summary: TaskSummary, field: str, percent: dict[str, bool]) -> str:
-    """One group_by field as a table: n, unparsed, and each metric as value [95% CI] on the headline's scale."""
+    """One group_by field as a table: n, unparsed, and each metric as value [95% CI] on the headline's
+    scale."""
     names = list(summary.metrics)
     table = []
     for value, g in summary.groups[field].items():
@@ -147,8 +148,9 @@ def coverage_notes(summaries: list[TaskSummary]) -> list[str]:
     notes = []
     for s in summaries:
         if s.n_errors:
-            notes.append(f"{s.task}: {s.n_errors} of {s.n} generations failed (no answer from the model; zero "
-                         "credit, counted under 'gen errors', apart from answers the parser could not read)")
+            notes.append(f"{s.task}: {s.n_errors} of {s.n} generations failed (no answer from the model; "
+                         "zero credit, counted under 'gen errors', apart from answers the parser could not "
+                         "read)")
         if s.n_expected is not None and s.n < s.n_expected:
             notes.append(f"{s.task}: only {s.n} of its {s.n_expected} samples were scored: a partial result")
     return notes
@@ -183,8 +185,8 @@ def generation_counts(run: RunDir) -> str:
         return (f"\ngenerations this time: {usage.model_calls}, none from the response cache (not used: "
                 "--no-cache, or a backend that is never cached)")
     total = usage.model_calls + usage.cache.hits
-    return (f"\ngenerations this time: {total} ({usage.cache.hits} from the response cache {usage.cache.path}, "
-            f"{usage.model_calls} by the model)")
+    return (f"\ngenerations this time: {total} ({usage.cache.hits} from the response cache "
+            f"{usage.cache.path}, {usage.model_calls} by the model)")
 
 
 def _percent_of(summary: TaskSummary) -> dict[str, bool]:
@@ -219,7 +221,8 @@ def print_judging(run: RunDir, usage: dict[str, Any], disagreements: Path, n_dis
         member = members.get(name)
         cost = member.usage.cost_usd if member else None
         rows.append([name, member.spec if member else None, use.judged, use.failed, use.skipped, use.calls,
-                     use.cache_hits, use.prompt_tokens, use.completion_tokens, "" if cost is None else f"{cost:.4f}"])
+                     use.cache_hits, use.prompt_tokens, use.completion_tokens,
+                     "" if cost is None else f"{cost:.4f}"])
     print("\njudges (this pass):\n" + tabulate(rows, headers=[
         "judge", "spec", "judged", "failed", "skipped", "calls", "cache hits", "prompt tok", "completion tok",
         "run cost USD"], tablefmt="github"))
@@ -228,10 +231,12 @@ def print_judging(run: RunDir, usage: dict[str, Any], disagreements: Path, n_dis
         for column, c in (entry.judges.columns if entry.judges else {}).items():
             scale = 100.0 if c.percent else 1.0
             value = "n/a" if c.value is None else f"{c.value * scale:.2f}"
-            ci = "n/a" if c.ci_low is None or c.ci_high is None else f"[{c.ci_low * scale:.2f}, {c.ci_high * scale:.2f}]"
+            ci = ("n/a" if c.ci_low is None or c.ci_high is None
+                  else f"[{c.ci_low * scale:.2f}, {c.ci_high * scale:.2f}]")
             table.append([task, column, value, ci, c.ci_method or "", c.n, c.n_unscored, c.n_failed])
-    print("\n" + tabulate(table, headers=["task", "column", "value", "95% CI", "CI method", "n scored", "unscored",
-                                          "judge failed"], tablefmt="github", disable_numparse=True))
+    print("\n" + tabulate(table, headers=["task", "column", "value", "95% CI", "CI method", "n scored",
+                                          "unscored", "judge failed"],
+                          tablefmt="github", disable_numparse=True))
     print(f"\n{n_disagreements} disagreeing sample(s): {disagreements}")
 
 
@@ -345,8 +350,9 @@ def _list_boards() -> tuple[list[str], list[list[Any]]]:
 
 # One lister per name of cli.LISTINGS: (headers, rows), read from the registries and the shipped folders.
 LISTERS: dict[str, Callable[[], tuple[list[str], list[list[Any]]]]] = {
-    "tasks": _list_tasks, "parsers": _list_parsers, "metrics": _list_metrics, "normalizers": _list_normalizers,
-    "conventions": _list_conventions, "backends": _list_backends, "judges": _list_judges,
+    "tasks": _list_tasks, "parsers": _list_parsers, "metrics": _list_metrics,
+    "normalizers": _list_normalizers, "conventions": _list_conventions, "backends": _list_backends,
+    "judges": _list_judges,
     "recipes": _list_recipes, "presets": _list_presets, "sweeps": _list_sweeps, "boards": _list_boards}
 
 
@@ -360,8 +366,8 @@ def print_listing(what: str) -> None:
 
 def validate_files(files: list[Path]) -> int:
     """Check each task file as `run` would without data: the schema (names, generation settings, templates,
-    group_by and placeholders against the sources' fields, parser and metric arguments), every prompt variant's
-    scoring recipe and knowledge file."""
+    group_by and placeholders against the sources' fields, parser and metric arguments), every prompt
+    variant's scoring recipe and knowledge file."""
     from medharness.core.errors import MedHarnessError
     from medharness.scoring.knowledge import read_knowledge
     from medharness.taskfiles.task import Task, discover_tasks, parse_task_file, recipe_for
@@ -392,8 +398,9 @@ def gate_markdown(result: GateResult, baseline: str, candidate: str) -> str:
     head = {"pass": "PASS", "fail": f"FAIL ({len(worse)} of {gated} task(s) worse)",
             "incomparable": f"INCOMPARABLE ({len(refused)} task(s) cannot be compared)"}[result.verdict]
     lines = [f"## medharness gate: {head}", "",
-             (f"baseline `{baseline}`, candidate `{candidate}`; fails when worse by more than {result.max_drop:g} "
-             f"point(s) and the paired test gives p < {result.alpha:g} (Holm-corrected across {gated} task(s))."),
+             (f"baseline `{baseline}`, candidate `{candidate}`; fails when worse by more than "
+             f"{result.max_drop:g} point(s) and the paired test gives p < {result.alpha:g} (Holm-corrected "
+             f"across {gated} task(s))."),
              ""]
     rows = []
     for t in result.tasks:
@@ -402,10 +409,11 @@ def gate_markdown(result: GateResult, baseline: str, candidate: str) -> str:
             rows.append([t.task, t.metric or "", "", "", "", "", "", "", "", t.verdict])
             continue
         s = t.scale
-        rows.append([t.task, t.metric or "", f"{p.n} ({p.n_clusters})", f"{p.mean_a * s:.2f}", f"{p.mean_b * s:.2f}",
-                     f"{p.diff * s:+.2f} [{p.low * s:+.2f}, {p.high * s:+.2f}]", p.test,
-                     "n/a" if p.p_value is None else f"{p.p_value:.3g}",
-                     "n/a" if t.p_holm is None else f"{t.p_holm:.3g}", f"**{t.verdict}**" if t.verdict == "worse"
+        rows.append([t.task, t.metric or "", f"{p.n} ({p.n_clusters})", f"{p.mean_a * s:.2f}",
+                     f"{p.mean_b * s:.2f}", f"{p.diff * s:+.2f} [{p.low * s:+.2f}, {p.high * s:+.2f}]",
+                     p.test, "n/a" if p.p_value is None else f"{p.p_value:.3g}",
+                     "n/a" if t.p_holm is None else f"{t.p_holm:.3g}",
+                     f"**{t.verdict}**" if t.verdict == "worse"
                      else t.verdict])
     lines.append(tabulate(rows, headers=["task", "metric", "n (clusters)", "baseline", "candidate",
                                          "candidate - baseline [95% CI]", "test", "p", "p (Holm)", "verdict"],

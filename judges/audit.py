@@ -93,17 +93,19 @@ def agreement_reports(run: RunDir, tasks: list[str] | None = None, field: str | 
                                        "not compared")
             if labels is not None:
                 mine = labels[(labels["task"].isna()) | (labels["task"] == task)]
-                reference = pd.Series(dict(zip(mine["id"], mine["label"], strict=True)), dtype=float, name="human")
+                reference = pd.Series(dict(zip(mine["id"], mine["label"], strict=True)),
+                                      dtype=float, name="human")
                 reference = reference[reference.index.isin(list(rows))]
                 outside = set(reference.dropna().unique()) - set(spec.levels)
                 if outside:
-                    raise DataError(f"human labels for {task}: values {sorted(float(v) for v in outside)} are "
-                                    f"not {spec_name} verdicts {list(spec.levels)}")
+                    raise DataError(f"human labels for {task}: values {sorted(float(v) for v in outside)} "
+                                    f"are not {spec_name} verdicts {list(spec.levels)}")
                 report["n_human"] = int(reference.notna().sum())
                 report["vs_human"] = agreement_with(ratings, reference, **kw, with_icc=True)
             reports.append(report)
     if not reports:
-        raise DataError(f"{run.path}: no judgements yet; run `medharness judge {run.path} --judges ...` first")
+        raise DataError(f"{run.path}: no judgements yet; run `medharness judge {run.path} --judges ...` "
+                        "first")
     return reports
 
 
@@ -138,7 +140,8 @@ def _verdict(j: Judgement) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in j.values.items())
 
 
-def disagreements(rows: list[ResultRow], judgements: list[Judgement], metric: str | None) -> list[dict[str, Any]]:
+def disagreements(rows: list[ResultRow], judgements: list[Judgement],
+                  metric: str | None) -> list[dict[str, Any]]:
     """Samples where judges of one spec disagree, or a binary judge disagrees with a 0/1 rule metric."""
     final = latest(judgements)
     by_sample: dict[str, list[Judgement]] = {}
@@ -163,8 +166,8 @@ def disagreements(rows: list[ResultRow], judgements: list[Judgement], metric: st
 def write_disagreements(run: RunDir, tasks: list[str] | None = None, limit: int = 200) -> tuple[Path, int]:
     """`judgements/disagreements.md`: per task, the disagreeing samples with question, gold, prediction and
     every verdict (at most `limit` per task). Returns the path and the number of samples listed."""
-    parts = [f"# Disagreements: {run.path.name}", ("Samples where judges of one spec disagree with each other, "
-             "or a 0/1 judge disagrees with the task's rule-based metric. Newest verdict per judge.")]
+    parts = [f"# Disagreements: {run.path.name}", ("Samples where judges of one spec disagree with each "
+             "other, or a 0/1 judge disagrees with the task's rule-based metric. Newest verdict per judge.")]
     total = 0
     for task in tasks or run.tasks():
         judgements = run.judgements(task)
@@ -173,16 +176,19 @@ def write_disagreements(run: RunDir, tasks: list[str] | None = None, limit: int 
         metric = rule_metric(run, task)
         found = disagreements(run.rows(task), judgements, metric)
         total += len(found)
-        parts.append(f"## {task}: {len(found)} sample(s)" + (f" (first {limit} listed)" if len(found) > limit else ""))
+        parts.append(f"## {task}: {len(found)} sample(s)" + (f" (first {limit} listed)"
+                                                             if len(found) > limit else ""))
         for item in found[:limit]:
             row: ResultRow = item["row"]
             parts.append(f"### {task} / {row.sample_id}: {'; '.join(item['reasons'])}")
             gold = row.sample.target if isinstance(row.sample.target, str) else json.dumps(row.sample.target)
             rule = "unscored" if item["rule"] is None or item["rule"] != item["rule"] else f"{item['rule']:g}"
             parts.append(f"- question: {_cell(row.sample.question, 600)}\n- gold: {_cell(gold, 600)}\n"
-                         f"- parsed answer: {_cell(str(row.answer.value) if row.answer.parsed else '(unparsed)')}\n"
+                         "- parsed answer: "
+                         f"{_cell(str(row.answer.value) if row.answer.parsed else '(unparsed)')}\n"
                          f"- rule ({metric}): {rule}")
-            parts.append(_fence(row.generation.text[:2000] + ("…" if len(row.generation.text) > 2000 else "")))
+            parts.append(_fence(row.generation.text[:2000]
+                                + ("…" if len(row.generation.text) > 2000 else "")))
             table = ["| judge | spec | verdict | rationale / note |", "|---|---|---|---|"]
             table += [f"| {j.judge} | {j.spec} | {_verdict(j)} | {_cell(j.rationale or j.note)} |"
                       for j in item["verdicts"]]

@@ -83,15 +83,17 @@ def judge_items(spec: JudgeSpec, backend: Backend, items: Sequence[JudgeItem], j
     id and rendered prompt); failures are never cached, so asking again retries them."""
     usage = usage if usage is not None else MemberUsage()
     settings = judge_settings(spec)
-    base: dict[str, Any] = {"judge": judge_name or spec.name, "spec": spec.name, "prompt_hash": spec.prompt_hash,
-                            "model": backend.fingerprint, "settings": settings}
+    base: dict[str, Any] = {"judge": judge_name or spec.name, "spec": spec.name,
+                            "prompt_hash": spec.prompt_hash, "model": backend.fingerprint,
+                            "settings": settings}
     out: dict[int, Judgement] = {}
     asked: list[int] = []
     requests: list[Request] = []
     for i, item in enumerate(items):
         if item.input is None:
             usage.skipped += 1
-            out[i] = Judgement(**base, task=item.task, sample_id=item.sample_id, prediction_hash=text_hash(""),
+            out[i] = Judgement(**base, task=item.task, sample_id=item.sample_id,
+                               prediction_hash=text_hash(""),
                                note=f"nothing to judge: {spec.name} needs text this answer lacks")
             continue
         asked.append(i)
@@ -106,7 +108,8 @@ def judge_items(spec: JudgeSpec, backend: Backend, items: Sequence[JudgeItem], j
     for i, got, key in zip(asked, generated, keys, strict=True):
         item = items[i]
         assert item.input is not None
-        out[i] = _judgement(base, item, text_hash(item.input.prediction), spec, got.generation, got.cached, usage)
+        out[i] = _judgement(base, item, text_hash(item.input.prediction), spec,
+                            got.generation, got.cached, usage)
         if not got.cached and not out[i].failed:
             verdicts.append((key, got.generation))
     if cache is not None and verdicts:
@@ -180,7 +183,8 @@ class Judging:
         rows = self.rows[task]
         done = self._already_judged(task, member, spec, backend)
         items = [JudgeItem(task, r.sample_id, spec.judge_input(r)) for r in rows]  # built once per row
-        todo = [i for i in items if (i.sample_id, text_hash(i.input.prediction if i.input else "")) not in done]
+        todo = [i for i in items
+                if (i.sample_id, text_hash(i.input.prediction if i.input else "")) not in done]
         label = f"{task} · {member.name}"
         finished = len(rows) - len(todo)
         self.progress(label, finished, len(rows))
@@ -224,7 +228,8 @@ class Judging:
                 **member.model_dump(), fingerprint=backends[member.name].fingerprint,
                 spec_version=spec.version, prompt_hash=spec.prompt_hash, settings=judge_settings(spec),
                 model_versions=sorted(set(old.model_versions if old else []) | use.model_versions),
-                usage=JudgeUsage(calls=before.calls + use.calls, cache_hits=before.cache_hits + use.cache_hits,
+                usage=JudgeUsage(calls=before.calls + use.calls,
+                                 cache_hits=before.cache_hits + use.cache_hits,
                                  prompt_tokens=prompt, completion_tokens=completion,
                                  cost_usd=cost_usd(member.model, prompt, completion)
                                  if backends[member.name].priced else None))

@@ -9,16 +9,18 @@ reward list, with no import of judges from the core.
     {metric: judge_score, args: {judges: "rarl_v1:openai:gpt-4o-mini", field: reasoning_score,
                                  requires: reasoning}}                                  # RARL: judge form
     {metric: judge_score, args: {panel: panel.yaml, field: quality}}                   # a --judge-config file
-    {name: judge_rate, args: {judges: "rarl_v1:gemini:gemini-1.5-flash", field: prediction_score}}  # task metric
+    {name: judge_rate, args: {judges: "rarl_v1:gemini:gemini-1.5-flash",
+                              field: prediction_score}}                                # task metric
 
 `judge_rate` is `judge_score` reported as a percentage (for 0/1 verdict fields, e.g. RARL's judge columns).
 
 Value: per sample, the mean of `field` (default: each spec's primary field) over the panel members that
-scored it; None (never 0) when no member did: an unscored verdict (a reply that is not one well-formed verdict,
-a call that failed after its retries), nothing to judge (`semantic_v1` without a closed `<think>`), or a sample
-lacking the meta field named by `requires`. Replies that parsed are kept in the verdict cache
-(`verdicts.sqlite`, `cache_dir`), so the same completion is judged once. `batch` judges many completions in one
-concurrent pass (each member's backend keeps its own requests in flight); training runs it as an async reward.
+scored it; None (never 0) when no member did: an unscored verdict (a reply that is not one well-formed
+verdict, a call that failed after its retries), nothing to judge (`semantic_v1` without a closed `<think>`),
+or a sample lacking the meta field named by `requires`. Replies that parsed are kept in the verdict cache
+(`verdicts.sqlite`, `cache_dir`), so the same completion is judged once. `batch` judges many completions in
+one concurrent pass (each member's backend keeps its own requests in flight); training runs it as an async
+reward.
 """
 
 from __future__ import annotations
@@ -82,7 +84,8 @@ def _member_values(member: JudgeMember, items: Sequence[Item], field: str | None
     return [None if j.failed or name not in j.values else j.values[name] for j in judged]
 
 
-def judge_batch(items: Sequence[Item], judges: str | None = None, panel: str | None = None, field: str | None = None,
+def judge_batch(items: Sequence[Item], judges: str | None = None, panel: str | None = None,
+                field: str | None = None,
                 requires: str | None = None, base_url: str | None = None, api_key_env: str | None = None,
                 cache: bool = True, cache_dir: str | None = None) -> list[float | None]:
     """One value per (answer, sample, text): the mean verdict of the members that scored it, else None."""
@@ -113,7 +116,8 @@ def judge_score(answer: Answer, sample: Sample, text: str, **args: Any) -> float
 
 METRICS.register("judge_score", Metric(
     name="judge_score", fn=judge_score, batch=judge_batch, percent=False,
-    description="A judge panel's mean verdict (`judges: SPEC:BACKEND:MODEL,...` or `panel: FILE`); None if unscored"))
+    description="A judge panel's mean verdict (`judges: SPEC:BACKEND:MODEL,...` or `panel: FILE`); None if "
+                "unscored"))
 # The same for a 0/1 verdict field shown as a percentage (RARL's judge columns): share of samples judged 1.
 METRICS.register("judge_rate", Metric(
     name="judge_rate", fn=judge_score, batch=judge_batch, percent=True,

@@ -104,10 +104,12 @@ def parse_judges(text: str, base_url: str | None = None, api_key_env: str | None
     for item in filter(None, (x.strip() for x in text.split(","))):
         spec, backend, model = (item.split(":", 2) + ["", ""])[:3]
         if not (spec and backend and model):
-            raise ConfigError(f"--judges expects SPEC:BACKEND:MODEL (e.g. rarl_v1:openai:gpt-4o-mini), got {item!r}")
+            raise ConfigError("--judges expects SPEC:BACKEND:MODEL (e.g. rarl_v1:openai:gpt-4o-mini), got "
+                              f"{item!r}")
         slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name or model).strip("-")
         try:
-            members.append(JudgeMember(name=f"{spec}-{backend}-{slug}", spec=spec, backend=backend, model=model,
+            members.append(JudgeMember(name=f"{spec}-{backend}-{slug}", spec=spec, backend=backend,
+                                       model=model,
                                        base_url=base_url if backend in ("openai", "gemini") else None,
                                        api_key_env=api_key_env if backend in ("openai", "gemini") else None))
         except ValidationError as exc:
@@ -118,5 +120,6 @@ def parse_judges(text: str, base_url: str | None = None, api_key_env: str | None
 def panel_from_args(config: Path | None, judges: str | None, base_url: str | None = None,
                     api_key_env: str | None = None) -> list[JudgeMember]:
     """The panel named on the command line (`--judge-config` and/or `--judges`); [] when neither."""
-    members = (load_panel(config) if config else []) + (parse_judges(judges, base_url, api_key_env) if judges else [])
+    members = ((load_panel(config) if config else [])
+               + (parse_judges(judges, base_url, api_key_env) if judges else []))
     return _check(members, "the judge panel") if members else []

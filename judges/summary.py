@@ -45,8 +45,9 @@ def verdict_frame(judgements: Iterable[Judgement], field: str | None = None) -> 
 
 def _column(values: pd.Series, percent: bool, primary: bool, n_failed: int = 0,
             clusters: Mapping[str, str] | None = None) -> JudgeColumn:
-    """Mean of the scored verdicts (index: sample id) with its interval (medharness.core.stats.metric_interval,
-    clustered like the task's metrics when `clusters` maps sample ids to clusters)."""
+    """Mean of the scored verdicts (index: sample id) with its interval
+    (medharness.core.stats.metric_interval, clustered like the task's metrics when `clusters` maps sample ids
+    to clusters)."""
     scored = values.dropna()
     n = int(scored.size)
     stderr = float(scored.std(ddof=1) / math.sqrt(n)) if n > 1 else None
@@ -57,7 +58,8 @@ def _column(values: pd.Series, percent: bool, primary: bool, n_failed: int = 0,
         ci = {"ci_low": interval.low, "ci_high": interval.high, "n_clusters": interval.n_clusters,
               "ci_method": interval.method}
     return JudgeColumn(value=float(scored.mean()) if n else None, stderr=stderr, n=n,
-                       n_unscored=int(values.size - n), n_failed=n_failed, percent=percent, primary=primary, **ci)
+                       n_unscored=int(values.size - n), n_failed=n_failed, percent=percent,
+                       primary=primary, **ci)
 
 
 def majority(row: pd.Series) -> float:
@@ -68,7 +70,8 @@ def majority(row: pd.Series) -> float:
     return float(value) if count * 2 > sum(votes.values()) else math.nan
 
 
-def summarise_judgements(judgements: list[Judgement], clusters: Mapping[str, str] | None = None) -> TaskJudges:
+def summarise_judgements(judgements: list[Judgement],
+                         clusters: Mapping[str, str] | None = None) -> TaskJudges:
     """A task's judge columns (value, stderr, interval, n, n_unscored, n_failed, percent, primary) and its
     judges. `clusters`: sample id -> the unit its interval resamples (scoring.cluster_of); None: items."""
     final = latest(judgements)
@@ -80,7 +83,8 @@ def summarise_judgements(judgements: list[Judgement], clusters: Mapping[str, str
         spec = get_spec(items[0].spec)
         failed = sum(j.failed for j in items)
         for field in spec.fields:
-            values = pd.Series([math.nan if j.failed or field not in j.values else j.values[field] for j in items],
+            values = pd.Series([math.nan if j.failed or field not in j.values else j.values[field]
+                                for j in items],
                                index=[j.sample_id for j in items], dtype=float)
             columns[f"judge:{judge}:{field}"] = _column(values, spec.scale == "binary", field == spec.primary,
                                                         failed, clusters)
@@ -89,8 +93,8 @@ def summarise_judgements(judgements: list[Judgement], clusters: Mapping[str, str
             continue
         spec = get_spec(spec_name)
         binary = spec.scale == "binary"
-        columns[f"panel:{spec_name}:{spec.primary}:majority"] = _column(frame.apply(majority, axis=1), binary, True,
-                                                                         clusters=clusters)
-        columns[f"panel:{spec_name}:{spec.primary}:mean"] = _column(frame.mean(axis=1, skipna=True), binary, True,
-                                                                     clusters=clusters)
+        columns[f"panel:{spec_name}:{spec.primary}:majority"] = _column(frame.apply(majority, axis=1), binary,
+                                                                        True, clusters=clusters)
+        columns[f"panel:{spec_name}:{spec.primary}:mean"] = _column(frame.mean(axis=1, skipna=True), binary,
+                                                                    True, clusters=clusters)
     return TaskJudges(columns=columns, judges=sorted(by_judge))

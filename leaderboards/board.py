@@ -3,11 +3,11 @@ delta rows and significance marks against the reference row (`compare.py`). Rend
 `plots.py`.
 
 A row of one run shows the run log's value and interval. A row of several runs (seeds of one configuration)
-shows their mean with the sample standard deviation and the pooled interval of `medharness.core.stats.seed_summary`.
-A group cell (e.g. answer_type = CLOSED) is computed from the run's rows, with the interval a summary gets
-(Wilson, or a bootstrap clustered by image). Significance: a paired test on the samples both runs scored
-(`medharness.core.stats.paired_compare`: exact or clustered McNemar for 0/1 metrics, else a paired t-test on cluster
-totals), Holm-corrected over the rows of each column.
+shows their mean with the sample standard deviation and the pooled interval of
+`medharness.core.stats.seed_summary`. A group cell (e.g. answer_type = CLOSED) is computed from the run's
+rows, with the interval a summary gets (Wilson, or a bootstrap clustered by image). Significance: a paired
+test on the samples both runs scored (`medharness.core.stats.paired_compare`: exact or clustered McNemar for
+0/1 metrics, else a paired t-test on cluster totals), Holm-corrected over the rows of each column.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ SEED = 0
 
 
 def _expand(pattern: str) -> list[Path]:
-    """A path or glob -> paths; of a glob's matches, the run directories (a glob may catch a `logs/` folder)."""
+    """A path or glob -> paths; of a glob's matches, the run directories (a glob may catch a `logs/`
+    folder)."""
     found = [Path(p) for p in sorted(glob.glob(pattern))]
     runs = [p for p in found if (p / RUN_FILE).is_file()]
     return runs or found or [Path(pattern)]
@@ -54,14 +55,15 @@ def _row_paths(spec: RowSpec) -> list[Path]:
 
 
 def build_rows(spec: BoardSpec, run_dirs: Sequence[Path]) -> tuple[list[Row], Opened]:
-    """The spec's rows, then one row per RUNS path; every run folder is opened with `open_runs` (non-run folders
-    skipped with a note, failed runs left out and listed)."""
+    """The spec's rows, then one row per RUNS path; every run folder is opened with `open_runs` (non-run
+    folders skipped with a note, failed runs left out and listed)."""
     everything = Opened()
     rows: list[Row] = []
     for row_spec in spec.rows:
         if row_spec.published is not None:
             rows.append(Row(str(row_spec.label), [], row_spec.lineage or "published",
-                            "published", dict(row_spec.published), row_spec.source, row_spec.method, row_spec.shots))
+                            "published", dict(row_spec.published), row_spec.source,
+                            row_spec.method, row_spec.shots))
             continue
         opened = open_runs(_row_paths(row_spec), missing_ok=True)
         _merge(everything, opened)
@@ -69,7 +71,8 @@ def build_rows(spec: BoardSpec, run_dirs: Sequence[Path]) -> tuple[list[Row], Op
             everything.notes.append(f"row {row_spec.label or _row_paths(row_spec)[0]}: no finished run yet")
             continue
         first = unique_labels(opened.runs)[0]
-        label = row_spec.label or (first if len(opened.runs) == 1 else f"{first} (+{len(opened.runs) - 1} runs)")
+        label = row_spec.label or (first if len(opened.runs) == 1
+                                   else f"{first} (+{len(opened.runs) - 1} runs)")
         lineage = row_spec.lineage or " | ".join(dict.fromkeys(lineage_text(r.log) for r in opened.runs))
         rows.append(Row(label, opened.runs, lineage, method=row_spec.method, shots=row_spec.shots))
     opened = open_runs(run_dirs)

@@ -1,4 +1,5 @@
-"""`medharness leaderboard` and `medharness report` (pandas, tabulate, matplotlib load inside the commands)."""
+"""`medharness leaderboard` and `medharness report` (pandas, tabulate, matplotlib load inside the
+commands)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Any]:
     p = sub.add_parser(
         "leaderboard", help="a board of runs x tasks (Markdown, CSV or JSON; plots) from run directories",
         description="Rows are run directories (RUNS, and the board spec's rows); columns each task's primary "
-                    "metric, or what the board spec says. Folders that are no run directory are skipped with a "
-                    "note; failed runs are left out and listed. See docs/leaderboards.md.")
+                    "metric, or what the board spec says. Folders that are no run directory are skipped with "
+                    "a note; failed runs are left out and listed. See docs/leaderboards.md.")
     p.add_argument("run_dirs", nargs="*", type=Path, metavar="RUNS", help="run directories (one row each)")
-    p.add_argument("--board", help="a board spec: a YAML file, or the name of a shipped one (leaderboards/boards/)")
+    p.add_argument("--board",
+                   help="a board spec: a YAML file, or the name of a shipped one (leaderboards/boards/)")
     p.add_argument("--by", metavar="GROUP", help="split each column by a group field (e.g. answer_type)")
     p.add_argument("--format", choices=["md", "csv", "json"], default="md")
     p.add_argument("--plot", type=Path, metavar="DIR", help="also write PNG plots into DIR")
     p.add_argument("--output", type=Path, help="write the board here instead of printing it")
-    p.add_argument("--all-metrics", action="store_true", help="every metric, not only each task's primary one")
+    p.add_argument("--all-metrics", action="store_true",
+                   help="every metric, not only each task's primary one")
     p.add_argument("--no-judges", action="store_true", help="leave out the LLM judge and panel columns")
     p.add_argument("--no-intervals", action="store_true", help="values without their intervals")
     r = sub.add_parser("report", help="one run's report: a Markdown page with intervals, groups, failures, "
@@ -30,7 +33,8 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Any]:
     r.add_argument("--ablated", type=Path, metavar="RUN_DIR",
                    help="a run of the same model with --ablate (blank, noise, shuffle): adds paired deltas")
     r.add_argument("--output", type=Path, required=True, help="a folder for report.md and its PNGs")
-    r.add_argument("--max-samples", type=int, default=20, help="unparsed / failed samples listed per task (20)")
+    r.add_argument("--max-samples", type=int, default=20,
+                   help="unparsed / failed samples listed per task (20)")
     return {"leaderboard": cmd_leaderboard, "report": cmd_report}
 
 

@@ -39,8 +39,8 @@ class Column:
             scale = 100.0 if c.percent else 1.0
             if c.stderr is None:
                 return Value(c.value * scale, n=c.n)
-            return Value(c.value * scale, (c.value - 1.96 * c.stderr) * scale, (c.value + 1.96 * c.stderr) * scale,
-                         n=c.n, method="normal (1.96 x standard error)")
+            return Value(c.value * scale, (c.value - 1.96 * c.stderr) * scale,
+                         (c.value + 1.96 * c.stderr) * scale, n=c.n, method="normal (1.96 x standard error)")
         if self.group is None:
             return metric_value(entry, metric)
         return _group_value(run, cache, self.task, metric, self.group, scale_of(entry, metric))
@@ -64,8 +64,8 @@ def _group_value(run: RunDir, cache: RowCache, task: str, metric: str, group: tu
 
     ids = list(scores.values)
     interval = metric_interval([scores.values[i] for i in ids], [scores.clusters[i] for i in ids])
-    return Value(m.value * scale, interval.low * scale, interval.high * scale, n=len(ids), method=interval.method,
-                 n_clusters=interval.n_clusters)
+    return Value(m.value * scale, interval.low * scale, interval.high * scale, n=len(ids),
+                 method=interval.method, n_clusters=interval.n_clusters)
 
 
 def _column_label(task: str, metric: str | None, group: tuple[str, str] | None, many_metrics: bool) -> str:
@@ -122,8 +122,8 @@ def resolve_columns(spec: BoardSpec, runs: Sequence[RunDir]) -> list[Column]:
         cols += _judge_columns(runs, spec.all_metrics)
     unique: dict[str, Column] = {}
     for col in cols:  # `by` can repeat a column the spec lists (the same task, metric and group): shown once
-        if col.label in unique and (unique[col.label].task, unique[col.label].metric, unique[col.label].group) != (
-                col.task, col.metric, col.group):
+        if col.label in unique and (unique[col.label].task, unique[col.label].metric,
+                                    unique[col.label].group) != (col.task, col.metric, col.group):
             from medharness.core.errors import ConfigError
 
             raise ConfigError(f"board {spec.name!r}: two different columns are labelled {col.label!r}")

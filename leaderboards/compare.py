@@ -39,7 +39,8 @@ def _row(board: Board, label: str, what: str) -> Row | None:
 
 def paired(board: Board, ref: Row, other: Row, col: Column, cache: RowCache) -> Pair | None:
     """`other - ref` on the samples both scored, on the display scale, or None where no
-    paired test applies (not single runs, a judge or corpus metric, other task versions, no shared samples)."""
+    paired test applies (not single runs, a judge or corpus metric, other task versions, no shared
+    samples)."""
     if len(ref.runs) != 1 or len(other.runs) != 1 or col.judge or col.metric == "average":
         return None
     a_run, b_run = ref.runs[0], other.runs[0]
@@ -57,8 +58,8 @@ def paired(board: Board, ref: Row, other: Row, col: Column, cache: RowCache) -> 
     if len(shared) < 2:
         return None
     if len(shared) < max(len(a.values), len(b.values)):
-        _note(board, f"{col.label}: {other.label} and {ref.label} are compared on the {len(shared)} samples both "
-                     f"scored ({len(a.values)} and {len(b.values)} scored)")
+        _note(board, f"{col.label}: {other.label} and {ref.label} are compared on the {len(shared)} samples "
+                     f"both scored ({len(a.values)} and {len(b.values)} scored)")
     from medharness.core.stats import paired_compare
 
     result = paired_compare({i: a.values[i] for i in shared}, {i: b.values[i] for i in shared},
@@ -103,8 +104,8 @@ def add_marks(board: Board, cache: RowCache) -> None:
         alpha = sig.alpha if sig is not None else 0.05
         for label, pair in found.items():
             p_adj = adjusted.get(label, math.nan)
-            board.marks[(label, col.label)] = Mark(pair.diff, pair.low, pair.high, pair.p_value, p_adj, pair.test,
-                                                   pair.n, sig is not None and p_adj < alpha)
+            board.marks[(label, col.label)] = Mark(pair.diff, pair.low, pair.high, pair.p_value, p_adj,
+                                                   pair.test, pair.n, sig is not None and p_adj < alpha)
 
 
 def add_deltas(board: Board, cache: RowCache) -> None:

@@ -43,7 +43,8 @@ def _err(value: float, low: float | None, high: float | None) -> tuple[float, fl
 
 
 def bars(board: Board, path: Path) -> int:
-    """Grouped bars: one group per column (Average left out), one bar per row, whiskers = the cell's interval."""
+    """Grouped bars: one group per column (Average left out), one bar per row, whiskers = the cell's
+    interval."""
     plt = _pyplot()
     columns = [c for c in board.columns if c.label != "Average"]
     rows = [r for r in board.rows if r.kind != "delta"]
@@ -111,7 +112,8 @@ def reward_curve(train_dir: Path) -> list[tuple[int, float]]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a torn last line of a killed run
-            if isinstance(row, dict) and isinstance(row.get(key), (int, float)) and isinstance(row.get("step"), int):
+            if (isinstance(row, dict) and isinstance(row.get(key), (int, float))
+                    and isinstance(row.get("step"), int)):
                 points.setdefault(row["step"], []).append(float(row[key]))
         if points:
             break

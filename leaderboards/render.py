@@ -3,8 +3,9 @@
 Markdown: rows x columns; in each column the best value is bold and the second underlined (by the metric's
 direction; delta rows and the reference row's comparisons are not ranked); `†` marks a row that differs from
 the reference row by a paired test (Holm-corrected p below alpha); delta rows show signed differences. Under
-the table: unparsed answers per row and task, the legend (conventions, how intervals were made), notes (skipped
-folders, failed runs) and the caption. CSV and JSON carry every number with its interval, method and test.
+the table: unparsed answers per row and task, the legend (conventions, how intervals were made), notes
+(skipped folders, failed runs) and the caption. CSV and JSON carry every number with its interval, method and
+test.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def _ranks(board: Board, col: Column) -> dict[str, int]:
     """Rank 1 (best) and 2 (second) among the ranked rows of a column, on the values as shown (rounded); ties
     share a rank."""
     shown = {r.label: round(v, board.spec.decimals) for r in board.rows
-             if r.kind != "delta" and (v := board.cell(r.label, col.label).value) is not None and not math.isnan(v)}
+             if r.kind != "delta" and (v := board.cell(r.label, col.label).value) is not None
+             and not math.isnan(v)}
     values = sorted(set(shown.values()), reverse=col.higher_is_better)
     if len(values) < 2:
         return {}
@@ -67,7 +69,8 @@ def table_rows(board: Board) -> tuple[list[str], list[list[str]]]:
     for row in board.rows:
         cells = []
         for col in board.columns:
-            text = cell_text(board.cell(row.label, col.label), spec.decimals, spec.intervals, row.kind == "delta")
+            text = cell_text(board.cell(row.label, col.label), spec.decimals, spec.intervals,
+                             row.kind == "delta")
             text = _styled(text, ranks[col.label].get(row.label) if row.kind != "delta" else None)
             mark = board.marks.get((row.label, col.label))
             cells.append(text + (" †" if mark is not None and mark.significant else ""))
@@ -101,17 +104,19 @@ def _legend(board: Board) -> str:
     if any(r.kind == "published" for r in board.rows):
         parts.append("; published rows: the paper's numbers as printed (no interval, not re-scored here)")
     if any(v.std is not None for v in board.cells.values()):
-        parts.append("; several runs (seeds) of one row: mean ± sample std [t interval of the mean over seeds]")
+        parts.append("; several runs (seeds) of one row: mean ± sample std [t interval of the mean over "
+                     "seeds]")
     parts.append(". Best in bold, second underlined.")
     if board.conventions:
-        parts.append(" Conventions: " + "; ".join(f"{t}: {c}" for t, c in sorted(board.conventions.items())) + ".")
+        parts.append(" Conventions: " + "; ".join(f"{t}: {c}" for t, c in sorted(board.conventions.items()))
+                     + ".")
     if any(c.judge for c in board.columns):
         parts.append(" judge:NAME:FIELD = one LLM judge's mean verdict; panel:SPEC:FIELD:majority|mean = the "
                      "panel's per-sample majority (ties unscored) or mean; unscored verdicts are left out.")
     if any(r.label.endswith(ORACLE) for r in board.rows):
-        parts.append(f" '{ORACLE.strip()}': a baseline without a train split or card prior, whose answers come "
-                     "from the golds of the very split it is scored on; no floor a model could reach by knowing the "
-                     "training data (run.json: tasks.TASK.baseline).")
+        parts.append(f" '{ORACLE.strip()}': a baseline without a train split or card prior, whose answers "
+                     "come from the golds of the very split it is scored on; no floor a model could reach by "
+                     "knowing the training data (run.json: tasks.TASK.baseline).")
     if any(c.label == "Average" for c in board.columns):
         parts.append(" Average: mean of the row's columns (shown when all are present; no interval).")
     if board.spec.reference is not None and board.marks:
@@ -119,11 +124,11 @@ def _legend(board: Board) -> str:
         what = "Holm-corrected" if sig is None or sig.correction == "holm" else "uncorrected"
         if sig is not None:
             parts.append(f" † = differs from {board.spec.reference} by a paired test on the same samples "
-                         f"({what} p < {sig.alpha:g}; exact or clustered McNemar for 0/1 metrics, paired t on "
-                         "cluster totals otherwise).")
+                         f"({what} p < {sig.alpha:g}; exact or clustered McNemar for 0/1 metrics, paired t "
+                         "on cluster totals otherwise).")
     if any(r.kind == "delta" for r in board.rows):
-        parts.append(" Δ rows: difference of two rows (paired bootstrap interval on shared samples where both are "
-                     "single runs).")
+        parts.append(" Δ rows: difference of two rows (paired bootstrap interval on shared samples where "
+                     "both are single runs).")
     return "".join(parts)
 
 
@@ -154,8 +159,8 @@ def records(board: Board) -> list[dict[str, Any]]:
                 "row": row.label, "kind": row.kind, "column": col.label, "task": col.task,
                 "metric": col.metric or _metric(row, col), "group_field": col.group[0] if col.group else None,
                 "group": col.group[1] if col.group else None, "judge": col.judge, "value": v.value,
-                "ci_low": v.low, "ci_high": v.high, "ci_method": v.method, "n": v.n, "n_clusters": v.n_clusters,
-                "std": v.std, "n_runs": v.n_runs if row.runs else 0,
+                "ci_low": v.low, "ci_high": v.high, "ci_method": v.method, "n": v.n,
+                "n_clusters": v.n_clusters, "std": v.std, "n_runs": v.n_runs if row.runs else 0,
                 "vs_reference_diff": mark and mark.diff, "vs_reference_p": mark and mark.p_value,
                 "vs_reference_p_holm": mark and mark.p_adjusted, "vs_reference_test": mark and mark.test,
                 "significant": mark.significant if mark else None, "lineage": row.lineage,

@@ -59,7 +59,8 @@ def headline(run: RunDir) -> str:
 
 
 def group_tables(run: RunDir, cache: RowCache, output: Path) -> list[str]:
-    """Per task and group field: n, unparsed and every metric with its interval; a PNG of the primary metric."""
+    """Per task and group field: n, unparsed and every metric with its interval; a PNG of the primary
+    metric."""
     parts = []
     for task, entry in run.log.tasks.items():
         if entry.summary is None:
@@ -68,10 +69,12 @@ def group_tables(run: RunDir, cache: RowCache, output: Path) -> list[str]:
         for field, groups in entry.summary.groups.items():
             body = []
             for value, g in groups.items():
-                cells = [cell_text(Column("", task, m, (field, value)).value(run, cache), 1, True) for m in metrics]
+                cells = [cell_text(Column("", task, m, (field, value)).value(run, cache), 1, True)
+                         for m in metrics]
                 body.append([value, str(g.n), "" if g.n_unparsed is None else str(g.n_unparsed), *cells])
             parts.append(f"### {task} by {field}\n\n" + _table(body, [field, "n", "unparsed", *metrics]))
-            spec = BoardSpec(name=re.sub(r"[^A-Za-z0-9._-]+", "-", f"{task}-by-{field}"), title=f"{task} by {field}: {metrics[0]}",
+            spec = BoardSpec(name=re.sub(r"[^A-Za-z0-9._-]+", "-", f"{task}-by-{field}"),
+                             title=f"{task} by {field}: {metrics[0]}",
                              columns=[ColumnSpec(task=task, group=field)])
             parts.append(_plot(build(spec, [run.path]), output / f"{spec.name}.png"))
     return parts
@@ -92,7 +95,8 @@ def failures(run: RunDir, cache: RowCache, limit: int) -> list[str]:
 
 
 def _sample(row: ResultRow) -> str:
-    what = f"failed: {row.generation.error}" if row.generation.error else f"unparsed: {row.answer.note or 'no answer'}"
+    what = (f"failed: {row.generation.error}" if row.generation.error
+            else f"unparsed: {row.answer.note or 'no answer'}")
     gold = row.sample.target
     return (f"**{row.sample.id}**: {_one_line(what)}\n\n- question: {_one_line(row.sample.question)}\n"
             f"- gold: {_one_line(gold)}\n\n" + fenced(row.generation.text[:2000]))
@@ -110,9 +114,10 @@ def judge_sections(run: RunDir, cache: RowCache, output: Path, limit: int) -> li
                  _one_line(item["row"].answer.value if item["row"].answer.parsed else "(unparsed)", 60),
                  ", ".join(f"{j.judge}={'failed' if j.failed else j.value}" for j in item["verdicts"])]
                 for item in found[:limit]]
-        parts.append(f"### {task}: {len(found)} disagreeing sample(s)" + (f" (first {limit})" if len(found) > limit
-                                                                          else "")
-                     + ("\n\n" + _table(body, ["sample", "why", "gold", "answer", "verdicts"]) if body else ""))
+        parts.append(f"### {task}: {len(found)} disagreeing sample(s)"
+                     + (f" (first {limit})" if len(found) > limit else "")
+                     + ("\n\n" + _table(body, ["sample", "why", "gold", "answer", "verdicts"]) if body
+                        else ""))
     if judged:
         try:
             from medharness.judges.audit import agreement_reports
@@ -123,12 +128,14 @@ def judge_sections(run: RunDir, cache: RowCache, output: Path, limit: int) -> li
                 judge_agreement(reports, output / "judge-agreement.png")
                 parts.append("![judge agreement](judge-agreement.png)")
         except ImportError as exc:
-            parts.append(f"(no agreement chart: {exc.name} is not installed; `pip install 'medharness[judges]'`)")
+            parts.append(f"(no agreement chart: {exc.name} is not installed; `pip install "
+                         "'medharness[judges]'`)")
     return parts
 
 
 def ablation_deltas(run: RunDir, ablated: RunDir, cache: RowCache) -> str:
-    """Per task and metric: the run's value, the ablated run's, and their paired difference on shared samples."""
+    """Per task and metric: the run's value, the ablated run's, and their paired difference on shared
+    samples."""
     from medharness.core.stats import paired_compare
 
     if ablated.log.model != run.log.model:
@@ -142,8 +149,8 @@ def ablation_deltas(run: RunDir, ablated: RunDir, cache: RowCache) -> str:
         if not other.ablation:
             raise ConfigError(f"--ablated {ablated.path}: task {task} was not run with --ablate")
         if other.version != entry.version:
-            raise ConfigError(f"--ablated {ablated.path}: task {task} is version {other.version}, the run's is "
-                              f"{entry.version}: not comparable")
+            raise ConfigError(f"--ablated {ablated.path}: task {task} is version {other.version}, the run's "
+                              f"is {entry.version}: not comparable")
         for metric in entry.summary.metrics:
             a = cache.scores(run, task, metric)
             b = cache.scores(ablated, task, metric)
@@ -157,8 +164,8 @@ def ablation_deltas(run: RunDir, ablated: RunDir, cache: RowCache) -> str:
                          f"{metric_value(other, metric).value or float('nan'):.1f}",
                          f"{p.diff * scale:+.1f} [{p.low * scale:+.1f}, {p.high * scale:+.1f}]", p.test,
                          "n/a" if p.p_value is None else f"{p.p_value:.3g}", str(p.n)])
-    return _table(rows, ["task", "metric", "ablation", "run", "ablated", "run − ablated [95% CI]", "test", "p",
-                         "n paired"])
+    return _table(rows, ["task", "metric", "ablation", "run", "ablated", "run − ablated [95% CI]", "test",
+                         "p", "n paired"])
 
 
 def write_report(run_dir: Path, output: Path, ablated: Path | None = None, max_samples: int = 20) -> Path:
@@ -171,7 +178,8 @@ def write_report(run_dir: Path, output: Path, ablated: Path | None = None, max_s
     log = run.log
     parts = [f"# Run report: {log.display_name}",
              f"- run directory: `{run.path}`\n- model: {model_name(log)} (`{log.model}`)\n"
-             f"- lineage: {lineage_text(log)}\n- status: {log.status}" + (f" ({log.error})" if log.error else "")
+             f"- lineage: {lineage_text(log)}\n- status: {log.status}"
+             + (f" ({log.error})" if log.error else "")
              + f"\n- created: {log.created}; medharness {log.versions.get('medharness', '?')}"]
     if log.usage is not None:
         cache_hits = f", {log.usage.cache.hits} from the cache" if log.usage.cache else ""
@@ -182,17 +190,19 @@ def write_report(run_dir: Path, output: Path, ablated: Path | None = None, max_s
     if groups:
         parts += ["## By group", *groups]
     parts.append("## Unparsed and failed samples")
-    parts += failures(run, cache, max_samples) or ["None: every answer parsed and every generation succeeded."]
+    parts += (failures(run, cache, max_samples)
+              or ["None: every answer parsed and every generation succeeded."])
     judges = judge_sections(run, cache, output, max_samples)
     if judges:
         parts += ["## Judges", *judges]
     if other is not None:
         parts += [f"## Ablation: {other.log.display_name}", ablation_deltas(run, other, cache),
                   "A large drop says the model uses the picture; none says it answers from the text alone."]
-    parts.append("Intervals: 95%; the method of each is named in its row (Wilson for 0/1 scores on independent "
-                 "samples, a percentile bootstrap clustered by image otherwise; normal = 1.96 x standard error "
-                 "for run logs written before intervals were recorded). Differences: paired on the samples both "
-                 "runs scored (exact or clustered McNemar for 0/1 metrics, paired t on cluster totals otherwise).")
+    parts.append("Intervals: 95%; the method of each is named in its row (Wilson for 0/1 scores on "
+                 "independent samples, a percentile bootstrap clustered by image otherwise; normal = 1.96 x "
+                 "standard error for run logs written before intervals were recorded). Differences: paired "
+                 "on the samples both runs scored (exact or clustered McNemar for 0/1 metrics, paired t on "
+                 "cluster totals otherwise).")
     path = output / "report.md"
     path.write_text("\n\n".join(p for p in parts if p) + "\n", encoding="utf-8")
     return path

@@ -1,9 +1,9 @@
-"""Run directories as a board reads them: which paths are runs (the others are skipped with a note), which runs
-failed (left out and listed), a unique label per run, and each task's values with their intervals.
+"""Run directories as a board reads them: which paths are runs (the others are skipped with a note), which
+runs failed (left out and listed), a unique label per run, and each task's values with their intervals.
 
 Intervals come from the run log's summary (`ci_low`, `ci_high`, `ci_method`, `n_clusters`, written by
-`medharness.core.stats`); a run log written before those fields existed falls back to 1.96 x the standard error,
-and the cell says which method it carries.
+`medharness.core.stats`); a run log written before those fields existed falls back to 1.96 x the standard
+error, and the cell says which method it carries.
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def _not_a_run(path: Path) -> str:
 def open_runs(paths: Iterable[Path], strict: bool = False, missing_ok: bool = False) -> Opened:
     """Open each path as a run directory. A sweep or training folder stands for the run directories it holds
     (said in a note); any other path that is no run directory is skipped with a note (an error when `strict`);
-    a failed run is left out and listed; a run log that cannot be read is an error. A path that does not exist is
-    an error unless `missing_ok` (a board spec's row whose run is not made yet)."""
+    a failed run is left out and listed; a run log that cannot be read is an error. A path that does not exist
+    is an error unless `missing_ok` (a board spec's row whose run is not made yet)."""
     out = Opened()
     seen: set[Path] = set()
     queue = [Path(p) for p in paths]
@@ -109,10 +109,10 @@ def open_runs(paths: Iterable[Path], strict: bool = False, missing_ok: bool = Fa
 
 
 def unique_labels(runs: Sequence[RunDir]) -> list[str]:
-    """Each run's label (else its run id). Where runs would share one (a sweep's evaluations are all named after
-    their task), each gets the nearest folder of its path that no other of them has: `base/phantom_presence`,
-    `sft-phantom_presence-kall-s0/phantom_presence` (a run given a --label: `LABEL (folder)`); so no row ever
-    stands for two runs."""
+    """Each run's label (else its run id). Where runs would share one (a sweep's evaluations are all named
+    after their task), each gets the nearest folder of its path that no other of them has:
+    `base/phantom_presence`, `sft-phantom_presence-kall-s0/phantom_presence` (a run given a --label: `LABEL
+    (folder)`); so no row ever stands for two runs."""
     labels = [r.log.display_name for r in runs]
     for name in set(labels):
         clash = [i for i, label in enumerate(labels) if label == name]
@@ -193,8 +193,8 @@ def summary_value(m: MetricSummary, scale: float) -> Value:
             low = high = method = None
         else:
             low, high, method = m.value - 1.96 * m.stderr, m.value + 1.96 * m.stderr, NORMAL
-    return Value(m.value * scale, None if low is None else low * scale, None if high is None else high * scale,
-                 n=m.n, method=method, n_clusters=n_clusters)
+    return Value(m.value * scale, None if low is None else low * scale,
+                 None if high is None else high * scale, n=m.n, method=method, n_clusters=n_clusters)
 
 
 def primary_metric(entry: TaskEntry) -> str | None:

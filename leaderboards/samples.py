@@ -1,5 +1,5 @@
-"""Per-sample scores of a run's task, read from its rows (`samples/<task>.jsonl`): for group cells' intervals and
-for paired tests between rows. Rows are read once per (run, task) and kept.
+"""Per-sample scores of a run's task, read from its rows (`samples/<task>.jsonl`): for group cells' intervals
+and for paired tests between rows. Rows are read once per (run, task) and kept.
 
 Clusters: samples that share an image are not independent (VQA-RAD asks 451 questions about 203 images); a
 sample's cluster is what the task's `cluster_by` says (recorded in the run log; the first image by default),
@@ -47,7 +47,8 @@ class RowCache:
         entry = run.log.tasks.get(task)
         cluster_by = (entry.cluster_by if entry is not None else None) or "image"
         for row in self.rows(run, task):
-            if group is not None and (group[0] not in row.sample.meta or str(row.sample.meta[group[0]]) != group[1]):
+            if group is not None and (group[0] not in row.sample.meta
+                                      or str(row.sample.meta[group[0]]) != group[1]):
                 continue
             value = row.scores.get(metric)
             if value is None or math.isnan(value):

@@ -1,7 +1,7 @@
 """Board specs (`leaderboards/boards/*.yaml`): which rows (runs, seeds, sweep cells, checkpoints, published
 numbers), which columns (task x metric, or task x group such as CLOSED / OPEN), averages, a reference row,
-delta rows, intervals and significance marks. Strict like task files: an unknown key or a bad value is an error
-naming the file and the line.
+delta rows, intervals and significance marks. Strict like task files: an unknown key or a bad value is an
+error naming the file and the line.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ class RowSpec(Strict):
     def _one_source(self) -> RowSpec:
         given = [k for k in ("run", "runs", "sweep", "checkpoint", "published") if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError("a row has exactly one of run, runs, sweep (+ cell), checkpoint (+ step), published; "
-                             f"got {', '.join(given) or 'none'}")
+            raise ValueError("a row has exactly one of run, runs, sweep (+ cell), checkpoint (+ step), "
+                             f"published; got {', '.join(given) or 'none'}")
         if self.sweep and not self.cell:
             raise ValueError("a sweep row names its cell (a glob over seeds, or reference/NAME)")
         if self.checkpoint and self.step is None:
@@ -94,7 +94,8 @@ class BoardSpec(Strict):
 
     @field_validator("significance")
     @classmethod
-    def _against_reference(cls, value: SignificanceSpec | None, info: ValidationInfo) -> SignificanceSpec | None:
+    def _against_reference(cls, value: SignificanceSpec | None,
+                           info: ValidationInfo) -> SignificanceSpec | None:
         if value is not None and info.data.get("reference") is None:
             raise ValueError("significance marks are against a reference row: set `reference`")
         return value

@@ -1,4 +1,5 @@
-"""A board's table: rows, columns, cells (`Value`s) and the marks of paired comparisons with the reference row."""
+"""A board's table: rows, columns, cells (`Value`s) and the marks of paired comparisons with the reference
+row."""
 
 from __future__ import annotations
 

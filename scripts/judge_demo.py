@@ -1,7 +1,8 @@
 """The README's agreement example, reproducible offline: a real VQA-RAD run judged by three SCRIPTED judges.
 
 No LLM is reachable from the machines this project is built on, so the judges here are rules played by the
-test suite's fake OpenAI server on 127.0.0.1 (tests/support/fake_api_server.py), answering in rarl_v1's format:
+test suite's fake OpenAI server on 127.0.0.1 (tests/support/fake_api_server.py), answering in rarl_v1's
+format:
 
     exact     prediction_score 1 iff the answer equals the gold (case and final period ignored)
     overlap   1 iff the answer and the gold share a word (a lenient judge)
@@ -59,7 +60,8 @@ def shuffled_gold(data_dir: Path, path: Path, seed: int = 0) -> Path:
         by_type.setdefault(str(s.meta.get("answer_type")), []).append(str(s.target))
     with path.open("w") as fh:
         for s in samples:
-            fh.write(json.dumps({"id": s.id, "prediction": rng.choice(by_type[str(s.meta.get("answer_type"))])}) + "\n")
+            fh.write(json.dumps({"id": s.id,
+                                 "prediction": rng.choice(by_type[str(s.meta.get("answer_type"))])}) + "\n")
     return path
 
 

@@ -1,8 +1,10 @@
 """Static checks of the installed package's layout: the import contracts and the types.
 
-    python scripts/static_checks.py imports [ARGS]   # lint-imports: pyproject [tool.importlinter] (docs/design.md)
+    python scripts/static_checks.py imports [ARGS]   # lint-imports: pyproject [tool.importlinter]
+                                                     # (docs/design.md)
     python scripts/static_checks.py types [ARGS]     # mypy -p medharness: pyproject [tool.mypy]
-    python scripts/static_checks.py cycles           # no strongly connected modules, type-only imports included
+    python scripts/static_checks.py cycles           # no strongly connected modules, type-only imports
+                                                     # included
     python scripts/static_checks.py tracked          # no source file of the package is ignored by git
     python scripts/static_checks.py all              # all four (what CI runs)
 
@@ -82,7 +84,8 @@ from scipy.sparse.csgraph import connected_components
 graph = grimp.build_graph("medharness", exclude_type_checking_imports=False, cache_dir=None)
 modules = sorted(graph.modules)
 index = {m: i for i, m in enumerate(modules)}
-edges = [(index[m], index[t]) for m in modules for t in graph.find_modules_directly_imported_by(m) if t in index]
+edges = [(index[m], index[t]) for m in modules for t in graph.find_modules_directly_imported_by(m)
+         if t in index]
 rows, cols = zip(*edges) if edges else ((), ())
 matrix = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(modules), len(modules)))
 count, labels = connected_components(matrix, directed=True, connection="strong")
@@ -93,7 +96,8 @@ print(json.dumps([g for g in groups if len(g) > 1]))
 
 def check_cycles(tree: Path) -> int:
     """Strongly connected groups of modules (grimp's graph with every import, type-only ones included)."""
-    done = subprocess.run([sys.executable, "-c", FIND_CYCLES], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(tree)},
+    done = subprocess.run([sys.executable, "-c", FIND_CYCLES], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(tree)},
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         print(done.stdout + done.stderr)
@@ -110,7 +114,8 @@ def check_tracked() -> int:
     named like an ignored output folder once lost its __init__.py this way)."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     folders = sorted(set(config["tool"]["setuptools"]["package-dir"].values()))
-    listed = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", *folders],
+    listed = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--",
+                             *folders],
                             cwd=ROOT, capture_output=True, text=True, check=False)
     if listed.returncode != 0:
         print(f"tracked: not a git checkout, skipped ({listed.stderr.strip()})")

@@ -1,11 +1,12 @@
-"""GPU speed of training and inference on the full-size Qwen2-VL-2B architecture (random weights, no download).
+"""GPU speed of training and inference on the full-size Qwen2-VL-2B architecture (random weights, no
+download).
 
 One script, one call on a GPU machine (a script, not a test; CI never runs it):
 
-1. builds Qwen2-VL-2B-Instruct's architecture from its published config values (28 layers, hidden 1536, 12 heads,
-   2 KV heads, vocabulary 151,936, a 32-block 1280-wide vision tower; about 2.2 B parameters) with random
-   weights, medharness's offline byte-level tokenizer and the Qwen2-VL image processor with the GRPO study's
-   pixel budget (max 401,408 pixels); saved in bfloat16;
+1. builds Qwen2-VL-2B-Instruct's architecture from its published config values (28 layers, hidden 1536, 12
+   heads, 2 KV heads, vocabulary 151,936, a 32-block 1280-wide vision tower; about 2.2 B parameters) with
+   random weights, medharness's offline byte-level tokenizer and the Qwen2-VL image processor with the GRPO
+   study's pixel budget (max 401,408 pixels); saved in bfloat16;
 2. `medharness train --recipe grpo` on phantom_presence with G = 8 completions of one prompt per step, a fixed
    completion length (`min_new_tokens` = `max_completion_length`, so EOS is ignored), with and without LoRA
    (the `grpo` and `grpo_lora` presets otherwise unchanged): seconds per step, completion tokens/s/GPU (from
@@ -37,8 +38,8 @@ FULL = {"hidden": 1536, "intermediate": 8960, "layers": 28, "heads": 12, "kv_hea
         "rope_theta": 1_000_000.0, "mrope": [16, 24, 24], "vision_depth": 32, "vision_width": 1280,
         "vision_heads": 16, "max_pixels": 401_408}
 MINI = {"hidden": 128, "intermediate": 256, "layers": 2, "heads": 4, "kv_heads": 2, "vocab": 4096,
-        "rope_theta": 1_000_000.0, "mrope": [4, 6, 6], "vision_depth": 2, "vision_width": 64, "vision_heads": 2,
-        "max_pixels": 112 * 112}
+        "rope_theta": 1_000_000.0, "mrope": [4, 6, 6], "vision_depth": 2, "vision_width": 64,
+        "vision_heads": 2, "max_pixels": 112 * 112}
 
 
 def build(out: Path, dims: dict[str, Any]) -> int:
@@ -61,12 +62,14 @@ def build(out: Path, dims: dict[str, Any]) -> int:
     tok = build_tokenizer()
     ids = _ids(tok)
     head = dims["hidden"] // dims["heads"]
-    text = {"vocab_size": dims["vocab"], "hidden_size": dims["hidden"], "intermediate_size": dims["intermediate"],
+    text = {"vocab_size": dims["vocab"], "hidden_size": dims["hidden"],
+            "intermediate_size": dims["intermediate"],
             "num_hidden_layers": dims["layers"], "num_attention_heads": dims["heads"],
             "num_key_value_heads": dims["kv_heads"], "head_dim": head,
             "max_position_embeddings": 32768, "tie_word_embeddings": True, "hidden_act": "silu",
             "rms_norm_eps": 1e-6,
-            "rope_parameters": {"rope_type": "default", "rope_theta": dims["rope_theta"], "mrope_section": dims["mrope"]},
+            "rope_parameters": {"rope_type": "default", "rope_theta": dims["rope_theta"],
+                                "mrope_section": dims["mrope"]},
             "eos_token_id": ids.im_end, "pad_token_id": ids.pad, "bos_token_id": ids.pad}
     vision = {"depth": dims["vision_depth"], "embed_dim": dims["vision_width"], "hidden_size": dims["hidden"],
               "num_heads": dims["vision_heads"], "mlp_ratio": 4, "patch_size": 14, "spatial_merge_size": 2,
@@ -81,9 +84,10 @@ def build(out: Path, dims: dict[str, Any]) -> int:
     model.generation_config = GenerationConfig(bos_token_id=ids.pad, eos_token_id=[ids.im_end, ids.pad],
                                                pad_token_id=ids.pad, do_sample=False)
     model.save_pretrained(out)
-    sizes = {"min_pixels": 56 * 56, "max_pixels": dims["max_pixels"], "patch_size": 14, "temporal_patch_size": 2,
-             "merge_size": 2}
-    Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**sizes), video_processor=Qwen2VLVideoProcessor(**sizes),
+    sizes = {"min_pixels": 56 * 56, "max_pixels": dims["max_pixels"], "patch_size": 14,
+             "temporal_patch_size": 2, "merge_size": 2}
+    Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**sizes),
+                     video_processor=Qwen2VLVideoProcessor(**sizes),
                      tokenizer=tok, chat_template=CHAT_TEMPLATE).save_pretrained(out)
     n = sum(p.numel() for p in model.parameters())
     del model
@@ -93,9 +97,9 @@ def build(out: Path, dims: dict[str, Any]) -> int:
 def train(model: Path, out: Path, preset: str, steps: int, completion: int, gpu: bool) -> dict[str, Any]:
     """GRPO steps through the real `medharness train`; step time and tokens/s from its logs.jsonl."""
     settings = [f"trl.max_steps={steps}", "trl.logging_steps=1", f"trl.save_steps={steps * 10}",
-                "trl.gradient_accumulation_steps=1", "trl.num_generations=8", "trl.per_device_train_batch_size=8",
-                f"trl.max_completion_length={completion}", f"trl.generation_kwargs={{min_new_tokens: {completion}}}",
-                "samples.limit=64"]
+                "trl.gradient_accumulation_steps=1", "trl.num_generations=8",
+                "trl.per_device_train_batch_size=8", f"trl.max_completion_length={completion}",
+                f"trl.generation_kwargs={{min_new_tokens: {completion}}}", "samples.limit=64"]
     if not gpu:
         settings += ["trl.bf16=false", "trl.activation_checkpointing=false"]
     cmd = [*CLI, "train", "--preset", preset, "--task", "phantom_presence", "--model", str(model),
@@ -129,13 +133,15 @@ def infer(model: Path, out: Path, batch: int, limit: int, new_tokens: int) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench/out/gpu"))
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--completion", type=int, default=256)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--size", choices=["full", "mini"], default="full")
-    parser.add_argument("--report", type=Path, help="where to write the JSON report (default OUT/gpu_bench.json)")
+    parser.add_argument("--report", type=Path,
+                        help="where to write the JSON report (default OUT/gpu_bench.json)")
     args = parser.parse_args()
     import torch
 
@@ -154,7 +160,8 @@ def main() -> None:
     save = args.report or args.out / "gpu_bench.json"
     for preset in ("grpo", "grpo_lora"):  # one failing part must not lose the others' figures
         try:
-            result["grpo"].append(train(model, args.out / f"train-{preset}", preset, args.steps, args.completion, gpu))
+            result["grpo"].append(train(model, args.out / f"train-{preset}", preset, args.steps,
+                                        args.completion, gpu))
         except (subprocess.CalledProcessError, OSError, KeyError, ValueError) as exc:
             result["failed"].append(f"train {preset}: {exc}")
         save.write_text(json.dumps(result, indent=2))
@@ -166,9 +173,12 @@ def main() -> None:
         save.write_text(json.dumps(result, indent=2))
     print(f"\n{device}, Qwen2-VL-2B architecture ({n_params / 1e9:.2f} B params, random weights), "
           f"torch {torch.__version__}\n")
-    print(tabulate([[g["preset"], 8, args.completion, f"{g['step_time_s']:.2f}", f"{g['completion_tokens_per_s']:.0f}",
-                     "n/a" if g["peak_memory_gib"] is None else f"{g['peak_memory_gib']:.1f}"] for g in result["grpo"]],
-                   headers=["GRPO preset", "G", "completion tokens", "s/step", "completion tok/s/GPU", "peak GiB"],
+    print(tabulate([[g["preset"], 8, args.completion, f"{g['step_time_s']:.2f}",
+                     f"{g['completion_tokens_per_s']:.0f}",
+                     "n/a" if g["peak_memory_gib"] is None else f"{g['peak_memory_gib']:.1f}"]
+                    for g in result["grpo"]],
+                   headers=["GRPO preset", "G", "completion tokens", "s/step", "completion tok/s/GPU",
+                            "peak GiB"],
                    tablefmt="github"))
     print()
     print(tabulate([[h["batch"], h["samples"], f"{h['samples_per_s']:.2f}", f"{h['tokens_per_s']:.0f}"]

@@ -1,18 +1,20 @@
-"""The `rarl` recipe's first GRPO steps on the full-size Qwen2-VL-2B architecture with LoRA (random weights, no
-download): seconds per step, completion tokens/s and peak GPU memory. A script for a GPU machine; CI runs it with
-`--tiny` on a CPU (tests/bench/test_rarl_first_steps.py), never the full size.
+"""The `rarl` recipe's first GRPO steps on the full-size Qwen2-VL-2B architecture with LoRA (random weights,
+no download): seconds per step, completion tokens/s and peak GPU memory. A script for a GPU machine; CI runs
+it with `--tiny` on a CPU (tests/bench/test_rarl_first_steps.py), never the full size.
 
-1. builds Qwen2-VL-2B-Instruct's architecture with random weights (bench/gpu/qwen2vl_2b.py's `build`: 28 layers,
-   hidden 1536, vision tower 32 x 1280; about 2.2 B parameters), or with `--tiny` medharness's tiny Qwen2-VL;
-2. builds the reward models the same way: a cross-encoder of cross-encoder/stsb-roberta-base's shape (RoBERTa-base,
-   12 x 768) for the reasoning reward and a BERT-large-shaped encoder (24 x 1024, layer 17) for BERTScore, both
-   random, so the rewards cost what they cost with the real models (their values are noise);
-3. writes a reasoning_vqa folder from phantom scans (closed yes/no and open "how many" questions, reasoning text
-   from each scan's truth), so every reward component runs: format, length, binary and BERTScore accuracy, reasoning;
+1. builds Qwen2-VL-2B-Instruct's architecture with random weights (bench/gpu/qwen2vl_2b.py's `build`: 28
+   layers, hidden 1536, vision tower 32 x 1280; about 2.2 B parameters), or with `--tiny` medharness's tiny
+   Qwen2-VL;
+2. builds the reward models the same way: a cross-encoder of cross-encoder/stsb-roberta-base's shape
+   (RoBERTa-base, 12 x 768) for the reasoning reward and a BERT-large-shaped encoder (24 x 1024, layer 17) for
+   BERTScore, both random, so the rewards cost what they cost with the real models (their values are noise);
+3. writes a reasoning_vqa folder from phantom scans (closed yes/no and open "how many" questions, reasoning
+   text from each scan's truth), so every reward component runs: format, length, binary and BERTScore
+   accuracy, reasoning;
 4. runs `medharness train --recipe rarl` (the `rarl` preset: LoRA r 8 / alpha 16 on q,k,v,o, vision frozen and
-   asserted frozen, G = 4, batch 4 completions x 4 accumulation) for `--steps` steps with a fixed completion length
-   (`min_new_tokens` = `max_completion_length`, so EOS is ignored), and reads step time, completion tokens/s and the
-   peak memory from the trainer's logs.jsonl.
+   asserted frozen, G = 4, batch 4 completions x 4 accumulation) for `--steps` steps with a fixed completion
+   length (`min_new_tokens` = `max_completion_length`, so EOS is ignored), and reads step time, completion
+   tokens/s and the peak memory from the trainer's logs.jsonl.
 
 Usage: python bench/gpu/rarl_first_steps.py [--out DIR] [--steps 4] [--completion 256] [--tiny]
 Prints a Markdown table (with the device's name) and writes DIR/rarl_first_steps.json.
@@ -36,9 +38,10 @@ from qwen2vl_2b import CLI, FULL, _version, build
 
 # reward-model shapes: (hidden, layers, heads, intermediate)
 CROSS = {"full": (768, 12, 12, 3072), "tiny": (32, 2, 2, 64)}  # cross-encoder/stsb-roberta-base
-BERTSCORE = {"full": (1024, 24, 16, 4096, 17), "tiny": (32, 3, 2, 64, 2)}  # a large encoder, compared at layer 17
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "scan", "shows", "bright", "lesion", "lesions",
-         "inside", "body", "outline", "yes", "no", "one", "two", "three", "zero", "left", "right"]
+# a large encoder, compared at layer 17
+BERTSCORE = {"full": (1024, 24, 16, 4096, 17), "tiny": (32, 3, 2, 64, 2)}
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "scan", "shows", "bright", "lesion",
+         "lesions", "inside", "body", "outline", "yes", "no", "one", "two", "three", "zero", "left", "right"]
 
 
 def build_reward_models(out: Path, size: str) -> dict[str, str]:
@@ -68,9 +71,11 @@ def build_reward_models(out: Path, size: str) -> dict[str, str]:
     tok.save_pretrained(cross)
     hidden, layers, heads, inter, _ = BERTSCORE[size]
     encoder = out / "bertscore-encoder"
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(WORDS)}, model_max_length=512).save_pretrained(encoder)
-    BertModel(BertConfig(vocab_size=len(WORDS), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                         intermediate_size=inter, max_position_embeddings=512)).save_pretrained(encoder)
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(WORDS)},
+                      model_max_length=512).save_pretrained(encoder)
+    BertModel(BertConfig(vocab_size=len(WORDS), hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, intermediate_size=inter,
+                         max_position_embeddings=512)).save_pretrained(encoder)
     return {"cross": str(cross), "bertscore": str(encoder)}
 
 
@@ -88,11 +93,13 @@ def reasoning_folder(out: Path, n: int = 32) -> Path:
         count = int(sample.meta["n_lesions"])
         reasoning = f"The scan shows {words[count]} bright lesions inside the body outline."
         if i % 2:
-            records.append({"id": sample.id, "image": image, "question": "How many bright lesions does the scan show?",
-                            "answer": f"{words[count]} lesions", "answer_type": "OPEN", "reasoning": reasoning})
+            records.append({"id": sample.id, "image": image,
+                            "question": "How many bright lesions does the scan show?",
+                            "answer": f"{words[count]} lesions", "answer_type": "OPEN",
+                            "reasoning": reasoning})
         else:
-            records.append({"id": sample.id, "image": image, "question": sample.question, "answer": sample.target,
-                            "answer_type": "CLOSED", "reasoning": reasoning})
+            records.append({"id": sample.id, "image": image, "question": sample.question,
+                            "answer": sample.target, "answer_type": "CLOSED", "reasoning": reasoning})
     for split in ("train", "test"):
         (out / f"{split}.json").write_text(json.dumps(records))
     return out
@@ -102,8 +109,10 @@ def train(model: Path, data: Path, rewards: dict[str, str], out: Path, steps: in
           size: str) -> dict[str, Any]:
     """GRPO steps of the rarl recipe through the real `medharness train`; figures from its logs.jsonl."""
     settings = [f"trl.max_steps={steps}", "trl.logging_steps=1", f"trl.save_steps={steps * 10}",
-                f"trl.max_completion_length={completion}", f"trl.generation_kwargs={{min_new_tokens: {completion}}}",
-                f"options.similarity_model={rewards['cross']}", f"options.bertscore_model={rewards['bertscore']}",
+                f"trl.max_completion_length={completion}",
+                f"trl.generation_kwargs={{min_new_tokens: {completion}}}",
+                f"options.similarity_model={rewards['cross']}",
+                f"options.bertscore_model={rewards['bertscore']}",
                 f"options.bertscore_layers={BERTSCORE[size][4]}", f"data_dir={data}"]
     if not gpu:
         settings += ["trl.bf16=false", "trl.activation_checkpointing=false"]
@@ -120,19 +129,24 @@ def train(model: Path, data: Path, rewards: dict[str, str], out: Path, steps: in
     batch = info["batch"]
     completion_tokens = batch["completions_per_step"] * completion
     peaks = [r["peak_memory_gib"] for r in logs if r.get("peak_memory_gib") is not None]
-    return {"steps": len(steps_logged), "step_time_s": step_time, "completions_per_step": batch["completions_per_step"],
-            "completion_tokens_per_step": completion_tokens, "completion_tokens_per_s": completion_tokens / step_time,
+    return {"steps": len(steps_logged), "step_time_s": step_time,
+            "completions_per_step": batch["completions_per_step"],
+            "completion_tokens_per_step": completion_tokens,
+            "completion_tokens_per_s": completion_tokens / step_time,
             "logged_tokens_per_s": sum(r.get("tokens_per_s", 0.0) for r in timed) / len(timed),
-            "peak_memory_gib": max(peaks) if peaks else None, "trainable_tensors": info.get("trainable_tensors"),
+            "peak_memory_gib": max(peaks) if peaks else None,
+            "trainable_tensors": info.get("trainable_tensors"),
             "rewards": [r["label"] for r in info["rewards"]], "wall_s": wall}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench/out/rarl"))
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--completion", type=int, default=256)
-    parser.add_argument("--tiny", action="store_true", help="tiny models on a CPU: a dry run of the whole script")
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny models on a CPU: a dry run of the whole script")
     args = parser.parse_args()
     import torch
 
@@ -151,11 +165,13 @@ def main() -> None:
         n_params = build(model, FULL)
     rewards = build_reward_models(args.out / "reward-models", size)
     data = reasoning_folder(args.out / "reasoning_vqa")
-    result: dict[str, Any] = {"device": device, "size": size, "params": n_params, "build_s": time.perf_counter() - t0,
-                              "completion": args.completion, "versions": {
+    result: dict[str, Any] = {"device": device, "size": size, "params": n_params,
+                              "build_s": time.perf_counter() - t0, "completion": args.completion,
+                              "versions": {
                                   "torch": torch.__version__, "transformers": _version("transformers"),
                                   "trl": _version("trl"), "peft": _version("peft")}}
-    result["rarl"] = train(model, data, rewards, args.out / "train-rarl", args.steps, args.completion, gpu, size)
+    result["rarl"] = train(model, data, rewards, args.out / "train-rarl", args.steps,
+                           args.completion, gpu, size)
     (args.out / "rarl_first_steps.json").write_text(json.dumps(result, indent=2))
     r = result["rarl"]
     params = f"{n_params / 1e9:.2f} B params" if n_params else "tiny"

@@ -1,9 +1,11 @@
-"""Helpers of the `medharness_phantom_presence` lm-eval task (bench/backends.py compares lm-eval with medharness).
+"""Helpers of the `medharness_phantom_presence` lm-eval task (bench/backends.py compares lm-eval with
+medharness).
 
-The docs are `phantom_presence.jsonl` next to this file (the 200 test samples of medharness's `phantom_presence`
-task: id, image reference, question, target); the images are regenerated from their `phantom:SEED/INDEX/SIZE`
-reference by medharness's own generator, so lm-eval and medharness see the same pixels and do the same work
-to get them (about 4 ms per 224 px image). Needs medharness importable next to lm-eval.
+The docs are `phantom_presence.jsonl` next to this file (the 200 test samples of medharness's
+`phantom_presence` task: id, image reference, question, target); the images are regenerated from their
+`phantom:SEED/INDEX/SIZE` reference by medharness's own generator, so lm-eval and medharness see the same
+pixels and do the same work to get them (about 4 ms per 224 px image). Needs medharness importable next to
+lm-eval.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def load_docs(data_files: str = "phantom_presence.jsonl", **_metadata: Any) -> Any:
-    """`custom_dataset`: the JSONL file (a path relative to this folder) as a DatasetDict with a `test` split."""
+    """`custom_dataset`: the JSONL file (a path relative to this folder) as a DatasetDict with a `test`
+    split."""
     import datasets
 
     path = Path(data_files)

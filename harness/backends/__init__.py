@@ -24,9 +24,10 @@ _API_OPTIONS = frozenset({"base_url", "api_key_env", "concurrency", "timeout", "
                           "retry_base_delay", "retry_max_delay", "max_retry_after"})
 OPTIONS: dict[str, frozenset[str]] = {
     "hf": frozenset({"device", "dtype", "batch_size", "attn_implementation", "base", "merge_adapter"}),
-    "vllm": frozenset({"dtype", "max_model_len", "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager",
-                       "max_num_seqs", "max_images_per_prompt", "min_pixels", "max_pixels", "lora", "batch_size",
-                       "trust_remote_code", "seed", "engine_args", "device", "data_parallel_size", "base"}),
+    "vllm": frozenset({"dtype", "max_model_len", "tensor_parallel_size", "gpu_memory_utilization",
+                       "enforce_eager", "max_num_seqs", "max_images_per_prompt", "min_pixels", "max_pixels",
+                       "lora", "batch_size", "trust_remote_code", "seed", "engine_args", "device",
+                       "data_parallel_size", "base"}),
     "openai": _API_OPTIONS | {"max_tokens_param"},
     "gemini": _API_OPTIONS | {"thinking_budget"},
     "replay": frozenset({"id_field", "prediction_field"}),
@@ -49,7 +50,8 @@ def check_options(name: str, options: Iterable[str], what: str = "backend option
         close = difflib.get_close_matches(key, sorted(accepted), n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         if key in _SECRETS:
-            hint = " (the key itself is never an option: put it in an environment variable named by api_key_env)"
+            hint = (" (the key itself is never an option: put it in an environment variable named by "
+                    "api_key_env)")
         notes.append(f"'{key}'{hint}")
     raise ConfigError(f"the {name} backend does not take the {what}(s) {', '.join(notes)}; it takes: "
                       f"{', '.join(sorted(accepted))}")

@@ -3,12 +3,13 @@
 `majority` answers, per answer type, the most frequent gold of the task's train split (or the task card's
 declared `prior`, the train split's statistics); box targets get the mean train box. `random` draws, with the
 run's seed, among the sample's options, else among the train golds of its answer type. Where neither a train
-split nor a prior exists (a test-only copy of VQA-RAD or SLAKE), both draw from the evaluated split's own golds
-instead: an ORACLE floor, recorded as such in the run log (`tasks.<task>.baseline.kind == "oracle"`) and named
-on every board, never passed off as a train-split baseline.
+split nor a prior exists (a test-only copy of VQA-RAD or SLAKE), both draw from the evaluated split's own
+golds instead: an ORACLE floor, recorded as such in the run log (`tasks.<task>.baseline.kind == "oracle"`) and
+named on every board, never passed off as a train-split baseline.
 
-Every answer is written in the format the task's prompt variant asks for (`medharness.taskfiles.answers`), so it reaches
-the scorer as a model's answer in that format would: `\\boxed{pneumonia}`, `<answer>yes</answer>`, `B`.
+Every answer is written in the format the task's prompt variant asks for (`medharness.taskfiles.answers`), so
+it reaches the scorer as a model's answer in that format would: `\\boxed{pneumonia}`, `<answer>yes</answer>`,
+`B`.
 """
 
 from __future__ import annotations
@@ -90,10 +91,11 @@ class BaselineBackend(Backend):
             self._learn(samples)
             split = task.config.split
             source = AnswerSource(kind="oracle", detail=(
-                f"ORACLE floor: the golds of the evaluated {split} split itself ({len(samples)} samples), as no "
-                "train split or card prior is available; not a baseline a model could know"))
+                f"ORACLE floor: the golds of the evaluated {split} split itself ({len(samples)} samples), as "
+                "no train split or card prior is available; not a baseline a model could know"))
             log.warning("task %s: no train split and no card prior: baseline:%s draws its answers from the "
-                        "evaluated %s split's own golds, an oracle floor (labelled so in run.json and on boards)",
+                        "evaluated %s split's own golds, an oracle floor (labelled so in run.json and on "
+                        "boards)",
                         task.name, self.mode, split)
         else:
             raise BackendError(f"baseline:{self.mode} for task {task.name} has no samples to answer")
@@ -136,7 +138,8 @@ def _is_box(t: Any) -> bool:
 
 def _majority(targets: list[Any]) -> Any:
     """The most frequent gold (as text); for box targets (one box, or a list of boxes) the mean box."""
-    boxes = [t for t in targets if _is_box(t)] or [b for t in targets if isinstance(t, list) for b in t if _is_box(b)]
+    boxes = [t for t in targets if _is_box(t)] or [b for t in targets if isinstance(t, list)
+                                                   for b in t if _is_box(b)]
     if boxes and len(boxes) >= len(targets):
         return [round(sum(b[i] for b in boxes) / len(boxes), 1) for i in range(4)]
     counts = Counter(_as_text(t).strip().lower() if isinstance(t, str) else _as_text(t) for t in targets)

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("MEDHARNESS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) \
-        / "medharness"
+    root = (os.environ.get("MEDHARNESS_CACHE")
+            or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medharness")
     return Path(root)
 
 
@@ -79,7 +79,8 @@ class ResponseCache:
         for start in range(0, len(keys), 500):
             chunk = list(keys[start: start + 500])
             marks = ",".join("?" * len(chunk))
-            for key, blob in self.db.execute(f"SELECT key, generation FROM responses WHERE key IN ({marks})", chunk):
+            for key, blob in self.db.execute(f"SELECT key, generation FROM responses WHERE key IN ({marks})",
+                                             chunk):
                 found[key] = Generation.model_validate_json(blob)
         self.hits += len(found)
         self.misses += len(set(keys) - set(found))

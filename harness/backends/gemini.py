@@ -122,4 +122,5 @@ class GeminiBackend(ApiBackend):
         return Generation(sample_id=sid, text=text,
                           finish_reason=_FINISH.get(finish, str(finish).lower()) if finish else None,
                           prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                          model=self.fingerprint, model_version=getattr(response, "model_version", None) or None)
+                          model=self.fingerprint,
+                          model_version=getattr(response, "model_version", None) or None)

@@ -9,10 +9,11 @@ A PEFT adapter folder (`adapter_config.json`) given as the model loads on its ba
 config's `base_model_name_or_path`, else the `base_model` of its `medharness.json` manifest. The processor
 comes from the adapter folder when it has one, else from the base. The adapter is merged into the weights in
 memory (`merge_adapter=False` keeps the PEFT wrapper), which gives the same greedy text as the folder
-`medharness merge` writes. The fingerprint names base and adapter with both content hashes. Requests are grouped by their generation settings
-and run in left-padded batches; temperature 0 is greedy decoding. When a batch fails, it is retried one
-request at a time so that only the failing request gets a `Generation(error=...)`.
-This module imports torch and transformers; the registry imports it only when "hf" is used.
+`medharness merge` writes. The fingerprint names base and adapter with both content hashes. Requests are
+grouped by their generation settings and run in left-padded batches; temperature 0 is greedy decoding. When a
+batch fails, it is retried one request at a time so that only the failing request gets a
+`Generation(error=...)`. This module imports torch and transformers; the registry imports it only when "hf" is
+used.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ class HFBackend(Backend):
                 self.source, dtype=self.dtype, attn_implementation=attn_implementation)
             if self.adapter is not None:
                 self.net = _with_adapter(self.net, self.adapter, merge=bool(merge_adapter))
-            self.net = self.net.to(self.device).eval()  # type: ignore[arg-type]  # transformers types `.to` loosely
+            # transformers types `.to` loosely
+            self.net = self.net.to(self.device).eval()  # type: ignore[arg-type]
         except Exception as exc:  # missing files, unsupported architecture, offline hub id, ...
             raise BackendError(f"cannot load hf model {model!r}: {exc}") from exc
         self.attn_implementation = str(getattr(self.net.config, "_attn_implementation", None)

@@ -52,8 +52,9 @@ class ImageLoader:
         return images
 
 
-def build_requests(task: Task, batch: Sequence[Sample], settings: GenerationSettings, images: ImageLoader | None,
-                   fingerprint: str = "") -> tuple[dict[str, Prompt], list[Request], dict[str, Generation]]:
+def build_requests(task: Task, batch: Sequence[Sample], settings: GenerationSettings,
+                   images: ImageLoader | None, fingerprint: str = "") -> tuple[dict[str, Prompt],
+                   list[Request], dict[str, Generation]]:
     """Prompts by sample id, the requests to send, and a failed Generation for each sample whose images could
     not be loaded. `images=None`: the backend reads no pixels (baselines, replay)."""
     prompts = {s.id: task.render(s, settings) for s in batch}
@@ -64,7 +65,8 @@ def build_requests(task: Task, batch: Sequence[Sample], settings: GenerationSett
         try:
             pixels = images(sample, prompt.image_refs()) if images is not None else []
         except DataError as exc:
-            failed[sample.id] = Generation(sample_id=sample.id, text="", model=fingerprint, error=f"image: {exc}")
+            failed[sample.id] = Generation(sample_id=sample.id, text="", model=fingerprint,
+                                           error=f"image: {exc}")
             continue
         requests.append(Request(prompt=prompt, images=pixels))
     return prompts, requests, failed

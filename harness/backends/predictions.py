@@ -17,7 +17,8 @@ PREDICTION_FIELDS = ("prediction", "pred", "response", "output", "answer", "text
 
 @dataclass(frozen=True)
 class Prediction:
-    """One predicted text; `error` (a null or non-text prediction) makes it that sample's error, never a value."""
+    """One predicted text; `error` (a null or non-text prediction) makes it that sample's error, never a
+    value."""
 
     text: str
     error: str | None = None
@@ -34,7 +35,8 @@ def _records(path: Path) -> list[Record]:
     return read_records(path, fmt, what="predictions file")
 
 
-def _pick(record: dict[str, Any], given: str | None, fallbacks: tuple[str, ...], what: str, path: Path) -> str:
+def _pick(record: dict[str, Any], given: str | None, fallbacks: tuple[str, ...],
+          what: str, path: Path) -> str:
     if given:
         if given not in record:
             raise DataError(f"{path}: no field '{given}' for the {what}; fields: {sorted(record)}")
@@ -87,7 +89,8 @@ def read_predictions(path: Path, id_field: str | None = None, prediction_field: 
                 continue
             if idf not in r.data or pf not in r.data:
                 raise DataError(f"{r.where}: the record lacks '{idf}' or '{pf}'")
-            pairs.append((r.where, _sample_id(r.data[idf], r.where, idf), _prediction(r.data[pf], r.where, pf)))
+            pairs.append((r.where, _sample_id(r.data[idf], r.where, idf),
+                          _prediction(r.data[pf], r.where, pf)))
     out: dict[str, Prediction] = {}
     for where, sid, pred in pairs:
         if sid in out:

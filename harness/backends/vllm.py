@@ -66,7 +66,8 @@ from transformers import AutoConfig, AutoProcessor, GenerationConfig
 log = logging.getLogger(__name__)
 
 _SUPPRESS_BIAS = -100.0  # vLLM clamps logit_bias to [-100, 100]
-# LoRA target modules vLLM cannot serve on the language model of a VLM (vision tower / projector, or full copies).
+# LoRA target modules vLLM cannot serve on the language model of a VLM (vision tower / projector, or full
+# copies).
 _LORA_REFUSED_KEYS = ("modules_to_save",)
 
 
@@ -74,7 +75,8 @@ def read_adapter_config(folder: Path) -> dict[str, Any]:
     """The adapter's adapter_config.json, checked for what vLLM's LoRA can serve."""
     path = folder / "adapter_config.json"
     if not path.is_file():
-        raise ConfigError(f"vllm backend: lora={folder} is not a PEFT adapter folder (no adapter_config.json)")
+        raise ConfigError(f"vllm backend: lora={folder} is not a PEFT adapter folder (no "
+                          "adapter_config.json)")
     try:
         config = json.loads(path.read_text())
     except ValueError as exc:
@@ -82,11 +84,12 @@ def read_adapter_config(folder: Path) -> dict[str, Any]:
     if not any(folder.glob("adapter_model.*")):
         raise ConfigError(f"vllm backend: {folder} has no adapter_model.safetensors / .bin")
     if config.get("peft_type", "LORA") != "LORA":
-        raise ConfigError(f"vllm backend: only LoRA adapters are served, {folder} is {config.get('peft_type')}")
+        raise ConfigError(f"vllm backend: only LoRA adapters are served, {folder} is "
+                          f"{config.get('peft_type')}")
     for key in _LORA_REFUSED_KEYS:
         if config.get(key):
-            raise ConfigError(f"vllm backend: adapter {folder} sets {key}={config[key]}; vLLM's LoRA cannot serve "
-                              "fully trained modules: merge the adapter into the base model first "
+            raise ConfigError(f"vllm backend: adapter {folder} sets {key}={config[key]}; vLLM's LoRA cannot "
+                              "serve fully trained modules: merge the adapter into the base model first "
                               "(docs/vllm.md) or use --backend hf")
     return config
 
@@ -114,7 +117,8 @@ class VLLMBackend(Backend):
                  base: str | None = None, **options: Any) -> None:
         if is_adapter_folder(model):  # an adapter folder as the model: serve it as `lora` on its base
             if lora:
-                raise ConfigError(f"vllm backend: --model {model} is an adapter folder; do not also pass lora=")
+                raise ConfigError(f"vllm backend: --model {model} is an adapter folder; do not also pass "
+                                  "lora=")
             adapter_folder = resolve_adapter(model, base)
             model, lora = adapter_folder.base, str(adapter_folder.path)
         worker_options = {k: v for k, v in locals().items()
@@ -164,7 +168,8 @@ class VLLMBackend(Backend):
                                       exclude=self._eos_ids)
         self._logit_bias = {i: _SUPPRESS_BIAS for i in suppressed}
 
-        mm_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+        mm_kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels))
+                     if v is not None}
         args: dict[str, Any] = {
             "model": self.source, "dtype": dtype, "tensor_parallel_size": int(tensor_parallel_size),
             "gpu_memory_utilization": float(gpu_memory_utilization), "enforce_eager": bool(enforce_eager),
@@ -236,7 +241,8 @@ class VLLMBackend(Backend):
         return prompt
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
-        """Render and enqueue each request on its own (a failure stays with its request), then run them all."""
+        """Render and enqueue each request on its own (a failure stays with its request), then run them
+        all."""
         if self.pool is not None:
             return self.pool.generate(requests)
         results: list[Generation | None] = [None] * len(requests)
@@ -249,7 +255,8 @@ class VLLMBackend(Backend):
             try:
                 (request_id,) = self.llm.enqueue(self.render(req), self.sampling_params(req.prompt.settings),
                                                  lora_request=self._lora_request, use_tqdm=False)
-            except Exception as exc:  # noqa: BLE001 - broken image, too many images, prompt over max_model_len, ...
+            # broken image, too many images, prompt over max_model_len, ...
+            except Exception as exc:  # noqa: BLE001
                 log.warning("vllm request %s refused: %s", req.prompt.sample_id, _describe(exc))
                 results[i] = self._error(req, _describe(exc))
                 continue
@@ -258,7 +265,8 @@ class VLLMBackend(Backend):
         if queued:
             try:
                 outputs = self.llm.wait_for_completion(use_tqdm=False)
-            except Exception as exc:  # the engine itself failed (EngineDeadError, ...): not one sample's fault
+            # the engine itself failed (EngineDeadError, ...): not one sample's fault
+            except Exception as exc:
                 raise BackendError(f"vLLM engine failed: {type(exc).__name__}: {exc}") from exc
             for out in outputs:
                 index = queued.get(out.request_id)
@@ -301,7 +309,8 @@ class VLLMBackend(Backend):
 
 
 def _describe(exc: BaseException) -> str:
-    """The exception with its causes: vLLM wraps processor errors ("Failed to apply ...") around the reason."""
+    """The exception with its causes: vLLM wraps processor errors ("Failed to apply ...") around the
+    reason."""
     parts: list[str] = []
     seen: set[int] = set()
     current: BaseException | None = exc

@@ -42,8 +42,8 @@ def gpu_groups(n: int, tp: int) -> list[str | None]:
         log.warning("vllm data_parallel_size=%d: no GPU visible; the %d engines share the CPU", n, n)
         return [None] * n
     if len(ids) < n * tp:
-        raise ConfigError(f"vllm backend: data_parallel_size {n} x tensor_parallel_size {tp} needs {n * tp} GPUs; "
-                          f"{len(ids)} are visible ({','.join(ids)})")
+        raise ConfigError(f"vllm backend: data_parallel_size {n} x tensor_parallel_size {tp} needs {n * tp} "
+                          f"GPUs; {len(ids)} are visible ({','.join(ids)})")
     return [",".join(ids[i * tp: (i + 1) * tp]) for i in range(n)]
 
 

@@ -41,7 +41,8 @@ class CheckpointManifest(Strict):
     attn_implementation: str = "sdpa"
     parent: str | None = None  # the parent checkpoint's manifest hash (multi-stage recipes)
     parent_path: str | None = None
-    batch: dict[str, Any] | None = None  # per optimiser step: completions and prompts (TRL counts completions)
+    # per optimiser step: completions and prompts (TRL counts completions)
+    batch: dict[str, Any] | None = None
     versions: dict[str, str] = Field(default_factory=dict)  # trl, transformers, peft, torch, medharness
     created: str = ""
 

@@ -122,9 +122,11 @@ def build_tokenizer() -> Any:
     trained = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
 
-    # transformers' annotations say str merges and a str unk token; pairs and None are what it takes at run time
-    tok = Qwen2Tokenizer(vocab=trained["vocab"], merges=merges, unk_token=None, bos_token=None,  # type: ignore[arg-type]
-                         eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=4096)
+    # transformers' annotations say str merges and a str unk token; pairs and None are what it takes at
+    # run time
+    tok = Qwen2Tokenizer(vocab=trained["vocab"], merges=merges, unk_token=None,  # type: ignore[arg-type]
+                         bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                         model_max_length=4096)
     tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS],
                    special_tokens=True)
     tok.add_tokens(list(TAG_TOKENS))

@@ -32,11 +32,12 @@ _add(Convention(
     name="harness",
     description=(
         "medharness default. The task's own parser extracts the final answer; a hedge (yes and no together, "
-        "two different <answer> blocks or boxes, a later bare yes/no line that disagrees) is unparsed. A yes/no "
-        "gold is scored by a strict whole-token yes/no parse of the answer ('no' inside 'nodule'/'not' does not "
-        "count); every other gold by exact match after the `harness` normaliser (NFKC, invisible characters "
-        "and Unicode punctuation deleted, markup tags as spaces, then `simple`). Token recall and F1 (harness, "
-        "multiset) are reported beside it. Unparsed answers score 0 and are counted."
+        "two different <answer> blocks or boxes, a later bare yes/no line that disagrees) is unparsed. A "
+        "yes/no gold is scored by a strict whole-token yes/no parse of the answer ('no' inside "
+        "'nodule'/'not' does not count); every other gold by exact match after the `harness` normaliser "
+        "(NFKC, invisible characters and Unicode punctuation deleted, markup tags as spaces, then `simple`). "
+        "Token recall and F1 (harness, multiset) are reported beside it. Unparsed answers score 0 and are "
+        "counted."
     ),
     parser=None,
     metrics=["vqa_accuracy", "token_recall", "token_f1"],
@@ -46,11 +47,11 @@ _add(Convention(
 _add(Convention(
     name="mumc",
     description=(
-        "MUMC / MEVF family on VQA-RAD: the raw output and the gold are both cleaned with the `mumc` normaliser "
-        "(punctuation deleted, x-ray -> xray, then VQA-v2 punctuation/digit/article rules) and compared for "
-        "equality, for CLOSED and OPEN alike. Published as 100 x mean, split by answer_type and question_type. "
-        "No Unicode normalisation: full-width letters, zero-width characters, CJK punctuation, tag text and any "
-        "second answer make the whole string differ (wrong, never credited)."
+        "MUMC / MEVF family on VQA-RAD: the raw output and the gold are both cleaned with the `mumc` "
+        "normaliser (punctuation deleted, x-ray -> xray, then VQA-v2 punctuation/digit/article rules) and "
+        "compared for equality, for CLOSED and OPEN alike. Published as 100 x mean, split by answer_type and "
+        "question_type. No Unicode normalisation: full-width letters, zero-width characters, CJK "
+        "punctuation, tag text and any second answer make the whole string differ (wrong, never credited)."
     ),
     parser=["raw"],
     metrics=[{"name": "exact_match", "args": {"normalizer": "mumc"}, "as": "accuracy"}],
@@ -63,7 +64,8 @@ _add(Convention(
         "lmms-eval `slake` task: raw output and gold cleaned with the `lmms_eval` normaliser (parentheticals "
         "dropped, punctuation -> spaces, x ray -> xray, yeah/yep/true -> yes, nope/false -> no as whole "
         "strings) and compared for equality. ASCII only: Unicode is not normalised, so full-width letters, "
-        "zero-width characters and CJK punctuation make the answer wrong; tag text stays as words; a hedge is wrong."
+        "zero-width characters and CJK punctuation make the answer wrong; tag text stays as words; a hedge "
+        "is wrong."
     ),
     parser=["raw"],
     metrics=[{"name": "exact_match", "args": {"normalizer": "lmms_eval"}}],
@@ -74,11 +76,11 @@ _add(Convention(
     name="yesno_strict",
     description=(
         "Common in SLAKE studies. CLOSED (sample.meta answer_type): simple-normalise, read yes/no as token "
-        "'yes', else token 'no', else the text starting with yes/no; correct iff the gold reads as yes/no and "
-        "the prediction reads the same, so non-yes/no CLOSED golds are always wrong. OPEN: simple exact match. "
-        "Traps kept: 'yes or no' reads as yes, 'nodule' reads as no; ASCII punctuation is deleted, so tags glue "
-        "into words ('<answer>no</answer> yes' reads as yes); no Unicode normalisation (full-width 'ｙｅｓ' is "
-        "unread, a trailing zero-width character still reads through the starts-with rule)."
+        "'yes', else token 'no', else the text starting with yes/no; correct iff the gold reads as yes/no "
+        "and the prediction reads the same, so non-yes/no CLOSED golds are always wrong. OPEN: simple exact "
+        "match. Traps kept: 'yes or no' reads as yes, 'nodule' reads as no; ASCII punctuation is deleted, so "
+        "tags glue into words ('<answer>no</answer> yes' reads as yes); no Unicode normalisation (full-width "
+        "'ｙｅｓ' is unread, a trailing zero-width character still reads through the starts-with rule)."
     ),
     parser=["raw"],
     metrics=["yesno_strict_accuracy"],
@@ -92,9 +94,9 @@ _add(Convention(
         "the prediction contains 'yes' or 'no' as a substring AND the gold is a substring of it (the fixed "
         "rule: misses stay in the denominator), so 'not' and 'nodule' count as containing 'no'. OPEN: recall "
         "(the paper's 'Open' column), precision and F1 over word counts, 'exact match' = distinct gold words "
-        "in pred / pred words, open_hit = gold substring of pred. Closed metrics are None on OPEN samples and "
-        "open metrics None on CLOSED ones. Substring tests credit hedges ('yes\\nno' is a hit for either gold); "
-        "no Unicode normalisation."
+        "in pred / pred words, open_hit = gold substring of pred. Closed metrics are None on OPEN samples "
+        "and open metrics None on CLOSED ones. Substring tests credit hedges ('yes\\nno' is a hit for either "
+        "gold); no Unicode normalisation."
     ),
     parser=["raw"],
     metrics=[
@@ -112,9 +114,10 @@ _add(Convention(
     name="set_token_f1",
     description=(
         "Several GRPO-on-SLAKE studies: the answer is the content of the last <answer>...</answer>, else the "
-        "text after the last </think>, else the whole output; answer and gold are lower-cased with punctuation "
-        "deleted, and scored by F1 over token SETS (repeats ignored), on every sample. Several <answer> blocks: "
-        "the last counts (answer_tag with several: last); hedges earn partial credit; no Unicode normalisation."
+        "text after the last </think>, else the whole output; answer and gold are lower-cased with "
+        "punctuation deleted, and scored by F1 over token SETS (repeats ignored), on every sample. Several "
+        "<answer> blocks: the last counts (answer_tag with several: last); hedges earn partial credit; no "
+        "Unicode normalisation."
     ),
     parser=[{"first_of": {"parsers": [{"answer_tag": {"several": "last"}}, "after_think", "raw"]}}],
     metrics=["set_token_f1"],

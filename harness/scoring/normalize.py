@@ -111,8 +111,8 @@ def strip_markup(text: str) -> str:
 
 
 def _drops(ch: str) -> bool:
-    """Punctuation (Unicode P*, e.g. 。、！，「」), ASCII punctuation and invisible format characters (Cf: zero-width
-    space and joiners, BOM, soft hyphen, direction marks)."""
+    """Punctuation (Unicode P*, e.g. 。、！，「」), ASCII punctuation and invisible format characters (Cf:
+    zero-width space and joiners, BOM, soft hyphen, direction marks)."""
     if ch in _ASCII_PUNCT:
         return True
     category = unicodedata.category(ch)
@@ -152,7 +152,16 @@ _ARTICLES = frozenset({"a", "an", "the"})
 # Contractions written without apostrophes are restored ("dont" -> "don't"). Forms that are also
 # plain English words (ill, id, its, hell, shell, well, wed, shed, were, lets, cant is kept) are
 # left out, as the VQA map leaves out (or makes unreachable) most of them.
-_CONTRACTED = ["ain't", "aren't", "can't", "could've", "couldn't", "couldn't've", "didn't", "doesn't", "don't", "hadn't", "hadn't've", "hasn't", "haven't", "he'd", "he'd've", "he's", "how'd", "how'll", "how's", "isn't", "it'd", "it'd've", "it'll", "ma'am", "mightn't", "might've", "mustn't", "must've", "needn't", "not've", "o'clock", "oughtn't", "shan't", "she'd've", "she's", "should've", "shouldn't", "shouldn't've", "somebody'd", "somebody'll", "somebody's", "someone'd", "someone'll", "someone's", "something'd", "something'll", "that's", "there'd", "there're", "there's", "they'd", "they'll", "they're", "they've", "'twas", "wasn't", "we've", "weren't", "what'll", "what're", "what's", "what've", "when's", "where'd", "where's", "where've", "who'd", "who'll", "who's", "who've", "why'll", "why're", "why's", "won't", "would've", "wouldn't", "wouldn't've", "y'all", "you'd", "you'll", "you're", "you've"]
+_CONTRACTED = ["ain't", "aren't", "can't", "could've", "couldn't", "couldn't've", "didn't", "doesn't",
+               "don't", "hadn't", "hadn't've", "hasn't", "haven't", "he'd", "he'd've", "he's", "how'd",
+               "how'll", "how's", "isn't", "it'd", "it'd've", "it'll", "ma'am", "mightn't", "might've",
+               "mustn't", "must've", "needn't", "not've", "o'clock", "oughtn't", "shan't", "she'd've",
+               "she's", "should've", "shouldn't", "shouldn't've", "somebody'd", "somebody'll", "somebody's",
+               "someone'd", "someone'll", "someone's", "something'd", "something'll", "that's", "there'd",
+               "there're", "there's", "they'd", "they'll", "they're", "they've", "'twas", "wasn't", "we've",
+               "weren't", "what'll", "what're", "what's", "what've", "when's", "where'd", "where's",
+               "where've", "who'd", "who'll", "who's", "who've", "why'll", "why're", "why's", "won't",
+               "would've", "wouldn't", "wouldn't've", "y'all", "you'd", "you'll", "you're", "you've"]
 CONTRACTIONS: dict[str, str] = {c.replace("'", ""): c for c in _CONTRACTED}
 
 

@@ -55,7 +55,8 @@ class Recipe:
         """Parse and score one generation. A failed generation is unparsed: zero credit, counted."""
         return self.score_text(sample, generation.text, generation.error)
 
-    def score_text(self, sample: Sample, text: str, error: str | None = None) -> tuple[Answer, dict[str, float]]:
+    def score_text(self, sample: Sample, text: str,
+                   error: str | None = None) -> tuple[Answer, dict[str, float]]:
         """`score` of a generation given as its text and error."""
         if error is not None:
             answer = Answer(value=None, parser=self.parser.name, note=f"generation failed: {error}")
@@ -101,7 +102,8 @@ class DistinctScores:
                 and len(self.which) - len(self.results) < self.MIN_REPEATS * self.PROBE_ROWS):
             seen = self._seen = None  # almost nothing repeats: keys would cost more than they save
         if seen is not None:
-            key = (text, error, _frozen(sample["target"]), sample.get("choices", ()), _frozen(sample.get("meta")))
+            key = (text, error, _frozen(sample["target"]), sample.get("choices", ()),
+                   _frozen(sample.get("meta")))
             at = seen.get(key)
             if at is not None:
                 self.which.append(at)
@@ -150,7 +152,8 @@ def rescore(rows: Iterable[ResultRow], recipe: Recipe) -> list[ResultRow]:
     return out
 
 
-CORPUS_BOOT = 1000  # corpus metrics recompute the metric per replicate: fewer replicates than the 2000 of a mean
+# corpus metrics recompute the metric per replicate: fewer replicates than the 2000 of a mean
+CORPUS_BOOT = 1000
 
 
 def cluster_of(sample: Sample, cluster_by: str) -> str:
@@ -189,8 +192,8 @@ class Categories:
     @classmethod
     def concat(cls, parts: Sequence[Categories]) -> Categories:
         index: dict[str | None, int] = {}
-        codes = [np.fromiter((index.setdefault(v, len(index)) for v in p.names), np.int64, len(p.names))[p.codes]
-                 for p in parts]
+        codes = [np.fromiter((index.setdefault(v, len(index)) for v in p.names), np.int64,
+                             len(p.names))[p.codes] for p in parts]
         return cls(np.concatenate(codes) if codes else np.zeros(0, np.int64), list(index))
 
     def groups(self) -> dict[str, np.ndarray]:
@@ -214,11 +217,13 @@ class Scored:
     values: dict[str, np.ndarray]  # per-sample metric -> value per row (NaN: unscored or does not apply)
     present: dict[str, np.ndarray]  # per-sample metric -> bool per row: the metric applies
     meta: dict[str, Categories]  # group_by field -> the row's value as text (None: the sample lacks it)
-    pairs: list[tuple[Answer, Sample]]  # (answer, sample) per row where the recipe has a corpus metric, else []
+    # (answer, sample) per row where the recipe has a corpus metric, else []
+    pairs: list[tuple[Answer, Sample]]
     cluster_field_seen: bool  # some sample has the task's cluster_by field
 
     @classmethod
-    def of(cls, rows: Sequence[ResultRow], recipe: Recipe, group_by: Sequence[str], cluster_by: str) -> Scored:
+    def of(cls, rows: Sequence[ResultRow], recipe: Recipe, group_by: Sequence[str],
+           cluster_by: str) -> Scored:
         samples = [r.sample for r in rows]
         return cls.build([(r.answer, r.scores, r.generation.error is not None) for r in rows], samples,
                          np.arange(len(rows)), [cluster_of(s, cluster_by) for s in samples],
@@ -237,7 +242,8 @@ class Scored:
         meta: dict[str, Categories] = {}
         for f in group_by:
             values = [fields.get(f, absent) for fields in metas]
-            meta[f] = Categories.of([None if v is absent else v if type(v) is str else str(v) for v in values])
+            meta[f] = Categories.of([None if v is absent else v if type(v) is str else str(v)
+                                     for v in values])
         return cls(
             clusters=Categories.of(clusters),
             parsed=np.fromiter((a.value is not None for a, _, _ in results), bool, m)[which],
@@ -248,7 +254,8 @@ class Scored:
             meta=meta,
             pairs=([(results[w][0], samples[w]) for w in which.tolist()]
                    if any(s.metric.corpus for s in recipe.metrics) else []),
-            cluster_field_seen=cluster_by in ("image", "item") or any(cluster_by in fields for fields in metas),
+            cluster_field_seen=(cluster_by in ("image", "item")
+                                or any(cluster_by in fields for fields in metas)),
         )
 
     @classmethod
@@ -257,7 +264,8 @@ class Scored:
         first = parts[0]
         return cls(
             clusters=Categories.concat([p.clusters for p in parts]),
-            parsed=np.concatenate([p.parsed for p in parts]), errors=np.concatenate([p.errors for p in parts]),
+            parsed=np.concatenate([p.parsed for p in parts]),
+            errors=np.concatenate([p.errors for p in parts]),
             values={k: np.concatenate([p.values[k] for p in parts]) for k in first.values},
             present={k: np.concatenate([p.present[k] for p in parts]) for k in first.present},
             meta={f: Categories.concat([p.meta[f] for p in parts]) for f in first.meta},
@@ -267,8 +275,8 @@ class Scored:
 
 
 def _metric_summary(spec: MetricSpec, scored: Scored, idx: np.ndarray, codes: np.ndarray) -> MetricSummary:
-    """One metric over the rows `idx`: mean (or corpus value), i.i.d. stderr, the interval (medharness.core.stats)
-    and the counts."""
+    """One metric over the rows `idx`: mean (or corpus value), i.i.d. stderr, the interval
+    (medharness.core.stats) and the counts."""
     parsed, errors = scored.parsed, scored.errors
     common: dict[str, Any] = {"higher_is_better": spec.metric.higher_is_better}
     if spec.metric.corpus is not None:
@@ -318,7 +326,8 @@ def summarise_scored(scored: Scored, recipe: Recipe, task: str, version: str, cl
     groups: dict[str, dict[str, GroupSummary]] = {}
     for field, values in scored.meta.items():
         groups[field] = {
-            key: GroupSummary(n=len(members), n_unparsed=int((~scored.parsed[members]).sum()), metrics=metrics(members))
+            key: GroupSummary(n=len(members), n_unparsed=int((~scored.parsed[members]).sum()),
+                              metrics=metrics(members))
             for key, members in values.groups().items()
         }
     return TaskSummary(

@@ -1,9 +1,10 @@
 """Answers written in a prompt variant's own format, so that the variant's parser reads them back.
 
 One writer for everything that answers without a model: the baselines (`backends/baseline.py`) and the
-trainers' gold and rejected turns (`trainers/targets.py`). `\\boxed{label}` for a boxed chain, `<answer>..</answer>`
-for an answer-tag chain, an option letter for `choice`, a JSON box in the chain's coordinate convention for
-`json_bbox`, and a think block only when the caller gives reasoning and the variant asks for one.
+trainers' gold and rejected turns (`trainers/targets.py`). `\\boxed{label}` for a boxed chain,
+`<answer>..</answer>` for an answer-tag chain, an option letter for `choice`, a JSON box in the chain's
+coordinate convention for `json_bbox`, and a think block only when the caller gives reasoning and the variant
+asks for one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def parser_steps(task: Task, prompt: str) -> list[tuple[str, dict[str, Any]]]:
-    """The variant's parser chain as (name, args) steps (the task's scoring parser when the variant has none)."""
+    """The variant's parser chain as (name, args) steps (the task's scoring parser when the variant has
+    none)."""
     variant = task.config.prompts.variants[prompt]
     return [split_spec(s) for s in (variant.parser or task.config.scoring.parser)]
 

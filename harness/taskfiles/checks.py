@@ -1,5 +1,5 @@
-"""Checks of a task file that `validate` and `run` share (through `task.parse_task_file`): each builds what `run`
-builds from the file, so a file `validate` passes is one `run` accepts, data aside (docs/safety.md)."""
+"""Checks of a task file that `validate` and `run` share (through `task.parse_task_file`): each builds what
+`run` builds from the file, so a file `validate` passes is one `run` accepts, data aside (docs/safety.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ Problems = list[tuple[tuple[Any, ...], str]]  # (location in the file, message)
 def _check_scoring(config: TaskConfig) -> Problems:
     """The parser chains and metrics the file names, built as `run` builds them (unknown names, unknown or
     ill-typed arguments)."""
-    built: list[tuple[tuple[Any, ...], Any]] = [(("scoring", "parser"), lambda: ParserChain(config.scoring.parser))]
+    built: list[tuple[tuple[Any, ...], Any]] = [(("scoring", "parser"),
+                                                 lambda: ParserChain(config.scoring.parser))]
     if config.scoring.metrics is not None:
         built.append((("scoring", "metrics"), lambda: resolve_metrics(config.scoring.metrics or [])))
     for name, spec in config.prompts.variants.items():
@@ -39,7 +40,8 @@ def check_fields(config: TaskConfig) -> Problems:
     lacks is only absent from that copy's table). Sources say what they provide in `meta_fields`. Returns
     (location, message) pairs."""
     errors = _check_scoring(config)
-    provided = {f"source {n + 1} ({s.kind})": s.meta_fields(config.columns) for n, s in enumerate(config.sources)}
+    provided = {f"source {n + 1} ({s.kind})": s.meta_fields(config.columns)
+                for n, s in enumerate(config.sources)}
     anywhere = set().union(*provided.values())
     for i, field in enumerate(config.group_by):
         if field not in anywhere:
@@ -53,8 +55,8 @@ def check_fields(config: TaskConfig) -> Problems:
                 allowed = {*BUILTIN_FIELDS, *fields, *(["knowledge"] if spec.knowledge else [])}
                 unknown = sorted(template_fields(template) - allowed) if template else []
                 if unknown:
-                    message = (f"unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)} for {what}; "
-                               f"available: {', '.join(sorted(allowed))}")
+                    message = (f"unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)} for "
+                               f"{what}; available: {', '.join(sorted(allowed))}")
                     errors.append((("prompts", "variants", variant, key), message))
                     break
     return errors

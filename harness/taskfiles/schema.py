@@ -26,25 +26,28 @@ def template_fields(template: str) -> set[str]:
             continue
         shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
         if not name.isidentifier() or spec or conversion:
-            raise ValueError(f"placeholder {shown} is not a plain name like {{question}}; write literal braces "
-                             "as {{ and }}")
+            raise ValueError(f"placeholder {shown} is not a plain name like {{question}}; write literal "
+                             "braces as {{ and }}")
         names.add(name)
     return names
 
 
 def check_generation(values: dict[str, Any]) -> dict[str, Any]:
-    """`generation:` keys are GenerationSettings fields with valid values (built here as `run` builds them)."""
+    """`generation:` keys are GenerationSettings fields with valid values (built here as `run` builds
+    them)."""
     try:
         GenerationSettings(**values)
     except ValidationError as exc:
         errors = [f"{'.'.join(map(str, e['loc'])) or 'generation'}: {e['msg']}".replace(
-            "Extra inputs are not permitted", f"unknown key (keys: {', '.join(GenerationSettings.model_fields)})")
+            "Extra inputs are not permitted",
+            f"unknown key (keys: {', '.join(GenerationSettings.model_fields)})")
                   for e in exc.errors()]
         raise ValueError("; ".join(errors)) from None
     return values
 
 
-BUILTIN_FIELDS = ("question", "choices", "classes")  # what every prompt can use, besides the source's meta fields
+# what every prompt can use, besides the source's meta fields
+BUILTIN_FIELDS = ("question", "choices", "classes")
 
 
 class Card(Strict):
@@ -61,7 +64,8 @@ class Card(Strict):
 
 
 class PromptSpec(Strict):
-    """One prompt variant. `{question}`, `{choices}`, `{classes}`, `{knowledge}` and meta fields are filled in."""
+    """One prompt variant. `{question}`, `{choices}`, `{classes}`, `{knowledge}` and meta fields are filled
+    in."""
 
     user: str
     system: str | None = None
@@ -100,7 +104,8 @@ class Prompts(Strict):
 
 class Scoring(Strict):
     convention: str = "harness"  # the declared default convention's name
-    parser: list[str | dict[str, Any]] = Field(default_factory=lambda: list[str | dict[str, Any]](["short_answer"]))
+    parser: list[str | dict[str, Any]] = Field(
+        default_factory=lambda: list[str | dict[str, Any]](["short_answer"]))
     metrics: list[str | dict[str, Any]] | None = Field(None, min_length=1)  # None: the named convention's
 
 

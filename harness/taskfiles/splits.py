@@ -43,7 +43,8 @@ def read_sample_ids(path: Path) -> dict[str, list[str]]:
         for file in sorted(path.glob("*.json")):
             for task, ids in read_sample_ids(file).items():
                 if task in merged:
-                    raise DataError(f"{path}: task {task} has ids in more than one file (second: {file.name})")
+                    raise DataError(f"{path}: task {task} has ids in more than one file (second: "
+                                    f"{file.name})")
                 merged[task] = ids
         if not merged:
             raise DataError(f"{path}: a folder without .json sample-id files")
@@ -53,7 +54,8 @@ def read_sample_ids(path: Path) -> dict[str, list[str]]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg} at column "
+                            f"{exc.colno})") from None
         if isinstance(data, list):
             return {"*": [str(i) for i in data]}
         if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
@@ -70,7 +72,8 @@ def read_sample_ids(path: Path) -> dict[str, list[str]]:
     return out
 
 
-def select_pinned(task: str, samples: Sequence[Sample], pinned: dict[str, list[str]], path: Path) -> list[Sample]:
+def select_pinned(task: str, samples: Sequence[Sample], pinned: dict[str, list[str]],
+                  path: Path) -> list[Sample]:
     """The samples named for this task (in dataset order); unknown ids are an error naming a few."""
     wanted = pinned.get(task, []) + pinned.get("*", [])
     if not wanted:

@@ -74,8 +74,8 @@ class Task:
 
     @cached_property
     def definition_hash(self) -> str:
-        """A hash of the resolved definition (the file with its -T overrides, as validated): a run resumes only
-        under the same one."""
+        """A hash of the resolved definition (the file with its -T overrides, as validated): a run resumes
+        only under the same one."""
         blob = json.dumps(self.config.model_dump(mode="json"), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -84,7 +84,8 @@ class Task:
         name = self.config.prompt or self.config.prompts.default
         if name not in self.config.prompts.variants:
             raise ConfigError(
-                f"task {self.name}: unknown prompt '{name}'; available: {sorted(self.config.prompts.variants)}"
+                f"task {self.name}: unknown prompt '{name}'; available: "
+                f"{sorted(self.config.prompts.variants)}"
             )
         return name
 
@@ -104,13 +105,15 @@ class Task:
             for spec in local:
                 if spec.available(root, self.config.split):
                     return spec.bind(root)
-            wanted = ", ".join(source_label(s, self.config.split) for s in local) or "no local source declared"
+            wanted = (", ".join(source_label(s, self.config.split) for s in local)
+                      or "no local source declared")
             raise DataError(f"task {self.name}: {root} holds none of the expected files ({wanted})")
         remote = [s for s in self.config.sources if not isinstance(s, LocalFiles)]
         if not remote:
             kinds = ", ".join(source_label(s, self.config.split) for s in self.config.sources)
             raise DataError(
-                f"task {self.name} reads local files ({kinds}): pass --data-dir DIR or -T {self.name}.data_dir=DIR"
+                f"task {self.name} reads local files ({kinds}): pass --data-dir DIR or -T "
+                f"{self.name}.data_dir=DIR"
             )
         return remote[0]
 
@@ -122,16 +125,17 @@ class Task:
         ids = [s.id for s in samples]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
-            raise DataError(f"task {self.name}: duplicate sample id '{dup}' in {source_label(self.source, split)}")
+            raise DataError(f"task {self.name}: duplicate sample id '{dup}' in "
+                            f"{source_label(self.source, split)}")
         expected = self.config.card.sizes.get(split)
         self.load_report = {"split": split, "source": source_label(self.source, split),
                             "expected": expected, "actual": len(samples)}
         if expected is not None and expected != len(samples):
-            message = f"task {self.name}: the card expects {expected} {split} samples, {self.load_report['source']} " \
-                      f"gave {len(samples)}"
+            message = (f"task {self.name}: the card expects {expected} {split} samples, "
+                       f"{self.load_report['source']} gave {len(samples)}")
             if self.config.check_sizes and "filter" not in self.overridden:
-                raise DataError(f"{message} (an incomplete or different copy? -T {self.name}.check_sizes=false "
-                                "runs it anyway)")
+                raise DataError(f"{message} (an incomplete or different copy? -T "
+                                f"{self.name}.check_sizes=false runs it anyway)")
             log.warning(message)
         return samples
 
@@ -148,8 +152,8 @@ class Task:
         return self.path.parent / str(spec.knowledge) if spec.knowledge else None
 
     def open_image(self, ref: str) -> Any:
-        """The one door to a sample's pixels (run loop, judges, trainers): whatever goes wrong opening one image
-        (missing, corrupt, over the pixel limit, a source's own bug) is a DataError naming it, which the
+        """The one door to a sample's pixels (run loop, judges, trainers): whatever goes wrong opening one
+        image (missing, corrupt, over the pixel limit, a source's own bug) is a DataError naming it, which the
         caller records as that sample's error."""
         try:
             return self.source.open_image(ref)

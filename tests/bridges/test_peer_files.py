@@ -1,5 +1,6 @@
-"""Importing peers' files (bridges/): VLMEvalKit prediction files in its documented schema (written here, with its
-traps), lm-eval / lmms-eval logged samples, bad input; and the exported folders. Offline, on phantom_presence."""
+"""Importing peers' files (bridges/): VLMEvalKit prediction files in its documented schema (written here, with
+its traps), lm-eval / lmms-eval logged samples, bad input; and the exported folders. Offline, on
+phantom_presence."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def _answers(samples: list) -> list[str]:
 def _expected(tmp_path: Path, samples: list, answers: list[str]) -> float:
     """medharness's own score of the same texts, through the predictions-file path (not the import code)."""
     preds = tmp_path / "expected.jsonl"
-    preds.write_text("".join(json.dumps({"id": s.id, "prediction": a}) + "\n" for s, a in zip(samples, answers)))
+    preds.write_text("".join(json.dumps({"id": s.id, "prediction": a}) + "\n"
+                             for s, a in zip(samples, answers)))
     summary, _ = score_predictions(TASK, preds, allow_partial=True)
     return summary.metrics["yes_no_accuracy"].value
 
@@ -69,8 +71,9 @@ def test_vlmevalkit_export_is_its_custom_tsv(vlm_export: Path, samples: list) ->
 
 
 def _vlm_predictions(vlm_export: Path, samples: list, answers: list[str]) -> pd.DataFrame:
-    """A VLMEvalKit prediction table: the dataset's columns less `image`, plus `prediction`; rows shuffled (the
-    `index` is what identifies a row, not its position); a blank prediction is NaN, as a spreadsheet gives it."""
+    """A VLMEvalKit prediction table: the dataset's columns less `image`, plus `prediction`; rows shuffled
+    (the `index` is what identifies a row, not its position); a blank prediction is NaN, as a spreadsheet
+    gives it."""
     table = pd.read_csv(vlm_export / f"medharness_{TASK}.tsv", sep="\t").drop(columns=["image"])
     table["prediction"] = [a if a else math.nan for a in answers]
     table["A"], table["B"] = math.nan, math.nan  # option columns exist but are blank on VQA rows
@@ -86,7 +89,8 @@ def test_vlmevalkit_file_imports_and_scores_like_medharness(tmp_path: Path, vlm_
     table = _vlm_predictions(vlm_export, samples, answers)
     file = tmp_path / f"MyVLM_medharness_{TASK}{suffix}"
     if suffix == ".xlsx":
-        table.astype({"index": float}).to_excel(file, index=False, engine="openpyxl")  # index read back as 3.0
+        # index read back as 3.0
+        table.astype({"index": float}).to_excel(file, index=False, engine="openpyxl")
     else:
         table.to_csv(file, sep="\t", index=False)
     run = import_predictions(ImportRequest(tool="vlmevalkit", file=file, task=TASK, output=tmp_path / "run",
@@ -95,13 +99,15 @@ def test_vlmevalkit_file_imports_and_scores_like_medharness(tmp_path: Path, vlm_
     entry = log.tasks[TASK]
     assert entry.origin is not None and entry.origin.model == "MyVLM" and entry.origin.n_matched == N
     assert entry.summary is not None
-    assert entry.summary.metrics["yes_no_accuracy"].value == pytest.approx(_expected(tmp_path, samples, answers))
+    assert (entry.summary.metrics["yes_no_accuracy"].value
+            == pytest.approx(_expected(tmp_path, samples, answers)))
     assert entry.summary.n_unparsed == sum(1 for a in answers if a in ("maybe", ""))
     rows = {r.sample.id: r.generation.text for r in RunDir.open(run.path).rows(TASK)}
     assert rows == {s.id: a for s, a in zip(samples, answers)}
 
 
-def test_vlmevalkit_file_of_another_dataset_is_refused(tmp_path: Path, vlm_export: Path, samples: list) -> None:
+def test_vlmevalkit_file_of_another_dataset_is_refused(tmp_path: Path, vlm_export: Path,
+                                                       samples: list) -> None:
     table = _vlm_predictions(vlm_export, samples, _answers(samples))
     table["question"] = "Which organ is shown?"  # same row numbers, another dataset's questions
     file = tmp_path / "MyVLM_other.tsv"
@@ -136,20 +142,22 @@ def test_lm_eval_samples_import_with_results_file(tmp_path: Path, samples: list)
     entry = log.tasks[TASK]
     assert entry.origin is not None and entry.origin.id_mapping == "doc.id"
     assert entry.summary is not None
-    assert entry.summary.metrics["yes_no_accuracy"].value == pytest.approx(_expected(tmp_path, samples, answers))
+    assert (entry.summary.metrics["yes_no_accuracy"].value
+            == pytest.approx(_expected(tmp_path, samples, answers)))
     board = tmp_path / "board.md"
     assert main(["leaderboard", str(tmp_path / "run"), "--output", str(board)]) == 0
     assert "my-model" in board.read_text()
 
 
 def test_lmms_eval_samples_need_the_docs_for_ids(tmp_path: Path, samples: list) -> None:
-    """lmms-eval 0.7 drops `doc` and flattens one-request responses: ids come from the exported docs by doc_id."""
+    """lmms-eval 0.7 drops `doc` and flattens one-request responses: ids come from the exported docs by
+    doc_id."""
     docs = tmp_path / "export"
     export_task("lmms-eval", TASK, docs, limit=N)
     answers = _answers(samples)
     file = tmp_path / f"20260101_000000_samples_medharness_{TASK}.jsonl"
-    file.write_text("".join(json.dumps({"doc_id": i, "target": s.target, "filtered_resps": a, "input": "q"}) + "\n"
-                            for i, (s, a) in enumerate(zip(samples, answers))))
+    file.write_text("".join(json.dumps({"doc_id": i, "target": s.target, "filtered_resps": a, "input": "q"})
+                            + "\n" for i, (s, a) in enumerate(zip(samples, answers))))
     with pytest.raises(DataError, match="--id-map"):
         import_predictions(ImportRequest(tool="lmms-eval", file=file, task=TASK, output=tmp_path / "r0",
                                          model_name="m"))
@@ -220,8 +228,8 @@ def test_lm_eval_export_renders_medharness_prompts(tmp_path: Path, samples: list
 
 
 def test_vlmevalkit_multiple_choice_rows(tmp_path: Path) -> None:
-    """phantom_side (left/right): options A/B filled, C/D blank (NaN), the answer a letter; VLMEvalKit's letter
-    predictions are read by the task's own choice parser."""
+    """phantom_side (left/right): options A/B filled, C/D blank (NaN), the answer a letter; VLMEvalKit's
+    letter predictions are read by the task's own choice parser."""
     out = tmp_path / "export"
     export_task("vlmevalkit", "phantom_side", out, limit=N)
     sides = load_task("phantom_side").load_samples()[:N]
@@ -235,9 +243,11 @@ def test_vlmevalkit_multiple_choice_rows(tmp_path: Path) -> None:
     file = tmp_path / "MyVLM_medharness_phantom_side.tsv"
     table.to_csv(file, sep="\t", index=False)
     run = import_predictions(ImportRequest(tool="vlmevalkit", file=file, task="phantom_side",
-                                           output=tmp_path / "run", id_map=out / "ids.tsv", allow_unmatched=True))
+                                           output=tmp_path / "run", id_map=out / "ids.tsv",
+                                           allow_unmatched=True))
     preds = tmp_path / "expected.jsonl"
-    preds.write_text("".join(json.dumps({"id": s.id, "prediction": x}) + "\n" for s, x in zip(sides, letters)))
+    preds.write_text("".join(json.dumps({"id": s.id, "prediction": x}) + "\n"
+                             for s, x in zip(sides, letters)))
     expected, _ = score_predictions("phantom_side", preds, allow_partial=True)
     summary = run.log.tasks["phantom_side"].summary
     assert summary is not None and summary.metrics == expected.metrics and summary.n_unparsed == 1
@@ -247,10 +257,11 @@ def test_export_cli_and_a_dataset_tsv_given_as_predictions(tmp_path: Path, capsy
                                                           ) -> None:
     out = tmp_path / "export"
     assert main(["export", "--to", "vlmevalkit", TASK, "--output", str(out), "--limit", "3"]) == 0
-    assert main(["export", "--to", "vlmevalkit", TASK, "--output", str(out), "--limit", "3"]) == 2  # not empty
+    # not empty
+    assert main(["export", "--to", "vlmevalkit", TASK, "--output", str(out), "--limit", "3"]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     dataset = out / f"medharness_{TASK}.tsv"  # the dataset itself, not a prediction file: no `prediction`
-    code = main(["import", "--from", "vlmevalkit", str(dataset), "--id-map", str(out / "ids.tsv"), "--task", TASK,
-                 "--output", str(tmp_path / "run")])
+    code = main(["import", "--from", "vlmevalkit", str(dataset), "--id-map", str(out / "ids.tsv"), "--task",
+                 TASK, "--output", str(tmp_path / "run")])
     assert code == 2 and "no column prediction: not a VLMEvalKit prediction file" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -1,5 +1,5 @@
-"""The bridges on real VQA-RAD (../shared/data): the exported folders hold its samples, and a VLMEvalKit file of
-it imports back to medharness's own score of the same texts."""
+"""The bridges on real VQA-RAD (../shared/data): the exported folders hold its samples, and a VLMEvalKit file
+of it imports back to medharness's own score of the same texts."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ def test_vqa_rad_through_vlmevalkit_files(tmp_path: Path) -> None:
                                            output=tmp_path / "run", id_map=tmp_path / "export" / "ids.tsv",
                                            allow_unmatched=True))
     preds = tmp_path / "expected.jsonl"
-    preds.write_text("".join(json.dumps({"id": s.id, "prediction": a}) + "\n" for s, a in zip(samples, answers)))
+    preds.write_text("".join(json.dumps({"id": s.id, "prediction": a}) + "\n"
+                             for s, a in zip(samples, answers)))
     expected, _ = score_predictions("vqa_rad", preds, data_dir=data, allow_partial=True)
     summary = run.log.tasks["vqa_rad"].summary
     assert summary is not None and summary.metrics == expected.metrics

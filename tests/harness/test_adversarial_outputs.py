@@ -1,8 +1,8 @@
 """Adversarial model outputs (tests/data/fuzz/outputs/*.jsonl) scored through the shipped tasks' own recipes.
 
-Each case names a task, a prompt variant, a gold, an output, and what the scorer must say: parsed or not, and the
-primary metric's value. Under the harness convention a hedge is unparsed (no credit) and Unicode or markup never
-changes a word; under a peer convention the peer's rule holds, traps included (docs/conventions.md)."""
+Each case names a task, a prompt variant, a gold, an output, and what the scorer must say: parsed or not, and
+the primary metric's value. Under the harness convention a hedge is unparsed (no credit) and Unicode or markup
+never changes a word; under a peer convention the peer's rule holds, traps included (docs/conventions.md)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def test_the_corpus_covers_each_kind_of_case() -> None:
     assert sum(not c["parsed"] for c in CASES) >= 10  # hedges that must get no score
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.get('convention', 'harness')}-{c['task']}-{c['why'][:40]}")
+@pytest.mark.parametrize("case", CASES,
+                         ids=lambda c: f"{c.get('convention', 'harness')}-{c['task']}-{c['why'][:40]}")
 def test_adversarial_output(case: dict[str, Any]) -> None:
     parsed, value, note = score(case)
     assert parsed == case["parsed"], f"{case['why']}: parsed={parsed} ({note})"
@@ -60,7 +61,8 @@ def test_hedges_are_counted_as_unparsed_in_the_summary() -> None:
         sample = Sample(id=str(i), task="vqa_rad", question="q", target="yes")
         answer, scores = recipe.score(sample, Generation(sample_id=str(i), text=text))
         rows.append(ResultRow(task="vqa_rad", task_version="1", sample=sample, prompt_hash="h",
-                              generation=Generation(sample_id=str(i), text=text), answer=answer, scores=scores))
+                              generation=Generation(sample_id=str(i), text=text),
+                              answer=answer, scores=scores))
     summary = summarise(rows, recipe, [], "vqa_rad", "1")
     assert summary.n_unparsed == 2
     assert summary.metrics["vqa_accuracy"].value == 0.5
@@ -77,7 +79,8 @@ def test_harness_normaliser(text: str, expected: str) -> None:
 
 
 def test_peer_normalisers_are_unchanged_by_the_harness_rules() -> None:
-    """`simple` (the peers' yesno_strict and set_token_f1 read text with it) still deletes ASCII punctuation only."""
+    """`simple` (the peers' yesno_strict and set_token_f1 read text with it) still deletes ASCII punctuation
+    only."""
     assert normalize("<answer>no</answer> yes", "simple") == "answernoanswer yes"
     assert normalize("ｙｅｓ。", "simple") == "ｙｅｓ。"
     assert normalize("yes\u200b", "simple") == "yes\u200b"

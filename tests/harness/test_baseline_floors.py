@@ -1,5 +1,6 @@
-"""Honest floors: a baseline's answer reaches the scorer in the format its prompt variant asks for, on every shipped
-task and variant; without a train split or card prior it is an oracle floor, labelled so in run.json and on boards."""
+"""Honest floors: a baseline's answer reaches the scorer in the format its prompt variant asks for, on every
+shipped task and variant; without a train split or card prior it is an oracle floor, labelled so in run.json
+and on boards."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ VARIANTS = [(name, variant) for name in SHIPPED for variant in load_task(name).c
 
 
 def gold_sample(name: str, variant: str) -> Sample:
-    """A sample whose gold fits the variant's innermost parser (a class, an option, a box, a grade, a yes/no)."""
+    """A sample whose gold fits the variant's innermost parser (a class, an option, a box, a grade, a
+    yes/no)."""
     steps = [step for step, _ in parser_steps(load_task(name), variant)]
     meta: dict[str, Any] = {"image_size": [640, 480], "resized_size": [448, 336], "answer_type": "CLOSED"}
     target: Any = "yes"
@@ -44,8 +46,9 @@ def gold_sample(name: str, variant: str) -> Sample:
 
 @pytest.mark.parametrize("name, variant", VARIANTS, ids=[f"{n}-{v}" for n, v in VARIANTS])
 def test_every_shipped_variant_reads_back_the_answer_written_in_its_format(name: str, variant: str) -> None:
-    """The writer the baselines use (`medharness.taskfiles.answers.format_answer`) against the variant's own recipe: the
-    gold written in the variant's format is parsed and earns full credit on the task's primary metric."""
+    """The writer the baselines use (`medharness.taskfiles.answers.format_answer`) against the variant's own
+    recipe: the gold written in the variant's format is parsed and earns full credit on the task's primary
+    metric."""
     task = load_task(name)
     sample = gold_sample(name, variant)
     recipe = recipe_for(task, prompt=variant)
@@ -78,8 +81,8 @@ def toy_task(tmp_path: Path) -> Path:
     data = tmp_path / "data"
     data.mkdir()
     golds = [("no", "CLOSED"), ("no", "CLOSED"), ("yes", "CLOSED"), ("no", "CLOSED"), ("liver", "OPEN")]
-    (data / "test.jsonl").write_text("".join(json.dumps({"qid": i, "question": "q", "answer": a, "t": t}) + "\n"
-                                             for i, (a, t) in enumerate(golds)))
+    (data / "test.jsonl").write_text("".join(json.dumps({"qid": i, "question": "q", "answer": a, "t": t})
+                                             + "\n" for i, (a, t) in enumerate(golds)))
     return data
 
 
@@ -90,7 +93,8 @@ def test_without_train_split_or_prior_the_majority_is_an_oracle_floor_written_in
     samples = task.load_samples()
     backend = BaselineBackend("majority")
     backend.prepare(task, samples)
-    texts = [g.text for g in backend.generate([Request(prompt=Prompt(sample_id=s.id, messages=())) for s in samples])]
+    texts = [g.text for g in backend.generate([Request(prompt=Prompt(sample_id=s.id, messages=()))
+                                               for s in samples])]
     assert texts == ["<answer>no</answer>"] * 4 + ["<answer>liver</answer>"]
     source = backend.answer_source("toy")
     assert source is not None and source.kind == "oracle" and "evaluated test split" in source.detail
@@ -100,7 +104,8 @@ def test_without_train_split_or_prior_the_majority_is_an_oracle_floor_written_in
 def test_oracle_floor_is_named_in_the_run_log_and_on_the_board(tmp_path: Path) -> None:
     data = toy_task(tmp_path)
     out = tmp_path / "run"
-    Runner(RunConfig(model="baseline:majority", tasks=str(tmp_path / "toy.yaml"), data_dir=str(data)), out).run()
+    Runner(RunConfig(model="baseline:majority", tasks=str(tmp_path / "toy.yaml"), data_dir=str(data)),
+           out).run()
     entry = RunDir.open(out).log.tasks["toy"]
     assert entry.baseline is not None and entry.baseline.kind == "oracle"
     assert entry.summary is not None and entry.summary.metrics["vqa_accuracy"].value == pytest.approx(4 / 5)
@@ -121,7 +126,8 @@ def test_a_train_split_baseline_is_not_labelled_oracle(tmp_path: Path) -> None:
     assert "oracle" not in render_markdown(build(DEFAULT, [out]))
 
 
-@pytest.mark.parametrize("task", ["phantom_presence", "phantom_box", "phantom_side", "phantom_size", "phantom_count"])
+@pytest.mark.parametrize("task", ["phantom_presence", "phantom_box", "phantom_side",
+                                  "phantom_size", "phantom_count"])
 @pytest.mark.parametrize("mode", ["majority", "random"])
 def test_baselines_answer_every_phantom_variant_in_its_format(tmp_path: Path, task: str, mode: str) -> None:
     """End to end on the offline tasks, every prompt variant: no baseline answer is unparsed."""
@@ -134,9 +140,11 @@ def test_baselines_answer_every_phantom_variant_in_its_format(tmp_path: Path, ta
 
 
 def test_majority_on_pneumoniamnist_default_prompt_scores_62_5(pneumonia_dir: Path, tmp_path: Path) -> None:
-    """The default prompt wants \\boxed{}: the majority class of the train split, boxed, is right on 390 of 624."""
+    """The default prompt wants \\boxed{}: the majority class of the train split, boxed, is right on 390 of
+    624."""
     out = tmp_path / "run"
-    Runner(RunConfig(model="baseline:majority", tasks="medmnist_pneumonia", data_dir=str(pneumonia_dir)), out).run()
+    Runner(RunConfig(model="baseline:majority", tasks="medmnist_pneumonia", data_dir=str(pneumonia_dir)),
+           out).run()
     entry = RunDir.open(out).log.tasks["medmnist_pneumonia"]
     assert entry.prompt == "names" and entry.baseline is not None and entry.baseline.kind == "train"
     summary = entry.summary
@@ -154,13 +162,14 @@ def test_baselines_run_on_the_test_only_copies_as_labelled_oracle_floors(
     entry = RunDir.open(out).log.tasks[task]
     assert entry.baseline is not None and entry.baseline.kind == "oracle"
     summary = entry.summary
-    assert summary is not None and summary.n_unparsed == 0 and summary.n == {"vqa_rad": 451, "slake": 1061}[task]
+    assert (summary is not None and summary.n_unparsed == 0
+            and summary.n == {"vqa_rad": 451, "slake": 1061}[task])
     assert f"| {RunDir.open(out).log.display_name} (oracle floor) " in render_markdown(build(DEFAULT, [out]))
 
 
 def test_the_sweep_board_names_an_oracle_floor(tmp_path: Path) -> None:
-    """A sweep evaluated on a test-only task: its baseline reference row is a real run of baseline:majority whose
-    answers are an oracle floor, and the sweep's board says so in the cell and in the legend."""
+    """A sweep evaluated on a test-only task: its baseline reference row is a real run of baseline:majority
+    whose answers are an oracle floor, and the sweep's board says so in the cell and in the legend."""
     from medharness.trainers.sweeps.board import board
     from medharness.trainers.sweeps.board import render_markdown as render_sweep
     from medharness.trainers.sweeps.schema import expand, load_sweep
@@ -168,7 +177,8 @@ def test_the_sweep_board_names_an_oracle_floor(tmp_path: Path) -> None:
 
     data = toy_task(tmp_path)
     file = tmp_path / "s.yaml"
-    file.write_text("model: m\ntasks: [phantom_presence]\neval_tasks: [toy]\nrecipes: [sft]\nbaselines: [majority]\n")
+    file.write_text("model: m\ntasks: [phantom_presence]\neval_tasks: [toy]\nrecipes: [sft]\nbaselines: "
+                    "[majority]\n")
     sweep = load_sweep(file)
     stages = Stages(sweep, file, tmp_path / "sweep", resume=False)
     Runner(RunConfig(model="baseline:majority", tasks=str(tmp_path / "toy.yaml"), data_dir=str(data)),

@@ -35,7 +35,8 @@ def toy(tmp_path: Path, with_train: bool) -> tuple:
         train = [("yes", "CLOSED"), ("yes", "CLOSED"), ("no", "CLOSED"), ("lung", "OPEN"), ("Lung", "OPEN"),
                  ("heart", "OPEN")]
         (data / "train.jsonl").write_text("".join(
-            json.dumps({"qid": i, "question": "q", "answer": a, "t": t}) + "\n" for i, (a, t) in enumerate(train)))
+            json.dumps({"qid": i, "question": "q", "answer": a, "t": t}) + "\n"
+            for i, (a, t) in enumerate(train)))
     task = load_task(tmp_path / "toy.yaml", {"data_dir": str(data)})
     return task, task.load_samples()
 
@@ -80,7 +81,8 @@ def test_constant_and_bad_specs() -> None:
 
 def test_result_row_round_trips_with_nan_scores() -> None:
     row = ResultRow(task="t", task_version="1", prompt_hash="abc",
-                    sample=Sample(id="1", task="t", question="q", target=[1.0, 2.0, 3.0, 4.0], images=("a.png",)),
+                    sample=Sample(id="1", task="t", question="q", target=[1.0, 2.0, 3.0, 4.0],
+                                  images=("a.png",)),
                     generation=Generation(sample_id="1", text="x"), answer={"value": None, "note": "n"},
                     scores={"iou": 0.0, "judge": math.nan})
     back = ResultRow.model_validate_json(row.model_dump_json())

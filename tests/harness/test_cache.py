@@ -28,8 +28,8 @@ def test_key_depends_on_pixels_model_text_and_sampling_seed() -> None:
     assert base != cache_key("m2", prompt(greedy), [red])
     assert base != cache_key("m", prompt(greedy, "other"), [red])
     sampled = GenerationSettings(temperature=0.7, seed=1)
-    assert cache_key("m", prompt(sampled), [red]) != cache_key("m", prompt(sampled.model_copy(update={"seed": 2})),
-                                                               [red])
+    assert (cache_key("m", prompt(sampled), [red])
+            != cache_key("m", prompt(sampled.model_copy(update={"seed": 2})), [red]))
 
 
 def test_failed_and_empty_generations_are_never_stored(tmp_path: Path) -> None:
@@ -78,7 +78,8 @@ def _open_and_write(folder: Path, start: threading.Barrier, i: int) -> int:
 
 
 def test_caches_opened_at_once_on_a_fresh_file(tmp_path: Path) -> None:
-    """Judges of one panel open the verdict cache in parallel threads: none may fail with 'database is locked'."""
+    """Judges of one panel open the verdict cache in parallel threads: none may fail with 'database is
+    locked'."""
     from concurrent.futures import ThreadPoolExecutor
 
     n = 12
@@ -105,8 +106,9 @@ def test_no_cache_no_hashing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
             return [Generation(sample_id=r.prompt.sample_id, text=r.prompt.sample_id, model="echo")
                     for r in requests]
 
-    requests = [Request(prompt=prompt(GenerationSettings(), f"q{i}").model_copy(update={"sample_id": f"s{i}"}))
-                for i in range(3)]
+    prompts = [prompt(GenerationSettings(), f"q{i}").model_copy(update={"sample_id": f"s{i}"})
+               for i in range(3)]
+    requests = [Request(prompt=p) for p in prompts]
     computed: list[str] = []
 
     def counted(*args: object) -> str:

@@ -27,7 +27,8 @@ def score_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("convention", [None, "mumc", "lmms_eval", "yesno_strict", "llava_med", "set_token_f1"])
+@pytest.mark.parametrize("convention", [None, "mumc", "lmms_eval", "yesno_strict",
+                                        "llava_med", "set_token_f1"])
 def test_gold_as_predictions_scores_perfectly_under_each_convention(
         tmp_path: Path, vqa_rad_dir: Path, vqa_gold: list[dict], convention: str | None,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -53,15 +54,16 @@ def test_yesno_strict_loses_exactly_the_non_yes_no_closed_golds(
     closed = out["groups"]["answer_type"]["CLOSED"]
     value = next(iter(closed["metrics"].values()))
     assert value["value"] == pytest.approx(251 / 272) and value["n"] == 272 and isinstance(closed["n"], int)
-    assert value["ci_low"] < value["value"] < value["ci_high"] and value["ci_method"] == "bootstrap-percentile"
+    assert (value["ci_low"] < value["value"] < value["ci_high"]
+            and value["ci_method"] == "bootstrap-percentile")
 
 
 def test_csv_and_json_list_predictions_with_named_fields(
         tmp_path: Path, vqa_rad_dir: Path, vqa_gold: list[dict], capsys: pytest.CaptureFixture[str]) -> None:
     csv_path = tmp_path / "p.csv"
     csv_path.write_text("question_key,model_output\n" + "".join(f"{r['qid']},no\n" for r in vqa_gold))
-    out = score_json(capsys, "--task", "vqa_rad", "--data-dir", str(vqa_rad_dir), "--predictions", str(csv_path),
-                     "--id-field", "question_key", "--prediction-field", "model_output")
+    out = score_json(capsys, "--task", "vqa_rad", "--data-dir", str(vqa_rad_dir), "--predictions",
+                     str(csv_path), "--id-field", "question_key", "--prediction-field", "model_output")
     assert out["metrics"]["vqa_accuracy"]["value"] == pytest.approx(133 / 451)
     json_path = tmp_path / "p.json"
     json_path.write_text(json.dumps([{"id": r["qid"], "prediction": "no"} for r in vqa_gold]))
@@ -77,15 +79,18 @@ def test_csv_and_json_list_predictions_with_named_fields(
 def test_bad_predictions_files(tmp_path: Path, vqa_rad_dir: Path, capsys: pytest.CaptureFixture[str],
                                rows: list[dict], message: str) -> None:
     preds = write_preds(tmp_path / "p.jsonl", rows)
-    assert main(["score", "--task", "vqa_rad", "--data-dir", str(vqa_rad_dir), "--predictions", str(preds)]) == 2
+    assert main(["score", "--task", "vqa_rad", "--data-dir", str(vqa_rad_dir),
+                 "--predictions", str(preds)]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_partial_match_reported_and_odd_outputs_counted(
         tmp_path: Path, vqa_rad_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rows = [{"qid": 11, "answer": ""}, {"qid": 13, "answer": "x" * 1_000_000}, {"qid": 99999, "answer": "yes"}]
+    rows = [{"qid": 11, "answer": ""}, {"qid": 13, "answer": "x" * 1_000_000},
+            {"qid": 99999, "answer": "yes"}]
     preds = write_preds(tmp_path / "p.jsonl", rows)
-    args = ["score", "--task", "vqa_rad", "--data-dir", str(vqa_rad_dir), "--predictions", str(preds), "--json"]
+    args = ["score", "--task", "vqa_rad", "--data-dir", str(vqa_rad_dir), "--predictions",
+            str(preds), "--json"]
     assert main(args) == 2  # 2 of 451: not the task's score unless asked for
     assert "matches only 2 of the 451 samples of task vqa_rad" in capsys.readouterr().err
     assert main([*args, "--allow-partial"]) == 0
@@ -100,7 +105,8 @@ def test_partial_match_reported_and_odd_outputs_counted(
 
 def test_rescore_run_dir_under_conventions(tmp_path: Path, vqa_rad_dir: Path, vqa_gold: list[dict],
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    preds = write_preds(tmp_path / "p.jsonl", [{"id": r["qid"], "prediction": f"{r['answer']}."} for r in vqa_gold])
+    preds = write_preds(tmp_path / "p.jsonl",
+                        [{"id": r["qid"], "prediction": f"{r['answer']}."} for r in vqa_gold])
     out_dir = tmp_path / "run"
     assert main(["run", "--model", str(preds), "--tasks", "vqa_rad", "--data-dir", str(vqa_rad_dir),
                  "--output", str(out_dir), "--no-progress"]) == 0
@@ -108,7 +114,8 @@ def test_rescore_run_dir_under_conventions(tmp_path: Path, vqa_rad_dir: Path, vq
     harness = score_json(capsys, str(out_dir))
     assert harness["metrics"]["vqa_accuracy"]["value"] == pytest.approx(1.0)  # short_answer drops the period
     mumc = score_json(capsys, str(out_dir), "--convention", "mumc")
-    assert mumc["convention"] == "mumc" and next(iter(mumc["metrics"].values()))["value"] == pytest.approx(1.0)
+    assert (mumc["convention"] == "mumc"
+            and next(iter(mumc["metrics"].values()))["value"] == pytest.approx(1.0))
     assert main(["score", str(out_dir), "--convention", "mumcc"]) == 2
     assert "Did you mean 'mumc'?" in capsys.readouterr().err
 
@@ -139,7 +146,8 @@ def test_ls_lists_every_registry_and_catalogue_from_the_source() -> None:
     from medharness.trainers.sweeps import DEMO
 
     assert set(LISTINGS) == set(LISTERS)
-    listed = {what: [row[0] for row in LISTERS[what]()[1]] for what in ("recipes", "presets", "sweeps", "boards")}
+    listed = {what: [row[0] for row in LISTERS[what]()[1]]
+              for what in ("recipes", "presets", "sweeps", "boards")}
     assert listed["recipes"] == TRAINERS.names()
     assert listed["presets"] == sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
     assert listed["sweeps"] == sorted(p.stem for p in DEMO.parent.glob("*.yaml"))

@@ -1,5 +1,5 @@
-"""The console without a terminal (a log file, CI, nohup): periodic progress lines, and how many generations came
-from the response cache."""
+"""The console without a terminal (a log file, CI, nohup): periodic progress lines, and how many generations
+came from the response cache."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def test_a_resumed_task_counts_its_pace_from_where_it_started() -> None:
     clock = Clock()
     lines = ProgressLines(every=30.0, stream=io.StringIO(), clock=clock)
     out = feed(lines, clock, [(0, "slake", 900, 1000), (50, "slake", 1000, 1000)])
-    assert out == ["slake: starting, 900/1000 samples done", "slake: 1000/1000 samples (2.00 samples/s, 0m50s elapsed)"]
+    assert out == ["slake: starting, 900/1000 samples done",
+                   "slake: 1000/1000 samples (2.00 samples/s, 0m50s elapsed)"]
 
 
 def test_no_progress_prints_only_the_end_line_and_a_finished_task_prints_once() -> None:
@@ -65,13 +66,13 @@ def test_no_progress_prints_only_the_end_line_and_a_finished_task_prints_once() 
 
 def test_run_says_how_many_generations_came_from_the_cache(tmp_path: Path, tiny_models: dict[str, Path],
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    """Two identical runs of a real tiny model: the second takes from the response cache every non-empty answer
-    (empty ones are never cached), and the console says so, matching run.json. Under pytest stderr is no terminal,
-    so the progress comes as lines."""
+    """Two identical runs of a real tiny model: the second takes from the response cache every non-empty
+    answer (empty ones are never cached), and the console says so, matching run.json. Under pytest stderr is
+    no terminal, so the progress comes as lines."""
     def run(name: str) -> tuple[str, str, RunDir]:
         out = tmp_path / name
-        argv = ["run", "--model", str(tiny_models["qwen2_vl"]), "--tasks", "phantom_presence", "--limit", "10",
-                "--max-new-tokens", "6", "--cache-dir", str(tmp_path / "cache"), "--output", str(out)]
+        argv = ["run", "--model", str(tiny_models["qwen2_vl"]), "--tasks", "phantom_presence", "--limit",
+                "10", "--max-new-tokens", "6", "--cache-dir", str(tmp_path / "cache"), "--output", str(out)]
         assert main(argv) == 0
         captured = capsys.readouterr()
         return captured.out, captured.err, RunDir.open(out)
@@ -79,7 +80,8 @@ def test_run_says_how_many_generations_came_from_the_cache(tmp_path: Path, tiny_
     first_out, first_err, _ = run("a")
     assert "phantom_presence: starting, 0/10 samples done" in first_err
     assert re.search(r"phantom_presence: 10/10 samples \(\d+\.\d\d samples/s", first_err)
-    assert re.search(r"generations this time: 10 \(0 from the response cache .*, 10 by the model\)", first_out)
+    assert re.search(r"generations this time: 10 \(0 from the response cache .*, 10 by the model\)",
+                     first_out)
     second_out, _, second = run("b")
     usage = second.log.usage
     assert usage is not None and usage.cache is not None and usage.cache.hits > 0

@@ -1,5 +1,5 @@
-"""Re-scoring scores each distinct input once (`scoring.DistinctScores`) and reads rows through a validated view
-(`records.RowToScore`): both must give exactly what scoring every `ResultRow` one by one gives."""
+"""Re-scoring scores each distinct input once (`scoring.DistinctScores`) and reads rows through a validated
+view (`records.RowToScore`): both must give exactly what scoring every `ResultRow` one by one gives."""
 
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ def _same(a: list[tuple[Any, ...]], b: list[tuple[Any, ...]]) -> bool:
 
 
 def _corpus_rows() -> Iterator[tuple[str, str | None, str, list[tuple[Sample, str, str | None]]]]:
-    """Per (task, prompt, convention) of the adversarial corpus: every output against every gold of that group,
-    each pair asked three times (other id, question and image), plus a failed generation."""
+    """Per (task, prompt, convention) of the adversarial corpus: every output against every gold of that
+    group, each pair asked three times (other id, question and image), plus a failed generation."""
     groups: dict[tuple[str, str | None, str], list[dict[str, Any]]] = {}
     for case in CASES:
         groups.setdefault((case["task"], case.get("convention"), case["prompt"]), []).append(case)
@@ -75,7 +75,8 @@ def _corpus_rows() -> Iterator[tuple[str, str | None, str, list[tuple[Sample, st
 
 
 @pytest.mark.parametrize(("task", "convention", "prompt", "rows"),
-                         [pytest.param(*group, id=f"{group[0]}-{group[2]}-{group[1]}") for group in _corpus_rows()])
+                         [pytest.param(*group, id=f"{group[0]}-{group[2]}-{group[1]}")
+                          for group in _corpus_rows()])
 def test_distinct_scoring_equals_scoring_every_row(task: str, convention: str | None, prompt: str,
                                                    rows: list[tuple[Sample, str, str | None]]) -> None:
     recipe = recipe_for(load_task(task), convention, prompt)
@@ -103,7 +104,8 @@ def test_rows_differing_in_what_scoring_reads_are_scored_apart() -> None:
     recipe = recipe_for(load_task("vqa_rad"))
     base = Sample(id="1", task="vqa_rad", question="q", target="yes", meta={"answer_type": "CLOSED"})
     rows = [(base, "yes", None),
-            (base.model_copy(update={"id": "2", "question": "other", "images": ("x.png",)}), "yes", None),  # shared
+            # shared
+            (base.model_copy(update={"id": "2", "question": "other", "images": ("x.png",)}), "yes", None),
             (base, "no", None),
             (base, "yes", "boom"),
             (base.model_copy(update={"target": "no"}), "yes", None),
@@ -145,7 +147,8 @@ def test_a_plugin_or_batch_metric_is_scored_on_every_row(monkeypatch: pytest.Mon
 def test_rows_that_never_repeat_stop_being_keyed_after_the_probe() -> None:
     recipe = recipe_for(load_task("vqa_rad"))
     n = DistinctScores.PROBE_ROWS + 500
-    rows = [(Sample(id=str(i), task="vqa_rad", question="q", target="yes"), f"answer {i}", None) for i in range(n)]
+    rows = [(Sample(id=str(i), task="vqa_rad", question="q", target="yes"), f"answer {i}", None)
+            for i in range(n)]
     scores, got = _distinct(recipe, rows)
     assert scores._seen is None and scores.which == list(range(n))
     assert _same(got, _one_by_one(recipe, rows))
@@ -153,8 +156,8 @@ def test_rows_that_never_repeat_stop_being_keyed_after_the_probe() -> None:
 
 # --- the view of a row ------------------------------------------------------------------------
 
-GOOD_SAMPLE = {"id": "1", "task": "t", "question": "q", "target": "yes", "images": ["a.png"], "choices": ["a"],
-               "meta": {"k": 1}}
+GOOD_SAMPLE = {"id": "1", "task": "t", "question": "q", "target": "yes", "images": ["a.png"],
+               "choices": ["a"], "meta": {"k": 1}}
 GOOD_GENERATION = {"sample_id": "1", "text": "yes", "finish_reason": None, "prompt_tokens": 3,
                    "completion_tokens": 1, "model": "m", "model_version": None, "error": None}
 
@@ -186,8 +189,8 @@ def test_the_view_accepts_and_refuses_what_the_model_does(model: Any, good: dict
 
 def test_a_row_is_read_as_the_full_record_reads_it(tmp_path: Path) -> None:
     row = ResultRow(task="t", task_version="1", sample=Sample.model_validate(GOOD_SAMPLE), prompt_hash="h",
-                    generation=Generation.model_validate(GOOD_GENERATION), answer=medharness.core.records.Answer("x"),
-                    scores={"a": math.nan})
+                    generation=Generation.model_validate(GOOD_GENERATION),
+                    answer=medharness.core.records.Answer("x"), scores={"a": math.nan})
     line = row.model_dump_json()
     (view,) = parse_rows_to_score(tmp_path / "f.jsonl", [line])
     assert view["task_version"] == "1"
@@ -198,7 +201,8 @@ def test_a_row_is_read_as_the_full_record_reads_it(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"f\.jsonl:1: not a ResultRow record"):
         list(parse_rows_to_score(tmp_path / "f.jsonl", [json.dumps(bad), line]))
     read = TypeAdapter(RowToScore).validate_json(json.dumps({**json.loads(line), "extra": 1}))
-    assert set(read) == {"task_version", "sample", "generation"}  # the answer, scores and unknown keys: skipped
+    # the answer, scores and unknown keys: skipped
+    assert set(read) == {"task_version", "sample", "generation"}
 
 
 # --- whole runs -------------------------------------------------------------------------------
@@ -209,11 +213,14 @@ def _scored_one_by_one(run_dir: Path, convention: str | None) -> list[dict[str, 
     out = []
     for name in run.tasks():
         entry = run.log.tasks[name]
-        task = load_task(Path(entry.path) if entry.path else name, {"prompt": entry.prompt} if entry.prompt else {})
+        task = load_task(Path(entry.path) if entry.path else name,
+                         {"prompt": entry.prompt} if entry.prompt else {})
         recipe = recipe_for(task, convention)
-        rows = [r.model_copy(update=dict(zip(("answer", "scores"), recipe.score(r.sample, r.generation), strict=True)))
+        rows = [r.model_copy(update=dict(zip(("answer", "scores"), recipe.score(r.sample, r.generation),
+                                             strict=True)))
                 for r in run.rows(name)]
-        summary = summarise(rows, recipe, task.config.group_by, task.name, task.version, task.config.cluster_by)
+        summary = summarise(rows, recipe, task.config.group_by, task.name, task.version,
+                            task.config.cluster_by)
         out.append(summary.model_copy(update={"n_expected": entry.n_selected}).model_dump(mode="json"))
     return out
 
@@ -221,9 +228,11 @@ def _scored_one_by_one(run_dir: Path, convention: str | None) -> list[dict[str, 
 @pytest.mark.parametrize("convention", [None, "mumc", "llava_med"])
 def test_score_run_equals_scoring_every_row_on_a_real_vqa_rad_run(tmp_path: Path, vqa_rad_dir: Path,
                                                                    convention: str | None) -> None:
-    """451 real VQA-RAD questions answered by three baselines (so answers recur across questions), re-scored."""
+    """451 real VQA-RAD questions answered by three baselines (so answers recur across questions),
+    re-scored."""
     out = tmp_path / "run"
-    Runner(RunConfig(model="baseline:majority", tasks="vqa_rad", seed=1, data_dir=str(vqa_rad_dir)), out).run()
+    Runner(RunConfig(model="baseline:majority", tasks="vqa_rad", seed=1, data_dir=str(vqa_rad_dir)),
+           out).run()
     file = out / "samples" / "vqa_rad.jsonl"
     lines = file.read_text().splitlines()
     answers = ["yes", "No.", "the left lung", "<answer>yes</answer>", "yes or no", "CT", "", "mri scan"]

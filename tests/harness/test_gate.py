@@ -15,7 +15,8 @@ SUBSETS = Path(__file__).parents[2] / "tasks" / "subsets"
 
 
 def side(values: list[float], *, version: str = "1", convention: str = "harness", per_image: int = 1,
-         ids: list[str] | None = None, metric: str = "accuracy", info: MetricInfo | None = None) -> GateSummary:
+         ids: list[str] | None = None, metric: str = "accuracy",
+         info: MetricInfo | None = None) -> GateSummary:
     ids = ids or [f"s{i}" for i in range(len(values))]
     samples = {i: ScoredSample(cluster=f"image:{n // per_image}", scores={metric: v})
                for n, (i, v) in enumerate(zip(ids, values, strict=True))}
@@ -123,15 +124,19 @@ def test_cli_on_real_runs_and_a_written_summary(tmp_path: Path, capsys: pytest.C
     text = (tmp_path / "base.json").read_text()
     assert "lesion" not in text.lower()  # no question or answer text, only ids, clusters and values
     capsys.readouterr()
-    assert main(["gate", "--baseline", str(tmp_path / "base.json"), "--candidate", str(tmp_path / "yes")]) == 0
+    assert main(["gate", "--baseline", str(tmp_path / "base.json"), "--candidate",
+                 str(tmp_path / "yes")]) == 0
     assert "## medharness gate: PASS" in capsys.readouterr().out
     yes_rate = load_side(tmp_path / "base.json").tasks["phantom_presence"]
     share = sum(s.scores["yes_no_accuracy"] for s in yes_rate.samples.values()) / len(yes_rate.samples)
-    code = main(["gate", "--baseline", str(tmp_path / "base.json"), "--candidate", str(tmp_path / "no"), "--json"])
+    code = main(["gate", "--baseline", str(tmp_path / "base.json"), "--candidate",
+                 str(tmp_path / "no"), "--json"])
     out = json.loads(capsys.readouterr().out)
-    # 15 "yes" and 15 "no" golds: constant "no" is as good as constant "yes", so it passes; 30 discordant pairs
+    # 15 "yes" and 15 "no" golds: constant "no" is as good as constant "yes", so it passes; 30 discordant
+    # pairs
     assert share == pytest.approx(0.5) and code == 0 and out["tasks"][0]["paired"]["n"] == 30
-    assert main(["gate", "--baseline", str(tmp_path / "missing.json"), "--candidate", str(tmp_path / "no")]) == 2
+    assert main(["gate", "--baseline", str(tmp_path / "missing.json"), "--candidate",
+                 str(tmp_path / "no")]) == 2
     assert "neither a run directory nor a gate summary file" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text('{"format": "other"}')
     assert main(["gate", "--baseline", str(tmp_path / "bad.json"), "--candidate", str(tmp_path / "no")]) == 2
@@ -141,7 +146,8 @@ def test_cli_on_real_runs_and_a_written_summary(tmp_path: Path, capsys: pytest.C
 @pytest.mark.shared_data
 def test_a_constant_candidate_fails_the_committed_vqa_rad_baseline(
         tmp_path: Path, vqa_rad_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    baseline = GATE_DATA / "vqa_rad-constant-yes.json"  # `baseline:constant:yes` on tasks/subsets/vqa_rad-ci.json
+    # `baseline:constant:yes` on tasks/subsets/vqa_rad-ci.json
+    baseline = GATE_DATA / "vqa_rad-constant-yes.json"
     for name in ("yes", "unknown"):
         assert main(["run", "--model", f"baseline:constant:{name}", "--tasks", "vqa_rad",
                      "--data-dir", str(vqa_rad_dir), "--samples", str(SUBSETS / "vqa_rad-ci.json"),

@@ -1,7 +1,7 @@
-"""Hostile data, predictions and run directories (issue 13, items 5, 7, 8, 10, 11, 12): each bad file is refused
-with its name, line and what is wrong, or recorded as a counted per-sample failure; never a traceback (the CLI is
-called in-process: any exception but a handled one fails the test), never a file outside the run directory.
-docs/safety.md describes each mechanism; the corpus is tests/data/fuzz/{data,predictions}/."""
+"""Hostile data, predictions and run directories (issue 13, items 5, 7, 8, 10, 11, 12): each bad file is
+refused with its name, line and what is wrong, or recorded as a counted per-sample failure; never a traceback
+(the CLI is called in-process: any exception but a handled one fails the test), never a file outside the run
+directory. docs/safety.md describes each mechanism; the corpus is tests/data/fuzz/{data,predictions}/."""
 
 from __future__ import annotations
 
@@ -89,15 +89,15 @@ def test_a_good_row_of_each_format_still_loads(tmp_path: Path) -> None:
     (data / "test.csv").write_text('\ufeffqid,question,answer,image\n1,"two\nlines, and a comma",yes,a.png\n')
     (tmp_path / "t.yaml").write_text(LOCAL_TASK.format(ext="csv"))
     [sample] = load_task(tmp_path / "t.yaml", {"data_dir": str(data)}).load_samples()
-    assert (sample.id, sample.question, sample.target, sample.images) == ("1", "two\nlines, and a comma", "yes",
-                                                                           ("a.png",))
+    assert (sample.id, sample.question, sample.target, sample.images) == ("1", "two\nlines, and a comma",
+                                                                          "yes", ("a.png",))
     (data / "test.jsonl").write_text('{"qid": 7, "question": "q", "answer": 3, "image": "b.png"}\n')
     (tmp_path / "j.yaml").write_text(LOCAL_TASK.format(ext="jsonl"))
     [sample] = load_task(tmp_path / "j.yaml", {"data_dir": str(data)}).load_samples()
     assert (sample.id, sample.target) == ("7", 3)
 
 
-# --- predictions files ----------------------------------------------------------------------------------------
+# --- predictions files --------------------------------------------------------------------------------------
 
 PREDICTION_CASES = {
     "bad_json_line3.jsonl": ":3: not valid JSON",
@@ -142,8 +142,8 @@ def test_replayed_null_predictions_are_generation_errors_and_fail_the_run(
     handful of samples included) and the table shows them as generation errors, apart from unparsed."""
     path = FUZZ / "predictions" / "null_and_odd_predictions.jsonl"
     out = tmp_path / "run"
-    assert main(["run", "--model", str(path), "--tasks", str(BASE_TASK), "--output", str(out), "--no-progress",
-                 "--max-error-rate", "0.25"]) == 2
+    assert main(["run", "--model", str(path), "--tasks", str(BASE_TASK), "--output", str(out),
+                 "--no-progress", "--max-error-rate", "0.25"]) == 2
     captured = capsys.readouterr()
     assert "task fuzz_base: 2 of 4 samples failed: over the --max-error-rate 0.25" in captured.err
     header = next(line for line in captured.out.splitlines() if line.startswith("| task"))
@@ -159,14 +159,15 @@ def test_replayed_null_predictions_are_generation_errors_and_fail_the_run(
 # --- 7. validate == run without data: the corpus base is valid, so each mutation is what fails ------------
 
 
-def test_the_task_file_corpus_base_is_valid_and_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_task_file_corpus_base_is_valid_and_runs(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(BASE_TASK)]) == 0
     assert main(["run", "--model", "baseline:constant:1", "--tasks", str(BASE_TASK), "--output",
                  str(tmp_path / "r"), "--no-progress"]) == 0
 
 
-@pytest.mark.parametrize("mutation", ["gen_negative_tokens", "metric_unknown_normalizer", "template_format_spec",
-                                      "template_unknown", "group_by_unknown"])
+@pytest.mark.parametrize("mutation", ["gen_negative_tokens", "metric_unknown_normalizer",
+                                      "template_format_spec", "template_unknown", "group_by_unknown"])
 def test_run_refuses_what_validate_refuses_before_any_directory(
         tmp_path: Path, mutation: str, capsys: pytest.CaptureFixture[str]) -> None:
     path = FUZZ / f"{mutation}.yaml"
@@ -178,7 +179,8 @@ def test_run_refuses_what_validate_refuses_before_any_directory(
     assert not out.exists()
 
 
-def test_validate_of_a_missing_file_or_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_of_a_missing_file_or_a_directory(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(tmp_path / "nope.yaml"), str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert f"task file {tmp_path / 'nope.yaml'} does not exist" in out
@@ -207,7 +209,8 @@ def test_resume_refuses_a_changed_task_version_or_definition(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     task = _task_copy(tmp_path)
     out = tmp_path / "r"
-    args = ["run", "--model", "baseline:constant:1", "--tasks", str(task), "--output", str(out), "--no-progress"]
+    args = ["run", "--model", "baseline:constant:1", "--tasks", str(task), "--output",
+            str(out), "--no-progress"]
     assert main([*args, "--limit", "2"]) == 0
     before = (out / "samples" / "fuzz_base.jsonl").read_text()
     task.write_text(BASE_TASK.read_text().replace('version: "1"', 'version: "2"'))
@@ -233,14 +236,15 @@ def test_score_run_dir_refuses_rows_of_another_task_version(tmp_path: Path,
     assert json.loads(capsys.readouterr().out)["n_expected"] == 4
     task.write_text(BASE_TASK.read_text().replace('version: "1"', 'version: "2"'))
     assert main(["score", str(out)]) == 2
-    assert ("4 of 4 rows of task fuzz_base were made under another task version (4 under version '1'); the task "
-            f"file {task} is version '2'") in capsys.readouterr().err
+    assert ("4 of 4 rows of task fuzz_base were made under another task version (4 under version '1'); the "
+            f"task file {task} is version '2'") in capsys.readouterr().err
 
 
-# --- 11. partial and stuck run directories -------------------------------------------------------------------
+# --- 11. partial and stuck run directories ------------------------------------------------------------------
 
 
-def test_a_failure_before_the_first_sample_leaves_no_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+def test_a_failure_before_the_first_sample_leaves_no_directory(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A backend that fails while preparing a task (fault injected: a baseline whose prior cannot be read), in
     the run loop but before any row: the run directory it created is removed again."""
@@ -272,15 +276,16 @@ def test_resume_takes_over_a_directory_without_results(tmp_path: Path, leftover:
     if leftover != "samples_only" and leftover != "empty":
         (out / "samples" / "fuzz_base.jsonl").write_text("")
         status = leftover.split("_")[0]
-        (out / RUN_FILE).write_text(json.dumps({"run_id": "r", "status": status, "config": {"model": "other"}}))
+        (out / RUN_FILE).write_text(json.dumps({"run_id": "r", "status": status,
+                                                "config": {"model": "other"}}))
     if leftover == "empty":
         (out / "samples").rmdir()
     args = ["run", "--model", "baseline:constant:1", "--tasks", str(BASE_TASK), "--output", str(out),
             "--no-progress"]
     if leftover != "empty":
         assert main(args) == 2
-        assert "holds a run that stopped before its first sample (no results): pass --resume to take it over" in \
-            capsys.readouterr().err
+        assert ("holds a run that stopped before its first sample (no results): pass --resume to take it over"
+                in capsys.readouterr().err)
     assert main([*args, "--resume"]) == 0
     log = json.loads((out / RUN_FILE).read_text())
     assert log["status"] == "finished" and log["config"]["model"] == "baseline:constant:1"
@@ -299,7 +304,8 @@ def test_a_directory_with_results_or_other_files_is_never_taken_over(tmp_path: P
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
-def test_an_interrupted_run_is_marked_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_interrupted_run_is_marked_with_the_reason(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """SIGTERM is turned into the same stop as Ctrl-C: "interrupted", never "running"."""
     import os
     import signal
@@ -330,12 +336,13 @@ def test_an_interrupted_run_is_marked_with_the_reason(tmp_path: Path, monkeypatc
 # --- 12. quiet failure: a few samples, every one failed -----------------------------------------------------
 
 
-def test_a_dead_server_with_three_samples_exits_non_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_dead_server_with_three_samples_exits_non_zero(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("openai", reason="the openai backend (the `api` extra)")
     out = tmp_path / "r"
     assert main(["run", "--model", "m", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1",
-                 "--max-retries", "0", "--timeout", "2", "--tasks", str(BASE_TASK), "--limit", "3", "--output",
-                 str(out), "--no-progress", "--no-cache"]) == 2
+                 "--max-retries", "0", "--timeout", "2", "--tasks", str(BASE_TASK), "--limit", "3",
+                 "--output", str(out), "--no-progress", "--no-cache"]) == 2
     captured = capsys.readouterr()
     assert "task fuzz_base: 3 of 3 samples failed: over the --max-error-rate 0.5" in captured.err
     assert "fuzz_base: 3 of 3 generations failed (no answer from the model" in captured.out

@@ -58,9 +58,9 @@ def alias_bomb(levels: int = 10, width: int = 9) -> str:
 
 
 def test_alias_bomb_validate_is_refused_fast_under_a_memory_limit(tmp_path: Path) -> None:
-    """The issue's file (9^10 leaves once expanded) under a 1 GiB address-space limit: refused with the file and
-    line named, exit status 1 (invalid), no MemoryError. The memory limit is the bound (an expansion would pass
-    it at once); how fast validate refuses is measured by bench/hostile.py, not asserted here."""
+    """The issue's file (9^10 leaves once expanded) under a 1 GiB address-space limit: refused with the file
+    and line named, exit status 1 (invalid), no MemoryError. The memory limit is the bound (an expansion would
+    pass it at once); how fast validate refuses is measured by bench/hostile.py, not asserted here."""
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text("name: bomb\n" + alias_bomb())
     assert bomb.stat().st_size < 600
@@ -70,8 +70,8 @@ def test_alias_bomb_validate_is_refused_fast_under_a_memory_limit(tmp_path: Path
         from medharness.cli import main
         sys.exit(main(["validate", {str(bomb)!r}]))
     """)
-    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=300,
-                          env=env())  # the timeout only stops a hung test; it is no speed target
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True,
+                          timeout=300, env=env())  # the timeout only stops a hung test; it is no speed target
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"{bomb}:2: YAML anchors and aliases (&a0) are not allowed" in done.stdout
     assert "MemoryError" not in done.stderr and "Traceback" not in done.stderr
@@ -110,7 +110,7 @@ def test_the_fuzz_corpus_is_there() -> None:
 
 @pytest.mark.parametrize("path", FUZZ_FILES, ids=lambda p: p.stem)
 def test_every_hostile_task_file_is_refused_with_a_named_error(path: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     raw = path.read_bytes()
     text = raw.decode("utf-16") if raw.startswith(b"\xff\xfe") else raw.decode("utf-8", errors="replace")
     expect = text.split("\n", 1)[0].removeprefix("# expect: ")
@@ -152,7 +152,8 @@ def test_validate_refuses_a_task_name_that_is_not_a_file_name(tmp_path: Path, na
     assert f"{path}:1: name: name" in out and "cannot be used as a file name" in out, out
 
 
-def test_run_with_a_traversing_task_name_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_with_a_traversing_task_name_writes_nothing(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     work = tmp_path / "a" / "b"
     work.mkdir(parents=True)
     path = work / "t.yaml"
@@ -187,7 +188,8 @@ def test_judge_names_and_run_labels_are_safe_names(tmp_path: Path) -> None:
 
     panel = tmp_path / "panel.yaml"
     panel.write_text("- {name: ../x, spec: rarl_v1, backend: openai, model: m}\n")
-    with pytest.raises(ConfigError, match=rf"{panel}:1: judge 1 \(../x\): name: .*cannot be used as a file name"):
+    with pytest.raises(ConfigError,
+                       match=rf"{panel}:1: judge 1 \(../x\): name: .*cannot be used as a file name"):
         load_panel(panel)
     with pytest.raises(ValidationError, match="label.*cannot be used as a file name"):
         RunConfig(model="baseline:majority", tasks="phantom_count", label="../up")
@@ -273,8 +275,8 @@ def covid_dir(tmp_path: Path) -> Path:
 
 def test_one_bomb_image_is_one_sample_error_and_the_run_finishes(tmp_path: Path, covid_dir: Path) -> None:
     ProbeBackend.seen.clear()
-    config = RunConfig(model="probe", backend="hostile_probe", tasks="covid_severity", data_dir=str(covid_dir),
-                       cache=False, batch_size=4)
+    config = RunConfig(model="probe", backend="hostile_probe", tasks="covid_severity",
+                       data_dir=str(covid_dir), cache=False, batch_size=4)
     run = Runner(config, output=tmp_path / "run").run()
     info = json.loads((run.path / "run.json").read_text())
     assert info["status"] == "finished"
@@ -291,7 +293,8 @@ def test_one_bomb_image_is_one_sample_error_and_the_run_finishes(tmp_path: Path,
 
 
 def test_any_exception_opening_an_image_names_it(covid_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Not only Pillow's errors: whatever a source raises (a bug, a KeyError) is a DataError naming the image."""
+    """Not only Pillow's errors: whatever a source raises (a bug, a KeyError) is a DataError naming the
+    image."""
     task = load_task("covid_severity", {"data_dir": str(covid_dir)})
 
     def broken(self: Any, ref: str) -> Any:
@@ -325,18 +328,20 @@ def test_an_unexpected_error_in_the_loop_marks_the_run_failed(tmp_path: Path,
     assert info["status"] == "failed" and info["error"] == "RuntimeError: a bug"
     calls.append(1)
     with pytest.raises(RuntimeError):
-        Runner(RunConfig(model="baseline:majority", tasks="phantom_count", limit=3), output=tmp_path / "s").run()
+        Runner(RunConfig(model="baseline:majority", tasks="phantom_count", limit=3),
+               output=tmp_path / "s").run()
     assert not (tmp_path / "s").exists()
 
 
-# --- 4. one writer per run directory -------------------------------------------------------------------------
+# --- 4. one writer per run directory ------------------------------------------------------------------------
 
 
 def test_a_second_writer_is_refused_with_the_holder_named(tmp_path: Path) -> None:
     run = RunDir.create(tmp_path / "run", {"model": "m"})
     try:
         record = json.loads((tmp_path / "run" / LOCK_FILE).read_text())
-        assert record["pid"] == os.getpid() and record["host"] and record["started"] and record["purpose"] == "run"
+        assert (record["pid"] == os.getpid() and record["host"] and record["started"]
+                and record["purpose"] == "run")
         with pytest.raises(RunInUseError, match=rf"in use by another medharness process \(run process pid "
                                                 rf"{os.getpid()} on host "):
             RunDir.open(tmp_path / "run", writer="judge")
@@ -383,8 +388,11 @@ def test_a_lock_left_by_a_killed_process_is_not_stale(tmp_path: Path) -> None:
         holder.wait()
 
 
-def test_a_writer_refused_in_the_instant_before_the_holder_records_itself_still_names_it(tmp_path: Path) -> None:
-    """Two processes started together: the loser may read run.lock between the winner's flock and its record."""
+def test_a_writer_refused_in_the_instant_before_the_holder_records_itself_still_names_it(
+    tmp_path: Path
+) -> None:
+    """Two processes started together: the loser may read run.lock between the winner's flock and its
+    record."""
     import fcntl
     import socket
     import threading
@@ -405,7 +413,8 @@ def test_a_writer_refused_in_the_instant_before_the_holder_records_itself_still_
 
 
 def test_a_lock_inherited_by_a_forked_child_names_the_ended_holder(tmp_path: Path) -> None:
-    """A child forked by the holder (a model server) keeps the lock after the holder ends: the refusal says so."""
+    """A child forked by the holder (a model server) keeps the lock after the holder ends: the refusal says
+    so."""
     RunDir.create(tmp_path / "run", {}).close()
     script = textwrap.dedent(f"""
         import os, sys, time
@@ -458,9 +467,9 @@ def test_two_resumes_at_once_one_is_refused_and_no_row_is_written_twice(tmp_path
     from fake_api_server import FakeAPIServer
 
     out, limit = tmp_path / "run", 40
-    args = ["--model", "fake-model", "--backend", "openai", "--tasks", "phantom_presence", "--limit", str(limit),
-            "--concurrency", "1", "--batch-size", "1", "--max-retries", "0", "--no-cache", "--no-progress",
-            "--output", str(out), "--resume"]
+    args = ["--model", "fake-model", "--backend", "openai", "--tasks", "phantom_presence", "--limit",
+            str(limit), "--concurrency", "1", "--batch-size", "1", "--max-retries", "0", "--no-cache",
+            "--no-progress", "--output", str(out), "--resume"]
     config = RunConfig(model="fake-model", backend="openai", tasks="phantom_presence", limit=limit)
     RunDir.create(out, config.model_dump()).close()  # a run to resume, no rows yet
 
@@ -490,7 +499,8 @@ def test_two_resumes_at_once_one_is_refused_and_no_row_is_written_twice(tmp_path
     assert codes == [0, 2], [(p.returncode, err[-1500:]) for p, _, err in results]
     winner = next(p for p, _, _ in results if p.returncode == 0)
     loser_err = next(err for p, _, err in results if p.returncode == 2)
-    assert f"is in use by another medharness process (run --resume process pid {winner.pid} on host " in loser_err
+    assert (f"is in use by another medharness process (run --resume process pid {winner.pid} on host "
+            in loser_err)
     assert "Traceback" not in loser_err
     rows = RunDir.open(out).rows("phantom_presence")  # raises on a sample id written twice
     assert len(rows) == limit and len({r.sample_id for r in rows}) == limit
@@ -498,7 +508,7 @@ def test_two_resumes_at_once_one_is_refused_and_no_row_is_written_twice(tmp_path
     assert (out / LOCK_FILE).read_text() == ""
 
 
-# --- 5. two tasks with one name -------------------------------------------------------------------------------
+# --- 5. two tasks with one name -----------------------------------------------------------------------------
 
 
 def test_two_tasks_with_one_name_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -518,7 +528,7 @@ def test_the_same_task_twice_runs_once(tmp_path: Path) -> None:
     assert [t.name for t in run.tasks].count("phantom_count") == 1
 
 
-# --- 6. option values -----------------------------------------------------------------------------------------
+# --- 6. option values ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("args, message", [
@@ -530,8 +540,8 @@ def test_the_same_task_twice_runs_once(tmp_path: Path) -> None:
     (["--max-error-rate", "2"], "--max-error-rate 2.0: Input should be less than or equal to 1"),
     (["--max-error-rate", "-0.1"], "--max-error-rate -0.1: Input should be greater than or equal to 0"),
     (["--max-new-tokens", "0"], "--max-new-tokens 0: Input should be greater than or equal to 1"),
-    (["--backend-option", "frobnicate=1"], ("--backend-option: the baseline backend does not take the backend "
-                                            "option(s) 'frobnicate'; it takes: seed")),
+    (["--backend-option", "frobnicate=1"], ("--backend-option: the baseline backend does not take the "
+                                            "backend option(s) 'frobnicate'; it takes: seed")),
     (["--label", "../up"], "--label ../up: label '../up' cannot be used as a file name"),
 ])
 def test_bad_option_values_are_refused_by_name_before_any_directory(
@@ -568,7 +578,8 @@ def test_backend_options_are_checked_against_the_chosen_backend(tmp_path: Path,
         RunConfig(model="some/model", tasks="phantom_count", backend_options={"nope": 1})
     vllm_only = RunConfig(model="some/model", tasks="phantom_count", backend_options={"max_model_len": 1024})
     with pytest.raises(ValidationError, match="the hf backend does not take .*'max_model_len'"):
-        RunConfig(model="some/model", backend="hf", tasks="phantom_count", backend_options={"max_model_len": 1024})
+        RunConfig(model="some/model", backend="hf", tasks="phantom_count",
+                  backend_options={"max_model_len": 1024})
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:  # auto picks hf here: the runner refuses before any work
@@ -582,7 +593,8 @@ def test_judge_backend_options_are_checked(tmp_path: Path) -> None:
 
     panel = tmp_path / "panel.yaml"
     panel.write_text("- {name: j, spec: rarl_v1, backend: openai, model: m, options: {concurency: 2}}\n")
-    with pytest.raises(ConfigError, match="openai backend does not take the option of judge 'j'.*'concurency'"):
+    with pytest.raises(ConfigError,
+                       match="openai backend does not take the option of judge 'j'.*'concurency'"):
         load_panel(panel)
 
 

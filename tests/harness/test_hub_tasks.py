@@ -178,7 +178,8 @@ def check_scoring(task: Task, samples: list[Sample]) -> None:
     metric = primary_metric(task)
     for variant in task.config.prompts.variants:
         full = recipe_for(task, prompt=variant)
-        offline = [m for m in full.metrics if m.metric.name not in NEEDS_MODEL and not m.args.get("tokenizer")]
+        offline = [m for m in full.metrics if m.metric.name not in NEEDS_MODEL
+                   and not m.args.get("tokenizer")]
         recipe = Recipe(full.convention, full.parser, offline)
         for sample in samples:
             right_text = wrap(variant, gold_text(task, sample), sample)

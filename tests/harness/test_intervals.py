@@ -74,7 +74,8 @@ def test_corpus_metric_gets_a_bootstrap_interval() -> None:
     samples = task.load_samples()[:60]
     recipe = recipe_for(task)
     rows = [ResultRow(task=task.name, task_version=task.version, sample=s, prompt_hash="",
-                      generation=Generation(sample_id=s.id, text=str(s.target) if i % 3 else "0"), answer=Answer())
+                      generation=Generation(sample_id=s.id, text=str(s.target) if i % 3 else "0"),
+                      answer=Answer())
             for i, s in enumerate(samples)]
     summary = summarise(rescore(rows, recipe), recipe, [], task.name, task.version, task.config.cluster_by)
     qwk = next(m for label, m in summary.metrics.items() if label.startswith("qwk"))
@@ -94,7 +95,8 @@ def test_score_prints_one_scale_with_intervals(tmp_path: Path, capsys: pytest.Ca
     # the group rows are on the headline's scale (x100 for percent metrics) in the console table
     group = presence["groups"]["n_lesions"]["3"]
     assert f"{group['metrics']['yes_no_accuracy']['value'] * 100:.2f}" in text
-    assert f"{head['value'] * 100:.2f}" in text and f"[{head['ci_low'] * 100:.2f}, {head['ci_high'] * 100:.2f}]" in text
+    assert (f"{head['value'] * 100:.2f}" in text
+            and f"[{head['ci_low'] * 100:.2f}, {head['ci_high'] * 100:.2f}]" in text)
     # one shape: a group's metric entry has exactly the headline entry's keys; counts are integers
     assert set(group["metrics"]["yes_no_accuracy"]) == set(head) >= {"value", "stderr", "ci_low", "ci_high"}
     assert isinstance(group["n"], int) and isinstance(presence["n"], int)

@@ -1,4 +1,5 @@
-"""Tasks read from local copies: BCCD (VOC + CSV), HAM10000 (+ mask boxes), Heel, COVID severity, VQA-Med 2019.
+"""Tasks read from local copies: BCCD (VOC + CSV), HAM10000 (+ mask boxes), Heel, COVID severity, VQA-Med
+2019.
 
 Each loader runs on a small fixture written here in the real on-disk schema; the gold, written as a model
 would answer in each prompt variant (and each box coordinate convention), must score 1.0.
@@ -77,8 +78,9 @@ def voc_xml(image_id: str, size: tuple[int, int], objects: list[tuple[str, list[
         f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>"
         f"<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
         for name, b in objects)
-    return (f"<annotation><folder>JPEGImages</folder><filename>{image_id}.jpg</filename><size><width>{size[0]}"
-            f"</width><height>{size[1]}</height><depth>3</depth></size><segmented>0</segmented>{objs}</annotation>")
+    return (f"<annotation><folder>JPEGImages</folder><filename>{image_id}.jpg</filename><size>"
+            f"<width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>"
+            f"<segmented>0</segmented>{objs}</annotation>")
 
 
 @pytest.fixture()
@@ -130,7 +132,8 @@ def test_voc_csv_reads_columns_by_name_not_position(voc_dir: Path) -> None:
     from_csv = bccd(voc_dir, source=1)
     assert from_csv.load_report == {} and from_csv.source.csv == "test.csv"
     samples = from_csv.load_samples()
-    assert [(s.id, sorted(s.target), s.meta) for s in samples] == [(s.id, sorted(s.target), s.meta) for s in xml]
+    assert [(s.id, sorted(s.target), s.meta) for s in samples] == [(s.id, sorted(s.target), s.meta)
+                                                                   for s in xml]
     # Reading the trap file by position would give reversed boxes: the loader says so instead of swapping.
     positional = from_csv.config.sources[0].model_dump()
     positional["csv_columns"] = {"image": "filename", "label": "cell_type", "x1": "xmin", "y1": "xmax",
@@ -147,7 +150,8 @@ def test_voc_gold_scores_one_for_any_gold_box_in_every_convention(voc_dir: Path)
         assert_box_variants(task, rbc, box, ("best_iou", "iou_acc_50"))
     wrong = score(task, rbc, "[30, 30, 36, 35]", "plain")
     assert wrong["best_iou"] == 0.0 and wrong["iou_acc_50"] == 0.0
-    answer, scores = recipe_for(task).score(rbc, Generation(sample_id=rbc.id, text="[2, 3, 12, 13] [50, 20, 62, 33]"))
+    answer, scores = recipe_for(task).score(rbc, Generation(sample_id=rbc.id,
+                                                            text="[2, 3, 12, 13] [50, 20, 62, 33]"))
     assert not answer.parsed and scores["best_iou"] == 0.0  # several boxes: unparsed, never a free pick
     assert "(644 x 476 pixels)" not in rendered(task, rbc, "box_resized")
     w, h = qwen_resized_size(64, 48)
@@ -156,7 +160,8 @@ def test_voc_gold_scores_one_for_any_gold_box_in_every_convention(voc_dir: Path)
 
 
 def test_voc_errors_name_the_problem(voc_dir: Path) -> None:
-    (voc_dir / "Annotations" / "img_b.xml").write_text(voc_xml("img_b", (64, 48), [("Neutrophil", [1, 1, 5, 5])]))
+    (voc_dir / "Annotations" / "img_b.xml").write_text(voc_xml("img_b", (64, 48),
+                                                               [("Neutrophil", [1, 1, 5, 5])]))
     with pytest.raises(DataError, match=r"label\(s\) \['Neutrophil'\] not in"):
         bccd(voc_dir).load_samples()
     (voc_dir / "Annotations" / "img_b.xml").unlink()
@@ -208,7 +213,8 @@ def ham_dir(tmp_path: Path) -> Path:
 
 
 def test_ham10000_labels_and_lesion_level_split(ham_dir: Path) -> None:
-    by_split = {split: load_task("ham10000", {"data_dir": str(ham_dir), "split": split, "check_sizes": False}).load_samples()
+    by_split = {split: load_task("ham10000", {"data_dir": str(ham_dir), "split": split,
+                                              "check_sizes": False}).load_samples()
                 for split in ("train", "val", "test", "all")}
     assert len(by_split["all"]) == len(HAM_ROWS)
     parts = [s.id for split in ("train", "val", "test") for s in by_split[split]]
@@ -218,7 +224,8 @@ def test_ham10000_labels_and_lesion_level_split(ham_dir: Path) -> None:
                 or lesions["val"] & lesions["test"])  # no lesion in two splits
     assert all(by_split[s] for s in ("train", "test"))
     for s in by_split["all"]:
-        assert s.meta["split"] == lesion_split(s.meta["lesion_id"], 0, {"train": 0.7, "val": 0.1, "test": 0.2})
+        assert s.meta["split"] == lesion_split(s.meta["lesion_id"], 0,
+                                               {"train": 0.7, "val": 0.1, "test": 0.2})
     first = next(s for s in by_split["all"] if s.id == "ISIC_0027419")
     assert first.target == "benign keratosis-like lesions" and first.meta["dx"] == "bkl"
     assert first.choices == tuple(HAM_CLASSES.values())
@@ -226,15 +233,18 @@ def test_ham10000_labels_and_lesion_level_split(ham_dir: Path) -> None:
 
 
 def test_lesion_split_fractions_are_honoured() -> None:
-    counts = Counter(lesion_split(f"HAM_{i:07d}", 0, {"train": 0.7, "val": 0.1, "test": 0.2}) for i in range(20000))
+    counts = Counter(lesion_split(f"HAM_{i:07d}", 0, {"train": 0.7, "val": 0.1, "test": 0.2})
+                     for i in range(20000))
     assert abs(counts["train"] / 20000 - 0.7) < 0.02 and abs(counts["test"] / 20000 - 0.2) < 0.02
-    assert lesion_split("HAM_0000118", 0, {"a": 0.5, "b": 0.5}) == lesion_split("HAM_0000118", 0, {"a": 0.5, "b": 0.5})
+    assert lesion_split("HAM_0000118", 0, {"a": 0.5, "b": 0.5}) == lesion_split("HAM_0000118", 0,
+                                                                                {"a": 0.5, "b": 0.5})
 
 
 def test_ham10000_gold_scores_one_in_every_prompt(ham_dir: Path) -> None:
     for prompt, text in (("plain", "{gold}"), ("names", R1 + " \\boxed{{{gold}}}"),
                          ("knowledge", R1 + " The answer is \\boxed{{{gold}}}.")):
-        task = load_task("ham10000", {"data_dir": str(ham_dir), "split": "all", "prompt": prompt, "check_sizes": False})
+        task = load_task("ham10000", {"data_dir": str(ham_dir), "split": "all", "prompt": prompt,
+                                      "check_sizes": False})
         samples = task.load_samples()
         for sample in samples[:12]:
             assert score(task, sample, text.format(gold=sample.target), prompt)["label_accuracy"] == 1.0
@@ -257,7 +267,8 @@ def test_ham10000_bbox_from_mask_edges(ham_dir: Path) -> None:
     empty = ham_dir / "HAM10000_segmentations_lesion_tschandl" / "ISIC_0025030_segmentation.png"
     Image.fromarray(np.zeros((30, 40), dtype=np.uint8)).save(empty)
     with pytest.raises(DataError, match="no pixel > 127"):
-        load_task("ham10000_bbox", {"data_dir": str(ham_dir), "split": "all", "check_sizes": False}).load_samples()
+        load_task("ham10000_bbox", {"data_dir": str(ham_dir), "split": "all",
+                                    "check_sizes": False}).load_samples()
 
 
 def test_ham10000_missing_image_is_named(ham_dir: Path) -> None:
@@ -272,10 +283,12 @@ def test_ham10000_missing_image_is_named(ham_dir: Path) -> None:
 @pytest.fixture()
 def heel_dir(tmp_path: Path) -> Path:
     root = tmp_path / "heel"
-    rows = [("h1.png", "spur", 10, 20, 50, 60), ("h2.png", "normal", 5, 5, 25, 40), ("h3.png", "spur", 0, 0, 80, 70)]
+    rows = [("h1.png", "spur", 10, 20, 50, 60), ("h2.png", "normal", 5, 5, 25, 40),
+            ("h3.png", "spur", 0, 0, 80, 70)]
     for image, *_ in rows:
         write_image(root / "images" / image, (80, 70))
-    (root / "test.csv").write_text("image,label,x1,y1,x2,y2\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    (root / "test.csv").write_text("image,label,x1,y1,x2,y2\n"
+                                   + "".join(",".join(map(str, r)) + "\n" for r in rows))
     return root
 
 
@@ -310,7 +323,8 @@ def test_covid_severity_grades(tmp_path: Path) -> None:
     grades = [0, 1, 2, 3, 4, 5, 6, 3]
     for i in range(len(grades)):
         write_image(root / "images" / f"cxr{i}.png", (32, 32))
-    (root / "test.csv").write_text("image,grade\n" + "".join(f"cxr{i}.png,{g}\n" for i, g in enumerate(grades)))
+    (root / "test.csv").write_text("image,grade\n" + "".join(f"cxr{i}.png,{g}\n"
+                                                             for i, g in enumerate(grades)))
     for prompt, text in (("plain", "{gold}"), ("r1", R1 + " The grade is \\boxed{{{gold}}}.")):
         task = load_task("covid_severity", {"data_dir": str(root), "prompt": prompt})
         samples = task.load_samples()
@@ -323,7 +337,8 @@ def test_covid_severity_grades(tmp_path: Path) -> None:
             gen = Generation(sample_id=sample.id, text=text.format(gold=sample.target))
             answer, scores = recipe.score(sample, gen)
             assert scores["grade_accuracy"] == 1.0 and scores["mfrs"] == 1.0 and scores["grade_mae"] == 0.0
-            rows.append(ResultRow.model_construct(sample=sample, generation=gen, answer=answer, scores=scores))
+            rows.append(ResultRow.model_construct(sample=sample, generation=gen,
+                                                  answer=answer, scores=scores))
         summary = summarise(rows, recipe, task.config.group_by, task.name, task.version,
                             task.config.cluster_by)
         assert summary.metrics["qwk"].value == pytest.approx(1.0)
@@ -339,8 +354,10 @@ VQA_MED = [
     "synpic36276|modality|is \tthis a t1 weighted image?|yes",
     "synpic21435|plane|in what plane is this ct scan?|axial",
     "synpic16333|organ|what organ system is displayed in this ct scan?|skull and contents",
-    "synpic54143|abnormality|what is the primary abnormality in this image?|anaplastic oligodendroglioma#multi-cystic complex mass",
-    "synpic35171|abnormality|what is abnormal in the ct scan?|(angioinvasive aspergillosis with) septic cerebral emboli",
+    ("synpic54143|abnormality|what is the primary abnormality in this image?|anaplastic "
+     "oligodendroglioma#multi-cystic complex mass"),
+    ("synpic35171|abnormality|what is abnormal in the ct scan?|(angioinvasive aspergillosis with) septic "
+     "cerebral emboli"),
     "synpic99999|abnormality|is this image normal?|no",
 ]
 
@@ -360,7 +377,8 @@ def test_vqa_med_2019_reads_the_release(vqa_med_dir: Path) -> None:
     assert len(samples) == 8 and samples[0].id == "synpic54082"
     assert samples[0].images == ("VQAMed2019_Test_Images/synpic54082.jpg",)
     assert samples[2].question == "is \tthis a t1 weighted image?"
-    assert Counter(s.meta["category"] for s in samples) == {"modality": 3, "plane": 1, "organ": 1, "abnormality": 3}
+    assert Counter(s.meta["category"] for s in samples) == {"modality": 3, "plane": 1,
+                                                            "organ": 1, "abnormality": 3}
     assert [s.meta["answer_type"] for s in samples[:2]] == ["OPEN", "CLOSED"]
     assert task.open_image(samples[0].images[0]).size == (16, 16)
     with pytest.raises(DataError, match="no 'train' split"):
@@ -417,8 +435,10 @@ def test_real_bccd() -> None:
     assert boxes == {"RBC": 805, "WBC": 71, "Platelets": 69} and sum(boxes.values()) == 945
     assert all(s.meta["image_size"] == [640, 480] and s.meta["resized_size"] == [644, 476] for s in samples)
     assert task.open_image(samples[0].images[0]).size == (640, 480)
-    # The CSV export (all 364 images, columns xmin,xmax,ymin,ymax) gives the XML's boxes for the 72 test images.
-    from_csv = load_task("bccd_bbox", {"data_dir": str(root), "sources": [task.config.sources[1].model_dump()]})
+    # The CSV export (all 364 images, columns xmin,xmax,ymin,ymax) gives the XML's boxes for the 72 test
+    # images.
+    from_csv = load_task("bccd_bbox",
+                         {"data_dir": str(root), "sources": [task.config.sources[1].model_dump()]})
     csv_samples = from_csv.load_samples()
     assert from_csv.load_report["source"] == "voc test.csv [test]"
     assert [(s.id, sorted(s.target)) for s in csv_samples] == [(s.id, sorted(s.target)) for s in samples]

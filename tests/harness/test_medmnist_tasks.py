@@ -1,4 +1,5 @@
-"""The MedMNIST task family: fixture .npz files in the real MedMNIST layout, every prompt variant, scoring, cards."""
+"""The MedMNIST task family: fixture .npz files in the real MedMNIST layout, every prompt variant, scoring,
+cards."""
 
 from __future__ import annotations
 
@@ -27,20 +28,22 @@ class Spec:
 SPECS = {
     "medmnist_breast": Spec("breastmnist", ("malignant", "normal or benign"), 156, rgb=False),
     "medmnist_pneumonia": Spec("pneumoniamnist", ("normal", "pneumonia"), 624, rgb=False),
-    "medmnist_oct": Spec("octmnist", ("choroidal neovascularization", "diabetic macular edema", "drusen", "normal"),
+    "medmnist_oct": Spec("octmnist", ("choroidal neovascularization", "diabetic macular edema", "drusen",
+                                      "normal"),
                          1000, rgb=False),
-    "medmnist_retina": Spec("retinamnist", ("grade 0", "grade 1", "grade 2", "grade 3", "grade 4"), 400, rgb=True,
-                            ordinal=True),
+    "medmnist_retina": Spec("retinamnist", ("grade 0", "grade 1", "grade 2", "grade 3", "grade 4"), 400,
+                            rgb=True, ordinal=True),
     "medmnist_derma": Spec("dermamnist", (
-        "actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma", "benign keratosis-like lesions",
-        "dermatofibroma", "melanoma", "melanocytic nevi", "vascular lesions"), 2005, rgb=True),
+        "actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
+        "benign keratosis-like lesions", "dermatofibroma", "melanoma", "melanocytic nevi",
+        "vascular lesions"), 2005, rgb=True),
     "medmnist_tissue": Spec("tissuemnist", (
         "collecting duct or connecting tubule", "distal convoluted tubule", "glomerular endothelial cells",
         "interstitial endothelial cells", "leukocytes", "podocytes", "proximal tubule segments",
         "thick ascending limb"), 47280, rgb=False),
     "medmnist_blood": Spec("bloodmnist", (
-        "basophil", "eosinophil", "erythroblast", "immature granulocyte", "lymphocyte", "monocyte", "neutrophil",
-        "platelet"), 3421, rgb=True),
+        "basophil", "eosinophil", "erythroblast", "immature granulocyte", "lymphocyte", "monocyte",
+        "neutrophil", "platelet"), 3421, rgb=True),
     "medmnist_organa": Spec("organamnist", (
         "bladder", "left femur", "right femur", "heart", "left kidney", "right kidney", "liver", "left lung",
         "right lung", "pancreas", "spleen"), 17778, rgb=False),
@@ -58,7 +61,8 @@ def labels_for(spec: Spec) -> list[int]:
 
 
 def write_npz(root: Path, spec: Spec, suffix: str, size: int = 28) -> Path:
-    """A small .npz in the real MedMNIST layout: uint8 images (N,H,W) or (N,H,W,3), labels (N,1), three splits."""
+    """A small .npz in the real MedMNIST layout: uint8 images (N,H,W) or (N,H,W,3), labels (N,1), three
+    splits."""
     rng = np.random.default_rng(len(spec.classes))
     arrays = {}
     for split, labels in (("train", [0, 1]), ("val", [1]), ("test", labels_for(spec))):
@@ -147,7 +151,8 @@ def test_knowledge_prompt_uses_the_pa_p_wording() -> None:
     for name in TASKS:
         user = load_task(name).config.prompts.variants["knowledge"].user
         assert user.startswith("This is a") and " image of " in user.split(".")[0]
-        assert "Categories and their typical descriptions are as follows:" in user or "Grades and their" in user
+        assert ("Categories and their typical descriptions are as follows:" in user
+                or "Grades and their" in user)
         assert "MUST BE enclosed within <think> </think> tags" in user and "\\boxed{{}}" in user
 
 
@@ -199,7 +204,8 @@ def test_card_size_passes_at_full_size(tmp_path: Path) -> None:
              test_labels=(np.arange(156) % 4 != 0).astype(np.uint8).reshape(-1, 1))
     task = load_task("medmnist_breast", {"data_dir": str(tmp_path)})
     samples = task.load_samples()
-    assert task.load_report == {"split": "test", "source": task.load_report["source"], "expected": 156, "actual": 156}
+    assert task.load_report == {"split": "test", "source": task.load_report["source"],
+                                "expected": 156, "actual": 156}
     assert sum(s.target == "malignant" for s in samples) == 39
     assert spec.classes[1] == "normal or benign"
 

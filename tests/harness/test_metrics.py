@@ -182,7 +182,8 @@ def test_qwk_agrees_with_sklearn_and_handles_degenerate_input() -> None:
     ("a b c", "x", {"knowledge": "a b c"}, {"reference": "knowledge"}, 1.0),
     ("a b c", "x", {}, {"reference": "knowledge"}, None),
 ])
-def test_bleu(value: Any, target: str, meta: dict[str, Any], args: dict[str, Any], expected: float | None) -> None:
+def test_bleu(value: Any, target: str, meta: dict[str, Any], args: dict[str, Any],
+              expected: float | None) -> None:
     got = score("bleu", value, target, meta=meta, **args)
     assert got == pytest.approx(expected) if expected is not None else got is None
 
@@ -228,7 +229,8 @@ def test_think_length(text: str, expected: float) -> None:
     assert score("think_length", None, "gold", text=text) == expected
 
 
-@pytest.mark.parametrize("text", ["yes no " * 150_000, "<think>" + "a " * 500_000, "\\boxed{" * 140_000, "é" * 1_000_000])
+@pytest.mark.parametrize("text", ["yes no " * 150_000, "<think>" + "a " * 500_000,
+                                  "\\boxed{" * 140_000, "é" * 1_000_000])
 @pytest.mark.timeout(300)  # a hang guard against quadratic blow-ups, not a speed target
 def test_every_metric_survives_a_megabyte(text: str) -> None:
 
@@ -236,8 +238,8 @@ def test_every_metric_survives_a_megabyte(text: str) -> None:
             "where": {"metric": "token_f1", "field": "answer_type", "value": "OPEN"}}
     # model- and judge-backed metrics need a model or a panel (their inputs are truncated by the model's
     # tokenizer): tests/harness/test_model_metrics.py and tests/judges/test_judge_metric.py
-    needs_model = {"bertscore", "rarl_accuracy", "reasoning_similarity", "reasoning_perplexity", "judge_score",
-                   "judge_rate"}
+    needs_model = {"bertscore", "rarl_accuracy", "reasoning_similarity", "reasoning_perplexity",
+                   "judge_score", "judge_rate"}
     for name, m in METRICS.items():
         if m.fn is None or name in needs_model:
             continue
@@ -253,10 +255,13 @@ def test_bleu_of_the_reasoning_against_a_meta_field() -> None:
     from medharness.scoring.metrics import METRICS
 
     fn = METRICS.get("bleu").fn
-    sample = Sample(id="1", task="t", question="q", target="yes", meta={"reasoning": "the left lung is clear"})
+    sample = Sample(id="1", task="t", question="q", target="yes",
+                    meta={"reasoning": "the left lung is clear"})
     text = "<think>the left lung is clear</think><answer>yes</answer>"
-    assert fn(Answer(value="yes"), sample, text, reference="reasoning", hypothesis="think") == pytest.approx(1.0)
-    assert fn(Answer(value="yes"), sample, "<answer>yes</answer>", reference="reasoning", hypothesis="think") == 0.0
+    assert fn(Answer(value="yes"), sample, text, reference="reasoning",
+              hypothesis="think") == pytest.approx(1.0)
+    assert fn(Answer(value="yes"), sample, "<answer>yes</answer>", reference="reasoning",
+              hypothesis="think") == 0.0
     with pytest.raises(ConfigError):
         fn(Answer(value="yes"), sample, text, hypothesis="raw")
 

@@ -25,7 +25,8 @@ from medharness.core.records import Answer, Sample
 from medharness.scoring.metrics import METRICS
 from medharness.scoring.metrics.models import bertscore_f1, cross_encoder_score, perplexity
 
-OPEN = Sample(task="t", id="o1", question="Where is the mass?", target="left lung", meta={"answer_type": "OPEN"})
+OPEN = Sample(task="t", id="o1", question="Where is the mass?", target="left lung",
+              meta={"answer_type": "OPEN"})
 CLOSED = Sample(task="t", id="c1", question="Is there a mass?", target="yes", meta={"answer_type": "CLOSED"})
 MCQ = Sample(task="t", id="m1", question="Which organ?", target="B", choices=["liver", "lung"],
              meta={"reasoning": "the lesion sits in the lung"})
@@ -43,8 +44,9 @@ def metric(name: str, sample: Sample, text: str, value: str | None = None, **arg
 
 
 def by_hand_bertscore(candidate: str, reference: str, folder: str, layers: int) -> float:
-    """Greedy cosine matching of layer-`layers` token embeddings (BERTScore's F1): every token, [CLS] and [SEP]
-    included, may be matched, but only the words are averaged (bert-score gives [CLS]/[SEP] weight 0)."""
+    """Greedy cosine matching of layer-`layers` token embeddings (BERTScore's F1): every token, [CLS] and
+    [SEP] included, may be matched, but only the words are averaged (bert-score gives [CLS]/[SEP] weight
+    0)."""
     tokenizer, model = BertTokenizerFast.from_pretrained(folder), BertModel.from_pretrained(folder).eval()
 
     def embed(text: str) -> torch.Tensor:
@@ -61,7 +63,8 @@ def by_hand_bertscore(candidate: str, reference: str, folder: str, layers: int) 
 
 def test_bertscore_f1_by_hand(models: dict[str, str]) -> None:
     got = bertscore_f1("mass in the left lung", "left lung", models["bert"], 2)
-    assert got == pytest.approx(by_hand_bertscore("mass in the left lung", "left lung", models["bert"], 2), abs=1e-5)
+    assert got == pytest.approx(by_hand_bertscore("mass in the left lung", "left lung", models["bert"], 2),
+                                abs=1e-5)
     assert 0 < got < 1
     assert bertscore_f1("left lung", "left lung", models["bert"], 2) == pytest.approx(1.0, abs=1e-5)
     layer3 = bertscore_f1("mass in the left lung", "left lung", models["bert"], 3)
@@ -76,7 +79,8 @@ def test_rarl_accuracy_binary_closed_bertscore_open(models: dict[str, str]) -> N
     assert metric("rarl_accuracy", CLOSED, "", "no", **args) == 0.0
     assert metric("rarl_accuracy", CLOSED, "", None, **args) == 0.0
     open_value = metric("rarl_accuracy", OPEN, "", "the left lung", **args)
-    assert open_value == pytest.approx(by_hand_bertscore("the left lung", "left lung", models["bert"], 2), abs=1e-5)
+    assert open_value == pytest.approx(by_hand_bertscore("the left lung", "left lung", models["bert"], 2),
+                                       abs=1e-5)
     assert metric("rarl_accuracy", OPEN, "", None, **args) == 0.0  # unparsed: zero credit
 
 
@@ -87,15 +91,19 @@ def test_cross_encoder_similarity_by_hand(models: dict[str, str]) -> None:
     tokenizer = AutoTokenizer.from_pretrained(models["cross"])
     model = RobertaForSequenceClassification.from_pretrained(models["cross"]).eval()
     with torch.no_grad():
-        logit = model(**tokenizer("a small lesion in the lung", "B. lung", return_tensors="pt")).logits[0, 0].item()
+        logit = model(**tokenizer("a small lesion in the lung", "B. lung",
+                                  return_tensors="pt")).logits[0, 0].item()
     expected = 1 / (1 + math.exp(-logit))
     got = metric("reasoning_similarity", MCQ, think, "B", model=models["cross"])
     assert got == pytest.approx(expected, abs=1e-6)  # reference = the gold option written "B. lung"
-    assert cross_encoder_score("a small lesion in the lung", "B. lung", models["cross"]) == pytest.approx(expected)
-    to_reasoning = metric("reasoning_similarity", MCQ, think, "B", model=models["cross"], reference="reasoning")
-    assert to_reasoning == pytest.approx(cross_encoder_score("a small lesion in the lung", "the lesion sits in the lung",
-                                                             models["cross"]))
-    assert metric("reasoning_similarity", CLOSED, think, "yes", model=models["cross"], reference="reasoning") is None
+    assert (cross_encoder_score("a small lesion in the lung", "B. lung", models["cross"])
+            == pytest.approx(expected))
+    to_reasoning = metric("reasoning_similarity", MCQ, think, "B", model=models["cross"],
+                          reference="reasoning")
+    assert to_reasoning == pytest.approx(cross_encoder_score("a small lesion in the lung",
+                                                             "the lesion sits in the lung", models["cross"]))
+    assert metric("reasoning_similarity", CLOSED, think, "yes", model=models["cross"],
+                  reference="reasoning") is None
     assert metric("reasoning_similarity", MCQ, "B", "B", model=models["cross"]) == 0.0  # no reasoning at all
 
 
@@ -123,7 +131,8 @@ def test_perplexity_is_exp_mean_token_nll(models: dict[str, str]) -> None:
         nll.append(log_z - row[ids[pos + 1]])
     expected = math.exp(sum(nll) / len(nll))
     assert perplexity(text, models["causal"]) == pytest.approx(expected, rel=1e-4)
-    got = metric("reasoning_perplexity", MCQ, f"<think>{text}</think><answer>B</answer>", "B", model=models["causal"])
+    got = metric("reasoning_perplexity", MCQ, f"<think>{text}</think><answer>B</answer>", "B",
+                 model=models["causal"])
     assert got == pytest.approx(expected, rel=1e-4)
     assert metric("reasoning_perplexity", MCQ, "B", "B", model=models["causal"]) is None  # no reasoning
     assert METRICS.get("reasoning_perplexity").higher_is_better is False

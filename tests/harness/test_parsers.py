@@ -257,7 +257,8 @@ def test_box_round_trip(coords: str) -> None:
     (["answer_tag", "yes_no"], "<answer>yes or no</answer>", None),
     (["short_answer", "choice"], "B\nbecause...", "B"),
     (["boxed", "label"], r"\boxed{\text{melanoma}}", "melanoma"),
-    (["answer_tag", "json_bbox"], '<think>[0,0,1,1]?</think><answer>[10,20,30,40]</answer>', [10.0, 20.0, 30.0, 40.0]),
+    (["answer_tag", "json_bbox"], '<think>[0,0,1,1]?</think><answer>[10,20,30,40]</answer>',
+     [10.0, 20.0, 30.0, 40.0]),
 ])
 def test_chains(steps: list[str], text: str, expected: Any) -> None:
     s = Sample(id="s", task="t", question="q", target=None, choices=OPTIONS if "choice" in steps else CLASSES)
@@ -267,12 +268,12 @@ def test_chains(steps: list[str], text: str, expected: Any) -> None:
 MEGABYTE = 1_000_000
 HOSTILE = [
     "", " ", "\x00", "\n" * 10, "é🙂肺" * 5, "yes" * (MEGABYTE // 3), "a" * MEGABYTE, "1" * MEGABYTE,
-    "(" * MEGABYTE, "{" * MEGABYTE, "[" * MEGABYTE, "\\boxed{" * (MEGABYTE // 7), "<answer>" * (MEGABYTE // 8),
-    "<think>" * (MEGABYTE // 7), "[1," * (MEGABYTE // 3), "[1.1.1.1" * (MEGABYTE // 8), "1 " * (MEGABYTE // 2),
-    "(" + "1" * MEGABYTE, "\\boxed{" + "{a}" * (MEGABYTE // 3), "Answer " * (MEGABYTE // 7),
-    "melanoma nevus " * (MEGABYTE // 15), "\ud800",
-    "\\boxed{" * (MEGABYTE // 14) + "}" * (MEGABYTE // 14), "<answer>yes</answer>" * (MEGABYTE // 20),
-    "yes\n" * (MEGABYTE // 4), "\\boxed{a}" * (MEGABYTE // 9),
+    "(" * MEGABYTE, "{" * MEGABYTE, "[" * MEGABYTE, "\\boxed{" * (MEGABYTE // 7),
+    "<answer>" * (MEGABYTE // 8), "<think>" * (MEGABYTE // 7), "[1," * (MEGABYTE // 3),
+    "[1.1.1.1" * (MEGABYTE // 8), "1 " * (MEGABYTE // 2), "(" + "1" * MEGABYTE,
+    "\\boxed{" + "{a}" * (MEGABYTE // 3), "Answer " * (MEGABYTE // 7), "melanoma nevus " * (MEGABYTE // 15),
+    "\ud800", "\\boxed{" * (MEGABYTE // 14) + "}" * (MEGABYTE // 14),
+    "<answer>yes</answer>" * (MEGABYTE // 20), "yes\n" * (MEGABYTE // 4), "\\boxed{a}" * (MEGABYTE // 9),
 ]
 
 

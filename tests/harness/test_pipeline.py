@@ -23,7 +23,8 @@ def test_baseline_run_writes_rows_and_summaries(tmp_path: Path) -> None:
     info = json.loads((result.path / "run.json").read_text())
     assert info["status"] == "finished"
     assert info["model"] == "baseline:majority"
-    assert set(info["tasks"]) == {"phantom_presence", "phantom_count", "phantom_side", "phantom_size", "phantom_box"}
+    assert set(info["tasks"]) == {"phantom_presence", "phantom_count", "phantom_side",
+                                  "phantom_size", "phantom_box"}
     presence = info["tasks"]["phantom_presence"]
     assert presence["summary"]["n"] == 30 and presence["data"]["actual"] == 200
     rows = result.rows("phantom_presence")
@@ -87,8 +88,9 @@ def test_bad_input_fails_cleanly_without_a_run_dir(tmp_path: Path, capsys: pytes
     assert not out.exists()
 
 
-def test_baseline_without_train_or_prior_is_a_labelled_oracle_floor(tmp_path: Path, vqa_rad_dir: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_baseline_without_train_or_prior_is_a_labelled_oracle_floor(
+    tmp_path: Path, vqa_rad_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The test-only copy of VQA-RAD: the baseline runs, the console warns that it is an oracle floor, and the
     run log says so (tests/harness/test_baseline_floors.py checks the boards)."""
     out = tmp_path / "run"
@@ -102,13 +104,15 @@ def test_baseline_without_train_or_prior_is_a_labelled_oracle_floor(tmp_path: Pa
 
 
 def test_constant_baseline_on_real_vqa_rad(tmp_path: Path, vqa_rad_dir: Path) -> None:
-    result = run(tmp_path, "v", model="baseline:constant:no", tasks="vqa_rad", data_dir=str(vqa_rad_dir), limit=None)
+    result = run(tmp_path, "v", model="baseline:constant:no", tasks="vqa_rad",
+                 data_dir=str(vqa_rad_dir), limit=None)
     summary = result.log.tasks["vqa_rad"].summary.model_dump()
     assert summary["n"] == 451 and summary["n_unparsed"] == 0
     # "no" is right exactly for the 133 "no" golds (all CLOSED)
     assert summary["metrics"]["vqa_accuracy"]["value"] == pytest.approx(133 / 451)
     assert summary["groups"]["answer_type"]["CLOSED"]["n"] == 272
-    closed, open_ = (summary["groups"]["answer_type"][k]["metrics"]["vqa_accuracy"] for k in ("CLOSED", "OPEN"))
+    closed, open_ = (summary["groups"]["answer_type"][k]["metrics"]["vqa_accuracy"]
+                     for k in ("CLOSED", "OPEN"))
     assert closed["value"] == pytest.approx(133 / 272) and open_["value"] == 0.0
     # intervals clustered by image: 451 questions on fewer images; never 0 +- 0 at 0%
     head = summary["metrics"]["vqa_accuracy"]
@@ -120,7 +124,8 @@ def test_constant_baseline_on_real_vqa_rad(tmp_path: Path, vqa_rad_dir: Path) ->
 
 def test_replay_backend_and_missing_predictions(tmp_path: Path) -> None:
     preds = tmp_path / "preds.jsonl"
-    preds.write_text("".join(json.dumps({"id": f"count-{i:05d}", "prediction": "two"}) + "\n" for i in range(10)))
+    preds.write_text("".join(json.dumps({"id": f"count-{i:05d}", "prediction": "two"}) + "\n"
+                             for i in range(10)))
     result = run(tmp_path, "rp", model=str(preds), tasks="phantom_count", limit=12, max_error_rate=1.0)
     rows = result.rows("phantom_count")
     assert result.log.model.startswith("replay:")

@@ -48,7 +48,8 @@ def test_image_failures_are_recorded_per_sample(tmp_path: Path, tiny_models: dic
     (data / "images" / "corrupt.jpg").write_bytes(b"\xff\xd8 truncated")
     names = ["ok.png", "missing.png", "corrupt.jpg", "../../outside.png"]
     (data / "test.jsonl").write_text("".join(
-        json.dumps({"qid": i, "question": "green?", "answer": "yes", "img": n}) + "\n" for i, n in enumerate(names)))
+        json.dumps({"qid": i, "question": "green?", "answer": "yes", "img": n}) + "\n"
+        for i, n in enumerate(names)))
     task = tmp_path / "toy.yaml"
     task.write_text("""\
 name: toy
@@ -72,10 +73,9 @@ prompts: {default: p, variants: {p: {user: "{question}"}}}
 
 
 def _run_cmd(model: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "medharness.cli", "run", "--model", str(model), "--tasks", "phantom_presence",
-            "--batch-size", "2", "--max-new-tokens", "8", "--limit", "60", "--output", str(out), "--no-progress",
-            "--no-cache",
-            *extra]
+    return [sys.executable, "-m", "medharness.cli", "run", "--model", str(model), "--tasks",
+            "phantom_presence", "--batch-size", "2", "--max-new-tokens", "8", "--limit", "60", "--output",
+            str(out), "--no-progress", "--no-cache", *extra]
 
 
 def test_kill_9_and_resume_loses_and_repeats_nothing(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
@@ -84,7 +84,8 @@ def test_kill_9_and_resume_loses_and_repeats_nothing(tmp_path: Path, tiny_models
     reference = tmp_path / "reference"
     subprocess.run(_run_cmd(model, reference), check=True, env=env, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_run_cmd(model, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_run_cmd(model, killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     samples = killed / "samples" / "phantom_presence.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:

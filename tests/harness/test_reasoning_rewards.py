@@ -11,10 +11,12 @@ from medharness.core.records import Answer, Sample
 from medharness.scoring.metrics import METRICS
 
 YES = Sample(task="t", id="q1", question="Is there a mass?", target="yes", meta={"answer_type": "CLOSED"})
-MCQ = Sample(task="t", id="q2", question="Which organ?", target="B", choices=["liver", "lung", "heart", "kidney"])
+MCQ = Sample(task="t", id="q2", question="Which organ?", target="B",
+             choices=["liver", "lung", "heart", "kidney"])
 
 
-def score(name: str, text: str, sample: Sample = YES, value: str | None = None, **args: object) -> float | None:
+def score(name: str, text: str, sample: Sample = YES, value: str | None = None,
+          **args: object) -> float | None:
     fn = METRICS.get(name).fn
     assert fn is not None
     return fn(Answer(value=value), sample, text, **args)
@@ -46,7 +48,8 @@ def test_length_reward_cap(words: int, expected: float) -> None:
 
 
 def test_length_reward_counts_tokenizer_tokens(tmp_path: Path) -> None:
-    """With a tokenizer folder the completion's own tokens are counted (the model's, as TRL's completion_ids)."""
+    """With a tokenizer folder the completion's own tokens are counted (the model's, as TRL's
+    completion_ids)."""
     pytest.importorskip("transformers")
     from medharness.checkpoints.tiny import build_tokenizer
 

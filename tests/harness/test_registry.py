@@ -57,10 +57,12 @@ def test_real_registries_are_populated() -> None:
     from medharness.scoring.metrics import METRICS
     from medharness.scoring.parsers import PARSERS
 
-    assert {"boxed", "answer_tag", "think", "json_bbox", "choice", "yes_no", "short_answer"} <= set(PARSERS.names())
+    assert {"boxed", "answer_tag", "think", "json_bbox", "choice", "yes_no",
+            "short_answer"} <= set(PARSERS.names())
     assert {"exact_match", "token_f1", "iou", "mfrs", "qwk", "bleu"} <= set(METRICS.names())
     assert {"hf", "replay", "baseline"} <= set(BACKENDS.names())
-    assert {"harness", "mumc", "lmms_eval", "yesno_strict", "llava_med", "set_token_f1"} <= set(CONVENTIONS.names())
+    assert {"harness", "mumc", "lmms_eval", "yesno_strict", "llava_med",
+            "set_token_f1"} <= set(CONVENTIONS.names())
 
 
 def test_lazy_entry_replaced_when_its_module_registers_itself() -> None:

@@ -1,5 +1,6 @@
-"""The GPU regression workflow: its YAML parses, names what exists, and its commands (scripts/regression-gate.sh)
-run on the CPU with the hf backend and the tiny model; a degraded candidate fails the same script."""
+"""The GPU regression workflow: its YAML parses, names what exists, and its commands
+(scripts/regression-gate.sh) run on the CPU with the hf backend and the tiny model; a degraded candidate fails
+the same script."""
 
 from __future__ import annotations
 
@@ -37,15 +38,17 @@ def test_workflow_parses_and_names_what_exists() -> None:
 
 
 def run_script(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, "MEDHARNESS": MEDHARNESS, "OUT": str(tmp_path / "out"), "HF_HUB_OFFLINE": "1", **env}
-    return subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=full, capture_output=True, text=True, timeout=900,
-                          check=False)
+    full = {**os.environ, "MEDHARNESS": MEDHARNESS, "OUT": str(tmp_path / "out"),
+            "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=full, capture_output=True, text=True,
+                          timeout=900, check=False)
 
 
 @pytest.mark.shared_data
 def test_a_constant_candidate_fails_the_script(tmp_path: Path, vqa_rad_dir: Path) -> None:
     done = run_script(tmp_path, MODEL="baseline:constant:unknown", BACKEND="baseline", TASKS="vqa_rad",
-                      BASELINE=str(GATE_DATA / "vqa_rad-constant-yes.json"), RUN_ARGS=f"--data-dir {vqa_rad_dir}")
+                      BASELINE=str(GATE_DATA / "vqa_rad-constant-yes.json"),
+                      RUN_ARGS=f"--data-dir {vqa_rad_dir}")
     assert done.returncode == 1, done.stderr
     assert "**worse**" in (tmp_path / "out" / "gate.md").read_text()
     assert (tmp_path / "out" / "board.md").is_file() and (tmp_path / "out" / "gate.json").is_file()
@@ -57,7 +60,8 @@ def test_workflow_commands_run_on_cpu_with_the_tiny_model(tmp_path: Path, vqa_ra
                                                           tiny_models: dict[str, Path]) -> None:
     """What .ci/run does: the tiny model on the pinned phantom and VQA-RAD subsets against tiny-cpu.json."""
     done = run_script(tmp_path, MODEL=str(tiny_models["qwen2_vl"]), BACKEND="hf",
-                      TASKS="phantom_presence,phantom_count,vqa_rad", BASELINE=str(GATE_DATA / "tiny-cpu.json"),
+                      TASKS="phantom_presence,phantom_count,vqa_rad",
+                      BASELINE=str(GATE_DATA / "tiny-cpu.json"),
                       RUN_ARGS=f"-T vqa_rad.data_dir={vqa_rad_dir}")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "## medharness gate: PASS" in done.stdout

@@ -17,7 +17,8 @@ from medharness.runs.rescore import score_run
 def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A real baseline run of 120 samples of two tasks, with workers allowed from 30 rows each."""
     out = tmp_path / "run"
-    Runner(RunConfig(model="baseline:random", tasks="phantom_presence,phantom_count", limit=120, seed=3), out).run()
+    Runner(RunConfig(model="baseline:random", tasks="phantom_presence,phantom_count", limit=120, seed=3),
+           out).run()
     monkeypatch.setattr(rescore_module, "ROWS_PER_WORKER", 30)
     return out
 
@@ -55,8 +56,10 @@ def test_a_torn_final_line_is_skipped_in_the_last_share(run_dir: Path) -> None:
     assert summaries["phantom_count"].n == 120
 
 
-def test_spawned_workers_give_the_summary_of_one_process(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where the platform has no fork (Windows, macOS by default), workers are spawned and sent their lines."""
+def test_spawned_workers_give_the_summary_of_one_process(run_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the platform has no fork (Windows, macOS by default), workers are spawned and sent their
+    lines."""
     one = [s.model_dump() for s in score_run(run_dir, workers=1)]
     monkeypatch.setattr(rescore_module.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     assert [s.model_dump() for s in score_run(run_dir, workers=2)] == one

@@ -31,10 +31,12 @@ def test_previous_shape_loads_and_says_so_once(tmp_path: Path, caplog: pytest.Lo
     assert sum("previous shape" in r.message for r in caplog.records) == 1
     assert first.schema_version == RUNLOG_SCHEMA and first.status == "finished"
     presence = first.tasks["phantom_presence"]
-    assert presence.summary is not None and presence.summary.n == raw["tasks"]["phantom_presence"]["summary"]["n"]
+    assert (presence.summary is not None
+            and presence.summary.n == raw["tasks"]["phantom_presence"]["summary"]["n"])
     assert presence.summary.metrics["yes_no_accuracy"].value == \
         raw["tasks"]["phantom_presence"]["summary"]["metrics"]["yes_no_accuracy"]["value"]
-    assert presence.judges is not None and "panel:rarl_v1:prediction_score:majority" in presence.judges.columns
+    assert (presence.judges is not None
+            and "panel:rarl_v1:prediction_score:majority" in presence.judges.columns)
     assert first.judges["strict"].usage.calls == raw["judges"]["strict"]["usage"]["calls"]
     assert first.usage is not None and first.usage.model_calls == raw["usage"]["model_calls"]
     assert presence.metrics == []  # the old shape did not record metric arguments
@@ -92,9 +94,9 @@ def test_trained_from_is_read_from_the_manifest(tmp_path: Path) -> None:
     folder = tmp_path / "ckpt"
     folder.mkdir()
     assert trained_from(str(folder)) is not None and not trained_from(str(folder)).known  # type: ignore[union-attr]
-    manifest = CheckpointManifest(base_model="Qwen/Qwen2-VL-2B-Instruct", recipe="grpo", task="phantom_presence",
-                                  config={"trl": {"beta": 0.04}}, train_samples_hash="ab", n_train_samples=3,
-                                  seed=1, step=10)
+    manifest = CheckpointManifest(base_model="Qwen/Qwen2-VL-2B-Instruct", recipe="grpo",
+                                  task="phantom_presence", config={"trl": {"beta": 0.04}},
+                                  train_samples_hash="ab", n_train_samples=3, seed=1, step=10)
     (folder / MANIFEST_FILE).write_text(manifest.model_dump_json())
     lineage = trained_from(str(folder))
     assert lineage is not None and lineage.known and lineage.recipe == "grpo" and lineage.step == 10

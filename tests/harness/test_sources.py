@@ -46,7 +46,8 @@ def data_dir(tmp_path: Path) -> Path:
         {"qid": 1, "question": "red?", "answer": "yes", "answer_type": "CLOSED", "image_name": "a.png"},
         {"qid": 2, "question": "x?", "answer": "lung", "answer_type": "OPEN", "image_name": "missing.png"},
         {"qid": 3, "question": "y?", "answer": "no", "answer_type": "CLOSED", "image_name": "corrupt.jpg"},
-        {"qid": 4, "question": "z?", "answer": "no", "answer_type": "CLOSED", "image_name": "../../etc/passwd"},
+        {"qid": 4, "question": "z?", "answer": "no", "answer_type": "CLOSED",
+         "image_name": "../../etc/passwd"},
     ]
     (root / "test.json").write_text(json.dumps({"data": rows}))
     (root / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -55,7 +55,8 @@ def test_sample_id_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="expected a list of ids"):
         read_sample_ids(listing)
     samples = load_task("phantom_count").load_samples()
-    with pytest.raises(DataError, match="1 id\\(s\\) for task phantom_count are not in it, e.g. \\['nope'\\]"):
+    with pytest.raises(DataError,
+                       match="1 id\\(s\\) for task phantom_count are not in it, e.g. \\['nope'\\]"):
         select_pinned("phantom_count", samples, {"phantom_count": ["count-00003", "nope"]}, listing)
     chosen = select_pinned("phantom_count", samples, {"*": ["count-00009", "count-00003"]}, listing)
     assert [s.id for s in chosen] == ["count-00003", "count-00009"]  # dataset order
@@ -100,7 +101,8 @@ def test_ablation_is_recorded_and_part_of_resume_identity(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="ablate: 'blank' -> 'noise'"):
         Runner(other, output=tmp_path / "r", resume=True).run()
     with pytest.raises(ConfigError, match="unknown ablation 'fog'"):
-        Runner(RunConfig(model="baseline:majority", tasks="phantom_presence", ablate="fog"), output=tmp_path / "x")
+        Runner(RunConfig(model="baseline:majority", tasks="phantom_presence", ablate="fog"),
+               output=tmp_path / "x")
 
 
 def test_blank_ablation_with_a_real_tiny_model(tmp_path: Path, tiny_models: dict[str, Path]) -> None:

@@ -27,7 +27,8 @@ def test_wilson_matches_its_formula_and_a_published_example() -> None:
     for k, n in [(0, 20), (20, 20), (7, 31), (1, 2)]:
         w = stats.wilson_interval(k, n)
         low, high = wilson_by_formula(k, n, sps.norm.ppf(0.975))
-        assert w.low == pytest.approx(max(low, 0.0), abs=1e-12) and w.high == pytest.approx(min(high, 1.0), abs=1e-12)
+        assert (w.low == pytest.approx(max(low, 0.0), abs=1e-12)
+                and w.high == pytest.approx(min(high, 1.0), abs=1e-12))
         assert (w.method, w.n_clusters) == ("wilson", n)
     assert stats.wilson_interval(0, 20).high > 0.1  # never 0 +- 0 at 0%
     with pytest.raises(DataError):
@@ -35,7 +36,7 @@ def test_wilson_matches_its_formula_and_a_published_example() -> None:
 
 
 def test_wilson_is_statsmodels_proportion_confint_bit_for_bit() -> None:
-    """Written here to spare `run` the statsmodels import; the numbers in run.json stay exactly statsmodels'."""
+    """Written here to spare `run` the statsmodels import; run.json's numbers stay exactly statsmodels'."""
     from statsmodels.stats.proportion import proportion_confint
 
     for n in [*range(1, 120), 451, 1000, 6719, 100003]:
@@ -50,7 +51,8 @@ def test_wilson_is_statsmodels_proportion_confint_bit_for_bit() -> None:
 def binary_runs(table: list[list[int]]) -> tuple[dict[str, float], dict[str, float]]:
     """Per-item 0/1 values of runs a and b realising a 2x2 table [[a1b1, a1b0], [a0b1, a0b0]]."""
     cells = [(1, 1)] * table[0][0] + [(1, 0)] * table[0][1] + [(0, 1)] * table[1][0] + [(0, 0)] * table[1][1]
-    return ({str(i): float(x) for i, (x, _) in enumerate(cells)}, {str(i): float(y) for i, (_, y) in enumerate(cells)})
+    return ({str(i): float(x) for i, (x, _) in enumerate(cells)},
+            {str(i): float(y) for i, (_, y) in enumerate(cells)})
 
 
 def test_exact_mcnemar_on_a_hand_computed_table() -> None:
@@ -59,7 +61,8 @@ def test_exact_mcnemar_on_a_hand_computed_table() -> None:
     r = stats.paired_compare(a, b)
     assert r.test == "mcnemar-exact"
     assert r.p_value == pytest.approx(18 / 256, abs=1e-12)
-    assert r.diff == pytest.approx(6 / 50) and (r.mean_a, r.mean_b) == (pytest.approx(31 / 50), pytest.approx(37 / 50))
+    assert (r.diff == pytest.approx(6 / 50)
+            and (r.mean_a, r.mean_b) == (pytest.approx(31 / 50), pytest.approx(37 / 50)))
     assert r.effect_size == pytest.approx(7 / 8 - 0.5)  # Cohen's g toward b
     assert r.low < r.diff < r.high and (r.n, r.n_clusters) == (50, 50)
 
@@ -172,7 +175,8 @@ def test_seed_summary_is_the_t_interval_of_the_mean() -> None:
     mean, sd, interval = stats.seed_summary([0.50, 0.55, 0.60])
     assert (mean, sd) == (pytest.approx(0.55), pytest.approx(0.05))
     half = 4.303 * 0.05 / math.sqrt(3)  # t(0.975, 2 df) = 4.303 from the table
-    assert interval.low == pytest.approx(0.55 - half, abs=1e-4) and interval.high == pytest.approx(0.55 + half, abs=1e-4)
+    assert (interval.low == pytest.approx(0.55 - half, abs=1e-4)
+            and interval.high == pytest.approx(0.55 + half, abs=1e-4))
     assert interval.n_clusters == 3 and interval.method == "t-seeds"
     one = stats.seed_summary([0.7])
     assert one[0] == 0.7 and math.isnan(one[1]) and not one[2].defined
@@ -187,7 +191,8 @@ def test_many_clusters_use_the_cluster_robust_interval_which_agrees_with_the_boo
     robust = stats.metric_interval(values, clusters)
     boot = stats.bootstrap_interval(values, clusters, n_boot=1000)
     assert (robust.method, robust.n_clusters) == ("cluster-robust-t", k)
-    assert robust.low == pytest.approx(boot.low, abs=0.002) and robust.high == pytest.approx(boot.high, abs=0.002)
+    assert (robust.low == pytest.approx(boot.low, abs=0.002)
+            and robust.high == pytest.approx(boot.high, abs=0.002))
     # the sandwich formula by hand: squared cluster residual totals over n^2, times G/(G-1) (one regressor)
     mean = values.mean()
     resid = np.bincount(clusters, weights=values - mean)

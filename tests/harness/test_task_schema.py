@@ -103,8 +103,9 @@ def test_duplicate_ids_refused(tmp_path: Path) -> None:
 
 def test_render_placeholders(tmp_path: Path) -> None:
     unknown = write(tmp_path, MINIMAL.replace('"{question}?"', '"{question} [{organ}]"'))
-    with pytest.raises(ConfigError, match=r"toy.yaml:12: prompts.variants.plain.user: unknown placeholder\(s\) "
-                                          r"\{organ\} for source 1 \(local\); available: answer_type, choices"):
+    with pytest.raises(ConfigError, match=r"toy.yaml:12: prompts.variants.plain.user: unknown "
+                                          r"placeholder\(s\) \{organ\} for source 1 \(local\); available: "
+                                          r"answer_type, choices"):
         load_task(unknown)  # the source does not provide it: refused when the file is read, not at run time
     task = load_task(write(tmp_path, MINIMAL.replace('"{question}?"', '"{question} [{organ}]"').replace(
         "meta: {answer_type: kind}", "meta: {answer_type: kind, organ: organ}")))
@@ -124,8 +125,8 @@ def test_render_placeholders(tmp_path: Path) -> None:
 def test_shipped_tasks_discovered_and_families() -> None:
     names = discover_tasks()
     assert {"vqa_rad", "slake", "medmnist_pneumonia", "phantom_presence", "phantom_box"} <= set(names)
-    assert sorted(families()["phantom"]) == ["phantom_box", "phantom_count", "phantom_presence", "phantom_side",
-                                             "phantom_size"]
+    assert sorted(families()["phantom"]) == ["phantom_box", "phantom_count", "phantom_presence",
+                                             "phantom_side", "phantom_size"]
     assert resolve_task_names("vqa_rad,phantom")[:2] == ["vqa_rad", "phantom_box"]
     with pytest.raises(ConfigError, match="Did you mean 'vqa_rad'"):
         resolve_task_names("vqa-rad")

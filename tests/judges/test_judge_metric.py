@@ -1,7 +1,8 @@
 """`judge_score`: a judge panel's verdict as a metric and an async training reward.
 
 Faults are injected with the scripted local HTTP server (tests/support/fake_api_server.py); the real path is a
-real (random-weight) tiny hf model as the judge, whose replies are noise and so always unscored (None, never 0).
+real (random-weight) tiny hf model as the judge, whose replies are noise and so always unscored (None, never
+0).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ SAMPLE = Sample(task="phantom_presence", id="s1", question="Is there a lesion?",
 
 
 def scripted(text: str, model: str) -> str:
-    """yes / no: that verdict; prose: no JSON (unscored); quality: a 1-10 score from the reasoning's length."""
+    """yes / no: that verdict; prose: no JSON (unscored); quality: a 1-10 score from the reasoning's
+    length."""
     if model == "yes":
         return '{"coherent": "Yes"}'
     if model == "no":
@@ -76,12 +78,14 @@ THINK = "<think>a bright round spot, so a lesion</think><answer>yes</answer>"
 
 
 def test_registered_from_outside_the_core_through_the_entry_point() -> None:
-    """The core's registry finds judge_score on its first miss; importing the core imports no judges module."""
+    """The core's registry finds judge_score on its first miss; importing the core imports no judges
+    module."""
     code = ("import sys; from medharness.scoring.metrics import METRICS; "
             "before = any(m.startswith('medharness.judges') for m in sys.modules); "
             "m = METRICS.get('judge_score'); "
             "print(before, m.batch is not None, 'medharness.judges.metrics' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
     assert out == ["False", "True", "True"]
 
 
@@ -89,13 +93,15 @@ def test_verdicts_and_the_unscored_path(tmp_path: Path, server: FakeAPIServer) -
     cache = str(tmp_path / "cache")
     assert judge(THINK, panel=panel(tmp_path, server.url, "yes"), cache_dir=cache) == 1.0
     assert judge(THINK, panel=panel(tmp_path, server.url, "no"), cache_dir=cache) == 0.0
-    assert judge(THINK, panel=panel(tmp_path, server.url, "prose"), cache_dir=cache) is None  # unscored, never 0
+    # unscored, never 0
+    assert judge(THINK, panel=panel(tmp_path, server.url, "prose"), cache_dir=cache) is None
     server.reset()
     server.script(Fault.http(500), Fault.http(500), match="bright round spot")
     assert judge(THINK, panel=panel(tmp_path, server.url, "yes"), cache=False) is None  # failed after retries
     assert len(server.requests) == 2
     server.reset()
-    assert judge("yes", panel=panel(tmp_path, server.url, "yes"), cache_dir=cache) is None  # no <think>: no call
+    # no <think>: no call
+    assert judge("yes", panel=panel(tmp_path, server.url, "yes"), cache_dir=cache) is None
     assert judge("<think>unclosed", panel=panel(tmp_path, server.url, "yes"), cache_dir=cache) is None
     assert server.requests == []
 
@@ -131,7 +137,8 @@ def test_async_training_reward(tmp_path: Path, server: FakeAPIServer) -> None:
     samples = task.load_samples("train")[:2]
     specs = [RewardSpec(metric="yes_no_accuracy", weight=1.0),
              RewardSpec.model_validate({"metric": "judge_score", "weight": 0.5, "as": "semantic",
-                                        "args": {"panel": panel(tmp_path, server.url, "yes"), "cache": False}})]
+                                        "args": {"panel": panel(tmp_path, server.url, "yes"),
+                                                 "cache": False}})]
     log = tmp_path / "completions.jsonl"
     rewards = RewardSet(task, "r1", specs, samples, completions_file=log)
     plain, semantic = rewards.functions()
@@ -150,7 +157,8 @@ def test_async_training_reward(tmp_path: Path, server: FakeAPIServer) -> None:
     assert gold_means == {"yes_no_accuracy": 1.0, "semantic": None}  # the judge is not paid for gold answers
 
 
-def test_reward_command_with_a_judge(tmp_path: Path, server: FakeAPIServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_reward_command_with_a_judge(tmp_path: Path, server: FakeAPIServer,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
     task = load_task("phantom_presence")
     sid = task.load_samples("test")[0].id
     completions = tmp_path / "c.txt"

@@ -78,7 +78,8 @@ def judgements(run: RunDir) -> list[dict[str, Any]]:
 
 
 def test_panel_judges_a_finished_run(tmp_path: Path, server: FakeAPIServer, finished_run: RunDir,
-                                     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+                                     capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, KEY)
     server.reset()
     cache = tmp_path / "cache"
@@ -131,7 +132,8 @@ def test_panel_judges_a_finished_run(tmp_path: Path, server: FakeAPIServer, fini
     # the leaderboard shows judge and panel columns beside the rule-based metric
     assert main(["leaderboard", str(finished_run.path)]) == 0
     board = capsys.readouterr().out
-    assert "phantom_presence · yes_no_accuracy" in board and "phantom_presence · judge:strict:prediction_score" in board
+    assert ("phantom_presence · yes_no_accuracy" in board
+            and "phantom_presence · judge:strict:prediction_score" in board)
     assert "panel:rarl_v1:prediction_score:mean" in board and "judge:strict:reasoning_score" not in board
 
     # judging again costs nothing but the failed verdicts, which are retried
@@ -151,7 +153,8 @@ def test_panel_judges_a_finished_run(tmp_path: Path, server: FakeAPIServer, fini
 def test_agreement_report(tmp_path: Path, server: FakeAPIServer, finished_run: RunDir,
                           capsys: pytest.CaptureFixture[str]) -> None:
     panel = panel_file(tmp_path, server.url, ("strict", "lenient"))
-    assert main(["judge", str(finished_run.path), "--judge-config", str(panel), "--no-cache", "--no-progress"]) == 0
+    assert main(["judge", str(finished_run.path), "--judge-config", str(panel), "--no-cache",
+                 "--no-progress"]) == 0
     rule = {r.sample_id: r.scores["yes_no_accuracy"] for r in finished_run.rows("phantom_presence")}
     human = tmp_path / "human.csv"
     human.write_text("id,label\n" + "".join(f"{sid},{'yes' if v else 'no'}\n" for sid, v in rule.items()))
@@ -162,17 +165,20 @@ def test_agreement_report(tmp_path: Path, server: FakeAPIServer, finished_run: R
     share_right = sum(rule.values()) / N
     assert report["judges"] == ["lenient", "strict"] and report["field"] == "prediction_score"
     [pair] = report["pairwise"]
-    assert pair["percent_agreement"]["value"] == pytest.approx(share_right)  # they agree where the rule says 1
+    # they agree where the rule says 1
+    assert pair["percent_agreement"]["value"] == pytest.approx(share_right)
     assert pair["cohen_kappa"]["value"] == pytest.approx(0.0)  # lenient never varies
     strict_vs_rule = next(r for r in report["vs_rule"] if r["rater"] == "strict")
-    assert strict_vs_rule["percent_agreement"]["value"] == 1.0 and strict_vs_rule["cohen_kappa"]["value"] == 1.0
+    assert (strict_vs_rule["percent_agreement"]["value"] == 1.0
+            and strict_vs_rule["cohen_kappa"]["value"] == 1.0)
     ci = strict_vs_rule["cohen_kappa"]
     assert ci["low"] <= ci["value"] <= ci["high"]
     strict_vs_human = next(r for r in report["vs_human"] if r["rater"] == "strict")
     assert strict_vs_human["icc"]["value"] == pytest.approx(1.0) and report["n_human"] == N
     # bad human labels: a clear error naming the file and the problem, nothing written
     for body, message in (("sample,label\nx,1\n", "missing column(s) ['id']"),
-                          ("id,label\npresence-00000,maybe\n", "human.csv:2: label 'maybe' is not a number or yes/no"),
+                          ("id,label\npresence-00000,maybe\n",
+                           "human.csv:2: label 'maybe' is not a number or yes/no"),
                           ("id,label\npresence-00000,3\n", "values [3.0] are not rarl_v1 verdicts")):
         human.write_text(body)
         assert main(["agreement", str(finished_run.path), "--human", str(human), "--bootstrap", "10"]) == 2
@@ -201,39 +207,47 @@ def test_run_judges_inline_with_cost(tmp_path: Path, server: FakeAPIServer) -> N
     assert member["usage"]["prompt_tokens"] > 0 and member["usage"]["cost_usd"] > 0
     assert member["model_versions"] == ["gpt-4o-mini"]  # what the server said answered
     # `lenient` answers in rarl_v1's format to an equivalence_v1 prompt: no valid verdict, so unscored
-    lenient = info["tasks"]["phantom_presence"]["judges"]["columns"]["judge:equivalence_v1-openai-lenient:equivalent"]
+    lenient = (info["tasks"]["phantom_presence"]["judges"]["columns"]
+               ["judge:equivalence_v1-openai-lenient:equivalent"])
     assert (lenient["value"], lenient["n"], lenient["n_failed"]) == (None, 0, 6)
 
 
-def test_judge_faults_never_become_scores(tmp_path: Path, server: FakeAPIServer, finished_run: RunDir) -> None:
+def test_judge_faults_never_become_scores(tmp_path: Path, server: FakeAPIServer,
+                                          finished_run: RunDir) -> None:
     server.reset()
     server.script(Fault.http(429, retry_after="0.05"), Fault.timeout(3), Fault.malformed(), Fault.truncated(),
                   match="")
     panel = panel_file(tmp_path, server.url, ("strict",))
-    assert main(["judge", str(finished_run.path), "--judge-config", str(panel), "--no-cache", "--no-progress"]) == 0
+    assert main(["judge", str(finished_run.path), "--judge-config", str(panel), "--no-cache",
+                 "--no-progress"]) == 0
     lines = judgements(finished_run)
     assert len(lines) == N and not any(j["failed"] for j in lines)  # retried to success
     # a judge whose every call fails: all unscored and flagged, the run's scores untouched
     dead = tmp_path / "dead.yaml"
-    dead.write_text(f"- name: dead\n  spec: rarl_v1\n  backend: openai\n  model: strict\n"
-                    f"  base_url: http://127.0.0.1:9/v1\n  options: {json.dumps({**FAST, 'max_retries': 0})}\n")
-    assert main(["judge", str(finished_run.path), "--judge-config", str(dead), "--no-cache", "--no-progress"]) == 0
+    dead.write_text("- name: dead\n  spec: rarl_v1\n  backend: openai\n  model: strict\n"
+                    "  base_url: http://127.0.0.1:9/v1\n  options: "
+                    f"{json.dumps({**FAST, 'max_retries': 0})}\n")
+    assert main(["judge", str(finished_run.path), "--judge-config", str(dead), "--no-cache",
+                 "--no-progress"]) == 0
     dead_lines = [j for j in judgements(finished_run) if j["judge"] == "dead"]
     assert len(dead_lines) == N and all(j["failed"] and j["value"] is None for j in dead_lines)
     assert all("judge call failed" in j["note"] for j in dead_lines)
     info = json.loads((finished_run.path / "run.json").read_text())
-    assert info["tasks"]["phantom_presence"]["judges"]["columns"]["judge:dead:prediction_score"]["value"] is None
+    assert (info["tasks"]["phantom_presence"]["judges"]["columns"]["judge:dead:prediction_score"]["value"]
+            is None)
 
 
 def test_torn_judgement_line_is_repaired(tmp_path: Path, server: FakeAPIServer, finished_run: RunDir) -> None:
     panel = panel_file(tmp_path, server.url, ("strict",))
-    assert main(["judge", str(finished_run.path), "--judge-config", str(panel), "--no-cache", "--no-progress"]) == 0
+    assert main(["judge", str(finished_run.path), "--judge-config", str(panel), "--no-cache",
+                 "--no-progress"]) == 0
     file = finished_run.judgement_file("phantom_presence")
     lines = file.read_text().splitlines(keepends=True)
     file.write_text("".join(lines[:-3]) + lines[-3][:40])  # killed mid-write
     assert len(finished_run.judgements("phantom_presence")) == N - 3
     server.reset()
-    assert main(["judge", str(finished_run.path), "--judge-config", str(panel), "--no-cache", "--no-progress"]) == 0
+    assert main(["judge", str(finished_run.path), "--judge-config", str(panel), "--no-cache",
+                 "--no-progress"]) == 0
     assert len(server.requests) == 3 and len(judgements(finished_run)) == N
 
 
@@ -268,7 +282,8 @@ def test_real_tiny_hf_judge_is_unscored_noise(tmp_path: Path, tiny_models: dict[
     assert len(rarl) == N and all(j["failed"] and j["value"] is None and j["raw"] for j in rarl)
     # the baseline's answers have no <think> text: nothing for semantic_v1 to judge (skipped, no model call)
     semantic = [j for j in lines if j["spec"] == "semantic_v1"]
-    assert len(semantic) == N and all(not j["failed"] and j["value"] is None and j["raw"] == "" for j in semantic)
+    assert len(semantic) == N and all(not j["failed"] and j["value"] is None and j["raw"] == ""
+                                      for j in semantic)
 
 
 def test_judge_items_needs_no_run_directory(tmp_path: Path, server: FakeAPIServer,
@@ -282,7 +297,8 @@ def test_judge_items_needs_no_run_directory(tmp_path: Path, server: FakeAPIServe
     server.reset()
     member = load_panel(panel_file(tmp_path, server.url, ("strict",)))[0]
     backend = make_judge_backend(member)
-    items = [JudgeItem("phantom_presence", "c1", JudgeInput(question="Lesion?", gold="yes", prediction="yes")),
+    items = [JudgeItem("phantom_presence", "c1",
+                       JudgeInput(question="Lesion?", gold="yes", prediction="yes")),
              JudgeItem("phantom_presence", "c2", JudgeInput(question="Lesion?", gold="yes", prediction="no")),
              JudgeItem("phantom_presence", "c3", None)]
     cache = ResponseCache(tmp_path / "cache", name="verdicts")

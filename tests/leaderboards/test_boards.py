@@ -1,6 +1,6 @@
-"""Board specs from real baseline runs: the golden Markdown, CSV and JSON shapes, the numbers against the run logs
-and rows, seeds, groups, deltas and significance marks against the statistics computed here from the rows, and
-strict spec errors."""
+"""Board specs from real baseline runs: the golden Markdown, CSV and JSON shapes, the numbers against the run
+logs and rows, seeds, groups, deltas and significance marks against the statistics computed here from the
+rows, and strict spec errors."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ def golden_board() -> Board:
 
 
 def test_golden_markdown(in_runs: Path) -> None:
-    """The board renders exactly as committed. After a deliberate change of the layout (or of how intervals are
-    made), regenerate with MEDHARNESS_UPDATE_GOLDEN=1 and read the diff."""
+    """The board renders exactly as committed. After a deliberate change of the layout (or of how intervals
+    are made), regenerate with MEDHARNESS_UPDATE_GOLDEN=1 and read the diff."""
     text = render_markdown(golden_board())
     file = GOLDEN / "phantom.md"
     if os.environ.get("MEDHARNESS_UPDATE_GOLDEN"):
@@ -54,7 +54,8 @@ def test_cells_are_the_run_logs_numbers(in_runs: Path) -> None:
     cell = board.cell("majority", "presence")
     assert cell.value == pytest.approx(100 * m.value) and cell.n == m.n == 60
     assert cell.low is not None and cell.high is not None and cell.low <= cell.value <= cell.high
-    assert (cell.low, cell.high) == pytest.approx((100 * m.ci_low, 100 * m.ci_high)) and cell.method == m.ci_method
+    assert ((cell.low, cell.high) == pytest.approx((100 * m.ci_low, 100 * m.ci_high))
+            and cell.method == m.ci_method)
     # a group column: the summary's group value and interval
     group = majority.tasks["phantom_count"].summary.groups["n_lesions"]["3"]
     g = board.cell("majority", "phantom_count · 3")
@@ -69,7 +70,8 @@ def test_cells_are_the_run_logs_numbers(in_runs: Path) -> None:
     assert seeds.std == pytest.approx(statistics.stdev(values)) and seeds.n_runs == 3
     assert seeds.method == "t-seeds" and seeds.low < seeds.value < seeds.high
     # the average of a row's columns
-    row = [board.cell("majority", c).value for c in ("presence", "count", "phantom_count · 0", "phantom_count · 3")]
+    row = [board.cell("majority", c).value for c in ("presence", "count", "phantom_count · 0",
+                                                     "phantom_count · 3")]
     assert board.cell("majority", "Average").value == pytest.approx(sum(row) / 4)
 
 
@@ -109,8 +111,10 @@ def test_csv_and_json_shapes(in_runs: Path) -> None:
     assert presence["metric"] == "yes_no_accuracy" and presence["runs"].endswith("runs/majority")
     data = json.loads(render_json(board))
     assert data["board"] == "phantom_golden" and data["reference"] == "majority"
-    assert data["rows"] == [r.label for r in board.rows] and data["columns"] == [c.label for c in board.columns]
-    assert len(data["cells"]) == 25 and all(c["value"] is None or math.isfinite(c["value"]) for c in data["cells"])
+    assert (data["rows"] == [r.label for r in board.rows]
+            and data["columns"] == [c.label for c in board.columns])
+    assert len(data["cells"]) == 25 and all(c["value"] is None or math.isfinite(c["value"])
+                                            for c in data["cells"])
 
 
 def test_cli_board_by_group_and_formats(in_runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -120,8 +124,9 @@ def test_cli_board_by_group_and_formats(in_runs: Path, capsys: pytest.CaptureFix
     groups = RunDir.open(in_runs / "runs" / "majority").log.tasks["phantom_count"].summary.groups["n_lesions"]
     assert [c for c in data["columns"] if c.startswith("phantom_count")] == [
         f"phantom_count · {g}" for g in sorted(groups)]
+    # the spec's row `majority` and the RUNS row share a label
     assert main(["leaderboard", "runs/majority", "--board", str(GOLDEN / "phantom.yaml"), "--format", "csv",
-                 "--output", "out/board.csv"]) == 2  # the spec's row `majority` and the RUNS row share a label
+                 "--output", "out/board.csv"]) == 2
     assert "two rows" in capsys.readouterr().err
 
 

@@ -1,5 +1,5 @@
-"""Plots are written, and read back with Pillow have the expected number of series: each series is drawn in the
-next colour of matplotlib's default cycle, so series k shows colour k and no series shows colour n."""
+"""Plots are written, and read back with Pillow have the expected number of series: each series is drawn in
+the next colour of matplotlib's default cycle, so series k shows colour k and no series shows colour n."""
 
 from __future__ import annotations
 

@@ -47,12 +47,12 @@ def test_leaderboard_from_run_dirs(tmp_path: Path, capsys: pytest.CaptureFixture
 
 def test_after_make_demo_skips_non_runs_and_lists_failed_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """`medharness leaderboard runs/* --output board.md` with what `make demo` leaves (a train-then-eval folder),
-    a folder of notes, a stray file, a run of its own and a failed run."""
+    """`medharness leaderboard runs/* --output board.md` with what `make demo` leaves (a train-then-eval
+    folder), a folder of notes, a stray file, a run of its own and a failed run."""
     monkeypatch.chdir(tmp_path)
     sweep = tmp_path / "s.yaml"
-    sweep.write_text("name: floors\nmodel: tiny:small\nrecipes: []\ntasks: [phantom_presence]\nbase_row: false\n"
-                     "baselines: [majority, 'constant:no']\neval: {limit: 20, backend: hf}\n")
+    sweep.write_text("name: floors\nmodel: tiny:small\nrecipes: []\ntasks: [phantom_presence]\nbase_row: "
+                     "false\nbaselines: [majority, 'constant:no']\neval: {limit: 20, backend: hf}\n")
     assert main(["train-then-eval", "--sweep", str(sweep), "--output", "runs/demo"]) == 0
     assert run(Path("runs/mine"), "baseline:random") == 0
     preds = tmp_path / "preds.jsonl"
@@ -75,13 +75,15 @@ def test_after_make_demo_skips_non_runs_and_lists_failed_runs(tmp_path: Path, mo
 
 def test_two_runs_whose_model_folders_share_a_name_stay_two_rows(tmp_path: Path) -> None:
     """Sweep-style run directories named alike, and runs given the same --label, never collapse."""
-    paths = [tmp_path / "a" / "phantom_presence", tmp_path / "b" / "phantom_presence", tmp_path / "c", tmp_path / "d"]
+    paths = [tmp_path / "a" / "phantom_presence", tmp_path / "b" / "phantom_presence",
+             tmp_path / "c", tmp_path / "d"]
     for path, model in zip(paths, ("baseline:majority", "baseline:constant:no", "baseline:random",
                                    "baseline:constant:yes"), strict=True):
         label = ("--label", "same") if path.name in ("c", "d") else ()
         assert run(path, model, *label) == 0
     board = build(DEFAULT, paths)
-    assert [r.label for r in board.rows] == ["a/phantom_presence", "b/phantom_presence", "same (c)", "same (d)"]
+    assert [r.label for r in board.rows] == ["a/phantom_presence", "b/phantom_presence",
+                                             "same (c)", "same (d)"]
     values = [board.cell(r.label, "phantom_presence · yes_no_accuracy").value for r in board.rows]
     expected = [100 * RunDir.open(p).log.tasks["phantom_presence"].summary.metrics["yes_no_accuracy"].value
                 for p in paths]
@@ -96,12 +98,13 @@ def test_checkpoint_folders_of_one_name_are_two_rows(tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path)
     for seed, where in enumerate(("a", "b")):
         assert main(["make-tiny-model", f"{where}/checkpoint-500", "--seed", str(seed)]) == 0
-        assert main(["run", "--model", f"{where}/checkpoint-500", "--tasks", "phantom_presence", "--limit", "4",
-                     "--output", f"runs/{where}", "--no-progress", "--no-cache"]) == 0
+        assert main(["run", "--model", f"{where}/checkpoint-500", "--tasks", "phantom_presence", "--limit",
+                     "4", "--output", f"runs/{where}", "--no-progress", "--no-cache"]) == 0
     capsys.readouterr()
     assert main(["leaderboard", "runs/a", "runs/b", "--format", "csv"]) == 0
     records = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert [(r["row"], r["lineage"]) for r in records] == [("a", "a/checkpoint-500"), ("b", "b/checkpoint-500")]
+    assert [(r["row"], r["lineage"]) for r in records] == [("a", "a/checkpoint-500"),
+                                                           ("b", "b/checkpoint-500")]
 
 
 def test_board_of_a_previous_shape_run_with_judges(tmp_path: Path) -> None:
@@ -112,31 +115,37 @@ def test_board_of_a_previous_shape_run_with_judges(tmp_path: Path) -> None:
     assert {"phantom_presence · panel:rarl_v1:prediction_score:majority",
             "phantom_presence · judge:strict:prediction_score"} <= set(labels)
     cell = board.cell(board.rows[0].label, "phantom_presence · yes_no_accuracy")
-    assert cell.n == 12 and cell.method == "normal (1.96 x standard error)"  # no recorded interval: the fallback
+    # no recorded interval: the fallback
+    assert cell.n == 12 and cell.method == "normal (1.96 x standard error)"
     text = render_markdown(board)
     assert "panel:rarl_v1:prediction_score:majority" in text and "judge:NAME:FIELD" in text
     no_judges = build(DEFAULT.model_copy(update={"judges": False}), [tmp_path / "old"])
     assert not any(c.judge for c in no_judges.columns)
 
 
-def test_spec_rows_from_a_sweep_and_a_training_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`sweep:` + `cell:` and `checkpoint:` + `step:` rows find the run directories in those folders' layouts."""
+def test_spec_rows_from_a_sweep_and_a_training_output(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sweep:` + `cell:` and `checkpoint:` + `step:` rows find the run directories in those folders'
+    layouts."""
     monkeypatch.chdir(tmp_path)
     Path("s.yaml").write_text("name: floors\nmodel: tiny:small\nrecipes: []\ntasks: [phantom_presence]\n"
                               "base_row: false\nbaselines: [majority]\neval: {limit: 20, backend: hf}\n")
     assert main(["train-then-eval", "--sweep", "s.yaml", "--output", "sw"]) == 0
-    assert run(Path("train/evals/step-40"), "baseline:constant:no") == 0  # where `train --eval-every` puts a point
-    Path("b.yaml").write_text("name: b\nrows:\n  - {sweep: sw, cell: reference/baseline-majority, label: majority}\n"
-                              "  - {checkpoint: train, step: 40, label: step 40}\n"
+    # where `train --eval-every` puts a point
+    assert run(Path("train/evals/step-40"), "baseline:constant:no") == 0
+    Path("b.yaml").write_text("name: b\nrows:\n  - {sweep: sw, cell: reference/baseline-majority, label: "
+                              "majority}\n  - {checkpoint: train, step: 40, label: step 40}\n"
                               "  - {checkpoint: train, step: 80, label: step 80}\n"
                               "reference: step 80\nsignificance: {alpha: 0.05}\n")
     board = build(load_board("b.yaml"))
     assert [r.label for r in board.rows] == ["majority", "step 40"]
     assert [str(r.runs[0].path) for r in board.rows] == ["sw/reference/baseline-majority/phantom_presence",
                                                          "train/evals/step-40"]
-    assert board.notes == ["skipped train/evals/step-80: no such file or folder", "row step 80: no finished run yet",
+    assert board.notes == ["skipped train/evals/step-80: no such file or folder",
+                           "row step 80: no finished run yet",
                            "reference row 'step 80' has no finished run yet: left out"]
     assert not board.marks
-    Path("typo.yaml").write_text(Path("b.yaml").read_text().replace("reference: step 80", "reference: step 8"))
+    Path("typo.yaml").write_text(Path("b.yaml").read_text().replace("reference: step 80",
+                                                                    "reference: step 8"))
     with pytest.raises(ConfigError, match="reference row 'step 8' is not a row label"):
         build(load_board("typo.yaml"))

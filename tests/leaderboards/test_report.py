@@ -1,5 +1,5 @@
-"""`medharness report`: a replayed run with unparsed and failed samples, a judged run, and an ablation pair; the
-page's numbers are the run log's, and nothing is written outside the output folder."""
+"""`medharness report`: a replayed run with unparsed and failed samples, a judged run, and an ablation pair;
+the page's numbers are the run log's, and nothing is written outside the output folder."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def test_report_of_a_run_with_unparsed_and_failed_samples(tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     preds = tmp_path / "preds.jsonl"
     lines = [{"id": f"presence-{i:05d}", "prediction": "yes" if i % 3 else TRICKY} for i in range(18)]
-    preds.write_text("".join(json.dumps(x) + "\n" for x in lines))  # ids 18, 19: no prediction, a failed sample
+    # ids 18, 19: no prediction, a failed sample
+    preds.write_text("".join(json.dumps(x) + "\n" for x in lines))
     run_dir = tmp_path / "run"
     assert main(["run", "--model", str(preds), "--tasks", "phantom_presence", "--limit", "20", "--output",
                  str(run_dir), "--no-progress", "--no-cache", "--max-error-rate", "1"]) == 0
@@ -36,10 +37,12 @@ def test_report_of_a_run_with_unparsed_and_failed_samples(tmp_path: Path,
     plotted = importlib.util.find_spec("matplotlib") is not None  # the `plots` extra
     pngs = ["headline.png", "phantom_presence-by-n_lesions.png"] if plotted else []
     assert files(run_dir) == before and sorted(files(out)) == sorted([*pngs, "report.md"])
-    assert all((f"({png})" in text) == plotted for png in ("headline.png", "phantom_presence-by-n_lesions.png"))
+    assert all((f"({png})" in text) == plotted
+               for png in ("headline.png", "phantom_presence-by-n_lesions.png"))
     summary = RunDir.open(run_dir).log.tasks["phantom_presence"].summary
     m = summary.metrics["yes_no_accuracy"]
-    assert f"{100 * m.value:.1f} [{100 * m.ci_low:.1f}, {100 * m.ci_high:.1f}]" in text and m.ci_method in text
+    assert (f"{100 * m.value:.1f} [{100 * m.ci_low:.1f}, {100 * m.ci_high:.1f}]" in text
+            and m.ci_method in text)
     assert summary.n_errors == 2 and summary.n_unparsed == 8
     assert "### phantom_presence: 2 failed, 6 unparsed" in text
     assert "no prediction for id 'presence-00019'" in text
@@ -49,7 +52,8 @@ def test_report_of_a_run_with_unparsed_and_failed_samples(tmp_path: Path,
     section = text.split("### phantom_presence by n_lesions")[1]
     row = next(line for line in section.splitlines() if line.startswith("| 0 "))
     assert [c.strip() for c in row.split("|")[1:5]] == [
-        "0", str(g.n), str(g.n_unparsed), f"{100 * gm.value:.1f} [{100 * gm.ci_low:.1f}, {100 * gm.ci_high:.1f}]"]
+        "0", str(g.n), str(g.n_unparsed),
+        f"{100 * gm.value:.1f} [{100 * gm.ci_low:.1f}, {100 * gm.ci_high:.1f}]"]
     assert main(["report", str(tmp_path / "nothing"), "--output", str(out)]) == 2
     assert "not a run directory" in capsys.readouterr().err
 
@@ -67,7 +71,8 @@ def test_report_of_a_judged_run(tmp_path: Path) -> None:
     text = (tmp_path / "out" / "report.md").read_text()
     assert f"### phantom_presence: {len(found)} disagreeing sample(s)" in text and found
     assert all(f"| {item['row'].sample.id} " in text for item in found)
-    assert "![judge agreement](judge-agreement.png)" in text and (tmp_path / "out" / "judge-agreement.png").is_file()
+    assert ("![judge agreement](judge-agreement.png)" in text
+            and (tmp_path / "out" / "judge-agreement.png").is_file())
 
 
 def test_report_with_an_ablated_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -83,7 +88,8 @@ def test_report_with_an_ablated_run(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "## Ablation: blank" in text
     # a baseline never looks at the picture: blank images change nothing, and the report says so exactly
     row = next(line for line in text.splitlines() if line.startswith("| phantom_presence | yes_no_accuracy"))
-    full = RunDir.open(tmp_path / "full").log.tasks["phantom_presence"].summary.metrics["yes_no_accuracy"].value
+    full = (RunDir.open(tmp_path / "full").log.tasks["phantom_presence"].summary
+            .metrics["yes_no_accuracy"].value)
     assert [c.strip() for c in row.split("|")[3:10]] == [
         "blank", f"{100 * full:.1f}", f"{100 * full:.1f}", "+0.0 [+0.0, +0.0]", "mcnemar-exact", "1", "30"]
     capsys.readouterr()

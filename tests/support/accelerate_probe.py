@@ -1,5 +1,6 @@
-"""Launched by `accelerate launch -m accelerate_probe OUT.json ...` in tests/trainers/test_launch.py: records what the
-launched process sees (the accelerate environment, its argv) so the test can check a real launch on CPU."""
+"""Launched by `accelerate launch -m accelerate_probe OUT.json ...` in tests/trainers/test_launch.py: records
+what the launched process sees (the accelerate environment, its argv) so the test can check a real launch on
+CPU."""
 
 from __future__ import annotations
 

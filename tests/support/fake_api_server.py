@@ -17,8 +17,8 @@ request with no queued fault is answered normally. Fault kinds:
 
 `latency` adds a fixed delay to every answer. Bounded: after `max_requests` requests the server answers 503
 and stops; after `max_seconds` it stops itself whatever happens.
-`python tests/support/fake_api_server.py --latency 0.1` serves from its own process (prints the URL; `GET /_stats`
-gives counts, `POST /_reset` clears them), so a benchmark's client does not share the server's GIL.
+`python tests/support/fake_api_server.py --latency 0.1` serves from its own process (prints the URL; `GET
+/_stats` gives counts, `POST /_reset` clears them), so a benchmark's client does not share the server's GIL.
 """
 
 from __future__ import annotations
@@ -342,7 +342,8 @@ def _gemini_prompt(body: Any) -> tuple[str, list[str]]:
 
 
 def main() -> None:
-    """`python tests/support/fake_api_server.py --latency 0.1`: serve from this process (prints the URL, blocks)."""
+    """`python tests/support/fake_api_server.py --latency 0.1`: serve from this process (prints the URL,
+    blocks)."""
     import argparse
 
     ap = argparse.ArgumentParser(description="fake OpenAI/Gemini API on 127.0.0.1 (no faults scripted)")

@@ -22,7 +22,8 @@ from medharness.checkpoints.lineage import CheckpointManifest, manifest_path
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    for flag in ("--recipe", "--task", "--model", "--seed", "--samples", "--max-steps", "--config", "--prompt"):
+    for flag in ("--recipe", "--task", "--model", "--seed", "--samples", "--max-steps",
+                 "--config", "--prompt"):
         p.add_argument(flag)
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--preset", action="append", default=[])
@@ -43,9 +44,9 @@ def main() -> int:
         if not folder.exists():
             shutil.copytree(args.model, folder, ignore=shutil.ignore_patterns("medharness.json"))
         record = CheckpointManifest(base_model=args.model, recipe=args.recipe, task=args.task,
-                                    preset="+".join(args.preset) or None, config={"overrides": args.overrides},
-                                    train_samples_hash="0" * 64, n_train_samples=1, seed=int(args.seed or 0),
-                                    step=1)
+                                    preset="+".join(args.preset) or None,
+                                    config={"overrides": args.overrides}, train_samples_hash="0" * 64,
+                                    n_train_samples=1, seed=int(args.seed or 0), step=1)
         manifest_path(folder).write_text(record.model_dump_json(indent=2))
         return folder
 

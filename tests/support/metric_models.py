@@ -1,6 +1,7 @@
-"""Small random-weight models of the classes the model-backed metrics default to, built offline (a helper, not a
-test): a BERT for BERTScore, a RobertaForSequenceClassification cross-encoder (as cross-encoder/stsb-roberta-base)
-and a BioGptForCausalLM (as microsoft/biogpt), each saved with a tokenizer built in memory."""
+"""Small random-weight models of the classes the model-backed metrics default to, built offline (a helper, not
+a test): a BERT for BERTScore, a RobertaForSequenceClassification cross-encoder (as
+cross-encoder/stsb-roberta-base) and a BioGptForCausalLM (as microsoft/biogpt), each saved with a tokenizer
+built in memory."""
 
 from __future__ import annotations
 

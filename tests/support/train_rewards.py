@@ -1,5 +1,6 @@
-"""Rewards the training tests share: the task's metrics plus a length reward that varies between the completions
-of a random model, so GRPO advantages are not all zero (registered by tests/trainers/conftest.py)."""
+"""Rewards the training tests share: the task's metrics plus a length reward that varies between the
+completions of a random model, so GRPO advantages are not all zero (registered by
+tests/trainers/conftest.py)."""
 
 from __future__ import annotations
 

@@ -20,5 +20,5 @@ from medharness.scoring.metrics.base import (
            resolve_metrics,
 )
 
-__all__ = ["METRICS", "CorpusFn", "Metric", "MetricFn", "MetricSpec", "detection", "metric", "models", "peers",
-           "reasoning", "resolve_metrics", "structured", "text"]
+__all__ = ["METRICS", "CorpusFn", "Metric", "MetricFn", "MetricSpec", "detection", "metric", "models",
+           "peers", "reasoning", "resolve_metrics", "structured", "text"]

@@ -1,8 +1,8 @@
 """Metrics for golds with several acceptable answers: boxes of several objects, answers with alternatives.
 
-- `best_iou` / `best_iou_accuracy`: the sample's target is a list of gold boxes (e.g. every red blood cell of a
-  BCCD image) or a single box; the prediction is ONE box (absolute pixels, as `json_bbox` gives it), scored by
-  its IoU with the best-matching gold box. "Give the box of one RBC" is answered right by any RBC.
+- `best_iou` / `best_iou_accuracy`: the sample's target is a list of gold boxes (e.g. every red blood cell of
+  a BCCD image) or a single box; the prediction is ONE box (absolute pixels, as `json_bbox` gives it), scored
+  by its IoU with the best-matching gold box. "Give the box of one RBC" is answered right by any RBC.
 - `reference_accuracy` / `reference_token_f1`: the gold uses the ImageCLEF VQA-Med 2019 reference syntax:
   `#` separates alternatives (any one is correct) and `( )` marks an optional part (the answer may include or
   omit it). A yes/no gold needs a strict yes/no answer, as in the harness default.
@@ -38,7 +38,8 @@ def gold_boxes(target: Any) -> list[list[float]]:
 
 @metric("best_iou")
 def best_iou(answer: Answer, sample: Sample, text: str) -> float | None:
-    """IoU of the answer box with the best-matching gold box (target: a box or a list of boxes); unparsed -> 0."""
+    """IoU of the answer box with the best-matching gold box (target: a box or a list of boxes); \
+unparsed -> 0."""
     golds = gold_boxes(sample.target)
     if not golds:
         return None

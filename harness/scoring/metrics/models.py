@@ -105,7 +105,8 @@ def rarl_accuracy(answer: Answer, sample: Sample, text: str, model: str = BERTSC
 
 
 def reference_text(sample: Sample, reference: str) -> str | None:
-    """The gold answer as text (`target`; "B. option" when it names an option) or a meta field; None if absent."""
+    """The gold answer as text (`target`; "B. option" when it names an option) or a meta field; None if
+    absent."""
     if reference != "target":
         value = sample.meta.get(reference)
         return str(value).strip() if value is not None and str(value).strip() else None

@@ -82,7 +82,8 @@ def extended_chain_reward(answer: Answer, sample: Sample, text: str, target: int
 @metric("correctness_weighted_length", percent=False)
 def correctness_weighted_length(answer: Answer, sample: Sample, text: str, accuracy: str = "choice_accuracy",
                                 target: int = 512, tokenizer: str | None = None) -> float | None:
-    """CWR: the ECR value when the `accuracy` metric scores the answer 1, else 0 (None where it does not apply)."""
+    """CWR: the ECR value when the `accuracy` metric scores the answer 1, else 0 (None where it does not \
+apply)."""
     acc = METRICS.get(accuracy)
     if acc.fn is None:
         raise ConfigError(f"correctness_weighted_length: accuracy metric {accuracy} is a corpus metric")

@@ -29,7 +29,8 @@ def iou(answer: Answer, sample: Sample, text: str) -> float | None:
 @metric("iou_accuracy")
 def iou_accuracy(answer: Answer, sample: Sample, text: str, threshold: float = 0.5,
                  strict: bool = False) -> float | None:
-    """1 if IoU >= threshold (default 0.5; with `strict`, IoU > threshold, as VRFT-Aug), else 0; unparsed -> 0."""
+    """1 if IoU >= threshold (default 0.5; with `strict`, IoU > threshold, as VRFT-Aug), else 0; \
+unparsed -> 0."""
     value = iou(answer, sample, text)
     if value is None:
         return None
@@ -123,11 +124,12 @@ def qwk(pairs: Sequence[tuple[Answer, Sample]], min_grade: int | None = None,
 
 
 def quadratic_kappa(y_true: Sequence[int], y_pred: Sequence[int], low: int, high: int) -> float:
-    """Cohen's kappa with quadratic weights over the labels low..high: 1 - sum(w * observed) / sum(w * expected),
-    w[i, j] = (i - j)^2, expected = the outer product of the marginals / n; NaN when that is 0 or there are no
-    items. The same value as sklearn's `cohen_kappa_score(..., weights="quadratic")` (a test compares them),
-    written here because sklearn's input checks cost ~2 ms a call, and a bootstrap interval calls it 1,000
-    times per summary. Items whose gold or prediction lies outside low..high are left out, as sklearn does."""
+    """Cohen's kappa with quadratic weights over the labels low..high: 1 - sum(w * observed) / sum(w *
+    expected), w[i, j] = (i - j)^2, expected = the outer product of the marginals / n; NaN when that is 0 or
+    there are no items. The same value as sklearn's `cohen_kappa_score(..., weights="quadratic")` (a test
+    compares them), written here because sklearn's input checks cost ~2 ms a call, and a bootstrap interval
+    calls it 1,000 times per summary. Items whose gold or prediction lies outside low..high are left out, as
+    sklearn does."""
     true, pred = np.asarray(y_true, dtype=np.int64) - low, np.asarray(y_pred, dtype=np.int64) - low
     k = high - low + 1
     inside = (true >= 0) & (true < k) & (pred >= 0) & (pred < k)

@@ -1,6 +1,7 @@
 """Text metrics: exact match, token overlap, yes/no, options, labels, BLEU, format, think length.
 
-All follow the rules in `medharness.scoring.metrics.base`: None = not applicable (e.g. no gold), unparsed = 0.0.
+All follow the rules in `medharness.scoring.metrics.base`: None = not applicable (e.g. no gold), unparsed =
+0.0.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from medharness.scoring.parsers.text import answer_tag, balanced_end, boxed_cont
 
 
 @metric("exact_match")
-def exact_match(answer: Answer, sample: Sample, text: str, normalizer: NormalizerName = "harness") -> float | None:
+def exact_match(answer: Answer, sample: Sample, text: str,
+                normalizer: NormalizerName = "harness") -> float | None:
     """Normalised answer == normalised gold (normalizer: `harness` by default)."""
     gold, pred = gold_text(sample), answer_text(answer)
     if gold is None:
@@ -35,14 +37,16 @@ def exact_match(answer: Answer, sample: Sample, text: str, normalizer: Normalize
     return float(normalize(pred, normalizer) == normalize(gold, normalizer))
 
 
-def _token_score(answer: Answer, sample: Sample, which: int, normalizer: NormalizerName, variant: str) -> float | None:
+def _token_score(answer: Answer, sample: Sample, which: int, normalizer: NormalizerName,
+                 variant: str) -> float | None:
     gold = gold_text(sample)
     prf = None if gold is None else token_prf(answer_text(answer), gold, normalizer, variant)
     return None if prf is None else prf[which]
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def token_prf(pred: str | None, gold: str, normalizer: NormalizerName, variant: str) -> tuple[float, float, float] | None:
+def token_prf(pred: str | None, gold: str, normalizer: NormalizerName,
+              variant: str) -> tuple[float, float, float] | None:
     """(precision, recall, F1) of the answer's tokens against the gold's; None if the gold has no tokens;
     zeros if unparsed. Cached: token precision, recall and F1 of one row share one computation."""
     gold_tokens = normalize(gold, normalizer).split()
@@ -147,9 +151,10 @@ def sentence_bleu(hypothesis: str | None, reference: str) -> float:
 @metric("recitation_bleu", percent=False)
 def recitation_bleu(answer: Answer, sample: Sample, text: str, knowledge: str | None = None,
                     delta: float = 1.0) -> float | None:
-    """VRFT-Aug's recitation reward: delta x BLEU(`<think>` text, the prompt's knowledge block for the sample's
-    classes); `knowledge` = the knowledge file (absolute, or under tasks/knowledge/). None (does not apply) without
-    a knowledge file or without choices: a reward list that gives none is refused before training."""
+    """VRFT-Aug's recitation reward: delta x BLEU(`<think>` text, the prompt's knowledge block for the \
+sample's
+    classes); `knowledge` = the knowledge file (absolute, or under tasks/knowledge/). None (does not apply)
+    without a knowledge file or without choices: a reward list that gives none is refused before training."""
     if knowledge is None or not sample.choices:
         return None
     block = knowledge_block(knowledge_file(knowledge), sample.choices)
@@ -241,8 +246,10 @@ def think_length(answer: Answer, sample: Sample, text: str) -> float | None:
 @metric("where")
 def where(answer: Answer, sample: Sample, text: str, metric: str = "exact_match", field: str = "",
           value: Any = None, args: dict[str, Any] | None = None) -> float | None:
-    """A percent `metric` on the samples whose meta `field` equals `value`, None (left out) on the others: a
-    per-group column, e.g. CV-Bench's Count accuracy ({metric: choice_accuracy, field: task, value: Count})."""
+    """A percent `metric` on the samples whose meta `field` equals `value`, None (left out) on the others: \
+a
+    per-group column, e.g. CV-Bench's Count accuracy ({metric: choice_accuracy, field: task, value:
+    Count})."""
     inner = METRICS.get(metric)
     if inner.fn is None or not field:
         raise ConfigError(f"where: give a per-sample `metric` and a meta `field` (got {metric!r}, {field!r})")

@@ -61,7 +61,8 @@ class ParserChain:
         answer = Answer(value=text)
         for name, args, fn in self.steps:
             if not isinstance(answer.value, str):
-                return Answer(value=None, parser=self.name, note=f"{name}: previous step gave a non-text value")
+                return Answer(value=None, parser=self.name,
+                              note=f"{name}: previous step gave a non-text value")
             answer = fn(answer.value, sample, **args)
             if answer.value is None:
                 return Answer(value=None, parser=self.name, note=f"{name}: {answer.note}".rstrip(": "))

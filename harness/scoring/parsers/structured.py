@@ -57,7 +57,8 @@ def choice(text: str, sample: Sample) -> Answer:
     if not sample.choices:
         return _fail("choice", "sample has no choices")
     letters = LETTERS[: len(sample.choices)]
-    body = _CHOICE_PREFIX.sub("", clean_text(strip_end_markers(text)).strip(), count=1).rstrip(". \t\n").strip()
+    cleaned = clean_text(strip_end_markers(text)).strip()
+    body = _CHOICE_PREFIX.sub("", cleaned, count=1).rstrip(". \t\n").strip()
     if not body:
         return _fail("choice", "empty output")
     options = [norm_text(c) for c in sample.choices]

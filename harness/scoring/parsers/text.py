@@ -43,7 +43,8 @@ def strip_answer_prefix(text: str) -> str:
 
 
 def hedge(answers: Sequence[str]) -> str | None:
-    """Why these candidate answers of one output are a hedge, or None. A hedge is never scored: it is unparsed.
+    """Why these candidate answers of one output are a hedge, or None. A hedge is never scored: it is
+    unparsed.
 
     - an answer holding both words `yes` and `no` ("yes or no", "<answer>no</answer> yes");
     - yes and no given as two answers ("yes\\nno", two `<answer>` blocks);
@@ -64,7 +65,8 @@ def short_answer(text: str, sample: Sample) -> Answer:
 
     A hedge is unparsed: the line holds both yes and no, or a later line is a bare yes/no (prefix allowed:
     "Final answer: no") that disagrees with it ("yes\\nno")."""
-    lines = [strip_answer_prefix(line).rstrip(". \t").strip() for line in strip_end_markers(text).splitlines()]
+    lines = [strip_answer_prefix(line).rstrip(". \t").strip()
+             for line in strip_end_markers(text).splitlines()]
     lines = [line for line in lines if line]
     if not lines:
         return _fail("short_answer", "no non-empty line")

@@ -23,7 +23,8 @@ SourceSpec = Annotated[LocalSource | NpzSource | HubSource | PhantomSource | Voc
 
 
 def source_label(source: Any, split: str) -> str:
-    """How reports and errors name a source's split, e.g. `local test.json` or `hub org/set [test]@default`."""
+    """How reports and errors name a source's split, e.g. `local test.json` or `hub org/set
+    [test]@default`."""
     return str(source.label(split))
 
 

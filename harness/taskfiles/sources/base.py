@@ -37,7 +37,8 @@ class Columns(Strict):
     meta: dict[str, str] = Field(default_factory=dict)  # meta field -> column
     derive_answer_type: bool = False  # no answer_type column: CLOSED iff the gold is yes/no
     strip_choice_letters: bool = False  # options stored as "A: text" / "(B) text": keep only the text
-    box: list[str] | None = Field(default=None, min_length=4, max_length=4)  # x1, y1, x2, y2 columns: the target
+    # x1, y1, x2, y2 columns: the target
+    box: list[str] | None = Field(default=None, min_length=4, max_length=4)
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,10 @@ def _sample(row: dict[str, Any], index: int, task: str, columns: Columns, image_
     if isinstance(columns.choices, str):
         options = cell(row, columns.choices, at)
         if not isinstance(options, (list, tuple)):
-            raise DataError(f"{at}: column '{columns.choices}' holds {type(options).__name__}, not a list of options")
-        choices = tuple(_text(o, f"option {i + 1} of column '{columns.choices}'", at, True) for i, o in enumerate(options))
+            raise DataError(f"{at}: column '{columns.choices}' holds {type(options).__name__}, not a list "
+                            "of options")
+        choices = tuple(_text(o, f"option {i + 1} of column '{columns.choices}'", at, True)
+                        for i, o in enumerate(options))
     else:
         choices = tuple(text_cell(row, c, at, True) for c in columns.choices or ())
     if columns.strip_choice_letters:

@@ -149,8 +149,8 @@ class VocSource(LocalFiles):
                 size = image_header_size(self.root / ref)
             unknown = sorted({name for name, _ in objects} - set(self.labels))
             if unknown:
-                raise DataError(f"task {params.task}: image {image_id} has label(s) {unknown} not in the source's "
-                                f"labels {list(self.labels)}")
+                raise DataError(f"task {params.task}: image {image_id} has label(s) {unknown} not in the "
+                                f"source's labels {list(self.labels)}")
             for label, name in self.labels.items():
                 boxes = [box for obj, box in objects if obj == label]
                 if not boxes:
@@ -205,7 +205,8 @@ def mask_box(path: Path, threshold: int = 127) -> tuple[list[int], tuple[int, in
     ys, xs = np.nonzero(array > threshold)
     if not len(xs):
         raise DataError(f"mask {path} has no pixel > {threshold}: no lesion to box")
-    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1], (array.shape[1], array.shape[0])
+    box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+    return box, (array.shape[1], array.shape[0])
 
 
 class Ham10000Source(LocalFiles):
@@ -213,7 +214,8 @@ class Ham10000Source(LocalFiles):
 
     kind: Literal["ham10000"]
     target: Literal["label", "box"] = "label"
-    classes: dict[str, str] = Field(default_factory=lambda: dict(HAM_CLASSES))  # dx code -> class name, in order
+    # dx code -> class name, in order
+    classes: dict[str, str] = Field(default_factory=lambda: dict(HAM_CLASSES))
     question: str = "Which diagnosis does this dermoscopic image of a skin lesion show?"
     metadata: str | list[str] = Field(default_factory=lambda: ["HAM10000_metadata.csv", "HAM10000_metadata"])
     image_dirs: list[str] = Field(default_factory=lambda: ["HAM10000_images_part_1", "HAM10000_images_part_2",
@@ -285,10 +287,12 @@ class Ham10000Source(LocalFiles):
             if split != "all" and row_split != split:
                 continue
             if dx not in self.classes:
-                raise DataError(f"task {params.task}: image {image_id} has dx '{dx}', not in {list(self.classes)}")
+                raise DataError(f"task {params.task}: image {image_id} has dx '{dx}', not in "
+                                f"{list(self.classes)}")
             ref = images.get(image_id)
             if ref is None:
-                raise DataError(f"task {params.task}: no image {image_id}{self.image_ext} in any of {self.image_dirs}")
+                raise DataError(f"task {params.task}: no image {image_id}{self.image_ext} in any of "
+                                f"{self.image_dirs}")
             meta: dict[str, Any] = {"class_name": self.classes[dx], "dx": dx, "lesion_id": lesion,
                                     "image_id": image_id, "split": row_split,
                                     **{k: row[k].strip() for k in ("dx_type", "age", "sex", "localization")

@@ -29,15 +29,15 @@ if TYPE_CHECKING:
 class LocalSource(LocalFiles):
     """Files on disk under the data dir: `path` may hold `{split}` (e.g. `{split}set.json`).
 
-    `path` may instead map each split to its file (`{test: X_Test.txt}`): a split without a file is then absent,
-    never silently the test file. `image_suffix` is appended to the image column (ids without `.jpg`).
+    `path` may instead map each split to its file (`{test: X_Test.txt}`): a split without a file is then
+    absent, never silently the test file. `image_suffix` is appended to the image column (ids without `.jpg`).
     `format` (default: from the suffix; `.txt` needs it): json (a list, or an object holding one), jsonl, csv,
     tsv or psv (pipe-separated, as ImageCLEF VQA-Med). `fieldnames` names the columns of a file WITHOUT a
     header row; in tsv/psv the last column keeps any further separators, and quotes are plain text.
-    `question`: a fixed question for files without a question column. `classes`: the class names given to every
-    sample as its options (a gold outside them is an error), or `from_data` = the sorted distinct golds of the
-    split. With `columns.box`, the target is the box and `meta.image_size` / `resized_size` come from the image
-    header (`resize` as for the `voc` kind)."""
+    `question`: a fixed question for files without a question column. `classes`: the class names given to
+    every sample as its options (a gold outside them is an error), or `from_data` = the sorted distinct golds
+    of the split. With `columns.box`, the target is the box and `meta.image_size` / `resized_size` come from
+    the image header (`resize` as for the `voc` kind)."""
 
     kind: Literal["local"]
     path: str | dict[str, str]
@@ -102,7 +102,8 @@ class LocalSource(LocalFiles):
         return samples
 
     def _with_classes(self, samples: list[Sample], task: str) -> list[Sample]:
-        classes = sorted({str(s.target) for s in samples}) if self.classes == "from_data" else list(self.classes or [])
+        classes = (sorted({str(s.target) for s in samples}) if self.classes == "from_data"
+                   else list(self.classes or []))
         out = []
         for s in samples:
             if str(s.target) not in classes:
@@ -163,12 +164,14 @@ class NpzSource(LocalFiles):
         out = []
         for i, label in enumerate(labels.tolist()):
             if not 0 <= label < len(self.classes):
-                raise DataError(f"task {params.task}: {split} label {label} at {i} outside classes {self.classes}")
+                raise DataError(f"task {params.task}: {split} label {label} at {i} outside classes "
+                                f"{self.classes}")
             out.append(Sample(
                 id=f"{split}-{i}", task=params.task, question=self.question,
                 target=int(label) if self.ordinal else self.classes[label],
                 images=(f"npz:{split}/{i}",), choices=tuple(self.classes),
-                meta={"label": int(label), "class_name": self.classes[label], "image_size": [shape[2], shape[1]]},
+                meta={"label": int(label), "class_name": self.classes[label],
+                      "image_size": [shape[2], shape[1]]},
             ))
         return out
 

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 class HubSource(Strict):
-    """`datasets.load_dataset(dataset, name, split=..., revision=...)`: a hub id or a local hub-format folder."""
+    """`datasets.load_dataset(dataset, name, split=..., revision=...)`: a hub id or a local hub-format
+    folder."""
 
     kind: Literal["hf"]
     dataset: str
@@ -40,15 +41,16 @@ class HubSource(Strict):
                 import datasets
             except ImportError:
                 raise DataError(f"could not load {self.dataset} from the hub: that needs the `data` extra "
-                                "(pip install 'medharness[data]'); or pass --data-dir DIR with a local copy") from None
+                                "(pip install 'medharness[data]'); or pass --data-dir DIR with a local "
+                                "copy") from None
             hub_split = self.splits.get(split, split)
             try:
                 ds = datasets.load_dataset(self.dataset, self.name, split=hub_split, revision=self.revision,
                                            data_files=self.data_files)
             except Exception as exc:  # noqa: BLE001 - network, auth, missing split: all end here
                 raise DataError(
-                    f"could not load {self.dataset} split '{hub_split}' from the hub ({type(exc).__name__}: {exc}); "
-                    "offline? pass --data-dir DIR with a local copy"
+                    f"could not load {self.dataset} split '{hub_split}' from the hub ({type(exc).__name__}: "
+                    f"{exc}); offline? pass --data-dir DIR with a local copy"
                 ) from None
             if self.image_column and self.image_column in ds.column_names:
                 ds = ds.cast_column(self.image_column, datasets.Image(decode=False))

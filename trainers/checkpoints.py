@@ -1,7 +1,8 @@
 """Checkpoints: the vision-tower freeze, the LoRA config, and the `medharness.json` manifest (plus the
 processor) written into every `checkpoint-<step>/` TRL saves and into `final/`.
 
-The manifest is `medharness.checkpoints.lineage.CheckpointManifest`, the model the core reads back for `trained_from`.
+The manifest is `medharness.checkpoints.lineage.CheckpointManifest`, the model the core reads back for
+`trained_from`.
 """
 
 from __future__ import annotations
@@ -60,13 +61,15 @@ def check_vision_frozen(model: Any) -> int:
     trainable = [name for name, param in model.named_parameters() if param.requires_grad]
     vision = [name for name in trainable if is_vision(name)]
     if vision:
-        raise ConfigError(f"freeze_vision is set but {len(vision)} vision-tower parameter tensors are trainable "
-                          f"(e.g. {vision[0]}): LoRA target_modules or freezing reached the vision tower")
+        raise ConfigError(f"freeze_vision is set but {len(vision)} vision-tower parameter tensors are "
+                          f"trainable (e.g. {vision[0]}): LoRA target_modules or freezing reached the vision "
+                          "tower")
     return len(trainable)
 
 
 def lora_config(spec: LoraSpec) -> Any:
-    """PEFT's `LoraConfig`; with `freeze_vision` the adapter is kept off the vision tower (exclude_modules)."""
+    """PEFT's `LoraConfig`; with `freeze_vision` the adapter is kept off the vision tower
+    (exclude_modules)."""
     from peft import LoraConfig
 
     return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
@@ -95,7 +98,8 @@ def _versions() -> tuple[tuple[str, str], ...]:
 
 
 def batch_sizes(trl_args: Any) -> dict[str, Any]:
-    """Batch sizes per optimiser step: TRL counts completions (GRPO: prompts x num_generations); both recorded."""
+    """Batch sizes per optimiser step: TRL counts completions (GRPO: prompts x num_generations); both
+    recorded."""
     a = trl_args
     completions = a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
     generations = getattr(a, "num_generations", None)
@@ -131,7 +135,8 @@ class Lineage:
         fingerprint = weights_fingerprint(folder) if folder is not None else None
         parent = read_manifest(folder) if folder is not None else None
         return cls(config=config, presets=presets, trl_settings=json_safe(trl_args.to_dict()),
-                   sample_ids=sample_ids, prompt=prompt, base_fingerprint=fingerprint, batch=batch_sizes(trl_args),
+                   sample_ids=sample_ids, prompt=prompt, base_fingerprint=fingerprint,
+                   batch=batch_sizes(trl_args),
                    parent=file_hash(manifest_path(folder)) if parent is not None and folder else None,
                    parent_path=str(folder.resolve()) if parent is not None and folder else None)
 
@@ -143,8 +148,9 @@ class Lineage:
         c = self.config
         return CheckpointManifest(
             base_model=str(c.model), base_fingerprint=self.base_fingerprint, recipe=c.recipe,
-            preset="+".join(self.presets) or None, task=str(c.task), prompt=self.prompt, config=self.resolved(),
-            train_samples_hash=samples_hash(self.sample_ids), n_train_samples=len(self.sample_ids), seed=c.seed,
+            preset="+".join(self.presets) or None, task=str(c.task), prompt=self.prompt,
+            config=self.resolved(), train_samples_hash=samples_hash(self.sample_ids),
+            n_train_samples=len(self.sample_ids), seed=c.seed,
             step=step, adapter=c.lora is not None, attn_implementation=c.attn_implementation,
             parent=self.parent, parent_path=self.parent_path, batch=self.batch, versions=versions(),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))

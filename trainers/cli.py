@@ -16,21 +16,26 @@ from medharness.core.errors import ConfigError, DataError
 
 def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Any]:
     """Add the training subcommands; returns {command: handler} for the main CLI's dispatch."""
-    p = sub.add_parser("train", help="train a model on a task with a TRL recipe (sft, dpo, grpo, vrft_aug, rarl; LoRA an option)",
-                       description="Train with a recipe (sft, dpo, grpo, vrft_aug, rarl) configured by presets "
-                                   "(trainers/presets/*.yaml), --config FILE and -C overrides. Rewards are the "
-                                   "task's own parser + metrics. See docs/training.md.")
-    p.add_argument("--recipe", help="sft | dpo | grpo | vrft_aug | rarl (default: the preset's or config's recipe)")
+    p = sub.add_parser("train",
+                       help="train a model on a task with a TRL recipe (sft, dpo, grpo, vrft_aug, rarl; "
+                            "LoRA an option)",
+                       description="Train with a recipe (sft, dpo, grpo, vrft_aug, rarl) configured by "
+                                   "presets (trainers/presets/*.yaml), --config FILE and -C overrides. "
+                                   "Rewards are the task's own parser + metrics. See docs/training.md.")
+    p.add_argument("--recipe",
+                   help="sft | dpo | grpo | vrft_aug | rarl (default: the preset's or config's recipe)")
     p.add_argument("--preset", action="append", default=[], metavar="NAME",
                    help="a shipped preset (repeatable, later wins; default: the recipe's own): "
-                        "sft sft_lora dpo dpo_lora grpo grpo_lora dr_grpo vrft_aug_paper vrft_aug_loc tiny_cpu")
+                        "sft sft_lora dpo dpo_lora grpo grpo_lora dr_grpo vrft_aug_paper vrft_aug_loc "
+                        "tiny_cpu")
     p.add_argument("--config", type=Path, help="a recipe config YAML (strict; see docs/training.md)")
     p.add_argument("-C", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting (dotted key), e.g. -C trl.learning_rate=1e-5 -C lora.r=16")
     p.add_argument("--task", help="the task to train on (its train split by default)")
     p.add_argument("--model", help="the base model: hub id or folder")
     p.add_argument("--prompt", help="the task's prompt variant (default: the task's default)")
-    p.add_argument("--samples", type=Path, help="training sample ids (a `medharness split` file or an id list)")
+    p.add_argument("--samples", type=Path,
+                   help="training sample ids (a `medharness split` file or an id list)")
     p.add_argument("--seed", type=int, help="run seed: data order, sampling, vLLM (default 0)")
     p.add_argument("--max-steps", type=int, help="optimiser steps (trl.max_steps)")
     p.add_argument("--output", type=Path, help="output directory (default runs/train/<preset>-<task>-<time>)")
@@ -38,40 +43,44 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Any]:
     e = p.add_argument_group("evaluation during training (held-out samples, scored by the harness; "
                              "docs/training.md)")
     e.add_argument("--eval-every", type=int, metavar="N",
-                   help="save a checkpoint every N steps (sets trl.save_steps) and, after training, score step 0 "
-                        "(the starting model) and every checkpoint with `run` into OUTPUT/evals/step-<N>/")
+                   help="save a checkpoint every N steps (sets trl.save_steps) and, after training, score "
+                        "step 0 (the starting model) and every checkpoint with `run` into "
+                        "OUTPUT/evals/step-<N>/")
     e.add_argument("--eval-checkpoints", action="store_true",
-                   help="as --eval-every, for the checkpoints the config saves anyway (trl.save_steps unchanged)")
+                   help="as --eval-every, for the checkpoints the config saves anyway "
+                        "(trl.save_steps unchanged)")
     e.add_argument("--eval-tasks", metavar="TASKS",
                    help="tasks or families to score (comma-separated; default: the training task)")
     e.add_argument("--eval-split", metavar="SPLIT",
                    help="the split to score (default: each task's evaluation split); training samples are "
                         "always left out")
     e.add_argument("--eval-limit", type=int, metavar="N", help="the first N held-out samples per task")
-    e.add_argument("--eval-backend", metavar="NAME", help="the run backend (default auto: vllm on a GPU where "
-                                                          "installed, else hf)")
+    e.add_argument("--eval-backend", metavar="NAME",
+                   help="the run backend (default auto: vllm on a GPU where installed, else hf)")
     e.add_argument("--eval-batch-size", type=int, metavar="N", help="run batch size (default 8)")
     from medharness.trainers.launch import add_launch_options
 
     add_launch_options(p)
 
     r = sub.add_parser("reward", help="print each reward component for given completions (as training would)",
-                       description="Score completions with reward metrics through the task's parser, exactly as "
-                                   "`train` rewards them and `run` scores them.")
+                       description="Score completions with reward metrics through the task's parser, "
+                                   "exactly as `train` rewards them and `run` scores them.")
     r.add_argument("--task", required=True)
     r.add_argument("--rewards", default="default",
-                   help="'default' (the --recipe's rewards), a YAML list ([{metric: yes_no_accuracy, weight: 0.9}, "
-                        "...]) or a YAML file")
+                   help="'default' (the --recipe's rewards), a YAML list ([{metric: yes_no_accuracy, "
+                        "weight: 0.9}, ...]) or a YAML file")
     r.add_argument("--recipe", help="whose default rewards to use (e.g. vrft_aug; default: grpo's)")
     r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a recipe option for the default rewards, e.g. --option recitation=0.2 (repeatable)")
     r.add_argument("--completions", type=Path, required=True,
-                   help="JSONL of {sample_id, text}, or a text file of one completion per line with --sample-id")
+                   help="JSONL of {sample_id, text}, or a text file of one completion per line with "
+                        "--sample-id")
     r.add_argument("--sample-id", help="the sample every line of a plain text --completions file answers")
     r.add_argument("--prompt", help="the task's prompt variant (its parser reads the completions)")
     r.add_argument("--split", help="the split the sample ids come from (default: test, then train)")
     r.add_argument("--data-dir", help="the task's local data copy")
-    r.add_argument("--model", help="what a reward argument '@model' stands for (e.g. a length reward's tokenizer)")
+    r.add_argument("--model",
+                   help="what a reward argument '@model' stands for (e.g. a length reward's tokenizer)")
     r.add_argument("--json", action="store_true", help="one JSON object per completion")
     return {"train": cmd_train, "reward": cmd_reward}
 
@@ -119,7 +128,8 @@ def child_argv(args: argparse.Namespace, output: Path) -> list[str]:
     argv += [x for item in args.overrides for x in ("-C", item)]
     argv += [x for flag, name in EVAL_FLAGS if getattr(args, name) is not None
              for x in (flag, str(getattr(args, name)))]
-    return argv + (["--eval-checkpoints"] if args.eval_checkpoints else []) + (["--resume"] if args.resume else [])
+    return (argv + (["--eval-checkpoints"] if args.eval_checkpoints else [])
+            + (["--resume"] if args.resume else []))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -128,10 +138,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from medharness.trainers.launch import launch_from_args, under_launcher
     from medharness.trainers.run import TrainRequest, default_output, refuse_non_empty, resolve, train
 
-    req = TrainRequest(recipe=args.recipe, presets=args.preset, config_file=args.config, overrides=args.overrides,
-                       task=args.task, model=args.model, prompt=args.prompt, samples_file=args.samples,
-                       seed=args.seed, max_steps=args.max_steps, output=args.output, resume=args.resume,
-                       evals=eval_request(args))
+    req = TrainRequest(recipe=args.recipe, presets=args.preset, config_file=args.config,
+                       overrides=args.overrides, task=args.task, model=args.model, prompt=args.prompt,
+                       samples_file=args.samples, seed=args.seed, max_steps=args.max_steps,
+                       output=args.output, resume=args.resume, evals=eval_request(args))
     if args.launcher == "accelerate" and not under_launcher():
         config, layers = resolve(req)  # a bad config (TRL keys included) fails before anything is written
         output = args.output or default_output(config, layers)
@@ -145,7 +155,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     launch_from_args(args, [], args.output or Path())  # contradictory launch options are refused here too
     output = train(req, progress=lambda line: print(line, flush=True))
     extra = ", evals/" if req.evals else ""
-    print(f"finished: {output / 'final'} (train.json, logs.jsonl, completions.jsonl{extra} in {output})", flush=True)
+    print(f"finished: {output / 'final'} (train.json, logs.jsonl, completions.jsonl{extra} in {output})",
+          flush=True)
     return 0
 
 
@@ -177,8 +188,8 @@ def read_completions(path: Path, sample_id: str | None) -> list[tuple[str, str]]
             item = json.loads(line)
             out.append((str(item["sample_id"]), str(item["text"])))
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise DataError(f"{path}:{number}: expected a JSON object {{sample_id, text}} (or pass --sample-id for "
-                            "a plain text file)") from None
+            raise DataError(f"{path}:{number}: expected a JSON object {{sample_id, text}} (or pass "
+                            "--sample-id for a plain text file)") from None
     return out
 
 
@@ -246,7 +257,8 @@ def cmd_reward(args: argparse.Namespace) -> int:
         return 0
     from tabulate import tabulate
 
-    table = [{"sample_id": r["sample_id"], "answer": r["answer"], **r["rewards"], "total": r["total"]} for r in rows]
+    table = [{"sample_id": r["sample_id"], "answer": r["answer"], **r["rewards"], "total": r["total"]}
+             for r in rows]
     weights = ", ".join(f"{lab} x {w:g}" for lab, w in zip(rewards.labels, rewards.weights))
     print(f"task {task.name}, prompt '{prompt}', total = {weights}", file=sys.stderr)
     print(tabulate(table, headers="keys", tablefmt="github", missingval="n/a"))

@@ -3,9 +3,9 @@
 Layers, later wins: the named presets (`trainers/presets/*.yaml`, in order), `--config FILE`, the CLI flags
 (`--task`, `--model`, `--samples`, `--seed`, `--max-steps`) and `-C key=value` overrides (dotted keys).
 A layer may hold `recipes: {grpo: {...}}`: settings applied only when that recipe runs (so one overlay
-preset such as `tiny_cpu` serves every recipe), merged right after the rest of its layer. The `trl:` section is validated by constructing TRL's own
-config object (`GRPOConfig`, `SFTConfig`, `DPOConfig`): a key TRL does not know is an error naming the file
-and line where it was written.
+preset such as `tiny_cpu` serves every recipe), merged right after the rest of its layer. The `trl:` section
+is validated by constructing TRL's own config object (`GRPOConfig`, `SFTConfig`, `DPOConfig`): a key TRL does
+not know is an error naming the file and line where it was written.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from medharness.trainers.schema import TrainConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 # Set by medharness itself, never in `trl:` (they would silently disagree with the run).
-RESERVED_TRL = {"output_dir": "--output", "seed": "the top-level `seed:`", "data_seed": "the top-level `seed:`"}
+RESERVED_TRL = {"output_dir": "--output", "seed": "the top-level `seed:`",
+                "data_seed": "the top-level `seed:`"}
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -59,7 +60,8 @@ class Layers:
                     if len(sub) > len(full) and sub[: len(full)] == full:
                         self.origin[sub[len(line_prefix):]] = f"{where}:{sub_line}"
 
-    def add_layer(self, data: dict[str, Any], where: str, recipe: str, lines: dict[Loc, int] | None = None) -> None:
+    def add_layer(self, data: dict[str, Any], where: str, recipe: str,
+                  lines: dict[Loc, int] | None = None) -> None:
         """A whole layer: its `recipes: {name: settings}` part for `recipe` merged right after the rest, so
         a later layer (or -C) still wins over it."""
         data = dict(data)
@@ -112,7 +114,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     """`-C trl.learning_rate=1e-5` -> (["trl", "learning_rate"], 1e-05)."""
     key, eq, raw = item.partition("=")
     if not eq or not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"-C expects KEY=VALUE with a dotted KEY (e.g. trl.learning_rate=1e-5), got {item!r}")
+        raise ConfigError("-C expects KEY=VALUE with a dotted KEY (e.g. trl.learning_rate=1e-5), got "
+                          f"{item!r}")
     return key.split("."), load_value(raw, f"-C {item}") if raw else ""
 
 
@@ -227,6 +230,7 @@ def load_layers(recipe: str | None, presets: list[str], config_file: Path | None
         layers.add_layer(nested(keys, value), f"-C {item}", str(chosen))
     set_recipe = layers.data.get("recipe")
     if recipe and set_recipe and set_recipe != recipe:
-        raise ConfigError(f"{layers.where(('recipe',))}: recipe '{set_recipe}' conflicts with --recipe {recipe}")
+        raise ConfigError(f"{layers.where(('recipe',))}: recipe '{set_recipe}' conflicts with --recipe "
+                          f"{recipe}")
     layers.data["recipe"] = chosen
     return layers

@@ -72,7 +72,8 @@ def pixel_budget(processor: Any, config: TrainConfig) -> PixelBudget | None:
         if config.max_pixels or config.min_pixels:
             raise ConfigError("max_pixels/min_pixels: this processor has no Qwen-style pixel budget")
         return None
-    budget = PixelBudget(int(patch) * int(merge), int(config.min_pixels or low), int(config.max_pixels or high))
+    budget = PixelBudget(int(patch) * int(merge), int(config.min_pixels or low),
+                         int(config.max_pixels or high))
     for key, value in (("shortest_edge", budget.min_pixels), ("longest_edge", budget.max_pixels)):
         if isinstance(size, dict):
             size[key] = value
@@ -150,7 +151,8 @@ def to_dataset(rows: list[dict[str, Any]]) -> Any:
     from datasets import Dataset
 
     if not rows:
-        raise DataError("no training rows (for DPO: no sample has a rejected answer from the declared source)")
+        raise DataError("no training rows (for DPO: no sample has a rejected answer from the declared "
+                        "source)")
     return Dataset.from_list(rows)
 
 
@@ -171,7 +173,8 @@ def check_image_tokens(rows: Sequence[dict[str, Any]], processor: Any, max_lengt
         messages = row.get("messages") or [*row["prompt"], *(row.get("chosen") or [])]
         n_parts = sum(1 for m in messages for p in m["content"] if p.get("type") == "image")
         if n_parts != len(row["images"]):
-            raise DataError(f"sample {sid}: the prompt has {n_parts} image parts but {len(row['images'])} images")
+            raise DataError(f"sample {sid}: the prompt has {n_parts} image parts but {len(row['images'])} "
+                            "images")
         plain = [{"role": m["role"], "content": [{"type": "image"} if p["type"] == "image" else
                                                  {"type": "text", "text": p["text"]} for p in m["content"]]}
                  for m in messages]
@@ -186,6 +189,6 @@ def check_image_tokens(rows: Sequence[dict[str, Any]], processor: Any, max_lengt
             if tokens != features:
                 raise DataError(f"sample {sid}: {tokens} image tokens but {features} image features")
         if max_length is not None and ids.shape[0] > max_length:
-            raise DataError(f"sample {sid}: {int(ids.shape[0])} tokens > max_length {max_length}: truncation would "
-                            "cut the answer or image tokens (set trl.max_length: null)")
+            raise DataError(f"sample {sid}: {int(ids.shape[0])} tokens > max_length {max_length}: truncation "
+                            "would cut the answer or image tokens (set trl.max_length: null)")
     return longest

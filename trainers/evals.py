@@ -1,22 +1,25 @@
-"""`train --eval-every N` / `--eval-checkpoints`: score step 0 (the model training started from) and every saved
-checkpoint with the harness itself (`medharness.runs.pipeline.Runner`, the code path of `medharness run`) on held-out
-samples, never on the training samples.
+"""`train --eval-every N` / `--eval-checkpoints`: score step 0 (the model training started from) and every
+saved checkpoint with the harness itself (`medharness.runs.pipeline.Runner`, the code path of
+`medharness run`) on held-out samples, never on the training samples.
 
 The design: evaluation runs after training, in the main process, over the checkpoint folders training left
 (`checkpoint-<step>/`, plus `final/` when its step has no checkpoint). So no process of a multi-GPU job waits
 on another while a model generates, the trainer's memory is freed first, and every point is an ordinary,
-resumable run directory (a rerun skips finished points and redoes one whose checkpoint or held-out ids changed).
+resumable run directory (a rerun skips finished points and redoes one whose checkpoint or held-out ids
+changed).
 
-    OUTPUT/train_samples.json        the training sample ids (split, ids, sha256 as in the manifests) and content
-                                     keys (images + question), written before training
+    OUTPUT/train_samples.json        the training sample ids (split, ids, sha256 as in the manifests) and
+                                     content keys (images + question), written before training
     OUTPUT/evals/heldout-<hash>.json the evaluated ids per task: the eval split minus every training sample
-    OUTPUT/evals/step-<N>/           one `medharness run` directory per point (run.json records `trained_from`)
-    OUTPUT/train.json  `evals`       the settings, each point, and the curve {task: {metric, points: [[step, value]]}}
+    OUTPUT/evals/step-<N>/           one `medharness run` directory per point (run.json records
+                                     `trained_from`)
+    OUTPUT/train.json  `evals`       the settings, each point, and the curve
+                                     {task: {metric, points: [[step, value]]}}
     OUTPUT/logs.jsonl                one `{"step": N, "eval": {task: {metric, value, n}}}` row per point
 
 A held-out sample is one that is not a training sample: not the same (task, split, id), and not the same
-images + question (a duplicate under another split). Ids alone are not enough: the phantom tasks' train and test
-splits use the same ids for different images. Selection and a check before each run both apply the rule.
+images + question (a duplicate under another split). Ids alone are not enough: the phantom tasks' train and
+test splits use the same ids for different images. Selection and a check before each run both apply the rule.
 """
 
 from __future__ import annotations
@@ -101,14 +104,16 @@ class TrainSamples:
     def read(cls, output: Path) -> TrainSamples:
         file = output / TRAIN_SAMPLES_FILE
         if not file.is_file():
-            raise DataError(f"{output} has no {TRAIN_SAMPLES_FILE}: cannot tell held-out samples from training ones")
+            raise DataError(f"{output} has no {TRAIN_SAMPLES_FILE}: cannot tell held-out samples from "
+                            "training ones")
         data = json.loads(file.read_text(encoding="utf-8"))
         return cls(data["task"], data["split"], list(data["ids"]), list(data.get("content", [])))
 
 
 @dataclass
 class EvalPlan:
-    """The resolved evaluation: which tasks, which held-out ids (written to evals/heldout-<hash>.json), how."""
+    """The resolved evaluation: which tasks, which held-out ids (written to evals/heldout-<hash>.json),
+    how."""
 
     request: EvalRequest
     tasks: list[str]  # task names
@@ -128,8 +133,9 @@ class EvalPlan:
 
     def info(self) -> dict[str, Any]:
         r = self.request
-        return {"every": r.every, "tasks": self.tasks, "split": self.split, "limit": r.limit, "backend": r.backend,
-                "samples_file": str(self.samples_file), "n_samples": {t: len(ids) for t, ids in self.heldout.items()},
+        return {"every": r.every, "tasks": self.tasks, "split": self.split, "limit": r.limit,
+                "backend": r.backend, "samples_file": str(self.samples_file),
+                "n_samples": {t: len(ids) for t, ids in self.heldout.items()},
                 "dropped_training_samples": self.dropped}
 
 
@@ -179,7 +185,8 @@ def points(output: Path, start_model: str) -> list[tuple[int, str]]:
 
 def _same_point(runlog: RunLog, config: Any) -> bool:
     """An earlier run of this point is still valid: the same settings (held-out ids included: their file is
-    named by its content) and the same checkpoint (its manifest hash; a rewritten checkpoint is scored again)."""
+    named by its content) and the same checkpoint (its manifest hash; a rewritten checkpoint is scored
+    again)."""
     if any(runlog.config.get(k) != v for k, v in config.model_dump().items() if k in config.RESULT_KEYS):
         return False
     folder = Path(config.model)
@@ -224,7 +231,8 @@ def evaluate_checkpoints(output: Path, eval_plan: EvalPlan, start_model: str,
         evaluate_point(eval_plan, model, run_dir, trained, output)
         metrics = {t: task_result(run_dir, t) for t in eval_plan.tasks}
         done.append({"step": step, "model": model, "run": str(run_dir),
-                     "eval": {t: m and {k: m[k] for k in ("metric", "value", "n")} for t, m in metrics.items()}})
+                     "eval": {t: m and {k: m[k] for k in ("metric", "value", "n")}
+                              for t, m in metrics.items()}})
         for task, m in metrics.items():
             if m is not None:
                 curve[task]["metric"] = m["metric"]

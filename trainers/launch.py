@@ -71,7 +71,8 @@ def add_launch_options(parser: argparse.ArgumentParser) -> None:
                        help="none: train in this process (default); accelerate: write the accelerate config "
                             "into OUTPUT/launch/ and run `accelerate launch`")
     group.add_argument("--num-processes", type=int, default=1, help="processes (one per GPU; default 1)")
-    group.add_argument("--deepspeed", choices=sorted(ZERO_STAGES), help="DeepSpeed ZeRO stage (needs deepspeed)")
+    group.add_argument("--deepspeed", choices=sorted(ZERO_STAGES),
+                       help="DeepSpeed ZeRO stage (needs deepspeed)")
     group.add_argument("--fsdp", action="store_true", help="PyTorch FSDP2 instead of DDP")
     group.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"], default="bf16",
                        help="accelerate mixed precision (default bf16; no on a CPU)")
@@ -121,7 +122,8 @@ def launch_record(output: Path) -> dict[str, Any]:
     """How this training process was started, for train.json."""
     launched = under_launcher()
     config = output / LAUNCH_DIR / ACCELERATE_CONFIG
-    return {"launcher": "accelerate" if launched else "none", "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    return {"launcher": "accelerate" if launched else "none",
+            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
             "config": str(config) if launched and config.is_file() else None}
 
 
@@ -155,7 +157,8 @@ def deepspeed_config(stage: int) -> dict[str, Any]:
                     stage3_gather_16bit_weights_on_model_save=True)
     return {"bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}, "zero_optimization": zero,
             "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "train_batch_size": "auto",
-            "train_micro_batch_size_per_gpu": "auto", "steps_per_print": 1_000_000, "wall_clock_breakdown": False}
+            "train_micro_batch_size_per_gpu": "auto", "steps_per_print": 1_000_000,
+            "wall_clock_breakdown": False}
 
 
 def fsdp_config() -> dict[str, Any]:

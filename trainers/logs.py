@@ -1,8 +1,9 @@
-"""`OUTPUT/logs.jsonl`: one line per logging step with TRL's own metrics (loss, `rewards/<component>/mean|std`,
-`reward`, `kl`, `clip_ratio/*`, `frac_reward_zero_std`, `completions/mean_length`, ...) plus what TRL does not
-log everywhere: `step_time` (seconds per optimiser step), `tokens_per_s` and, on a GPU, `peak_memory_gib` (the
-most memory PyTorch allocated on this process's GPU so far). A progress function (the CLI's
-print) gets a short line per logging step, whether or not stdout is a terminal.
+"""`OUTPUT/logs.jsonl`: one line per logging step with TRL's own metrics (loss,
+`rewards/<component>/mean|std`, `reward`, `kl`, `clip_ratio/*`, `frac_reward_zero_std`,
+`completions/mean_length`, ...) plus what TRL does not log everywhere: `step_time` (seconds per optimiser
+step), `tokens_per_s` and, on a GPU, `peak_memory_gib` (the most memory PyTorch allocated on this process's
+GPU so far). A progress function (the CLI's print) gets a short line per logging step, whether or not stdout
+is a terminal.
 """
 
 from __future__ import annotations

@@ -69,7 +69,8 @@ def merge_adapter(adapter_dir: Path | str, output: Path | str, base: str | None 
     if manifest is not None:
         write_json_atomic(manifest_path(output), manifest)
     else:
-        log.warning("%s has no medharness.json manifest: %s gets none (lineage unknown)", adapter.path, output)
+        log.warning("%s has no medharness.json manifest: %s gets none (lineage unknown)", adapter.path,
+                    output)
     log.info("merged %s onto %s -> %s", adapter.path, adapter.base, output)
     return output
 
@@ -77,7 +78,8 @@ def merge_adapter(adapter_dir: Path | str, output: Path | str, base: str | None 
 # -- the `medharness merge` command (wired in harness/cli.py) ---------------------------------------------
 
 def add_merge_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("merge", help="merge a LoRA adapter folder into its base: a full model folder for run/vllm",
+    p = sub.add_parser("merge",
+                       help="merge a LoRA adapter folder into its base: a full model folder for run/vllm",
                        description="Load the adapter's base, merge the adapter (merge_and_unload), save the "
                                    "weights, processor and a manifest (adapter: false, parent recorded).")
     p.add_argument("adapter_dir", type=Path, help="a PEFT adapter folder (adapter_config.json)")

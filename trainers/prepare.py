@@ -56,8 +56,8 @@ def check_gold_parses(task: Task, prompt: str, samples: list[Any]) -> None:
     for sample in samples:
         text = gold_text(task, prompt, sample)
         if parser(text, sample).value is None:
-            raise DataError(f"task {task.name}, prompt '{prompt}': the gold answer of sample {sample.id} written as "
-                            f"{text!r} does not parse with {parser.name}")
+            raise DataError(f"task {task.name}, prompt '{prompt}': the gold answer of sample {sample.id} "
+                            f"written as {text!r} does not parse with {parser.name}")
 
 
 def load_model(config: TrainConfig, use_gpu: bool) -> tuple[Any, Any]:
@@ -101,7 +101,8 @@ class Prepared:
         if self.ctx.rewards is None:
             return None
         r = self.ctx.rewards
-        return [{"label": lab, "metric": s.metric, "args": s.args, "weight": w, "gold_mean": self.gold_means[lab]}
+        return [{"label": lab, "metric": s.metric, "args": s.args, "weight": w,
+                 "gold_mean": self.gold_means[lab]}
                 for lab, s, w in zip(r.labels, r.specs, r.weights)]
 
     def add_callbacks(self, output: Path, progress: Callable[[str], None] | None) -> None:
@@ -120,7 +121,8 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
     samples = select_samples(task, config)
     rewards, gold_means = None, dict[str, float | None]()
     if recipe.uses_rewards:
-        specs = config.rewards or recipe.default_rewards(task, prompt, config) or default_rewards(task, prompt)
+        specs = (config.rewards or recipe.default_rewards(task, prompt, config)
+                 or default_rewards(task, prompt))
         rewards = RewardSet(task, prompt, specs, samples, completions_file=output / "completions.jsonl",
                             model=config.model)
         gold_means = rewards.check_applicable(samples, lambda s: gold_text(task, prompt, s))
@@ -137,7 +139,8 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
     model, processor = load_model(config, use_gpu)
     budget = pixel_budget(processor, config)
     rows = rows_for(recipe.data_format, task, samples,
-                    lambda s: [resize(task.open_image(ref), budget) for ref in s.images], gold, rejected, styles)
+                    lambda s: [resize(task.open_image(ref), budget) for ref in s.images], gold, rejected,
+                    styles)
     settings = dict(config.trl)
     if rewards is not None:
         if "reward_weights" in settings:
@@ -145,12 +148,13 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
         settings.update(recipe.trl_injections(settings, rewards.weights, suppressed_ids(model, processor)))
     config = config.model_copy(update={"trl": settings})
     args = trl_args(config, layers, output, use_gpu)
-    check_image_tokens(rows, processor, getattr(args, "max_length", None) if recipe.data_format != "prompt" else None)
+    check_image_tokens(rows, processor,
+                       getattr(args, "max_length", None) if recipe.data_format != "prompt" else None)
     if config.lora is None and config.freeze_vision:
         log.info("froze %d vision-tower parameter tensors", freeze_vision(model))
     ids = [r["sample_id"] for r in rows]
     lineage = Lineage.create(config, layers.presets, args, ids, prompt)
-    ctx = TrainContext(config=config, task=task, samples=samples, model=model, processor=processor, trl_args=args,
-                       dataset=to_dataset(rows), output=output, rewards=rewards,
+    ctx = TrainContext(config=config, task=task, samples=samples, model=model, processor=processor,
+                       trl_args=args, dataset=to_dataset(rows), output=output, rewards=rewards,
                        peft_config=lora_config(config.lora) if config.lora else None)
     return Prepared(config, layers, recipe, ctx, lineage, gold_means, styles[0] if styles else None)

@@ -81,8 +81,8 @@ class RewardSet:
                                     "as": s.label or s.metric} for s in specs])
         for spec in metrics:
             if spec.metric.fn is None:
-                raise ConfigError(f"reward '{spec.label}': corpus metric {spec.metric.name} has no per-sample "
-                                  "value, so it cannot be a reward")
+                raise ConfigError(f"reward '{spec.label}': corpus metric {spec.metric.name} has no "
+                                  "per-sample value, so it cannot be a reward")
         self.task, self.prompt = task, prompt
         self.recipe = Recipe(base.convention, base.parser, [m for m in metrics if m.metric.batch is None])
         self.batched = {m.label: m for m in metrics if m.metric.batch is not None}
@@ -218,9 +218,11 @@ class RewardSet:
 
 
 def resolve_model_args(args: dict[str, Any], model: str | None, metric: str) -> dict[str, Any]:
-    """Reward arguments with `@model` replaced by the model being trained (e.g. a length reward's tokenizer)."""
+    """Reward arguments with `@model` replaced by the model being trained (e.g. a length reward's
+    tokenizer)."""
     if "@model" not in args.values():
         return dict(args)
     if model is None:
-        raise ConfigError(f"reward {metric}: an argument is '@model', which needs the training model (--model)")
+        raise ConfigError(f"reward {metric}: an argument is '@model', which needs the training model "
+                          "(--model)")
     return {k: model if v == "@model" else v for k, v in args.items()}

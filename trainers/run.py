@@ -1,14 +1,16 @@
 """`medharness train`: resolve the recipe config, prepare samples / rewards / data, build the TRL trainer,
 train, and write the output directory (the contract other stages rely on):
 
-    OUTPUT/train.json            status running|finished|failed|interrupted, resolved config, final path, times
+    OUTPUT/train.json            status running|finished|failed|interrupted, resolved config, final path,
+                                 times
     OUTPUT/checkpoint-<step>/    TRL's checkpoints, each with the processor and `medharness.json`
     OUTPUT/final/                full weights or a LoRA adapter folder, the processor and `medharness.json`
     OUTPUT/logs.jsonl            one line per logging step (trainers/logs.py)
     OUTPUT/completions.jsonl     sampled completions with parsed answer and every reward component (GRPO)
     OUTPUT/train_samples.json    the training sample ids (and content keys), for held-out evaluation
     OUTPUT/evals/step-<N>/       with --eval-every / --eval-checkpoints: a `run` directory per scored
-                                 checkpoint, the curve in train.json `evals` and logs.jsonl (trainers/evals.py)
+                                 checkpoint, the curve in train.json `evals` and logs.jsonl
+                                 (trainers/evals.py)
     OUTPUT/launch/               with --launcher accelerate: the accelerate / DeepSpeed configs (launch.py)
 """
 
@@ -43,8 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 # Keys a resumed run must share with the run it continues.
-RESUME_KEYS = ("recipe", "model", "task", "prompt", "prompt_styles", "seed", "samples", "rewards", "lora", "rejected",
-               "max_pixels", "options")
+RESUME_KEYS = ("recipe", "model", "task", "prompt", "prompt_styles", "seed", "samples", "rewards", "lora",
+               "rejected", "max_pixels", "options")
 
 
 @dataclass
@@ -70,13 +72,14 @@ def resolve(req: TrainRequest) -> tuple[TrainConfig, Layers]:
     """The validated recipe config from presets, `--config`, flags and `-C` overrides."""
     every = req.evals.every if req.evals else None
     cli = {"task": req.task, "model": req.model, "prompt": req.prompt, "seed": req.seed,
-           "samples.file": str(req.samples_file) if req.samples_file else None, "trl.max_steps": req.max_steps,
-           "trl.save_steps": every, "trl.save_strategy": "steps" if every else None}
+           "samples.file": str(req.samples_file) if req.samples_file else None,
+           "trl.max_steps": req.max_steps, "trl.save_steps": every,
+           "trl.save_strategy": "steps" if every else None}
     layers = load_layers(req.recipe, req.presets, req.config_file, cli, req.overrides)
     config = build_config(layers)
     if every and (config.trl.get("save_steps"), config.trl.get("save_strategy")) != (every, "steps"):
-        raise ConfigError(f"--eval-every {every} saves a checkpoint every {every} steps: remove the trl.save_steps "
-                          f"/ trl.save_strategy set at {layers.where(('trl', 'save_steps'))}")
+        raise ConfigError(f"--eval-every {every} saves a checkpoint every {every} steps: remove the "
+                          f"trl.save_steps / trl.save_strategy set at {layers.where(('trl', 'save_steps'))}")
     missing = [flag for flag, value in (("--model", config.model), ("--task", config.task)) if not value]
     if missing:
         raise ConfigError(f"train needs {' and '.join(missing)} (or `model:` / `task:` in --config)")
@@ -99,7 +102,8 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def write_train_log(path: Path, log: TrainLog) -> None:
-    """train.json: the fields this run set (a field never set, such as `steps` before training ends, is absent)."""
+    """train.json: the fields this run set (a field never set, such as `steps` before training ends, is
+    absent)."""
     write_json(path, log.model_dump(mode="json", exclude_unset=True))
 
 
@@ -111,7 +115,8 @@ def refuse_non_empty(output: Path) -> None:
     """A new run needs an empty --output (launch/ holds the accelerate config the launching process wrote
     just before starting this one)."""
     if output.exists() and any(p.name != LAUNCH_DIR for p in output.iterdir()):
-        raise ConfigError(f"{output} exists and is not empty: continue it with --resume, or choose another --output")
+        raise ConfigError(f"{output} exists and is not empty: continue it with --resume, or choose "
+                          "another --output")
 
 
 def prepare_output(output: Path, config: TrainConfig, resume: bool) -> str | None:
@@ -162,7 +167,8 @@ def _main_process() -> bool:
 
 
 def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> Path:
-    """Run one training job (then score its checkpoints when `req.evals` asks); returns the output directory."""
+    """Run one training job (then score its checkpoints when `req.evals` asks); returns the output
+    directory."""
     config, layers = resolve(req)
     output = req.output or default_output(config, layers)
     evals = req.evals if req.evals is not None and req.evals.enabled else None
@@ -181,11 +187,12 @@ def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> P
         eval_plan.write(output)
     prepared.add_callbacks(output, progress)
     record = TrainLog(
-        status="running", recipe=config.recipe, presets=layers.presets, task=config.task, prompt=lineage.prompt,
-        model=config.model, seed=config.seed, output=str(output), n_train_samples=len(lineage.sample_ids),
-        config=lineage.resolved(), batch=prepared.batch_info(), rewards=prepared.reward_info(),
-        prompt_styles=style_counts, resumed_from=last, final=None, started=_now(), finished=None, error=None,
-        launch=launch_record(output), evals={**eval_plan.info(), "status": "pending"} if eval_plan else None)
+        status="running", recipe=config.recipe, presets=layers.presets, task=config.task,
+        prompt=lineage.prompt, model=config.model, seed=config.seed, output=str(output),
+        n_train_samples=len(lineage.sample_ids), config=lineage.resolved(), batch=prepared.batch_info(),
+        rewards=prepared.reward_info(), prompt_styles=style_counts, resumed_from=last, final=None,
+        started=_now(), finished=None, error=None, launch=launch_record(output),
+        evals={**eval_plan.info(), "status": "pending"} if eval_plan else None)
     before = TrainDir(output).log() if req.resume else None
     if before is not None:  # keep the earlier attempts' status and times
         record = record.model_copy(update={"previous": [*before.previous, before.attempt()]})
@@ -216,10 +223,12 @@ def _fit(prepared: Prepared, log: TrainLog, info: Path, last: str | None) -> Tra
     try:
         built = prepared.recipe.build(ctx)
         if ctx.config.freezes_vision:
-            record["trainable_tensors"] = check_vision_frozen(built.model)  # asserted: no vision parameter trains
+            # asserted: no vision parameter trains
+            record["trainable_tensors"] = check_vision_frozen(built.model)
         from transformers.trainer_callback import PrinterCallback
 
-        built.remove_callback(PrinterCallback)  # raw dicts on stdout; medharness prints its own progress lines
+        # raw dicts on stdout; medharness prints its own progress lines
+        built.remove_callback(PrinterCallback)
         built.train(resume_from_checkpoint=last)
         final = save_final(built, ctx.processor, prepared.lineage, output)
         record.update(status="finished", final=str(final), steps=built.state.global_step)

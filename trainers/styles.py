@@ -1,5 +1,5 @@
-"""Prompting diversity (RARL): each training sample gets one of several prompt variants ("styles") of its task,
-drawn with a seeded RNG and recorded per sample.
+"""Prompting diversity (RARL): each training sample gets one of several prompt variants ("styles") of its
+task, drawn with a seeded RNG and recorded per sample.
 
     prompt_styles: [explanation, short, open_ended]     # reasoning_vqa's three RARL styles
 
@@ -27,7 +27,8 @@ STYLES_FILE = "prompt_styles.json"
 
 
 def style_tasks(task: Task, styles: Sequence[str], prompt: str, data_dir: str | None) -> dict[str, Task]:
-    """One task object per style (the same task file, another prompt variant), each checked against `prompt`."""
+    """One task object per style (the same task file, another prompt variant), each checked against
+    `prompt`."""
     if len(set(styles)) != len(styles):
         raise ConfigError(f"prompt_styles: a style is listed twice: {list(styles)}")
     parser = recipe_for(task, prompt=prompt).parser.name
@@ -41,8 +42,8 @@ def style_tasks(task: Task, styles: Sequence[str], prompt: str, data_dir: str | 
         except ConfigError as exc:
             raise ConfigError(f"prompt_styles: {exc}") from None
         if chain != parser:
-            raise ConfigError(f"prompt_styles: style '{style}' parses answers with {chain}, but the rewards parse "
-                              f"with prompt '{prompt}' ({parser}); choose styles that share the parser")
+            raise ConfigError(f"prompt_styles: style '{style}' parses answers with {chain}, but the rewards "
+                              f"parse with prompt '{prompt}' ({parser}); choose styles that share the parser")
         out[style] = styled
     return out
 
@@ -53,7 +54,8 @@ def assign_styles(samples: Sequence[Sample], styles: Sequence[str], seed: int) -
     return {s.id: rng.choice(list(styles)) for s in samples}
 
 
-def record_styles(output: Path, styles: Sequence[str], seed: int, assignment: dict[str, str]) -> dict[str, int]:
+def record_styles(output: Path, styles: Sequence[str], seed: int,
+                  assignment: dict[str, str]) -> dict[str, int]:
     """Write OUTPUT/prompt_styles.json; returns the count per style."""
     drawn = Counter(assignment.values())
     counts = {s: drawn.get(s, 0) for s in styles}

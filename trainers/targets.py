@@ -1,5 +1,5 @@
-"""Training targets: answers written in a prompt variant's own format (`medharness.taskfiles.answers`): the SFT/DPO gold turn, and DPO's
-rejected answers.
+"""Training targets: answers written in a prompt variant's own format (`medharness.taskfiles.answers`): the
+SFT/DPO gold turn, and DPO's rejected answers.
 
 The gold is written so that the variant's parser reads it back (`<think>..</think><answer>..</answer>`,
 `\\boxed{label}`, a JSON box in the variant's coordinate convention, an option letter): `rewards.py` checks
@@ -24,8 +24,8 @@ DEFAULT_THINK = "I look at the image and answer the question."
 
 
 def format_answer(task: Task, prompt: str, sample: Sample, value: Any, think: str | None = None) -> str:
-    """`value` in the variant's format (`medharness.taskfiles.answers.format_answer`), with a think block where the variant
-    asks for one: `think`, else the sample's `reasoning` meta, else a fixed sentence."""
+    """`value` in the variant's format (`medharness.taskfiles.answers.format_answer`), with a think block
+    where the variant asks for one: `think`, else the sample's `reasoning` meta, else a fixed sentence."""
     reasoning = think or str(sample.meta.get("reasoning") or DEFAULT_THINK)
     return core_format_answer(task, prompt, sample, value, think=reasoning)
 
@@ -47,7 +47,8 @@ def rejected_texts(task: Task, prompt: str, samples: Sequence[Sample], source: s
     """Sample id -> a wrong answer in the variant's format, from `source`:
     `other_label` (another class / option / answer value seen among the samples), `other_sample` (another
     sample's gold answer text, with a different answer) or `run:DIR` (the wrong answers of a finished
-    medharness run, `DIR/samples/<task>.jsonl`, matched by id and image). Samples without a wrong answer are left out."""
+    medharness run, `DIR/samples/<task>.jsonl`, matched by id and image). Samples without a wrong answer are
+    left out."""
     rng = random.Random(seed)
     if source.startswith("run:"):
         return _from_run(task, source[4:], {s.id: s for s in samples})
@@ -73,12 +74,12 @@ def rejected_texts(task: Task, prompt: str, samples: Sequence[Sample], source: s
 def _from_run(task: Task, run_dir: str, wanted: dict[str, Sample]) -> dict[str, str]:
     file = Path(run_dir) / "samples" / f"{task.name}.jsonl"
     if not file.is_file():
-        raise DataError(f"rejected: run:{run_dir} has no {file.relative_to(run_dir)} (a finished medharness run "
-                        f"of the base model on task {task.name})")
+        raise DataError(f"rejected: run:{run_dir} has no {file.relative_to(run_dir)} (a finished medharness "
+                        f"run of the base model on task {task.name})")
     primary_spec = recipe_for(task).sample_primary
     if primary_spec is None:
-        raise ConfigError(f"rejected: run:{run_dir}: task {task.name} has no per-sample metric to tell a wrong "
-                          "answer by")
+        raise ConfigError(f"rejected: run:{run_dir}: task {task.name} has no per-sample metric to tell a "
+                          "wrong answer by")
     primary = primary_spec.label
     out: dict[str, str] = {}
     for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
@@ -89,7 +90,8 @@ def _from_run(task: Task, run_dir: str, wanted: dict[str, Sample]) -> dict[str, 
         except ValueError as exc:
             raise DataError(f"{file}:{number}: not a result row: {exc}") from None
         score = row.scores.get(primary)
-        wrong = row.generation.error is None and row.generation.text.strip() and (score is None or score < 1.0)
+        wrong = (row.generation.error is None and row.generation.text.strip()
+                 and (score is None or score < 1.0))
         mine = wanted.get(row.sample.id)
         if mine is not None and mine.images == row.sample.images and wrong and score is not None:
             out[row.sample.id] = row.generation.text

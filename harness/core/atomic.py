@@ -1,6 +1,6 @@
 """The one way a file is written whole: to a temporary file beside it (this process's own name), flushed to
-disk, then renamed over the target, so a reader, or a run killed mid-write, sees the old file or the new one and
-never a torn one."""
+disk, then renamed over the target, so a reader, or a run killed mid-write, sees the old file or the new one
+and never a torn one."""
 
 from __future__ import annotations
 

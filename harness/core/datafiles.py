@@ -60,13 +60,14 @@ def read_text(path: Path, what: str = "file", error: Callable[[str], MedHarnessE
     return text
 
 
-def read_records(path: Path, fmt: str, fieldnames: list[str] | None = None, what: str = "data file") -> list[Record]:
+def read_records(path: Path, fmt: str, fieldnames: list[str] | None = None,
+                 what: str = "data file") -> list[Record]:
     """Every record of a data file in `fmt` (one of FORMATS). tsv/psv split on the separator without quoting
     (the last field keeps further separators); csv follows RFC 4180 quoting."""
     text = read_text(path, what)
     if fmt == "jsonl":
-        return [_record(path, f"{path}:{n}", _json(path, line, n)) for n, line in enumerate(text.split("\n"), 1)
-                if line.strip()]
+        return [_record(path, f"{path}:{n}", _json(path, line, n))
+                for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     if fmt == "json":
         data = _json(path, text, None)
         if isinstance(data, dict):

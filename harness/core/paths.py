@@ -46,8 +46,8 @@ def set_aside(path: Path, root: Path) -> Path | None:
     if not path.exists() and not path.is_symlink():
         return None
     if path.is_symlink() or not _contained(path, root):
-        raise ConfigError(f"refusing to move {path}: it is not a folder of the output folder {root} (a symlink "
-                          "or a path outside it); remove it yourself if it is not needed")
+        raise ConfigError(f"refusing to move {path}: it is not a folder of the output folder {root} (a "
+                          "symlink or a path outside it); remove it yourself if it is not needed")
     relative = path.resolve().relative_to(root.resolve())
     target = root / SET_ASIDE / f"{'--'.join(relative.parts)}.{time.strftime('%Y%m%d-%H%M%S')}.{os.getpid()}"
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -44,8 +44,8 @@ def check_safe_name(value: str, what: str = "name") -> str:
     characters), else ValueError. Every name that becomes a file or folder name is checked with this."""
     if not SAFE_NAME.fullmatch(value):
         shown = repr(value if len(value) <= 60 else value[:60] + "...")
-        raise ValueError(f"{what} {shown} cannot be used as a file name: use 1 to 128 letters, digits, '.', '_' "
-                         "or '-', starting with a letter or digit")
+        raise ValueError(f"{what} {shown} cannot be used as a file name: use 1 to 128 letters, digits, '.', "
+                         "'_' or '-', starting with a letter or digit")
     return value
 
 
@@ -125,7 +125,8 @@ class Generation(Record):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     model: str = ""
-    model_version: str | None = None  # the exact model the provider says answered (e.g. gpt-4o-mini-2024-07-18)
+    # the exact model the provider says answered (e.g. gpt-4o-mini-2024-07-18)
+    model_version: str | None = None
     error: str | None = None
 
 
@@ -293,7 +294,8 @@ class TaskSummary(Record):
 
         return {
             "task": self.task, "task_version": self.task_version, "convention": self.convention,
-            "n": self.n, "n_expected": self.n_expected, "n_unparsed": self.n_unparsed, "n_errors": self.n_errors,
+            "n": self.n, "n_expected": self.n_expected, "n_unparsed": self.n_unparsed,
+            "n_errors": self.n_errors,
             "metrics": metrics(self.metrics),
             "groups": {f: {k: {"n": g.n, "n_unparsed": g.n_unparsed, "metrics": metrics(g.metrics)}
                            for k, g in b.items()} for f, b in self.groups.items()},
@@ -346,16 +348,16 @@ class AnswerSource(Record):
     """Where a baseline's answers for one task came from; boards show `oracle` on the row.
 
     `train`: the task's train split; `prior`: the task card's declared prior (the train split's statistics);
-    `oracle`: the evaluated split's own golds, an ORACLE floor (it has seen the answers it is scored on; no model
-    could), used only where neither of the others exists; `constant`: the text the user gave."""
+    `oracle`: the evaluated split's own golds, an ORACLE floor (it has seen the answers it is scored on; no
+    model could), used only where neither of the others exists; `constant`: the text the user gave."""
 
     kind: Literal["train", "prior", "oracle", "constant"]
     detail: str
 
 
 class PeerOrigin(Record):
-    """Rows that another evaluation tool generated (`medharness import`, `run --tasks lm_eval:...`): which tool,
-    which file, which model, and how the file's rows matched the task's samples."""
+    """Rows that another evaluation tool generated (`medharness import`, `run --tasks lm_eval:...`): which
+    tool, which file, which model, and how the file's rows matched the task's samples."""
 
     tool: str  # lm-eval | lmms-eval | vlmevalkit
     tool_version: str | None = None  # None: the file does not say and none was given
@@ -367,7 +369,8 @@ class PeerOrigin(Record):
     n_matched: int
     n_unmatched: int  # rows of the file that match no sample of the task (left out)
     n_task_samples: int  # samples of the task; those with no row in the file are not in the run
-    scored_by: str = "medharness"  # "medharness": rows re-scored here; or the peer's own metric (not re-scorable)
+    # "medharness": rows re-scored here; or the peer's own metric (not re-scorable)
+    scored_by: str = "medharness"
 
 
 class TaskEntry(Record):
@@ -386,7 +389,8 @@ class TaskEntry(Record):
     percent: dict[str, bool] = Field(default_factory=dict)  # metric label -> shown x100
     metrics: list[MetricSpecRecord] = Field(default_factory=list)
     path: str = ""
-    definition: str | None = None  # hash of the resolved task definition (`Task.definition_hash`): resume checks it
+    # hash of the resolved task definition (`Task.definition_hash`): resume checks it
+    definition: str | None = None
     summary: TaskSummary | None = None
     tokens: TokenCount | None = None
     cost_usd: float | None = None
@@ -507,7 +511,8 @@ class TrainLog(Record):
     seed: int | None = None
     output: str | None = None
     n_train_samples: int | None = None
-    config: dict[str, Any] = Field(default_factory=dict)  # the resolved recipe config (TrainConfig, trl settings)
+    # the resolved recipe config (TrainConfig, trl settings)
+    config: dict[str, Any] = Field(default_factory=dict)
     batch: dict[str, Any] | None = None  # batch sizes in prompts and in completions
     rewards: list[dict[str, Any]] | None = None  # label, metric, args, weight, gold_mean per component
     prompt_styles: dict[str, int] | None = None  # RARL: samples per prompt style
@@ -524,5 +529,5 @@ class TrainLog(Record):
     previous: list[TrainAttempt] = Field(default_factory=list)
 
     def attempt(self) -> TrainAttempt:
-        return TrainAttempt(status=self.status, started=self.started, finished=self.finished, steps=self.steps,
-                            error=self.error)
+        return TrainAttempt(status=self.status, started=self.started, finished=self.finished,
+                            steps=self.steps, error=self.error)

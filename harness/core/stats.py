@@ -1,9 +1,9 @@
 """Intervals and paired tests for every number medharness prints.
 
 Who computes what (library where one exists):
-    wilson_interval     written here: statsmodels proportion_confint(method="wilson")'s formula, bit for bit (the
-                        tests compare), with scipy.special's normal quantile; importing statsmodels for it cost
-                        ~1 s of every `run` for microseconds of arithmetic
+    wilson_interval     written here: statsmodels proportion_confint(method="wilson")'s formula, bit for bit
+                        (the tests compare), with scipy.special's normal quantile; importing statsmodels for
+                        it cost ~1 s of every `run` for microseconds of arithmetic
     seed_summary        scipy.stats.t (interval of the mean over seeds)
     holm                statsmodels multipletests(method="holm")
     McNemar (exact)     statsmodels.stats.contingency_tables.mcnemar(exact=True), independent items
@@ -121,8 +121,10 @@ def mean_replicates(values: np.ndarray, codes: np.ndarray, n_boot: int, seed: in
     sizes = np.bincount(codes, minlength=k).astype(np.float32)
     rng = np.random.default_rng(seed)
     if k == codes.size:  # every cluster one item: the denominator is always k
-        return np.concatenate([totals[idx].sum(axis=1, dtype=np.float64) / k for idx in _draws(rng, k, n_boot)])
-    return np.concatenate([totals[idx].sum(axis=1, dtype=np.float64) / sizes[idx].sum(axis=1, dtype=np.float64)
+        return np.concatenate([totals[idx].sum(axis=1, dtype=np.float64) / k
+                               for idx in _draws(rng, k, n_boot)])
+    return np.concatenate([totals[idx].sum(axis=1, dtype=np.float64)
+                           / sizes[idx].sum(axis=1, dtype=np.float64)
                            for idx in _draws(rng, k, n_boot)])
 
 
@@ -185,7 +187,8 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> Interval:
     denom = 1 + crit2 / n
     centre = (share + crit2 / (2 * n)) / denom
     half = crit * math.sqrt(share * (1.0 - share) / n + crit2 / (4.0 * n**2)) / denom
-    low, high = (0.0 if successes == 0 else centre - half), (1.0 if successes == n else centre + half)  # no 1e-18
+    # no 1e-18
+    low, high = (0.0 if successes == 0 else centre - half), (1.0 if successes == n else centre + half)
     return Interval(low, high, WILSON, n, level)
 
 
@@ -193,14 +196,15 @@ def is_binary(values: np.ndarray) -> bool:
     return bool(values.size) and bool(np.isin(values, (0.0, 1.0)).all())
 
 
-def metric_interval(values: Sequence[float] | np.ndarray, clusters: Sequence[Any] | None = None, *, n_boot: int = 2000,
-                    seed: int = 0, level: float = 0.95) -> Interval:
+def metric_interval(values: Sequence[float] | np.ndarray, clusters: Sequence[Any] | None = None, *,
+                    n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Interval:
     """The interval a per-sample metric's mean gets in a run summary.
 
     Wilson for a 0/1 metric on independent items (every cluster one item); otherwise the clustered
     percentile bootstrap, or beyond BOOTSTRAP_MAX_CLUSTERS clusters (where the bootstrap's cost grows and its
-    distribution is normal anyway) the cluster-robust t interval. A 0/1 metric whose clustered bootstrap cannot vary (all items equal) falls back to
-    Wilson on the number of clusters, a conservative effective sample size ("wilson-clusters").
+    distribution is normal anyway) the cluster-robust t interval. A 0/1 metric whose clustered bootstrap
+    cannot vary (all items equal) falls back to Wilson on the number of clusters, a conservative effective
+    sample size ("wilson-clusters").
     """
     arr = np.asarray(values, dtype=float)
     codes = cluster_codes(clusters, len(arr))
@@ -252,7 +256,8 @@ def _aligned(a: Mapping[str, float], b: Mapping[str, float],
 
 def clustered_mcnemar(a: np.ndarray, b: np.ndarray, codes: np.ndarray) -> float:
     """Durkalski et al. (2003): X2 = (sum_k (b_k - c_k))^2 / sum_k (b_k - c_k)^2 on 1 df, where b_k and c_k
-    count cluster k's discordant pairs in each direction. Written here: no library in our dependencies has it."""
+    count cluster k's discordant pairs in each direction. Written here: no library in our dependencies has
+    it."""
     from scipy import stats as sps
 
     k = int(codes.max()) + 1

@@ -1,9 +1,9 @@
 """YAML loading that remembers where each key was written, for errors that name file, line and key.
 
 Every YAML file medharness reads (task files, judge panels, recipe configs and presets, sweep files) and every
-YAML value given on the command line goes through here. Anchors and aliases (`&name`, `*name`, `<<: *name`) are
-refused where they are written: the loader builds a tree (not a graph) and a 500-byte file of nested aliases
-would otherwise expand to billions of nodes (an "alias bomb", see docs/safety.md).
+YAML value given on the command line goes through here. Anchors and aliases (`&name`, `*name`, `<<: *name`)
+are refused where they are written: the loader builds a tree (not a graph) and a 500-byte file of nested
+aliases would otherwise expand to billions of nodes (an "alias bomb", see docs/safety.md).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ _PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader (no tags, no code) that refuses anchors and aliases (and, in `_construct`, duplicate keys)."""
+    """SafeLoader (no tags, no code) that refuses anchors and aliases (and, in `_construct`, duplicate
+    keys)."""
 
     depth = 0
 
@@ -53,7 +54,8 @@ class _Refused(ConfigError):
 def _construct(loader: _Loader, node: yaml.Node, path: Loc, lines: dict[Loc, int]) -> Any:
     lines[path] = node.start_mark.line + 1
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
-        raise ConfigError(f"line {node.start_mark.line + 1}: YAML tag {node.tag} is not allowed (no code in task files)")
+        raise ConfigError(f"line {node.start_mark.line + 1}: YAML tag {node.tag} is not allowed (no code in "
+                          "task files)")
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
@@ -99,8 +101,8 @@ def _load(text: str, where: str, lines: dict[Loc, int], in_file: bool) -> Any:
         return _construct(loader, node, (), lines)
     except _Refused as exc:
         line, _, message = str(exc).partition(": ")
-        raise ConfigError(f"{where}:{line.removeprefix('line ')}: {message}" if in_file else f"{where}: {exc}") \
-            from None
+        raise ConfigError(f"{where}:{line.removeprefix('line ')}: {message}" if in_file
+                          else f"{where}: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     except yaml.YAMLError as exc:

@@ -12,7 +12,8 @@
         splits/TASK-kK-sS.json                k-shot training ids (`medharness split`)
         reference/NAME/TASK/                  the base model's and the baselines' runs
         cells/ID/train/                       a TRAIN folder
-        cells/ID/merged/                      a LoRA parent's final merged into a full folder for its child cells
+        cells/ID/merged/                      a LoRA parent's final merged into a full folder for its child
+                                              cells
         cells/ID/eval/[checkpoint-N/]TASK/    runs of the final (and each checkpoint's) model
         cells/ID/logs/, logs/                 each stage's output
 
@@ -105,7 +106,8 @@ class TrainDir:
         try:
             return TrainLog.model_validate_json(self.log_file.read_bytes())
         except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-            raise DataError(f"{self.log_file}: not a readable train.json ({str(exc).splitlines()[0]})") from None
+            raise DataError(f"{self.log_file}: not a readable train.json "
+                            f"({str(exc).splitlines()[0]})") from None
 
     def state(self) -> TrainState:
         """`train.json`'s status and final checkpoint (unreadable: failed)."""

@@ -3,8 +3,9 @@ chance? (docs/regression-gate.md)
 
 Each side is a run directory or a gate summary file (`write_summary`): per task, the version, convention,
 cluster unit and each sample's metric values, without the rows' text. A task fails when its primary metric
-(or `--metric`) is worse by more than `max_drop` points AND the paired test (medharness.core.stats.paired_compare,
-Holm-corrected across the tasks gated together) rejects "no difference" at `alpha`.
+(or `--metric`) is worse by more than `max_drop` points AND the paired test
+(medharness.core.stats.paired_compare, Holm-corrected across the tasks gated together) rejects "no difference"
+at `alpha`.
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ def compare(baseline: GateSummary, candidate: GateSummary, metric: str | None = 
         scale = 100.0 if info.percent else 1.0
         drop = (-paired.diff if info.higher_is_better else paired.diff) * scale
         significant = paired.p_value is not None and p_holm < alpha
-        verdict: Verdict = ("worse" if drop > max_drop and significant else "better" if drop < 0 and significant
+        verdict: Verdict = ("worse" if drop > max_drop and significant
+                            else "better" if drop < 0 and significant
                             else "within tolerance" if drop > 0 else "no change")
         out.append(TaskVerdict(task, verdict, "", label, scale, info.higher_is_better, paired, p_holm, drop))
     return GateResult(sorted(out, key=lambda t: t.task), max_drop, alpha)

@@ -75,7 +75,8 @@ class RunConfig(BaseModel):
     label: SafeName | None = None  # a human name for boards (not a result key)
 
     RESULT_KEYS: ClassVar[tuple[str, ...]] = ("model", "backend", "tasks", "data_dir", "overrides", "limit",
-                                              "max_new_tokens", "temperature", "seed", "ablate", "samples_file")
+                                              "max_new_tokens", "temperature", "seed", "ablate",
+                                              "samples_file")
 
     @field_validator("backend_options")
     @classmethod
@@ -157,8 +158,8 @@ def load_tasks(config: RunConfig) -> list[Task]:
         if same is not None and same.path.resolve() == task.path.resolve():
             continue  # the same file twice (a family and one of its tasks): run it once
         if same is not None:
-            raise ConfigError(f"--tasks: two tasks are named '{task.name}' ({same.path} and {task.path}); their "
-                              f"rows would share samples/{task.name}.jsonl: rename one (its `name:`)")
+            raise ConfigError(f"--tasks: two tasks are named '{task.name}' ({same.path} and {task.path}); "
+                              f"their rows would share samples/{task.name}.jsonl: rename one (its `name:`)")
         tasks.append(task)
     unknown = set(config.overrides) - {t.name for t in tasks}
     if unknown:
@@ -176,7 +177,8 @@ def _check_resume(run: RunDir, config: RunConfig, tasks: Sequence[Task]) -> None
     versions (or of an edited prompt, parser or filter) never share one file."""
     old = run.log.config
     new = config.model_dump()
-    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in RunConfig.RESULT_KEYS if old.get(k) != new.get(k)]
+    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in RunConfig.RESULT_KEYS
+             if old.get(k) != new.get(k)]
     for task in tasks:
         entry = run.log.tasks.get(task.name)
         versions = sorted({r.task_version for r in run.rows(task.name)} - {task.version})
@@ -187,14 +189,14 @@ def _check_resume(run: RunDir, config: RunConfig, tasks: Sequence[Task]) -> None
             diffs.append(f"task {task.name} definition ({task.path}): hash {entry.definition} -> "
                          f"{task.definition_hash} (the task file changed)")
     if diffs:
-        raise ConfigError(f"cannot resume {run.path}: the run was started with other settings ({'; '.join(diffs)}); "
-                          "start a new run in another --output")
+        raise ConfigError(f"cannot resume {run.path}: the run was started with other settings "
+                          f"({'; '.join(diffs)}); start a new run in another --output")
 
 
 @contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM (a scheduler, `kill`, a closed nohup session) stops a run like Ctrl-C: recorded as "interrupted",
-    never left at "running". (SIGKILL cannot be caught: `--resume` continues such a run.)"""
+    """SIGTERM (a scheduler, `kill`, a closed nohup session) stops a run like Ctrl-C: recorded as
+    "interrupted", never left at "running". (SIGKILL cannot be caught: `--resume` continues such a run.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -215,13 +217,15 @@ class Runner:
     def __init__(self, config: RunConfig, output: Path | None = None, resume: bool = False,
                  progress: Progress | None = None, retry_errors: bool = False) -> None:
         self.config = config
-        backend_name, _ = pick_backend(config.model, config.backend)  # a wrong backend name fails before any work
+        # a wrong backend name fails before any work
+        backend_name, _ = pick_backend(config.model, config.backend)
         check_options(backend_name, config.backend_options)
         ablation.check(config.ablate)
         self.pinned = read_sample_ids(Path(config.samples_file)) if config.samples_file else None
         self.tasks = load_tasks(config)  # bad task files fail here, before any directory exists
         self.samples = {t.name: self._select(t) for t in self.tasks}
-        self.images = {t.name: ImageLoader(t, self.samples[t.name], config.ablate, config.seed) for t in self.tasks}
+        self.images = {t.name: ImageLoader(t, self.samples[t.name], config.ablate, config.seed)
+                       for t in self.tasks}
         self.recipes = {t.name: recipe_for(t) for t in self.tasks}
         for t in self.tasks:  # render once to catch template errors before the model loads
             if self.samples[t.name]:
@@ -266,8 +270,8 @@ class Runner:
                 run.close()
             raise
         if run is None:
-            run = RunDir.create(self.path, self.config.model_dump(), seed=self.config.seed, label=self.config.label,
-                                take_over=self.resume)
+            run = RunDir.create(self.path, self.config.model_dump(), seed=self.config.seed,
+                                label=self.config.label, take_over=self.resume)
         try:
             with _sigterm_interrupts():
                 return self._run(run, backend)
@@ -305,11 +309,13 @@ class Runner:
 
     def _check_error_rates(self, run: RunDir) -> None:
         """The whole run fails when a task's generation-error rate passes --max-error-rate, however few its
-        samples (during the run the check waits for 20 samples, so that one early failure does not stop it)."""
+        samples (during the run the check waits for 20 samples, so that one early failure does not stop
+        it)."""
         failed = []
         for task in self.tasks:
             summary = run.log.tasks[task.name].summary
-            if summary is not None and summary.n and summary.n_errors / summary.n > self.config.max_error_rate:
+            if (summary is not None and summary.n
+                    and summary.n_errors / summary.n > self.config.max_error_rate):
                 failed.append(f"task {task.name}: {summary.n_errors} of {summary.n} samples failed")
         if failed:
             raise DataError(f"{'; '.join(failed)}: over the --max-error-rate {self.config.max_error_rate} "
@@ -344,7 +350,8 @@ class Runner:
             self.progress(task.name, n_done, len(samples))
             if n_done >= 20 and n_errors / n_done > self.config.max_error_rate:
                 raise DataError(f"task {task.name}: {n_errors} of {n_done} samples failed, over the "
-                                f"--max-error-rate {self.config.max_error_rate}; see samples/{task.name}.jsonl")
+                                f"--max-error-rate {self.config.max_error_rate}; see "
+                                f"samples/{task.name}.jsonl")
         self._finish_task(run, task, recipe, backend)
 
     def _batch(self, task: Task, backend: Backend, recipe: Recipe, batch: Sequence[Sample],
@@ -367,16 +374,17 @@ class Runner:
 
     def _task_entry(self, task: Task, recipe: Recipe) -> TaskEntry:
         return TaskEntry(version=task.version, prompt=task.prompt_name, convention=recipe.convention,
-                         ablation=self.config.ablate, parser=recipe.parser.name, group_by=list(task.config.group_by),
-                         cluster_by=task.config.cluster_by,
+                         ablation=self.config.ablate, parser=recipe.parser.name,
+                         group_by=list(task.config.group_by), cluster_by=task.config.cluster_by,
                          data=task.load_report, n_selected=len(self.samples[task.name]),
-                         percent=metric_is_percent(recipe), metrics=metric_records(recipe), path=str(task.path),
-                         definition=task.definition_hash)
+                         percent=metric_is_percent(recipe), metrics=metric_records(recipe),
+                         path=str(task.path), definition=task.definition_hash)
 
     def _record_usage(self, run: RunDir) -> None:
         cache = self.cache
-        run.set_usage(RunUsage(model_calls=self.model_calls, generate_s=round(self.generate_s, 3), cache=None if cache is None else CacheUsage(
-            hits=cache.hits, misses=cache.misses, path=str(cache.path))))
+        run.set_usage(RunUsage(model_calls=self.model_calls, generate_s=round(self.generate_s, 3),
+                               cache=None if cache is None else CacheUsage(
+                                   hits=cache.hits, misses=cache.misses, path=str(cache.path))))
         self._close_cache()
 
     def _close_cache(self) -> None:

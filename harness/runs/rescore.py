@@ -34,7 +34,8 @@ def _task_of(name: str, entry: TaskEntry | None) -> Task:
 
 def score_run(run_dir: Path, convention: str | None = None, workers: int | None = None) -> list[TaskSummary]:
     """Re-score every task of a run from samples/<task>.jsonl under a convention. `workers`: processes for
-    a large task (default: the CPUs; each gets at least ROWS_PER_WORKER rows, else one process does it all)."""
+    a large task (default: the CPUs; each gets at least ROWS_PER_WORKER rows, else one process does it
+    all)."""
     run = RunDir.open(run_dir)
     summaries = []
     for name in run.tasks():
@@ -54,8 +55,8 @@ def score_run(run_dir: Path, convention: str | None = None, workers: int | None 
                 twice = next(i for i, c in Counter(ids).items() if c > 1)
                 raise DataError(f"{job.file}: sample '{twice}' appears twice")
             _check_versions(run_dir, task, sum((p.versions for p in parts), Counter()))
-            summary = summarise_scored(Scored.concat([p.scored for p in parts]), recipe, task.name, task.version,
-                                       task.config.cluster_by)
+            summary = summarise_scored(Scored.concat([p.scored for p in parts]), recipe, task.name,
+                                       task.version, task.config.cluster_by)
         summaries.append(summary.model_copy(update={"n_expected": entry.n_selected if entry else None}))
     if not summaries:
         raise DataError(f"{run_dir}: no samples to score")
@@ -93,7 +94,8 @@ def _init(job: _Job) -> None:
 
 
 def _score_lines(lines: list[str], first: int, last: int) -> _Part:
-    """Lines `first`..`last` of the task's file, validated (`RowToScore`), re-scored and reduced to columns."""
+    """Lines `first`..`last` of the task's file, validated (`RowToScore`), re-scored and reduced to
+    columns."""
     job: _Job = _worker["job"]
     task, recipe = _worker["task"], _worker["recipe"]
     assert isinstance(recipe, Recipe)
@@ -110,8 +112,8 @@ def _score_lines(lines: list[str], first: int, last: int) -> _Part:
             ids.append(sample["id"])
             clusters.append(cluster_key(sample["id"], sample.get("images", ()), meta, cluster_by))
             metas.append(meta)
-        scored = Scored.build(scores.results, scores.samples, np.asarray(scores.which, dtype=np.int64), clusters,
-                              metas, recipe, task.config.group_by, cluster_by)
+        scored = Scored.build(scores.results, scores.samples, np.asarray(scores.which, dtype=np.int64),
+                              clusters, metas, recipe, task.config.group_by, cluster_by)
         return _Part(ids=ids, versions=versions, scored=scored)
 
 
@@ -134,8 +136,8 @@ def _in_parallel(job: _Job, lines: list[str], n: int) -> list[_Part]:
                 return [_score_share(*shares[0]), *(f.result() for f in futures)]
         finally:
             del _worker["lines"]
-    with ProcessPoolExecutor(len(shares) - 1, mp_context=multiprocessing.get_context("spawn"), initializer=_init,
-                             initargs=(job,)) as pool:
+    with ProcessPoolExecutor(len(shares) - 1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init, initargs=(job,)) as pool:
         futures = [pool.submit(_score_lines, lines[a:b], a + 1, len(lines)) for a, b in shares[1:]]
         first, end = shares[0]
         return [_score_lines(lines[first:end], first + 1, len(lines)), *(f.result() for f in futures)]
@@ -153,9 +155,10 @@ def _check_versions(run_dir: Path, task: Task, versions: Counter[str]) -> None:
     other = {v: n for v, n in versions.items() if v != task.version}
     if other:
         made = ", ".join(f"{n} under version {v!r}" for v, n in sorted(other.items()))
-        raise DataError(f"{run_dir}: {sum(other.values())} of {sum(versions.values())} rows of task {task.name} were made "
-                        f"under another task version ({made}); the task file {task.path} is version "
-                        f"{task.version!r}. Score them with the task file of that version, or run again")
+        raise DataError(f"{run_dir}: {sum(other.values())} of {sum(versions.values())} rows of task "
+                        f"{task.name} were made under another task version ({made}); the task file "
+                        f"{task.path} is version {task.version!r}. Score them with the task file of that "
+                        "version, or run again")
 
 
 def score_predictions(task_ref: str, predictions: Path, convention: str | None = None,

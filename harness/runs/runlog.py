@@ -6,9 +6,9 @@ most the batch in flight; `--resume` drops a torn last line and continues with t
 `run.json` is replaced atomically (write to a temporary file, then rename).
 
 One process writes a run at a time: `RunDir.create` and `RunDir.open(path, writer=...)` take an exclusive
-advisory lock (`flock`) on `run.lock` inside the directory, held until `close()` or the process ends (the kernel
-drops it with the process, so a lock left by a killed run is never stale). A second writer is refused with a
-`RunInUseError` naming the holder (pid, host, start time, command), which the lock file records.
+advisory lock (`flock`) on `run.lock` inside the directory, held until `close()` or the process ends (the
+kernel drops it with the process, so a lock left by a killed run is never stale). A second writer is refused
+with a `RunInUseError` naming the holder (pid, host, start time, command), which the lock file records.
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ _warned_old: set[Path] = set()
 
 
 def _load_log(file: Path) -> RunLog:
-    """Read run.json into a RunLog; a run.json of the previous (untyped, pre-0.2) shape loads too, said once."""
+    """Read run.json into a RunLog; a run.json of the previous (untyped, pre-0.2) shape loads too, said
+    once."""
     try:
         data = json.loads(read_text(file, "run log"))
     except json.JSONDecodeError as exc:
@@ -132,8 +133,8 @@ class RunLock:
         except OSError:
             holder = describe_holder(file)
             os.close(fd)
-            raise RunInUseError(f"run directory {directory} is in use by another medharness process ({holder}); "
-                                "wait for it to end, or choose another --output") from None
+            raise RunInUseError(f"run directory {directory} is in use by another medharness process "
+                                f"({holder}); wait for it to end, or choose another --output") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": now(), "purpose": purpose,
                 "command": list(sys.argv)}
         os.ftruncate(fd, 0)
@@ -217,7 +218,8 @@ class RunDir:
         path.mkdir(parents=True, exist_ok=True)
         lock = RunLock.acquire(path, "run --resume" if take_over else "run")
         try:
-            cls.check_new(path, take_over)  # another process may have written it between the check and the lock
+            # another process may have written it between the check and the lock
+            cls.check_new(path, take_over)
             for leftover in path.iterdir():
                 if leftover.name == RUN_FILE or is_temporary_of(leftover.name, RUN_FILE):
                     leftover.unlink()
@@ -260,16 +262,16 @@ class RunDir:
             raise ConfigError(f"run directory {path} already exists: pass --resume to continue it, "
                               "or choose another --output")
         if not take_over and any(p.name != LOCK_FILE for p in path.iterdir()):
-            raise ConfigError(f"run directory {path} holds a run that stopped before its first sample (no results): "
-                              "pass --resume to take it over, or choose another --output")
+            raise ConfigError(f"run directory {path} holds a run that stopped before its first sample (no "
+                              "results): pass --resume to take it over, or choose another --output")
 
     @classmethod
     def open(cls, path: Path, writer: str | None = None) -> RunDir:
         """Read a run directory; with `writer` (what the caller does: "run", "judge"), lock it first."""
         file = path / RUN_FILE
         if not file.is_file():
-            hint = "; it holds no results: `run --resume` takes it over" if path.is_dir() and not cls.has_results(
-                path) else ""
+            hint = ("; it holds no results: `run --resume` takes it over"
+                    if path.is_dir() and not cls.has_results(path) else "")
             raise DataError(f"{path} is not a run directory (no {RUN_FILE}){hint}")
         lock = RunLock.acquire(path, writer) if writer else None
         try:

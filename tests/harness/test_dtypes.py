@@ -10,7 +10,8 @@ from medharness.trainers.config import build_config, load_layers
 
 
 @pytest.mark.parametrize(("given", "name"), [("auto", "auto"), ("bf16", "bfloat16"), ("half", "float16"),
-                                             ("fp32", "float32"), ("float", "float32"), ("bfloat16", "bfloat16")])
+                                             ("fp32", "float32"), ("float", "float32"),
+                                             ("bfloat16", "bfloat16")])
 def test_every_spelling_has_one_canonical_name(given: str, name: str) -> None:
     assert canonical_dtype(given, "x") == name
 
@@ -24,11 +25,13 @@ def test_the_hf_backend_maps_names_to_torch_dtypes() -> None:
     torch = pytest.importorskip("torch")
     from medharness.core.dtypes import torch_dtype
 
-    assert torch_dtype("auto", False, "x") is torch.float32 and torch_dtype("auto", True, "x") is torch.bfloat16
+    assert (torch_dtype("auto", False, "x") is torch.float32
+            and torch_dtype("auto", True, "x") is torch.bfloat16)
     assert torch_dtype("half", False, "x") is torch.float16
 
 
 def test_a_recipe_config_refuses_an_unknown_dtype_where_it_was_written() -> None:
     layers = load_layers("sft", [], None, {"task": "phantom_presence", "model": "m"}, ["dtype=fp8"])
-    with pytest.raises(ConfigError, match=r"-C dtype=fp8: dtype: .*must be one of " + ", ".join(DTYPE_CHOICES[:3])):
+    with pytest.raises(ConfigError,
+                       match=r"-C dtype=fp8: dtype: .*must be one of " + ", ".join(DTYPE_CHOICES[:3])):
         build_config(layers)

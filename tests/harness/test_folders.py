@@ -13,13 +13,15 @@ from medharness.runs.folders import RUN_GLOBS, SWEEP_FILE, TRAIN_FILE, SweepDir,
 
 
 def test_a_train_json_written_by_an_earlier_version_or_a_stand_in_still_reads(tmp_path: Path) -> None:
-    """Every field but the status has a default: the fake trainer's two-key file and a resumed run's file load."""
+    """Every field but the status has a default: the fake trainer's two-key file and a resumed run's file
+    load."""
     (tmp_path / TRAIN_FILE).write_text(json.dumps({"status": "finished", "final": "/m/final"}))
     log = TrainDir(tmp_path).log()
     assert log is not None and log.status == "finished" and log.final == "/m/final" and log.config == {}
     assert TrainDir(tmp_path).state().final == Path("/m/final")
-    resumed = {"status": "running", "recipe": "grpo", "previous": [{"status": "interrupted", "started": "t0",
-                                                                   "finished": "t1", "steps": 3, "error": None}]}
+    resumed = {"status": "running", "recipe": "grpo",
+               "previous": [{"status": "interrupted", "started": "t0", "finished": "t1", "steps": 3,
+                             "error": None}]}
     (tmp_path / TRAIN_FILE).write_text(json.dumps(resumed))
     log = TrainDir(tmp_path).log()
     assert log is not None and log.previous[0].steps == 3 and log.attempt().status == "running"
@@ -46,13 +48,16 @@ def test_checkpoints_in_step_order_and_only_numbered_ones(tmp_path: Path) -> Non
 
 
 def test_the_sweep_layout_is_the_globs_that_find_its_runs(tmp_path: Path) -> None:
-    """The paths SweepDir builds are the run directories the leaderboards' globs find (one layout, two uses)."""
+    """The paths SweepDir builds are the run directories the leaderboards' globs find (one layout, two
+    uses)."""
     folder = SweepDir(tmp_path)
-    made = [folder.reference_dir("base", "t"), folder.eval_dir("c1", "t"), folder.eval_dir("c1", "t", "checkpoint-4")]
+    made = [folder.reference_dir("base", "t"), folder.eval_dir("c1", "t"),
+            folder.eval_dir("c1", "t", "checkpoint-4")]
     for path in made:
         path.mkdir(parents=True)
         (path / "run.json").write_text("{}")
-    found = [p for pattern in RUN_GLOBS[SWEEP_FILE] for p in sorted(tmp_path.glob(pattern)) if (p / "run.json").is_file()]
+    found = [p for pattern in RUN_GLOBS[SWEEP_FILE] for p in sorted(tmp_path.glob(pattern))
+             if (p / "run.json").is_file()]
     assert found == made
     cell = [p for p in map(Path, glob.glob(folder.cell_runs("c1"))) if (p / "run.json").is_file()]
     assert cell == [made[1]]  # the final model's runs; a checkpoint's are one folder deeper

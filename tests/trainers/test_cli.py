@@ -38,7 +38,8 @@ def test_train_cli_prints_progress_and_finishes(tmp_path: Path, tiny_models: dic
      "Did you mean 'yes_no_accuracy'"),
     (["--recipe", "grpo", "--model", "m", "-C", "trl.num_generation=2"], "unknown TRL setting"),
     (["--recipe", "sft", "--model", "m", "--prompt", "r2"], "unknown prompt 'r2'"),
-    (["--recipe", "sft", "--model", "m", "--samples", "/nonexistent/ids.json"], "samples file .* does not exist"),
+    (["--recipe", "sft", "--model", "m", "--samples", "/nonexistent/ids.json"],
+     "samples file .* does not exist"),
     (["--recipe", "sft"], "train needs --model"),
 ])
 def test_bad_input_is_refused_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -50,10 +51,12 @@ def test_bad_input_is_refused_before_training(tmp_path: Path, capsys: pytest.Cap
     assert not out.exists()
 
 
-def test_missing_train_extra_is_named(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_train_extra_is_named(monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trl" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "trl" else real(name, *a))
     assert _train("--model", "x") == 2
     assert "training needs trl: pip install 'medharness[hf,train]'" in capsys.readouterr().err

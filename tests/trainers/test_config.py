@@ -1,4 +1,5 @@
-"""Recipe configs: presets, layering, strict keys with file:line errors, TRL validation, and the drift test."""
+"""Recipe configs: presets, layering, strict keys with file:line errors, TRL validation, and the drift
+test."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ pytest.importorskip("trl")
 
 # What each shipped preset must set explicitly (and TRL must hold after construction): TRL's defaults for
 # these moved between versions, and a paper's numbers depend on them.
-GRPO_TABLE = {"beta": 0.04, "loss_type": "grpo", "scale_rewards": "group", "num_generations": 8, "temperature": 1.0,
-              "top_p": 1.0, "top_k": 0, "max_completion_length": 700, "learning_rate": 1e-6, "epsilon": 0.2,
-              "num_iterations": 1, "activation_checkpointing": True, "vllm_importance_sampling_correction": False,
+GRPO_TABLE = {"beta": 0.04, "loss_type": "grpo", "scale_rewards": "group", "num_generations": 8,
+              "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_completion_length": 700,
+              "learning_rate": 1e-6, "epsilon": 0.2, "num_iterations": 1, "activation_checkpointing": True,
+              "vllm_importance_sampling_correction": False,
               "per_device_train_batch_size": 8, "gradient_accumulation_steps": 2, "max_steps": 1500,
               "use_vllm": False, "mask_truncated_completions": False, "importance_sampling_level": "token"}
 TABLES = {
@@ -27,21 +29,23 @@ TABLES = {
     "sft": {"learning_rate": 1e-5, "max_length": None, "packing": False, "activation_checkpointing": True,
             "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2, "loss_type": "nll",
             "assistant_only_loss": False, "max_steps": 1500},
-    "sft_lora": {"learning_rate": 1e-4, "max_length": None, "packing": False, "activation_checkpointing": True,
-                 "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2, "loss_type": "nll",
+    "sft_lora": {"learning_rate": 1e-4, "max_length": None, "packing": False,
+                 "activation_checkpointing": True, "per_device_train_batch_size": 1,
+                 "gradient_accumulation_steps": 2, "loss_type": "nll",
                  "assistant_only_loss": False, "max_steps": 1500},
     "dpo": {"beta": 0.1, "loss_type": ["sigmoid"], "learning_rate": 1e-6, "max_length": None,
             "activation_checkpointing": True, "label_smoothing": 0.0, "precompute_ref_log_probs": False,
             "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2, "max_steps": 1500},
-    "vrft_aug_paper": {**GRPO_TABLE, "temperature": 0.9, "max_completion_length": 1024, "optim": "adamw_torch",
-                       "gradient_accumulation_steps": 32, "max_steps": 120},
+    "vrft_aug_paper": {**GRPO_TABLE, "temperature": 0.9, "max_completion_length": 1024,
+                       "optim": "adamw_torch", "gradient_accumulation_steps": 32, "max_steps": 120},
     "dpo_lora": {"beta": 0.1, "loss_type": ["sigmoid"], "learning_rate": 1e-5, "max_length": None,
                  "activation_checkpointing": True, "label_smoothing": 0.0, "precompute_ref_log_probs": False,
                  "per_device_train_batch_size": 1, "gradient_accumulation_steps": 2, "max_steps": 1500},
 }
 
 
-def _args(tmp_path: Path, presets: list[str], overrides: list[str] = (), use_gpu: bool = False):  # type: ignore[assignment]
+def _args(tmp_path: Path, presets: list[str], overrides: list[str] = (),  # type: ignore[assignment]
+          use_gpu: bool = False):
     layers = load_layers(None, presets, None, {"task": "phantom_presence", "model": "m"}, list(overrides))
     config = build_config(layers)
     return config, trl_args(config, layers, tmp_path, use_gpu=use_gpu)
@@ -106,8 +110,8 @@ def test_unknown_trl_key_names_file_and_line(tmp_path: Path) -> None:
     cfg = tmp_path / "my.yaml"
     cfg.write_text("recipe: grpo\ntask: phantom_presence\nmodel: m\ntrl:\n  beta: 0.0\n  num_generation: 4\n")
     config, layers = resolve(TrainRequest(config_file=cfg))
-    with pytest.raises(ConfigError, match=r"my\.yaml:6: unknown TRL setting 'trl\.num_generation' for GRPOConfig"
-                                          r".*Did you mean 'num_generations'"):
+    with pytest.raises(ConfigError, match=r"my\.yaml:6: unknown TRL setting 'trl\.num_generation' for "
+                                          r"GRPOConfig.*Did you mean 'num_generations'"):
         trl_args(config, layers, tmp_path, use_gpu=False)
     with pytest.raises(ConfigError, match=r"-C trl.bogus=1: unknown TRL setting"):
         _args(tmp_path, ["sft"], ["trl.bogus=1"])
@@ -135,21 +139,26 @@ def test_missing_model_and_flash_attention(monkeypatch: pytest.MonkeyPatch) -> N
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real(name, *a))
-    with pytest.raises(ConfigError, match="train: attn_implementation=flash_attention_2 needs the flash_attn package"):
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "flash_attn" else real(name, *a))
+    with pytest.raises(ConfigError,
+                       match="train: attn_implementation=flash_attention_2 needs the flash_attn package"):
         resolve(TrainRequest(recipe="sft", task="phantom_presence", model="m",
                              overrides=["attn_implementation=flash_attention_2"]))
     with pytest.raises(ConfigError, match="attn_implementation: Value error, must be one of"):
-        resolve(TrainRequest(recipe="sft", task="phantom_presence", model="m", overrides=["attn_implementation=x"]))
+        resolve(TrainRequest(recipe="sft", task="phantom_presence", model="m",
+                             overrides=["attn_implementation=x"]))
 
 
 def test_recipe_scoped_settings_keep_their_layer(tmp_path: Path) -> None:
     """A preset's `recipes: {grpo: ...}` part does not beat a later -C or --config."""
-    _, args = _args(tmp_path, ["grpo", "tiny_cpu"], ["trl.num_generations=4", "trl.per_device_train_batch_size=4"])
+    _, args = _args(tmp_path, ["grpo", "tiny_cpu"],
+                    ["trl.num_generations=4", "trl.per_device_train_batch_size=4"])
     assert args.num_generations == 4
     cfg = tmp_path / "my.yaml"
     cfg.write_text("recipes:\n  grpo:\n    trl:\n      num_generatons: 4\n")
-    config, layers = resolve(TrainRequest(presets=["grpo"], config_file=cfg, task="phantom_presence", model="m"))
+    config, layers = resolve(TrainRequest(presets=["grpo"], config_file=cfg, task="phantom_presence",
+                                          model="m"))
     with pytest.raises(ConfigError, match=r"my\.yaml:4: unknown TRL setting 'trl\.num_generatons'"):
         trl_args(config, layers, tmp_path, use_gpu=False)
     cfg.write_text("recipes:\n  gpro: {}\n")

@@ -92,7 +92,8 @@ def test_formats_and_preflight(processor, fmt: str) -> None:  # type: ignore[no-
     samples = task.load_samples("train")[:3]
     budget = pixel_budget(processor, _config())
     rows = rows_for(fmt, task, samples, lambda s: [resize(task.open_image(r), budget) for r in s.images],
-                    lambda s: gold_text(task, "r1", s), {s.id: "<think>x</think><answer>no</answer>" for s in samples})
+                    lambda s: gold_text(task, "r1", s),
+                    {s.id: "<think>x</think><answer>no</answer>" for s in samples})
     assert [r["sample_id"] for r in rows] == [s.id for s in samples]
     first = rows[0]
     key = {"prompt": "prompt", "messages": "messages", "preference": "prompt"}[fmt]

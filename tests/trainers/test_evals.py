@@ -1,5 +1,6 @@
-"""`train --eval-every` / `--eval-checkpoints`: step 0 and every checkpoint scored by the harness's own Runner on
-held-out samples (never a training sample), the curve in train.json and logs.jsonl, lineage in each run.json."""
+"""`train --eval-every` / `--eval-checkpoints`: step 0 and every checkpoint scored by the harness's own Runner
+on held-out samples (never a training sample), the curve in train.json and logs.jsonl, lineage in each
+run.json."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def test_eval_every_scores_step_0_and_each_checkpoint_on_held_out_samples(
     info = json.loads((out / "train.json").read_text())
     assert info["status"] == "finished" and info["config"]["trl"]["save_steps"] == 2
     evals = info["evals"]
-    assert evals["status"] == "finished" and evals["every"] == 2 and evals["n_samples"] == {"phantom_presence": 8}
+    assert (evals["status"] == "finished" and evals["every"] == 2
+            and evals["n_samples"] == {"phantom_presence": 8})
     assert [p[0] for p in evals["curve"]["phantom_presence"]["points"]] == [0, 2, 4]
     assert evals["curve"]["phantom_presence"]["metric"] == "yes_no_accuracy"
     assert [r["step"] for r in jsonl(out / "logs.jsonl") if "eval" in r] == [0, 2, 4]
@@ -86,12 +88,14 @@ def test_held_out_means_not_the_same_split_and_id_nor_the_same_images(tmp_path: 
     assert test_plan.heldout["phantom_presence"] == [s.id for s in phantom()[:8]]
     assert test_plan.dropped == {"phantom_presence": 0}
     # on the train split, the training ids are left out
-    train_plan = plan(EvalRequest(checkpoints=True, split="train", limit=4), "phantom_presence", task, None, trained)
+    train_plan = plan(EvalRequest(checkpoints=True, split="train", limit=4), "phantom_presence", task, None,
+                      trained)
     assert train_plan.heldout["phantom_presence"] == [s.id for s in phantom("train")[8:12]]
     assert train_plan.dropped == {"phantom_presence": 8}
     # the same images and question under another split and id: the same item, left out
     copy = phantom()[0].model_copy(update={"id": "copy-0"})
-    assert TrainSamples.create(task.name, "train", [copy], ["copy-0"]).contains(task.name, "test", phantom()[0])
+    assert TrainSamples.create(task.name, "train", [copy], ["copy-0"]).contains(task.name, "test",
+                                                                                phantom()[0])
     # everything trained on: nothing held out is an error before training
     everything = TrainSamples.create(task.name, "test", phantom(), [s.id for s in phantom()])
     with pytest.raises(DataError, match="no held-out samples"):
@@ -150,4 +154,5 @@ def test_bad_eval_options_are_refused_before_training(tmp_path: Path, capsys: py
 def test_eval_request_validation() -> None:
     with pytest.raises(ConfigError):
         EvalRequest(limit=0)
-    assert not EvalRequest().enabled and EvalRequest(every=3).enabled and EvalRequest(checkpoints=True).enabled
+    assert (not EvalRequest().enabled and EvalRequest(every=3).enabled
+            and EvalRequest(checkpoints=True).enabled)

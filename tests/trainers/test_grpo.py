@@ -22,11 +22,12 @@ G = 4
 
 
 def trained(tmp_path: Path, model: Path, preset: str, *extra: str) -> Any:
-    """Build and train one step in-process; return the TRL trainer (its `_logs` hold rewards and advantages)."""
+    """Build and train one step in-process; return the TRL trainer (its `_logs` hold rewards and
+    advantages)."""
     config, layers = resolve(TrainRequest(
         presets=[preset, "tiny_cpu"], task="phantom_presence", prompt="r1", model=str(model),
-        overrides=[REWARDS, "trl.max_steps=1", f"trl.num_generations={G}", f"trl.per_device_train_batch_size={G}",
-                   *extra]))
+        overrides=[REWARDS, "trl.max_steps=1", f"trl.num_generations={G}",
+                   f"trl.per_device_train_batch_size={G}", *extra]))
     prepared = prepare(config, layers, tmp_path)
     built = prepared.recipe.build(prepared.ctx)
     built.train()
@@ -63,7 +64,8 @@ def test_vision_tokens_are_suppressed_in_generation(tmp_path: Path, tiny_models:
     for token in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"):
         assert tokenizer.convert_tokens_to_ids(token) in suppressed
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") not in suppressed
-    assert prepared.ctx.trl_args.reward_weights == [1.0]  # the task's primary metric (plain prompt: no format)
+    # the task's primary metric (plain prompt: no format)
+    assert prepared.ctx.trl_args.reward_weights == [1.0]
 
 
 def _texts(out: Path) -> list[tuple[str, str]]:

@@ -1,5 +1,6 @@
 """Launch configs for many GPUs (trainers/launch.py): each config is generated and parses back (through
-accelerate's own loader, which refuses unknown keys), and a real single-process `accelerate launch` runs on CPU."""
+accelerate's own loader, which refuses unknown keys), and a real single-process `accelerate launch` runs on
+CPU."""
 
 from __future__ import annotations
 
@@ -157,5 +158,6 @@ def test_real_single_process_accelerate_launch_on_cpu(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(result_file.read_text())
     assert seen["under_launcher"] is True and seen["num_processes"] == 1 and seen["device"] == "cpu"
-    assert seen["argv"] == [str(result_file), "--recipe", "sft"]  # launch options stripped, the rest passed on
+    # launch options stripped, the rest passed on
+    assert seen["argv"] == [str(result_file), "--recipe", "sft"]
     assert seen["env"]["ACCELERATE_USE_CPU"].lower() == "true"

@@ -1,5 +1,5 @@
-"""The GRPO study's and RARL's presets hold the papers' settings, written explicitly and held by TRL's own config
-(the drift test of test_config.py, for these two), and the rarl recipe builds the paper's rewards."""
+"""The GRPO study's and RARL's presets hold the papers' settings, written explicitly and held by TRL's own
+config (the drift test of test_config.py, for these two), and the rarl recipe builds the paper's rewards."""
 
 from __future__ import annotations
 
@@ -18,16 +18,19 @@ from medharness.trainers.schema import RewardSpec
 
 pytest.importorskip("trl")
 
-STUDY = {"beta": 0.04, "loss_type": "grpo", "scale_rewards": "group", "num_generations": 8, "temperature": 1.0,
+STUDY = {"beta": 0.04, "loss_type": "grpo", "scale_rewards": "group", "num_generations": 8,
+         "temperature": 1.0,
          "max_completion_length": 700, "learning_rate": 1e-6, "per_device_train_batch_size": 8,
          "gradient_accumulation_steps": 2, "max_steps": 1500, "top_k": 0, "epsilon": 0.2,
          "vllm_importance_sampling_correction": False}
 RARL = {"beta": 0.04, "loss_type": "grpo", "scale_rewards": "group", "num_generations": 4,
         "per_device_train_batch_size": 4, "gradient_accumulation_steps": 4, "max_completion_length": 512,
-        "learning_rate": 1e-5, "num_train_epochs": 5, "max_steps": -1, "save_steps": 100, "save_strategy": "steps"}
+        "learning_rate": 1e-5, "num_train_epochs": 5, "max_steps": -1, "save_steps": 100,
+        "save_strategy": "steps"}
 
 
-def _resolved(tmp_path: Path, presets: list[str], overrides: list[str] = ()):  # type: ignore[assignment,no-untyped-def]
+def _resolved(tmp_path: Path, presets: list[str],  # type: ignore[no-untyped-def]
+              overrides: list[str] = ()):  # type: ignore[assignment]
     layers = load_layers(None, presets, None, {}, list(overrides))
     config = build_config(layers)
     return layers, config, trl_args(config, layers, tmp_path, use_gpu=False)
@@ -46,7 +49,8 @@ def test_preset_drift(tmp_path: Path, preset: str, table: dict[str, object]) -> 
 
 def test_grpo_study_preset(tmp_path: Path) -> None:
     _, config, _ = _resolved(tmp_path, ["grpo_study_paper"])
-    assert (config.task, config.prompt, config.max_pixels, config.samples.limit) == ("pmc_vqa", "r1", 401408, 10000)
+    assert ((config.task, config.prompt, config.max_pixels, config.samples.limit)
+            == ("pmc_vqa", "r1", 401408, 10000))
     assert config.lora is None and config.freeze_vision
     assert [(r.metric, r.weight) for r in config.rewards or []] == [("choice_accuracy", 1.0),
                                                                     ("format_compliance", 1.0)]
@@ -67,11 +71,13 @@ def test_rarl_preset_and_recipe(tmp_path: Path) -> None:
     config, _ = resolve(TrainRequest(recipe="rarl"))
     assert config.recipe == "rarl" and (config.task, config.prompt) == ("reasoning_vqa", "reasoning")
     assert config.lora is not None and (config.lora.r, config.lora.alpha) == (8, 16)
-    assert config.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"] and config.lora.freeze_vision
+    assert (config.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+            and config.lora.freeze_vision)
     task = load_train_task(config)
     specs = recipe_class("rarl")().default_rewards(task, task.prompt_name, config)
     assert [(s.label, s.metric) for s in specs] == [("format", "rarl_format"), ("length", "length_reward"),
-                                                    ("accuracy", "rarl_accuracy"), ("reasoning", "reasoning_similarity")]
+                                                    ("accuracy", "rarl_accuracy"),
+                                                    ("reasoning", "reasoning_similarity")]
     assert specs[1].args == {"scale": 0.001, "cap": 1.0, "tokenizer": "@model"}
     assert specs[3].args["reference"] == "reasoning"
 
@@ -87,11 +93,13 @@ def test_rarl_reasoning_forms() -> None:
 
 
 def test_prompt_styles_are_checked_when_the_config_resolves() -> None:
-    config, _ = resolve(TrainRequest(recipe="rarl", overrides=["prompt_styles=[explanation, short, open_ended]"]))
+    config, _ = resolve(TrainRequest(recipe="rarl",
+                                     overrides=["prompt_styles=[explanation, short, open_ended]"]))
     assert config.prompt_styles == ["explanation", "short", "open_ended"]
     with pytest.raises(ConfigError, match="unknown|no prompt|variant"):
         resolve(TrainRequest(recipe="rarl", overrides=["prompt_styles=[explanation, shrot]"]))
-    with pytest.raises(ConfigError, match="parses answers"):  # non_reasoning reads a bare answer, not <answer>
+    # non_reasoning reads a bare answer, not <answer>
+    with pytest.raises(ConfigError, match="parses answers"):
         resolve(TrainRequest(recipe="rarl", overrides=["prompt_styles=[explanation, non_reasoning]"]))
 
 

@@ -1,8 +1,8 @@
-"""Tiny profiles of the GRPO-study and RARL sweep files, end to end with the real `medharness train` and `run`:
-each shipped sweep with its recipe entries, presets, rewards and table kept, and only what a CPU cannot do swapped:
-a tiny random-weight Qwen2-VL, the phantom tasks (or a reasoning_vqa folder written from phantom scans, whose
-reasoning text is generated from the scan's own truth), two steps a cell, small local models for BERTScore and
-the cross-encoder, and the semantic judge played by the scripted local HTTP server.
+"""Tiny profiles of the GRPO-study and RARL sweep files, end to end with the real `medharness train` and
+`run`: each shipped sweep with its recipe entries, presets, rewards and table kept, and only what a CPU cannot
+do swapped: a tiny random-weight Qwen2-VL, the phantom tasks (or a reasoning_vqa folder written from phantom
+scans, whose reasoning text is generated from the scan's own truth), two steps a cell, small local models for
+BERTScore and the cross-encoder, and the semantic judge played by the scripted local HTTP server.
 
 A cell costs about a minute of a shared 2-core CPU (two subprocesses that import torch and TRL), so the GRPO
 study's profile runs one cell of each kind (SFT LoRA, DPO, GRPO + semantic judge + CWR, Dr.GRPO); its other
@@ -33,15 +33,16 @@ TINY = ["samples.limit=4", "max_pixels=12544", "recipes.rarl.trl.num_generations
         "recipes.rarl.trl.per_device_train_batch_size=2", "recipes.rarl.trl.gradient_accumulation_steps=1",
         "recipes.rarl.trl.max_completion_length=8", "recipes.rarl.trl.bf16=false",
         "recipes.rarl.trl.activation_checkpointing=false", "recipes.rarl.trl.save_steps=1"]
-EVAL = {"limit": 2, "batch_size": 2, "max_new_tokens": 12, "backend": "hf", "backend_options": {"device": "cpu"}}
+EVAL = {"limit": 2, "batch_size": 2, "max_new_tokens": 12, "backend": "hf",
+        "backend_options": {"device": "cpu"}}
 R1 = ("rewards=[{metric: yes_no_accuracy, weight: 1.0}, "  # the study's accuracy + format, for a yes/no task
       "{metric: format_compliance, args: {format: r1}, weight: 1.0}]")
 
 
 @pytest.fixture(scope="module")
 def judge_server() -> Iterator[FakeAPIServer]:
-    with FakeAPIServer(max_requests=2000, max_seconds=900, answer_by_model=lambda text, model: '{"coherent": "Yes"}') \
-            as srv:
+    with FakeAPIServer(max_requests=2000, max_seconds=900,
+                       answer_by_model=lambda text, model: '{"coherent": "Yes"}') as srv:
         yield srv
 
 
@@ -51,8 +52,8 @@ def metric_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def profile(name: str, out: Path, only: list[str] | None = None, **changes: Any) -> dict[str, Any]:
-    """The shipped sweep with the tiny profile's changes (launch settings dropped: they need GPUs); `only`: the
-    recipe entries to run (the table keeps their rows and the reference rows)."""
+    """The shipped sweep with the tiny profile's changes (launch settings dropped: they need GPUs); `only`:
+    the recipe entries to run (the table keeps their rows and the reference rows)."""
     data = yaml.safe_load((SWEEPS / f"{name}.yaml").read_text())
     data.pop("launch", None)
     data.pop("data_dir", None)
@@ -61,7 +62,8 @@ def profile(name: str, out: Path, only: list[str] | None = None, **changes: Any)
     data["overrides"] = [*data.get("overrides", []), *TINY]
     if only is not None:
         data["recipes"] = [e for e in data["recipes"] if e["id"] in only]
-        data["table"]["rows"] = [r for r in data["table"]["rows"] if r.get("entry", "-") in only or "reference" in r]
+        data["table"]["rows"] = [r for r in data["table"]["rows"]
+                                 if r.get("entry", "-") in only or "reference" in r]
     return data
 
 
@@ -76,7 +78,8 @@ def run_sweep(data: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def reasoning_data(folder: Path) -> Path:
-    """A reasoning_vqa folder from phantom scans: question, yes/no answer and a reasoning text from the truth."""
+    """A reasoning_vqa folder from phantom scans: question, yes/no answer and a reasoning text from the
+    truth."""
     task = load_task("phantom_presence")
     (folder / "images").mkdir(parents=True, exist_ok=True)
     for split, source in (("train", "train"), ("test", "test")):
@@ -85,9 +88,10 @@ def reasoning_data(folder: Path) -> Path:
             image = f"{split}-{sample.id}.png"
             task.open_image(sample.images[0]).save(folder / "images" / image)
             n = int(sample.meta["n_lesions"])
-            records.append({"id": sample.id, "image": image, "question": sample.question, "answer": sample.target,
-                            "answer_type": "CLOSED", "reasoning": f"The scan shows {n} bright lesion(s) inside the "
-                                                               f"body outline, so the answer is {sample.target}."})
+            records.append({"id": sample.id, "image": image, "question": sample.question,
+                            "answer": sample.target, "answer_type": "CLOSED",
+                            "reasoning": f"The scan shows {n} bright lesion(s) inside the body outline, so "
+                                         f"the answer is {sample.target}."})
         (folder / f"{split}.json").write_text(json.dumps(records))
     return folder
 
@@ -104,13 +108,14 @@ def test_grpo_study_table1_tiny(tmp_path: Path, tiny_models: dict[str, Path], ju
     panel = tmp_path / "panel.yaml"
     panel.write_text(json.dumps([{"name": "sem", "spec": "semantic_v1", "backend": "openai", "model": "m",
                                   "base_url": f"{judge_server.url}/v1", "api_key_env": KEY_ENV}]))
-    data = profile("grpo_study_table1", tmp_path, only=["sft-lora", "dpo", "grpo-sem-cwr", "dr-grpo"], model=model,
-                   tasks=["phantom_presence"], prompt="r1", eval_prompt="r1")
+    data = profile("grpo_study_table1", tmp_path, only=["sft-lora", "dpo", "grpo-sem-cwr", "dr-grpo"],
+                   model=model, tasks=["phantom_presence"], prompt="r1", eval_prompt="r1")
     data["overrides"].append(R1)  # the preset's choice_accuracy has no value on yes/no answers
     for entry in data["recipes"]:
         entry["overrides"] = [o.replace("choice_accuracy", "yes_no_accuracy")
                               .replace("judges: 'semantic_v1:openai:gpt-4o-mini'", f"panel: '{panel}'")
-                              .replace("model=Qwen/Qwen2-VL-2B", f"model={model}") for o in entry.get("overrides", [])]
+                              .replace("model=Qwen/Qwen2-VL-2B", f"model={model}")
+                              for o in entry.get("overrides", [])]
     data["table"]["columns"] = [{"label": c["label"], "task": "phantom_presence",
                                  **({"metric": "think_length"} if c["label"] != "accuracy" else {})}
                                 for c in data["table"]["columns"]]  # the r1 variant's metrics stand in
@@ -118,17 +123,19 @@ def test_grpo_study_table1_tiny(tmp_path: Path, tiny_models: dict[str, Path], ju
     record = run_sweep(data, tmp_path)
     assert len(record["cells"]) == 4
     cells = tmp_path / "s" / "cells"
-    sem = [json.loads(x) for x in (cells / "grpo-sem-cwr-grpo_study_paper-phantom_presence-kall-s0" / "train" /
-                                   "completions.jsonl").read_text().splitlines()]
+    sem = [json.loads(x) for x in (cells / "grpo-sem-cwr-grpo_study_paper-phantom_presence-kall-s0"
+                                   / "train" / "completions.jsonl").read_text().splitlines()]
     assert {"yes_no_accuracy", "format_compliance", "semantic", "cwr"} == set(sem[0]["rewards"])
     judged = [r["rewards"]["semantic"] for r in sem]
     assert set(judged) <= {1.0, None}  # Yes = 1; a completion without a closed <think> is unscored, not 0
     assert (1.0 in judged) == bool(judge_server.requests)
     train = json.loads((cells / "dr-grpo-grpo_study_paper+dr_grpo-phantom_presence-kall-s0" / "train" /
                         "train.json").read_text())
-    assert train["config"]["trl"]["loss_type"] == "dr_grpo" and train["config"]["trl"]["scale_rewards"] == "none"
+    assert (train["config"]["trl"]["loss_type"] == "dr_grpo"
+            and train["config"]["trl"]["scale_rewards"] == "none")
     board = (tmp_path / "s" / "leaderboard.md").read_text()
-    for label in ("Dr.GRPO", "GRPO + semantic alignment + CWR", "SFT LoRA", "DPO", "Llama-3.2-11B-Vision-Instruct"):
+    for label in ("Dr.GRPO", "GRPO + semantic alignment + CWR", "SFT LoRA", "DPO",
+                  "Llama-3.2-11B-Vision-Instruct"):
         assert label in board
 
 
@@ -136,13 +143,15 @@ def test_grpo_study_table1_tiny(tmp_path: Path, tiny_models: dict[str, Path], ju
 @pytest.mark.timeout(1800)
 def test_rarl_tables_tiny(tmp_path: Path, tiny_models: dict[str, Path], metric_models: dict[str, str],
                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """RARL Tables 3 (SFT, RL + LoRA) and 6 (prompting diversity) trained two steps each with the rarl recipe's own
-    rewards on a reasoning_vqa folder; prompting diversity records a style per sample; the vision tower stays
-    frozen. (Table 2's entries are the same recipes on other data: its dry run constructs them.)"""
+    """RARL Tables 3 (SFT, RL + LoRA) and 6 (prompting diversity) trained two steps each with the rarl
+    recipe's own rewards on a reasoning_vqa folder; prompting diversity records a style per sample; the vision
+    tower stays frozen. (Table 2's entries are the same recipes on other data: its dry run constructs
+    them.)"""
     monkeypatch.setenv("MEDHARNESS_CACHE", str(tmp_path / "cache"))
     data_dir = reasoning_data(tmp_path / "reasoning")
     model = str(tiny_models["qwen2_vl"])
-    options = [f"recipes.rarl.options.bertscore_model={metric_models['bert']}",  # rarl cells only (SFT has none)
+    # rarl cells only (SFT has none)
+    options = [f"recipes.rarl.options.bertscore_model={metric_models['bert']}",
                "recipes.rarl.options.bertscore_layers=2",
                f"recipes.rarl.options.similarity_model={metric_models['cross']}"]
     runs = (("rarl_table3", None, {}),
@@ -159,7 +168,8 @@ def test_rarl_tables_tiny(tmp_path: Path, tiny_models: dict[str, Path], metric_m
                                     for c in data["table"]["columns"]]  # the unjudged variants stand in
         record = run_sweep(data, tmp_path / name)
         for cell in record["cells"]:
-            train = json.loads((tmp_path / name / "s" / "cells" / cell["id"] / "train" / "train.json").read_text())
+            train = json.loads((tmp_path / name / "s" / "cells" / cell["id"] / "train" / "train.json")
+                               .read_text())
             if train["recipe"] != "rarl":
                 continue
             assert [r["label"] for r in train["rewards"]] == ["format", "length", "accuracy", "reasoning"]

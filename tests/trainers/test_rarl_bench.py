@@ -1,5 +1,6 @@
-"""bench/gpu/rarl_first_steps.py with `--tiny` on a CPU: the whole script (model and reward models built offline,
-a reasoning_vqa folder, the rarl recipe's first steps through `medharness train`) and the figures it reports."""
+"""bench/gpu/rarl_first_steps.py with `--tiny` on a CPU: the whole script (model and reward models built
+offline, a reasoning_vqa folder, the rarl recipe's first steps through `medharness train`) and the figures it
+reports."""
 
 from __future__ import annotations
 
@@ -21,14 +22,16 @@ def test_rarl_first_steps_tiny(tmp_path: Path) -> None:
     pytest.importorskip("bert_score")
     out = tmp_path / "bench"
     argv = [sys.executable, str(SCRIPT), "--tiny", "--steps", "2", "--completion", "4", "--out", str(out)]
-    done = subprocess.run(argv, check=False, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(argv, check=False, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((out / "rarl_first_steps.json").read_text())
     rarl = result["rarl"]
     assert result["size"] == "tiny" and rarl["steps"] == 2
     assert rarl["rewards"] == ["format", "length", "accuracy", "reasoning"]
     assert rarl["completions_per_step"] == 16 and rarl["completion_tokens_per_step"] == 16 * 4
-    assert rarl["step_time_s"] > 0 and rarl["completion_tokens_per_s"] == pytest.approx(64 / rarl["step_time_s"])
+    assert (rarl["step_time_s"] > 0
+            and rarl["completion_tokens_per_s"] == pytest.approx(64 / rarl["step_time_s"]))
     assert rarl["trainable_tensors"] > 0  # LoRA tensors, none of the vision tower (asserted by the trainer)
     assert "completion tok/s" in done.stdout
     completions = [json.loads(x) for x in (out / "train-rarl" / "completions.jsonl").read_text().splitlines()]

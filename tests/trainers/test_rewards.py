@@ -1,4 +1,5 @@
-"""Rewards are metrics scored through the task's own Recipe: equal to what `run`/`score` gives the same text."""
+"""Rewards are metrics scored through the task's own Recipe: equal to what `run`/`score` gives the same
+text."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def test_trl_functions_return_floats_or_none(tmp_path: Path) -> None:
     ids = [samples[0].id, samples[0].id]
     fns = rewards.functions()
     assert [f.__name__ for f in fns] == ["yes_no_accuracy", "format_compliance", "iou"]
-    out = [f(prompts=[None, None], completions=completions, sample_id=ids, completion_ids=[[1], [2]]) for f in fns]
+    out = [f(prompts=[None, None], completions=completions, sample_id=ids, completion_ids=[[1], [2]])
+           for f in fns]
     assert out == [[1.0, 0.0], [1.0, 0.0], [None, None]]  # iou does not apply to yes/no: None, never 0
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(rows) == 2  # one batch logged once, although three functions read it
@@ -141,12 +143,13 @@ def test_reward_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
                                   "format_compliance": ref["format_compliance"]}
     plain = tmp_path / "c.txt"
     plain.write_text("yes\nno\n")
-    assert main(["reward", "--task", "phantom_presence", "--completions", str(plain), "--sample-id", sample.id,
-                 "--rewards", "[{metric: yes_no_accuracy}, {metric: exact_match, weight: 0.5}]"]) == 0
+    assert main(["reward", "--task", "phantom_presence", "--completions", str(plain), "--sample-id",
+                 sample.id, "--rewards",
+                 "[{metric: yes_no_accuracy}, {metric: exact_match, weight: 0.5}]"]) == 0
     out = capsys.readouterr().out
     assert "yes_no_accuracy" in out and "exact_match" in out and sample.id in out
-    assert main(["reward", "--task", "phantom_presence", "--completions", str(plain), "--sample-id", sample.id,
-                 "--rewards", "[{metric: yes_no_acuracy}]"]) == 2
+    assert main(["reward", "--task", "phantom_presence", "--completions", str(plain), "--sample-id",
+                 sample.id, "--rewards", "[{metric: yes_no_acuracy}]"]) == 2
     assert "Did you mean 'yes_no_accuracy'" in capsys.readouterr().err
 
 
@@ -165,7 +168,8 @@ def test_rejected_answers_from_a_finished_run(tmp_path: Path) -> None:
                               generation=Generation(sample_id=sample.id, text=text),
                               answer=Answer(value=None), scores={"yes_no_accuracy": 0.0 if wrong else 1.0}))
     (tmp_path / "samples").mkdir()
-    (tmp_path / "samples" / "phantom_presence.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in rows))
+    (tmp_path / "samples" / "phantom_presence.jsonl").write_text("".join(r.model_dump_json() + "\n"
+                                                                         for r in rows))
     rejected = rejected_texts(task, "r1", samples, f"run:{tmp_path}", seed=0)
     assert test_twin.id == samples[0].id  # the test split's row for this id has another image
     assert rejected == {samples[0].id: rows[0].generation.text, samples[2].id: rows[2].generation.text}

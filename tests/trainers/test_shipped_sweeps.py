@@ -1,7 +1,8 @@
 """Every sweep file shipped in trainers/sweeps/ passes `train-then-eval --dry-run`: its cells resolve, every
 cell's config constructs (down to TRL's own checks where TRL is installed), and every task, prompt variant,
 preset, metric and reference file it names exists. Data that is not on this machine is a warning, not a
-failure (the paper sweeps read datasets a CI machine does not have). Every reference file is used by a sweep."""
+failure (the paper sweeps read datasets a CI machine does not have). Every reference file is used by a
+sweep."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Train-then-eval sweeps: the strict schema, cell expansion, stage commands, the dry run, the board,
-(with a fake trainer in place of `train`, tests/support/fake_train.py) skip / resume / --cell / merge logic, and one
-real end-to-end sweep (the real `medharness train`, SFT then GRPO-from-SFT). The evaluations are real
+(with a fake trainer in place of `train`, tests/support/fake_train.py) skip / resume / --cell / merge logic,
+and one real end-to-end sweep (the real `medharness train`, SFT then GRPO-from-SFT). The evaluations are real
 `medharness run` subprocesses on a tiny model."""
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def test_filters_keep_the_parents(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("model: m\ntasks: [t]\nrecipes: [sft]\nseed: [0]\n", r"s.yaml:4: unknown key 'seed'"),
-    ("model: m\ntasks: [t]\nrecipes:\n  - {recipe: sft, form: x}\n", r"s.yaml:4: unknown key 'recipes.0.*form'"),
+    ("model: m\ntasks: [t]\nrecipes:\n  - {recipe: sft, form: x}\n",
+     r"s.yaml:4: unknown key 'recipes.0.*form'"),
     ("model: m\ntasks: [t]\nrecipes: [sft]\nshots: [0]\n", r"s.yaml:4: shots"),
     ("model: m\ntasks: [t]\nrecipes: [{recipe: grpo, from: sft}, sft]\n", "not a recipe listed before it"),
     ("model: m\ntasks: [t]\nrecipes: [sft, sft]\n", "two recipes have the id 'sft'"),
@@ -95,20 +96,21 @@ def test_stage_commands(tmp_path: Path) -> None:
     argv = stages.train_argv(cell, "/m", tmp_path / "ids.json", resume=True)
     assert argv[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
     train = argv[argv.index("medharness.cli") + 1:]
-    assert train[:11] == ["train", "--recipe", "sft", "--task", "phantom_presence", "--model", "/m", "--seed", "1",
-                          "--output", str(tmp_path / "out" / "cells" / cell.id / "train")]
+    assert train[:11] == ["train", "--recipe", "sft", "--task", "phantom_presence", "--model", "/m",
+                          "--seed", "1", "--output", str(tmp_path / "out" / "cells" / cell.id / "train")]
     assert train[11:] == ["--preset", "lora", "--preset", "tiny_cpu", "--samples", str(tmp_path / "ids.json"),
                           "--max-steps", "3", "-C", "trl.learning_rate=1e-4", "--resume"]
     assert (tmp_path / "out" / "cells" / cell.id / "train" / "launch" / "deepspeed_zero2.json").is_file()
     run = stages.eval_argv("/ckpt", "phantom_presence", tmp_path / "e", resume=False)
-    assert run[len(sweep_exec.PROGRAM):] == ["run", "--model", "/ckpt", "--tasks", "phantom_presence", "--output",
-                                             str(tmp_path / "e"), "--no-progress", "--batch-size", "2",
-                                             "--backend", "auto", "--limit", "2"]
+    assert run[len(sweep_exec.PROGRAM):] == ["run", "--model", "/ckpt", "--tasks", "phantom_presence",
+                                             "--output", str(tmp_path / "e"), "--no-progress",
+                                             "--batch-size", "2", "--backend", "auto", "--limit", "2"]
 
 
 def test_print_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     file = write(tmp_path / "s.yaml", GRID.format(model="tiny"))
-    assert main(["train-then-eval", "--sweep", str(file), "--output", str(tmp_path / "o"), "--print-commands"]) == 0
+    assert main(["train-then-eval", "--sweep", str(file), "--output", str(tmp_path / "o"),
+                 "--print-commands"]) == 0
     lines = capsys.readouterr().out.splitlines()
     commands = [line for line in lines if line.startswith("medharness ")]
     assert len(commands) == 2 + 20 + 1  # reference rows, cells, the final merge
@@ -136,7 +138,8 @@ def test_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_dry_run_checks_each_cells_trl_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("trl")
     file = write(tmp_path / "s.yaml", "model: tiny\ntasks: [phantom_presence]\ncommon_presets: [tiny_cpu]\n"
-                                      "recipes: [sft, {recipe: grpo, from: sft, overrides: [trl.num_generations=4]}]\n")
+                                      "recipes: [sft, {recipe: grpo, from: sft, "
+                                      "overrides: [trl.num_generations=4]}]\n")
     assert main(["train-then-eval", "--sweep", str(file), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "cell grpo-from-sft-phantom_presence-kall-s0: " in err and "num_generations (4)" in err
@@ -144,8 +147,8 @@ def test_dry_run_checks_each_cells_trl_settings(tmp_path: Path, capsys: pytest.C
 
 
 def test_board_mean_and_std_over_seeds(tmp_path: Path) -> None:
-    file = write(tmp_path / "s.yaml", "model: m\ntasks: [phantom_presence]\nrecipes: [sft]\nseeds: [0, 1, 2]\n"
-                                      "baselines: [majority]\n")
+    file = write(tmp_path / "s.yaml", "model: m\ntasks: [phantom_presence]\nrecipes: [sft]\n"
+                                      "seeds: [0, 1, 2]\nbaselines: [majority]\n")
     sweep = load_sweep(file)
     stages = Stages(sweep, file, tmp_path, resume=False)
     cells = expand(sweep)
@@ -162,13 +165,15 @@ def test_board_mean_and_std_over_seeds(tmp_path: Path) -> None:
 
     fake_run(stages.dir.eval_dir(cells[0].id, "phantom_presence"), 0.5)
     fake_run(stages.dir.eval_dir(cells[1].id, "phantom_presence"), 0.7)
-    fake_run(stages.dir.eval_dir(cells[2].id, "phantom_presence"), 0.9, status="running")  # unfinished: left out
+    # unfinished: left out
+    fake_run(stages.dir.eval_dir(cells[2].id, "phantom_presence"), 0.9, status="running")
     fake_run(stages.dir.reference_dir("base", "phantom_presence"), 0.4)
     refs = reference_rows(sweep)
     rows = board(sweep, cells, stages.dir, refs, "m")
     assert [r["row"] for r in rows] == ["base", "baseline-majority", "sft · k=all"]
     stats = rows[2]["tasks"]["phantom_presence"]
-    assert stats["n"] == 2 and stats["mean"] == pytest.approx(60.0) and stats["std"] == pytest.approx(14.142, 1e-3)
+    assert (stats["n"] == 2 and stats["mean"] == pytest.approx(60.0)
+            and stats["std"] == pytest.approx(14.142, 1e-3))
     assert rows[2]["lineage"] == "m → sft · k=all · 3 seeds (0, 1, 2)"
     text = render_markdown(rows, ["phantom_presence"])
     # two seeds: the t interval of their mean, 60 ± t(0.975, 1) x 14.142 / sqrt(2) = 60 ± 12.706 x 10
@@ -176,7 +181,7 @@ def test_board_mean_and_std_over_seeds(tmp_path: Path) -> None:
     assert "| base " in text and "n/a" in text  # the majority baseline has not run
 
 
-# -- running, with a fake trainer (fault injection) -----------------------------------------------------------
+# -- running, with a fake trainer (fault injection) ----------------------------------------------------------
 
 SMALL = """\
 name: small
@@ -202,7 +207,8 @@ def calls(out: Path, cid: str) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_sweep_runs_skips_and_resumes(fake_train: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+def test_sweep_runs_skips_and_resumes(fake_train: Path, tiny_models: dict[str, Path],
+                                      monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     file = write(fake_train / "s.yaml", SMALL.format(model=tiny_models["qwen2_vl"]))
     out = fake_train / "sweep"
@@ -267,11 +273,12 @@ def test_cells_one_at_a_time_then_merge(fake_train: Path, tiny_models: dict[str,
 
 def test_demo_sweep_is_valid() -> None:
     sweep = load_sweep(DEMO)
-    assert [c.id for c in expand(sweep)] == ["sft-phantom_presence-kall-s0", "grpo-from-sft-phantom_presence-kall-s0"]
+    assert [c.id for c in expand(sweep)] == ["sft-phantom_presence-kall-s0",
+                                             "grpo-from-sft-phantom_presence-kall-s0"]
     assert sweep.model == "tiny:small" and sweep.baselines == ["majority"]
 
 
-# -- the real train stage --------------------------------------------------------------------------------------
+# -- the real train stage ------------------------------------------------------------------------------------
 
 REAL = """\
 name: real
@@ -289,8 +296,9 @@ baselines: [majority]
 @pytest.mark.slow
 def test_real_sweep_end_to_end(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                                capsys: pytest.CaptureFixture[str]) -> None:
-    """SFT then GRPO-from-SFT with the real `medharness train`, evaluated by `run`: the board has every row and
-    lineage; a finished sweep resumed does nothing; a cell killed mid-training resumes from its last checkpoint."""
+    """SFT then GRPO-from-SFT with the real `medharness train`, evaluated by `run`: the board has every row
+    and lineage; a finished sweep resumed does nothing; a cell killed mid-training resumes from its last
+    checkpoint."""
     pytest.importorskip("trl")
     monkeypatch.setenv("MEDHARNESS_CACHE", str(tmp_path / "cache"))
     file = write(tmp_path / "s.yaml", REAL.format(model=tiny_models["qwen2_vl"]))
@@ -303,7 +311,8 @@ def test_real_sweep_end_to_end(tmp_path: Path, tiny_models: dict[str, Path], mon
     sft_final, grpo_final = (out / "cells" / cid / "train" / "final" for cid in (sft, grpo))
     assert Path(record["cells"][1]["train"]["final"]) == grpo_final
     grpo_manifest = json.loads((grpo_final / "medharness.json").read_text())
-    assert grpo_manifest["recipe"] == "grpo" and grpo_manifest["parent"] == file_hash(sft_final / "medharness.json")
+    assert (grpo_manifest["recipe"] == "grpo"
+            and grpo_manifest["parent"] == file_hash(sft_final / "medharness.json"))
     board_text = (out / "leaderboard.md").read_text()
     for row in ("| base ", "| baseline-majority ", "| sft · k=all ", "| grpo-from-sft · k=all "):
         assert row in board_text
@@ -311,10 +320,12 @@ def test_real_sweep_end_to_end(tmp_path: Path, tiny_models: dict[str, Path], mon
                     "qwen2_vl → sft → grpo · k=all · 1 seed (0)"):
         assert lineage in board_text
     run = json.loads((out / "cells" / grpo / "eval" / "phantom_presence" / "run.json").read_text())
-    assert run["trained_from"]["recipe"] == "grpo" and run["trained_from"]["parent"] == grpo_manifest["parent"]
+    assert (run["trained_from"]["recipe"] == "grpo"
+            and run["trained_from"]["parent"] == grpo_manifest["parent"])
 
     # finished: --resume trains and evaluates nothing
-    files = [out / "cells" / c / d for c in (sft, grpo) for d in ("train/train.json", "eval/phantom_presence/run.json")]
+    files = [out / "cells" / c / d for c in (sft, grpo)
+             for d in ("train/train.json", "eval/phantom_presence/run.json")]
     stamps = [f.stat().st_mtime_ns for f in files]
     assert main([*argv, "--resume"]) == 0
     assert [f.stat().st_mtime_ns for f in files] == stamps
@@ -329,11 +340,13 @@ def test_real_sweep_end_to_end(tmp_path: Path, tiny_models: dict[str, Path], mon
     assert main(argv) == 2 and "--resume" in capsys.readouterr().err  # not without --resume
     assert main([*argv, "--resume"]) == 0
     info = json.loads((train_dir / "train.json").read_text())
-    assert info["status"] == "finished" and info["steps"] == 2 and info["resumed_from"].endswith("checkpoint-1")
+    assert (info["status"] == "finished" and info["steps"] == 2
+            and info["resumed_from"].endswith("checkpoint-1"))
     assert json.loads((train_dir / "final" / "medharness.json").read_text())["step"] == 2
-    assert (out / "cells" / sft / "train" / "train.json").stat().st_mtime_ns == stamps[0]  # the parent untouched
-    assert json.loads((out / "cells" / grpo / "eval" / "phantom_presence" / "run.json").read_text())["status"] == \
-        "finished"
+    # the parent untouched
+    assert (out / "cells" / sft / "train" / "train.json").stat().st_mtime_ns == stamps[0]
+    assert json.loads((out / "cells" / grpo / "eval" / "phantom_presence" / "run.json")
+                      .read_text())["status"] == "finished"
     assert "| grpo-from-sft · k=all " in (out / "leaderboard.md").read_text()
 
 

@@ -41,7 +41,8 @@ def test_hostile_sweep_names_are_refused_before_anything_is_touched(
     work = tmp_path / "a" / "b" / "c"  # `../` from the sweep's cells/ID/eval/ folders reaches tmp_path
     work.mkdir(parents=True)
     expect = case.read_text(encoding="utf-8").splitlines()[0].removeprefix("# expect: ")
-    text = case.read_text(encoding="utf-8").replace("{victim}", str(victim)).replace("{victim_name}", victim.name)
+    text = (case.read_text(encoding="utf-8").replace("{victim}", str(victim))
+            .replace("{victim_name}", victim.name))
     sweep_file = work / case.name
     sweep_file.write_text(text, encoding="utf-8")
     out = work / "sweep"
@@ -63,7 +64,8 @@ def stages(tmp_path: Path) -> Stages:
 
 
 def test_stage_paths_that_leave_the_sweep_are_refused(stages: Stages, tmp_path: Path) -> None:
-    """The schema is the first guard; the paths are checked again where they are built (a Cell made in code)."""
+    """The schema is the first guard; the paths are checked again where they are built (a Cell made in
+    code)."""
     victim = victim_folder(tmp_path)
     for build in (lambda: stages.dir.eval_dir("c", str(victim)),
                   lambda: stages.dir.eval_dir("c", "../../../../victim"),
@@ -122,7 +124,8 @@ def test_a_symlinked_stage_folder_is_neither_moved_nor_followed(stages: Stages, 
 ])
 def test_a_union_s_error_names_the_branch_the_value_has(eval_tasks: str, message: str,
                                                         tmp_path: Path) -> None:
-    """`eval_tasks` is a list or a mapping: the error is about the given form, without pydantic's branch names."""
+    """`eval_tasks` is a list or a mapping: the error is about the given form, without pydantic's branch
+    names."""
     file = tmp_path / "s.yaml"
     file.write_text(f"model: tiny\ntasks: [phantom_presence]\neval_tasks: {eval_tasks}\nrecipes: [sft]\n",
                     encoding="utf-8")

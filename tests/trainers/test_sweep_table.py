@@ -1,5 +1,5 @@
-"""The paper layout of a sweep's board (`table:`) with published reference rows (`reference:`), per-entry tasks,
-prompts and eval-task mappings, and the dry run's checks of them."""
+"""The paper layout of a sweep's board (`table:`) with published reference rows (`reference:`), per-entry
+tasks, prompts and eval-task mappings, and the dry run's checks of them."""
 
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def fake_run(folder: Path, task: str, values: dict[str, float]) -> None:
     """A finished run directory whose run log holds one task summary (no model needed)."""
     run = RunDir.create(folder, {"model": "m"})
     metrics = {k: MetricSummary(value=v, n=10, n_unparsed=0) for k, v in values.items()}
-    summary = TaskSummary(task=task, task_version="1.0", convention="harness", n=10, n_unparsed=0, metrics=metrics)
+    summary = TaskSummary(task=task, task_version="1.0", convention="harness", n=10, n_unparsed=0,
+                          metrics=metrics)
     run.set_task(task, TaskEntry(version="1.0", convention="harness", summary=summary,
                                  percent=dict.fromkeys(values, True)))
     run.set_status("finished")
@@ -87,8 +88,9 @@ def test_entry_tasks_prompts_and_eval_mapping(tmp_path: Path) -> None:
     assert (train_prompt(sweep, presence), eval_prompt(sweep, presence, "phantom_presence"),
             eval_prompt(sweep, None, "phantom_presence")) == (None,) * 3
     per_task = sweep.model_copy(update={"prompt": {"phantom_presence": "r1"}})
-    assert (train_prompt(per_task, presence), train_prompt(per_task, cells[2]), eval_prompt(per_task, None,
-            "phantom_presence"), eval_prompt(per_task, box, "phantom_presence")) == ("r1", None, "r1", "plain")
+    assert (train_prompt(per_task, presence), train_prompt(per_task, cells[2]),
+            eval_prompt(per_task, None, "phantom_presence"),
+            eval_prompt(per_task, box, "phantom_presence")) == ("r1", None, "r1", "plain")
     argv = Stages(sweep, tmp_path / "s.yaml", tmp_path / "o", resume=False).eval_argv(
         "/ckpt", "phantom_side", tmp_path / "e", resume=False, prompt=eval_prompt(sweep, box, "phantom_side"))
     assert argv[argv.index("-T") + 1] == "phantom_side.prompt=plain"
@@ -100,33 +102,37 @@ def test_paper_table_with_published_rows(tmp_path: Path) -> None:
     sweep = load_sweep(file)
     stages = Stages(sweep, file, tmp_path / "o", resume=False)
     cells = {c.id: c for c in expand(sweep)}
-    fake_run(stages.dir.reference_dir("base", "phantom_presence"), "phantom_presence", {"yes_no_accuracy": 0.25})
+    fake_run(stages.dir.reference_dir("base", "phantom_presence"), "phantom_presence",
+             {"yes_no_accuracy": 0.25})
     fake_run(stages.dir.reference_dir("base", "phantom_side"), "phantom_side", {"choice_accuracy": 0.5})
     for seed, value in ((0, 0.6), (1, 0.8)):
-        fake_run(stages.dir.eval_dir(f"grpo-phantom_presence-kall-s{seed}", "phantom_presence"), "phantom_presence",
-                 {"yes_no_accuracy": value})
+        fake_run(stages.dir.eval_dir(f"grpo-phantom_presence-kall-s{seed}", "phantom_presence"),
+                 "phantom_presence", {"yes_no_accuracy": value})
     fake_run(stages.dir.eval_dir("grpo-phantom_side-kall-s0", "phantom_side"), "phantom_side",
              {"choice_accuracy": 0.3})  # seed 1 never finished
     table = paper_table(sweep, list(cells.values()), stages)
     assert table is not None
     labels = [(r["label"], r["kind"]) for r in table["rows"]]
-    assert labels == [("base", "measured"), ("base", "published"), ("tuned", "measured"), ("tuned", "published"),
-                      ("boxes", "measured"), ("bigger model", "published")]
+    assert labels == [("base", "measured"), ("base", "published"), ("tuned", "measured"),
+                      ("tuned", "published"), ("boxes", "measured"), ("bigger model", "published")]
     base, tuned, boxes = (table["rows"][i]["values"] for i in (0, 2, 4))
     assert base["Presence"]["mean"] == pytest.approx(25.0) and base["Side"]["mean"] == pytest.approx(50.0)
     assert base["Average"]["mean"] == pytest.approx(37.5)  # the mean of the row's columns, as the paper's
-    assert tuned["Presence"]["mean"] == pytest.approx(70.0) and tuned["Presence"]["std"] == pytest.approx(14.1421, 1e-4)
+    assert (tuned["Presence"]["mean"] == pytest.approx(70.0)
+            and tuned["Presence"]["std"] == pytest.approx(14.1421, 1e-4))
     assert tuned["Side"]["n"] == 1 and tuned["Average"]["mean"] == pytest.approx(50.0)
     assert boxes["Presence"]["mean"] is None and boxes["Average"]["mean"] is None
     text = render_table(table)
     published = next(line for line in text.splitlines() if line.startswith("| tuned · published"))
     assert "## Table 9" in text and [c.strip() for c in published.split("|")[2:5]] == ["80.00", "-", "-"]
-    assert "70.00 ± 14.14 [-57.06, 197.06]" in text and "30.00 (1/2)" in text and "n/a" in text  # 70 ± 12.706 x 10
+    # 70 ± 12.706 x 10
+    assert "70.00 ± 14.14 [-57.06, 197.06]" in text and "30.00 (1/2)" in text and "n/a" in text
     assert "as published in A paper, Table 9" in text and "copied by hand" in text
 
 
 def test_reference_file_errors(tmp_path: Path) -> None:
-    bad = write(tmp_path / "r.yaml", "source: x\ncolumns: [A]\nrows:\n  - {label: a, values: {A: 1}, extra: 2}\n")
+    bad = write(tmp_path / "r.yaml",
+                "source: x\ncolumns: [A]\nrows:\n  - {label: a, values: {A: 1}, extra: 2}\n")
     with pytest.raises(ConfigError, match=r"r.yaml:4: unknown key 'rows.0.extra'"):
         load_reference(bad)
     bad = write(tmp_path / "r.yaml", "source: x\ncolumns: [A]\nrows:\n  - {label: a, values: {B: 1}}\n")
@@ -147,8 +153,10 @@ def test_dry_run_checks_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "reference: 3 published rows from A paper, Table 9" in capsys.readouterr().out
     broken = SWEEP.replace("metric: choice_accuracy", "metric: no_such_metric").replace(
         "entry: grpo}", "entry: grpo, shots: 5}").replace("reference: base}", "reference: baseline-majority}")
-    write(tmp_path / "ref.yaml", REFERENCE.replace("[Presence, Side, Average]", "[Presence, Side, Average, Extra]"))
-    write(tmp_path / "s.yaml", broken.replace("prompt: r1, eval_prompt: plain", "prompt: r1, eval_prompt: nope"))
+    write(tmp_path / "ref.yaml",
+          REFERENCE.replace("[Presence, Side, Average]", "[Presence, Side, Average, Extra]"))
+    write(tmp_path / "s.yaml",
+          broken.replace("prompt: r1, eval_prompt: plain", "prompt: r1, eval_prompt: nope"))
     assert main(["train-then-eval", "--sweep", str(good), "--dry-run"]) == 2
     err = capsys.readouterr().err
     for text in ("columns ['Extra'] are not columns of the table", "no reference row 'baseline-majority'",

@@ -70,7 +70,8 @@ def check_lora(base: Path, final: Path) -> None:
 @pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
 @pytest.mark.parametrize("preset", PRESETS)
 def test_recipe_trains_and_writes_the_output_contract(tmp_path: Path, tiny_models: dict[str, Path], arch: str,
-                                                      preset: str, capsys: pytest.CaptureFixture[str]) -> None:
+                                                      preset: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     base = tiny_models[arch]
     out = run_training(tmp_path / "out", base, preset)
     info = json.loads((out / "train.json").read_text())
@@ -86,7 +87,8 @@ def test_recipe_trains_and_writes_the_output_contract(tmp_path: Path, tiny_model
         assert manifest["attn_implementation"] == "sdpa" and manifest["base_model"] == str(base)
         assert manifest["versions"]["trl"].startswith("1.16") and manifest["n_train_samples"] == 8
         assert (folder / "processor_config.json").exists()
-        assert ((folder / "adapter_config.json").exists() if lora else (folder / "model.safetensors").exists())
+        assert ((folder / "adapter_config.json").exists() if lora
+                else (folder / "model.safetensors").exists())
     assert manifest["step"] == 2 and manifest["config"]["trl"]["learning_rate"] == 1e-3
 
     logs = jsonl(out / "logs.jsonl")
@@ -171,4 +173,5 @@ def test_a_second_stage_records_its_parent(tmp_path: Path, tiny_models: dict[str
     manifest = json.loads((second / "medharness.json").read_text())
     assert manifest["parent"] == file_hash(first / "medharness.json")
     assert manifest["parent_path"] == str(first.resolve()) and manifest["base_model"] == str(first)
-    assert manifest["base_fingerprint"] and json.loads((first / "medharness.json").read_text())["parent"] is None
+    assert (manifest["base_fingerprint"]
+            and json.loads((first / "medharness.json").read_text())["parent"] is None)

@@ -1,6 +1,6 @@
-"""`train --launcher accelerate`: the accelerate / DeepSpeed / FSDP configs land in the output folder and the command
-re-executes itself through `accelerate launch` without the launch options (a real single-process launch on CPU),
-and GRPO's vLLM generation is reachable from a recipe config."""
+"""`train --launcher accelerate`: the accelerate / DeepSpeed / FSDP configs land in the output folder and the
+command re-executes itself through `accelerate launch` without the launch options (a real single-process
+launch on CPU), and GRPO's vLLM generation is reachable from a recipe config."""
 
 from __future__ import annotations
 
@@ -37,10 +37,12 @@ def launched(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     ([], ["accelerate_config.yaml"], "MULTI_GPU"),
 ])
 def test_launch_configs_are_written_into_the_output_folder(tmp_path: Path, launched: list[list[str]],
-                                                           options: list[str], files: list[str], kind: str) -> None:
+                                                           options: list[str], files: list[str],
+                                                           kind: str) -> None:
     out = tmp_path / "out"
     train = ["train", "--recipe", "grpo", "--task", "phantom_presence", "--model", "/m", "--eval-every", "5"]
-    assert main([*train, "--output", str(out), "--launcher", "accelerate", "--num-processes", "8", *options]) == 0
+    assert main([*train, "--output", str(out), "--launcher", "accelerate", "--num-processes", "8",
+                 *options]) == 0
     assert sorted(p.name for p in (out / "launch").iterdir()) == files
     config = yaml.safe_load((out / "launch" / "accelerate_config.yaml").read_text())
     assert config["distributed_type"] == kind and config["num_processes"] == 8
@@ -51,8 +53,8 @@ def test_launch_configs_are_written_into_the_output_folder(tmp_path: Path, launc
     assert argv[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     assert argv[argv.index("--num_processes") + 1] == "8"
     child = argv[argv.index("medharness.cli") + 1:]  # the plain training, every launch option removed
-    assert child == ["train", "--output", str(out), "--recipe", "grpo", "--task", "phantom_presence", "--model",
-                     "/m", "--eval-every", "5"]
+    assert child == ["train", "--output", str(out), "--recipe", "grpo", "--task", "phantom_presence",
+                     "--model", "/m", "--eval-every", "5"]
 
 
 def test_launch_refuses_before_writing(tmp_path: Path, launched: list[list[str]],
@@ -109,7 +111,8 @@ def test_a_real_single_process_accelerate_launch_trains_on_cpu(tmp_path: Path, t
     assert manifest["step"] == 2 and manifest["recipe"] == "sft"
     assert (out / "final" / "medharness.json").is_file()
     assert yaml.safe_load((out / "launch" / "accelerate_config.yaml").read_text())["use_cpu"] is True
-    assert [p[0] for p in info["evals"]["curve"]["phantom_presence"]["points"]] == [0, 2]  # scored in the child
+    # scored in the child
+    assert [p[0] for p in info["evals"]["curve"]["phantom_presence"]["points"]] == [0, 2]
 
 
 def test_a_sweeps_launch_config_fits_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,7 +142,8 @@ launch: {{launcher: accelerate, num_processes: 1}}
 @pytest.mark.slow
 def test_a_sweep_cell_trains_under_accelerate_launch(tmp_path: Path, tiny_models: dict[str, Path],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sweep writes the launch config into the cell's train folder first; the launched train accepts it."""
+    """The sweep writes the launch config into the cell's train folder first; the launched train accepts
+    it."""
     pytest.importorskip("trl")
     for var in ("ACCELERATE_MIXED_PRECISION", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)

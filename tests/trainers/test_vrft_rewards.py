@@ -33,10 +33,11 @@ def grade_sample(gold: int) -> Sample:
     return Sample(id="r", task="medmnist_retina", question="q", target=gold, choices=RETINA)
 
 
-# -- MFRS: 1 exact, 1/4 one grade off, 1/16 two off, 0 otherwise; total 0.9 x MFRS + 0.1 x format ----------------
+# -- MFRS: 1 exact, 1/4 one grade off, 1/16 two off, 0 otherwise; total 0.9 x MFRS + 0.1 x format ------------
 
 @pytest.mark.parametrize(("gold", "pred", "mfrs"), [
-    (2, 2, 1.0), (2, 1, 0.25), (2, 3, 0.25), (2, 0, 1 / 16), (2, 4, 1 / 16), (0, 3, 0.0), (0, 4, 0.0), (4, 0, 0.0)])
+    (2, 2, 1.0), (2, 1, 0.25), (2, 3, 0.25), (2, 0, 1 / 16), (2, 4, 1 / 16), (0, 3, 0.0), (0, 4, 0.0),
+    (4, 0, 0.0)])
 def test_mfrs_each_distance(gold: int, pred: int, mfrs: float) -> None:
     rs = reward_set("medmnist_retina", "names", [grade_sample(gold)])
     _, comps = rs.score(grade_sample(gold), f"<think>looking</think>\\boxed{{{pred}}}")
@@ -53,7 +54,7 @@ def test_mfrs_unparsed_and_the_exact_grade_reward() -> None:
     assert exact.score(grade_sample(2), "<think>x</think>\\boxed{1}")[1]["accuracy"] == 0.0
 
 
-# -- IoU > 0.5, in the variant's coordinate convention -------------------------------------------------------------
+# -- IoU > 0.5, in the variant's coordinate convention -------------------------------------------------------
 
 def box_sample(gold: list[float], **meta: object) -> Sample:
     return Sample(id="b", task="ham10000_bbox", question="q", target=gold, meta=dict(meta))
@@ -86,7 +87,8 @@ def test_reversed_box_is_unparsed() -> None:
 @pytest.mark.parametrize(("prompt", "text", "meta"), [
     ("box", "[100, 50, 300, 250]", {}),                                             # absolute pixels
     ("box_norm1000", "[166.67, 111.11, 500, 555.56]", {"image_size": [600, 450]}),  # Qwen2-VL: 0-1000
-    ("box_resized", "[98, 49.78, 294, 248.89]", {"image_size": [600, 450], "resized_size": [588, 448]}),  # 2.5-VL
+    ("box_resized", "[98, 49.78, 294, 248.89]",
+     {"image_size": [600, 450], "resized_size": [588, 448]}),                       # 2.5-VL
 ])
 def test_iou_in_each_coordinate_convention(prompt: str, text: str, meta: dict[str, object]) -> None:
     """The gold is absolute [100, 50, 300, 250] on a 600 x 450 image; each convention's answer is that box, so
@@ -105,7 +107,7 @@ def test_iou_in_each_coordinate_convention(prompt: str, text: str, meta: dict[st
     assert iou(wrong, sample, "") == pytest.approx(expected, abs=1e-3)
 
 
-# -- strict formats -------------------------------------------------------------------------------------------------
+# -- strict formats ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("text", "ok"), [
     ("<think>round mass</think>\\boxed{malignant}", True),
@@ -138,7 +140,7 @@ def test_strict_box_answer_format(answer: str, ok: bool) -> None:
     assert not format_ok(f"<answer>{answer}</answer>", "think_answer_box")
 
 
-# -- recitation: delta x BLEU(<think>, knowledge block) ----------------------------------------------------------------
+# -- recitation: delta x BLEU(<think>, knowledge block) ------------------------------------------------------
 
 @pytest.fixture()
 def knowledge(tmp_path: Path) -> Path:
@@ -150,8 +152,8 @@ def knowledge(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("delta", [0.2, -2.0])
 def test_recitation_bleu_both_signs(knowledge: Path, delta: float) -> None:
     """Block "a: red round spots\\nb: blue long lines" = 10 tokens (13a splits the colons). Reciting it all:
-    BLEU 1. Its first line, 5 tokens: every n-gram matches, brevity penalty exp(1 - 10/5) = e^-1. Unrelated text
-    or no thinking: 0."""
+    BLEU 1. Its first line, 5 tokens: every n-gram matches, brevity penalty exp(1 - 10/5) = e^-1. Unrelated
+    text or no thinking: 0."""
     sample = Sample(id="s", task="t", question="q", target="a", choices=("a", "b"))
     fn = METRICS.get("recitation_bleu").fn
     assert fn is not None
@@ -163,8 +165,10 @@ def test_recitation_bleu_both_signs(knowledge: Path, delta: float) -> None:
     assert reward("<think>a: red round spots</think>\\boxed{a}") == pytest.approx(delta * math.exp(-1))
     assert reward("<think>green square</think>\\boxed{a}") == 0.0
     assert reward("\\boxed{a}") == 0.0
-    assert fn(Answer(value="a"), sample.model_copy(update={"choices": ()}), "x", knowledge=str(knowledge)) is None
-    assert fn(Answer(value="a"), sample, "<think>a: red round spots</think>") is None  # no knowledge file named
+    assert fn(Answer(value="a"), sample.model_copy(update={"choices": ()}), "x",
+              knowledge=str(knowledge)) is None
+    # no knowledge file named
+    assert fn(Answer(value="a"), sample, "<think>a: red round spots</think>") is None
 
 
 def test_recitation_total_and_knowledge_of_the_prompt() -> None:
@@ -181,20 +185,21 @@ def test_recitation_total_and_knowledge_of_the_prompt() -> None:
         reward_set("medmnist_pneumonia", "names", [sample], recitation=0.2)
 
 
-# -- the recipe's choices ---------------------------------------------------------------------------------------------
+# -- the recipe's choices ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("task", "prompt", "options", "accuracy", "fmt"), [
     ("medmnist_breast", "names", {}, ("label_accuracy", {}), "think_boxed"),
     ("medmnist_breast", "knowledge", {}, ("label_accuracy", {}), "think_boxed"),
     ("medmnist_retina", "knowledge", {}, ("mfrs", {}), "think_boxed"),
     ("covid_severity", "r1", {"reward": "accuracy"}, ("grade_accuracy", {}), "think_boxed"),
-    ("heel_bbox", "box_resized", {}, ("iou_accuracy", {"threshold": 0.5, "strict": True}), "think_answer_box"),
+    ("heel_bbox", "box_resized", {}, ("iou_accuracy", {"threshold": 0.5, "strict": True}),
+     "think_answer_box"),
     ("phantom_box", "r1", {"iou_threshold": 0.7}, ("iou_accuracy", {"threshold": 0.7, "strict": True}),
      "think_answer_box"),
     ("phantom_presence", "r1", {}, ("yes_no_accuracy", {}), "r1"),
 ])
-def test_rewards_per_task(task: str, prompt: str, options: dict[str, object], accuracy: tuple[str, dict[str, object]],
-                          fmt: str) -> None:
+def test_rewards_per_task(task: str, prompt: str, options: dict[str, object],
+                          accuracy: tuple[str, dict[str, object]], fmt: str) -> None:
     t = load_task(task, {"prompt": prompt})
     specs = vrft_rewards(t, prompt, VrftOptions.model_validate(options))
     assert [(s.label, s.metric, s.args, s.weight) for s in specs] == [
@@ -211,7 +216,7 @@ def test_refused(task: str, prompt: str, options: dict[str, object], message: st
         vrft_rewards(load_task(task, {"prompt": prompt}), prompt, VrftOptions.model_validate(options))
 
 
-# -- through `medharness reward` -----------------------------------------------------------------------------------
+# -- through `medharness reward` -----------------------------------------------------------------------------
 
 def test_reward_command_boxes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     gold = load_task("phantom_box").load_samples("test")[0]
@@ -229,8 +234,8 @@ def test_reward_command_boxes(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_reward_command_mfrs_and_recitation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A RetinaMNIST-layout file of the card's 400 test images (blank pixels: only the labels matter to a reward),
-    grades 0, 1, 2, 3, 4, 0, ..."""
+    """A RetinaMNIST-layout file of the card's 400 test images (blank pixels: only the labels matter to a
+    reward), grades 0, 1, 2, 3, 4, 0, ..."""
     labels = (np.arange(400) % 5).reshape(-1, 1)
     images = np.zeros((400, 28, 28, 3), dtype=np.uint8)
     np.savez(tmp_path / "retinamnist.npz", **{f"{s}_{k}": v for s in ("train", "val", "test")
@@ -252,9 +257,11 @@ def test_reward_command_mfrs_and_recitation(tmp_path: Path, capsys: pytest.Captu
     assert "recitaton" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not (SHARED / "pneumoniamnist").is_dir(), reason="../shared/data/pneumoniamnist is absent")
+@pytest.mark.skipif(not (SHARED / "pneumoniamnist").is_dir(),
+                    reason="../shared/data/pneumoniamnist is absent")
 def test_reward_command_on_real_pneumoniamnist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    task = load_task("medmnist_pneumonia", {"data_dir": str(SHARED / "pneumoniamnist"), "prompt": "knowledge"})
+    task = load_task("medmnist_pneumonia", {"data_dir": str(SHARED / "pneumoniamnist"),
+                                            "prompt": "knowledge"})
     sample = task.load_samples("test")[0]
     block = task.knowledge_text(sample.choices)
     file = tmp_path / "c.jsonl"
@@ -265,20 +272,20 @@ def test_reward_command_on_real_pneumoniamnist(tmp_path: Path, capsys: pytest.Ca
                  "--completions", str(file), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rows[0]["rewards"] == {"accuracy": 1.0, "format": 1.0, "recitation": pytest.approx(0.2)}
-    assert rows[1]["rewards"]["accuracy"] == 0.0 and rows[1]["total"] == pytest.approx(0.1 + rows[1]["rewards"][
-        "recitation"])
+    assert (rows[1]["rewards"]["accuracy"] == 0.0
+            and rows[1]["total"] == pytest.approx(0.1 + rows[1]["rewards"]["recitation"]))
 
 
 @pytest.mark.parametrize(("model_type", "prompt", "warned"), [
-    ("qwen2_5_vl", "box_resized", False), ("qwen2_5_vl", "box_norm1000", True), ("qwen2_vl", "box_norm1000", False),
-    ("qwen2_vl", "box", True), ("llava", "box", False)])
+    ("qwen2_5_vl", "box_resized", False), ("qwen2_5_vl", "box_norm1000", True),
+    ("qwen2_vl", "box_norm1000", False), ("qwen2_vl", "box", True), ("llava", "box", False)])
 def test_coordinate_convention_of_the_model_family(model_type: str, prompt: str, warned: bool) -> None:
     note = coords_warning(model_type, load_task("heel_bbox", {"prompt": prompt}), prompt)
     assert (note is not None) is warned
     assert coords_warning("qwen2_vl", load_task("medmnist_breast"), "names") is None  # not a box task
 
 
-# -- the presets and options -------------------------------------------------------------------------------------
+# -- the presets and options ---------------------------------------------------------------------------------
 
 def test_paper_preset_batch_translation(tmp_path: Path) -> None:
     """`--recipe vrft_aug` starts from vrft_aug_paper; 256 completions = 32 prompts x 8 per step on one GPU;
@@ -302,8 +309,10 @@ def test_paper_preset_batch_translation(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("recipe", "override", "message"), [
     ("vrft_aug", "options.recitaton=0.2", "-C options.recitaton=0.2: unknown key 'options.recitaton'"),
-    ("vrft_aug", "options.accuracy_weight=1.5", "options.accuracy_weight: Input should be less than or equal to 1"),
-    ("vrft_aug", "options.reward=bleu", "options.reward: Input should be 'auto', 'accuracy', 'mfrs' or 'iou'"),
+    ("vrft_aug", "options.accuracy_weight=1.5",
+     "options.accuracy_weight: Input should be less than or equal to 1"),
+    ("vrft_aug", "options.reward=bleu",
+     "options.reward: Input should be 'auto', 'accuracy', 'mfrs' or 'iou'"),
     ("grpo", "options.recitation=0.2", "recipe grpo takes no `options:` (got recitation)"),
 ])
 def test_options_are_checked(recipe: str, override: str, message: str) -> None:

@@ -1,8 +1,8 @@
 """Tiny profiles of the shipped VRFT-Aug sweeps, end to end with the real `medharness train` and `run`: each
-shipped file keeps its recipes, options, prompts, eval mapping, table and reference file; the profile swaps in a
-tiny random-weight Qwen2.5-VL, tasks with data on this machine (the real PneumoniaMNIST in ../shared/data, the
-offline phantom tasks), 2 steps a cell (`tiny_cpu`) and 4 evaluation samples. Table columns whose task the profile
-drops are blank. PA_pi's embedded analogue: GRPO on `phantom_box`, then zero-shot `phantom_presence` /
+shipped file keeps its recipes, options, prompts, eval mapping, table and reference file; the profile swaps in
+a tiny random-weight Qwen2.5-VL, tasks with data on this machine (the real PneumoniaMNIST in ../shared/data,
+the offline phantom tasks), 2 steps a cell (`tiny_cpu`) and 4 evaluation samples. Table columns whose task the
+profile drops are blank. PA_pi's embedded analogue: GRPO on `phantom_box`, then zero-shot `phantom_presence` /
 `phantom_side`, whose run logs name the stage-1 checkpoint."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ PNEUMONIA = Path(__file__).resolve().parents[3] / "shared" / "data" / "pneumonia
 
 def tiny_profile(name: str, out: Path, model: Path, tasks: dict[str, str | None], prompts: dict[str, str],
                  data_dir: Path | None = None) -> Path:
-    """The shipped sweep `name` with the tiny settings; `tasks` maps its tasks to the profile's (None: dropped),
-    `prompts` maps prompt variants the profile's tasks lack to ones they have."""
+    """The shipped sweep `name` with the tiny settings; `tasks` maps its tasks to the profile's (None:
+    dropped), `prompts` maps prompt variants the profile's tasks lack to ones they have."""
     data: dict[str, Any] = yaml.safe_load((SWEEPS / f"{name}.yaml").read_text())
 
     def task_list(items: list[str]) -> list[str]:
@@ -53,14 +53,16 @@ def tiny_profile(name: str, out: Path, model: Path, tasks: dict[str, str | None]
         merged: dict[str, list[str]] = {}
         for key, value in data["eval_tasks"].items():
             if tasks.get(key, key):
-                merged[str(tasks.get(key, key))] = task_list([*merged.get(str(tasks.get(key, key)), []), *value])
+                merged[str(tasks.get(key, key))] = task_list([*merged.get(str(tasks.get(key, key)), []),
+                                                              *value])
         data["eval_tasks"] = merged
     for entry in data["recipes"]:
         entry.setdefault("overrides", []).append("samples.limit=4")
         entry.update({k: prompt(entry[k]) for k in ("prompt", "eval_prompt") if k in entry})
         if "tasks" in entry:
             entry["tasks"] = task_list(entry["tasks"])
-    kept = {tasks.get(t, t) for t in (*data["tasks"], *(t for e in data["recipes"] for t in e.get("tasks", [])))}
+    kept = {tasks.get(t, t) for t in (*data["tasks"],
+                                      *(t for e in data["recipes"] for t in e.get("tasks", [])))}
     for col in data["table"]["columns"]:
         col["task"] = tasks.get(col.get("task"), col.get("task"))
     for row in data["table"]["rows"]:
@@ -90,7 +92,8 @@ def run_profile(file: Path, out: Path) -> dict[str, Any]:
 
 
 def measured(record: dict[str, Any], label: str) -> dict[str, Any]:
-    return next(r for r in record["table"]["rows"] if r["label"] == label and r["kind"] == "measured")["values"]
+    return next(r for r in record["table"]["rows"]
+                if r["label"] == label and r["kind"] == "measured")["values"]
 
 
 needs_pneumonia = pytest.mark.skipif(not PNEUMONIA.is_dir(), reason="../shared/data/pneumoniamnist is absent")
@@ -105,11 +108,12 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.mark.slow
 def test_figure3_pa_pi_on_phantoms(env: Path, tiny_models: dict[str, Path]) -> None:
-    """Stage 1: vrft_aug + vrft_aug_loc on phantom_box (IoU > 0.5 and the strict box format); stage 2: zero-shot
-    phantom_presence and phantom_side, whose lineage names the stage-1 checkpoint."""
+    """Stage 1: vrft_aug + vrft_aug_loc on phantom_box (IoU > 0.5 and the strict box format); stage 2:
+    zero-shot phantom_presence and phantom_side, whose lineage names the stage-1 checkpoint."""
     file = tiny_profile("vrft_aug_figure3", env, tiny_models["qwen2_5_vl"],
-                        {"ham10000": "phantom_presence", "heel": "phantom_side", "ham10000_bbox": "phantom_box",
-                         "heel_bbox": "phantom_box"}, {"names": "r1", "box_resized": "r1"})
+                        {"ham10000": "phantom_presence", "heel": "phantom_side",
+                         "ham10000_bbox": "phantom_box", "heel_bbox": "phantom_box"},
+                        {"names": "r1", "box_resized": "r1"})
     data = yaml.safe_load(file.read_text())
     data["prompt"] = {"phantom_presence": "r1"}  # phantom_side has no thinking variant: evaluated as it is
     data["recipes"][0]["tasks"] = ["phantom_presence"]  # V-RFT trains where a thinking variant exists
@@ -144,7 +148,8 @@ def test_table3_mfrs_against_accuracy(env: Path, tiny_models: dict[str, Path]) -
                         {"names": "r1", "knowledge": "r1"})
     out = env / "t3"
     record = run_profile(file, out)
-    rewards = {c["id"]: json.loads((out / "cells" / c["id"] / "train" / "train.json").read_text())["rewards"][0]
+    rewards = {c["id"]: json.loads((out / "cells" / c["id"] / "train" / "train.json")
+                                   .read_text())["rewards"][0]
                for c in record["cells"] if c["recipe"] == "vrft_aug"}
     assert {cid.split("-phantom")[0]: r["metric"] for cid, r in rewards.items()} == {
         "v-rft": "mfrs", "pa_p-acc": "grade_accuracy", "pa_p-mfrs": "mfrs"}
@@ -156,16 +161,18 @@ def test_table3_mfrs_against_accuracy(env: Path, tiny_models: dict[str, Path]) -
 @pytest.mark.slow
 def test_table1_on_real_pneumoniamnist(env: Path, tiny_models: dict[str, Path]) -> None:
     file = tiny_profile("vrft_aug_table1", env, tiny_models["qwen2_5_vl"],
-                        {t: None for t in ("medmnist_breast", "medmnist_oct", "medmnist_retina", "medmnist_derma",
-                                           "medmnist_tissue", "medmnist_blood", "medmnist_organa")}, {}, PNEUMONIA)
+                        {t: None for t in ("medmnist_breast", "medmnist_oct", "medmnist_retina",
+                                           "medmnist_derma", "medmnist_tissue", "medmnist_blood",
+                                           "medmnist_organa")},
+                        {}, PNEUMONIA)
     out = env / "t1"
     record = run_profile(file, out)
     assert [c["id"] for c in record["cells"]] == [f"{e}-medmnist_pneumonia-k4-s0" for e in
                                                   ("v-sft", "v-rft", "v-rft-pa_p")]
     for label in ("0 · Qwen2.5VL-3B", "10 · V-SFT", "10 · V-RFT", "10 · V-RFT + PA_P"):
         assert measured(record, label)["Pneumonia"]["n"] == 1
-    prompts = [json.loads((out / "cells" / f"{e}-medmnist_pneumonia-k4-s0" / "train" / "train.json").read_text())[
-        "prompt"] for e in ("v-rft", "v-rft-pa_p")]
+    prompts = [json.loads((out / "cells" / f"{e}-medmnist_pneumonia-k4-s0" / "train" / "train.json")
+                          .read_text())["prompt"] for e in ("v-rft", "v-rft-pa_p")]
     assert prompts == ["names", "knowledge"]
 
 
@@ -173,8 +180,10 @@ def test_table1_on_real_pneumoniamnist(env: Path, tiny_models: dict[str, Path]) 
 @pytest.mark.slow
 def test_table2_recitation_on_real_pneumoniamnist(env: Path, tiny_models: dict[str, Path]) -> None:
     file = tiny_profile("vrft_aug_table2", env, tiny_models["qwen2_5_vl"],
-                        {t: None for t in ("medmnist_breast", "medmnist_oct", "medmnist_retina", "medmnist_derma",
-                                           "medmnist_tissue", "medmnist_blood", "medmnist_organa")}, {}, PNEUMONIA)
+                        {t: None for t in ("medmnist_breast", "medmnist_oct", "medmnist_retina",
+                                           "medmnist_derma", "medmnist_tissue", "medmnist_blood",
+                                           "medmnist_organa")},
+                        {}, PNEUMONIA)
     out = env / "t2"
     record = run_profile(file, out)
     for entry, delta in (("recite-plus", 0.2), ("recite-minus", -2)):

@@ -88,7 +88,8 @@ class TrainerRecipe:
         return getattr(importlib.import_module("trl"), cls.trl_config)
 
     @staticmethod
-    def trl_injections(settings: dict[str, Any], reward_weights: list[float], suppress: list[int]) -> dict[str, Any]:
+    def trl_injections(settings: dict[str, Any], reward_weights: list[float],
+                       suppress: list[int]) -> dict[str, Any]:
         """TRL settings medharness derives for this recipe (reward weights, suppressed token ids)."""
         return {}
 

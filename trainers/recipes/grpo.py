@@ -16,7 +16,8 @@ class GRPORecipe(TrainerRecipe):
     description = "Group Relative Policy Optimisation (TRL GRPOTrainer); dr_grpo is a preset"
 
     @staticmethod
-    def trl_injections(settings: dict[str, Any], reward_weights: list[float], suppress: list[int]) -> dict[str, Any]:
+    def trl_injections(settings: dict[str, Any], reward_weights: list[float],
+                       suppress: list[int]) -> dict[str, Any]:
         """Settings medharness derives: the reward weights, and the vision placeholder ids a random-weight
         model must never sample (HF generation: `suppress_tokens`; vLLM: a -100 `logit_bias`)."""
         kwargs = dict(settings.get("generation_kwargs") or {})
@@ -31,11 +32,13 @@ class GRPORecipe(TrainerRecipe):
         from trl import GRPOTrainer
 
         assert ctx.rewards is not None
-        built = GRPOTrainer(model=ctx.model, processing_class=ctx.processor, reward_funcs=list[Any](ctx.rewards.functions()),
+        built = GRPOTrainer(model=ctx.model, processing_class=ctx.processor,
+                            reward_funcs=list[Any](ctx.rewards.functions()),
                             args=ctx.trl_args, train_dataset=ctx.dataset, peft_config=ctx.peft_config,
                             callbacks=ctx.callbacks)
         if ctx.trl_args.use_vllm:
-            # trl 1.16 seeds the colocated vLLM engine with `process_index // tensor_parallel_size`, which resets
-            # the global RNG the sampler draws from: re-seed from the run seed so seeds vary the rollouts.
+            # trl 1.16 seeds the colocated vLLM engine with `process_index // tensor_parallel_size`, which
+            # resets the global RNG the sampler draws from: re-seed from the run seed so seeds vary the
+            # rollouts.
             set_seed(ctx.trl_args.seed, device_specific=True)
         return built

@@ -5,10 +5,10 @@ rewards, each a registered metric scored through the task's own parser (docs/rec
 - format (`rarl_format`): 1.0 for `<think>...</think><answer>...</answer>`, 0.1 for partial tags, else 0;
 - length (`length_reward`): min(0.001 x completion tokens, 1.0), counted with the trained model's tokenizer;
 - accuracy (`rarl_accuracy`): binary for closed and yes/no questions, BERTScore F1 for open ones;
-- reasoning, against the sample's annotated reasoning (`meta.reasoning`, the `reasoning_vqa` task), None where a
-  sample has none. The paper does not define it; `reasoning:` picks the form: `similarity` (a cross-encoder's
-  score of the `<think>` text vs the annotated reasoning, `reasoning_similarity`), `judge` (a judge panel's
-  `rarl_v1` reasoning_score, `judge_score` with `requires: reasoning`) or `none`.
+- reasoning, against the sample's annotated reasoning (`meta.reasoning`, the `reasoning_vqa` task), None where
+  a sample has none. The paper does not define it; `reasoning:` picks the form: `similarity` (a
+  cross-encoder's score of the `<think>` text vs the annotated reasoning, `reasoning_similarity`), `judge` (a
+  judge panel's `rarl_v1` reasoning_score, `judge_score` with `requires: reasoning`) or `none`.
 
 The paper gives no weights: every component has weight 1 (TRL sums them), a setting (`weights:`).
 """
@@ -57,7 +57,8 @@ def rarl_rewards(opts: RarlOptions) -> list[RewardSpec]:
     specs = [
         RewardSpec(metric="rarl_format", weight=w.format, label="format"),
         RewardSpec(metric="length_reward", weight=w.length, label="length",
-                   args={"scale": opts.length_scale, "cap": opts.length_cap, "tokenizer": opts.length_tokenizer}),
+                   args={"scale": opts.length_scale, "cap": opts.length_cap,
+                         "tokenizer": opts.length_tokenizer}),
         RewardSpec(metric="rarl_accuracy", weight=w.accuracy, label="accuracy",
                    args={"model": opts.bertscore_model, "num_layers": opts.bertscore_layers}),
     ]
@@ -73,7 +74,8 @@ def rarl_rewards(opts: RarlOptions) -> list[RewardSpec]:
 
 @trainer("rarl")
 class RarlRecipe(GRPORecipe):
-    description = "RARL: GRPO + LoRA with format, length, accuracy (BERTScore for open answers) and reasoning rewards"
+    description = ("RARL: GRPO + LoRA with format, length, accuracy (BERTScore for open answers) and "
+                   "reasoning rewards")
     own_preset = "rarl"
     options_model = RarlOptions
 

@@ -1,15 +1,19 @@
 """`vrft_aug`: VRFT-Aug (Du, Yang, Yi et al. 2026, arXiv 2602.10619) as a GRPO recipe: TRL's GRPOTrainer with
-the paper's rewards, all of them registered metrics scored through the task's own parser (docs/recipes/vrft_aug.md).
+the paper's rewards, all of them registered metrics scored through the task's own parser
+(docs/recipes/vrft_aug.md).
 
     total = lambda x accuracy + (1 - lambda) x format [+ R_recite]        lambda = `accuracy_weight` (0.9)
 
 - accuracy (`reward: auto`): boxes -> `iou_accuracy` with IoU > 0.5 (strict) in the variant's coordinate
-  convention; ordinal grades -> `mfrs` (1, 1/4, 1/16 for 0, 1, 2 grades off); labels -> the task's primary metric
-  (`label_accuracy`: lower-cased exact match). `reward: accuracy` uses exact grades on ordinal tasks (Table 3's R_acc).
-- format: strict, from the prompt variant's parser: `think_boxed` (`<think>...</think>` then only `\\boxed{label}`),
-  `think_answer_box` (`<think>` then `<answer>` holding JSON `[x1, y1, x2, y2]`), or `r1` for other `<answer>` tasks.
-- recitation (`recitation: DELTA`): `recitation_bleu`, DELTA x BLEU(`<think>` text, the variant's knowledge block),
-  DELTA = +0.2 rewards reciting the PA_P knowledge, -2 penalises it; needs a `knowledge` prompt variant.
+  convention; ordinal grades -> `mfrs` (1, 1/4, 1/16 for 0, 1, 2 grades off); labels -> the task's primary
+  metric (`label_accuracy`: lower-cased exact match). `reward: accuracy` uses exact grades on ordinal tasks
+  (Table 3's R_acc).
+- format: strict, from the prompt variant's parser: `think_boxed` (`<think>...</think>` then only
+  `\\boxed{label}`), `think_answer_box` (`<think>` then `<answer>` holding JSON `[x1, y1, x2, y2]`), or `r1`
+  for other `<answer>` tasks.
+- recitation (`recitation: DELTA`): `recitation_bleu`, DELTA x BLEU(`<think>` text, the variant's knowledge
+  block), DELTA = +0.2 rewards reciting the PA_P knowledge, -2 penalises it; needs a `knowledge` prompt
+  variant.
 
 PA_P is the tasks' `knowledge` variants; PA_pi is a sweep (GRPO on a `*_bbox` task, evaluated zero-shot on the
 classification task), not a different trainer.
@@ -35,8 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 BOX_METRICS = ("iou", "iou_accuracy")
-# The box convention each model family was trained on (harness/scoring/boxes.py): Qwen2-VL 0-1000, Qwen2.5-VL pixels of
-# its resized input.
+# The box convention each model family was trained on (harness/scoring/boxes.py): Qwen2-VL 0-1000, Qwen2.5-VL
+# pixels of its resized input.
 FAMILY_COORDS = {"qwen2_vl": "norm1000", "qwen2_5_vl": "resized"}
 GRADE_METRICS = ("grade_accuracy", "mfrs")
 
@@ -67,15 +71,18 @@ def _parser_names(task: Task, prompt: str) -> list[str]:
 
 
 def vrft_format(task: Task, prompt: str) -> str:
-    """The strict format of a variant: think_boxed, think_answer_box or r1 (an error for variants without one)."""
+    """The strict format of a variant: think_boxed, think_answer_box or r1 (an error for variants without
+    one)."""
     names = _parser_names(task, prompt)
     if "boxed" in names:
         return "think_boxed"
     if "answer_tag" in names:
         return "think_answer_box" if "json_bbox" in names else "r1"
-    usable = [v for v in task.config.prompts.variants if {"boxed", "answer_tag"} & set(_parser_names(task, v))]
-    raise ConfigError(f"vrft_aug: prompt '{prompt}' of task {task.name} does not ask for <think> and \\boxed{{}} "
-                      f"or <answer>; use one of: {', '.join(usable) or 'none (add such a variant)'}")
+    usable = [v for v in task.config.prompts.variants
+              if {"boxed", "answer_tag"} & set(_parser_names(task, v))]
+    raise ConfigError(f"vrft_aug: prompt '{prompt}' of task {task.name} does not ask for <think> and "
+                      f"\\boxed{{}} or <answer>; use one of: "
+                      f"{', '.join(usable) or 'none (add such a variant)'}")
 
 
 def accuracy_reward(task: Task, prompt: str, opts: VrftOptions) -> RewardSpec:
@@ -89,14 +96,15 @@ def accuracy_reward(task: Task, prompt: str, opts: VrftOptions) -> RewardSpec:
     wanted = {"auto": {"box": "iou", "grade": "mfrs"}.get(kind, "accuracy"), "accuracy": "accuracy",
               "mfrs": "mfrs", "iou": "iou"}[opts.reward]
     if (wanted == "mfrs" and kind != "grade") or (wanted == "iou" and kind != "box"):
-        raise ConfigError(f"vrft_aug: reward '{opts.reward}' needs a {'grading' if wanted == 'mfrs' else 'box'} "
-                          f"task; {task.name} is scored by {name}")
+        raise ConfigError(f"vrft_aug: reward '{opts.reward}' needs a "
+                          f"{'grading' if wanted == 'mfrs' else 'box'} task; {task.name} is scored by {name}")
     weight = opts.accuracy_weight
     if kind == "box":
         return RewardSpec(metric="iou_accuracy", args={"threshold": opts.iou_threshold, "strict": True},
                           weight=weight, label="accuracy")
     if kind == "grade":
-        return RewardSpec(metric="mfrs" if wanted == "mfrs" else "grade_accuracy", weight=weight, label="accuracy")
+        return RewardSpec(metric="mfrs" if wanted == "mfrs" else "grade_accuracy", weight=weight,
+                          label="accuracy")
     return RewardSpec(metric=name, args=dict(primary.args), weight=weight, label="accuracy")
 
 
@@ -109,8 +117,8 @@ def vrft_rewards(task: Task, prompt: str, opts: VrftOptions) -> list[RewardSpec]
         variant = task.config.prompts.variants[prompt]
         if not variant.knowledge:
             with_knowledge = [n for n, v in task.config.prompts.variants.items() if v.knowledge]
-            raise ConfigError(f"vrft_aug: the recitation reward compares the thinking with the prompt's knowledge, "
-                              f"and prompt '{prompt}' of task {task.name} has none; use "
+            raise ConfigError(f"vrft_aug: the recitation reward compares the thinking with the prompt's "
+                              f"knowledge, and prompt '{prompt}' of task {task.name} has none; use "
                               f"{', '.join(with_knowledge) or 'a knowledge variant (this task has none)'}")
         specs.append(RewardSpec(metric="recitation_bleu", label="recitation", weight=1.0,
                                 args={"knowledge": str(task.path.parent / variant.knowledge),
@@ -134,13 +142,14 @@ def coords_warning(model_type: str, task: Task, prompt: str) -> str | None:
     coords, native = box_coords(task, prompt), FAMILY_COORDS.get(model_type)
     if coords is None or native is None or coords == native:
         return None
-    return (f"vrft_aug: prompt '{prompt}' of {task.name} asks for boxes in '{coords}' coordinates; {model_type} "
-            f"was trained on '{native}' (a variant such as box_{native} matches it)")
+    return (f"vrft_aug: prompt '{prompt}' of {task.name} asks for boxes in '{coords}' coordinates; "
+            f"{model_type} was trained on '{native}' (a variant such as box_{native} matches it)")
 
 
 @trainer("vrft_aug")
 class VrftAugRecipe(GRPORecipe):
-    description = "VRFT-Aug: GRPO with strict-format, accuracy / IoU / MFRS and recitation rewards (PA_P, PA_pi)"
+    description = ("VRFT-Aug: GRPO with strict-format, accuracy / IoU / MFRS and recitation rewards "
+                   "(PA_P, PA_pi)")
     own_preset = "vrft_aug_paper"
     options_model = VrftOptions
 
@@ -148,7 +157,8 @@ class VrftAugRecipe(GRPORecipe):
         return vrft_rewards(task, prompt, VrftOptions.model_validate(config.options))
 
     def build(self, ctx: TrainContext) -> Any:
-        note = coords_warning(str(getattr(ctx.model.config, "model_type", "")), ctx.task, ctx.task.prompt_name)
+        note = coords_warning(str(getattr(ctx.model.config, "model_type", "")), ctx.task,
+                              ctx.task.prompt_name)
         if note:
             log.warning(note)
         return super().build(ctx)

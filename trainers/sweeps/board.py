@@ -1,5 +1,5 @@
-"""The sweep's leaderboard: one row per (recipe, preset, shots) with mean +- std over seeds of each eval task's
-primary metric, the base model's reference row and the baselines, each with its lineage.
+"""The sweep's leaderboard: one row per (recipe, preset, shots) with mean +- std over seeds of each eval
+task's primary metric, the base model's reference row and the baselines, each with its lineage.
 
 A pure function of the sweep's folders: results are read from each run directory's typed run log through
 `medharness.runs.folders.task_result`.
@@ -25,7 +25,8 @@ def stats(found: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
         return {"mean": None, "std": None, "n": 0, "low": None, "high": None, "ci_method": None}
     if len(values) == 1:
         low, high = got[0]["ci"] or (None, None)
-        return {"mean": values[0], "std": None, "n": 1, "low": low, "high": high, "ci_method": got[0]["ci_method"]}
+        return {"mean": values[0], "std": None, "n": 1, "low": low, "high": high,
+                "ci_method": got[0]["ci_method"]}
 
     mean, std, interval = seed_summary(values)
     return {"mean": mean, "std": std, "n": len(values), "low": interval.low, "high": interval.high,
@@ -36,15 +37,16 @@ def cell_text(stats: dict[str, Any], n_expected: int, digits: int = 1) -> str:
     """`58.0 ± 1.2 [55.0, 61.0]`: mean ± std over seeds [95% interval]; `(i/n)` when seeds are missing."""
     if stats["mean"] is None:
         return "n/a"
-    text = f"{stats['mean']:.{digits}f}" + (f" ± {stats['std']:.{digits}f}" if stats["std"] is not None else "")
+    text = (f"{stats['mean']:.{digits}f}"
+            + (f" ± {stats['std']:.{digits}f}" if stats["std"] is not None else ""))
     if stats.get("low") is not None and stats.get("high") is not None and not math.isnan(stats["low"]):
         text += f" [{stats['low']:.{digits}f}, {stats['high']:.{digits}f}]"
     text += " (oracle floor)" if stats.get("oracle") else ""
     return text if stats["n"] >= n_expected else f"{text} ({stats['n']}/{n_expected})"
 
 
-INTERVALS = ("[95% interval]: over two or more seeds the t interval of their mean (t-seeds); for a single run, "
-             "that run's own interval (its method in sweep.json: clustered bootstrap or Wilson)")
+INTERVALS = ("[95% interval]: over two or more seeds the t interval of their mean (t-seeds); for a single "
+             "run, that run's own interval (its method in sweep.json: clustered bootstrap or Wilson)")
 
 
 def _chain(cell: Cell, by_id: dict[str, Cell]) -> str:
@@ -62,8 +64,8 @@ def board(sweep: SweepConfig, cells: Sequence[Cell], folder: SweepDir, reference
     tasks = all_eval_tasks(sweep)
     rows: list[dict[str, Any]] = []
     for name, model in references.items():
-        row: dict[str, Any] = {"row": name, "kind": "reference", "lineage": model or f"{base_label} (no training)",
-                               "tasks": {}}
+        row: dict[str, Any] = {"row": name, "kind": "reference",
+                               "lineage": model or f"{base_label} (no training)", "tasks": {}}
         for task in tasks:
             got = task_result(folder.reference_dir(name, task), task)
             row["tasks"][task] = {"metric": got and got["metric"], "oracle": bool(got and got["oracle"]),
@@ -83,7 +85,8 @@ def board(sweep: SweepConfig, cells: Sequence[Cell], folder: SweepDir, reference
                           f"({', '.join(str(c.seed) for c in members)})",
                "tasks": {}}
         for task in tasks:
-            found = [task_result(folder.eval_dir(c.id, task), task) for c in members if task in eval_tasks(sweep, c)]
+            found = [task_result(folder.eval_dir(c.id, task), task) for c in members
+                     if task in eval_tasks(sweep, c)]
             metric = next((g["metric"] for g in found if g and g["value"] is not None), None)
             row["tasks"][task] = {"metric": metric, **stats(found)}
         rows.append(row)
@@ -105,7 +108,8 @@ def render_markdown(rows: Sequence[dict[str, Any]], tasks: Sequence[str], title:
     lines = [f"# {title}", ""] if title else []
     lines.append(tabulate(table, headers=headers, tablefmt="github"))
     lines += ["", ("Cells: mean ± sample std over seeds of the task's primary metric (x100 for percentages); "
-                   f"{INTERVALS}; (i/n) = only i of n seeds finished; n/a = no finished run; (oracle floor) = a baseline that, "
-                   "without a train split or card prior, drew its answers from the evaluated split's own golds.")]
+                   f"{INTERVALS}; (i/n) = only i of n seeds finished; n/a = no finished run; (oracle floor) "
+                   "= a baseline that, without a train split or card prior, drew its answers from the "
+                   "evaluated split's own golds.")]
     return "\n".join(lines) + "\n"
 

@@ -95,11 +95,13 @@ def _check_model(sweep: SweepConfig, stages: Stages, problems: list[str], notes:
         problems.append(f"model: {model} does not exist")
     else:
         cached = hub_snapshot(model)
-        notes.append(f"base model: hub id {model} ({'in the local cache' if cached else 'not in the local cache'})")
+        notes.append(f"base model: hub id {model} "
+                     f"({'in the local cache' if cached else 'not in the local cache'})")
 
 
 def _check_tasks(sweep: SweepConfig, cells: list[Cell], found: Findings) -> None:
-    """Every (training task, prompt) and (eval task, prompt) of the cells loads; samples where the data is here."""
+    """Every (training task, prompt) and (eval task, prompt) of the cells loads; samples where the data is
+    here."""
     seeds = [sweep.split_seed] if sweep.split_seed is not None else sweep.seeds
     trains = dict.fromkeys((c.task, train_prompt(sweep, c)) for c in cells)
     evals = dict.fromkeys((t, eval_prompt(sweep, c, t)) for c in cells for t in eval_tasks(sweep, c))
@@ -146,7 +148,8 @@ def _check_training(sweep: SweepConfig, stages: Stages, cells: list[Cell], probl
         return
     import importlib.util
 
-    if importlib.util.find_spec("trl") is None:  # a light install: the TRL settings are checked when cells train
+    # a light install: the TRL settings are checked when cells train
+    if importlib.util.find_spec("trl") is None:
         notes.append("TRL settings not checked (trl is not installed: pip install 'medharness[train]')")
         return
 
@@ -190,7 +193,8 @@ def check_sweep(sweep: SweepConfig, stages: Stages, cells: list[Cell]) -> Findin
         if kind not in ("majority", "random") and not kind.startswith("constant:"):
             problems.append(f"baselines: {b!r} is not majority, random or constant:TEXT")
     try:
-        LaunchSpec(sweep.launch.launcher, sweep.launch.num_processes, sweep.launch.deepspeed, sweep.launch.fsdp)
+        LaunchSpec(sweep.launch.launcher, sweep.launch.num_processes, sweep.launch.deepspeed,
+                   sweep.launch.fsdp)
     except MedHarnessError as exc:
         problems.append(f"launch: {exc}")
     _check_training(sweep, stages, cells, problems, notes)
@@ -218,14 +222,15 @@ def check_table(sweep: SweepConfig, stages: Stages, cells: list[Cell], found: Fi
         if twice:
             found.problems.append(f"table: {kind} label(s) {twice} appear more than once")
     if ref is not None and set(ref.columns) - set(labels):
-        found.problems.append(f"reference: columns {sorted(set(ref.columns) - set(labels))} are not columns of "
-                              f"the table ({labels})")
+        found.problems.append(f"reference: columns {sorted(set(ref.columns) - set(labels))} are not columns "
+                              f"of the table ({labels})")
     refs = reference_rows(sweep)
     metric_tasks: set[tuple[str, str | None, str | None]] = set()
     for row in spec.rows:
         where = f"table row {row.label!r}"
         if (row.reference is None) == (row.entry is None):
-            found.problems.append(f"{where}: give one of `reference:` (a reference row) or `entry:` (a recipe id)")
+            found.problems.append(f"{where}: give one of `reference:` (a reference row) or `entry:` (a "
+                                  "recipe id)")
             continue
         if row.reference is not None:
             if row.reference not in refs:
@@ -236,9 +241,9 @@ def check_table(sweep: SweepConfig, stages: Stages, cells: list[Cell], found: Fi
         else:
             keys = select(row, cells)
             if len(keys) != 1:
-                found.problems.append(f"{where}: selects {len(keys)} board rows {keys}; give `preset:` / `shots:` "
-                                      "so it selects one" if keys else f"{where}: selects no cell (entry "
-                                      f"{row.entry!r}, preset {row.preset!r}, shots {row.shots!r})")
+                found.problems.append(f"{where}: selects {len(keys)} board rows {keys}; give `preset:` / "
+                                      "`shots:` so it selects one" if keys else f"{where}: selects no cell "
+                                      f"(entry {row.entry!r}, preset {row.preset!r}, shots {row.shots!r})")
                 continue
             members = groups(cells)[keys[0]]
             evaluated = {t for c in members for t in eval_tasks(sweep, c)}
@@ -249,15 +254,18 @@ def check_table(sweep: SweepConfig, stages: Stages, cells: list[Cell], found: Fi
         for col in (c for c in spec.columns if not c.average and c.label not in row.blank):
             task = row.task or col.task
             if task is None:
-                found.problems.append(f"{where}, column {col.label!r}: no task (give the column or the row one)")
+                found.problems.append(f"{where}, column {col.label!r}: no task (give the column or the row "
+                                      "one)")
             elif task not in evaluated:
-                found.problems.append(f"{where}, column {col.label!r}: task {task} is not evaluated for this row")
+                found.problems.append(f"{where}, column {col.label!r}: task {task} is not evaluated for this "
+                                      "row")
             else:
                 metric_tasks.add((task, eval_prompt(sweep, first, task), col.metric))
     _check_metrics(sweep, metric_tasks, found)
 
 
-def _check_metrics(sweep: SweepConfig, wanted: set[tuple[str, str | None, str | None]], found: Findings) -> None:
+def _check_metrics(sweep: SweepConfig, wanted: set[tuple[str, str | None, str | None]],
+                   found: Findings) -> None:
     for task_name, prompt, metric in sorted(wanted, key=str):
         if metric is None:
             continue

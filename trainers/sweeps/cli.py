@@ -1,6 +1,7 @@
 """`medharness train-then-eval`: run a sweep (trainers/sweep.py) cell by cell and render its leaderboard.
 
-    medharness train-then-eval [--sweep FILE] [--output DIR] [--resume] [--dry-run] [--print-commands] [--cell ID]
+    medharness train-then-eval [--sweep FILE] [--output DIR] [--resume] [--dry-run] [--print-commands]
+                               [--cell ID]
 
 Without --cell: the reference rows (base model, baselines), then every cell in stage order (a cell whose
 parent failed is skipped), then SWEEP/leaderboard.md and SWEEP/sweep.json. With --cell: that cell only (for a
@@ -27,18 +28,22 @@ REFERENCE_PREFIX = "reference-"
 
 
 def add_sweep_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-then-eval", help="a sweep: train each cell of a grid, evaluate it, one leaderboard",
-                       description="Train every cell of a YAML grid (recipes x tasks x shots x seeds x presets), "
-                                   "evaluate each final checkpoint, evaluate the base model and baselines once, "
-                                   "and render mean ± std over seeds with each row's lineage. Finished stages are "
-                                   "skipped; --resume continues unfinished ones; a stage folder started afresh is "
-                                   "kept in OUTPUT/.set-aside/, never deleted. See docs/training-eval.md.")
+    p = sub.add_parser("train-then-eval",
+                       help="a sweep: train each cell of a grid, evaluate it, one leaderboard",
+                       description="Train every cell of a YAML grid (recipes x tasks x shots x seeds x "
+                                   "presets), evaluate each final checkpoint, evaluate the base model and "
+                                   "baselines once, and render mean ± std over seeds with each row's "
+                                   "lineage. Finished stages are skipped; --resume continues unfinished "
+                                   "ones; a stage folder started afresh is kept in OUTPUT/.set-aside/, never "
+                                   "deleted. See docs/training-eval.md.")
     p.add_argument("--sweep", type=Path, help=f"sweep YAML (default: the shipped demo, {DEMO.name})")
     p.add_argument("--output", type=Path, help="sweep folder (default runs/sweeps/<sweep name>)")
-    p.add_argument("--resume", action="store_true", help="continue stages that were started and did not finish")
+    p.add_argument("--resume", action="store_true",
+                   help="continue stages that were started and did not finish")
     p.add_argument("--dry-run", action="store_true", help="resolve and check every cell; train nothing")
     p.add_argument("--print-commands", action="store_true",
-                   help="print one self-contained command per cell (for Slurm arrays, Ray jobs) and the merge")
+                   help="print one self-contained command per cell (for Slurm arrays, Ray jobs) and the "
+                        "merge")
     p.add_argument("--cell", help="run this cell only (an id from --print-commands or --dry-run)")
     p.add_argument("--data-dir", help="the tasks' local data copy (replaces the sweep file's `data_dir:`)")
 
@@ -93,7 +98,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(board_path.read_text(encoding="utf-8"), end="")
     print(f"wrote {board_path} and {output / 'sweep.json'}")
     if failed:
-        print(f"{len(failed)} cell(s) failed: {', '.join(failed)}; fix and rerun with --resume", file=sys.stderr)
+        print(f"{len(failed)} cell(s) failed: {', '.join(failed)}; fix and rerun with --resume",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -117,8 +123,9 @@ def run_one(cid: str, stages: Stages, cells: list[Cell], references: dict[str, s
 
 def print_commands(file: Path, output: Path, cells: list[Cell], references: dict[str, str | None]) -> None:
     base = ["medharness", "train-then-eval", "--sweep", str(file), "--output", str(output)]
-    print(f"# {len(cells)} cell(s) and {len(references)} reference row(s); each command is self-contained and "
-          "can be rerun (finished stages are skipped). Run the stages in order; within a stage, in parallel.")
+    print(f"# {len(cells)} cell(s) and {len(references)} reference row(s); each command is self-contained "
+          "and can be rerun (finished stages are skipped). Run the stages in order; within a stage, in "
+          "parallel.")
     if references:
         print("# stage 0: reference rows")
         for name in references:
@@ -154,8 +161,8 @@ def dry_run(sweep: SweepConfig, stages: Stages, cells: list[Cell], references: d
         print(f"problem: {problem}", file=sys.stderr)
     status = "ready" if not problems else f"{len(problems)} problem(s)"
     if found.missing_data and not problems:
-        status += (f"; the data of {len(found.missing_data)} task(s) is not on this machine (give `data_dir:` or "
-                   "--data-dir): the cells that read it cannot start here")
+        status += (f"; the data of {len(found.missing_data)} task(s) is not on this machine (give "
+                   "`data_dir:` or --data-dir): the cells that read it cannot start here")
     print(f"{len(cells)} cell(s), {len(references)} reference row(s): {status}")
     return 0 if not problems else 2
 
@@ -183,13 +190,15 @@ def write_board(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell
         state = stages.dir.train_dir(c.id).state()
         evals = {t: task_result(stages.dir.eval_dir(c.id, t), t) for t in tasks}
         cell_records.append({"id": c.id, "recipe": c.entry.recipe, "entry": c.entry.key, "preset": c.preset,
-                             "task": c.task, "shots": c.shots, "seed": c.seed, "parent": c.parent, "stage": c.stage,
+                             "task": c.task, "shots": c.shots, "seed": c.seed, "parent": c.parent,
+                             "stage": c.stage,
                              "train": {"dir": str(stages.dir.train_dir(c.id).root), "status": state.status,
                                        "final": state.final and str(state.final)},
                              "eval": {t: {"dir": str(stages.dir.eval_dir(c.id, t)), "result": v}
                                       for t, v in evals.items()},
                              "finished": stages.cell_finished(c), "error": failed.get(c.id)})
     write_json_atomic(stages.dir.log_file, {
-        "sweep_file": str(file), "output": str(stages.root), "config": sweep.model_dump(mode="json", by_alias=True),
+        "sweep_file": str(file), "output": str(stages.root),
+        "config": sweep.model_dump(mode="json", by_alias=True),
         "cells": cell_records, "board": rows, "table": table, "failed": failed})
     return path

@@ -29,8 +29,8 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, (str, int)) else value
 
 
-# A prompt variant for every task, or per task ({medmnist_retina: names, covid_severity: r1}; a task it does not
-# name uses its default variant).
+# A prompt variant for every task, or per task ({medmnist_retina: names, covid_severity: r1}; a task it does
+# not name uses its default variant).
 Prompts = str | dict[str, str] | None
 
 
@@ -47,7 +47,8 @@ class RecipeEntry(Strict):
     preset: str | None = None  # fixed preset(s) ("a+b" layers a then b); None: the sweep's `presets` axis
     config: str | None = None  # a recipe config YAML (`train --config`), relative to the sweep file
     overrides: list[str] = Field(default_factory=list)  # extra `-C KEY=VALUE` for this entry
-    parent: str | None = Field(None, alias="from")  # train from this entry's final checkpoint (same task/shots/seed)
+    # train from this entry's final checkpoint (same task/shots/seed)
+    parent: str | None = Field(None, alias="from")
     tasks: list[SafeName] | None = None  # this entry's training tasks (default: the sweep's `tasks`)
     prompt: Prompts = None  # this entry's prompt variant, training and evaluation (default: the sweep's)
     eval_prompt: Prompts = None  # the prompt variant its evaluations use (default: `prompt`)
@@ -91,8 +92,8 @@ class TableColumn(Strict):
 
 
 class TableRow(Strict):
-    """A row of the paper's table: a reference row (`base`, `baseline-KIND`) or one board group (a recipe entry,
-    its preset and shots: mean over seeds)."""
+    """A row of the paper's table: a reference row (`base`, `baseline-KIND`) or one board group (a recipe
+    entry, its preset and shots: mean over seeds)."""
 
     label: str
     reference: str | None = None
@@ -100,7 +101,8 @@ class TableRow(Strict):
     preset: str | None = None  # needed when the entry has several presets
     shots: int | Literal["all"] | None = None  # needed when the sweep has several shots values
     task: str | None = None  # the eval task of every column of this row (layouts with tasks as rows)
-    blank: list[str] = Field(default_factory=list)  # columns this row does not measure (n/a; say why in a comment)
+    # columns this row does not measure (n/a; say why in a comment)
+    blank: list[str] = Field(default_factory=list)
 
 
 class TableSpec(Strict):
@@ -118,15 +120,17 @@ class SweepConfig(Strict):
     recipes: list[str | RecipeEntry]
     tasks: list[SafeName]  # training tasks: shipped task names (each becomes a folder name, never a path)
     eval_tasks: list[SafeName] | dict[SafeName, list[SafeName]] | None = None
-    # default: each cell's training task; a mapping {training task: [eval tasks]} pairs them (tasks it does not
-    # name evaluate on themselves)
+    # default: each cell's training task; a mapping {training task: [eval tasks]} pairs them (tasks it does
+    # not name evaluate on themselves)
     prompt: Prompts = None  # the tasks' prompt variant, for training and evaluation alike
     eval_prompt: Prompts = None  # the evaluations' (and reference rows') prompt variant; default: `prompt`
     data_dir: str | None = None  # the tasks' local data copy
-    shots: list[int | Literal["all"]] = Field(default_factory=lambda: list[int | Literal["all"]](["all"]))  # k/class
+    # k/class
+    shots: list[int | Literal["all"]] = Field(default_factory=lambda: list[int | Literal["all"]](["all"]))
     split_seed: int | None = None  # None: each seed draws its own k-shot subset; else one fixed subset
     seeds: list[int] = Field(default_factory=lambda: [0])
-    presets: list[str | None] = Field(default_factory=lambda: list[str | None]([None]))  # the preset axis (a+b)
+    # the preset axis (a+b)
+    presets: list[str | None] = Field(default_factory=lambda: list[str | None]([None]))
     common_presets: list[str] = Field(default_factory=list)  # layered after each cell's preset, not in ids
     overrides: list[str] = Field(default_factory=list)  # `-C KEY=VALUE` for every cell
     max_steps: int | None = Field(None, ge=1)
@@ -135,7 +139,8 @@ class SweepConfig(Strict):
     base_row: bool = True  # evaluate the base model once as a reference row (`base`)
     launch: LaunchSection = LaunchSection()
     cells: CellFilter = CellFilter()
-    reference: str | None = None  # published numbers (YAML, relative to the sweep file): trainers/sweeps/table.py
+    # published numbers (YAML, relative to the sweep file): trainers/sweeps/table.py
+    reference: str | None = None
     table: TableSpec | None = None  # the paper's layout of the board
 
     _listify = field_validator("tasks", "eval_tasks", "shots", "seeds", "presets", "overrides", "baselines",
@@ -145,7 +150,8 @@ class SweepConfig(Strict):
     @classmethod
     def _reference_file(cls, value: Any) -> Any:
         if isinstance(value, bool):
-            raise ValueError("is the published-numbers file (a path); the base model's row is "  # noqa: TRY004
+            raise ValueError("is the published-numbers file (a path); "  # noqa: TRY004
+                             "the base model's row is "
                              f"`base_row: {str(value).lower()}`")  # (pydantic reports ValueErrors)
         return value
 
@@ -206,15 +212,16 @@ def load_sweep(path: Path | str) -> SweepConfig:
     return sweep
 
 
-def _parent_preset(parent: RecipeEntry, child: RecipeEntry, preset: str | None, axis: list[str | None]) -> str | None:
+def _parent_preset(parent: RecipeEntry, child: RecipeEntry, preset: str | None,
+                   axis: list[str | None]) -> str | None:
     if parent.preset:
         return parent.preset
     if not child.preset:
         return preset
     if len(axis) == 1:
         return axis[0]
-    raise ConfigError(f"recipe '{child.key}' has its own preset but trains from '{parent.key}', which follows "
-                      f"the presets axis {axis}: give '{parent.key}' a preset too")
+    raise ConfigError(f"recipe '{child.key}' has its own preset but trains from '{parent.key}', which "
+                      f"follows the presets axis {axis}: give '{parent.key}' a preset too")
 
 
 def expand(sweep: SweepConfig) -> list[Cell]:
@@ -225,8 +232,8 @@ def expand(sweep: SweepConfig) -> list[Cell]:
         if entry.key in entries:
             raise ConfigError(f"two recipes have the id '{entry.key}': give one an `id:`")
         if entry.parent is not None and entry.parent not in entries:
-            raise ConfigError(f"recipe '{entry.key}' trains from '{entry.parent}', which is not a recipe listed "
-                              f"before it (known: {', '.join(entries) or 'none'})")
+            raise ConfigError(f"recipe '{entry.key}' trains from '{entry.parent}', which is not a recipe "
+                              f"listed before it (known: {', '.join(entries) or 'none'})")
         entries[entry.key] = entry
     cells: dict[str, Cell] = {}
     for entry in entries.values():
@@ -242,8 +249,8 @@ def expand(sweep: SweepConfig) -> list[Cell]:
                             p_preset = _parent_preset(parent, entry, preset, list(sweep.presets))
                             parent_id = cell_id(parent.key, p_preset, task, shots, seed)
                             if parent_id not in cells:
-                                raise ConfigError(f"recipe '{entry.key}' trains from '{parent.key}', which has no "
-                                                  f"cell for task {task} (its tasks: "
+                                raise ConfigError(f"recipe '{entry.key}' trains from '{parent.key}', which "
+                                                  f"has no cell for task {task} (its tasks: "
                                                   f"{', '.join(parent.tasks or sweep.tasks)})")
                             stage = cells[parent_id].stage + 1
                         cid = cell_id(entry.key, preset, task, shots, seed)

@@ -43,7 +43,8 @@ class Stages:
 
     def __init__(self, sweep: SweepConfig, sweep_file: Path, root: Path, resume: bool,
                  say: Callable[[str], None] = lambda line: None) -> None:
-        self.sweep, self.file, self.root, self.resume, self.say = sweep, sweep_file.resolve(), root, resume, say
+        self.sweep, self.file, self.root, self.resume, self.say = (
+            sweep, sweep_file.resolve(), root, resume, say)
         self.base_dir = self.file.parent
         self.dir = SweepDir(root)
 
@@ -74,18 +75,20 @@ class Stages:
 
     # argv
     def split_argv(self, task: str, shots: int, seed: int, out: Path) -> list[str]:
-        argv = [*PROGRAM, "split", "--task", task, "--kshot", str(shots), "--seed", str(seed), "--output", str(out)]
+        argv = [*PROGRAM, "split", "--task", task, "--kshot", str(shots), "--seed", str(seed),
+                "--output", str(out)]
         return argv + (["--data-dir", self.sweep.data_dir] if self.sweep.data_dir else [])
 
     def overrides(self, cell: Cell) -> list[str]:
         """The `-C KEY=VALUE` items of a cell's train command."""
         s = self.sweep
-        return ([f"data_dir={s.data_dir}"] if s.data_dir else []) + list(s.overrides) + list(cell.entry.overrides)
+        return (([f"data_dir={s.data_dir}"] if s.data_dir else []) + list(s.overrides)
+                + list(cell.entry.overrides))
 
     def train_argv(self, cell: Cell, model: str, samples: Path | None, resume: bool) -> list[str]:
         s, e = self.sweep, cell.entry
-        argv = ["train", "--recipe", e.recipe, "--task", cell.task, "--model", model, "--seed", str(cell.seed),
-                "--output", str(self.dir.train_dir(cell.id).root)]
+        argv = ["train", "--recipe", e.recipe, "--task", cell.task, "--model", model,
+                "--seed", str(cell.seed), "--output", str(self.dir.train_dir(cell.id).root)]
         for preset in [*cell.presets, *s.common_presets]:
             argv += ["--preset", preset]
         if e.config:
@@ -169,7 +172,8 @@ class Stages:
         elif out.exists():  # a folder without run.json: a run that never started
             self._set_aside(out, "it has no run.json")
         self.say(f"  eval {task} -> {out}")
-        self._call(self.eval_argv(model, task, out, resume=status is not None, baseline=baseline, prompt=prompt),
+        self._call(self.eval_argv(model, task, out, resume=status is not None, baseline=baseline,
+                                  prompt=prompt),
                    log_file)
         if run_status(out) != "finished":
             raise StageFailed(f"{out}: the run did not finish (status {run_status(out)})")
@@ -186,7 +190,8 @@ class Stages:
         if not is_adapter_folder(state.final):
             return str(state.final)
         merged = self.dir.merged_dir(cell.parent)
-        if not (merged / "config.json").is_file():  # merged once, atomically (child cells may run in parallel)
+        # merged once, atomically (child cells may run in parallel)
+        if not (merged / "config.json").is_file():
             tmp = merged.with_name(f".merged.{os.getpid()}")
             remove_own(tmp, self.root)  # left by an earlier process with this pid
             self._call([*PROGRAM, "merge", str(state.final), "--output", str(tmp)],
@@ -219,7 +224,8 @@ class Stages:
         return state.final
 
     def run_cell(self, cell: Cell) -> None:
-        """Train (or skip), then evaluate the final checkpoint (and each checkpoint-N with checkpoints: all)."""
+        """Train (or skip), then evaluate the final checkpoint (and each checkpoint-N with checkpoints:
+        all)."""
         final = self.train(cell)
         logs = self.dir.cell_logs(cell.id)
         for task in eval_tasks(self.sweep, cell):
@@ -229,7 +235,8 @@ class Stages:
             for ckpt in self.dir.train_dir(cell.id).checkpoints():
                 for task in eval_tasks(self.sweep, cell):
                     self.evaluate(str(ckpt), task, self.dir.eval_dir(cell.id, task, ckpt.name),
-                                  logs / f"eval-{ckpt.name}-{task}.log", prompt=eval_prompt(self.sweep, cell, task))
+                                  logs / f"eval-{ckpt.name}-{task}.log",
+                                  prompt=eval_prompt(self.sweep, cell, task))
 
     def run_reference(self, name: str, model: str | None, tasks: list[str]) -> None:
         """The base model's row (`model` None) or a baseline's (`baseline:KIND`), once per eval task."""
@@ -247,7 +254,8 @@ class Stages:
 
 
 def reference_rows(sweep: SweepConfig) -> dict[str, str | None]:
-    """Reference row name -> its model: `base` -> None (the sweep's base model), `baseline-KIND` -> baseline:KIND."""
+    """Reference row name -> its model: `base` -> None (the sweep's base model), `baseline-KIND` ->
+    baseline:KIND."""
     rows: dict[str, str | None] = {"base": None} if sweep.base_row else {}
     for b in sweep.baselines:
         kind = b.removeprefix("baseline:")

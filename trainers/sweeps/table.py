@@ -78,7 +78,8 @@ def groups(cells: Sequence[Cell]) -> dict[tuple[str, str | None, int | None], li
 def select(row: TableRow, cells: Sequence[Cell]) -> list[tuple[str, str | None, int | None]]:
     """The board groups a table row names (exactly one for a usable row)."""
     shots = None if row.shots in (None, "all") else int(row.shots)
-    return [key for key in groups(cells) if key[0] == row.entry and (row.preset is None or key[1] == row.preset)
+    return [key for key in groups(cells)
+            if key[0] == row.entry and (row.preset is None or key[1] == row.preset)
             and (row.shots is None or key[2] == shots)]
 
 
@@ -91,8 +92,9 @@ def paper_table(sweep: SweepConfig, cells: Sequence[Cell], stages: Stages) -> di
     path = reference_path(sweep, stages)
     ref = load_reference(path) if path else None
     if spec is None:
-        return None if ref is None else {"title": None, "columns": ref.columns, "rows": _published(ref, set()),
-                                         "source": ref.source, "note": ref.note}
+        return None if ref is None else {"title": None, "columns": ref.columns,
+                                         "rows": _published(ref, set()), "source": ref.source,
+                                         "note": ref.note}
     by_group = groups(cells)
     rows: list[dict[str, Any]] = []
     for trow in spec.rows:
@@ -114,8 +116,8 @@ def paper_table(sweep: SweepConfig, cells: Sequence[Cell], stages: Stages) -> di
         for col in (c for c in spec.columns if c.average):
             means = [v["mean"] for v in values.values()]
             mean = statistics.fmean(means) if means and None not in means else None
-            values[col.label] = {"mean": mean, "std": None, "n": int(mean is not None), "low": None, "high": None,
-                                 "expected": 1}  # an average of the row's columns: no interval
+            values[col.label] = {"mean": mean, "std": None, "n": int(mean is not None), "low": None,
+                                 "high": None, "expected": 1}  # an average of the row's columns: no interval
         rows.append({"label": trow.label, "kind": "measured", "values": values})
         if ref is not None:
             rows += [r for r in _published(ref, set()) if r["label"] == trow.label]
@@ -123,7 +125,8 @@ def paper_table(sweep: SweepConfig, cells: Sequence[Cell], stages: Stages) -> di
     if ref is not None:
         rows += [r for r in _published(ref, labels) if r["label"] not in labels]
     return {"title": spec.title, "columns": [c.label for c in spec.columns], "rows": rows,
-            "source": ref.source if ref else None, "note": ref.note if ref else None, "decimals": spec.decimals}
+            "source": ref.source if ref else None, "note": ref.note if ref else None,
+            "decimals": spec.decimals}
 
 
 def _published(ref: Reference, skip: set[str]) -> list[dict[str, Any]]:
@@ -140,7 +143,8 @@ def render_table(table: dict[str, Any]) -> str:
     out = []
     for row in table["rows"]:
         if row["kind"] == PUBLISHED:
-            cells = ["-" if (v := row["values"].get(c)) is None else f"{v:.{digits}f}" for c in table["columns"]]
+            cells = ["-" if (v := row["values"].get(c)) is None else f"{v:.{digits}f}"
+                     for c in table["columns"]]
             out.append([f"{row['label']} · {PUBLISHED}", *cells])
             continue
         cells = []

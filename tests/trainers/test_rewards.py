@@ -175,3 +175,27 @@ def test_rejected_answers_from_a_finished_run(tmp_path: Path) -> None:
     assert rejected == {samples[0].id: rows[0].generation.text, samples[2].id: rows[2].generation.text}
     with pytest.raises(Exception, match="has no samples/phantom_presence.jsonl"):
         rejected_texts(task, "r1", samples, f"run:{tmp_path / 'nope'}", seed=0)
+
+
+def test_a_corpus_metric_listed_first_is_the_primary_but_no_sample_score(tmp_path: Path) -> None:
+    """QWK first: the task's primary metric (its headline) is QWK; a single answer (a reward, DPO's rejected
+    answers from a run) is scored by the first per-sample metric, which the rows carry."""
+    from medharness.core.records import Answer, ResultRow
+
+    metrics = [{"name": "qwk", "args": {"min_grade": 0, "max_grade": 3}}, "grade_accuracy"]
+    task = load_task("phantom_size", {"scoring.metrics": metrics})
+    recipe = recipe_for(task)
+    assert recipe.primary.label == "qwk" and recipe.sample_primary is not None
+    assert recipe.sample_primary.label == "grade_accuracy"
+    samples = task.load_samples("train")[:2]
+    answers = [str(int(s.target) + i) for i, s in enumerate(samples)]  # the first right, the second wrong
+    rows = [ResultRow(task=task.name, task_version="1", sample=s, prompt_hash="h",
+                      generation=Generation(sample_id=s.id, text=text), answer=Answer(value=None),
+                      scores=recipe.score_text(s, text)[1])
+            for s, text in zip(samples, answers, strict=True)]
+    assert "qwk" not in rows[0].scores and [r.scores["grade_accuracy"] for r in rows] == [1.0, 0.0]
+    (tmp_path / "samples").mkdir()
+    lines = "".join(r.model_dump_json() + "\n" for r in rows)
+    (tmp_path / "samples" / "phantom_size.jsonl").write_text(lines)
+    assert rejected_texts(task, task.prompt_name, samples, f"run:{tmp_path}", seed=0) == {
+        samples[1].id: answers[1]}

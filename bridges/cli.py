@@ -4,12 +4,14 @@ in the CLI (`cli.cmd_import`, `cli.cmd_export`), which may print run summaries."
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 TOOLS = ("lm-eval", "lmms-eval", "vlmevalkit")
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
     p = sub.add_parser("import", help="a peer tool's per-sample outputs (lm-eval, lmms-eval, VLMEvalKit) -> "
                                       "a run directory, scored by medharness",
                        description="Import another tool's predictions into a run directory: the raw text of "
@@ -46,3 +48,34 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("-T", dest="overrides", action="append", default=[], metavar="TASK.KEY=VALUE",
                    help="task setting, e.g. -T vqa_rad.prompt=r1")
     e.add_argument("--limit", type=int, help="only the first N samples")
+    return {"import": cmd_import, "export": cmd_export}
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from medharness.bridges.importer import ImportRequest, import_predictions
+    from medharness.cli_output import print_run_summary
+    from medharness.taskfiles.task import overrides_for
+
+    run = import_predictions(ImportRequest(
+        tool=args.tool, file=args.file, task=args.task, output=args.output, data_dir=args.data_dir,
+        overrides=overrides_for(args.task, args.overrides), model_name=args.model_name,
+        tool_version=args.peer_version, id_field=args.id_field, id_map=args.id_map,
+        allow_unmatched=args.allow_unmatched, label=args.label))
+    for name, entry in run.log.tasks.items():
+        o = entry.origin
+        if o is not None:
+            print(f"{args.file}: {o.n_matched} of {o.n_rows} rows matched task {name} ({o.n_task_samples} "
+                  f"samples; {o.n_unmatched} unmatched rows left out); model "
+                  f"{run.log.model}", file=sys.stderr)
+    print_run_summary(run)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from medharness.bridges.export import export_task
+    from medharness.taskfiles.task import overrides_for
+
+    main = export_task(args.tool, args.task, args.output, data_dir=args.data_dir,
+                       overrides=overrides_for(args.task, args.overrides), limit=args.limit)
+    print(f"wrote {args.output} ({main.name}; see README.md there)")
+    return 0

@@ -6,26 +6,14 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from medharness.core.errors import ConfigError, MedHarnessError
 
 EPILOG = "Docs: README.md and docs/ in the repository. Every command has --help."
-
-
-def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """`-T vqa_rad.prompt=r1 -T vqa_rad.data_dir=DIR` -> {"vqa_rad": {"prompt": "r1", ...}}."""
-    from medharness.core.yamlio import load_value
-
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        task, dot, field = key.partition(".")
-        if not eq or not dot or not task or not field:
-            raise ConfigError(f"-T expects TASK.KEY=VALUE, got {item!r}")
-        out.setdefault(task, {})[field] = load_value(value, f"-T {key}") if value else ""
-    return out
+Handler = Callable[[argparse.Namespace], int]
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -122,6 +110,7 @@ def _judge_run(run: Any, panel: list[Any], args: argparse.Namespace, tasks: list
 
 def cmd_run(args: argparse.Namespace) -> int:
     from medharness.runs.pipeline import RunConfig, Runner
+    from medharness.taskfiles.task import parse_task_overrides
 
     options = {"device": args.device, "dtype": args.dtype, "id_field": args.id_field,
                "prediction_field": args.prediction_field, "base_url": args.base_url,
@@ -144,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ours, lm_eval_tasks = split_tasks(args.tasks)
     try:
         config = RunConfig(model=args.model, backend=args.backend, tasks=ours or args.tasks,
-                           data_dir=args.data_dir, overrides=parse_overrides(args.overrides),
+                           data_dir=args.data_dir, overrides=parse_task_overrides(args.overrides),
                            limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, seed=args.seed, backend_options=backend_options,
                            max_error_rate=args.max_error_rate, ablate=args.ablate,
@@ -333,6 +322,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 def cmd_score(args: argparse.Namespace) -> int:
     from medharness.cli_output import print_summaries
     from medharness.runs.rescore import score_predictions, score_run
+    from medharness.taskfiles.task import parse_task_overrides
 
     if args.run_dir and args.predictions:
         raise ConfigError("give either RUN_DIR or --task with --predictions, not both")
@@ -341,7 +331,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.run_dir:
         summaries = score_run(args.run_dir, args.convention, workers=args.workers)
     elif args.predictions and args.task:
-        overrides = parse_overrides(args.overrides)
+        overrides = parse_task_overrides(args.overrides)
         summary, match = score_predictions(args.task, args.predictions, convention=args.convention,
                                            data_dir=args.data_dir, id_field=args.id_field,
                                            prediction_field=args.prediction_field, overrides=overrides,
@@ -402,19 +392,15 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-# What `ls` lists: every registry and every shipped catalogue (cli_output.LISTERS has one lister per name; a
-# test checks the two agree).
-LISTINGS = ("tasks", "parsers", "metrics", "normalizers", "conventions", "backends", "judges", "recipes",
-            "presets", "sweeps", "boards")
-
-
 def _add_ls(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ls", help=f"list what is registered or shipped: {', '.join(LISTINGS)}")
-    p.add_argument("what", nargs="?", default="tasks", choices=LISTINGS)
+    from medharness.listings import LISTERS
+
+    p = sub.add_parser("ls", help=f"list what is registered or shipped: {', '.join(LISTERS)}")
+    p.add_argument("what", nargs="?", default="tasks", choices=list(LISTERS))
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from medharness.cli_output import print_listing
+    from medharness.listings import print_listing
 
     print_listing(args.what)
     return 0
@@ -481,26 +467,29 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "score": cmd_score, "ls": cmd_ls, "validate": cmd_validate,
-            "split": cmd_split, "make-tiny-model": cmd_tiny,
-            "judge": cmd_judge, "agreement": cmd_agreement, "gate": cmd_gate}
+def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
+    """The evaluation commands (this module)."""
+    for add in (_add_run, _add_score, _add_ls, _add_validate, _add_split, _add_tiny, _add_judge,
+                _add_agreement, _add_gate):
+        add(sub)
+    return {"run": cmd_run, "score": cmd_score, "ls": cmd_ls, "validate": cmd_validate, "split": cmd_split,
+            "make-tiny-model": cmd_tiny, "judge": cmd_judge, "agreement": cmd_agreement, "gate": cmd_gate}
 
 
-def _add_checkpoint_commands(sub: argparse._SubParsersAction) -> None:
-    """`merge` and `train-then-eval` live in trainers/ (torch, peft load only when a command runs)."""
+def command_modules() -> list[Any]:
+    """The modules that add commands, in `--help`'s order. The one way to add a command: a module with
+    `add_commands(sub) -> {name: handler}` listed here, its heavy imports inside the handlers (so `--help`
+    stays fast; a test checks what it imports)."""
+    from medharness.bridges import cli as bridges_cli
+    from medharness.leaderboards import cli as boards_cli
+    from medharness.trainers import cli as train_cli
     from medharness.trainers import merge
     from medharness.trainers.sweeps import cli as sweep_cli
 
-    merge.add_merge_command(sub)
-    sweep_cli.add_sweep_command(sub)
-    COMMANDS.update({"merge": merge.cmd_merge, "train-then-eval": sweep_cli.cmd_sweep})
+    return [merge, sweep_cli, sys.modules[__name__], boards_cli, train_cli, bridges_cli]
 
 
-def _add_board_commands(sub: argparse._SubParsersAction) -> None:
-    """`leaderboard` and `report` live in leaderboards/ (pandas, matplotlib load only when a command runs)."""
-    from medharness.leaderboards.cli import add_commands
-
-    COMMANDS.update(add_commands(sub))
+COMMANDS: dict[str, Handler] = {}  # filled by build_parser: command name -> handler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -512,66 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"medharness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_checkpoint_commands(sub)
-    for add in (_add_run, _add_score, _add_ls, _add_validate, _add_split, _add_tiny, _add_judge,
-                _add_agreement, _add_gate):
-        add(sub)
-    _add_board_commands(sub)
-    _add_training(sub)
-    _add_bridges(sub)
+    for module in command_modules():
+        COMMANDS.update(module.add_commands(sub))
     return parser
-
-
-def _add_training(sub: argparse._SubParsersAction) -> None:
-    """`train` and `reward` live in trainers/ (which imports trl/torch only inside the commands)."""
-    from medharness.trainers.cli import add_parsers
-
-    COMMANDS.update(add_parsers(sub))
-
-
-def _add_bridges(sub: argparse._SubParsersAction) -> None:
-    """`import` and `export`: peers' files in and out (bridges/, docs/ecosystem.md)."""
-    from medharness.bridges.cli import add_parsers
-
-    add_parsers(sub)
-    COMMANDS.update({"import": cmd_import, "export": cmd_export})
-
-
-def _task_overrides(task: str, items: list[str]) -> dict[str, object]:
-    name = Path(task).stem if task.endswith((".yaml", ".yml")) else task
-    given = parse_overrides(items)
-    unknown = set(given) - {name}
-    if unknown:
-        raise ConfigError(f"-T names task(s) {sorted(unknown)}, not --task {name}")
-    return dict(given.get(name, {}))
-
-
-def cmd_import(args: argparse.Namespace) -> int:
-    from medharness.bridges.importer import ImportRequest, import_predictions
-    from medharness.cli_output import print_run_summary
-
-    run = import_predictions(ImportRequest(
-        tool=args.tool, file=args.file, task=args.task, output=args.output, data_dir=args.data_dir,
-        overrides=_task_overrides(args.task, args.overrides), model_name=args.model_name,
-        tool_version=args.peer_version, id_field=args.id_field, id_map=args.id_map,
-        allow_unmatched=args.allow_unmatched, label=args.label))
-    for name, entry in run.log.tasks.items():
-        o = entry.origin
-        if o is not None:
-            print(f"{args.file}: {o.n_matched} of {o.n_rows} rows matched task {name} ({o.n_task_samples} "
-                  f"samples; {o.n_unmatched} unmatched rows left out); model "
-                  f"{run.log.model}", file=sys.stderr)
-    print_run_summary(run)
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from medharness.bridges.export import export_task
-
-    main = export_task(args.tool, args.task, args.output, data_dir=args.data_dir,
-                       overrides=_task_overrides(args.task, args.overrides), limit=args.limit)
-    print(f"wrote {args.output} ({main.name}; see README.md there)")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""`medharness train` and `medharness reward`; `harness/cli.py` adds these through `add_parsers(sub)`.
+"""`medharness train` and `medharness reward`; `harness/cli.py` adds these through `add_commands(sub)`.
 Nothing heavy is imported until a command runs."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from medharness.core.errors import ConfigError, DataError
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Any]:
+def add_commands(sub: argparse._SubParsersAction) -> dict[str, Any]:
     """Add the training subcommands; returns {command: handler} for the main CLI's dispatch."""
     p = sub.add_parser("train",
                        help="train a model on a task with a TRL recipe (sft, dpo, grpo, vrft_aug, rarl; "

@@ -75,9 +75,9 @@ def merge_adapter(adapter_dir: Path | str, output: Path | str, base: str | None 
     return output
 
 
-# -- the `medharness merge` command (wired in harness/cli.py) ---------------------------------------------
+# -- the `medharness merge` command ----------------------------------------------------------------------
 
-def add_merge_command(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> dict[str, Any]:
     p = sub.add_parser("merge",
                        help="merge a LoRA adapter folder into its base: a full model folder for run/vllm",
                        description="Load the adapter's base, merge the adapter (merge_and_unload), save the "
@@ -87,6 +87,7 @@ def add_merge_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", help="the base model (default: the adapter config's or manifest's base)")
     p.add_argument("--dtype", default="auto", choices=list(DTYPE_CHOICES),
                    help="weights dtype of the merged folder (default auto: the base's)")
+    return {"merge": cmd_merge}
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

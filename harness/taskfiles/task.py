@@ -18,7 +18,7 @@ from typing import Any
 import medharness.tasks as _tasks_package
 from medharness.core.errors import ConfigError, DataError
 from medharness.core.records import GenerationSettings, Message, Part, Prompt, Sample
-from medharness.core.yamlio import line_of, read_mapping, validate_strict
+from medharness.core.yamlio import line_of, load_value, read_mapping, validate_strict
 from medharness.scoring.conventions import CONVENTIONS
 from medharness.scoring.knowledge import knowledge_block
 from medharness.scoring.metrics import resolve_metrics
@@ -279,3 +279,26 @@ def load_task(ref: str | Path, overrides: dict[str, Any] | None = None) -> Task:
     if isinstance(ref, str) and config.name != ref:
         raise ConfigError(f"{path}: name '{config.name}' must equal the file name '{ref}'")
     return Task(config, path, frozenset(k.split(".")[0] for k in overrides or {}))
+
+
+def parse_task_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`-T vqa_rad.prompt=r1 -T vqa_rad.data_dir=DIR` -> {"vqa_rad": {"prompt": "r1", ...}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        task, dot, field = key.partition(".")
+        if not eq or not dot or not task or not field:
+            raise ConfigError(f"-T expects TASK.KEY=VALUE, got {item!r}")
+        out.setdefault(task, {})[field] = load_value(value, f"-T {key}") if value else ""
+    return out
+
+
+def overrides_for(task: str, items: list[str]) -> dict[str, Any]:
+    """The `-T` items of a command that takes one `--task` (a name or a YAML path); another task's is an
+    error."""
+    name = Path(task).stem if task.endswith((".yaml", ".yml")) else task
+    given = parse_task_overrides(items)
+    unknown = set(given) - {name}
+    if unknown:
+        raise ConfigError(f"-T names task(s) {sorted(unknown)}, not --task {name}")
+    return dict(given.get(name, {}))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from medharness.cli import main
+from medharness.cli import COMMANDS, build_parser, main
 
 
 def write_preds(path: Path, rows: list[dict[str, object]]) -> Path:
@@ -137,21 +137,30 @@ def test_ls_and_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_ls_lists_every_registry_and_catalogue_from_the_source() -> None:
-    """`ls`'s choices and its listers are one list; each shipped file and registered name is listed."""
-    from medharness.cli import LISTINGS
-    from medharness.cli_output import LISTERS
+    """`ls`'s choices are its listers; each shipped file and registered name is listed."""
     from medharness.leaderboards.spec import BOARDS
+    from medharness.listings import LISTERS
     from medharness.trainers.config import PRESETS_DIR
     from medharness.trainers.recipes.base import TRAINERS
     from medharness.trainers.sweeps import DEMO
 
-    assert set(LISTINGS) == set(LISTERS)
+    ls = next(a for a in build_parser()._subparsers._group_actions[0].choices["ls"]._actions  # type: ignore[union-attr]
+              if a.dest == "what")
+    assert list(ls.choices or []) == list(LISTERS)
     listed = {what: [row[0] for row in LISTERS[what]()[1]]
               for what in ("recipes", "presets", "sweeps", "boards")}
     assert listed["recipes"] == TRAINERS.names()
     assert listed["presets"] == sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
     assert listed["sweeps"] == sorted(p.stem for p in DEMO.parent.glob("*.yaml"))
     assert sorted(listed["boards"]) == sorted(p.stem for p in BOARDS.glob("*.yaml"))
+
+
+def test_every_command_comes_with_its_handler() -> None:
+    """One way to add a command: a module's `add_commands(sub)` adds its parsers and returns handlers."""
+    parser = build_parser()
+    choices = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert set(choices) == set(COMMANDS) and all(callable(h) for h in COMMANDS.values())
+    assert {"run", "train", "train-then-eval", "merge", "leaderboard", "import", "ls"} <= set(COMMANDS)
 
 
 def test_help_is_fast_and_imports_nothing_heavy() -> None:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the sweep modules (pydantic schemas) load only when a sweep
 REFERENCE_PREFIX = "reference-"
 
 
-def add_sweep_command(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction) -> dict[str, Any]:
     p = sub.add_parser("train-then-eval",
                        help="a sweep: train each cell of a grid, evaluate it, one leaderboard",
                        description="Train every cell of a YAML grid (recipes x tasks x shots x seeds x "
@@ -46,6 +46,7 @@ def add_sweep_command(sub: argparse._SubParsersAction) -> None:
                         "merge")
     p.add_argument("--cell", help="run this cell only (an id from --print-commands or --dry-run)")
     p.add_argument("--data-dir", help="the tasks' local data copy (replaces the sweep file's `data_dir:`)")
+    return {"train-then-eval": cmd_sweep}
 
 
 def _paths(args: argparse.Namespace) -> tuple[Path, SweepConfig, Path]:

@@ -38,6 +38,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from medharness.core.records import LogRow
 from medharness.runs.folders import TrainDir
 from medharness.runs.runlog import RunDir
 
@@ -95,10 +96,8 @@ def checkpoints(train_dir: Path) -> list[tuple[int, Path]]:
     return [(int(p.name.rpartition("-")[2]), p) for p in TrainDir(train_dir).checkpoints()]
 
 
-def read_logs(train_dir: Path) -> list[dict[str, Any]]:
-    path = train_dir / "logs.jsonl"
-    return ([json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists()
-            else [])
+def read_logs(train_dir: Path) -> list[LogRow]:
+    return TrainDir(train_dir).log_rows()
 
 
 def train(recipe: str, model: Path, out: Path, args: argparse.Namespace, steps: int, every: int, lr: float,
@@ -117,7 +116,7 @@ def train(recipe: str, model: Path, out: Path, args: argparse.Namespace, steps: 
     return medharness(*cmd, log=log)
 
 
-def plot(rows: list[dict[str, Any]], majority: dict[str, Any], grpo_logs: list[dict[str, Any]],
+def plot(rows: list[dict[str, Any]], majority: dict[str, Any], grpo_logs: list[LogRow],
          per_step: dict[int, float], sft_steps: int, title: str, png: Path) -> None:
     import matplotlib
 
@@ -148,8 +147,8 @@ def plot(rows: list[dict[str, Any]], majority: dict[str, Any], grpo_logs: list[d
         steps = sorted(per_step)
         bottom.plot(steps, [per_step[s] for s in steps], linestyle="none", marker=".", color="tab:red",
                     alpha=0.3, label="mean reward of one step's completions")
-    gx = [r["step"] for r in grpo_logs if isinstance(r.get("reward"), (int, float))]
-    gy = [r["reward"] for r in grpo_logs if isinstance(r.get("reward"), (int, float))]
+    gx = [r.step for r in grpo_logs if r.metric("reward") is not None]
+    gy = [r.metric("reward") for r in grpo_logs if r.metric("reward") is not None]
     bottom.plot(gx, gy, marker="o", color="tab:red",
                 label="mean training reward per logging step (logs.jsonl)")
     bottom.set_xlabel("GRPO step")
@@ -164,17 +163,15 @@ def plot(rows: list[dict[str, Any]], majority: dict[str, Any], grpo_logs: list[d
 
 def step_rewards(train_dir: Path) -> dict[int, float]:
     """Mean total reward of each GRPO step's sampled completions (OUTPUT/completions.jsonl)."""
-    path = train_dir / "completions.jsonl"
     totals: dict[int, list[float]] = {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        row = json.loads(line)
-        if isinstance(row.get("total"), (int, float)):
-            totals.setdefault(int(row["step"]), []).append(float(row["total"]))
+    for row in TrainDir(train_dir).completion_rows():
+        if row.total is not None and row.step is not None:
+            totals.setdefault(row.step, []).append(row.total)
     return {step: sum(v) / len(v) for step, v in totals.items()}
 
 
-def mean_reward(logs: list[dict[str, Any]], lo: int, hi: int) -> float | None:
-    vals = [r["reward"] for r in logs if isinstance(r.get("reward"), (int, float)) and lo < r["step"] <= hi]
+def mean_reward(logs: list[LogRow], lo: int, hi: int) -> float | None:
+    vals = [v for r in logs if (v := r.metric("reward")) is not None and lo < r.step <= hi]
     return sum(vals) / len(vals) if vals else None
 
 
@@ -284,7 +281,7 @@ def main() -> None:
              f"SFT {args.sft_steps} steps, then GRPO {args.grpo_steps}")
     plot(rows, majority, grpo_logs, step_rewards(grpo_dir), args.sft_steps, title, args.png)
     record = {"args": {k: str(v) for k, v in vars(args).items()}, "majority": majority, "rows": rows,
-              "grpo_logs": grpo_logs, "times": times}
+              "grpo_logs": [r.model_dump(mode="json") for r in grpo_logs], "times": times}
     (out / f"learning-{args.grpo_name}.json").write_text(json.dumps(record, indent=1))
     print(f"PNG: {args.png}; records: {out}/learning-{args.grpo_name}.json; commands and their output: {log}")
 

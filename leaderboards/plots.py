@@ -5,7 +5,6 @@ it drew (bars per row, lines per method or training run), which the tests read b
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 from medharness.core.errors import ConfigError
 from medharness.leaderboards.table import Board, Row
+from medharness.runs.folders import COMPLETIONS_FILE, LOGS_FILE, TrainDir
 
 
 def _pyplot() -> Any:
@@ -102,21 +102,15 @@ def shots(board: Board, path: Path) -> int:
 def reward_curve(train_dir: Path) -> list[tuple[int, float]]:
     """(step, mean reward) of one training run: TRL's `reward` in `logs.jsonl`, else the mean `total` of each
     step's completions in `completions.jsonl`; [] when neither has one."""
+    folder = TrainDir(train_dir)
     points: dict[int, list[float]] = {}
-    logs, completions = train_dir / "logs.jsonl", train_dir / "completions.jsonl"
-    for file, key in ((logs, "reward"), (completions, "total")):
-        if not file.is_file():
-            continue
-        for line in file.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line of a killed run
-            if (isinstance(row, dict) and isinstance(row.get(key), (int, float))
-                    and isinstance(row.get("step"), int)):
-                points.setdefault(row["step"], []).append(float(row[key]))
-        if points:
-            break
+    for row in folder.log_rows():
+        if (reward := row.metric("reward")) is not None:
+            points.setdefault(row.step, []).append(reward)
+    if not points:
+        for done in folder.completion_rows():
+            if done.step is not None and done.total is not None:
+                points.setdefault(done.step, []).append(done.total)
     return sorted((step, sum(v) / len(v)) for step, v in points.items())
 
 
@@ -132,7 +126,7 @@ def training_dirs(board: Board) -> dict[str, Path]:
                 continue
             near = [run.path.parent.parent / "train", run.path.parent.parent]
             for folder in (*near, Path(t.checkpoint).parent, Path(t.checkpoint)):
-                if (folder / "logs.jsonl").is_file() or (folder / "completions.jsonl").is_file():
+                if (folder / LOGS_FILE).is_file() or (folder / COMPLETIONS_FILE).is_file():
                     out.setdefault(row.label, folder)
                     break
     return out

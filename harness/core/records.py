@@ -531,3 +531,41 @@ class TrainLog(Record):
     def attempt(self) -> TrainAttempt:
         return TrainAttempt(status=self.status, started=self.started, finished=self.finished,
                             steps=self.steps, error=self.error)
+
+
+class LogRow(BaseModel):
+    """A row of a training run's `logs.jsonl`: a logging step (TRL's own metrics under their own names, which
+    TRL changes between versions, so they are kept as extra fields; `metric(name)` reads one) with what
+    medharness adds, or a scored `--eval-every` point (`eval`, `model`, `run`). Not `Strict` for that reason:
+    the known fields are typed, the rest is TRL's."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    step: int
+    epoch: float | None = None
+    time: str | None = None
+    step_time: float | None = None  # seconds per optimiser step
+    tokens_per_s: float | None = None
+    peak_memory_gib: float | None = None
+    reward_components: dict[str, dict[str, float | None]] | None = None  # label -> {mean, std}
+    eval: dict[str, Any] | None = None  # task -> {metric, value, n}
+    model: str | None = None
+    run: str | None = None
+
+    def metric(self, name: str) -> float | None:
+        """One of TRL's logged numbers (`loss`, `reward`, `kl`, ...); None when absent or not a number."""
+        value = (self.model_extra or {}).get(name)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+class CompletionRow(Record):
+    """A row of a training run's `completions.jsonl`: one sampled completion, its parsed answer and each
+    reward component (`total`: their weighted sum)."""
+
+    step: int | None
+    sample_id: str
+    text: str
+    answer: Any = None
+    parsed: bool
+    rewards: dict[str, float | None]
+    total: float | None

@@ -3,6 +3,8 @@
     RUN/run.json, samples/TASK.jsonl          a `medharness run` (runlog.py)
     TRAIN/                                    a `medharness train --output` (TrainDir)
         train.json                            status running|finished|failed|interrupted, config, final path
+        logs.jsonl, completions.jsonl         a row per logging step / per sampled completion (LogRow,
+                                              CompletionRow)
         train_samples.json                    the ids (and content keys) it trained on
         checkpoint-<step>/, final/            TRL's checkpoints, the final model
         evals/step-<N>/                       with --eval-every: a run directory per scored checkpoint
@@ -22,6 +24,7 @@ A name from a sweep file (cell id, task) becomes part of a path only through `pa
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +32,13 @@ from typing import Any
 
 from medharness.core.errors import DataError
 from medharness.core.paths import inside
-from medharness.core.records import RunLog, TrainLog
+from medharness.core.records import CompletionRow, LogRow, RunLog, TrainLog
 from medharness.runs.runlog import RunDir
 
 TRAIN_FILE = "train.json"
 TRAIN_SAMPLES_FILE = "train_samples.json"
+LOGS_FILE = "logs.jsonl"
+COMPLETIONS_FILE = "completions.jsonl"
 SWEEP_FILE = "sweep.json"
 EVALS_DIR = "evals"
 # The folder names a training run gives models (a checkpoint is `checkpoint-<step>`).
@@ -119,10 +124,31 @@ class TrainDir:
             return TrainState(None, None)
         return TrainState(log.status, Path(log.final) if log.final else None)
 
+    def log_rows(self) -> list[LogRow]:
+        """`logs.jsonl`'s rows ([] when absent); a torn last line (a killed run) is left out."""
+        return [LogRow.model_validate(row) for row in _jsonl(self.root / LOGS_FILE)]
+
+    def completion_rows(self) -> list[CompletionRow]:
+        """`completions.jsonl`'s rows ([] when absent); a torn last line (a killed run) is left out."""
+        return [CompletionRow.model_validate(row) for row in _jsonl(self.root / COMPLETIONS_FILE)]
+
     def checkpoints(self) -> list[Path]:
         """The `checkpoint-<step>` folders, by step."""
         found = [p for p in self.root.glob("checkpoint-*") if p.is_dir() and is_checkpoint(p.name)]
         return sorted(found, key=lambda p: int(p.name.rpartition("-")[2]))
+
+
+def _jsonl(path: Path) -> list[Any]:
+    """The JSON lines of `path`; a line that does not parse (a torn last line) is skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def is_checkpoint(name: str) -> bool:

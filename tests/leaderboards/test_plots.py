@@ -64,7 +64,8 @@ def test_reward_curves_from_training_logs(tmp_path: Path) -> None:
                                              for s in range(1, 6)) + '{"step": 6, "rew')  # a torn last line
     (other / "logs.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n")
     (other / "completions.jsonl").write_text("".join(
-        json.dumps({"step": s, "sample_id": f"x{k}", "text": "yes", "total": float(k % 2)}) + "\n"
+        json.dumps({"step": s, "sample_id": f"x{k}", "text": "yes", "answer": "yes", "parsed": True,
+                    "rewards": {"accuracy": float(k % 2)}, "total": float(k % 2)}) + "\n"
         for s in (1, 2) for k in range(4)))
     assert plots.reward_curve(grpo) == [(s, s / 10) for s in range(1, 6)]
     assert plots.reward_curve(other) == [(1, 0.5), (2, 0.5)]

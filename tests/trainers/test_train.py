@@ -95,6 +95,9 @@ def test_recipe_trains_and_writes_the_output_contract(tmp_path: Path, tiny_model
     steps = [r for r in logs if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2]
     assert all(r["step_time"] > 0 and r["tokens_per_s"] > 0 for r in steps)
+    typed = [r for r in TrainDir(out).log_rows() if r.metric("loss") is not None]  # typed rows: the same
+    assert [(r.step, r.step_time, r.metric("loss")) for r in typed] == [
+        (r["step"], r["step_time"], r["loss"]) for r in steps]
     assert "step 2/2" in capsys.readouterr().out
     if info["recipe"] == "grpo":
         for row in steps:
@@ -105,6 +108,7 @@ def test_recipe_trains_and_writes_the_output_contract(tmp_path: Path, tiny_model
         completions = jsonl(out / "completions.jsonl")
         assert {r["step"] for r in completions} == {1, 2}
         assert all(set(r["rewards"]) == LABELS and "answer" in r and r["sample_id"] for r in completions)
+        assert [c.model_dump() for c in TrainDir(out).completion_rows()] == completions
         assert info["rewards"][0] == {"label": "yes_no_accuracy", "metric": "yes_no_accuracy", "args": {},
                                       "weight": 0.9, "gold_mean": 1.0}
         assert info["batch"]["num_generations"] == 2 and info["batch"]["prompts_per_step"] == 1

@@ -558,6 +558,48 @@ class LogRow(BaseModel):
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+class SweepCellTrain(Record):
+    dir: str
+    status: RunStatus | None  # None: not started
+    final: str | None
+
+
+class SweepCellEval(Record):
+    dir: str
+    result: dict[str, Any] | None  # `runs.folders.task_result` (metric, value, n, interval); None: no run
+
+
+class SweepCell(Record):
+    """One cell of a sweep as `sweep.json` records it: what it trains, where, and how far it got."""
+
+    id: str
+    recipe: str
+    entry: str
+    preset: str | None
+    task: str
+    shots: int | None
+    seed: int
+    parent: str | None
+    stage: int
+    train: SweepCellTrain
+    eval: dict[str, SweepCellEval]
+    finished: bool
+    error: str | None
+
+
+class SweepLog(Record):
+    """`sweep.json` of a `medharness train-then-eval` folder: the resolved sweep, every cell, the board's rows
+    and the paper table (`trainers/sweeps/cli.py` writes it, `runs/folders.SweepDir.log()` reads it)."""
+
+    sweep_file: str
+    output: str
+    config: dict[str, Any]  # the sweep file as resolved (SweepConfig)
+    cells: list[SweepCell]
+    board: list[dict[str, Any]]  # the board's rows (trainers/sweeps/board.py)
+    table: dict[str, Any] | None  # the paper table with its published rows, when the sweep has one
+    failed: dict[str, str]  # cell id -> why
+
+
 class CompletionRow(Record):
     """A row of a training run's `completions.jsonl`: one sampled completion, its parsed answer and each
     reward component (`total`: their weighted sum)."""

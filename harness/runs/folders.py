@@ -32,7 +32,7 @@ from typing import Any
 
 from medharness.core.errors import DataError
 from medharness.core.paths import inside
-from medharness.core.records import CompletionRow, LogRow, RunLog, TrainLog
+from medharness.core.records import CompletionRow, LogRow, RunLog, SweepLog, TrainLog
 from medharness.runs.runlog import RunDir
 
 TRAIN_FILE = "train.json"
@@ -164,6 +164,16 @@ class SweepDir:
     @property
     def log_file(self) -> Path:
         return self.root / SWEEP_FILE
+
+    def log(self) -> SweepLog | None:
+        """`sweep.json` as its record; None when there is none, DataError when it cannot be read."""
+        if not self.log_file.is_file():
+            return None
+        try:
+            return SweepLog.model_validate_json(self.log_file.read_bytes())
+        except (OSError, ValueError) as exc:
+            why = str(exc).splitlines()[0]
+            raise DataError(f"{self.log_file}: not a readable sweep.json ({why})") from None
 
     @property
     def board_file(self) -> Path:

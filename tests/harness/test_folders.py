@@ -63,3 +63,10 @@ def test_the_sweep_layout_is_the_globs_that_find_its_runs(tmp_path: Path) -> Non
     assert cell == [made[1]]  # the final model's runs; a checkpoint's are one folder deeper
     with pytest.raises(ConfigError, match="would leave the output folder"):
         folder.eval_dir("c1", "../../x")
+
+
+def test_an_unreadable_sweep_json_is_named(tmp_path: Path) -> None:
+    assert SweepDir(tmp_path).log() is None
+    (tmp_path / SWEEP_FILE).write_text(json.dumps({"sweep_file": "s.yaml"}))
+    with pytest.raises(DataError, match=f"{tmp_path / SWEEP_FILE}: not a readable sweep.json"):
+        SweepDir(tmp_path).log()

@@ -16,6 +16,7 @@ from medharness.checkpoints.lineage import file_hash
 from medharness.cli import main
 from medharness.core.errors import ConfigError
 from medharness.core.records import MetricSummary, RunStatus, TaskEntry, TaskSummary
+from medharness.runs.folders import SweepDir
 from medharness.runs.runlog import RunDir
 from medharness.trainers.sweeps import DEMO
 from medharness.trainers.sweeps import stages as sweep_exec
@@ -242,6 +243,9 @@ def test_sweep_runs_skips_and_resumes(fake_train: Path, tiny_models: dict[str, P
     record = json.loads((out / "sweep.json").read_text())
     assert not record["failed"] and all(c["finished"] for c in record["cells"])
     assert record["cells"][1]["eval"]["phantom_presence"]["result"]["metric"] == "yes_no_accuracy"
+    typed = SweepDir(out).log()  # the typed record reads the file the sweep wrote, field for field
+    assert typed is not None and typed.model_dump(mode="json") == record
+    assert typed.cells[1].train.status == "finished"
 
     # everything finished: a rerun only re-renders (no train call, no new run)
     stamp = (out / "cells" / grpo / "eval" / "phantom_presence" / "run.json").stat().st_mtime_ns

@@ -171,6 +171,7 @@ def dry_run(sweep: SweepConfig, stages: Stages, cells: list[Cell], references: d
 def write_board(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell],
                 references: dict[str, str | None], failed: dict[str, str]) -> Path:
     from medharness.core.atomic import write_json_atomic, write_text_atomic
+    from medharness.core.records import SweepCell, SweepCellEval, SweepCellTrain, SweepLog
     from medharness.runs.folders import task_result
     from medharness.trainers.sweeps.board import board, render_markdown
     from medharness.trainers.sweeps.schema import all_eval_tasks
@@ -186,20 +187,19 @@ def write_board(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell
     if table is not None:  # the paper's layout first, with the published rows; then every row of the board
         text = f"# {title}\n\n{render_table(table)}\n## Every row\n\n{render_markdown(rows, tasks)}"
     write_text_atomic(path, text)
-    cell_records: list[dict[str, Any]] = []
+    cell_records = []
     for c in cells:
         state = stages.dir.train_dir(c.id).state()
-        evals = {t: task_result(stages.dir.eval_dir(c.id, t), t) for t in tasks}
-        cell_records.append({"id": c.id, "recipe": c.entry.recipe, "entry": c.entry.key, "preset": c.preset,
-                             "task": c.task, "shots": c.shots, "seed": c.seed, "parent": c.parent,
-                             "stage": c.stage,
-                             "train": {"dir": str(stages.dir.train_dir(c.id).root), "status": state.status,
-                                       "final": state.final and str(state.final)},
-                             "eval": {t: {"dir": str(stages.dir.eval_dir(c.id, t)), "result": v}
-                                      for t, v in evals.items()},
-                             "finished": stages.cell_finished(c), "error": failed.get(c.id)})
-    write_json_atomic(stages.dir.log_file, {
-        "sweep_file": str(file), "output": str(stages.root),
-        "config": sweep.model_dump(mode="json", by_alias=True),
-        "cells": cell_records, "board": rows, "table": table, "failed": failed})
+        train = SweepCellTrain(dir=str(stages.dir.train_dir(c.id).root), status=state.status,
+                               final=state.final and str(state.final))
+        evals = {t: SweepCellEval(dir=str(stages.dir.eval_dir(c.id, t)),
+                                  result=task_result(stages.dir.eval_dir(c.id, t), t)) for t in tasks}
+        cell_records.append(SweepCell(id=c.id, recipe=c.entry.recipe, entry=c.entry.key, preset=c.preset,
+                                      task=c.task, shots=c.shots, seed=c.seed, parent=c.parent, stage=c.stage,
+                                      train=train, eval=evals, finished=stages.cell_finished(c),
+                                      error=failed.get(c.id)))
+    log = SweepLog(sweep_file=str(file), output=str(stages.root),
+                   config=sweep.model_dump(mode="json", by_alias=True), cells=cell_records, board=rows,
+                   table=table, failed=failed)
+    write_json_atomic(stages.dir.log_file, log.model_dump(mode="json"))
     return path

@@ -78,7 +78,7 @@ class DistinctScores:
     recipe with a corpus metric, which reads them again), and `which` the index of each row's result.
 
     The built-in parsers and metrics read the generation and the sample's target, choices and meta, never its
-    question, id or image paths (tests/harness/test_distinct_scores.py holds each of them to it), so a row
+    question, id or image paths (tests/scoring/test_recipe.py holds each of them to it), so a row
     equal in those to one already scored gets its result: short answers repeat by the thousand. Where the
     first PROBE_ROWS rows repeat less than MIN_REPEATS (free text, reasoning), rows are scored one by one,
     without keys. A recipe with any other parser or metric (a plugin's, which may read anything) or with a

@@ -92,7 +92,7 @@ def test_baseline_without_train_or_prior_is_a_labelled_oracle_floor(
     tmp_path: Path, vqa_rad_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The test-only copy of VQA-RAD: the baseline runs, the console warns that it is an oracle floor, and the
-    run log says so (tests/harness/test_baseline_floors.py checks the boards)."""
+    run log says so (tests/backends/test_baseline.py checks the boards)."""
     out = tmp_path / "run"
     code = main(["run", "--model", "baseline:majority", "--tasks", "vqa_rad", "--data-dir", str(vqa_rad_dir),
                  "--output", str(out), "--no-progress"])

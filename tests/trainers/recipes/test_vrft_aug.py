@@ -20,7 +20,7 @@ from medharness.taskfiles.task import load_task
 from medharness.trainers.recipes.vrft_aug import VrftOptions, coords_warning, vrft_rewards
 from medharness.trainers.rewards import RewardSet
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[4] / "shared" / "data"
 RETINA = tuple(f"grade {i}" for i in range(5))
 
 

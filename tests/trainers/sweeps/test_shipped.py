@@ -14,7 +14,7 @@ from medharness.cli import main
 from medharness.trainers.sweeps.schema import load_sweep
 from medharness.trainers.sweeps.table import load_reference
 
-SWEEPS = Path(__file__).resolve().parents[2] / "trainers" / "sweeps"
+SWEEPS = Path(__file__).resolve().parents[3] / "trainers" / "sweeps"
 FILES = sorted(SWEEPS.glob("*.yaml"))
 
 

@@ -24,7 +24,7 @@ TASKS = ("pathvqa", "pmc_vqa", "cv_bench", "reasoning_vqa")
 R1_VARIANTS = {"r1", "explanation", "short", "open_ended", "reasoning", "reasoning_judged", "r1_study",
                "r1_by_task"}  # answer inside <answer> tags
 # metrics that call a model or a judge panel (tested with local models and a local server in
-# tests/harness/test_model_metrics.py and tests/judges/test_judge_metric.py): left out of the offline checks
+# tests/scoring/test_metrics_models.py and tests/judges/test_judge_metric.py): left out of the offline checks
 NEEDS_MODEL = {"bertscore", "rarl_accuracy", "reasoning_similarity", "reasoning_perplexity", "judge_score",
                "judge_rate"}
 

@@ -16,7 +16,7 @@ from medharness.trainers.sweeps import DEMO
 from medharness.trainers.sweeps.schema import load_sweep
 from medharness.trainers.sweeps.stages import StageFailed, Stages
 
-CORPUS = sorted((Path(__file__).resolve().parents[1] / "data" / "fuzz" / "sweeps").glob("*.yaml"))
+CORPUS = sorted((Path(__file__).resolve().parents[2] / "data" / "fuzz" / "sweeps").glob("*.yaml"))
 
 
 def victim_folder(tmp_path: Path) -> Path:

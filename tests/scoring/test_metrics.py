@@ -237,7 +237,7 @@ def test_every_metric_survives_a_megabyte(text: str) -> None:
     args = {"grade_mae": {"min_grade": 0, "max_grade": 4},
             "where": {"metric": "token_f1", "field": "answer_type", "value": "OPEN"}}
     # model- and judge-backed metrics need a model or a panel (their inputs are truncated by the model's
-    # tokenizer): tests/harness/test_model_metrics.py and tests/judges/test_judge_metric.py
+    # tokenizer): tests/scoring/test_metrics_models.py and tests/judges/test_judge_metric.py
     needs_model = {"bertscore", "rarl_accuracy", "reasoning_similarity", "reasoning_perplexity",
                    "judge_score", "judge_rate"}
     for name, m in METRICS.items():

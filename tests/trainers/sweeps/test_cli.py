@@ -24,7 +24,7 @@ from medharness.trainers.sweeps.board import board, render_markdown
 from medharness.trainers.sweeps.schema import expand, load_sweep
 from medharness.trainers.sweeps.stages import Stages, reference_rows
 
-SUPPORT = Path(__file__).resolve().parents[1] / "support"
+SUPPORT = Path(__file__).resolve().parents[2] / "support"
 
 
 def write(path: Path, text: str) -> Path:

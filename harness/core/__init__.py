@@ -1,2 +1,4 @@
-"""The core, imported by every layer above: records, errors, the one registry, paths inside an output folder,
-the strict YAML loader and the one reader of user data files, and statistics (intervals, paired tests)."""
+"""The core, imported by every layer above: records (`records.py`: samples to run, train and sweep logs),
+errors, the one registry (`registry.py`), paths inside an output folder (`paths.py`), whole-file writes
+(`atomic.py`), the strict YAML loader (`yamlio.py`), the one reader of user data files (`datafiles.py`), dtype
+names (`dtypes.py`) and statistics (`stats.py`: intervals, paired tests)."""

@@ -33,11 +33,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pydantic import model_validator
+
 from medharness.checkpoints.lineage import file_hash, manifest_path, read_manifest
 from medharness.core.atomic import write_text_atomic
 from medharness.core.errors import ConfigError, DataError
 from medharness.core.paths import set_aside
-from medharness.core.records import RunLog, Sample
+from medharness.core.records import EvalSettings, RunLog, Sample
 from medharness.runs.folders import EVALS_DIR, TRAIN_SAMPLES_FILE, TrainDir, read_run, task_result
 from medharness.runs.pipeline import RunConfig, Runner
 from medharness.taskfiles.task import Task, load_task, resolve_task_names
@@ -46,24 +48,24 @@ from medharness.trainers.checkpoints import samples_hash
 log = logging.getLogger(__name__)
 
 
-
-@dataclass
-class EvalRequest:
-    """The `train --eval-*` flags."""
+class EvalRequest(EvalSettings):
+    """The `train --eval-*` flags: the shared evaluation settings (`limit`: the first N held-out samples per
+    task), and when and on what to evaluate."""
 
     every: int | None = None  # save (and score) a checkpoint every N steps
     checkpoints: bool = False  # score the checkpoints training saves anyway
     tasks: str | None = None  # comma-separated tasks or families (default: the training task)
     split: str | None = None  # default: each task's own evaluation split
-    limit: int | None = None  # the first N held-out samples per task
-    backend: str = "auto"
-    batch_size: int = 8
 
-    def __post_init__(self) -> None:
-        if self.every is not None and self.every < 1:
-            raise ConfigError(f"--eval-every must be >= 1, got {self.every}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--eval-limit must be >= 1, got {self.limit}")
+    @model_validator(mode="before")
+    @classmethod
+    def _flags(cls, data: Any) -> Any:
+        """Out-of-range values named as the flags that gave them (a ConfigError, not a validation error)."""
+        for key in ("every", "limit"):
+            value = data.get(key) if isinstance(data, dict) else None
+            if isinstance(value, int) and value < 1:
+                raise ConfigError(f"--eval-{key} must be >= 1, got {value}")
+        return data
 
     @property
     def enabled(self) -> bool:
@@ -202,7 +204,9 @@ def evaluate_point(eval_plan: EvalPlan, model: str, run_dir: Path, trained: Trai
     stale run is moved into OUTPUT/.set-aside/, not deleted)."""
     r = eval_plan.request
     config = RunConfig(model=model, backend=r.backend, tasks=eval_plan.refs, overrides=eval_plan.overrides,
-                       batch_size=r.batch_size, samples_file=str(eval_plan.samples_file), label=run_dir.name)
+                       batch_size=r.batch_size, max_new_tokens=r.max_new_tokens,
+                       backend_options=dict(r.backend_options), samples_file=str(eval_plan.samples_file),
+                       label=run_dir.name)
     runlog = read_run(run_dir)
     resume = runlog is not None and _same_point(runlog, config)
     if resume and runlog is not None and runlog.status == "finished":

@@ -75,6 +75,17 @@ class Sample(Record):
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
+class EvalSettings(Strict):
+    """How a model is evaluated: what a sweep's `eval:` (`EvalSpec`) and `train --eval-*` (`EvalRequest`)
+    share with `run` (`runs.pipeline.RunConfig`, which keeps its own field order: run.json stores it)."""
+
+    backend: str = "auto"  # auto: vllm on a GPU when installed, hf elsewhere
+    limit: int | None = Field(None, ge=1)  # the first N samples per task
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1)  # None: each task's own
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+
+
 class GenerationSettings(Record):
     """Decoding settings; task files' `generation:` keys are these fields, checked when the file is read."""
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from medharness.core.errors import ConfigError
-from medharness.core.records import SafeName, Strict
+from medharness.core.records import EvalSettings, SafeName, Strict
 from medharness.core.yamlio import load_strict
 
 
@@ -60,13 +60,10 @@ class RecipeEntry(Strict):
         return self.id or (f"{self.recipe}-from-{self.parent}" if self.parent else self.recipe)
 
 
-class EvalSpec(Strict):
-    backend: str = "auto"  # auto: vllm on a GPU when installed, hf elsewhere
-    limit: int | None = Field(None, ge=1)
+class EvalSpec(EvalSettings):
+    """A sweep's `eval:`: the shared evaluation settings, a pinned sample file, and which checkpoints."""
+
     samples: str | None = None  # a pinned sample id file (`run --samples`), relative to the sweep file
-    batch_size: int = Field(8, ge=1)
-    max_new_tokens: int | None = Field(None, ge=1)
-    backend_options: dict[str, Any] = Field(default_factory=dict)
     checkpoints: Literal["final", "all"] = "final"  # all: every checkpoint-<step> too (the board uses final)
 
 

@@ -2,7 +2,8 @@
 read their text here too): whatever is wrong with a file is an error naming the file and, where it has one,
 the line, never a traceback or a silently different value.
 
-- `read_text`: missing, a directory, unreadable, UTF-16 / not UTF-8 (with the byte offset), a NUL byte.
+- `read_text`: missing, a directory, not a regular file (a FIFO, /dev/zero), unreadable, UTF-16 / not UTF-8
+  (with the byte offset), a NUL byte.
 - `read_records`: JSONL (the true line of a bad record), a JSON list (or an object holding one), CSV / TSV /
   pipe-separated text (a row with too few or too many fields, a quote never closed); every record must be a
   mapping (`{"id": ..}`), so a file of bare numbers is refused at its first one.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +38,13 @@ class Record:
 
 
 def read_text(path: Path, what: str = "file", error: Callable[[str], MedHarnessError] = DataError) -> str:
-    """The file's text (UTF-8, a leading BOM dropped); every failure is `error("PATH: ...")`."""
+    """The file's text (UTF-8, a leading BOM dropped); every failure is `error("PATH: ...")`. Only a regular
+    file is read: a FIFO would block forever and a device such as /dev/zero never ends."""
     try:
         if path.is_dir():
             raise error(f"{path}: is a directory, not a {what}")
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise error(f"{path}: not a regular file (a pipe, socket or device), so not a {what}")
         raw = path.read_bytes()
     except FileNotFoundError:
         raise error(f"{what} {path} does not exist") from None

@@ -368,3 +368,24 @@ def test_a_local_sources_meta_fields_follow_its_columns(tmp_path: Path) -> None:
     [sample] = source.load(LoadParams(task="t", columns=columns), "test")
     assert set(sample.meta) == source.meta_fields(columns) == {"body", "answer_type", "answer_type_derived",
                                                                 "class_name"}
+
+
+@pytest.mark.timeout(60)
+def test_a_fifo_or_a_device_is_refused_not_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A FIFO as a task file or `--samples` would block forever, /dev/zero would fill memory: both are refused
+    by name before anything is read or written."""
+    import os
+
+    fifo = tmp_path / "ids.json"
+    os.mkfifo(fifo)  # nobody ever writes to it: reading it would block
+    assert main(["validate", str(fifo)]) == 1
+    said = capsys.readouterr().out
+    assert f"{fifo}: not a regular file (a pipe, socket or device), so not a task file" in said
+    out = tmp_path / "run"
+    assert main(["run", "--model", "baseline:majority", "--tasks", "phantom_presence", "--samples", str(fifo),
+                 "--output", str(out), "--no-progress"]) == 2
+    assert "not a regular file" in capsys.readouterr().err and not out.exists()
+    zero = Path("/dev/zero")
+    if zero.exists():
+        assert main(["validate", str(zero)]) == 1
+        assert "/dev/zero: not a regular file" in capsys.readouterr().out

@@ -20,11 +20,12 @@ from pathlib import Path
 from medharness.core.errors import ConfigError, DataError
 from medharness.leaderboards.columns import Column, resolve_columns
 from medharness.leaderboards.compare import add_deltas, add_marks
-from medharness.leaderboards.runs import MISSING, Opened, Value, lineage_text, open_runs, unique_labels
+from medharness.leaderboards.runs import ORACLE, Opened, is_oracle, lineage_text, open_runs, unique_labels
 from medharness.leaderboards.samples import RowCache
 from medharness.leaderboards.spec import BoardSpec, RowSpec
 from medharness.leaderboards.table import Board, Row
 from medharness.runs.folders import SweepDir, TrainDir
+from medharness.runs.results import MISSING, Value, over_runs
 from medharness.runs.runlog import RUN_FILE
 
 N_BOOT = 2000
@@ -63,7 +64,7 @@ def build_rows(spec: BoardSpec, run_dirs: Sequence[Path]) -> tuple[list[Row], Op
         if row_spec.published is not None:
             rows.append(Row(str(row_spec.label), [], row_spec.lineage or "published",
                             "published", dict(row_spec.published), row_spec.source,
-                            row_spec.method, row_spec.shots))
+                            row_spec.method, row_spec.shots, row_spec.task))
             continue
         opened = open_runs(_row_paths(row_spec), missing_ok=True)
         _merge(everything, opened)
@@ -73,8 +74,11 @@ def build_rows(spec: BoardSpec, run_dirs: Sequence[Path]) -> tuple[list[Row], Op
         first = unique_labels(opened.runs)[0]
         label = row_spec.label or (first if len(opened.runs) == 1
                                    else f"{first} (+{len(opened.runs) - 1} runs)")
+        if row_spec.label and any(is_oracle(run) for run in opened.runs):
+            label += ORACLE  # as a run's own label is (unique_labels)
         lineage = row_spec.lineage or " | ".join(dict.fromkeys(lineage_text(r.log) for r in opened.runs))
-        rows.append(Row(label, opened.runs, lineage, method=row_spec.method, shots=row_spec.shots))
+        rows.append(Row(label, opened.runs, lineage, method=row_spec.method, shots=row_spec.shots,
+                        task=row_spec.task, blank=tuple(row_spec.blank), expected=row_spec.expected))
     opened = open_runs(run_dirs)
     _merge(everything, opened)
     for run, label in zip(opened.runs, unique_labels(opened.runs), strict=True):
@@ -129,14 +133,8 @@ def _value(row: Row, col: Column, cache: RowCache) -> Value:
     if row.published is not None:
         got = row.published.get(col.label)
         return MISSING if got is None else Value(got, method=None)
-    values = [v for v in (col.value(run, cache) for run in row.runs) if not v.missing]
-    if len(values) <= 1:
-        return values[0] if values else MISSING
-    from medharness.core.stats import seed_summary
-
-    mean, std, interval = seed_summary([v.value for v in values if v.value is not None])
-    return Value(mean, interval.low, interval.high, n=sum(v.n for v in values), method=interval.method,
-                 std=std, n_runs=len(values))
+    own = row.column_for(col)
+    return MISSING if own is None else over_runs([own.value(run, cache) for run in row.runs])
 
 
 def _add_average(board: Board) -> None:

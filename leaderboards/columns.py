@@ -7,9 +7,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from medharness.leaderboards.runs import MISSING, Value, metric_value, primary_metric, scale_of, summary_value
 from medharness.leaderboards.samples import RowCache
 from medharness.leaderboards.spec import BoardSpec, ColumnSpec
+from medharness.runs.results import MISSING, Value, metric_value, primary_metric, scale_of, summary_value
 from medharness.runs.runlog import RunDir
 
 
@@ -107,16 +107,17 @@ def resolve_columns(spec: BoardSpec, runs: Sequence[RunDir]) -> list[Column]:
         many = sum(1 for other in specs if other.task == c.task) > 1
         field_value = (c.group or spec.by or "").partition("=")
         field, value = field_value[0], field_value[2]
-        direction, percent = _direction(runs, c.task, c.metric)
-        groups = [value] if value else (_groups_of(runs, c.task, field) if field else [])
+        task = c.task or ""  # "": each row's task (Row.column_for)
+        direction, percent = _direction(runs, task, c.metric)
+        groups = [value] if value else (_groups_of(runs, task, field) if field and task else [])
         if field and not groups and c.group is None:
             groups = []  # `by` names a field this task has no groups for: keep the overall column
         if not groups:
-            cols.append(Column(c.label or _column_label(c.task, c.metric, None, many), c.task, c.metric,
+            cols.append(Column(c.label or _column_label(task, c.metric, None, many), task, c.metric,
                                higher_is_better=direction, percent=percent))
         for g in groups:
             label = (c.label if value else f"{c.label} · {g}") if c.label else None
-            cols.append(Column(label or _column_label(c.task, c.metric, (field, g), many), c.task, c.metric,
+            cols.append(Column(label or _column_label(task, c.metric, (field, g), many), task, c.metric,
                                (field, g), higher_is_better=direction, percent=percent))
     if not spec.columns and spec.judges:
         cols += _judge_columns(runs, spec.all_metrics)
@@ -132,11 +133,14 @@ def resolve_columns(spec: BoardSpec, runs: Sequence[RunDir]) -> list[Column]:
 
 
 def _direction(runs: Sequence[RunDir], task: str, metric: str | None) -> tuple[bool, bool]:
+    """A column's direction and scale, from the first run that has its metric (any task, for a column that
+    names none)."""
     for run in runs:
-        entry = run.log.tasks.get(task)
-        name = metric or (primary_metric(entry) if entry else None)
-        if entry is not None and entry.summary is not None and name in entry.summary.metrics:
-            return entry.summary.metrics[name].higher_is_better, entry.percent.get(name, True)
+        entries = [e for t, e in run.log.tasks.items() if t == task or not task]
+        for entry in entries:
+            name = metric or primary_metric(entry)
+            if entry.summary is not None and name in entry.summary.metrics:
+                return entry.summary.metrics[name].higher_is_better, entry.percent.get(name, True)
     return True, True
 
 

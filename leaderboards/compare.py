@@ -8,9 +8,9 @@ import math
 from typing import NamedTuple
 
 from medharness.leaderboards.columns import Column
-from medharness.leaderboards.runs import MISSING, Value
 from medharness.leaderboards.samples import RowCache
 from medharness.leaderboards.table import Board, Mark, Row
+from medharness.runs.results import MISSING, Value
 
 
 class Pair(NamedTuple):
@@ -43,6 +43,10 @@ def paired(board: Board, ref: Row, other: Row, col: Column, cache: RowCache) -> 
     samples)."""
     if len(ref.runs) != 1 or len(other.runs) != 1 or col.judge or col.metric == "average":
         return None
+    own, theirs = ref.column_for(col), other.column_for(col)
+    if own is None or theirs is None or own.task != theirs.task:
+        return None
+    col = own
     a_run, b_run = ref.runs[0], other.runs[0]
     a_entry, b_entry = a_run.log.tasks.get(col.task), b_run.log.tasks.get(col.task)
     metric = col.metric_of(a_run)

@@ -19,8 +19,9 @@ from typing import Any
 from tabulate import tabulate
 
 from medharness.leaderboards.columns import Column
-from medharness.leaderboards.runs import ORACLE, Value
+from medharness.leaderboards.runs import ORACLE
 from medharness.leaderboards.table import Board, Row
+from medharness.runs.results import Value
 
 
 def _num(x: float | None, decimals: int, signed: bool = False) -> str:
@@ -61,6 +62,13 @@ def _styled(text: str, rank: int | None) -> str:
     return head + sep + tail
 
 
+def _missing_runs(board: Board, row: Row, col: Column) -> bool:
+    """A cell of fewer finished runs than its row waits for (seeds)."""
+    value = board.cell(row.label, col.label)
+    return (row.expected is not None and not value.missing and value.n_runs < row.expected
+            and col.metric != "average")
+
+
 def table_rows(board: Board) -> tuple[list[str], list[list[str]]]:
     spec = board.spec
     ranks = {c.label: _ranks(board, c) for c in board.columns}
@@ -69,9 +77,11 @@ def table_rows(board: Board) -> tuple[list[str], list[list[str]]]:
     for row in board.rows:
         cells = []
         for col in board.columns:
-            text = cell_text(board.cell(row.label, col.label), spec.decimals, spec.intervals,
-                             row.kind == "delta")
+            value = board.cell(row.label, col.label)
+            text = cell_text(value, spec.decimals, spec.intervals, row.kind == "delta")
             text = _styled(text, ranks[col.label].get(row.label) if row.kind != "delta" else None)
+            if _missing_runs(board, row, col):
+                text += f" ({value.n_runs}/{row.expected})"
             mark = board.marks.get((row.label, col.label))
             cells.append(text + (" †" if mark is not None and mark.significant else ""))
         body.append([row.label, *cells, row.lineage])
@@ -79,7 +89,8 @@ def table_rows(board: Board) -> tuple[list[str], list[list[str]]]:
 
 
 def _unparsed(board: Board) -> str | None:
-    tasks = list(dict.fromkeys(c.task for c in board.columns if c.task and not c.judge))
+    tasks = list(dict.fromkeys([*(c.task for c in board.columns if c.task and not c.judge),
+                                *(r.task for r in board.rows if r.task and r.runs)]))
     body = []
     for row in board.rows:
         if not row.runs:
@@ -101,6 +112,8 @@ def _legend(board: Board) -> str:
     parts = ["Cells: value (x100 for rates)"]
     if board.spec.intervals:
         parts.append(" [95% interval]; intervals: " + ("; ".join(methods) if methods else "none available"))
+    if any(_missing_runs(board, row, col) for row in board.rows for col in board.columns):
+        parts.append("; (i/n): only i of the row's n runs (seeds) finished")
     if any(r.kind == "published" for r in board.rows):
         parts.append("; published rows: the paper's numbers as printed (no interval, not re-scored here)")
     if any(v.std is not None for v in board.cells.values()):
@@ -156,7 +169,8 @@ def records(board: Board) -> list[dict[str, Any]]:
             v = board.cell(row.label, col.label)
             mark = board.marks.get((row.label, col.label))
             out.append({
-                "row": row.label, "kind": row.kind, "column": col.label, "task": col.task,
+                "row": row.label, "kind": row.kind, "column": col.label,
+                "task": (own.task if (own := row.column_for(col)) else col.task or row.task) or None,
                 "metric": col.metric or _metric(row, col), "group_field": col.group[0] if col.group else None,
                 "group": col.group[1] if col.group else None, "judge": col.judge, "value": v.value,
                 "ci_low": v.low, "ci_high": v.high, "ci_method": v.method, "n": v.n,
@@ -170,7 +184,8 @@ def records(board: Board) -> list[dict[str, Any]]:
 
 
 def _metric(row: Row, col: Column) -> str | None:
-    return col.metric_of(row.runs[0]) if row.runs else None
+    own = row.column_for(col)
+    return own.metric_of(row.runs[0]) if row.runs and own else None
 
 
 def _clean(x: Any) -> Any:

@@ -20,10 +20,11 @@ from medharness.core.records import ResultRow
 from medharness.leaderboards.board import build
 from medharness.leaderboards.columns import Column
 from medharness.leaderboards.render import cell_text
-from medharness.leaderboards.runs import lineage_text, metric_value, model_name, scale_of
+from medharness.leaderboards.runs import lineage_text, model_name
 from medharness.leaderboards.samples import RowCache
 from medharness.leaderboards.spec import BoardSpec, ColumnSpec
 from medharness.leaderboards.table import Board
+from medharness.runs.results import metric_value, scale_of
 from medharness.runs.runlog import RunDir
 
 

@@ -1,45 +1,18 @@
 """Run directories as a board reads them: which paths are runs (the others are skipped with a note), which
-runs failed (left out and listed), a unique label per run, and each task's values with their intervals.
-
-Intervals come from the run log's summary (`ci_low`, `ci_high`, `ci_method`, `n_clusters`, written by
-`medharness.core.stats`); a run log written before those fields existed falls back to 1.96 x the standard
-error, and the cell says which method it carries.
+runs failed (left out and listed), a unique label per run and its lineage. A task's values with their
+intervals: `medharness.runs.results`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medharness.core.errors import DataError
-from medharness.core.records import MetricSummary, RunLog, TaskEntry
+from medharness.core.records import RunLog
 from medharness.runs.folders import MODEL_FOLDERS, RUN_GLOBS, SWEEP_FILE, is_checkpoint
 from medharness.runs.runlog import RUN_FILE, RunDir
-
-NORMAL = "normal (1.96 x standard error)"
-
-
-@dataclass(frozen=True)
-class Value:
-    """One number of a board, on its display scale (x100 for percent metrics), with its interval."""
-
-    value: float | None
-    low: float | None = None
-    high: float | None = None
-    n: int = 0
-    method: str | None = None  # how the interval was made; None = no interval
-    n_clusters: int | None = None
-    std: float | None = None  # across runs (seeds) of one row
-    n_runs: int = 1
-
-    @property
-    def missing(self) -> bool:
-        return self.value is None
-
-
-MISSING = Value(None)
 
 
 @dataclass
@@ -170,32 +143,3 @@ def lineage_text(log: RunLog) -> str:
         parts.append(f"seed {t.seed}")
     return " → ".join(parts[:2]) + "".join(f" · {p}" for p in parts[2:])
 
-
-def scale_of(entry: TaskEntry, metric: str) -> float:
-    return 100.0 if entry.percent.get(metric, True) else 1.0
-
-
-def metric_value(entry: TaskEntry, metric: str) -> Value:
-    """A task's metric from the run log's summary, on the display scale, with its interval."""
-    summary = entry.summary
-    m = summary.metrics.get(metric) if summary else None
-    if m is None:
-        return MISSING
-    return summary_value(m, scale_of(entry, metric))
-
-
-def summary_value(m: MetricSummary, scale: float) -> Value:
-    if math.isnan(m.value):
-        return Value(None, n=m.n)
-    low, high, method, n_clusters = m.ci_low, m.ci_high, m.ci_method, m.n_clusters
-    if low is None or high is None:
-        if m.stderr is None or math.isnan(m.stderr):
-            low = high = method = None
-        else:
-            low, high, method = m.value - 1.96 * m.stderr, m.value + 1.96 * m.stderr, NORMAL
-    return Value(m.value * scale, None if low is None else low * scale,
-                 None if high is None else high * scale, n=m.n, method=method, n_clusters=n_clusters)
-
-
-def primary_metric(entry: TaskEntry) -> str | None:
-    return entry.summary.primary if entry.summary else None

@@ -22,10 +22,16 @@ class ColumnSpec(Strict):
     """One column, or one per group value: `{task: vqa_rad}` (its primary metric), `{task: vqa_rad, metric:
     vqa_accuracy, group: answer_type}` (one column per answer type), `group: answer_type=CLOSED` (one)."""
 
-    task: str
+    task: str | None = None  # None: each row's task (`RowSpec.task`; tasks as rows, as in RARL's Table 3)
     metric: str | None = None  # default: the task's primary metric (its first)
     group: str | None = None  # FIELD (every value) or FIELD=VALUE
     label: str | None = None  # default: "task · metric", "task · VALUE" for groups
+
+    @model_validator(mode="after")
+    def _named(self) -> ColumnSpec:
+        if self.task is None and self.label is None:
+            raise ValueError("a column that names no task (each row's task) needs a label")
+        return self
 
 
 class RowSpec(Strict):
@@ -45,6 +51,9 @@ class RowSpec(Strict):
     lineage: str | None = None  # default: from the run log (base model → recipe · step · seed)
     method: str | None = None  # for plots: the series this row belongs to (accuracy against shots)
     shots: int | None = Field(None, ge=0)  # for plots: the x position
+    task: str | None = None  # the task of the columns that name none (default: a run's only task)
+    blank: list[str] = Field(default_factory=list)  # column labels this row does not measure (n/a)
+    expected: int | None = Field(None, ge=1)  # runs per column the row waits for (seeds): `(i/n)` when fewer
 
     @model_validator(mode="after")
     def _one_source(self) -> RowSpec:

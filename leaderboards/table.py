@@ -3,11 +3,11 @@ row."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from medharness.leaderboards.columns import Column
-from medharness.leaderboards.runs import MISSING, Value
 from medharness.leaderboards.spec import BoardSpec
+from medharness.runs.results import MISSING, Value
 from medharness.runs.runlog import RunDir
 
 
@@ -21,6 +21,19 @@ class Row:
     source: str | None = None
     method: str | None = None
     shots: int | None = None
+    task: str | None = None  # the task of the columns that name none
+    blank: tuple[str, ...] = ()  # columns this row does not measure
+    expected: int | None = None  # runs per column it waits for (seeds)
+
+    def column_for(self, col: Column) -> Column | None:
+        """The column as this row reads it: a column that names no task takes the row's task (else the task
+        of its runs when they have one); None where the row leaves it blank or has no task for it."""
+        if col.label in self.blank:
+            return None
+        if col.task:
+            return col
+        tasks = {self.task} if self.task else {t for run in self.runs for t in run.log.tasks}
+        return replace(col, task=tasks.pop()) if len(tasks) == 1 else None
 
 
 @dataclass(frozen=True)

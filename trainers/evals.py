@@ -40,8 +40,9 @@ from medharness.core.atomic import write_text_atomic
 from medharness.core.errors import ConfigError, DataError
 from medharness.core.paths import set_aside
 from medharness.core.records import EvalSettings, RunLog, Sample
-from medharness.runs.folders import EVALS_DIR, TRAIN_SAMPLES_FILE, TrainDir, read_run, task_result
+from medharness.runs.folders import EVALS_DIR, TRAIN_SAMPLES_FILE, TrainDir, read_run
 from medharness.runs.pipeline import RunConfig, Runner
+from medharness.runs.results import task_result
 from medharness.taskfiles.task import Task, load_task, resolve_task_names
 from medharness.trainers.checkpoints import samples_hash
 
@@ -235,15 +236,15 @@ def evaluate_checkpoints(output: Path, eval_plan: EvalPlan, start_model: str,
         evaluate_point(eval_plan, model, run_dir, trained, output)
         metrics = {t: task_result(run_dir, t) for t in eval_plan.tasks}
         done.append({"step": step, "model": model, "run": str(run_dir),
-                     "eval": {t: m and {k: m[k] for k in ("metric", "value", "n")}
+                     "eval": {t: m and m.model_dump(include={"metric", "value", "n"})
                               for t, m in metrics.items()}})
         for task, m in metrics.items():
             if m is not None:
-                curve[task]["metric"] = m["metric"]
-                curve[task]["points"].append([step, m["value"]])
+                curve[task]["metric"] = m.metric
+                curve[task]["points"].append([step, m.value])
         if progress is not None:
-            shown = "  ".join(f"{t} {m['metric']} {m['value']:.1f} (n={m['n']})" for t, m in metrics.items()
-                              if m and m["value"] is not None)
+            shown = "  ".join(f"{t} {m.metric} {m.value:.1f} (n={m.n})" for t, m in metrics.items()
+                              if m and m.value is not None)
             progress(f"eval step {step}: {shown}")
     _log_rows(output / "logs.jsonl", done)
     return {**eval_plan.info(), "points": done, "curve": curve}

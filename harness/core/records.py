@@ -575,9 +575,23 @@ class SweepCellTrain(Record):
     final: str | None
 
 
+class TaskResult(Record):
+    """A finished run's task as sweeps and curves show it (`runs.results.task_result`): one metric on the
+    display scale (x100 for rates), the samples it counts, the run's model, whether it is an oracle
+    baseline, and the interval with its method (None: no interval)."""
+
+    metric: str
+    value: float | None
+    n: int
+    model: str | None
+    oracle: bool
+    ci: tuple[float, float] | None
+    ci_method: str | None
+
+
 class SweepCellEval(Record):
     dir: str
-    result: dict[str, Any] | None  # `runs.folders.task_result` (metric, value, n, interval); None: no run
+    result: TaskResult | None  # None: no finished run
 
 
 class SweepCell(Record):

@@ -25,7 +25,6 @@ A name from a sweep file (cell id, task) becomes part of a path only through `pa
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,28 +56,6 @@ def run_status(run_dir: Path) -> str | None:
     """The run log's status of a run directory (None: no run there yet)."""
     runlog = read_run(run_dir)
     return None if runlog is None else runlog.status
-
-
-def task_result(run_dir: Path, task: str, metric: str | None = None) -> dict[str, Any] | None:
-    """{metric, value (x100 for percent metrics), n, model, oracle, ci, ci_method} of a finished run's task:
-    its primary metric (`TaskSummary.primary`) or the metric labelled `metric`; None when the run, the task's
-    summary or that metric is missing."""
-    runlog = read_run(run_dir)
-    if runlog is None or runlog.status != "finished":
-        return None
-    entry = runlog.tasks.get(task)
-    if entry is None or entry.summary is None or entry.summary.primary is None:
-        return None
-    name = metric or entry.summary.primary
-    m = entry.summary.metrics.get(name)
-    if m is None:
-        return None
-    scale = 100.0 if entry.percent.get(name, True) else 1.0
-    value = None if math.isnan(m.value) else m.value * scale
-    oracle = entry.baseline is not None and entry.baseline.kind == "oracle"
-    ci = (m.ci_low * scale, m.ci_high * scale) if m.ci_low is not None and m.ci_high is not None else None
-    return {"metric": name, "value": value, "n": m.n, "model": runlog.model, "oracle": oracle, "ci": ci,
-            "ci_method": m.ci_method}
 
 
 @dataclass(frozen=True)

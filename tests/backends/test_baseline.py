@@ -170,8 +170,7 @@ def test_baselines_run_on_the_test_only_copies_as_labelled_oracle_floors(
 def test_the_sweep_board_names_an_oracle_floor(tmp_path: Path) -> None:
     """A sweep evaluated on a test-only task: its baseline reference row is a real run of baseline:majority
     whose answers are an oracle floor, and the sweep's board says so in the cell and in the legend."""
-    from medharness.trainers.sweeps.board import board
-    from medharness.trainers.sweeps.board import render_markdown as render_sweep
+    from medharness.trainers.sweeps.board import every_row, render
     from medharness.trainers.sweeps.schema import expand, load_sweep
     from medharness.trainers.sweeps.stages import Stages, reference_rows
 
@@ -183,7 +182,7 @@ def test_the_sweep_board_names_an_oracle_floor(tmp_path: Path) -> None:
     stages = Stages(sweep, file, tmp_path / "sweep", resume=False)
     Runner(RunConfig(model="baseline:majority", tasks=str(tmp_path / "toy.yaml"), data_dir=str(data)),
            stages.dir.reference_dir("baseline-majority", "toy")).run()
-    rows = board(sweep, expand(sweep), stages.dir, reference_rows(sweep), "m")
-    text = render_sweep(rows, ["toy"])
-    assert re.search(r"80\.0 \[[0-9.]+, [0-9.]+\] \(oracle floor\)", text)  # the run's own interval
-    assert "drew its answers from the evaluated split's own golds" in text
+    text, _ = render(every_row(sweep, expand(sweep), stages.dir, reference_rows(sweep), "m"))
+    # the row is marked, as on every board, and shows the run's own interval
+    assert re.search(r"\| baseline-majority \(oracle floor\) \| \S*80\.0\S* \[[0-9.]+, [0-9.]+\]", text)
+    assert "whose answers come from the golds of the very split it is scored on" in text

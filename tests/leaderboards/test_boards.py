@@ -168,3 +168,64 @@ def test_published_numbers_must_name_a_column(tmp_path: Path) -> None:
                     "rows: [{label: paper, published: {VQA-RAD: 50.0, SLAKE: 60.0}}]\n")
     with pytest.raises(ConfigError, match=r"published row 'paper' names no column \['SLAKE'\]"):
         build(load_board(file))
+
+
+def _summary_run(folder: Path, task: str, values: dict[str, float]) -> None:
+    """A finished run directory whose run log holds one task summary (no model needed)."""
+    from medharness.core.records import MetricSummary, TaskEntry, TaskSummary
+
+    run = RunDir.create(folder, {"model": "m"})
+    metrics = {k: MetricSummary(value=v, n=10, n_unparsed=0) for k, v in values.items()}
+    summary = TaskSummary(task=task, task_version="1.0", convention="harness", n=10, n_unparsed=0,
+                          metrics=metrics)
+    run.set_task(task, TaskEntry(version="1.0", convention="harness", percent=dict.fromkeys(values, True),
+                                 summary=summary))
+    run.set_status("finished")
+
+
+def test_tasks_as_rows_blank_columns_and_missing_seeds(tmp_path: Path) -> None:
+    """A paper layout with tasks as rows (RARL's Table 3): columns that name no task read each row's `task`;
+    `blank` leaves a column of a row empty; `expected` shows `(i/n)` when only i of n seeds finished; a
+    published row sits beside the measured ones."""
+    from medharness.leaderboards.spec import BoardSpec
+
+    for task, seed, judge, rule in (("vqa_rad", 0, 0.4, 0.5), ("vqa_rad", 1, 0.6, 0.7),
+                                    ("slake", 0, 0.2, 0.3)):
+        _summary_run(tmp_path / f"{task}-s{seed}", task, {"vqa_accuracy": rule, "judge_final": judge})
+    spec = BoardSpec.model_validate({
+        "name": "t", "decimals": 1,
+        "columns": [{"label": "judge final", "metric": "judge_final"}, {"label": "rule-based"}],
+        "rows": [{"label": "RL · VQA-RAD", "task": "vqa_rad", "expected": 3,
+                  "runs": [str(tmp_path / "vqa_rad-s*"), str(tmp_path / "slake-s0")]},
+                 {"label": "RL · SLAKE", "task": "slake", "blank": ["judge final"],
+                  "runs": [str(tmp_path / "slake-s0")]},
+                 {"label": "RL · SLAKE (paper)", "published": {"judge final": 25.0},
+                  "source": "P, Table 3"}]})
+    board = build(spec)
+    assert board.cell("RL · VQA-RAD", "judge final").value == pytest.approx(50.0)  # seeds 0 and 1 only
+    assert board.cell("RL · VQA-RAD", "rule-based").value == pytest.approx(60.0)  # the primary metric
+    assert board.cell("RL · SLAKE", "judge final").missing  # blank
+    assert board.cell("RL · SLAKE", "rule-based").value == pytest.approx(30.0)
+    text = render_markdown(board)
+    assert "(2/3)" in text and "only i of the row's n runs (seeds) finished" in text
+    assert "Published: P, Table 3." in text
+    record = json.loads(render_json(board))
+    assert {c["task"] for c in record["cells"] if c["row"] == "RL · SLAKE"} == {"slake"}
+    with pytest.raises(ValueError, match="names no task .* needs a label"):
+        BoardSpec.model_validate({"name": "t", "columns": [{"metric": "judge_final"}]})
+
+
+def test_shipped_paper_boards_hold_the_published_numbers_once() -> None:
+    """Each paper table's numbers live in one board spec (the sweeps read them from there): RARL's Tables 3
+    and 6 in the paper's layout (tasks as rows), VRFT-Aug's Figure 3, the GRPO study's five columns."""
+    rarl = load_board("rarl_table3")
+    assert [c.task for c in rarl.columns] == [None] * 5
+    sft_rad = next(r for r in rarl.rows if r.label == "SFT · VQA-RAD")
+    assert sft_rad.task == "vqa_rad"
+    assert sft_rad.published == {"GPT-4o mini final": 26.16, "Gemini final": 22.37}
+    assert load_board("rarl_table6").rows[0].published["GPT-4o mini reasoning"] == 70.27
+    assert next(r for r in load_board("vrft_figure3").rows if r.label == "V-RFT + PA_pi").published == {
+        "HAM10000": 55.92}
+    grpo = next(r for r in load_board("grpo_pmc_vqa").rows if r.label == "Dr.GRPO")
+    assert grpo.published == {"accuracy": 61.09, "similarity": 0.24, "perplexity": 11.1,
+                              "thinking reward": 4.17, "thinking tokens": 76.11}

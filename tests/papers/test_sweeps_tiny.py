@@ -57,7 +57,6 @@ def profile(name: str, out: Path, only: list[str] | None = None, **changes: Any)
     data = yaml.safe_load((SWEEPS / f"{name}.yaml").read_text())
     data.pop("launch", None)
     data.pop("data_dir", None)
-    data["reference"] = str(SWEEPS / data["reference"])
     data.update(common_presets=["tiny_cpu"], max_steps=2, eval=EVAL, **changes)
     data["overrides"] = [*data.get("overrides", []), *TINY]
     if only is not None:

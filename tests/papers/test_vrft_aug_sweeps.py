@@ -1,9 +1,9 @@
 """Tiny profiles of the shipped VRFT-Aug sweeps, end to end with the real `medharness train` and `run`: each
-shipped file keeps its recipes, options, prompts, eval mapping, table and reference file; the profile swaps in
-a tiny random-weight Qwen2.5-VL, tasks with data on this machine (the real PneumoniaMNIST in ../shared/data,
-the offline phantom tasks), 2 steps a cell (`tiny_cpu`) and 4 evaluation samples. Table columns whose task the
-profile drops are blank. PA_pi's embedded analogue: GRPO on `phantom_box`, then zero-shot `phantom_presence` /
-`phantom_side`, whose run logs name the stage-1 checkpoint."""
+shipped file keeps its recipes, options, prompts, eval mapping, table and reference board; the profile swaps
+in a tiny random-weight Qwen2.5-VL, tasks with data on this machine (the real PneumoniaMNIST in
+../shared/data, the offline phantom tasks), 2 steps a cell (`tiny_cpu`) and 4 evaluation samples. Table
+columns whose task the profile drops are blank. PA_pi's embedded analogue: GRPO on `phantom_box`, then
+zero-shot `phantom_presence` / `phantom_side`, whose run logs name the stage-1 checkpoint."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def tiny_profile(name: str, out: Path, model: Path, tasks: dict[str, str | None]
         return prompts.get(value, value) if value else value
 
     data.update(model=str(model), tasks=task_list(data["tasks"]), seeds=[0], max_steps=2,
-                common_presets=["tiny_cpu"], reference=str(SWEEPS / data["reference"]),
+                common_presets=["tiny_cpu"],
                 eval={"limit": 4, "batch_size": 4, "backend": "hf", "backend_options": {"device": "cpu"},
                       "max_new_tokens": 8})
     data.update({k: prompt(data[k]) for k in ("prompt", "eval_prompt") if k in data})
@@ -92,8 +92,8 @@ def run_profile(file: Path, out: Path) -> dict[str, Any]:
 
 
 def measured(record: dict[str, Any], label: str) -> dict[str, Any]:
-    return next(r for r in record["table"]["rows"]
-                if r["label"] == label and r["kind"] == "measured")["values"]
+    """A measured row of the paper table (sweep.json's `table`: the board's cells): column -> cell."""
+    return {c["column"]: c for c in record["table"]["cells"] if c["row"] == label and c["kind"] == "run"}
 
 
 needs_pneumonia = pytest.mark.skipif(not PNEUMONIA.is_dir(), reason="../shared/data/pneumoniamnist is absent")
@@ -136,7 +136,7 @@ def test_figure3_pa_pi_on_phantoms(env: Path, tiny_models: dict[str, Path]) -> N
         assert run["trained_from"]["checkpoint"] == str((stage1 / "train" / "final").resolve())
         assert run["trained_from"]["recipe"] == "vrft_aug" and run["trained_from"]["task"] == "phantom_box"
     values = measured(record, "V-RFT + PA_pi")
-    assert values["HAM10000"]["n"] == 1 and values["Heel"]["n"] == 1
+    assert values["HAM10000"]["value"] is not None and values["Heel"]["value"] is not None
     board = (out / "leaderboard.md").read_text()
     assert "V-RFT + PA_pi · published" in board and "55.92" in board and "Figure 3" in board
 
@@ -153,8 +153,8 @@ def test_table3_mfrs_against_accuracy(env: Path, tiny_models: dict[str, Path]) -
                for c in record["cells"] if c["recipe"] == "vrft_aug"}
     assert {cid.split("-phantom")[0]: r["metric"] for cid, r in rewards.items()} == {
         "v-rft": "mfrs", "pa_p-acc": "grade_accuracy", "pa_p-mfrs": "mfrs"}
-    assert measured(record, "V-RFT + PA_P + R_MFRS")["Retina"]["n"] == 1
-    assert measured(record, "V-RFT")["COVID-19"]["mean"] is None  # dropped by the profile: n/a
+    assert measured(record, "V-RFT + PA_P + R_MFRS")["Retina"]["value"] is not None
+    assert measured(record, "V-RFT")["COVID-19"]["value"] is None  # dropped by the profile: n/a
 
 
 @needs_pneumonia
@@ -169,8 +169,8 @@ def test_table1_on_real_pneumoniamnist(env: Path, tiny_models: dict[str, Path]) 
     record = run_profile(file, out)
     assert [c["id"] for c in record["cells"]] == [f"{e}-medmnist_pneumonia-k4-s0" for e in
                                                   ("v-sft", "v-rft", "v-rft-pa_p")]
-    for label in ("0 · Qwen2.5VL-3B", "10 · V-SFT", "10 · V-RFT", "10 · V-RFT + PA_P"):
-        assert measured(record, label)["Pneumonia"]["n"] == 1
+    for label in ("Qwen2.5VL-3B · zero-shot", "V-SFT · k=10", "V-RFT · k=10", "V-RFT + PA_P · k=10"):
+        assert measured(record, label)["Pneumonia"]["n_runs"] == 1
     prompts = [json.loads((out / "cells" / f"{e}-medmnist_pneumonia-k4-s0" / "train" / "train.json")
                           .read_text())["prompt"] for e in ("v-rft", "v-rft-pa_p")]
     assert prompts == ["names", "knowledge"]
@@ -193,5 +193,5 @@ def test_table2_recitation_on_real_pneumoniamnist(env: Path, tiny_models: dict[s
         assert recite["args"]["knowledge"].endswith("knowledge/medmnist_pneumonia.txt")
         rows = [json.loads(line) for line in (cell / "completions.jsonl").read_text().splitlines()]
         assert rows and all("recitation" in r["rewards"] for r in rows)
-    assert measured(record, "V-RFT + PA_P + R_recite (delta = -2)")["Pneumonia"]["n"] == 1
-    assert "V-RFT + PA_P + R_recite (delta = -2) · published" in (out / "leaderboard.md").read_text()
+    assert measured(record, "V-RFT + PA_P + delta- R_recite (delta = -2)")["Pneumonia"]["value"] is not None
+    assert "V-RFT + PA_P + delta- R_recite (delta = -2) · published" in (out / "leaderboard.md").read_text()

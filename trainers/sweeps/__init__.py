@@ -3,7 +3,8 @@
     schema.py  the sweep file's schema and its expansion into cells
     stages.py  the sweep folder's layout and the stage commands (train, merge, split, run)
     check.py   the dry run's checks;  cli.py: the command
-    board.py   the sweep's leaderboard;  table.py: a paper table beside its published numbers (references/)
+    board.py   the sweep's boards as leaderboards board specs: every row, and the paper's table beside the
+               published rows of the board spec `reference:` names (leaderboards/boards/)
 """
 
 from pathlib import Path

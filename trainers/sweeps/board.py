@@ -1,52 +1,51 @@
-"""The sweep's leaderboard: one row per (recipe, preset, shots) with mean +- std over seeds of each eval
-task's primary metric, the base model's reference row and the baselines, each with its lineage.
+"""A sweep's boards, as `leaderboards` board specs over its run directories (rendered by `leaderboards`, like
+every other board):
 
-A pure function of the sweep's folders: results are read from each run directory's typed run log through
-`medharness.runs.folders.task_result`.
+- every row (`every_row`): the reference rows (the base model, the baselines), then one row per (recipe
+  entry, preset, shots) whose runs are its seeds (mean ± std, t interval over seeds; `(i/n)` when seeds are
+  missing), a column per eval task (its primary metric);
+- the paper's layout (`paper_table`), when the sweep has a `table:`: its rows and columns, each measured row
+  followed by the published row of the same label from the board spec that `reference:` names (a shipped board
+  such as `vrft_table1`, or a path), whose published rows are the one copy of the paper's numbers; published
+  rows without a measured counterpart (a larger model the sweep does not train) come after.
+
+The dry run's checks of `table:` and `reference:`: `check.check_table`.
 """
 
 from __future__ import annotations
 
-import math
+import glob
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from medharness.core.stats import seed_summary
-from medharness.runs.folders import SweepDir, task_result
-from medharness.trainers.sweeps.schema import Cell, SweepConfig, all_eval_tasks, eval_tasks
+from medharness.core.errors import DataError
+from medharness.leaderboards.board import build
+from medharness.leaderboards.render import render_json, render_markdown
+from medharness.leaderboards.spec import BoardSpec, ColumnSpec, RowSpec, load_board
+from medharness.runs.folders import SweepDir
+from medharness.trainers.sweeps.schema import Cell, SweepConfig, TableRow, all_eval_tasks, eval_tasks, slug
+
+PUBLISHED = "published"
+Group = tuple[str, str | None, int | None]  # (recipe entry id, preset, shots)
 
 
-def stats(found: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
-    """Mean, sample std and a 95% interval over the runs `task_result` found (seeds of one row): the t
-    interval over seeds (medharness.core.stats.seed_summary) from two runs on, a single run's own interval."""
-    got = [g for g in found if g and g["value"] is not None]
-    values = [g["value"] for g in got]
-    if not values:
-        return {"mean": None, "std": None, "n": 0, "low": None, "high": None, "ci_method": None}
-    if len(values) == 1:
-        low, high = got[0]["ci"] or (None, None)
-        return {"mean": values[0], "std": None, "n": 1, "low": low, "high": high,
-                "ci_method": got[0]["ci_method"]}
-
-    mean, std, interval = seed_summary(values)
-    return {"mean": mean, "std": std, "n": len(values), "low": interval.low, "high": interval.high,
-            "ci_method": f"{interval.method} (n={len(values)})"}
+def groups(cells: Sequence[Cell]) -> dict[Group, list[Cell]]:
+    """Cells by board row: (recipe entry id, preset, shots); each group's cells differ by seed (and training
+    task)."""
+    out: dict[Group, list[Cell]] = {}
+    for cell in cells:
+        out.setdefault((cell.entry.key, cell.preset, cell.shots), []).append(cell)
+    return out
 
 
-def cell_text(stats: dict[str, Any], n_expected: int, digits: int = 1) -> str:
-    """`58.0 ± 1.2 [55.0, 61.0]`: mean ± std over seeds [95% interval]; `(i/n)` when seeds are missing."""
-    if stats["mean"] is None:
-        return "n/a"
-    text = (f"{stats['mean']:.{digits}f}"
-            + (f" ± {stats['std']:.{digits}f}" if stats["std"] is not None else ""))
-    if stats.get("low") is not None and stats.get("high") is not None and not math.isnan(stats["low"]):
-        text += f" [{stats['low']:.{digits}f}, {stats['high']:.{digits}f}]"
-    text += " (oracle floor)" if stats.get("oracle") else ""
-    return text if stats["n"] >= n_expected else f"{text} ({stats['n']}/{n_expected})"
-
-
-INTERVALS = ("[95% interval]: over two or more seeds the t interval of their mean (t-seeds); for a single "
-             "run, that run's own interval (its method in sweep.json: clustered bootstrap or Wilson)")
+def select(row: TableRow, cells: Sequence[Cell]) -> list[Group]:
+    """The board groups a table row names (exactly one for a usable row)."""
+    shots = None if row.shots in (None, "all") else int(row.shots)
+    return [key for key in groups(cells)
+            if key[0] == row.entry and (row.preset is None or key[1] == row.preset)
+            and (row.shots is None or key[2] == shots)]
 
 
 def _chain(cell: Cell, by_id: dict[str, Cell]) -> str:
@@ -58,58 +57,95 @@ def _chain(cell: Cell, by_id: dict[str, Cell]) -> str:
     return " → ".join(reversed(parts))
 
 
-def board(sweep: SweepConfig, cells: Sequence[Cell], folder: SweepDir, references: dict[str, str | None],
-          base_label: str) -> list[dict[str, Any]]:
-    """Rows of the leaderboard (dicts, also written to sweep.json), read from the sweep's run directories."""
+def _paths(dirs: Sequence[Path]) -> list[str]:
+    """Run directories as a row's `runs:` (paths or globs): escaped, so a folder name is never a pattern."""
+    return [glob.escape(str(d)) for d in dirs]
+
+
+def _seeds(members: Sequence[Cell]) -> list[int]:
+    return sorted({c.seed for c in members})
+
+
+def every_row(sweep: SweepConfig, cells: Sequence[Cell], folder: SweepDir, references: dict[str, str | None],
+              base_label: str) -> BoardSpec:
+    """Every row of the sweep: reference rows, then a row per (entry, preset, shots) over its seeds."""
     tasks = all_eval_tasks(sweep)
-    rows: list[dict[str, Any]] = []
-    for name, model in references.items():
-        row: dict[str, Any] = {"row": name, "kind": "reference",
-                               "lineage": model or f"{base_label} (no training)", "tasks": {}}
-        for task in tasks:
-            got = task_result(folder.reference_dir(name, task), task)
-            row["tasks"][task] = {"metric": got and got["metric"], "oracle": bool(got and got["oracle"]),
-                                  **stats([got])}
-        rows.append(row)
+    rows = [RowSpec(label=name, runs=_paths([folder.reference_dir(name, t) for t in tasks]),
+                    lineage=model or f"{base_label} (no training)") for name, model in references.items()]
     by_id = {c.id: c for c in cells}
-    groups: dict[tuple[str, str | None, int | None], list[Cell]] = {}
-    for cell in cells:
-        groups.setdefault((cell.entry.key, cell.preset, cell.shots), []).append(cell)
-    for (key, preset, shots), members in groups.items():
+    for (key, preset, shots), members in groups(cells).items():
         shots_text = "all" if shots is None else f"{shots}/class"
-        row = {"row": key + (f" [{preset}]" if preset else "") + f" · k={shots_text}", "kind": "trained",
-               "recipe": members[0].entry.recipe, "entry": key, "preset": preset, "shots": shots,
-               "seeds": sorted(c.seed for c in members), "cells": [c.id for c in members],
-               "lineage": f"{base_label} → {_chain(members[0], by_id)} · k={shots_text} · "
-                          f"{len(members)} seed{'s' if len(members) != 1 else ''} "
-                          f"({', '.join(str(c.seed) for c in members)})",
-               "tasks": {}}
-        for task in tasks:
-            found = [task_result(folder.eval_dir(c.id, task), task) for c in members
-                     if task in eval_tasks(sweep, c)]
-            metric = next((g["metric"] for g in found if g and g["value"] is not None), None)
-            row["tasks"][task] = {"metric": metric, **stats(found)}
-        rows.append(row)
-    return rows
+        seeds = _seeds(members)
+        lineage = (f"{base_label} → {_chain(members[0], by_id)} · k={shots_text} · {len(seeds)} "
+                   f"seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})")
+        runs = [folder.eval_dir(c.id, t) for c in members for t in tasks if t in eval_tasks(sweep, c)]
+        rows.append(RowSpec(label=key + (f" [{preset}]" if preset else "") + f" · k={shots_text}",
+                            runs=_paths(runs), lineage=lineage, expected=len(seeds)))
+    return BoardSpec(name=slug(sweep.name or "sweep"), rows=rows,
+                     columns=[ColumnSpec(task=t) for t in tasks])
 
 
-def render_markdown(rows: Sequence[dict[str, Any]], tasks: Sequence[str], title: str | None = None) -> str:
-    """The board as Markdown: mean ± std over seeds [95% interval] of each task's primary metric (x100 for
-    percents)."""
-    from tabulate import tabulate
+def published_board(sweep: SweepConfig, base_dir: Path) -> BoardSpec | None:
+    """The board spec `reference:` names (a shipped board's name, or a path relative to the sweep file)."""
+    if not sweep.reference:
+        return None
+    candidate = base_dir / sweep.reference
+    return load_board(candidate if candidate.exists() else sweep.reference)
 
-    metrics = {t: next((r["tasks"][t]["metric"] for r in rows if r["tasks"].get(t, {}).get("metric")), None)
-               for t in tasks}
-    headers = ["row", *(f"{t} ({metrics[t]})" if metrics[t] else t for t in tasks), "lineage"]
-    table = []
-    for r in rows:
-        n_expected = 1 if r["kind"] == "reference" else len(r["seeds"])
-        table.append([r["row"], *(cell_text(r["tasks"][t], n_expected) for t in tasks), r["lineage"]])
-    lines = [f"# {title}", ""] if title else []
-    lines.append(tabulate(table, headers=headers, tablefmt="github"))
-    lines += ["", ("Cells: mean ± sample std over seeds of the task's primary metric (x100 for percentages); "
-                   f"{INTERVALS}; (i/n) = only i of n seeds finished; n/a = no finished run; (oracle floor) "
-                   "= a baseline that, without a train split or card prior, drew its answers from the "
-                   "evaluated split's own golds.")]
-    return "\n".join(lines) + "\n"
 
+def published_rows(board: BoardSpec) -> list[RowSpec]:
+    return [r for r in board.rows if r.published is not None]
+
+
+def _as_published(row: RowSpec) -> RowSpec:
+    return row.model_copy(update={"label": f"{row.label} · {PUBLISHED}"})
+
+
+def _row_runs(sweep: SweepConfig, trow: TableRow, cells: Sequence[Cell], folder: SweepDir,
+              tasks: Sequence[str]) -> tuple[list[Path], int]:
+    """A measured row's run directories (for the tasks its columns read) and the runs a column waits for."""
+    if trow.reference is not None:
+        return [folder.reference_dir(trow.reference, t) for t in tasks], 1
+    by_group = groups(cells)
+    members = [c for key in select(trow, cells) for c in by_group[key]]
+    runs = [folder.eval_dir(c.id, t) for c in members for t in tasks if t in eval_tasks(sweep, c)]
+    return runs, max(1, len(_seeds(members)))
+
+
+def paper_table(sweep: SweepConfig, cells: Sequence[Cell], folder: SweepDir,
+                published: BoardSpec | None) -> BoardSpec | None:
+    """The table in the paper's layout with the published rows beside the measured ones; None when the sweep
+    has no `table:` and no `reference:` (with only a reference: the published rows alone)."""
+    spec = sweep.table
+    if spec is None:
+        return None if published is None else published.model_copy(
+            update={"rows": [_as_published(r) for r in published_rows(published)], "deltas": [],
+                    "reference": None, "significance": None})
+    given = {r.label: r for r in published_rows(published)} if published else {}
+    rows: list[RowSpec] = []
+    for trow in spec.rows:
+        tasks = [trow.task] if trow.task else [str(c.task) for c in spec.columns
+                                               if c.task and not c.average and c.label not in trow.blank]
+        runs, expected = _row_runs(sweep, trow, cells, folder, list(dict.fromkeys(tasks)))
+        if runs:
+            rows.append(RowSpec(label=trow.label, runs=_paths(runs), task=trow.task, blank=trow.blank,
+                                expected=expected))
+        if trow.label in given:
+            rows.append(_as_published(given[trow.label]))
+    labels = {r.label for r in spec.rows}
+    rows += [_as_published(r) for label, r in given.items() if label not in labels]
+    columns = [ColumnSpec(task=c.task, metric=c.metric, label=c.label) for c in spec.columns if not c.average]
+    return BoardSpec(name=slug(sweep.name or "sweep"), title=spec.title, columns=columns, rows=rows,
+                     average=any(c.average for c in spec.columns), decimals=spec.decimals,
+                     caption=published.caption if published else None)
+
+
+def render(spec: BoardSpec) -> tuple[str, dict[str, Any] | None]:
+    """The board as Markdown and as its JSON record (`leaderboards.render`); a board with no finished run
+    yet says so."""
+    try:
+        board = build(spec)
+    except DataError as exc:
+        title = f"# {spec.title}\n\n" if spec.title else ""
+        return f"{title}No finished run to show yet ({exc}).\n", None
+    return render_markdown(board), json.loads(render_json(board))

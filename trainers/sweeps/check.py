@@ -22,6 +22,7 @@ from medharness.trainers.config import preset_names, trl_args
 from medharness.trainers.launch import LaunchSpec
 from medharness.trainers.recipes.base import recipe_class
 from medharness.trainers.run import TrainRequest, resolve
+from medharness.trainers.sweeps.board import groups, published_board, published_rows, select
 from medharness.trainers.sweeps.schema import (
     Cell,
     SweepConfig,
@@ -31,7 +32,6 @@ from medharness.trainers.sweeps.schema import (
     train_prompt,
 )
 from medharness.trainers.sweeps.stages import Stages, reference_rows
-from medharness.trainers.sweeps.table import groups, load_reference, reference_path, select
 
 
 @dataclass
@@ -203,16 +203,19 @@ def check_sweep(sweep: SweepConfig, stages: Stages, cells: list[Cell]) -> Findin
 
 
 def check_table(sweep: SweepConfig, stages: Stages, cells: list[Cell], found: Findings) -> None:
-    """The reference file parses and its columns are the table's; every table row selects exactly one board
-    row (or a reference row this sweep evaluates); every column's task is evaluated and has its metric."""
-    path = reference_path(sweep, stages)
+    """The board spec `reference:` names loads and its published rows' columns are the table's; every table
+    row selects exactly one board row (or a reference row this sweep evaluates); every column's task is
+    evaluated and has its metric."""
     ref = None
-    if path is not None:
+    if sweep.reference:
         try:
-            ref = load_reference(path)
-            found.notes.append(f"reference: {len(ref.rows)} published rows from {ref.source}")
+            ref = published_board(sweep, stages.base_dir)
         except MedHarnessError as exc:
             found.problems.append(f"reference: {exc}")
+    if ref is not None:
+        sources = sorted({r.source for r in published_rows(ref) if r.source})
+        found.notes.append(f"reference: {len(published_rows(ref))} published rows from board {ref.name}"
+                           + (f" ({'; '.join(sources)})" if sources else ""))
     spec = sweep.table
     if spec is None:
         return
@@ -221,9 +224,10 @@ def check_table(sweep: SweepConfig, stages: Stages, cells: list[Cell], found: Fi
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             found.problems.append(f"table: {kind} label(s) {twice} appear more than once")
-    if ref is not None and set(ref.columns) - set(labels):
-        found.problems.append(f"reference: columns {sorted(set(ref.columns) - set(labels))} are not columns "
-                              f"of the table ({labels})")
+    named = {c for r in published_rows(ref) for c in r.published or {}} if ref else set()
+    if named - set(labels):
+        found.problems.append(f"reference: board {ref and ref.name} publishes columns "
+                              f"{sorted(named - set(labels))} that are not columns of the table ({labels})")
     refs = reference_rows(sweep)
     metric_tasks: set[tuple[str, str | None, str | None]] = set()
     for row in spec.rows:

@@ -169,23 +169,24 @@ def dry_run(sweep: SweepConfig, stages: Stages, cells: list[Cell], references: d
 
 
 def write_board(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell],
-                references: dict[str, str | None], failed: dict[str, str]) -> Path:
+                 references: dict[str, str | None], failed: dict[str, str]) -> Path:
     from medharness.core.atomic import write_json_atomic, write_text_atomic
     from medharness.core.records import SweepCell, SweepCellEval, SweepCellTrain, SweepLog
-    from medharness.runs.folders import task_result
-    from medharness.trainers.sweeps.board import board, render_markdown
+    from medharness.runs.results import task_result
+    from medharness.trainers.sweeps.board import every_row, paper_table, published_board, render
     from medharness.trainers.sweeps.schema import all_eval_tasks
-    from medharness.trainers.sweeps.table import paper_table, render_table
 
     base_label = Path(sweep.model).name if Path(stages.relative(sweep.model)).exists() else sweep.model
-    rows = board(sweep, cells, stages.dir, references, base_label)
     tasks = all_eval_tasks(sweep)
     path = stages.dir.board_file
     title = f"Sweep {sweep.name or file.stem}: {base_label}"
-    text = render_markdown(rows, tasks, title=title)
-    table = paper_table(sweep, cells, stages)
-    if table is not None:  # the paper's layout first, with the published rows; then every row of the board
-        text = f"# {title}\n\n{render_table(table)}\n## Every row\n\n{render_markdown(rows, tasks)}"
+    every_text, every = render(every_row(sweep, cells, stages.dir, references, base_label))
+    parts, table = [f"# {title}"], None
+    paper = paper_table(sweep, cells, stages.dir, published_board(sweep, stages.base_dir))
+    if paper is not None:  # the paper's layout first, with the published rows; then every row of the board
+        paper_text, table = render(paper.model_copy(update={"title": None}))
+        parts += [*([f"## {paper.title}"] if paper.title else []), paper_text, "## Every row"]
+    text = "\n\n".join([*parts, every_text])
     write_text_atomic(path, text)
     cell_records = []
     for c in cells:
@@ -199,7 +200,7 @@ def write_board(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell
                                       train=train, eval=evals, finished=stages.cell_finished(c),
                                       error=failed.get(c.id)))
     log = SweepLog(sweep_file=str(file), output=str(stages.root),
-                   config=sweep.model_dump(mode="json", by_alias=True), cells=cell_records, board=rows,
-                   table=table, failed=failed)
+                   config=sweep.model_dump(mode="json", by_alias=True), cells=cell_records,
+                   board=every["cells"] if every else [], table=table, failed=failed)
     write_json_atomic(stages.dir.log_file, log.model_dump(mode="json"))
     return path

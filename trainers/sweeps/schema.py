@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from medharness.core.errors import ConfigError
 from medharness.core.records import EvalSettings, SafeName, Strict
@@ -110,6 +110,12 @@ class TableSpec(Strict):
     rows: list[TableRow]
     decimals: int = Field(2, ge=0, le=4)
 
+    @model_validator(mode="after")
+    def _average_last(self) -> TableSpec:
+        if any(c.average for c in self.columns[:-1]):
+            raise ValueError("the average column comes last (the board adds it after the others)")
+        return self
+
 
 class SweepConfig(Strict):
     name: SafeName | None = None
@@ -136,7 +142,8 @@ class SweepConfig(Strict):
     base_row: bool = True  # evaluate the base model once as a reference row (`base`)
     launch: LaunchSection = LaunchSection()
     cells: CellFilter = CellFilter()
-    # published numbers (YAML, relative to the sweep file): trainers/sweeps/table.py
+    # the board spec with the paper's published rows: a shipped board's name or a path relative to the sweep
+    # file (trainers/sweeps/board.py)
     reference: str | None = None
     table: TableSpec | None = None  # the paper's layout of the board
 
@@ -147,7 +154,7 @@ class SweepConfig(Strict):
     @classmethod
     def _reference_file(cls, value: Any) -> Any:
         if isinstance(value, bool):
-            raise ValueError("is the published-numbers file (a path); "  # noqa: TRY004
+            raise ValueError("is the board spec with the published numbers (a name or a path); "  # noqa: TRY004
                              "the base model's row is "
                              f"`base_row: {str(value).lower()}`")  # (pydantic reports ValueErrors)
         return value

@@ -20,7 +20,7 @@ from medharness.runs.folders import SweepDir
 from medharness.runs.runlog import RunDir
 from medharness.trainers.sweeps import DEMO
 from medharness.trainers.sweeps import stages as sweep_exec
-from medharness.trainers.sweeps.board import board, render_markdown
+from medharness.trainers.sweeps.board import every_row, render
 from medharness.trainers.sweeps.schema import expand, load_sweep
 from medharness.trainers.sweeps.stages import Stages, reference_rows
 
@@ -166,20 +166,23 @@ def test_board_mean_and_std_over_seeds(tmp_path: Path) -> None:
 
     fake_run(stages.dir.eval_dir(cells[0].id, "phantom_presence"), 0.5)
     fake_run(stages.dir.eval_dir(cells[1].id, "phantom_presence"), 0.7)
-    # unfinished: left out
-    fake_run(stages.dir.eval_dir(cells[2].id, "phantom_presence"), 0.9, status="running")
+    # failed: left out and listed (as on every board)
+    fake_run(stages.dir.eval_dir(cells[2].id, "phantom_presence"), 0.9, status="failed")
     fake_run(stages.dir.reference_dir("base", "phantom_presence"), 0.4)
     refs = reference_rows(sweep)
-    rows = board(sweep, cells, stages.dir, refs, "m")
-    assert [r["row"] for r in rows] == ["base", "baseline-majority", "sft · k=all"]
-    stats = rows[2]["tasks"]["phantom_presence"]
-    assert (stats["n"] == 2 and stats["mean"] == pytest.approx(60.0)
-            and stats["std"] == pytest.approx(14.142, 1e-3))
-    assert rows[2]["lineage"] == "m → sft · k=all · 3 seeds (0, 1, 2)"
-    text = render_markdown(rows, ["phantom_presence"])
+    spec = every_row(sweep, cells, stages.dir, refs, "m")
+    assert [r.label for r in spec.rows] == ["base", "baseline-majority", "sft · k=all"]
+    assert spec.rows[2].lineage == "m → sft · k=all · 3 seeds (0, 1, 2)" and spec.rows[2].expected == 3
+    text, record = render(spec)
+    assert record is not None
+    cell = next(c for c in record["cells"] if c["row"] == "sft · k=all")
+    assert (cell["n_runs"] == 2 and cell["value"] == pytest.approx(60.0)
+            and cell["std"] == pytest.approx(14.142, 1e-3) and cell["metric"] == "yes_no_accuracy")
     # two seeds: the t interval of their mean, 60 ± t(0.975, 1) x 14.142 / sqrt(2) = 60 ± 12.706 x 10
-    assert "60.0 ± 14.1 [-67.1, 187.1] (2/3)" in text and "phantom_presence (yes_no_accuracy)" in text
-    assert "| base " in text and "n/a" in text  # the majority baseline has not run
+    assert "**60.0** ± 14.1 [-67.1, 187.1] (2/3)" in text and "| phantom_presence " in text
+    assert "| base " in text and "| sft · k=all " in text
+    assert "| baseline-majority " not in text and "baseline-majority: no finished run yet" in text
+    assert f"left out failed run {stages.dir.eval_dir(cells[2].id, 'phantom_presence')}" in text
 
 
 # -- running, with a fake trainer (fault injection) ----------------------------------------------------------
@@ -355,9 +358,10 @@ def test_real_sweep_end_to_end(tmp_path: Path, tiny_models: dict[str, Path], mon
 
 
 def test_a_single_run_cell_shows_that_run_s_own_interval() -> None:
-    from medharness.trainers.sweeps.board import cell_text, stats
+    from medharness.leaderboards.render import cell_text
+    from medharness.runs.results import Value, over_runs
 
-    one = stats([{"value": 50.0, "ci": (40.2, 59.8), "ci_method": "wilson"}, None])
-    assert (one["n"], one["low"], one["high"], one["ci_method"]) == (1, 40.2, 59.8, "wilson")
-    assert cell_text(one, 1) == "50.0 [40.2, 59.8]"
-    assert cell_text(stats([{"value": 50.0, "ci": None, "ci_method": None}]), 1) == "50.0"  # an old run log
+    one = over_runs([Value(50.0, 40.2, 59.8, n=10, method="wilson"), Value(None)])
+    assert (one.n_runs, one.low, one.high, one.method) == (1, 40.2, 59.8, "wilson")
+    assert cell_text(one, 1, intervals=True) == "50.0 [40.2, 59.8]"
+    assert cell_text(over_runs([Value(50.0)]), 1, intervals=True) == "50.0"  # an old run log

@@ -1,5 +1,6 @@
-"""The paper layout of a sweep's board (`table:`) with published reference rows (`reference:`), per-entry
-tasks, prompts and eval-task mappings, and the dry run's checks of them."""
+"""A sweep's boards: the paper layout (`table:`) with the published rows of the board spec `reference:`
+names, rendered by `leaderboards`; per-entry tasks, prompts and eval-task mappings, and the dry run's checks
+of them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from medharness.cli import main
 from medharness.core.errors import ConfigError
 from medharness.core.records import MetricSummary, TaskEntry, TaskSummary
 from medharness.runs.runlog import RunDir
+from medharness.trainers.sweeps.board import paper_table, published_board, render
 from medharness.trainers.sweeps.schema import (
     all_eval_tasks,
     eval_prompt,
@@ -20,7 +22,6 @@ from medharness.trainers.sweeps.schema import (
     train_prompt,
 )
 from medharness.trainers.sweeps.stages import Stages
-from medharness.trainers.sweeps.table import load_reference, paper_table, render_table
 
 
 def write(path: Path, text: str) -> Path:
@@ -29,13 +30,16 @@ def write(path: Path, text: str) -> Path:
 
 
 REFERENCE = """\
-source: "A paper, Table 9"
-note: copied by hand
-columns: [Presence, Side, Average]
+name: paper_t9
+caption: copied by hand
+average: true
+columns:
+  - {task: phantom_presence, label: Presence}
+  - {task: phantom_side, metric: choice_accuracy, label: Side}
 rows:
-  - {label: base, values: {Presence: 50.0, Side: 40.0, Average: 45.0}}
-  - {label: tuned, values: {Presence: 80.0, Side: null, Average: null}}
-  - {label: bigger model, values: {Presence: 90.0, Side: 91.0, Average: 90.5}}
+  - {label: base, published: {Presence: 50.0, Side: 40.0, Average: 45.0}, source: "A paper, Table 9"}
+  - {label: tuned, published: {Presence: 80.0}, source: "A paper, Table 9"}
+  - {label: bigger model, published: {Presence: 90.0, Side: 91.0, Average: 90.5}, source: "A paper, Table 9"}
 """
 
 SWEEP = """\
@@ -110,39 +114,46 @@ def test_paper_table_with_published_rows(tmp_path: Path) -> None:
                  "phantom_presence", {"yes_no_accuracy": value})
     fake_run(stages.dir.eval_dir("grpo-phantom_side-kall-s0", "phantom_side"), "phantom_side",
              {"choice_accuracy": 0.3})  # seed 1 never finished
-    table = paper_table(sweep, list(cells.values()), stages)
-    assert table is not None
-    labels = [(r["label"], r["kind"]) for r in table["rows"]]
-    assert labels == [("base", "measured"), ("base", "published"), ("tuned", "measured"),
-                      ("tuned", "published"), ("boxes", "measured"), ("bigger model", "published")]
-    base, tuned, boxes = (table["rows"][i]["values"] for i in (0, 2, 4))
-    assert base["Presence"]["mean"] == pytest.approx(25.0) and base["Side"]["mean"] == pytest.approx(50.0)
-    assert base["Average"]["mean"] == pytest.approx(37.5)  # the mean of the row's columns, as the paper's
-    assert (tuned["Presence"]["mean"] == pytest.approx(70.0)
-            and tuned["Presence"]["std"] == pytest.approx(14.1421, 1e-4))
-    assert tuned["Side"]["n"] == 1 and tuned["Average"]["mean"] == pytest.approx(50.0)
-    assert boxes["Presence"]["mean"] is None and boxes["Average"]["mean"] is None
-    text = render_table(table)
+    spec = paper_table(sweep, list(cells.values()), stages.dir, published_board(sweep, stages.base_dir))
+    assert spec is not None and spec.title == "Table 9" and spec.average
+    assert [r.label for r in spec.rows] == ["base", "base · published", "tuned", "tuned · published", "boxes",
+                                            "bigger model · published"]
+    text, record = render(spec)
+    assert record is not None
+    cells_ = {(c["row"], c["column"]): c for c in record["cells"]}
+    assert cells_[("base", "Presence")]["value"] == pytest.approx(25.0)
+    assert cells_[("base", "Side")]["value"] == pytest.approx(50.0)
+    assert cells_[("base", "Average")]["value"] == pytest.approx(37.5)  # the mean of the row's columns
+    tuned = cells_[("tuned", "Presence")]
+    assert tuned["value"] == pytest.approx(70.0) and tuned["std"] == pytest.approx(14.1421, 1e-4)
+    assert cells_[("tuned", "Side")]["n_runs"] == 1
+    assert cells_[("tuned", "Average")]["value"] == pytest.approx(50.0)
+    assert cells_[("tuned · published", "Presence")]["value"] == 80.0
+    assert cells_[("tuned · published", "Side")]["value"] is None
+    assert "row boxes: no finished run yet" in text  # no run of the boxes entry finished
     published = next(line for line in text.splitlines() if line.startswith("| tuned · published"))
-    assert "## Table 9" in text and [c.strip() for c in published.split("|")[2:5]] == ["80.00", "-", "-"]
+    assert [c.strip() for c in published.split("|")[2:5]] == ["<u>80.00</u>", "n/a", "n/a"]
     # 70 ± 12.706 x 10
-    assert "70.00 ± 14.14 [-57.06, 197.06]" in text and "30.00 (1/2)" in text and "n/a" in text
-    assert "as published in A paper, Table 9" in text and "copied by hand" in text
+    assert "70.00 ± 14.14 [-57.06, 197.06]" in text and "30.00 (1/2)" in text
+    assert "Published: A paper, Table 9." in text and "copied by hand" in text
 
 
-def test_reference_file_errors(tmp_path: Path) -> None:
-    bad = write(tmp_path / "r.yaml",
-                "source: x\ncolumns: [A]\nrows:\n  - {label: a, values: {A: 1}, extra: 2}\n")
-    with pytest.raises(ConfigError, match=r"r.yaml:4: unknown key 'rows.0.extra'"):
-        load_reference(bad)
-    bad = write(tmp_path / "r.yaml", "source: x\ncolumns: [A]\nrows:\n  - {label: a, values: {B: 1}}\n")
-    with pytest.raises(ConfigError, match=r"row 'a' has values for \['B'\]"):
-        load_reference(bad)
+def test_reference_board_errors(tmp_path: Path) -> None:
+    """`reference:` names a board spec: its errors name the file and the line; a published value for a
+    column the board lacks is refused when the board is built."""
+    write(tmp_path / "ref.yaml", REFERENCE.replace("source: \"A paper, Table 9\"}", "extra: 2}", 1))
+    sweep = load_sweep(write(tmp_path / "s.yaml", SWEEP))
+    with pytest.raises(ConfigError, match=r"ref.yaml:8: unknown key 'rows.0.extra'"):
+        published_board(sweep, tmp_path)
     with pytest.raises(ConfigError, match="does not exist"):
-        load_reference(tmp_path / "none.yaml")
+        published_board(sweep.model_copy(update={"reference": "no_such_board"}), tmp_path)
     with pytest.raises(ConfigError, match="base_row: true"):
         load_sweep(write(tmp_path / "s.yaml", "model: m\ntasks: [phantom_presence]\nrecipes: [sft]\n"
                                               "reference: true\n"))
+    with pytest.raises(ConfigError, match="the average column comes last"):
+        load_sweep(write(tmp_path / "s.yaml", SWEEP.replace(
+            "    - {label: Presence, task: phantom_presence}\n",
+            "    - {label: Average, average: true}\n    - {label: Presence, task: phantom_presence}\n", 1)))
 
 
 def test_dry_run_checks_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -150,16 +161,16 @@ def test_dry_run_checks_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[
     write(tmp_path / "ref.yaml", REFERENCE)
     good = write(tmp_path / "s.yaml", SWEEP)
     assert main(["train-then-eval", "--sweep", str(good), "--dry-run"]) == 0
-    assert "reference: 3 published rows from A paper, Table 9" in capsys.readouterr().out
+    assert "reference: 3 published rows from board paper_t9 (A paper, Table 9)" in capsys.readouterr().out
     broken = SWEEP.replace("metric: choice_accuracy", "metric: no_such_metric").replace(
         "entry: grpo}", "entry: grpo, shots: 5}").replace("reference: base}", "reference: baseline-majority}")
-    write(tmp_path / "ref.yaml",
-          REFERENCE.replace("[Presence, Side, Average]", "[Presence, Side, Average, Extra]"))
+    write(tmp_path / "ref.yaml", REFERENCE.replace("Average: 90.5}", "Average: 90.5, Extra: 1}"))
     write(tmp_path / "s.yaml",
           broken.replace("prompt: r1, eval_prompt: plain", "prompt: r1, eval_prompt: nope"))
     assert main(["train-then-eval", "--sweep", str(good), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    for text in ("columns ['Extra'] are not columns of the table", "no reference row 'baseline-majority'",
+    for text in ("publishes columns ['Extra'] that are not columns of the table",
+                 "no reference row 'baseline-majority'",
                  "table row 'tuned': selects no cell", "reports no metric 'no_such_metric'",
                  "eval task phantom_presence (prompt nope): task phantom_presence: unknown prompt 'nope'"):
         assert text in err

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from medharness.runs.rescore import score_run
 from medharness.runs.runlog import RunDir
 
 OLD = Path(__file__).parents[1] / "data" / "runlog_v0"  # written by medharness 0.1 (commit ff05d3c), judged
+GOLDEN = Path(__file__).parents[1] / "data" / "runlog_golden"
 
 
 def test_previous_shape_loads_and_says_so_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -105,3 +109,54 @@ def test_trained_from_is_read_from_the_manifest(tmp_path: Path) -> None:
     (folder / MANIFEST_FILE).write_text("{")
     with pytest.raises(DataError, match="not a medharness checkpoint manifest"):
         trained_from(str(folder))
+
+
+def _normalised(file: Path, tmp_path: Path) -> str:
+    """run.json's text with what changes from one run to the next (times, versions, wall time, folders)
+    replaced by placeholders; every other byte as written."""
+    text = file.read_text(encoding="utf-8")
+    text = re.sub(r'"(created|updated)": "[^"]*"', r'"\1": "<time>"', text)
+    text = re.sub(r'"versions": \{[^}]*\}', '"versions": "<versions>"', text)
+    text = re.sub(r'"generate_s": [-+.e0-9]+', '"generate_s": "<seconds>"', text)
+    text = re.sub(r'"path": "[^"]*/([^/"]+)"', r'"path": "<tasks>/\1"', text)
+    return text.replace(str(tmp_path.resolve()), "<tmp>").replace(str(tmp_path), "<tmp>")
+
+
+def _golden(text: str, name: str) -> None:
+    """`text` is the committed golden file `name`; after a deliberate change of run.json's shape, regenerate
+    with MEDHARNESS_UPDATE_GOLDEN=1 and read the diff."""
+    file = GOLDEN / name
+    if os.environ.get("MEDHARNESS_UPDATE_GOLDEN"):
+        file.parent.mkdir(exist_ok=True)
+        file.write_text(text, encoding="utf-8")
+    assert text == file.read_text(encoding="utf-8")
+
+
+def test_run_json_is_written_byte_for_byte_as_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's run.json, config included (its keys in RunConfig's order), is the committed file byte for
+    byte."""
+    monkeypatch.setattr(sys, "argv", ["medharness", "run"])
+    config = RunConfig(model="baseline:majority", tasks="phantom_presence", limit=4, seed=5, label="floor",
+                       overrides={"phantom_presence": {"prompt": "r1"}}, temperature=0.0, max_new_tokens=16,
+                       cache=False, ablate="blank")
+    Runner(config, output=tmp_path / "r").run()
+    _golden(_normalised(tmp_path / "r" / "run.json", tmp_path), "run.json")
+
+
+def test_imported_run_json_is_written_byte_for_byte_as_before(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """An imported run's run.json (its config of another shape: the predictions file, no decoding settings)
+    is the committed file byte for byte."""
+    from medharness.bridges.importer import ImportRequest, import_predictions
+    from medharness.taskfiles.task import load_task
+
+    monkeypatch.setattr(sys, "argv", ["medharness", "import"])
+    samples = load_task("phantom_presence").load_samples()[:3]
+    file = tmp_path / "samples_medharness_phantom_presence.jsonl"
+    file.write_text("".join(json.dumps({"doc_id": i, "doc": {"id": s.id}, "resps": [[text]],
+                                        "filtered_resps": [text]}) + "\n"
+                            for i, (s, text) in enumerate(zip(samples, ["yes", "no", "maybe"]))))
+    import_predictions(ImportRequest(tool="lm-eval", file=file, task="phantom_presence",
+                                     output=tmp_path / "run", model_name="m", tool_version="0.4.13",
+                                     overrides={"prompt": "r1"}, label="peer"))
+    _golden(_normalised(tmp_path / "run" / "run.json", tmp_path), "import.json")

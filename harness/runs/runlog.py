@@ -36,11 +36,13 @@ from medharness.core.datafiles import read_text
 from medharness.core.errors import ConfigError, DataError, RunInUseError
 from medharness.core.records import (
     RUNLOG_SCHEMA,
+    ImportSettings,
     JudgeEntry,
     Judgement,
     ResultRow,
     RowToScore,
     RunLog,
+    RunSettings,
     RunStatus,
     RunUsage,
     TaskEntry,
@@ -210,10 +212,11 @@ class RunDir:
         self.lock = lock
 
     @classmethod
-    def create(cls, path: Path, config: dict[str, Any], seed: int | None = None,
+    def create(cls, path: Path, config: RunSettings | ImportSettings, seed: int | None = None,
                label: str | None = None, take_over: bool = False) -> RunDir:
         """A new run directory, locked. `take_over`: a directory that holds no results (see `has_results`) is
-        cleared and started afresh, under the lock."""
+        cleared and started afresh, under the lock. `config` is stored as the record it is (a `RunConfig` as
+        its `RunSettings`)."""
         cls.check_new(path, take_over)
         path.mkdir(parents=True, exist_ok=True)
         lock = RunLock.acquire(path, "run --resume" if take_over else "run")
@@ -226,7 +229,7 @@ class RunDir:
             shutil.rmtree(path / "samples", ignore_errors=True)
             (path / "samples").mkdir()
             run = cls(path, RunLog(run_id=path.name, label=label, created=now(), command=list(sys.argv),
-                                   config=config, versions=versions(), seed=seed), lock)
+                                   config=config.model_dump(), versions=versions(), seed=seed), lock)
             run.save()
         except BaseException:
             lock.release()

@@ -16,7 +16,7 @@ import pytest
 
 from medharness.checkpoints.lineage import MANIFEST_FILE, CheckpointManifest
 from medharness.core.errors import DataError
-from medharness.core.records import RUNLOG_SCHEMA, RunLog
+from medharness.core.records import RUNLOG_SCHEMA, ImportSettings, RunLog, RunSettings
 from medharness.runs.pipeline import RunConfig, Runner
 from medharness.runs.rescore import score_run
 from medharness.runs.runlog import RunDir
@@ -78,11 +78,59 @@ def test_newer_or_broken_run_logs_are_refused(tmp_path: Path) -> None:
         RunDir.open(folder)
 
 
+# run.json's `config` as earlier versions wrote it (`git log -p` of RunConfig and of bridges/importer.py)
+FIRST = {"model": "baseline:random", "backend": "auto", "tasks": "phantom_presence", "data_dir": None,
+         "overrides": {}, "limit": 0, "batch_size": 8, "max_new_tokens": None, "temperature": None, "seed": 3,
+         "backend_options": {}, "max_error_rate": 0.5}  # 0.1: before ranges were checked (limit 0 ran all)
+EARLIER_CONFIGS = {
+    "0.1": FIRST,
+    "ablation": {**FIRST, "ablate": "blank", "samples_file": "ids.txt"},
+    "cache": {**FIRST, "ablate": None, "samples_file": None, "cache": False, "cache_dir": "/c"},
+    "label": {**FIRST, "ablate": None, "samples_file": None, "cache": True, "cache_dir": None,
+              "label": "my run"},  # before labels had to be file names
+    "import": {"model": "m", "backend": "import:lm-eval", "tasks": "phantom_presence", "data_dir": None,
+               "overrides": {"phantom_presence": {"prompt": "r1"}}, "predictions": "/p/samples.jsonl"},
+}
+
+
+@pytest.mark.parametrize("shape", list(EARLIER_CONFIGS))
+def test_every_earlier_config_loads_typed(tmp_path: Path, shape: str) -> None:
+    config = EARLIER_CONFIGS[shape]
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": "r", "status": "finished", "config": config}))
+    run = RunDir.open(tmp_path)
+    kind = ImportSettings if shape == "import" else RunSettings
+    assert type(run.log.config) is kind and run.log.config.model == config["model"]
+    assert {k: v for k, v in run.log.config.model_dump().items() if k in config} == config
+    assert run.log.config.result_settings()["limit"] == config.get("limit")
+    run.set_status("finished")  # saved again: the keys it had keep their values, the rest get defaults
+    again = json.loads((tmp_path / "run.json").read_text())["config"]
+    assert again == {**kind.model_validate({"model": "x", "tasks": "t", **config}).model_dump(), **config}
+
+
+def test_a_config_of_neither_shape_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": "r", "config": {"model": "m", "tasks": "t",
+                                                                             "limt": 3}}))
+    with pytest.raises(DataError, match="at config.run.limt: Extra inputs are not permitted"):
+        RunDir.open(tmp_path)
+
+
+def test_run_config_is_the_stored_record_with_checks() -> None:
+    """`RunConfig` keeps `RunSettings`' keys, order and defaults (run.json's shape) and adds the checks."""
+    made, stored = RunConfig.model_fields, RunSettings.model_fields
+    assert list(made) == list(stored)
+    assert all(made[k].get_default(call_default_factory=True) == f.get_default(call_default_factory=True)
+               for k, f in stored.items())
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        RunConfig(model="m", tasks="t", limit=0)
+    assert RunSettings(model="m", tasks="t", limit=0).limit == 0
+
+
 def test_new_run_log_records_seed_label_metric_arguments(tmp_path: Path) -> None:
     config = RunConfig(model="baseline:majority", tasks="phantom_presence,phantom_box", limit=6, seed=7,
                        label="floor", overrides={"phantom_presence": {"prompt": "r1"}}, cache=False)
     run = Runner(config, output=tmp_path / "r").run()
     log = RunLog.model_validate_json((tmp_path / "r" / "run.json").read_text())
+    assert type(log.config) is RunSettings and log.config == RunSettings(**config.model_dump())
     assert log == run.log and log.seed == 7 and log.label == "floor" and log.display_name == "floor"
     assert log.trained_from is None  # a baseline has no lineage
     r1 = log.tasks["phantom_presence"]

@@ -83,7 +83,7 @@ def write_run(folder: Path, task_name: str, prompt: str | None, n_rows: int,
     from medharness.taskfiles.task import load_task
 
     task = load_task(task_name, {"prompt": prompt} if prompt else {})
-    run = RunDir.create(folder, RunConfig(model="bench", tasks=task_name).model_dump())
+    run = RunDir.create(folder, RunConfig(model="bench", tasks=task_name))
     run.set_task(task_name, TaskEntry(version=task.version, prompt=task.prompt_name, convention="harness",
                                       path=str(task.path)))
     rows = []

@@ -15,7 +15,7 @@ from typing import Any
 
 from medharness.bridges.peerfiles import PeerFile, read_peer_file
 from medharness.core.errors import ConfigError, DataError
-from medharness.core.records import Generation, PeerOrigin, ResultRow, TaskEntry
+from medharness.core.records import Generation, ImportSettings, PeerOrigin, ResultRow, TaskEntry
 from medharness.runs.runlog import RunDir
 from medharness.scoring.recipe import metric_is_percent, metric_records, summarise
 from medharness.taskfiles.task import Task, load_task, recipe_for
@@ -92,8 +92,9 @@ def import_predictions(req: ImportRequest) -> RunDir:
     origin = PeerOrigin(tool=req.tool, tool_version=version, file=str(req.file.resolve()), sha256=peer.sha256,
                         model=model, id_mapping=peer.id_mapping, n_rows=peer.n_rows, n_matched=len(rows),
                         n_unmatched=n_unmatched, n_task_samples=n_samples)
-    config = {"model": model, "backend": f"import:{req.tool}", "tasks": task.name, "data_dir": req.data_dir,
-              "overrides": {task.name: req.overrides} if req.overrides else {}, "predictions": str(req.file)}
+    config = ImportSettings(model=model, backend=f"import:{req.tool}", tasks=task.name, data_dir=req.data_dir,
+                            overrides={task.name: req.overrides} if req.overrides else {},
+                            predictions=str(req.file))
     run = RunDir.create(req.output, config, label=req.label)
     try:
         run.set_origin(f"imported from {req.tool} file {req.file}")

@@ -185,7 +185,7 @@ def _run_lm_eval(args: argparse.Namespace, config: Any, tasks: list[str], path: 
         run = RunDir.open(args.output, writer="run --resume")
     else:
         path = args.output or Path("runs") / default_run_id(config)
-        run = RunDir.create(path, config.model_dump(), seed=config.seed, label=config.label)
+        run = RunDir.create(path, config, seed=config.seed, label=config.label)
     with run:
         try:
             run_lm_eval_tasks(run, config.model, tasks, include_path=args.lm_eval_include_path,

@@ -126,7 +126,7 @@ def _short_model(path: str) -> str:
 
 
 def model_name(log: RunLog) -> str:
-    model = str(log.config.get("model", log.model or "?"))
+    model = log.config.model
     return model if model.startswith("baseline:") else (_short_model(model) or model)
 
 

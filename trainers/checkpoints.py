@@ -7,7 +7,6 @@ The manifest is `medharness.checkpoints.lineage.CheckpointManifest`, the model t
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -15,7 +14,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from medharness.checkpoints.lineage import (
 )
 from medharness.core.atomic import write_text_atomic
 from medharness.core.errors import ConfigError
+from medharness.core.versions import package_versions
 from medharness.trainers.schema import LoraSpec, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -36,6 +35,7 @@ log = logging.getLogger(__name__)
 # Module names of vision towers across VLM families (Qwen2-VL/2.5-VL `visual`, LLaVA `vision_tower`, ...).
 VISION_PATTERN = re.compile(r"(^|\.)(visual|vision_tower|vision_model|vision_encoder|image_encoder)(\.|$)")
 VISION_REGEX = r".*(^|\.)(visual|vision_tower|vision_model|vision_encoder|image_encoder)\..*"
+# the manifest's `versions`
 PACKAGES = ("medharness", "trl", "transformers", "peft", "torch", "datasets", "accelerate")
 
 
@@ -79,22 +79,6 @@ def lora_config(spec: LoraSpec) -> Any:
 
 def samples_hash(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
-
-
-def versions() -> dict[str, str]:
-    """The installed versions of PACKAGES (read once per process: a checkpoint is saved every few steps)."""
-    return dict(_versions())
-
-
-@functools.cache
-def _versions() -> tuple[tuple[str, str], ...]:
-    out = []
-    for pkg in PACKAGES:
-        try:
-            out.append((pkg, metadata.version(pkg)))
-        except metadata.PackageNotFoundError:
-            pass
-    return tuple(out)
 
 
 def batch_sizes(trl_args: Any) -> dict[str, Any]:
@@ -152,7 +136,8 @@ class Lineage:
             config=self.resolved(), train_samples_hash=samples_hash(self.sample_ids),
             n_train_samples=len(self.sample_ids), seed=c.seed,
             step=step, adapter=c.lora is not None, attn_implementation=c.attn_implementation,
-            parent=self.parent, parent_path=self.parent_path, batch=self.batch, versions=versions(),
+            parent=self.parent, parent_path=self.parent_path, batch=self.batch,
+            versions=package_versions(PACKAGES),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 

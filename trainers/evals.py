@@ -186,11 +186,11 @@ def points(output: Path, start_model: str) -> list[tuple[int, str]]:
     return out
 
 
-def _same_point(runlog: RunLog, config: Any) -> bool:
+def _same_point(runlog: RunLog, config: RunConfig) -> bool:
     """An earlier run of this point is still valid: the same settings (held-out ids included: their file is
     named by its content) and the same checkpoint (its manifest hash; a rewritten checkpoint is scored
     again)."""
-    if any(runlog.config.get(k) != v for k, v in config.model_dump().items() if k in config.RESULT_KEYS):
+    if runlog.config.result_settings() != config.result_settings():
         return False
     folder = Path(config.model)
     if not (folder / "medharness.json").is_file():

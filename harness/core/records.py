@@ -15,13 +15,15 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -77,7 +79,7 @@ class Sample(Record):
 
 class EvalSettings(Strict):
     """How a model is evaluated: what a sweep's `eval:` (`EvalSpec`) and `train --eval-*` (`EvalRequest`)
-    share with `run` (`runs.pipeline.RunConfig`, which keeps its own field order: run.json stores it)."""
+    share with `run` (`RunSettings`, which keeps its own field order: run.json stores it)."""
 
     backend: str = "auto"  # auto: vllm on a GPU when installed, hf elsewhere
     limit: int | None = Field(None, ge=1)  # the first N samples per task
@@ -471,6 +473,65 @@ class TrainedFrom(Record):
     parent_run: str | None = None  # a run directory this lineage continues, where known
 
 
+class RunTarget(Strict):
+    """What every run's `config` in run.json starts with, in this order: the model, the backend that answered,
+    the tasks (names or files, comma-separated), their data root and per-task overrides."""
+
+    model: str
+    backend: str = "auto"
+    tasks: str
+    data_dir: str | None = None
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)  # task -> {key: value}
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings that decide the results (`RunSettings.RESULT_KEYS`; None for those this kind of run
+        lacks): a run resumes, and `train --eval-every` reuses an evaluation, only where they are equal."""
+        return {key: getattr(self, key, None) for key in RunSettings.RESULT_KEYS}
+
+
+class RunSettings(RunTarget):
+    """The `config` of a run that generated its answers (`medharness run`), keys in this order. The types
+    only: the ranges (`--limit` >= 1, ...) and the backend's options are checked where settings are made
+    (`runs.pipeline.RunConfig`: these fields with their checks), so a run.json written before a check
+    existed still loads."""
+
+    limit: int | None = None  # the first N samples per task; None: every sample
+    batch_size: int = 8
+    max_new_tokens: int | None = None  # None: each task's own
+    temperature: float | None = None  # None: each task's own
+    seed: int = 0
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+    max_error_rate: float = 0.5
+    ablate: str | None = None  # blank | noise | shuffle: replace every image (taskfiles/ablation.py)
+    samples_file: str | None = None  # a pinned list of sample ids (taskfiles/splits.py)
+    cache: bool = True  # reuse generations from the response cache (backends/cache.py)
+    cache_dir: str | None = None
+    label: str | None = None  # a human name for boards (not a result key)
+
+    RESULT_KEYS: ClassVar[tuple[str, ...]] = ("model", "backend", "tasks", "data_dir", "overrides", "limit",
+                                              "max_new_tokens", "temperature", "seed", "ablate",
+                                              "samples_file")
+
+
+class ImportSettings(RunTarget):
+    """The `config` of a run whose answers another tool generated (`medharness import`): `backend` is
+    `import:<tool>`, `predictions` the file it read."""
+
+    predictions: str
+
+
+def _config_kind(value: Any) -> str:
+    """An imported run's config names its predictions file; every other is a run's."""
+    if isinstance(value, dict):
+        return "import" if "predictions" in value else "run"
+    return "import" if isinstance(value, ImportSettings) else "run"
+
+
+RunLogConfig = Annotated[Annotated[RunSettings, Tag("run")] | Annotated[ImportSettings, Tag("import")],
+                         Discriminator(_config_kind)]
+"""run.json's `config`: a run's settings, or an import's (told apart by the `predictions` key)."""
+
+
 class RunLog(Record):
     """`run.json`: one run's config, environment, status, lineage and per-task results. Only `runlog.py`
     reads and writes the file; everything else passes these records."""
@@ -483,7 +544,7 @@ class RunLog(Record):
     created: str = ""
     updated: str = ""
     command: list[str] = Field(default_factory=list)
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: RunLogConfig
     versions: dict[str, str] = Field(default_factory=dict)
     seed: int | None = None
     model: str | None = None  # the backend's fingerprint

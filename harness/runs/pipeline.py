@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from medharness.backends import BACKENDS, Backend, check_options
 from medharness.backends.cache import ResponseCache
@@ -29,6 +29,7 @@ from medharness.core.records import (
     CacheUsage,
     GenerationSettings,
     ResultRow,
+    RunSettings,
     RunUsage,
     SafeName,
     Sample,
@@ -48,35 +49,19 @@ LOCAL_MODEL_BACKENDS = ("hf", "vllm")  # they load a model folder, which may car
 Progress = Callable[[str, int, int], None]  # (task, done, total)
 
 
-class RunConfig(BaseModel):
-    """Everything that decides a run's results; stored in run.json and compared on --resume.
+class RunConfig(RunSettings):
+    """Everything that decides a run's results: the `RunSettings` run.json stores (and --resume compares),
+    each value checked, so the CLI and the Python API refuse the same input (the CLI names the option:
+    `--limit`, `--backend-option`, ...). Not frozen, unlike the record it is stored as."""
 
-    Every value is checked here, so the CLI and the Python API refuse the same input (the CLI names the
-    option: `--limit`, `--backend-option`, ...)."""
+    model_config = ConfigDict(frozen=False)
 
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
-    backend: str = "auto"
-    tasks: str
-    data_dir: str | None = None
-    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)  # task -> {key: value}
     limit: int | None = Field(None, ge=1)  # None: every sample
     batch_size: int = Field(8, ge=1)
     max_new_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
-    seed: int = 0
-    backend_options: dict[str, Any] = Field(default_factory=dict)
     max_error_rate: float = Field(0.5, ge=0, le=1, allow_inf_nan=False)
-    ablate: str | None = None  # blank | noise | shuffle: replace every image (see ablation.py)
-    samples_file: str | None = None  # a pinned list of sample ids (see splits.py)
-    cache: bool = True  # reuse generations from the response cache (see cache.py)
-    cache_dir: str | None = None
-    label: SafeName | None = None  # a human name for boards (not a result key)
-
-    RESULT_KEYS: ClassVar[tuple[str, ...]] = ("model", "backend", "tasks", "data_dir", "overrides", "limit",
-                                              "max_new_tokens", "temperature", "seed", "ablate",
-                                              "samples_file")
+    label: SafeName | None = None
 
     @field_validator("backend_options")
     @classmethod
@@ -175,10 +160,8 @@ def default_run_id(config: RunConfig) -> str:
 def _check_resume(run: RunDir, config: RunConfig, tasks: Sequence[Task]) -> None:
     """A run continues only with the settings and the task definitions it started with: rows of two task
     versions (or of an edited prompt, parser or filter) never share one file."""
-    old = run.log.config
-    new = config.model_dump()
-    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in RunConfig.RESULT_KEYS
-             if old.get(k) != new.get(k)]
+    old, new = run.log.config.result_settings(), config.result_settings()
+    diffs = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in RunConfig.RESULT_KEYS if old[k] != new[k]]
     for task in tasks:
         entry = run.log.tasks.get(task.name)
         versions = sorted({r.task_version for r in run.rows(task.name)} - {task.version})
@@ -270,7 +253,7 @@ class Runner:
                 run.close()
             raise
         if run is None:
-            run = RunDir.create(self.path, self.config.model_dump(), seed=self.config.seed,
+            run = RunDir.create(self.path, self.config, seed=self.config.seed,
                                 label=self.config.label, take_over=self.resume)
         try:
             with _sigterm_interrupts():

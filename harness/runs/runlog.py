@@ -25,7 +25,6 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -36,11 +35,13 @@ from medharness.core.datafiles import read_text
 from medharness.core.errors import ConfigError, DataError, RunInUseError
 from medharness.core.records import (
     RUNLOG_SCHEMA,
+    ImportSettings,
     JudgeEntry,
     Judgement,
     ResultRow,
     RowToScore,
     RunLog,
+    RunSettings,
     RunStatus,
     RunUsage,
     TaskEntry,
@@ -48,25 +49,18 @@ from medharness.core.records import (
     TrainedFrom,
     check_safe_name,
 )
+from medharness.core.versions import package_versions
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self from Python 3.11
 
 RUN_FILE = "run.json"
 LOCK_FILE = "run.lock"
+# run.json's `versions`: these and the Python version
+PACKAGES = ("medharness", "torch", "transformers", "vllm", "datasets", "pydantic", "numpy")
 R = TypeVar("R", ResultRow, Judgement)
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("medharness", "torch", "transformers", "vllm", "datasets", "pydantic", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def json_safe(data: Any) -> Any:
@@ -210,10 +204,11 @@ class RunDir:
         self.lock = lock
 
     @classmethod
-    def create(cls, path: Path, config: dict[str, Any], seed: int | None = None,
+    def create(cls, path: Path, config: RunSettings | ImportSettings, seed: int | None = None,
                label: str | None = None, take_over: bool = False) -> RunDir:
         """A new run directory, locked. `take_over`: a directory that holds no results (see `has_results`) is
-        cleared and started afresh, under the lock."""
+        cleared and started afresh, under the lock. `config` is stored as the record it is (a `RunConfig` as
+        its `RunSettings`)."""
         cls.check_new(path, take_over)
         path.mkdir(parents=True, exist_ok=True)
         lock = RunLock.acquire(path, "run --resume" if take_over else "run")
@@ -225,8 +220,9 @@ class RunDir:
                     leftover.unlink()
             shutil.rmtree(path / "samples", ignore_errors=True)
             (path / "samples").mkdir()
+            versions = {"python": platform.python_version(), **package_versions(PACKAGES)}
             run = cls(path, RunLog(run_id=path.name, label=label, created=now(), command=list(sys.argv),
-                                   config=config, versions=versions(), seed=seed), lock)
+                                   config=config.model_dump(), versions=versions, seed=seed), lock)
             run.save()
         except BaseException:
             lock.release()

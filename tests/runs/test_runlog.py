@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from medharness.checkpoints.lineage import MANIFEST_FILE, CheckpointManifest
 from medharness.core.errors import DataError
-from medharness.core.records import RUNLOG_SCHEMA, RunLog
+from medharness.core.records import RUNLOG_SCHEMA, ImportSettings, RunLog, RunSettings
 from medharness.runs.pipeline import RunConfig, Runner
 from medharness.runs.rescore import score_run
 from medharness.runs.runlog import RunDir
 
 OLD = Path(__file__).parents[1] / "data" / "runlog_v0"  # written by medharness 0.1 (commit ff05d3c), judged
+GOLDEN = Path(__file__).parents[1] / "data" / "runlog_golden"
 
 
 def test_previous_shape_loads_and_says_so_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -74,11 +78,59 @@ def test_newer_or_broken_run_logs_are_refused(tmp_path: Path) -> None:
         RunDir.open(folder)
 
 
+# run.json's `config` as earlier versions wrote it (`git log -p` of RunConfig and of bridges/importer.py)
+FIRST = {"model": "baseline:random", "backend": "auto", "tasks": "phantom_presence", "data_dir": None,
+         "overrides": {}, "limit": 0, "batch_size": 8, "max_new_tokens": None, "temperature": None, "seed": 3,
+         "backend_options": {}, "max_error_rate": 0.5}  # 0.1: before ranges were checked (limit 0 ran all)
+EARLIER_CONFIGS = {
+    "0.1": FIRST,
+    "ablation": {**FIRST, "ablate": "blank", "samples_file": "ids.txt"},
+    "cache": {**FIRST, "ablate": None, "samples_file": None, "cache": False, "cache_dir": "/c"},
+    "label": {**FIRST, "ablate": None, "samples_file": None, "cache": True, "cache_dir": None,
+              "label": "my run"},  # before labels had to be file names
+    "import": {"model": "m", "backend": "import:lm-eval", "tasks": "phantom_presence", "data_dir": None,
+               "overrides": {"phantom_presence": {"prompt": "r1"}}, "predictions": "/p/samples.jsonl"},
+}
+
+
+@pytest.mark.parametrize("shape", list(EARLIER_CONFIGS))
+def test_every_earlier_config_loads_typed(tmp_path: Path, shape: str) -> None:
+    config = EARLIER_CONFIGS[shape]
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": "r", "status": "finished", "config": config}))
+    run = RunDir.open(tmp_path)
+    kind = ImportSettings if shape == "import" else RunSettings
+    assert type(run.log.config) is kind and run.log.config.model == config["model"]
+    assert {k: v for k, v in run.log.config.model_dump().items() if k in config} == config
+    assert run.log.config.result_settings()["limit"] == config.get("limit")
+    run.set_status("finished")  # saved again: the keys it had keep their values, the rest get defaults
+    again = json.loads((tmp_path / "run.json").read_text())["config"]
+    assert again == {**kind.model_validate({"model": "x", "tasks": "t", **config}).model_dump(), **config}
+
+
+def test_a_config_of_neither_shape_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": "r", "config": {"model": "m", "tasks": "t",
+                                                                             "limt": 3}}))
+    with pytest.raises(DataError, match="at config.run.limt: Extra inputs are not permitted"):
+        RunDir.open(tmp_path)
+
+
+def test_run_config_is_the_stored_record_with_checks() -> None:
+    """`RunConfig` keeps `RunSettings`' keys, order and defaults (run.json's shape) and adds the checks."""
+    made, stored = RunConfig.model_fields, RunSettings.model_fields
+    assert list(made) == list(stored)
+    assert all(made[k].get_default(call_default_factory=True) == f.get_default(call_default_factory=True)
+               for k, f in stored.items())
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        RunConfig(model="m", tasks="t", limit=0)
+    assert RunSettings(model="m", tasks="t", limit=0).limit == 0
+
+
 def test_new_run_log_records_seed_label_metric_arguments(tmp_path: Path) -> None:
     config = RunConfig(model="baseline:majority", tasks="phantom_presence,phantom_box", limit=6, seed=7,
                        label="floor", overrides={"phantom_presence": {"prompt": "r1"}}, cache=False)
     run = Runner(config, output=tmp_path / "r").run()
     log = RunLog.model_validate_json((tmp_path / "r" / "run.json").read_text())
+    assert type(log.config) is RunSettings and log.config == RunSettings(**config.model_dump())
     assert log == run.log and log.seed == 7 and log.label == "floor" and log.display_name == "floor"
     assert log.trained_from is None  # a baseline has no lineage
     r1 = log.tasks["phantom_presence"]
@@ -105,3 +157,54 @@ def test_trained_from_is_read_from_the_manifest(tmp_path: Path) -> None:
     (folder / MANIFEST_FILE).write_text("{")
     with pytest.raises(DataError, match="not a medharness checkpoint manifest"):
         trained_from(str(folder))
+
+
+def _normalised(file: Path, tmp_path: Path) -> str:
+    """run.json's text with what changes from one run to the next (times, versions, wall time, folders)
+    replaced by placeholders; every other byte as written."""
+    text = file.read_text(encoding="utf-8")
+    text = re.sub(r'"(created|updated)": "[^"]*"', r'"\1": "<time>"', text)
+    text = re.sub(r'"versions": \{[^}]*\}', '"versions": "<versions>"', text)
+    text = re.sub(r'"generate_s": [-+.e0-9]+', '"generate_s": "<seconds>"', text)
+    text = re.sub(r'"path": "[^"]*/([^/"]+)"', r'"path": "<tasks>/\1"', text)
+    return text.replace(str(tmp_path.resolve()), "<tmp>").replace(str(tmp_path), "<tmp>")
+
+
+def _golden(text: str, name: str) -> None:
+    """`text` is the committed golden file `name`; after a deliberate change of run.json's shape, regenerate
+    with MEDHARNESS_UPDATE_GOLDEN=1 and read the diff."""
+    file = GOLDEN / name
+    if os.environ.get("MEDHARNESS_UPDATE_GOLDEN"):
+        file.parent.mkdir(exist_ok=True)
+        file.write_text(text, encoding="utf-8")
+    assert text == file.read_text(encoding="utf-8")
+
+
+def test_run_json_is_written_byte_for_byte_as_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's run.json, config included (its keys in RunConfig's order), is the committed file byte for
+    byte."""
+    monkeypatch.setattr(sys, "argv", ["medharness", "run"])
+    config = RunConfig(model="baseline:majority", tasks="phantom_presence", limit=4, seed=5, label="floor",
+                       overrides={"phantom_presence": {"prompt": "r1"}}, temperature=0.0, max_new_tokens=16,
+                       cache=False, ablate="blank")
+    Runner(config, output=tmp_path / "r").run()
+    _golden(_normalised(tmp_path / "r" / "run.json", tmp_path), "run.json")
+
+
+def test_imported_run_json_is_written_byte_for_byte_as_before(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """An imported run's run.json (its config of another shape: the predictions file, no decoding settings)
+    is the committed file byte for byte."""
+    from medharness.bridges.importer import ImportRequest, import_predictions
+    from medharness.taskfiles.task import load_task
+
+    monkeypatch.setattr(sys, "argv", ["medharness", "import"])
+    samples = load_task("phantom_presence").load_samples()[:3]
+    file = tmp_path / "samples_medharness_phantom_presence.jsonl"
+    file.write_text("".join(json.dumps({"doc_id": i, "doc": {"id": s.id}, "resps": [[text]],
+                                        "filtered_resps": [text]}) + "\n"
+                            for i, (s, text) in enumerate(zip(samples, ["yes", "no", "maybe"]))))
+    import_predictions(ImportRequest(tool="lm-eval", file=file, task="phantom_presence",
+                                     output=tmp_path / "run", model_name="m", tool_version="0.4.13",
+                                     overrides={"prompt": "r1"}, label="peer"))
+    _golden(_normalised(tmp_path / "run" / "run.json", tmp_path), "import.json")

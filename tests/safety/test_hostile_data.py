@@ -13,6 +13,7 @@ import pytest
 
 from medharness.cli import main
 from medharness.core.errors import ConfigError, DataError
+from medharness.core.records import RunSettings
 from medharness.runs.pipeline import RunConfig, Runner
 from medharness.runs.runlog import LOCK_FILE, RUN_FILE, RunDir
 
@@ -297,7 +298,7 @@ def test_a_directory_with_results_or_other_files_is_never_taken_over(tmp_path: P
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="already exists: pass --resume"):
-        RunDir.create(out, {}, take_over=True)
+        RunDir.create(out, RunSettings(model="m", tasks="t"), take_over=True)
     assert (out / "notes.txt").read_text() == "mine"
     with pytest.raises(DataError, match="is not a run directory"):
         Runner(RunConfig(model="baseline:constant:1", tasks=str(BASE_TASK)), output=out, resume=True).run()

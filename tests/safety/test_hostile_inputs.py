@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from medharness.backends import OPTIONS, Backend, Request, backend
 from medharness.cli import main
 from medharness.core.errors import ConfigError, DataError, RunInUseError
-from medharness.core.records import Generation, ResultRow, check_safe_name
+from medharness.core.records import Generation, ResultRow, RunSettings, check_safe_name
 from medharness.core.yamlio import load_value, load_yaml_with_lines
 from medharness.runs.pipeline import RunConfig, Runner
 from medharness.runs.runlog import LOCK_FILE, RunDir
@@ -36,6 +36,7 @@ from medharness.taskfiles.task import TASKS_DIR, load_task, parse_task_file
 REPO = Path(__file__).resolve().parents[2]
 FUZZ = REPO / "tests" / "data" / "fuzz"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+SETTINGS = RunSettings(model="m", tasks="t")  # a run directory's config where no run is made
 
 
 def env() -> dict[str, str]:
@@ -168,7 +169,7 @@ def test_run_with_a_traversing_task_name_writes_nothing(tmp_path: Path,
 
 def test_run_dir_refuses_a_task_name_that_leaves_it(tmp_path: Path) -> None:
     """Defence in depth: a name that skipped the schema (model_construct, a plugin) still cannot leave."""
-    run = RunDir.create(tmp_path / "run", {})
+    run = RunDir.create(tmp_path / "run", SETTINGS)
     try:
         for bad in ("../escaped", "a/b", "", ".."):
             with pytest.raises(ConfigError, match="cannot be used as a file name"):
@@ -337,7 +338,7 @@ def test_an_unexpected_error_in_the_loop_marks_the_run_failed(tmp_path: Path,
 
 
 def test_a_second_writer_is_refused_with_the_holder_named(tmp_path: Path) -> None:
-    run = RunDir.create(tmp_path / "run", {"model": "m"})
+    run = RunDir.create(tmp_path / "run", SETTINGS)
     try:
         record = json.loads((tmp_path / "run" / LOCK_FILE).read_text())
         assert (record["pid"] == os.getpid() and record["host"] and record["started"]
@@ -345,7 +346,7 @@ def test_a_second_writer_is_refused_with_the_holder_named(tmp_path: Path) -> Non
         with pytest.raises(RunInUseError, match=rf"in use by another medharness process \(run process pid "
                                                 rf"{os.getpid()} on host "):
             RunDir.open(tmp_path / "run", writer="judge")
-        assert RunDir.open(tmp_path / "run").log.config == {"model": "m"}  # readers are never refused
+        assert RunDir.open(tmp_path / "run").log.config == SETTINGS  # readers are never refused
     finally:
         run.close()
     assert (tmp_path / "run" / LOCK_FILE).read_text() == ""  # released: the holder record cleared
@@ -365,7 +366,7 @@ def test_judge_is_refused_while_a_run_holds_the_directory(tmp_path: Path,
 
 def test_a_lock_left_by_a_killed_process_is_not_stale(tmp_path: Path) -> None:
     """flock dies with its process: after kill -9 of the holder, the next writer gets the directory."""
-    RunDir.create(tmp_path / "run", {}).close()
+    RunDir.create(tmp_path / "run", SETTINGS).close()
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
@@ -397,7 +398,7 @@ def test_a_writer_refused_in_the_instant_before_the_holder_records_itself_still_
     import socket
     import threading
 
-    RunDir.create(tmp_path / "run", {}).close()
+    RunDir.create(tmp_path / "run", SETTINGS).close()
     lock_file = tmp_path / "run" / LOCK_FILE
     fd = os.open(lock_file, os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)  # held, nothing recorded yet
@@ -415,7 +416,7 @@ def test_a_writer_refused_in_the_instant_before_the_holder_records_itself_still_
 def test_a_lock_inherited_by_a_forked_child_names_the_ended_holder(tmp_path: Path) -> None:
     """A child forked by the holder (a model server) keeps the lock after the holder ends: the refusal says
     so."""
-    RunDir.create(tmp_path / "run", {}).close()
+    RunDir.create(tmp_path / "run", SETTINGS).close()
     script = textwrap.dedent(f"""
         import os, sys, time
         from pathlib import Path
@@ -452,12 +453,12 @@ def test_a_lock_inherited_by_a_forked_child_names_the_ended_holder(tmp_path: Pat
 def test_creating_over_a_directory_that_holds_only_a_lock_file_works(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / LOCK_FILE).write_text("")
-    RunDir.create(tmp_path / "run", {}).close()
+    RunDir.create(tmp_path / "run", SETTINGS).close()
     with pytest.raises(ConfigError, match="stopped before its first sample .*pass --resume to take it over"):
-        RunDir.create(tmp_path / "run", {})
+        RunDir.create(tmp_path / "run", SETTINGS)
     (tmp_path / "run" / "samples" / "t.jsonl").write_text("{}\n")
     with pytest.raises(ConfigError, match="already exists: pass --resume"):
-        RunDir.create(tmp_path / "run", {}, take_over=True)
+        RunDir.create(tmp_path / "run", SETTINGS, take_over=True)
 
 
 def test_two_resumes_at_once_one_is_refused_and_no_row_is_written_twice(tmp_path: Path) -> None:
@@ -471,7 +472,7 @@ def test_two_resumes_at_once_one_is_refused_and_no_row_is_written_twice(tmp_path
             str(limit), "--concurrency", "1", "--batch-size", "1", "--max-retries", "0", "--no-cache",
             "--no-progress", "--output", str(out), "--resume"]
     config = RunConfig(model="fake-model", backend="openai", tasks="phantom_presence", limit=limit)
-    RunDir.create(out, config.model_dump()).close()  # a run to resume, no rows yet
+    RunDir.create(out, config).close()  # a run to resume, no rows yet
 
     import threading
 

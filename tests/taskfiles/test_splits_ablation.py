@@ -12,6 +12,7 @@ import pytest
 from medharness.backends.inputs import ImageLoader
 from medharness.cli import main
 from medharness.core.errors import ConfigError, DataError
+from medharness.core.records import RunSettings
 from medharness.runs.pipeline import RunConfig, Runner
 from medharness.taskfiles.ablation import partners
 from medharness.taskfiles.splits import kshot, read_sample_ids, select_pinned
@@ -95,7 +96,7 @@ def test_ablations_replace_the_image(tmp_path: Path, mode: str) -> None:
 def test_ablation_is_recorded_and_part_of_resume_identity(tmp_path: Path) -> None:
     config = RunConfig(model="baseline:majority", tasks="phantom_presence", limit=4, ablate="blank")
     run = Runner(config, output=tmp_path / "r").run()
-    assert run.log.config["ablate"] == "blank"
+    assert isinstance(run.log.config, RunSettings) and run.log.config.ablate == "blank"
     assert run.log.tasks["phantom_presence"].ablation == "blank"
     other = RunConfig(model="baseline:majority", tasks="phantom_presence", limit=4, ablate="noise")
     with pytest.raises(ConfigError, match="ablate: 'blank' -> 'noise'"):

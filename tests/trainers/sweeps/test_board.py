@@ -10,7 +10,7 @@ import pytest
 
 from medharness.cli import main
 from medharness.core.errors import ConfigError
-from medharness.core.records import MetricSummary, TaskEntry, TaskSummary
+from medharness.core.records import MetricSummary, RunSettings, TaskEntry, TaskSummary
 from medharness.runs.runlog import RunDir
 from medharness.trainers.sweeps.board import paper_table, published_board, render
 from medharness.trainers.sweeps.schema import (
@@ -68,7 +68,7 @@ table:
 
 def fake_run(folder: Path, task: str, values: dict[str, float]) -> None:
     """A finished run directory whose run log holds one task summary (no model needed)."""
-    run = RunDir.create(folder, {"model": "m"})
+    run = RunDir.create(folder, RunSettings(model="m", tasks=task))
     metrics = {k: MetricSummary(value=v, n=10, n_unparsed=0) for k, v in values.items()}
     summary = TaskSummary(task=task, task_version="1.0", convention="harness", n=10, n_unparsed=0,
                           metrics=metrics)

@@ -15,7 +15,7 @@ import pytest
 from medharness.checkpoints.lineage import file_hash
 from medharness.cli import main
 from medharness.core.errors import ConfigError
-from medharness.core.records import MetricSummary, RunStatus, TaskEntry, TaskSummary
+from medharness.core.records import MetricSummary, RunSettings, RunStatus, TaskEntry, TaskSummary
 from medharness.runs.folders import SweepDir
 from medharness.runs.runlog import RunDir
 from medharness.trainers.sweeps import DEMO
@@ -156,7 +156,7 @@ def test_board_mean_and_std_over_seeds(tmp_path: Path) -> None:
 
     def fake_run(folder: Path, value: float, status: RunStatus = "finished") -> None:
         """A run directory whose typed run log holds one task summary (no model needed)."""
-        run = RunDir.create(folder, {"model": "m"})
+        run = RunDir.create(folder, RunSettings(model="m", tasks="phantom_presence"))
         summary = TaskSummary(task="phantom_presence", task_version="1.0", convention="harness", n=10,
                               n_unparsed=0, metrics={"yes_no_accuracy": MetricSummary(value=value, n=10,
                                                                                          n_unparsed=0)})

@@ -79,20 +79,22 @@ class EvalSettings(Strict):
     """How a model is evaluated: what a sweep's `eval:` (`EvalSpec`) and `train --eval-*` (`EvalRequest`)
     share with `run` (`runs.pipeline.RunConfig`, which keeps its own field order: run.json stores it)."""
 
-    backend: str = "auto"  # auto: vllm on a GPU when installed, hf elsewhere
-    limit: int | None = Field(None, ge=1)  # the first N samples per task
-    batch_size: int = Field(8, ge=1)
-    max_new_tokens: int | None = Field(None, ge=1)  # None: each task's own
-    backend_options: dict[str, Any] = Field(default_factory=dict)
+    backend: str = Field("auto", description="the run backend; auto: vllm on a GPU when installed, hf "
+                                             "elsewhere")
+    limit: int | None = Field(None, ge=1, description="the first N samples per task")
+    batch_size: int = Field(8, ge=1, description="samples per backend call")
+    max_new_tokens: int | None = Field(None, ge=1, description="the generation length; null: each task's own")
+    backend_options: dict[str, Any] = Field(default_factory=dict,
+                                            description="backend options, as run --backend-option KEY=VALUE")
 
 
 class GenerationSettings(Record):
     """Decoding settings; task files' `generation:` keys are these fields, checked when the file is read."""
 
-    max_new_tokens: int = Field(128, ge=1)
-    temperature: float = Field(0.0, ge=0, allow_inf_nan=False)  # 0 = greedy
-    top_p: float = Field(1.0, gt=0, le=1)
-    seed: int = 0
+    max_new_tokens: int = Field(128, ge=1, description="the most tokens generated per answer")
+    temperature: float = Field(0.0, ge=0, allow_inf_nan=False, description="0 = greedy; > 0 samples")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: the probability mass sampled from")
+    seed: int = Field(0, description="the sampling seed")
 
     @property
     def greedy(self) -> bool:

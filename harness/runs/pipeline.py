@@ -56,23 +56,47 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str
-    backend: str = "auto"
-    tasks: str
-    data_dir: str | None = None
-    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)  # task -> {key: value}
-    limit: int | None = Field(None, ge=1)  # None: every sample
-    batch_size: int = Field(8, ge=1)
-    max_new_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
-    seed: int = 0
-    backend_options: dict[str, Any] = Field(default_factory=dict)
-    max_error_rate: float = Field(0.5, ge=0, le=1, allow_inf_nan=False)
-    ablate: str | None = None  # blank | noise | shuffle: replace every image (see ablation.py)
-    samples_file: str | None = None  # a pinned list of sample ids (see splits.py)
-    cache: bool = True  # reuse generations from the response cache (see cache.py)
-    cache_dir: str | None = None
-    label: SafeName | None = None  # a human name for boards (not a result key)
+    model: str = Field(description="checkpoint folder or hub id; baseline:majority|random|constant:TEXT; a "
+                                   "predictions file")
+    backend: str = Field(
+        "auto",
+        description="auto (baseline: prefix -> baseline, predictions file -> replay, vllm when installed "
+                    "and a GPU is present, else hf), hf, vllm, openai, gemini, replay, baseline")
+    tasks: str = Field(description="comma-separated task names, families or task YAML paths")
+    data_dir: str | None = Field(None, description="folder holding the local copy of the dataset (for every "
+                                                   "task)")
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-task settings, task -> {key: value} (-T TASK.KEY=VALUE, e.g. "
+                                          "-T vqa_rad.prompt=r1)")
+    limit: int | None = Field(None, ge=1, description="only the first N samples of each task (default: every "
+                                                      "sample)")
+    batch_size: int = Field(8, ge=1, description="samples per backend call")
+    max_new_tokens: int | None = Field(None, ge=1, description="override the task's generation length "
+                                                               "(default: the task's own)")
+    temperature: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                      description="0 = greedy; > 0 samples with the seed (default: the "
+                                                  "task's own, greedy unless its file sets one)")
+    seed: int = Field(0, description="seed for sampling and random baselines")
+    backend_options: dict[str, Any] = Field(
+        default_factory=dict, description="any backend option, e.g. vllm: max_model_len=1024 "
+                                          "enforce_eager=true lora=ADAPTER_DIR")
+    max_error_rate: float = Field(
+        0.5, ge=0, le=1, allow_inf_nan=False,
+        description="fail when more than this share of a task's generations fails (checked from 20 samples "
+                    "on, and at each task's end whatever its size)")
+    ablate: str | None = Field(None, description="replace every image (blank, noise, or another sample's: "
+                                                 "shuffle): is the model using the picture?")
+    samples_file: str | None = Field(
+        None, description="only these sample ids: JSON {task: [ids]} or [ids], text lines 'id' / "
+                          "'task<TAB>id', or a folder of such JSON files (e.g. tasks/subsets: the pinned CI "
+                          "subsets)")
+    cache: bool = Field(True, description="reuse identical greedy generations from the response cache; false "
+                                          "(--no-cache): always call the model")
+    cache_dir: str | None = Field(None, description="response cache folder (default $MEDHARNESS_CACHE or "
+                                                    "~/.cache/medharness)")
+    label: SafeName | None = Field(
+        None,
+        description="a human name for this run on leaderboards (default: the run id; not a result key)")
 
     RESULT_KEYS: ClassVar[tuple[str, ...]] = ("model", "backend", "tasks", "data_dir", "overrides", "limit",
                                               "max_new_tokens", "temperature", "seed", "ablate",

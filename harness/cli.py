@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from medharness.core.errors import ConfigError, MedHarnessError
+from medharness.core.schemadocs import field_help
+
+RUN = "medharness.core.records:RunSettings"  # the settings the `run` flags set (their help: its descriptions)
 
 EPILOG = "Docs: README.md and docs/ in the repository. Every command has --help."
 Handler = Callable[[argparse.Namespace], int]
@@ -19,46 +22,34 @@ Handler = Callable[[argparse.Namespace], int]
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="generate answers for tasks with a model and score them",
                        description="Run a model on tasks; results go to a run directory (resumable).")
-    p.add_argument("--model", required=True,
-                   help="checkpoint folder or hub id; baseline:majority|random|constant:TEXT; a predictions "
-                        "file")
-    p.add_argument("--backend", default="auto",
-                   help="auto (baseline: prefix -> baseline, predictions file -> replay, vllm when installed "
-                        "and a GPU is present, else hf), hf, vllm, openai, gemini, replay, baseline")
-    p.add_argument("--tasks", required=True, help="comma-separated task names, families or task YAML paths; "
-                                                  "lm_eval:NAME runs lm-eval's task NAME (docs/ecosystem.md)")
+    p.add_argument("--model", required=True, help=field_help(RUN, "model"))
+    p.add_argument("--backend", default="auto", help=field_help(RUN, "backend"))
+    p.add_argument("--tasks", required=True, help=field_help(RUN, "tasks") + "; lm_eval:NAME runs lm-eval's "
+                                                  "task NAME (docs/ecosystem.md)")
     p.add_argument("--lm-eval-include-path",
                    help="a folder of local lm-eval task YAMLs for lm_eval:NAME tasks")
-    p.add_argument("--data-dir", help="folder holding the local copy of the dataset (for every task)")
+    p.add_argument("--data-dir", help=field_help(RUN, "data_dir"))
     p.add_argument("-T", dest="overrides", action="append", default=[], metavar="TASK.KEY=VALUE",
-                   help="per-task setting, e.g. -T vqa_rad.prompt=r1 -T slake.data_dir=DIR")
-    p.add_argument("--limit", type=int, help="only the first N samples of each task")
-    p.add_argument("--batch-size", type=int, default=8, help="samples per backend call (default 8)")
-    p.add_argument("--max-new-tokens", type=int, help="override the task's generation length")
-    p.add_argument("--temperature", type=float, help="0 = greedy (default); >0 samples with --seed")
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling and random baselines (default 0)")
+                   help=field_help(RUN, "overrides"))
+    p.add_argument("--limit", type=int, help=field_help(RUN, "limit"))
+    p.add_argument("--batch-size", type=int, default=8,
+                   help=field_help(RUN, "batch_size") + " (default %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, help=field_help(RUN, "max_new_tokens"))
+    p.add_argument("--temperature", type=float, help=field_help(RUN, "temperature"))
+    p.add_argument("--seed", type=int, default=0, help=field_help(RUN, "seed") + " (default %(default)s)")
     p.add_argument("--output", type=Path, help="run directory (default runs/<time>-<model>)")
-    p.add_argument("--label", help="a human name for this run on leaderboards (default: the run id)")
+    p.add_argument("--label", help=field_help(RUN, "label"))
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output where it stopped (same settings and task definitions), "
                         "or take over a directory it left without results")
     p.add_argument("--retry-errors", action="store_true",
                    help="with --resume: generate again the samples whose generation failed (e.g. API errors)")
     p.add_argument("--max-error-rate", type=float, default=0.5,
-                   help="fail when more than this share of a task's generations fails (default 0.5; checked "
-                        "from 20 samples on, and at each task's end whatever its size)")
-    p.add_argument("--ablate", choices=["blank", "noise", "shuffle"],
-                   help="replace every image (blank, noise, or another sample's): is the model using the "
-                        "picture?")
-    p.add_argument("--samples", dest="samples_file", type=Path,
-                   help="only these sample ids: JSON {task: [ids]} or [ids], text lines 'id' / "
-                        "'task<TAB>id', or a folder of such JSON files (e.g. tasks/subsets: the pinned CI "
-                        "subsets)")
-    p.add_argument("--no-cache", action="store_true",
-                   help="always call the model (default: reuse identical greedy generations from the "
-                        "response cache)")
-    p.add_argument("--cache-dir",
-                   help="response cache folder (default $MEDHARNESS_CACHE or ~/.cache/medharness)")
+                   help=field_help(RUN, "max_error_rate") + " (default %(default)s)")
+    p.add_argument("--ablate", choices=["blank", "noise", "shuffle"], help=field_help(RUN, "ablate"))
+    p.add_argument("--samples", dest="samples_file", type=Path, help=field_help(RUN, "samples_file"))
+    p.add_argument("--no-cache", action="store_true", help=field_help(RUN, "cache"))
+    p.add_argument("--cache-dir", help=field_help(RUN, "cache_dir"))
     p.add_argument("--base-url", help="openai/gemini backends: the endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--api-key-env", help="openai/gemini: the environment variable holding the key "
                                          "(default OPENAI_API_KEY; GEMINI_API_KEY or GOOGLE_API_KEY)")
@@ -67,9 +58,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-retries", type=int,
                    help="openai/gemini: retries after 429/5xx/timeouts (default 5)")
     p.add_argument("--backend-option", dest="backend_option", action="append", default=[],
-                   metavar="KEY=VALUE",
-                   help="any backend option, e.g. vllm: max_model_len=1024 enforce_eager=true "
-                        "lora=ADAPTER_DIR")
+                   metavar="KEY=VALUE", help=field_help(RUN, "backend_options"))
     p.add_argument("--device", help="hf backend: cpu, cuda, auto (default auto)")
     p.add_argument("--dtype", help="hf backend: float32, bfloat16, auto (default auto)")
     p.add_argument("--id-field", help="replay backend: the predictions file's id field")

@@ -18,14 +18,16 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Any]:
     p.add_argument("run_dirs", nargs="*", type=Path, metavar="RUNS", help="run directories (one row each)")
     p.add_argument("--board",
                    help="a board spec: a YAML file, or the name of a shipped one (leaderboards/boards/)")
-    p.add_argument("--by", metavar="GROUP", help="split each column by a group field (e.g. answer_type)")
+    from medharness.core.schemadocs import field_help  # the board spec's fields, without importing its schema
+
+    spec = "medharness.leaderboards.spec:BoardSpec"
+    p.add_argument("--by", metavar="GROUP", help=field_help(spec, "by"))
     p.add_argument("--format", choices=["md", "csv", "json"], default="md")
     p.add_argument("--plot", type=Path, metavar="DIR", help="also write PNG plots into DIR")
     p.add_argument("--output", type=Path, help="write the board here instead of printing it")
-    p.add_argument("--all-metrics", action="store_true",
-                   help="every metric, not only each task's primary one")
-    p.add_argument("--no-judges", action="store_true", help="leave out the LLM judge and panel columns")
-    p.add_argument("--no-intervals", action="store_true", help="values without their intervals")
+    p.add_argument("--all-metrics", action="store_true", help=field_help(spec, "all_metrics"))
+    p.add_argument("--no-judges", action="store_true", help=field_help(spec, "judges"))
+    p.add_argument("--no-intervals", action="store_true", help=field_help(spec, "intervals"))
     r = sub.add_parser("report", help="one run's report: a Markdown page with intervals, groups, failures, "
                                       "judge disagreements and ablation deltas, plus PNGs",
                        description="Writes OUTPUT/report.md and its PNGs; nothing else is written.")

@@ -22,10 +22,12 @@ class ColumnSpec(Strict):
     """One column, or one per group value: `{task: vqa_rad}` (its primary metric), `{task: vqa_rad, metric:
     vqa_accuracy, group: answer_type}` (one column per answer type), `group: answer_type=CLOSED` (one)."""
 
-    task: str | None = None  # None: each row's task (`RowSpec.task`; tasks as rows, as in RARL's Table 3)
-    metric: str | None = None  # default: the task's primary metric (its first)
-    group: str | None = None  # FIELD (every value) or FIELD=VALUE
-    label: str | None = None  # default: "task · metric", "task · VALUE" for groups
+    task: str | None = Field(
+        None, description="the task whose metric the column shows; none: each row's task (the row's `task`; "
+                          "tasks as rows, as in RARL's Table 3), and the column needs a label")
+    metric: str | None = Field(None, description="default: the task's primary metric (its first)")
+    group: str | None = Field(None, description="FIELD (one column per value) or FIELD=VALUE (one column)")
+    label: str | None = Field(None, description="default: \"task · metric\", \"task · VALUE\" for groups")
 
     @model_validator(mode="after")
     def _named(self) -> ColumnSpec:
@@ -39,21 +41,28 @@ class RowSpec(Strict):
     `sweep` + `cell` (a train-then-eval folder's cells, a glob over seeds; `reference/NAME` for its reference
     rows), `checkpoint` + `step` (a `train --eval-every` point), or `published` (numbers from a paper)."""
 
-    label: str | None = None  # default: the run's label, else its run id
-    run: str | None = None
-    runs: list[str] = Field(default_factory=list)  # paths or globs
-    sweep: str | None = None
-    cell: str | None = None
-    checkpoint: str | None = None
-    step: int | None = Field(None, ge=0)
-    published: dict[str, float] | None = None  # column label -> value as published
-    source: str | None = None  # where published numbers come from (cited under the board)
-    lineage: str | None = None  # default: from the run log (base model → recipe · step · seed)
-    method: str | None = None  # for plots: the series this row belongs to (accuracy against shots)
-    shots: int | None = Field(None, ge=0)  # for plots: the x position
-    task: str | None = None  # the task of the columns that name none (default: a run's only task)
-    blank: list[str] = Field(default_factory=list)  # column labels this row does not measure (n/a)
-    expected: int | None = Field(None, ge=1)  # runs per column the row waits for (seeds): `(i/n)` when fewer
+    label: str | None = Field(None, description="default: the run's label, else its run id")
+    run: str | None = Field(None, description="a run directory")
+    runs: list[str] = Field(default_factory=list, description="several runs of one configuration (paths or "
+                                                              "globs, e.g. seeds): mean ± std")
+    sweep: str | None = Field(None, description="a train-then-eval folder (with `cell`)")
+    cell: str | None = Field(None, description="the sweep's cells: a glob over seeds, or reference/NAME for "
+                                               "its reference rows")
+    checkpoint: str | None = Field(None, description="a `train --eval-every` output folder (with `step`)")
+    step: int | None = Field(None, ge=0, description="the scored step (OUTPUT/evals/step-N)")
+    published: dict[str, float] | None = Field(None, description="column label -> value as published")
+    source: str | None = Field(None, description="where published numbers come from (cited under the board)")
+    lineage: str | None = Field(None, description="default: from the run log (base model → recipe · step · "
+                                                  "seed)")
+    method: str | None = Field(None, description="for plots: the series this row belongs to (accuracy "
+                                                 "against shots)")
+    shots: int | None = Field(None, ge=0, description="for plots: the x position")
+    task: str | None = Field(None, description="the task of the columns that name none (default: a run "
+                                               "row's only task)")
+    blank: list[str] = Field(default_factory=list, description="column labels this row does not measure "
+                                                               "(n/a)")
+    expected: int | None = Field(None, ge=1, description="runs per column the row waits for (seeds): `(i/n)` "
+                                                         "where fewer finished")
 
     @model_validator(mode="after")
     def _one_source(self) -> RowSpec:
@@ -75,31 +84,44 @@ class RowSpec(Strict):
 class DeltaSpec(Strict):
     """A row of differences `row - minus` (paired intervals where both rows are single runs)."""
 
-    row: str
-    minus: str
-    label: str | None = None  # default: "Δ row − minus"
+    row: str = Field(description="the label of the row the other is subtracted from")
+    minus: str = Field(description="the label of the row subtracted")
+    label: str | None = Field(None, description="default: \"Δ row − minus\"")
 
 
 class SignificanceSpec(Strict):
-    alpha: float = Field(0.05, gt=0, lt=1)
-    correction: Literal["holm", "none"] = "holm"
+    alpha: float = Field(0.05, gt=0, lt=1, description="a row is marked where the (corrected) p-value is "
+                                                        "below this")
+    correction: Literal["holm", "none"] = Field(
+        "holm",
+        description="holm: p-values of one column Holm-corrected over the rows compared; none: as they are")
 
 
 class BoardSpec(Strict):
-    name: SafeName
-    title: str | None = None
-    caption: str | None = None  # printed under the table (cite the paper of published rows here)
-    columns: list[ColumnSpec] = Field(default_factory=list)  # empty: every task's primary metric in the runs
-    by: str | None = None  # a group field: each column split by its values (e.g. answer_type)
-    all_metrics: bool = False  # with empty columns: every metric, not only the primary one
-    judges: bool = True  # with empty columns: the judge and panel columns too
-    rows: list[RowSpec] = Field(default_factory=list)  # more rows come from the command line's RUNS
-    average: bool = False  # an Average column (mean of the row's columns, when all are present)
-    reference: str | None = None  # the label of the row others are compared with
-    deltas: list[DeltaSpec] = Field(default_factory=list)
-    intervals: bool = True
-    significance: SignificanceSpec | None = None  # marks against the reference (paired test)
-    decimals: int = Field(1, ge=0, le=4)
+    name: SafeName = Field(description="the board's name (plots are NAME-bars.png, ...)")
+    title: str | None = Field(None, description="the board's title")
+    caption: str | None = Field(None, description="printed under the table (cite the paper of published rows "
+                                                  "here)")
+    columns: list[ColumnSpec] = Field(default_factory=list,
+                                      description="empty: every task's primary metric in the runs (and the "
+                                                  "judge columns)")
+    by: str | None = Field(None, description="a group field that splits every column (e.g. answer_type)")
+    all_metrics: bool = Field(
+        False,
+        description="with no columns: every metric, not only each task's primary one")
+    judges: bool = Field(True, description="with no columns: the LLM judge and panel columns too; false "
+                                           "(--no-judges) leaves them out")
+    rows: list[RowSpec] = Field(default_factory=list,
+                                description="the rows; RUNS on the command line are added after these")
+    average: bool = Field(False, description="an Average column (mean of the row's columns, when all are "
+                                             "present)")
+    reference: str | None = Field(None, description="the label of the row others are compared with")
+    deltas: list[DeltaSpec] = Field(default_factory=list, description="rows of differences (`DeltaSpec`)")
+    intervals: bool = Field(True, description="each value with its interval; false (--no-intervals): values "
+                                              "only")
+    significance: SignificanceSpec | None = Field(
+        None, description="marks against the reference row (paired test; `SignificanceSpec`)")
+    decimals: int = Field(1, ge=0, le=4, description="digits after the decimal point")
 
     @field_validator("significance")
     @classmethod

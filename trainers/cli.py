@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from medharness.core.errors import ConfigError, DataError
+from medharness.core.schemadocs import field_help
+
+# the schemas the `train` flags set (their help: the fields' descriptions)
+CONFIG, SAMPLES = "medharness.trainers.schema:TrainConfig", "medharness.trainers.schema:SamplesSpec"
+EVAL, EVAL_SETTINGS = "medharness.trainers.evals:EvalRequest", "medharness.core.records:EvalSettings"
 
 
 def add_commands(sub: argparse._SubParsersAction) -> dict[str, Any]:
@@ -23,7 +28,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Any]:
                                    "presets (trainers/presets/*.yaml), --config FILE and -C overrides. "
                                    "Rewards are the task's own parser + metrics. See docs/training.md.")
     p.add_argument("--recipe",
-                   help="sft | dpo | grpo | vrft_aug | rarl (default: the preset's or config's recipe)")
+                   help=field_help(CONFIG, "recipe") + "; default: the preset's or config's recipe")
     p.add_argument("--preset", action="append", default=[], metavar="NAME",
                    help="a shipped preset (repeatable, later wins; default: the recipe's own): "
                         "sft sft_lora dpo dpo_lora grpo grpo_lora dr_grpo vrft_aug_paper vrft_aug_loc "
@@ -31,33 +36,24 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Any]:
     p.add_argument("--config", type=Path, help="a recipe config YAML (strict; see docs/training.md)")
     p.add_argument("-C", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting (dotted key), e.g. -C trl.learning_rate=1e-5 -C lora.r=16")
-    p.add_argument("--task", help="the task to train on (its train split by default)")
-    p.add_argument("--model", help="the base model: hub id or folder")
-    p.add_argument("--prompt", help="the task's prompt variant (default: the task's default)")
-    p.add_argument("--samples", type=Path,
-                   help="training sample ids (a `medharness split` file or an id list)")
-    p.add_argument("--seed", type=int, help="run seed: data order, sampling, vLLM (default 0)")
+    p.add_argument("--task", help=field_help(CONFIG, "task"))
+    p.add_argument("--model", help=field_help(CONFIG, "model"))
+    p.add_argument("--prompt", help=field_help(CONFIG, "prompt"))
+    p.add_argument("--samples", type=Path, help=field_help(SAMPLES, "file"))
+    p.add_argument("--seed", type=int, help=field_help(CONFIG, "seed", default=True))
     p.add_argument("--max-steps", type=int, help="optimiser steps (trl.max_steps)")
     p.add_argument("--output", type=Path, help="output directory (default runs/train/<preset>-<task>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue --output from its last checkpoint-*")
     e = p.add_argument_group("evaluation during training (held-out samples, scored by the harness; "
                              "docs/training.md)")
-    e.add_argument("--eval-every", type=int, metavar="N",
-                   help="save a checkpoint every N steps (sets trl.save_steps) and, after training, score "
-                        "step 0 (the starting model) and every checkpoint with `run` into "
-                        "OUTPUT/evals/step-<N>/")
-    e.add_argument("--eval-checkpoints", action="store_true",
-                   help="as --eval-every, for the checkpoints the config saves anyway "
-                        "(trl.save_steps unchanged)")
-    e.add_argument("--eval-tasks", metavar="TASKS",
-                   help="tasks or families to score (comma-separated; default: the training task)")
-    e.add_argument("--eval-split", metavar="SPLIT",
-                   help="the split to score (default: each task's evaluation split); training samples are "
-                        "always left out")
-    e.add_argument("--eval-limit", type=int, metavar="N", help="the first N held-out samples per task")
-    e.add_argument("--eval-backend", metavar="NAME",
-                   help="the run backend (default auto: vllm on a GPU where installed, else hf)")
-    e.add_argument("--eval-batch-size", type=int, metavar="N", help="run batch size (default 8)")
+    e.add_argument("--eval-every", type=int, metavar="N", help=field_help(EVAL, "every"))
+    e.add_argument("--eval-checkpoints", action="store_true", help=field_help(EVAL, "checkpoints"))
+    e.add_argument("--eval-tasks", metavar="TASKS", help=field_help(EVAL, "tasks"))
+    e.add_argument("--eval-split", metavar="SPLIT", help=field_help(EVAL, "split"))
+    e.add_argument("--eval-limit", type=int, metavar="N", help=field_help(EVAL_SETTINGS, "limit"))
+    e.add_argument("--eval-backend", metavar="NAME", help=field_help(EVAL_SETTINGS, "backend", default=True))
+    e.add_argument("--eval-batch-size", type=int, metavar="N",
+                   help=field_help(EVAL_SETTINGS, "batch_size", default=True))
     from medharness.trainers.launch import add_launch_options
 
     add_launch_options(p)

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from medharness.checkpoints.lineage import file_hash, manifest_path, read_manifest
 from medharness.core.atomic import write_text_atomic
@@ -53,10 +53,17 @@ class EvalRequest(EvalSettings):
     """The `train --eval-*` flags: the shared evaluation settings (`limit`: the first N held-out samples per
     task), and when and on what to evaluate."""
 
-    every: int | None = None  # save (and score) a checkpoint every N steps
-    checkpoints: bool = False  # score the checkpoints training saves anyway
-    tasks: str | None = None  # comma-separated tasks or families (default: the training task)
-    split: str | None = None  # default: each task's own evaluation split
+    every: int | None = Field(
+        None, description="save a checkpoint every N steps (sets trl.save_steps) and, after training, score "
+                          "step 0 (the starting model) and every checkpoint with `run` into "
+                          "OUTPUT/evals/step-<N>/")
+    checkpoints: bool = Field(
+        False,
+        description="as --eval-every, for the checkpoints the config saves anyway (trl.save_steps unchanged)")
+    tasks: str | None = Field(None, description="tasks or families to score (comma-separated; default: the "
+                                                "training task)")
+    split: str | None = Field(None, description="the split to score (default: each task's evaluation split); "
+                                                "training samples are always left out")
 
     @model_validator(mode="before")
     @classmethod

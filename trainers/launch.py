@@ -28,6 +28,7 @@ from typing import Any, Literal
 import yaml
 
 from medharness.core.errors import ConfigError
+from medharness.core.schemadocs import field_help
 
 LAUNCH_DIR = "launch"
 ACCELERATE_CONFIG = "accelerate_config.yaml"
@@ -66,14 +67,14 @@ class LaunchSpec:
 
 def add_launch_options(parser: argparse.ArgumentParser) -> None:
     """`--launcher/--num-processes/--deepspeed/--fsdp/--mixed-precision/--main-process-port` for `train`."""
+    section = "medharness.trainers.sweeps.schema:LaunchSection"  # a sweep's `launch:` (the same settings)
     group = parser.add_argument_group("launch (many GPUs through accelerate; docs/training-eval.md)")
     group.add_argument("--launcher", choices=["none", "accelerate"], default="none",
-                       help="none: train in this process (default); accelerate: write the accelerate config "
-                            "into OUTPUT/launch/ and run `accelerate launch`")
-    group.add_argument("--num-processes", type=int, default=1, help="processes (one per GPU; default 1)")
-    group.add_argument("--deepspeed", choices=sorted(ZERO_STAGES),
-                       help="DeepSpeed ZeRO stage (needs deepspeed)")
-    group.add_argument("--fsdp", action="store_true", help="PyTorch FSDP2 instead of DDP")
+                       help=field_help(section, "launcher") + " (default %(default)s)")
+    group.add_argument("--num-processes", type=int, default=1,
+                       help=field_help(section, "num_processes") + " (default %(default)s)")
+    group.add_argument("--deepspeed", choices=sorted(ZERO_STAGES), help=field_help(section, "deepspeed"))
+    group.add_argument("--fsdp", action="store_true", help=field_help(section, "fsdp"))
     group.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"], default="bf16",
                        help="accelerate mixed precision (default bf16; no on a CPU)")
     group.add_argument("--main-process-port", type=int, help="rendezvous port (default accelerate's 29500)")

@@ -16,50 +16,76 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 class LoraSpec(Strict):
     """A PEFT LoRA adapter on the language model; `freeze_vision` keeps it off the vision tower."""
 
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    freeze_vision: bool = True
+    r: int = Field(8, ge=1, description="the LoRA rank")
+    alpha: int = Field(16, ge=1, description="the LoRA alpha (scaling)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA layers")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                      description="the modules that get an adapter")
+    freeze_vision: bool = Field(True, description="keep the adapters off the vision tower (its modules are "
+                                                  "excluded)")
 
 
 class RewardSpec(Strict):
     """One reward component: a registered metric, its arguments and weight (`as`: its label)."""
 
-    metric: str
-    weight: float = 1.0
-    args: dict[str, Any] = Field(default_factory=dict)
-    label: str | None = Field(None, alias="as")
+    metric: str = Field(description="a registered metric (`medharness ls metrics`)")
+    weight: float = Field(1.0, description="its weight in TRL's reward_weights")
+    args: dict[str, Any] = Field(default_factory=dict,
+                                 description="the metric's arguments; '@model' stands for the model being "
+                                             "trained")
+    label: str | None = Field(None, alias="as", description="the component's label (default: the metric's)")
 
 
 class SamplesSpec(Strict):
     """Training samples: the task's `split`, narrowed to the ids of `file` (`medharness split` output or a
     `--samples` id list), then the first `limit`."""
 
-    split: str = "train"
-    file: str | None = None
-    limit: int | None = Field(None, ge=1)
+    split: str = Field("train", description="the task split trained on")
+    file: str | None = Field(None, description="training sample ids (a `medharness split` file or an id "
+                                               "list)")
+    limit: int | None = Field(None, ge=1, description="then only the first N")
 
 
 class TrainConfig(Strict):
-    recipe: str
-    model: str | None = None  # the base model (hub id or folder); required to train
-    task: str | None = None  # required to train
-    prompt: str | None = None  # the task's prompt variant; None = the task's default
-    prompt_styles: list[str] | None = None  # RARL prompting diversity: a seeded style per sample (styles.py)
-    data_dir: str | None = None  # the task's local data copy
-    samples: SamplesSpec = SamplesSpec()
-    seed: int = 0
-    rewards: list[RewardSpec] | None = None  # None: the task's primary metric (+ format compliance)
-    rejected: str = "other_label"  # DPO: other_label | other_sample | run:DIR
-    lora: LoraSpec | None = None
-    freeze_vision: bool = False  # full fine-tunes: freeze the vision tower too
-    attn_implementation: str = "sdpa"
-    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU (core/dtypes.py: the names)
-    max_pixels: int | None = Field(None, ge=1)  # None: the processor's own pixel budget
-    min_pixels: int | None = Field(None, ge=1)
-    trl: dict[str, Any] = Field(default_factory=dict)
-    options: dict[str, Any] = Field(default_factory=dict)  # the recipe's own settings (its `Options` model)
+    recipe: str = Field(description="the training recipe: sft, dpo, grpo, vrft_aug, rarl "
+                                    "(`medharness ls recipes`)")
+    model: str | None = Field(None, description="the base model: hub id or folder (a folder with "
+                                                "medharness.json becomes the parent); required to train")
+    task: str | None = Field(None, description="the task to train on (a name or a task YAML path); required "
+                                               "to train")
+    prompt: str | None = Field(None, description="the task's prompt variant (its parser and format; default: "
+                                                 "the task's default)")
+    prompt_styles: list[str] | None = Field(
+        None, description="RARL's prompting diversity: each training sample rendered in one of these prompt "
+                          "variants, seeded, recorded in OUTPUT/prompt_styles.json")
+    data_dir: str | None = Field(None, description="the task's local data copy")
+    samples: SamplesSpec = Field(SamplesSpec(), description="which samples are trained on (`SamplesSpec`)")
+    seed: int = Field(0, description="run seed (TRL seed and data_seed): data order, sampling, vLLM")
+    rewards: list[RewardSpec] | None = Field(
+        None,
+        description="GRPO's reward components (`RewardSpec`); null: the task's primary metric (+ format "
+                    "compliance, 0.9 / 0.1)")
+    rejected: str = Field("other_label", description="DPO's rejected answers: other_label, other_sample or "
+                                                     "run:DIR")
+    lora: LoraSpec | None = Field(None, description="train a LoRA adapter (`LoraSpec`); null: a full "
+                                                    "fine-tune")
+    freeze_vision: bool = Field(False, description="full fine-tunes: freeze the vision tower too (presets: "
+                                                   "true)")
+    attn_implementation: str = Field(
+        "sdpa",
+        description="sdpa, eager or flash_attention_2 (needs flash-attn: a ConfigError before loading)")
+    dtype: str = Field("auto", description="auto: bfloat16 on GPU, float32 on CPU; or a dtype name "
+                                           "(float32, bfloat16, float16, ...)")
+    max_pixels: int | None = Field(None, ge=1, description="null: the processor's pixel budget; set it and "
+                                                           "the saved processor uses it too")
+    min_pixels: int | None = Field(None, ge=1, description="null: the processor's own minimum")
+    trl: dict[str, Any] = Field(
+        default_factory=dict,
+        description="any GRPOConfig / SFTConfig / DPOConfig setting, checked by TRL's own config class")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the recipe's own settings, checked by its options model (vrft_aug: reward, "
+                    "accuracy_weight, recitation, ...); a recipe without options refuses any")
 
     @field_validator("attn_implementation")
     @classmethod

@@ -81,20 +81,22 @@ class EvalSettings(Strict):
     """How a model is evaluated: what a sweep's `eval:` (`EvalSpec`) and `train --eval-*` (`EvalRequest`)
     share with `run` (`RunSettings`, which keeps its own field order: run.json stores it)."""
 
-    backend: str = "auto"  # auto: vllm on a GPU when installed, hf elsewhere
-    limit: int | None = Field(None, ge=1)  # the first N samples per task
-    batch_size: int = Field(8, ge=1)
-    max_new_tokens: int | None = Field(None, ge=1)  # None: each task's own
-    backend_options: dict[str, Any] = Field(default_factory=dict)
+    backend: str = Field("auto", description="the run backend; auto: vllm on a GPU when installed, hf "
+                                             "elsewhere")
+    limit: int | None = Field(None, ge=1, description="the first N samples per task")
+    batch_size: int = Field(8, ge=1, description="samples per backend call")
+    max_new_tokens: int | None = Field(None, ge=1, description="the generation length; null: each task's own")
+    backend_options: dict[str, Any] = Field(default_factory=dict,
+                                            description="backend options, as run --backend-option KEY=VALUE")
 
 
 class GenerationSettings(Record):
     """Decoding settings; task files' `generation:` keys are these fields, checked when the file is read."""
 
-    max_new_tokens: int = Field(128, ge=1)
-    temperature: float = Field(0.0, ge=0, allow_inf_nan=False)  # 0 = greedy
-    top_p: float = Field(1.0, gt=0, le=1)
-    seed: int = 0
+    max_new_tokens: int = Field(128, ge=1, description="the most tokens generated per answer")
+    temperature: float = Field(0.0, ge=0, allow_inf_nan=False, description="0 = greedy; > 0 samples")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: the probability mass sampled from")
+    seed: int = Field(0, description="the sampling seed")
 
     @property
     def greedy(self) -> bool:
@@ -477,11 +479,18 @@ class RunTarget(Strict):
     """What every run's `config` in run.json starts with, in this order: the model, the backend that answered,
     the tasks (names or files, comma-separated), their data root and per-task overrides."""
 
-    model: str
-    backend: str = "auto"
-    tasks: str
-    data_dir: str | None = None
-    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)  # task -> {key: value}
+    model: str = Field(description="checkpoint folder or hub id; baseline:majority|random|constant:TEXT; a "
+                                   "predictions file")
+    backend: str = Field(
+        "auto",
+        description="auto (baseline: prefix -> baseline, predictions file -> replay, vllm when installed "
+                    "and a GPU is present, else hf), hf, vllm, openai, gemini, replay, baseline")
+    tasks: str = Field(description="comma-separated task names, families or task YAML paths")
+    data_dir: str | None = Field(None, description="folder holding the local copy of the dataset (for every "
+                                                   "task)")
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-task settings, task -> {key: value} (-T TASK.KEY=VALUE, e.g. "
+                                          "-T vqa_rad.prompt=r1)")
 
     def result_settings(self) -> dict[str, Any]:
         """The settings that decide the results (`RunSettings.RESULT_KEYS`; None for those this kind of run
@@ -495,18 +504,32 @@ class RunSettings(RunTarget):
     (`runs.pipeline.RunConfig`: these fields with their checks), so a run.json written before a check
     existed still loads."""
 
-    limit: int | None = None  # the first N samples per task; None: every sample
-    batch_size: int = 8
-    max_new_tokens: int | None = None  # None: each task's own
-    temperature: float | None = None  # None: each task's own
-    seed: int = 0
-    backend_options: dict[str, Any] = Field(default_factory=dict)
-    max_error_rate: float = 0.5
-    ablate: str | None = None  # blank | noise | shuffle: replace every image (taskfiles/ablation.py)
-    samples_file: str | None = None  # a pinned list of sample ids (taskfiles/splits.py)
-    cache: bool = True  # reuse generations from the response cache (backends/cache.py)
-    cache_dir: str | None = None
-    label: str | None = None  # a human name for boards (not a result key)
+    limit: int | None = Field(None, description="only the first N samples of each task (default: every "
+                                                "sample)")
+    batch_size: int = Field(8, description="samples per backend call")
+    max_new_tokens: int | None = Field(
+        None, description="override the task's generation length (default: the task's own)")
+    temperature: float | None = Field(None, description="0 = greedy; > 0 samples with the seed (default: the "
+                                                        "task's own, greedy unless its file sets one)")
+    seed: int = Field(0, description="seed for sampling and random baselines")
+    backend_options: dict[str, Any] = Field(
+        default_factory=dict, description="any backend option, e.g. vllm: max_model_len=1024 "
+                                          "enforce_eager=true lora=ADAPTER_DIR")
+    max_error_rate: float = Field(
+        0.5, description="fail when more than this share of a task's generations fails (checked from 20 "
+                         "samples on, and at each task's end whatever its size)")
+    ablate: str | None = Field(None, description="replace every image (blank, noise, or another sample's: "
+                                                 "shuffle): is the model using the picture?")
+    samples_file: str | None = Field(
+        None, description="only these sample ids: JSON {task: [ids]} or [ids], text lines 'id' / "
+                          "'task<TAB>id', or a folder of such JSON files (e.g. tasks/subsets: the pinned CI "
+                          "subsets)")
+    cache: bool = Field(True, description="reuse identical greedy generations from the response cache; "
+                                          "false (--no-cache): always call the model")
+    cache_dir: str | None = Field(None, description="response cache folder (default $MEDHARNESS_CACHE or "
+                                                    "~/.cache/medharness)")
+    label: str | None = Field(
+        None, description="a human name for this run on leaderboards (default: the run id; not a result key)")
 
     RESULT_KEYS: ClassVar[tuple[str, ...]] = ("model", "backend", "tasks", "data_dir", "overrides", "limit",
                                               "max_new_tokens", "temperature", "seed", "ablate",

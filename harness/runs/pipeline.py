@@ -49,6 +49,10 @@ LOCAL_MODEL_BACKENDS = ("hf", "vllm")  # they load a model folder, which may car
 Progress = Callable[[str, int, int], None]  # (task, done, total)
 
 
+def _described(name: str) -> str | None:
+    return RunSettings.model_fields[name].description
+
+
 class RunConfig(RunSettings):
     """Everything that decides a run's results: the `RunSettings` run.json stores (and --resume compares),
     each value checked, so the CLI and the Python API refuse the same input (the CLI names the option:
@@ -56,12 +60,14 @@ class RunConfig(RunSettings):
 
     model_config = ConfigDict(frozen=False)
 
-    limit: int | None = Field(None, ge=1)  # None: every sample
-    batch_size: int = Field(8, ge=1)
-    max_new_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, allow_inf_nan=False)
-    max_error_rate: float = Field(0.5, ge=0, le=1, allow_inf_nan=False)
-    label: SafeName | None = None
+    # the checked fields (their descriptions: RunSettings')
+    limit: int | None = Field(None, ge=1, description=_described("limit"))
+    batch_size: int = Field(8, ge=1, description=_described("batch_size"))
+    max_new_tokens: int | None = Field(None, ge=1, description=_described("max_new_tokens"))
+    temperature: float | None = Field(None, ge=0, allow_inf_nan=False, description=_described("temperature"))
+    max_error_rate: float = Field(0.5, ge=0, le=1, allow_inf_nan=False,
+                                  description=_described("max_error_rate"))
+    label: SafeName | None = Field(None, description=_described("label"))
 
     @field_validator("backend_options")
     @classmethod

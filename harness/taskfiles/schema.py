@@ -53,27 +53,43 @@ BUILTIN_FIELDS = ("question", "choices", "classes")
 class Card(Strict):
     """What a user needs to trust the numbers: provenance, licence, sizes, scoring, pitfalls."""
 
-    licence: str
-    citation: str
-    modality: str = ""
-    homepage: str = ""
-    sizes: dict[str, int] = Field(default_factory=dict)  # expected split sizes (after filters)
-    prior: dict[str, str] = Field(default_factory=dict)  # answer_type -> majority answer, for baselines
-    pitfalls: list[str] = Field(default_factory=list)
-    scoring_notes: str = ""
+    licence: str = Field(description="the dataset's licence (e.g. CC0-1.0)")
+    citation: str = Field(description="how to cite the dataset")
+    modality: str = Field("", description="e.g. radiology")
+    homepage: str = Field("", description="the dataset's home page")
+    sizes: dict[str, int] = Field(
+        default_factory=dict,
+        description="expected split sizes (after filters), e.g. {test: 451}; the loader reports expected vs "
+                    "actual in run.json, and a full split of another size is an error (`check_sizes`)")
+    prior: dict[str, str] = Field(
+        default_factory=dict,
+        description="answer_type -> the train split's majority answer, for baselines when no train split is "
+                    "reachable (else: an oracle floor, docs/design.md)")
+    pitfalls: list[str] = Field(default_factory=list,
+                                description="what trips people up; shown to readers of the card")
+    scoring_notes: str = Field("", description="how the task is scored, for readers of the card")
 
 
 class PromptSpec(Strict):
     """One prompt variant. `{question}`, `{choices}`, `{classes}`, `{knowledge}` and meta fields are filled
     in."""
 
-    user: str
-    system: str | None = None
-    knowledge: str | None = None  # a text file beside the task file: one "class: visual attributes" line each
-    parser: list[str | dict[str, Any]] | None = None  # overrides scoring.parser for this variant
-    images: str = "before"  # where the image parts go: before | after the text
-    metrics: list[str | dict[str, Any]] = Field(default_factory=list)  # extra metrics this format allows
-    generation: dict[str, Any] = Field(default_factory=dict)  # e.g. a longer max_new_tokens for reasoning
+    user: str = Field(description="the user message: a template with `{question}`, `{choices}` (lettered "
+                                  "options, one per line), `{classes}` (the options joined by commas), "
+                                  "`{knowledge}` and any scalar `meta` field; `{{` / `}}` are literal braces")
+    system: str | None = Field(None, description="the system message (a template as `user`); null: none")
+    knowledge: str | None = Field(
+        None, description="a text file beside the task file: one \"class: visual attributes\" line each, "
+                          "filled in as `{knowledge}` (docs/knowledge.md)")
+    parser: list[str | dict[str, Any]] | None = Field(
+        None, description="overrides `scoring.parser` for this variant (its format's extraction)")
+    images: str = Field("before", description="where the image parts go: before or after the text")
+    metrics: list[str | dict[str, Any]] = Field(
+        default_factory=list, description="extra metrics only this format allows (e.g. format compliance)")
+    generation: dict[str, Any] = Field(
+        default_factory=dict,
+        description="generation settings of this variant over the task's (e.g. a longer max_new_tokens for "
+                    "reasoning)")
 
     @model_validator(mode="after")
     def _check(self) -> PromptSpec:
@@ -92,8 +108,8 @@ class PromptSpec(Strict):
 
 
 class Prompts(Strict):
-    default: str
-    variants: dict[str, PromptSpec]
+    default: str = Field(description="the variant used unless `-T TASK.prompt=NAME` names another")
+    variants: dict[str, PromptSpec] = Field(description="the prompt variants by name")
 
     @model_validator(mode="after")
     def _default_exists(self) -> Prompts:
@@ -103,31 +119,51 @@ class Prompts(Strict):
 
 
 class Scoring(Strict):
-    convention: str = "harness"  # the declared default convention's name
+    convention: str = Field(
+        "harness", description="the declared default convention's name; `score --convention NAME` applies a "
+                               "peer convention")
     parser: list[str | dict[str, Any]] = Field(
-        default_factory=lambda: list[str | dict[str, Any]](["short_answer"]))
-    metrics: list[str | dict[str, Any]] | None = Field(None, min_length=1)  # None: the named convention's
+        default_factory=lambda: list[str | dict[str, Any]](["short_answer"]),
+        description="chain of registered parsers (`medharness ls parsers`)")
+    metrics: list[str | dict[str, Any]] | None = Field(
+        None, min_length=1,
+        description="null: the convention's metrics; else a list (`medharness ls metrics`), each a name or "
+                    "{name, args, as} (`as` sets the column label)")
 
 
 class TaskConfig(Strict):
-    name: SafeName  # the samples file is samples/<name>.jsonl
-    version: str
-    description: str
-    family: str | None = None
-    card: Card
-    sources: list[SourceSpec] = Field(min_length=1)
-    columns: Columns = Columns()
-    filter: dict[str, Any] = Field(default_factory=dict)
-    split: str = "test"
-    prompts: Prompts
-    scoring: Scoring = Scoring()
-    group_by: list[str] = Field(default_factory=list)
-    # what the bootstrap resamples (docs/statistics.md): "image" (the first image reference; the default),
-    # "item", or a `meta` field naming a shared unit (e.g. a patient id)
-    cluster_by: str = Field(default="image", min_length=1)
-    generation: dict[str, Any] = Field(default_factory=dict)
-    check_sizes: bool = True  # a full split whose size differs from card.sizes is an error
-    data_dir: str | None = None  # set by --data-dir or -T task.data_dir=DIR
-    prompt: str | None = None  # set by -T task.prompt=NAME
+    name: SafeName = Field(description="the task's name (= the file stem); its rows are written to "
+                                       "`samples/<name>.jsonl`")
+    version: str = Field(description="bump when prompt, parser or metrics change; every row records it")
+    description: str = Field(description="what the task is, in a sentence or two")
+    family: str | None = Field(None, description="`--tasks FAMILY` selects every task of the family")
+    card: Card = Field(description="what a user needs to trust the numbers (`Card`)")
+    sources: list[SourceSpec] = Field(
+        min_length=1, description="where the data comes from, tried in order: local ones with --data-dir, "
+                                  "else the first remote one")
+    columns: Columns = Field(Columns(), description="dataset column -> Sample field (`Columns`)")
+    filter: dict[str, Any] = Field(default_factory=dict, description="equality filters on raw rows")
+    split: str = Field("test", description="the split evaluated")
+    prompts: Prompts = Field(description="the prompt variants and the default one (`Prompts`)")
+    scoring: Scoring = Field(Scoring(), description="convention, parser chain and metrics (`Scoring`)")
+    group_by: list[str] = Field(
+        default_factory=list,
+        description="meta fields whose values split the summary into groups (e.g. answer_type: CLOSED / "
+                    "OPEN)")
+    cluster_by: str = Field(
+        default="image", min_length=1,
+        description="what the bootstrap resamples (docs/statistics.md): image (the first image reference), "
+                    "item, or a `meta` field naming a shared unit (e.g. a patient id)")
+    generation: dict[str, Any] = Field(
+        default_factory=dict, description="generation settings (`GenerationSettings`), e.g. "
+                                          "{max_new_tokens: 64}")
+    check_sizes: bool = Field(
+        True,
+        description="a full split whose size differs from `card.sizes` is an error")
+    data_dir: str | None = Field(None, description="the local data folder; set by --data-dir or "
+                                                   "-T TASK.data_dir=DIR")
+    prompt: str | None = Field(
+        None,
+        description="the prompt variant to use (null: `prompts.default`); set by -T TASK.prompt=NAME")
 
     _generation = field_validator("generation")(classmethod(lambda cls, v: check_generation(v)))

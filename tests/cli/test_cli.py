@@ -164,15 +164,45 @@ def test_every_command_comes_with_its_handler() -> None:
 
 
 def test_help_is_fast_and_imports_nothing_heavy() -> None:
+    """Not even pydantic: the flags' help comes from the schemas' source (core/schemadocs.field_help)."""
     code = ("import sys, medharness.cli as c\n"
             "try: c.main(['--help'])\nexcept SystemExit: pass\n"
-            "heavy = [m for m in ('torch', 'transformers', 'datasets', 'pandas') if m in sys.modules]\n"
+            "heavy = [m for m in ('torch', 'transformers', 'datasets', 'pandas', 'trl', 'pydantic')\n"
+            "         if m in sys.modules]\n"
             "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out
     for command in ("run", "score", "ls", "validate", "leaderboard", "make-tiny-model"):
         assert subprocess.run([sys.executable, "-m", "medharness.cli", command, "--help"],
                               capture_output=True, text=True, check=False).returncode == 0
+
+
+def test_flag_help_is_the_field_description() -> None:
+    """A flag that sets a schema field shows the field's description as its help."""
+    from medharness.leaderboards.spec import BoardSpec
+    from medharness.runs.pipeline import RunConfig
+    from medharness.trainers.evals import EvalRequest
+    from medharness.trainers.schema import SamplesSpec, TrainConfig
+    from medharness.trainers.sweeps.schema import LaunchSection, SweepConfig
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+
+    def help_of(command: str, flag: str) -> str:
+        action = next(a for a in commands[command]._actions if flag in a.option_strings)
+        return str(action.help).replace("%%", "%")
+
+    for command, flag, model, name in (
+            ("run", "--limit", RunConfig, "limit"), ("run", "--max-error-rate", RunConfig, "max_error_rate"),
+            ("run", "--samples", RunConfig, "samples_file"), ("run", "--no-cache", RunConfig, "cache"),
+            ("run", "--tasks", RunConfig, "tasks"), ("train", "--seed", TrainConfig, "seed"),
+            ("train", "--samples", SamplesSpec, "file"), ("train", "--eval-every", EvalRequest, "every"),
+            ("train", "--eval-limit", EvalRequest, "limit"), ("train", "--fsdp", LaunchSection, "fsdp"),
+            ("leaderboard", "--no-intervals", BoardSpec, "intervals"),
+            ("train-then-eval", "--data-dir", SweepConfig, "data_dir")):
+        description = model.model_fields[name].description
+        assert description and help_of(command, flag).startswith(description), (command, flag)
+    assert help_of("run", "--max-error-rate").endswith("(default %(default)s)")
+    assert help_of("train", "--seed").endswith("(default 0)")  # the schema's default
 
 
 def test_a_reader_that_goes_away_is_no_error() -> None:

@@ -172,9 +172,9 @@ def test_published_numbers_must_name_a_column(tmp_path: Path) -> None:
 
 def _summary_run(folder: Path, task: str, values: dict[str, float]) -> None:
     """A finished run directory whose run log holds one task summary (no model needed)."""
-    from medharness.core.records import MetricSummary, TaskEntry, TaskSummary
+    from medharness.core.records import MetricSummary, RunSettings, TaskEntry, TaskSummary
 
-    run = RunDir.create(folder, {"model": "m"})
+    run = RunDir.create(folder, RunSettings(model="m", tasks=task))
     metrics = {k: MetricSummary(value=v, n=10, n_unparsed=0) for k, v in values.items()}
     summary = TaskSummary(task=task, task_version="1.0", convention="harness", n=10, n_unparsed=0,
                           metrics=metrics)

@@ -45,7 +45,10 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Any]:
                    help="print one self-contained command per cell (for Slurm arrays, Ray jobs) and the "
                         "merge")
     p.add_argument("--cell", help="run this cell only (an id from --print-commands or --dry-run)")
-    p.add_argument("--data-dir", help="the tasks' local data copy (replaces the sweep file's `data_dir:`)")
+    from medharness.core.schemadocs import field_help  # the sweep file's field, without importing its schema
+
+    p.add_argument("--data-dir", help=field_help("medharness.trainers.sweeps.schema:SweepConfig", "data_dir")
+                   + "; replaces the sweep file's `data_dir:`")
     return {"train-then-eval": cmd_sweep}
 
 

@@ -42,16 +42,25 @@ def pick(prompts: Prompts, task: str) -> str | None:
 class RecipeEntry(Strict):
     """One recipe of the grid: `sft`, or `{recipe: grpo, from: sft, preset: grpo_lora, overrides: [...]}`."""
 
-    recipe: str
-    id: SafeName | None = None  # default: the recipe, or RECIPE-from-PARENT
-    preset: str | None = None  # fixed preset(s) ("a+b" layers a then b); None: the sweep's `presets` axis
-    config: str | None = None  # a recipe config YAML (`train --config`), relative to the sweep file
-    overrides: list[str] = Field(default_factory=list)  # extra `-C KEY=VALUE` for this entry
-    # train from this entry's final checkpoint (same task/shots/seed)
-    parent: str | None = Field(None, alias="from")
-    tasks: list[SafeName] | None = None  # this entry's training tasks (default: the sweep's `tasks`)
-    prompt: Prompts = None  # this entry's prompt variant, training and evaluation (default: the sweep's)
-    eval_prompt: Prompts = None  # the prompt variant its evaluations use (default: `prompt`)
+    recipe: str = Field(description="the training recipe (`medharness ls recipes`)")
+    id: SafeName | None = Field(None, description="the entry's id in cell ids (default: the recipe, or "
+                                                  "RECIPE-from-PARENT)")
+    preset: str | None = Field(None, description="fixed preset(s), off the axis (\"a+b\" layers a then b); "
+                                                 "null: the sweep's `presets` axis")
+    config: str | None = Field(None, description="a recipe config YAML (`train --config`), relative to the "
+                                                 "sweep file")
+    overrides: list[str] = Field(default_factory=list, description="extra -C KEY=VALUE for this entry")
+    parent: str | None = Field(
+        None, alias="from",
+        description="train from this entry's final checkpoint (same task, shots and seed): an entry listed "
+                    "before")
+    tasks: list[SafeName] | None = Field(None, description="this entry's training tasks (default: the "
+                                                           "sweep's `tasks`)")
+    prompt: Prompts = Field(
+        None,
+        description="this entry's prompt variant, training and evaluation (default: the sweep's)")
+    eval_prompt: Prompts = Field(None, description="the prompt variant its evaluations use (default: its "
+                                                   "`prompt`, then the sweep's)")
 
     _listify = field_validator("tasks", mode="before")(_as_list)
 
@@ -63,52 +72,63 @@ class RecipeEntry(Strict):
 class EvalSpec(EvalSettings):
     """A sweep's `eval:`: the shared evaluation settings, a pinned sample file, and which checkpoints."""
 
-    samples: str | None = None  # a pinned sample id file (`run --samples`), relative to the sweep file
-    checkpoints: Literal["final", "all"] = "final"  # all: every checkpoint-<step> too (the board uses final)
+    samples: str | None = Field(None, description="a pinned sample id file (`run --samples`), relative to "
+                                                  "the sweep file")
+    checkpoints: Literal["final", "all"] = Field(
+        "final", description="all: every checkpoint-<step> is scored too (the board uses final)")
 
 
 class LaunchSection(Strict):
-    launcher: Literal["none", "accelerate"] = "none"
-    num_processes: int = Field(1, ge=1)
-    deepspeed: Literal["zero2", "zero3"] | None = None
-    fsdp: bool = False
+    launcher: Literal["none", "accelerate"] = Field(
+        "none", description="none: train in this process; accelerate: write the accelerate config into "
+                            "OUTPUT/launch/ and run `accelerate launch`")
+    num_processes: int = Field(1, ge=1, description="processes (one per GPU)")
+    deepspeed: Literal["zero2", "zero3"] | None = Field(None, description="DeepSpeed ZeRO stage (needs "
+                                                                          "deepspeed)")
+    fsdp: bool = Field(False, description="PyTorch FSDP2 instead of DDP")
 
 
 class CellFilter(Strict):
-    only: list[str] = Field(default_factory=list)  # glob patterns on cell ids; empty = every cell
-    skip: list[str] = Field(default_factory=list)
+    only: list[str] = Field(default_factory=list, description="glob patterns on cell ids; empty: every cell")
+    skip: list[str] = Field(default_factory=list, description="glob patterns on cell ids of cells left out")
 
 
 class TableColumn(Strict):
     """A column of the paper's table: one eval task's metric, or the mean of the row's other columns."""
 
-    label: str
-    task: str | None = None  # the eval task (default: the row's `task`)
-    metric: str | None = None  # a metric label of the task's run log (default: the task's primary metric)
-    average: bool = False  # the mean of the row's non-average columns (n/a unless all have a value)
+    label: str = Field(description="the paper's column label")
+    task: str | None = Field(None, description="the eval task (default: the row's `task`)")
+    metric: str | None = Field(None, description="a metric label of the task's run log (default: the task's "
+                                                 "primary metric)")
+    average: bool = Field(
+        False,
+        description="the mean of the row's non-average columns (n/a unless all have a value)")
 
 
 class TableRow(Strict):
     """A row of the paper's table: a reference row (`base`, `baseline-KIND`) or one board group (a recipe
     entry, its preset and shots: mean over seeds)."""
 
-    label: str
-    reference: str | None = None
-    entry: str | None = None  # a recipe entry id (`RecipeEntry.key`)
-    preset: str | None = None  # needed when the entry has several presets
-    shots: int | Literal["all"] | None = None  # needed when the sweep has several shots values
-    task: str | None = None  # the eval task of every column of this row (layouts with tasks as rows)
-    # columns this row does not measure (n/a; say why in a comment)
-    blank: list[str] = Field(default_factory=list)
+    label: str = Field(description="the paper's row label")
+    reference: str | None = Field(None, description="a reference row: base, baseline-majority, ...")
+    entry: str | None = Field(None, description="a recipe entry id (its `id`, else its default id)")
+    preset: str | None = Field(None, description="needed when the entry has several presets")
+    shots: int | Literal["all"] | None = Field(None, description="needed when the sweep has several shots "
+                                                                 "values")
+    task: str | None = Field(
+        None,
+        description="the eval task of every column of this row (layouts with tasks as rows)")
+    blank: list[str] = Field(default_factory=list, description="labels of columns this row does not measure "
+                                                               "(n/a; say why in a comment)")
 
 
 class TableSpec(Strict):
     """The paper's layout: rows in its order, columns = eval task x metric (`docs/training-eval.md`)."""
 
-    title: str | None = None
-    columns: list[TableColumn]
-    rows: list[TableRow]
-    decimals: int = Field(2, ge=0, le=4)
+    title: str | None = Field(None, description="the table's title")
+    columns: list[TableColumn] = Field(description="the paper's column order: eval task x metric")
+    rows: list[TableRow] = Field(description="the paper's row order")
+    decimals: int = Field(2, ge=0, le=4, description="digits after the decimal point (the paper's precision)")
 
     @model_validator(mode="after")
     def _average_last(self) -> TableSpec:
@@ -118,34 +138,52 @@ class TableSpec(Strict):
 
 
 class SweepConfig(Strict):
-    name: SafeName | None = None
-    model: str  # the base model: folder, hub id, or tiny / tiny:small (built offline into SWEEP/models/)
-    recipes: list[str | RecipeEntry]
-    tasks: list[SafeName]  # training tasks: shipped task names (each becomes a folder name, never a path)
-    eval_tasks: list[SafeName] | dict[SafeName, list[SafeName]] | None = None
-    # default: each cell's training task; a mapping {training task: [eval tasks]} pairs them (tasks it does
-    # not name evaluate on themselves)
-    prompt: Prompts = None  # the tasks' prompt variant, for training and evaluation alike
-    eval_prompt: Prompts = None  # the evaluations' (and reference rows') prompt variant; default: `prompt`
-    data_dir: str | None = None  # the tasks' local data copy
-    # k/class
-    shots: list[int | Literal["all"]] = Field(default_factory=lambda: list[int | Literal["all"]](["all"]))
-    split_seed: int | None = None  # None: each seed draws its own k-shot subset; else one fixed subset
-    seeds: list[int] = Field(default_factory=lambda: [0])
-    # the preset axis (a+b)
-    presets: list[str | None] = Field(default_factory=lambda: list[str | None]([None]))
-    common_presets: list[str] = Field(default_factory=list)  # layered after each cell's preset, not in ids
-    overrides: list[str] = Field(default_factory=list)  # `-C KEY=VALUE` for every cell
-    max_steps: int | None = Field(None, ge=1)
-    eval: EvalSpec = EvalSpec()
-    baselines: list[str] = Field(default_factory=list)  # majority, random, constant:TEXT
-    base_row: bool = True  # evaluate the base model once as a reference row (`base`)
-    launch: LaunchSection = LaunchSection()
-    cells: CellFilter = CellFilter()
-    # the board spec with the paper's published rows: a shipped board's name or a path relative to the sweep
-    # file (trainers/sweeps/board.py)
-    reference: str | None = None
-    table: TableSpec | None = None  # the paper's layout of the board
+    name: SafeName | None = Field(None, description="the sweep's name (default: the file's stem): its folder "
+                                                    "runs/sweeps/<name> and board title")
+    model: str = Field(description="the base model: folder, hub id, or tiny / tiny:small (built offline into "
+                                   "SWEEP/models/)")
+    recipes: list[str | RecipeEntry] = Field(description="the recipe entries: a recipe name, or a "
+                                                         "`RecipeEntry`")
+    tasks: list[SafeName] = Field(
+        description="training tasks: shipped task names (each becomes a folder name, never a path)")
+    eval_tasks: list[SafeName] | dict[SafeName, list[SafeName]] | None = Field(
+        None,
+        description="the eval tasks of every cell, or a mapping {training task: [eval tasks]} (tasks it "
+                    "does not name evaluate on themselves); default: each cell's training task")
+    prompt: Prompts = Field(None, description="the tasks' prompt variant, for training (--prompt) and "
+                                              "evaluation (-T) alike; or per task: {medmnist_retina: names, "
+                                              "covid_severity: r1}")
+    eval_prompt: Prompts = Field(None, description="the evaluations' (and reference rows') prompt variant; "
+                                                   "default: `prompt`")
+    data_dir: str | None = Field(None, description="the tasks' local data copy (for split, run, and train)")
+    shots: list[int | Literal["all"]] = Field(
+        default_factory=lambda: list[int | Literal["all"]](["all"]),
+        description="k training samples per class (`medharness split`), or all")
+    split_seed: int | None = Field(
+        None,
+        description="null: each seed draws its own k-shot subset; an int: one subset for all seeds")
+    seeds: list[int] = Field(default_factory=lambda: [0], description="the training seeds")
+    presets: list[str | None] = Field(
+        default_factory=lambda: list[str | None]([None]),
+        description="the preset axis (\"a+b\" layers a then b); null: the recipe's own")
+    common_presets: list[str] = Field(
+        default_factory=list,
+        description="layered after each cell's preset (e.g. tiny_cpu), not part of cell ids")
+    overrides: list[str] = Field(default_factory=list, description="-C KEY=VALUE for every cell")
+    max_steps: int | None = Field(None, ge=1, description="train --max-steps for every cell")
+    eval: EvalSpec = Field(EvalSpec(), description="how cells and reference rows are evaluated (`EvalSpec`)")
+    baselines: list[str] = Field(
+        default_factory=list,
+        description="baseline reference rows: majority, random, constant:TEXT")
+    base_row: bool = Field(True, description="evaluate the base model once as a reference row (`base`)")
+    launch: LaunchSection = Field(LaunchSection(), description="how each train stage starts "
+                                                               "(`LaunchSection`; no GPU: a CPU config)")
+    cells: CellFilter = Field(CellFilter(), description="glob filters on cell ids (`CellFilter`; a kept cell "
+                                                        "keeps the cells it trains from)")
+    reference: str | None = Field(None, description="the board spec holding the paper's published rows: a "
+                                                    "shipped board's name (leaderboards/boards/) or a path "
+                                                    "relative to the sweep file")
+    table: TableSpec | None = Field(None, description="the paper's layout of the board (`TableSpec`)")
 
     _listify = field_validator("tasks", "eval_tasks", "shots", "seeds", "presets", "overrides", "baselines",
                                mode="before")(_as_list)

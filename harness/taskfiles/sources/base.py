@@ -29,16 +29,19 @@ if TYPE_CHECKING:
 class Columns(Strict):
     """Dataset column -> Sample field. `meta` copies extra columns for grouping and metrics."""
 
-    id: str | None = None  # None: the row index
-    question: str = "question"
-    target: str = "answer"
-    image: str | None = None
-    choices: list[str] | str | None = None  # several option columns, or one column holding a list
-    meta: dict[str, str] = Field(default_factory=dict)  # meta field -> column
-    derive_answer_type: bool = False  # no answer_type column: CLOSED iff the gold is yes/no
-    strip_choice_letters: bool = False  # options stored as "A: text" / "(B) text": keep only the text
-    # x1, y1, x2, y2 columns: the target
-    box: list[str] | None = Field(default=None, min_length=4, max_length=4)
+    id: str | None = Field(None, description="the sample id column; null: the row index")
+    question: str = Field("question", description="the question column")
+    target: str = Field("answer", description="the gold answer column")
+    image: str | None = Field(None, description="the image column")
+    choices: list[str] | str | None = Field(
+        None, description="several option columns, or one column holding a list")
+    meta: dict[str, str] = Field(default_factory=dict, description="meta field -> column")
+    derive_answer_type: bool = Field(
+        False, description="true for copies without an answer_type column: CLOSED iff the gold is yes/no")
+    strip_choice_letters: bool = Field(
+        False, description="options stored as \"A: text\" / \"(B) text\": keep only the text")
+    box: list[str] | None = Field(default=None, min_length=4, max_length=4,
+                                  description="x1, y1, x2, y2 columns: the target")
 
 
 @dataclass(frozen=True)

@@ -167,11 +167,38 @@ def manifest_callback(processor: Any, lineage: Lineage, output: Path) -> Any:
     return ManifestCallback()
 
 
+def model_card(manifest: CheckpointManifest, final: Path) -> str:
+    """README.md of a trained folder, from its manifest: what it was trained from, how, on what, and how to
+    score it. (TRL's own draft names no base when training started from a local folder.)"""
+    hub = not Path(manifest.base_model).exists()
+    front = ["---", "library_name: transformers", *([f"base_model: {manifest.base_model}"] if hub else []),
+             "tags: [medharness, trl, " + manifest.recipe + "]", "---", ""]
+    base = f"[{manifest.base_model}](https://huggingface.co/{manifest.base_model})" if hub else \
+        f"the local model `{manifest.base_model}`"
+    kind = "A LoRA adapter on" if manifest.adapter else "A fine-tuned version of"
+    body = [f"# {final.parent.name}", "",
+            f"{kind} {base}, trained by medharness {manifest.versions.get('medharness', '')} with TRL "
+            f"{manifest.versions.get('trl', '')}: recipe `{manifest.recipe}`"
+            + (f" (presets `{manifest.preset}`)" if manifest.preset else "")
+            + f", task `{manifest.task}`" + (f" (prompt `{manifest.prompt}`)" if manifest.prompt else "")
+            + f", {manifest.n_train_samples} training samples (ids hash `{manifest.train_samples_hash}`), "
+            f"seed {manifest.seed}, {manifest.step} optimiser steps.", "",
+            "Score it with the task's own parser and metrics:", "",
+            "```bash", f"medharness run --model {final} --tasks {manifest.task}", "```", "",
+            f"Every setting (the recipe config, each TRL argument, package versions): `{MANIFEST_FILE}`."]
+    return "\n".join(front + body) + "\n"
+
+
 def save_final(trainer: Any, processor: Any, lineage: Lineage, output: Path) -> Path:
-    """`OUTPUT/final/`: full weights or the LoRA adapter folder, the processor and the manifest."""
+    """`OUTPUT/final/`: full weights or the LoRA adapter folder, the processor, the manifest and a model card
+    (also OUTPUT/README.md, in place of TRL's draft)."""
     final = output / "final"
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
         processor.save_pretrained(final)
-        write_manifest(final, lineage.manifest(trainer.state.global_step))
+        manifest = lineage.manifest(trainer.state.global_step)
+        write_manifest(final, manifest)
+        card = model_card(manifest, final.resolve())
+        for folder in (final, output):
+            write_text_atomic(folder / "README.md", card)
     return final

@@ -13,6 +13,7 @@ from typing import Any
 
 from medharness.core.errors import ConfigError, DataError
 from medharness.core.schemadocs import field_help
+from medharness.trainers import preset_names
 
 # the schemas the `train` flags set (their help: the fields' descriptions)
 CONFIG, SAMPLES = "medharness.trainers.schema:TrainConfig", "medharness.trainers.schema:SamplesSpec"
@@ -30,15 +31,15 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Any]:
     p.add_argument("--recipe",
                    help=field_help(CONFIG, "recipe") + "; default: the preset's or config's recipe")
     p.add_argument("--preset", action="append", default=[], metavar="NAME",
-                   help="a shipped preset (repeatable, later wins; default: the recipe's own): "
-                        "sft sft_lora dpo dpo_lora grpo grpo_lora dr_grpo vrft_aug_paper vrft_aug_loc "
-                        "tiny_cpu")
+                   help="a shipped preset (repeatable, later wins; default: the recipe's own; `medharness ls "
+                        "presets`): " + " ".join(preset_names()))
     p.add_argument("--config", type=Path, help="a recipe config YAML (strict; see docs/training.md)")
     p.add_argument("-C", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting (dotted key), e.g. -C trl.learning_rate=1e-5 -C lora.r=16")
     p.add_argument("--task", help=field_help(CONFIG, "task"))
     p.add_argument("--model", help=field_help(CONFIG, "model"))
     p.add_argument("--prompt", help=field_help(CONFIG, "prompt"))
+    p.add_argument("--data-dir", help=field_help(CONFIG, "data_dir"))
     p.add_argument("--samples", type=Path, help=field_help(SAMPLES, "file"))
     p.add_argument("--seed", type=int, help=field_help(CONFIG, "seed", default=True))
     p.add_argument("--max-steps", type=int, help="optimiser steps (trl.max_steps)")
@@ -116,7 +117,8 @@ def child_argv(args: argparse.Namespace, output: Path) -> list[str]:
     (a default output with a timestamp would differ between the launcher and the launched processes)."""
     argv = ["train", "--output", str(output)]
     for flag, value in (("--recipe", args.recipe), ("--config", args.config), ("--task", args.task),
-                        ("--model", args.model), ("--prompt", args.prompt), ("--samples", args.samples),
+                        ("--model", args.model), ("--prompt", args.prompt), ("--data-dir", args.data_dir),
+                        ("--samples", args.samples),
                         ("--seed", args.seed), ("--max-steps", args.max_steps)):
         if value is not None:
             argv += [flag, str(value)]
@@ -136,8 +138,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     req = TrainRequest(recipe=args.recipe, presets=args.preset, config_file=args.config,
                        overrides=args.overrides, task=args.task, model=args.model, prompt=args.prompt,
-                       samples_file=args.samples, seed=args.seed, max_steps=args.max_steps,
-                       output=args.output, resume=args.resume, evals=eval_request(args))
+                       data_dir=args.data_dir, samples_file=args.samples, seed=args.seed,
+                       max_steps=args.max_steps, output=args.output, resume=args.resume,
+                       evals=eval_request(args))
     if args.launcher == "accelerate" and not under_launcher():
         config, layers = resolve(req)  # a bad config (TRL keys included) fails before anything is written
         output = args.output or default_output(config, layers)
@@ -150,9 +153,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return subprocess.call(argv)
     launch_from_args(args, [], args.output or Path())  # contradictory launch options are refused here too
     output = train(req, progress=lambda line: print(line, flush=True))
-    extra = ", evals/" if req.evals else ""
-    print(f"finished: {output / 'final'} (train.json, logs.jsonl, completions.jsonl{extra} in {output})",
-          flush=True)
+    written = [name for name in ("train.json", "logs.jsonl", "completions.jsonl", "evals/")
+               if (output / name).exists()]
+    print(f"finished: {output / 'final'} ({', '.join(written)} in {output})", flush=True)
     return 0
 
 

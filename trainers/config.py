@@ -22,10 +22,10 @@ from pydantic import ValidationError
 
 from medharness.core.errors import ConfigError
 from medharness.core.yamlio import Loc, load_value, load_yaml_with_lines
+from medharness.trainers import PRESETS_DIR, preset_names
 from medharness.trainers.recipes.base import TRAINERS, recipe_class
 from medharness.trainers.schema import TrainConfig
 
-PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 # Set by medharness itself, never in `trl:` (they would silently disagree with the run).
 RESERVED_TRL = {"output_dir": "--output", "seed": "the top-level `seed:`",
                 "data_seed": "the top-level `seed:`"}
@@ -87,10 +87,6 @@ class Layers:
         for i in range(1, len(loc) + 1):
             best = self.origin.get(tuple(loc[:i]), best)
         return best
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
 def preset_path(name: str) -> Path:

@@ -50,7 +50,7 @@ def merge_adapter(adapter_dir: Path | str, output: Path | str, base: str | None 
     dtype = canonical_dtype(dtype, "merge")
     if output.exists() and any(output.iterdir()):
         raise ConfigError(f"merge: {output} already exists and is not empty; choose another --output")
-    adapter = resolve_adapter(adapter_dir, base)
+    adapter = resolve_adapter(adapter_dir, base, base_flag="--base PATH_OR_HUB_ID")
 
     from medharness.core.torchvision_shim import ensure_torchvision_importable
 

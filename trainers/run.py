@@ -60,6 +60,7 @@ class TrainRequest:
     task: str | None = None
     model: str | None = None
     prompt: str | None = None
+    data_dir: str | None = None
     samples_file: Path | None = None
     seed: int | None = None
     max_steps: int | None = None
@@ -71,12 +72,16 @@ class TrainRequest:
 def resolve(req: TrainRequest) -> tuple[TrainConfig, Layers]:
     """The validated recipe config from presets, `--config`, flags and `-C` overrides."""
     every = req.evals.every if req.evals else None
-    cli = {"task": req.task, "model": req.model, "prompt": req.prompt, "seed": req.seed,
+    cli = {"task": req.task, "model": req.model, "prompt": req.prompt, "data_dir": req.data_dir,
+           "seed": req.seed,
            "samples.file": str(req.samples_file) if req.samples_file else None,
            "trl.max_steps": req.max_steps, "trl.save_steps": every,
            "trl.save_strategy": "steps" if every else None}
     layers = load_layers(req.recipe, req.presets, req.config_file, cli, req.overrides)
     config = build_config(layers)
+    if config.model and Path(config.model).expanduser().exists():  # a folder here: recorded absolute, so an
+        # adapter's config and every manifest name a base that loads from anywhere (else: a hub id)
+        config = config.model_copy(update={"model": str(Path(config.model).expanduser().resolve())})
     if every and (config.trl.get("save_steps"), config.trl.get("save_strategy")) != (every, "steps"):
         raise ConfigError(f"--eval-every {every} saves a checkpoint every {every} steps: remove the "
                           f"trl.save_steps / trl.save_strategy set at {layers.where(('trl', 'save_steps'))}")

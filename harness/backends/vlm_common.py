@@ -113,10 +113,12 @@ def _local_or_id(ref: str, relative_to: Path) -> str | None:
     return None if looks_like_path else ref
 
 
-def resolve_adapter(model: str | Path, base: str | None = None) -> AdapterFolder:
+def resolve_adapter(model: str | Path, base: str | None = None,
+                    base_flag: str = "--backend-option base=PATH_OR_HUB_ID") -> AdapterFolder:
     """The adapter folder `model` and its base: `base` when given; else the adapter config's
     `base_model_name_or_path`, else the `base_model` of its `medharness.json` manifest (the first of them
-    that is a folder here or a hub id). A base that cannot be found is a ConfigError naming what was tried."""
+    that is a folder here or a hub id). A base that cannot be found is a ConfigError naming what was tried
+    and the caller's option that gives one (`base_flag`)."""
     folder = Path(model).expanduser().resolve()
     try:
         config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
@@ -139,8 +141,7 @@ def resolve_adapter(model: str | Path, base: str | None = None) -> AdapterFolder
         tried.append(str(ref))
     detail = f"tried {', '.join(tried)} (not found here)" if tried else \
         "neither its adapter_config.json (base_model_name_or_path) nor a medharness.json manifest names one"
-    raise ConfigError(f"cannot find the base model of adapter {folder}: {detail}; "
-                      "pass --backend-option base=PATH_OR_HUB_ID")
+    raise ConfigError(f"cannot find the base model of adapter {folder}: {detail}; pass {base_flag}")
 
 
 # -- prompts ------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from medharness.checkpoints.lineage import (
 )
 from medharness.cli import main
 from medharness.core.errors import ConfigError
+from medharness.trainers.merge import merge_adapter
 
 pytestmark = pytest.mark.slow
 TASK = "phantom_presence"
@@ -148,6 +149,9 @@ def test_without_manifest_and_base_resolution(adapter: Path, base: Path, adapter
     with pytest.raises(ConfigError, match="base=PATH_OR_HUB_ID"):
         resolve_adapter(moved)
     assert resolve_adapter(moved, base=str(base)).base == str(base.resolve())
+    # merge names its own option, not run's
+    with pytest.raises(ConfigError, match=r"pass --base PATH_OR_HUB_ID$"):
+        merge_adapter(moved, tmp_path / "merged")
     info = run(moved, tmp_path / "run-moved", "--backend-option", f"base={base}")
     assert info["texts"] == adapter_run["texts"]
 

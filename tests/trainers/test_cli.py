@@ -25,8 +25,31 @@ def test_train_cli_prints_progress_and_finishes(tmp_path: Path, tiny_models: dic
                   "--output", str(out), "--max-steps", "1", "-C", "trl.save_steps=1")
     assert code == 0
     printed = capsys.readouterr().out
-    assert "step 1/1" in printed and "reward" in printed and f"finished: {out / 'final'}" in printed
+    assert "step 1/1" in printed and "reward" in printed
+    assert f"finished: {out / 'final'} (train.json, logs.jsonl, completions.jsonl in {out})" in printed
     assert json.loads((out / "train.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_relative_model_is_recorded_absolute_and_the_output_named_as_written(
+        tmp_path: Path, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An SFT-LoRA run from a relative --model: the adapter and the manifest name the base by its absolute
+    path (so the adapter evaluates from any folder); the last line names the files the run wrote (SFT samples
+    no completions)."""
+    base = tiny_models["qwen2_vl"]
+    monkeypatch.chdir(base.parent)
+    out = tmp_path / "out"
+    assert _train("--preset", "sft_lora", "--preset", "tiny_cpu", "--model", base.name, "--output", str(out),
+                  "--max-steps", "1") == 0
+    final = out / "final"
+    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+    assert json.loads((final / "medharness.json").read_text())["base_model"] == str(base)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"finished: {final} (train.json, logs.jsonl in {out})"
+    monkeypatch.chdir(tmp_path)  # elsewhere, the adapter still finds its base
+    assert main(["run", "--model", str(final), "--tasks", "phantom_presence", "--limit", "2",
+                 "--output", str(tmp_path / "eval")]) == 0
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -41,6 +64,8 @@ def test_train_cli_prints_progress_and_finishes(tmp_path: Path, tiny_models: dic
     (["--recipe", "sft", "--model", "m", "--samples", "/nonexistent/ids.json"],
      "samples file .* does not exist"),
     (["--recipe", "sft"], "train needs --model"),
+    (["--recipe", "sft", "--model", "m", "--data-dir", "/nonexistent/data"],  # the task reads its data there
+     "data dir /nonexistent/data does not exist"),
 ])
 def test_bad_input_is_refused_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                               args: list[str], message: str) -> None:
@@ -60,3 +85,14 @@ def test_missing_train_extra_is_named(monkeypatch: pytest.MonkeyPatch,
                         lambda name, *a: None if name == "trl" else real(name, *a))
     assert _train("--model", "x") == 2
     assert "training needs trl: pip install 'medharness[hf,train]'" in capsys.readouterr().err
+
+
+def test_train_help_lists_every_shipped_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    from medharness.trainers import PRESETS_DIR
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    names = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    assert {"rarl", "grpo_study_paper", "tiny_cpu"} <= set(names)
+    assert " ".join(names) in shown and "--data-dir" in shown

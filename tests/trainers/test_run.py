@@ -90,6 +90,10 @@ def test_recipe_trains_and_writes_the_output_contract(tmp_path: Path, tiny_model
         assert ((folder / "adapter_config.json").exists() if lora
                 else (folder / "model.safetensors").exists())
     assert manifest["step"] == 2 and manifest["config"]["trl"]["learning_rate"] == 1e-3
+    card = (out / "final" / "README.md").read_text()  # medharness's model card, not TRL's draft
+    assert card == (out / "README.md").read_text() and "None" not in card
+    assert (f"the local model `{base}`" in card
+            and f"medharness run --model {(out / 'final').resolve()} --tasks phantom_presence" in card)
 
     logs = jsonl(out / "logs.jsonl")
     steps = [r for r in logs if "loss" in r]

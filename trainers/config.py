@@ -185,8 +185,21 @@ def trl_args(config: TrainConfig, layers: Layers, output: Path, use_gpu: bool) -
     try:
         return cls(output_dir=str(output), seed=config.seed, data_seed=config.seed, **settings)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{cls.__name__} refused the trl settings ({', '.join(sorted(config.trl))}): "
-                          f"{exc}") from None
+        named = [key for key in sorted(config.trl) if _names(str(exc), key)]
+        named += [key for derived, keys in DERIVED_TRL.items() if _names(str(exc), derived)
+                  for key in keys if key in config.trl and key not in named]
+        where = "; ".join(f"trl.{key} = {config.trl[key]!r} ({layers.where(('trl', key))})" for key in named)
+        raise ConfigError(f"{cls.__name__} refused the trl settings: {exc}"
+                          + (f" (set here: {where})" if where else "")) from None
+
+
+# TRL values computed from others, which an error may name instead of the keys a user sets
+DERIVED_TRL = {"generation_batch_size": ("per_device_train_batch_size", "gradient_accumulation_steps",
+                                         "steps_per_generation")}
+
+
+def _names(message: str, key: str) -> bool:
+    return re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", message) is not None
 
 
 def _trl_version() -> str:

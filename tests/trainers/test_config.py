@@ -120,8 +120,20 @@ def test_unknown_trl_key_names_file_and_line(tmp_path: Path) -> None:
 def test_reserved_and_refused_trl_values(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="trl.seed is set by medharness"):
         _args(tmp_path, ["grpo"], ["trl.seed=3"])
-    with pytest.raises(ConfigError, match="GRPOConfig refused.*divisible by num_generations"):
+    with pytest.raises(ConfigError, match="GRPOConfig refused.*divisible by num_generations") as err:
         _args(tmp_path, ["grpo"], ["trl.num_generations=3"])
+    # the error names the settings that clash and where each was set, not every key of the recipe
+    text = str(err.value)
+    assert "trl.num_generations = 3 (-C trl.num_generations=3)" in text
+    assert "trl.per_device_train_batch_size = 8 (" in text and "grpo.yaml" in text
+    assert "trl.learning_rate" not in text and "trl.beta" not in text
+
+
+def test_the_tiny_cpu_overlay_fits_every_recipe_preset(tmp_path: Path) -> None:
+    after = {"vrft_aug_loc": ["vrft_aug_paper"]}  # an overlay itself: layered after its recipe preset
+    for preset in [p for p in preset_names() if p != "tiny_cpu"]:
+        config, args = _args(tmp_path, [*after.get(preset, []), preset, "tiny_cpu"])
+        assert args.max_steps == 2, preset
 
 
 def test_unknown_recipe_and_preset_suggest() -> None:

@@ -132,7 +132,7 @@ def test_reserved_and_refused_trl_values(tmp_path: Path) -> None:
 def test_the_tiny_cpu_overlay_fits_every_recipe_preset(tmp_path: Path) -> None:
     after = {"vrft_aug_loc": ["vrft_aug_paper"]}  # an overlay itself: layered after its recipe preset
     for preset in [p for p in preset_names() if p != "tiny_cpu"]:
-        config, args = _args(tmp_path, [*after.get(preset, []), preset, "tiny_cpu"])
+        _, args = _args(tmp_path, [*after.get(preset, []), preset, "tiny_cpu"])
         assert args.max_steps == 2, preset
 
 

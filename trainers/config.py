@@ -24,7 +24,7 @@ from medharness.core.errors import ConfigError
 from medharness.core.yamlio import Loc, load_value, load_yaml_with_lines
 from medharness.trainers import PRESETS_DIR, preset_names
 from medharness.trainers.recipes.base import TRAINERS, recipe_class
-from medharness.trainers.schema import TrainConfig
+from medharness.trainers.schema import TrainConfig, trl_problems
 
 # Set by medharness itself, never in `trl:` (they would silently disagree with the run).
 RESERVED_TRL = {"output_dir": "--output", "seed": "the top-level `seed:`",
@@ -49,6 +49,10 @@ class Layers:
             line = lines.get((*line_prefix, *loc))
             self.origin[loc] = f"{where}:{line}" if line else where
             node = self._node(path)
+            if isinstance(node.get(key), dict) and value is not None and not isinstance(value, dict):
+                # it would replace every setting the earlier layers made there (null removes them on purpose)
+                raise ConfigError(f"{self.origin[loc]}: {'.'.join(map(str, loc))} is a mapping of settings, "
+                                  f"got {type(value).__name__} {value!r}")
             if isinstance(value, dict):
                 if not isinstance(node.get(key), dict):
                     node[key] = {}
@@ -159,6 +163,10 @@ def build_config(layers: Layers) -> TrainConfig:
         recipe_class(config.recipe).parse_options(config.options)
     except ValidationError as exc:
         raise ConfigError(_pydantic_error(exc, layers, prefix=("options",))) from None
+    problems = [f"{layers.where(('trl', key))}: trl.{key} = {config.trl[key]!r}: must be {need}"
+                for key, need in trl_problems(config.trl)]
+    if problems:
+        raise ConfigError("invalid recipe config\n  " + "\n  ".join(problems))
     return config
 
 
@@ -208,6 +216,22 @@ def _trl_version() -> str:
     return version("trl")
 
 
+def _one_recipe(recipe: str | None, files: list[tuple[str, dict[str, Any], dict[Loc, int]]],
+                config_file: Path | None, user: tuple[dict[str, Any], dict[Loc, int]] | None,
+                overrides: list[str]) -> None:
+    """Every place that names the recipe (presets, `--config`, `-C recipe=`, `--recipe`) names the same one:
+    a later layer never switches it silently."""
+    named = [(str(preset_path(name)), data["recipe"]) for name, data, _ in files if data.get("recipe")]
+    if user is not None and user[0].get("recipe"):
+        named.append((str(config_file), user[0]["recipe"]))
+    named += [(f"-C {item}", value) for item in overrides
+              for keys, value in [parse_override(item)] if keys == ["recipe"]]
+    named += [("--recipe", recipe)] if recipe else []
+    if len({str(value) for _, value in named}) > 1:
+        raise ConfigError("the recipe is set to different values: "
+                          + "; ".join(f"{value} ({where})" for where, value in named) + ": name one")
+
+
 def load_layers(recipe: str | None, presets: list[str], config_file: Path | None, cli: dict[str, Any],
                 overrides: list[str]) -> Layers:
     """Merge presets, `--config FILE`, CLI flags and `-C` overrides. With no preset that names a recipe,
@@ -237,9 +261,6 @@ def load_layers(recipe: str | None, presets: list[str], config_file: Path | None
     for item in overrides:
         keys, value = parse_override(item)
         layers.add_layer(nested(keys, value), f"-C {item}", str(chosen))
-    set_recipe = layers.data.get("recipe")
-    if recipe and set_recipe and set_recipe != recipe:
-        raise ConfigError(f"{layers.where(('recipe',))}: recipe '{set_recipe}' conflicts with --recipe "
-                          f"{recipe}")
+    _one_recipe(recipe, files, config_file, user, overrides)
     layers.data["recipe"] = chosen
     return layers

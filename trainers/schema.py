@@ -3,6 +3,7 @@ layering: `config.py`)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -20,7 +21,7 @@ class LoraSpec(Strict):
     alpha: int = Field(16, ge=1, description="the LoRA alpha (scaling)")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA layers")
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-                                      description="the modules that get an adapter")
+                                      min_length=1, description="the modules that get an adapter")
     freeze_vision: bool = Field(True, description="keep the adapters off the vision tower (its modules are "
                                                   "excluded)")
 
@@ -29,7 +30,7 @@ class RewardSpec(Strict):
     """One reward component: a registered metric, its arguments and weight (`as`: its label)."""
 
     metric: str = Field(description="a registered metric (`medharness ls metrics`)")
-    weight: float = Field(1.0, description="its weight in TRL's reward_weights")
+    weight: float = Field(1.0, allow_inf_nan=False, description="its weight in TRL's reward_weights")
     args: dict[str, Any] = Field(default_factory=dict,
                                  description="the metric's arguments; '@model' stands for the model being "
                                              "trained")
@@ -60,7 +61,8 @@ class TrainConfig(Strict):
                           "variants, seeded, recorded in OUTPUT/prompt_styles.json")
     data_dir: str | None = Field(None, description="the task's local data copy")
     samples: SamplesSpec = Field(SamplesSpec(), description="which samples are trained on (`SamplesSpec`)")
-    seed: int = Field(0, description="run seed (TRL seed and data_seed): data order, sampling, vLLM")
+    seed: int = Field(0, ge=0, le=2**32 - 1,
+                      description="run seed (TRL seed and data_seed): data order, sampling, vLLM")
     rewards: list[RewardSpec] | None = Field(
         None,
         description="GRPO's reward components (`RewardSpec`); null: the task's primary metric (+ format "
@@ -111,3 +113,43 @@ class TrainConfig(Strict):
     @property
     def freezes_vision(self) -> bool:
         return self.lora.freeze_vision if self.lora is not None else self.freeze_vision
+
+
+# TRL settings whose bad values TRL accepts when its config is built and fails on later (a traceback once the
+# output folder exists), or never: checked with the config (`trl_problems`), before any folder or model.
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def _count(least: int) -> Any:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+TRL_CHECKS: dict[str, tuple[Any, str]] = {
+    **dict.fromkeys(("learning_rate", "temperature", "num_train_epochs", "logging_steps", "save_steps"),
+                    (_positive, "a finite number > 0")),
+    **dict.fromkeys(("beta", "weight_decay", "max_grad_norm", "epsilon", "epsilon_high", "warmup_ratio"),
+                    (_non_negative, "a finite number >= 0")),
+    **dict.fromkeys(("per_device_train_batch_size", "gradient_accumulation_steps", "max_completion_length",
+                     "num_iterations", "steps_per_generation"), (_count(1), "an integer >= 1")),
+    **dict.fromkeys(("warmup_steps", "top_k"), (_count(0), "an integer >= 0")),
+    "num_generations": (_count(2), "an integer >= 2 (a group of one has no advantage)"),
+    "max_steps": (lambda v: isinstance(v, int) and not isinstance(v, bool) and (v == -1 or v >= 1),
+                  "an integer >= 1, or -1 (the epochs decide)"),
+    "top_p": (lambda v: _positive(v) and v <= 1, "a number in (0, 1]"),
+    "push_to_hub": (lambda v: v is False, "false: medharness never uploads a model"),
+}
+
+
+def trl_problems(trl: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, what it must be) for each `trl:` value that TRL_CHECKS refuses; None leaves TRL's default."""
+    problems = []
+    for key, value in trl.items():
+        check = TRL_CHECKS.get(key)
+        if check is not None and value is not None and not check[0](value):
+            problems.append((key, check[1]))
+    return problems

@@ -3,6 +3,7 @@ test."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -141,8 +142,56 @@ def test_unknown_recipe_and_preset_suggest() -> None:
         load_layers("gpro", [], None, {}, [])
     with pytest.raises(ConfigError, match="unknown preset 'grpo_lroa'. Did you mean 'grpo_lora'"):
         load_layers(None, ["grpo_lroa"], None, {}, [])
-    with pytest.raises(ConfigError, match="conflicts with --recipe sft"):
+    with pytest.raises(ConfigError, match=r"set to different values: grpo \(.*grpo.yaml\); sft \(--recipe\)"):
         load_layers("sft", ["grpo"], None, {}, [])
+
+
+def test_no_layer_switches_the_recipe_or_drops_a_section_silently(tmp_path: Path) -> None:
+    """`recipe:` in --config or `-C recipe=` beside a preset of another recipe is refused (it used to train
+    the preset's recipe without a word), and so is a layer that would replace a mapping (`trl: [1, 2]` wiped
+    every preset TRL setting)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("recipe: sft\n")
+    with pytest.raises(ConfigError, match=r"grpo \(.*grpo.yaml\); sft \(.*c.yaml\): name one"):
+        load_layers(None, ["grpo"], cfg, {}, [])
+    with pytest.raises(ConfigError, match=r"sft \(-C recipe=sft\)"):
+        load_layers(None, ["grpo"], None, {}, ["recipe=sft"])
+    assert load_layers(None, ["grpo"], None, {}, ["recipe=grpo"]).data["recipe"] == "grpo"
+    cfg.write_text("trl: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:1: trl is a mapping of settings, got list"):
+        load_layers(None, ["grpo"], cfg, {"trl.max_steps": 3}, [])
+    assert load_layers(None, ["grpo_lora"], None, {}, ["lora=null"]).data["lora"] is None  # null removes
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("trl.learning_rate=.nan", "trl.learning_rate = nan: must be a finite number > 0"),
+    ("trl.learning_rate=-1", "must be a finite number > 0"),
+    ("trl.learning_rate=fast", "trl.learning_rate = 'fast': must be a finite number > 0"),
+    ("trl.temperature=0", "trl.temperature = 0: must be a finite number > 0"),
+    ("trl.per_device_train_batch_size=0", "must be an integer >= 1"),
+    ("trl.gradient_accumulation_steps=0", "must be an integer >= 1"),
+    ("trl.num_generations=0", "must be an integer >= 2"),
+    ("trl.max_completion_length=0", "must be an integer >= 1"),
+    ("trl.logging_steps=.inf", "must be a finite number > 0"),
+    ("trl.max_steps=0", "an integer >= 1, or -1"),
+    ("trl.push_to_hub=true", "never uploads"),
+    ("seed=-1", "seed: Input should be greater than or equal to 0"),
+    ("seed=4294967296", "seed: Input should be less than or equal to 4294967295"),
+    ("rewards=[{metric: yes_no_accuracy, weight: .nan}]",
+     "rewards.0.weight: Input should be a finite number"),
+])
+def test_values_torch_or_trl_would_only_reject_later_are_refused_with_the_config(
+        tmp_path: Path, override: str, message: str) -> None:
+    """Each used to pass the config (and the dry run) and fail as a traceback after the output folder
+    existed, or never; now the config names the layer that set it."""
+    with pytest.raises(ConfigError, match=re.escape(f"-C {override}")) as err:
+        _args(tmp_path, ["grpo"], [override])
+    assert message in str(err.value)
+
+
+def test_an_empty_lora_target_list_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="lora.target_modules: List should have at least 1 item"):
+        _args(tmp_path, ["grpo_lora"], ["lora.target_modules=[]"])
 
 
 def test_missing_model_and_flash_attention(monkeypatch: pytest.MonkeyPatch) -> None:

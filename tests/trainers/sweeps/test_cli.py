@@ -145,6 +145,14 @@ def test_dry_run_checks_each_cells_trl_settings(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err
     assert "cell grpo-from-sft-phantom_presence-kall-s0: " in err and "num_generations (4)" in err
     assert "cell sft-" not in err
+    # a seed or learning rate that only torch would refuse (after the folders exist) is a problem here
+    for setting, message in (("seeds: [-1]", "--seed: seed: Input should be greater than or equal to 0"),
+                             ("overrides: [trl.learning_rate=.nan]",
+                              "-C trl.learning_rate=.nan: trl.learning_rate = nan: must be a finite number")):
+        file = write(tmp_path / "s.yaml", "model: tiny\ntasks: [phantom_presence]\n"
+                                          f"common_presets: [tiny_cpu]\nrecipes: [sft]\n{setting}\n")
+        assert main(["train-then-eval", "--sweep", str(file), "--dry-run"]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_board_mean_and_std_over_seeds(tmp_path: Path) -> None:

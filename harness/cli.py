@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from medharness.core.errors import ConfigError, MedHarnessError
+from medharness.core.errors import ConfigError, DataError, MedHarnessError
 from medharness.core.schemadocs import field_help
 
 RUN = "medharness.core.records:RunSettings"  # the settings the `run` flags set (their help: its descriptions)
@@ -370,8 +370,13 @@ def cmd_gate(args: argparse.Namespace) -> int:
         return 0
     if not args.baseline or not args.candidate:
         raise ConfigError("gate needs --baseline and --candidate (or --write-summary RUN_DIR -o FILE)")
-    result = compare(load_side(args.baseline), load_side(args.candidate), args.metric,
-                     args.max_drop, args.alpha)
+    try:
+        result = compare(load_side(args.baseline), load_side(args.candidate), args.metric,
+                         args.max_drop, args.alpha)
+    except MedHarnessError:
+        raise
+    except Exception as exc:  # exit 1 means "worse": a failure to compare must never read as a verdict
+        raise DataError(f"gate: the runs could not be compared ({type(exc).__name__}: {exc})") from exc
     if args.json:
         from medharness.runs.runlog import json_safe
 

@@ -14,11 +14,12 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError
 
 from medharness.core import stats
+from medharness.core.datafiles import read_text
 from medharness.core.errors import DataError
 from medharness.core.records import Record
 from medharness.runs.runlog import RunDir
@@ -30,12 +31,16 @@ Verdict = Literal["worse", "within tolerance", "no change", "better", "incompara
 
 class MetricInfo(Record):
     higher_is_better: bool = True
-    percent: bool = True  # shown x100: the tolerance is in these points
+    percent: bool = True  # shown x100: the tolerance is in these points; a per-sample value is in [0, 1]
+    metric: str | None = None  # its registered name (the direction is the registration's, not the file's)
+
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class ScoredSample(Record):
     cluster: str
-    scores: dict[str, float]
+    scores: dict[str, Finite]
 
 
 class GateTask(Record):
@@ -68,7 +73,9 @@ def summary_of_run(run_dir: Path) -> GateSummary:
             raise DataError(f"{run_dir}: task {name} mixes rows of versions {versions} with {entry.version}")
         cluster_by = entry.cluster_by or "image"
         percent = {m.label: m.percent for m in entry.metrics} or entry.percent
-        metrics = {label: MetricInfo(higher_is_better=m.higher_is_better, percent=percent.get(label, True))
+        names = {m.label: m.name for m in entry.metrics}
+        metrics = {label: MetricInfo(higher_is_better=m.higher_is_better, percent=percent.get(label, True),
+                                     metric=names.get(label))
                    for label, m in entry.summary.metrics.items()}
         samples = {r.sample_id: ScoredSample(cluster=cluster_of(r.sample, cluster_by),
                                              scores={k: v for k, v in r.scores.items() if not math.isnan(v)})
@@ -77,7 +84,10 @@ def summary_of_run(run_dir: Path) -> GateSummary:
                                metrics=metrics, samples=samples)
     if not tasks:
         raise DataError(f"{run_dir}: no scored tasks")
-    return GateSummary(source=run.log.run_id, model=run.log.model, tasks=tasks)
+    try:
+        return GateSummary(source=run.log.run_id, model=run.log.model, tasks=tasks)
+    except ValidationError as exc:  # a metric that scored a sample inf
+        raise DataError(f"{run_dir}: {_first_error(exc)}") from None
 
 
 def load_side(path: Path) -> GateSummary:
@@ -87,11 +97,17 @@ def load_side(path: Path) -> GateSummary:
     if not path.is_file():
         raise DataError(f"{path}: neither a run directory nor a gate summary file")
     try:
-        return GateSummary.model_validate_json(path.read_bytes())
+        summary = GateSummary.model_validate_json(read_text(path, "gate summary"))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise DataError(f"{path}: not a gate summary ({where}: {first['msg']})") from None
+        raise DataError(f"{path}: not a gate summary ({_first_error(exc)})") from None
+    if not summary.tasks:
+        raise DataError(f"{path}: a gate summary with no task: nothing to gate")
+    return summary
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc']) or '(top level)'}: {first['msg']}"
 
 
 def write_summary(run_dir: Path, output: Path) -> GateSummary:
@@ -122,7 +138,9 @@ class GateResult:
     @property
     def exit_code(self) -> int:
         verdicts = {t.verdict for t in self.tasks}
-        return 2 if "incomparable" in verdicts else 1 if "worse" in verdicts else 0
+        if "incomparable" in verdicts or not verdicts - {"not gated"}:  # nothing compared is no pass
+            return 2
+        return 1 if "worse" in verdicts else 0
 
     @property
     def verdict(self) -> str:
@@ -153,14 +171,41 @@ def _pair(task: str, base: GateTask, cand: GateTask, metric: str | None) -> Task
         only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
         return refuse(f"different items: {len(only_a)} scored only in the baseline (e.g. {only_a[:3]}), "
                       f"{len(only_b)} only in the candidate (e.g. {only_b[:3]})")
+    problem = _info_problem(label, base.metrics[label], cand.metrics.get(label))
+    if problem is None:
+        info = base.metrics[label]
+        outside = [i for i, v in (*a.items(), *b.items()) if info.percent and not 0 <= v <= 1]
+        if outside:
+            problem = (f"{len(outside)} per-sample value(s) of the rate {label} outside [0, 1] (e.g. "
+                       f"{outside[0]})")
+    if problem is not None:
+        return refuse(problem)
     clusters = {i: base.samples[i].cluster for i in a}
     return label, stats.paired_compare(a, b, clusters)
 
 
+def _info_problem(label: str, base: MetricInfo, cand: MetricInfo | None) -> str | None:
+    """Why the two sides' descriptions of a metric cannot be trusted, or None: they disagree on its direction
+    or scale, or a side's direction is not its registration's (a summary file is only a file)."""
+    if cand is not None and (base.higher_is_better, base.percent) != (cand.higher_is_better, cand.percent):
+        return (f"{label}: the sides disagree on its direction or scale (baseline higher_is_better="
+                f"{base.higher_is_better}, percent={base.percent}; candidate {cand.higher_is_better}, "
+                f"{cand.percent})")
+    from medharness.scoring.metrics import METRICS
+
+    for side, info in (("baseline", base), ("candidate", cand)):
+        name = info.metric if info is not None else None
+        if info is not None and name and name in METRICS and \
+                METRICS.get(name).higher_is_better != info.higher_is_better:
+            return (f"{label}: the {side} says higher_is_better={info.higher_is_better}, but metric {name} "
+                    f"is registered with {METRICS.get(name).higher_is_better}")
+    return None
+
+
 def compare(baseline: GateSummary, candidate: GateSummary, metric: str | None = None, max_drop: float = 1.0,
             alpha: float = 0.05) -> GateResult:
-    if max_drop < 0 or not 0 < alpha < 1:
-        raise DataError(f"need --max-drop >= 0 and 0 < --alpha < 1, got {max_drop} and {alpha}")
+    if not (math.isfinite(max_drop) and max_drop >= 0) or not 0 < alpha < 1:
+        raise DataError(f"need a finite --max-drop >= 0 and 0 < --alpha < 1, got {max_drop} and {alpha}")
     out: list[TaskVerdict] = []
     pending: list[tuple[str, str, stats.Paired, MetricInfo]] = []
     for task in sorted(set(baseline.tasks) | set(candidate.tasks)):

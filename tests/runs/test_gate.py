@@ -157,3 +157,69 @@ def test_a_constant_candidate_fails_the_committed_vqa_rad_baseline(
     assert main(["gate", "--baseline", str(baseline), "--candidate", str(tmp_path / "unknown")]) == 1
     out = capsys.readouterr().out
     assert "FAIL (1 of 1 task(s) worse)" in out and "**worse**" in out
+
+
+# -- a gate that must fail never passes (issue 22, new surfaces item 3) ----------------------------------
+
+WORSE = flipped(BASE, 86)  # 43 points worse: McNemar p far below 0.001
+
+
+def test_a_baseline_with_no_task_gates_nothing_and_is_no_pass(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"format": "medharness-gate-summary", "source": "x", "tasks": {}}))
+    cand = tmp_path / "cand.json"
+    cand.write_text(side(WORSE).model_dump_json())
+    assert main(["gate", "--baseline", str(empty), "--candidate", str(cand)]) == 2
+    assert "no task: nothing to gate" in capsys.readouterr().err
+    # a candidate whose every task has no baseline: nothing compared
+    other = GateSummary(source="x", tasks={"u": side(BASE).tasks["t"]})
+    assert compare(other, side(WORSE)).exit_code == 2
+
+
+@pytest.mark.parametrize("max_drop", [float("nan"), float("inf"), -1.0])
+def test_a_tolerance_that_is_no_number_is_refused(max_drop: float) -> None:
+    from medharness.core.errors import DataError
+
+    with pytest.raises(DataError, match="finite --max-drop"):
+        compare(side(BASE), side(WORSE), max_drop=max_drop)
+
+
+def test_infinite_scores_are_refused_on_either_side(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(side(BASE).model_dump_json())
+    bad.write_text(side(BASE).model_dump_json().replace('"accuracy":0.0', '"accuracy":Infinity', 1))
+    for base, cand in ((bad, good), (good, bad)):
+        assert main(["gate", "--baseline", str(base), "--candidate", str(cand)]) == 2
+        assert "not a gate summary" in capsys.readouterr().err
+
+
+def test_the_direction_is_the_metric_s_registration_not_the_file_s() -> None:
+    """A baseline file that flips higher_is_better would turn a 43-point loss into a gain: refused."""
+    honest = MetricInfo(metric="yes_no_accuracy")
+    lying = MetricInfo(higher_is_better=False, metric="yes_no_accuracy")
+    result = compare(side(BASE, info=lying), side(WORSE, info=lying))
+    assert result.exit_code == 2 and "registered with True" in result.tasks[0].reason
+    result = compare(side(BASE, info=lying), side(WORSE, info=honest))
+    assert result.exit_code == 2 and "disagree on its direction" in result.tasks[0].reason
+    assert compare(side(BASE, info=honest), side(WORSE, info=honest)).exit_code == 1
+
+
+def test_rates_outside_zero_to_one_are_refused() -> None:
+    result = compare(side(BASE), side([*WORSE[:-1], 7.0]))
+    assert result.exit_code == 2 and "outside [0, 1]" in result.tasks[0].reason
+
+
+def test_a_crash_is_exit_2_never_the_worse_code(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from medharness.runs import gate
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(gate, "compare", broken)  # fault injection: any failure inside the comparison
+    base = tmp_path / "b.json"
+    base.write_text(side(BASE).model_dump_json())
+    assert main(["gate", "--baseline", str(base), "--candidate", str(base)]) == 2
+    assert "could not be compared (ZeroDivisionError: boom)" in capsys.readouterr().err

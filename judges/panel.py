@@ -25,6 +25,7 @@ from pydantic import ValidationError, field_validator
 from medharness.backends import check_options
 from medharness.core.errors import ConfigError
 from medharness.core.records import PanelMember
+from medharness.core.secrets import scrub_value
 from medharness.judges.specs import JudgeSpec, get_spec
 
 JUDGE_BACKENDS = ("openai", "gemini", "hf", "vllm")
@@ -52,8 +53,9 @@ class JudgeMember(PanelMember):
         return options
 
     def public(self) -> dict[str, Any]:
-        """What run.json records about the member (the key's variable name, never a key)."""
-        return self.model_dump()
+        """What run.json records about the member (the key's variable name, never a key; a URL without its
+        credentials)."""
+        return scrub_value(self.model_dump())
 
 
 def _check(members: list[JudgeMember], origin: str) -> list[JudgeMember]:

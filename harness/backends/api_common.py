@@ -22,17 +22,17 @@ import logging
 import math
 import os
 import random
-import re
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from medharness.backends.base import Backend, Request
 from medharness.core.errors import ConfigError
 from medharness.core.records import Generation
+from medharness.core.secrets import scrub
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -68,25 +68,6 @@ def encode_image(image: Image, fmt: str = "png") -> tuple[bytes, str]:
 def image_data_url(image: Image, fmt: str = "png") -> str:
     data, mime = encode_image(image, fmt)
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-# --------------------------------------------------------------------------------------------- secrets
-_SECRET_PATTERNS = (
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
-    re.compile(r"(?i)((?:api[_-]?key|x-goog-api-key|key)\s*[=:]\s*['\"]?)[A-Za-z0-9._~+/-]{8,}"),
-    re.compile(r"\b(sk-(?:proj-)?)[A-Za-z0-9_-]{12,}"),
-    re.compile(r"\b(AIza)[A-Za-z0-9_-]{20,}"),
-)
-
-
-def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """`text` without the given secrets (nor anything shaped like a bearer token or API key)."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(r"\1***", text)
-    return text
 
 
 # --------------------------------------------------------------------------------------------- retries

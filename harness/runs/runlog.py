@@ -49,6 +49,7 @@ from medharness.core.records import (
     TrainedFrom,
     check_safe_name,
 )
+from medharness.core.secrets import scrub, scrub_value
 from medharness.core.versions import package_versions
 
 if TYPE_CHECKING:
@@ -221,8 +222,10 @@ class RunDir:
             shutil.rmtree(path / "samples", ignore_errors=True)
             (path / "samples").mkdir()
             versions = {"python": platform.python_version(), **package_versions(PACKAGES)}
-            run = cls(path, RunLog(run_id=path.name, label=label, created=now(), command=list(sys.argv),
-                                   config=config.model_dump(), versions=versions, seed=seed), lock)
+            recorded = scrub_value(config.model_dump())  # no credentials from a URL (core/secrets.py)
+            run = cls(path, RunLog(run_id=path.name, label=label, created=now(),
+                                   command=[scrub(arg) for arg in sys.argv], config=recorded,
+                                   versions=versions, seed=seed), lock)
             run.save()
         except BaseException:
             lock.release()

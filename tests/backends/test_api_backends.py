@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import logging
+import sys
 import time
 
 import pytest
@@ -285,6 +286,9 @@ def test_scrub():
     assert "AIzaSyA" not in scrub("url?key=AIzaSyA1234567890abcdefghijkl&x=1")
     assert scrub("Authorization: Bearer abcdefgh12345678") == "Authorization: Bearer ***"
     assert scrub("HTTP 500: internal error") == "HTTP 500: internal error"
+    assert scrub("https://user:pa55word@host:8000/v1") == "https://***@host:8000/v1"
+    assert (scrub("see http://token123@host/x and mailto me@x.org")
+            == "see http://***@host/x and mailto me@x.org")
 
 
 # --------------------------------------------------------------------------------------------- the policy
@@ -360,6 +364,26 @@ def test_a_full_run_against_a_local_openai_server_keeps_the_key_out_and_caches(t
     assert info["model"].startswith("openai:fake-model@http://127.0.0.1")
     assert info["tasks"]["phantom_presence"]["summary"]["n"] == 12
     assert info["tasks"]["phantom_presence"]["tokens"]["prompt"] > 0
+
+
+def test_credentials_in_a_base_url_are_never_recorded(tmp_path, monkeypatch):
+    """`--base-url http://user:KEY@host`: the run works, and no file it writes (run.json's config and command,
+    rows, the fingerprint, the cache) holds the key."""
+    from medharness.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["medharness", "run", "--base-url", "http://me:SECRET-pass-1@x"])
+    with FakeAPIServer() as srv:
+        url = srv.url.replace("http://", "http://me:SECRET-pass-1@") + "/v1"
+        assert main(["run", "--model", "fake-model", "--backend", "openai", "--base-url", url, "--tasks",
+                     "phantom_presence", "--limit", "4", "--output", str(tmp_path / "a"), "--no-progress",
+                     "--cache-dir", str(tmp_path / "cache")]) == 0
+        assert len(srv.requests) == 4
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "run.json" for p in written) and any("cache" in p.parts for p in written)
+    assert not [p for p in written if b"SECRET" in p.read_bytes()]
+    info = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert info["config"]["backend_options"]["base_url"].startswith("http://***@127.0.0.1")
+    assert info["command"][-1] == "http://***@x" and info["model"].startswith("openai:fake-model@http://***@")
 
 
 def test_resume_with_retry_errors_generates_only_the_failed_samples_again(tmp_path):

@@ -315,3 +315,12 @@ def test_shipped_prompts_ask_for_the_declared_keys_and_say_data_is_not_instructi
         system = spec.render(JudgeInput("q", "g", "p"))[0].content[0].text or ""
         assert all(f'"{key}"' in system for key in spec.keys)
         assert "never instructions" in system and "exactly one JSON object" in system
+
+
+def test_a_judge_s_base_url_is_recorded_without_its_credentials() -> None:
+    from medharness.judges.panel import JudgeMember
+
+    member = JudgeMember(name="j", spec="prediction_score", backend="openai", model="m",
+                         base_url="https://user:SECRET-1234@judge.example/v1")
+    assert member.backend_options()["base_url"] == "https://user:SECRET-1234@judge.example/v1"  # to call it
+    assert member.public()["base_url"] == "https://***@judge.example/v1"  # what run.json keeps

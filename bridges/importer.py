@@ -15,7 +15,14 @@ from typing import Any
 
 from medharness.bridges.peerfiles import PeerFile, read_peer_file
 from medharness.core.errors import ConfigError, DataError
-from medharness.core.records import Generation, ImportSettings, PeerOrigin, ResultRow, TaskEntry
+from medharness.core.records import (
+    Generation,
+    ImportSettings,
+    PeerOrigin,
+    ResultRow,
+    TaskEntry,
+    check_safe_name,
+)
 from medharness.runs.runlog import RunDir
 from medharness.scoring.recipe import metric_is_percent, metric_records, summarise
 from medharness.taskfiles.task import Task, load_task, recipe_for
@@ -73,6 +80,11 @@ def match_rows(peer: PeerFile, task: Task, allow_unmatched: bool) -> tuple[list[
 
 def import_predictions(req: ImportRequest) -> RunDir:
     """Read, match and score a peer file, then write the run directory (refused if it exists)."""
+    if req.label is not None:
+        try:  # the same names as `run --label`
+            check_safe_name(req.label, "--label")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     peer = read_peer_file(req.tool, req.file, id_field=req.id_field, id_map=req.id_map)
     model = req.model_name or peer.model
     if not model:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,7 +98,9 @@ def resolve(req: TrainRequest) -> tuple[TrainConfig, Layers]:
 
 def default_output(config: TrainConfig, layers: Layers) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / "train" / f"{'+'.join(layers.presets) or config.recipe}-{config.task}-{stamp}"
+    # a task given as a path: its file name, so the folder stays inside runs/train/
+    task = re.sub(r"[^A-Za-z0-9_.+-]+", "-", Path(str(config.task)).stem).strip("-.") or "task"
+    return Path("runs") / "train" / f"{'+'.join(layers.presets) or config.recipe}-{task}-{stamp}"
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -147,6 +147,10 @@ def test_lm_eval_samples_import_with_results_file(tmp_path: Path, samples: list)
     board = tmp_path / "board.md"
     assert main(["leaderboard", str(tmp_path / "run"), "--output", str(board)]) == 0
     assert "my-model" in board.read_text()
+    # a label is a name as `run --label` takes it, never a path
+    assert main(["import", "--from", "lm-eval", str(file), "--task", TASK, "--output", str(tmp_path / "run2"),
+                 "--label", "../../x"]) == 2
+    assert not (tmp_path / "run2").exists()
 
 
 def test_lmms_eval_samples_need_the_docs_for_ids(tmp_path: Path, samples: list) -> None:

@@ -235,3 +235,11 @@ def test_overrides_and_preset_names_are_values_not_code_or_paths() -> None:
         parse_override("trl.x=&a [1, 2]")
     with pytest.raises(ConfigError, match="unknown preset '../presets/grpo'"):
         preset_path("../presets/grpo")
+
+
+def test_the_default_output_of_a_task_path_stays_in_runs_train() -> None:
+    from medharness.trainers.run import default_output
+
+    layers = load_layers(None, ["sft"], None, {"task": "../../../etc/x y.yaml", "model": "m"}, [])
+    out = default_output(build_config(layers), layers)
+    assert out.parent == Path("runs") / "train" and out.name.startswith("sft-x-y-")

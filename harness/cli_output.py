@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tabulate import tabulate
 
+from medharness.core.display import plain
 from medharness.core.records import MetricSummary, TaskSummary
 from medharness.runs.runlog import RunDir, json_safe
 
@@ -162,7 +163,7 @@ def print_run_summary(run: RunDir) -> None:
     for entry in run.log.tasks.values():
         if entry.summary is not None:
             rows += summary_rows(entry.summary, entry.percent)
-    print(f"\nrun {run.path} ({run.log.status}; model {run.log.model})\n")
+    print(f"\nrun {run.path} ({run.log.status}; model {plain(str(run.log.model))})\n")
     print(tabulate(rows, headers=HEADERS, tablefmt="github", disable_numparse=True))
     for note in coverage_notes(summaries):
         print(f"note: {note}")

@@ -18,6 +18,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from medharness.core.display import md_cell, plain
 from medharness.leaderboards.columns import Column
 from medharness.leaderboards.runs import ORACLE
 from medharness.leaderboards.table import Board, Row
@@ -84,8 +85,8 @@ def table_rows(board: Board) -> tuple[list[str], list[list[str]]]:
                 text += f" ({value.n_runs}/{row.expected})"
             mark = board.marks.get((row.label, col.label))
             cells.append(text + (" †" if mark is not None and mark.significant else ""))
-        body.append([row.label, *cells, row.lineage])
-    return headers, body
+        body.append([md_cell(row.label), *cells, md_cell(row.lineage)])
+    return [md_cell(h) for h in headers], body
 
 
 def _unparsed(board: Board) -> str | None:
@@ -100,7 +101,7 @@ def _unparsed(board: Board) -> str | None:
             counts = [(e.summary.n_unparsed, e.summary.n_errors, e.summary.n) for run in row.runs
                       if (e := run.log.tasks.get(task)) is not None and e.summary is not None]
             cells.append(" + ".join(f"{u}/{n}" + (f" ({err} failed)" if err else "") for u, err, n in counts))
-        body.append([row.label, *cells])
+        body.append([md_cell(row.label), *cells])
     if not body or not tasks:
         return None
     return ("Unparsed answers (counted as wrong, failed generations among them) / samples:\n\n"
@@ -157,7 +158,7 @@ def render_markdown(board: Board) -> str:
     if board.spec.caption or sources:
         parts.append(" ".join([board.spec.caption or "", *(f"Published: {s}." for s in sources)]).strip())
     if board.notes:
-        parts.append("Notes:\n" + "\n".join(f"- {n}" for n in board.notes))
+        parts.append("Notes:\n" + "\n".join(f"- {plain(n)}" for n in board.notes))
     return "\n\n".join(parts) + "\n"
 
 

@@ -229,3 +229,16 @@ def test_shipped_paper_boards_hold_the_published_numbers_once() -> None:
     grpo = next(r for r in load_board("grpo_pmc_vqa").rows if r.label == "Dr.GRPO")
     assert grpo.published == {"accuracy": 61.09, "similarity": 0.24, "perplexity": 11.1,
                               "thinking reward": 4.17, "thinking tokens": 76.11}
+
+
+def test_names_from_outside_cannot_break_the_table_or_the_terminal(tmp_path: Path) -> None:
+    """A peer's model name or a run label with an ANSI escape, a pipe or a newline: one plain table cell."""
+    from medharness.leaderboards.spec import BoardSpec
+
+    _summary_run(tmp_path / "r", "vqa_rad", {"vqa_accuracy": 0.5})
+    spec = BoardSpec.model_validate({"name": "t", "rows": [
+        {"label": "evil | \x1b[31mred\x1b[0m\nrow", "runs": [str(tmp_path / "r")], "lineage": "a|b"}]})
+    text = render_markdown(build(spec))
+    assert "\x1b" not in text
+    row = next(line for line in text.splitlines() if "evil" in line)
+    assert row.startswith("| evil \\| [31mred[0m row ") and "a\\|b" in row

@@ -22,12 +22,12 @@ Formats (the peers' own, as of lm-eval 0.4, lmms-eval 0.7 and VLMEvalKit 0.2):
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medharness.core.datafiles import parse_json, read_text
 from medharness.core.errors import DataError
 
 TOOLS = ("lm-eval", "lmms-eval", "vlmevalkit")
@@ -70,13 +70,10 @@ def read_peer_file(tool: str, path: Path, id_field: str = "id", id_map: Path | N
 
 def _json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
     out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(path, "samples file").splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        record = parse_json(path, line, number)
         if not isinstance(record, dict):
             raise DataError(f"{path}:{number}: not a JSON object")
         out.append((number, record))
@@ -157,8 +154,10 @@ def _results_beside(tool: str, samples: Path) -> dict[str, str]:
     for file in candidates:
         if file.is_file():
             try:
-                data = json.loads(file.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                data = parse_json(file, read_text(file, "results file"))
+            except DataError:
+                continue
+            if not isinstance(data, dict):
                 continue
             config = data.get("config") if isinstance(data.get("config"), dict) else {}
             model = data.get("model_name") or config.get("model")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,10 +72,10 @@ def read_records(path: Path, fmt: str, fieldnames: list[str] | None = None,
     (the last field keeps further separators); csv follows RFC 4180 quoting."""
     text = read_text(path, what)
     if fmt == "jsonl":
-        return [_record(path, f"{path}:{n}", _json(path, line, n))
+        return [_record(path, f"{path}:{n}", parse_json(path, line, n))
                 for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     if fmt == "json":
-        data = _json(path, text, None)
+        data = parse_json(path, text, None)
         if isinstance(data, dict):
             data = next((v for v in data.values() if isinstance(v, list)), data)
         if not isinstance(data, list):
@@ -88,15 +89,35 @@ def read_records(path: Path, fmt: str, fieldnames: list[str] | None = None,
     raise DataError(f"{path}: unknown format {fmt!r}; one of {', '.join(FORMATS)}")
 
 
-def _json(path: Path, text: str, line: int | None) -> Any:
+def parse_json(path: Path, text: str, line: int | None = None) -> Any:
+    """One JSON value of a user's file (`line`: the JSONL line it is on). Errors name the file and the line; a
+    lone surrogate (`"\\ud800"`, valid JSON that no UTF-8 file can hold) becomes U+FFFD, so one bad
+    character never stops a run after its folder exists."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:  # name the file's line: in JSONL, the record's own
         at = line if line is not None else exc.lineno
         column = exc.colno if line is None or exc.lineno == 1 else f"{exc.lineno}:{exc.colno}"
         raise DataError(f"{path}:{at}: not valid JSON ({exc.msg} at column {column})") from None
     except RecursionError:
         raise DataError(f"{path}:{line or 1}: JSON nested too deeply to read") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise DataError(f"{path}:{line or 1}: cannot read a JSON value ({exc})") from None
+    return _no_lone_surrogates(value) if _SURROGATE_ESCAPE.search(text) else value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # after json.loads, pairs are one character: these are lone
+
+
+def _no_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_no_lone_surrogates(k): _no_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_lone_surrogates(v) for v in value]
+    return value
 
 
 def _kind(value: Any) -> str:

@@ -269,3 +269,27 @@ def test_export_cli_and_a_dataset_tsv_given_as_predictions(tmp_path: Path, capsy
                  TASK, "--output", str(tmp_path / "run")])
     assert code == 2 and "no column prediction: not a VLMEvalKit prediction file" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_lone_surrogate_in_a_peer_response_is_one_replaced_character(tmp_path: Path, samples: list) -> None:
+    """`"\\ud800"` is valid JSON no UTF-8 file can hold: it used to crash `import` after its run folder
+    existed (left "running", no rows). Read through the common reader, it becomes U+FFFD and the row is
+    kept."""
+    file = tmp_path / f"samples_medharness_{TASK}_2026-01-01T00-00-00.jsonl"
+    texts = [s.target + (" \ud800" if i == 1 else "") for i, s in enumerate(samples)]
+    file.write_text("".join(_lm_eval_line(i, s.id, t) for i, (s, t) in enumerate(zip(samples, texts))))
+    assert "\\ud800" in file.read_text()
+    assert main(["import", "--from", "lm-eval", str(file), "--task", TASK, "--output", str(tmp_path / "run"),
+                 "--model-name", "m"]) == 0
+    run = RunDir.open(tmp_path / "run")
+    assert run.log.status == "finished"
+    rows = {r.sample.id: r.generation.text for r in run.rows(TASK)}
+    assert rows[samples[1].id] == f"{samples[1].target} \ufffd" and len(rows) == N
+
+
+def test_a_number_of_thousands_of_digits_is_a_clean_error(tmp_path: Path) -> None:
+    file = tmp_path / f"samples_medharness_{TASK}_2026.jsonl"
+    file.write_text('{"doc_id": ' + "9" * 5000 + "}\n")
+    with pytest.raises(DataError, match=r"samples_medharness_.*:1: cannot read a JSON value"):
+        import_predictions(ImportRequest(tool="lm-eval", file=file, task=TASK, output=tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

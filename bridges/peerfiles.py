@@ -200,12 +200,31 @@ def read_id_map(path: Path) -> dict[int, tuple[str, str]]:
     return out
 
 
+MAX_ZIP_MEMBER = 256 * 2**20  # bytes a member of an .xlsx may inflate to (VLMEvalKit sheets: a few MB)
+
+
+def check_zip_size(path: Path, limit: int = MAX_ZIP_MEMBER) -> None:
+    """An .xlsx (a zip) whose members inflate past `limit` (a zip bomb: 7 MB growing to 2 GB) or that is not a
+    readable zip is refused before anything is inflated."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            big = [m for m in archive.infolist() if m.file_size > limit]
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .xlsx (a zip archive): {exc}") from None
+    if big:
+        raise DataError(f"{path}: member {big[0].filename} inflates to {big[0].file_size:,} bytes, over the "
+                        f"{limit:,} a prediction sheet needs: refused unread")
+
+
 def _read_vlmevalkit(path: Path, id_map: Path) -> PeerFile:
     import pandas as pd
 
     suffix = path.suffix.lower()
     try:
         if suffix == ".xlsx":
+            check_zip_size(path)
             table = pd.read_excel(path, engine="openpyxl")
         elif suffix in (".tsv", ".csv"):
             table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")

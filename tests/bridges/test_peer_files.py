@@ -293,3 +293,24 @@ def test_a_number_of_thousands_of_digits_is_a_clean_error(tmp_path: Path) -> Non
     with pytest.raises(DataError, match=r"samples_medharness_.*:1: cannot read a JSON value"):
         import_predictions(ImportRequest(tool="lm-eval", file=file, task=TASK, output=tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_an_xlsx_bomb_or_a_broken_xlsx_is_refused_unread(tmp_path: Path, vlm_export: Path) -> None:
+    """A sheet that inflates far past what a prediction table needs is refused from the zip's directory,
+    before a byte is inflated; a file that is no zip (or is truncated) is a clean error."""
+    import zipfile
+
+    from medharness.bridges.peerfiles import check_zip_size
+
+    bomb = tmp_path / "MyVLM_bomb.xlsx"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("xl/worksheets/sheet1.xml", b"0" * (2 * 2**20))  # 2 MB of zeros: a few KB zipped
+    assert bomb.stat().st_size < 2**16
+    with pytest.raises(DataError, match="sheet1.xml inflates to 2,097,152 bytes"):
+        check_zip_size(bomb, limit=2**20)
+    for name, data in (("not_zip.xlsx", b"index\tprediction\n"), ("cut.xlsx", bomb.read_bytes()[:100])):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError, match="not a readable .xlsx"):
+            import_predictions(ImportRequest(tool="vlmevalkit", file=tmp_path / name, task=TASK,
+                                             output=tmp_path / "run", id_map=vlm_export / "ids.tsv"))
+    assert not (tmp_path / "run").exists()

@@ -266,6 +266,9 @@ def _parent_preset(parent: RecipeEntry, child: RecipeEntry, preset: str | None,
                       f"follows the presets axis {axis}: give '{parent.key}' a preset too")
 
 
+MAX_CELLS = 10_000  # each cell is a training run: far more than any paper's table
+
+
 def expand(sweep: SweepConfig) -> list[Cell]:
     """Every cell of the grid, parents before children, filtered by `cells.only/skip` (a kept cell keeps the
     cells it trains from)."""
@@ -277,6 +280,11 @@ def expand(sweep: SweepConfig) -> list[Cell]:
             raise ConfigError(f"recipe '{entry.key}' trains from '{entry.parent}', which is not a recipe "
                               f"listed before it (known: {', '.join(entries) or 'none'})")
         entries[entry.key] = entry
+    size = len(sweep.shots) * len(sweep.seeds) * sum(
+        (1 if e.preset else len(sweep.presets)) * len(e.tasks or sweep.tasks) for e in entries.values())
+    if size > MAX_CELLS:  # counted before a cell is built: a grid of millions would fill memory first
+        raise ConfigError(f"the grid has {size:,} cells (recipes x presets x tasks x shots x seeds), more than "
+                          f"the {MAX_CELLS:,} a sweep runs: narrow an axis, or split the sweep into files")
     cells: dict[str, Cell] = {}
     for entry in entries.values():
         axis = [entry.preset] if entry.preset else list(sweep.presets)

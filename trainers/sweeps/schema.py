@@ -284,7 +284,7 @@ def expand(sweep: SweepConfig) -> list[Cell]:
         (1 if e.preset else len(sweep.presets)) * len(e.tasks or sweep.tasks) for e in entries.values())
     if size > MAX_CELLS:  # counted before a cell is built: a grid of millions would fill memory first
         raise ConfigError(f"the grid has {size:,} cells (recipes x presets x tasks x shots x seeds), more "
-                          f"than the {MAX_CELLS:,} a sweep runs: narrow an axis, or split the sweep into files")
+                          f"than the {MAX_CELLS:,} a sweep runs: narrow an axis, or split the sweep")
     cells: dict[str, Cell] = {}
     for entry in entries.values():
         axis = [entry.preset] if entry.preset else list(sweep.presets)

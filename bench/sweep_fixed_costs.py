@@ -5,9 +5,10 @@
 Per run: the wall time of the whole command (its own start and exit included), the time in training (the sum
 of train.json `seconds`: model load, the steps, the final save) and in generation (the sum of run.json
 `usage.generate_s`), and the rest, the fixed overhead (process starts, imports, exits, task loading, scoring,
-writing). Each run gets a fresh sweep folder and a fresh response cache (nothing is answered from an earlier
-run). Prints a Markdown table: the median of each mode, then every run; and checks that every run's board
-equals the first run's.
+writing); and the CPU time of the command and every process under it (less sensitive than wall time to
+other work on a shared machine). Each run gets a fresh sweep folder and a fresh response cache (nothing is
+answered from an earlier run). Prints a Markdown table: the median of each mode, then every run; and checks
+that every run's board equals the first run's.
 
 Usage: python bench/sweep_fixed_costs.py [--repeat 3] [--modes fork,subprocess] [--sweep FILE]
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,24 +42,27 @@ def one_run(mode: str, sweep: Path | None, work: Path, index: int) -> dict[str, 
            "MEDHARNESS_CACHE": str(cache), "MEDHARNESS_SWEEP_STAGES": mode}
     argv = [sys.executable, "-m", "medharness.cli", "train-then-eval", "--output", str(out)]
     argv += ["--sweep", str(sweep)] if sweep else []
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           check=False)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise SystemExit(f"{mode} run {index} exited with {done.returncode}:\n{done.stdout[-3000:]}")
     train = sum(json.loads(p.read_text())["seconds"] for p in out.glob("cells/*/train/train.json"))
     generate = sum(json.loads(p.read_text())["usage"]["generate_s"] for p in out.rglob("run.json"))
     fixed = wall - train - generate
     return {"mode": mode, "run": index, "wall": wall, "train": train, "generate": generate, "fixed": fixed,
-            "board": board_rows(out)}
+            "cpu": cpu, "board": board_rows(out)}
 
 
 def row(label: str, runs: list[dict[str, Any]]) -> list[object]:
-    med = {k: statistics.median(r[k] for r in runs) for k in ("wall", "train", "generate", "fixed")}
+    med = {k: statistics.median(r[k] for r in runs) for k in ("wall", "train", "generate", "fixed", "cpu")}
     share = statistics.median(r["fixed"] / r["wall"] for r in runs)
     return [label, f"{med['wall']:.1f} s", f"{med['train']:.1f} s", f"{med['generate']:.1f} s",
-            f"{med['fixed']:.1f} s", f"{100 * share:.0f} %"]
+            f"{med['fixed']:.1f} s", f"{100 * share:.0f} %", f"{med['cpu']:.1f} s"]
 
 
 def main() -> int:
@@ -73,7 +78,7 @@ def main() -> int:
             for mode in modes:  # interleaved: a load change on a shared machine hits both modes alike
                 runs.append(one_run(mode, args.sweep, Path(tmp), index))
                 print(f"{mode} {index}: {runs[-1]['wall']:.1f} s", file=sys.stderr, flush=True)
-    headers = ["stages", "wall", "training", "generation", "fixed overhead", "overhead share"]
+    headers = ["stages", "wall", "training", "generation", "fixed overhead", "overhead share", "CPU time"]
     table = [row(f"{mode} (median of {args.repeat})", [r for r in runs if r["mode"] == mode])
              for mode in modes]
     table += [row(f"{r['mode']} run {r['run']}", [r]) for r in runs]

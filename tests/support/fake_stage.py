@@ -7,6 +7,9 @@
     kill               SIGKILL itself (as the OOM killer would)
     kill-worker        SIGKILL the stage worker, then sleep (the worker's death must end the stage too)
     argv               print sys.argv and the process ids, return 0
+    anything else      `medharness.cli.main(argv)`, except that with FAKE_STAGE_KILL=SUBSTRING a stage with
+                       an argument containing SUBSTRING is SIGKILLed once at its start (FAKE_STAGE_KILL_MARK
+                       names the file that remembers it was)
 
 Run as a script (`python fake_stage.py ARGS`) it is the subprocess form of the same stage.
 """
@@ -18,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
@@ -42,8 +46,13 @@ def main(argv: list[str]) -> int:
     if what == "argv":
         print(f"argv {sys.argv!r} pid {os.getpid()} ppid {os.getppid()}")
         return 0
-    print(f"unknown stage {what!r}", file=sys.stderr)
-    return 2
+    kill, mark = os.environ.get("FAKE_STAGE_KILL"), os.environ.get("FAKE_STAGE_KILL_MARK")
+    if kill and mark and any(kill in arg for arg in argv) and not Path(mark).exists():
+        Path(mark).write_text("killed")
+        os.kill(os.getpid(), signal.SIGKILL)
+    from medharness.cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

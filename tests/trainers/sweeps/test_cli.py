@@ -6,6 +6,7 @@ and one real end-to-end sweep (the real `medharness train`, SFT then GRPO-from-S
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -227,7 +228,12 @@ baselines: [majority]
 
 @pytest.fixture()
 def fake_train(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The fake trainer as the train program (a subprocess); the other stages forked by the stage worker
+    through tests/support/fake_stage.py (the CLI, or a kill where FAKE_STAGE_KILL says)."""
     monkeypatch.setattr(sweep_exec, "TRAIN_PROGRAM", [sys.executable, str(SUPPORT / "fake_train.py")])
+    monkeypatch.setattr(sweep_exec, "ENTRY", "fake_stage:main")
+    paths = (str(SUPPORT), os.environ.get("PYTHONPATH"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
     monkeypatch.setenv("MEDHARNESS_CACHE", str(tmp_path / "cache"))
     return tmp_path
 
@@ -246,14 +252,21 @@ def test_sweep_runs_skips_and_resumes(fake_train: Path, tiny_models: dict[str, P
     sft, grpo = "sft-phantom_presence-kall-s0", "grpo-from-sft-phantom_presence-kall-s0"
     argv = ["train-then-eval", "--sweep", str(file), "--output", str(out)]
 
-    # the GRPO cell is killed once mid-training: the sweep goes on, reports it, exits 1
+    # the GRPO cell is killed once mid-training (a subprocess), the base model's evaluation at its start (a
+    # forked stage): the sweep goes on, reports both, exits 1
     monkeypatch.setenv("FAKE_TRAIN_CRASH", grpo)
     monkeypatch.setenv("FAKE_TRAIN_CRASH_MARK", str(fake_train / "crashed"))
+    monkeypatch.setenv("FAKE_STAGE_KILL", str(out / "reference" / "base"))
+    monkeypatch.setenv("FAKE_STAGE_KILL_MARK", str(fake_train / "killed"))
     assert main(argv) == 1
-    assert "1 cell(s) failed: " + grpo in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "2 cell(s) failed: reference-base, " + grpo in err and "exited with -9" in err
     assert (out / "cells" / sft / "eval" / "phantom_presence" / "run.json").is_file()
     assert (out / "cells" / grpo / "train" / "checkpoint-1").is_dir()
-    assert json.loads((out / "sweep.json").read_text())["failed"].keys() == {grpo}
+    assert json.loads((out / "sweep.json").read_text())["failed"].keys() == {"reference-base", grpo}
+    run = json.loads((out / "cells" / sft / "eval" / "phantom_presence" / "run.json").read_text())
+    assert run["command"][:2] == [str(SUPPORT / "fake_stage.py"), "run"]  # forked: the entry's argv
+    assert (out / "logs" / "stage-worker.log").is_file()
 
     # again without --resume: the started cell is refused, nothing is clobbered
     assert main(argv) == 2

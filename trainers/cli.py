@@ -8,8 +8,9 @@ import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medharness.core.errors import ConfigError, DataError
 from medharness.core.schemadocs import field_help
@@ -18,6 +19,9 @@ from medharness.trainers import preset_names
 # the schemas the `train` flags set (their help: the fields' descriptions)
 CONFIG, SAMPLES = "medharness.trainers.schema:TrainConfig", "medharness.trainers.schema:SamplesSpec"
 EVAL, EVAL_SETTINGS = "medharness.trainers.evals:EvalRequest", "medharness.core.records:EvalSettings"
+
+if TYPE_CHECKING:  # heavy: imported when a command runs
+    from medharness.trainers.run import TrainRequest
 
 
 def add_commands(sub: argparse._SubParsersAction) -> dict[str, Any]:
@@ -130,17 +134,35 @@ def child_argv(args: argparse.Namespace, output: Path) -> list[str]:
             + (["--resume"] if args.resume else []))
 
 
+def parse_train_args(argv: Sequence[str]) -> argparse.Namespace:
+    """`medharness train ARGS...` parsed as the command parses them (a sweep's dry run checks its cells'
+    train commands through this)."""
+    parser = argparse.ArgumentParser(prog="medharness")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    if args.command != "train":
+        raise ConfigError(f"not a train command: {shlex.join(argv)}")
+    return args
+
+
+def train_request(args: argparse.Namespace) -> TrainRequest:
+    """The TrainRequest of parsed `train` options."""
+    from medharness.trainers.run import TrainRequest
+
+    return TrainRequest(recipe=args.recipe, presets=args.preset, config_file=args.config,
+                        overrides=args.overrides, task=args.task, model=args.model, prompt=args.prompt,
+                        data_dir=args.data_dir, samples_file=args.samples, seed=args.seed,
+                        max_steps=args.max_steps, output=args.output, resume=args.resume,
+                        evals=eval_request(args))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     require_train_extra()
     from medharness.trainers.config import trl_args
     from medharness.trainers.launch import launch_from_args, under_launcher
-    from medharness.trainers.run import TrainRequest, default_output, refuse_non_empty, resolve, train
+    from medharness.trainers.run import default_output, refuse_non_empty, resolve, train
 
-    req = TrainRequest(recipe=args.recipe, presets=args.preset, config_file=args.config,
-                       overrides=args.overrides, task=args.task, model=args.model, prompt=args.prompt,
-                       data_dir=args.data_dir, samples_file=args.samples, seed=args.seed,
-                       max_steps=args.max_steps, output=args.output, resume=args.resume,
-                       evals=eval_request(args))
+    req = train_request(args)
     if args.launcher == "accelerate" and not under_launcher():
         config, layers = resolve(req)  # a bad config (TRL keys included) fails before anything is written
         output = args.output or default_output(config, layers)

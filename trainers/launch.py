@@ -89,15 +89,6 @@ def spec_from_args(args: argparse.Namespace, use_cpu: bool | None = None) -> Lau
                       use_cpu=use_cpu, main_process_port=args.main_process_port)
 
 
-def machine_spec(num_processes: int, deepspeed: Literal["zero2", "zero3"] | None = None,
-                 fsdp: bool = False) -> LaunchSpec:
-    """An accelerate LaunchSpec for this machine (a sweep's `launch:`): a CPU config without mixed precision
-    when no GPU is visible, except that DeepSpeed and FSDP configs are always GPU configs."""
-    cpu = not deepspeed and not fsdp and not _gpu_visible()
-    return LaunchSpec("accelerate", num_processes, deepspeed, fsdp, mixed_precision="no" if cpu else "bf16",
-                      use_cpu=cpu)
-
-
 def strip_launch_options(argv: Sequence[str]) -> list[str]:
     """The argv without the launch options (`--num-processes 4` and `--num-processes=4` forms)."""
     out: list[str] = []

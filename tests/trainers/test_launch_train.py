@@ -115,16 +115,6 @@ def test_a_real_single_process_accelerate_launch_trains_on_cpu(tmp_path: Path, t
     assert [p[0] for p in info["evals"]["curve"]["phantom_presence"]["points"]] == [0, 2]
 
 
-def test_a_sweeps_launch_config_fits_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(launch, "_gpu_visible", lambda: False)
-    cpu = launch.machine_spec(1)
-    assert cpu.use_cpu and cpu.mixed_precision == "no"
-    assert not launch.machine_spec(8, deepspeed="zero3").use_cpu  # DeepSpeed / FSDP configs are GPU configs
-    monkeypatch.setattr(launch, "_gpu_visible", lambda: True)
-    gpu = launch.machine_spec(8, fsdp=True)
-    assert not gpu.use_cpu and gpu.mixed_precision == "bf16"
-
-
 SWEEP = """\
 model: {model}
 tasks: [phantom_presence]
@@ -142,8 +132,8 @@ launch: {{launcher: accelerate, num_processes: 1}}
 @pytest.mark.slow
 def test_a_sweep_cell_trains_under_accelerate_launch(tmp_path: Path, tiny_models: dict[str, Path],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sweep writes the launch config into the cell's train folder first; the launched train accepts
-    it."""
+    """The sweep's `launch:` becomes the cell's `train --launcher accelerate`: train writes the launch config
+    into the cell's train folder and the launched train accepts it."""
     pytest.importorskip("trl")
     for var in ("ACCELERATE_MIXED_PRECISION", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)

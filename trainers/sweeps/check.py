@@ -18,10 +18,11 @@ from medharness.backends.vlm_common import hub_snapshot
 from medharness.core.errors import DataError, MedHarnessError
 from medharness.taskfiles.splits import kshot
 from medharness.taskfiles.task import load_task, recipe_for
+from medharness.trainers.cli import parse_train_args, train_request
 from medharness.trainers.config import preset_names, trl_args
 from medharness.trainers.launch import LaunchSpec
 from medharness.trainers.recipes.base import recipe_class
-from medharness.trainers.run import TrainRequest, resolve
+from medharness.trainers.run import resolve
 from medharness.trainers.sweeps.board import groups, published_board, published_rows, select
 from medharness.trainers.sweeps.schema import (
     Cell,
@@ -154,19 +155,20 @@ def _check_training(sweep: SweepConfig, stages: Stages, cells: list[Cell], probl
         return
 
     checked: set[tuple[str, str | None, str]] = set()
-    for cell in cells:  # each cell's config as its train command resolves it, down to TRL's own checks
+    for cell in cells:  # each cell's train command, parsed as `train` parses it, down to TRL's own checks
         if (cell.entry.key, cell.preset, cell.task) in checked:
             continue
         checked.add((cell.entry.key, cell.preset, cell.task))
         e = cell.entry
         if e.config and not Path(stages.relative(e.config)).is_file():
             continue  # reported above
-        req = TrainRequest(recipe=e.recipe, presets=[*cell.presets, *sweep.common_presets],
-                           config_file=Path(stages.relative(e.config)) if e.config else None,
-                           overrides=stages.overrides(cell), task=cell.task, model="(the base model)",
-                           prompt=train_prompt(sweep, cell), seed=cell.seed, max_steps=sweep.max_steps)
         try:
-            config, layers = resolve(req)
+            model = stages.cell_model(cell, build=False)
+        except MedHarnessError:
+            continue  # reported by the model check
+        try:
+            argv = stages.train_args(cell, model, stages.split_file(cell), resume=False)
+            config, layers = resolve(train_request(parse_train_args(argv)))
             trl_args(config, layers, stages.dir.train_dir(cell.id).root, use_gpu=False)
         except MedHarnessError as exc:
             problems.append(f"cell {cell.id}: {exc}")

@@ -64,21 +64,32 @@ def _paths(args: argparse.Namespace) -> tuple[Path, SweepConfig, Path]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from medharness.trainers.sweeps.schema import all_eval_tasks, expand
-    from medharness.trainers.sweeps.stages import StageFailed, Stages, reference_rows
+    from medharness.trainers.sweeps.schema import expand
+    from medharness.trainers.sweeps.stages import Stages, reference_rows
 
     file, sweep, output = _paths(args)
     cells = expand(sweep)
     stages = Stages(sweep, file, output, resume=args.resume, say=lambda line: print(line, flush=True))
     references = reference_rows(sweep)
     if args.print_commands:
-        print_commands(file, output, cells, references)
+        print_commands(file, stages, cells, references)
         return 0
     if args.dry_run:
         return dry_run(sweep, stages, cells, references)
     output.mkdir(parents=True, exist_ok=True)
-    if args.cell:
-        return run_one(args.cell, stages, cells, references)
+    try:
+        if args.cell:
+            return run_one(args.cell, stages, cells, references)
+        return run_all(sweep, file, stages, cells, references)
+    finally:
+        stages.close()
+
+
+def run_all(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell],
+            references: dict[str, str | None]) -> int:
+    from medharness.trainers.sweeps.schema import all_eval_tasks
+    from medharness.trainers.sweeps.stages import StageFailed
+
     failed: dict[str, str] = {}
     for name, model in references.items():
         print(f"[reference {name}]", flush=True)
@@ -100,7 +111,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"  failed: {exc}", file=sys.stderr)
     board_path = write_board(sweep, file, stages, cells, references, failed)
     print(board_path.read_text(encoding="utf-8"), end="")
-    print(f"wrote {board_path} and {output / 'sweep.json'}")
+    print(f"wrote {board_path} and {stages.dir.log_file}")
     if failed:
         print(f"{len(failed)} cell(s) failed: {', '.join(failed)}; fix and rerun with --resume",
               file=sys.stderr)
@@ -125,20 +136,29 @@ def run_one(cid: str, stages: Stages, cells: list[Cell], references: dict[str, s
     return 0
 
 
-def print_commands(file: Path, output: Path, cells: list[Cell], references: dict[str, str | None]) -> None:
-    base = ["medharness", "train-then-eval", "--sweep", str(file), "--output", str(output)]
+def print_commands(file: Path, stages: Stages, cells: list[Cell], references: dict[str, str | None]) -> None:
+    from medharness.trainers.sweeps.schema import all_eval_tasks
+
+    base = ["medharness", "train-then-eval", "--sweep", str(file), "--output", str(stages.root)]
     print(f"# {len(cells)} cell(s) and {len(references)} reference row(s); each command is self-contained "
           "and can be rerun (finished stages are skipped). Run the stages in order; within a stage, in "
-          "parallel.")
+          "parallel. Under each, as comments: the commands its stages run (in a fresh sweep folder).")
+    if stages.sweep.model == "tiny" or stages.sweep.model.startswith("tiny:"):
+        print(f"# the base model, built by the first stage that needs it: "
+              f"{shlex.join(['medharness', *stages.model_args(stages.dir.model_dir(stages.tiny_size()))])}")
     if references:
         print("# stage 0: reference rows")
-        for name in references:
+        for name, model in references.items():
             print(shlex.join([*base, "--cell", REFERENCE_PREFIX + name, "--resume"]))
+            for command in stages.reference_commands(name, model, all_eval_tasks(stages.sweep)):
+                print(f"#   {command.text()}")
     for stage in sorted({c.stage for c in cells}):
         note = f" (each after its parent cell of stage {stage - 1})" if stage > 1 else ""
         print(f"# stage {stage}{note}")
         for cell in (c for c in cells if c.stage == stage):
             print(shlex.join([*base, "--cell", cell.id, "--resume"]))
+            for command in stages.cell_commands(cell):
+                print(f"#   {command.text()}")
     print("# when every cell is done: merge the folders and render the leaderboard")
     print(shlex.join([*base, "--resume"]))
 

@@ -1,9 +1,15 @@
-"""Running a sweep's cells: each stage is a `medharness` subprocess, and every stage is skipped when its
+"""Running a sweep's cells: each stage is one `medharness` command, and every stage is skipped when its
 folder says it is finished, so a sweep (or one `--cell`) started again continues where it stopped. The sweep
 folder's layout and its readers: `medharness.runs.folders` (SweepDir, TrainDir).
 
-The stage commands are built in one place (`Stages`); `PROGRAM` is how `medharness` is started and
-`TRAIN_PROGRAM` replaces the train stage's program (tests inject a fake trainer there for fault injection).
+A stage's command is built in one place (the `*_args` methods of `Stages`, medharness's own arguments): the
+stage runs it, the dry run parses the train command's arguments back into the request that `train` would make
+(trainers/sweeps/check.py), and `--print-commands` prints it. A stage runs in a child forked by the stage
+worker (trainers/sweeps/worker.py: torch, transformers and TRL imported once per sweep, no interpreter
+teardown per stage), or, where forking is not used (not Linux, `MEDHARNESS_SWEEP_STAGES=subprocess`, or the
+worker finds CUDA unusable in a forked child), as a subprocess `PROGRAM ARGS`. Either way a crash stays in
+the stage and the sweep goes on. `TRAIN_PROGRAM` replaces the train stage's program by another, always run as
+a subprocess (tests inject a fake trainer there for fault injection).
 Every folder is built with `paths.inside` (a task or cell id that would leave SWEEP is refused), and a folder
 that a stage must start afresh is moved into SWEEP/.set-aside/ (`paths.set_aside`), never deleted.
 """
@@ -13,9 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +31,43 @@ from medharness.backends.vlm_common import is_adapter_folder
 from medharness.core.errors import ConfigError, MedHarnessError
 from medharness.core.paths import remove_own, set_aside
 from medharness.runs.folders import SweepDir, run_status
-from medharness.trainers.launch import launch_argv, machine_spec, write_launch_config
 from medharness.trainers.sweeps.schema import Cell, SweepConfig, eval_prompt, eval_tasks, slug, train_prompt
+from medharness.trainers.sweeps.worker import StageWorker
 
 log = logging.getLogger(__name__)
 
 PROGRAM: list[str] = [sys.executable, "-m", "medharness.cli"]
-TRAIN_PROGRAM: list[str] | None = None  # None: PROGRAM + ["train"]
+TRAIN_PROGRAM: list[str] | None = None  # None: `medharness train`; else the program given train's arguments
+ENTRY = "medharness.cli:main"  # what the stage worker calls with a stage's arguments
+# imported once by the stage worker: what `train` and `run` import (no vllm: it may initialise CUDA)
+PRELOAD = ("medharness.cli", "medharness.backends.hf", "medharness.runs.pipeline", "medharness.cli_output",
+           "medharness.trainers.run", "medharness.trainers.recipes", "medharness.trainers.merge", "trl",
+           "trl.trainer.sft_trainer", "trl.trainer.grpo_trainer", "peft", "datasets")
+STAGES_ENV = "MEDHARNESS_SWEEP_STAGES"  # fork (default on Linux) | subprocess
+
+
+def forking() -> bool:
+    """Whether stages are forked by the stage worker (else each is a subprocess)."""
+    mode = os.environ.get(STAGES_ENV, "fork")
+    if mode not in ("fork", "subprocess"):
+        raise ConfigError(f"{STAGES_ENV}={mode!r}: use fork or subprocess")
+    return mode == "fork" and sys.platform == "linux"
+
+
+@dataclass
+class Command:
+    """A stage's command: `medharness ARGS`, or ARGS given to `program` (a subprocess, never forked)."""
+
+    args: list[str]
+    program: list[str] | None = None
+
+    def argv(self) -> list[str]:
+        """As a subprocess runs it."""
+        return [*(self.program or PROGRAM), *self.args]
+
+    def text(self) -> str:
+        """The equivalent command line."""
+        return shlex.join(["medharness", *self.args] if self.program is None else self.argv())
 
 
 class StageFailed(MedHarnessError):
@@ -39,7 +77,7 @@ class StageFailed(MedHarnessError):
 # -- stages ---------------------------------------------------------------------------------------------
 
 class Stages:
-    """Builds and runs every stage command of one sweep."""
+    """Builds and runs every stage command of one sweep; `close` stops the stage worker."""
 
     def __init__(self, sweep: SweepConfig, sweep_file: Path, root: Path, resume: bool,
                  say: Callable[[str], None] = lambda line: None) -> None:
@@ -47,6 +85,12 @@ class Stages:
             sweep, sweep_file.resolve(), root, resume, say)
         self.base_dir = self.file.parent
         self.dir = SweepDir(root)
+        self.worker = (StageWorker(ENTRY, PRELOAD, self.dir.logs / "stage-worker.log", say) if forking()
+                       else None)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
 
     def relative(self, ref: str) -> str:
         """A path in the sweep file, relative to the sweep file's folder when it is there."""
@@ -59,13 +103,11 @@ class Stages:
         model = self.sweep.model
         if model != "tiny" and not model.startswith("tiny:"):
             return self.relative(model)
-        size = model.partition(":")[2] or "tiny"
-        if size not in ("tiny", "small"):
-            raise ConfigError(f"model: {model!r}: tiny models are tiny or tiny:small")
+        size = self.tiny_size()
         out = self.dir.model_dir(size)
         if build and not (out / "config.json").is_file():
             tmp = out.with_name(f".{out.name}.{os.getpid()}")
-            self._call([*PROGRAM, "make-tiny-model", str(tmp), "--size", size], self.dir.logs / "models.log")
+            self._call(Command(self.model_args(tmp)), self.dir.logs / "models.log")
             if not (out / "config.json").is_file():
                 set_aside(out, self.root)  # without config.json: an earlier build that did not finish
                 os.replace(tmp, out)
@@ -73,10 +115,22 @@ class Stages:
                 remove_own(tmp, self.root)
         return str(out.resolve())
 
-    # argv
-    def split_argv(self, task: str, shots: int, seed: int, out: Path) -> list[str]:
-        argv = [*PROGRAM, "split", "--task", task, "--kshot", str(shots), "--seed", str(seed),
-                "--output", str(out)]
+    def tiny_size(self) -> str:
+        size = self.sweep.model.partition(":")[2] or "tiny"
+        if size not in ("tiny", "small"):
+            raise ConfigError(f"model: {self.sweep.model!r}: tiny models are tiny or tiny:small")
+        return size
+
+    # the stage commands: medharness's arguments, built here only
+    def model_args(self, out: Path) -> list[str]:
+        return ["make-tiny-model", str(out), "--size", self.tiny_size()]
+
+    def split_seed(self, cell: Cell) -> int:
+        return cell.seed if self.sweep.split_seed is None else self.sweep.split_seed
+
+    def split_args(self, cell: Cell, out: Path) -> list[str]:
+        argv = ["split", "--task", cell.task, "--kshot", str(cell.shots), "--seed",
+                str(self.split_seed(cell)), "--output", str(out)]
         return argv + (["--data-dir", self.sweep.data_dir] if self.sweep.data_dir else [])
 
     def overrides(self, cell: Cell) -> list[str]:
@@ -85,7 +139,8 @@ class Stages:
         return (([f"data_dir={s.data_dir}"] if s.data_dir else []) + list(s.overrides)
                 + list(cell.entry.overrides))
 
-    def train_argv(self, cell: Cell, model: str, samples: Path | None, resume: bool) -> list[str]:
+    def train_args(self, cell: Cell, model: str, samples: Path | None, resume: bool) -> list[str]:
+        """A cell's `train` command: the one statement of its training settings."""
         s, e = self.sweep, cell.entry
         argv = ["train", "--recipe", e.recipe, "--task", cell.task, "--model", model,
                 "--seed", str(cell.seed), "--output", str(self.dir.train_dir(cell.id).root)]
@@ -101,20 +156,16 @@ class Stages:
             argv += ["--max-steps", str(s.max_steps)]
         for item in self.overrides(cell):
             argv += ["-C", item]
-        if resume:
-            argv.append("--resume")
-        if TRAIN_PROGRAM is not None:
-            return [*TRAIN_PROGRAM, *argv[1:]]
-        if s.launch.launcher == "accelerate":
-            spec = machine_spec(s.launch.num_processes, s.launch.deepspeed, s.launch.fsdp)
-            config = write_launch_config(spec, self.dir.train_dir(cell.id).root)
-            return launch_argv(argv, config, spec.num_processes)
-        return [*PROGRAM, *argv]
+        if s.launch.launcher == "accelerate":  # train writes the launch config and runs accelerate launch
+            argv += ["--launcher", "accelerate", "--num-processes", str(s.launch.num_processes)]
+            argv += (["--deepspeed", s.launch.deepspeed] if s.launch.deepspeed else []) + (
+                ["--fsdp"] if s.launch.fsdp else [])
+        return argv + (["--resume"] if resume else [])
 
-    def eval_argv(self, model: str, task: str, out: Path, resume: bool, baseline: bool = False,
+    def eval_args(self, model: str, task: str, out: Path, resume: bool, baseline: bool = False,
                   prompt: str | None = None) -> list[str]:
         e = self.sweep.eval
-        argv = [*PROGRAM, "run", "--model", model, "--tasks", task, "--output", str(out), "--no-progress",
+        argv = ["run", "--model", model, "--tasks", task, "--output", str(out), "--no-progress",
                 "--batch-size", str(e.batch_size)]
         if not baseline:
             argv += ["--backend", e.backend]
@@ -129,14 +180,41 @@ class Stages:
             argv += ["-T", f"{task}.prompt={prompt}"]
         return argv + (["--resume"] if resume else [])
 
+    def split_file(self, cell: Cell) -> Path | None:
+        """A k-shot cell's training ids (None: the whole train split)."""
+        if cell.shots is None:
+            return None
+        return self.dir.split_file(cell.task, cell.shots, self.split_seed(cell))
+
+    def cell_commands(self, cell: Cell) -> list[Command]:
+        """A cell's stages as a fresh run makes them (for --print-commands): its split, train and evals (the
+        model of a cell trained from another: that cell's final/, merged first where it is an adapter)."""
+        split = self.split_file(cell)
+        out = [Command(self.split_args(cell, split))] if split is not None else []
+        out.append(Command(self.train_args(cell, self.cell_model(cell, build=False), split, False)))
+        final = str(self.dir.train_dir(cell.id).final)
+        return out + [Command(self.eval_args(final, task, self.dir.eval_dir(cell.id, task), False,
+                                             prompt=eval_prompt(self.sweep, cell, task)))
+                      for task in eval_tasks(self.sweep, cell)]
+
+    def reference_commands(self, name: str, model: str | None, tasks: list[str]) -> list[Command]:
+        """A reference row's evaluations (for --print-commands)."""
+        return [Command(self.eval_args(model or self.base_model(build=False), task,
+                                       self.dir.reference_dir(name, task), False, baseline=model is not None,
+                                       prompt=eval_prompt(self.sweep, None, task)))
+                for task in tasks]
+
     # running
-    def _call(self, argv: list[str], log_file: Path) -> None:
+    def _call(self, command: Command, log_file: Path) -> None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        log.info("running %s", " ".join(argv))
+        argv = command.argv()
+        log.info("running %s", command.text())
         with log_file.open("a", encoding="utf-8") as fh:
             fh.write(f"$ {' '.join(argv)}\n")
-            fh.flush()
-            code = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
+        code = self.worker.run(command.args, log_file) if self.worker and command.program is None else None
+        if code is None:
+            with log_file.open("a", encoding="utf-8") as fh:
+                code = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
         if code != 0:
             tail = log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
             raise StageFailed(f"`{' '.join(argv[:4])} ...` exited with {code}; see {log_file}:\n  "
@@ -151,13 +229,13 @@ class Stages:
             raise ConfigError(f"{what} in {where} was started before and is not finished: pass --resume to "
                               "continue it")
 
-    def split(self, task: str, shots: int, seed: int) -> Path:
-        split_seed = seed if self.sweep.split_seed is None else self.sweep.split_seed
-        out = self.dir.split_file(task, shots, split_seed)
-        if not out.is_file():
+    def split(self, cell: Cell) -> Path | None:
+        """A k-shot cell's training ids, written once by `medharness split` (None: the whole train split)."""
+        out = self.split_file(cell)
+        if out is not None and not out.is_file():
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(f".{out.name}.{os.getpid()}.json")
-            self._call(self.split_argv(task, shots, split_seed, tmp), self.dir.logs / "splits.log")
+            self._call(Command(self.split_args(cell, tmp)), self.dir.logs / "splits.log")
             os.replace(tmp, out)
         return out
 
@@ -172,29 +250,31 @@ class Stages:
         elif out.exists():  # a folder without run.json: a run that never started
             self._set_aside(out, "it has no run.json")
         self.say(f"  eval {task} -> {out}")
-        self._call(self.eval_argv(model, task, out, resume=status is not None, baseline=baseline,
-                                  prompt=prompt),
-                   log_file)
+        self._call(Command(self.eval_args(model, task, out, resume=status is not None, baseline=baseline,
+                                          prompt=prompt)), log_file)
         if run_status(out) != "finished":
             raise StageFailed(f"{out}: the run did not finish (status {run_status(out)})")
 
-    def cell_model(self, cell: Cell) -> str:
-        """What a cell trains from: the base model, or its parent's final (merged when it is an adapter)."""
+    def cell_model(self, cell: Cell, build: bool = True) -> str:
+        """What a cell trains from: the base model, or its parent's final (merged when it is an adapter).
+        `build` False: nothing is built or merged, and an unfinished parent's final/ is named."""
         if cell.parent is None:
-            return self.base_model()
-        state = self.dir.train_dir(cell.parent).state()
+            return self.base_model(build)
+        parent = self.dir.train_dir(cell.parent)
+        state = parent.state()
         if state.status != "finished" or state.final is None:
+            if not build:
+                return str(parent.final)
             raise StageFailed(f"cell {cell.id} trains from {cell.parent}, which has not finished training "
                               "(run it first: `--cell " + cell.parent + "`)")
-
         if not is_adapter_folder(state.final):
             return str(state.final)
         merged = self.dir.merged_dir(cell.parent)
         # merged once, atomically (child cells may run in parallel)
-        if not (merged / "config.json").is_file():
+        if build and not (merged / "config.json").is_file():
             tmp = merged.with_name(f".merged.{os.getpid()}")
             remove_own(tmp, self.root)  # left by an earlier process with this pid
-            self._call([*PROGRAM, "merge", str(state.final), "--output", str(tmp)],
+            self._call(Command(["merge", str(state.final), "--output", str(tmp)]),
                        self.dir.cell_logs(cell.parent) / "merge.log")
             if not (merged / "config.json").is_file():
                 set_aside(merged, self.root)  # a merge that did not finish
@@ -214,10 +294,11 @@ class Stages:
             self._need_resume("the training", out)
         elif out.exists():  # never wrote train.json: start afresh
             self._set_aside(out, "it has no train.json")
-        samples = self.split(cell.task, cell.shots, cell.seed) if cell.shots is not None else None
-        argv = self.train_argv(cell, self.cell_model(cell), samples, resume=started)
+        samples = self.split(cell)
+        args = self.train_args(cell, self.cell_model(cell), samples, resume=started)
+        command = Command(args[1:], TRAIN_PROGRAM) if TRAIN_PROGRAM else Command(args)
         self.say(f"  train {cell.entry.recipe} ({'resumed' if started else 'new'}) -> {out}")
-        self._call(argv, self.dir.cell_logs(cell.id) / "train.log")
+        self._call(command, self.dir.cell_logs(cell.id) / "train.log")
         state = self.dir.train_dir(cell.id).state()
         if state.status != "finished" or state.final is None:
             raise StageFailed(f"{out}: training did not finish (train.json status {state.status})")

@@ -95,7 +95,7 @@ def test_entry_tasks_prompts_and_eval_mapping(tmp_path: Path) -> None:
     assert (train_prompt(per_task, presence), train_prompt(per_task, cells[2]),
             eval_prompt(per_task, None, "phantom_presence"),
             eval_prompt(per_task, box, "phantom_presence")) == ("r1", None, "r1", "plain")
-    argv = Stages(sweep, tmp_path / "s.yaml", tmp_path / "o", resume=False).eval_argv(
+    argv = Stages(sweep, tmp_path / "s.yaml", tmp_path / "o", resume=False).eval_args(
         "/ckpt", "phantom_side", tmp_path / "e", resume=False, prompt=eval_prompt(sweep, box, "phantom_side"))
     assert argv[argv.index("-T") + 1] == "phantom_side.prompt=plain"
 

@@ -6,6 +6,8 @@ and one real end-to-end sweep (the real `medharness train`, SFT then GRPO-from-S
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -18,11 +20,13 @@ from medharness.core.errors import ConfigError
 from medharness.core.records import MetricSummary, RunSettings, RunStatus, TaskEntry, TaskSummary
 from medharness.runs.folders import SweepDir
 from medharness.runs.runlog import RunDir
+from medharness.trainers.cli import parse_train_args, train_request
+from medharness.trainers.run import TrainRequest
 from medharness.trainers.sweeps import DEMO
 from medharness.trainers.sweeps import stages as sweep_exec
 from medharness.trainers.sweeps.board import every_row, render
 from medharness.trainers.sweeps.schema import expand, load_sweep
-from medharness.trainers.sweeps.stages import Stages, reference_rows
+from medharness.trainers.sweeps.stages import Command, Stages, reference_rows
 
 SUPPORT = Path(__file__).resolve().parents[2] / "support"
 
@@ -89,35 +93,62 @@ def test_strict_schema_errors_name_file_and_line(tmp_path: Path, text: str, mess
 
 
 def test_stage_commands(tmp_path: Path) -> None:
+    """One builder per stage command: the stage runs it, the dry run parses it back into `train`'s request,
+    --print-commands prints it."""
     file = write(tmp_path / "s.yaml", GRID.format(model="tiny") + "launch: {launcher: accelerate, "
                                                                   "num_processes: 2, deepspeed: zero2}\n")
     sweep = load_sweep(file)
     stages = Stages(sweep, file, tmp_path / "out", resume=False)
     cell = next(c for c in expand(sweep) if c.id == "sft-lora-phantom_presence-k2-s1")
-    argv = stages.train_argv(cell, "/m", tmp_path / "ids.json", resume=True)
-    assert argv[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
-    train = argv[argv.index("medharness.cli") + 1:]
+    train = stages.train_args(cell, "/m", tmp_path / "ids.json", resume=True)
     assert train[:11] == ["train", "--recipe", "sft", "--task", "phantom_presence", "--model", "/m",
                           "--seed", "1", "--output", str(tmp_path / "out" / "cells" / cell.id / "train")]
     assert train[11:] == ["--preset", "lora", "--preset", "tiny_cpu", "--samples", str(tmp_path / "ids.json"),
-                          "--max-steps", "3", "-C", "trl.learning_rate=1e-4", "--resume"]
-    assert (tmp_path / "out" / "cells" / cell.id / "train" / "launch" / "deepspeed_zero2.json").is_file()
-    run = stages.eval_argv("/ckpt", "phantom_presence", tmp_path / "e", resume=False)
-    assert run[len(sweep_exec.PROGRAM):] == ["run", "--model", "/ckpt", "--tasks", "phantom_presence",
-                                             "--output", str(tmp_path / "e"), "--no-progress",
-                                             "--batch-size", "2", "--backend", "auto", "--limit", "2"]
+                          "--max-steps", "3", "-C", "trl.learning_rate=1e-4", "--launcher", "accelerate",
+                          "--num-processes", "2", "--deepspeed", "zero2", "--resume"]
+    assert not (tmp_path / "out").exists()  # building writes nothing (train writes the launch config)
+    args = parse_train_args(train)
+    assert (args.launcher, args.num_processes, args.deepspeed) == ("accelerate", 2, "zero2")
+    assert train_request(args) == TrainRequest(
+        recipe="sft", presets=["lora", "tiny_cpu"], overrides=["trl.learning_rate=1e-4"],
+        task="phantom_presence", model="/m", samples_file=tmp_path / "ids.json", seed=1, max_steps=3,
+        output=tmp_path / "out" / "cells" / cell.id / "train", resume=True)
+    run = stages.eval_args("/ckpt", "phantom_presence", tmp_path / "e", resume=False)
+    assert run == ["run", "--model", "/ckpt", "--tasks", "phantom_presence", "--output", str(tmp_path / "e"),
+                   "--no-progress", "--batch-size", "2", "--backend", "auto", "--limit", "2"]
+    assert Command(run).argv() == [*sweep_exec.PROGRAM, *run]  # a subprocess stage
+    assert Command(run).text() == shlex.join(["medharness", *run])
 
 
 def test_print_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     file = write(tmp_path / "s.yaml", GRID.format(model="tiny"))
-    assert main(["train-then-eval", "--sweep", str(file), "--output", str(tmp_path / "o"),
-                 "--print-commands"]) == 0
+    out = tmp_path / "o"
+    assert main(["train-then-eval", "--sweep", str(file), "--output", str(out), "--print-commands"]) == 0
     lines = capsys.readouterr().out.splitlines()
     commands = [line for line in lines if line.startswith("medharness ")]
     assert len(commands) == 2 + 20 + 1  # reference rows, cells, the final merge
     assert commands[0].endswith("--cell reference-base --resume")
-    assert commands[-1] == f"medharness train-then-eval --sweep {file} --output {tmp_path / 'o'} --resume"
+    assert commands[-1] == f"medharness train-then-eval --sweep {file} --output {out} --resume"
     assert lines.index("# stage 1") < lines.index("# stage 2 (each after its parent cell of stage 1)")
+    assert not out.exists()
+    # under each cell, its stages as the sweep runs them: split, train (from its parent's final), evals
+    sweep = load_sweep(file)
+    stages = Stages(sweep, file, out, resume=False)
+    cell = next(c for c in expand(sweep) if c.id == "grpo-from-sft-lora-phantom_presence-k2-s1")
+    at = lines.index(shlex.join(["medharness", "train-then-eval", "--sweep", str(file), "--output", str(out),
+                                 "--cell", cell.id, "--resume"]))
+    split = out / "splits" / "phantom_presence-k2-s1.json"
+    parent_final = out / "cells" / "sft-lora-phantom_presence-k2-s1" / "train" / "final"
+    final, evaluated = out / "cells" / cell.id / "train" / "final", out / "cells" / cell.id / "eval"
+    assert lines[at + 1:at + 4] == ["#   " + shlex.join(["medharness", *args]) for args in (
+        ["split", "--task", "phantom_presence", "--kshot", "2", "--seed", "1", "--output", str(split)],
+        stages.train_args(cell, str(parent_final), split, resume=False),
+        stages.eval_args(str(final), "phantom_presence", evaluated / "phantom_presence", resume=False))]
+    assert not lines[at + 4].startswith("#   ")  # its last stage
+    base = lines.index(commands[0])
+    assert lines[base + 1] == "#   " + shlex.join(["medharness", *stages.eval_args(
+        str((out / "models" / "tiny-tiny").resolve()), "phantom_presence",
+        out / "reference" / "base" / "phantom_presence", resume=False)])
 
 
 def test_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -208,7 +239,12 @@ baselines: [majority]
 
 @pytest.fixture()
 def fake_train(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The fake trainer as the train program (a subprocess); the other stages forked by the stage worker
+    through tests/support/fake_stage.py (the CLI, or a kill where FAKE_STAGE_KILL says)."""
     monkeypatch.setattr(sweep_exec, "TRAIN_PROGRAM", [sys.executable, str(SUPPORT / "fake_train.py")])
+    monkeypatch.setattr(sweep_exec, "ENTRY", "fake_stage:main")
+    paths = (str(SUPPORT), os.environ.get("PYTHONPATH"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
     monkeypatch.setenv("MEDHARNESS_CACHE", str(tmp_path / "cache"))
     return tmp_path
 
@@ -227,14 +263,21 @@ def test_sweep_runs_skips_and_resumes(fake_train: Path, tiny_models: dict[str, P
     sft, grpo = "sft-phantom_presence-kall-s0", "grpo-from-sft-phantom_presence-kall-s0"
     argv = ["train-then-eval", "--sweep", str(file), "--output", str(out)]
 
-    # the GRPO cell is killed once mid-training: the sweep goes on, reports it, exits 1
+    # the GRPO cell is killed once mid-training (a subprocess), the base model's evaluation at its start (a
+    # forked stage): the sweep goes on, reports both, exits 1
     monkeypatch.setenv("FAKE_TRAIN_CRASH", grpo)
     monkeypatch.setenv("FAKE_TRAIN_CRASH_MARK", str(fake_train / "crashed"))
+    monkeypatch.setenv("FAKE_STAGE_KILL", str(out / "reference" / "base"))
+    monkeypatch.setenv("FAKE_STAGE_KILL_MARK", str(fake_train / "killed"))
     assert main(argv) == 1
-    assert "1 cell(s) failed: " + grpo in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "2 cell(s) failed: reference-base, " + grpo in err and "exited with -9" in err
     assert (out / "cells" / sft / "eval" / "phantom_presence" / "run.json").is_file()
     assert (out / "cells" / grpo / "train" / "checkpoint-1").is_dir()
-    assert json.loads((out / "sweep.json").read_text())["failed"].keys() == {grpo}
+    assert json.loads((out / "sweep.json").read_text())["failed"].keys() == {"reference-base", grpo}
+    run = json.loads((out / "cells" / sft / "eval" / "phantom_presence" / "run.json").read_text())
+    assert run["command"][:2] == [str(SUPPORT / "fake_stage.py"), "run"]  # forked: the entry's argv
+    assert (out / "logs" / "stage-worker.log").is_file()
 
     # again without --resume: the started cell is refused, nothing is clobbered
     assert main(argv) == 2
@@ -301,7 +344,7 @@ model: {model}
 tasks: [phantom_presence]
 recipes: [sft, {{recipe: grpo, from: sft}}]
 common_presets: [tiny_cpu]
-overrides: [samples.limit=4]
+overrides: [samples.limit=4, trl.save_steps=1]  # a checkpoint each step: the kill below leaves checkpoint-1
 max_steps: 2
 eval: {{limit: 4, batch_size: 4, backend: hf, backend_options: {{device: cpu}}}}
 baselines: [majority]

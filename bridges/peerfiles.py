@@ -159,7 +159,8 @@ def _results_beside(tool: str, samples: Path) -> dict[str, str]:
                 continue
             if not isinstance(data, dict):
                 continue
-            config = data.get("config") if isinstance(data.get("config"), dict) else {}
+            found = data.get("config")
+            config: dict[str, Any] = found if isinstance(found, dict) else {}
             model = data.get("model_name") or config.get("model")
             runner = data.get("model_source") or config.get("model")
             version = data.get("lm_eval_version") or data.get("lmms_eval_version")

@@ -1,7 +1,8 @@
 """A sweep whose trained cells are each killed with SIGKILL after a checkpoint and resumed (`train-then-eval
 --resume`) ends as the same sweep never stopped: per-step losses, final weights and the evaluated scores of
-both cells (SFT, then GRPO from the SFT cell) equal. The real `medharness train` runs in each cell
-(tests/support/killed_train.py kills it right after the checkpoint)."""
+both cells (SFT, then GRPO from the SFT cell, full fine-tunes) equal, and the GRPO cell samples the same
+completions. Each cell runs the real `medharness train` (tests/support/killed_train.py kills it right after
+the checkpoint)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,11 @@ def losses(train_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
+def completions(train_dir: Path) -> list[tuple[int, str, str]]:
+    rows = [json.loads(line) for line in (train_dir / "completions.jsonl").read_text().splitlines()]
+    return [(r["step"], r["sample_id"], r["text"]) for r in rows]
+
+
 def scores(run_dir: Path) -> Any:
     return json.loads((run_dir / "run.json").read_text())["tasks"]["phantom_presence"]["summary"]["metrics"]
 
@@ -80,6 +86,8 @@ def test_killed_cells_resume_to_the_uninterrupted_sweep(tmp_path: Path, tiny_mod
         assert all(torch.allclose(wa[k], wb[k], rtol=1e-5, atol=1e-7) for k in wa), f"{cell}: weights differ"
         assert scores(b.parent / "eval" / "phantom_presence") == scores(a.parent / "eval" /
                                                                         "phantom_presence")
+    grpo_dirs = [root / "cells" / CELLS[1] / "train" for root in (killed, whole)]
+    assert completions(grpo_dirs[0]) == completions(grpo_dirs[1])  # sampled alike after the resume
     # the GRPO cell trained: its weights left the SFT cell's it started from
     sft, grpo = (load_file(str(killed / "cells" / cell / "train" / "final" / "model.safetensors"))
                  for cell in CELLS)

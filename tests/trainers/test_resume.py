@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,34 @@ def test_a_full_checkpoint_loads_whole_under_the_models_own_names(tmp_path: Path
     with pytest.raises(DataError, match=r"checkpoint-3 does not load every tensor of the model: 1 left "
                                         r"at their starting values \(e\.g\. model\.visual\.blocks\.0\."):
         load_full_checkpoint(model, folder)
+
+
+def test_a_lora_checkpoint_must_hold_exactly_the_adapters_tensors(tmp_path: Path,
+                                                                   tiny_models: dict[str, Path]) -> None:
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+
+    from medharness.core.torchvision_shim import ensure_torchvision_importable
+    from medharness.trainers.resume import check_adapter_checkpoint
+
+    ensure_torchvision_importable()
+    from transformers import AutoModelForImageTextToText
+
+    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(tiny_models["qwen2_vl"]),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    folder = tmp_path / "checkpoint-2"
+    model.save_pretrained(folder)  # what Trainer writes into a LoRA checkpoint
+    check_adapter_checkpoint(model, folder)
+    saved = load_file(str(folder / "adapter_model.safetensors"))
+    dropped = min(saved)
+    save_file({k: v for k, v in saved.items() if k != dropped}, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(DataError, match=rf"checkpoint-2 does not load every tensor of the model: 1 left at "
+                                        rf"their starting values \(e\.g\. {re.escape(dropped)}\)"):
+        check_adapter_checkpoint(model, folder)
+    (folder / "adapter_model.safetensors").unlink()
+    with pytest.raises(DataError, match="has no adapter_model.safetensors"):
+        check_adapter_checkpoint(model, folder)
 
 
 # -- runs killed with SIGKILL, then resumed ---------------------------------------------------------------

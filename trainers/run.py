@@ -22,6 +22,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +39,15 @@ from medharness.trainers.config import Layers, build_config, load_layers
 from medharness.trainers.evals import EvalRequest, TrainSamples, evaluate_checkpoints, plan
 from medharness.trainers.launch import LAUNCH_DIR, launch_record
 from medharness.trainers.prepare import load_train_task, prepare
+from medharness.trainers.resume import (
+    Checkpoint,
+    check_adapter_checkpoint,
+    final_from_checkpoint,
+    is_done,
+    last_checkpoint,
+    load_full_checkpoint,
+    raw_reload_quiet,
+)
 from medharness.trainers.schema import TrainConfig
 from medharness.trainers.styles import record_styles, style_tasks
 
@@ -127,13 +137,9 @@ def refuse_non_empty(output: Path) -> None:
                           "another --output")
 
 
-def prepare_output(output: Path, config: TrainConfig, resume: bool) -> str | None:
-    """Check the output directory; on `--resume` return the last checkpoint (None: start over)."""
+def resume_point(output: Path, config: TrainConfig) -> Checkpoint | None:
+    """`--resume`: check that OUTPUT is this run's; the checkpoint it continues from (None: start over)."""
     info = output / TRAIN_FILE
-    if not resume:
-        refuse_non_empty(output)
-        output.mkdir(parents=True, exist_ok=True)
-        return None
     if not info.is_file():
         raise DataError(f"--resume: {output} has no {TRAIN_FILE} (not a medharness training directory)")
     before = TrainDir(output).log()
@@ -144,15 +150,20 @@ def prepare_output(output: Path, config: TrainConfig, resume: bool) -> str | Non
     if differ:
         raise ConfigError(f"--resume: {output} was trained with different {', '.join(differ)}; "
                           "give the same settings (only TRL settings such as max_steps may change)")
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(output))
+    last = last_checkpoint(output)
     if last is None:
         log.warning("--resume: no checkpoint in %s yet; training starts over", output)
-    step = int(Path(last).name.rpartition("-")[2]) if last else 0
-    for name in ("logs.jsonl", "completions.jsonl"):  # rows past the checkpoint are logged again
-        drop_rows_after(output / name, step)
     return last
+
+
+def prepare_output(output: Path, resume: bool, last: Checkpoint | None) -> None:
+    """A new run: an empty OUTPUT. A resumed one: the log rows past its checkpoint dropped."""
+    if not resume:
+        refuse_non_empty(output)
+        output.mkdir(parents=True, exist_ok=True)
+        return
+    for name in ("logs.jsonl", "completions.jsonl"):  # rows past the checkpoint are logged again
+        drop_rows_after(output / name, last.step if last else 0)
 
 
 def drop_rows_after(file: Path, step: int) -> None:
@@ -182,11 +193,13 @@ def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> P
     evals = req.evals if req.evals is not None and req.evals.enabled else None
     if evals is not None and evals.tasks:
         resolve_task_names(evals.tasks)  # a misspelt eval task fails before the model loads
+    last = resume_point(output, config) if req.resume else None
     prepared = prepare(config, layers, output)  # bad input fails before the directory exists
     ctx, lineage = prepared.ctx, prepared.lineage
+    done = last is not None and is_done(ctx.trl_args, last)  # the checkpoint is at max_steps
     trained = TrainSamples.create(ctx.task.name, config.samples.split, ctx.samples, lineage.sample_ids)
     eval_plan = plan(evals, str(config.task), ctx.task, config.data_dir, trained) if evals else None
-    last = prepare_output(output, config, req.resume)
+    prepare_output(output, req.resume, last)
     write_json(output / TRAIN_SAMPLES_FILE, trained.to_json())
     style_counts = None
     if prepared.styles is not None and config.prompt_styles and _main_process():
@@ -198,7 +211,8 @@ def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> P
         status="running", recipe=config.recipe, presets=layers.presets, task=config.task,
         prompt=lineage.prompt, model=config.model, seed=config.seed, output=str(output),
         n_train_samples=len(lineage.sample_ids), config=lineage.resolved(), batch=prepared.batch_info(),
-        rewards=prepared.reward_info(), prompt_styles=style_counts, resumed_from=last, final=None,
+        rewards=prepared.reward_info(), prompt_styles=style_counts,
+        resumed_from=str(last.folder) if last else None, final=None,
         started=_now(), finished=None, error=None, launch=launch_record(output),
         evals={**eval_plan.info(), "status": "pending"} if eval_plan else None)
     before = TrainDir(output).log() if req.resume else None
@@ -206,7 +220,7 @@ def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> P
         record = record.model_copy(update={"previous": [*before.previous, before.attempt()]})
     info = output / TRAIN_FILE
     write_train_log(info, record)
-    record = _fit(prepared, record, info, last)
+    record = _fit(prepared, record, info, last, done)
     del prepared, ctx
     if eval_plan is None or not _main_process():
         return output
@@ -223,23 +237,20 @@ def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> P
     return output
 
 
-def _fit(prepared: Prepared, log: TrainLog, info: Path, last: str | None) -> TrainLog:
-    """Build the TRL trainer, train, save final/; train.json records the outcome (returned)."""
-    ctx, output = prepared.ctx, prepared.ctx.output
+def _fit(prepared: Prepared, log: TrainLog, info: Path, last: Checkpoint | None, done: bool) -> TrainLog:
+    """Build the TRL trainer, train (from `last` on `--resume`), save final/; train.json records the outcome
+    (returned). `done`: `last` is at max_steps, so final/ is that checkpoint and nothing trains."""
+    output = prepared.ctx.output
     start = time.perf_counter()
     record: dict[str, Any] = {}  # what this attempt sets
     try:
-        built = prepared.recipe.build(ctx)
-        if ctx.config.freezes_vision:
-            # asserted: no vision parameter trains
-            record["trainable_tensors"] = check_vision_frozen(built.model)
-        from transformers.trainer_callback import PrinterCallback
-
-        # raw dicts on stdout; medharness prints its own progress lines
-        built.remove_callback(PrinterCallback)
-        built.train(resume_from_checkpoint=last)
-        final = save_final(built, ctx.processor, prepared.lineage, output)
-        record.update(status="finished", final=str(final), steps=built.state.global_step)
+        if last is not None and done:
+            final = output / "final"
+            if _main_process():
+                final = final_from_checkpoint(last, output, prepared.lineage.manifest(last.step))
+            record.update(status="finished", final=str(final), steps=last.step)
+        else:
+            _train(prepared, last, record)
     except KeyboardInterrupt:
         record.update(status="interrupted")
         raise
@@ -251,6 +262,31 @@ def _fit(prepared: Prepared, log: TrainLog, info: Path, last: str | None) -> Tra
         log = log.model_copy(update=record)
         write_train_log(info, log)
     return log
+
+
+def _train(prepared: Prepared, last: Checkpoint | None, record: dict[str, Any]) -> None:
+    """Train with TRL (from `last` on `--resume`) and save final/, noting in `record` what train.json
+    keeps."""
+    ctx = prepared.ctx
+    built = prepared.recipe.build(ctx)
+    if ctx.config.freezes_vision:
+        # asserted: no vision parameter trains
+        record["trainable_tensors"] = check_vision_frozen(built.model)
+    from transformers.trainer_callback import PrinterCallback
+
+    # raw dicts on stdout; medharness prints its own progress lines
+    built.remove_callback(PrinterCallback)
+    quiet: AbstractContextManager[None] = nullcontext()
+    if last is not None and ctx.config.lora is not None:
+        check_adapter_checkpoint(built.model, last.folder)
+    elif last is not None and not (built.is_deepspeed_enabled or built.is_fsdp_enabled):
+        # DeepSpeed and FSDP resume from their own state files, under the model's names
+        load_full_checkpoint(built.model, last.folder)
+        quiet = raw_reload_quiet()
+    with quiet:
+        built.train(resume_from_checkpoint=str(last.folder) if last else None)
+    final = save_final(built, ctx.processor, prepared.lineage, ctx.output)
+    record.update(status="finished", final=str(final), steps=built.state.global_step)
 
 
 def _free_memory() -> None:

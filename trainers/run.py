@@ -21,8 +21,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +33,7 @@ from medharness.core.atomic import write_json_atomic, write_text_atomic
 from medharness.core.errors import ConfigError, DataError
 from medharness.core.records import TrainLog
 from medharness.runs.folders import TRAIN_FILE, TRAIN_SAMPLES_FILE, TrainDir
+from medharness.runs.runlog import LOCK_FILE, RunLock
 from medharness.taskfiles.task import resolve_task_names
 from medharness.trainers.checkpoints import check_vision_frozen, save_final
 from medharness.trainers.config import Layers, build_config, load_layers
@@ -132,7 +133,7 @@ def _now() -> str:
 def refuse_non_empty(output: Path) -> None:
     """A new run needs an empty --output (launch/ holds the accelerate config the launching process wrote
     just before starting this one)."""
-    if output.exists() and any(p.name != LAUNCH_DIR for p in output.iterdir()):
+    if output.exists() and any(p.name not in (LAUNCH_DIR, LOCK_FILE) for p in output.iterdir()):
         raise ConfigError(f"{output} exists and is not empty: continue it with --resume, or choose "
                           "another --output")
 
@@ -181,6 +182,24 @@ def drop_rows_after(file: Path, step: int) -> None:
     write_text_atomic(file, "".join(kept))
 
 
+@contextmanager
+def output_lock(output: Path, resume: bool) -> Iterator[None]:
+    """The training output locked (as run directories are: `run.lock`) while a run writes it, so a second
+    `train` (or `--resume`) on it is refused instead of interleaving its logs; a new output must be empty.
+    Under a launcher, the main process holds it."""
+    if not _main_process():
+        yield
+        return
+    if not resume:
+        refuse_non_empty(output)
+    output.mkdir(parents=True, exist_ok=True)
+    lock = RunLock.acquire(output, "train --resume" if resume else "train")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -199,42 +218,45 @@ def train(req: TrainRequest, progress: Callable[[str], None] | None = None) -> P
     done = last is not None and is_done(ctx.trl_args, last)  # the checkpoint is at max_steps
     trained = TrainSamples.create(ctx.task.name, config.samples.split, ctx.samples, lineage.sample_ids)
     eval_plan = plan(evals, str(config.task), ctx.task, config.data_dir, trained) if evals else None
-    prepare_output(output, req.resume, last)
-    write_json(output / TRAIN_SAMPLES_FILE, trained.to_json())
-    style_counts = None
-    if prepared.styles is not None and config.prompt_styles and _main_process():
-        style_counts = record_styles(output, config.prompt_styles, config.seed, prepared.styles)
-    if eval_plan is not None and _main_process():
-        eval_plan.write(output)
-    prepared.add_callbacks(output, progress)
-    record = TrainLog(
-        status="running", recipe=config.recipe, presets=layers.presets, task=config.task,
-        prompt=lineage.prompt, model=config.model, seed=config.seed, output=str(output),
-        n_train_samples=len(lineage.sample_ids), config=lineage.resolved(), batch=prepared.batch_info(),
-        rewards=prepared.reward_info(), prompt_styles=style_counts,
-        resumed_from=str(last.folder) if last else None, final=None,
-        started=_now(), finished=None, error=None, launch=launch_record(output),
-        evals={**eval_plan.info(), "status": "pending"} if eval_plan else None)
-    before = TrainDir(output).log() if req.resume else None
-    if before is not None:  # keep the earlier attempts' status and times
-        record = record.model_copy(update={"previous": [*before.previous, before.attempt()]})
-    info = output / TRAIN_FILE
-    write_train_log(info, record)
-    record = _fit(prepared, record, info, last, done)
-    del prepared, ctx
-    if eval_plan is None or not _main_process():
+    with output_lock(output, req.resume):  # one writer per output: before anything in it changes
+        prepare_output(output, req.resume, last)
+        write_json(output / TRAIN_SAMPLES_FILE, trained.to_json())
+        style_counts = None
+        if prepared.styles is not None and config.prompt_styles and _main_process():
+            style_counts = record_styles(output, config.prompt_styles, config.seed, prepared.styles)
+        if eval_plan is not None and _main_process():
+            eval_plan.write(output)
+        prepared.add_callbacks(output, progress)
+        record = TrainLog(
+            status="running", recipe=config.recipe, presets=layers.presets, task=config.task,
+            prompt=lineage.prompt, model=config.model, seed=config.seed, output=str(output),
+            n_train_samples=len(lineage.sample_ids), config=lineage.resolved(),
+            batch=prepared.batch_info(),
+            rewards=prepared.reward_info(), prompt_styles=style_counts,
+            resumed_from=str(last.folder) if last else None, final=None,
+            started=_now(), finished=None, error=None, launch=launch_record(output),
+            evals={**eval_plan.info(), "status": "pending"} if eval_plan else None)
+        before = TrainDir(output).log() if req.resume else None
+        if before is not None:  # keep the earlier attempts' status and times
+            record = record.model_copy(update={"previous": [*before.previous, before.attempt()]})
+        info = output / TRAIN_FILE
+        write_train_log(info, record)
+        record = _fit(prepared, record, info, last, done)
+        del prepared, ctx
+        if eval_plan is None or not _main_process():
+            return output
+        _free_memory()
+        curve: dict[str, Any] = dict(record.evals or {})
+        try:
+            curve = {**evaluate_checkpoints(output, eval_plan, str(config.model), progress),
+                     "status": "finished"}
+        except BaseException as exc:
+            failed = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            curve = {**curve, "status": failed, "error": f"{type(exc).__name__}: {exc}"}
+            raise
+        finally:
+            write_train_log(info, record.model_copy(update={"evals": curve}))
         return output
-    _free_memory()
-    curve: dict[str, Any] = dict(record.evals or {})
-    try:
-        curve = {**evaluate_checkpoints(output, eval_plan, str(config.model), progress), "status": "finished"}
-    except BaseException as exc:
-        failed = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        curve = {**curve, "status": failed, "error": f"{type(exc).__name__}: {exc}"}
-        raise
-    finally:
-        write_train_log(info, record.model_copy(update={"evals": curve}))
-    return output
 
 
 def _fit(prepared: Prepared, log: TrainLog, info: Path, last: Checkpoint | None, done: bool) -> TrainLog:

@@ -131,7 +131,7 @@ class RunLock:
             raise RunInUseError(f"run directory {directory} is in use by another medharness process "
                                 f"({holder}); wait for it to end, or choose another --output") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": now(), "purpose": purpose,
-                "command": list(sys.argv)}
+                "command": [scrub(arg) for arg in sys.argv]}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         return cls(directory, fd)

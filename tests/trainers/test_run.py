@@ -184,3 +184,24 @@ def test_a_second_stage_records_its_parent(tmp_path: Path, tiny_models: dict[str
     assert manifest["parent_path"] == str(first.resolve()) and manifest["base_model"] == str(first)
     assert (manifest["base_fingerprint"]
             and json.loads((first / "medharness.json").read_text())["parent"] is None)
+
+
+def test_a_second_writer_of_a_training_output_is_refused(tmp_path: Path,
+                                                         tiny_models: dict[str, Path]) -> None:
+    """Two `train` on one --output used to both run to exit 0 and interleave logs.jsonl: the output is
+    locked as run directories are, and the second is refused before it writes anything there."""
+    from medharness.core.errors import RunInUseError
+    from medharness.runs.runlog import LOCK_FILE, RunLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    held = RunLock.acquire(out, "train")  # another training process holds it
+    try:
+        with pytest.raises(RunInUseError, match="in use by another medharness process"):
+            run_training(out, tiny_models["qwen2_vl"], "sft")
+        assert [p.name for p in out.iterdir()] == [LOCK_FILE]
+    finally:
+        held.release()
+    out = run_training(out, tiny_models["qwen2_vl"], "sft")  # free again: it trains, and lets go
+    assert json.loads((out / "train.json").read_text())["status"] == "finished"
+    RunLock.acquire(out, "check").release()

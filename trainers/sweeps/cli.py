@@ -64,6 +64,7 @@ def _paths(args: argparse.Namespace) -> tuple[Path, SweepConfig, Path]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from medharness.runs.runlog import RunLock
     from medharness.trainers.sweeps.schema import expand
     from medharness.trainers.sweeps.stages import Stages, reference_rows
 
@@ -77,12 +78,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         return dry_run(sweep, stages, cells, references)
     output.mkdir(parents=True, exist_ok=True)
+    # one whole-sweep writer (sweep.json, the board); `--cell` runs may go side by side: each stage locks
+    # its own folder (train's output, each run directory)
+    lock = None if args.cell else RunLock.acquire(output, "train-then-eval")
     try:
         if args.cell:
             return run_one(args.cell, stages, cells, references)
         return run_all(sweep, file, stages, cells, references)
     finally:
         stages.close()
+        if lock is not None:
+            lock.release()
 
 
 def run_all(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell],

@@ -416,3 +416,20 @@ def test_a_single_run_cell_shows_that_run_s_own_interval() -> None:
     assert (one.n_runs, one.low, one.high, one.method) == (1, 40.2, 59.8, "wilson")
     assert cell_text(one, 1, intervals=True) == "50.0 [40.2, 59.8]"
     assert cell_text(over_runs([Value(50.0)]), 1, intervals=True) == "50.0"  # an old run log
+
+
+def test_a_second_whole_sweep_on_one_folder_is_refused(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Two sweeps on one output used to leave a sweep.json that called a finished row failed."""
+    from medharness.runs.runlog import RunLock
+
+    file = write(tmp_path / "s.yaml", "model: m\ntasks: [phantom_presence]\nrecipes: [sft]\n")
+    out = tmp_path / "sweep"
+    out.mkdir()
+    held = RunLock.acquire(out, "train-then-eval")
+    try:
+        assert main(["train-then-eval", "--sweep", str(file), "--output", str(out)]) == 2
+        assert "is in use by another medharness process (train-then-eval process" in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
+    finally:
+        held.release()

@@ -95,25 +95,26 @@ def _init(job: _Job) -> None:
 
 def _score_lines(lines: list[str], first: int, last: int) -> _Part:
     """Lines `first`..`last` of the task's file, validated (`RowToScore`), re-scored and reduced to
-    columns."""
+    columns. Each row is dropped once read: only its id, its cluster and its scoring input's index stay."""
     job: _Job = _worker["job"]
     task, recipe = _worker["task"], _worker["recipe"]
     assert isinstance(recipe, Recipe)
-    cluster_by = task.config.cluster_by
+    cluster_by, version = task.config.cluster_by, task.version
     with gc_paused():
-        rows = list(parse_rows_to_score(job.file, lines, first, last))
         scores = DistinctScores(recipe)
-        ids, clusters, metas, versions = [], [], [], Counter[str]()
-        for row in rows:
+        add, ids, clusters, other_versions = scores.add, [], [], Counter[str]()
+        for row in parse_rows_to_score(job.file, lines, first, last):
             sample, generation = row["sample"], row["generation"]
-            versions[row["task_version"]] += 1
-            scores.add(sample, generation["text"], generation.get("error"))
-            meta = sample.get("meta", _NO_META)
+            if row["task_version"] != version:
+                other_versions[row["task_version"]] += 1
+            add(sample, generation["text"], generation.get("error"))
             ids.append(sample["id"])
-            clusters.append(cluster_key(sample["id"], sample.get("images", ()), meta, cluster_by))
-            metas.append(meta)
+            clusters.append(cluster_key(sample["id"], sample.get("images", ()), sample.get("meta", _NO_META),
+                                        cluster_by))
         scored = Scored.build(scores.results, scores.samples, np.asarray(scores.which, dtype=np.int64),
-                              clusters, metas, recipe, task.config.group_by, cluster_by)
+                              clusters, scores.metas, recipe, task.config.group_by, cluster_by,
+                              np.asarray(scores.meta_which, dtype=np.int64))
+        versions = other_versions + Counter({version: len(ids) - other_versions.total()})
         return _Part(ids=ids, versions=versions, scored=scored)
 
 

@@ -75,7 +75,8 @@ class Recipe:
 class DistinctScores:
     """`Recipe.score_text` over many rows, each distinct input scored once: `results` holds one
     (answer, scores, failed) per distinct input, `samples` the `Sample` it was scored on (kept only for a
-    recipe with a corpus metric, which reads them again), and `which` the index of each row's result.
+    recipe with a corpus metric, which reads them again), and `which` the index of each row's result. Metas
+    are kept once each too: `metas` holds each distinct meta, `meta_which` the index of each row's.
 
     The built-in parsers and metrics read the generation and the sample's target, choices and meta, never its
     question, id or image paths (tests/scoring/test_recipe.py holds each of them to it), so a row
@@ -92,28 +93,45 @@ class DistinctScores:
         self.results: list[tuple[Answer, dict[str, float], bool]] = []
         self.samples: list[Sample] = []
         self.which: list[int] = []
+        self.metas: list[dict[str, Any]] = []
+        self.meta_which: list[int] = []
+        self._meta_at: dict[Any, int] = {}  # a meta's key (`_frozen`) -> its index in `metas`
         self._seen: dict[tuple[Any, ...], int] | None = {} if memoisable(recipe) else None
+        self._probe = self.PROBE_ROWS if self._seen is not None else -1  # rows left before the probe's check
         self._keep_samples = any(s.metric.corpus is not None for s in recipe.metrics)
 
     def add(self, sample: dict[str, Any], text: str, error: str | None) -> None:
         """One row: `sample` is a sample's fields as validated (`records.RowToScore`)."""
-        seen, key = self._seen, None
-        if (seen is not None and len(self.which) == self.PROBE_ROWS
-                and len(self.which) - len(self.results) < self.MIN_REPEATS * self.PROBE_ROWS):
-            seen = self._seen = None  # almost nothing repeats: keys would cost more than they save
+        meta = sample.get("meta", _NO_META)  # absent is the default {}: the same `Sample`
+        meta_key = _frozen(meta)
+        at = self._meta_at.get(meta_key)
+        if at is None:
+            at = self._meta_at[meta_key] = len(self.metas)
+            self.metas.append(meta)
+        self.meta_which.append(at)
+        seen = self._seen
         if seen is not None:
-            key = (text, error, _frozen(sample["target"]), sample.get("choices", ()),
-                   _frozen(sample.get("meta")))
-            at = seen.get(key)
-            if at is not None:
-                self.which.append(at)
-                return
-            seen[key] = len(self.results)
+            if not self._probe:
+                if len(self.which) - len(self.results) < self.MIN_REPEATS * self.PROBE_ROWS:
+                    seen = self._seen = None  # almost nothing repeats: keys would cost more than they save
+            if seen is not None:
+                self._probe -= 1
+                target = sample["target"]
+                key = (text, error, target if type(target) is str else _frozen(target),
+                       sample.get("choices", ()), at)
+                hit = seen.get(key)
+                if hit is not None:
+                    self.which.append(hit)
+                    return
+                seen[key] = len(self.results)
         self.which.append(len(self.results))
         built = Sample.model_validate(sample)
         if self._keep_samples:
             self.samples.append(built)
         self.results.append((*self.recipe.score_text(built, text, error), error is not None))
+
+
+_NO_META: dict[str, Any] = {}
 
 
 def memoisable(recipe: Recipe) -> bool:
@@ -232,18 +250,20 @@ class Scored:
     @classmethod
     def build(cls, results: Sequence[tuple[Answer, dict[str, float], bool]], samples: Sequence[Sample],
               which: np.ndarray, clusters: list[str], metas: Sequence[dict[str, Any]], recipe: Recipe,
-              group_by: Sequence[str], cluster_by: str) -> Scored:
+              group_by: Sequence[str], cluster_by: str, meta_which: np.ndarray | None = None) -> Scored:
         """Columns of rows whose (answer, scores, failed) are `results[which[i]]`, scored on
-        `samples[which[i]]` (`DistinctScores`), with the given clusters and metas: per-result columns are
-        built once, then indexed per row."""
+        `samples[which[i]]` (`DistinctScores`), with the given clusters and metas (row i's meta is
+        `metas[meta_which[i]]`, or `metas[i]` without `meta_which`): per-result and per-meta columns are built
+        once, then indexed per row."""
         m = len(results)
         per_sample = [s.label for s in recipe.metrics if s.metric.corpus is None]
         absent = object()
         meta: dict[str, Categories] = {}
         for f in group_by:
             values = [fields.get(f, absent) for fields in metas]
-            meta[f] = Categories.of([None if v is absent else v if type(v) is str else str(v)
-                                     for v in values])
+            found = Categories.of([None if v is absent else v if type(v) is str else str(v) for v in values])
+            # codes by first appearance among the distinct metas are codes by first appearance among the rows
+            meta[f] = found if meta_which is None else Categories(found.codes[meta_which], found.names)
         return cls(
             clusters=Categories.of(clusters),
             parsed=np.fromiter((a.value is not None for a, _, _ in results), bool, m)[which],
@@ -262,6 +282,8 @@ class Scored:
     def concat(cls, parts: Sequence[Scored]) -> Scored:
         """The parts' rows in order (parts of one task's rows, scored under one recipe)."""
         first = parts[0]
+        if len(parts) == 1:
+            return first
         return cls(
             clusters=Categories.concat([p.clusters for p in parts]),
             parsed=np.concatenate([p.parsed for p in parts]),

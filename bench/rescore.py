@@ -127,9 +127,10 @@ def process_table(n: int, repeat: int) -> None:
         write_run(folder, "vqa_rad", None, n, vqa_row)
         rows_file = RunDir.open(folder).task_file("vqa_rad")
         score = [sys.executable, "-m", "medharness.cli", "score", str(folder)]
-        commands = {"python: read + `json.loads` every line": [sys.executable, "-c", JSON_ONLY, str(rows_file)],
-                    "`medharness score RUN_DIR --workers 1`": [*score, "--workers", "1"],
-                    "`medharness score RUN_DIR` (default workers)": score}
+        commands = {
+            "python: read + `json.loads` every line": [sys.executable, "-c", JSON_ONLY, str(rows_file)],
+            "`medharness score RUN_DIR --workers 1`": [*score, "--workers", "1"],
+            "`medharness score RUN_DIR` (default workers)": score}
         times: dict[str, list[float]] = {label: [] for label in commands}
         cpu: dict[str, list[float]] = {label: [] for label in commands}
         for command in commands.values():  # a warm-up round: the file and the modules in the page cache

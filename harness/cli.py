@@ -524,13 +524,19 @@ def main(argv: list[str] | None = None) -> int:
 def _exit_now(code: int) -> None:
     """End the process at once, once what it printed is flushed: the interpreter's teardown (freeing every
     module and object; ~0.15 s CPU after `score`, which imports numpy, scipy and pydantic) does nothing a
-    finished `score` needs. Where a flush fails (the reader went away), the ordinary exit handles it."""
+    finished `score` needs. A reader that went away is no error (as in `_dispatch`); where a flush fails
+    otherwise, the ordinary exit reports it."""
+    logging.shutdown()  # flushes and closes the log handlers
     try:
         sys.stdout.flush()
+    except BrokenPipeError:
+        os._exit(code)
+    except (OSError, ValueError):
+        return
+    try:
         sys.stderr.flush()
     except (OSError, ValueError):
         return
-    logging.shutdown()
     os._exit(code)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from medharness.backends.predictions import read_predictions
+from medharness.core import stats
 from medharness.core.datafiles import read_text
 from medharness.core.errors import DataError
 from medharness.core.records import ResultRow, TaskEntry, TaskSummary
@@ -123,18 +124,20 @@ _NO_META: dict[str, Any] = {}
 
 def _in_parallel(job: _Job, lines: list[str], n: int) -> list[_Part]:
     """`n` processes, each validating and re-scoring a contiguous share of the lines (numbered as in the
-    file): this one takes the first share while n - 1 workers take the rest. Forked workers (where the
-    platform has fork) inherit the task, recipe and lines, so nothing is re-imported, re-loaded or sent but
-    line numbers; spawned ones get the job and their lines."""
+    file). Forked workers (where the platform has fork) inherit the task, recipe and lines, so nothing is
+    re-imported, re-loaded or sent but line numbers: n of them score while this process imports what the
+    summary needs (`stats.preload`), time that would otherwise follow the scoring. Spawned ones get the job
+    and their lines, and this process takes the first share."""
     size = -(-len(lines) // n)
     shares = [(s, min(s + size, len(lines))) for s in range(0, len(lines), size)]
     _init(job)  # this process's task and recipe: the summary's, and the forked workers'
     if "fork" in multiprocessing.get_all_start_methods():
         _worker["lines"] = lines
         try:
-            with ProcessPoolExecutor(len(shares) - 1, mp_context=multiprocessing.get_context("fork")) as pool:
-                futures = [pool.submit(_score_share, a, b) for a, b in shares[1:]]
-                return [_score_share(*shares[0]), *(f.result() for f in futures)]
+            with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = [pool.submit(_score_share, a, b) for a, b in shares]
+                stats.preload()
+                return [f.result() for f in futures]
         finally:
             del _worker["lines"]
     with ProcessPoolExecutor(len(shares) - 1, mp_context=multiprocessing.get_context("spawn"),

@@ -110,20 +110,19 @@ class DistinctScores:
             self.metas.append(meta)
         self.meta_which.append(at)
         seen = self._seen
+        if (seen is not None and not self._probe
+                and len(self.which) - len(self.results) < self.MIN_REPEATS * self.PROBE_ROWS):
+            seen = self._seen = None  # almost nothing repeats: keys would cost more than they save
         if seen is not None:
-            if not self._probe:
-                if len(self.which) - len(self.results) < self.MIN_REPEATS * self.PROBE_ROWS:
-                    seen = self._seen = None  # almost nothing repeats: keys would cost more than they save
-            if seen is not None:
-                self._probe -= 1
-                target = sample["target"]
-                key = (text, error, target if type(target) is str else _frozen(target),
-                       sample.get("choices", ()), at)
-                hit = seen.get(key)
-                if hit is not None:
-                    self.which.append(hit)
-                    return
-                seen[key] = len(self.results)
+            self._probe -= 1
+            target = sample["target"]
+            key = (text, error, target if type(target) is str else _frozen(target), sample.get("choices", ()),
+                   at)
+            hit = seen.get(key)
+            if hit is not None:
+                self.which.append(hit)
+                return
+            seen[key] = len(self.results)
         self.which.append(len(self.results))
         built = Sample.model_validate(sample)
         if self._keep_samples:

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from medharness.backends.predictions import read_predictions
 from medharness.core import stats
 from medharness.core.datafiles import read_text
 from medharness.core.errors import DataError
@@ -46,10 +45,11 @@ def score_run(run_dir: Path, convention: str | None = None, workers: int | None 
                         entry.origin.scored_by)
             continue
         job = _Job(run.task_file(name), name, entry, convention)
-        lines = read_text(job.file, "run file").split("\n")
-        n = min(workers or os.cpu_count() or 1, len(lines) // ROWS_PER_WORKER)
+        text = read_text(job.file, "run file")
+        n_lines = text.count("\n") + 1  # lines numbered as `text.split("\n")` numbers them
+        n = min(workers or os.cpu_count() or 1, n_lines // ROWS_PER_WORKER)
         with gc_paused():  # the whole task: the summary reads columns of every row
-            parts = _in_parallel(job, lines, n) if n > 1 else _in_one(job, lines)
+            parts = _in_parallel(job, text, n_lines, n) if n > 1 else _in_one(job, text, n_lines)
             task, recipe = _worker["task"], _worker["recipe"]
             ids = [i for p in parts for i in p.ids]
             if len(set(ids)) != len(ids):
@@ -84,9 +84,9 @@ class _Part:
 _worker: dict[str, Any] = {}  # per process: the job, its task and recipe (set by _init)
 
 
-def _in_one(job: _Job, lines: list[str]) -> list[_Part]:
+def _in_one(job: _Job, text: str, n_lines: int) -> list[_Part]:
     _init(job)
-    return [_score_lines(lines, 1, len(lines))]
+    return [_score_text(text, 1, n_lines)]
 
 
 def _init(job: _Job) -> None:
@@ -94,9 +94,11 @@ def _init(job: _Job) -> None:
     _worker.update(job=job, task=task, recipe=recipe_for(task, job.convention))
 
 
-def _score_lines(lines: list[str], first: int, last: int) -> _Part:
-    """Lines `first`..`last` of the task's file, validated (`RowToScore`), re-scored and reduced to
-    columns. Each row is dropped once read: only its id, its cluster and its scoring input's index stay."""
+def _score_text(text: str, first: int, last: int) -> _Part:
+    """The lines of `text`, numbered from `first` (the file's final line is number `last`), validated
+    (`RowToScore`), re-scored and reduced to columns. Each row is dropped once read: only its id, its cluster
+    and its scoring input's index stay."""
+    lines = text.split("\n")
     job: _Job = _worker["job"]
     task, recipe = _worker["task"], _worker["recipe"]
     assert isinstance(recipe, Recipe)
@@ -122,35 +124,50 @@ def _score_lines(lines: list[str], first: int, last: int) -> _Part:
 _NO_META: dict[str, Any] = {}
 
 
-def _in_parallel(job: _Job, lines: list[str], n: int) -> list[_Part]:
-    """`n` processes, each validating and re-scoring a contiguous share of the lines (numbered as in the
-    file). Forked workers (where the platform has fork) inherit the task, recipe and lines, so nothing is
-    re-imported, re-loaded or sent but line numbers: n of them score while this process imports what the
-    summary needs (`stats.preload`), time that would otherwise follow the scoring. Spawned ones get the job
-    and their lines, and this process takes the first share."""
-    size = -(-len(lines) // n)
-    shares = [(s, min(s + size, len(lines))) for s in range(0, len(lines), size)]
+def _in_parallel(job: _Job, text: str, n_lines: int, n: int) -> list[_Part]:
+    """`n` processes, each validating and re-scoring a share of the text: whole lines, numbered as in the
+    file. Forked workers (where the platform has fork) inherit the task, recipe and text, so nothing is
+    re-imported, re-loaded or sent but where their share starts and ends, and each splits its own lines: n
+    of them score while this process imports what the summary needs (`stats.preload`), time that would
+    otherwise follow the scoring. Spawned ones get the job and their share's text, and this process takes the
+    first share."""
+    shares = _shares(text, n)
     _init(job)  # this process's task and recipe: the summary's, and the forked workers'
     if "fork" in multiprocessing.get_all_start_methods():
-        _worker["lines"] = lines
+        _worker["text"] = text
         try:
             with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("fork")) as pool:
-                futures = [pool.submit(_score_share, a, b) for a, b in shares]
+                futures = [pool.submit(_score_share, *share, n_lines) for share in shares]
                 stats.preload()
                 return [f.result() for f in futures]
         finally:
-            del _worker["lines"]
+            del _worker["text"]
     with ProcessPoolExecutor(len(shares) - 1, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init, initargs=(job,)) as pool:
-        futures = [pool.submit(_score_lines, lines[a:b], a + 1, len(lines)) for a, b in shares[1:]]
-        first, end = shares[0]
-        return [_score_lines(lines[first:end], first + 1, len(lines)), *(f.result() for f in futures)]
+        futures = [pool.submit(_score_text, text[start:end], first, n_lines)
+                   for start, end, first in shares[1:]]
+        start, end, first = shares[0]
+        return [_score_text(text[start:end], first, n_lines), *(f.result() for f in futures)]
 
 
-def _score_share(first: int, end: int) -> _Part:
-    """A forked worker's share: lines[first:end] of the lines it inherited."""
-    lines: list[str] = _worker["lines"]
-    return _score_lines(lines[first:end], first + 1, len(lines))
+def _shares(text: str, n: int) -> list[tuple[int, int, int]]:
+    """`text` cut into at most `n` runs of whole lines of about equal length: (start, end, number of the first
+    line), `text[start:end]` without the newline that ends it."""
+    shares: list[tuple[int, int, int]] = []
+    start, first = 0, 1
+    while start <= len(text):
+        cut = len(text) * (len(shares) + 1) // n
+        end = text.find("\n", max(start, cut)) if len(shares) < n - 1 else -1
+        end = len(text) if end < 0 else end
+        shares.append((start, end, first))
+        first += text.count("\n", start, end) + 1
+        start = end + 1
+    return shares
+
+
+def _score_share(start: int, end: int, first: int, last: int) -> _Part:
+    """A forked worker's share: text[start:end] of the text it inherited."""
+    return _score_text(_worker["text"][start:end], first, last)
 
 
 def _check_versions(run_dir: Path, task: Task, versions: Counter[str]) -> None:
@@ -178,6 +195,8 @@ def score_predictions(task_ref: str, predictions: Path, convention: str | None =
     task_overrides = dict((overrides or {}).get(name, {}))
     if data_dir:
         task_overrides["data_dir"] = data_dir
+    from medharness.backends.predictions import read_predictions  # here: `score RUN_DIR` never reads one
+
     task = load_task(ref, task_overrides)
     samples = task.load_samples()
     preds = read_predictions(predictions, id_field, prediction_field)

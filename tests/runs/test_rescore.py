@@ -63,3 +63,18 @@ def test_spawned_workers_give_the_summary_of_one_process(run_dir: Path,
     one = [s.model_dump() for s in score_run(run_dir, workers=1)]
     monkeypatch.setattr(rescore_module.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     assert [s.model_dump() for s in score_run(run_dir, workers=2)] == one
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_shares_are_the_files_lines_in_order_numbered_as_in_the_file(n: int) -> None:
+    """Workers split their own share of the text: together the shares are `text.split("\\n")`, each numbered
+    from its first line's number in the file, whatever the line lengths and final newline."""
+    texts = ["", "\n", "a", "a\n", "a\nbb\n\nccc", "a\nbb\n\nccc\n", "\n\n\n", "x" * 50 + "\ny\n" + "z" * 3,
+             "\n".join(str(i) * (i % 7) for i in range(40))]
+    for text in texts:
+        shares = rescore_module._shares(text, n)
+        lines: list[str] = []
+        for start, end, first in shares:
+            assert first == len(lines) + 1
+            lines += text[start:end].split("\n")
+        assert lines == text.split("\n") and 1 <= len(shares) <= n

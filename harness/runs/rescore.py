@@ -6,7 +6,7 @@ import logging
 import multiprocessing
 import os
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from medharness.core import stats
-from medharness.core.datafiles import read_text
+from medharness.core.datafiles import decode_text, read_bytes
 from medharness.core.errors import DataError
 from medharness.core.records import ResultRow, TaskEntry, TaskSummary
 from medharness.runs.runlog import RunDir, gc_paused, parse_rows_to_score
@@ -45,11 +45,11 @@ def score_run(run_dir: Path, convention: str | None = None, workers: int | None 
                         entry.origin.scored_by)
             continue
         job = _Job(run.task_file(name), name, entry, convention)
-        text = read_text(job.file, "run file")
-        n_lines = text.count("\n") + 1  # lines numbered as `text.split("\n")` numbers them
+        raw = read_bytes(job.file, "run file")
+        n_lines = raw.count(b"\n") + 1  # lines numbered as `text.split("\n")` numbers them
         n = min(workers or os.cpu_count() or 1, n_lines // ROWS_PER_WORKER)
         with gc_paused():  # the whole task: the summary reads columns of every row
-            parts = _in_parallel(job, text, n_lines, n) if n > 1 else _in_one(job, text, n_lines)
+            parts = _in_parallel(job, raw, n_lines, n) if n > 1 else _in_one(job, raw, n_lines)
             task, recipe = _worker["task"], _worker["recipe"]
             ids = [i for p in parts for i in p.ids]
             if len(set(ids)) != len(ids):
@@ -84,9 +84,9 @@ class _Part:
 _worker: dict[str, Any] = {}  # per process: the job, its task and recipe (set by _init)
 
 
-def _in_one(job: _Job, text: str, n_lines: int) -> list[_Part]:
+def _in_one(job: _Job, raw: bytes, n_lines: int) -> list[_Part]:
     _init(job)
-    return [_score_text(text, 1, n_lines)]
+    return [_score_text(decode_text(job.file, raw, "run file"), 1, n_lines)]
 
 
 def _init(job: _Job) -> None:
@@ -124,50 +124,83 @@ def _score_text(text: str, first: int, last: int) -> _Part:
 _NO_META: dict[str, Any] = {}
 
 
-def _in_parallel(job: _Job, text: str, n_lines: int, n: int) -> list[_Part]:
-    """`n` processes, each validating and re-scoring a share of the text: whole lines, numbered as in the
-    file. Forked workers (where the platform has fork) inherit the task, recipe and text, so nothing is
-    re-imported, re-loaded or sent but where their share starts and ends, and each splits its own lines: n
-    of them score while this process imports what the summary needs (`stats.preload`), time that would
-    otherwise follow the scoring. Spawned ones get the job and their share's text, and this process takes the
-    first share."""
-    shares = _shares(text, n)
+def _in_parallel(job: _Job, raw: bytes, n_lines: int, n: int) -> list[_Part]:
+    """`n` processes, each decoding, validating and re-scoring a share of the file: whole lines, numbered as
+    in the file. Forked workers (where the platform has fork) inherit the task, recipe and bytes, so nothing
+    is re-imported, re-loaded or sent but where their share starts and ends: n of them score while this
+    process imports what the summary needs (`stats.preload`), time that would otherwise follow the scoring.
+    Spawned ones get the job and their share's bytes, and this process takes the first share. A file that is
+    no UTF-8 text gets the error `read_text` gives, before any row's."""
+    if b"\0" in raw:
+        decode_text(job.file, raw, "run file")  # the error of its first byte that is not UTF-8, or NUL
+    shares = _shares(raw, n)
     _init(job)  # this process's task and recipe: the summary's, and the forked workers'
     if "fork" in multiprocessing.get_all_start_methods():
-        _worker["text"] = text
+        _worker["raw"] = raw
         try:
             with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("fork")) as pool:
                 futures = [pool.submit(_score_share, *share, n_lines) for share in shares]
                 stats.preload()
-                return [f.result() for f in futures]
+                return _in_order(job, raw, futures)
         finally:
-            del _worker["text"]
+            del _worker["raw"]
     with ProcessPoolExecutor(len(shares) - 1, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init, initargs=(job,)) as pool:
-        futures = [pool.submit(_score_text, text[start:end], first, n_lines)
+        futures = [pool.submit(_score_bytes, raw[start:end], start == 0, first, n_lines)
                    for start, end, first in shares[1:]]
         start, end, first = shares[0]
-        return [_score_text(text[start:end], first, n_lines), *(f.result() for f in futures)]
+        own: Future[_Part] = Future()
+        try:
+            own.set_result(_score_bytes(raw[start:end], True, first, n_lines))
+        except Exception as exc:  # noqa: BLE001 - ranked with the workers' errors
+            own.set_exception(exc)
+        return _in_order(job, raw, [own, *futures])
 
 
-def _shares(text: str, n: int) -> list[tuple[int, int, int]]:
-    """`text` cut into at most `n` runs of whole lines of about equal length: (start, end, number of the first
-    line), `text[start:end]` without the newline that ends it."""
+def _in_order(job: _Job, raw: bytes, futures: list[Future[_Part]]) -> list[_Part]:
+    """The workers' parts, in the file's order; where a share is not UTF-8, the file's first such byte is the
+    error (as `read_text` reads before any row is), else the first share's error is."""
+    errors = [f.exception() for f in futures]
+    if any(isinstance(e, _NotUTF8) for e in errors):
+        decode_text(job.file, raw, "run file")
+    for e in errors:
+        if e is not None:
+            raise e
+    return [f.result() for f in futures]
+
+
+class _NotUTF8(Exception):
+    """A share's bytes are not UTF-8 (the error names the file's first such byte: `decode_text`)."""
+
+
+def _shares(raw: bytes, n: int) -> list[tuple[int, int, int]]:
+    """`raw` cut into at most `n` runs of whole lines of about equal length: (start, end, number of the first
+    line), `raw[start:end]` without the newline that ends it. A newline byte is never part of another UTF-8
+    character, so the shares decode apart as the whole decodes."""
     shares: list[tuple[int, int, int]] = []
     start, first = 0, 1
-    while start <= len(text):
-        cut = len(text) * (len(shares) + 1) // n
-        end = text.find("\n", max(start, cut)) if len(shares) < n - 1 else -1
-        end = len(text) if end < 0 else end
+    while start <= len(raw):
+        cut = len(raw) * (len(shares) + 1) // n
+        end = raw.find(b"\n", max(start, cut)) if len(shares) < n - 1 else -1
+        end = len(raw) if end < 0 else end
         shares.append((start, end, first))
-        first += text.count("\n", start, end) + 1
+        first += raw.count(b"\n", start, end) + 1
         start = end + 1
     return shares
 
 
 def _score_share(start: int, end: int, first: int, last: int) -> _Part:
-    """A forked worker's share: text[start:end] of the text it inherited."""
-    return _score_text(_worker["text"][start:end], first, last)
+    """A forked worker's share: raw[start:end] of the bytes it inherited."""
+    return _score_bytes(_worker["raw"][start:end], start == 0, first, last)
+
+
+def _score_bytes(raw: bytes, at_start: bool, first: int, last: int) -> _Part:
+    """`_score_text` of a share's bytes (`at_start`: the file's first, where a BOM is dropped)."""
+    try:
+        text = raw.decode("utf-8-sig" if at_start else "utf-8")
+    except UnicodeDecodeError:
+        raise _NotUTF8 from None
+    return _score_text(text, first, last)
 
 
 def _check_versions(run_dir: Path, task: Task, versions: Counter[str]) -> None:

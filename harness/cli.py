@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -506,17 +507,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# commands that leave no file open, no thread running and no exit handler with work to do: run as the program,
-# their process ends without the interpreter's teardown (`_exit_now`)
-EXIT_WITHOUT_TEARDOWN = frozenset({"score"})
+# Short commands that make no cyclic garbage worth collecting and leave no file open, no thread running and no
+# exit handler with work to do: run as the program, their process runs without the cyclic garbage collector
+# (whose passes over every imported module's objects cost `score` ~0.07 s) and ends without the interpreter's
+# teardown (`_exit_now`).
+SHORT_LIVED = frozenset({"score"})
 
 
 def main(argv: list[str] | None = None) -> int:
+    program, collecting = argv is None, gc.isenabled()  # program: the console script or python -m
+    if program:
+        gc.disable()  # until the command is known
     args = build_parser().parse_args(argv)
+    short = program and args.command in SHORT_LIVED
+    if program and not short and collecting:
+        gc.enable()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     code = _dispatch(args)
-    if argv is None and args.command in EXIT_WITHOUT_TEARDOWN:  # the program itself, not a caller's call
+    if short:
         _exit_now(code)
     return code
 

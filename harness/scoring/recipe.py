@@ -146,7 +146,8 @@ _BUILT_IN = ("medharness.scoring.parsers.", "medharness.scoring.metrics.")
 
 def _frozen(value: Any) -> Any:
     """A JSON value as a memo key: text as it is; anything else a tuple led by its type, so no two
-    different values (1, 1.0 and true; "x" and ["x"]) give one key."""
+    different values (1, 1.0 and true; "x" and ["x"]; 0.0 and -0.0, which compare equal but print apart) give
+    one key."""
     kind = type(value)
     if kind is str:
         return value
@@ -158,6 +159,8 @@ def _frozen(value: Any) -> Any:
             if type(v) is not str:
                 return (dict, *((k, _frozen(v)) for k, v in items))
         return (dict, *items)  # all text (the common meta): the same key, without a call per value
+    if kind is float:
+        return (float, repr(value))
     return (kind, value)
 
 

@@ -17,7 +17,7 @@ from medharness.core import stats
 from medharness.core.datafiles import decode_text, read_bytes
 from medharness.core.errors import DataError
 from medharness.core.records import ResultRow, TaskEntry, TaskSummary
-from medharness.runs.runlog import RunDir, gc_paused, parse_rows_to_score
+from medharness.runs.runlog import RunDir, gc_paused, parse_rows_to_score, split_lines
 from medharness.scoring.recipe import DistinctScores, Recipe, Scored, cluster_key, summarise, summarise_scored
 from medharness.taskfiles.task import Task, load_task, recipe_for
 
@@ -98,7 +98,6 @@ def _score_text(text: str, first: int, last: int) -> _Part:
     """The lines of `text`, numbered from `first` (the file's final line is number `last`), validated
     (`RowToScore`), re-scored and reduced to columns. Each row is dropped once read: only its id, its cluster
     and its scoring input's index stay."""
-    lines = text.split("\n")
     job: _Job = _worker["job"]
     task, recipe = _worker["task"], _worker["recipe"]
     assert isinstance(recipe, Recipe)
@@ -106,7 +105,7 @@ def _score_text(text: str, first: int, last: int) -> _Part:
     with gc_paused():
         scores = DistinctScores(recipe)
         add, ids, clusters, other_versions = scores.add, [], [], Counter[str]()
-        for row in parse_rows_to_score(job.file, lines, first, last):
+        for row in parse_rows_to_score(job.file, split_lines(text), first, last):
             sample, generation = row["sample"], row["generation"]
             if row["task_version"] != version:
                 other_versions[row["task_version"]] += 1
@@ -190,14 +189,14 @@ def _shares(raw: bytes, n: int) -> list[tuple[int, int, int]]:
 
 
 def _score_share(start: int, end: int, first: int, last: int) -> _Part:
-    """A forked worker's share: raw[start:end] of the bytes it inherited."""
-    return _score_bytes(_worker["raw"][start:end], start == 0, first, last)
+    """A forked worker's share: raw[start:end] of the bytes it inherited (decoded in place, not copied)."""
+    return _score_bytes(memoryview(_worker["raw"])[start:end], start == 0, first, last)
 
 
-def _score_bytes(raw: bytes, at_start: bool, first: int, last: int) -> _Part:
+def _score_bytes(raw: bytes | memoryview, at_start: bool, first: int, last: int) -> _Part:
     """`_score_text` of a share's bytes (`at_start`: the file's first, where a BOM is dropped)."""
     try:
-        text = raw.decode("utf-8-sig" if at_start else "utf-8")
+        text = str(raw, "utf-8-sig" if at_start else "utf-8")
     except UnicodeDecodeError:
         raise _NotUTF8 from None
     return _score_text(text, first, last)

@@ -16,7 +16,7 @@ from medharness.core.errors import DataError
 from medharness.core.records import RUNLOG_SCHEMA, RunLog
 from medharness.runs.pipeline import RunConfig, Runner
 from medharness.runs.rescore import score_run
-from medharness.runs.runlog import RunDir
+from medharness.runs.runlog import RunDir, split_lines
 
 OLD = Path(__file__).parents[1] / "data" / "runlog_v0"  # written by medharness 0.1 (commit ff05d3c), judged
 
@@ -105,3 +105,8 @@ def test_trained_from_is_read_from_the_manifest(tmp_path: Path) -> None:
     (folder / MANIFEST_FILE).write_text("{")
     with pytest.raises(DataError, match="not a medharness checkpoint manifest"):
         trained_from(str(folder))
+
+
+def test_split_lines_gives_the_lines_split_gives() -> None:
+    for text in ["", "\n", "a", "a\n", "a\nb", "\n\nx\n\n", "é\r\nü\u2028v\n", "{}\n" * 5]:
+        assert list(split_lines(text)) == text.split("\n")

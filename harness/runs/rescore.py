@@ -46,10 +46,9 @@ def score_run(run_dir: Path, convention: str | None = None, workers: int | None 
             continue
         job = _Job(run.task_file(name), name, entry, convention)
         raw = read_bytes(job.file, "run file")
-        n_lines = raw.count(b"\n") + 1  # lines numbered as `text.split("\n")` numbers them
-        n = min(workers or os.cpu_count() or 1, n_lines // ROWS_PER_WORKER)
+        shares, n_lines = _split(raw, workers or os.cpu_count() or 1)
         with gc_paused():  # the whole task: the summary reads columns of every row
-            parts = _in_parallel(job, raw, n_lines, n) if n > 1 else _in_one(job, raw, n_lines)
+            parts = _in_parallel(job, raw, n_lines, shares) if len(shares) > 1 else _in_one(job, raw, n_lines)
             task, recipe = _worker["task"], _worker["recipe"]
             ids = [i for p in parts for i in p.ids]
             if len(set(ids)) != len(ids):
@@ -123,16 +122,25 @@ def _score_text(text: str, first: int, last: int) -> _Part:
 _NO_META: dict[str, Any] = {}
 
 
-def _in_parallel(job: _Job, raw: bytes, n_lines: int, n: int) -> list[_Part]:
-    """`n` processes, each decoding, validating and re-scoring a share of the file: whole lines, numbered as
-    in the file. Forked workers (where the platform has fork) inherit the task, recipe and bytes, so nothing
-    is re-imported, re-loaded or sent but where their share starts and ends: n of them score while this
+def _split(raw: bytes, most: int) -> tuple[list[tuple[int, int, int]], int]:
+    """The shares of the file's lines for up to `most` processes, each of ROWS_PER_WORKER lines or more
+    (`_shares`), and the number of lines (as `text.split("\n")` numbers them): one pass over the bytes."""
+    shares = _shares(raw, most)
+    start, end, first = shares[-1]
+    n_lines = first + raw.count(b"\n", start, end)
+    n = min(most, n_lines // ROWS_PER_WORKER)
+    return (shares if n == len(shares) else _shares(raw, max(n, 1))), n_lines
+
+
+def _in_parallel(job: _Job, raw: bytes, n_lines: int, shares: list[tuple[int, int, int]]) -> list[_Part]:
+    """A process per share, each decoding, validating and re-scoring its share of the file: whole lines,
+    numbered as in the file. Forked workers (where the platform has fork) inherit the task, recipe and bytes,
+    so nothing is re-imported, re-loaded or sent but where their share starts and ends: they score while this
     process imports what the summary needs (`stats.preload`), time that would otherwise follow the scoring.
     Spawned ones get the job and their share's bytes, and this process takes the first share. A file that is
     no UTF-8 text gets the error `read_text` gives, before any row's."""
     if b"\0" in raw:
         decode_text(job.file, raw, "run file")  # the error of its first byte that is not UTF-8, or NUL
-    shares = _shares(raw, n)
     _init(job)  # this process's task and recipe: the summary's, and the forked workers'
     if "fork" in multiprocessing.get_all_start_methods():
         _worker["raw"] = raw

@@ -110,3 +110,16 @@ def test_a_byte_order_mark_is_dropped_by_the_first_share_only(run_dir: Path) -> 
     file.write_bytes(b"\xef\xbb\xbf" + file.read_bytes())
     assert [s.model_dump() for s in score_run(run_dir, workers=1)] == one
     assert [s.model_dump() for s in score_run(run_dir, workers=3)] == one
+
+
+def test_a_task_is_split_only_where_each_share_gets_its_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As many shares as processes allowed and ROWS_PER_WORKER lines each allow (one at least), counted in the
+    same pass that cuts them."""
+    monkeypatch.setattr(rescore_module, "ROWS_PER_WORKER", 10)
+    for n_rows in (0, 5, 19, 20, 29, 30, 45, 100):
+        raw = b"".join(b'{"row": %d}\n' % i for i in range(n_rows))
+        for most in (1, 2, 3, 8):
+            shares, n_lines = rescore_module._split(raw, most)
+            assert n_lines == len(raw.decode().split("\n"))
+            assert len(shares) == max(1, min(most, n_lines // 10))
+            assert b"\n".join(raw[start:end] for start, end, _ in shares) == raw

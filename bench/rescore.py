@@ -17,7 +17,9 @@ Writes run directories of N rows with the real run log (no model, no images) and
 `--process`: the whole-process comparison instead (issue 19): a Python process that only reads the
 short-answer VQA run's rows file and `json.loads` each line, against `medharness score RUN_DIR` as a process
 (`--workers 1`, and the default: one worker per CPU), run interleaved; median wall time and the ratio to the
-json-only process. Start-up, imports, task loading, the summary and exit all count here, as for a user.
+json-only process. Start-up, imports, task loading, the summary and exit all count here, as for a user; the
+processes may write their bytecode caches (PYTHONDONTWRITEBYTECODE is dropped for them), as an installed
+package has them, and a first round that is not timed warms the caches.
 
 Usage: python bench/rescore.py [--rows 100000] [--repeat 3] [--process]
 """
@@ -133,12 +135,13 @@ def process_table(n: int, repeat: int) -> None:
             "`medharness score RUN_DIR` (default workers)": score}
         times: dict[str, list[float]] = {label: [] for label in commands}
         cpu: dict[str, list[float]] = {label: [] for label in commands}
-        for command in commands.values():  # a warm-up round: the file and the modules in the page cache
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        for command in commands.values():  # a warm-up round: bytecode caches, the file in the page cache
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
         for _ in range(repeat):
             for label, command in commands.items():
                 used, t0 = _children_cpu(), time.perf_counter()
-                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+                subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
                 times[label].append(time.perf_counter() - t0)
                 cpu[label].append(_children_cpu() - used)
     base, base_cpu = (statistics.median(next(iter(d.values()))) for d in (times, cpu))

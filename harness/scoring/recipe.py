@@ -80,10 +80,11 @@ class DistinctScores:
 
     The built-in parsers and metrics read the generation and the sample's target, choices and meta, never its
     question, id or image paths (tests/scoring/test_recipe.py holds each of them to it), so a row
-    equal in those to one already scored gets its result: short answers repeat by the thousand. Where the
-    first PROBE_ROWS rows repeat less than MIN_REPEATS (free text, reasoning), rows are scored one by one,
+    equal in those to one already scored gets its result: short answers repeat by the thousand; and rows
+    equal in target, choices and meta are scored on one `Sample`, built once. Where the first PROBE_ROWS rows
+    repeat less than MIN_REPEATS (free text, reasoning; golds that all differ), rows are scored one by one,
     without keys. A recipe with any other parser or metric (a plugin's, which may read anything) or with a
-    `batch` metric (an LLM judge: it calls out, keyed by sample id) scores every row."""
+    `batch` metric (an LLM judge: it calls out, keyed by sample id) scores every row on its own `Sample`."""
 
     PROBE_ROWS = 2000
     MIN_REPEATS = 0.05
@@ -96,8 +97,10 @@ class DistinctScores:
         self.metas: list[dict[str, Any]] = []
         self.meta_which: list[int] = []
         self._meta_at: dict[Any, int] = {}  # a meta's key (`_frozen`) -> its index in `metas`
-        self._seen: dict[tuple[Any, ...], int] | None = {} if memoisable(recipe) else None
-        self._probe = self.PROBE_ROWS if self._seen is not None else -1  # rows left before the probe's check
+        keyed = memoisable(recipe)
+        self._seen: dict[tuple[Any, ...], int] | None = {} if keyed else None  # an input -> its result
+        self._built: dict[tuple[Any, ...], Sample] | None = {} if keyed else None  # (target, choices, meta)
+        self._probe = self.PROBE_ROWS if keyed else -1  # rows left before the probe's check
         self._keep_samples = any(s.metric.corpus is not None for s in recipe.metrics)
 
     def add(self, sample: dict[str, Any], text: str, error: str | None) -> None:
@@ -109,22 +112,43 @@ class DistinctScores:
             at = self._meta_at[meta_key] = len(self.metas)
             self.metas.append(meta)
         self.meta_which.append(at)
+        built_by = self._built
+        if built_by is None:
+            self._score(Sample.model_validate(sample), text, error)
+            return
+        target = sample["target"]
+        fields = (target if type(target) is str else _frozen(target), sample.get("choices", ()), at)
+        if not self._probe:
+            self._probe_done()
+            built_by = self._built
+        self._probe -= 1
         seen = self._seen
-        if (seen is not None and not self._probe
-                and len(self.which) - len(self.results) < self.MIN_REPEATS * self.PROBE_ROWS):
-            seen = self._seen = None  # almost nothing repeats: keys would cost more than they save
         if seen is not None:
-            self._probe -= 1
-            target = sample["target"]
-            key = (text, error, target if type(target) is str else _frozen(target), sample.get("choices", ()),
-                   at)
+            key = (text, error, fields)
             hit = seen.get(key)
             if hit is not None:
                 self.which.append(hit)
                 return
             seen[key] = len(self.results)
+        if built_by is None:
+            self._score(Sample.model_validate(sample), text, error)
+            return
+        built = built_by.get(fields)
+        if built is None:
+            built = built_by[fields] = Sample.model_validate(sample)
+        self._score(built, text, error)
+
+    def _probe_done(self) -> None:
+        """After PROBE_ROWS rows: drop the keys that almost never repeat (they would cost more than they
+        save, and the samples' would hold a `Sample` per row)."""
+        enough = self.MIN_REPEATS * self.PROBE_ROWS
+        if len(self.which) - len(self.results) < enough:  # rows that took a result already made
+            self._seen = None
+        if self._built is not None and len(self.results) - len(self._built) < enough:  # that took a Sample
+            self._built = None
+
+    def _score(self, built: Sample, text: str, error: str | None) -> None:
         self.which.append(len(self.results))
-        built = Sample.model_validate(sample)
         if self._keep_samples:
             self.samples.append(built)
         self.results.append((*self.recipe.score_text(built, text, error), error is not None))

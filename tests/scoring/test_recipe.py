@@ -170,10 +170,22 @@ def test_a_plugin_or_batch_metric_is_scored_on_every_row(monkeypatch: pytest.Mon
 def test_rows_that_never_repeat_stop_being_keyed_after_the_probe() -> None:
     recipe = recipe_for(load_task("vqa_rad"))
     n = DistinctScores.PROBE_ROWS + 500
-    rows = [(Sample(id=str(i), task="vqa_rad", question="q", target="yes"), f"answer {i}", None)
-            for i in range(n)]
+    rows = [(Sample(id=str(i), task="vqa_rad", question=f"q{i}", target=("yes", "no", "left")[i % 3],
+                    images=(f"{i}.png",)), f"answer {i}", None) for i in range(n)]
     scores, got = _distinct(recipe, rows)
     assert scores._seen is None and scores.which == list(range(n))
+    assert _same(got, _one_by_one(recipe, rows))
+    # every row scored, on one Sample per (target, choices, meta): three built
+    assert scores._built is not None and len(scores._built) == 3
+
+
+def test_golds_that_never_repeat_get_a_sample_each_and_none_kept() -> None:
+    recipe = recipe_for(load_task("vqa_rad"))
+    n = DistinctScores.PROBE_ROWS + 500
+    rows = [(Sample(id=str(i), task="vqa_rad", question="q", target=f"gold {i}"), f"answer {i % 7}", None)
+            for i in range(n)]
+    scores, got = _distinct(recipe, rows)
+    assert scores._seen is None and scores._built is None
     assert _same(got, _one_by_one(recipe, rows))
 
 

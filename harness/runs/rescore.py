@@ -84,8 +84,9 @@ _worker: dict[str, Any] = {}  # per process: the job, its task and recipe (set b
 
 
 def _in_one(job: _Job, raw: bytes, n_lines: int) -> list[_Part]:
+    text = decode_text(job.file, raw, "run file")
     _init(job)
-    return [_score_text(decode_text(job.file, raw, "run file"), 1, n_lines)]
+    return [_score_text(text, 1, n_lines)]
 
 
 def _init(job: _Job) -> None:
@@ -124,7 +125,7 @@ _NO_META: dict[str, Any] = {}
 
 def _split(raw: bytes, most: int) -> tuple[list[tuple[int, int, int]], int]:
     """The shares of the file's lines for up to `most` processes, each of ROWS_PER_WORKER lines or more
-    (`_shares`), and the number of lines (as `text.split("\n")` numbers them): one pass over the bytes."""
+    (`_shares`), and the number of lines (as `text.split("\\n")` numbers them): one pass over the bytes."""
     shares = _shares(raw, most)
     start, end, first = shares[-1]
     n_lines = first + raw.count(b"\n", start, end)

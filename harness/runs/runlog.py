@@ -456,7 +456,7 @@ def parse_rows_to_score(file: Path, lines: Sequence[str] | Iterator[str], first:
 
 
 def split_lines(text: str) -> Iterator[str]:
-    """`text.split("\n")` one line at a time: no list of every line, whose strings are all alive at once."""
+    """`text.split("\\n")` one line at a time: no list of every line, whose strings are all alive at once."""
     start, find = 0, text.find
     while (end := find("\n", start)) >= 0:
         yield text[start:end]

@@ -14,7 +14,14 @@ Writes run directories of N rows with the real run log (no model, no images) and
 - `classification, reasoning outputs`: the same rows answered in the `names` prompt's format
   (`<think>...</think> \\boxed{label}`), every text different.
 
-Usage: python bench/rescore.py [--rows 100000] [--repeat 3]
+`--process`: the whole-process comparison instead (issue 19): a Python process that only reads the
+short-answer VQA run's rows file and `json.loads` each line, against `medharness score RUN_DIR` as a process
+(`--workers 1`, and the default: one worker per CPU), run interleaved; median wall time and the ratio to the
+json-only process. Start-up, imports, task loading, the summary and exit all count here, as for a user; the
+processes may write their bytecode caches (PYTHONDONTWRITEBYTECODE is dropped for them), as an installed
+package has them, and a first round that is not timed warms the caches.
+
+Usage: python bench/rescore.py [--rows 100000] [--repeat 3] [--process]
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -106,12 +115,63 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(times)
 
 
+# reads the rows file line by line and json-loads each line, keeping nothing (the issue's yardstick)
+JSON_ONLY = "import json, sys\nwith open(sys.argv[1], encoding='utf-8') as f:\n    for line in f:\n" \
+            "        json.loads(line)\n"
+
+
+def process_table(n: int, repeat: int) -> None:
+    """Whole processes, interleaved: the json-only reader vs `medharness score RUN_DIR`."""
+    from medharness.runs.runlog import RunDir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "vqa_rad"
+        write_run(folder, "vqa_rad", None, n, vqa_row)
+        rows_file = RunDir.open(folder).task_file("vqa_rad")
+        score = [sys.executable, "-m", "medharness.cli", "score", str(folder)]
+        commands = {
+            "python: read + `json.loads` every line": [sys.executable, "-c", JSON_ONLY, str(rows_file)],
+            "`medharness score RUN_DIR --workers 1`": [*score, "--workers", "1"],
+            "`medharness score RUN_DIR` (default workers)": score}
+        times: dict[str, list[float]] = {label: [] for label in commands}
+        cpu: dict[str, list[float]] = {label: [] for label in commands}
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        for command in commands.values():  # a warm-up round: bytecode caches, the file in the page cache
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
+        for _ in range(repeat):
+            for label, command in commands.items():
+                used, t0 = _children_cpu(), time.perf_counter()
+                subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=env)
+                times[label].append(time.perf_counter() - t0)
+                cpu[label].append(_children_cpu() - used)
+    base, base_cpu = (statistics.median(next(iter(d.values()))) for d in (times, cpu))
+    table = [[label, f"{statistics.median(ts):.2f} s", f"{min(ts):.2f}-{max(ts):.2f} s",
+              f"{statistics.median(ts) / base:.2f}x", f"{statistics.median(cpu[label]):.2f} s",
+              f"{statistics.median(cpu[label]) / base_cpu:.2f}x"] for label, ts in times.items()]
+    print(f"{n:,} rows (open VQA, short answers, harness); {os.cpu_count()} CPUs; median of {repeat}\n")
+    print(tabulate(table, headers=["process", "wall", "range", "wall vs json-only", "CPU (user + sys)",
+                                   "CPU vs json-only"], tablefmt="github"))
+
+
+def _children_cpu() -> float:
+    """CPU seconds used so far by this process's finished children (their workers included)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--process", action="store_true",
+                        help="whole processes: json-only reader vs `medharness score RUN_DIR`")
     args = parser.parse_args()
+    if args.process:
+        process_table(args.rows, args.repeat)
+        return
     from medharness.runs.rescore import score_run
     from medharness.runs.runlog import RunDir, gc_paused, parse_rows_to_score
     from medharness.scoring.recipe import DistinctScores, Scored, summarise_scored

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -500,10 +501,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Short commands that make no cyclic garbage worth collecting and leave no file open, no thread running and no
+# exit handler with work to do: run as the program, their process runs without the cyclic garbage collector
+# (whose passes over every imported module's objects cost `score` ~0.07 s) and ends without the interpreter's
+# teardown (`_exit_now`).
+SHORT_LIVED = frozenset({"score"})
+
+
 def main(argv: list[str] | None = None) -> int:
+    program, collecting = argv is None, gc.isenabled()  # program: the console script or python -m
+    if program:
+        gc.disable()  # until the command is known
     args = build_parser().parse_args(argv)
+    short = program and args.command in SHORT_LIVED
+    if program and not short and collecting:
+        gc.enable()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    code = _dispatch(args)
+    if short:
+        _exit_now(code)
+    return code
+
+
+def _exit_now(code: int) -> None:
+    """End the process at once, once what it printed is flushed: the interpreter's teardown (freeing every
+    module and object; ~0.15 s CPU after `score`, which imports numpy, scipy and pydantic) does nothing a
+    finished `score` needs. A reader that went away is no error (as in `_dispatch`); where a flush fails
+    otherwise, the ordinary exit reports it."""
+    logging.shutdown()  # flushes and closes the log handlers
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os._exit(code)
+    except (OSError, ValueError):
+        return
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(code)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except MedHarnessError as exc:

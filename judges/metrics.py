@@ -29,15 +29,18 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from medharness.backends import Backend
-from medharness.backends.cache import ResponseCache
 from medharness.core.errors import ConfigError
 from medharness.core.records import Answer, Generation, ResultRow, Sample
-from medharness.judges.judging import JudgeItem, judge_items, make_judge_backend
-from medharness.judges.panel import JudgeMember, load_panel, parse_judges
 from medharness.scoring.metrics import METRICS, Metric
+
+if TYPE_CHECKING:
+    from medharness.backends import Backend
+    from medharness.judges.panel import JudgeMember
+
+# The panels, judging and backends are imported where a metric is computed: every command whose task file
+# names a metric the core lacks loads this module (the registry's plugins), most of them never judge.
 
 Item = tuple[Answer, Sample, str]
 _backends: dict[str, Backend] = {}  # one backend per member for the process (clients, engines, rate limits)
@@ -47,6 +50,8 @@ _lock = threading.Lock()
 def panel_members(judges: str | None, panel: str | None, base_url: str | None,
                   api_key_env: str | None) -> list[JudgeMember]:
     """The members named by `judges` (SPEC:BACKEND:MODEL,...) and/or `panel` (a --judge-config file)."""
+    from medharness.judges.panel import load_panel, parse_judges
+
     if not judges and not panel:
         raise ConfigError("judge_score: name the judges (`judges: SPEC:BACKEND:MODEL,...` or `panel: FILE`)")
     members = load_panel(Path(panel)) if panel else []
@@ -54,6 +59,8 @@ def panel_members(judges: str | None, panel: str | None, base_url: str | None,
 
 
 def _backend(member: JudgeMember) -> Backend:
+    from medharness.judges.judging import make_judge_backend
+
     key = member.model_dump_json()
     with _lock:
         if key not in _backends:
@@ -69,6 +76,9 @@ def _row(item: Item) -> ResultRow:
 
 def _member_values(member: JudgeMember, items: Sequence[Item], field: str | None, cache: bool,
                    cache_dir: str | None) -> list[float | None]:
+    from medharness.backends.cache import ResponseCache
+    from medharness.judges.judging import JudgeItem, judge_items
+
     spec = member.judge_spec
     name = field or spec.primary
     if name not in spec.fields:

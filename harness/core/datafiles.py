@@ -3,7 +3,8 @@ read their text here too): whatever is wrong with a file is an error naming the 
 the line, never a traceback or a silently different value.
 
 - `read_text`: missing, a directory, not a regular file (a FIFO, /dev/zero), unreadable, UTF-16 / not UTF-8
-  (with the byte offset), a NUL byte.
+  (with the byte offset), a NUL byte. In two halves for a caller that decodes parts of a file in parallel:
+  `read_bytes`, then `decode_text`.
 - `read_records`: JSONL (the true line of a bad record), a JSON list (or an object holding one), CSV / TSV /
   pipe-separated text (a row with too few or too many fields, a quote never closed); every record must be a
   mapping (`{"id": ..}`), so a file of bare numbers is refused at its first one.
@@ -41,6 +42,12 @@ class Record:
 def read_text(path: Path, what: str = "file", error: Callable[[str], MedHarnessError] = DataError) -> str:
     """The file's text (UTF-8, a leading BOM dropped); every failure is `error("PATH: ...")`. Only a regular
     file is read: a FIFO would block forever and a device such as /dev/zero never ends."""
+    return decode_text(path, read_bytes(path, what, error), what, error)
+
+
+def read_bytes(path: Path, what: str = "file", error: Callable[[str], MedHarnessError] = DataError) -> bytes:
+    """`read_text`'s first half: the bytes of a regular file that does not start as UTF-16, unchecked as
+    UTF-8 (a caller that decodes them in parts gets `decode_text`'s error where one fails)."""
     try:
         if path.is_dir():
             raise error(f"{path}: is a directory, not a {what}")
@@ -54,6 +61,13 @@ def read_text(path: Path, what: str = "file", error: Callable[[str], MedHarnessE
     bom = next((name for mark, name in _BOMS.items() if raw.startswith(mark)), None)
     if bom:
         raise error(f"{path}: the {what} is encoded as {bom}; save it as UTF-8")
+    return raw
+
+
+def decode_text(path: Path, raw: bytes, what: str = "file",
+                error: Callable[[str], MedHarnessError] = DataError) -> str:
+    """`read_text`'s second half: `raw` (from `read_bytes`) as text, or the error naming the line of its first
+    byte that is not UTF-8, or of its first NUL."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

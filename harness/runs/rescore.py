@@ -6,18 +6,18 @@ import logging
 import multiprocessing
 import os
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medharness.backends.predictions import read_predictions
-from medharness.core.datafiles import read_text
+from medharness.core import stats
+from medharness.core.datafiles import decode_text, read_bytes
 from medharness.core.errors import DataError
 from medharness.core.records import ResultRow, TaskEntry, TaskSummary
-from medharness.runs.runlog import RunDir, gc_paused, parse_rows_to_score
+from medharness.runs.runlog import RunDir, gc_paused, parse_rows_to_score, split_lines
 from medharness.scoring.recipe import DistinctScores, Recipe, Scored, cluster_key, summarise, summarise_scored
 from medharness.taskfiles.task import Task, load_task, recipe_for
 
@@ -45,10 +45,10 @@ def score_run(run_dir: Path, convention: str | None = None, workers: int | None 
                         entry.origin.scored_by)
             continue
         job = _Job(run.task_file(name), name, entry, convention)
-        lines = read_text(job.file, "run file").split("\n")
-        n = min(workers or os.cpu_count() or 1, len(lines) // ROWS_PER_WORKER)
+        raw = read_bytes(job.file, "run file")
+        shares, n_lines = _split(raw, workers or os.cpu_count() or 1)
         with gc_paused():  # the whole task: the summary reads columns of every row
-            parts = _in_parallel(job, lines, n) if n > 1 else _in_one(job, lines)
+            parts = _in_parallel(job, raw, n_lines, shares) if len(shares) > 1 else _in_one(job, raw, n_lines)
             task, recipe = _worker["task"], _worker["recipe"]
             ids = [i for p in parts for i in p.ids]
             if len(set(ids)) != len(ids):
@@ -83,9 +83,10 @@ class _Part:
 _worker: dict[str, Any] = {}  # per process: the job, its task and recipe (set by _init)
 
 
-def _in_one(job: _Job, lines: list[str]) -> list[_Part]:
+def _in_one(job: _Job, raw: bytes, n_lines: int) -> list[_Part]:
+    text = decode_text(job.file, raw, "run file")
     _init(job)
-    return [_score_lines(lines, 1, len(lines))]
+    return [_score_text(text, 1, n_lines)]
 
 
 def _init(job: _Job) -> None:
@@ -93,60 +94,121 @@ def _init(job: _Job) -> None:
     _worker.update(job=job, task=task, recipe=recipe_for(task, job.convention))
 
 
-def _score_lines(lines: list[str], first: int, last: int) -> _Part:
-    """Lines `first`..`last` of the task's file, validated (`RowToScore`), re-scored and reduced to
-    columns."""
+def _score_text(text: str, first: int, last: int) -> _Part:
+    """The lines of `text`, numbered from `first` (the file's final line is number `last`), validated
+    (`RowToScore`), re-scored and reduced to columns. Each row is dropped once read: only its id, its cluster
+    and its scoring input's index stay."""
     job: _Job = _worker["job"]
     task, recipe = _worker["task"], _worker["recipe"]
     assert isinstance(recipe, Recipe)
-    cluster_by = task.config.cluster_by
+    cluster_by, version = task.config.cluster_by, task.version
     with gc_paused():
-        rows = list(parse_rows_to_score(job.file, lines, first, last))
         scores = DistinctScores(recipe)
-        ids, clusters, metas, versions = [], [], [], Counter[str]()
-        for row in rows:
+        add, ids, clusters, other_versions = scores.add, [], [], Counter[str]()
+        for row in parse_rows_to_score(job.file, split_lines(text), first, last):
             sample, generation = row["sample"], row["generation"]
-            versions[row["task_version"]] += 1
-            scores.add(sample, generation["text"], generation.get("error"))
-            meta = sample.get("meta", _NO_META)
+            if row["task_version"] != version:
+                other_versions[row["task_version"]] += 1
+            add(sample, generation["text"], generation.get("error"))
             ids.append(sample["id"])
-            clusters.append(cluster_key(sample["id"], sample.get("images", ()), meta, cluster_by))
-            metas.append(meta)
+            clusters.append(cluster_key(sample["id"], sample.get("images", ()), sample.get("meta", _NO_META),
+                                        cluster_by))
         scored = Scored.build(scores.results, scores.samples, np.asarray(scores.which, dtype=np.int64),
-                              clusters, metas, recipe, task.config.group_by, cluster_by)
+                              clusters, scores.metas, recipe, task.config.group_by, cluster_by,
+                              np.asarray(scores.meta_which, dtype=np.int64))
+        versions = other_versions + Counter({version: len(ids) - other_versions.total()})
         return _Part(ids=ids, versions=versions, scored=scored)
 
 
 _NO_META: dict[str, Any] = {}
 
 
-def _in_parallel(job: _Job, lines: list[str], n: int) -> list[_Part]:
-    """`n` processes, each validating and re-scoring a contiguous share of the lines (numbered as in the
-    file): this one takes the first share while n - 1 workers take the rest. Forked workers (where the
-    platform has fork) inherit the task, recipe and lines, so nothing is re-imported, re-loaded or sent but
-    line numbers; spawned ones get the job and their lines."""
-    size = -(-len(lines) // n)
-    shares = [(s, min(s + size, len(lines))) for s in range(0, len(lines), size)]
+def _split(raw: bytes, most: int) -> tuple[list[tuple[int, int, int]], int]:
+    """The shares of the file's lines for up to `most` processes, each of ROWS_PER_WORKER lines or more
+    (`_shares`), and the number of lines (as `text.split("\\n")` numbers them): one pass over the bytes."""
+    shares = _shares(raw, most)
+    start, end, first = shares[-1]
+    n_lines = first + raw.count(b"\n", start, end)
+    n = min(most, n_lines // ROWS_PER_WORKER)
+    return (shares if n == len(shares) else _shares(raw, max(n, 1))), n_lines
+
+
+def _in_parallel(job: _Job, raw: bytes, n_lines: int, shares: list[tuple[int, int, int]]) -> list[_Part]:
+    """A process per share, each decoding, validating and re-scoring its share of the file: whole lines,
+    numbered as in the file. Forked workers (where the platform has fork) inherit the task, recipe and bytes,
+    so nothing is re-imported, re-loaded or sent but where their share starts and ends: they score while this
+    process imports what the summary needs (`stats.preload`), time that would otherwise follow the scoring.
+    Spawned ones get the job and their share's bytes, and this process takes the first share. A file that is
+    no UTF-8 text gets the error `read_text` gives, before any row's."""
+    if b"\0" in raw:
+        decode_text(job.file, raw, "run file")  # the error of its first byte that is not UTF-8, or NUL
     _init(job)  # this process's task and recipe: the summary's, and the forked workers'
     if "fork" in multiprocessing.get_all_start_methods():
-        _worker["lines"] = lines
+        _worker["raw"] = raw
         try:
-            with ProcessPoolExecutor(len(shares) - 1, mp_context=multiprocessing.get_context("fork")) as pool:
-                futures = [pool.submit(_score_share, a, b) for a, b in shares[1:]]
-                return [_score_share(*shares[0]), *(f.result() for f in futures)]
+            with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = [pool.submit(_score_share, *share, n_lines) for share in shares]
+                stats.preload()
+                return _in_order(job, raw, futures)
         finally:
-            del _worker["lines"]
+            del _worker["raw"]
     with ProcessPoolExecutor(len(shares) - 1, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init, initargs=(job,)) as pool:
-        futures = [pool.submit(_score_lines, lines[a:b], a + 1, len(lines)) for a, b in shares[1:]]
-        first, end = shares[0]
-        return [_score_lines(lines[first:end], first + 1, len(lines)), *(f.result() for f in futures)]
+        futures = [pool.submit(_score_bytes, raw[start:end], start == 0, first, n_lines)
+                   for start, end, first in shares[1:]]
+        start, end, first = shares[0]
+        own: Future[_Part] = Future()
+        try:
+            own.set_result(_score_bytes(raw[start:end], True, first, n_lines))
+        except Exception as exc:  # noqa: BLE001 - ranked with the workers' errors
+            own.set_exception(exc)
+        return _in_order(job, raw, [own, *futures])
 
 
-def _score_share(first: int, end: int) -> _Part:
-    """A forked worker's share: lines[first:end] of the lines it inherited."""
-    lines: list[str] = _worker["lines"]
-    return _score_lines(lines[first:end], first + 1, len(lines))
+def _in_order(job: _Job, raw: bytes, futures: list[Future[_Part]]) -> list[_Part]:
+    """The workers' parts, in the file's order; where a share is not UTF-8, the file's first such byte is the
+    error (as `read_text` reads before any row is), else the first share's error is."""
+    errors = [f.exception() for f in futures]
+    if any(isinstance(e, _NotUTF8) for e in errors):
+        decode_text(job.file, raw, "run file")
+    for e in errors:
+        if e is not None:
+            raise e
+    return [f.result() for f in futures]
+
+
+class _NotUTF8(Exception):
+    """A share's bytes are not UTF-8 (the error names the file's first such byte: `decode_text`)."""
+
+
+def _shares(raw: bytes, n: int) -> list[tuple[int, int, int]]:
+    """`raw` cut into at most `n` runs of whole lines of about equal length: (start, end, number of the first
+    line), `raw[start:end]` without the newline that ends it. A newline byte is never part of another UTF-8
+    character, so the shares decode apart as the whole decodes."""
+    shares: list[tuple[int, int, int]] = []
+    start, first = 0, 1
+    while start <= len(raw):
+        cut = len(raw) * (len(shares) + 1) // n
+        end = raw.find(b"\n", max(start, cut)) if len(shares) < n - 1 else -1
+        end = len(raw) if end < 0 else end
+        shares.append((start, end, first))
+        first += raw.count(b"\n", start, end) + 1
+        start = end + 1
+    return shares
+
+
+def _score_share(start: int, end: int, first: int, last: int) -> _Part:
+    """A forked worker's share: raw[start:end] of the bytes it inherited (decoded in place, not copied)."""
+    return _score_bytes(memoryview(_worker["raw"])[start:end], start == 0, first, last)
+
+
+def _score_bytes(raw: bytes | memoryview, at_start: bool, first: int, last: int) -> _Part:
+    """`_score_text` of a share's bytes (`at_start`: the file's first, where a BOM is dropped)."""
+    try:
+        text = str(raw, "utf-8-sig" if at_start else "utf-8")
+    except UnicodeDecodeError:
+        raise _NotUTF8 from None
+    return _score_text(text, first, last)
 
 
 def _check_versions(run_dir: Path, task: Task, versions: Counter[str]) -> None:
@@ -174,6 +236,8 @@ def score_predictions(task_ref: str, predictions: Path, convention: str | None =
     task_overrides = dict((overrides or {}).get(name, {}))
     if data_dir:
         task_overrides["data_dir"] = data_dir
+    from medharness.backends.predictions import read_predictions  # here: `score RUN_DIR` never reads one
+
     task = load_task(ref, task_overrides)
     samples = task.load_samples()
     preds = read_predictions(predictions, id_field, prediction_field)

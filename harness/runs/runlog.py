@@ -447,15 +447,27 @@ def parse_jsonl(file: Path, lines: Sequence[str], record: type[R], first: int = 
 _ROW_TO_SCORE: TypeAdapter[dict[str, Any]] = TypeAdapter(RowToScore)
 
 
-def parse_rows_to_score(file: Path, lines: Sequence[str], first: int = 1,
+def parse_rows_to_score(file: Path, lines: Sequence[str] | Iterator[str], first: int = 1,
                         last: int | None = None) -> Iterator[dict[str, Any]]:
-    """`parse_jsonl` of a samples file into `RowToScore` dicts: what re-scoring reads of each row."""
+    """`parse_jsonl` of a samples file into `RowToScore` dicts: what re-scoring reads of each row. `lines`
+    may be an iterator (`split_lines`) where `last` is given."""
     return _parse_lines(file, lines, _ROW_TO_SCORE.validator.validate_json, "ResultRow", first, last)
 
 
-def _parse_lines(file: Path, lines: Sequence[str], validate: Callable[[str], T], what: str, first: int,
-                 last: int | None) -> Iterator[T]:
-    last = first + len(lines) - 1 if last is None else last
+def split_lines(text: str) -> Iterator[str]:
+    """`text.split("\\n")` one line at a time: no list of every line, whose strings are all alive at once."""
+    start, find = 0, text.find
+    while (end := find("\n", start)) >= 0:
+        yield text[start:end]
+        start = end + 1
+    yield text[start:]
+
+
+def _parse_lines(file: Path, lines: Sequence[str] | Iterator[str], validate: Callable[[str], T], what: str,
+                 first: int, last: int | None) -> Iterator[T]:
+    if last is None:
+        assert isinstance(lines, Sequence), "the number of the final line, for lines given one at a time"
+        last = first + len(lines) - 1
     for number, line in enumerate(lines, first):
         if not line.strip():
             continue

@@ -75,14 +75,16 @@ class Recipe:
 class DistinctScores:
     """`Recipe.score_text` over many rows, each distinct input scored once: `results` holds one
     (answer, scores, failed) per distinct input, `samples` the `Sample` it was scored on (kept only for a
-    recipe with a corpus metric, which reads them again), and `which` the index of each row's result.
+    recipe with a corpus metric, which reads them again), and `which` the index of each row's result. Metas
+    are kept once each too: `metas` holds each distinct meta, `meta_which` the index of each row's.
 
     The built-in parsers and metrics read the generation and the sample's target, choices and meta, never its
     question, id or image paths (tests/scoring/test_recipe.py holds each of them to it), so a row
-    equal in those to one already scored gets its result: short answers repeat by the thousand. Where the
-    first PROBE_ROWS rows repeat less than MIN_REPEATS (free text, reasoning), rows are scored one by one,
+    equal in those to one already scored gets its result: short answers repeat by the thousand; and rows
+    equal in target, choices and meta are scored on one `Sample`, built once. Where the first PROBE_ROWS rows
+    repeat less than MIN_REPEATS (free text, reasoning; golds that all differ), rows are scored one by one,
     without keys. A recipe with any other parser or metric (a plugin's, which may read anything) or with a
-    `batch` metric (an LLM judge: it calls out, keyed by sample id) scores every row."""
+    `batch` metric (an LLM judge: it calls out, keyed by sample id) scores every row on its own `Sample`."""
 
     PROBE_ROWS = 2000
     MIN_REPEATS = 0.05
@@ -92,28 +94,67 @@ class DistinctScores:
         self.results: list[tuple[Answer, dict[str, float], bool]] = []
         self.samples: list[Sample] = []
         self.which: list[int] = []
-        self._seen: dict[tuple[Any, ...], int] | None = {} if memoisable(recipe) else None
+        self.metas: list[dict[str, Any]] = []
+        self.meta_which: list[int] = []
+        self._meta_at: dict[Any, int] = {}  # a meta's key (`_frozen`) -> its index in `metas`
+        keyed = memoisable(recipe)
+        self._seen: dict[tuple[Any, ...], int] | None = {} if keyed else None  # an input -> its result
+        self._built: dict[tuple[Any, ...], Sample] | None = {} if keyed else None  # (target, choices, meta)
+        self._probe = self.PROBE_ROWS if keyed else -1  # rows left before the probe's check
         self._keep_samples = any(s.metric.corpus is not None for s in recipe.metrics)
 
     def add(self, sample: dict[str, Any], text: str, error: str | None) -> None:
         """One row: `sample` is a sample's fields as validated (`records.RowToScore`)."""
-        seen, key = self._seen, None
-        if (seen is not None and len(self.which) == self.PROBE_ROWS
-                and len(self.which) - len(self.results) < self.MIN_REPEATS * self.PROBE_ROWS):
-            seen = self._seen = None  # almost nothing repeats: keys would cost more than they save
+        meta = sample.get("meta", _NO_META)  # absent is the default {}: the same `Sample`
+        meta_key = _frozen(meta)
+        at = self._meta_at.get(meta_key)
+        if at is None:
+            at = self._meta_at[meta_key] = len(self.metas)
+            self.metas.append(meta)
+        self.meta_which.append(at)
+        built_by = self._built
+        if built_by is None:
+            self._score(Sample.model_validate(sample), text, error)
+            return
+        target = sample["target"]
+        fields = (target if type(target) is str else _frozen(target), sample.get("choices", ()), at)
+        if not self._probe:
+            self._probe_done()
+            built_by = self._built
+        self._probe -= 1
+        seen = self._seen
         if seen is not None:
-            key = (text, error, _frozen(sample["target"]), sample.get("choices", ()),
-                   _frozen(sample.get("meta")))
-            at = seen.get(key)
-            if at is not None:
-                self.which.append(at)
+            key = (text, error, fields)
+            hit = seen.get(key)
+            if hit is not None:
+                self.which.append(hit)
                 return
             seen[key] = len(self.results)
+        if built_by is None:
+            self._score(Sample.model_validate(sample), text, error)
+            return
+        built = built_by.get(fields)
+        if built is None:
+            built = built_by[fields] = Sample.model_validate(sample)
+        self._score(built, text, error)
+
+    def _probe_done(self) -> None:
+        """After PROBE_ROWS rows: drop the keys that almost never repeat (they would cost more than they
+        save, and the samples' would hold a `Sample` per row)."""
+        enough = self.MIN_REPEATS * self.PROBE_ROWS
+        if len(self.which) - len(self.results) < enough:  # rows that took a result already made
+            self._seen = None
+        if self._built is not None and len(self.results) - len(self._built) < enough:  # that took a Sample
+            self._built = None
+
+    def _score(self, built: Sample, text: str, error: str | None) -> None:
         self.which.append(len(self.results))
-        built = Sample.model_validate(sample)
         if self._keep_samples:
             self.samples.append(built)
         self.results.append((*self.recipe.score_text(built, text, error), error is not None))
+
+
+_NO_META: dict[str, Any] = {}
 
 
 def memoisable(recipe: Recipe) -> bool:
@@ -129,7 +170,8 @@ _BUILT_IN = ("medharness.scoring.parsers.", "medharness.scoring.metrics.")
 
 def _frozen(value: Any) -> Any:
     """A JSON value as a memo key: text as it is; anything else a tuple led by its type, so no two
-    different values (1, 1.0 and true; "x" and ["x"]) give one key."""
+    different values (1, 1.0 and true; "x" and ["x"]; 0.0 and -0.0, which compare equal but print apart) give
+    one key."""
     kind = type(value)
     if kind is str:
         return value
@@ -141,6 +183,8 @@ def _frozen(value: Any) -> Any:
             if type(v) is not str:
                 return (dict, *((k, _frozen(v)) for k, v in items))
         return (dict, *items)  # all text (the common meta): the same key, without a call per value
+    if kind is float:
+        return (float, repr(value))
     return (kind, value)
 
 
@@ -232,18 +276,20 @@ class Scored:
     @classmethod
     def build(cls, results: Sequence[tuple[Answer, dict[str, float], bool]], samples: Sequence[Sample],
               which: np.ndarray, clusters: list[str], metas: Sequence[dict[str, Any]], recipe: Recipe,
-              group_by: Sequence[str], cluster_by: str) -> Scored:
+              group_by: Sequence[str], cluster_by: str, meta_which: np.ndarray | None = None) -> Scored:
         """Columns of rows whose (answer, scores, failed) are `results[which[i]]`, scored on
-        `samples[which[i]]` (`DistinctScores`), with the given clusters and metas: per-result columns are
-        built once, then indexed per row."""
+        `samples[which[i]]` (`DistinctScores`), with the given clusters and metas (row i's meta is
+        `metas[meta_which[i]]`, or `metas[i]` without `meta_which`): per-result and per-meta columns are built
+        once, then indexed per row."""
         m = len(results)
         per_sample = [s.label for s in recipe.metrics if s.metric.corpus is None]
         absent = object()
         meta: dict[str, Categories] = {}
         for f in group_by:
             values = [fields.get(f, absent) for fields in metas]
-            meta[f] = Categories.of([None if v is absent else v if type(v) is str else str(v)
-                                     for v in values])
+            found = Categories.of([None if v is absent else v if type(v) is str else str(v) for v in values])
+            # codes by first appearance among the distinct metas are codes by first appearance among the rows
+            meta[f] = found if meta_which is None else Categories(found.codes[meta_which], found.names)
         return cls(
             clusters=Categories.of(clusters),
             parsed=np.fromiter((a.value is not None for a, _, _ in results), bool, m)[which],
@@ -262,6 +308,8 @@ class Scored:
     def concat(cls, parts: Sequence[Scored]) -> Scored:
         """The parts' rows in order (parts of one task's rows, scored under one recipe)."""
         first = parts[0]
+        if len(parts) == 1:
+            return first
         return cls(
             clusters=Categories.concat([p.clusters for p in parts]),
             parsed=np.concatenate([p.parsed for p in parts]),

@@ -120,6 +120,27 @@ def test_rescore_run_dir_under_conventions(tmp_path: Path, vqa_rad_dir: Path, vq
     assert "Did you mean 'mumc'?" in capsys.readouterr().err
 
 
+def test_score_as_the_program_prints_what_main_returns(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`medharness score` as a process ends without the interpreter's teardown: its output is whole and its
+    exit code the command's, as a caller's main([...]) gets them; a reader that goes away is no error."""
+    out_dir = tmp_path / "run"
+    assert main(["run", "--model", "baseline:random", "--tasks", "phantom_presence", "--limit", "30",
+                 "--output", str(out_dir), "--no-progress"]) == 0
+    capsys.readouterr()
+    expected = score_json(capsys, str(out_dir))
+    score = [sys.executable, "-m", "medharness.cli", "score"]
+    done = subprocess.run([*score, str(out_dir), "--json"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and json.loads(done.stdout) == expected, done.stderr
+    failed = subprocess.run([*score, str(tmp_path / "none")], capture_output=True, text=True, check=False)
+    assert failed.returncode == 2 and "is not a run directory" in failed.stderr and not failed.stdout
+    proc = subprocess.Popen([*score, str(out_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the command writes its table
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_ls_and_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ls", "tasks"]) == 0
     out = capsys.readouterr().out

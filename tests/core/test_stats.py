@@ -182,6 +182,40 @@ def test_seed_summary_is_the_t_interval_of_the_mean() -> None:
     assert one[0] == 0.7 and math.isnan(one[1]) and not one[2].defined
 
 
+def test_the_wilson_intervals_normal_quantile_is_scipys_bit_for_bit() -> None:
+    # level 0.95 uses the constant (no scipy import); any other level asks scipy.special.ndtri
+    from scipy.special import ndtri
+
+    assert stats.Z_95 == float(-ndtri((1 - 0.95) / 2.0))
+    for k, n in [(0, 20), (7, 31), (81, 263), (999, 1000)]:
+        z = stats.wilson_interval(k, n, 0.95)
+        assert (z.low, z.high) == wilson_exact(k, n, float(-ndtri((1 - 0.95) / 2.0)))
+        z90 = stats.wilson_interval(k, n, 0.9)
+        assert (z90.low, z90.high) == wilson_exact(k, n, float(-ndtri((1 - 0.9) / 2.0)))
+
+
+def wilson_exact(k: int, n: int, crit: float) -> tuple[float, float]:
+    """The Wilson bounds computed as stats.wilson_interval computes them."""
+    crit2, share = crit**2, k / n
+    denom = 1 + crit2 / n
+    centre = (share + crit2 / (2 * n)) / denom
+    half = crit * math.sqrt(share * (1.0 - share) / n + crit2 / (4.0 * n**2)) / denom
+    return (0.0 if k == 0 else centre - half), (1.0 if k == n else centre + half)
+
+
+def test_the_cluster_robust_interval_uses_scipy_stats_t_quantile_bit_for_bit() -> None:
+    # computed with scipy.special.stdtrit (scipy.stats costs ~0.5 s to import): the same floats as t.ppf
+    rng = np.random.default_rng(3)
+    for k, level in [(2, 0.95), (6001, 0.95), (50_000, 0.9), (123_457, 0.99)]:
+        codes = np.repeat(np.arange(k), 2)
+        values = rng.random(2 * k)
+        got = stats.cluster_robust_interval(values, codes, level)
+        resid = np.bincount(codes, weights=values - values.mean(), minlength=k)
+        se = math.sqrt(k / (k - 1) * float((resid**2).sum())) / len(values)
+        half = float(sps.t.ppf((1 + level) / 2, k - 1)) * se
+        assert (got.low, got.high) == (float(values.mean()) - half, float(values.mean()) + half)
+
+
 def test_many_clusters_use_the_cluster_robust_interval_which_agrees_with_the_bootstrap() -> None:
     rng = np.random.default_rng(11)
     k = stats.BOOTSTRAP_MAX_CLUSTERS + 1000

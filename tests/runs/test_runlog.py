@@ -19,7 +19,7 @@ from medharness.core.errors import DataError
 from medharness.core.records import RUNLOG_SCHEMA, ImportSettings, RunLog, RunSettings
 from medharness.runs.pipeline import RunConfig, Runner
 from medharness.runs.rescore import score_run
-from medharness.runs.runlog import RunDir
+from medharness.runs.runlog import RunDir, split_lines
 
 OLD = Path(__file__).parents[1] / "data" / "runlog_v0"  # written by medharness 0.1 (commit ff05d3c), judged
 GOLDEN = Path(__file__).parents[1] / "data" / "runlog_golden"
@@ -208,3 +208,8 @@ def test_imported_run_json_is_written_byte_for_byte_as_before(tmp_path: Path,
                                      output=tmp_path / "run", model_name="m", tool_version="0.4.13",
                                      overrides={"prompt": "r1"}, label="peer"))
     _golden(_normalised(tmp_path / "run" / "run.json", tmp_path), "import.json")
+
+
+def test_split_lines_gives_the_lines_split_gives() -> None:
+    for text in ["", "\n", "a", "a\n", "a\nb", "\n\nx\n\n", "é\r\nü\u2028v\n", "{}\n" * 5]:
+        assert list(split_lines(text)) == text.split("\n")

@@ -23,7 +23,7 @@ from medharness.runs.pipeline import RunConfig, Runner
 from medharness.runs.rescore import score_run
 from medharness.runs.runlog import RunDir, parse_rows_to_score
 from medharness.scoring.metrics import METRICS, Metric, resolve_metrics
-from medharness.scoring.recipe import DistinctScores, Recipe, _frozen, memoisable, summarise
+from medharness.scoring.recipe import DistinctScores, Recipe, Scored, _frozen, memoisable, summarise
 from medharness.taskfiles.task import load_task, recipe_for
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "fuzz" / "outputs"
@@ -116,8 +116,31 @@ def test_rows_differing_in_what_scoring_reads_are_scored_apart() -> None:
     assert _same(got, _one_by_one(recipe, rows))
 
 
+def test_metas_are_kept_once_each_and_give_each_row_its_own() -> None:
+    """Re-scoring keeps each distinct meta once (`metas`, `meta_which`); every row reads back its own meta
+    (values that compare equal but print apart stay apart), and the group columns equal per-row metas'."""
+    recipe = recipe_for(load_task("vqa_rad"))
+    metas: list[dict[str, Any]] = [{"answer_type": v} for v in ("CLOSED", "OPEN", "CLOSED")]
+    metas += [{}, *({"answer_type": v} for v in (0.0, -0.0, 1, True, 1.0, "OPEN"))]
+    rows = [(Sample(id=str(i), task="vqa_rad", question="q", target="yes", meta=m), "yes", None)
+            for i, m in enumerate(metas)]
+    scores, _ = _distinct(recipe, rows)
+    assert [repr(scores.metas[i]) for i in scores.meta_which] == [repr(m) for m in metas]
+    assert len(scores.metas) == 8
+    clusters = [f"id:{i}" for i in range(len(rows))]
+    which = np.asarray(scores.which)
+    coded = Scored.build(scores.results, scores.samples, which, clusters, scores.metas, recipe,
+                         ["answer_type"], "item", np.asarray(scores.meta_which))
+    per_row = Scored.build(scores.results, scores.samples, which, clusters, metas, recipe, ["answer_type"],
+                           "item")
+    a, b = coded.meta["answer_type"], per_row.meta["answer_type"]
+    assert a.names == b.names == ["CLOSED", "OPEN", None, "0.0", "-0.0", "1", "True", "1.0"]
+    assert a.codes.tolist() == b.codes.tolist()
+
+
 def test_memo_keys_keep_json_values_of_different_types_apart() -> None:
-    values = ["1", 1, 1.0, True, None, ["1"], [1], {"a": 1}, {"a": "1"}, [[1]], [{"a": 1}]]
+    values = ["1", 1, 1.0, True, None, ["1"], [1], {"a": 1}, {"a": "1"}, [[1]], [{"a": 1}], 0.0, -0.0,
+              {"a": 0.0}, {"a": -0.0}]
     assert len({_frozen(v) for v in values}) == len(values)
     assert _frozen({"a": [1, 2]}) == _frozen({"a": [1, 2]})
 
@@ -147,10 +170,22 @@ def test_a_plugin_or_batch_metric_is_scored_on_every_row(monkeypatch: pytest.Mon
 def test_rows_that_never_repeat_stop_being_keyed_after_the_probe() -> None:
     recipe = recipe_for(load_task("vqa_rad"))
     n = DistinctScores.PROBE_ROWS + 500
-    rows = [(Sample(id=str(i), task="vqa_rad", question="q", target="yes"), f"answer {i}", None)
-            for i in range(n)]
+    rows = [(Sample(id=str(i), task="vqa_rad", question=f"q{i}", target=("yes", "no", "left")[i % 3],
+                    images=(f"{i}.png",)), f"answer {i}", None) for i in range(n)]
     scores, got = _distinct(recipe, rows)
     assert scores._seen is None and scores.which == list(range(n))
+    assert _same(got, _one_by_one(recipe, rows))
+    # every row scored, on one Sample per (target, choices, meta): three built
+    assert scores._built is not None and len(scores._built) == 3
+
+
+def test_golds_that_never_repeat_get_a_sample_each_and_none_kept() -> None:
+    recipe = recipe_for(load_task("vqa_rad"))
+    n = DistinctScores.PROBE_ROWS + 500
+    rows = [(Sample(id=str(i), task="vqa_rad", question="q", target=f"gold {i}"), f"answer {i % 7}", None)
+            for i in range(n)]
+    scores, got = _distinct(recipe, rows)
+    assert scores._seen is None and scores._built is None
     assert _same(got, _one_by_one(recipe, rows))
 
 

@@ -158,16 +158,25 @@ def to_dataset(rows: list[dict[str, Any]]) -> Any:
 
 # -- pre-flight ---------------------------------------------------------------------------------------------
 
+def _image_shapes(images: Sequence[Any]) -> tuple[Any, ...] | None:
+    """What the processor's token counts depend on in a row's images: sizes and modes (None: not PIL)."""
+    if not all(hasattr(im, "size") and hasattr(im, "mode") for im in images):
+        return None
+    return tuple((im.size, im.mode) for im in images)
+
+
 def check_image_tokens(rows: Sequence[dict[str, Any]], processor: Any, max_length: int | None = None) -> int:
     """Before training: every row's image placeholders match its images, its image tokens match its image
     features, and (SFT/DPO) it fits `max_length` untruncated. Raises naming the sample; returns the longest
-    row in tokens."""
+    row in tokens. A row whose text and image sizes equal an earlier row's is not processed again (the
+    processor's token counts depend on nothing else)."""
     owner = chat_template_owner(processor)
     tokenizer = getattr(processor, "tokenizer", processor)
     token = getattr(processor, "image_token", None)
     image_id = tokenizer.convert_tokens_to_ids(token) if isinstance(token, str) else None
     merge = int(getattr(getattr(processor, "image_processor", None), "merge_size", 1) or 1)
     longest = 0
+    checked: dict[tuple[Any, ...], int] = {}  # (text, image shapes) -> tokens, for rows that passed
     for row in rows:
         sid = row["sample_id"]
         messages = row.get("messages") or [*row["prompt"], *(row.get("chosen") or [])]
@@ -179,6 +188,11 @@ def check_image_tokens(rows: Sequence[dict[str, Any]], processor: Any, max_lengt
                                                  {"type": "text", "text": p["text"]} for p in m["content"]]}
                  for m in messages]
         text = owner.apply_chat_template(plain, tokenize=False, add_generation_prompt="messages" not in row)
+        shapes = _image_shapes(row["images"])
+        key = (text, shapes) if shapes is not None else None
+        if key is not None and key in checked:
+            longest = max(longest, checked[key])
+            continue
         enc = processor(text=[text], images=row["images"] or None, return_tensors="pt")
         ids = enc["input_ids"][0]
         longest = max(longest, int(ids.shape[0]))
@@ -191,4 +205,6 @@ def check_image_tokens(rows: Sequence[dict[str, Any]], processor: Any, max_lengt
         if max_length is not None and ids.shape[0] > max_length:
             raise DataError(f"sample {sid}: {int(ids.shape[0])} tokens > max_length {max_length}: truncation "
                             "would cut the answer or image tokens (set trl.max_length: null)")
+        if key is not None:
+            checked[key] = int(ids.shape[0])
     return longest

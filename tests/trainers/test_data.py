@@ -108,3 +108,40 @@ def test_formats_and_preflight(processor, fmt: str) -> None:  # type: ignore[no-
     bad = [{**first, "images": first["images"] * 2}]
     with pytest.raises(DataError, match=f"sample {samples[0].id}: the prompt has 1 image parts but 2 images"):
         check_image_tokens(bad, processor)
+
+
+class CountingProcessor:
+    """The processor, counting the rows it is asked to process."""
+
+    def __init__(self, processor) -> None:  # type: ignore[no-untyped-def]
+        self.processor, self.calls = processor, 0
+
+    def __call__(self, **kwargs):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return self.processor(**kwargs)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.processor, name)
+
+
+def test_preflight_processes_each_distinct_row_once(processor) -> None:  # type: ignore[no-untyped-def]
+    """Rows with the same text and image sizes are one check (the demo's 64 rows: two); a row that differs in
+    either is checked on its own, so a bad one is still found and named."""
+    task = load_task("phantom_presence")
+    samples = task.load_samples("train")[:6]
+    budget = pixel_budget(processor, _config())
+    rows = rows_for("messages", task, samples,
+                    lambda s: [resize(task.open_image(r), budget) for r in s.images],
+                    lambda s: gold_text(task, "plain", s))
+    counting = CountingProcessor(processor)
+    longest = check_image_tokens(rows, counting)
+    golds = {gold_text(task, "plain", s) for s in samples}
+    assert counting.calls == len(golds) == 2  # yes / no: the prompt and the image size are the same
+    assert longest == max(check_image_tokens([r], processor) for r in rows)
+    smaller = {**rows[3], "images": [rows[3]["images"][0].resize((28, 28))]}
+    counting = CountingProcessor(processor)
+    assert check_image_tokens([*rows, smaller], counting) == longest  # fewer image tokens, not the longest
+    assert counting.calls == 3
+    doubled = {**rows[4], "images": rows[4]["images"] * 2}
+    with pytest.raises(DataError, match=f"sample {samples[4].id}: the prompt has 1 image parts but 2 images"):
+        check_image_tokens([*rows, doubled], processor)

@@ -24,7 +24,6 @@ import ctypes
 import gc
 import importlib
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -33,8 +32,6 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
-
-log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the child is killed when the worker dies
 

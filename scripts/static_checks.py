@@ -124,8 +124,22 @@ def check_tracked() -> int:
             if "__pycache__" not in name and name.endswith((".py", ".yaml", ".txt", ".json", ".md"))]
     for name in lost:
         print(f"ignored by git, so missing from a clean clone: {name}")
-    print(f"tracked: {len(lost)} source file(s) ignored by git; {'FAILED' if lost else 'ok'}")
-    return 1 if lost else 0
+    gone = [name for name in config["tool"]["setuptools"]["packages"] if not _tracked_files(config, name)]
+    for name in gone:  # a clean install fails on a listed package whose folder is not in the clone
+        print(f"pyproject lists package {name}, but git tracks no file in its folder")
+    print(f"tracked: {len(lost)} source file(s) ignored by git, {len(gone)} listed package(s) without files; "
+          f"{'FAILED' if lost or gone else 'ok'}")
+    return 1 if lost or gone else 0
+
+
+def _tracked_files(config: dict, package: str) -> list[str]:
+    """The files git tracks in a listed package's folder (`package-dir` maps the package name to it)."""
+    package_dir: dict[str, str] = config["tool"]["setuptools"]["package-dir"]
+    root = max((p for p in package_dir if package == p or package.startswith(p + ".")), key=len)
+    folder = Path(package_dir[root], *[part for part in package[len(root):].split(".") if part])
+    listed = subprocess.run(["git", "ls-files", "--", str(folder)], cwd=ROOT, capture_output=True, text=True,
+                            check=False)
+    return listed.stdout.split()
 
 
 def main() -> int:

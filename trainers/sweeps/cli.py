@@ -73,7 +73,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     stages = Stages(sweep, file, output, resume=args.resume, say=lambda line: print(line, flush=True))
     references = reference_rows(sweep)
     if args.print_commands:
-        print_commands(file, stages, cells, references)
+        print_commands(file, stages, cells, references, sweep.data_dir if args.data_dir else None)
         return 0
     if args.dry_run:
         return dry_run(sweep, stages, cells, references)
@@ -142,10 +142,12 @@ def run_one(cid: str, stages: Stages, cells: list[Cell], references: dict[str, s
     return 0
 
 
-def print_commands(file: Path, stages: Stages, cells: list[Cell], references: dict[str, str | None]) -> None:
+def print_commands(file: Path, stages: Stages, cells: list[Cell], references: dict[str, str | None],
+                   data_dir: str | None = None) -> None:
     from medharness.trainers.sweeps.schema import all_eval_tasks
 
-    base = ["medharness", "train-then-eval", "--sweep", str(file), "--output", str(stages.root)]
+    base = ["medharness", "train-then-eval", "--sweep", str(file), "--output", str(stages.root),
+            *(["--data-dir", data_dir] if data_dir else [])]  # the data folder the command line gave
     print(f"# {len(cells)} cell(s) and {len(references)} reference row(s); each command is self-contained "
           "and can be rerun (finished stages are skipped). Run the stages in order; within a stage, in "
           "parallel. Under each, as comments: the commands its stages run (in a fresh sweep folder).")

@@ -131,6 +131,11 @@ def test_print_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert commands[-1] == f"medharness train-then-eval --sweep {file} --output {out} --resume"
     assert lines.index("# stage 1") < lines.index("# stage 2 (each after its parent cell of stage 1)")
     assert not out.exists()
+    # --data-dir reaches every printed command (they used to drop it, and failed at `split`)
+    assert main(["train-then-eval", "--sweep", str(file), "--output", str(out), "--print-commands",
+                 "--data-dir", str(tmp_path / "data")]) == 0
+    given = [line for line in capsys.readouterr().out.splitlines() if line.startswith("medharness ")]
+    assert len(given) == len(commands) and all(f"--data-dir {tmp_path / 'data'} " in c for c in given)
     # under each cell, its stages as the sweep runs them: split, train (from its parent's final), evals
     sweep = load_sweep(file)
     stages = Stages(sweep, file, out, resume=False)

@@ -21,6 +21,8 @@ import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
+from medharness.core.display import md_cell
+
 if TYPE_CHECKING:
     from pydantic import BaseModel
     from pydantic.fields import FieldInfo
@@ -101,10 +103,6 @@ def field_help(model: str, name: str, default: bool = False) -> str:
     raise LookupError(f"{model}.{name} has no Field(description=...) given as a string literal")
 
 
-def _escape(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
-
-
 def _type_text(tp: Any) -> str:
     """A type as written in Python, with `SafeName` named (a file-name-safe string)."""
     from medharness.core.records import SafeName
@@ -146,7 +144,7 @@ def _default_text(field: FieldInfo) -> str:
     value = field.get_default(call_default_factory=True)
     if isinstance(value, BaseModel):
         return "each key's default"
-    return f"`{_escape(json.dumps(value, ensure_ascii=False))}`"
+    return f"`{md_cell(json.dumps(value, ensure_ascii=False))}`"
 
 
 def schema_table(model: type[BaseModel]) -> str:
@@ -158,12 +156,12 @@ def schema_table(model: type[BaseModel]) -> str:
     safe = get_args(SafeName)[1]
     for name, field in model.model_fields.items():
         # pydantic keeps a field's own Annotated metadata apart from its type: name a SafeName field as such
-        kind = f"`{_escape('SafeName' if safe in field.metadata else _type_text(field.annotation))}`"
+        kind = f"`{md_cell('SafeName' if safe in field.metadata else _type_text(field.annotation))}`"
         constraints = _constraints(field)
         if constraints:
             kind += f" ({', '.join(constraints)})"
         rows.append(f"| `{field.alias or name}` | {kind} | {_default_text(field)} | "
-                    f"{_escape(field.description or '')} |")
+                    f"{md_cell(field.description or '')} |")
     return "\n".join(rows) + "\n"
 
 

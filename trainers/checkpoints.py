@@ -183,6 +183,10 @@ def model_card(manifest: CheckpointManifest, final: Path) -> str:
             + f", task `{manifest.task}`" + (f" (prompt `{manifest.prompt}`)" if manifest.prompt else "")
             + f", {manifest.n_train_samples} training samples (ids hash `{manifest.train_samples_hash}`), "
             f"seed {manifest.seed}, {manifest.step} optimiser steps.", "",
+            *([f"**A control run** (`ablate: {manifest.config['ablate']}`): trained on replaced "
+               + ("answers" if manifest.config["ablate"] == "labels" else "images")
+               + ", so that it cannot learn the task; it is not a model to use.", ""]
+              if manifest.config.get("ablate") else []),
             "Score it with the task's own parser and metrics:", "",
             "```bash", f"medharness run --model {final} --tasks {manifest.task}", "```", "",
             f"Every setting (the recipe config, each TRL argument, package versions): `{MANIFEST_FILE}`."]

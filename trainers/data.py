@@ -1,7 +1,8 @@
 """A task's samples as TRL datasets, one function per format, plus the pre-flight image-token check.
 
 - GRPO (`prompt`): a conversational `prompt` + `images` (TRL 1.16's GRPOTrainer reads `images`, or `image`).
-- SFT (`messages`): the user turn + the assistant turn written from the gold in the prompt variant's format.
+- SFT (`completion`): `prompt` + `completion`, the assistant turn written from the gold in the prompt
+  variant's format; TRL computes the loss on the completion only (`completion_only_loss` null: on here).
 - DPO (`preference`): `prompt`, `chosen`, `rejected` + `images`.
 Every row also carries `sample_id` (the reward functions get it as a keyword argument). Prompts are rendered
 by `Task.render`, the same call `run` uses; image parts are `{"type": "image"}` placeholders that TRL fills
@@ -11,6 +12,7 @@ from `images`. Images are resized once to the processor's pixel budget with the 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,11 +47,23 @@ def select_samples(task: Task, config: TrainConfig, samples_file: Path | None = 
     file = samples_file or (Path(config.samples.file) if config.samples.file else None)
     if file is not None:
         samples = select_pinned(task.name, samples, read_sample_ids(file), file)
+    if config.samples.balanced:
+        samples = balance(samples)
     if config.samples.limit is not None:
         samples = samples[: config.samples.limit]
     if not samples:
         raise no_samples_error(task, f"split '{split}' is empty")
     return samples
+
+
+def balance(samples: Sequence[Sample]) -> list[Sample]:
+    """The first k samples of each gold answer, in their order, k the rarest answer's count."""
+    by_gold: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_gold.setdefault(json.dumps(s.target, sort_keys=True), []).append(s)
+    k = min((len(v) for v in by_gold.values()), default=0)
+    keep = {id(s) for group in by_gold.values() for s in group[:k]}
+    return [s for s in samples if id(s) in keep]
 
 
 # -- images -------------------------------------------------------------------------------------------------
@@ -105,6 +119,34 @@ def resize(image: Any, budget: PixelBudget | None) -> Any:
     return image.resize((width, height), Image.Resampling.BICUBIC)
 
 
+# -- control runs (`ablate:`) -------------------------------------------------------------------------------
+
+ImagesOf = Callable[[Sample], list[Any]]
+GoldOf = Callable[[Sample], str]
+
+
+def ablated(mode: str | None, samples: Sequence[Sample], images: ImagesOf, gold: GoldOf | None,
+            seed: int) -> tuple[ImagesOf, GoldOf | None]:
+    """The image and gold functions of a control run that must not learn: every image black (`blank`) or
+    seeded noise (`noise`), each sample given another sample's images (`shuffle`) or gold answer (`labels`,
+    a seeded derangement, `run --ablate`'s). Replacements are deterministic from the seed and sample id."""
+    from medharness.taskfiles import ablation
+
+    if mode is None:
+        return images, gold
+    by_id = {s.id: s for s in samples}
+    if mode in ("shuffle", "labels"):
+        partner = ablation.partners([s.id for s in samples], seed)
+        if mode == "shuffle":
+            return (lambda s: images(by_id[partner[s.id]])), gold
+        if gold is None:
+            raise ConfigError("ablate: labels needs a recipe trained on gold answers (sft)")
+        return images, lambda s: gold(by_id[partner[s.id]])
+    if mode == "blank":
+        return (lambda s: [ablation.blank(im) for im in images(s)]), gold
+    return (lambda s: [ablation.noise(im, seed, s.id) for im in images(s)]), gold
+
+
 # -- rows ---------------------------------------------------------------------------------------------------
 
 def prompt_messages(task: Task, sample: Sample) -> list[Message]:
@@ -123,7 +165,7 @@ def assistant(text: str) -> list[Message]:
 def rows_for(fmt: str, task: Task, samples: Sequence[Sample], images: Callable[[Sample], list[Any]],
              gold: Callable[[Sample], str] | None = None, rejected: dict[str, str] | None = None,
              styles: tuple[dict[str, str], dict[str, Task]] | None = None) -> list[dict[str, Any]]:
-    """Dataset rows in one of the three formats ("prompt", "messages", "preference"). With `styles`
+    """Dataset rows in one of the three formats ("prompt", "completion", "preference"). With `styles`
     (sample id -> style, style -> task with that prompt variant) each sample is rendered in its style and the
     row records `prompt_style`."""
     rows = []
@@ -134,9 +176,9 @@ def rows_for(fmt: str, task: Task, samples: Sequence[Sample], images: Callable[[
         prompt = prompt_messages(styles[1][styles[0][s.id]] if styles is not None else task, s)
         if fmt == "prompt":
             rows.append({**base, "prompt": prompt})
-        elif fmt == "messages":
+        elif fmt == "completion":
             assert gold is not None
-            rows.append({**base, "messages": prompt + assistant(gold(s))})
+            rows.append({**base, "prompt": prompt, "completion": assistant(gold(s))})
         elif fmt == "preference":
             assert gold is not None and rejected is not None
             if s.id in rejected:
@@ -179,7 +221,8 @@ def check_image_tokens(rows: Sequence[dict[str, Any]], processor: Any, max_lengt
     checked: dict[tuple[Any, ...], int] = {}  # (text, image shapes) -> tokens, for rows that passed
     for row in rows:
         sid = row["sample_id"]
-        messages = row.get("messages") or [*row["prompt"], *(row.get("chosen") or [])]
+        answer = row.get("completion") or row.get("chosen")
+        messages = [*row["prompt"], *(answer or [])]
         n_parts = sum(1 for m in messages for p in m["content"] if p.get("type") == "image")
         if n_parts != len(row["images"]):
             raise DataError(f"sample {sid}: the prompt has {n_parts} image parts but {len(row['images'])} "
@@ -187,7 +230,7 @@ def check_image_tokens(rows: Sequence[dict[str, Any]], processor: Any, max_lengt
         plain = [{"role": m["role"], "content": [{"type": "image"} if p["type"] == "image" else
                                                  {"type": "text", "text": p["text"]} for p in m["content"]]}
                  for m in messages]
-        text = owner.apply_chat_template(plain, tokenize=False, add_generation_prompt="messages" not in row)
+        text = owner.apply_chat_template(plain, tokenize=False, add_generation_prompt=answer is None)
         shapes = _image_shapes(row["images"])
         key = (text, shapes) if shapes is not None else None
         if key is not None and key in checked:

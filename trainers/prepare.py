@@ -25,6 +25,7 @@ from medharness.trainers.checkpoints import (
 )
 from medharness.trainers.config import Layers, trl_args
 from medharness.trainers.data import (
+    ablated,
     check_image_tokens,
     pixel_budget,
     resize,
@@ -127,9 +128,13 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
                             model=config.model)
         gold_means = rewards.check_applicable(samples, lambda s: gold_text(task, prompt, s))
     gold = None
-    if recipe.data_format in ("messages", "preference"):
+    if recipe.data_format in ("completion", "preference"):
         check_gold_parses(task, prompt, samples)
         gold = lambda s: gold_text(task, prompt, s)
+    if config.ablate == "labels" and recipe.data_format != "completion":
+        raise ConfigError(f"ablate: labels shuffles the gold answers SFT trains on; recipe {config.recipe} "
+                          "learns from rewards or preference pairs (use an image ablation: blank, noise, "
+                          "shuffle)")
     rejected = rejected_texts(task, prompt, samples, config.rejected, config.seed) \
         if recipe.data_format == "preference" else None
     styles = None
@@ -138,9 +143,10 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
         styles = (assign_styles(samples, config.prompt_styles, config.seed), styled)
     model, processor = load_model(config, use_gpu)
     budget = pixel_budget(processor, config)
-    rows = rows_for(recipe.data_format, task, samples,
-                    lambda s: [resize(task.open_image(ref), budget) for ref in s.images], gold, rejected,
-                    styles)
+    images, gold = ablated(config.ablate, samples,
+                           lambda s: [resize(task.open_image(ref), budget) for ref in s.images], gold,
+                           config.seed)
+    rows = rows_for(recipe.data_format, task, samples, images, gold, rejected, styles)
     settings = dict(config.trl)
     if rewards is not None:
         if "reward_weights" in settings:

@@ -4,7 +4,7 @@ layering: `config.py`)."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -44,6 +44,9 @@ class SamplesSpec(Strict):
     split: str = Field("train", description="the task split trained on")
     file: str | None = Field(None, description="training sample ids (a `medharness split` file or an id "
                                                "list)")
+    balanced: bool = Field(False, description="then the first k samples of each gold answer, k the rarest "
+                                              "answer's count (class-balanced training; the split itself, "
+                                              "and so the majority baseline, keeps its own mix)")
     limit: int | None = Field(None, ge=1, description="then only the first N")
 
 
@@ -73,6 +76,9 @@ class TrainConfig(Strict):
                                                     "fine-tune")
     freeze_vision: bool = Field(False, description="full fine-tunes: freeze the vision tower too (presets: "
                                                    "true)")
+    ablate: Literal["blank", "noise", "shuffle", "labels"] | None = Field(
+        None, description="a control run that must NOT learn: train on blank or noise images, on another "
+                          "sample's image (shuffle), or (sft, dpo) on another sample's answer (labels)")
     attn_implementation: str = Field(
         "sdpa",
         description="sdpa, eager or flash_attention_2 (needs flash-attn: a ConfigError before loading)")

@@ -175,3 +175,17 @@ def test_render_is_deterministic_per_case():
     first = [phantom.render(phantom.make_case(9, i)).tobytes() for i in range(20)]
     assert first == [phantom.render(phantom.make_case(9, i)).tobytes() for i in range(20)]
     assert len(set(first)) > 1  # cases differ
+
+
+
+def test_the_train_split_of_a_phantom_source() -> None:
+    from pydantic import ValidationError
+
+    from medharness.taskfiles.sources import PhantomSource
+
+    source = PhantomSource(kind="phantom", question="presence", train={"n": 10})
+    assert source.train.seed is None and source.n == 200
+    with pytest.raises(ValidationError, match="equals the test seed"):
+        PhantomSource(kind="phantom", question="presence", seed=3, train={"seed": 3})
+    with pytest.raises(ValidationError, match="extra|not permitted"):
+        PhantomSource(kind="phantom", question="presence", train={"balanced": True})

@@ -7,12 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from medharness.core.errors import DataError
+from medharness.core.errors import ConfigError, DataError
 from medharness.taskfiles.phantom import open_image
 from medharness.taskfiles.splits import kshot, write_sample_ids
 from medharness.taskfiles.task import load_task
 from medharness.trainers.config import Layers, build_config
-from medharness.trainers.data import check_image_tokens, pixel_budget, resize, rows_for, select_samples
+from medharness.trainers.data import (
+    ablated,
+    check_image_tokens,
+    pixel_budget,
+    resize,
+    rows_for,
+    select_samples,
+)
 from medharness.trainers.prepare import load_train_task
 from medharness.trainers.targets import gold_text
 
@@ -31,7 +38,7 @@ def _digest(ref: str) -> str:
 def test_phantom_train_split_never_repeats_a_test_image(name: str) -> None:
     task = load_task(name)
     train, test = task.load_samples("train"), task.load_samples("test")
-    assert len(train) == len(test) == 200
+    assert len(test) == 200 and len(train) == (2018 if name == "phantom_presence" else 200)
     train_refs = {r for s in train for r in s.images}
     test_refs = {r for s in test for r in s.images}
     assert not train_refs & test_refs  # different generator seeds (test: seed, train: seed + 1000)
@@ -43,13 +50,24 @@ def test_phantom_train_split_never_repeats_a_test_image(name: str) -> None:
 
 def test_select_samples_split_file_and_limit(tmp_path: Path) -> None:
     task = load_task("phantom_presence")
-    assert len(select_samples(task, _config(task="phantom_presence"))) == 200
+    assert len(select_samples(task, _config(task="phantom_presence"))) == 2018
     chosen = kshot(task.load_samples("train"), 3, seed=1)
     file = tmp_path / "k3.json"
     write_sample_ids(file, task.name, chosen)
     picked = select_samples(task, _config(samples={"file": str(file)}))
     assert [s.id for s in picked] == [s.id for s in chosen] and len(picked) == 6  # 3 yes + 3 no
     assert len(select_samples(task, _config(samples={"limit": 5}))) == 5
+    # class-balanced: the first 500 of each answer (the split keeps its mix: 1,518 "yes", 500 "no"), in order
+    balanced = select_samples(task, _config(samples={"balanced": True}))
+    train = task.load_samples("train")
+    assert [s.target for s in train].count("no") == 500 and len(balanced) == 1000
+    assert [s.target for s in balanced].count("yes") == 500
+    assert [s.id for s in balanced] == [s.id for s in train if s in balanced]
+    yes = [s.id for s in train if s.target == "yes"]
+    assert {s.id for s in balanced if s.target == "yes"} == set(yes[:500])
+    assert len(select_samples(task, _config(samples={"balanced": True, "limit": 7}))) == 7
+    assert [s.id for s in select_samples(task, _config(samples={"file": str(file), "balanced": True}))] == \
+        [s.id for s in chosen]  # 3 + 3 already
 
 
 def test_task_without_training_samples(tmp_path: Path) -> None:
@@ -86,7 +104,7 @@ def test_pixel_budget_matches_the_processor(processor) -> None:  # type: ignore[
     assert processor.image_processor.size.longest_edge == 56 * 56  # the saved processor evaluates the same
 
 
-@pytest.mark.parametrize("fmt", ["prompt", "messages", "preference"])
+@pytest.mark.parametrize("fmt", ["prompt", "completion", "preference"])
 def test_formats_and_preflight(processor, fmt: str) -> None:  # type: ignore[no-untyped-def]
     task = load_task("phantom_presence", {"prompt": "r1"})
     samples = task.load_samples("train")[:3]
@@ -96,10 +114,11 @@ def test_formats_and_preflight(processor, fmt: str) -> None:  # type: ignore[no-
                     {s.id: "<think>x</think><answer>no</answer>" for s in samples})
     assert [r["sample_id"] for r in rows] == [s.id for s in samples]
     first = rows[0]
-    key = {"prompt": "prompt", "messages": "messages", "preference": "prompt"}[fmt]
-    assert first[key][0]["content"][0] == {"type": "image", "text": None}
-    if fmt == "messages":
-        assert first["messages"][-1]["content"][0]["text"] == gold_text(task, "r1", samples[0])
+    assert first["prompt"][0]["content"][0] == {"type": "image", "text": None}
+    if fmt == "completion":
+        assert set(first) == {"sample_id", "images", "prompt", "completion"}
+        assert first["completion"] == [{"role": "assistant", "content": [
+            {"type": "text", "text": gold_text(task, "r1", samples[0])}]}]
     if fmt == "preference":
         assert set(first) == {"sample_id", "images", "prompt", "chosen", "rejected"}
     assert check_image_tokens(rows, processor) > 16
@@ -130,7 +149,7 @@ def test_preflight_processes_each_distinct_row_once(processor) -> None:  # type:
     task = load_task("phantom_presence")
     samples = task.load_samples("train")[:6]
     budget = pixel_budget(processor, _config())
-    rows = rows_for("messages", task, samples,
+    rows = rows_for("completion", task, samples,
                     lambda s: [resize(task.open_image(r), budget) for r in s.images],
                     lambda s: gold_text(task, "plain", s))
     counting = CountingProcessor(processor)
@@ -145,3 +164,39 @@ def test_preflight_processes_each_distinct_row_once(processor) -> None:  # type:
     doubled = {**rows[4], "images": rows[4]["images"] * 2}
     with pytest.raises(DataError, match=f"sample {samples[4].id}: the prompt has 1 image parts but 2 images"):
         check_image_tokens([*rows, doubled], processor)
+
+
+def test_control_runs_replace_images_or_answers_deterministically() -> None:
+    """`ablate:` feeds the trainer black or noise images, another sample's images, or another sample's answer;
+    the same seed gives the same replacement, and the real data is untouched."""
+    import numpy as np
+
+    task = load_task("phantom_presence")
+    samples = task.load_samples("train")[:6]
+
+    def images(s):  # type: ignore[no-untyped-def]
+        return [open_image(r) for r in s.images]
+
+    def gold(s):  # type: ignore[no-untyped-def]
+        return f"gold of {s.id}"
+
+    same_images, same_gold = ablated(None, samples, images, gold, seed=0)
+    assert same_images is images and same_gold is gold
+    blank_images, _ = ablated("blank", samples, images, gold, seed=0)
+    assert not np.asarray(blank_images(samples[0])[0]).any()
+    noise_images, _ = ablated("noise", samples, images, gold, seed=0)
+    a, b = (np.asarray(noise_images(samples[0])[0]), np.asarray(ablated("noise", samples, images, gold, 0)[0]
+                                                              (samples[0])[0]))
+    assert (a == b).all() and a.std() > 50  # seeded noise, not the scan
+    shuffled, kept = ablated("shuffle", samples, images, gold, seed=0)
+    own = {_digest(r) for s in samples for r in s.images}
+    moved = [hashlib.sha256(shuffled(s)[0].tobytes()).hexdigest() for s in samples]
+    assert kept is gold and set(moved) == own
+    assert all(m != _digest(s.images[0]) for m, s in zip(moved, samples, strict=True))  # nobody keeps its own
+    _, swapped = ablated("labels", samples, images, gold, seed=0)
+    assert swapped is not None
+    answers = [swapped(s) for s in samples]
+    assert sorted(answers) == sorted(gold(s) for s in samples)
+    assert all(x != gold(s) for x, s in zip(answers, samples, strict=True))
+    with pytest.raises(ConfigError, match="labels needs a recipe trained on gold answers"):
+        ablated("labels", samples, images, None, seed=0)

@@ -62,7 +62,7 @@ class TrainerRecipe:
 
     name: ClassVar[str] = ""
     trl_config: ClassVar[str] = ""  # the TRL config class name, e.g. "GRPOConfig"
-    data_format: ClassVar[str] = ""  # "prompt" (GRPO) | "messages" (SFT) | "preference" (DPO)
+    data_format: ClassVar[str] = ""  # "prompt" (GRPO) | "completion" (SFT) | "preference" (DPO)
     uses_rewards: ClassVar[bool] = False
     description: ClassVar[str] = ""
     own_preset: ClassVar[str | None] = None  # the preset `--recipe NAME` starts from (default: NAME's own)

@@ -25,7 +25,15 @@ from medharness.leaderboards.board import build
 from medharness.leaderboards.render import render_json, render_markdown
 from medharness.leaderboards.spec import BoardSpec, ColumnSpec, RowSpec, load_board
 from medharness.runs.folders import SweepDir
-from medharness.trainers.sweeps.schema import Cell, SweepConfig, TableRow, all_eval_tasks, eval_tasks, slug
+from medharness.trainers.sweeps.schema import (
+    Cell,
+    SweepConfig,
+    TableRow,
+    ablation_folder,
+    all_eval_tasks,
+    eval_tasks,
+    slug,
+)
 
 PUBLISHED = "published"
 Group = tuple[str, str | None, int | None]  # (recipe entry id, preset, shots)
@@ -78,9 +86,14 @@ def every_row(sweep: SweepConfig, cells: Sequence[Cell], folder: SweepDir, refer
         seeds = _seeds(members)
         lineage = (f"{base_label} → {_chain(members[0], by_id)} · k={shots_text} · {len(seeds)} "
                    f"seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})")
-        runs = [folder.eval_dir(c.id, t) for c in members for t in tasks if t in eval_tasks(sweep, c)]
-        rows.append(RowSpec(label=key + (f" [{preset}]" if preset else "") + f" · k={shots_text}",
-                            runs=_paths(runs), lineage=lineage, expected=len(seeds)))
+        label = key + (f" [{preset}]" if preset else "") + f" · k={shots_text}"
+        for mode in (None, *sweep.eval.ablate):
+            sub = ablation_folder(mode) if mode else None
+            runs = [folder.eval_dir(c.id, t, sub) for c in members for t in tasks
+                    if t in eval_tasks(sweep, c)]
+            rows.append(RowSpec(label=label + (f" · {mode} image" if mode else ""), runs=_paths(runs),
+                                lineage=lineage + (f" · scored with run --ablate {mode}" if mode else ""),
+                                expected=len(seeds)))
     return BoardSpec(name=slug(sweep.name or "sweep"), rows=rows,
                      columns=[ColumnSpec(task=t) for t in tasks])
 

@@ -69,6 +69,11 @@ class RecipeEntry(Strict):
         return self.id or (f"{self.recipe}-from-{self.parent}" if self.parent else self.recipe)
 
 
+def ablation_folder(mode: str) -> str:
+    """The eval subfolder of a cell's final model scored with `run --ablate MODE` (beside checkpoint-N)."""
+    return f"ablate-{mode}"
+
+
 class EvalSpec(EvalSettings):
     """A sweep's `eval:`: the shared evaluation settings, a pinned sample file, and which checkpoints."""
 
@@ -76,6 +81,10 @@ class EvalSpec(EvalSettings):
                                                   "the sweep file")
     checkpoints: Literal["final", "all"] = Field(
         "final", description="all: every checkpoint-<step> is scored too (the board uses final)")
+    ablate: list[Literal["blank", "noise", "shuffle"]] = Field(
+        default_factory=list, description="also score each trained cell's final model with `run --ablate "
+                                          "MODE`: a board row `<row> · MODE image` under each trained row "
+                                          "(is the picture used?)")
 
 
 class LaunchSection(Strict):

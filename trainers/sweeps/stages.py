@@ -31,7 +31,15 @@ from medharness.backends.vlm_common import is_adapter_folder
 from medharness.core.errors import ConfigError, MedHarnessError
 from medharness.core.paths import remove_own, set_aside
 from medharness.runs.folders import SweepDir, run_status
-from medharness.trainers.sweeps.schema import Cell, SweepConfig, eval_prompt, eval_tasks, slug, train_prompt
+from medharness.trainers.sweeps.schema import (
+    Cell,
+    SweepConfig,
+    ablation_folder,
+    eval_prompt,
+    eval_tasks,
+    slug,
+    train_prompt,
+)
 from medharness.trainers.sweeps.worker import StageWorker
 
 log = logging.getLogger(__name__)
@@ -163,7 +171,7 @@ class Stages:
         return argv + (["--resume"] if resume else [])
 
     def eval_args(self, model: str, task: str, out: Path, resume: bool, baseline: bool = False,
-                  prompt: str | None = None) -> list[str]:
+                  prompt: str | None = None, ablate: str | None = None) -> list[str]:
         e = self.sweep.eval
         argv = ["run", "--model", model, "--tasks", task, "--output", str(out), "--no-progress",
                 "--batch-size", str(e.batch_size)]
@@ -178,6 +186,8 @@ class Stages:
                 argv += [flag, str(value)]
         if prompt:
             argv += ["-T", f"{task}.prompt={prompt}"]
+        if ablate:
+            argv += ["--ablate", ablate]
         return argv + (["--resume"] if resume else [])
 
     def split_file(self, cell: Cell) -> Path | None:
@@ -193,9 +203,13 @@ class Stages:
         out = [Command(self.split_args(cell, split))] if split is not None else []
         out.append(Command(self.train_args(cell, self.cell_model(cell, build=False), split, False)))
         final = str(self.dir.train_dir(cell.id).final)
-        return out + [Command(self.eval_args(final, task, self.dir.eval_dir(cell.id, task), False,
-                                             prompt=eval_prompt(self.sweep, cell, task)))
-                      for task in eval_tasks(self.sweep, cell)]
+        return out + [Command(self.eval_args(final, task, self.dir.eval_dir(cell.id, task, folder), False,
+                                             prompt=eval_prompt(self.sweep, cell, task), ablate=mode))
+                      for mode, folder in self.final_evals() for task in eval_tasks(self.sweep, cell)]
+
+    def final_evals(self) -> list[tuple[str | None, str | None]]:
+        """How a cell's final model is scored: (ablation, eval subfolder); (None, None): the plain run."""
+        return [(None, None), *((mode, ablation_folder(mode)) for mode in self.sweep.eval.ablate)]
 
     def reference_commands(self, name: str, model: str | None, tasks: list[str]) -> list[Command]:
         """A reference row's evaluations (for --print-commands)."""
@@ -240,7 +254,7 @@ class Stages:
         return out
 
     def evaluate(self, model: str, task: str, out: Path, log_file: Path, baseline: bool = False,
-                 prompt: str | None = None) -> None:
+                 prompt: str | None = None, ablate: str | None = None) -> None:
         """One `medharness run`, skipped when finished, resumed when started (with --resume)."""
         status = run_status(out)
         if status == "finished":
@@ -251,7 +265,7 @@ class Stages:
             self._set_aside(out, "it has no run.json")
         self.say(f"  eval {task} -> {out}")
         self._call(Command(self.eval_args(model, task, out, resume=status is not None, baseline=baseline,
-                                          prompt=prompt)), log_file)
+                                          prompt=prompt, ablate=ablate)), log_file)
         if run_status(out) != "finished":
             raise StageFailed(f"{out}: the run did not finish (status {run_status(out)})")
 
@@ -309,9 +323,11 @@ class Stages:
         all)."""
         final = self.train(cell)
         logs = self.dir.cell_logs(cell.id)
-        for task in eval_tasks(self.sweep, cell):
-            self.evaluate(str(final), task, self.dir.eval_dir(cell.id, task), logs / f"eval-{task}.log",
-                          prompt=eval_prompt(self.sweep, cell, task))
+        for mode, folder in self.final_evals():
+            for task in eval_tasks(self.sweep, cell):
+                self.evaluate(str(final), task, self.dir.eval_dir(cell.id, task, folder),
+                              logs / f"eval-{folder + '-' if folder else ''}{task}.log",
+                              prompt=eval_prompt(self.sweep, cell, task), ablate=mode)
         if self.sweep.eval.checkpoints == "all":
             for ckpt in self.dir.train_dir(cell.id).checkpoints():
                 for task in eval_tasks(self.sweep, cell):
@@ -331,7 +347,8 @@ class Stages:
     def cell_finished(self, cell: Cell) -> bool:
         state = self.dir.train_dir(cell.id).state()
         return state.status == "finished" and all(
-            run_status(self.dir.eval_dir(cell.id, t)) == "finished" for t in eval_tasks(self.sweep, cell))
+            run_status(self.dir.eval_dir(cell.id, t, folder)) == "finished"
+            for _, folder in self.final_evals() for t in eval_tasks(self.sweep, cell))
 
 
 def reference_rows(sweep: SweepConfig) -> dict[str, str | None]:

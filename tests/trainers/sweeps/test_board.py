@@ -182,3 +182,30 @@ def test_dry_run_reports_data_not_here(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["train-then-eval", "--sweep", str(file), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "data not here: task medmnist_oct reads local files" in out and "cannot start here" in out
+
+
+def test_ablated_evaluations_of_each_trained_row(tmp_path: Path) -> None:
+    """`eval: {ablate: [blank]}`: each trained cell's final model is also run with `--ablate blank` into its
+    own folder (in --print-commands too), and the board gets a
+    `· blank image` row under each trained row."""
+    from medharness.trainers.sweeps.board import every_row
+
+    file = write(tmp_path / "s.yaml", "model: tiny\ntasks: [phantom_presence]\nrecipes: [sft]\n"
+                                      "eval: {limit: 4, ablate: [blank]}\n")
+    sweep = load_sweep(file)
+    stages = Stages(sweep, file, tmp_path / "o", resume=False)
+    (cell,) = expand(sweep)
+    commands = [c.argv() for c in stages.cell_commands(cell)][1:]  # after the train command
+    plain, blank = (stages.dir.eval_dir(cell.id, "phantom_presence", sub) for sub in (None, "ablate-blank"))
+    assert [(a[a.index("--output") + 1], "--ablate" in a) for a in commands] == [(str(plain), False),
+                                                                                 (str(blank), True)]
+    assert commands[1][commands[1].index("--ablate") + 1] == "blank"
+    fake_run(plain, "phantom_presence", {"yes_no_accuracy": 0.9})
+    fake_run(blank, "phantom_presence", {"yes_no_accuracy": 0.5})
+    spec = every_row(sweep, [cell], stages.dir, {}, "m")
+    assert [r.label for r in spec.rows] == ["sft · k=all", "sft · k=all · blank image"]
+    assert spec.rows[1].lineage is not None and "run --ablate blank" in spec.rows[1].lineage
+    _, record = render(spec)
+    assert record is not None
+    values = {c["row"]: c["value"] for c in record["cells"]}
+    assert values == {"sft · k=all": pytest.approx(90.0), "sft · k=all · blank image": pytest.approx(50.0)}

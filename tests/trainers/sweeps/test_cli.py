@@ -339,6 +339,8 @@ def test_demo_sweep_is_valid() -> None:
     assert [c.id for c in expand(sweep)] == ["sft-phantom_presence-kall-s0",
                                              "grpo-from-sft-phantom_presence-kall-s0"]
     assert sweep.model == "tiny:small" and sweep.baselines == ["majority"]
+    assert sweep.common_presets == ["tiny_cpu", "tiny_learn"] and sweep.eval.ablate == ["blank"]
+    assert sweep.eval.limit is None  # all 200 test scans: enough that the rows' intervals separate
 
 
 # -- the real train stage ------------------------------------------------------------------------------------

@@ -143,6 +143,9 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
         styles = (assign_styles(samples, config.prompt_styles, config.seed), styled)
     model, processor = load_model(config, use_gpu)
     budget = pixel_budget(processor, config)
+    if config.ablate:
+        log.warning("ablate: %s - a control run: it trains on replaced %s and is not meant to learn",
+                    config.ablate, "answers" if config.ablate == "labels" else "images")
     images, gold = ablated(config.ablate, samples,
                            lambda s: [resize(task.open_image(ref), budget) for ref in s.images], gold,
                            config.seed)

@@ -10,12 +10,13 @@ CLI (offline, in subprocesses), with the presets `tiny_cpu` + `tiny_learn`:
 5. every model scored with `medharness run` on the first --limit samples of the evaluation split, and every
    trained model again with `--ablate blank` (a black image: is the picture used?).
 The validation copy is the task file with its test split drawn from phantom seed 7 (the test split is seed 0,
-the train split seed 1000 in both). `--validate` scores every stage on it instead of the test split: how
-the settings of `tiny_learn` were chosen. Accuracy intervals are the run's own (95 % Wilson); balanced
+the train split seed 1000 in both). `--validate` scores every stage on it instead of the test split: the way
+to choose settings without seeing the test split. Accuracy intervals are the run's own (95 % Wilson); balanced
 accuracy (mean of the per-answer accuracies: 50 for any model that ignores the picture, whatever the class
 mix) gets a 95 % percentile bootstrap interval (scipy, 2,000 resamples, stratified by answer). GRPO's mean
 training reward per quarter of its steps comes from OUTPUT/completions.jsonl. A finished stage (train.json
-`finished`, an eval folder with run.json) is reused when the script runs again with the same --output.
+`finished`, an eval folder with run.json) is reused when the script runs again with the same --output; the
+"train s" column is each stage's training time from its train.json, reused or not.
 
 The checks printed at the end are the issue's targets: SFT accuracy and balanced accuracy >= 95 in <= 180 s of
 training; SFT early within [60, 85]; GRPO balanced +10 with its last quarter's mean reward above the first's;
@@ -113,11 +114,16 @@ def evaluate(model: Path, task: str, limit: int, out: Path, log: Path,
 
 
 def train(recipe_preset: str, model: Path, out: Path, seed: int, log: Path, extra: list[str]) -> float:
-    """One training stage (reused when finished); returns its wall time (0 when reused)."""
-    if TrainDir(out).state().status == "finished":
-        return 0.0
-    if out.exists():
-        shutil.rmtree(out)
+    """One training stage (reused when finished); returns its training time (train.json `seconds`)."""
+    if TrainDir(out).state().status != "finished":
+        if out.exists():
+            shutil.rmtree(out)
+        run_train(recipe_preset, model, out, seed, log, extra)
+    record = TrainDir(out).log()
+    return float(record.seconds or 0.0) if record is not None else 0.0
+
+
+def run_train(recipe_preset: str, model: Path, out: Path, seed: int, log: Path, extra: list[str]) -> float:
     return medharness("train", "--preset", recipe_preset, "--preset", "tiny_cpu", "--preset", "tiny_learn",
                       "--task", TASK, "--model", str(model), "--seed", str(seed), "--output", str(out),
                       *extra, log=log)

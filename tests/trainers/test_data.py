@@ -200,3 +200,16 @@ def test_control_runs_replace_images_or_answers_deterministically() -> None:
     assert all(x != gold(s) for x, s in zip(answers, samples, strict=True))
     with pytest.raises(ConfigError, match="labels needs a recipe trained on gold answers"):
         ablated("labels", samples, images, None, seed=0)
+
+
+def test_a_label_control_run_of_a_reward_recipe_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    """`ablate: labels` swaps SFT's gold answers; GRPO learns from rewards, so it is refused, naming the
+    recipe, before any model is loaded (the model path here does not exist) or any output is written."""
+    from medharness.trainers.config import load_layers
+    from medharness.trainers.prepare import prepare
+
+    flags = {"task": "phantom_presence", "model": str(tmp_path / "none")}
+    layers = load_layers("grpo", ["tiny_cpu"], None, flags, ["ablate=labels"])
+    with pytest.raises(ConfigError, match="ablate: labels .* recipe grpo learns from rewards"):
+        prepare(build_config(layers), layers, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -112,9 +112,13 @@ class Prepared:
 
 
 def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
+    recipe = recipe_class(config.recipe)()
+    if config.ablate == "labels" and recipe.data_format != "completion":
+        raise ConfigError(f"ablate: labels shuffles the gold answers SFT trains on; recipe {config.recipe} "
+                          "learns from rewards or preference pairs (use an image ablation: blank, noise, "
+                          "shuffle)")
     import torch
 
-    recipe = recipe_class(config.recipe)()
     use_gpu = torch.cuda.is_available()
     trl_args(config, layers, output, use_gpu)  # every TRL key and value checked before anything heavy
     task = load_train_task(config)
@@ -131,10 +135,6 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
     if recipe.data_format in ("completion", "preference"):
         check_gold_parses(task, prompt, samples)
         gold = lambda s: gold_text(task, prompt, s)
-    if config.ablate == "labels" and recipe.data_format != "completion":
-        raise ConfigError(f"ablate: labels shuffles the gold answers SFT trains on; recipe {config.recipe} "
-                          "learns from rewards or preference pairs (use an image ablation: blank, noise, "
-                          "shuffle)")
     rejected = rejected_texts(task, prompt, samples, config.rejected, config.seed) \
         if recipe.data_format == "preference" else None
     styles = None

@@ -1,5 +1,7 @@
 """Rewards are metrics: each reward component is a registered metric scored through the task's own `Recipe`
-(the parser of the prompt variant + `MetricSpec.score`), exactly the path `medharness run` scores with.
+(the parser of the prompt variant + `MetricSpec.score`), exactly the path `medharness run` scores with, and
+named by it: a component is called by the column under which the variant records the same metric and
+arguments (`component_label`), so a reward and the run's number of one name never differ.
 
 A `RewardSet` parses each completion once and scores every component; its `functions()` are TRL reward
 callables (keyword arguments, one float or `None` per completion: `None` = the metric does not apply, never a
@@ -22,7 +24,7 @@ from typing import Any
 
 from medharness.core.errors import ConfigError
 from medharness.core.records import Answer, Generation, Sample
-from medharness.scoring.metrics import resolve_metrics
+from medharness.scoring.metrics import MetricSpec, resolve_metrics
 from medharness.scoring.recipe import Recipe
 from medharness.taskfiles.task import Task, recipe_for
 from medharness.trainers.schema import RewardSpec
@@ -41,6 +43,27 @@ def default_rewards(task: Task, prompt: str) -> list[RewardSpec]:
     if fmt is None:
         return [first]
     return [first, RewardSpec(metric="format_compliance", args=fmt.args, weight=0.1)]
+
+
+def component_label(spec: RewardSpec, recorded: Sequence[MetricSpec]) -> str:
+    """A reward component's name, so that the reward and the run's column of one name are one number: the
+    label under which the prompt variant records the same metric with the same arguments; else the metric's
+    name, or `metric(arg=value, ...)` where the variant records that metric with other arguments, or another
+    metric under its name. An `as:` label is kept unless the variant records a different metric or arguments
+    under it (a reward must not borrow a column)."""
+    same = [m.label for m in recorded if m.metric.name == spec.metric and m.args == spec.args]
+    if spec.label is not None:
+        clash = next((m for m in recorded if m.label == spec.label), None)
+        if clash is not None and spec.label not in same:
+            raise ConfigError(f"reward label '{spec.label}' ({spec.metric} {spec.args or ''}) is the run's "
+                              f"column for {clash.metric.name} {clash.args or ''}; name the component "
+                              "another way")
+        return spec.label
+    if same:
+        return same[0]
+    if spec.metric not in {m.label for m in recorded} | {m.metric.name for m in recorded}:
+        return spec.metric
+    return f"{spec.metric}({', '.join(f'{k}={v}' for k, v in sorted(spec.args.items()))})"
 
 
 def parse_rewards(value: Any) -> list[RewardSpec]:
@@ -78,7 +101,7 @@ class RewardSet:
             raise ConfigError("rewards: give at least one reward metric")
         base = recipe_for(task, prompt=prompt)
         metrics = resolve_metrics([{"name": s.metric, "args": resolve_model_args(s.args, model, s.metric),
-                                    "as": s.label or s.metric} for s in specs])
+                                    "as": component_label(s, base.metrics)} for s in specs])
         for spec in metrics:
             if spec.metric.fn is None:
                 raise ConfigError(f"reward '{spec.label}': corpus metric {spec.metric.name} has no "

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from medharness.core.errors import ConfigError
+from medharness.taskfiles.task import recipe_for
 from medharness.trainers.config import build_config, load_layers, trl_args
 from medharness.trainers.launch import LaunchSpec, accelerate_config, deepspeed_config
 from medharness.trainers.prepare import load_train_task
 from medharness.trainers.recipes.base import recipe_class
 from medharness.trainers.recipes.rarl import RarlOptions, rarl_rewards
+from medharness.trainers.rewards import component_label
 from medharness.trainers.run import TrainRequest, resolve
 from medharness.trainers.schema import RewardSpec
 
@@ -75,19 +77,21 @@ def test_rarl_preset_and_recipe(tmp_path: Path) -> None:
             and config.lora.freeze_vision)
     task = load_train_task(config)
     specs = recipe_class("rarl")().default_rewards(task, task.prompt_name, config)
-    assert [(s.label, s.metric) for s in specs] == [("format", "rarl_format"), ("length", "length_reward"),
-                                                    ("accuracy", "rarl_accuracy"),
-                                                    ("reasoning", "reasoning_similarity")]
+    recorded = recipe_for(task, prompt=task.prompt_name).metrics  # components are named by their metric
+    assert [(component_label(s, recorded), s.metric) for s in specs] == [
+        ("rarl_format", "rarl_format"), ("length_reward", "length_reward"),
+        ("rarl_accuracy", "rarl_accuracy"), ("reasoning_similarity", "reasoning_similarity")]
     assert specs[1].args == {"scale": 0.001, "cap": 1.0, "tokenizer": "@model"}
     assert specs[3].args["reference"] == "reasoning"
 
 
 def test_rarl_reasoning_forms() -> None:
     judge = rarl_rewards(RarlOptions(reasoning="judge"))[-1]
-    assert judge == RewardSpec(metric="judge_score", weight=1.0, label="reasoning",
+    assert judge == RewardSpec(metric="judge_score", weight=1.0,
                                args={"judges": "rarl_v1:openai:gpt-4o-mini", "field": "reasoning_score",
                                      "requires": "reasoning"})
-    assert [s.label for s in rarl_rewards(RarlOptions(reasoning="none"))] == ["format", "length", "accuracy"]
+    assert [s.metric for s in rarl_rewards(RarlOptions(reasoning="none"))] == ["rarl_format", "length_reward",
+                                                                             "rarl_accuracy"]
     with pytest.raises(ValueError):
         RarlOptions.model_validate({"reasoning": "bleu"})
 

@@ -28,7 +28,7 @@ def test_rarl_first_steps_tiny(tmp_path: Path) -> None:
     result = json.loads((out / "rarl_first_steps.json").read_text())
     rarl = result["rarl"]
     assert result["size"] == "tiny" and rarl["steps"] == 2
-    assert rarl["rewards"] == ["format", "length", "accuracy", "reasoning"]
+    assert rarl["rewards"] == ["rarl_format", "length_reward", "rarl_accuracy", "reasoning_similarity"]
     assert rarl["completions_per_step"] == 16 and rarl["completion_tokens_per_step"] == 16 * 4
     assert (rarl["step_time_s"] > 0
             and rarl["completion_tokens_per_s"] == pytest.approx(64 / rarl["step_time_s"]))

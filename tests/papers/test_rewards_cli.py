@@ -37,10 +37,10 @@ def test_rarl_rewards_through_the_reward_command(tmp_path: Path, tiny_models: di
     rows = reward_rows(tmp_path, capsys, texts, "--recipe", "rarl", "--model", str(model))
     tok = AutoTokenizer.from_pretrained(model)
     tokens = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    assert [r["rewards"]["format"] for r in rows] == [1.0, 1.0, 0.1, 0.0]
-    assert [r["rewards"]["length"] for r in rows] == pytest.approx([0.001 * n for n in tokens])
-    assert [r["rewards"]["accuracy"] for r in rows] == [1.0, 0.0, 1.0, 0.0]
-    assert [r["rewards"]["reasoning"] for r in rows] == [None] * 4
+    assert [r["rewards"]["rarl_format"] for r in rows] == [1.0, 1.0, 0.1, 0.0]
+    assert [r["rewards"]["length_reward"] for r in rows] == pytest.approx([0.001 * n for n in tokens])
+    assert [r["rewards"]["rarl_accuracy"] for r in rows] == [1.0, 0.0, 1.0, 0.0]
+    assert [r["rewards"]["reasoning_similarity"] for r in rows] == [None] * 4
     assert [r["total"] for r in rows] == pytest.approx([2 + 0.001 * tokens[0], 1 + 0.001 * tokens[1],
                                                         1.1 + 0.001 * tokens[2], 0.001 * tokens[3]])
 

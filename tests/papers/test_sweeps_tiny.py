@@ -171,7 +171,8 @@ def test_rarl_tables_tiny(tmp_path: Path, tiny_models: dict[str, Path], metric_m
                                .read_text())
             if train["recipe"] != "rarl":
                 continue
-            assert [r["label"] for r in train["rewards"]] == ["format", "length", "accuracy", "reasoning"]
+            assert [r["label"] for r in train["rewards"]] == ["rarl_format", "length_reward", "rarl_accuracy",
+                                                              "reasoning_similarity"]
             assert train["trainable_tensors"] > 0  # LoRA tensors train; check_vision_frozen passed
         if name == "rarl_table6":
             styles = json.loads((tmp_path / name / "s" / "cells" / "pd-reasoning-rarl-reasoning_vqa-kall-s0" /

@@ -125,8 +125,8 @@ def test_figure3_pa_pi_on_phantoms(env: Path, tiny_models: dict[str, Path]) -> N
     stage1 = out / "cells" / next(c["id"] for c in record["cells"] if c["entry"] == "pa_pi")
     train = json.loads((stage1 / "train" / "train.json").read_text())
     assert [(r["label"], r["metric"], r["args"]) for r in train["rewards"]] == [
-        ("accuracy", "iou_accuracy", {"threshold": 0.5, "strict": True}),
-        ("format", "format_compliance", {"format": "think_answer_box"})]
+        ("iou_gt_50", "iou_accuracy", {"threshold": 0.5, "strict": True}),
+        ("format_strict", "format_compliance", {"format": "think_answer_box"})]
     manifest = json.loads((stage1 / "train" / "final" / "medharness.json").read_text())
     assert manifest["recipe"] == "vrft_aug" and manifest["preset"] == "vrft_aug_paper+vrft_aug_loc+tiny_cpu"
     assert manifest["batch"]["completions_per_step"] == 2 and manifest["batch"]["prompts_per_step"] == 1

@@ -55,19 +55,19 @@ def rarl_rewards(opts: RarlOptions) -> list[RewardSpec]:
     """format, length, accuracy and (unless `reasoning: none`) the reasoning reward, labelled as the paper."""
     w = opts.weights
     specs = [
-        RewardSpec(metric="rarl_format", weight=w.format, label="format"),
-        RewardSpec(metric="length_reward", weight=w.length, label="length",
+        RewardSpec(metric="rarl_format", weight=w.format),
+        RewardSpec(metric="length_reward", weight=w.length,
                    args={"scale": opts.length_scale, "cap": opts.length_cap,
                          "tokenizer": opts.length_tokenizer}),
-        RewardSpec(metric="rarl_accuracy", weight=w.accuracy, label="accuracy",
+        RewardSpec(metric="rarl_accuracy", weight=w.accuracy,
                    args={"model": opts.bertscore_model, "num_layers": opts.bertscore_layers}),
     ]
     if opts.reasoning == "similarity":
-        specs.append(RewardSpec(metric="reasoning_similarity", weight=w.reasoning, label="reasoning",
+        specs.append(RewardSpec(metric="reasoning_similarity", weight=w.reasoning,
                                 args={"reference": "reasoning", "model": opts.similarity_model}))
     elif opts.reasoning == "judge":
         panel = {"panel": opts.judge_panel} if opts.judge_panel else {"judges": opts.judges}
-        specs.append(RewardSpec(metric="judge_score", weight=w.reasoning, label="reasoning",
+        specs.append(RewardSpec(metric="judge_score", weight=w.reasoning,
                                 args={**panel, "field": "reasoning_score", "requires": "reasoning"}))
     return specs
 

@@ -101,18 +101,17 @@ def accuracy_reward(task: Task, prompt: str, opts: VrftOptions) -> RewardSpec:
     weight = opts.accuracy_weight
     if kind == "box":
         return RewardSpec(metric="iou_accuracy", args={"threshold": opts.iou_threshold, "strict": True},
-                          weight=weight, label="accuracy")
+                          weight=weight)
     if kind == "grade":
-        return RewardSpec(metric="mfrs" if wanted == "mfrs" else "grade_accuracy", weight=weight,
-                          label="accuracy")
-    return RewardSpec(metric=name, args=dict(primary.args), weight=weight, label="accuracy")
+        return RewardSpec(metric="mfrs" if wanted == "mfrs" else "grade_accuracy", weight=weight)
+    return RewardSpec(metric=name, args=dict(primary.args), weight=weight)
 
 
 def vrft_rewards(task: Task, prompt: str, opts: VrftOptions) -> list[RewardSpec]:
     """accuracy (lambda), format (1 - lambda) and, with `recitation`, R_recite (weight 1: delta is inside)."""
     specs = [accuracy_reward(task, prompt, opts),
              RewardSpec(metric="format_compliance", args={"format": opts.format or vrft_format(task, prompt)},
-                        weight=1.0 - opts.accuracy_weight, label="format")]
+                        weight=1.0 - opts.accuracy_weight)]
     if opts.recitation is not None:
         variant = task.config.prompts.variants[prompt]
         if not variant.knowledge:
@@ -120,7 +119,7 @@ def vrft_rewards(task: Task, prompt: str, opts: VrftOptions) -> list[RewardSpec]
             raise ConfigError(f"vrft_aug: the recitation reward compares the thinking with the prompt's "
                               f"knowledge, and prompt '{prompt}' of task {task.name} has none; use "
                               f"{', '.join(with_knowledge) or 'a knowledge variant (this task has none)'}")
-        specs.append(RewardSpec(metric="recitation_bleu", label="recitation", weight=1.0,
+        specs.append(RewardSpec(metric="recitation_bleu", weight=1.0,
                                 args={"knowledge": str(task.path.parent / variant.knowledge),
                                       "delta": opts.recitation}))
     return specs

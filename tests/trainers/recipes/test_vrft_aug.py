@@ -16,9 +16,9 @@ from medharness.core.errors import ConfigError
 from medharness.core.records import Answer, Sample
 from medharness.scoring.metrics import METRICS
 from medharness.scoring.metrics.text import format_ok
-from medharness.taskfiles.task import load_task
+from medharness.taskfiles.task import load_task, recipe_for
 from medharness.trainers.recipes.vrft_aug import VrftOptions, coords_warning, vrft_rewards
-from medharness.trainers.rewards import RewardSet
+from medharness.trainers.rewards import RewardSet, component_label
 
 SHARED = Path(__file__).resolve().parents[4] / "shared" / "data"
 RETINA = tuple(f"grade {i}" for i in range(5))
@@ -41,17 +41,17 @@ def grade_sample(gold: int) -> Sample:
 def test_mfrs_each_distance(gold: int, pred: int, mfrs: float) -> None:
     rs = reward_set("medmnist_retina", "names", [grade_sample(gold)])
     _, comps = rs.score(grade_sample(gold), f"<think>looking</think>\\boxed{{{pred}}}")
-    assert comps == {"accuracy": mfrs, "format": 1.0}
+    assert comps == {"mfrs": mfrs, "format_strict": 1.0}
     assert rs.total(comps) == pytest.approx(0.9 * mfrs + 0.1)
 
 
 def test_mfrs_unparsed_and_the_exact_grade_reward() -> None:
     rs = reward_set("medmnist_retina", "names", [grade_sample(2)])
     _, comps = rs.score(grade_sample(2), "<think>hmm</think>\\boxed{two or three}")
-    assert comps == {"accuracy": 0.0, "format": 1.0}  # unparsed: no credit, never a guess
+    assert comps == {"mfrs": 0.0, "format_strict": 1.0}  # unparsed: no credit, never a guess
     exact = reward_set("medmnist_retina", "names", [grade_sample(2)], reward="accuracy")  # Table 3's R_acc
     assert exact.specs[0].metric == "grade_accuracy"
-    assert exact.score(grade_sample(2), "<think>x</think>\\boxed{1}")[1]["accuracy"] == 0.0
+    assert exact.score(grade_sample(2), "<think>x</think>\\boxed{1}")[1]["grade_accuracy"] == 0.0
 
 
 # -- IoU > 0.5, in the variant's coordinate convention -------------------------------------------------------
@@ -74,14 +74,14 @@ def test_iou_edge_cases(pred: list[float], iou: float, acc: float) -> None:
     rs = reward_set("ham10000_bbox", "box", [sample])
     answer, comps = rs.score(sample, f"<think>lesion</think><answer>{json.dumps(pred)}</answer>")
     assert METRICS.get("iou").fn(answer, sample, "") == pytest.approx(iou)  # type: ignore[misc]
-    assert comps == {"accuracy": acc, "format": 1.0}
+    assert comps == {"iou_gt_50": acc, "format_strict": 1.0}
 
 
 def test_reversed_box_is_unparsed() -> None:
     sample = box_sample([0, 0, 10, 10])
     rs = reward_set("ham10000_bbox", "box", [sample])
     answer, comps = rs.score(sample, "<think>x</think><answer>[10, 10, 0, 0]</answer>")
-    assert answer.value is None and comps["accuracy"] == 0.0
+    assert answer.value is None and comps["iou_gt_50"] == 0.0
 
 
 @pytest.mark.parametrize(("prompt", "text", "meta"), [
@@ -99,7 +99,7 @@ def test_iou_in_each_coordinate_convention(prompt: str, text: str, meta: dict[st
     assert iou is not None
     rs = reward_set("ham10000_bbox", prompt, [sample])
     answer, comps = rs.score(sample, f"<think>x</think><answer>{text}</answer>")
-    assert comps["accuracy"] == 1.0 and iou(answer, sample, "") > 0.999
+    assert comps["iou_gt_50"] == 1.0 and iou(answer, sample, "") > 0.999
     wrong, comps = reward_set("ham10000_bbox", "box", [sample]).score(sample, f"<answer>{text}</answer>")
     inter, area = {"box": (200 * 200, 200 * 200), "box_norm1000": (133.33 * 138.89, 333.33 * 444.45),
                    "box_resized": (194 * 198.89, 196 * 199.11)}[prompt]  # overlap with the gold, area
@@ -179,7 +179,7 @@ def test_recitation_total_and_knowledge_of_the_prompt() -> None:
     for delta in (0.2, -2.0):
         rs = reward_set("medmnist_pneumonia", "knowledge", [sample], recitation=delta)
         _, comps = rs.score(sample, f"<think>{block}</think>\\boxed{{Pneumonia}}")
-        assert comps == {"accuracy": 1.0, "format": 1.0, "recitation": pytest.approx(delta)}
+        assert comps == {"label_accuracy": 1.0, "format_strict": 1.0, "recitation_bleu": pytest.approx(delta)}
         assert rs.total(comps) == pytest.approx(1.0 + delta)
     with pytest.raises(ConfigError, match="has none; use knowledge"):
         reward_set("medmnist_pneumonia", "names", [sample], recitation=0.2)
@@ -188,22 +188,27 @@ def test_recitation_total_and_knowledge_of_the_prompt() -> None:
 # -- the recipe's choices ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("task", "prompt", "options", "accuracy", "fmt"), [
-    ("medmnist_breast", "names", {}, ("label_accuracy", {}), "think_boxed"),
-    ("medmnist_breast", "knowledge", {}, ("label_accuracy", {}), "think_boxed"),
-    ("medmnist_retina", "knowledge", {}, ("mfrs", {}), "think_boxed"),
-    ("covid_severity", "r1", {"reward": "accuracy"}, ("grade_accuracy", {}), "think_boxed"),
-    ("heel_bbox", "box_resized", {}, ("iou_accuracy", {"threshold": 0.5, "strict": True}),
+    ("medmnist_breast", "names", {}, ("label_accuracy", "label_accuracy", {}), "think_boxed"),
+    ("medmnist_breast", "knowledge", {}, ("label_accuracy", "label_accuracy", {}), "think_boxed"),
+    ("medmnist_retina", "knowledge", {}, ("mfrs", "mfrs", {}), "think_boxed"),
+    ("covid_severity", "r1", {"reward": "accuracy"}, ("grade_accuracy", "grade_accuracy", {}), "think_boxed"),
+    ("heel_bbox", "box_resized", {}, ("iou_gt_50", "iou_accuracy", {"threshold": 0.5, "strict": True}),
      "think_answer_box"),
-    ("phantom_box", "r1", {"iou_threshold": 0.7}, ("iou_accuracy", {"threshold": 0.7, "strict": True}),
+    ("phantom_box", "r1", {"iou_threshold": 0.7},
+     ("iou_accuracy(strict=True, threshold=0.7)", "iou_accuracy", {"threshold": 0.7, "strict": True}),
      "think_answer_box"),
-    ("phantom_presence", "r1", {}, ("yes_no_accuracy", {}), "r1"),
+    ("phantom_presence", "r1", {}, ("yes_no_accuracy", "yes_no_accuracy", {}), "r1"),
 ])
 def test_rewards_per_task(task: str, prompt: str, options: dict[str, object],
-                          accuracy: tuple[str, dict[str, object]], fmt: str) -> None:
+                          accuracy: tuple[str, str, dict[str, object]], fmt: str) -> None:
+    """Each component is named by the metric that computes it: the variant's column for the same metric and
+    arguments (VRFT-Aug's strict format is `format_strict` beside the lenient `format_compliance`)."""
     t = load_task(task, {"prompt": prompt})
     specs = vrft_rewards(t, prompt, VrftOptions.model_validate(options))
-    assert [(s.label, s.metric, s.args, s.weight) for s in specs] == [
-        ("accuracy", *accuracy, 0.9), ("format", "format_compliance", {"format": fmt}, pytest.approx(0.1))]
+    recorded = recipe_for(t, prompt=prompt).metrics
+    fmt_label = "format_compliance" if fmt == "r1" else "format_strict"
+    assert [(component_label(s, recorded), s.metric, s.args, s.weight) for s in specs] == [
+        (*accuracy, 0.9), (fmt_label, "format_compliance", {"format": fmt}, pytest.approx(0.1))]
 
 
 @pytest.mark.parametrize(("task", "prompt", "options", "message"), [
@@ -229,7 +234,7 @@ def test_reward_command_boxes(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["reward", "--task", "phantom_box", "--prompt", "r1", "--recipe", "vrft_aug", "--completions",
                  str(file), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(r["rewards"]["accuracy"], r["rewards"]["format"], r["total"]) for r in rows] == [
+    assert [(r["rewards"]["iou_gt_50"], r["rewards"]["format_strict"], r["total"]) for r in rows] == [
         (1.0, 1.0, pytest.approx(1.0)), (0.0, 1.0, pytest.approx(0.1)), (0.0, 0.0, 0.0)]
 
 
@@ -247,12 +252,12 @@ def test_reward_command_mfrs_and_recitation(tmp_path: Path, capsys: pytest.Captu
             "--recipe", "vrft_aug", "--completions", str(file), "--sample-id", ids[2], "--json"]
     assert main(base) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(r["rewards"]["accuracy"], r["rewards"]["format"]) for r in rows] == [(1.0, 1.0), (1 / 16, 1.0),
-                                                                                    (1 / 16, 0.0)]
+    assert [(r["rewards"]["mfrs"], r["rewards"]["format_strict"]) for r in rows] == [
+        (1.0, 1.0), (1 / 16, 1.0), (1 / 16, 0.0)]
     assert [r["total"] for r in rows] == pytest.approx([1.0, 0.9 / 16 + 0.1, 0.9 / 16])
     assert main([*base, "--option", "recitation=-2"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert all(r["rewards"]["recitation"] == 0.0 for r in rows)  # "x" recites nothing
+    assert all(r["rewards"]["recitation_bleu"] == 0.0 for r in rows)  # "x" recites nothing
     assert main([*base, "--option", "recitaton=-2"]) == 2
     assert "recitaton" in capsys.readouterr().err
 
@@ -271,9 +276,10 @@ def test_reward_command_on_real_pneumoniamnist(tmp_path: Path, capsys: pytest.Ca
                  str(SHARED / "pneumoniamnist"), "--recipe", "vrft_aug", "--option", "recitation=0.2",
                  "--completions", str(file), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert rows[0]["rewards"] == {"accuracy": 1.0, "format": 1.0, "recitation": pytest.approx(0.2)}
-    assert (rows[1]["rewards"]["accuracy"] == 0.0
-            and rows[1]["total"] == pytest.approx(0.1 + rows[1]["rewards"]["recitation"]))
+    assert rows[0]["rewards"] == {"label_accuracy": 1.0, "format_strict": 1.0,
+                               "recitation_bleu": pytest.approx(0.2)}
+    assert (rows[1]["rewards"]["label_accuracy"] == 0.0
+            and rows[1]["total"] == pytest.approx(0.1 + rows[1]["rewards"]["recitation_bleu"]))
 
 
 @pytest.mark.parametrize(("model_type", "prompt", "warned"), [

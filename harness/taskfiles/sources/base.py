@@ -268,9 +268,11 @@ class Resize(Strict):
     within [min_pixels, max_pixels]. Defaults = the Qwen2-VL / Qwen2.5-VL processor defaults; set `max_pixels`
     to the value your processor uses (e.g. 1003520 = 1280 x 28 x 28) when it is smaller."""
 
-    factor: int = 28
-    min_pixels: int = 56 * 56
-    max_pixels: int = 16384 * 28 * 28
+    factor: int = Field(28, description="each side is rounded to a multiple of this many pixels")
+    min_pixels: int = Field(56 * 56, description="the fewest pixels (width x height) of the resized image")
+    max_pixels: int = Field(16384 * 28 * 28, description="the most pixels (width x height) of the resized "
+                            "image; set it to your processor's when that is smaller (e.g. 1003520 = "
+                            "1280 x 28 x 28)")
 
 
 def qwen_resized_size(width: int, height: int, resize: Resize | None = None) -> list[int]:

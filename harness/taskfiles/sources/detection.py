@@ -52,12 +52,12 @@ def _check_box(box: list[int | float], what: str) -> list[int | float]:
 class BoxColumns(Strict):
     """Column NAMES of a box CSV (one row per box). Named, so the column order in the file does not matter."""
 
-    image: str = "filename"
-    label: str = "class"
-    x1: str = "xmin"
-    y1: str = "ymin"
-    x2: str = "xmax"
-    y2: str = "ymax"
+    image: str = Field("filename", description="the image file name column (its stem is the image id)")
+    label: str = Field("class", description="the box's label column")
+    x1: str = Field("xmin", description="the box's left edge column")
+    y1: str = Field("ymin", description="the box's top edge column")
+    x2: str = Field("xmax", description="the box's right edge column")
+    y2: str = Field("ymax", description="the box's bottom edge column")
 
 
 class VocSource(LocalFiles):
@@ -67,17 +67,25 @@ class VocSource(LocalFiles):
     an error. With `csv`, boxes come from that CSV (all splits in one file is fine: the split file selects
     the images) instead of the XML, and image sizes from the image headers."""
 
-    kind: Literal["voc"]
-    labels: dict[str, str] = Field(min_length=1)
-    question: str = "Give the bounding box of one {name} in this image."
-    annotations: str = "Annotations"
-    image_dir: str = "JPEGImages"
-    image_ext: str = ".jpg"
-    split_file: str | list[str] = Field(default_factory=lambda: ["ImageSets/{split}.txt",
-                                                                 "ImageSets/Main/{split}.txt"])
-    csv: str | None = None
-    csv_columns: BoxColumns = BoxColumns()
-    resize: Resize = Resize()
+    kind: Literal["voc"] = Field(description="Pascal-VOC folders (or their CSV export) under the data dir")
+    labels: dict[str, str] = Field(min_length=1, description="annotated label -> the name the question uses, "
+                                   "in sample order; a label not in it is an error")
+    question: str = Field("Give the bounding box of one {name} in this image.",
+                          description="the question; `{name}` is the label's name from `labels`")
+    annotations: str = Field("Annotations", description="the folder of the `<image id>.xml` annotations "
+                             "(unused with `csv`)")
+    image_dir: str = Field("JPEGImages", description="the folder of the images")
+    image_ext: str = Field(".jpg", description="the images' suffix, appended to the image id")
+    split_file: str | list[str] = Field(
+        default_factory=lambda: ["ImageSets/{split}.txt", "ImageSets/Main/{split}.txt"],
+        description="the split's list of image ids (the first word of each line), `{split}` replaced by the "
+        "split; or candidates: the first found wins")
+    csv: str | None = Field(None, description="a CSV of boxes (one row per box, columns named by "
+                            "`csv_columns`) read instead of the XML; all splits in one file is fine (the "
+                            "split file selects the images); image sizes then come from the image headers")
+    csv_columns: BoxColumns = Field(BoxColumns(), description="the column names of `csv` (`BoxColumns`)")
+    resize: Resize = Field(Resize(), description="the processor's resize, which gives `meta.resized_size` "
+                           "(`Resize`)")
 
     def _split_file(self, root: Path, split: str) -> Path | None:
         candidates = [self.split_file] if isinstance(self.split_file, str) else self.split_file
@@ -212,21 +220,33 @@ def mask_box(path: Path, threshold: int = 127) -> tuple[list[int], tuple[int, in
 class Ham10000Source(LocalFiles):
     """HAM10000 in its official layout; splits by lesion_id (`split: all` = every image)."""
 
-    kind: Literal["ham10000"]
-    target: Literal["label", "box"] = "label"
-    # dx code -> class name, in order
-    classes: dict[str, str] = Field(default_factory=lambda: dict(HAM_CLASSES))
-    question: str = "Which diagnosis does this dermoscopic image of a skin lesion show?"
-    metadata: str | list[str] = Field(default_factory=lambda: ["HAM10000_metadata.csv", "HAM10000_metadata"])
-    image_dirs: list[str] = Field(default_factory=lambda: ["HAM10000_images_part_1", "HAM10000_images_part_2",
-                                                           "images"])
-    image_ext: str = ".jpg"
-    mask_dir: str = "HAM10000_segmentations_lesion_tschandl"
-    mask_suffix: str = "_segmentation.png"
-    mask_threshold: int = 127
-    seed: int = 0
-    fractions: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
-    resize: Resize = Resize()
+    kind: Literal["ham10000"] = Field(description="the HAM10000 release under the data dir")
+    target: Literal["label", "box"] = Field(
+        "label", description="label: the diagnosis's class name, the classes as options; box: the lesion's "
+        "box from its segmentation mask")
+    classes: dict[str, str] = Field(default_factory=lambda: dict(HAM_CLASSES),
+                                    description="dx code -> class name, in option order; a dx not in it is "
+                                    "an error")
+    question: str = Field("Which diagnosis does this dermoscopic image of a skin lesion show?",
+                          description="the question asked of every image")
+    metadata: str | list[str] = Field(
+        default_factory=lambda: ["HAM10000_metadata.csv", "HAM10000_metadata"],
+        description="the metadata file (comma- or tab-separated), or candidates: the first found wins")
+    image_dirs: list[str] = Field(
+        default_factory=lambda: ["HAM10000_images_part_1", "HAM10000_images_part_2", "images"],
+        description="the folders searched for `<image_id><image_ext>`; the first that holds an image wins")
+    image_ext: str = Field(".jpg", description="the images' suffix (any letter case)")
+    mask_dir: str = Field("HAM10000_segmentations_lesion_tschandl",
+                          description="the folder of the lesion masks (needed by `target: box`)")
+    mask_suffix: str = Field("_segmentation.png", description="appended to the image id to name its mask")
+    mask_threshold: int = Field(127, description="mask pixels brighter than this (grey level) are the lesion")
+    seed: int = Field(0, description="the seed of the lesion-level split (a hash of seed and lesion_id)")
+    fractions: dict[str, float] = Field(
+        default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2},
+        description="split -> share of the lesions, in order: non-negative, summing to 1, no split named "
+        "`all` (`split: all` is every image)")
+    resize: Resize = Field(Resize(), description="with `target: box`: the processor's resize, which gives "
+                           "`meta.resized_size` (`Resize`)")
 
     @model_validator(mode="after")
     def _fractions(self) -> Ham10000Source:

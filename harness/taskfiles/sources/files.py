@@ -7,6 +7,8 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import Field
+
 from medharness.core.datafiles import Record, read_records
 from medharness.core.errors import DataError
 from medharness.core.records import Sample
@@ -39,16 +41,30 @@ class LocalSource(LocalFiles):
     of the split. With `columns.box`, the target is the box and `meta.image_size` / `resized_size` come from
     the image header (`resize` as for the `voc` kind)."""
 
-    kind: Literal["local"]
-    path: str | dict[str, str]
-    image_dir: str = ""
-    image_suffix: str = ""
-    columns: Columns | None = None
-    format: Literal["auto", "json", "jsonl", "csv", "tsv", "psv"] = "auto"
-    fieldnames: list[str] | None = None
-    question: str | None = None
-    classes: list[str] | Literal["from_data"] | None = None
-    resize: Resize = Resize()
+    kind: Literal["local"] = Field(description="files under the data dir")
+    path: str | dict[str, str] = Field(
+        description="the data file under the data dir, `{split}` replaced by the split (e.g. "
+        "`{split}set.json`); or split -> file (e.g. {test: X_Test.txt}): a split without a file is absent")
+    image_dir: str = Field("", description="the folder under the data dir that the image column's values are "
+                           "relative to; a path resolving outside the data dir is refused")
+    image_suffix: str = Field("", description="appended to each image column value (e.g. `.jpg` for bare "
+                              "ids)")
+    columns: Columns | None = Field(None, description="this source's column mapping (`Columns`); null: the "
+                                    "task's")
+    format: Literal["auto", "json", "jsonl", "csv", "tsv", "psv"] = Field(
+        "auto", description="json (a list, or an object holding one), jsonl, csv, tsv or psv "
+        "(pipe-separated, as ImageCLEF VQA-Med); auto: from the suffix (.jsonl, .csv, .tsv, .psv; any other "
+        "is json, so `.txt` needs it)")
+    fieldnames: list[str] | None = Field(
+        None, description="the column names of a file without a header row; in tsv / psv the last column "
+        "keeps any further separators, and quotes are plain text")
+    question: str | None = Field(None, description="a fixed question for every row (files without a question "
+                                 "column); null: the question column")
+    classes: list[str] | Literal["from_data"] | None = Field(
+        None, description="class names given to every sample as its options (a gold outside them is an "
+        "error; `meta.class_name` is the gold), or from_data: the sorted distinct golds of the split")
+    resize: Resize = Field(Resize(), description="with `columns.box`: the processor's resize, which gives "
+                           "`meta.resized_size` (`Resize`); `meta.image_size` is read from the image header")
 
     def file_for(self, split: str) -> str | None:
         """The split's file, relative to the data dir (None: this source has no such split)."""
@@ -125,11 +141,14 @@ class LocalSource(LocalFiles):
 class NpzSource(LocalFiles):
     """MedMNIST layout: arrays `{split}_images` and `{split}_labels` in one `.npz` (any resolution)."""
 
-    kind: Literal["npz"]
-    path: str | list[str]  # candidates, first found wins (e.g. the 224 px file, then the 28 px one)
-    classes: list[str]
-    question: str = "What does this image show?"
-    ordinal: bool = False  # target is the integer grade instead of the class name
+    kind: Literal["npz"] = Field(description="a MedMNIST `.npz` under the data dir")
+    path: str | list[str] = Field(description="the `.npz` file under the data dir, or candidates: the first "
+                                  "found wins (e.g. the 224 px file, then the 28 px one)")
+    classes: list[str] = Field(description="the class names, by label index: every sample's options, and the "
+                               "target unless `ordinal`")
+    question: str = Field("What does this image show?", description="the question asked of every image")
+    ordinal: bool = Field(False, description="true: the target is the integer label (a grade) instead of the "
+                          "class name")
 
     @property
     def candidates(self) -> list[str]:

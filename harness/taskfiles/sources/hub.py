@@ -19,14 +19,22 @@ class HubSource(Strict):
     """`datasets.load_dataset(dataset, name, split=..., revision=...)`: a hub id or a local hub-format
     folder."""
 
-    kind: Literal["hf"]
-    dataset: str
-    name: str | None = None
-    revision: str | None = None
-    splits: dict[str, str] = Field(default_factory=dict)  # task split -> hub split name
-    data_files: dict[str, str] | None = None  # hub split -> file in the repo (repos of plain CSV/JSON files)
-    image_column: str | None = "image"
-    columns: Columns | None = None
+    kind: Literal["hf"] = Field(description="Hugging Face `datasets` (needs the `data` extra)")
+    dataset: str = Field(description="a hub dataset id (e.g. flaviagiammarino/vqa-rad) or a local folder in "
+                         "hub format")
+    name: str | None = Field(None, description="the dataset's configuration (`load_dataset`'s name); null: "
+                             "the default one")
+    revision: str | None = Field(None, description="the hub revision (branch, tag or commit); null: the "
+                                 "default")
+    splits: dict[str, str] = Field(default_factory=dict, description="task split -> hub split name; a split "
+                                   "not listed has its own name on the hub")
+    data_files: dict[str, str] | None = Field(
+        None, description="hub split -> file in the repo, for repos of plain CSV / JSON files "
+        "(`load_dataset`'s data_files)")
+    image_column: str | None = Field("image", description="the image column, decoded lazily; null, or a "
+                                     "column the copy lacks: samples without images")
+    columns: Columns | None = Field(None, description="this source's column mapping (`Columns`); null: the "
+                                    "task's")
     _data: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     def available(self, root: Path, split: str) -> bool:

@@ -26,7 +26,7 @@ class PhantomTrain(Strict):
 class PhantomSource(Strict):
     """The generated phantom benchmark: deterministic from the seed, no files. Train split: `train:`."""
 
-    kind: Literal["phantom"]
+    kind: Literal["phantom"] = Field(description="the generated phantom benchmark, no files")
     question: Literal["presence", "count", "side", "size", "box"] = Field(
         description="what is asked of each scan (medharness.taskfiles.phantom.QUESTIONS)")
     seed: int = Field(0, ge=0, description="generator seed of the test split")

@@ -19,7 +19,7 @@ import functools
 import re
 import string
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from medharness.core.registry import Registry
 
@@ -51,6 +51,21 @@ def tokens(text: str, normalizer: str = "simple") -> list[str]:
     return normalize(text, normalizer).split()
 
 
+# Words that negate the answer token after them (`harness` tokens: "isn't" is "isnt"); "no" is an answer.
+NEGATIONS = frozenset({"not", "never", "isnt", "arent", "wasnt", "werent", "dont", "doesnt", "didnt", "cannot",
+                       "cant", "wont", "nor"})
+ARTICLES = frozenset({"a", "an", "the"})
+
+
+def negated(words: Sequence[str], index: int) -> bool:
+    """Whether the token at `index` is negated: a negation word just before it, an article between allowed
+    ("not yes", "not a yes", "never 2")."""
+    before = index - 1
+    if before >= 0 and words[before] in ARTICLES:
+        before -= 1
+    return before >= 0 and words[before] in NEGATIONS
+
+
 @functools.lru_cache(maxsize=8192)
 def yes_no_of(text: str) -> str | None:
     """Strict yes/no reading of a (short) answer: "yes", "no" or None.
@@ -59,11 +74,14 @@ def yes_no_of(text: str) -> str | None:
     split on whitespace, and look at whole tokens only:
     - token `yes` present and token `no` absent -> "yes"  ("Yes, there is." -> yes)
     - token `no` present and token `yes` absent -> "no"   ("No." / "no evidence" -> no)
-    - both (a hedge such as "yes or no") or neither -> None.
+    - both (a hedge such as "yes or no") or neither -> None;
+    - a negated yes or no ("not yes", "never no", "isn't a yes": `negated`) -> None, a hedge, never the word.
     Substrings never count: "nodule", "not", "none", "abnormal", "yesterday" are not yes/no, and
     synonyms ("yeah", "nope", "true", "negative") are not accepted either.
     """
-    words = set(tokens(text, "harness"))
+    words = tokens(text, "harness")
+    if any(negated(words, i) for i, w in enumerate(words) if w in ("yes", "no")):
+        return None
     has_yes, has_no = "yes" in words, "no" in words
     if has_yes and not has_no:
         return "yes"

@@ -177,6 +177,9 @@ def test_choice_without_options_is_unparsed() -> None:
     ("melanoma or nevus", None),
     ("melanomas", None),
     ("", None),
+    ("not melanoma", None), ("It isn't a nevus.", None), ("never melanoma", None),  # negated: a hedge
+    ("not a melanoma, a nevus", None), ("a nevus, not melanoma", None),
+    ("melanoma, not benign", "melanoma"),  # the negated word is no class name
 ])
 def test_label(text: str, expected: str | None) -> None:
     assert parse("label", text, CLASSES).value == expected
@@ -185,6 +188,9 @@ def test_label(text: str, expected: str | None) -> None:
 @pytest.mark.parametrize("text, expected", [
     ("2", 2), ("Grade 3.", 3), ("grade 2 (2)", 2), ("2.0", 2), ("T2 lesion, grade 1", 1), ("\\boxed{4}", 4),
     ("2 or 3", None), ("2.5", None), ("none", None), ("3rd", None), ("", None), ("1" * 5000, None),
+    ("-1", -1), ("\\boxed{-1}", -1), ("grade -2", -2), ("\u22123", -3),  # a sign is the number's own
+    ("grade 2-3", None), ("1-2", None),                          # a dash between two numbers: two numbers
+    ("not 2", None), ("never 3", None), ("isn't a 2", None), ("\\boxed{not 2}", None),  # negated: a hedge
 ])
 def test_integer(text: str, expected: int | None) -> None:
     assert parse("integer", text).value == expected
@@ -192,6 +198,8 @@ def test_integer(text: str, expected: int | None) -> None:
 
 @pytest.mark.parametrize("text, expected", [
     ("Yes.", "yes"), ("no, there is none", "no"), ("yes or no", None), ("nodule", None), ("not", None),
+    ("not yes", None), ("<answer>not yes</answer>", None), ("Not no.", None), ("isn't a yes", None),
+    ("never no", None), ("No, not present", "no"), ("Yes, it is not normal", "yes"),
 ])
 def test_yes_no(text: str, expected: str | None) -> None:
     assert parse("yes_no", text).value == expected

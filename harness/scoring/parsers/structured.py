@@ -11,7 +11,7 @@ from typing import Any
 from medharness.core.errors import ConfigError
 from medharness.core.records import Answer, Sample
 from medharness.scoring.boxes import COORDS, box_problem, find_boxes, to_absolute
-from medharness.scoring.normalize import clean_text
+from medharness.scoring.normalize import ARTICLES, NEGATIONS, clean_text
 from medharness.scoring.normalize import harness as norm_text
 from medharness.scoring.parsers.base import parser, strip_end_markers
 
@@ -92,7 +92,8 @@ def label(text: str, sample: Sample) -> Answer:
 
     First `harness`-normalised equality; else the only class name found as whole words (a class found
     only inside a longer found class name, e.g. "nevus" in "melanocytic nevus", does not count).
-    Negation is not understood: "not melanoma" names melanoma. Returns the class as spelled in choices."""
+    A negated class name ("not melanoma", "isn't a nevus") is a hedge: unparsed. Returns the class as spelled
+    in choices."""
     if not sample.choices:
         return _fail("label", "sample has no class names (choices)")
     norm = norm_text(text)
@@ -104,6 +105,9 @@ def label(text: str, sample: Sample) -> Answer:
         return _ok("label", exact[0])
     padded = f" {norm} "
     found = [c for c, n in names.items() if n and f" {n} " in padded]
+    negation = f"(?:{'|'.join(NEGATIONS)})(?: (?:{'|'.join(ARTICLES)}))?"
+    if any(re.search(rf"(?:^| ){negation} {re.escape(names[c])}(?: |$)", norm) for c in found):
+        return _fail("label", "a negated class name (hedge)")
     found = [c for c in found
              if not any(names[o] != names[c] and f" {names[c]} " in f" {names[o]} " for o in found)]
     if len(found) == 1:

@@ -12,7 +12,7 @@ from typing import Any
 
 from medharness.core.errors import ConfigError
 from medharness.core.records import Answer, Sample
-from medharness.scoring.normalize import harness, yes_no_of
+from medharness.scoring.normalize import harness, negated, tokens, yes_no_of
 from medharness.scoring.parsers.base import PARSERS, parser, split_spec, strip_end_markers
 
 
@@ -47,11 +47,15 @@ def hedge(answers: Sequence[str]) -> str | None:
     unparsed.
 
     - an answer holding both words `yes` and `no` ("yes or no", "<answer>no</answer> yes");
+    - a negated yes or no ("not yes", "isn't a no");
     - yes and no given as two answers ("yes\\nno", two `<answer>` blocks);
     - two answers that read differently after the `harness` normaliser (two `<answer>` or `\\boxed{}`)."""
     readings = [harness(a) for a in answers]
     if any({"yes", "no"} <= set(r.split()) for r in readings):
         return "both yes and no (hedge)"
+    for words in (r.split() for r in readings):
+        if any(negated(words, i) for i, w in enumerate(words) if w in ("yes", "no")):
+            return "a negated yes or no (hedge)"
     distinct = {r for r in readings if r}
     if len(distinct) > 1:
         shown = " / ".join(sorted(distinct))[:60]
@@ -253,29 +257,39 @@ def first_of(text: str, sample: Sample, parsers: Sequence[Any] = ()) -> Answer:
 
 @parser("yes_no")
 def yes_no(text: str, sample: Sample) -> Answer:
-    """Strict yes/no via `yes_no_of` (whole tokens; a hedge with both is None)."""
+    """Strict yes/no via `yes_no_of` (whole tokens; a hedge with both, or a negated one, is None)."""
     value = yes_no_of(text)
     if value is not None:
         return _ok("yes_no", value)
-    words = set(harness(text).split())
-    return _fail("yes_no", "both yes and no (hedge)" if {"yes", "no"} <= words else "neither yes nor no")
+    words = harness(text).split()
+    if any(negated(words, i) for i, w in enumerate(words) if w in ("yes", "no")):
+        return _fail("yes_no", "a negated yes or no (hedge)")
+    return _fail("yes_no", "both yes and no (hedge)" if {"yes", "no"} <= set(words) else "neither yes nor no")
 
 
-_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w])")
+# A number, with its minus sign where one stands before it on its own ("-1", "grade -2"; in "2-3" the dash
+# joins two numbers); digits glued to letters or dots are not numbers.
+_NUMBER = re.compile(r"(?:(?<![\w.\-\u2212])[-\u2212])?(?<![\w.])\d+(?:\.\d+)?(?![\w])")
 
 
 @parser("integer")
 def integer(text: str, sample: Sample) -> Answer:
-    """The single integer in the text ("2", "Grade 3", "grade 2 (2)"); none, a decimal or several -> None.
+    """The single integer in the text ("2", "Grade 3", "grade 2 (2)", "-1"); none, a decimal, several or a
+    negated one ("not 2") -> None.
 
-    Digits glued to letters ("T2", "3rd") are not numbers; signs are ignored ("grade 2-3" is two)."""
+    Digits glued to letters ("T2", "3rd") are not numbers; a minus sign is the number's own ("-1" is -1),
+    except between two numbers ("grade 2-3" is two)."""
     values = set()
     for match in _NUMBER.finditer(text):
-        number = match.group()
+        number = match.group().replace("\u2212", "-")
         if len(number) > 50:
             return _fail("integer", "number too long")
         if "." in number and number.split(".")[1].strip("0"):
             return _fail("integer", f"non-integer number {number}")
+        start = max(0, match.start() - 40)  # the words just before it (a cut first word is dropped)
+        before = tokens(text[start:match.start()], "harness")[1 if start else 0:]
+        if negated([*before, number], len(before)):
+            return _fail("integer", f"negated number ({text[:match.end()][-40:].strip()!r})")
         values.add(int(number.split(".")[0]))
         if len(values) > 1:
             return _fail("integer", "several different integers")

@@ -7,6 +7,7 @@ CLI (offline, in subprocesses), with the presets `tiny_cpu` + `tiny_learn`:
 3. "SFT early": the first of its checkpoints whose balanced accuracy on the VALIDATION copy is within
    [60, 85] % (the rule was fixed before any test score was seen; checkpoints it passes are deleted);
 4. from SFT early: GRPO (`--preset grpo`), Dr.GRPO (`--preset dr_grpo`) and DPO (`--preset dpo`);
+   from the step-0 model: SFT-LoRA (`--preset sft_lora`, then `tiny_lora` after `tiny_learn`);
 5. every model scored with `medharness run` on the first --limit samples of the evaluation split, and every
    trained model again with `--ablate blank` (a black image: is the picture used?).
 The validation copy is the task file with its test split drawn from phantom seed 7 (the test split is seed 0,
@@ -20,10 +21,13 @@ training reward per quarter of its steps comes from OUTPUT/completions.jsonl. A 
 
 The checks printed at the end are the issue's targets: SFT accuracy and balanced accuracy >= 95 in <= 180 s of
 training; SFT early within [60, 85]; GRPO balanced +10 with its last quarter's mean reward above the first's;
-Dr.GRPO and DPO balanced +5; every trained model's blank-image balanced accuracy <= 55.
+Dr.GRPO and DPO balanced +5; SFT-LoRA balanced >= 90; every trained model's blank-image balanced accuracy
+<= 55.
 
 Usage: python bench/learning.py [--output runs/learning] [--seeds 0,1,2] [--validate] [--limit 200]
-       [--recipes grpo,dr_grpo,dpo] [--json FILE]
+       [--recipes grpo,dr_grpo,dpo,sft_lora] [--set STAGE:KEY=VALUE ...] [--json FILE]
+`--set grpo:trl.beta=0.04` passes `-C trl.beta=0.04` to that stage's `train` (a candidate setting, to be tried
+with --validate and a fresh --output whose seed folders may link the finished model and sft stages).
 """
 
 from __future__ import annotations
@@ -50,9 +54,12 @@ TASK = "phantom_presence"
 TASK_FILE = Path(__file__).resolve().parents[1] / "tasks" / f"{TASK}.yaml"
 VALIDATION_SEED = 7
 EARLY = (0.60, 0.85)  # validation balanced accuracy of the SFT checkpoint GRPO, Dr.GRPO and DPO start from
-PRESETS = {"grpo": "grpo", "dr_grpo": "dr_grpo", "dpo": "dpo"}  # stage -> recipe preset
+# stage -> its recipe preset, and the overlays after tiny_cpu + tiny_learn
+PRESETS = {"grpo": ("grpo", []), "dr_grpo": ("dr_grpo", []), "dpo": ("dpo", []),
+           "sft_lora": ("sft_lora", ["tiny_lora"])}
+FROM_BASE = {"sft_lora"}  # trained from the step-0 model; the others from SFT early
 LABELS = {"base": "untrained (step 0)", "sft": "SFT", "early": "SFT early", "grpo": "GRPO from early",
-          "dr_grpo": "Dr.GRPO from early", "dpo": "DPO from early"}
+          "dr_grpo": "Dr.GRPO from early", "dpo": "DPO from early", "sft_lora": "SFT-LoRA"}
 
 
 def medharness(*args: str, log: Path) -> float:
@@ -113,20 +120,17 @@ def evaluate(model: Path, task: str, limit: int, out: Path, log: Path,
             "balanced_high": high}
 
 
-def train(recipe_preset: str, model: Path, out: Path, seed: int, log: Path, extra: list[str]) -> float:
+def train(stage: str, model: Path, out: Path, seed: int, log: Path, extra: list[str]) -> float:
     """One training stage (reused when finished); returns its training time (train.json `seconds`)."""
     if TrainDir(out).state().status != "finished":
         if out.exists():
             shutil.rmtree(out)
-        run_train(recipe_preset, model, out, seed, log, extra)
+        recipe_preset, overlays = PRESETS.get(stage, (stage, []))
+        presets = [recipe_preset, "tiny_cpu", "tiny_learn", *overlays]
+        medharness("train", *(a for p in presets for a in ("--preset", p)), "--task", TASK,
+                   "--model", str(model), "--seed", str(seed), "--output", str(out), *extra, log=log)
     record = TrainDir(out).log()
     return float(record.seconds or 0.0) if record is not None else 0.0
-
-
-def run_train(recipe_preset: str, model: Path, out: Path, seed: int, log: Path, extra: list[str]) -> float:
-    return medharness("train", "--preset", recipe_preset, "--preset", "tiny_cpu", "--preset", "tiny_learn",
-                      "--task", TASK, "--model", str(model), "--seed", str(seed), "--output", str(out),
-                      *extra, log=log)
 
 
 def pick_early(sft: Path, val_task: str, limit: int, evals: Path, log: Path) -> tuple[int, dict[str, Any]]:
@@ -174,13 +178,15 @@ def run_seed(seed: int, args: argparse.Namespace, val_task: Path, eval_task: str
     step, early_val = pick_early(out / "sft", str(val_task), args.limit, out / "eval-validation", log)
     early = out / "sft" / f"checkpoint-{step}"
     for stage in args.recipes:
-        times[stage] = train(PRESETS[stage], early, out / stage, seed, log, ["-C", "trl.save_steps=100000"])
+        start = model if stage in FROM_BASE else early
+        extra = [a for item in args.set.get(stage, []) for a in ("-C", item)]
+        times[stage] = train(stage, start, out / stage, seed, log, ["-C", "trl.save_steps=100000", *extra])
     models = {"base": model, "sft": out / "sft" / "final", "early": early,
               **{stage: out / stage / "final" for stage in args.recipes}}
     scores = {name: evaluate(path, eval_task, args.limit, evals / name, log) for name, path in models.items()}
     blank = {name: evaluate(path, eval_task, args.limit, evals / f"{name}-blank", log, ablate="blank")
              for name, path in models.items() if name not in ("base", "early")}
-    rewards = {stage: quarter_rewards(out / stage) for stage in args.recipes if stage != "dpo"}
+    rewards = {stage: quarter_rewards(out / stage) for stage in args.recipes if stage in ("grpo", "dr_grpo")}
     return {"seed": seed, "early_step": step, "early_validation": early_val, "scores": scores, "blank": blank,
             "rewards": rewards, "train_seconds": times}
 
@@ -202,6 +208,8 @@ def checks(r: dict[str, Any]) -> dict[str, bool]:
     for stage in ("dr_grpo", "dpo"):
         if stage in s:
             found[f"{LABELS[stage].split()[0]} balanced +5"] = s[stage]["balanced"] - early >= 0.05
+    if "sft_lora" in s:
+        found["SFT-LoRA balanced >= 90"] = s["sft_lora"]["balanced"] >= 0.90
     return found
 
 
@@ -243,12 +251,23 @@ def main() -> None:
     parser.add_argument("--validate", action="store_true",
                         help=f"score on the validation copy (phantom seed {VALIDATION_SEED}), not the test "
                              "split")
-    parser.add_argument("--recipes", default="grpo,dr_grpo,dpo", help="stages trained from SFT early")
+    parser.add_argument("--recipes", default="grpo,dr_grpo,dpo,sft_lora",
+                        help="stages besides SFT: grpo, dr_grpo, dpo (from SFT early), sft_lora (from "
+                             "step 0)")
+    parser.add_argument("--set", action="append", default=[], metavar="STAGE:KEY=VALUE",
+                        help="a -C override for one stage's train (repeatable), e.g. grpo:trl.beta=0.04")
     parser.add_argument("--json", type=Path, help="write every figure here (default OUTPUT/learning.json)")
     args = parser.parse_args()
     args.output = args.output.resolve()
     args.output.mkdir(parents=True, exist_ok=True)
     args.recipes = [r for r in args.recipes.split(",") if r]
+    sets: dict[str, list[str]] = {}
+    for item in args.set:
+        stage, sep, override = item.partition(":")
+        if not sep or "=" not in override:
+            parser.error(f"--set {item!r}: give STAGE:KEY=VALUE")
+        sets.setdefault(stage, []).append(override)
+    args.set = sets
     unknown = set(args.recipes) - set(PRESETS)
     if unknown:
         parser.error(f"unknown --recipes {sorted(unknown)}; choose from {', '.join(PRESETS)}")
@@ -260,8 +279,8 @@ def main() -> None:
     print(f"\nwall time {time.perf_counter() - t0:.0f} s; commands and their output: "
           f"{args.output}/seed-*/commands.log")
     path = args.json or args.output / ("learning-validation.json" if args.validate else "learning.json")
-    path.write_text(json.dumps({"validate": args.validate, "limit": args.limit, "results": results,
-                                "checks": [checks(r) for r in results]}, indent=1))
+    path.write_text(json.dumps({"validate": args.validate, "limit": args.limit, "set": args.set,
+                                "results": results, "checks": [checks(r) for r in results]}, indent=1))
 
 
 if __name__ == "__main__":

@@ -52,8 +52,8 @@ def tokens(text: str, normalizer: str = "simple") -> list[str]:
 
 
 # Words that negate the answer token after them (`harness` tokens: "isn't" is "isnt"); "no" is an answer.
-NEGATIONS = frozenset({"not", "never", "isnt", "arent", "wasnt", "werent", "dont", "doesnt", "didnt", "cannot",
-                       "cant", "wont", "nor"})
+NEGATIONS = frozenset({"not", "never", "isnt", "arent", "wasnt", "werent", "dont", "doesnt", "didnt",
+                       "cannot", "cant", "wont", "nor"})
 ARTICLES = frozenset({"a", "an", "the"})
 
 

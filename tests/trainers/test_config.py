@@ -130,7 +130,7 @@ def test_reserved_and_refused_trl_values(tmp_path: Path) -> None:
     assert "trl.learning_rate" not in text and "trl.beta" not in text
 
 
-OVERLAYS = {"tiny_cpu", "tiny_learn"}  # presets naming no recipe, layered after one
+OVERLAYS = {"tiny_cpu", "tiny_learn", "tiny_lora"}  # presets naming no recipe, layered after one
 
 
 def test_the_tiny_cpu_overlay_fits_every_recipe_preset(tmp_path: Path) -> None:
@@ -152,6 +152,16 @@ def test_the_tiny_learn_overlay_sets_each_recipe_its_own_schedule(tmp_path: Path
         assert config.samples.limit is None and config.samples.balanced and not config.freezes_vision
     _, grpo = _args(tmp_path, ["dr_grpo", "tiny_cpu", "tiny_learn"])
     assert (grpo.loss_type, grpo.beta, grpo.num_generations) == ("dr_grpo", 0.0, 8)
+
+
+def test_the_tiny_lora_overlay_puts_adapters_on_every_linear_layer(tmp_path: Path) -> None:
+    """tiny_lora after sft_lora + tiny_cpu + tiny_learn: tiny_learn's SFT schedule, an adapter on the vision
+    tower too (its weights are random), and the adapter's own learning rate."""
+    config, args = _args(tmp_path, ["sft_lora", "tiny_cpu", "tiny_learn", "tiny_lora"])
+    assert config.lora is not None and not config.lora.freeze_vision and not config.freezes_vision
+    assert (config.lora.r, config.lora.alpha, config.lora.dropout) == (16, 32, 0.0)
+    assert {"qkv", "fc1", "mlp.0", "q_proj", "down_proj"} <= set(config.lora.target_modules)
+    assert (args.max_steps, args.learning_rate, str(args.lr_scheduler_type.value)) == (600, 1e-3, "cosine")
 
 
 def test_unknown_recipe_and_preset_suggest() -> None:

@@ -207,10 +207,14 @@ def read_completions(path: Path, sample_id: str | None) -> list[tuple[str, str]]
             continue
         try:
             item = json.loads(line)
-            out.append((str(item["sample_id"]), str(item["text"])))
+            sample, text = item["sample_id"], item["text"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise DataError(f"{path}:{number}: expected a JSON object {{sample_id, text}} (or pass "
                             "--sample-id for a plain text file)") from None
+        if not isinstance(sample, str) or not isinstance(text, str):  # never a stringified number or list
+            raise DataError(f"{path}:{number}: sample_id and text must be strings (got "
+                            f"{type(sample).__name__} and {type(text).__name__})")
+        out.append((sample, text))
     return out
 
 

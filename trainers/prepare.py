@@ -45,8 +45,7 @@ log = logging.getLogger(__name__)
 
 def load_train_task(config: TrainConfig) -> Task:
     overrides = {k: v for k, v in (("prompt", config.prompt), ("data_dir", config.data_dir)) if v}
-    ref = str(config.task)
-    task = load_task(Path(ref) if ref.endswith((".yaml", ".yml")) else ref, overrides)
+    task = load_task(str(config.task), overrides)
     task.prompt_name  # noqa: B018 - an unknown prompt variant fails here
     return task
 

@@ -268,7 +268,10 @@ def resolve_task_names(spec: str) -> list[str | Path]:
 
 
 def load_task(ref: str | Path, overrides: dict[str, Any] | None = None) -> Task:
-    """A task by name (from tasks/) or by YAML path, with `-T` overrides applied."""
+    """A task by name (from tasks/) or by YAML path (a Path, or text ending in .yaml / .yml, as
+    `resolve_task_names` reads a --tasks item), with `-T` overrides applied."""
+    if isinstance(ref, str) and ref.endswith((".yaml", ".yml")):
+        ref = Path(ref)
     path = ref if isinstance(ref, Path) else discover_tasks().get(ref)
     if path is None:
         resolve_task_names(str(ref))  # raises with a "did you mean"

@@ -153,6 +153,26 @@ def test_reward_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "Did you mean 'yes_no_accuracy'" in capsys.readouterr().err
 
 
+def test_reward_reads_a_task_file_and_refuses_non_text(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`--task FILE.yaml` is a task file as `run --tasks` reads it (a copy under another name included); a
+    completion or sample id that is not a string is refused by line, never stringified and scored."""
+    sample = _task().load_samples("test")[0]
+    copy = tmp_path / "my_presence.yaml"
+    copy.write_text((Path(_task().path)).read_text())
+    good = tmp_path / "c.jsonl"
+    good.write_text(json.dumps({"sample_id": sample.id, "text": TEXTS[0]}) + "\n")
+    for task in (str(copy), str(_task().path)):
+        assert main(["reward", "--task", task, "--prompt", "r1", "--completions", str(good), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["rewards"]["format_compliance"] == 1.0
+    for bad in ({"sample_id": sample.id, "text": 7}, {"sample_id": sample.id, "text": ["yes"]},
+                {"sample_id": 5, "text": "yes"}, {"sample_id": None, "text": "yes"}):
+        file = tmp_path / "bad.jsonl"
+        file.write_text(json.dumps({"sample_id": sample.id, "text": "yes"}) + "\n" + json.dumps(bad) + "\n")
+        assert main(["reward", "--task", str(copy), "--completions", str(file)]) == 2
+        assert "bad.jsonl:2: sample_id and text must be strings" in capsys.readouterr().err
+
+
 def test_rejected_answers_from_a_finished_run(tmp_path: Path) -> None:
     """`rejected: run:DIR` takes the base model's wrong answers, matched by sample id and image."""
     from medharness.core.records import Answer, ResultRow

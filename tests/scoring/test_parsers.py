@@ -292,3 +292,23 @@ def test_parsers_never_raise_on_megabyte_inputs(text: str) -> None:
     for name in PARSERS.names():
         answer = PARSERS.get(name)(text, sample(CLASSES), **args.get(name, {}))
         assert isinstance(answer, Answer), name
+
+
+@pytest.mark.parametrize(("name", "text", "choices", "expected"), [
+    ("short_answer", '{"answer":"yes"}', (), "yes"),        # lm-eval's JSON output, no space after the colon
+    ("short_answer", '{"answer": "yes"}', (), "yes"),
+    ("short_answer", '```json\n{"Answer": "left lung"}\n```', (), "left lung"),
+    ("yes_no", '{"answer":"no"}', (), "no"),
+    ("yes_no", '{"final_answer":"not yes"}', (), None),      # what it holds is read by the usual rules
+    ("integer", '{"answer": 3}', (), 3),
+    ("choice", '{"answer":"B"}', OPTIONS, "B"),
+    ("label", '{"answer":"melanoma"}', CLASSES, "melanoma"),
+    ("short_answer", "{", (), None),                         # markup debris is no answer
+    ("short_answer", "<>{}", (), None),
+    ("short_answer", '{"answer": true}', (), '{"answer": true}'),  # no bool guessed into yes / no
+    ("yes_no", '{"answer": true}', (), None),
+    ("json_bbox", '{"answer": [1, 2, 3, 4]}', (), [1.0, 2.0, 3.0, 4.0]),  # a box object is left as it is
+])
+def test_a_json_object_with_an_answer_key_is_read_as_its_answer(
+        name: str, text: str, choices: tuple[str, ...], expected: Any) -> None:
+    assert parse(name, text, choices).value == expected

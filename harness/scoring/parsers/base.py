@@ -9,6 +9,9 @@ paths (see `medharness.scoring.metrics.base`).
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +40,32 @@ def strip_end_markers(text: str) -> str:
             if text.endswith(marker):
                 text = text[: -len(marker)].rstrip()
                 changed = True
+    return text
+
+
+# Keys whose value is the answer when a whole output is one JSON object (lm-eval's `{"answer": "yes"}`).
+ANSWER_KEYS = frozenset({"answer", "final_answer"})
+_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
+
+
+def json_answer(text: str) -> str:
+    """The answer an output holds when it is one JSON object with one answer key (`answer`, `final_answer`,
+    any case; a ```json fence allowed) whose value is text or a finite number: `{"answer":"yes"}` -> "yes".
+    Any other text is returned unchanged (a box object, a list, a bool, two answer keys, broken JSON)."""
+    body = _FENCE.sub("", strip_end_markers(text)).strip()
+    if not (body.startswith("{") and body.endswith("}")) or len(body) > 100_000:
+        return text
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return text
+    keys = [k for k in data if k.strip().lower() in ANSWER_KEYS] if isinstance(data, dict) else []
+    if len(keys) != 1:
+        return text
+    value = data[keys[0]]
+    if isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                  and math.isfinite(value)):
+        return str(value)
     return text
 
 

@@ -13,7 +13,7 @@ from medharness.core.records import Answer, Sample
 from medharness.scoring.boxes import COORDS, box_problem, find_boxes, to_absolute
 from medharness.scoring.normalize import ARTICLES, NEGATIONS, clean_text
 from medharness.scoring.normalize import harness as norm_text
-from medharness.scoring.parsers.base import parser, strip_end_markers
+from medharness.scoring.parsers.base import json_answer, parser, strip_end_markers
 
 LETTERS = string.ascii_uppercase
 
@@ -57,7 +57,7 @@ def choice(text: str, sample: Sample) -> Answer:
     if not sample.choices:
         return _fail("choice", "sample has no choices")
     letters = LETTERS[: len(sample.choices)]
-    cleaned = clean_text(strip_end_markers(text)).strip()
+    cleaned = clean_text(strip_end_markers(json_answer(text))).strip()
     body = _CHOICE_PREFIX.sub("", cleaned, count=1).rstrip(". \t\n").strip()
     if not body:
         return _fail("choice", "empty output")
@@ -96,7 +96,7 @@ def label(text: str, sample: Sample) -> Answer:
     in choices."""
     if not sample.choices:
         return _fail("label", "sample has no class names (choices)")
-    norm = norm_text(text)
+    norm = norm_text(json_answer(text))
     if not norm:
         return _fail("label", "empty output")
     names = _class_names(sample.choices)

@@ -13,7 +13,7 @@ from typing import Any
 from medharness.core.errors import ConfigError
 from medharness.core.records import Answer, Sample
 from medharness.scoring.normalize import harness, negated, tokens, yes_no_of
-from medharness.scoring.parsers.base import PARSERS, parser, split_spec, strip_end_markers
+from medharness.scoring.parsers.base import PARSERS, json_answer, parser, split_spec, strip_end_markers
 
 
 def _ok(name: str, value: Any, note: str = "") -> Answer:
@@ -70,11 +70,13 @@ def short_answer(text: str, sample: Sample) -> Answer:
     A hedge is unparsed: the line holds both yes and no, or a later line is a bare yes/no (prefix allowed:
     "Final answer: no") that disagrees with it ("yes\\nno")."""
     lines = [strip_answer_prefix(line).rstrip(". \t").strip()
-             for line in strip_end_markers(text).splitlines()]
+             for line in strip_end_markers(json_answer(text)).splitlines()]
     lines = [line for line in lines if line]
     if not lines:
         return _fail("short_answer", "no non-empty line")
     first = lines[0]
+    if not harness(first):
+        return _fail("short_answer", f"no answer text, only markup or punctuation ({first[:20]!r})")
     bare = [line for line in lines[1:] if harness(line) in ("yes", "no")]
     if bare:
         readings = {yes_no_of(first), *(harness(line) for line in bare)} - {None}
@@ -258,6 +260,7 @@ def first_of(text: str, sample: Sample, parsers: Sequence[Any] = ()) -> Answer:
 @parser("yes_no")
 def yes_no(text: str, sample: Sample) -> Answer:
     """Strict yes/no via `yes_no_of` (whole tokens; a hedge with both, or a negated one, is None)."""
+    text = json_answer(text)
     value = yes_no_of(text)
     if value is not None:
         return _ok("yes_no", value)
@@ -280,6 +283,7 @@ def integer(text: str, sample: Sample) -> Answer:
     Digits glued to letters ("T2", "3rd") are not numbers; a minus sign is the number's own ("-1" is -1),
     except between two numbers ("grade 2-3" is two)."""
     values = set()
+    text = json_answer(text)
     for match in _NUMBER.finditer(text):
         number = match.group().replace("\u2212", "-")
         if len(number) > 50:

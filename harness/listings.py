@@ -32,7 +32,8 @@ def _list_metrics() -> tuple[list[str], list[list[Any]]]:
 def _list_conventions() -> tuple[list[str], list[list[Any]]]:
     from medharness.scoring.conventions import CONVENTIONS
 
-    return ["convention", "rule"], [[n, c.description.split(". ")[0]] for n, c in CONVENTIONS.items()]
+    return ["convention", "version", "rule"], [[n, c.version, c.description.split(". ")[0]]
+                                                for n, c in CONVENTIONS.items()]
 
 
 def _list_judges() -> tuple[list[str], list[list[Any]]]:

@@ -15,9 +15,10 @@ import numpy as np
 
 from medharness.core import stats
 from medharness.core.datafiles import decode_text, read_bytes
-from medharness.core.errors import DataError
+from medharness.core.errors import ConfigError, DataError
 from medharness.core.records import ResultRow, TaskEntry, TaskSummary
 from medharness.runs.runlog import RunDir, gc_paused, parse_rows_to_score, split_lines
+from medharness.scoring.conventions import CONVENTIONS, split_version
 from medharness.scoring.recipe import DistinctScores, Recipe, Scored, cluster_key, summarise, summarise_scored
 from medharness.taskfiles.task import Task, load_task, recipe_for
 
@@ -44,6 +45,8 @@ def score_run(run_dir: Path, convention: str | None = None, workers: int | None 
             log.warning("%s: task %s was scored by %s (its own metric), not re-scored", run_dir, name,
                         entry.origin.scored_by)
             continue
+        if convention is None and entry is not None:
+            _check_convention(run_dir, name, entry.convention)
         job = _Job(run.task_file(name), name, entry, convention)
         raw = read_bytes(job.file, "run file")
         shares, n_lines = _split(raw, workers or os.cpu_count() or 1)
@@ -61,6 +64,17 @@ def score_run(run_dir: Path, convention: str | None = None, workers: int | None 
     if not summaries:
         raise DataError(f"{run_dir}: no samples to score")
     return summaries
+
+
+def _check_convention(run_dir: Path, task: str, recorded: str) -> None:
+    """A run scored under another version of a convention than this medharness holds is not re-scored under
+    the new rules unless asked (`--convention NAME`): the numbers would change meaning under one name."""
+    name, version = split_version(recorded)
+    if name in CONVENTIONS and version != (current := CONVENTIONS.get(name)).version:
+        raise ConfigError(f"{run_dir}: task {task} was scored under {name}@{version}; this medharness "
+                          f"implements {current.qualified} (docs/conventions.md, 'Versions'). Re-score with "
+                          f"--convention {current.qualified} to apply the current rules, or with the "
+                          "medharness that wrote the run to keep its own")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import medharness.scoring.metrics  # noqa: F401  (registers the metrics the conventions name)
+from medharness.core.errors import ConfigError
 from medharness.core.registry import Registry
 
 
@@ -19,9 +20,36 @@ class Convention:
     parser: list | None  # parser chain steps; None = use the task's own parser
     metrics: list  # metric specs as in resolve_metrics
     reference: str = ""  # where the rule comes from
+    version: int = 1  # raised whenever a rule changes what a score means (docs/conventions.md, "Versions")
+
+    @property
+    def qualified(self) -> str:
+        """The name runs record: `name@version` from version 2 on; a bare name is version 1."""
+        return self.name if self.version == 1 else f"{self.name}@{self.version}"
 
 
 CONVENTIONS: Registry[Convention] = Registry("convention")
+
+
+def split_version(ref: str) -> tuple[str, int]:
+    """`harness@2` -> ("harness", 2); a bare name -> version 1 (what runs recorded before versions)."""
+    name, sep, version = ref.partition("@")
+    if not sep:
+        return name, 1
+    if not version.isdigit() or int(version) < 1:
+        raise ConfigError(f"convention '{ref}': the version after @ is a whole number >= 1")
+    return name, int(version)
+
+
+def resolve_convention(ref: str) -> Convention:
+    """The convention `ref` names (`harness`, or `harness@2` with the version checked): this medharness holds
+    one version of each; an older one is refused by name, never scored with newer rules."""
+    name, version = split_version(ref)
+    convention = CONVENTIONS.get(name)
+    if "@" in ref and version != convention.version:
+        raise ConfigError(f"convention {ref}: this medharness implements {convention.qualified}; "
+                          f"{name}@{version} is another set of rules (docs/conventions.md, 'Versions')")
+    return convention
 
 
 def _add(convention: Convention) -> None:
@@ -42,6 +70,7 @@ _add(Convention(
     parser=None,
     metrics=["vqa_accuracy", "token_recall", "token_f1"],
     reference="docs/conventions.md, 'The harness default'",
+    version=2,  # 2: negated answers and markup debris unparsed, JSON answers read (version 1: runs before)
 ))
 
 _add(Convention(

@@ -19,7 +19,7 @@ import medharness.tasks as _tasks_package
 from medharness.core.errors import ConfigError, DataError
 from medharness.core.records import GenerationSettings, Message, Part, Prompt, Sample
 from medharness.core.yamlio import line_of, load_value, read_mapping, validate_strict
-from medharness.scoring.conventions import CONVENTIONS
+from medharness.scoring.conventions import CONVENTIONS, resolve_convention
 from medharness.scoring.knowledge import knowledge_block
 from medharness.scoring.metrics import resolve_metrics
 from medharness.scoring.parsers import ParserChain
@@ -205,13 +205,13 @@ def recipe_for(task: Task, convention: str | None = None, prompt: str | None = N
     scoring = task.config.scoring
     variant = task.config.prompts.variants[prompt or task.prompt_name]
     task_parser = variant.parser or scoring.parser
-    if convention is None or convention == scoring.convention:
-        named = CONVENTIONS.get(scoring.convention) if scoring.metrics is None else None
-        metrics = scoring.metrics if scoring.metrics is not None else named.metrics  # type: ignore[union-attr]
-        return Recipe(scoring.convention, ParserChain(task_parser),
+    declared = CONVENTIONS.get(scoring.convention)
+    if convention is None or resolve_convention(convention) is declared:
+        metrics = scoring.metrics if scoring.metrics is not None else declared.metrics
+        return Recipe(declared.qualified, ParserChain(task_parser),
                       resolve_metrics([*metrics, *variant.metrics]))
-    conv = CONVENTIONS.get(convention)
-    return Recipe(conv.name, ParserChain(conv.parser or task_parser), resolve_metrics(conv.metrics))
+    conv = resolve_convention(convention)
+    return Recipe(conv.qualified, ParserChain(conv.parser or task_parser), resolve_metrics(conv.metrics))
 
 
 def discover_tasks() -> dict[str, Path]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from medharness.checkpoints.lineage import MANIFEST_FILE, CheckpointManifest
-from medharness.core.errors import DataError
+from medharness.core.errors import ConfigError, DataError
 from medharness.core.records import RUNLOG_SCHEMA, ImportSettings, RunLog, RunSettings
 from medharness.runs.pipeline import RunConfig, Runner
 from medharness.runs.rescore import score_run
@@ -51,7 +51,11 @@ def test_previous_shape_rescoring_and_rows(tmp_path: Path) -> None:
     run = RunDir.open(tmp_path / "old")
     rows = run.rows("phantom_presence")  # rows of the old shape carry an empty `judgements` list
     assert len(rows) == 12
-    summaries = {s.task: s for s in score_run(tmp_path / "old")}
+    # scored under `harness` (version 1): re-scored under the current rules only when asked
+    with pytest.raises(ConfigError, match="scored under harness@1; this medharness implements harness@2"):
+        score_run(tmp_path / "old")
+    summaries = {s.task: s for s in score_run(tmp_path / "old", "harness")}
+    assert summaries["phantom_presence"].convention == "harness@2"
     assert summaries["phantom_presence"].metrics["yes_no_accuracy"].value == \
         run.log.tasks["phantom_presence"].summary.metrics["yes_no_accuracy"].value  # type: ignore[union-attr]
 

@@ -176,3 +176,23 @@ def test_gold_as_prediction(dataset: str, request: pytest.FixtureRequest) -> Non
     llava_misses = [g for g in non_yes_no if "yes" not in vqa_v2(g) and "no" not in vqa_v2(g)]
     assert scores["llava_med"]["closed"].count(0.0) == len(llava_misses)
     assert (len(non_yes_no), len(llava_misses)) == ((21, 18) if dataset == "vqa_rad" else (61, 61))
+
+
+def test_a_convention_is_recorded_with_its_version_and_an_other_version_is_refused() -> None:
+    """harness is at version 2 (negation, JSON answers, markup debris): a run records `harness@2`; a bare name
+    is version 1, what runs recorded before versions; another version is refused by name."""
+    from medharness.core.errors import ConfigError
+    from medharness.scoring.conventions import CONVENTIONS, resolve_convention, split_version
+    from medharness.taskfiles.task import load_task, recipe_for
+
+    assert CONVENTIONS.get("harness").qualified == "harness@2" and CONVENTIONS.get("mumc").qualified == "mumc"
+    assert split_version("harness") == ("harness", 1) and split_version("harness@2") == ("harness", 2)
+    assert resolve_convention("harness@2") is resolve_convention("harness")
+    task = load_task("vqa_rad")
+    assert recipe_for(task).convention == recipe_for(task, "harness@2").convention == "harness@2"
+    assert recipe_for(task, "mumc").convention == "mumc"
+    for ref, message in (("harness@1", "implements harness@2; harness@1 is another set of rules"),
+                         ("mumc@3", "implements mumc; mumc@3"), ("harness@two", "a whole number"),
+                         ("harnes@2", "Did you mean 'harness'")):
+        with pytest.raises(ConfigError, match=message):
+            recipe_for(task, ref)

@@ -30,8 +30,8 @@ def test_old_run_log_loads_without_intervals_and_rescoring_adds_them(tmp_path: P
         read = summary.groups["n_lesions"][key]
         assert read.n == int(group["n"]) and read.n_unparsed is None
         assert read.metrics["yes_no_accuracy"].value == group["yes_no_accuracy"]
-    first = {s.task: s for s in score_run(tmp_path / "old")}
-    again = {s.task: s for s in score_run(tmp_path / "old")}
+    first = {s.task: s for s in score_run(tmp_path / "old", "harness")}  # recorded under harness@1
+    again = {s.task: s for s in score_run(tmp_path / "old", "harness")}
     assert first == again  # seeded: the same run gives the same intervals
     m = first["phantom_presence"].metrics["yes_no_accuracy"]
     assert m.ci_low is not None and m.ci_high is not None and m.ci_low < m.value < m.ci_high
@@ -85,10 +85,12 @@ def test_corpus_metric_gets_a_bootstrap_interval() -> None:
 
 def test_score_prints_one_scale_with_intervals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shutil.copytree(OLD, tmp_path / "old")
-    assert main(["score", str(tmp_path / "old")]) == 0
+    assert main(["score", str(tmp_path / "old")]) == 2  # recorded under harness@1: refused unless asked
+    assert "--convention harness@2" in capsys.readouterr().err
+    assert main(["score", str(tmp_path / "old"), "--convention", "harness"]) == 0
     text = capsys.readouterr().out
     assert "95% CI" in text and "by n_lesions" in text
-    assert main(["score", str(tmp_path / "old"), "--json"]) == 0
+    assert main(["score", str(tmp_path / "old"), "--json", "--convention", "harness"]) == 0
     data = json.loads(capsys.readouterr().out)
     presence = next(d for d in data if d["task"] == "phantom_presence")
     head = presence["metrics"]["yes_no_accuracy"]

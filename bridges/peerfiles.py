@@ -82,10 +82,48 @@ def _json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return out
 
 
+_BOOLS = ("True", "False", "true", "false")
+
+
+def _is_pair(value: Any) -> bool:
+    """A log-likelihood response: [logprob, is_greedy], as numbers and bools or as their strings (lm-eval's
+    `sanitize_list` writes `["-0.163", "True"]`)."""
+    if not isinstance(value, list) or len(value) != 2:
+        return False
+    logprob, greedy = value
+    number = isinstance(logprob, (int, float)) and not isinstance(logprob, bool)
+    if isinstance(logprob, str):
+        try:
+            float(logprob)
+            number = True
+        except ValueError:
+            number = False
+    return number and (isinstance(greedy, bool) or greedy in _BOOLS)
+
+
+def _loglikelihood(record: dict[str, Any]) -> bool:
+    """A multiple-choice (log-likelihood) record: `acc` / `acc_norm` metrics, or responses that are
+    [logprob, is_greedy] pairs, one request per option."""
+    if "acc" in record or "acc_norm" in record:
+        return True
+    stack = [record.get("resps"), record.get("filtered_resps")]
+    while stack:
+        value = stack.pop()
+        if _is_pair(value):
+            return True
+        if isinstance(value, list):
+            stack.extend(value[:64])
+    return False
+
+
 def _raw_text(tool: str, path: Path, number: int, record: dict[str, Any]) -> str:
     """The model's raw output. lm-eval: `resps[0][0]` (one generate_until request per doc). lmms-eval 0.7
     flattens one-request docs and drops `resps` when it equals `filtered_resps` (the `none` filter): either,
-    unwrapped."""
+    unwrapped. A log-likelihood record (a multiple-choice task) is refused: it holds scores, not an answer."""
+    if _loglikelihood(record):
+        raise DataError(f"{path}:{number}: a log-likelihood record (a multiple-choice task: one request per "
+                        "option, [logprob, is_greedy] responses, acc / acc_norm): it holds no generated "
+                        f"answer to score; only generation tasks can be imported (keep {tool}'s own acc)")
     value = record.get("resps")
     if tool == "lm-eval" and not (isinstance(value, list) and value and isinstance(value[0], list)
                                   and value[0]):

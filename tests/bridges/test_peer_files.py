@@ -201,6 +201,40 @@ def test_bad_lm_eval_files_are_refused_with_counts(tmp_path: Path, samples: list
     assert code == 2  # a clear error, no traceback
 
 
+# The shape of a real lm-eval 0.4 multiple-choice record (`--log_samples` of a loglikelihood task such as
+# pubmedqa): one request per option, each response a [logprob, is_greedy] pair written as strings by lm-eval's
+# sanitize_list, `filtered_resps` the pairs, and the per-doc `acc` / `acc_norm`.
+def _loglikelihood_line(i: int, sid: str, strings: bool = True) -> str:
+    pairs = [[-0.1634, True], [-2.3111, False], [-3.0048, False]]
+    resps = [[[str(lp), str(g)] if strings else [lp, g]] for lp, g in pairs]
+    record = {"doc_id": i, "doc": {"id": sid, "question": "q"}, "target": 0,
+              "arguments": [[["q", f" {o}"]] for o in ("yes", "no", "maybe")], "resps": resps,
+              "filtered_resps": [r[0] for r in resps], "filter": "none", "metrics": ["acc", "acc_norm"],
+              "doc_hash": "h", "prompt_hash": "p", "target_hash": "t", "acc": 1.0, "acc_norm": 1.0}
+    return json.dumps(record) + "\n"
+
+
+@pytest.mark.parametrize("tool", ["lm-eval", "lmms-eval"])
+@pytest.mark.parametrize("strings", [True, False])
+def test_a_log_likelihood_file_is_refused_not_imported_as_numbers(tmp_path: Path, samples: list, tool: str,
+                                                                   strings: bool) -> None:
+    """A multiple-choice file holds scores per option, not an answer: it used to import "-0.1634" as the
+    answer of every row (a 0 % run, flagged only as unparsed)."""
+    file = tmp_path / "samples_pubmedqa.jsonl"
+    file.write_text("".join(_loglikelihood_line(i, s.id, strings) for i, s in enumerate(samples)))
+    with pytest.raises(DataError, match=r":1: a log-likelihood record \(a multiple-choice task"):
+        import_predictions(ImportRequest(tool=tool, file=file, task=TASK, output=tmp_path / "run",
+                                         model_name="m"))
+    assert not (tmp_path / "run").exists()
+    bare = tmp_path / "bare.jsonl"  # the pairs alone, without the acc fields, are refused as well
+    records = [json.loads(_loglikelihood_line(i, s.id, strings)) for i, s in enumerate(samples)]
+    bare.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in ("acc", "acc_norm")}) + "\n"
+                            for r in records))
+    with pytest.raises(DataError, match="a log-likelihood record"):
+        import_predictions(ImportRequest(tool=tool, file=bare, task=TASK, output=tmp_path / "run",
+                                         model_name="m"))
+
+
 def test_lm_eval_export_renders_medharness_prompts(tmp_path: Path, samples: list) -> None:
     import yaml
 

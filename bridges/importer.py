@@ -45,16 +45,16 @@ class ImportRequest:
 
 
 def load_for_import(task_ref: str, data_dir: str | None, overrides: dict[str, Any] | None) -> Task:
-    ref: str | Path = Path(task_ref) if task_ref.endswith((".yaml", ".yml")) else task_ref
     values = dict(overrides or {})
     if data_dir:
         values["data_dir"] = data_dir
-    return load_task(ref, values)
+    return load_task(task_ref, values)
 
 
-def match_rows(peer: PeerFile, task: Task, allow_unmatched: bool) -> tuple[list[tuple[Any, str]], int, int]:
-    """(sample, text) for each row whose id is a sample of the task; (matched, unmatched, n_samples)
-    checked."""
+def match_rows(peer: PeerFile, task: Task,
+               allow_unmatched: bool) -> tuple[list[tuple[Any, str]], int, int, list[str]]:
+    """(sample, text) for each row whose id is a sample of the task, the unmatched count, the task's sample
+    count, and what is wrong with the matching (nothing: an empty list)."""
     samples = task.load_samples()
     by_id = {s.id: s for s in samples}
     seen: dict[str, int] = {}
@@ -63,36 +63,45 @@ def match_rows(peer: PeerFile, task: Task, allow_unmatched: bool) -> tuple[list[
     twice = [sid for sid, n in seen.items() if n > 1]
     matched = [(by_id[sid], text) for sid, text in peer.rows if sid in by_id]
     unmatched = [sid for sid, _ in peer.rows if sid not in by_id]
-    where = f"{peer.path}: {len(matched)} of its {len(peer.rows)} rows match a sample of task {task.name}"
+    where = f"{len(matched)} of its {len(peer.rows)} rows match a sample of task {task.name}"
+    problems = []
     if twice:
-        raise DataError(f"{where}; {len(twice)} id(s) appear more than once (e.g. {twice[0]!r}): one row per "
+        problems.append(f"{where}; {len(twice)} id(s) appear more than once (e.g. {twice[0]!r}): one row per "
                         "sample is expected")
     if not matched:
         example = unmatched[0] if unmatched else "-"
-        raise DataError(f"{where} ({len(samples)} samples; e.g. the file's {example!r} vs the task's "
+        problems.append(f"{where} ({len(samples)} samples; e.g. the file's {example!r} vs the task's "
                         f"{samples[0].id if samples else '-'!r}): a file of another task, or another id "
                         "mapping?")
-    if unmatched and not allow_unmatched:
-        raise DataError(f"{where}; {len(unmatched)} match none (e.g. {unmatched[0]!r}); pass "
+    elif unmatched and not allow_unmatched:
+        problems.append(f"{where}; {len(unmatched)} match none (e.g. {unmatched[0]!r}); pass "
                         "--allow-unmatched to import the matched rows only")
-    return matched, len(unmatched), len(samples)
+    return matched, len(unmatched), len(samples), problems
 
 
 def import_predictions(req: ImportRequest) -> RunDir:
-    """Read, match and score a peer file, then write the run directory (refused if it exists)."""
+    """Read, match and score a peer file, then write the run directory (refused if it exists). Every problem
+    found with the file (another task, ids, rows that contradict the id map, no model name) is reported at
+    once; a file that is not of the tool's format stops the reading."""
     if req.label is not None:
         try:  # the same names as `run --label`
             check_safe_name(req.label, "--label")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     peer = read_peer_file(req.tool, req.file, id_field=req.id_field, id_map=req.id_map)
+    problems = list(peer.problems)
     model = req.model_name or peer.model
     if not model:
-        raise ConfigError(f"{req.file}: the file does not name its model (no results file beside it); pass "
-                          "--model-name")
+        problems.append("the file does not name its model (no results file beside it); pass --model-name")
     version = req.tool_version or peer.tool_version
     task = load_for_import(req.task, req.data_dir, req.overrides)
-    matched, n_unmatched, n_samples = match_rows(peer, task, req.allow_unmatched)
+    matched, n_unmatched, n_samples, unmatching = match_rows(peer, task, req.allow_unmatched)
+    problems[:0] = unmatching
+    if problems:
+        raise DataError(f"{req.file}: " + (problems[0] if len(problems) == 1 else
+                                           f"{len(problems)} problems: " + "; ".join(
+                                               f"({i}) {p}" for i, p in enumerate(problems, 1))))
+    assert model is not None
     recipe = recipe_for(task)
     fingerprint = f"{req.tool}{'==' + version if version else ''}:{model}"
     rows = []

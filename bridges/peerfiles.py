@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class PeerFile:
     model: str | None = None
     tool_version: str | None = None
     n_rows: int = 0
+    problems: list[str] = field(default_factory=list)  # rows that contradict the id map (reported together)
 
     @property
     def sha256(self) -> str:
@@ -151,17 +152,23 @@ def _read_logged_samples(tool: str, path: Path, id_field: str, docs: Path | None
     filters = list(dict.fromkeys(str(r.get("filter", "none")) for _, r in records))
     keep = "none" if "none" in filters else filters[0]
     chosen = [(n, r) for n, r in records if str(r.get("filter", "none")) == keep]
-    by_doc_id = _docs_ids(docs, id_field) if docs is not None else None
-    rows = []
+    by_doc_id = _docs_rows(docs) if docs is not None else None
+    rows, contradictions = [], []
     for number, record in chosen:
         doc = record.get("doc")
         if isinstance(doc, dict) and id_field in doc:
             sid = str(doc[id_field])
         elif by_doc_id is not None:
-            sid = by_doc_id.get(int(record["doc_id"]), "")
+            doc_id = record["doc_id"]
+            if not isinstance(doc_id, int) or isinstance(doc_id, bool):
+                raise DataError(f"{path}:{number}: doc_id {doc_id!r} is not a row number")
+            mapped = by_doc_id.get(doc_id)
+            sid = str(mapped.get(id_field, "")) if mapped is not None else ""
             if not sid:
-                raise DataError(f"{path}:{number}: doc_id {record['doc_id']} is not a row of {docs} "
+                raise DataError(f"{path}:{number}: doc_id {doc_id} is not a row of {docs} "
                                 f"({len(by_doc_id)} rows)")
+            if (why := _contradiction(record, mapped or {})) is not None:
+                contradictions.append((number, doc_id, why))
         else:
             raise DataError(f"{path}:{number}: its doc has no {id_field!r} field to match a sample id (the "
                             "tasks medharness exports carry one; pass --id-field, or --id-map docs.jsonl "
@@ -170,15 +177,31 @@ def _read_logged_samples(tool: str, path: Path, id_field: str, docs: Path | None
     meta = _results_beside(tool, path)
     mapping = f"doc.{id_field}" if by_doc_id is None else (f"doc_id -> {docs.name if docs else ''} row "
                                                            f"{id_field}")
+    problems = []
+    if contradictions:
+        number, doc_id, why = contradictions[0]
+        problems.append(f"{len(contradictions)} of its {len(chosen)} rows contradict the row of {docs} their "
+                        f"doc_id maps to (e.g. line {number}, doc_id {doc_id}: {why}): a file of another "
+                        "task, or a docs file that is stale or reordered")
     return PeerFile(tool, path, rows, mapping, model=meta.get("model"), tool_version=meta.get("version"),
-                    n_rows=len(chosen))
+                    n_rows=len(chosen), problems=problems)
 
 
-def _docs_ids(docs: Path, id_field: str) -> dict[int, str]:
-    """Row number -> sample id of an exported docs JSONL (lmms-eval logs `doc_id`, the row in the split)."""
+def _docs_rows(docs: Path) -> dict[int, dict[str, Any]]:
+    """Row number -> row of an exported docs JSONL (lmms-eval logs `doc_id`, the row in the split)."""
     if not docs.is_file():
         raise DataError(f"--id-map {docs}: no such file")
-    return {i: str(r.get(id_field, "")) for i, (_, r) in enumerate(_json_lines(docs))}
+    return {i: r for i, (_, r) in enumerate(_json_lines(docs))}
+
+
+def _contradiction(record: dict[str, Any], row: dict[str, Any]) -> str | None:
+    """How a logged record contradicts the exported docs row its doc_id names: its target (the docs'
+    `target`, lmms-eval's `doc_to_target`) or its input (the docs' `text`, the exported `doc_to_text`)."""
+    for mine, theirs in (("target", "target"), ("input", "text")):
+        if isinstance(record.get(mine), str) and isinstance(row.get(theirs), str) \
+                and record[mine].strip() != row[theirs].strip():
+            return f"{mine} {record[mine][:40]!r}, the docs' {row[theirs][:40]!r}"
+    return None
 
 
 def _results_beside(tool: str, samples: Path) -> dict[str, str]:

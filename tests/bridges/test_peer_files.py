@@ -159,9 +159,11 @@ def test_lmms_eval_samples_need_the_docs_for_ids(tmp_path: Path, samples: list) 
     docs = tmp_path / "export"
     export_task("lmms-eval", TASK, docs, limit=N)
     answers = _answers(samples)
+    texts = [json.loads(line)["text"] for line in (docs / "docs.jsonl").read_text().splitlines()]
     file = tmp_path / f"20260101_000000_samples_medharness_{TASK}.jsonl"
-    file.write_text("".join(json.dumps({"doc_id": i, "target": s.target, "filtered_resps": a, "input": "q"})
-                            + "\n" for i, (s, a) in enumerate(zip(samples, answers))))
+    file.write_text("".join(json.dumps({"doc_id": i, "target": str(s.target), "filtered_resps": a,
+                                        "input": texts[i]}) + "\n"
+                            for i, (s, a) in enumerate(zip(samples, answers))))
     with pytest.raises(DataError, match="--id-map"):
         import_predictions(ImportRequest(tool="lmms-eval", file=file, task=TASK, output=tmp_path / "r0",
                                          model_name="m"))
@@ -169,6 +171,40 @@ def test_lmms_eval_samples_need_the_docs_for_ids(tmp_path: Path, samples: list) 
                                            model_name="m", id_map=docs / "docs.jsonl"))
     rows = {r.sample.id: r.generation.text for r in run.rows(TASK)}
     assert rows == {s.id: a for s, a in zip(samples, answers)}
+
+
+def test_an_id_map_is_checked_row_by_row_and_problems_come_together(tmp_path: Path, samples: list) -> None:
+    """A samples file of another task (an lmms-eval MME file used to become an N/N "matched" run), a docs file
+    that is reordered, and a doc_id that is no row number are refused; several problems of one file are
+    reported in one error (no model name, rows against the map)."""
+    docs = tmp_path / "export"
+    export_task("lmms-eval", TASK, docs, limit=N)
+    rows = [json.loads(line) for line in (docs / "docs.jsonl").read_text().splitlines()]
+    answers = _answers(samples)
+
+    def write(name: str, records: list[dict]) -> Path:
+        file = tmp_path / f"20260101_000000_samples_{name}.jsonl"
+        file.write_text("".join(json.dumps(r) + "\n" for r in records))
+        return file
+
+    def refused(file: Path, match: str, **kw: object) -> None:
+        with pytest.raises(DataError, match=match):
+            import_predictions(ImportRequest(tool="lmms-eval", file=file, task=TASK, output=tmp_path / "run",
+                                             id_map=docs / "docs.jsonl", **{"model_name": "m", **kw}))
+        assert not (tmp_path / "run").exists()
+
+    mme = write("mme", [{"doc_id": i, "target": "Yes", "input": f"Is this a photo of a dog? {i}",
+                         "filtered_resps": ["Yes"]} for i in range(N)])
+    refused(mme, f"{N} of its {N} rows contradict the row of .*docs.jsonl.*line 1, doc_id 0: target 'Yes'")
+    shifted = write("shifted", [{"doc_id": (i + 1) % N, "target": str(s.target), "input": rows[i]["text"],
+                                 "filtered_resps": [a]} for i, (s, a) in enumerate(zip(samples, answers))])
+    refused(shifted, "contradict the row of .*: a file of another task, or a docs file that is stale or "
+                     "reordered")
+    for bad in (None, "3", 1.5, True):
+        refused(write("bad_id", [{"doc_id": bad, "filtered_resps": ["yes"]}]),
+                "doc_id .* is not a row number")
+    refused(mme, r"2 problems: \(1\) .*contradict the row.*; \(2\) the file does not name its model",
+            model_name=None)
 
 
 @pytest.mark.parametrize("case", ["other_task", "other_version", "duplicate", "no_id", "partly_unmatched"])

@@ -22,6 +22,7 @@ Formats (the peers' own, as of lm-eval 0.4, lmms-eval 0.7 and VLMEvalKit 0.2):
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,7 +254,11 @@ def read_id_map(path: Path) -> dict[int, tuple[str, str]]:
 
     if not path.is_file():
         raise DataError(f"--id-map {path}: no such file")
-    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    text = read_text(path, "id map")  # the common reader: a regular file, UTF-8, errors by byte
+    try:
+        table = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False)
+    except ValueError as exc:  # pandas' ParserError (an unclosed quote, ragged rows) is a ValueError
+        raise DataError(f"--id-map {path}: not a readable TSV ({' '.join(str(exc).split())[:200]})") from None
     if not {"index", "id"} <= set(table.columns):
         raise DataError(f"--id-map {path}: needs columns index and id (has {list(table.columns)})")
     out: dict[int, tuple[str, str]] = {}
@@ -289,7 +294,8 @@ def _read_vlmevalkit(path: Path, id_map: Path) -> PeerFile:
             check_zip_size(path)
             table = pd.read_excel(path, engine="openpyxl")
         elif suffix in (".tsv", ".csv"):
-            table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+            table = pd.read_csv(io.StringIO(read_text(path, "prediction table")),
+                                sep="\t" if suffix == ".tsv" else ",")
         else:
             raise DataError(f"{path}: a VLMEvalKit prediction file is .xlsx, .tsv or .csv")
     except ImportError as exc:

@@ -118,6 +118,29 @@ def test_vlmevalkit_file_of_another_dataset_is_refused(tmp_path: Path, vlm_expor
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("case", ["unclosed_quote", "latin1", "utf16"])
+def test_a_broken_id_map_or_prediction_table_is_a_clean_error(tmp_path: Path, vlm_export: Path, samples: list,
+                                                              case: str) -> None:
+    """Through the common file reader: an id map with an unclosed quote, or a table that is not UTF-8, is an
+    error naming the file (it was a pandas traceback)."""
+    good = tmp_path / "MyVLM_ok.tsv"
+    _vlm_predictions(vlm_export, samples, _answers(samples)).to_csv(good, sep="\t", index=False)
+    text = (vlm_export / "ids.tsv").read_text()
+    ids = tmp_path / "ids.tsv"
+    if case == "unclosed_quote":
+        ids.write_text(text.replace("\n", '\n"', 1))
+        file, id_map, match = good, ids, "--id-map .*ids.tsv: not a readable TSV"
+    else:
+        file = tmp_path / "MyVLM_bad.tsv"
+        file.write_bytes(good.read_text().replace("yes", "yés").encode("latin-1" if case == "latin1"
+                                                                       else "utf-16"))
+        id_map, match = vlm_export / "ids.tsv", f"{file}(:2)?: .*(UTF-8|UTF-16)"
+    with pytest.raises(DataError, match=match):
+        import_predictions(ImportRequest(tool="vlmevalkit", file=file, task=TASK, output=tmp_path / "run",
+                                         id_map=id_map, model_name="m"))
+    assert not (tmp_path / "run").exists()
+
+
 def _lm_eval_line(doc_id: int, sample_id: str, text: str, **extra: object) -> str:
     record = {"doc_id": doc_id, "doc": {"id": sample_id, "text": "q"}, "target": "yes",
               "arguments": {"gen_args_0": {"arg_0": "prompt"}}, "resps": [[text]], "filtered_resps": [text],

@@ -196,19 +196,21 @@ def _reward_specs(spec: str) -> Any:
 
 def read_completions(path: Path, sample_id: str | None) -> list[tuple[str, str]]:
     """(sample id, text) pairs: JSONL objects, or one completion per line for `--sample-id`."""
-    if not path.is_file():
+    from medharness.core.datafiles import parse_json, read_text
+
+    if not path.exists():
         raise DataError(f"completions file {path} does not exist")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path, "completions file").splitlines()  # the common reader: regular file, UTF-8
     if sample_id is not None:
         return [(sample_id, line.replace("\\n", "\n")) for line in lines if line.strip()]
     out = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        item = parse_json(path, line, number)  # names the line; deep nesting and huge integers refused
         try:
-            item = json.loads(line)
             sample, text = item["sample_id"], item["text"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (KeyError, TypeError):
             raise DataError(f"{path}:{number}: expected a JSON object {{sample_id, text}} (or pass "
                             "--sample-id for a plain text file)") from None
         if not isinstance(sample, str) or not isinstance(text, str):  # never a stringified number or list

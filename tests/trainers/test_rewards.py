@@ -219,3 +219,21 @@ def test_a_corpus_metric_listed_first_is_the_primary_but_no_sample_score(tmp_pat
     (tmp_path / "samples" / "phantom_size.jsonl").write_text(lines)
     assert rejected_texts(task, task.prompt_name, samples, f"run:{tmp_path}", seed=0) == {
         samples[1].id: answers[1]}
+
+
+def test_reward_reads_completions_through_the_common_reader(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A FIFO (it used to block), a UTF-16 file, an integer of thousands of digits and JSON nested thousands
+    deep are each a clean error naming the file, never a hang or a traceback."""
+    import os
+
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    cases = {fifo: "not a regular file", tmp_path / "u16.jsonl": "UTF-16",
+             tmp_path / "big.jsonl": "big.jsonl:1: ", tmp_path / "deep.jsonl": "deep.jsonl:1: JSON nested"}
+    (tmp_path / "u16.jsonl").write_bytes('{"sample_id": "a", "text": "yes"}\n'.encode("utf-16"))
+    (tmp_path / "big.jsonl").write_text('{"sample_id": ' + "1" * 5000 + ', "text": "yes"}\n')
+    (tmp_path / "deep.jsonl").write_text("[" * 100_000 + "\n")
+    for file, message in cases.items():
+        assert main(["reward", "--task", "phantom_presence", "--completions", str(file)]) == 2
+        assert message in capsys.readouterr().err

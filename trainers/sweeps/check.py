@@ -43,6 +43,7 @@ class Findings:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     missing_data: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # sound, but not what a user may expect
 
 
 def sweep_task(name: str, sweep: SweepConfig, prompt: str | None) -> Any:
@@ -134,7 +135,7 @@ def _check_tasks(sweep: SweepConfig, cells: list[Cell], found: Findings) -> None
 
 
 def _check_training(sweep: SweepConfig, stages: Stages, cells: list[Cell], problems: list[str],
-                    notes: list[str]) -> None:
+                    notes: list[str], warnings: list[str]) -> None:
     presets = set(preset_names())
     before = len(problems)
     for recipe in sorted({c.entry.recipe for c in cells}):
@@ -172,6 +173,17 @@ def _check_training(sweep: SweepConfig, stages: Stages, cells: list[Cell], probl
             trl_args(config, layers, stages.dir.train_dir(cell.id).root, use_gpu=False)
         except MedHarnessError as exc:
             problems.append(f"cell {cell.id}: {exc}")
+            continue
+        for task in eval_tasks(sweep, cell):
+            try:
+                budget, replaced = stages.eval_budget(cell, task)
+            except MedHarnessError:
+                continue  # the task check reports it
+            if replaced is not None:
+                warnings.append(f"cell {cell.id} evaluates {task} with {budget} new tokens, its "
+                             f"training completion length: the evaluation budget ({replaced}: "
+                             "eval.max_new_tokens or the prompt variant's) is below it and would cut the "
+                             "policy's answers")
 
 
 def check_sweep(sweep: SweepConfig, stages: Stages, cells: list[Cell]) -> Findings:
@@ -199,7 +211,7 @@ def check_sweep(sweep: SweepConfig, stages: Stages, cells: list[Cell]) -> Findin
                    sweep.launch.fsdp)
     except MedHarnessError as exc:
         problems.append(f"launch: {exc}")
-    _check_training(sweep, stages, cells, problems, notes)
+    _check_training(sweep, stages, cells, problems, notes, found.warnings)
     check_table(sweep, stages, cells, found)
     return found
 

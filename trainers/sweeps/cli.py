@@ -187,6 +187,8 @@ def dry_run(sweep: SweepConfig, stages: Stages, cells: list[Cell], references: d
     print()
     for note in found.notes:
         print(f"ok: {note}")
+    for warning in found.warnings:
+        print(f"warning: {warning}")
     for missing in found.missing_data:
         print(f"data not here: {missing}")
     for problem in problems:

@@ -31,6 +31,9 @@ from medharness.backends.vlm_common import is_adapter_folder
 from medharness.core.errors import ConfigError, MedHarnessError
 from medharness.core.paths import remove_own, set_aside
 from medharness.runs.folders import SweepDir, run_status
+from medharness.taskfiles.task import load_task
+from medharness.trainers.cli import parse_train_args, train_request
+from medharness.trainers.run import resolve
 from medharness.trainers.sweeps.schema import (
     Cell,
     SweepConfig,
@@ -170,8 +173,40 @@ class Stages:
                 ["--fsdp"] if s.launch.fsdp else [])
         return argv + (["--resume"] if resume else [])
 
+    def trained_budget(self, cell: Cell) -> int | None:
+        """The completion length a cell's policy was trained to (TRL's `max_completion_length`; None for
+        recipes without one): from its train.json, or, before it trained, from its resolved train command."""
+        record = self.dir.train_dir(cell.id).log()
+        if record is not None:
+            trl = record.config.get("trl")
+        else:
+            try:
+                argv = self.train_args(cell, self.cell_model(cell, build=False), self.split_file(cell), False)
+                trl = resolve(train_request(parse_train_args(argv)))[0].trl
+            except MedHarnessError:
+                return None  # the dry run reports the cell's problem
+        value = trl.get("max_completion_length") if isinstance(trl, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def eval_budget(self, cell: Cell, task: str) -> tuple[int | None, int | None]:
+        """(the --max-new-tokens of a trained cell's evaluation on `task`, the budget it replaces): the eval
+        setting, else the prompt variant's, raised to the training completion length where it is below, so a
+        policy trained to think for N tokens is never cut before its answer (None, None: left as set)."""
+        trained = self.trained_budget(cell)
+        if trained is None:
+            return self.sweep.eval.max_new_tokens, None
+        prompt = eval_prompt(self.sweep, cell, task)
+        configured = self.sweep.eval.max_new_tokens or load_task(
+            task, {"prompt": prompt} if prompt else {}).settings().max_new_tokens
+        if configured >= trained:
+            return self.sweep.eval.max_new_tokens, None
+        return trained, configured
+
     def eval_args(self, model: str, task: str, out: Path, resume: bool, baseline: bool = False,
-                  prompt: str | None = None, ablate: str | None = None) -> list[str]:
+                  prompt: str | None = None, ablate: str | None = None,
+                  max_new_tokens: int | None = None) -> list[str]:
+        """A `medharness run` of one model on one task (`max_new_tokens`: the budget, else the eval
+        setting's)."""
         e = self.sweep.eval
         argv = ["run", "--model", model, "--tasks", task, "--output", str(out), "--no-progress",
                 "--batch-size", str(e.batch_size)]
@@ -179,7 +214,7 @@ class Stages:
             argv += ["--backend", e.backend]
             for key, value in e.backend_options.items():
                 argv += ["--backend-option", f"{key}={json.dumps(value)}"]
-        for flag, value in (("--limit", e.limit), ("--max-new-tokens", e.max_new_tokens),
+        for flag, value in (("--limit", e.limit), ("--max-new-tokens", max_new_tokens or e.max_new_tokens),
                             ("--samples", self.relative(e.samples) if e.samples else None),
                             ("--data-dir", self.sweep.data_dir)):
             if value is not None:
@@ -204,7 +239,8 @@ class Stages:
         out.append(Command(self.train_args(cell, self.cell_model(cell, build=False), split, False)))
         final = str(self.dir.train_dir(cell.id).final)
         return out + [Command(self.eval_args(final, task, self.dir.eval_dir(cell.id, task, folder), False,
-                                             prompt=eval_prompt(self.sweep, cell, task), ablate=mode))
+                                             prompt=eval_prompt(self.sweep, cell, task), ablate=mode,
+                                             max_new_tokens=self.eval_budget(cell, task)[0]))
                       for mode, folder in self.final_evals() for task in eval_tasks(self.sweep, cell)]
 
     def final_evals(self) -> list[tuple[str | None, str | None]]:
@@ -254,7 +290,8 @@ class Stages:
         return out
 
     def evaluate(self, model: str, task: str, out: Path, log_file: Path, baseline: bool = False,
-                 prompt: str | None = None, ablate: str | None = None) -> None:
+                 prompt: str | None = None, ablate: str | None = None,
+                 max_new_tokens: int | None = None) -> None:
         """One `medharness run`, skipped when finished, resumed when started (with --resume)."""
         status = run_status(out)
         if status == "finished":
@@ -265,7 +302,8 @@ class Stages:
             self._set_aside(out, "it has no run.json")
         self.say(f"  eval {task} -> {out}")
         self._call(Command(self.eval_args(model, task, out, resume=status is not None, baseline=baseline,
-                                          prompt=prompt, ablate=ablate)), log_file)
+                                          prompt=prompt, ablate=ablate, max_new_tokens=max_new_tokens)),
+                   log_file)
         if run_status(out) != "finished":
             raise StageFailed(f"{out}: the run did not finish (status {run_status(out)})")
 
@@ -323,17 +361,23 @@ class Stages:
         all)."""
         final = self.train(cell)
         logs = self.dir.cell_logs(cell.id)
+        budgets = {task: self.eval_budget(cell, task) for task in eval_tasks(self.sweep, cell)}
+        for task, (budget, replaced) in budgets.items():
+            if replaced is not None:
+                self.say(f"  eval {task}: {budget} new tokens, the training completion length (the prompt's "
+                         f"budget, {replaced}, would cut the policy's answers)")
         for mode, folder in self.final_evals():
             for task in eval_tasks(self.sweep, cell):
                 self.evaluate(str(final), task, self.dir.eval_dir(cell.id, task, folder),
                               logs / f"eval-{folder + '-' if folder else ''}{task}.log",
-                              prompt=eval_prompt(self.sweep, cell, task), ablate=mode)
+                              prompt=eval_prompt(self.sweep, cell, task), ablate=mode,
+                              max_new_tokens=budgets[task][0])
         if self.sweep.eval.checkpoints == "all":
             for ckpt in self.dir.train_dir(cell.id).checkpoints():
                 for task in eval_tasks(self.sweep, cell):
                     self.evaluate(str(ckpt), task, self.dir.eval_dir(cell.id, task, ckpt.name),
                                   logs / f"eval-{ckpt.name}-{task}.log",
-                                  prompt=eval_prompt(self.sweep, cell, task))
+                                  prompt=eval_prompt(self.sweep, cell, task), max_new_tokens=budgets[task][0])
 
     def run_reference(self, name: str, model: str | None, tasks: list[str]) -> None:
         """The base model's row (`model` None) or a baseline's (`baseline:KIND`), once per eval task."""

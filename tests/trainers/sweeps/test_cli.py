@@ -20,6 +20,7 @@ from medharness.core.errors import ConfigError
 from medharness.core.records import MetricSummary, RunSettings, RunStatus, TaskEntry, TaskSummary
 from medharness.runs.folders import SweepDir
 from medharness.runs.runlog import RunDir
+from medharness.taskfiles.task import load_task
 from medharness.trainers.cli import parse_train_args, train_request
 from medharness.trainers.run import TrainRequest
 from medharness.trainers.sweeps import DEMO
@@ -189,6 +190,36 @@ def test_dry_run_checks_each_cells_trl_settings(tmp_path: Path, capsys: pytest.C
                                           f"common_presets: [tiny_cpu]\nrecipes: [sft]\n{setting}\n")
         assert main(["train-then-eval", "--sweep", str(file), "--dry-run"]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_a_trained_policy_is_evaluated_with_at_least_its_training_completion_length(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """RARL trains to think for 512 tokens while the `reasoning` variants answer in 64: evaluated at 64, every
+    answer is cut before `<answer>`. The evaluation budget is raised to the training one (the dry run warns,
+    --print-commands and the stage itself pass it); a budget at or above it is left as set."""
+    pytest.importorskip("trl")
+    grpo = "recipes: [{recipe: grpo, overrides: [trl.max_completion_length=%d]}]\n"
+    file = write(tmp_path / "s.yaml", "model: tiny\ntasks: [phantom_presence]\n"
+                                      "prompt: {phantom_presence: r1}\n"
+                                      "eval_tasks: [phantom_presence, phantom_count]\n" + grpo % 900)
+    sweep = load_sweep(file)
+    stages = Stages(sweep, file, tmp_path / "o", resume=False)
+    (cell,) = expand(sweep)
+    assert load_task("phantom_presence", {"prompt": "r1"}).settings().max_new_tokens == 768
+    assert stages.eval_budget(cell, "phantom_presence") == (900, 768)
+    assert stages.eval_budget(cell, "phantom_count") == (900, 16)  # its plain variant: 16 tokens
+    assert main(["train-then-eval", "--sweep", str(file), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: cell {cell.id} evaluates phantom_presence with 900 new tokens" in out
+    assert main(["train-then-eval", "--sweep", str(file), "--print-commands", "--output",
+                 str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    assert "--max-new-tokens 900" in printed
+    enough = write(tmp_path / "e.yaml", "model: tiny\ntasks: [phantom_presence]\nprompt: r1\n" + grpo % 4)
+    sweep = load_sweep(enough)
+    (cell,) = expand(sweep)
+    assert Stages(sweep, enough, tmp_path / "e", resume=False).eval_budget(cell, "phantom_presence") == (None,
+                                                                                                         None)
 
 
 def test_board_mean_and_std_over_seeds(tmp_path: Path) -> None:

@@ -143,15 +143,15 @@ def test_the_tiny_cpu_overlay_fits_every_recipe_preset(tmp_path: Path) -> None:
 def test_the_tiny_learn_overlay_sets_each_recipe_its_own_schedule(tmp_path: Path) -> None:
     """tiny_learn (after tiny_cpu) fits the recipes bench/learning.py trains; each gets its own steps and
     learning rate, every sample and a trained vision tower."""
-    expected = {"sft": (600, 3e-4, "cosine"), "grpo": (150, 1e-4, "constant"),
-                "dr_grpo": (150, 1e-4, "constant"), "dpo": (300, 3e-5, "constant")}
+    expected = {"sft": (600, 3e-4, "cosine"), "grpo": (150, 1e-4, "cosine"),
+                "dr_grpo": (150, 1e-4, "cosine"), "dpo": (300, 3e-5, "constant")}
     for preset, (steps, lr, schedule) in expected.items():
         config, args = _args(tmp_path, [preset, "tiny_cpu", "tiny_learn"])
         got = (args.max_steps, args.learning_rate, str(args.lr_scheduler_type.value))
         assert got == (steps, lr, schedule), preset
         assert config.samples.limit is None and config.samples.balanced and not config.freezes_vision
     _, grpo = _args(tmp_path, ["dr_grpo", "tiny_cpu", "tiny_learn"])
-    assert (grpo.loss_type, grpo.beta, grpo.num_generations) == ("dr_grpo", 0.0, 8)
+    assert (grpo.loss_type, grpo.beta, grpo.num_generations) == ("dr_grpo", 0.04, 8)
 
 
 def test_the_tiny_lora_overlay_puts_adapters_on_every_linear_layer(tmp_path: Path) -> None:

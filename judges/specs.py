@@ -218,12 +218,16 @@ class JudgeSpec:
         """The part of the model's reply this judge sees (default: all of it); None or "" = nothing."""
         return strip_end_markers(reply)
 
+    def gold_for(self, row: ResultRow) -> str:
+        """The ground truth this judge is shown (default: the gold answer as text)."""
+        return gold_text(row)
+
     def judge_input(self, row: ResultRow) -> JudgeInput | None:
         """None when there is nothing to judge: a generation error, no text to judge, or no gold."""
         if row.generation.error:
             return None
         prediction = self.prediction_text(row.generation.text)
-        gold = gold_text(row)
+        gold = self.gold_for(row)
         if not prediction or (self.needs_gold and not gold):
             return None
         return JudgeInput(question=question_text(row), gold=gold, prediction=prediction)
@@ -295,6 +299,26 @@ class RarlV1(JudgeSpec):
     fields = ("prediction_score", "reasoning_score")
     max_new_tokens = 256
     rationale_key = "evaluation"
+
+
+@judge("rarl_v2")
+class RarlV2(JudgeSpec):
+    """RARL's judge as Appendix B prints it, word for word: reasoning and prediction 0/1 against the ground
+    truth, which is the sample's annotated explanation with its short answer where it has one (Table 4: the
+    ground truth is the explanation), else the gold answer."""
+
+    version = "2"
+    primary = "prediction_score"
+    fields = ("prediction_score", "reasoning_score")
+    max_new_tokens = 256
+    rationale_key = "evaluation"
+
+    def gold_for(self, row: ResultRow) -> str:
+        answer = gold_text(row)
+        reasoning = row.sample.meta.get("reasoning")
+        if isinstance(reasoning, str) and reasoning.strip() and answer:
+            return f"{reasoning.strip()}\nShort answer: {answer}"
+        return answer
 
 
 @judge("semantic_v1")

@@ -180,10 +180,10 @@ def test_real_tiny_hf_judge_is_unscored(tiny_models: dict[str, Path]) -> None:
 
 
 def test_shipped_rarl_panel_config() -> None:
-    """The panel users run for RARL's evaluation: GPT-4o mini and Gemini 1.5 Flash with rarl_v1."""
+    """The panel users run for RARL's evaluation: GPT-4o mini and Gemini 1.5 Flash, rarl_v2 (Appendix B)."""
     from medharness.judges.panel import load_panel
 
     path = Path(__file__).resolve().parents[2] / "trainers" / "sweeps" / "panels" / "rarl_judges.yaml"
     members = load_panel(path)
-    assert [(m.spec, m.backend, m.model) for m in members] == [("rarl_v1", "openai", "gpt-4o-mini"),
-                                                                ("rarl_v1", "gemini", "gemini-1.5-flash")]
+    assert [(m.spec, m.backend, m.model) for m in members] == [("rarl_v2", "openai", "gpt-4o-mini"),
+                                                                ("rarl_v2", "gemini", "gemini-1.5-flash")]

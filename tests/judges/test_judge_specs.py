@@ -20,7 +20,7 @@ from medharness.judges.specs import (
     neutralise,
 )
 
-NAMES = ["rarl_v1", "semantic_v1", "equivalence_v1", "quality_1to10_v1"]
+NAMES = ["rarl_v1", "rarl_v2", "semantic_v1", "equivalence_v1", "quality_1to10_v1"]
 RARL_OK = '{"evaluation": "Correct and well reasoned.", "reasoning_score": 0, "prediction_score": 1}'
 EQ_OK = '{"rationale": "Same finding.", "equivalent": 1}'
 Q_OK = '{"rationale": "Sound.", "quality": 7}'
@@ -44,7 +44,7 @@ def user_text(spec: JudgeSpec, item: JudgeInput) -> str:
 # --- registry and attributes --------------------------------------------------------------------
 
 
-def test_registry_holds_the_four_specs_with_consistent_attributes() -> None:
+def test_registry_holds_the_five_specs_with_consistent_attributes() -> None:
     assert set(NAMES) <= set(JUDGES.names())
     for name in NAMES:
         spec = get_spec(name)
@@ -57,7 +57,7 @@ def test_registry_holds_the_four_specs_with_consistent_attributes() -> None:
     quality = get_spec("quality_1to10_v1")
     assert quality.scale == "ordinal" and quality.levels == tuple(float(i) for i in range(1, 11))
     with pytest.raises(ConfigError, match="Did you mean 'rarl_v1'"):
-        get_spec("rarl_v2x")
+        get_spec("rarl_v1x")
 
 
 def test_judge_decorator_checks_the_version_suffix_and_duplicates() -> None:
@@ -312,9 +312,11 @@ def test_bad_prompt_files_are_config_errors(tmp_path: Path, text: str, error: st
 def test_shipped_prompts_ask_for_the_declared_keys_and_say_data_is_not_instructions() -> None:
     for name in NAMES:
         spec = get_spec(name)
-        system = spec.render(JudgeInput("q", "g", "p"))[0].content[0].text or ""
+        system, user = (m.content[0].text or "" for m in spec.render(JudgeInput("q", "g", "p")))
         assert all(f'"{key}"' in system for key in spec.keys)
-        assert "never instructions" in system and "exactly one JSON object" in system
+        # a paper's prompt printed word for word (rarl_v2) keeps its system text; the defence follows the data
+        defence = user.split("</prediction>")[-1] if name == "rarl_v2" else system
+        assert "never instructions" in defence and "exactly one JSON object" in defence
 
 
 def test_a_judge_s_base_url_is_recorded_without_its_credentials() -> None:
@@ -324,3 +326,34 @@ def test_a_judge_s_base_url_is_recorded_without_its_credentials() -> None:
                          base_url="https://user:SECRET-1234@judge.example/v1")
     assert member.backend_options()["base_url"] == "https://user:SECRET-1234@judge.example/v1"  # to call it
     assert member.public()["base_url"] == "https://***@judge.example/v1"  # what run.json keeps
+
+
+def test_rarl_v2_is_appendix_b_word_for_word_and_shows_the_annotated_explanation() -> None:
+    """RARL's judge prompt as the paper prints it (../shared/papers/rarl.txt, Appendix B), and the ground
+    truth the judge sees: the sample's annotated explanation with its short answer (the paper's Table 4)."""
+    from medharness.core.records import Answer, Generation, ResultRow, Sample
+    from medharness.judges.specs import get_spec
+
+    spec = get_spec("rarl_v2")
+    paper = Path(__file__).resolve().parents[3] / "shared" / "papers" / "rarl.txt"
+    system = spec.prompt_template.partition("\n[user]\n")[0].removeprefix("[system]\n")
+    if paper.is_file():
+        text = paper.read_text(encoding="utf-8")
+        appendix = text[text.index("B Prompts for LLM-as-Judge"):]
+        words = " ".join(appendix.replace("```", " ").replace("evaluation_prompt = '''", " ").split())
+        assert " ".join(system.split()) in words
+    sample = Sample(id="1", task="reasoning_vqa", question="What disease is shown on the right lung?",
+                    target="Pneumonia", meta={"reasoning": "The image shows pneumonia in the right lung."})
+    row = ResultRow(task="reasoning_vqa", task_version="1", sample=sample, prompt_hash="h",
+                    generation=Generation(sample_id="1",
+                                          text="<think>opacity</think><answer>pneumonia</answer>"),
+                    answer=Answer(value="pneumonia"), scores={})
+    item = spec.judge_input(row)
+    assert item is not None and item.gold == ("The image shows pneumonia in the right lung.\n"
+                                              "Short answer: Pneumonia")
+    user = spec.render(item)[1].content[0].text
+    assert "The image shows pneumonia in the right lung." in user and "<prediction>" in user
+    plain = row.model_copy(update={"sample": sample.model_copy(update={"meta": {}})})
+    assert spec.judge_input(plain).gold == "Pneumonia"  # type: ignore[union-attr]
+    assert spec.parse('{"evaluation": "ok", "reasoning_score": 1, "prediction_score": 0}').values == {
+        "prediction_score": 0.0, "reasoning_score": 1.0}

@@ -256,7 +256,7 @@ def test_panel_config_errors(tmp_path: Path) -> None:
     bad.write_text("- name: a\n  spec: rarl_v1\n  backend: openai\n  model: m\n  colour: red\n")
     with pytest.raises(ConfigError, match=r"bad.yaml:5: judge 1 \(a\): colour: Extra inputs"):
         load_panel(bad)
-    bad.write_text("judges:\n  - {name: a, spec: rarl_v2, backend: openai, model: m}\n")
+    bad.write_text("judges:\n  - {name: a, spec: rarl_v1x, backend: openai, model: m}\n")
     with pytest.raises(ConfigError, match="Did you mean 'rarl_v1'"):
         load_panel(bad)
     bad.write_text("- {name: a, spec: rarl_v1, backend: openai, model: m}\n- {name: a, spec: rarl_v1, "

@@ -88,7 +88,7 @@ def test_rarl_preset_and_recipe(tmp_path: Path) -> None:
 def test_rarl_reasoning_forms() -> None:
     judge = rarl_rewards(RarlOptions(reasoning="judge"))[-1]
     assert judge == RewardSpec(metric="judge_score", weight=1.0,
-                               args={"judges": "rarl_v1:openai:gpt-4o-mini", "field": "reasoning_score",
+                               args={"judges": "rarl_v2:openai:gpt-4o-mini", "field": "reasoning_score",
                                      "requires": "reasoning"})
     assert [s.metric for s in rarl_rewards(RarlOptions(reasoning="none"))] == ["rarl_format", "length_reward",
                                                                              "rarl_accuracy"]

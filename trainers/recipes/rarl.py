@@ -8,7 +8,7 @@ rewards, each a registered metric scored through the task's own parser (docs/rec
 - reasoning, against the sample's annotated reasoning (`meta.reasoning`, the `reasoning_vqa` task), None where
   a sample has none. The paper does not define it; `reasoning:` picks the form: `similarity` (a
   cross-encoder's score of the `<think>` text vs the annotated reasoning, `reasoning_similarity`), `judge` (a
-  judge panel's `rarl_v1` reasoning_score, `judge_score` with `requires: reasoning`) or `none`.
+  judge panel's `rarl_v2` reasoning_score, `judge_score` with `requires: reasoning`) or `none`.
 
 The paper gives no weights: every component has weight 1 (TRL sums them), a setting (`weights:`).
 """
@@ -41,7 +41,7 @@ class RarlOptions(Strict):
 
     reasoning: Literal["similarity", "judge", "none"] = "similarity"
     similarity_model: str = "cross-encoder/stsb-roberta-base"  # a local folder or hub id
-    judges: str = "rarl_v1:openai:gpt-4o-mini"  # the judge form's panel (SPEC:BACKEND:MODEL,...)
+    judges: str = "rarl_v2:openai:gpt-4o-mini"  # the judge form's panel (SPEC:BACKEND:MODEL,...)
     judge_panel: str | None = None  # or a --judge-config file (replaces `judges`)
     bertscore_model: str = "roberta-large"  # BERTScore for open answers: a local folder or hub id ...
     bertscore_layers: int = Field(17, ge=1)  # ... and the layer whose embeddings it compares

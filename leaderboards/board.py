@@ -105,7 +105,7 @@ def build(spec: BoardSpec, run_dirs: Sequence[Path] = ()) -> Board:
     board = Board(spec, resolve_columns(spec, runs), rows, notes=opened.messages())
     if not board.columns:
         raise DataError("no finished task summaries in the given run directories")
-    labels = {c.label for c in board.columns} | ({"Average"} if spec.average else set())
+    labels = {c.label for c in board.columns} | ({spec.average_label} if spec.average else set())
     for row in rows:
         unknown = sorted(set(row.published or {}) - labels)
         if unknown:
@@ -121,7 +121,7 @@ def build(spec: BoardSpec, run_dirs: Sequence[Path] = ()) -> Board:
                 conventions = set(board.conventions.get(task, "").split(", ")) - {""}
                 board.conventions[task] = ", ".join(sorted(conventions | {entry.summary.convention}))
     if spec.average:
-        _add_average(board)
+        _add_average(board, spec.average_label, spec.average_of)
     if spec.reference is not None:
         add_marks(board, cache)
     if spec.deltas:
@@ -137,16 +137,19 @@ def _value(row: Row, col: Column, cache: RowCache) -> Value:
     return MISSING if own is None else over_runs([own.value(run, cache) for run in row.runs])
 
 
-def _add_average(board: Board) -> None:
-    """The mean of a row's columns (each task weighted equally), shown only when every column has a value.
-    It carries no interval: its columns' intervals are not independent of each other."""
-    columns = list(board.columns)
-    avg = Column(label="Average", task="", metric="average", higher_is_better=True)
+def _add_average(board: Board, label: str = "Average", of: Sequence[str] = ()) -> None:
+    """The mean of a row's columns (`of`: these labels; each column weighted equally), shown only when every
+    one has a value. It carries no interval: its columns' intervals are not independent of each other."""
+    unknown = sorted(set(of) - {c.label for c in board.columns})
+    if unknown:
+        raise ConfigError(f"the {label!r} column averages columns the board does not have: {unknown}")
+    columns = [c for c in board.columns if not of or c.label in of]
+    avg = Column(label=label, task="", metric="average", higher_is_better=True)
     board.columns.append(avg)
     for row in board.rows:
-        if row.published is not None and "Average" in row.published:
-            board.cells[(row.label, "Average")] = Value(row.published["Average"])
+        if row.published is not None and label in row.published:
+            board.cells[(row.label, label)] = Value(row.published[label])
             continue
         values = [board.cell(row.label, c.label).value for c in columns]
         if values and all(v is not None and not math.isnan(v) for v in values):
-            board.cells[(row.label, "Average")] = Value(sum(v for v in values if v is not None) / len(values))
+            board.cells[(row.label, label)] = Value(sum(v for v in values if v is not None) / len(values))

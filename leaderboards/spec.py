@@ -115,6 +115,9 @@ class BoardSpec(Strict):
                                 description="the rows; RUNS on the command line are added after these")
     average: bool = Field(False, description="an Average column (mean of the row's columns, when all are "
                                              "present)")
+    average_label: str = Field("Average", description="the average column's label")
+    average_of: list[str] = Field(default_factory=list,
+                                  description="the labels of the columns it averages (empty: every column)")
     reference: str | None = Field(None, description="the label of the row others are compared with")
     deltas: list[DeltaSpec] = Field(default_factory=list, description="rows of differences (`DeltaSpec`)")
     intervals: bool = Field(True, description="each value with its interval; false (--no-intervals): values "

@@ -170,6 +170,25 @@ def test_published_numbers_must_name_a_column(tmp_path: Path) -> None:
         build(load_board(file))
 
 
+def test_an_average_of_chosen_columns_under_its_own_label(tmp_path: Path) -> None:
+    """RARL Table 2's "RL w/ LoRA" Totals are the plain mean of its four task columns, its SFT Totals accuracy
+    over all questions: the board shows both, each published Total in the column computed its way."""
+    board = build(load_board(BOARDS / "rarl_table2.yaml"))
+    labels = [c.label for c in board.columns]
+    assert labels[-2:] == ["Total", "Mean of 4"]
+    rl = "RL w/ LoRA · 500"
+    assert board.cell(rl, "Mean of 4").value == pytest.approx(48.04)  # as printed
+    assert math.isnan(board.cell(rl, "Total").value or math.nan)  # not given as a micro accuracy
+    assert board.cell("SFT · 500", "Total").value == pytest.approx(47.19)
+    assert board.cell("SFT · 500", "Mean of 4").value == pytest.approx((59.26 + 52.61 + 34.34 + 38.33) / 4)
+    file = tmp_path / "b.yaml"
+    file.write_text("name: b\ncolumns: [{task: vqa_rad, label: A}, {task: slake, label: B}]\n"
+                    "average: true\naverage_label: Mean\naverage_of: [A, C]\n"
+                    "rows: [{label: paper, published: {A: 50.0, B: 60.0}}]\n")
+    with pytest.raises(ConfigError, match=r"'Mean' column averages columns the board does not have: \['C'\]"):
+        build(load_board(file))
+
+
 def _summary_run(folder: Path, task: str, values: dict[str, float]) -> None:
     """A finished run directory whose run log holds one task summary (no model needed)."""
     from medharness.core.records import MetricSummary, RunSettings, TaskEntry, TaskSummary

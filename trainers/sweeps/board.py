@@ -148,8 +148,10 @@ def paper_table(sweep: SweepConfig, cells: Sequence[Cell], folder: SweepDir,
     labels = {r.label for r in spec.rows}
     rows += [_as_published(r) for label, r in given.items() if label not in labels]
     columns = [ColumnSpec(task=c.task, metric=c.metric, label=c.label) for c in spec.columns if not c.average]
+    average = next((c for c in spec.columns if c.average), None)
     return BoardSpec(name=slug(sweep.name or "sweep"), title=spec.title, columns=columns, rows=rows,
-                     average=any(c.average for c in spec.columns), decimals=spec.decimals,
+                     average=average is not None, average_label=average.label if average else "Average",
+                     average_of=average.of if average else [], decimals=spec.decimals,
                      caption=published.caption if published else None)
 
 

@@ -112,6 +112,9 @@ class TableColumn(Strict):
     average: bool = Field(
         False,
         description="the mean of the row's non-average columns (n/a unless all have a value)")
+    of: list[str] = Field(default_factory=list,
+                          description="with `average`: the labels of the columns averaged (empty: every "
+                                      "other column)")
 
 
 class TableRow(Strict):
@@ -143,6 +146,11 @@ class TableSpec(Strict):
     def _average_last(self) -> TableSpec:
         if any(c.average for c in self.columns[:-1]):
             raise ValueError("the average column comes last (the board adds it after the others)")
+        labels = {c.label for c in self.columns if not c.average}
+        for c in self.columns:
+            if c.of and (not c.average or set(c.of) - labels):
+                raise ValueError(f"column {c.label!r}: `of` names average columns' other columns "
+                                 f"({sorted(labels)}); it needs `average: true`")
         return self
 
 

@@ -192,6 +192,6 @@ def test_table2_recitation_on_real_pneumoniamnist(env: Path, tiny_models: dict[s
         assert recite["metric"] == "recitation_bleu" and recite["args"]["delta"] == delta
         assert recite["args"]["knowledge"].endswith("knowledge/medmnist_pneumonia.txt")
         rows = [json.loads(line) for line in (cell / "completions.jsonl").read_text().splitlines()]
-        assert rows and all("recitation" in r["rewards"] for r in rows)
+        assert rows and all("recitation_bleu" in r["rewards"] for r in rows)
     assert measured(record, "V-RFT + PA_P + delta- R_recite (delta = -2)")["Pneumonia"]["value"] is not None
     assert "V-RFT + PA_P + delta- R_recite (delta = -2) · published" in (out / "leaderboard.md").read_text()

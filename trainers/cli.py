@@ -49,6 +49,11 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Any]:
     p.add_argument("--max-steps", type=int, help="optimiser steps (trl.max_steps)")
     p.add_argument("--output", type=Path, help="output directory (default runs/train/<preset>-<task>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue --output from its last checkpoint-*")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the fully resolved config (every TRL setting, the rewards with their "
+                        "weights, the data, the prompts) after the checks a run makes before its model "
+                        "loads; no model is loaded, nothing is written")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print it as one JSON object")
     e = p.add_argument_group("evaluation during training (held-out samples, scored by the harness; "
                              "docs/training.md)")
     e.add_argument("--eval-every", type=int, metavar="N", help=field_help(EVAL, "every"))
@@ -157,6 +162,16 @@ def train_request(args: argparse.Namespace) -> TrainRequest:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.json and not args.dry_run:
+        raise ConfigError("--json prints the --dry-run config: give --dry-run too")
+    if args.dry_run:
+        from medharness.trainers.launch import spec_from_args
+        from medharness.trainers.run import dry_run
+
+        spec_from_args(args, use_cpu=False)  # contradictory launch options are refused as a run refuses them
+        info = dry_run(train_request(args))
+        print(json.dumps(info, indent=1) if args.json else dry_run_text(info))
+        return 0
     require_train_extra()
     from medharness.trainers.config import trl_args
     from medharness.trainers.launch import launch_from_args, under_launcher
@@ -179,6 +194,51 @@ def cmd_train(args: argparse.Namespace) -> int:
                if (output / name).exists()]
     print(f"finished: {output / 'final'} ({', '.join(written)} in {output})", flush=True)
     return 0
+
+
+def dry_run_text(info: dict[str, Any]) -> str:
+    """`train --dry-run` for a reader: the settings, the rewards and prompts, then every TRL setting (those
+    the config sets first, with where each was set; then TRL's defaults)."""
+    set_at: dict[str, str] = info["set_at"]
+    samples, data, lora = info["samples"], info["data"], info["lora"]
+    chosen = [f"split {samples['split']}", *([f"ids from {samples['file']}"] if samples["file"] else []),
+              *(["class-balanced"] if samples["balanced"] else []),
+              *([f"first {samples['limit']}"] if samples["limit"] else [])]
+    count = f": {data['count']} samples" if data["count"] is not None else f" ({data.get('note')})"
+    styles = f", prompt styles {info['prompt_styles']}" if info["prompt_styles"] else ""
+    weights = (f"LoRA r {lora['r']}, alpha {lora['alpha']}, dropout {lora['dropout']} on "
+               f"{', '.join(lora['target_modules'])}" if lora else "full fine-tune")
+    frozen = lora["freeze_vision"] if lora else info["freeze_vision"]
+    presets = ", ".join(info["presets"]) or "-"
+    lines = [f"train dry run: recipe {info['recipe']}, presets {presets} (no model loaded, nothing written)",
+             f"model:   {info['model']}",
+             f"task:    {info['task']}, prompt {info['prompt']!r}{styles}",
+             f"data:    {', '.join(chosen)}{count}",
+             f"output:  {info['output']}" + (" (exists)" if info["output_exists"] else " (not created)"),
+             f"seed:    {info['seed']}",
+             f"weights: {weights}, vision tower {'frozen' if frozen else 'trained'}"]
+    lines += [f"{key}: {info[key]}" for key in ("attn_implementation", "dtype", "max_pixels", "min_pixels",
+                                                "ablate", "rejected") if key in set_at]
+    if info["options"]:
+        lines.append("options: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in info["options"].items()))
+    if info["rewards"]:
+        lines.append("rewards (summed by TRL with these weights):")
+        lines += [f"  {r['label']:<24} x {r['weight']:g}   {r['metric']}"
+                  + (f" {json.dumps(r['args'])}" if r["args"] else "") for r in info["rewards"]]
+    for name, prompt in info["prompts"].items():
+        lines.append(f"prompt {name!r}:")
+        lines += [f"  {part}: {prompt[part]}" for part in ("system", "user") if prompt[part] is not None]
+    if info["evaluation"]:
+        lines.append("evaluation during training: " + ", ".join(
+            f"{k}={v}" for k, v in info["evaluation"].items() if v is not None))
+    trl = info["trl"]
+    given = [k for k in trl if f"trl.{k}" in set_at]
+    lines.append(f"TRL settings ({len(trl)}), set by the config ({len(given)}):")
+    lines += [f"  {k} = {json.dumps(trl[k], default=str)}   ({set_at[f'trl.{k}']})" for k in given]
+    lines.append("TRL's defaults and medharness's own:")
+    lines += [f"  {k} = {json.dumps(v, default=str)}" for k, v in trl.items() if k not in given]
+    lines += [f"note: {note}" for note in info["notes"]]
+    return "\n".join(lines)
 
 
 def _reward_specs(spec: str) -> Any:

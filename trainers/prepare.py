@@ -110,12 +110,16 @@ class Prepared:
                                   manifest_callback(self.ctx.processor, self.lineage, output)]
 
 
-def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
-    recipe = recipe_class(config.recipe)()
+def check_ablation(config: TrainConfig, recipe: TrainerRecipe) -> None:
     if config.ablate == "labels" and recipe.data_format != "completion":
         raise ConfigError(f"ablate: labels shuffles the gold answers SFT trains on; recipe {config.recipe} "
                           "learns from rewards or preference pairs (use an image ablation: blank, noise, "
                           "shuffle)")
+
+
+def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
+    recipe = recipe_class(config.recipe)()
+    check_ablation(config, recipe)
     import torch
 
     use_gpu = torch.cuda.is_available()

@@ -114,6 +114,100 @@ def default_output(config: TrainConfig, layers: Layers) -> Path:
     return Path("runs") / "train" / f"{'+'.join(layers.presets) or config.recipe}-{task}-{stamp}"
 
 
+def dry_run(req: TrainRequest) -> dict[str, Any]:
+    """`train --dry-run`: the config a run would train with, resolved and checked as `train` does before
+    its model loads (presets, `--config`, flags and `-C`; the recipe's rewards with their weights; TRL's own
+    config object, every setting), as one JSON-ready object. No model is loaded and nothing is written; the
+    training samples are counted where their local copy is here. Its keys are the TrainConfig's fields
+    (`trl` holding every resolved TRL argument, `rewards` the components), then what the run adds
+    (`presets`, `output`, `data`, `prompts`, `evaluation`, `set_at`, `notes`)."""
+    import importlib.util
+
+    from medharness.taskfiles.splits import read_sample_ids
+    from medharness.trainers.config import trl_args
+    from medharness.trainers.data import select_samples
+    from medharness.trainers.prepare import check_ablation
+    from medharness.trainers.recipes.base import recipe_class
+    from medharness.trainers.rewards import RewardSet, default_rewards
+
+    config, layers = resolve(req)
+    output = req.output or default_output(config, layers)
+    evals = req.evals if req.evals is not None and req.evals.enabled else None
+    if evals is not None and evals.tasks:
+        resolve_task_names(evals.tasks)
+    if req.resume:
+        resume_point(output, config)
+    recipe = recipe_class(config.recipe)()
+    check_ablation(config, recipe)
+    task = load_train_task(config)
+    prompt = task.prompt_name
+    notes: list[str] = []
+    rewards = None
+    if recipe.uses_rewards:  # the components and weights `prepare` builds (no sample scored here)
+        specs = (config.rewards or recipe.default_rewards(task, prompt, config)
+                 or default_rewards(task, prompt))
+        rewards = RewardSet(task, prompt, specs, [], model=config.model)
+    settings = dict(config.trl)
+    if rewards is not None:
+        if "reward_weights" in settings:
+            raise DataError("trl.reward_weights is set from the `rewards:` weights; remove it from trl:")
+        settings["reward_weights"] = rewards.weights
+        notes.append("trl.generation_kwargs: the model's vision placeholder ids are suppressed when it loads")
+    data: dict[str, Any] = {"split": config.samples.split, "count": None}
+    try:
+        source = task.source
+    except DataError as exc:
+        if config.data_dir is not None:  # given, and wrong: as the run fails
+            raise
+        source, data["note"] = None, f"not counted: {exc}"  # not given: the run needs it
+    if getattr(source, "kind", None) == "hf":
+        data["note"] = "not counted: the dry run reads no hub dataset"
+    elif source is not None:
+        data["count"] = len(select_samples(task, config))
+    if data["count"] is None and config.samples.file:
+        read_sample_ids(Path(config.samples.file))  # a missing or unreadable id file fails as in the run
+    if rewards is not None:
+        notes.append("each reward component is checked on the gold answers of the training samples when the "
+                     "run starts (with its reward models)")
+    trl: dict[str, Any]
+    if importlib.util.find_spec("trl") is not None:
+        import torch
+
+        args = trl_args(config.model_copy(update={"trl": settings}), layers, output,
+                        use_gpu=torch.cuda.is_available())
+        trl = args.to_dict()
+    else:  # a light install: the settings as given, TRL's checks and defaults when it is installed
+        trl = settings
+        notes.append("trl is not installed: `trl` holds the settings given, not TRL's checked and complete "
+                     "config (pip install 'medharness[train]')")
+    out = json.loads(config.model_dump_json(by_alias=True))
+    out["prompt"] = prompt  # the variant trained with (the task's default where none was given)
+    options = recipe.parse_options(config.options)  # with the recipe's defaults
+    out["options"] = options.model_dump(mode="json") if options is not None else {}
+    out["trl"] = trl
+    if rewards is not None:
+        out["rewards"] = [{"label": lab, "metric": s.metric, "args": s.args, "weight": w}
+                          for lab, s, w in zip(rewards.labels, rewards.specs, rewards.weights, strict=True)]
+    styles = style_tasks(task, config.prompt_styles, prompt, config.data_dir) if config.prompt_styles else {}
+    out.update(
+        presets=layers.presets, output=str(output), output_exists=output.exists(), data=data,
+        prompts={name: {"system": t.prompt_spec.system, "user": t.prompt_spec.user}
+                 for name, t in {prompt: task, **styles}.items()},
+        evaluation=evals.model_dump(mode="json") if evals is not None else None,
+        set_at={".".join(map(str, loc)): where for loc, where in layers.origin.items()
+                if _is_setting(layers.data, loc)},
+        notes=notes)
+    return json.loads(json.dumps(out, default=str))
+
+
+def _is_setting(data: dict[str, Any], loc: tuple[Any, ...]) -> bool:
+    """A key path of the merged layers that holds one setting (not a section, nor a list's item)."""
+    node: Any = data
+    for part in loc[:-1]:
+        node = node.get(str(part)) if isinstance(node, dict) else None
+    return isinstance(node, dict) and not isinstance(node.get(str(loc[-1])), dict)
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch, the main process writes
         return

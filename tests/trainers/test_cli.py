@@ -96,3 +96,49 @@ def test_train_help_lists_every_shipped_preset(capsys: pytest.CaptureFixture[str
     names = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
     assert {"rarl", "grpo_study_paper", "tiny_cpu"} <= set(names)
     assert " ".join(names) in shown and "--data-dir" in shown
+
+
+DRY_RUN_CASES = [case for case in test_bad_input_is_refused_before_training.pytestmark[0].args[1]
+                 if "iou" not in case[0][-1]]  # a reward's fit to the gold answers: checked as the run starts
+
+
+@pytest.mark.parametrize(("args", "message"), DRY_RUN_CASES)
+def test_a_dry_run_refuses_what_a_run_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              args: list[str], message: str) -> None:
+    out = tmp_path / "out"
+    assert _train(*args, "--output", str(out), "--dry-run", "--json") == 2
+    err = capsys.readouterr().err
+    assert __import__("re").search(message, err), err
+    assert not out.exists()
+
+
+def test_dry_run_prints_the_resolved_config_without_a_model(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """No model named 'no-such/model' exists: the dry run never loads one, nor creates the output; it prints
+    every TRL setting as TRL's config object resolves it, the rewards and weights, the data and the prompt."""
+    from medharness.trainers.recipes.base import recipe_class
+
+    out = tmp_path / "out"
+    assert _train("--recipe", "grpo", "--model", "no-such/model", "--output", str(out), "--dry-run", "--json",
+                  "-C", "trl.learning_rate=3e-6", "-C", "samples.limit=5") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert not out.exists() and info["output"] == str(out) and info["output_exists"] is False
+    defaults = recipe_class("grpo").config_class()(output_dir=str(out), use_cpu=True).to_dict()
+    assert set(info["trl"]) == set(defaults)
+    assert info["trl"]["learning_rate"] == 3e-6
+    assert info["set_at"]["trl.learning_rate"] == "-C trl.learning_rate=3e-6"
+    assert info["trl"]["adam_beta1"] == defaults["adam_beta1"]  # a TRL default, not set by the config
+    assert [(r["label"], r["weight"]) for r in info["rewards"]] == [("yes_no_accuracy", 1.0)]
+    assert info["trl"]["reward_weights"] == [1.0]
+    assert info["data"] == {"split": "train", "count": 5}
+    assert info["prompts"][info["prompt"]]["user"]
+    assert _train("--recipe", "grpo", "--model", "no-such/model", "--output", str(out), "--dry-run") == 0
+    text = capsys.readouterr().out
+    assert "learning_rate = 1e-06" in text.split("TRL's defaults")[0]  # the grpo preset's, with its file:line
+    assert "grpo.yaml:" in text and "yes_no_accuracy" in text and "(not created)" in text
+    assert not out.exists()
+
+
+def test_json_needs_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _train("--recipe", "grpo", "--model", "m", "--json") == 2
+    assert "--json prints the --dry-run config" in capsys.readouterr().err

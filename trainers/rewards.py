@@ -4,12 +4,21 @@ named by it: a component is called by the column under which the variant records
 arguments (`component_label`), so a reward and the run's number of one name never differ.
 
 A `RewardSet` parses each completion once and scores every component; its `functions()` are TRL reward
-callables (keyword arguments, one float or `None` per completion: `None` = the metric does not apply, never a
-silent 0), combined by TRL with `reward_weights`. A component whose metric has a `batch` form (a judge panel,
+callables (keyword arguments, one float or `None` per completion: `None` = the metric does not apply or an
+unscored judge verdict, never a silent 0). A component whose metric has a `batch` form (a judge panel,
 `judge_score`) becomes an `async` TRL reward that scores the whole batch in a worker thread, so its calls run
 while TRL computes the others. Each batch of completions is appended to `completions.jsonl` with its parsed
 answer and every component, once all components have scored it. A reward argument `@model` (e.g. a length
-reward's `tokenizer`) means the model being trained.
+reward's `tokenizer`) means the model being trained; in training, `length_reward` with `tokenizer: '@model'`
+counts the token ids the policy generated (TRL's `completion_ids`), not a re-tokenisation of the decoded text.
+
+A component that is `None` is left out of the completion's total, and the weights are renormalised over the
+components present (`total`): sum(w_k v_k, present) x sum(|w_k|, all) / sum(|w_k|, present), None when none
+is present. TRL 1.16 would `nansum` a partial None as 0, so under `sum_then_normalize` (the presets) TRL is
+handed one more function, `total`, that returns this value with weight 1 while every component keeps its own
+function with weight 0 (logged as `rewards/<label>/mean`, out of the sum); under `normalize_then_sum` TRL
+centres each component in its group first, so a missing one already counts as the group's mean and the
+components keep their own weights (`trl_weights`).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +40,8 @@ from medharness.taskfiles.task import Task, recipe_for
 from medharness.trainers.schema import RewardSpec
 
 log = logging.getLogger(__name__)
+TOTAL = "total"  # the combined reward function's name (TRL logs rewards/total/mean)
+ID_COUNTED = {"length_reward"}  # with tokenizer '@model', counted on TRL's completion_ids in training
 
 
 def default_rewards(task: Task, prompt: str) -> list[RewardSpec]:
@@ -107,16 +119,28 @@ class RewardSet:
                 raise ConfigError(f"reward '{spec.label}': corpus metric {spec.metric.name} has no "
                                   "per-sample value, so it cannot be a reward")
         self.task, self.prompt = task, prompt
-        self.recipe = Recipe(base.convention, base.parser, [m for m in metrics if m.metric.batch is None])
+        # components scored on the generated ids in training: label -> (scale, cap)
+        self.id_counted = {m.label: (float(s.args.get("scale", 0.001)), float(s.args.get("cap", 1.0)))
+                           for s, m in zip(specs, metrics, strict=True)
+                           if s.metric in ID_COUNTED and s.args.get("tokenizer") == "@model"}
+        self.by_ids = {m.label: m for m in metrics if m.label in self.id_counted}
+        self.recipe = Recipe(base.convention, base.parser,
+                             [m for m in metrics if m.metric.batch is None and m.label not in self.by_ids])
         self.batched = {m.label: m for m in metrics if m.metric.batch is not None}
         self.labels = [m.label for m in metrics]
+        if TOTAL in self.labels:
+            raise ConfigError(f"reward label '{TOTAL}' is the combined reward's name; name the component "
+                              "another way (`as:`)")
         self.weights = [float(s.weight) for s in specs]
         self.specs = list(specs)
+        self.aggregation = "sum_then_normalize"  # TRL's multi_objective_aggregation (set by the recipe)
         self.samples = {s.id: s for s in samples}
         self.completions_file = completions_file
         self._last_key: tuple[Any, ...] | None = None
         self._last: list[tuple[Answer, dict[str, float | None]]] = []
         self._reported: set[str] = set()  # components that have scored the current batch
+        self._pending: dict[str, Future[list[float | None]]] = {}  # batched components of the current batch
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="reward-batch")
         self._lock = threading.Lock()
 
     # -- scoring ------------------------------------------------------------------------------------------
@@ -128,23 +152,45 @@ class RewardSet:
             comps[label] = spec.score(answer, sample, text)
         return answer, {label: comps.get(label) for label in self.labels}
 
-    def _score_plain(self, sample: Sample, text: str) -> tuple[Answer, dict[str, float | None]]:
-        """The parsed answer and the components without a batch form (the batched ones are None here)."""
+    def _score_plain(self, sample: Sample, text: str,
+                     n_ids: int | None = None) -> tuple[Answer, dict[str, float | None]]:
+        """The parsed answer and the components without a batch form (the batched ones are None here); the
+        id-counted ones on `n_ids` generated ids when given, else through their metric (re-tokenising)."""
         answer, scores = self.recipe.score(sample, Generation(sample_id=sample.id, text=text))
+        for label, spec in self.by_ids.items():
+            scale, cap = self.id_counted[label]
+            scores[label] = spec.score(answer, sample, text) if n_ids is None else min(scale * n_ids, cap)
         return answer, {label: None if label in self.batched else scores.get(label) for label in self.labels}
 
     def total(self, components: Mapping[str, float | None]) -> float | None:
-        """The weighted sum TRL optimises (components that do not apply left out); None if none applies."""
-        values = [w * v for w, lab in zip(self.weights, self.labels, strict=True)
-                  if (v := components[lab]) is not None]
-        return sum(values) if values else None
+        """The reward TRL optimises: the weighted sum of the components present, the weights renormalised over
+        them (sum |w| of all / sum |w| of those present); None when no weighted component is present."""
+        present = [(w, v) for w, lab in zip(self.weights, self.labels, strict=True)
+                   if (v := components[lab]) is not None]
+        mass = sum(abs(w) for w, _ in present)
+        if not present or mass == 0:
+            return None
+        return sum(w * v for w, v in present) * sum(abs(w) for w in self.weights) / mass
 
-    def _batch(self, sample_ids: Sequence[str], texts: Sequence[str], step: int | None) -> list[Any]:
-        """The batch's answers and plain components, computed once for all the reward functions."""
+    @property
+    def combined(self) -> bool:
+        """Whether TRL gets the `total` function (sum_then_normalize) besides the zero-weight components."""
+        return self.aggregation == "sum_then_normalize"
+
+    def trl_weights(self) -> list[float]:
+        """TRL's `reward_weights`, one per function of `functions()`."""
+        return [0.0] * len(self.labels) + [1.0] if self.combined else list(self.weights)
+
+    def _batch(self, sample_ids: Sequence[str], texts: Sequence[str], step: int | None,
+               ids: Sequence[Sequence[int]] | None = None) -> list[Any]:
+        """The batch's answers and plain components, computed once for all the reward functions; with TRL's
+        `completion_ids`, the id-counted components count the generated ids."""
         key = (tuple(sample_ids), tuple(texts), step)
         if key != self._last_key:
-            self._last_key, self._reported = key, set()
-            self._last = [self._score_plain(self._sample(i), t) for i, t in zip(sample_ids, texts)]
+            self._last_key, self._reported, self._pending = key, set(), {}
+            counts = [len(g) for g in ids] if ids is not None else [None] * len(texts)
+            self._last = [self._score_plain(self._sample(i), t, n)
+                          for i, t, n in zip(sample_ids, texts, counts, strict=True)]
         return self._last
 
     def _report(self, label: str, sample_ids: Sequence[str], texts: Sequence[str], step: int | None) -> None:
@@ -172,19 +218,50 @@ class RewardSet:
     # -- TRL reward callables -----------------------------------------------------------------------------
 
     def functions(self) -> list[Callable[..., Any]]:
-        """One TRL reward function per component, named after its label (TRL logs `rewards/<label>/mean`)."""
-        return [self._function(label) for label in self.labels]
+        """One TRL reward function per component, named after its label (TRL logs `rewards/<label>/mean`),
+        then (`combined`) the `total` function; weights: `trl_weights()`."""
+        fns = [self._function(label) for label in self.labels]
+        return [*fns, self._total_function()] if self.combined else fns
+
+    def _plain(self, completions: Sequence[Any], sample_id: Sequence[str], trainer_state: Any,
+               completion_ids: Sequence[Sequence[int]] | None) -> tuple[list[str], int | None, list[Any]]:
+        step = None if trainer_state is None else int(trainer_state.global_step) + 1
+        texts = [completion_text(c) for c in completions]
+        with self._lock:
+            return texts, step, self._batch(sample_id, texts, step, completion_ids)
+
+    def _batched(self, label: str, sample_ids: Sequence[str], texts: Sequence[str],
+                 step: int | None) -> Future[list[float | None]]:
+        """The batched component's values for the current batch, computed once (a worker thread) whichever
+        function asks first; stored into the batch's components when done."""
+        spec = self.batched[label]
+        assert spec.metric.batch is not None
+        batch = spec.metric.batch
+        with self._lock:
+            rows = self._batch(sample_ids, texts, step)
+            if label not in self._pending:
+                items = [(a, self._sample(i), t)
+                         for (a, _), i, t in zip(rows, sample_ids, texts, strict=True)]
+
+                def run() -> list[float | None]:
+                    values = list(batch(items, **spec.args))
+                    with self._lock:
+                        for (_, comps), value in zip(rows, values, strict=True):
+                            comps[label] = value
+                    return values
+
+                self._pending[label] = self._pool.submit(run)
+            return self._pending[label]
 
     def _function(self, label: str) -> Callable[..., Any]:
         if label in self.batched:
             return self._async_function(label)
 
         def reward(completions: Sequence[Any], sample_id: Sequence[str], trainer_state: Any = None,
-                   **_: Any) -> list[float | None]:
-            step = None if trainer_state is None else int(trainer_state.global_step) + 1
-            texts = [completion_text(c) for c in completions]
+                   completion_ids: Sequence[Sequence[int]] | None = None, **_: Any) -> list[float | None]:
+            texts, step, rows = self._plain(completions, sample_id, trainer_state, completion_ids)
             with self._lock:
-                values = [comps[label] for _, comps in self._batch(sample_id, texts, step)]
+                values = [comps[label] for _, comps in rows]
                 self._report(label, sample_id, texts, step)
             return values
 
@@ -193,26 +270,39 @@ class RewardSet:
         return reward
 
     def _async_function(self, label: str) -> Callable[..., Any]:
-        spec = self.batched[label]
-        assert spec.metric.batch is not None
-        batch = spec.metric.batch
-
         async def reward(completions: Sequence[Any], sample_id: Sequence[str], trainer_state: Any = None,
+                         completion_ids: Sequence[Sequence[int]] | None = None,
                          **_: Any) -> list[float | None]:
-            step = None if trainer_state is None else int(trainer_state.global_step) + 1
-            texts = [completion_text(c) for c in completions]
+            texts, step, _ = self._plain(completions, sample_id, trainer_state, completion_ids)
+            values = await asyncio.wrap_future(self._batched(label, sample_id, texts, step))
             with self._lock:
-                answers = [answer for answer, _ in self._batch(sample_id, texts, step)]
-            items = [(a, self._sample(i), t) for a, i, t in zip(answers, sample_id, texts, strict=True)]
-            values = await asyncio.to_thread(batch, items, **spec.args)
-            with self._lock:
-                for (_, comps), value in zip(self._batch(sample_id, texts, step), values, strict=True):
-                    comps[label] = value
                 self._report(label, sample_id, texts, step)
-            return list(values)
+            return values
 
         reward.__name__ = label
         reward.__qualname__ = f"reward_{label}"
+        return reward
+
+    def _total_function(self) -> Callable[..., Any]:
+        """The reward TRL sums (weight 1): `total` over every component, the batched ones awaited first."""
+        if not self.batched:
+            def reward(completions: Sequence[Any], sample_id: Sequence[str], trainer_state: Any = None,
+                       completion_ids: Sequence[Sequence[int]] | None = None, **_: Any) -> list[float | None]:
+                _, _, rows = self._plain(completions, sample_id, trainer_state, completion_ids)
+                with self._lock:
+                    return [self.total(comps) for _, comps in rows]
+        else:
+            async def reward(completions: Sequence[Any], sample_id: Sequence[str],  # type: ignore[misc]
+                             trainer_state: Any = None, completion_ids: Sequence[Sequence[int]] | None = None,
+                             **_: Any) -> list[float | None]:
+                texts, step, rows = self._plain(completions, sample_id, trainer_state, completion_ids)
+                futures = [self._batched(label, sample_id, texts, step) for label in self.batched]
+                await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+                with self._lock:
+                    return [self.total(comps) for _, comps in rows]
+
+        reward.__name__ = TOTAL
+        reward.__qualname__ = f"reward_{TOTAL}"
         return reward
 
     # -- pre-flight ---------------------------------------------------------------------------------------

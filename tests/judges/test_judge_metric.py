@@ -133,6 +133,7 @@ def test_requires_a_meta_field(tmp_path: Path, server: FakeAPIServer) -> None:
 
 def test_async_training_reward(tmp_path: Path, server: FakeAPIServer) -> None:
     """In a RewardSet the judge component is an async TRL reward; completions.jsonl gets every component."""
+    server.reset()
     task = load_task("phantom_presence", {"prompt": "r1"})
     samples = task.load_samples("train")[:2]
     specs = [RewardSpec(metric="yes_no_accuracy", weight=1.0),
@@ -141,14 +142,17 @@ def test_async_training_reward(tmp_path: Path, server: FakeAPIServer) -> None:
                                                  "cache": False}})]
     log = tmp_path / "completions.jsonl"
     rewards = RewardSet(task, "r1", specs, samples, completions_file=log)
-    plain, semantic = rewards.functions()
+    plain, semantic, total = rewards.functions()
     assert not asyncio.iscoroutinefunction(plain) and asyncio.iscoroutinefunction(semantic)
+    assert asyncio.iscoroutinefunction(total) and rewards.trl_weights() == [0.0, 0.0, 1.0]
     texts = [[{"role": "assistant", "content": f"<think>spot</think><answer>{samples[0].target}</answer>"}],
              [{"role": "assistant", "content": "no think at all"}]]
     ids = [samples[0].id, samples[1].id]
     assert plain(completions=texts, sample_id=ids) == [1.0, 0.0]
     assert not log.exists()  # written once every component has scored the batch
     assert asyncio.run(semantic(completions=texts, sample_id=ids)) == [1.0, None]
+    assert asyncio.run(total(completions=texts, sample_id=ids)) == pytest.approx([1.5, 0.0])
+    assert len(server.requests) == 1  # the judge is asked once for the batch, whichever function asks
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["rewards"] for r in rows] == [{"yes_no_accuracy": 1.0, "semantic": 1.0},
                                            {"yes_no_accuracy": 0.0, "semantic": None}]

@@ -66,15 +66,60 @@ def test_trl_functions_return_floats_or_none(tmp_path: Path) -> None:
                    [{"role": "assistant", "content": "nonsense"}]]
     ids = [samples[0].id, samples[0].id]
     fns = rewards.functions()
-    assert [f.__name__ for f in fns] == ["yes_no_accuracy", "format_compliance", "iou"]
+    assert [f.__name__ for f in fns] == ["yes_no_accuracy", "format_compliance", "iou", "total"]
+    assert rewards.trl_weights() == [0.0, 0.0, 0.0, 1.0]  # TRL sums only `total`; components are logged
     out = [f(prompts=[None, None], completions=completions, sample_id=ids, completion_ids=[[1], [2]])
            for f in fns]
-    assert out == [[1.0, 0.0], [1.0, 0.0], [None, None]]  # iou does not apply to yes/no: None, never 0
+    # iou does not apply to yes/no: None, never 0; it is left out and the weights renormalised (1.5 / 1.0)
+    assert out[:3] == [[1.0, 0.0], [1.0, 0.0], [None, None]]
+    assert out[3] == pytest.approx([1.5, 0.0])
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    assert len(rows) == 2  # one batch logged once, although three functions read it
+    assert len(rows) == 2  # one batch logged once, although four functions read it
     assert rows[0]["rewards"] == {"yes_no_accuracy": 1.0, "format_compliance": 1.0, "iou": None}
-    assert rows[0]["answer"] == gold and rows[0]["total"] == pytest.approx(1.0)
+    assert rows[0]["answer"] == gold and rows[0]["total"] == pytest.approx(1.5)
     assert rows[1]["parsed"] is False and rows[1]["total"] == 0.0
+
+
+def test_an_unscored_component_is_left_out_not_counted_zero() -> None:
+    """Issue 21 item 10: a None component (an unscored judge verdict) is left out of the total and the weights
+    renormalised over the components present; TRL 1.16 alone would `nansum` it as 0."""
+    task = _task()
+    rewards = RewardSet(task, "r1", parse_rewards([{"metric": "yes_no_accuracy", "weight": 1.0},
+                                                   {"metric": "format_compliance", "args": {"format": "r1"},
+                                                    "weight": 1.0},
+                                                   {"metric": "exact_match", "weight": 2.0}]), [])
+    full = {"yes_no_accuracy": 1.0, "format_compliance": 1.0, "exact_match": 1.0}
+    assert rewards.total(full) == pytest.approx(4.0)
+    # exact_match unscored: (1 + 1) x 4 / 2, the score a completion right on what was scored would get
+    assert rewards.total({**full, "exact_match": None}) == pytest.approx(4.0)
+    assert rewards.total({**full, "exact_match": None, "format_compliance": 0.0}) == pytest.approx(2.0)
+    assert rewards.total(dict.fromkeys(full)) is None  # nothing scored: TRL's unscorable completion
+    zero = RewardSet(task, "r1", parse_rewards([{"metric": "yes_no_accuracy", "weight": 0.0},
+                                                {"metric": "exact_match", "weight": 1.0}]), [])
+    assert zero.total({"yes_no_accuracy": 1.0, "exact_match": None}) is None  # no weighted component
+    # normalize_then_sum: TRL centres each component in its group, a missing one counts as the group mean
+    rewards.aggregation = "normalize_then_sum"
+    assert [f.__name__ for f in rewards.functions()] == ["yes_no_accuracy", "format_compliance",
+                                                         "exact_match"]
+    assert rewards.trl_weights() == [1.0, 1.0, 2.0]
+
+
+def test_length_reward_counts_the_generated_ids(tmp_path: Path) -> None:
+    """Issue 21 item 7: with `tokenizer: '@model'` the length reward counts TRL's completion_ids (the tokens
+    the policy generated, capped by max_completion_length), not a re-tokenisation of the decoded text."""
+    task = _task()
+    samples = task.load_samples("train")[:1]
+    specs = [RewardSpec(metric="length_reward", args={"scale": 0.1, "cap": 1.0, "tokenizer": "@model"}),
+             RewardSpec(metric="length_reward", args={"scale": 0.01}, label="words")]
+    rewards = RewardSet(task, "r1", specs, samples, model=str(tmp_path / "no-such-tokenizer"))
+    assert rewards.id_counted == {"length_reward": (0.1, 1.0)}
+    fn_ids, fn_words, total = rewards.functions()
+    text = "<think>one two three four five six seven eight nine ten eleven</think><answer>yes</answer>"
+    ids = [[5] * 8, [5] * 30]  # 8 generated ids (the cap), then 30
+    kwargs = {"completions": [text, text], "sample_id": [samples[0].id] * 2, "completion_ids": ids}
+    assert fn_ids(**kwargs) == pytest.approx([0.8, 1.0])  # the tokenizer is never loaded: no such folder
+    assert fn_words(**kwargs) == pytest.approx([0.11, 0.11])  # 11 whitespace words of the text, as `run`
+    assert total(**kwargs) == pytest.approx([0.91, 1.11])
 
 
 def test_non_applicable_reward_is_refused() -> None:

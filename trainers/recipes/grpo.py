@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from medharness.trainers.recipes.base import TrainContext, TrainerRecipe, trainer
@@ -27,14 +28,26 @@ class GRPORecipe(TrainerRecipe):
             kwargs["suppress_tokens"] = sorted(set(kwargs.get("suppress_tokens") or []) | set(suppress))
         return {"reward_weights": reward_weights, "generation_kwargs": kwargs or None}
 
+    @staticmethod
+    def reward_args(ctx: TrainContext) -> Any:
+        """TRL's arguments with the reward functions' weights: under `sum_then_normalize` each component is a
+        zero-weight (logged) function and `total` (weight 1) sums the components present with renormalised
+        weights, so an unscored component is left out, not counted 0 (trainers/rewards.py)."""
+        assert ctx.rewards is not None
+        ctx.rewards.aggregation = ctx.trl_args.multi_objective_aggregation
+        args = copy.copy(ctx.trl_args)
+        args.reward_weights = ctx.rewards.trl_weights()
+        return args
+
     def build(self, ctx: TrainContext) -> Any:
         from accelerate.utils import set_seed
         from trl import GRPOTrainer
 
         assert ctx.rewards is not None
+        args = self.reward_args(ctx)
         built = GRPOTrainer(model=ctx.model, processing_class=ctx.processor,
                             reward_funcs=list[Any](ctx.rewards.functions()),
-                            args=ctx.trl_args, train_dataset=ctx.dataset, peft_config=ctx.peft_config,
+                            args=args, train_dataset=ctx.dataset, peft_config=ctx.peft_config,
                             callbacks=ctx.callbacks)
         if ctx.trl_args.use_vllm:
             # trl 1.16 seeds the colocated vLLM engine with `process_index // tensor_parallel_size`, which

@@ -3,7 +3,8 @@ q/k/v/o, vision tower frozen and asserted frozen, 5 epochs, a checkpoint every 1
 rewards, each a registered metric scored through the task's own parser (docs/recipes/rarl.md):
 
 - format (`rarl_format`): 1.0 for `<think>...</think><answer>...</answer>`, 0.1 for partial tags, else 0;
-- length (`length_reward`): min(0.001 x completion tokens, 1.0), counted with the trained model's tokenizer;
+- length (`length_reward`): min(0.001 x completion tokens, 1.0); in training the tokens are the ids the policy
+  generated (TRL's `completion_ids`), in `medharness reward` the text re-tokenised by the model's tokenizer;
 - accuracy (`rarl_accuracy`): binary for closed and yes/no questions, BERTScore F1 for open ones;
 - reasoning, against the sample's annotated reasoning (`meta.reasoning`, the `reasoning_vqa` task), None where
   a sample has none. The paper does not define it; `reasoning:` picks the form: `similarity` (a
@@ -47,7 +48,7 @@ class RarlOptions(Strict):
     bertscore_layers: int = Field(17, ge=1)  # ... and the layer whose embeddings it compares
     length_scale: float = Field(0.001, ge=0.0)
     length_cap: float = Field(1.0, ge=0.0)
-    length_tokenizer: str = "@model"  # whose tokens the length counts (@model: the trained model's)
+    length_tokenizer: str = "@model"  # @model: the generated ids in training (else this tokenizer re-counts)
     weights: RarlWeights = RarlWeights()
 
 

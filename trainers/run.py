@@ -114,13 +114,15 @@ def default_output(config: TrainConfig, layers: Layers) -> Path:
     return Path("runs") / "train" / f"{'+'.join(layers.presets) or config.recipe}-{task}-{stamp}"
 
 
-def dry_run(req: TrainRequest) -> dict[str, Any]:
+def dry_run(req: TrainRequest, data_elsewhere: bool = False) -> dict[str, Any]:
     """`train --dry-run`: the config a run would train with, resolved and checked as `train` does before
     its model loads (presets, `--config`, flags and `-C`; the recipe's rewards with their weights; TRL's own
     config object, every setting), as one JSON-ready object. No model is loaded and nothing is written; the
     training samples are counted where their local copy is here. Its keys are the TrainConfig's fields
     (`trl` holding every resolved TRL argument, `rewards` the components), then what the run adds
-    (`presets`, `output`, `data`, `prompts`, `evaluation`, `set_at`, `notes`)."""
+    (`presets`, `output`, `data`, `prompts`, `evaluation`, `set_at`, `notes`). `data_elsewhere` (a sweep's
+    dry run): a data folder not on this machine, and a k-shot id file its split stage has not written yet,
+    are noted instead of refused."""
     import importlib.util
 
     from medharness.taskfiles.splits import read_sample_ids
@@ -157,14 +159,17 @@ def dry_run(req: TrainRequest) -> dict[str, Any]:
     try:
         source = task.source
     except DataError as exc:
-        if config.data_dir is not None:  # given, and wrong: as the run fails
+        if config.data_dir is not None and not data_elsewhere:  # given, and wrong: as the run fails
             raise
-        source, data["note"] = None, f"not counted: {exc}"  # not given: the run needs it
-    if getattr(source, "kind", None) == "hf":
+        source, data["note"] = None, f"not counted: {exc}"
+    pending = data_elsewhere and config.samples.file is not None and not Path(config.samples.file).exists()
+    if pending:
+        data["note"] = f"not counted: {config.samples.file} is written by the sweep's split stage"
+    elif getattr(source, "kind", None) == "hf":
         data["note"] = "not counted: the dry run reads no hub dataset"
     elif source is not None:
         data["count"] = len(select_samples(task, config))
-    if data["count"] is None and config.samples.file:
+    if data["count"] is None and config.samples.file and not pending:
         read_sample_ids(Path(config.samples.file))  # a missing or unreadable id file fails as in the run
     if rewards is not None:
         notes.append("each reward component is checked on the gold answers of the training samples when the "

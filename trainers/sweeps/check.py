@@ -22,7 +22,7 @@ from medharness.trainers.cli import parse_train_args, train_request
 from medharness.trainers.config import preset_names, trl_args
 from medharness.trainers.launch import LaunchSpec
 from medharness.trainers.recipes.base import recipe_class
-from medharness.trainers.run import resolve
+from medharness.trainers.run import dry_run, resolve
 from medharness.trainers.sweeps.board import groups, published_board, published_rows, select
 from medharness.trainers.sweeps.schema import (
     Cell,
@@ -32,7 +32,7 @@ from medharness.trainers.sweeps.schema import (
     eval_tasks,
     train_prompt,
 )
-from medharness.trainers.sweeps.stages import Stages, reference_rows
+from medharness.trainers.sweeps.stages import Command, Stages, reference_rows
 
 
 @dataclass
@@ -120,11 +120,13 @@ def _check_tasks(sweep: SweepConfig, cells: list[Cell], found: Findings) -> None
         if samples is None:
             continue
         if kind == "eval":
-            limit = sweep.eval.limit
-            found.notes.append(f"{label}: {min(len(samples), limit) if limit else len(samples)} of "
-                               f"{len(samples)} samples")
+            k, limit = sweep.eval.subset_k(name), sweep.eval.limit
+            chosen = len(kshot(samples, k, sweep.eval.subset_seed)) if k else len(samples)
+            found.notes.append(f"{label}: {min(chosen, limit) if limit else chosen} of {len(samples)} samples"
+                               + (f" (k={k} per class, seed {sweep.eval.subset_seed})" if k else ""))
             continue
-        for k in sorted({c.shots for c in cells if c.task == name}, key=lambda k: k or 0):
+        shot_values = {sweep.kshot(c.task, c.shots) for c in cells if c.task == name}
+        for k in sorted(shot_values, key=lambda k: k or 0):
             if k is None:
                 found.notes.append(f"{label}: {len(samples)} training samples")
                 continue
@@ -295,3 +297,69 @@ def _check_metrics(sweep: SweepConfig, wanted: set[tuple[str, str | None, str | 
         if metric not in labels:
             found.problems.append(f"table: task {task_name} (prompt {task.prompt_name}) reports no metric "
                                   f"{metric!r}; it reports {', '.join(labels)}")
+
+
+# -- `--dry-run --json`: what each cell would run ---------------------------------------------------------
+
+def eval_settings(sweep: SweepConfig, stages: Stages, cell: Cell | None, task: str,
+                  reference: tuple[str, str | None] | None = None) -> dict[str, Any]:
+    """One evaluation as the sweep runs it (`cell` None: the `reference` row's, (name, model)): the task's
+    prompt variant, the generation budget it runs with (a trained cell's raised to its training completion
+    length), the judges among its metrics, and the `run` command."""
+    e = sweep.eval
+    loaded = sweep_task(task, sweep, eval_prompt(sweep, cell, task))
+    budget, replaced = stages.eval_budget(cell, task) if cell is not None else (e.max_new_tokens, None)
+    metrics = recipe_for(loaded, prompt=loaded.prompt_name).metrics
+    judges = [str(m.args.get("judges") or m.args.get("panel")) for m in metrics
+              if m.args.get("judges") or m.args.get("panel")]
+    if cell is not None:
+        model, baseline = str(stages.dir.train_dir(cell.id).final), False
+        out = stages.dir.eval_dir(cell.id, task)
+    else:
+        assert reference is not None
+        name, given = reference
+        model = given or stages.base_model(build=False)
+        out, baseline = stages.dir.reference_dir(name, task), given is not None
+    command = Command(stages.eval_args(model, task, out, False, baseline=baseline,
+                                       prompt=eval_prompt(sweep, cell, task), max_new_tokens=budget)).text()
+    return {"task": task, "prompt": loaded.prompt_name,
+            "max_new_tokens": budget or loaded.settings().max_new_tokens, "budget_raised_from": replaced,
+            "judges": list(dict.fromkeys(judges)), "metrics": [m.label for m in metrics],
+            "limit": e.limit, "samples": e.samples, "per_class": e.subset_k(task),
+            "subset_seed": e.subset_seed if e.subset_k(task) else None,
+            "backend": e.backend, "batch_size": e.batch_size,
+            "backend_options": e.backend_options, "ablate": list(e.ablate), "checkpoints": e.checkpoints,
+            "command": command}
+
+
+def cell_settings(sweep: SweepConfig, stages: Stages, cell: Cell) -> dict[str, Any]:
+    """A cell as `train-then-eval --dry-run --json` prints it: its resolved train config (the object
+    `train --dry-run --json` prints for its train command) and its evaluation settings per eval task; a part
+    that cannot be resolved holds {"error": ...}."""
+    out: dict[str, Any] = {"id": cell.id, "stage": cell.stage, "recipe": cell.entry.recipe,
+                           "entry": cell.entry.key, "preset": cell.preset, "task": cell.task,
+                           "shots": cell.shots, "seed": cell.seed, "parent": cell.parent}
+    try:
+        argv = stages.train_args(cell, stages.cell_model(cell, build=False), stages.split_file(cell), False)
+        out["train_command"] = Command(argv).text()
+        out["train"] = dry_run(train_request(parse_train_args(argv)), data_elsewhere=True)
+    except MedHarnessError as exc:
+        out["train"] = {"error": str(exc)}
+    out["eval"] = {}
+    for task in eval_tasks(sweep, cell):
+        try:
+            out["eval"][task] = eval_settings(sweep, stages, cell, task)
+        except MedHarnessError as exc:
+            out["eval"][task] = {"task": task, "error": str(exc)}
+    return out
+
+
+def reference_settings(sweep: SweepConfig, stages: Stages, name: str, model: str | None) -> dict[str, Any]:
+    """A reference row (the base model, a baseline) and its evaluation settings per task."""
+    evals: dict[str, Any] = {}
+    for task in all_eval_tasks(sweep):
+        try:
+            evals[task] = eval_settings(sweep, stages, None, task, (name, model))
+        except MedHarnessError as exc:
+            evals[task] = {"task": task, "error": str(exc)}
+    return {"id": name, "model": model or sweep.model, "eval": evals}

@@ -1,7 +1,7 @@
 """`medharness train-then-eval`: run a sweep (trainers/sweep.py) cell by cell and render its leaderboard.
 
-    medharness train-then-eval [--sweep FILE] [--output DIR] [--resume] [--dry-run] [--print-commands]
-                               [--cell ID]
+    medharness train-then-eval [--sweep FILE] [--output DIR] [--resume] [--dry-run [--json]]
+                               [--print-commands] [--cell ID]
 
 Without --cell: the reference rows (base model, baselines), then every cell in stage order (a cell whose
 parent failed is skipped), then SWEEP/leaderboard.md and SWEEP/sweep.json. With --cell: that cell only (for a
@@ -41,6 +41,10 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Any]:
     p.add_argument("--resume", action="store_true",
                    help="continue stages that were started and did not finish")
     p.add_argument("--dry-run", action="store_true", help="resolve and check every cell; train nothing")
+    p.add_argument("--json", action="store_true",
+                   help="with --dry-run: one JSON object: per cell its resolved train config (as `train "
+                        "--dry-run --json` prints it) and its evaluation settings per task (prompt variant, "
+                        "generation budget, judges, the run command); the reference rows; the findings")
     p.add_argument("--print-commands", action="store_true",
                    help="print one self-contained command per cell (for Slurm arrays, Ray jobs) and the "
                         "merge")
@@ -75,8 +79,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.print_commands:
         print_commands(file, stages, cells, references, sweep.data_dir if args.data_dir else None)
         return 0
+    if args.json and not args.dry_run:
+        raise ConfigError("--json prints the --dry-run: give --dry-run too")
     if args.dry_run:
-        return dry_run(sweep, stages, cells, references)
+        return dry_run_json(sweep, file, stages, cells, references) if args.json else dry_run(
+            sweep, stages, cells, references)
     output.mkdir(parents=True, exist_ok=True)
     # one whole-sweep writer (sweep.json, the board); `--cell` runs may go side by side: each stage locks
     # its own folder (train's output, each run directory)
@@ -199,6 +206,23 @@ def dry_run(sweep: SweepConfig, stages: Stages, cells: list[Cell], references: d
                    "`data_dir:` or --data-dir): the cells that read it cannot start here")
     print(f"{len(cells)} cell(s), {len(references)} reference row(s): {status}")
     return 0 if not problems else 2
+
+
+def dry_run_json(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell],
+                 references: dict[str, str | None]) -> int:
+    import json
+
+    from medharness.trainers.sweeps.check import cell_settings, check_sweep, reference_settings
+
+    found = check_sweep(sweep, stages, cells)
+    info = {"sweep": sweep.name or file.stem, "file": str(file), "output": str(stages.root),
+            "references": [reference_settings(sweep, stages, name, model)
+                           for name, model in references.items()],
+            "cells": [cell_settings(sweep, stages, cell) for cell in cells],
+            "problems": found.problems, "warnings": found.warnings, "missing_data": found.missing_data,
+            "notes": found.notes, "ready": not found.problems}
+    print(json.dumps(info, indent=1, default=str))
+    return 0 if not found.problems else 2
 
 
 def write_board(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell],

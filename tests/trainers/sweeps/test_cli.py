@@ -222,6 +222,51 @@ def test_a_trained_policy_is_evaluated_with_at_least_its_training_completion_len
                                                                                                          None)
 
 
+def test_dry_run_json_prints_each_cells_train_config_and_evaluation(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--dry-run --json`: per cell, the object `train --dry-run --json` prints for the cell's train command
+    (the same, key for key), and its evaluations: prompt variant, the budget raised to the training
+    completion length, judges, the run command; the reference rows too; nothing written."""
+    pytest.importorskip("trl")
+    file = write(tmp_path / "s.yaml", "model: tiny\ntasks: [phantom_presence]\n"
+                                      "eval_tasks: [phantom_presence, phantom_count]\nshots: [all, 2]\n"
+                                      "prompt: {phantom_presence: r1}\nbaselines: [majority]\nrecipes: "
+                                      "[{recipe: grpo, overrides: [trl.max_completion_length=900]}]\n")
+    out = tmp_path / "o"
+    assert main(["train-then-eval", "--sweep", str(file), "--dry-run", "--json", "--output", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert not out.exists() and info["ready"] is True
+    whole, kshot = (next(c for c in info["cells"] if c["shots"] == k) for k in (None, 2))
+    assert whole["train"]["trl"]["max_completion_length"] == 900 and whole["train"]["prompt"] == "r1"
+    argv = shlex.split(whole["train_command"])[1:]
+    assert main([*argv, "--dry-run", "--json"]) == 0  # the train command's own dry run: the same object
+    assert json.loads(capsys.readouterr().out) == whole["train"]
+    assert kshot["train"]["samples"]["file"].endswith(".json") and kshot["train"]["data"]["count"] is None
+    assert "split stage" in kshot["train"]["data"]["note"]
+    presence = whole["eval"]["phantom_presence"]
+    assert (presence["prompt"], presence["max_new_tokens"], presence["budget_raised_from"]) == ("r1", 900,
+                                                                                                768)
+    assert "--max-new-tokens 900" in presence["command"] and presence["judges"] == []
+    assert whole["eval"]["phantom_count"]["max_new_tokens"] == 900
+    (base, majority) = info["references"]
+    assert (base["id"], majority["model"]) == ("base", "baseline:majority")
+    assert base["eval"]["phantom_presence"]["max_new_tokens"] == 768  # not trained: the variant's budget
+    assert main(["train-then-eval", "--sweep", str(file), "--json"]) == 2
+    assert "give --dry-run too" in capsys.readouterr().err
+
+
+def test_dry_run_json_names_the_judges_of_a_judged_evaluation(tmp_path: Path) -> None:
+    from medharness.trainers.sweeps.check import eval_settings
+
+    file = write(tmp_path / "s.yaml", "model: tiny\ntasks: [reasoning_vqa]\neval_tasks: [vqa_rad]\n"
+                                      "eval_prompt: reasoning_judged\nrecipes: [sft]\nbase_row: true\n")
+    sweep = load_sweep(file)
+    got = eval_settings(sweep, Stages(sweep, file, tmp_path / "o", resume=False), None, "vqa_rad",
+                        ("base", None))
+    assert got["judges"] == ["rarl_v2:openai:gpt-4o-mini", "rarl_v2:gemini:gemini-1.5-flash"]
+    assert "gemini_final" in got["metrics"] and got["prompt"] == "reasoning_judged"
+
+
 def test_board_mean_and_std_over_seeds(tmp_path: Path) -> None:
     file = write(tmp_path / "s.yaml", "model: m\ntasks: [phantom_presence]\nrecipes: [sft]\n"
                                       "seeds: [0, 1, 2]\nbaselines: [majority]\n")

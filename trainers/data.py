@@ -207,11 +207,13 @@ def _image_shapes(images: Sequence[Any]) -> tuple[Any, ...] | None:
     return tuple((im.size, im.mode) for im in images)
 
 
-def check_image_tokens(rows: Sequence[dict[str, Any]], processor: Any, max_length: int | None = None) -> int:
+def check_image_tokens(rows: Sequence[dict[str, Any]], processor: Any, max_length: int | None = None,
+                       lengths: dict[str, int] | None = None) -> int:
     """Before training: every row's image placeholders match its images, its image tokens match its image
     features, and (SFT/DPO) it fits `max_length` untruncated. Raises naming the sample; returns the longest
-    row in tokens. A row whose text and image sizes equal an earlier row's is not processed again (the
-    processor's token counts depend on nothing else)."""
+    row in tokens (each row's count into `lengths` when given: for GRPO rows, the prompt's tokens). A row
+    whose text and image sizes equal an earlier row's is not processed again (the processor's token counts
+    depend on nothing else)."""
     owner = chat_template_owner(processor)
     tokenizer = getattr(processor, "tokenizer", processor)
     token = getattr(processor, "image_token", None)
@@ -235,10 +237,14 @@ def check_image_tokens(rows: Sequence[dict[str, Any]], processor: Any, max_lengt
         key = (text, shapes) if shapes is not None else None
         if key is not None and key in checked:
             longest = max(longest, checked[key])
+            if lengths is not None:
+                lengths[sid] = checked[key]
             continue
         enc = processor(text=[text], images=row["images"] or None, return_tensors="pt")
         ids = enc["input_ids"][0]
         longest = max(longest, int(ids.shape[0]))
+        if lengths is not None:
+            lengths[sid] = int(ids.shape[0])
         grid = enc.get("image_grid_thw")
         if image_id is not None and grid is not None:
             features = int(grid.prod(dim=-1).sum().item()) // (merge * merge)
@@ -251,3 +257,43 @@ def check_image_tokens(rows: Sequence[dict[str, Any]], processor: Any, max_lengt
         if key is not None:
             checked[key] = int(ids.shape[0])
     return longest
+
+
+def cap_prompts(rows: list[dict[str, Any]], lengths: dict[str, int], cap: int | None, data_format: str,
+                output: Path | None = None) -> list[dict[str, Any]]:
+    """GRPO's prompt cap (`samples.max_prompt_tokens`; the GRPO study's "maximum prompt length of 1024
+    tokens", which TRL 1.16 has no setting for): the rows whose prompt is longer are left out, never truncated
+    (truncation would cut image tokens), counted in the log and listed in OUTPUT/prompt_cap.json."""
+    if cap is None:
+        return rows
+    if data_format != "prompt":
+        raise ConfigError("samples.max_prompt_tokens caps GRPO prompts; this recipe trains on prompt + "
+                          "answer (use trl.max_length)")
+    kept = [r for r in rows if lengths[r["sample_id"]] <= cap]
+    over = {r["sample_id"]: lengths[r["sample_id"]] for r in rows if lengths[r["sample_id"]] > cap}
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "prompt_cap.json").write_text(json.dumps(
+            {"max_prompt_tokens": cap, "kept": len(kept), "left_out": len(over), "samples": over},
+            indent=2) + "\n", encoding="utf-8")
+    if over:
+        log.warning("samples.max_prompt_tokens %d: %d of %d prompts are longer and left out (%s)", cap,
+                    len(over), len(rows), ", ".join(list(over)[:5]) + (", ..." if len(over) > 5 else ""))
+    if not kept:
+        raise DataError(f"samples.max_prompt_tokens {cap}: every prompt is longer (shortest "
+                        f"{min(lengths.values())} tokens)")
+    return kept
+
+
+def attention_kernel(name: str, use_gpu: bool) -> str:
+    """The attention kernel to load: `flash_attention_2_or_sdpa` is flash_attention_2 on a GPU where the
+    flash_attn package is installed (the GRPO study's "Flash Attention 2"), else sdpa."""
+    if name != "flash_attention_2_or_sdpa":
+        return name
+    import importlib.util
+
+    if use_gpu and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    log.warning("attn_implementation %s: sdpa (%s)", name,
+                "flash_attn is not installed" if use_gpu else "no GPU")
+    return "sdpa"

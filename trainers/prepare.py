@@ -19,6 +19,7 @@ from medharness.taskfiles.task import Task, load_task, recipe_for
 from medharness.trainers.checkpoints import (
     Lineage,
     batch_sizes,
+    check_lora_targets,
     freeze_vision,
     lora_config,
     manifest_callback,
@@ -26,6 +27,8 @@ from medharness.trainers.checkpoints import (
 from medharness.trainers.config import Layers, trl_args
 from medharness.trainers.data import (
     ablated,
+    attention_kernel,
+    cap_prompts,
     check_image_tokens,
     pixel_budget,
     resize,
@@ -70,7 +73,8 @@ def load_model(config: TrainConfig, use_gpu: bool) -> tuple[Any, Any]:
     try:
         processor = AutoProcessor.from_pretrained(config.model)
         model = AutoModelForImageTextToText.from_pretrained(
-            config.model, dtype=dtype, attn_implementation=config.attn_implementation)
+            config.model, dtype=dtype,
+            attn_implementation=attention_kernel(config.attn_implementation, use_gpu))
     except Exception as exc:
         raise BackendError(f"cannot load model {config.model!r} for training: {exc}") from exc
     return model, processor
@@ -145,6 +149,10 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
         styled = style_tasks(task, config.prompt_styles, prompt, config.data_dir)
         styles = (assign_styles(samples, config.prompt_styles, config.seed), styled)
     model, processor = load_model(config, use_gpu)
+    kernel = str(getattr(model.config, "_attn_implementation", None) or config.attn_implementation)
+    config = config.model_copy(update={"attn_implementation": kernel})  # train.json records the kernel used
+    if config.lora is not None:
+        check_lora_targets(model, config.lora)  # peft would say so only after the output folder exists
     budget = pixel_budget(processor, config)
     if config.ablate:
         log.warning("ablate: %s - a control run: it trains on replaced %s and is not meant to learn",
@@ -160,8 +168,10 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
         settings.update(recipe.trl_injections(settings, rewards.weights, suppressed_ids(model, processor)))
     config = config.model_copy(update={"trl": settings})
     args = trl_args(config, layers, output, use_gpu)
+    lengths: dict[str, int] = {}
     check_image_tokens(rows, processor,
-                       getattr(args, "max_length", None) if recipe.data_format != "prompt" else None)
+                       getattr(args, "max_length", None) if recipe.data_format != "prompt" else None, lengths)
+    rows = cap_prompts(rows, lengths, config.samples.max_prompt_tokens, recipe.data_format, output)
     if config.lora is None and config.freeze_vision:
         log.info("froze %d vision-tower parameter tensors", freeze_vision(model))
     ids = [r["sample_id"] for r in rows]

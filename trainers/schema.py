@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from medharness.core.dtypes import DTYPE_CHOICES
 from medharness.core.records import Strict
 
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_2_or_sdpa")
 
 
 class LoraSpec(Strict):
@@ -48,6 +48,10 @@ class SamplesSpec(Strict):
                                               "answer's count (class-balanced training; the split itself, "
                                               "and so the majority baseline, keeps its own mix)")
     limit: int | None = Field(None, ge=1, description="then only the first N")
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="GRPO: a sample whose prompt (text and image tokens, as the processor counts "
+                                "them) is longer is left out before training, counted and listed in "
+                                "OUTPUT/prompt_cap.json (never truncated: that would cut image tokens)")
 
 
 class TrainConfig(Strict):
@@ -81,7 +85,9 @@ class TrainConfig(Strict):
                           "sample's image (shuffle), or (sft, dpo) on another sample's answer (labels)")
     attn_implementation: str = Field(
         "sdpa",
-        description="sdpa, eager or flash_attention_2 (needs flash-attn: a ConfigError before loading)")
+        description="sdpa, eager or flash_attention_2 (needs flash-attn: a ConfigError before loading); "
+                    "flash_attention_2_or_sdpa: flash_attention_2 on a GPU where flash-attn is installed, "
+                    "else sdpa (train.json records the kernel used)")
     dtype: str = Field("auto", description="auto: bfloat16 on GPU, float32 on CPU; or a dtype name "
                                            "(float32, bfloat16, float16, ...)")
     max_pixels: int | None = Field(None, ge=1, description="null: the processor's pixel budget; set it and "

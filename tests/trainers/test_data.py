@@ -14,6 +14,8 @@ from medharness.taskfiles.task import load_task
 from medharness.trainers.config import Layers, build_config
 from medharness.trainers.data import (
     ablated,
+    attention_kernel,
+    cap_prompts,
     check_image_tokens,
     pixel_budget,
     resize,
@@ -213,3 +215,50 @@ def test_a_label_control_run_of_a_reward_recipe_is_refused_before_the_model_load
     with pytest.raises(ConfigError, match="ablate: labels .* recipe grpo learns from rewards"):
         prepare(build_config(layers), layers, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_prompt_cap_leaves_longer_prompts_out_and_counts_them(processor, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 21 item 9: the GRPO study's 1,024-token prompt cap (TRL 1.16 has none): prompts longer than
+    `samples.max_prompt_tokens`, counted as the processor counts them (image tokens included), are left out,
+    never truncated, and listed in prompt_cap.json."""
+    import json
+
+    task = load_task("phantom_presence", {"prompt": "r1"})
+    samples = task.load_samples("train")[:4]
+    budget = pixel_budget(processor, _config(max_pixels=112 * 112))  # the module's processor may be smaller
+    rows = rows_for("prompt", task, samples,
+                    lambda s: [resize(task.open_image(r), budget) for r in s.images], None)
+    rows[1] = {**rows[1], "images": [rows[1]["images"][0].resize((28, 28))]}  # fewer image tokens
+    lengths: dict[str, int] = {}
+    check_image_tokens(rows, processor, None, lengths)
+    assert set(lengths) == {s.id for s in samples}
+    short, long_ = lengths[samples[1].id], lengths[samples[0].id]
+    assert long_ > short
+    assert cap_prompts(rows, lengths, None, "prompt") is rows  # no cap: every row
+    kept = cap_prompts(rows, lengths, short, "prompt", tmp_path)
+    assert [r["sample_id"] for r in kept] == [samples[1].id]
+    assert kept[0] is rows[1]  # a kept row is untouched (never truncated)
+    record = json.loads((tmp_path / "prompt_cap.json").read_text())
+    assert record == {"max_prompt_tokens": short, "kept": 1, "left_out": 3,
+                      "samples": {s.id: long_ for s in samples if s.id != samples[1].id}}
+    assert len(cap_prompts(rows, lengths, long_, "prompt")) == 4
+    with pytest.raises(DataError, match="every prompt is longer"):
+        cap_prompts(rows, lengths, short - 1, "prompt")
+    with pytest.raises(ConfigError, match="caps GRPO prompts"):
+        cap_prompts(rows, lengths, short, "completion")
+
+
+def test_flash_attention_where_installed_else_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    assert attention_kernel("sdpa", True) == "sdpa" and attention_kernel("eager", False) == "eager"
+    assert attention_kernel("flash_attention_2_or_sdpa", False) == "sdpa"  # no GPU
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else
+                        real(name, *a))
+    assert attention_kernel("flash_attention_2_or_sdpa", True) == "flash_attention_2"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else
+                        real(name, *a))
+    assert attention_kernel("flash_attention_2_or_sdpa", True) == "sdpa"
+    assert _config(attn_implementation="flash_attention_2_or_sdpa").attn_implementation == \
+        "flash_attention_2_or_sdpa"

@@ -85,6 +85,27 @@ class EvalSpec(EvalSettings):
         default_factory=list, description="also score each trained cell's final model with `run --ablate "
                                           "MODE`: a board row `<row> · MODE image` under each trained row "
                                           "(is the picture used?)")
+    per_class: int | dict[SafeName, int] | None = Field(
+        None, description="score a seeded class-balanced subset of each eval task's split: k samples per "
+                          "gold answer (fewer where a class has fewer), drawn by `medharness split` into "
+                          "SWEEP/splits/ and given to every run (cells and reference rows) as `--samples`; "
+                          "or per eval task {medmnist_oct: 64} (a task it does not name: the whole split); "
+                          "null: the whole split")
+    subset_seed: int = Field(0, ge=0, description="the seed of the `per_class` subset")
+
+    @model_validator(mode="after")
+    def _one_sample_choice(self) -> EvalSpec:
+        counts = self.per_class.values() if isinstance(self.per_class, dict) else [self.per_class]
+        if any(k is not None and k < 1 for k in counts):
+            raise ValueError("per_class is k >= 1 samples per class")
+        if self.per_class is not None and self.samples is not None:
+            raise ValueError("samples (a pinned id file) and per_class (a seeded subset) both choose the "
+                             "evaluated samples: give one")
+        return self
+
+    def subset_k(self, task: str) -> int | None:
+        """The `per_class` k of an eval task (None: its whole split)."""
+        return self.per_class.get(task) if isinstance(self.per_class, dict) else self.per_class
 
 
 class LaunchSection(Strict):
@@ -179,6 +200,11 @@ class SweepConfig(Strict):
     split_seed: int | None = Field(
         None,
         description="null: each seed draws its own k-shot subset; an int: one subset for all seeds")
+    whole_split: dict[SafeName, list[int]] = Field(
+        default_factory=dict,
+        description="per training task, the `shots` values whose cells train on the task's whole training "
+                    "split instead of k per class (a paper's exception, e.g. VRFT-Aug's 256-shot BreastMNIST "
+                    "and RetinaMNIST); the cells keep their kK ids and board rows")
     seeds: list[int] = Field(default_factory=lambda: [0], description="the training seeds")
     presets: list[str | None] = Field(
         default_factory=lambda: list[str | None]([None]),
@@ -229,8 +255,20 @@ class SweepConfig(Strict):
             raise ValueError(f"overrides are KEY=VALUE strings, got {bad}")
         return items
 
+    @model_validator(mode="after")
+    def _whole_split_shots(self) -> SweepConfig:
+        for task, ks in self.whole_split.items():
+            if set(ks) - set(self.shots):
+                raise ValueError(f"whole_split: {task}: {sorted(set(ks) - set(self.shots))} are not among "
+                                 f"the sweep's shots {self.shots}")
+        return self
+
     def entries(self) -> list[RecipeEntry]:
         return [RecipeEntry(recipe=r) if isinstance(r, str) else r for r in self.recipes]
+
+    def kshot(self, task: str, shots: int | None) -> int | None:
+        """The k of a cell's `medharness split` (None: it trains on the task's whole training split)."""
+        return None if shots is None or shots in self.whole_split.get(task, []) else shots
 
 
 @dataclass(frozen=True)

@@ -214,8 +214,10 @@ class Stages:
             argv += ["--backend", e.backend]
             for key, value in e.backend_options.items():
                 argv += ["--backend-option", f"{key}={json.dumps(value)}"]
+        subset = self.eval_subset_file(task)
+        pinned = self.relative(e.samples) if e.samples else (str(subset) if subset else None)
         for flag, value in (("--limit", e.limit), ("--max-new-tokens", max_new_tokens or e.max_new_tokens),
-                            ("--samples", self.relative(e.samples) if e.samples else None),
+                            ("--samples", pinned),
                             ("--data-dir", self.sweep.data_dir)):
             if value is not None:
                 argv += [flag, str(value)]
@@ -226,16 +228,38 @@ class Stages:
         return argv + (["--resume"] if resume else [])
 
     def split_file(self, cell: Cell) -> Path | None:
-        """A k-shot cell's training ids (None: the whole train split)."""
-        if cell.shots is None:
+        """A k-shot cell's training ids (None: the whole train split, `whole_split` included)."""
+        k = self.sweep.kshot(cell.task, cell.shots)
+        if k is None:
             return None
-        return self.dir.split_file(cell.task, cell.shots, self.split_seed(cell))
+        return self.dir.split_file(cell.task, k, self.split_seed(cell))
+
+    def eval_subset_file(self, task: str) -> Path | None:
+        """The ids of an eval task's seeded class-balanced subset (`eval.per_class`; None: the whole split),
+        the same file for every cell and reference row."""
+        k = self.sweep.eval.subset_k(task)
+        if k is None:
+            return None
+        split = load_task(task).config.split
+        return self.dir.split_file(f"{task}-{split}", k, self.sweep.eval.subset_seed)
+
+    def eval_subset_args(self, task: str, out: Path) -> list[str]:
+        argv = ["split", "--task", task, "--split", load_task(task).config.split, "--kshot",
+                str(self.sweep.eval.subset_k(task)), "--seed", str(self.sweep.eval.subset_seed),
+                "--output", str(out)]
+        return argv + (["--data-dir", self.sweep.data_dir] if self.sweep.data_dir else [])
+
+    def subset_commands(self, tasks: list[str]) -> list[Command]:
+        """The `medharness split` commands of the eval subsets of `tasks` (for --print-commands)."""
+        return [Command(self.eval_subset_args(t, out)) for t in tasks
+                for out in [self.eval_subset_file(t)] if out is not None]
 
     def cell_commands(self, cell: Cell) -> list[Command]:
         """A cell's stages as a fresh run makes them (for --print-commands): its split, train and evals (the
         model of a cell trained from another: that cell's final/, merged first where it is an adapter)."""
         split = self.split_file(cell)
         out = [Command(self.split_args(cell, split))] if split is not None else []
+        out += self.subset_commands(eval_tasks(self.sweep, cell))
         out.append(Command(self.train_args(cell, self.cell_model(cell, build=False), split, False)))
         final = str(self.dir.train_dir(cell.id).final)
         return out + [Command(self.eval_args(final, task, self.dir.eval_dir(cell.id, task, folder), False,
@@ -249,10 +273,11 @@ class Stages:
 
     def reference_commands(self, name: str, model: str | None, tasks: list[str]) -> list[Command]:
         """A reference row's evaluations (for --print-commands)."""
-        return [Command(self.eval_args(model or self.base_model(build=False), task,
-                                       self.dir.reference_dir(name, task), False, baseline=model is not None,
-                                       prompt=eval_prompt(self.sweep, None, task)))
-                for task in tasks]
+        evaluated = model or self.base_model(build=False)
+        return self.subset_commands(tasks) + [
+            Command(self.eval_args(evaluated, task, self.dir.reference_dir(name, task), False,
+                                   baseline=model is not None, prompt=eval_prompt(self.sweep, None, task)))
+            for task in tasks]
 
     # running
     def _call(self, command: Command, log_file: Path) -> None:
@@ -289,6 +314,15 @@ class Stages:
             os.replace(tmp, out)
         return out
 
+    def eval_subset(self, task: str) -> None:
+        """An eval task's `per_class` subset, written once by `medharness split` (atomically)."""
+        out = self.eval_subset_file(task)
+        if out is not None and not out.is_file():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.{os.getpid()}.json")
+            self._call(Command(self.eval_subset_args(task, tmp)), self.dir.logs / "splits.log")
+            os.replace(tmp, out)
+
     def evaluate(self, model: str, task: str, out: Path, log_file: Path, baseline: bool = False,
                  prompt: str | None = None, ablate: str | None = None,
                  max_new_tokens: int | None = None) -> None:
@@ -296,6 +330,7 @@ class Stages:
         status = run_status(out)
         if status == "finished":
             return
+        self.eval_subset(task)
         if status is not None:
             self._need_resume("the evaluation", out)
         elif out.exists():  # a folder without run.json: a run that never started

@@ -1,4 +1,4 @@
-"""`vrft_aug`: VRFT-Aug (Du, Yang, Yi et al. 2026, arXiv 2602.10619) as a GRPO recipe: TRL's GRPOTrainer with
+"""`vrft_aug`: VRFT-Aug (Yang, Yu, Qin et al. 2026, arXiv 2602.10619) as a GRPO recipe: TRL's GRPOTrainer with
 the paper's rewards, all of them registered metrics scored through the task's own parser
 (docs/recipes/vrft_aug.md).
 

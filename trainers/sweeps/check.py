@@ -304,8 +304,8 @@ def _check_metrics(sweep: SweepConfig, wanted: set[tuple[str, str | None, str | 
 def eval_settings(sweep: SweepConfig, stages: Stages, cell: Cell | None, task: str,
                   reference: tuple[str, str | None] | None = None) -> dict[str, Any]:
     """One evaluation as the sweep runs it (`cell` None: the `reference` row's, (name, model)): the task's
-    prompt variant, the generation budget it runs with (a trained cell's raised to its training completion
-    length), the judges among its metrics, and the `run` command."""
+    prompt variant and its text, the generation budget it runs with (a trained cell's raised to its training
+    completion length), the judges among its metrics, and the `run` command."""
     e = sweep.eval
     loaded = sweep_task(task, sweep, eval_prompt(sweep, cell, task))
     budget, replaced = stages.eval_budget(cell, task) if cell is not None else (e.max_new_tokens, None)
@@ -322,7 +322,8 @@ def eval_settings(sweep: SweepConfig, stages: Stages, cell: Cell | None, task: s
         out, baseline = stages.dir.reference_dir(name, task), given is not None
     command = Command(stages.eval_args(model, task, out, False, baseline=baseline,
                                        prompt=eval_prompt(sweep, cell, task), max_new_tokens=budget)).text()
-    return {"task": task, "prompt": loaded.prompt_name,
+    return {"task": task, "prompt": loaded.prompt_name, "system": loaded.prompt_spec.system,
+            "user": loaded.prompt_spec.user,
             "max_new_tokens": budget or loaded.settings().max_new_tokens, "budget_raised_from": replaced,
             "judges": list(dict.fromkeys(judges)), "metrics": [m.label for m in metrics],
             "limit": e.limit, "samples": e.samples, "per_class": e.subset_k(task),

@@ -4,7 +4,7 @@
 
     - name: gpt4o-mini            # unique in the panel; the column and file key
       spec: rarl_v1               # a judge spec (see `medharness ls judges`)
-      backend: openai             # openai | gemini | hf | vllm
+      backend: openai             # openai | gemini | hf | vllm | hf_lm (a local text-only causal LM)
       model: gpt-4o-mini
       base_url: https://api.openai.com/v1     # optional
       api_key_env: OPENAI_API_KEY             # optional: the variable holding the key (never the key)
@@ -22,13 +22,14 @@ from typing import Any
 
 from pydantic import ValidationError, field_validator
 
-from medharness.backends import check_options
+from medharness.backends import BACKENDS, check_options
 from medharness.core.errors import ConfigError
 from medharness.core.records import PanelMember
 from medharness.core.secrets import scrub_value
 from medharness.judges.specs import JudgeSpec, get_spec
 
-JUDGE_BACKENDS = ("openai", "gemini", "hf", "vllm")
+JUDGE_BACKENDS = ("openai", "gemini", "hf", "vllm", "hf_lm")
+BACKENDS.add_lazy("hf_lm", "medharness.judges.local_lm:LocalLMBackend")  # BioGPT, BioMistral: base text LMs
 
 
 class JudgeMember(PanelMember):

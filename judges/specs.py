@@ -165,7 +165,7 @@ class JudgeSpec:
     levels: ClassVar[tuple[float, ...]] = (0.0, 1.0)  # the closed set of every numeric field
     max_new_tokens: ClassVar[int]
     rationale_key: ClassVar[str | None] = None  # the one free-text JSON key, if any
-    prediction_tag: ClassVar[str] = "prediction"
+    prediction_tag: ClassVar[str] = "prediction"  # "": a paper's template without delimiter tags
     needs_gold: ClassVar[bool] = True
 
     def __init__(self, prompt_path: str | Path | None = None) -> None:
@@ -200,7 +200,7 @@ class JudgeSpec:
                 raise ConfigError(f"{where}: ${name} may appear once, in the [user] section")
         if user.count("$prediction") != 1:
             raise ConfigError(f"{where}: needs $prediction exactly once")
-        for tag in (f"<{self.prediction_tag}>", f"</{self.prediction_tag}>"):
+        for tag in (f"<{self.prediction_tag}>", f"</{self.prediction_tag}>") if self.prediction_tag else ():
             if user.count(tag) != 1:
                 raise ConfigError(f"{where}: needs {tag} exactly once")
         templates = Template(system), Template(user)
@@ -235,9 +235,11 @@ class JudgeSpec:
     def render(self, item: JudgeInput) -> tuple[Message, ...]:
         data = {"question": item.question, "gold": item.gold, "prediction": item.prediction}
         data = {k: neutralise(v) for k, v in data.items()}
-        system, user = (t.substitute(data) for t in self._sections)
-        return (Message(role="system", content=(Part(type="text", text=system.strip()),)),
-                Message(role="user", content=(Part(type="text", text=user.strip()),)))
+        system, user = (t.substitute(data).strip() for t in self._sections)
+        turn = Message(role="user", content=(Part(type="text", text=user),))
+        if not system:  # a completion-style template (a paper's, for a base LM): one turn
+            return (turn,)
+        return (Message(role="system", content=(Part(type="text", text=system),)), turn)
 
     # --- output --------------------------------------------------------------------------------
 
@@ -365,3 +367,29 @@ class Quality1to10V1(JudgeSpec):
     levels = tuple(float(i) for i in range(1, 11))
     max_new_tokens = 128
     rationale_key = "rationale"
+
+
+@judge("semantic_fig1_v1")
+class SemanticFig1V1(JudgeSpec):
+    """The GRPO study's semantic-alignment judgment, Figure 1's template word for word, for its reference LLMs
+    (BioGPT, BioMistral: base LMs that complete text, so no JSON): the first closed `<think>` block is the
+    "Given Statement"; a reply that begins with Yes = 1 / No = 0 (yes, YES, "Yes." too; not the start of a
+    longer word such as "Nothing"), anything else unscored. The template has no delimiter tags (the paper's
+    words); delimiter tags inside the reasoning are still neutralised."""
+
+    version = "1"
+    primary = "coherent"
+    fields = ("coherent",)
+    max_new_tokens = 3
+    prediction_tag = ""
+    needs_gold = False
+
+    def prediction_text(self, reply: str) -> str | None:
+        return think_text(reply)  # the first closed think block; None if absent or unclosed
+
+    def parse(self, reply: str) -> Verdict:
+        word = re.match(r"\s*(Yes|YES|yes|No|NO|no)(?![a-z])", reply)
+        value = {"yes": 1.0, "no": 0.0}.get(word.group(1).lower()) if word else None
+        if value is None:
+            return Verdict.fail(f"the reply does not begin with Yes or No: {_short(reply)}")
+        return Verdict(values={"coherent": value}, value=value, failed=False)

@@ -47,6 +47,9 @@ def tiny_profile(name: str, out: Path, model: Path, tasks: dict[str, str | None]
         for row in rows:
             if row.get("shots") is not None:
                 row["shots"] = data["shots"][0]
+        whole = data.get("whole_split", {})  # the first shots value's exceptions, on the profile's tasks
+        data["whole_split"] = {tasks.get(t, t): data["shots"] for t, ks in whole.items()
+                               if tasks.get(t, t) and first in ks}
     if data_dir is not None:
         data["data_dir"] = str(data_dir)
     if isinstance(data.get("eval_tasks"), dict):  # two tasks mapped onto one: their eval tasks merge

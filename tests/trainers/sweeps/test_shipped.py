@@ -44,3 +44,25 @@ def test_paper_sweeps_take_their_published_rows_from_a_shipped_board() -> None:
             paired = {r.label for r in sweep.table.rows} & {r.label for r in rows}
             assert paired, f"{sweep.name}: no table row has a published row of board {board.name}"
     assert not (SWEEPS / "references").exists()  # no second copy of the papers' numbers
+
+
+@pytest.mark.parametrize("name", ["rarl_table2", "rarl_table3"])
+def test_rarl_sft_baselines_train_as_many_epochs_as_the_rl_rows(name: str, tmp_path: Path) -> None:
+    """Issue 21 item 17: the paper gives no SFT schedule; a fixed 1,500 steps would be 6 epochs of Table 2's
+    500 samples and 0.6 of its 5,000. Every cell (SFT and RL alike) trains 5 epochs, the RL rows' (§2.3)."""
+    pytest.importorskip("trl")
+    from medharness.trainers.sweeps.check import cell_settings
+    from medharness.trainers.sweeps.schema import expand
+    from medharness.trainers.sweeps.stages import Stages
+
+    sweep = load_sweep(SWEEPS / f"{name}.yaml")
+    stages = Stages(sweep, SWEEPS / f"{name}.yaml", tmp_path / "o", resume=False)
+    schedules = {}
+    for cell in expand(sweep):
+        trl = cell_settings(sweep, stages, cell)["train"]["trl"]
+        schedules[cell.entry.key] = (cell.entry.recipe, trl["max_steps"], trl["num_train_epochs"])
+    assert {recipe for recipe, *_ in schedules.values()} == {"sft", "rarl"}
+    assert {tuple(s[1:]) for s in schedules.values()} == {(-1, 5)}, schedules
+    if name == "rarl_table2":  # trained on a stand-in for the paper's (unnamed) general-domain set
+        assert sweep.tasks == ["pmc_vqa"] and sweep.table is not None
+        assert "NOT a reproduction" in str(sweep.table.title)

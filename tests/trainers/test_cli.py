@@ -142,3 +142,18 @@ def test_dry_run_prints_the_resolved_config_without_a_model(tmp_path: Path,
 def test_json_needs_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert _train("--recipe", "grpo", "--model", "m", "--json") == 2
     assert "--json prints the --dry-run config" in capsys.readouterr().err
+
+
+def test_dry_run_without_trl_prints_the_settings_as_given(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A light install (no trl): the dry run still resolves presets, rewards and data; `trl` holds the
+    settings as the config gives them, and a note says TRL's checks and defaults are missing."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "trl" else real(name, *a))
+    assert _train("--recipe", "grpo", "--model", "m", "--dry-run", "--json") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["trl"]["learning_rate"] == 1e-6 and "adam_beta1" not in info["trl"]
+    assert any("trl is not installed" in note for note in info["notes"])

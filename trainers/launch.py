@@ -6,6 +6,20 @@ configs written into the training output folder, and the `accelerate launch` com
          accelerate launch --config_file OUT/launch/accelerate_config.yaml --num_processes 8 \\
              -m medharness.cli train ... --output OUT
 
+Across machines (docs/scaling.md), the same command on every machine, R = 0 .. M-1, `--num-processes` the
+total over all machines (accelerate's `num_processes`):
+
+    medharness train ... --launcher accelerate --num-processes 16 --num-machines 2 --machine-rank R \\
+        --main-process-ip IP_OF_RANK_0 --output OUT
+      -> OUT/launch/accelerate_config.yaml (machine 0; machine R > 0: accelerate_config.machine-R.yaml, so
+         machines sharing OUT never read each other's rank)
+
+or, with DeepSpeed's own multi-node launcher (pdsh over ssh), one command on the first machine:
+`--deepspeed zero3 --deepspeed-hostfile FILE` (`host slots=N` lines; the machine count is the host count).
+The keys are those `accelerate config` writes (num_machines, machine_rank, main_process_ip,
+deepspeed_config.deepspeed_hostfile / deepspeed_multinode_launcher). `check_world_size` refuses, before
+launch, TRL settings that cannot work at the world size (GRPO's generation batch, vLLM's layout).
+
 The train command calls `add_launch_options(parser)`, and, when `--launcher accelerate` is set and it is not
 already running under accelerate (`under_launcher()`), `launch_from_args(args, train_argv, output)`:
 that writes the configs and returns the argv to run instead (the same train argv minus the launch options).
@@ -17,10 +31,12 @@ No heavy imports here: accelerate itself only runs in the launched process.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import ipaddress
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +51,8 @@ ACCELERATE_CONFIG = "accelerate_config.yaml"
 ZERO_STAGES = {"zero2": 2, "zero3": 3}
 # argv options that belong to the launcher, removed from the train argv handed to the launched processes
 _LAUNCH_FLAGS = {"--launcher": 1, "--num-processes": 1, "--deepspeed": 1, "--fsdp": 0, "--mixed-precision": 1,
-                 "--main-process-port": 1}
+                 "--main-process-port": 1, "--num-machines": 1, "--machine-rank": 1, "--main-process-ip": 1,
+                 "--deepspeed-hostfile": 1}
 
 
 @dataclass(frozen=True)
@@ -49,10 +66,15 @@ class LaunchSpec:
     mixed_precision: Literal["bf16", "fp16", "no"] = "bf16"
     use_cpu: bool = False
     main_process_port: int | None = None
+    num_machines: int = 1  # num_processes is the total over all machines
+    machine_rank: int = 0
+    main_process_ip: str | None = None
+    deepspeed_hostfile: Path | None = None  # DeepSpeed's launcher (pdsh) starts every machine from rank 0
 
     def __post_init__(self) -> None:
         if self.num_processes < 1:
             raise ConfigError(f"--num-processes must be >= 1, got {self.num_processes}")
+        self._check_machines()
         if self.deepspeed and self.fsdp:
             raise ConfigError("choose one of --deepspeed and --fsdp, not both")
         if self.deepspeed is not None and self.deepspeed not in ZERO_STAGES:
@@ -61,6 +83,41 @@ class LaunchSpec:
             raise ConfigError("--num-processes > 1, --deepspeed and --fsdp need --launcher accelerate")
         if self.use_cpu and (self.deepspeed or self.fsdp):
             raise ConfigError("DeepSpeed and FSDP need GPUs; on a CPU use plain --launcher accelerate")
+
+    @property
+    def per_machine(self) -> int:
+        """Processes on each machine."""
+        return self.num_processes // self.num_machines
+
+    def _check_machines(self) -> None:
+        m, rank = self.num_machines, self.machine_rank
+        if m < 1:
+            raise ConfigError(f"--num-machines must be >= 1, got {m}")
+        if m == 1:
+            if rank or self.main_process_ip or self.deepspeed_hostfile:
+                raise ConfigError("--machine-rank, --main-process-ip and --deepspeed-hostfile are for a run "
+                                  "across machines: give --num-machines M (M > 1)")
+            return
+        if self.launcher != "accelerate":
+            raise ConfigError("--num-machines > 1 needs --launcher accelerate")
+        if self.use_cpu:
+            raise ConfigError("a run across machines needs GPUs (none is visible here)")
+        if not 0 <= rank < m:
+            raise ConfigError(f"--machine-rank must be in 0..{m - 1} for --num-machines {m}, got {rank}")
+        if self.num_processes % m:
+            raise ConfigError(f"--num-processes is the total over all machines (accelerate's num_processes): "
+                              f"{self.num_processes} is not a multiple of --num-machines {m}")
+        if self.deepspeed_hostfile is not None:
+            if not self.deepspeed:
+                raise ConfigError("--deepspeed-hostfile is DeepSpeed's multi-node launcher: give --deepspeed "
+                                  "zero2|zero3 (without DeepSpeed: one command per machine with "
+                                  "--machine-rank)")
+            if rank:
+                raise ConfigError("with --deepspeed-hostfile one command on the first machine starts every "
+                                  "machine (pdsh over ssh): leave --machine-rank at 0")
+        elif not self.main_process_ip:
+            raise ConfigError(f"--num-machines {m}: give --main-process-ip, the address of machine rank 0 "
+                              "(the same on every machine)")
 
 
 # -- argparse ---------------------------------------------------------------------------------------------
@@ -78,15 +135,66 @@ def add_launch_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"], default="bf16",
                        help="accelerate mixed precision (default bf16; no on a CPU)")
     group.add_argument("--main-process-port", type=int, help="rendezvous port (default accelerate's 29500)")
+    group.add_argument("--num-machines", type=int, default=1, metavar="M",
+                       help="machines of a multi-node run (docs/scaling.md): run the same command on each "
+                            "with its --machine-rank; --num-processes is then the total over all machines "
+                            "(default %(default)s; with --deepspeed-hostfile: the hostfile's host count)")
+    group.add_argument("--machine-rank", type=int, default=0, metavar="R",
+                       help="this machine's rank, 0 .. M-1 (rank 0 hosts the main process; "
+                            "default %(default)s)")
+    group.add_argument("--main-process-ip", metavar="IP",
+                       help="address of machine rank 0, the same on every machine (needed with "
+                            "--num-machines)")
+    group.add_argument("--deepspeed-hostfile", type=Path, metavar="FILE",
+                       help="with --deepspeed: DeepSpeed's hostfile (`host slots=N` per line); one command "
+                            "on the first machine starts every machine through pdsh (ssh), instead of one "
+                            "command per machine")
 
 
 def spec_from_args(args: argparse.Namespace, use_cpu: bool | None = None) -> LaunchSpec:
     """The LaunchSpec the parsed options ask for (`use_cpu` None: a CPU run when no GPU is visible)."""
     if use_cpu is None:
         use_cpu = not _gpu_visible()
+    hostfile, machines = args.deepspeed_hostfile, args.num_machines
+    if hostfile is not None:
+        hosts = read_hostfile(hostfile)
+        if machines not in (1, len(hosts)):
+            raise ConfigError(f"--num-machines {machines} but the hostfile {hostfile} lists {len(hosts)} "
+                              "machine(s): give one or the other")
+        machines = len(hosts)
+        if machines < 2:
+            raise ConfigError(f"the hostfile {hostfile} lists one machine: on one machine leave "
+                              "--deepspeed-hostfile out")
+        per_machine = args.num_processes // machines
+        short = [f"{host} (slots={slots})" for host, slots in hosts.items() if slots < per_machine]
+        if short:
+            raise ConfigError(f"--num-processes {args.num_processes} over {machines} machines is "
+                              f"{per_machine} per machine, more than the hostfile gives: {', '.join(short)}")
+        hostfile = hostfile.resolve()
     return LaunchSpec(launcher=args.launcher, num_processes=args.num_processes, deepspeed=args.deepspeed,
                       fsdp=args.fsdp, mixed_precision="no" if use_cpu else args.mixed_precision,
-                      use_cpu=use_cpu, main_process_port=args.main_process_port)
+                      use_cpu=use_cpu, main_process_port=args.main_process_port, num_machines=machines,
+                      machine_rank=args.machine_rank, main_process_ip=args.main_process_ip,
+                      deepspeed_hostfile=hostfile)
+
+
+def read_hostfile(path: Path) -> dict[str, int]:
+    """DeepSpeed's hostfile: `hostname slots=N` per line (blank lines and # comments skipped)."""
+    if not path.is_file():
+        raise ConfigError(f"--deepspeed-hostfile {path} does not exist")
+    hosts: dict[str, int] = {}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        slots = parts[1].removeprefix("slots=") if len(parts) == 2 and parts[1].startswith("slots=") else ""
+        if not slots.isdigit() or int(slots) < 1:
+            raise ConfigError(f"{path}:{number}: expected `hostname slots=N` (N >= 1), got {raw.strip()!r}")
+        if parts[0] in hosts:
+            raise ConfigError(f"{path}:{number}: host {parts[0]} is listed twice")
+        hosts[parts[0]] = int(slots)
+    return hosts
 
 
 def strip_launch_options(argv: Sequence[str]) -> list[str]:
@@ -173,10 +281,13 @@ def accelerate_config(spec: LaunchSpec, deepspeed_file: Path | None = None) -> d
         kind = "NO"
     config: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE", "debug": False, "distributed_type": kind,
-        "downcast_bf16": "no", "machine_rank": 0, "main_training_function": "main", "num_machines": 1,
-        "num_processes": spec.num_processes, "rdzv_backend": "static", "same_network": True, "tpu_env": [],
-        "tpu_use_cluster": False, "tpu_use_sudo": False, "use_cpu": spec.use_cpu,
+        "downcast_bf16": "no", "machine_rank": spec.machine_rank, "main_training_function": "main",
+        "num_machines": spec.num_machines, "num_processes": spec.num_processes, "rdzv_backend": "static",
+        "same_network": True, "tpu_env": [], "tpu_use_cluster": False, "tpu_use_sudo": False,
+        "use_cpu": spec.use_cpu,
     }
+    if spec.main_process_ip:
+        config["main_process_ip"] = spec.main_process_ip
     if not spec.use_cpu:
         config["gpu_ids"] = "all"
     if spec.deepspeed:  # precision comes from the DeepSpeed JSON ("auto"): accelerate refuses it twice
@@ -185,6 +296,9 @@ def accelerate_config(spec: LaunchSpec, deepspeed_file: Path | None = None) -> d
         config["deepspeed_config"] = {"deepspeed_config_file": str(deepspeed_file),
                                       "deepspeed_multinode_launcher": "standard",
                                       "zero3_init_flag": spec.deepspeed == "zero3"}
+        if spec.deepspeed_hostfile is not None:  # accelerate runs `deepspeed --hostfile F` (pdsh: ssh)
+            config["deepspeed_config"].update(deepspeed_hostfile=str(spec.deepspeed_hostfile),
+                                              deepspeed_multinode_launcher="pdsh")
     else:
         config["mixed_precision"] = spec.mixed_precision
     if spec.fsdp:
@@ -194,19 +308,30 @@ def accelerate_config(spec: LaunchSpec, deepspeed_file: Path | None = None) -> d
     return config
 
 
+def config_name(machine_rank: int) -> str:
+    """The accelerate config's file name: accelerate_config.yaml on machine 0 (and on one machine),
+    accelerate_config.machine-R.yaml on machine R (machines sharing the output folder keep their own)."""
+    return ACCELERATE_CONFIG if machine_rank == 0 else f"accelerate_config.machine-{machine_rank}.yaml"
+
+
 def write_launch_config(spec: LaunchSpec, output: Path) -> Path:
     """Write OUTPUT/launch/accelerate_config.yaml (+ deepspeed_zero2.json / deepspeed_zero3.json); return
-    the accelerate config's path."""
+    the accelerate config's path. Written atomically: every machine of a run may write them at once."""
     folder = output / LAUNCH_DIR
     folder.mkdir(parents=True, exist_ok=True)
     ds_file = None
     if spec.deepspeed:
         ds_file = (folder / f"deepspeed_{spec.deepspeed}.json").resolve()
-        ds_file.write_text(json.dumps(deepspeed_config(ZERO_STAGES[spec.deepspeed]), indent=2) + "\n",
-                           encoding="utf-8")
-    path = folder / ACCELERATE_CONFIG
-    path.write_text(yaml.safe_dump(accelerate_config(spec, ds_file), sort_keys=True), encoding="utf-8")
+        _write(ds_file, json.dumps(deepspeed_config(ZERO_STAGES[spec.deepspeed]), indent=2) + "\n")
+    path = folder / config_name(spec.machine_rank)
+    _write(path, yaml.safe_dump(accelerate_config(spec, ds_file), sort_keys=True))
     return path
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def launch_argv(train_argv: Sequence[str], config_file: Path, num_processes: int,
@@ -224,7 +349,107 @@ def launch_from_args(args: argparse.Namespace, train_argv: Sequence[str], output
         spec_from_args(args, use_cpu=False)  # still refuse contradictory options
         return None
     spec = spec_from_args(args)
+    if spec.num_machines > 1 and getattr(args, "output", None) is None:
+        raise ConfigError("a run across machines needs --output: every machine names the same folder (a "
+                          "default folder's timestamp would differ between machines)")
     return launch_argv(train_argv, write_launch_config(spec, output), spec.num_processes)
+
+
+# -- TRL settings that depend on the world size -----------------------------------------------------------
+
+LOOPBACK_HOSTS = {"localhost", "0.0.0.0", "::"}
+
+
+def _loopback(host: str) -> bool:
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def world_size_problems(settings: Mapping[str, Any], config_class: type, spec: LaunchSpec) -> list[str]:
+    """What in a recipe's `trl:` settings (over `config_class`'s defaults) cannot work with `spec`'s world
+    size; TRL itself checks them only inside the launched processes. GRPO (any config with
+    `num_generations`): the generation batch (per_device_train_batch_size x num_processes x
+    steps_per_generation, which defaults to gradient_accumulation_steps) holds whole groups of
+    num_generations; vLLM colocate: its tensor-parallel groups stay on one machine; vLLM server mode across
+    machines: only the main process (machine rank 0) talks to the server, so it needs a reachable address."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    if "num_generations" not in fields:
+        return []
+
+    def value(key: str) -> Any:
+        if key in settings:
+            return settings[key]
+        field = fields.get(key)
+        return None if field is None or field.default is dataclasses.MISSING else field.default
+
+    world, out = spec.num_processes, []
+    per_device, generations = value("per_device_train_batch_size"), value("num_generations")
+    per_step = per_device * world
+    gen_batch, steps = value("generation_batch_size"), value("steps_per_generation")
+    if gen_batch is not None and steps is None:
+        if gen_batch % per_step:
+            out.append(f"trl.generation_batch_size ({gen_batch}) must be a multiple of trl."
+                       f"per_device_train_batch_size x num_processes ({per_device} x {world} = {per_step})")
+    elif gen_batch is None:
+        steps_key = "steps_per_generation" if steps is not None else "gradient_accumulation_steps"
+        steps = steps if steps is not None else value("gradient_accumulation_steps")
+        if (per_step * steps) % generations:
+            out.append(f"the generation batch trl.per_device_train_batch_size x num_processes x "
+                       f"trl.{steps_key} ({per_device} x {world} x {steps} = {per_step * steps}) must hold "
+                       f"whole groups of trl.num_generations ({generations}): change one of these settings")
+    if value("eval_strategy") not in (None, "no"):
+        eval_generations = value("num_generations_eval") or generations
+        eval_batch = value("per_device_eval_batch_size") * world
+        if eval_batch % eval_generations:
+            out.append(f"the eval batch trl.per_device_eval_batch_size x num_processes "
+                       f"({eval_batch}) must be a multiple of {eval_generations} generations")
+    if value("use_vllm"):
+        mode, parallel = value("vllm_mode"), value("vllm_tensor_parallel_size") or 1
+        if mode == "colocate" and spec.per_machine % parallel:
+            out.append(f"trl.vllm_tensor_parallel_size ({parallel}) must divide the processes per machine "
+                       f"({spec.per_machine}): a colocated vLLM engine spans that many consecutive training "
+                       "processes, which must be on one machine (TRL needs it to divide the world size)")
+        host = str(value("vllm_server_host"))
+        remote = spec.num_machines > 1 and not value("vllm_server_base_url")
+        if mode == "server" and remote and _loopback(host):
+            out.append(f"trl.vllm_server_host is {host!r}: across machines give the address of the machine "
+                       "running `trl vllm-serve` (or trl.vllm_server_base_url); only the main process on "
+                       "machine rank 0 connects to it")
+    return out
+
+
+def check_trl_at_world_size(config: Any, layers: Any, output: Path, spec: LaunchSpec) -> Any:
+    """The launching process's check of a recipe's TRL settings (a TrainConfig and its Layers) at the
+    launch's world size: `world_size_problems` first, then TRL's own config class, given the generation batch
+    the launched processes will compute (built here, TRL would take this process's world size, 1, and refuse
+    a batch that only the full world size fills with whole groups). Returns the TRL config object."""
+    from medharness.trainers.config import trl_args
+    from medharness.trainers.recipes.base import recipe_class
+
+    cls = recipe_class(config.recipe).config_class()
+    check_world_size(config.trl, cls, spec)
+    settings = dict(config.trl)
+    names = {f.name: f.default for f in dataclasses.fields(cls)}
+    grpo = "num_generations" in names
+    if spec.num_processes > 1 and grpo and settings.get("generation_batch_size") is None:
+        steps = settings.pop("steps_per_generation", None) or settings.get(
+            "gradient_accumulation_steps", names["gradient_accumulation_steps"])
+        per_device = settings.get("per_device_train_batch_size", names["per_device_train_batch_size"])
+        settings["generation_batch_size"] = per_device * spec.num_processes * steps
+    return trl_args(config.model_copy(update={"trl": settings}), layers, output, use_gpu=False)
+
+
+def check_world_size(settings: Mapping[str, Any], config_class: type, spec: LaunchSpec) -> None:
+    """Raise a ConfigError naming every setting `world_size_problems` finds."""
+    problems = world_size_problems(settings, config_class, spec)
+    if problems:
+        where = (f"{spec.num_machines} machines x {spec.per_machine}" if spec.num_machines > 1
+                 else str(spec.num_processes))
+        raise ConfigError(f"{config_class.__name__} at {where} processes: " + "; ".join(problems))
 
 
 # -- vLLM generation for GRPO -----------------------------------------------------------------------------

@@ -15,12 +15,14 @@ import pytest
 import yaml
 
 from medharness.core.errors import ConfigError
+from medharness.trainers import launch
 from medharness.trainers.launch import (
     LaunchSpec,
     add_launch_options,
     deepspeed_config,
     launch_argv,
     launch_from_args,
+    spec_from_args,
     strip_launch_options,
     vllm_serve_command,
     vllm_settings,
@@ -161,3 +163,130 @@ def test_real_single_process_accelerate_launch_on_cpu(tmp_path: Path) -> None:
     # launch options stripped, the rest passed on
     assert seen["argv"] == [str(result_file), "--recipe", "sft"]
     assert seen["env"]["ACCELERATE_USE_CPU"].lower() == "true"
+
+
+# -- across machines --------------------------------------------------------------------------------------
+
+def multi(*extra: str) -> argparse.Namespace:
+    return parse("--output", "/o", "--launcher", "accelerate", "--num-processes", "16", "--num-machines", "2",
+                 *extra)
+
+
+def accelerate_reads(config: Path, argv: list[str], monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
+    """The arguments accelerate's own `launch_command` hands torchrun for `config` (torchrun not started)."""
+    pytest.importorskip("accelerate")
+    import accelerate.commands.launch as accelerate_launch
+
+    seen: list[argparse.Namespace] = []
+    monkeypatch.setattr(accelerate_launch, "_run_torchrun", seen.append)
+    for other in ("simple_launcher", "deepspeed_launcher", "_run_subprocess"):  # never start a process
+        monkeypatch.setattr(accelerate_launch, other, lambda *a, **k: pytest.fail("not torchrun"))
+    args = accelerate_launch.launch_command_parser().parse_args(argv[3:])
+    assert argv[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert args.config_file == str(config)
+    accelerate_launch.launch_command(args)
+    (out,) = seen
+    return out
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_each_machine_writes_its_own_config_and_accelerate_reads_it(tmp_path: Path, rank: int,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launch, "_gpu_visible", lambda: True)  # the machines have GPUs; this one need not
+    args = multi("--machine-rank", str(rank), "--main-process-ip", "10.0.0.1", "--main-process-port", "29533")
+    spec = spec_from_args(args, use_cpu=False)
+    assert spec.num_machines == 2 and spec.machine_rank == rank and spec.per_machine == 8
+    train = ["train", "--recipe", "grpo", "--output", str(tmp_path)]
+    options = ["--num-machines", "2", f"--machine-rank={rank}", "--main-process-ip", "10.0.0.1"]
+    argv = launch_from_args(args, [*train, *options], tmp_path)
+    name = "accelerate_config.yaml" if rank == 0 else "accelerate_config.machine-1.yaml"
+    path = tmp_path / "launch" / name
+    assert sorted(p.name for p in (tmp_path / "launch").iterdir()) == [name]
+    assert argv is not None and argv[argv.index("--config_file") + 1] == str(path)
+    assert argv[argv.index("medharness.cli") + 1:] == train  # the launch options stay with the launcher
+    data = yaml.safe_load(path.read_text())
+    assert (data["num_machines"], data["machine_rank"], data["num_processes"]) == (2, rank, 16)
+    assert data["main_process_ip"] == "10.0.0.1" and data["main_process_port"] == 29533
+    config = cluster_config(path)  # accelerate's loader: unknown keys are an error
+    assert (config.num_machines, config.machine_rank, config.main_process_ip) == (2, rank, "10.0.0.1")
+    torchrun = accelerate_reads(path, argv, monkeypatch)  # what accelerate hands torchrun on this machine
+    assert (torchrun.nnodes, torchrun.node_rank, torchrun.nproc_per_node) == ("2", rank, "8")
+    endpoint = getattr(torchrun, "rdzv_endpoint", None) or f"{torchrun.master_addr}:{torchrun.master_port}"
+    assert endpoint == "10.0.0.1:29533" and torchrun.module and torchrun.training_script == "medharness.cli"
+
+
+def test_deepspeed_across_machines(tmp_path: Path) -> None:
+    """One command per machine (accelerate's `standard` launcher: torchrun), or DeepSpeed's own launcher
+    from the first machine with a hostfile (the form accelerate turns into `deepspeed --hostfile F`)."""
+    standard = spec_from_args(multi("--deepspeed", "zero3", "--machine-rank", "1", "--main-process-ip", "h0"),
+                              use_cpu=False)
+    data = yaml.safe_load(write_launch_config(standard, tmp_path / "a").read_text())
+    assert data["deepspeed_config"]["deepspeed_multinode_launcher"] == "standard"
+    assert "deepspeed_hostfile" not in data["deepspeed_config"] and data["machine_rank"] == 1
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("# the nodes\nnode-a slots=8\n\nnode-b slots=8  # second\n")
+    args = parse("--output", "/o", "--launcher", "accelerate", "--num-processes", "16", "--deepspeed",
+                 "zero2", "--deepspeed-hostfile", str(hostfile))
+    spec = spec_from_args(args, use_cpu=False)
+    assert spec.num_machines == 2 and spec.deepspeed_hostfile == hostfile.resolve()  # the host count
+    path = write_launch_config(spec, tmp_path / "b")
+    data = yaml.safe_load(path.read_text())
+    assert data["deepspeed_config"]["deepspeed_hostfile"] == str(hostfile.resolve())
+    assert data["deepspeed_config"]["deepspeed_multinode_launcher"] == "pdsh"
+    assert (data["num_machines"], data["machine_rank"], data["distributed_type"]) == (2, 0, "DEEPSPEED")
+    config = cluster_config(path)
+    assert config.deepspeed_config["deepspeed_hostfile"] == str(hostfile.resolve())
+    pytest.importorskip("accelerate")
+    import accelerate.commands.launch as accelerate_launch
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    launched = accelerate_launch.launch_command_parser().parse_args(launch_argv(["train"], path, 16)[3:])
+    launched, defaults, _ = accelerate_launch._validate_launch_command(launched)
+    launched.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+    cmd, env = prepare_deepspeed_cmd_env(launched)  # as accelerate's deepspeed_launcher builds it
+    assert cmd[:3] == ["deepspeed", "--hostfile", str(hostfile.resolve())]
+    assert cmd[cmd.index("--launcher") + 1] == "pdsh" and cmd[cmd.index("--num_gpus") + 1] == "8"
+    assert cmd[-3:] == ["--module", "medharness.cli", "train"]
+    assert env["ACCELERATE_USE_DEEPSPEED"] == "true"  # the launched train sees that it runs under a launcher
+
+
+def test_bad_multi_machine_options_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launch, "_gpu_visible", lambda: True)
+    cases = [
+        (multi("--machine-rank", "0"), "--main-process-ip"),
+        (multi("--machine-rank", "2", "--main-process-ip", "h"), r"0\.\.1"),
+        (parse("--launcher", "accelerate", "--num-processes", "3", "--num-machines", "2", "--main-process-ip",
+               "h"), "not a multiple"),
+        (parse("--launcher", "accelerate", "--machine-rank", "1"), "--num-machines M"),
+        (multi("--main-process-ip", "h"), "needs GPUs", True),
+        (parse("--num-machines", "2", "--main-process-ip", "h", "--num-processes", "2"),
+         "--launcher accelerate"),
+        (multi("--deepspeed", "zero2", "--deepspeed-hostfile", str(tmp_path / "none")), "does not exist"),
+    ]
+    good, short = tmp_path / "hosts", tmp_path / "short"
+    good.write_text("a slots=8\nb slots=8\n")
+    short.write_text("a slots=8\nb slots=4\n")
+    cases += [(multi("--deepspeed-hostfile", str(good)), "give --deepspeed"),
+              (multi("--deepspeed", "zero2", "--deepspeed-hostfile", str(short)), r"b \(slots=4\)"),
+              (multi("--deepspeed", "zero2", "--deepspeed-hostfile", str(good), "--machine-rank", "1"),
+               "leave --machine-rank at 0")]
+    three = tmp_path / "three"
+    three.write_text("a slots=8\nb slots=8\nc slots=8\n")
+    cases.append((multi("--deepspeed", "zero2", "--deepspeed-hostfile", str(three)), "lists 3 machine"))
+    bad = tmp_path / "bad"
+    bad.write_text("a slots=8\nb 8\n")
+    cases.append((multi("--deepspeed", "zero2", "--deepspeed-hostfile", str(bad)), "bad:2"))
+    for args, message, *cpu in cases:
+        with pytest.raises(ConfigError, match=message):
+            spec_from_args(args, use_cpu=bool(cpu))
+    args = parse("--launcher", "accelerate", "--num-processes", "16", "--num-machines", "2",
+                 "--main-process-ip", "h")
+    with pytest.raises(ConfigError, match="needs --output"):  # each machine's default folder would differ
+        launch_from_args(args, ["train"], tmp_path)
+    assert not (tmp_path / "launch").exists()
+
+
+def test_launch_argv_strips_the_multi_machine_options() -> None:
+    train = ["train", "--num-machines", "2", "--machine-rank=1", "--main-process-ip", "h",
+             "--deepspeed-hostfile", "f", "--recipe", "grpo"]
+    assert strip_launch_options(train) == ["train", "--recipe", "grpo"]

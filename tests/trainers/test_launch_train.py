@@ -72,6 +72,63 @@ def test_launch_refuses_before_writing(tmp_path: Path, launched: list[list[str]]
     assert not (out / "launch").exists()
 
 
+def vllm(mode: str, **settings: Any) -> list[str]:
+    return [x for item in launch.vllm_overrides(mode, **settings) for x in ("-C", item)]  # type: ignore[arg-type]
+
+
+def test_trl_settings_are_checked_at_the_world_size(tmp_path: Path, launched: list[list[str]],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The grpo preset: 8 generations, gradient accumulation 2. One prompt (8 completions) per step fills
+    the generation batch with whole groups only with 4 processes or more: TRL, built in the launching process
+    (world size 1), refused that before; the launch's own world size decides it now."""
+    out = tmp_path / "out"
+    base = ["train", "--recipe", "grpo", "--task", "phantom_presence", "--model", "/m", "--output", str(out),
+            "--launcher", "accelerate", "-C", "trl.per_device_train_batch_size=1"]
+    assert main([*base, "--num-processes", "4"]) == 0  # 1 x 4 x 2 = 8: one whole group
+    (argv,) = launched
+    assert argv[argv.index("--num_processes") + 1] == "4"
+    assert main([*base, "--num-processes", "3", "--resume"]) == 2  # 1 x 3 x 2 = 6
+    err = capsys.readouterr().err
+    assert "(1 x 3 x 2 = 6)" in err and "trl.num_generations (8)" in err
+    assert "gradient_accumulation_steps" in err
+    refused = [  # each passes at world size 1 and fails at the launch's
+        (["--num-processes", "3", "-C", "trl.generation_batch_size=16"], "trl.generation_batch_size (16)"),
+        (["--num-processes", "3", *vllm("colocate", tensor_parallel_size=2)],
+         "trl.vllm_tensor_parallel_size (2) must divide the processes per machine (3)"),
+        (["--num-processes", "16", "--num-machines", "2", "--main-process-ip", "10.0.0.1",
+          *vllm("server")], "trl.vllm_server_host is '127.0.0.1'"),
+    ]
+    for options, message in refused:
+        assert main([*base[:-2], *options, "--resume"]) == 2
+        assert message in capsys.readouterr().err
+    assert len(launched) == 1
+    # the same settings on one machine, and with the server's address across machines, are launched
+    colocated = vllm("colocate", tensor_parallel_size=2)
+    assert main([*base[:-2], "--num-processes", "4", *colocated, "--resume"]) == 0
+    assert main([*base[:-2], "--num-processes", "16", "--num-machines", "2", "--main-process-ip", "10.0.0.1",
+                 *vllm("server", host="10.0.0.9"), "--resume"]) == 0
+    assert len(launched) == 3
+
+
+def test_each_machine_runs_the_same_train_command(tmp_path: Path, launched: list[list[str]]) -> None:
+    """Machine 1 of a shared output folder starts after machine 0 has written into it: not refused as a used
+    folder, and its own accelerate config beside machine 0's."""
+    out = tmp_path / "out"
+    train = ["train", "--recipe", "sft", "--task", "phantom_presence", "--model", "/m", "--output", str(out),
+             "--launcher", "accelerate", "--num-processes", "4", "--num-machines", "2", "--main-process-ip",
+             "10.0.0.1"]
+    assert main([*train, "--machine-rank", "0"]) == 0
+    (out / "train.json").write_text("{}")  # machine 0's training has started
+    assert main([*train, "--machine-rank", "1"]) == 0
+    assert sorted(p.name for p in (out / "launch").iterdir()) == ["accelerate_config.machine-1.yaml",
+                                                                  "accelerate_config.yaml"]
+    for rank, argv in enumerate(launched):
+        config = yaml.safe_load(Path(argv[argv.index("--config_file") + 1]).read_text())
+        assert (config["machine_rank"], config["num_machines"], config["num_processes"]) == (rank, 2, 4)
+        assert argv[argv.index("medharness.cli") + 1:] == [  # the same plain training on both
+            "train", "--output", str(out), "--recipe", "sft", "--task", "phantom_presence", "--model", "/m"]
+
+
 def test_vllm_generation_is_a_recipe_config_switch(tmp_path: Path) -> None:
     pytest.importorskip("trl")
     from medharness.trainers.config import trl_args

@@ -173,16 +173,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=1) if args.json else dry_run_text(info))
         return 0
     require_train_extra()
-    from medharness.trainers.config import trl_args
-    from medharness.trainers.launch import launch_from_args, under_launcher
+    from medharness.trainers.launch import (
+        check_trl_at_world_size,
+        launch_from_args,
+        spec_from_args,
+        under_launcher,
+    )
     from medharness.trainers.run import default_output, refuse_non_empty, resolve, train
 
     req = train_request(args)
     if args.launcher == "accelerate" and not under_launcher():
         config, layers = resolve(req)  # a bad config (TRL keys included) fails before anything is written
         output = args.output or default_output(config, layers)
-        trl_args(config, layers, output, use_gpu=False)
-        if not args.resume:
+        check_trl_at_world_size(config, layers, output, spec_from_args(args))  # TRL's keys at the world size
+        if not args.resume and args.machine_rank == 0:  # machine R > 0 writes only launch/ into a shared OUT
             refuse_non_empty(output)
         argv = launch_from_args(args, child_argv(args, output), output)
         assert argv is not None

@@ -58,6 +58,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"biogpt": str(out / "biogpt"), "biomistral": str(out / "biomistral")}
 
 
+@pytest.mark.skipif(not PAPER.is_file(), reason=f"{PAPER} is absent")
 def test_the_prompt_is_figure_1_word_for_word() -> None:
     spec = get_spec("semantic_fig1_v1")
     assert spec.prediction_text(REPLY) == "The lesion sits in the lung."

@@ -52,7 +52,7 @@ def test_preset_drift(tmp_path: Path, preset: str, table: dict[str, object]) -> 
 def test_grpo_study_preset(tmp_path: Path) -> None:
     _, config, _ = _resolved(tmp_path, ["grpo_study_paper"])
     assert ((config.task, config.prompt, config.max_pixels, config.samples.limit)
-            == ("pmc_vqa", "r1", 401408, 10000))
+            == ("pmc_vqa", "r1_paper", 401408, 10000))
     assert config.lora is None and config.freeze_vision
     assert [(r.metric, r.weight) for r in config.rewards or []] == [("choice_accuracy", 1.0),
                                                                     ("format_compliance", 1.0)]

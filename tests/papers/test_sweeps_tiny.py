@@ -110,9 +110,10 @@ def test_grpo_study_table1_tiny(tmp_path: Path, tiny_models: dict[str, Path], ju
     data = profile("grpo_study_table1", tmp_path, only=["sft-lora", "dpo", "grpo-sem-cwr", "dr-grpo"],
                    model=model, tasks=["phantom_presence"], prompt="r1", eval_prompt="r1")
     data["overrides"].append(R1)  # the preset's choice_accuracy has no value on yes/no answers
+    reference_llms = "semantic_fig1_v1:hf_lm:microsoft/biogpt,semantic_fig1_v1:hf_lm:BioMistral/BioMistral-7B"
     for entry in data["recipes"]:
         entry["overrides"] = [o.replace("choice_accuracy", "yes_no_accuracy")
-                              .replace("judges: 'semantic_v1:openai:gpt-4o-mini'", f"panel: '{panel}'")
+                              .replace(f"judges: '{reference_llms}'", f"panel: '{panel}'")
                               .replace("model=Qwen/Qwen2-VL-2B", f"model={model}")
                               for o in entry.get("overrides", [])]
     data["table"]["columns"] = [{"label": c["label"], "task": "phantom_presence",
@@ -128,7 +129,7 @@ def test_grpo_study_table1_tiny(tmp_path: Path, tiny_models: dict[str, Path], ju
     judged = [r["rewards"]["semantic"] for r in sem]
     assert set(judged) <= {1.0, None}  # Yes = 1; a completion without a closed <think> is unscored, not 0
     assert (1.0 in judged) == bool(judge_server.requests)
-    train = json.loads((cells / "dr-grpo-grpo_study_paper+dr_grpo-phantom_presence-kall-s0" / "train" /
+    train = json.loads((cells / "dr-grpo-grpo_study_paper-phantom_presence-kall-s0" / "train" /
                         "train.json").read_text())
     assert (train["config"]["trl"]["loss_type"] == "dr_grpo"
             and train["config"]["trl"]["scale_rewards"] == "none")

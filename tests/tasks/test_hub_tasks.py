@@ -22,7 +22,7 @@ from medharness.taskfiles.task import Task, discover_tasks, load_task, recipe_fo
 
 TASKS = ("pathvqa", "pmc_vqa", "cv_bench", "reasoning_vqa")
 R1_VARIANTS = {"r1", "explanation", "short", "open_ended", "reasoning", "reasoning_judged", "r1_study",
-               "r1_by_task"}  # answer inside <answer> tags
+               "r1_paper", "r1_paper_study", "r1_by_task"}  # answer inside <answer> tags
 # RARL's reasoning system prompt, word for word, names no tags (the trained policy writes them; the answer is
 # still read from <answer>): tests/papers/test_rarl_prompts.py
 PAPER_WORDS = {"reasoning", "reasoning_judged"}

@@ -125,9 +125,7 @@ def dry_run(req: TrainRequest, data_elsewhere: bool = False) -> dict[str, Any]:
     are noted instead of refused."""
     import importlib.util
 
-    from medharness.taskfiles.splits import read_sample_ids
     from medharness.trainers.config import trl_args
-    from medharness.trainers.data import select_samples
     from medharness.trainers.prepare import check_ablation
     from medharness.trainers.recipes.base import recipe_class
     from medharness.trainers.rewards import RewardSet, default_rewards
@@ -141,6 +139,13 @@ def dry_run(req: TrainRequest, data_elsewhere: bool = False) -> dict[str, Any]:
         resume_point(output, config)
     recipe = recipe_class(config.recipe)()
     check_ablation(config, recipe)
+    has_trl = importlib.util.find_spec("trl") is not None
+    use_gpu = False
+    if has_trl:  # every TRL key and value checked first, as `prepare` does
+        import torch
+
+        use_gpu = torch.cuda.is_available()
+        trl_args(config, layers, output, use_gpu)
     task = load_train_task(config)
     prompt = task.prompt_name
     notes: list[str] = []
@@ -154,33 +159,12 @@ def dry_run(req: TrainRequest, data_elsewhere: bool = False) -> dict[str, Any]:
         if "reward_weights" in settings:
             raise DataError("trl.reward_weights is set from the `rewards:` weights; remove it from trl:")
         settings["reward_weights"] = rewards.weights
-        notes.append("trl.generation_kwargs: the model's vision placeholder ids are suppressed when it loads")
-    data: dict[str, Any] = {"split": config.samples.split, "count": None}
-    try:
-        source = task.source
-    except DataError as exc:
-        if config.data_dir is not None and not data_elsewhere:  # given, and wrong: as the run fails
-            raise
-        source, data["note"] = None, f"not counted: {exc}"
-    pending = data_elsewhere and config.samples.file is not None and not Path(config.samples.file).exists()
-    if pending:
-        data["note"] = f"not counted: {config.samples.file} is written by the sweep's split stage"
-    elif getattr(source, "kind", None) == "hf":
-        data["note"] = "not counted: the dry run reads no hub dataset"
-    elif source is not None:
-        data["count"] = len(select_samples(task, config))
-    if data["count"] is None and config.samples.file and not pending:
-        read_sample_ids(Path(config.samples.file))  # a missing or unreadable id file fails as in the run
-    if rewards is not None:
-        notes.append("each reward component is checked on the gold answers of the training samples when the "
-                     "run starts (with its reward models)")
+        notes += ["trl.generation_kwargs: the model's vision placeholder ids are suppressed when it loads",
+                  "each reward is checked on the gold answers as the run starts (with its reward models)"]
+    data = _data(task, config, data_elsewhere)
     trl: dict[str, Any]
-    if importlib.util.find_spec("trl") is not None:
-        import torch
-
-        args = trl_args(config.model_copy(update={"trl": settings}), layers, output,
-                        use_gpu=torch.cuda.is_available())
-        trl = args.to_dict()
+    if has_trl:
+        trl = trl_args(config.model_copy(update={"trl": settings}), layers, output, use_gpu).to_dict()
     else:  # a light install: the settings as given, TRL's checks and defaults when it is installed
         trl = settings
         notes.append("trl is not installed: `trl` holds the settings given, not TRL's checked and complete "
@@ -203,6 +187,31 @@ def dry_run(req: TrainRequest, data_elsewhere: bool = False) -> dict[str, Any]:
                 if _is_setting(layers.data, loc)},
         notes=notes)
     return json.loads(json.dumps(out, default=str))
+
+
+def _data(task: Any, config: TrainConfig, data_elsewhere: bool) -> dict[str, Any]:
+    """The dry run's `data`: the split and the number of training samples, where their copy is here (else
+    why not). A data folder or id file that is given and wrong fails as in the run (see `dry_run`)."""
+    from medharness.taskfiles.splits import read_sample_ids
+    from medharness.trainers.data import select_samples
+
+    data: dict[str, Any] = {"split": config.samples.split, "count": None}
+    try:
+        source = task.source
+    except DataError as exc:
+        if config.data_dir is not None and not data_elsewhere:
+            raise
+        source, data["note"] = None, f"not counted: {exc}"
+    pending = data_elsewhere and config.samples.file is not None and not Path(config.samples.file).exists()
+    if pending:
+        data["note"] = f"not counted: {config.samples.file} is written by the sweep's split stage"
+    elif getattr(source, "kind", None) == "hf":
+        data["note"] = "not counted: the dry run reads no hub dataset"
+    elif source is not None:
+        data["count"] = len(select_samples(task, config))
+    if data["count"] is None and config.samples.file and not pending:
+        read_sample_ids(Path(config.samples.file))  # a missing or unreadable id file fails as in the run
+    return data
 
 
 def _is_setting(data: dict[str, Any], loc: tuple[Any, ...]) -> bool:

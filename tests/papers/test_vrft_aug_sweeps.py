@@ -48,7 +48,7 @@ def tiny_profile(name: str, out: Path, model: Path, tasks: dict[str, str | None]
             if row.get("shots") is not None:
                 row["shots"] = data["shots"][0]
         whole = data.get("whole_split", {})  # the first shots value's exceptions, on the profile's tasks
-        data["whole_split"] = {tasks.get(t, t): data["shots"] for t, ks in whole.items()
+        data["whole_split"] = {tasks.get(t, t): list(data["shots"]) for t, ks in whole.items()
                                if tasks.get(t, t) and first in ks}
     if data_dir is not None:
         data["data_dir"] = str(data_dir)
@@ -59,8 +59,11 @@ def tiny_profile(name: str, out: Path, model: Path, tasks: dict[str, str | None]
                 merged[str(tasks.get(key, key))] = task_list([*merged.get(str(tasks.get(key, key)), []),
                                                               *value])
         data["eval_tasks"] = merged
+    tiny = ("trl.max_steps", "trl.per_device_train_batch_size", "trl.gradient_accumulation_steps",
+            "trl.learning_rate")  # the entries' own schedule (V-SFT's: the paper's) gives way to tiny_cpu's
     for entry in data["recipes"]:
-        entry.setdefault("overrides", []).append("samples.limit=4")
+        entry["overrides"] = [o for o in entry.get("overrides", []) if o.partition("=")[0] not in tiny]
+        entry["overrides"].append("samples.limit=4")
         entry.update({k: prompt(entry[k]) for k in ("prompt", "eval_prompt") if k in entry})
         if "tasks" in entry:
             entry["tasks"] = task_list(entry["tasks"])

@@ -1,7 +1,7 @@
 """`medharness train-then-eval`: run a sweep (trainers/sweep.py) cell by cell and render its leaderboard.
 
     medharness train-then-eval [--sweep FILE] [--output DIR] [--resume] [--dry-run [--json]]
-                               [--print-commands] [--cell ID]
+                               [--print-commands] [--cell ID] [--executor local|slurm [--slurm-option K=V]]
 
 Without --cell: the reference rows (base model, baselines), then every cell in stage order (a cell whose
 parent failed is skipped), then SWEEP/leaderboard.md and SWEEP/sweep.json. With --cell: that cell only (for a
@@ -49,6 +49,13 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Any]:
                    help="print one self-contained command per cell (for Slurm arrays, Ray jobs) and the "
                         "merge")
     p.add_argument("--cell", help="run this cell only (an id from --print-commands or --dry-run)")
+    p.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
+                   help="local: run the cells here, one after another (default); slurm: submit one sbatch "
+                        "job per cell (a `from:` cell after its parent's) and a merge job that renders the "
+                        "board (docs/scaling.md); ray: not yet (issue 23)")
+    p.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --executor slurm: an sbatch option for every job, e.g. partition=gpu, "
+                        "time=24:00:00 (repeatable)")
     from medharness.core.schemadocs import field_help  # the sweep file's field, without importing its schema
 
     p.add_argument("--data-dir", help=field_help("medharness.trainers.sweeps.schema:SweepConfig", "data_dir")
@@ -76,6 +83,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cells = expand(sweep)
     stages = Stages(sweep, file, output, resume=args.resume, say=lambda line: print(line, flush=True))
     references = reference_rows(sweep)
+    if args.executor != "local" or args.slurm_option:  # a scheduler runs the cells (trainers/sweeps/slurm.py)
+        from medharness.trainers.sweeps.slurm import submit_sweep
+
+        return submit_sweep(args, file, stages, cells, references)
     if args.print_commands:
         print_commands(file, stages, cells, references, sweep.data_dir if args.data_dir else None)
         return 0

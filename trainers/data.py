@@ -259,30 +259,39 @@ def check_image_tokens(rows: Sequence[dict[str, Any]], processor: Any, max_lengt
     return longest
 
 
-def cap_prompts(rows: list[dict[str, Any]], lengths: dict[str, int], cap: int | None, data_format: str,
-                output: Path | None = None) -> list[dict[str, Any]]:
+def cap_prompts(rows: list[dict[str, Any]], lengths: dict[str, int], cap: int | None,
+                data_format: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """GRPO's prompt cap (`samples.max_prompt_tokens`; the GRPO study's "maximum prompt length of 1024
     tokens", which TRL 1.16 has no setting for): the rows whose prompt is longer are left out, never truncated
-    (truncation would cut image tokens), counted in the log and listed in OUTPUT/prompt_cap.json."""
+    (truncation would cut image tokens), and counted. Returns the kept rows and the record for
+    OUTPUT/prompt_cap.json (None without a cap)."""
     if cap is None:
-        return rows
+        return rows, None
     if data_format != "prompt":
         raise ConfigError("samples.max_prompt_tokens caps GRPO prompts; this recipe trains on prompt + "
                           "answer (use trl.max_length)")
     kept = [r for r in rows if lengths[r["sample_id"]] <= cap]
     over = {r["sample_id"]: lengths[r["sample_id"]] for r in rows if lengths[r["sample_id"]] > cap}
-    if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "prompt_cap.json").write_text(json.dumps(
-            {"max_prompt_tokens": cap, "kept": len(kept), "left_out": len(over), "samples": over},
-            indent=2) + "\n", encoding="utf-8")
     if over:
         log.warning("samples.max_prompt_tokens %d: %d of %d prompts are longer and left out (%s)", cap,
                     len(over), len(rows), ", ".join(list(over)[:5]) + (", ..." if len(over) > 5 else ""))
     if not kept:
         raise DataError(f"samples.max_prompt_tokens {cap}: every prompt is longer (shortest "
                         f"{min(lengths.values())} tokens)")
-    return kept
+    return kept, {"max_prompt_tokens": cap, "kept": len(kept), "left_out": len(over), "samples": over}
+
+
+def prompt_cap_callback(path: Path, record: dict[str, Any]) -> Any:
+    """A TRL callback writing the prompt cap's record to `path` as training begins (the output folder is
+    prepared by then), from the main process."""
+    from transformers import TrainerCallback
+
+    class PromptCapRecord(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero:
+                path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+    return PromptCapRecord()
 
 
 def attention_kernel(name: str, use_gpu: bool) -> str:

@@ -31,6 +31,7 @@ from medharness.trainers.data import (
     cap_prompts,
     check_image_tokens,
     pixel_budget,
+    prompt_cap_callback,
     resize,
     rows_for,
     select_samples,
@@ -171,7 +172,7 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
     lengths: dict[str, int] = {}
     check_image_tokens(rows, processor,
                        getattr(args, "max_length", None) if recipe.data_format != "prompt" else None, lengths)
-    rows = cap_prompts(rows, lengths, config.samples.max_prompt_tokens, recipe.data_format, output)
+    rows, capped = cap_prompts(rows, lengths, config.samples.max_prompt_tokens, recipe.data_format)
     if config.lora is None and config.freeze_vision:
         log.info("froze %d vision-tower parameter tensors", freeze_vision(model))
     ids = [r["sample_id"] for r in rows]
@@ -179,4 +180,6 @@ def prepare(config: TrainConfig, layers: Layers, output: Path) -> Prepared:
     ctx = TrainContext(config=config, task=task, samples=samples, model=model, processor=processor,
                        trl_args=args, dataset=to_dataset(rows), output=output, rewards=rewards,
                        peft_config=lora_config(config.lora) if config.lora else None)
+    if capped is not None:
+        ctx.callbacks.append(prompt_cap_callback(output / "prompt_cap.json", capped))
     return Prepared(config, layers, recipe, ctx, lineage, gold_means, styles[0] if styles else None)

@@ -18,6 +18,7 @@ from medharness.trainers.data import (
     cap_prompts,
     check_image_tokens,
     pixel_budget,
+    prompt_cap_callback,
     resize,
     rows_for,
     select_samples,
@@ -234,18 +235,25 @@ def test_prompt_cap_leaves_longer_prompts_out_and_counts_them(processor, tmp_pat
     assert set(lengths) == {s.id for s in samples}
     short, long_ = lengths[samples[1].id], lengths[samples[0].id]
     assert long_ > short
-    assert cap_prompts(rows, lengths, None, "prompt") is rows  # no cap: every row
-    kept = cap_prompts(rows, lengths, short, "prompt", tmp_path)
+    assert cap_prompts(rows, lengths, None, "prompt") == (rows, None)  # no cap: every row
+    kept, record = cap_prompts(rows, lengths, short, "prompt")
     assert [r["sample_id"] for r in kept] == [samples[1].id]
     assert kept[0] is rows[1]  # a kept row is untouched (never truncated)
-    record = json.loads((tmp_path / "prompt_cap.json").read_text())
     assert record == {"max_prompt_tokens": short, "kept": 1, "left_out": 3,
                       "samples": {s.id: long_ for s in samples if s.id != samples[1].id}}
-    assert len(cap_prompts(rows, lengths, long_, "prompt")) == 4
+    assert len(cap_prompts(rows, lengths, long_, "prompt")[0]) == 4
     with pytest.raises(DataError, match="every prompt is longer"):
         cap_prompts(rows, lengths, short - 1, "prompt")
     with pytest.raises(ConfigError, match="caps GRPO prompts"):
         cap_prompts(rows, lengths, short, "completion")
+    # written as training begins (the output folder must be empty until then), by the main process only
+    from types import SimpleNamespace
+
+    callback = prompt_cap_callback(tmp_path / "prompt_cap.json", record)
+    callback.on_train_begin(None, SimpleNamespace(is_world_process_zero=False), None)
+    assert not (tmp_path / "prompt_cap.json").exists()
+    callback.on_train_begin(None, SimpleNamespace(is_world_process_zero=True), None)
+    assert json.loads((tmp_path / "prompt_cap.json").read_text()) == record
 
 
 def test_flash_attention_where_installed_else_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:

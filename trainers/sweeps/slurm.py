@@ -10,7 +10,8 @@ again. A cell that trains `from:` another waits for its parent's job (`--depende
 reference rows and the first-stage cells start at once. A last job, after all of them, merges: the plain
 `train-then-eval ... --resume`, which finds every stage finished and renders SWEEP/leaderboard.md and
 SWEEP/sweep.json (the same board a local sweep ends in). With `--kill-on-invalid-dep=yes` a job whose parent
-failed is cancelled, never left pending. Submitting again submits only the cells not yet finished.
+failed is cancelled, never left pending. Submitting again submits only the cells not yet finished. Nothing
+is submitted for a sweep that the dry run's checks refuse (trainers/sweeps/check.py).
 
 GPUs (`--gres=gpu:N`): a cell, the sweep's `launch: num_processes` with `launcher: accelerate` (else 1), or
 more where its evaluation asks for them (`eval.backend_options` tensor_parallel_size x data_parallel_size);
@@ -187,6 +188,14 @@ def submit_sweep(args: argparse.Namespace, file: Path, stages: Stages, cells: li
         raise ConfigError("--executor slurm submits the whole sweep: leave out --cell, --dry-run, --json and "
                           "--print-commands (each job runs one --cell)")
     options = parse_options(args.slurm_option)
+    from medharness.trainers.sweeps.check import check_sweep
+
+    found = check_sweep(stages.sweep, stages, cells)  # the dry run's checks: nothing submitted for a bad cell
+    if found.problems:
+        raise ConfigError(f"nothing submitted: {len(found.problems)} problem(s) (`--dry-run` lists them): "
+                          + "; ".join(found.problems[:3]))
+    for missing in found.missing_data:
+        print(f"note: data not on this machine: {missing} (the jobs read it where they run)", flush=True)
     jobs = plan(file, stages, cells, references, stages.sweep.data_dir if args.data_dir else None)
     name = re.sub(r"[^A-Za-z0-9_.-]", "-", stages.sweep.name or file.stem)
     ids = submit(jobs, stages.root, options, name, Path.cwd(), say=lambda line: print(line, flush=True))

@@ -192,6 +192,17 @@ def test_refused_executor_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert not record.exists() and not out.exists()
 
 
+def test_a_sweep_the_dry_run_refuses_is_not_submitted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    file, out = tmp_path / "s.yaml", tmp_path / "out"
+    file.write_text(SWEEP.replace("max_steps: 2", "max_steps: 2\noverrides: [trl.num_generation=2]"))
+    record = fake_sbatch(tmp_path, monkeypatch)
+    assert main(["train-then-eval", "--sweep", str(file), "--output", str(out), "--executor", "slurm"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing submitted" in err and "trl.num_generation" in err
+    assert not record.exists() and not (out / "slurm").exists()
+
+
 def test_no_sbatch_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                            capsys: pytest.CaptureFixture[str]) -> None:
     file = tmp_path / "s.yaml"

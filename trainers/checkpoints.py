@@ -77,6 +77,23 @@ def lora_config(spec: LoraSpec) -> Any:
                       exclude_modules=VISION_REGEX if spec.freeze_vision else None)
 
 
+def check_lora_targets(model: Any, spec: LoraSpec) -> int:
+    """Refuse `target_modules` that match no module of the loaded model (peft's rule for a list: a module's
+    name is a target or ends with `.target`; the vision tower is left out under `freeze_vision`), which peft
+    reports only inside the trainer, after the output folder exists. Returns how many modules match."""
+    exclude = re.compile(VISION_REGEX) if spec.freeze_vision else None
+    found = [name for name, _ in model.named_modules()
+             if any(name == t or name.endswith(f".{t}") for t in spec.target_modules)
+             and not (exclude and exclude.fullmatch(name))]
+    if not found:
+        linear = sorted({name.rpartition(".")[2] for name, module in model.named_modules()
+                         if type(module).__name__ == "Linear" and not (exclude and exclude.fullmatch(name))})
+        raise ConfigError(f"lora.target_modules {list(spec.target_modules)} match no module of the model"
+                          + (" outside its vision tower (freeze_vision)" if exclude else "")
+                          + f"; its linear layers are named {', '.join(linear) or '(none)'}")
+    return len(found)
+
+
 def samples_hash(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
 

@@ -54,6 +54,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Callable[[argpars
 def cmd_import(args: argparse.Namespace) -> int:
     from medharness.bridges.importer import ImportRequest, import_predictions
     from medharness.cli_output import print_run_summary
+    from medharness.core.display import plain
     from medharness.taskfiles.task import overrides_for
 
     run = import_predictions(ImportRequest(
@@ -66,7 +67,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         if o is not None:
             print(f"{args.file}: {o.n_matched} of {o.n_rows} rows matched task {name} ({o.n_task_samples} "
                   f"samples; {o.n_unmatched} unmatched rows left out); model "
-                  f"{run.log.model}", file=sys.stderr)
+                  f"{plain(run.log.model)}", file=sys.stderr)
     print_run_summary(run)
     return 0
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medharness.bridges.peerfiles import PeerFile, read_peer_file
+from medharness.core.display import plain
 from medharness.core.errors import ConfigError, DataError
 from medharness.core.records import (
     Generation,
@@ -90,9 +91,10 @@ def import_predictions(req: ImportRequest) -> RunDir:
             raise ConfigError(str(exc)) from None
     peer = read_peer_file(req.tool, req.file, id_field=req.id_field, id_map=req.id_map)
     problems = list(peer.problems)
-    model = req.model_name or peer.model
+    model = " ".join(plain(req.model_name or peer.model or "").split())  # a peer's name: no ANSI, one line
     if not model:
-        problems.append("the file does not name its model (no results file beside it); pass --model-name")
+        why = peer.results_problem or "no results file beside it"
+        problems.append(f"the file does not name its model ({why}); pass --model-name")
     version = req.tool_version or peer.tool_version
     task = load_for_import(req.task, req.data_dir, req.overrides)
     matched, n_unmatched, n_samples, unmatching = match_rows(peer, task, req.allow_unmatched)

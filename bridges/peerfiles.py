@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medharness.core.datafiles import parse_json, read_text
+from medharness.core.datafiles import check_regular, parse_json, read_text
 from medharness.core.errors import DataError
 
 TOOLS = ("lm-eval", "lmms-eval", "vlmevalkit")
@@ -46,6 +46,7 @@ class PeerFile:
     tool_version: str | None = None
     n_rows: int = 0
     problems: list[str] = field(default_factory=list)  # rows that contradict the id map (reported together)
+    results_problem: str | None = None  # why the results file beside it gave no model name (unreadable, ...)
 
     @property
     def sha256(self) -> str:
@@ -54,8 +55,7 @@ class PeerFile:
 
 def read_peer_file(tool: str, path: Path, id_field: str = "id", id_map: Path | None = None) -> PeerFile:
     """Read one peer output file; any deviation from the peer's format is a DataError naming file and line."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    check_regular(path, "peer file")  # a FIFO would block the reader, /dev/zero fill memory
     if tool == "lm-eval":
         return _read_logged_samples(tool, path, id_field, None)
     if tool == "lmms-eval":
@@ -185,13 +185,12 @@ def _read_logged_samples(tool: str, path: Path, id_field: str, docs: Path | None
                         f"doc_id maps to (e.g. line {number}, doc_id {doc_id}: {why}): a file of another "
                         "task, or a docs file that is stale or reordered")
     return PeerFile(tool, path, rows, mapping, model=meta.get("model"), tool_version=meta.get("version"),
-                    n_rows=len(chosen), problems=problems)
+                    n_rows=len(chosen), problems=problems, results_problem=meta.get("unread"))
 
 
 def _docs_rows(docs: Path) -> dict[int, dict[str, Any]]:
     """Row number -> row of an exported docs JSONL (lmms-eval logs `doc_id`, the row in the split)."""
-    if not docs.is_file():
-        raise DataError(f"--id-map {docs}: no such file")
+    check_regular(docs, "--id-map file")
     return {i: r for i, (_, r) in enumerate(_json_lines(docs))}
 
 
@@ -207,7 +206,7 @@ def _contradiction(record: dict[str, Any], row: dict[str, Any]) -> str | None:
 
 def _results_beside(tool: str, samples: Path) -> dict[str, str]:
     """Model and tool version from the same run's aggregated results file next to the samples file, if
-    there."""
+    there; `unread`: why one that is there gave nothing (the importer names it if the model is missing)."""
     name = samples.stem
     if tool == "lm-eval":  # samples_<task>_<date>.jsonl -> results_<date>.json
         candidates = [samples.with_name(f"results_{name.rsplit('_', 1)[-1]}.json")]
@@ -217,10 +216,10 @@ def _results_beside(tool: str, samples: Path) -> dict[str, str]:
         if file.is_file():
             try:
                 data = parse_json(file, read_text(file, "results file"))
-            except DataError:
-                continue
+            except DataError as exc:
+                return {"unread": str(exc)}
             if not isinstance(data, dict):
-                continue
+                return {"unread": f"{file}: not a JSON object"}
             found = data.get("config")
             config: dict[str, Any] = found if isinstance(found, dict) else {}
             model = data.get("model_name") or config.get("model")
@@ -252,8 +251,6 @@ def read_id_map(path: Path) -> dict[int, tuple[str, str]]:
     """`ids.tsv` written by the VLMEvalKit export: index -> (sample id, question)."""
     import pandas as pd
 
-    if not path.is_file():
-        raise DataError(f"--id-map {path}: no such file")
     text = read_text(path, "id map")  # the common reader: a regular file, UTF-8, errors by byte
     try:
         table = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False)

@@ -198,7 +198,8 @@ def render_csv(board: Board) -> str:
     rows = records(board)
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["row"], lineterminator="\n")
     writer.writeheader()
-    writer.writerows([{k: ("" if _clean(v) is None else v) for k, v in r.items()} for r in rows])
+    writer.writerows([{k: "" if _clean(v) is None else plain(v) if isinstance(v, str) else v  # no ANSI escape
+                       for k, v in r.items()} for r in rows])
     return buf.getvalue()
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from medharness.core.display import md_cell, plain
 from medharness.core.errors import ConfigError
 from medharness.core.records import ResultRow
 from medharness.leaderboards.board import build
@@ -40,8 +41,15 @@ def fenced(text: str) -> str:
 
 
 def _one_line(text: Any, limit: int = 200) -> str:
-    text = str(text).replace("\n", " ").replace("|", "\\|")
+    """Text from the run (a peer's model name, a label, a sample, an error) on one Markdown line: no control
+    character (an ANSI escape), no line break, `|` escaped."""
+    text = md_cell(str(text))
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _code(text: Any) -> str:
+    """`text` as inline code: plain, one line, no backtick to end the span early."""
+    return "`" + " ".join(plain(str(text)).split()).replace("`", "'") + "`"
 
 
 def headline(run: RunDir) -> str:
@@ -100,7 +108,7 @@ def _sample(row: ResultRow) -> str:
             else f"unparsed: {row.answer.note or 'no answer'}")
     gold = row.sample.target
     return (f"**{row.sample.id}**: {_one_line(what)}\n\n- question: {_one_line(row.sample.question)}\n"
-            f"- gold: {_one_line(gold)}\n\n" + fenced(row.generation.text[:2000]))
+            f"- gold: {_one_line(gold)}\n\n" + fenced(plain(row.generation.text[:2000])))
 
 
 def judge_sections(run: RunDir, cache: RowCache, output: Path, limit: int) -> list[str]:
@@ -177,10 +185,11 @@ def write_report(run_dir: Path, output: Path, ablated: Path | None = None, max_s
     output.mkdir(parents=True, exist_ok=True)
     cache = RowCache()
     log = run.log
-    parts = [f"# Run report: {log.display_name}",
-             f"- run directory: `{run.path}`\n- model: {model_name(log)} (`{log.model}`)\n"
-             f"- lineage: {lineage_text(log)}\n- status: {log.status}"
-             + (f" ({log.error})" if log.error else "")
+    parts = [f"# Run report: {_one_line(log.display_name)}",
+             f"- run directory: {_code(run.path)}\n"
+             f"- model: {_one_line(model_name(log))} ({_code(log.model)})\n"
+             f"- lineage: {_one_line(lineage_text(log))}\n- status: {log.status}"
+             + (f" ({_one_line(log.error, 2000)})" if log.error else "")
              + f"\n- created: {log.created}; medharness {log.versions.get('medharness', '?')}"]
     if log.usage is not None:
         cache_hits = f", {log.usage.cache.hits} from the cache" if log.usage.cache else ""
@@ -197,7 +206,7 @@ def write_report(run_dir: Path, output: Path, ablated: Path | None = None, max_s
     if judges:
         parts += ["## Judges", *judges]
     if other is not None:
-        parts += [f"## Ablation: {other.log.display_name}", ablation_deltas(run, other, cache),
+        parts += [f"## Ablation: {_one_line(other.log.display_name)}", ablation_deltas(run, other, cache),
                   "A large drop says the model uses the picture; none says it answers from the text alone."]
     parts.append("Intervals: 95%; the method of each is named in its row (Wilson for 0/1 scores on "
                  "independent samples, a percentile bootstrap clustered by image otherwise; normal = 1.96 x "
@@ -210,7 +219,8 @@ def write_report(run_dir: Path, output: Path, ablated: Path | None = None, max_s
 
 
 def _headline_plot(run: RunDir, output: Path) -> str:
-    board = build(BoardSpec(name="headline", title=f"{run.log.display_name}: primary metrics", judges=False),
+    name = " ".join(plain(run.log.display_name).split())
+    board = build(BoardSpec(name="headline", title=f"{name}: primary metrics", judges=False),
                   [run.path])
     return _plot(board, output / "headline.png")
 

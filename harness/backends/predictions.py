@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medharness.core.datafiles import Record, read_records
+from medharness.core.datafiles import Record, check_regular, read_records
 from medharness.core.errors import DataError
 from medharness.core.records import Generation
 
@@ -29,8 +29,7 @@ class Prediction:
 
 
 def _records(path: Path) -> list[Record]:
-    if not path.is_file() and not path.is_dir():
-        raise DataError(f"predictions file {path} does not exist")
+    check_regular(path, "predictions file")  # missing, a directory, a FIFO or a device
     fmt = {".csv": "csv", ".jsonl": "jsonl"}.get(path.suffix, "json")
     return read_records(path, fmt, what="predictions file")
 

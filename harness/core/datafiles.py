@@ -45,14 +45,27 @@ def read_text(path: Path, what: str = "file", error: Callable[[str], MedHarnessE
     return decode_text(path, read_bytes(path, what, error), what, error)
 
 
+def check_regular(path: Path, what: str = "file",
+                  error: Callable[[str], MedHarnessError] = DataError) -> None:
+    """`path` is a regular file, or `error` says what it is instead (missing, a directory, a FIFO or device:
+    opening a FIFO blocks, /dev/zero never ends). For a reader that opens the file itself (a zip)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(mode):
+        raise error(f"{path}: is a directory, not a {what}")
+    if not stat.S_ISREG(mode):
+        raise error(f"{path}: not a regular file (a pipe, socket or device), so not a {what}")
+
+
 def read_bytes(path: Path, what: str = "file", error: Callable[[str], MedHarnessError] = DataError) -> bytes:
     """`read_text`'s first half: the bytes of a regular file that does not start as UTF-16, unchecked as
     UTF-8 (a caller that decodes them in parts gets `decode_text`'s error where one fails)."""
+    check_regular(path, what, error)
     try:
-        if path.is_dir():
-            raise error(f"{path}: is a directory, not a {what}")
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise error(f"{path}: not a regular file (a pipe, socket or device), so not a {what}")
         raw = path.read_bytes()
     except FileNotFoundError:
         raise error(f"{what} {path} does not exist") from None

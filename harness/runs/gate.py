@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError
 
 from medharness.core import stats
-from medharness.core.datafiles import read_text
+from medharness.core.datafiles import parse_json, read_text
 from medharness.core.errors import DataError
 from medharness.core.records import Record
 from medharness.runs.runlog import RunDir
@@ -97,7 +97,7 @@ def load_side(path: Path) -> GateSummary:
     if not path.is_file():
         raise DataError(f"{path}: neither a run directory nor a gate summary file")
     try:
-        summary = GateSummary.model_validate_json(read_text(path, "gate summary"))
+        summary = GateSummary.model_validate(parse_json(path, read_text(path, "gate summary")))
     except ValidationError as exc:
         raise DataError(f"{path}: not a gate summary ({_first_error(exc)})") from None
     if not summary.tasks:

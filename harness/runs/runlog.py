@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import TypeAdapter, ValidationError
 
 from medharness.core.atomic import is_temporary_of, temporary_file, write_json_atomic
-from medharness.core.datafiles import read_text
+from medharness.core.datafiles import parse_json, read_text
 from medharness.core.errors import ConfigError, DataError, RunInUseError
 from medharness.core.records import (
     RUNLOG_SCHEMA,
@@ -81,10 +81,7 @@ _warned_old: set[Path] = set()
 def _load_log(file: Path) -> RunLog:
     """Read run.json into a RunLog; a run.json of the previous (untyped, pre-0.2) shape loads too, said
     once."""
-    try:
-        data = json.loads(read_text(file, "run log"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{file}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    data = parse_json(file, read_text(file, "run log"))  # deep nesting, huge integers, lone surrogates
     if not isinstance(data, dict) or "run_id" not in data:
         raise DataError(f"{file}: not a medharness run log (no run_id)")
     version = data.get("schema_version", 0)

@@ -1,0 +1,400 @@
+"""The surfaces added since the first corpus (issue 22, "new surfaces"): run folders read by `leaderboard`,
+`report`, `gate` and `score`; gate summaries and flags; peer files for `import`; names from peers on boards
+and the terminal; training configs and flags; sweeps. Each hostile input is a clean error naming the problem
+(exit status 2, no traceback) or a counted per-sample result, in bounded time and memory, with nothing
+written outside the output folder. docs/safety.md lists what each surface guarantees."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from medharness.cli import main
+
+TASK = "phantom_presence"
+ESC = "\x1b"
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("base") / "run"
+    assert main(["run", "--model", "baseline:majority", "--tasks", TASK, "--limit", "4", "--output", str(out),
+                 "--no-progress"]) == 0
+    return out
+
+
+def listing(root: Path) -> set[Path]:
+    return set(root.rglob("*"))
+
+
+def no_traceback(capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    said = capsys.readouterr()
+    assert "Traceback" not in said.err and "Traceback" not in said.out, said.err[-2000:]
+    return said.out, said.err
+
+
+# --- run folders: run.json read by leaderboard, report, gate and score (item 7) -----------------------------
+
+
+def _set(key: str, value: str) -> Callable[[bytes], bytes]:
+    def edit(raw: bytes) -> bytes:
+        data = json.loads(raw)
+        data[key] = value
+        return json.dumps(data).encode()  # ASCII: a lone surrogate is written as its \ud800 escape
+    return edit
+
+
+RUN_LOGS: dict[str, tuple[Callable[[bytes], bytes], str | None]] = {
+    # case: (how run.json is changed, the error; None: read, the bad character replaced)
+    "nested_deep": (lambda raw: b'{"run_id": "x", "a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                    "run.json:1: JSON nested too deeply to read"),
+    "huge_integer": (lambda raw: raw.replace(b'"limit": 4', b'"limit": ' + b"9" * 5000),
+                     "run.json:1: cannot read a JSON value"),
+    "utf16": (lambda raw: raw.decode().encode("utf-16"), "the run log is encoded as UTF-16"),
+    "latin1": (lambda raw: raw.replace(b'"status"', b'"st\xe9tus"'), "the run log is not UTF-8 (byte 0xe9"),
+    "model_surrogate": (_set("model", "m\ud800"), None),
+    "label_surrogate": (_set("label", "x\ud800"), None),
+}
+
+
+def _command(reader: str, run: Path, base: Path, out: Path) -> list[str]:
+    return {"leaderboard": ["leaderboard", str(run)], "report": ["report", str(run), "--output", str(out)],
+            "gate": ["gate", "--baseline", str(base), "--candidate", str(run)],
+            "score": ["score", str(run)]}[reader]
+
+
+@pytest.mark.parametrize("reader", ["leaderboard", "report", "gate", "score"])
+@pytest.mark.parametrize("case", sorted(RUN_LOGS))
+def test_a_hostile_run_log_is_a_clean_error_or_read_with_the_character_replaced(
+        tmp_path: Path, base_run: Path, capsys: pytest.CaptureFixture[str], reader: str, case: str) -> None:
+    """run.json used to be read with a bare json.loads: nesting and huge integers were tracebacks, and a lone
+    surrogate in a peer's model name or a label crashed `report` and `leaderboard` on output."""
+    if reader == "report" and case in ("utf16", "latin1", "huge_integer"):
+        pytest.skip("the same reader as leaderboard's; report is slow (plots)")
+    run = tmp_path / "run"
+    shutil.copytree(base_run, run)
+    edit, error = RUN_LOGS[case]
+    (run / "run.json").write_bytes(edit((run / "run.json").read_bytes()))
+    before = listing(tmp_path)
+    code = main(_command(reader, run, base_run, tmp_path / "report"))
+    err = no_traceback(capsys)[1]
+    if error is None:
+        assert code == 0, err
+    else:
+        assert code == 2 and error in err, err
+        assert listing(tmp_path) == before  # nothing written (not even the report folder's files)
+
+
+# --- names from peers: no ANSI escape or Markdown reaches a board, a report or the terminal (item 8) --------
+
+EVIL = "evil | \x1b[31mred\x1b[0m\n*b* `x`"
+
+
+def _lm_eval_files(folder: Path, model: str | None, results: bytes | None = None) -> Path:
+    """An lm-eval samples file of the first four samples (right answers), and its results file."""
+    from medharness.taskfiles.task import load_task
+
+    folder.mkdir(parents=True, exist_ok=True)
+    file = folder / f"samples_medharness_{TASK}_2026-01-01T00-00-00.jsonl"
+    lines = [json.dumps({"doc_id": i, "doc": {"id": s.id, "text": "q"}, "target": s.target,
+                         "arguments": {"gen_args_0": {"arg_0": "p"}}, "resps": [[s.target]],
+                         "filtered_resps": [s.target], "filter": "none", "metrics": ["yes_no_accuracy"]})
+             for i, s in enumerate(load_task(TASK).load_samples()[:4])]
+    file.write_text("\n".join(lines) + "\n")
+    if results is None and model is not None:
+        results = json.dumps({"model_name": model, "lm_eval_version": "0.4"}).encode()
+    if results is not None:
+        (folder / "results_2026-01-01T00-00-00.json").write_bytes(results)
+    return file
+
+
+def test_a_peer_model_name_with_ansi_and_markdown_is_one_plain_line_everywhere(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file = _lm_eval_files(tmp_path / "peer", EVIL)
+    run = tmp_path / "run"
+    assert main(["import", "--from", "lm-eval", str(file), "--task", TASK, "--output", str(run)]) == 0
+    out, err = no_traceback(capsys)
+    assert ESC not in out + err
+    log = json.loads((run / "run.json").read_text())
+    assert log["model"] == "lm-eval==0.4:evil | [31mred[0m *b* `x`"  # recorded plain, on one line
+    for fmt in ("md", "csv", "json"):
+        assert main(["leaderboard", str(run), "--format", fmt]) == 0
+        out, err = no_traceback(capsys)
+        assert ESC not in out + err, fmt
+    assert main(["report", str(run), "--output", str(tmp_path / "rep")]) == 0
+    no_traceback(capsys)
+    assert ESC not in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_a_hand_edited_model_name_is_shown_plain_by_report_and_csv(
+        tmp_path: Path, base_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Displays do not trust run.json either (a run written by hand, or by an older medharness)."""
+    run = tmp_path / "run"
+    shutil.copytree(base_run, run)
+    (run / "run.json").write_bytes(_set("model", EVIL)((run / "run.json").read_bytes()))
+    assert main(["report", str(run), "--output", str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert ESC not in text
+    model_line = next(line for line in text.splitlines() if line.startswith("- model:"))
+    assert model_line.endswith("(`evil | [31mred[0m *b* 'x'`)")  # one line, the code span not broken
+    assert main(["leaderboard", str(run), "--format", "csv"]) == 0
+    assert ESC not in no_traceback(capsys)[0]
+
+
+# --- gate: summaries and flags (items 3 and 7) --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def summary(base_run: Path) -> str:
+    out = base_run.parent / "summary.json"
+    assert main(["gate", "--write-summary", str(base_run), "-o", str(out)]) == 0
+    return out.read_text()
+
+
+def _flip_direction(text: str) -> str:
+    data = json.loads(text)
+    for task in data["tasks"].values():
+        for info in task["metrics"].values():
+            info["higher_is_better"] = not info["higher_is_better"]
+    return json.dumps(data)
+
+
+GATE_FILES: dict[str, tuple[Callable[[str], bytes], str]] = {
+    "nested_deep": (lambda s: (s[:-2] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}").encode(),
+                    "JSON nested too deeply to read"),
+    "huge_integer": (lambda s: s.replace('"version": 1', '"version": ' + "9" * 5000).encode(),
+                     "cannot read a JSON value"),
+    "utf16": (lambda s: s.encode("utf-16"), "the gate summary is encoded as UTF-16"),
+    "latin1": (lambda s: s.replace('"source": "', '"source": "\xe9').encode("latin-1"),
+               "the gate summary is not UTF-8"),
+    "no_task": (lambda s: json.dumps({**json.loads(s), "tasks": {}}).encode(), "no task: nothing to gate"),
+    "infinity": (lambda s: re.sub(r'"(yes_no_accuracy)": 1.0', r'"\1": Infinity', s, count=1).encode(),
+                 "not a gate summary"),
+    "direction_flipped": (lambda s: _flip_direction(s).encode(), "disagree on its direction"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GATE_FILES))
+def test_a_hostile_gate_summary_is_refused_with_exit_2(tmp_path: Path, summary: str, case: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(summary)
+    edit, error = GATE_FILES[case]
+    bad.write_bytes(edit(summary))
+    assert bad.read_bytes() != good.read_bytes()
+    for base, cand in ((bad, good), (good, bad)):
+        code = main(["gate", "--baseline", str(base), "--candidate", str(cand)])
+        out, err = no_traceback(capsys)
+        assert code == 2 and error in out + err, out + err
+
+
+def test_a_direction_flipped_on_both_sides_is_the_registrations_not_the_files(
+        tmp_path: Path, summary: str, capsys: pytest.CaptureFixture[str]) -> None:
+    file = tmp_path / "flipped.json"
+    file.write_text(_flip_direction(summary))
+    assert main(["gate", "--baseline", str(file), "--candidate", str(file)]) == 2
+    assert "yes_no_accuracy is registered with True" in no_traceback(capsys)[0]
+
+
+def test_a_lone_surrogate_in_a_gate_summary_is_one_replaced_character(
+        tmp_path: Path, summary: str, capsys: pytest.CaptureFixture[str]) -> None:
+    file = tmp_path / "s.json"
+    file.write_text(json.dumps({**json.loads(summary), "model": "m\ud800"}))
+    assert main(["gate", "--baseline", str(file), "--candidate", str(file)]) == 0
+    no_traceback(capsys)
+
+
+@pytest.mark.parametrize("flag", [["--max-drop", "nan"], ["--max-drop", "inf"], ["--max-drop", "-1"],
+                                  ["--alpha", "nan"], ["--alpha", "0"], ["--alpha", "1.5"]])
+def test_gate_flags_that_are_no_tolerance_are_refused(tmp_path: Path, summary: str, flag: list[str],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    file = tmp_path / "s.json"
+    file.write_text(summary)
+    assert main(["gate", "--baseline", str(file), "--candidate", str(file), *flag]) == 2
+    assert "need a finite --max-drop >= 0 and 0 < --alpha < 1" in no_traceback(capsys)[1]
+
+
+# --- special files: a FIFO or a device is named, never opened (item 4) --------------------------------------
+
+
+def _special(tmp_path: Path, kind: str) -> Path:
+    if kind == "fifo":
+        fifo = tmp_path / "special.jsonl"
+        os.mkfifo(fifo)  # nobody writes to it: opening it would block forever
+        return fifo
+    return Path("/dev/zero")  # reading it would fill memory
+
+
+SPECIAL_USES: dict[str, Callable[[Path, Path, Path], list[str]]] = {
+    "import_file": lambda f, out, peer: ["import", "--from", "lm-eval", str(f), "--task", TASK,
+                                         "--output", str(out)],
+    "import_xlsx": lambda f, out, peer: ["import", "--from", "vlmevalkit", str(f), "--task", TASK,
+                                         "--output", str(out), "--id-map", str(peer)],
+    "import_id_map": lambda f, out, peer: ["import", "--from", "lmms-eval", str(peer), "--task", TASK,
+                                           "--output", str(out), "--id-map", str(f)],
+    "score_predictions": lambda f, out, peer: ["score", "--predictions", str(f), "--task", TASK],
+    "run_replay": lambda f, out, peer: ["run", "--model", str(f), "--backend", "replay", "--tasks", TASK,
+                                        "--output", str(out), "--no-progress"],
+    "run_samples": lambda f, out, peer: ["run", "--model", "baseline:majority", "--tasks", TASK,
+                                         "--samples", str(f), "--output", str(out), "--no-progress"],
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+@pytest.mark.parametrize("use", sorted(SPECIAL_USES))
+def test_a_fifo_or_a_device_is_refused_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str,
+                                               use: str) -> None:
+    special = _special(tmp_path, kind)
+    if not special.exists():
+        pytest.skip("no /dev/zero here")
+    peer = _lm_eval_files(tmp_path / "peer", "m")
+    out = tmp_path / "out"
+    assert main(SPECIAL_USES[use](special, out, peer)) == 2
+    err = no_traceback(capsys)[1]
+    assert f"{special}: not a regular file (a pipe, socket or device)" in err, err
+    assert not out.exists()
+
+
+def test_a_gate_side_that_is_a_fifo_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fifo = _special(tmp_path, "fifo")
+    assert main(["gate", "--baseline", str(fifo), "--candidate", str(fifo)]) == 2
+    assert "neither a run directory nor a gate summary file" in no_traceback(capsys)[1]
+
+
+def test_an_xlsx_bomb_is_refused_by_import_at_the_default_limit(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A sheet that inflates past MAX_ZIP_MEMBER (256 MB; a 7 MB file of 2 GB grew memory without bound) is
+    refused from the zip's directory, in bounded memory: nothing is inflated."""
+    from medharness.bridges.peerfiles import MAX_ZIP_MEMBER
+
+    bomb = tmp_path / "MyVLM_medharness_phantom_presence.xlsx"
+    chunk = b"0" * 2**20
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive, \
+            archive.open("xl/worksheets/sheet1.xml", "w", force_zip64=True) as member:
+        for _ in range(MAX_ZIP_MEMBER // len(chunk) + 1):
+            member.write(chunk)
+    assert bomb.stat().st_size < 2**20
+    ids = tmp_path / "ids.tsv"
+    ids.write_text("index\tid\n0\tx\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert main(["import", "--from", "vlmevalkit", str(bomb), "--task", TASK, "--id-map", str(ids),
+                 "--output", str(tmp_path / "run")]) == 2
+    assert "inflates to 269,484,032 bytes" in no_traceback(capsys)[1]
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KB
+    assert not (tmp_path / "run").exists()
+
+
+# --- import: the results file beside a peer's samples (item 7) ----------------------------------------------
+
+RESULTS: dict[str, tuple[bytes, str]] = {
+    "nested_deep": (b"[" * 100_000 + b"]" * 100_000, "JSON nested too deeply to read"),
+    "huge_integer": (b'{"model_name": "m", "lm_eval_version": ' + b"9" * 5000 + b"}",
+                     "cannot read a JSON value"),
+    "utf16": (json.dumps({"model_name": "m"}).encode("utf-16"), "the results file is encoded as UTF-16"),
+    "latin1": (b'{"model_name": "m\xe9"}', "the results file is not UTF-8"),
+    "not_an_object": (b"[1, 2]", "not a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESULTS))
+def test_an_unreadable_results_file_is_named_not_taken_for_a_missing_one(
+        tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]) -> None:
+    raw, error = RESULTS[case]
+    file = _lm_eval_files(tmp_path / "peer", None, raw)
+    out = tmp_path / "run"
+    assert main(["import", "--from", "lm-eval", str(file), "--task", TASK, "--output", str(out)]) == 2
+    err = no_traceback(capsys)[1]
+    assert f"does not name its model ({tmp_path / 'peer' / 'results_2026-01-01T00-00-00.json'}" in err, err
+    assert error in err and "pass --model-name" in err
+    assert not out.exists()
+    assert main(["import", "--from", "lm-eval", str(file), "--task", TASK, "--output", str(out),
+                 "--model-name", "m"]) == 0  # the name given: the results file is not needed
+
+
+# --- training configs and flags: refused before any folder or model (items 5 and 6) -------------------------
+
+TRAIN_CASES: dict[str, tuple[list[str], str]] = {
+    "recipe_switched_by_C": (["--preset", "grpo", "-C", "recipe=sft"], "sft (-C recipe=sft): name one"),
+    "trl_a_list": (["--preset", "grpo", "--config", "{trl_list}", "--max-steps", "3"],
+                   "trl is a mapping of settings, got list"),
+    "reward_weight_nan": (["--preset", "grpo", "-C", "rewards=[{metric: yes_no_accuracy, weight: .nan}]"],
+                          "rewards.0.weight: Input should be a finite number"),
+    "max_steps_0": (["--preset", "grpo", "--max-steps", "0"], "--max-steps: trl.max_steps = 0"),
+    "max_steps_negative": (["--preset", "sft", "--max-steps", "-5"], "an integer >= 1, or -1"),
+    "seed_negative": (["--preset", "grpo", "-C", "seed=-1"], "seed: Input should be greater than or equal"),
+    "seed_2_32": (["--preset", "grpo", "-C", "seed=4294967296"], "seed: Input should be less than or equal"),
+    "lr_nan": (["--preset", "grpo", "-C", "trl.learning_rate=.nan"], "must be a finite number > 0"),
+    "lr_inf": (["--preset", "sft", "-C", "trl.learning_rate=.inf"], "must be a finite number > 0"),
+    "lr_negative": (["--preset", "dpo", "-C", "trl.learning_rate=-1e-5"], "must be a finite number > 0"),
+    "lr_text": (["--preset", "grpo", "-C", "trl.learning_rate=fast"], "'fast': must be a finite number > 0"),
+    "temperature_nan": (["--preset", "grpo", "-C", "trl.temperature=.nan"], "must be a finite number > 0"),
+    "temperature_0": (["--preset", "grpo", "-C", "trl.temperature=0"], "must be a finite number > 0"),
+    "batch_0": (["--preset", "sft", "-C", "trl.per_device_train_batch_size=0"], "must be an integer >= 1"),
+    "accumulation_0": (["--preset", "grpo", "-C", "trl.gradient_accumulation_steps=0"],
+                       "must be an integer >= 1"),
+    "num_generations_0": (["--preset", "grpo", "-C", "trl.num_generations=0"], "must be an integer >= 2"),
+    "completion_length_0": (["--preset", "grpo", "-C", "trl.max_completion_length=0"],
+                            "must be an integer >= 1"),
+    "logging_steps_inf": (["--preset", "grpo", "-C", "trl.logging_steps=.inf"],
+                          "must be a finite number > 0"),
+    "lora_targets_empty": (["--preset", "grpo_lora", "-C", "lora.target_modules=[]"],
+                           "lora.target_modules: List should have at least 1 item"),
+    "push_to_hub": (["--preset", "grpo", "-C", "trl.push_to_hub=true"], "medharness never uploads"),
+}
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "train"])
+@pytest.mark.parametrize("case", sorted(TRAIN_CASES))
+def test_a_hostile_training_config_is_refused_before_any_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, dry_run: bool) -> None:
+    """Each used to pass (the dry run said "ready") and fail as a traceback after the output folder existed,
+    or train something else than asked; the model named does not exist, so nothing may load it."""
+    pytest.importorskip("trl", reason="training needs the `train` extra")
+    (tmp_path / "trl_list.yaml").write_text("trl: [1, 2]\n")
+    args, error = TRAIN_CASES[case]
+    args = [a.replace("{trl_list}", str(tmp_path / "trl_list.yaml")) for a in args]
+    out = tmp_path / "out"
+    before = listing(tmp_path)
+    assert main(["train", "--task", TASK, "--model", str(tmp_path / "no-model"), *args, "--output", str(out),
+                 *(["--dry-run"] if dry_run else [])]) == 2
+    err = no_traceback(capsys)[1]
+    assert error in err, err
+    assert listing(tmp_path) == before
+
+
+def test_lora_targets_matching_no_module_are_refused_before_the_output_folder(
+        tmp_path: Path, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """peft raised NoMatchingPeftModuleError inside the trainer, after train.json was written."""
+    pytest.importorskip("trl", reason="training needs the `train` extra")
+    out = tmp_path / "out"
+    assert main(["train", "--task", TASK, "--model", str(tiny_models["qwen2_vl"]), "--preset", "grpo_lora",
+                 "-C", "lora.target_modules=[q_prj]", "--output", str(out)]) == 2
+    err = no_traceback(capsys)[1]
+    assert "lora.target_modules ['q_prj'] match no module of the model outside its vision tower" in err, err
+    assert "q_proj" in err  # the model's own module names, to choose from
+    assert not out.exists()
+
+
+# --- sweeps: sizes bounded before work (item 4) -------------------------------------------------------------
+
+
+def test_a_sweep_of_a_million_cells_is_refused_by_the_dry_run_in_bounded_memory(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"model: m\ntasks: [{TASK}]\nrecipes: [sft]\nshots: {list(range(1, 1001))}\n"
+                     f"seeds: {list(range(1000))}\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for dry in (["--dry-run"], []):
+        assert main(["train-then-eval", "--sweep", str(sweep), "--output", str(tmp_path / "out"), *dry]) == 2
+        assert "the grid has 1,000,000 cells" in no_traceback(capsys)[1]
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KB: no cell was built
+    assert not (tmp_path / "out").exists()

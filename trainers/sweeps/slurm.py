@@ -43,12 +43,12 @@ from medharness.core.atomic import write_json_atomic, write_text_atomic
 from medharness.core.errors import ConfigError, MedHarnessError
 from medharness.core.paths import inside
 from medharness.runs.folders import run_status
-from medharness.trainers.sweeps.cli import REFERENCE_PREFIX
 from medharness.trainers.sweeps.schema import Cell, SweepConfig, all_eval_tasks
 from medharness.trainers.sweeps.stages import PROGRAM, Stages
 
 SLURM_DIR = "slurm"
 MERGE = "merge"
+REFERENCE_PREFIX = "reference-"  # a reference row's --cell, as sweeps/cli.py names it (no import cycle)
 # sbatch options medharness sets itself (a --slurm-option may not)
 OWN = {"job-name", "output", "error", "dependency", "kill-on-invalid-dep", "parsable", "chdir"}
 GPU_KEYS = {"gres", "gpus", "gpus-per-node", "gpus-per-task"}  # a --slurm-option that decides the GPUs

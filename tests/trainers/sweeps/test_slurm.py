@@ -214,6 +214,12 @@ def test_no_sbatch_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert not (tmp_path / "o").exists()
 
 
+def test_reference_prefix_is_the_cli_s() -> None:
+    from medharness.trainers.sweeps import cli
+
+    assert slurm.REFERENCE_PREFIX == cli.REFERENCE_PREFIX
+
+
 def test_gpus_follow_the_launch_and_eval_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     file = tmp_path / "s.yaml"
     file.write_text(SWEEP.replace("num_processes: 2", "num_processes: 4").replace(

@@ -156,7 +156,8 @@ class RewardSet:
                      n_ids: int | None = None) -> tuple[Answer, dict[str, float | None]]:
         """The parsed answer and the components without a batch form (the batched ones are None here); the
         id-counted ones on `n_ids` generated ids when given, else through their metric (re-tokenising)."""
-        answer, scores = self.recipe.score(sample, Generation(sample_id=sample.id, text=text))
+        answer, scored = self.recipe.score(sample, Generation(sample_id=sample.id, text=text))
+        scores: dict[str, float | None] = dict(scored)
         for label, spec in self.by_ids.items():
             scale, cap = self.id_counted[label]
             scores[label] = spec.score(answer, sample, text) if n_ids is None else min(scale * n_ids, cap)
@@ -273,7 +274,7 @@ class RewardSet:
         async def reward(completions: Sequence[Any], sample_id: Sequence[str], trainer_state: Any = None,
                          completion_ids: Sequence[Sequence[int]] | None = None,
                          **_: Any) -> list[float | None]:
-            texts, step, _ = self._plain(completions, sample_id, trainer_state, completion_ids)
+            texts, step, _rows = self._plain(completions, sample_id, trainer_state, completion_ids)
             values = await asyncio.wrap_future(self._batched(label, sample_id, texts, step))
             with self._lock:
                 self._report(label, sample_id, texts, step)
@@ -288,7 +289,7 @@ class RewardSet:
         if not self.batched:
             def reward(completions: Sequence[Any], sample_id: Sequence[str], trainer_state: Any = None,
                        completion_ids: Sequence[Sequence[int]] | None = None, **_: Any) -> list[float | None]:
-                _, _, rows = self._plain(completions, sample_id, trainer_state, completion_ids)
+                rows = self._plain(completions, sample_id, trainer_state, completion_ids)[2]
                 with self._lock:
                     return [self.total(comps) for _, comps in rows]
         else:

@@ -320,6 +320,68 @@ def test_an_unreadable_results_file_is_named_not_taken_for_a_missing_one(
                  "--model-name", "m"]) == 0  # the name given: the results file is not needed
 
 
+PEER_FILES: dict[str, tuple[Callable[[bytes], bytes], str]] = {
+    # the samples file (or, for lmms-eval, the --id-map docs file): how it is changed, the error
+    "nested_deep": (lambda raw: b'{"doc_id": ' + b"[" * 50_000 + b"]" * 50_000 + b"}\n" + raw,
+                    ":1: JSON nested too deeply to read"),
+    "huge_integer": (lambda raw: b'{"doc_id": ' + b"9" * 5000 + b"}\n" + raw, ":1: cannot read a JSON value"),
+    "utf16": (lambda raw: raw.decode().encode("utf-16"), "is encoded as UTF-16 (little-endian)"),
+    "latin1": (lambda raw: b'{"x": "\xe9"}\n' + raw, ":1: the samples file is not UTF-8 (byte 0xe9"),
+}
+
+
+@pytest.mark.parametrize("tool", ["lm-eval", "lmms-eval"])
+@pytest.mark.parametrize("case", sorted(PEER_FILES))
+def test_a_hostile_peer_file_or_id_map_is_refused_by_line_before_any_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, tool: str) -> None:
+    from medharness.bridges.export import export_task
+
+    edit, error = PEER_FILES[case]
+    file = _lm_eval_files(tmp_path / "peer", "m")
+    extra: list[str] = []
+    if tool == "lmms-eval":  # the damaged file is the exported docs file the id map reads
+        export_task("lmms-eval", TASK, tmp_path / "export", limit=4)
+        file = tmp_path / "peer" / f"20260101_000000_samples_medharness_{TASK}.jsonl"
+        file.write_text("".join(json.dumps({"doc_id": i, "target": "yes", "filtered_resps": "yes"}) + "\n"
+                                for i in range(4)))
+        docs = tmp_path / "export" / "docs.jsonl"
+        docs.write_bytes(edit(docs.read_bytes()).replace(b'"doc_id"', b'"id"'))
+        extra = ["--id-map", str(docs), "--model-name", "m"]
+    else:
+        file.write_bytes(edit(file.read_bytes()))
+    out = tmp_path / "run"
+    assert main(["import", "--from", tool, str(file), "--task", TASK, "--output", str(out), *extra]) == 2
+    err = no_traceback(capsys)[1]
+    assert error in err, err
+    assert not out.exists()
+
+
+def test_a_lone_surrogate_in_a_peer_model_name_or_a_replayed_answer_is_one_replaced_character(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each crashed a command after its run folder existed (left "running", no rows): `import` with the
+    name in the results file, `run` on a replay file; `leaderboard` and `report` then read them."""
+    file = _lm_eval_files(tmp_path / "peer", "m\ud800")
+    imported = tmp_path / "imported"
+    assert main(["import", "--from", "lm-eval", str(file), "--task", TASK, "--output", str(imported)]) == 0
+    assert json.loads((imported / "run.json").read_text())["model"] == "lm-eval==0.4:m\ufffd"
+    rows = [json.loads(line) for line in file.read_text().splitlines()]
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("".join(json.dumps({"id": r["doc"]["id"], "prediction": r["target"] + " \ud800"}) + "\n"
+                             for r in rows))
+    assert "\\ud800" in preds.read_text()
+    replayed = tmp_path / "replayed"
+    assert main(["run", "--model", str(preds), "--backend", "replay", "--tasks", TASK, "--limit", "4",
+                 "--output", str(replayed), "--no-progress"]) == 0
+    log = json.loads((replayed / "run.json").read_text())
+    assert log["status"] == "finished"
+    texts = [json.loads(line)["generation"]["text"]
+             for line in (replayed / "samples" / f"{TASK}.jsonl").read_text().splitlines()]
+    assert len(texts) == 4 and all(t.endswith(" \ufffd") for t in texts)
+    assert main(["leaderboard", str(imported), str(replayed)]) == 0
+    assert main(["report", str(imported), "--output", str(tmp_path / "rep")]) == 0
+    no_traceback(capsys)
+
+
 # --- training configs and flags: refused before any folder or model (items 5 and 6) -------------------------
 
 TRAIN_CASES: dict[str, tuple[list[str], str]] = {

@@ -290,3 +290,49 @@ def test_launch_argv_strips_the_multi_machine_options() -> None:
     train = ["train", "--num-machines", "2", "--machine-rank=1", "--main-process-ip", "h",
              "--deepspeed-hostfile", "f", "--recipe", "grpo"]
     assert strip_launch_options(train) == ["train", "--recipe", "grpo"]
+
+
+PROBE = """\
+import json, os, sys
+import torch
+import torch.distributed as dist
+
+dist.init_process_group("gloo")
+total = torch.tensor([dist.get_rank() + 1.0])
+dist.all_reduce(total)
+seen = {"rank": dist.get_rank(), "world": dist.get_world_size(), "sum": total.item(), "argv": sys.argv[1:],
+        "node": os.environ.get("GROUP_RANK"), "under_launcher": "ACCELERATE_MIXED_PRECISION" in os.environ}
+open(f"{sys.argv[1]}.{dist.get_rank()}", "w").write(json.dumps(seen))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_two_machines_rendezvous_through_the_written_configs(tmp_path: Path) -> None:
+    """Two `accelerate launch` commands, as machines 0 and 1 would run them (here both on this host, over
+    loopback, a gloo process group on CPU): accelerate's torchrun joins them into one world of 2."""
+    pytest.importorskip("accelerate")
+    import socket
+
+    (tmp_path / "probe_two.py").write_text(PROBE)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    result, running = tmp_path / "seen", []
+    for rank in (0, 1):  # a GPU config (torchrun); the probe itself needs no GPU
+        spec = LaunchSpec("accelerate", 2, mixed_precision="no", num_machines=2, machine_rank=rank,
+                          main_process_ip="127.0.0.1", main_process_port=port)
+        argv = launch_argv([str(result), "--num-machines", "2"], write_launch_config(spec, tmp_path / "out"),
+                           2, module="probe_two")
+        running.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True))
+    for process in running:
+        output = process.communicate(timeout=300)[0]
+        assert process.returncode == 0, output[-3000:]
+    seen = [json.loads(Path(f"{result}.{rank}").read_text()) for rank in (0, 1)]
+    assert [(s["rank"], s["world"], s["sum"], s["node"]) for s in seen] == [(0, 2, 3.0, "0"),
+                                                                           (1, 2, 3.0, "1")]
+    assert all(s["under_launcher"] and s["argv"] == [str(result)] for s in seen)
+    assert sorted(p.name for p in (tmp_path / "out" / "launch").iterdir()) == [
+        "accelerate_config.machine-1.yaml", "accelerate_config.yaml"]

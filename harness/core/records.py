@@ -144,6 +144,16 @@ class Generation(Record):
     model_version: str | None = None
     error: str | None = None
 
+    @field_validator("text", "error", "model_version")
+    @classmethod
+    def _writable(cls, value: str | None) -> str | None:
+        """A lone surrogate (a server's `"\\ud800"` JSON escape) becomes U+FFFD: no UTF-8 file can hold it, so
+        the row could not be written and the run would stop."""
+        return _LONE_SURROGATE.sub("\ufffd", value) if value and _LONE_SURROGATE.search(value) else value
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 @dataclass(frozen=True, slots=True)
 class Answer:

@@ -12,12 +12,14 @@ import re
 import resource
 import shutil
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
+from medharness.backends import Backend, Request, backend
 from medharness.cli import main
+from medharness.core.records import Generation
 
 TASK = "phantom_presence"
 ESC = "\x1b"
@@ -380,6 +382,30 @@ def test_a_lone_surrogate_in_a_peer_model_name_or_a_replayed_answer_is_one_repla
     assert main(["leaderboard", str(imported), str(replayed)]) == 0
     assert main(["report", str(imported), "--output", str(tmp_path / "rep")]) == 0
     no_traceback(capsys)
+
+
+@backend("lone_surrogate_probe")
+class SurrogateBackend(Backend):
+    """A server whose JSON answer holds a `"\\ud800"` escape: the text arrives with a lone surrogate."""
+
+    def generate(self, requests: Sequence[Request]) -> list[Generation]:
+        return [Generation(sample_id=r.prompt.sample_id, text="yes \ud800", model=self.fingerprint,
+                           error=None) for r in requests]
+
+
+def test_a_lone_surrogate_from_a_backend_is_one_replaced_character_and_the_run_finishes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No UTF-8 file can hold it: writing the row (and the response cache) failed and the run stopped."""
+    out = tmp_path / "run"
+    for _ in range(2):  # the second time from the response cache
+        shutil.rmtree(out, ignore_errors=True)
+        assert main(["run", "--model", "m", "--backend", "lone_surrogate_probe", "--tasks", TASK,
+                     "--limit", "3", "--output", str(out), "--cache-dir", str(tmp_path / "cache"),
+                     "--no-progress"]) == 0
+        no_traceback(capsys)
+        texts = [json.loads(line)["generation"]["text"]
+                 for line in (out / "samples" / f"{TASK}.jsonl").read_text().splitlines()]
+        assert texts == ["yes \ufffd"] * 3
 
 
 # --- training configs and flags: refused before any folder or model (items 5 and 6) -------------------------

@@ -25,11 +25,28 @@ def _collapse(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def biogpt_tokenizer(folder: Path):  # type: ignore[no-untyped-def]
+    """A `BioGptTokenizer` (Moses + BPE, as microsoft/biogpt) over a small vocabulary, built offline: whole
+    words for the judge's words, single characters for the rest (no merges)."""
+    import json
+
+    from transformers import BioGptTokenizer
+
+    words = ["<s>", "<pad>", "</s>", "<unk>", "Yes</w>", "No</w>", "Answer</w>", "the</w>", "lung</w>"]
+    chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789'.,:;()<>/-_?!\""
+    vocab = {w: i for i, w in enumerate(dict.fromkeys([*words, *(c + "</w>" for c in chars), *chars]))}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("")
+    return BioGptTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A BioGptForCausalLM scripted to answer "Yes" whatever it reads (final norm weight 0, so its hidden
-    state is the norm's bias; the "Yes" row of the tied output embedding points along it); a random
-    Mistral."""
+    """A BioGptForCausalLM with BioGPT's own tokenizer class, scripted to answer "Yes" whatever it reads
+    (final norm weight 0, so its hidden state is the norm's bias; the "Yes" row of the tied output embedding
+    points along it), and a random MistralForCausalLM (BioMistral's class) with the tiny Qwen tokenizer."""
+    pytest.importorskip("sacremoses", reason="BioGptTokenizer needs sacremoses")
     from medharness.core.torchvision_shim import ensure_torchvision_importable
 
     ensure_torchvision_importable()
@@ -38,18 +55,18 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from medharness.checkpoints.tiny import build_tokenizer
 
     out = tmp_path_factory.mktemp("judge-lms")
-    tok = build_tokenizer()
-    tok.add_tokens(["Yes"])
     torch.manual_seed(0)
-    biogpt = BioGptForCausalLM(BioGptConfig(vocab_size=len(tok), max_position_embeddings=512,
-                                            pad_token_id=tok.pad_token_id, **SMALL))
+    bio_tok = biogpt_tokenizer(out / "biogpt-vocab")
+    biogpt = BioGptForCausalLM(BioGptConfig(vocab_size=len(bio_tok), max_position_embeddings=512,
+                                            pad_token_id=bio_tok.pad_token_id, **SMALL))
     with torch.no_grad():
         norm = biogpt.biogpt.layer_norm
         norm.weight.zero_()
         norm.bias.copy_(torch.randn(32))
-        biogpt.get_output_embeddings().weight[tok.convert_tokens_to_ids("Yes")] = 50 * norm.bias
+        biogpt.get_output_embeddings().weight[bio_tok.convert_tokens_to_ids("Yes</w>")] = 50 * norm.bias
     biogpt.save_pretrained(out / "biogpt")
-    tok.save_pretrained(out / "biogpt")
+    bio_tok.save_pretrained(out / "biogpt")
+    tok = build_tokenizer()
     mistral = MistralForCausalLM(MistralConfig(vocab_size=len(tok), num_key_value_heads=1,
                                                max_position_embeddings=512, pad_token_id=tok.pad_token_id,
                                                eos_token_id=tok.eos_token_id, **SMALL))
@@ -100,6 +117,7 @@ def test_biogpt_and_biomistral_judge_through_the_panel(models: dict[str, str]) -
                                pad_token_id=tok.pad_token_id)
         by_hand[name] = spec.parse(tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
     assert by_hand["biogpt"].value == 1.0  # the scripted model says Yes
+    assert type(AutoTokenizer.from_pretrained(models["biogpt"])).__name__ == "BioGptTokenizer"
     judges = ",".join(f"semantic_fig1_v1:hf_lm:{folder}" for folder in models.values())
     items = [(Answer(value="B"), SAMPLE, REPLY), (Answer(value=None), SAMPLE, "no reasoning")]
     try:

@@ -123,9 +123,11 @@ class LaunchSpec:
 # -- argparse ---------------------------------------------------------------------------------------------
 
 def add_launch_options(parser: argparse.ArgumentParser) -> None:
-    """`--launcher/--num-processes/--deepspeed/--fsdp/--mixed-precision/--main-process-port` for `train`."""
+    """`--launcher/--num-processes/--deepspeed/--fsdp/--mixed-precision/--main-process-port` and, across
+    machines, `--num-machines/--machine-rank/--main-process-ip/--deepspeed-hostfile`, for `train`."""
     section = "medharness.trainers.sweeps.schema:LaunchSection"  # a sweep's `launch:` (the same settings)
-    group = parser.add_argument_group("launch (many GPUs through accelerate; docs/training-eval.md)")
+    group = parser.add_argument_group("launch (many GPUs through accelerate; docs/training-eval.md, across "
+                                      "machines: docs/scaling.md)")
     group.add_argument("--launcher", choices=["none", "accelerate"], default="none",
                        help=field_help(section, "launcher") + " (default %(default)s)")
     group.add_argument("--num-processes", type=int, default=1,

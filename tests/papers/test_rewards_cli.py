@@ -41,8 +41,11 @@ def test_rarl_rewards_through_the_reward_command(tmp_path: Path, tiny_models: di
     assert [r["rewards"]["length_reward"] for r in rows] == pytest.approx([0.001 * n for n in tokens])
     assert [r["rewards"]["rarl_accuracy"] for r in rows] == [1.0, 0.0, 1.0, 0.0]
     assert [r["rewards"]["reasoning_similarity"] for r in rows] == [None] * 4
-    assert [r["total"] for r in rows] == pytest.approx([2 + 0.001 * tokens[0], 1 + 0.001 * tokens[1],
-                                                        1.1 + 0.001 * tokens[2], 0.001 * tokens[3]])
+    # the reasoning reward is left out (None): the weights renormalised over the three present, x 4/3
+    assert [r["total"] for r in rows] == pytest.approx([4 / 3 * (2 + 0.001 * tokens[0]),
+                                                        4 / 3 * (1 + 0.001 * tokens[1]),
+                                                        4 / 3 * (1.1 + 0.001 * tokens[2]),
+                                                        4 / 3 * 0.001 * tokens[3]])
 
 
 def test_ecr_and_cwr_through_the_reward_command(tmp_path: Path,

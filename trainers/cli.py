@@ -168,8 +168,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from medharness.trainers.launch import spec_from_args
         from medharness.trainers.run import dry_run
 
-        spec_from_args(args, use_cpu=False)  # contradictory launch options are refused as a run refuses them
-        info = dry_run(train_request(args))
+        spec = spec_from_args(args, use_cpu=False)  # contradictory launch options are refused as in a run
+        info = dry_run(train_request(args), launch=spec if args.launcher == "accelerate" else None)
         print(json.dumps(info, indent=1) if args.json else dry_run_text(info))
         return 0
     require_train_extra()

@@ -38,7 +38,7 @@ from medharness.taskfiles.task import resolve_task_names
 from medharness.trainers.checkpoints import check_vision_frozen, save_final
 from medharness.trainers.config import Layers, build_config, load_layers
 from medharness.trainers.evals import EvalRequest, TrainSamples, evaluate_checkpoints, plan
-from medharness.trainers.launch import LAUNCH_DIR, launch_record
+from medharness.trainers.launch import LAUNCH_DIR, LaunchSpec, launch_record
 from medharness.trainers.prepare import load_train_task, prepare
 from medharness.trainers.resume import (
     Checkpoint,
@@ -114,7 +114,8 @@ def default_output(config: TrainConfig, layers: Layers) -> Path:
     return Path("runs") / "train" / f"{'+'.join(layers.presets) or config.recipe}-{task}-{stamp}"
 
 
-def dry_run(req: TrainRequest, data_elsewhere: bool = False) -> dict[str, Any]:
+def dry_run(req: TrainRequest, data_elsewhere: bool = False,
+            launch: LaunchSpec | None = None) -> dict[str, Any]:
     """`train --dry-run`: the config a run would train with, resolved and checked as `train` does before
     its model loads (presets, `--config`, flags and `-C`; the recipe's rewards with their weights; TRL's own
     config object, every setting), as one JSON-ready object. No model is loaded and nothing is written; the
@@ -122,10 +123,10 @@ def dry_run(req: TrainRequest, data_elsewhere: bool = False) -> dict[str, Any]:
     (`trl` holding every resolved TRL argument, `rewards` the components), then what the run adds
     (`presets`, `output`, `data`, `prompts`, `evaluation`, `set_at`, `notes`). `data_elsewhere` (a sweep's
     dry run): a data folder not on this machine, and a k-shot id file its split stage has not written yet,
-    are noted instead of refused."""
+    are noted instead of refused. `launch` (`--launcher accelerate ...`): TRL's settings are checked at its
+    world size, as the launching process checks them (`launch.check_trl_at_world_size`)."""
     import importlib.util
 
-    from medharness.trainers.config import trl_args
     from medharness.trainers.prepare import check_ablation
     from medharness.trainers.recipes.base import recipe_class
     from medharness.trainers.rewards import RewardSet, default_rewards
@@ -145,7 +146,7 @@ def dry_run(req: TrainRequest, data_elsewhere: bool = False) -> dict[str, Any]:
         import torch
 
         use_gpu = torch.cuda.is_available()
-        trl_args(config, layers, output, use_gpu)
+        checked_trl(config, layers, output, use_gpu, launch)
     task = load_train_task(config)
     prompt = task.prompt_name
     notes: list[str] = []
@@ -164,7 +165,8 @@ def dry_run(req: TrainRequest, data_elsewhere: bool = False) -> dict[str, Any]:
     data = _data(task, config, data_elsewhere)
     trl: dict[str, Any]
     if has_trl:
-        trl = trl_args(config.model_copy(update={"trl": settings}), layers, output, use_gpu).to_dict()
+        with_weights = config.model_copy(update={"trl": settings})
+        trl = checked_trl(with_weights, layers, output, use_gpu, launch).to_dict()
     else:  # a light install: the settings as given, TRL's checks and defaults when it is installed
         trl = settings
         notes.append("trl is not installed: `trl` holds the settings given, not TRL's checked and complete "
@@ -187,6 +189,18 @@ def dry_run(req: TrainRequest, data_elsewhere: bool = False) -> dict[str, Any]:
                 if _is_setting(layers.data, loc)},
         notes=notes)
     return json.loads(json.dumps(out, default=str))
+
+
+def checked_trl(config: TrainConfig, layers: Any, output: Path, use_gpu: bool,
+                launch: LaunchSpec | None) -> Any:
+    """TRL's config object of `config`: at the launch's world size when it has several processes (built at
+    world size 1, TRL would refuse a generation batch that only the whole world fills)."""
+    from medharness.trainers.config import trl_args
+    from medharness.trainers.launch import check_trl_at_world_size
+
+    if launch is not None and launch.num_processes > 1:
+        return check_trl_at_world_size(config, layers, output, launch)
+    return trl_args(config, layers, output, use_gpu)
 
 
 def _data(task: Any, config: TrainConfig, data_elsewhere: bool) -> dict[str, Any]:

@@ -110,6 +110,21 @@ def test_trl_settings_are_checked_at_the_world_size(tmp_path: Path, launched: li
     assert len(launched) == 3
 
 
+def test_the_dry_run_checks_trl_at_the_launch_world_size(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`train --dry-run` with the launch options checks and prints TRL's settings as the launch would: a
+    generation batch that only 4 processes fill is ready there, and refused at 3 processes."""
+    base = ["train", "--recipe", "grpo", "--task", "phantom_presence", "--model", "/m", "--output",
+            str(tmp_path / "out"), "--launcher", "accelerate", "-C", "trl.per_device_train_batch_size=1",
+            "--dry-run", "--json"]
+    assert main([*base, "--num-processes", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["trl"]["generation_batch_size"] == 8
+    assert main([*base, "--num-processes", "3"]) == 2
+    assert "(1 x 3 x 2 = 6)" in capsys.readouterr().err
+    assert main(base) == 2  # one process: TRL's own refusal, as a run without the launcher
+    assert not (tmp_path / "out").exists()
+
+
 def test_each_machine_runs_the_same_train_command(tmp_path: Path, launched: list[list[str]]) -> None:
     """Machine 1 of a shared output folder starts after machine 0 has written into it: not refused as a used
     folder, and its own accelerate config beside machine 0's."""

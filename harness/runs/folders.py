@@ -24,11 +24,13 @@ A name from a sweep file (cell id, task) becomes part of a path only through `pa
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from medharness.core.datafiles import parse_json, read_text
 from medharness.core.errors import DataError
 from medharness.core.paths import inside
 from medharness.core.records import CompletionRow, LogRow, RunLog, SweepLog, TrainLog
@@ -103,11 +105,11 @@ class TrainDir:
 
     def log_rows(self) -> list[LogRow]:
         """`logs.jsonl`'s rows ([] when absent); a torn last line (a killed run) is left out."""
-        return [LogRow.model_validate(row) for row in _jsonl(self.root / LOGS_FILE)]
+        return _jsonl(self.root / LOGS_FILE, LogRow)
 
     def completion_rows(self) -> list[CompletionRow]:
         """`completions.jsonl`'s rows ([] when absent); a torn last line (a killed run) is left out."""
-        return [CompletionRow.model_validate(row) for row in _jsonl(self.root / COMPLETIONS_FILE)]
+        return _jsonl(self.root / COMPLETIONS_FILE, CompletionRow)
 
     def checkpoints(self) -> list[Path]:
         """The `checkpoint-<step>` folders, by step."""
@@ -115,16 +117,28 @@ class TrainDir:
         return sorted(found, key=lambda p: int(p.name.rpartition("-")[2]))
 
 
-def _jsonl(path: Path) -> list[Any]:
-    """The JSON lines of `path`; a line that does not parse (a torn last line) is skipped."""
+R = TypeVar("R", bound=BaseModel)
+
+
+def _jsonl(path: Path, record: type[R]) -> list[R]:
+    """The records of a JSONL file written as training runs ([] when absent). The common reader and parser
+    (nesting, huge integers: errors by file and line); a final line with no newline after it, torn by a kill,
+    is left out; any other line that is not a record is an error naming it."""
     if not path.is_file():
         return []
+    text = read_text(path, "training log")
+    lines = text.split("\n")
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
             continue
+        try:
+            rows.append(record.model_validate(parse_json(path, line, number)))
+        except (DataError, ValidationError) as exc:
+            if number == len(lines):  # torn
+                continue
+            why = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+            raise DataError(f"{path}:{number}: not a {record.__name__} record: {why}") from None
     return rows
 
 

@@ -408,6 +408,30 @@ def test_a_lone_surrogate_from_a_backend_is_one_replaced_character_and_the_run_f
         assert texts == ["yes \ufffd"] * 3
 
 
+TRAIN_LOG_LINES = {
+    "nested_deep": ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply to read"),
+    "huge_integer": ('{"step": ' + "9" * 5000 + "}", "cannot read a JSON value"),
+    "not_a_row": ('{"loss": 1.0}', "not a LogRow record: Field required"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_LOG_LINES))
+def test_a_hostile_training_log_line_is_an_error_by_line_and_a_torn_last_line_is_left_out(
+        tmp_path: Path, case: str) -> None:
+    """`leaderboard --plot` reads a training run's logs.jsonl (reward curves): a line nested thousands deep
+    or with a huge integer was a traceback; a line that is no row is named, not skipped in silence."""
+    from medharness.core.errors import DataError
+    from medharness.runs.folders import TrainDir
+
+    line, error = TRAIN_LOG_LINES[case]
+    logs = tmp_path / "logs.jsonl"
+    logs.write_text('{"step": 1, "reward": 0.5}\n' + line + '\n{"step": 2, "reward": 0.7}\n{"step": 3, "rew')
+    with pytest.raises(DataError, match=re.escape(f"{logs}:2: ") + ".*" + re.escape(error)):
+        TrainDir(tmp_path).log_rows()
+    logs.write_text('{"step": 1, "reward": 0.5}\n{"step": 2, "reward": 0.7}\n' + line)  # torn: no newline
+    assert [r.step for r in TrainDir(tmp_path).log_rows()] == [1, 2]
+
+
 # --- training configs and flags: refused before any folder or model (items 5 and 6) -------------------------
 
 TRAIN_CASES: dict[str, tuple[list[str], str]] = {

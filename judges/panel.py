@@ -76,7 +76,7 @@ def load_panel(path: Path) -> list[JudgeMember]:
     """Read a `--judge-config` YAML file; every error names the file, the line and the judge."""
     from medharness.core.yamlio import line_of, load_yaml_with_lines
 
-    if not path.is_file():
+    if not path.exists():  # a directory, a FIFO or a device: the YAML reader names it
         raise ConfigError(f"--judge-config {path}: no such file")
     data, lines = load_yaml_with_lines(path)
     root: tuple[str, ...] = ()

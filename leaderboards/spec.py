@@ -143,7 +143,7 @@ def load_board(path: Path | str) -> BoardSpec:
     path = Path(path)
     if not path.exists() and not path.suffix and (BOARDS / f"{path}.yaml").is_file():
         path = BOARDS / f"{path}.yaml"
-    if not path.is_file():
+    if not path.exists():  # a directory, a FIFO or a device: the YAML reader names it
         shipped = ", ".join(sorted(p.stem for p in BOARDS.glob("*.yaml")))
         raise ConfigError(f"board spec {path} does not exist (shipped boards: {shipped})")
     return load_strict(BoardSpec, path, "board spec")[0]

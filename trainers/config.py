@@ -238,7 +238,7 @@ def load_layers(recipe: str | None, presets: list[str], config_file: Path | None
     the recipe's own preset (`grpo` for `--recipe grpo`, `vrft_aug_paper` for `--recipe vrft_aug`) comes
     first, so every TRL setting is explicit."""
     files = [(name, *read_layer(preset_path(name))) for name in presets]
-    if config_file is not None and not config_file.is_file():
+    if config_file is not None and not config_file.exists():  # a FIFO or a device: read_layer names it
         raise ConfigError(f"config file {config_file} does not exist")
     user = read_layer(config_file) if config_file is not None else None
     named = [d.get("recipe") for _, d, _ in files if d.get("recipe")]

@@ -247,23 +247,35 @@ SPECIAL_USES: dict[str, Callable[[Path, Path, Path], list[str]]] = {
                                         "--output", str(out), "--no-progress"],
     "run_samples": lambda f, out, peer: ["run", "--model", "baseline:majority", "--tasks", TASK,
                                          "--samples", str(f), "--output", str(out), "--no-progress"],
+    "board_spec": lambda f, out, peer: ["leaderboard", "--board", str(f), "--output", str(out)],
+    "judge_config": lambda f, out, peer: ["judge", str(out), "--judge-config", str(f)],
+    "train_config": lambda f, out, peer: ["train", "--task", TASK, "--recipe", "sft", "--model", "m",
+                                          "--config", str(f), "--output", str(out)],
+    "sweep_file": lambda f, out, peer: ["train-then-eval", "--sweep", str(f), "--output", str(out)],
 }
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
 @pytest.mark.parametrize("use", sorted(SPECIAL_USES))
-def test_a_fifo_or_a_device_is_refused_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str,
-                                               use: str) -> None:
+def test_a_fifo_or_a_device_is_refused_by_name(
+        tmp_path: Path, base_run: Path, capsys: pytest.CaptureFixture[str], kind: str, use: str) -> None:
+    """Where a file is named (data, YAML, a peer's): a FIFO, which would block the reader forever, and
+    /dev/zero, which would fill memory, are named and refused before they are opened; nothing is written."""
     special = _special(tmp_path, kind)
     if not special.exists():
         pytest.skip("no /dev/zero here")
+    if use.startswith(("train", "sweep")):
+        pytest.importorskip("trl", reason="training needs the `train` extra")
     peer = _lm_eval_files(tmp_path / "peer", "m")
     out = tmp_path / "out"
+    if use == "judge_config":  # judge writes into a finished run
+        shutil.copytree(base_run, out)
+    before = listing(tmp_path)
     assert main(SPECIAL_USES[use](special, out, peer)) == 2
     err = no_traceback(capsys)[1]
     assert f"{special}: not a regular file (a pipe, socket or device)" in err, err
-    assert not out.exists()
+    assert listing(tmp_path) == before
 
 
 def test_a_gate_side_that_is_a_fifo_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

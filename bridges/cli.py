@@ -67,7 +67,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         if o is not None:
             print(f"{args.file}: {o.n_matched} of {o.n_rows} rows matched task {name} ({o.n_task_samples} "
                   f"samples; {o.n_unmatched} unmatched rows left out); model "
-                  f"{plain(run.log.model)}", file=sys.stderr)
+                  f"{plain(run.log.model or '')}", file=sys.stderr)
     print_run_summary(run)
     return 0
 

@@ -174,7 +174,7 @@ def _read_holder(file: Path) -> dict[str, Any] | None:
     try:
         info = json.loads(file.read_text(encoding="utf-8"))
         int(info["pid"]), str(info["host"]), str(info["started"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # a damaged record: no holder named
         return None
     return info if isinstance(info, dict) else None
 

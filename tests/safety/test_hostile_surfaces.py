@@ -95,6 +95,22 @@ def test_a_hostile_run_log_is_a_clean_error_or_read_with_the_character_replaced(
         assert listing(tmp_path) == before  # nothing written (not even the report folder's files)
 
 
+@pytest.mark.parametrize("record", ["[" * 100_000 + "]" * 100_000, '{"pid": ' + "9" * 5000 + "}", "{"])
+def test_a_damaged_lock_record_still_refuses_a_second_writer_cleanly(tmp_path: Path, record: str) -> None:
+    """The holder's record in run.lock is only read to name it: damaged, the writer is refused unnamed."""
+    from medharness.core.errors import RunInUseError
+    from medharness.core.records import RunSettings
+    from medharness.runs.runlog import LOCK_FILE, RunDir
+
+    run = RunDir.create(tmp_path / "run", RunSettings(model="m", tasks="t"))
+    try:
+        (tmp_path / "run" / LOCK_FILE).write_text(record)
+        with pytest.raises(RunInUseError, match="in use by another medharness process"):
+            RunDir.open(tmp_path / "run", writer="judge")
+    finally:
+        run.close()
+
+
 # --- names from peers: no ANSI escape or Markdown reaches a board, a report or the terminal (item 8) --------
 
 EVIL = "evil | \x1b[31mred\x1b[0m\n*b* `x`"

@@ -538,3 +538,20 @@ def test_a_sweep_of_a_million_cells_is_refused_by_the_dry_run_in_bounded_memory(
         assert "the grid has 1,000,000 cells" in no_traceback(capsys)[1]
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KB: no cell was built
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("axis", "error"), [
+    ("seeds: [0, -1]", "seeds.1: Input should be greater than or equal to 0"),
+    ("seeds: [4294967296]", "seeds.0: Input should be less than or equal to 4294967295"),
+    ("split_seed: -1", "split_seed: Input should be greater than or equal to 0"),
+])
+def test_a_sweep_seed_outside_0_to_2_32_is_refused_by_the_dry_run(tmp_path: Path, axis: str, error: str,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The dry run checks one cell per recipe entry, so a bad seed on the axis said "ready" and failed per
+    cell in the real run; the sweep file takes seeds as `train --seed` does."""
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"model: m\ntasks: [{TASK}]\nrecipes: [sft]\n{axis}\n")
+    out = tmp_path / "out"
+    assert main(["train-then-eval", "--sweep", str(sweep), "--output", str(out), "--dry-run"]) == 2
+    assert f"{sweep}:4: {error}" in no_traceback(capsys)[1]
+    assert not out.exists()

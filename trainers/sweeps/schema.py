@@ -13,13 +13,16 @@ import fnmatch
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from medharness.core.errors import ConfigError
 from medharness.core.records import EvalSettings, SafeName, Strict
 from medharness.core.yamlio import load_strict
+
+# a seed as `train --seed` takes it (TrainConfig.seed): the dry run checks one cell per entry, not each seed
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 def _as_list(value: Any) -> Any:
@@ -197,7 +200,7 @@ class SweepConfig(Strict):
     shots: list[int | Literal["all"]] = Field(
         default_factory=lambda: list[int | Literal["all"]](["all"]),
         description="k training samples per class (`medharness split`), or all")
-    split_seed: int | None = Field(
+    split_seed: Seed | None = Field(
         None,
         description="null: each seed draws its own k-shot subset; an int: one subset for all seeds")
     whole_split: dict[SafeName, list[int]] = Field(
@@ -205,7 +208,7 @@ class SweepConfig(Strict):
         description="per training task, the `shots` values whose cells train on the task's whole training "
                     "split instead of k per class (a paper's exception, e.g. VRFT-Aug's 256-shot BreastMNIST "
                     "and RetinaMNIST); the cells keep their kK ids and board rows")
-    seeds: list[int] = Field(default_factory=lambda: [0], description="the training seeds")
+    seeds: list[Seed] = Field(default_factory=lambda: [0], description="the training seeds")
     presets: list[str | None] = Field(
         default_factory=lambda: list[str | None]([None]),
         description="the preset axis (\"a+b\" layers a then b); null: the recipe's own")

@@ -152,6 +152,8 @@ def test_the_tiny_learn_overlay_sets_each_recipe_its_own_schedule(tmp_path: Path
         assert config.samples.limit is None and config.samples.balanced and not config.freezes_vision
     _, grpo = _args(tmp_path, ["dr_grpo", "tiny_cpu", "tiny_learn"])
     assert (grpo.loss_type, grpo.beta, grpo.num_generations) == ("dr_grpo", 0.04, 8)
+    _, dpo = _args(tmp_path, ["dpo", "tiny_cpu", "tiny_learn"])
+    assert (list(dpo.loss_type), list(dpo.loss_weights)) == (["sigmoid", "sft"], [1.0, 1.0])
 
 
 def test_the_tiny_lora_overlay_puts_adapters_on_every_linear_layer(tmp_path: Path) -> None:

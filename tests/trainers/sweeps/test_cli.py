@@ -182,8 +182,9 @@ def test_dry_run_checks_each_cells_trl_settings(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err
     assert "cell grpo-from-sft-phantom_presence-kall-s0: " in err and "num_generations (4)" in err
     assert "cell sft-" not in err
-    # a seed or learning rate that only torch would refuse (after the folders exist) is a problem here
-    for setting, message in (("seeds: [-1]", "--seed: seed: Input should be greater than or equal to 0"),
+    # a seed or learning rate that only torch would refuse (after the folders exist) is a problem here: a
+    # seed is refused in the sweep file itself, at its line
+    for setting, message in (("seeds: [-1]", "s.yaml:5: seeds.0: Input should be greater than or equal to 0"),
                              ("overrides: [trl.learning_rate=.nan]",
                               "-C trl.learning_rate=.nan: trl.learning_rate = nan: must be a finite number")):
         file = write(tmp_path / "s.yaml", "model: tiny\ntasks: [phantom_presence]\n"

@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from medharness.trainers.rewards import TOTAL
+
 # Short names for the progress line, in order: (TRL key, label).
 PROGRESS_KEYS = (("loss", "loss"), ("reward", "reward"), ("kl", "kl"), ("frac_reward_zero_std", "zero_std"),
                  ("completions/mean_length", "len"), ("rewards/accuracies", "acc"),
@@ -80,8 +82,10 @@ def log_callback(path: Path, progress: Callable[[str], None] | None = None) -> A
                     row["tokens_per_s"] = tokens / max(sum(self.step_times), 1e-9)
                 self.last_tokens = tokens
             self.last_time, self.step_times = now, []
+            # the combined reward function (trainers/rewards.TOTAL) is TRL's `reward`, not a component
             components = {k.split("/")[1]: {"mean": row.get(k), "std": row.get(k[:-5] + "/std")}
-                          for k in row if k.startswith("rewards/") and k.endswith("/mean")}
+                          for k in row if k.startswith("rewards/") and k.endswith("/mean")
+                          and k != f"rewards/{TOTAL}/mean"}
             if components:
                 row["reward_components"] = components
             peak = _peak_memory_gib()

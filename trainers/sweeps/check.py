@@ -204,6 +204,9 @@ def check_sweep(sweep: SweepConfig, stages: Stages, cells: list[Cell]) -> Findin
             BACKENDS.get(sweep.eval.backend)
         except MedHarnessError as exc:
             problems.append(f"eval.backend: {exc}")
+        except ImportError as exc:  # a registered backend whose libraries are not here (a login node)
+            notes.append(f"eval.backend {sweep.eval.backend}: not importable here ({exc}); the machines that "
+                         "run the cells need it")
     for b in sweep.baselines:
         kind = b.removeprefix("baseline:")
         if kind not in ("majority", "random") and not kind.startswith("constant:"):

@@ -75,10 +75,10 @@ def medharness(*args: str, log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def validation_copy(out: Path) -> Path:
+def validation_copy(out: Path, task: str = TASK) -> Path:
     """The task file with its test split drawn from another phantom seed (same train split)."""
-    spec = yaml.safe_load(TASK_FILE.read_text())
-    spec["name"] = f"{TASK}_val"
+    spec = yaml.safe_load((TASK_FILE.parent / f"{task}.yaml").read_text())
+    spec["name"] = f"{task}_val"
     for source in spec["sources"]:
         train = source.get("train") or {}
         source["train"] = {**train, "seed": train.get("seed", source.get("seed", 0) + 1000)}

@@ -144,7 +144,8 @@ def test_the_tiny_learn_overlay_sets_each_recipe_its_own_schedule(tmp_path: Path
     """tiny_learn (after tiny_cpu) fits the recipes bench/learning.py trains; each gets its own steps and
     learning rate, every sample and a trained vision tower."""
     expected = {"sft": (600, 3e-4, "cosine"), "grpo": (150, 1e-4, "cosine"),
-                "dr_grpo": (150, 1e-4, "cosine"), "dpo": (300, 3e-5, "constant")}
+                "dr_grpo": (150, 1e-4, "cosine"), "dpo": (300, 3e-5, "constant"),
+                "vrft_aug_paper": (100, 1e-4, "cosine")}
     for preset, (steps, lr, schedule) in expected.items():
         config, args = _args(tmp_path, [preset, "tiny_cpu", "tiny_learn"])
         got = (args.max_steps, args.learning_rate, str(args.lr_scheduler_type.value))
@@ -154,6 +155,8 @@ def test_the_tiny_learn_overlay_sets_each_recipe_its_own_schedule(tmp_path: Path
     assert (grpo.loss_type, grpo.beta, grpo.num_generations) == ("dr_grpo", 0.04, 8)
     _, dpo = _args(tmp_path, ["dpo", "tiny_cpu", "tiny_learn"])
     assert (list(dpo.loss_type), list(dpo.loss_weights)) == (["sigmoid", "sft"], [1.0, 1.0])
+    _, vrft = _args(tmp_path, ["vrft_aug_paper", "tiny_cpu", "tiny_learn"])  # bench/learning_vrft.py
+    assert (vrft.per_device_train_batch_size, vrft.num_generations, vrft.max_completion_length) == (32, 8, 40)
 
 
 def test_the_tiny_lora_overlay_puts_adapters_on_every_linear_layer(tmp_path: Path) -> None:

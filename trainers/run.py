@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from medharness.backends.vlm_common import check_attn_implementation
 from medharness.core.atomic import write_json_atomic, write_text_atomic
+from medharness.core.datafiles import parse_json, read_text
 from medharness.core.errors import ConfigError, DataError
 from medharness.core.records import TrainLog
 from medharness.runs.folders import TRAIN_FILE, TRAIN_SAMPLES_FILE, TrainDir
@@ -290,16 +291,26 @@ def prepare_output(output: Path, resume: bool, last: Checkpoint | None) -> None:
 
 
 def drop_rows_after(file: Path, step: int) -> None:
-    """Keep the JSONL rows logged at or before `step` (a torn last line goes too)."""
+    """Keep the JSONL rows logged at or before `step`. Read as `TrainDir.log_rows` reads it (the common
+    reader and parser): a torn last line (no newline after it: a kill) goes too; any other line that is not a
+    row is an error naming the file and line, never dropped in silence."""
     if not file.is_file():
         return
+    lines = read_text(file, "training log").split("\n")
     kept = []
-    for line in file.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
             continue
-        if (row.get("step") or 0) <= step:
+        try:
+            row = parse_json(file, line, number)
+            at = row.get("step") if isinstance(row, dict) else "no row"
+            if not isinstance(at, int | None) or isinstance(at, bool):
+                raise DataError(f"{file}:{number}: not a log row (an object with an integer step)")
+        except DataError:
+            if number == len(lines):  # torn
+                continue
+            raise
+        if (at or 0) <= step:
             kept.append(line + "\n")
     write_text_atomic(file, "".join(kept))
 

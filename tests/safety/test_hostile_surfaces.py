@@ -460,6 +460,35 @@ def test_a_hostile_training_log_line_is_an_error_by_line_and_a_torn_last_line_is
     assert [r.step for r in TrainDir(tmp_path).log_rows()] == [1, 2]
 
 
+RESUMED_LOG_LINES = {
+    "nested_deep": (("[" * 100_000 + "]" * 100_000).encode(), "JSON nested too deeply to read"),
+    "huge_integer": (b'{"step": ' + b"9" * 5000 + b"}", "cannot read a JSON value"),
+    "not_a_row": (b"[1, 2]", "not a log row"),
+    "step_text": (b'{"step": "3"}', "not a log row"),
+    "latin1": (b'{"step": 2, "n\xe9": 1}', "is not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUMED_LOG_LINES))
+def test_a_hostile_log_line_stops_a_resume_by_line_and_a_torn_last_line_goes(tmp_path: Path,
+                                                                            case: str) -> None:
+    """`train --resume` drops the log rows past its checkpoint: it read with a bare json.loads (a traceback on
+    nesting, huge integers and bad UTF-8), and a line it could not read was dropped in silence."""
+    from medharness.core.errors import DataError
+    from medharness.trainers.run import drop_rows_after
+
+    line, error = RESUMED_LOG_LINES[case]
+    logs = tmp_path / "logs.jsonl"
+    logs.write_bytes(b'{"step": 1}\n' + line + b'\n{"step": 2}\n{"step": 3}\n')
+    with pytest.raises(DataError, match=re.escape(f"{logs}:2: ") + ".*" + re.escape(error)):
+        drop_rows_after(logs, 2)
+    assert b"step" in logs.read_bytes()  # left as it was
+    if case != "latin1":
+        logs.write_bytes(b'{"step": 1}\n{"step": 2}\n{"step": 3}\n' + line)  # torn: no newline
+        drop_rows_after(logs, 2)
+        assert logs.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
 # --- training configs and flags: refused before any folder or model (items 5 and 6) -------------------------
 
 TRAIN_CASES: dict[str, tuple[list[str], str]] = {

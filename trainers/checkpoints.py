@@ -27,6 +27,7 @@ from medharness.checkpoints.lineage import (
 )
 from medharness.core.atomic import write_text_atomic
 from medharness.core.errors import ConfigError
+from medharness.core.secrets import scrub_value
 from medharness.core.versions import package_versions
 from medharness.trainers.schema import LoraSpec, TrainConfig
 
@@ -142,8 +143,11 @@ class Lineage:
                    parent_path=str(folder.resolve()) if parent is not None and folder else None)
 
     def resolved(self) -> dict[str, Any]:
-        """The fully resolved config: medharness settings and every TRL setting."""
-        return {**json_safe(self.config.model_dump(by_alias=True, exclude={"trl"})), "trl": self.trl_settings}
+        """The fully resolved config as recorded (train.json, manifests): medharness settings and every TRL
+        setting, credentials scrubbed (`http://user:KEY@host` as `http://***@host`; TRL is given the real
+        value)."""
+        return scrub_value({**json_safe(self.config.model_dump(by_alias=True, exclude={"trl"})),
+                            "trl": self.trl_settings})
 
     def manifest(self, step: int | None) -> CheckpointManifest:
         c = self.config

@@ -33,6 +33,7 @@ from medharness.core.atomic import write_json_atomic, write_text_atomic
 from medharness.core.datafiles import parse_json, read_text
 from medharness.core.errors import ConfigError, DataError
 from medharness.core.records import TrainLog
+from medharness.core.secrets import scrub_value
 from medharness.runs.folders import TRAIN_FILE, TRAIN_SAMPLES_FILE, TrainDir
 from medharness.runs.runlog import LOCK_FILE, RunLock
 from medharness.taskfiles.task import resolve_task_names
@@ -189,7 +190,10 @@ def dry_run(req: TrainRequest, data_elsewhere: bool = False,
         set_at={".".join(map(str, loc)): where for loc, where in layers.origin.items()
                 if _is_setting(layers.data, loc)},
         notes=notes)
-    return json.loads(json.dumps(out, default=str))
+    # no credentials (`http://user:KEY@host` as `http://***@host`), as train.json records them; the prompts
+    # shown word for word
+    info = json.loads(json.dumps(out, default=str))
+    return {k: v if k == "prompts" else scrub_value(v) for k, v in info.items()}
 
 
 def checked_trl(config: TrainConfig, layers: Any, output: Path, use_gpu: bool,
@@ -268,7 +272,7 @@ def resume_point(output: Path, config: TrainConfig) -> Checkpoint | None:
         raise DataError(f"--resume: {output} has no {TRAIN_FILE} (not a medharness training directory)")
     before = TrainDir(output).log()
     stored = dict(before.config) if before is not None else {}
-    now = json.loads(config.model_dump_json(by_alias=True))
+    now = scrub_value(json.loads(config.model_dump_json(by_alias=True)))  # as train.json recorded it
     stored.setdefault("options", {})  # runs from before recipes had options
     differ = [k for k in RESUME_KEYS if stored.get(k) != now.get(k)]
     if differ:

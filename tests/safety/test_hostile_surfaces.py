@@ -540,6 +540,36 @@ def test_a_hostile_training_config_is_refused_before_any_folder(
     assert listing(tmp_path) == before
 
 
+def test_credentials_in_a_trl_url_are_given_to_trl_and_recorded_nowhere(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`-C trl.vllm_server_base_url=http://user:KEY@host` was written as given to train.json, each
+    checkpoint's medharness.json and the dry run (item 8: a URL's credentials are redacted wherever it is
+    recorded)."""
+    pytest.importorskip("trl", reason="training needs the `train` extra")
+    from medharness.trainers.checkpoints import Lineage, model_card, write_manifest
+    from medharness.trainers.cli import parse_train_args, train_request
+    from medharness.trainers.config import trl_args
+    from medharness.trainers.run import resolve
+
+    url, key = "http://user:SECRETKEY123@host:8000", "SECRETKEY123"
+    out = tmp_path / "out"
+    args = ["train", "--task", TASK, "--preset", "grpo", "--model", "no-such/model", "--output", str(out),
+            "-C", f"trl.vllm_server_base_url={url}"]
+    for shown in (["--json"], []):
+        assert main([*args, "--dry-run", *shown]) == 0
+        text = no_traceback(capsys)[0]
+        assert key not in text and "http://***@host:8000" in text, shown
+    config, layers = resolve(train_request(parse_train_args(args)))
+    trl = trl_args(config, layers, out, False)
+    assert trl.vllm_server_base_url == url  # TRL is given the real one
+    lineage = Lineage.create(config, layers.presets, trl, ["a", "b"], "default")
+    # train.json's `config` is lineage.resolved(), as each manifest's is
+    assert lineage.resolved()["trl"]["vllm_server_base_url"] == "http://***@host:8000"
+    manifest = write_manifest(tmp_path, lineage.manifest(1))
+    for recorded in (manifest.read_text(), model_card(lineage.manifest(1), out)):
+        assert key not in recorded
+
+
 def test_lora_targets_matching_no_module_are_refused_before_the_output_folder(
         tmp_path: Path, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     """peft raised NoMatchingPeftModuleError inside the trainer, after train.json was written."""

@@ -255,7 +255,7 @@ def _reward_specs(spec: str) -> Any:
     data = load_yaml_with_lines(path)[0] if path.is_file() else load_value(spec, "--rewards")
     if isinstance(data, dict) and "rewards" in data:
         data = data["rewards"]
-    return parse_rewards(data)
+    return parse_rewards(data, f"--rewards {spec}")
 
 
 def read_completions(path: Path, sample_id: str | None) -> list[tuple[str, str]]:
@@ -322,6 +322,7 @@ def cmd_reward(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("prompt", args.prompt), ("data_dir", args.data_dir)) if v}
     task = load_task(args.task, overrides)
     prompt = task.prompt_name
+    given = _reward_specs(args.rewards)  # checked before any file is read
     pairs = read_completions(args.completions, args.sample_id)
     wanted = {sid for sid, _ in pairs}
     samples: dict[str, Any] = {}
@@ -335,7 +336,7 @@ def cmd_reward(args: argparse.Namespace) -> int:
     missing = sorted(wanted - set(samples))
     if missing:
         raise ConfigError(f"task {task.name}: no sample(s) {missing[:5]} (use --split)")
-    specs = _reward_specs(args.rewards) or recipe_rewards(args.recipe, args.option, task, prompt)
+    specs = given or recipe_rewards(args.recipe, args.option, task, prompt)
     rewards = RewardSet(task, prompt, specs, list(samples.values()), model=args.model)
     rows = []
     for sid, text in pairs:

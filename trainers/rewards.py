@@ -32,6 +32,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from medharness.core.errors import ConfigError
 from medharness.core.records import Answer, Generation, Sample
 from medharness.scoring.metrics import MetricSpec, resolve_metrics
@@ -78,17 +80,26 @@ def component_label(spec: RewardSpec, recorded: Sequence[MetricSpec]) -> str:
     return f"{spec.metric}({', '.join(f'{k}={v}' for k, v in sorted(spec.args.items()))})"
 
 
-def parse_rewards(value: Any) -> list[RewardSpec]:
-    """A reward list from YAML data: `[{metric, weight, args, as}]` or bare metric names."""
+def parse_rewards(value: Any, what: str = "rewards") -> list[RewardSpec]:
+    """A reward list from YAML data: `[{metric, weight, args, as}]` or bare metric names. `what`: the setting
+    that gave it, named by the errors (one line each, as `train`'s config errors are)."""
     items = value if isinstance(value, list) else [value]
+    if not items:  # it would fall back to the default rewards in silence
+        raise ConfigError(f"{what}: an empty reward list; give at least one component (or leave it out for "
+                          "the default rewards)")
     out = []
-    for item in items:
+    for i, item in enumerate(items):
         if isinstance(item, str):
             item = {"metric": item}
         try:
             out.append(RewardSpec.model_validate(item))
-        except ValueError as exc:
-            raise ConfigError(f"bad reward {item!r}: {exc}") from None
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in (i, *err["loc"]))
+            name = item.get("metric") if isinstance(item, dict) else None
+            metric = f" ({name})" if isinstance(name, str) else ""
+            got = f", got {err['input']!r}" if not isinstance(err["input"], dict | list) else ""
+            raise ConfigError(f"{what}: rewards.{loc}{metric}: {err['msg']}{got}") from None
     return out
 
 

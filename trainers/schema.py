@@ -71,7 +71,7 @@ class TrainConfig(Strict):
     seed: int = Field(0, ge=0, le=2**32 - 1,
                       description="run seed (TRL seed and data_seed): data order, sampling, vLLM")
     rewards: list[RewardSpec] | None = Field(
-        None,
+        None, min_length=1,
         description="GRPO's reward components (`RewardSpec`); null: the task's primary metric (+ format "
                     "compliance, 0.9 / 0.1)")
     rejected: str = Field("other_label", description="DPO's rejected answers: other_label, other_sample or "

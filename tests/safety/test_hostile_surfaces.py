@@ -518,7 +518,33 @@ TRAIN_CASES: dict[str, tuple[list[str], str]] = {
     "lora_targets_empty": (["--preset", "grpo_lora", "-C", "lora.target_modules=[]"],
                            "lora.target_modules: List should have at least 1 item"),
     "push_to_hub": (["--preset", "grpo", "-C", "trl.push_to_hub=true"], "medharness never uploads"),
+    "rewards_empty": (["--preset", "grpo", "-C", "rewards=[]"],  # was the default rewards, in silence
+                      "-C rewards=[]: rewards: List should have at least 1 item"),
 }
+
+REWARD_FLAGS = {  # `reward --rewards`: an empty list was the default rewards; NaN was pydantic's raw text
+    "empty": ("[]", "--rewards []: an empty reward list"),
+    "empty_mapping": ("{rewards: []}", "--rewards {rewards: []}: an empty reward list"),
+    "weight_nan": ("[{metric: yes_no_accuracy, weight: .nan}]",
+                   "rewards.0.weight (yes_no_accuracy): Input should be a finite number, got nan"),
+    "weight_inf": ("[format_compliance, {metric: yes_no_accuracy, weight: .inf}]",
+                   "rewards.1.weight (yes_no_accuracy): Input should be a finite number, got inf"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REWARD_FLAGS))
+def test_an_empty_or_non_finite_reward_list_is_refused_on_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str) -> None:
+    from medharness.taskfiles.task import load_task
+
+    spec, error = REWARD_FLAGS[case]
+    completions = tmp_path / "c.jsonl"
+    sid = load_task(TASK).load_samples("test")[0].id
+    completions.write_text(json.dumps({"sample_id": sid, "text": "yes"}) + "\n")
+    assert main(["reward", "--task", TASK, "--rewards", spec, "--completions", str(completions)]) == 2
+    out, err = no_traceback(capsys)
+    assert f"medharness reward: error: --rewards {spec}: " in err and error in err, err
+    assert len(err.strip().splitlines()) == 1 and not out, err
 
 
 @pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "train"])

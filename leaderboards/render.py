@@ -18,7 +18,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from medharness.core.display import md_cell, plain
+from medharness.core.display import md_text, plain
 from medharness.leaderboards.columns import Column
 from medharness.leaderboards.runs import ORACLE
 from medharness.leaderboards.table import Board, Row
@@ -85,8 +85,8 @@ def table_rows(board: Board) -> tuple[list[str], list[list[str]]]:
                 text += f" ({value.n_runs}/{row.expected})"
             mark = board.marks.get((row.label, col.label))
             cells.append(text + (" †" if mark is not None and mark.significant else ""))
-        body.append([md_cell(row.label), *cells, md_cell(row.lineage)])
-    return [md_cell(h) for h in headers], body
+        body.append([md_text(row.label), *cells, md_text(row.lineage)])
+    return [md_text(h) for h in headers], body
 
 
 def _unparsed(board: Board) -> str | None:
@@ -101,11 +101,11 @@ def _unparsed(board: Board) -> str | None:
             counts = [(e.summary.n_unparsed, e.summary.n_errors, e.summary.n) for run in row.runs
                       if (e := run.log.tasks.get(task)) is not None and e.summary is not None]
             cells.append(" + ".join(f"{u}/{n}" + (f" ({err} failed)" if err else "") for u, err, n in counts))
-        body.append([md_cell(row.label), *cells])
+        body.append([md_text(row.label), *cells])
     if not body or not tasks:
         return None
     return ("Unparsed answers (counted as wrong, failed generations among them) / samples:\n\n"
-            + tabulate(body, headers=["row", *tasks], tablefmt="github"))
+            + tabulate(body, headers=["row", *map(md_text, tasks)], tablefmt="github"))
 
 
 def _legend(board: Board) -> str:
@@ -137,9 +137,9 @@ def _legend(board: Board) -> str:
         sig = board.spec.significance
         what = "Holm-corrected" if sig is None or sig.correction == "holm" else "uncorrected"
         if sig is not None:
-            parts.append(f" † = differs from {board.spec.reference} by a paired test on the same samples "
-                         f"({what} p < {sig.alpha:g}; exact or clustered McNemar for 0/1 metrics, paired t "
-                         "on cluster totals otherwise).")
+            parts.append(f" † = differs from {md_text(board.spec.reference)} by a paired test on the same "
+                         f"samples ({what} p < {sig.alpha:g}; exact or clustered McNemar for 0/1 metrics, "
+                         "paired t on cluster totals otherwise).")
     if any(r.kind == "delta" for r in board.rows):
         parts.append(" Δ rows: difference of two rows (paired bootstrap interval on shared samples where "
                      "both are single runs).")
@@ -158,7 +158,7 @@ def render_markdown(board: Board) -> str:
     if board.spec.caption or sources:
         parts.append(" ".join([board.spec.caption or "", *(f"Published: {s}." for s in sources)]).strip())
     if board.notes:
-        parts.append("Notes:\n" + "\n".join(f"- {plain(n)}" for n in board.notes))
+        parts.append("Notes:\n" + "\n".join(f"- {md_text(n)}" for n in board.notes))
     return "\n\n".join(parts) + "\n"
 
 

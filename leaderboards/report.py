@@ -15,7 +15,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from medharness.core.display import md_cell, plain
+from medharness.core.display import md_text, plain
 from medharness.core.errors import ConfigError
 from medharness.core.records import ResultRow
 from medharness.leaderboards.board import build
@@ -42,9 +42,9 @@ def fenced(text: str) -> str:
 
 def _one_line(text: Any, limit: int = 200) -> str:
     """Text from the run (a peer's model name, a label, a sample, an error) on one Markdown line: no control
-    character (an ANSI escape), no line break, `|` escaped."""
-    text = md_cell(str(text))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    character (an ANSI escape), no line break, shown as typed (Markdown and HTML escaped: `md_text`)."""
+    text = " ".join(plain(str(text)).split())
+    return md_text(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 def _code(text: Any) -> str:
@@ -80,7 +80,8 @@ def group_tables(run: RunDir, cache: RowCache, output: Path) -> list[str]:
             for value, g in groups.items():
                 cells = [cell_text(Column("", task, m, (field, value)).value(run, cache), 1, True)
                          for m in metrics]
-                body.append([value, str(g.n), "" if g.n_unparsed is None else str(g.n_unparsed), *cells])
+                body.append([_one_line(value), str(g.n), "" if g.n_unparsed is None else str(g.n_unparsed),
+                             *cells])
             parts.append(f"### {task} by {field}\n\n" + _table(body, [field, "n", "unparsed", *metrics]))
             spec = BoardSpec(name=re.sub(r"[^A-Za-z0-9._-]+", "-", f"{task}-by-{field}"),
                              title=f"{task} by {field}: {metrics[0]}",
@@ -107,7 +108,8 @@ def _sample(row: ResultRow) -> str:
     what = (f"failed: {row.generation.error}" if row.generation.error
             else f"unparsed: {row.answer.note or 'no answer'}")
     gold = row.sample.target
-    return (f"**{row.sample.id}**: {_one_line(what)}\n\n- question: {_one_line(row.sample.question)}\n"
+    return (f"**{_one_line(row.sample.id)}**: {_one_line(what)}\n\n"
+            f"- question: {_one_line(row.sample.question)}\n"
             f"- gold: {_one_line(gold)}\n\n" + fenced(plain(row.generation.text[:2000])))
 
 
@@ -119,7 +121,8 @@ def judge_sections(run: RunDir, cache: RowCache, output: Path, limit: int) -> li
     for task in judged:
         metric = rule_metric(run, task)
         found = disagreements(cache.rows(run, task), run.judgements(task), metric)
-        body = [[item["row"].sample.id, "; ".join(item["reasons"]), _one_line(item["row"].sample.target, 60),
+        body = [[_one_line(item["row"].sample.id), "; ".join(item["reasons"]),
+                 _one_line(item["row"].sample.target, 60),
                  _one_line(item["row"].answer.value if item["row"].answer.parsed else "(unparsed)", 60),
                  ", ".join(f"{j.judge}={'failed' if j.failed else j.value}" for j in item["verdicts"])]
                 for item in found[:limit]]
@@ -233,4 +236,4 @@ def _plot(board: Board, path: Path) -> str:
         bars(board, path)
     except ConfigError as exc:
         return f"(no plot: {exc})"
-    return f"![{board.spec.title}]({path.name})"
+    return f"![{md_text(board.spec.title or board.spec.name)}]({path.name})"

@@ -260,4 +260,4 @@ def test_names_from_outside_cannot_break_the_table_or_the_terminal(tmp_path: Pat
     text = render_markdown(build(spec))
     assert "\x1b" not in text
     row = next(line for line in text.splitlines() if "evil" in line)
-    assert row.startswith("| evil \\| [31mred[0m row ") and "a\\|b" in row
+    assert row.startswith("| evil \\| \\[31mred\\[0m row ") and "a\\|b" in row  # `[` is Markdown too

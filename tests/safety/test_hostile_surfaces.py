@@ -167,6 +167,35 @@ def test_a_hand_edited_model_name_is_shown_plain_by_report_and_csv(
     assert ESC not in no_traceback(capsys)[0]
 
 
+MARKDOWN_NAMES = ["**x**", "[click](http://evil)", "<img src=x>", "_y_ `z` ~~s~~ &amp; $m$ \\*"]
+
+
+def test_markdown_in_a_peer_name_or_label_renders_as_typed_on_boards_and_reports(
+        tmp_path: Path, base_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only `|` was escaped: a peer's model name `**x**` showed bold, `[click](http://evil)` a link and
+    `<img src=x>` an image on `leaderboard --format md`, report.md and a sweep's boards (their renderer)."""
+    markdown_it = pytest.importorskip("markdown_it")
+    md = markdown_it.MarkdownIt("commonmark").enable(["table", "strikethrough"])  # raw HTML passes through
+    name = " ".join(MARKDOWN_NAMES)
+    run = tmp_path / "run"
+    shutil.copytree(base_run, run)
+    for key in ("model", "label"):
+        (run / "run.json").write_bytes(_set(key, name)((run / "run.json").read_bytes()))
+    assert main(["leaderboard", str(run), "--format", "md"]) == 0
+    board = no_traceback(capsys)[0]
+    assert main(["report", str(run), "--output", str(tmp_path / "rep")]) == 0
+    no_traceback(capsys)
+    report = (tmp_path / "rep" / "report.md").read_text()
+    for text in (board, report):
+        html = md.render(text)
+        for tag in ("<strong>x", "<em>y", '<a href="http://evil"', "<img src=x", '<img src="x"', "<s>s",
+                    "<code>z"):  # the report's own bold sample ids and plots are as before
+            assert tag not in html, (tag, text)
+        shown = html.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+        for typed in MARKDOWN_NAMES:
+            assert typed in shown, (typed, html)
+
+
 # --- gate: summaries and flags (items 3 and 7) --------------------------------------------------------------
 
 

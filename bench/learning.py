@@ -39,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,33 +123,47 @@ def evaluate(model: Path, task: str, limit: int, out: Path, log: Path,
 
 def train(stage: str, model: Path, out: Path, seed: int, log: Path, extra: list[str]) -> float:
     """One training stage (reused when finished); returns its training time (train.json `seconds`)."""
+    recipe_preset, overlays = PRESETS.get(stage, (stage, []))
+    presets = [recipe_preset, "tiny_cpu", "tiny_learn", *overlays]
+    return trained([*(a for p in presets for a in ("--preset", p)), "--task", TASK, "--model", str(model),
+                    "--seed", str(seed), *extra], out, log)
+
+
+def trained(argv: list[str], out: Path, log: Path) -> float:
+    """`medharness train ARGV --output OUT` unless OUT holds a finished run; its training time."""
     if TrainDir(out).state().status != "finished":
         if out.exists():
             shutil.rmtree(out)
-        recipe_preset, overlays = PRESETS.get(stage, (stage, []))
-        presets = [recipe_preset, "tiny_cpu", "tiny_learn", *overlays]
-        medharness("train", *(a for p in presets for a in ("--preset", p)), "--task", TASK,
-                   "--model", str(model), "--seed", str(seed), "--output", str(out), *extra, log=log)
+        medharness("train", *argv, "--output", str(out), log=log)
     record = TrainDir(out).log()
     return float(record.seconds or 0.0) if record is not None else 0.0
 
 
-def pick_early(sft: Path, val_task: str, limit: int, evals: Path, log: Path) -> tuple[int, dict[str, Any]]:
-    """The first SFT checkpoint whose validation balanced accuracy is within EARLY; the ones before it go."""
+def first_within(sft: Path, key: str, window: tuple[float, float],
+                 score: Callable[[Path, int], dict[str, Any]], prune: bool) -> tuple[int, dict[str, Any]]:
+    """The first SFT checkpoint whose validation `score(checkpoint, step)[key]` lies within `window` (recorded
+    in SFT/early.json and reused); with `prune`, the other checkpoints go."""
     chosen = sft / "early.json"
     if chosen.exists():
         record = json.loads(chosen.read_text())
         return int(record["step"]), record["validation"]
     for ckpt in TrainDir(sft).checkpoints():
         step = int(ckpt.name.rpartition("-")[2])
-        score = evaluate(ckpt, val_task, limit, evals / f"early-{step}", log)
-        if EARLY[0] <= score["balanced"] <= EARLY[1]:
-            for other in TrainDir(sft).checkpoints():
-                if other != ckpt:
-                    shutil.rmtree(other)
-            chosen.write_text(json.dumps({"step": step, "validation": score}))
-            return step, score
-    sys.exit(f"{sft}: no checkpoint with a validation balanced accuracy within {EARLY}")
+        found = score(ckpt, step)
+        if window[0] <= found[key] <= window[1]:
+            if prune:
+                for other in TrainDir(sft).checkpoints():
+                    if other != ckpt:
+                        shutil.rmtree(other)
+            chosen.write_text(json.dumps({"step": step, "validation": found}))
+            return step, found
+    sys.exit(f"{sft}: no checkpoint with a validation {key} within {window}")
+
+
+def pick_early(sft: Path, val_task: str, limit: int, evals: Path, log: Path) -> tuple[int, dict[str, Any]]:
+    """The first SFT checkpoint whose validation balanced accuracy is within EARLY; the ones before it go."""
+    return first_within(sft, "balanced", EARLY, lambda ckpt, step: evaluate(
+        ckpt, val_task, limit, evals / f"early-{step}", log), prune=True)
 
 
 def quarter_rewards(train_dir: Path) -> tuple[float, float] | None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,9 +34,8 @@ import numpy as np
 from tabulate import tabulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learning import medharness, validation_copy  # the sibling script's CLI runner
+from learning import first_within, medharness, trained, validation_copy  # the sibling script's
 
-from medharness.runs.folders import TrainDir
 from medharness.runs.runlog import RunDir
 
 TASK, PROMPT, METRIC = "phantom_size", "r1", "mfrs"
@@ -63,29 +61,10 @@ def evaluate(model: Path, task: str, limit: int, out: Path, log: Path,
             "acc_high": acc.ci_high}
 
 
-def train(args: list[str], out: Path, log: Path) -> float:
-    """One training stage (reused when finished); its training time from train.json."""
-    if TrainDir(out).state().status != "finished":
-        if out.exists():
-            shutil.rmtree(out)
-        medharness("train", *args, "--output", str(out), log=log)
-    record = TrainDir(out).log()
-    return float(record.seconds or 0.0) if record is not None else 0.0
-
-
 def pick_early(sft: Path, val_task: str, limit: int, evals: Path, log: Path) -> tuple[int, dict[str, Any]]:
     """The first SFT checkpoint whose validation MFRS lies within EARLY."""
-    chosen = sft / "early.json"
-    if chosen.exists():
-        record = json.loads(chosen.read_text())
-        return int(record["step"]), record["validation"]
-    for ckpt in TrainDir(sft).checkpoints():
-        step = int(ckpt.name.rpartition("-")[2])
-        score = evaluate(ckpt, val_task, limit, evals / f"early-{step}", log)
-        if EARLY[0] <= score["mfrs"] <= EARLY[1]:
-            chosen.write_text(json.dumps({"step": step, "validation": score}))
-            return step, score
-    sys.exit(f"{sft}: no checkpoint with a validation MFRS within {EARLY}")
+    return first_within(sft, METRIC, EARLY, lambda ckpt, step: evaluate(
+        ckpt, val_task, limit, evals / f"early-{step}", log), prune=False)
 
 
 def quarter_rewards(train_dir: Path) -> tuple[float, float]:
@@ -104,11 +83,11 @@ def run_seed(seed: int, args: argparse.Namespace, val_task: Path, eval_task: str
     if not (model / "config.json").exists():
         medharness("make-tiny-model", str(model), "--size", "small", "--seed", str(seed), log=log)
     common = [*PRESETS, "--task", TASK, "--prompt", PROMPT, "--seed", str(seed)]
-    times = {"sft": train(["--preset", "sft", *common, "--model", str(model), "-C", "trl.save_steps=50"],
+    times = {"sft": trained(["--preset", "sft", *common, "--model", str(model), "-C", "trl.save_steps=50"],
                           out / "sft", log)}
     step, early_val = pick_early(out / "sft", str(val_task), args.limit, out / "eval-validation", log)
     early = out / "sft" / f"checkpoint-{step}"
-    times["vrft_aug"] = train(["--recipe", "vrft_aug", *common, "--model", str(early),
+    times["vrft_aug"] = trained(["--recipe", "vrft_aug", *common, "--model", str(early),
                                "-C", "trl.save_steps=100000"], out / "vrft_aug", log)
     models = {"early": early, "sft": out / "sft" / "final", "vrft_aug": out / "vrft_aug" / "final"}
     scores = {name: evaluate(path, eval_task, args.limit, evals / name, log) for name, path in models.items()}

@@ -66,6 +66,9 @@ LABELS = {"base": "untrained (step 0)", "sft": "SFT", "early": "SFT early", "grp
 def medharness(*args: str, log: Path) -> float:
     """Run one `medharness` command (output appended to `log`); returns its wall time in seconds."""
     t0 = time.perf_counter()
+    where = [a for a in args[1:] if "/" in a][-1:]  # progress: the command and its last path (all in `log`)
+    print(f"{time.strftime('%H:%M:%S')} medharness {' '.join([args[0], *where])}", file=sys.stderr,
+          flush=True)
     with log.open("a") as out:
         out.write("$ medharness " + " ".join(args) + "\n")
         out.flush()

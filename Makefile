@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt torch
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[hf,data,api,judges,train,plots,peers,dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[hf,data,api,judges,train,plots,peers,ray,dev]"
 	touch $(STAMP)
 
 # The main job on the embedded default: train-then-eval with the shipped demo sweep (trainers/sweeps/demo.yaml):

@@ -168,11 +168,50 @@ def write_manifest(folder: Path, manifest: CheckpointManifest) -> Path:
     return path
 
 
-def finish_checkpoint(folder: Path, processor: Any, lineage: Lineage, step: int | None) -> None:
-    """Make a saved folder self-contained for `run`: the processor beside the weights, and the manifest."""
+def finish_checkpoint(folder: Path, processor: Any, lineage: Lineage, step: int | None,
+                      args: Any = None) -> None:
+    """Make a saved folder self-contained for `run`: the processor beside the weights, and the manifest;
+    TRL's pickle of its settings (`training_args.bin`) without credentials (`scrub_training_args`)."""
     if not (folder / "processor_config.json").exists() and not (folder / "preprocessor_config.json").exists():
         processor.save_pretrained(folder)
     write_manifest(folder, lineage.manifest(step))
+    if args is not None:
+        scrub_training_args(folder, args)
+
+
+TRAINING_ARGS_FILE = "training_args.bin"  # transformers' TRAINING_ARGS_NAME: the Trainer's pickle of `args`
+
+
+def scrub_training_args(folder: Path, args: Any) -> bool:
+    """Rewrite `folder/training_args.bin` (transformers pickles the trainer's whole config there, for the
+    record; resuming never reads it) with every credential scrubbed, as train.json records them: TRL keeps the
+    real values in memory (`-C trl.vllm_server_base_url=http://user:KEY@host` still reaches the server).
+    Untouched where no setting holds one. True where the file was rewritten."""
+    import copy
+    import dataclasses
+
+    path = folder / TRAINING_ARGS_FILE
+    if not path.is_file() or not dataclasses.is_dataclass(args):
+        return False
+    changed = {}
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name, None)
+        if not isinstance(value, (str, list, tuple, dict)):
+            continue
+        clean_value = scrub_value(value)
+        if json.dumps(clean_value, default=str) != json.dumps(value, default=str):  # tuples dump as lists
+            changed[field.name] = tuple(clean_value) if isinstance(value, tuple) else clean_value
+    if not changed:
+        return False
+    import torch
+
+    clean = copy.copy(args)  # a shallow copy: no __post_init__ (which would set up devices again)
+    for name, value in changed.items():
+        object.__setattr__(clean, name, value)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(clean, tmp)
+    tmp.replace(path)
+    return True
 
 
 def manifest_callback(processor: Any, lineage: Lineage, output: Path) -> Any:
@@ -183,7 +222,7 @@ def manifest_callback(processor: Any, lineage: Lineage, output: Path) -> Any:
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             folder = output / f"checkpoint-{state.global_step}"
             if state.is_world_process_zero and folder.is_dir():
-                finish_checkpoint(folder, processor, lineage, state.global_step)
+                finish_checkpoint(folder, processor, lineage, state.global_step, args)
 
     return ManifestCallback()
 
@@ -220,6 +259,7 @@ def save_final(trainer: Any, processor: Any, lineage: Lineage, output: Path) -> 
     final = output / "final"
     trainer.save_model(str(final))
     if trainer.is_world_process_zero():
+        scrub_training_args(final, trainer.args)
         processor.save_pretrained(final)
         manifest = lineage.manifest(trainer.state.global_step)
         write_manifest(final, manifest)

@@ -33,7 +33,7 @@ from medharness.core.atomic import write_json_atomic, write_text_atomic
 from medharness.core.datafiles import parse_json, read_text
 from medharness.core.errors import ConfigError, DataError
 from medharness.core.records import TrainLog
-from medharness.core.secrets import scrub_value
+from medharness.core.secrets import scrub, scrub_value
 from medharness.runs.folders import TRAIN_FILE, TRAIN_SAMPLES_FILE, TrainDir
 from medharness.runs.runlog import LOCK_FILE, RunLock
 from medharness.taskfiles.task import resolve_task_names
@@ -249,8 +249,13 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def write_train_log(path: Path, log: TrainLog) -> None:
     """train.json: the fields this run set (a field never set, such as `steps` before training ends, is
-    absent)."""
-    write_json(path, log.model_dump(mode="json", exclude_unset=True))
+    absent). An error message may quote a setting it was given: it is recorded scrubbed of credentials
+    (core/secrets.py), as the config is."""
+    record = log.model_dump(mode="json", exclude_unset=True)
+    for part in (record, record.get("evals")):
+        if isinstance(part, dict) and isinstance(part.get("error"), str):
+            part["error"] = scrub(part["error"])
+    write_json(path, record)
 
 
 def _now() -> str:

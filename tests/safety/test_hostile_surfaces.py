@@ -625,6 +625,93 @@ def test_credentials_in_a_trl_url_are_given_to_trl_and_recorded_nowhere(
         assert key not in recorded
 
 
+def test_trl_s_pickled_settings_are_rewritten_without_credentials(tmp_path: Path) -> None:
+    """transformers pickles the trainer's whole config into each checkpoint's and final/'s
+    `training_args.bin`: the real URL, key included. It is rewritten scrubbed (TRL keeps the real one in
+    memory); a config without credentials leaves the file as TRL wrote it."""
+    pytest.importorskip("trl", reason="training needs the `train` extra")
+    import torch
+
+    from medharness.trainers.checkpoints import TRAINING_ARGS_FILE, scrub_training_args
+    from medharness.trainers.cli import parse_train_args, train_request
+    from medharness.trainers.config import trl_args
+    from medharness.trainers.run import resolve
+
+    url, key = "http://user:SECRETKEY123@host:8000", "SECRETKEY123"
+    for given, rewritten in ((url, True), ("http://host:8000", False)):
+        out = tmp_path / ("with" if rewritten else "without")
+        config, layers = resolve(train_request(parse_train_args(
+            ["train", "--task", TASK, "--preset", "grpo", "--model", "no-such/model", "--output", str(out),
+             "-C", f"trl.vllm_server_base_url={given}"])))
+        trl = trl_args(config, layers, out, False)
+        out.mkdir()
+        torch.save(trl, out / TRAINING_ARGS_FILE)  # as transformers' Trainer._save does
+        before = (out / TRAINING_ARGS_FILE).read_bytes()
+        assert (key.encode() in before) == rewritten
+        assert scrub_training_args(out, trl) is rewritten
+        after = (out / TRAINING_ARGS_FILE).read_bytes()
+        assert key.encode() not in after and (after == before) is not rewritten
+        loaded = torch.load(out / TRAINING_ARGS_FILE, weights_only=False)
+        assert loaded.vllm_server_base_url == given.replace("user:SECRETKEY123", "***")
+        assert loaded.learning_rate == trl.learning_rate and loaded.output_dir == trl.output_dir
+        assert trl.vllm_server_base_url == given  # the trainer's own settings are not touched
+
+
+def test_a_training_error_quoting_a_credential_is_recorded_scrubbed(
+        tmp_path: Path, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.json's `error` is the exception's text, which may quote the setting that failed (a server URL
+    with its key): it was written as raised."""
+    pytest.importorskip("trl", reason="training needs the `train` extra")
+    from medharness.core.errors import ConfigError
+    from medharness.trainers import run as train_run
+
+    url, key = "http://user:SECRETKEY123@host:8000", "SECRETKEY123"
+
+    def unreachable(*_: object) -> None:  # fault injection: the server named by the URL does not answer
+        raise ConfigError(f"the vLLM server at {url} does not answer")
+
+    monkeypatch.setattr(train_run, "_train", unreachable)
+    out = tmp_path / "out"
+    assert main(["train", "--task", TASK, "--preset", "grpo", "--preset", "tiny_cpu", "--model",
+                 str(tiny_models["qwen2_vl"]), "--output", str(out), "-C", f"trl.vllm_server_base_url={url}",
+                 "--max-steps", "1"]) == 2
+    record = json.loads((out / "train.json").read_text())
+    assert record["status"] == "failed"
+    assert record["error"] == "ConfigError: the vLLM server at http://***@host:8000 does not answer"
+    assert not [f for f in out.rglob("*") if f.is_file() and key.encode() in f.read_bytes()]
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_no_file_of_a_training_or_a_failed_sweep_holds_a_url_s_key(
+        tmp_path: Path, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """End to end: a real GRPO step with a checkpoint, and a sweep whose training stage fails (TRL asked to
+    use a vLLM server that is not installed), both given `trl.vllm_server_base_url` with a key: every file
+    under the output folders is read for the key (train.json, logs, each checkpoint's medharness.json and
+    training_args.bin, final/, the stage logs, sweep.json and the board)."""
+    pytest.importorskip("trl", reason="training needs the `train` extra")
+    url, key = "http://user:SECRETKEY123@host:8000", b"SECRETKEY123"
+    out = tmp_path / "train"
+    assert main(["train", "--task", TASK, "--preset", "grpo", "--preset", "tiny_cpu", "--model",
+                 str(tiny_models["qwen2_vl"]), "--output", str(out), "--max-steps", "1",
+                 "-C", "trl.save_steps=1", "-C", f"trl.vllm_server_base_url={url}"]) == 0
+    written = [f for f in out.rglob("*") if f.is_file()]
+    assert {"training_args.bin"} <= {f.name for f in written} and len(
+        [f for f in written if f.name == "training_args.bin"]) == 2  # checkpoint-1/ and final/
+    assert not [f for f in written if key in f.read_bytes()]
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"model: {tiny_models['qwen2_vl']}\ntasks: [{TASK}]\nseeds: [0]\n"
+                     "recipes: [{recipe: grpo, overrides: [trl.max_steps=1, trl.use_vllm=true, "
+                     f"'trl.vllm_server_base_url={url}']}}]\ncommon_presets: [tiny_cpu]\n"
+                     "eval: {backend: hf, limit: 4}\n")
+    assert main(["train-then-eval", "--sweep", str(sweep), "--output", str(tmp_path / "sweep")]) == 1
+    assert "exited with" in capsys.readouterr().err
+    written = [f for f in (tmp_path / "sweep").rglob("*") if f.is_file()]
+    assert any(f.name == "sweep.json" for f in written)
+    assert not [f for f in written if key in f.read_bytes()]
+
+
 def test_lora_targets_matching_no_module_are_refused_before_the_output_folder(
         tmp_path: Path, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     """peft raised NoMatchingPeftModuleError inside the trainer, after train.json was written."""

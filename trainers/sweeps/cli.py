@@ -240,6 +240,7 @@ def write_board(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell
                  references: dict[str, str | None], failed: dict[str, str]) -> Path:
     from medharness.core.atomic import write_json_atomic, write_text_atomic
     from medharness.core.records import SweepCell, SweepCellEval, SweepCellTrain, SweepLog
+    from medharness.core.secrets import scrub_value
     from medharness.runs.results import task_result
     from medharness.trainers.sweeps.board import every_row, paper_table, published_board, render
     from medharness.trainers.sweeps.schema import all_eval_tasks
@@ -268,7 +269,7 @@ def write_board(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell
                                       train=train, eval=evals, finished=stages.cell_finished(c),
                                       error=failed.get(c.id)))
     log = SweepLog(sweep_file=str(file), output=str(stages.root),
-                   config=sweep.model_dump(mode="json", by_alias=True), cells=cell_records,
+                   config=scrub_value(sweep.model_dump(mode="json", by_alias=True)), cells=cell_records,
                    board=every["cells"] if every else [], table=table, failed=failed)
     write_json_atomic(stages.dir.log_file, log.model_dump(mode="json"))
     return path

@@ -30,6 +30,7 @@ from typing import Any
 from medharness.backends.vlm_common import is_adapter_folder
 from medharness.core.errors import ConfigError, MedHarnessError
 from medharness.core.paths import remove_own, set_aside
+from medharness.core.secrets import scrub
 from medharness.runs.folders import SweepDir, run_status
 from medharness.taskfiles.task import load_task
 from medharness.trainers.cli import parse_train_args, train_request
@@ -283,17 +284,17 @@ class Stages:
     def _call(self, command: Command, log_file: Path) -> None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         argv = command.argv()
-        log.info("running %s", command.text())
-        with log_file.open("a", encoding="utf-8") as fh:
-            fh.write(f"$ {' '.join(argv)}\n")
+        log.info("running %s", scrub(command.text()))
+        with log_file.open("a", encoding="utf-8") as fh:  # recorded without credentials (core/secrets.py)
+            fh.write(f"$ {scrub(' '.join(argv))}\n")
         code = self.worker.run(command.args, log_file) if self.worker and command.program is None else None
         if code is None:
             with log_file.open("a", encoding="utf-8") as fh:
                 code = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
         if code != 0:
             tail = log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
-            raise StageFailed(f"`{' '.join(argv[:4])} ...` exited with {code}; see {log_file}:\n  "
-                              + "\n  ".join(tail))
+            raise StageFailed(scrub(f"`{' '.join(argv[:4])} ...` exited with {code}; see {log_file}:\n  "
+                                    + "\n  ".join(tail)))
 
     def _set_aside(self, folder: Path, why: str) -> None:
         moved = set_aside(folder, self.root)

@@ -25,7 +25,7 @@ from medharness.checkpoints.lineage import (
     manifest_path,
     read_manifest,
 )
-from medharness.core.atomic import write_text_atomic
+from medharness.core.atomic import replacing, write_text_atomic
 from medharness.core.errors import ConfigError
 from medharness.core.secrets import scrub_value
 from medharness.core.versions import package_versions
@@ -208,9 +208,8 @@ def scrub_training_args(folder: Path, args: Any) -> bool:
     clean = copy.copy(args)  # a shallow copy: no __post_init__ (which would set up devices again)
     for name, value in changed.items():
         object.__setattr__(clean, name, value)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(clean, tmp)
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        torch.save(clean, tmp)
     return True
 
 

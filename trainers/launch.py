@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 import yaml
 
+from medharness.core.atomic import write_text_atomic
 from medharness.core.errors import ConfigError
 from medharness.core.schemadocs import field_help
 
@@ -324,16 +325,10 @@ def write_launch_config(spec: LaunchSpec, output: Path) -> Path:
     ds_file = None
     if spec.deepspeed:
         ds_file = (folder / f"deepspeed_{spec.deepspeed}.json").resolve()
-        _write(ds_file, json.dumps(deepspeed_config(ZERO_STAGES[spec.deepspeed]), indent=2) + "\n")
+        write_text_atomic(ds_file, json.dumps(deepspeed_config(ZERO_STAGES[spec.deepspeed]), indent=2) + "\n")
     path = folder / config_name(spec.machine_rank)
-    _write(path, yaml.safe_dump(accelerate_config(spec, ds_file), sort_keys=True))
+    write_text_atomic(path, yaml.safe_dump(accelerate_config(spec, ds_file), sort_keys=True))
     return path
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def launch_argv(train_argv: Sequence[str], config_file: Path, num_processes: int,

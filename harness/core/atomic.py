@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +21,23 @@ def is_temporary_of(name: str, target: str) -> bool:
     return (name.startswith(f".{target}.") and name.endswith(".tmp")) or name == f"{target}.tmp"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` for the block to write (by any writer: a library's `save`), renamed over
+    `path` when the block ends without an error; removed if it raises."""
     tmp = temporary_file(path)
     try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
+        yield tmp
+        with tmp.open("rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json_atomic(path: Path, data: Any, indent: int = 2, allow_nan: bool = True) -> None:

@@ -25,7 +25,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from medharness.backends.vlm_common import is_adapter_folder
 from medharness.core.errors import ConfigError, MedHarnessError
@@ -439,9 +438,3 @@ def reference_rows(sweep: SweepConfig) -> dict[str, str | None]:
         kind = b.removeprefix("baseline:")
         rows[f"baseline-{slug(kind)}"] = f"baseline:{kind}"
     return rows
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

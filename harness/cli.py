@@ -60,6 +60,15 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                    help="openai/gemini: retries after 429/5xx/timeouts (default 5)")
     p.add_argument("--backend-option", dest="backend_option", action="append", default=[],
                    metavar="KEY=VALUE", help=field_help(RUN, "backend_options"))
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where the model runs: local (this process, default) or ray (--replicas engines of "
+                        "the hf or vllm backend as Ray actors; same rows, cache, --resume; docs/scaling.md)")
+    p.add_argument("--replicas", type=int,
+                   help="--executor ray: engines (default one per GPU, or per tensor_parallel_size GPUs, of "
+                        "the Ray cluster; 1 without GPUs)")
+    p.add_argument("--ray-address",
+                   help="--executor ray: the cluster to join (auto: the one `ray start` runs here; "
+                        "HOST:PORT; ray://HOST:10001); default a new local Ray instance")
     p.add_argument("--device", help="hf backend: cpu, cuda, auto (default auto)")
     p.add_argument("--dtype", help="hf backend: float32, bfloat16, auto (default auto)")
     p.add_argument("--id-field", help="replay backend: the predictions file's id field")
@@ -116,11 +125,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend_options[key] = load_value(value, f"--backend-option {key}")
     if args.resume and not args.output:
         raise ConfigError("--resume needs --output RUN_DIR (the run to continue)")
+    executor = _executor(args)
     from pydantic import ValidationError
 
     from medharness.bridges.lmeval_run import split_tasks
 
     ours, lm_eval_tasks = split_tasks(args.tasks)
+    if lm_eval_tasks and executor is not None:
+        raise ConfigError("--executor ray scores medharness tasks; lm_eval: tasks run in this process "
+                          "(leave out --executor)")
     try:
         config = RunConfig(model=args.model, backend=args.backend, tasks=ours or args.tasks,
                            data_dir=args.data_dir, overrides=parse_task_overrides(args.overrides),
@@ -138,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if ours:
         with progress_bar(disabled=args.no_progress) as progress:
             runner = Runner(config, output=args.output, resume=args.resume, progress=progress,
-                            retry_errors=args.retry_errors)
+                            retry_errors=args.retry_errors, executor=executor)
             try:
                 run = runner.run()
             except MedHarnessError:
@@ -158,6 +171,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         with RunDir.open(run.path, writer="judge") as judged:
             _judge_run(judged, panel, args)
     return 0
+
+
+def _executor(args: argparse.Namespace) -> Any:
+    """`--executor ray` -> where its replicas run (backends/ray_replicas.py); None: in this process."""
+    if args.executor != "ray":
+        if args.replicas is not None or args.ray_address:
+            raise ConfigError("--replicas and --ray-address need --executor ray")
+        return None
+    from medharness.backends.ray_replicas import RayExecutor
+
+    return RayExecutor(replicas=args.replicas, address=args.ray_address)
 
 
 def _run_lm_eval(args: argparse.Namespace, config: Any, tasks: list[str], path: Path | None) -> Any:

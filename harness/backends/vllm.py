@@ -9,7 +9,8 @@ vLLM's default), `max_images_per_prompt` (4: vLLM's `limit_mm_per_prompt`; video
 `--model ADAPTER_DIR` does the same, serving it on its base: `base`, else the adapter's own record of it),
 `batch_size` (64: requests handed to the engine per call; the engine batches continuously inside),
 `trust_remote_code` (False), `engine_args` (a dict passed on to `vllm.LLM` as is), `data_parallel_size` (1:
-N > 1 runs N engines, one per GPU group of `tensor_parallel_size` GPUs, in worker processes; vllm_dp.py).
+N > 1 runs N engines of `tensor_parallel_size` GPUs each as Ray replicas, the same as `--executor ray
+--replicas N` on a local Ray instance: ray_replicas.py; needs the `ray` extra).
 
 How a request is built: the prompt text is rendered by the model's own HF processor chat template with the
 same message conversion as the `hf` backend (both call `medharness.backends.vlm_common.render_prompt`), and
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from medharness.backends.base import Backend, Request, backend
-from medharness.backends.vllm_dp import EnginePool
+from medharness.backends.ray_replicas import RayExecutor, RayReplicas
 from medharness.backends.vlm_common import (
     adapter_fingerprint,
     chat_template_owner,
@@ -147,10 +148,10 @@ class VLLMBackend(Backend):
             lora_rank = int(adapter.get("r", 8))
             lora_id = (str(self.lora_path), adapter_fingerprint(self.lora_path))
         self._fingerprint = model_fingerprint(self.source, lora_id)
-        self.pool: EnginePool | None = None
-        if int(data_parallel_size) > 1:  # one engine per GPU group, each in a worker process (vllm_dp.py)
-            self.pool = EnginePool(f"{__name__}:VLLMBackend", self.source, int(data_parallel_size),
-                                   int(tensor_parallel_size), worker_options)
+        self.pool: RayReplicas | None = None
+        if int(data_parallel_size) > 1:  # N engines of tensor_parallel_size GPUs each, as Ray replicas
+            self.pool = RayReplicas("vllm", self.source, worker_options,
+                                    RayExecutor(replicas=int(data_parallel_size)))
             return
 
         try:  # the main-process side: the chat template, the tokenizer and the special token ids

@@ -23,6 +23,7 @@ from medharness.backends import BACKENDS, Backend, check_options
 from medharness.backends.cache import ResponseCache
 from medharness.backends.generate import generate_cached
 from medharness.backends.inputs import ImageLoader, build_requests
+from medharness.backends.ray_replicas import RayExecutor, RayReplicas, check_executor
 from medharness.checkpoints.lineage import trained_from
 from medharness.core.errors import ConfigError, DataError, MedHarnessError
 from medharness.core.records import (
@@ -127,13 +128,16 @@ def _vllm_usable() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def make_backend(config: RunConfig) -> Backend:
+def make_backend(config: RunConfig, executor: RayExecutor | None = None) -> Backend:
+    """The run's backend, in this process, or as replicas on a Ray cluster (`executor`: `--executor ray`)."""
     name, model = pick_backend(config.model, config.backend)
     options = dict(config.backend_options)
     if name == "baseline":
         options.setdefault("seed", config.seed)
     if name == "hf":
         options.setdefault("batch_size", config.batch_size)
+    if executor is not None:
+        return RayReplicas(name, model, options, executor)
     return BACKENDS.get(name)(model, **options)
 
 
@@ -204,11 +208,15 @@ class Runner:
     """Runs one RunConfig into one run directory."""
 
     def __init__(self, config: RunConfig, output: Path | None = None, resume: bool = False,
-                 progress: Progress | None = None, retry_errors: bool = False) -> None:
+                 progress: Progress | None = None, retry_errors: bool = False,
+                 executor: RayExecutor | None = None) -> None:
         self.config = config
         # a wrong backend name fails before any work
         backend_name, _ = pick_backend(config.model, config.backend)
         check_options(backend_name, config.backend_options)
+        self.executor = executor  # None: the model runs in this process; else replicas on a Ray cluster
+        if executor is not None:
+            check_executor(backend_name, config.backend_options)
         ablation.check(config.ablate)
         self.pinned = read_sample_ids(Path(config.samples_file)) if config.samples_file else None
         self.tasks = load_tasks(config)  # bad task files fail here, before any directory exists
@@ -253,7 +261,8 @@ class Runner:
             RunDir.check_new(self.path, take_over=self.resume)
             run = None
         try:
-            backend = make_backend(self.config)  # a model that cannot load fails before a directory exists
+            # a model that cannot load fails before a directory exists
+            backend = make_backend(self.config, self.executor)
         except BaseException:
             if run is not None:
                 run.close()

@@ -306,16 +306,19 @@ def test_lora_is_served_as_merged(engine: VLLMBackend, hf: HFBackend, tmp_path: 
 # -- data parallelism ----------------------------------------------------------------------------------------
 
 def test_data_parallel_engines_answer_like_one(engine: VLLMBackend, model_dir: Path) -> None:
-    """data_parallel_size=2: two engines in worker processes (sharing the CPU here; one GPU group each on a
-    GPU machine), the requests split between them, the answers back in order and equal to one engine's."""
+    """data_parallel_size=2: two engines as Ray replicas on a local Ray instance (sharing the CPU here; one
+    GPU group each on a GPU machine), the requests split between them, the answers back in order and equal to
+    one engine's."""
+    pytest.importorskip("ray", reason="data_parallel_size runs Ray replicas: pip install 'medharness[ray]'")
     requests = mixed_requests() * 2
     pool = VLLMBackend(str(model_dir), data_parallel_size=2, **ENGINE)
     try:
         assert pool.fingerprint == engine.fingerprint and pool.batch_size_hint == 2 * engine.batch_size_hint
-        assert pool.pool is not None and len(pool.pool.workers) == 2
+        assert pool.pool is not None and pool.pool.replicas == 2
+        assert pool.pool.fingerprint == engine.fingerprint  # the replicas' engines: the cache keys are one's
         ours = pool.generate(requests)
         assert [comparable(g) for g in ours] == [comparable(g) for g in engine.generate(requests)]
         assert [g.sample_id for g in pool.generate(requests[:1])] == [requests[0].prompt.sample_id]
     finally:
         pool.close()
-    assert pool.pool is not None and pool.pool.workers == []
+    assert pool.pool is not None and pool.pool.actors == []

@@ -1,11 +1,14 @@
 """`medharness train-then-eval`: run a sweep (trainers/sweep.py) cell by cell and render its leaderboard.
 
     medharness train-then-eval [--sweep FILE] [--output DIR] [--resume] [--dry-run [--json]]
-                               [--print-commands] [--cell ID] [--executor local|slurm [--slurm-option K=V]]
+                               [--print-commands] [--cell ID]
+                               [--executor local|slurm|ray [--slurm-option K=V] [--ray-address ADDRESS]]
 
 Without --cell: the reference rows (base model, baselines), then every cell in stage order (a cell whose
 parent failed is skipped), then SWEEP/leaderboard.md and SWEEP/sweep.json. With --cell: that cell only (for a
 scheduler; `--print-commands` lists one such command per cell, by stage, and the final merge command).
+`--executor slurm` submits those commands as sbatch jobs (trainers/sweeps/slurm.py), `--executor ray` runs
+them as Ray tasks and then merges here (trainers/sweeps/ray_executor.py).
 """
 
 from __future__ import annotations
@@ -52,10 +55,17 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Any]:
     p.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
                    help="local: run the cells here, one after another (default); slurm: submit one sbatch "
                         "job per cell (a `from:` cell after its parent's) and a merge job that renders the "
-                        "board (docs/scaling.md); ray: not yet (issue 23)")
+                        "board; ray: run each cell as a Ray task declaring its GPUs (a `from:` cell after "
+                        "its parent's), as many at once as the cluster holds, then render the board here "
+                        "(needs medharness[ray]). Both run each cell's --print-commands command and skip "
+                        "finished cells (docs/scaling.md)")
     p.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
                    help="with --executor slurm: an sbatch option for every job, e.g. partition=gpu, "
                         "time=24:00:00 (repeatable)")
+    p.add_argument("--ray-address", metavar="ADDRESS",
+                   help="with --executor ray: the Ray cluster, `auto` (the one `ray start` started on this "
+                        "machine) or HOST:PORT (default: a local Ray instance for this sweep, stopped at the "
+                        "end)")
     from medharness.core.schemadocs import field_help  # the sweep file's field, without importing its schema
 
     p.add_argument("--data-dir", help=field_help("medharness.trainers.sweeps.schema:SweepConfig", "data_dir")
@@ -83,6 +93,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cells = expand(sweep)
     stages = Stages(sweep, file, output, resume=args.resume, say=lambda line: print(line, flush=True))
     references = reference_rows(sweep)
+    if args.executor == "ray" or args.ray_address:  # Ray tasks run the cells (sweeps/ray_executor.py)
+        from medharness.trainers.sweeps.ray_executor import run_on_ray
+
+        return run_on_ray(args, file, stages, cells, references)
     if args.executor != "local" or args.slurm_option:  # a scheduler runs the cells (trainers/sweeps/slurm.py)
         from medharness.trainers.sweeps.slurm import submit_sweep
 

@@ -178,10 +178,7 @@ def submit(jobs: list[Job], root: Path, options: dict[str, str], sweep_name: str
 
 def submit_sweep(args: argparse.Namespace, file: Path, stages: Stages, cells: list[Cell],
                  references: dict[str, str | None]) -> int:
-    """The `--executor` branch of `train-then-eval`."""
-    if args.executor == "ray":
-        raise ConfigError("--executor ray: not yet: see issue 23 (docs/scaling.md); use --executor slurm, or "
-                          "--print-commands for another scheduler")
+    """The `--executor slurm` branch of `train-then-eval` (`--executor ray`: sweeps/ray_executor.py)."""
     if args.executor != "slurm":
         raise ConfigError("--slurm-option needs --executor slurm")
     if args.cell or args.dry_run or args.print_commands or args.json:

@@ -105,14 +105,14 @@ class Replica:
 
     def __init__(self, engine: str, model: str, options: dict[str, Any]) -> None:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-        if ":" in engine:
-            module, _, attr = engine.partition(":")
-            cls = getattr(importlib.import_module(module), attr)
-        else:
-            cls = BACKENDS.get(engine)
         self.backend: Backend | None = None
         self.failure: Exception | None = None
         try:
+            if ":" in engine:
+                module, _, attr = engine.partition(":")
+                cls = getattr(importlib.import_module(module), attr)
+            else:
+                cls = BACKENDS.get(engine)
             self.backend = cls(model, **options)
         except Exception as exc:  # noqa: BLE001 - raised by `describe`: Ray keeps a method's exception as
             self.failure = exc  # it was, a constructor's only as text (and would not restart such an actor)

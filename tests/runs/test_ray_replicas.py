@@ -3,11 +3,12 @@ a run whose engines are Ray replicas equal an in-process run's, byte for byte; a
 costs its in-flight batch a retry, never the run (backends/ray_replicas.py).
 
 The first test needs no torch (a model-free backend from tests/support/ray_faults.py, which the Ray workers
-import through PYTHONPATH); the hf tests on a tiny model are slow (each replica imports torch and loads it).
+import through PYTHONPATH; ~16 s, most of it Ray's start); the others are slow: each replica imports torch.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import ray_faults  # registers echo_dies_once and dies_once (tests/support)
 
 from medharness.backends.ray_replicas import RayExecutor
 from medharness.cli import main
+from medharness.core.errors import BackendError
 from medharness.runs.pipeline import RunConfig, Runner
 from medharness.runs.runlog import RunDir
 
@@ -67,6 +69,7 @@ def test_a_replica_that_dies_is_retried_and_rows_equal_one_process(local_ray: An
     assert run.log.model == "echo:m" and run.log.usage is not None and run.log.usage.model_calls == 22
 
 
+@pytest.mark.slow
 def test_a_replica_that_cannot_start_fails_cleanly(local_ray: Any, tmp_path: Path) -> None:
     """A model that cannot load in the replica is the backend's own error, before any run directory exists,
     and no replica is left behind."""
@@ -146,3 +149,20 @@ def test_an_interrupted_ray_run_resumes(local_ray: Any, reference: Path, tiny_mo
     run = Runner(hf_config(model), output=out, resume=True, executor=RayExecutor(replicas=2)).run()
     assert run.log.status == "finished"
     assert rows_bytes(out) == rows_bytes(reference)
+
+
+@pytest.mark.slow
+def test_vllm_data_parallel_replicas_without_vllm_fail_cleanly(local_ray: Any,
+                                                               tiny_models: dict[str, Path]) -> None:
+    """`--backend-option data_parallel_size=2` starts two vllm replicas on the Ray instance; where vLLM is
+    not installed each replica's own error comes back (not a dead-actor report), and no replica is left."""
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed: tests/backends/test_vllm_backend.py runs real data-parallel engines")
+    from medharness.backends.vllm import VLLMBackend
+
+    with pytest.raises(BackendError, match="a Ray replica failed: ModuleNotFoundError: No module named 'vll"):
+        VLLMBackend(str(tiny_models["qwen2_vl"]), data_parallel_size=2)
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU") != 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU") == 2

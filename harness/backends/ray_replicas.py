@@ -11,8 +11,10 @@ same batches as in one process, which is what keeps greedy rows byte-identical b
 replica and N replicas (batched greedy decoding can depend on what else is in the batch: padding, vLLM's
 scheduling). Each call hands the replicas `replicas x batch` requests, so all of them are busy.
 
-Fault tolerance is Ray's own: actors are created with `max_restarts` / `max_task_retries`, so a replica whose
-process dies (out of memory, a lost node) is started again and its in-flight chunk retried; the run goes on.
+The replicas' resources are reserved at once (a placement group): several runs sharing a cluster each wait
+for their whole share. Fault tolerance is Ray's own: actors are created with `max_restarts` /
+`max_task_retries`, so a replica whose process dies (out of memory, a lost node) is started again and its
+in-flight chunk retried; the run goes on.
 A replica that dies more than `RESTARTS` times, or an engine that raises as a whole, fails the run with a
 `BackendError` (rows already written stay; `--resume` continues). A per-sample failure is a `Generation` with
 `error` set, as in one process.
@@ -117,18 +119,19 @@ class Replica:
         except Exception as exc:  # noqa: BLE001 - raised by `describe`: Ray keeps a method's exception as
             self.failure = exc  # it was, a constructor's only as text (and would not restart such an actor)
 
+    def _engine(self) -> Backend:
+        if self.backend is None:  # also a restarted replica that could not load the model again
+            raise self.failure or BackendError("the replica has no engine")
+        return self.backend
+
     def describe(self) -> dict[str, Any]:
-        if self.failure is not None:
-            raise self.failure
-        b = self.backend
-        assert b is not None
+        b = self._engine()
         return {"fingerprint": b.fingerprint, "needs_images": b.needs_images, "cacheable": b.cacheable,
-                "batch": max(b.batch_size_hint, int(getattr(b, "batch_size", 1))), "pid": os.getpid(),
+                "batch": max(b.batch_size_hint, int(getattr(b, "batch_size", 1))),
                 "attn_implementation": getattr(b, "attn_implementation", None)}
 
     def generate(self, requests: Sequence[Request]) -> list[Generation]:
-        assert self.backend is not None
-        return self.backend.generate(requests)
+        return self._engine().generate(requests)
 
     def close(self) -> None:
         if self.backend is not None:
@@ -178,13 +181,19 @@ class RayReplicas(Backend):
         check_executor(engine, options)
         self.ray = import_ray()
         self.actors: list[Any] = []
+        self.group: Any = None
         self._joined = _connect(self.ray, executor.address)
         try:
             n, cpus, gpus = _plan(self.ray, executor.replicas, gpus_per_replica(engine, options))
-            actor = self.ray.remote(Replica).options(num_cpus=cpus, num_gpus=gpus, max_restarts=RESTARTS,
-                                                     max_task_retries=RESTARTS)
+            self.group = self._reserve(n, cpus, gpus)
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
             ref = engine_ref(engine)
-            self.actors = [actor.remote(ref, model, options) for _ in range(n)]
+            for i in range(n):
+                place = PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=i)
+                actor = self.ray.remote(Replica).options(num_cpus=cpus, num_gpus=gpus, max_restarts=RESTARTS,
+                                                         max_task_retries=RESTARTS, scheduling_strategy=place)
+                self.actors.append(actor.remote(ref, model, options))
             infos = [self._get(a.describe.remote()) for a in self.actors]
             prints = sorted({i["fingerprint"] for i in infos})
             if len(prints) > 1:  # e.g. nodes holding different weights at the same path
@@ -200,6 +209,20 @@ class RayReplicas(Backend):
             self.close()
             raise
         log.info("%d Ray replica(s) of %s (%g CPU, %g GPU each)", n, self._fingerprint, cpus, gpus)
+
+    def _reserve(self, n: int, cpus: float, gpus: float) -> Any:
+        """A placement group holding all `n` replicas' resources at once: runs sharing a cluster wait for
+        their whole share, never hold part of it each while waiting for the rest (a deadlock)."""
+        from ray.util.placement_group import placement_group
+
+        bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+        group = placement_group([bundle] * n, strategy="PACK")
+        ready, _ = self.ray.wait([group.ready()], timeout=10)
+        if not ready:
+            log.warning("waiting for the Ray cluster to free %d x %s for the replicas (others hold them)",
+                        n, bundle)
+            self.ray.get(group.ready())
+        return group
 
     @property
     def replicas(self) -> int:
@@ -258,6 +281,11 @@ class RayReplicas(Backend):
                 log.debug("ray replica close: %s", exc)
             self.ray.kill(actor, no_restart=True)
         self.actors = []
+        if self.group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(self.group)
+            self.group = None
         if getattr(self, "_joined", False):
             self.ray.shutdown()
             self._joined = False

@@ -24,10 +24,11 @@ nothing is written to ~/.ray) and stopped at the end; `auto` joins the running c
 Written inside SWEEP/ray/ only: each task's output (logs/NAME.log) and tasks.json (per task: the command,
 GPUs, CPUs, the parents it waited for, Ray's task id, node, worker pid, start, end, exit code).
 
-Killed driver: a task's command runs under a guard (this module as a program) that Linux kills with its
-parent, the Ray worker (`PR_SET_PDEATHSIG`), and that then kills the cell command's whole process group:
-a task does not outlive its worker, whichever way the worker ends (the driver killed, the instance gone,
-`ray.cancel`). Run the same command again (`--resume`): finished cells are neither started nor rerun.
+Killed driver: a task's command runs under a guard (this module as a program, `guard`) that Linux signals
+when its parent, the Ray worker, dies (`PR_SET_PDEATHSIG`), and that then kills the cell command's whole
+process group (its stage worker, the stage, a training's launcher): a task does not outlive its worker,
+whichever way the worker ends (the driver killed, the instance gone, `ray.cancel`). Run the same command
+again (`--resume`): finished cells are neither started nor rerun.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # the sweep modules load when the executor runs (the guard be
     from medharness.trainers.sweeps.stages import Stages
 
 RAY_DIR = "ray"
+MODULE = "medharness.trainers.sweeps.ray_executor"  # the guard's program (`__name__` is __main__ there)
 EXTRA = "pip install 'medharness[ray]'"
 PR_SET_PDEATHSIG = 1  # prctl(2), as trainers/sweeps/worker.py uses it
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
@@ -96,7 +98,7 @@ def run_task(spec: dict[str, Any], *parents: dict[str, Any]) -> dict[str, Any]:
         fh.write(f"# {started} task {context.get_task_id()} on {socket.gethostname()}\n"
                  f"$ {shlex.join(spec['argv'])}\n")
         fh.flush()
-        guard = [spec["python"], "-m", __name__, str(os.getpid()), *spec["argv"]]
+        guard = [spec["python"], "-m", MODULE, str(os.getpid()), "2", *spec["argv"]]
         proc = subprocess.Popen(guard, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                                 cwd=spec["cwd"], start_new_session=True)
         try:
@@ -118,17 +120,21 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def guard(parent: int, argv: list[str]) -> int:
+def guard(parent: int, levels: int, argv: list[str]) -> int:
     """Run `argv` in this process's group (a new session, which the task made) and end the whole group when
-    the parent (the Ray worker) dies: Linux sends SIGTERM then (`PR_SET_PDEATHSIG`)."""
+    the parent dies: Linux sends SIGTERM then (`PR_SET_PDEATHSIG`). Two levels: a Ray worker that ends kills
+    its own children (the outer guard) with SIGKILL, which no handler sees; the inner guard, the outer one's
+    child, then gets its SIGTERM and ends the group."""
     signal.signal(signal.SIGTERM, lambda signum, frame: _kill_group(0))
     signal.signal(signal.SIGHUP, lambda signum, frame: _kill_group(0))
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except AttributeError:  # not Linux: no parent-death signal, the group ends when the command does
         pass
-    if os.getppid() != parent:  # the worker died before the signal was set
+    if os.getppid() != parent:  # the parent died before the signal was set
         return 1
+    if levels > 1:
+        argv = [sys.executable, "-m", MODULE, str(os.getpid()), str(levels - 1), *argv]
     code = subprocess.call(argv)
     return code if code >= 0 else 128 - code
 
@@ -313,5 +319,5 @@ def merge(file: Path, stages: Stages, cells: list[Cell], references: dict[str, s
     return 1
 
 
-if __name__ == "__main__":  # the guard: python -m medharness.trainers.sweeps.ray_executor PARENT_PID ARGV...
-    sys.exit(guard(int(sys.argv[1]), sys.argv[2:]))
+if __name__ == "__main__":  # the guard: python -m medharness.trainers.sweeps.ray_executor PARENT LEVELS ARGV
+    sys.exit(guard(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]))

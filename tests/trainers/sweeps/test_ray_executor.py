@@ -196,40 +196,41 @@ def test_refused_options(tmp_path: Path, capsys: pytest.CaptureFixture[str], opt
 
 
 PARENT = """\
-import subprocess, sys, time
-import os
-guard = [sys.executable, "-m", "medharness.trainers.sweeps.ray_executor", str(os.getpid())]
+import os, subprocess, sys, time
+guard = [sys.executable, "-m", "medharness.trainers.sweeps.ray_executor", str(os.getpid()), "2"]
 proc = subprocess.Popen([*guard, sys.executable, "-c", sys.argv[1]], start_new_session=True)
 print(proc.pid, flush=True)
 time.sleep(60)
 """
-# the cell command: a child of its own, and a grandchild that left for a session of its own would escape
+# the cell command, with a child of its own (as its stage worker and stage)
 TREE = textwrap.dedent("""\
     import subprocess, sys, time
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    print(child.pid, flush=True)
     time.sleep(60)
 """)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
-def test_the_guard_ends_the_cell_command_with_its_worker(tmp_path: Path) -> None:
-    """The Ray worker killed (the driver killed, the instance gone): the guard takes the cell command and
-    every process it started with it, so a resumed sweep never meets a stray stage."""
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, TREE], stdout=subprocess.PIPE, text=True)
-    assert parent.stdout is not None
-    guard_pid = int(parent.stdout.readline())
+@pytest.mark.parametrize("killed", ["worker", "guard"])
+def test_the_guard_ends_the_cell_command_with_its_worker(tmp_path: Path, killed: str) -> None:
+    """The Ray worker killed (the driver killed, the instance gone), or the outer guard killed by SIGKILL (as
+    Ray kills an ended worker's children): the cell command and every process it started end too, so a
+    resumed sweep never meets a stray stage."""
+    worker = subprocess.Popen([sys.executable, "-c", PARENT, TREE], stdout=subprocess.PIPE, text=True)
+    assert worker.stdout is not None
+    outer = int(worker.stdout.readline())
     deadline = time.monotonic() + 60
     group: list[int] = []
-    while time.monotonic() < deadline and len(group) < 3:  # the guard, the command, the command's child
-        group = [int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == guard_pid]
+    while time.monotonic() < deadline and len(group) < 4:  # two guards, the command, the command's child
+        group = [int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == outer]
         time.sleep(0.1)
-    assert len(group) == 3
-    parent.send_signal(signal.SIGKILL)
-    parent.wait()
+    assert len(group) == 4
+    os.kill(worker.pid if killed == "worker" else outer, signal.SIGKILL)
     while time.monotonic() < deadline and any(_alive(p) for p in group):
         time.sleep(0.1)
     assert not any(_alive(p) for p in group)
+    worker.kill()
+    worker.wait()
 
 
 def _pgid(pid: int) -> int | None:
@@ -245,3 +246,112 @@ def _alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"
+
+
+# -- the demo sweep, for real -----------------------------------------------------------------------------
+
+def tiny_demo(path: Path) -> Path:
+    """The shipped demo sweep (what `make demo` runs) with 2 training steps a cell and 4 test scans."""
+    import yaml
+
+    from medharness.trainers.sweeps import DEMO
+
+    demo = yaml.safe_load(DEMO.read_text(encoding="utf-8"))
+    for entry in demo["recipes"]:
+        entry["overrides"] = [("trl.max_steps=2" if o.startswith("trl.max_steps=") else o)
+                              for o in entry["overrides"]]
+    demo["recipes"][1]["overrides"].append("trl.per_device_train_batch_size=8")  # one group of 8
+    demo["eval"].update(limit=4, batch_size=4)
+    path.write_text(yaml.safe_dump(demo, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def sweep_processes(mark: str) -> list[int]:
+    """The live medharness processes (guards, cell commands, stage workers, stages) of the driver whose
+    environment carries `mark`."""
+    found = []
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if mark.encode() in environ and b"medharness" in cmdline and _alive(pid):
+            found.append(pid)
+    return found
+
+
+def answers(out: Path) -> dict[str, list[str]]:
+    """Every evaluation's generated texts, by its path in the sweep folder."""
+    files = [f for d in ("reference", "cells") for f in (out / d).rglob("samples/*.jsonl")]
+    return {str(f.relative_to(out)): [json.loads(row)["generation"]["text"]
+                                      for row in f.read_text().splitlines()] for f in files}
+
+
+def board_of(out: Path) -> tuple[str, Any]:
+    record = json.loads((out / "sweep.json").read_text())
+    return ((out / "leaderboard.md").read_text().replace(str(out), "SWEEP"),
+            json.loads(json.dumps(record["board"]).replace(str(out), "SWEEP")))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_the_demo_on_ray_killed_and_resumed_ends_in_the_local_board(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo sweep (tiny settings) with the local executor, then with `--executor ray` (a driver process
+    with its own local Ray instance of 2 CPUs) killed with SIGKILL once the SFT cell has finished, then run
+    again with --resume: the cells ran as Ray tasks, GRPO trained after SFT had, nothing outlived the killed
+    driver, the finished cells were not run again, and the board is the local executor's."""
+    pytest.importorskip("ray")
+    pytest.importorskip("trl")
+    sft, grpo = "sft-phantom_presence-kall-s0", "grpo-from-sft-phantom_presence-kall-s0"
+    file = tiny_demo(tmp_path / "demo.yaml")
+    monkeypatch.setenv("MEDHARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as Ray gives a task of 1 CPU: the same arithmetic
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    assert main(["train-then-eval", "--sweep", str(file), "--output", str(local)]) == 0
+
+    mark = f"ray-driver-{tmp_path.name}"
+    env = {**os.environ, "RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": 2}), "MH_TEST_DRIVER": mark}
+    argv = [*sweep_stages.PROGRAM, "train-then-eval", "--sweep", str(file), "--output", str(on_ray),
+            "--executor", "ray"]
+    with (tmp_path / "driver-1.log").open("w") as log:
+        driver = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        tasks = on_ray / "ray" / "tasks.json"
+        deadline = time.monotonic() + 1200
+        while time.monotonic() < deadline and driver.poll() is None and not (
+                tasks.is_file() and any(t["name"] == sft and t.get("ok")
+                                        for t in json.loads(tasks.read_text()))):
+            time.sleep(0.5)
+        assert driver.poll() is None, (tmp_path / "driver-1.log").read_text()[-3000:]
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    first = {t["name"]: t for t in json.loads(tasks.read_text())}
+    assert first[sft]["ok"] and first[sft]["worker_pid"] != driver.pid and first[sft]["task_id"]
+    assert not first[grpo].get("ok")  # mid-sweep: the GRPO cell had not finished
+    # nothing of the sweep outlives its driver (the guards end each task's process group)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sweep_processes(mark):
+        time.sleep(0.5)
+    assert not sweep_processes(mark)
+    grpo_train = on_ray / "cells" / grpo / "train" / "train.json"  # not finished by a stray process either
+    assert not grpo_train.is_file() or json.loads(grpo_train.read_text())["status"] != "finished"
+    finished = [on_ray / "cells" / sft / "train" / "train.json",
+                *(on_ray / "cells" / sft / "eval").rglob("run.json")]
+    stamps = {f: f.stat().st_mtime_ns for f in finished}
+
+    done = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=1800,
+                          check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    second = [t["name"] for t in json.loads(tasks.read_text())]
+    assert sft not in second and grpo in second  # the finished cell was not started again
+    assert {f: f.stat().st_mtime_ns for f in finished} == stamps
+    assert board_of(on_ray) == board_of(local)
+    assert answers(on_ray) == answers(local) and len(answers(local)) == 6  # each model's every answer, too
+    # GRPO trained from SFT's final checkpoint, after SFT had finished; its task ran on a Ray worker
+    sft_log = json.loads((on_ray / "cells" / sft / "train" / "train.json").read_text())
+    grpo_log = json.loads((on_ray / "cells" / grpo / "train" / "train.json").read_text())
+    grpo_started = min([grpo_log["started"], *(a["started"] for a in grpo_log.get("previous") or [])])
+    assert grpo_started >= sft_log["finished"]
+    assert "# " in (on_ray / "ray" / "logs" / f"{grpo}.log").read_text().splitlines()[0]
+    assert grpo_log["model"] == str((on_ray / "cells" / sft / "train" / "final").resolve())

@@ -174,7 +174,7 @@ def test_a_refused_submission_names_what_was_submitted(tmp_path: Path, monkeypat
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    (["--executor", "ray"], "not yet: see issue 23"),
+    (["--executor", "slurm", "--ray-address", "auto"], "--ray-address needs --executor ray"),
     (["--slurm-option", "partition=gpu"], "needs --executor slurm"),
     (["--executor", "slurm", "--cell", "merge"], "leave out --cell"),
     (["--executor", "slurm", "--slurm-option", "job-name=x"], "sets --job-name itself"),

@@ -23,6 +23,7 @@ ray = pytest.importorskip("ray", reason="the ray extra: pip install 'medharness[
 
 import ray_faults  # registers echo_dies_once and dies_once (tests/support)
 
+from medharness.backends import ray_replicas
 from medharness.backends.ray_replicas import RayExecutor
 from medharness.cli import main
 from medharness.core.errors import BackendError
@@ -67,6 +68,17 @@ def test_a_replica_that_dies_is_retried_and_rows_equal_one_process(local_ray: An
     assert summary is not None and summary.n_errors == 2  # ids ending in 7 (of 22): per sample, as locally
     assert summary == RunDir.open(tmp_path / "local").log.tasks[TASK].summary
     assert run.log.model == "echo:m" and run.log.usage is not None and run.log.usage.model_calls == 22
+
+
+def test_a_replica_that_dies_too_often_fails_the_run(local_ray: Any, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past its restarts (none here) a dead replica fails the run with a BackendError, recorded as such."""
+    monkeypatch.setattr(ray_replicas, "RESTARTS", 0)
+    config = RunConfig(model="m", backend="echo_dies_once", tasks=TASK, limit=8, batch_size=4, cache=False,
+                       backend_options={"marker": str(tmp_path / "died")})
+    with pytest.raises(BackendError, match="a Ray replica died and could not be restarted"):
+        Runner(config, output=tmp_path / "run", executor=RayExecutor(replicas=2)).run()
+    assert (tmp_path / "died").is_file() and not (tmp_path / "run").exists()  # no row: no directory left
 
 
 @pytest.mark.slow

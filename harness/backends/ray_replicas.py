@@ -242,7 +242,7 @@ class RayReplicas(Backend):
         try:
             return self.ray.get(ref)
         except self.ray.exceptions.RayError as exc:
-            cause = getattr(exc, "cause", None)
+            cause: Any = getattr(exc, "cause", None)
             while getattr(cause, "cause", None) is not None and not isinstance(cause, MedHarnessError):
                 cause = cause.cause  # a RayTaskError inside: the exception the replica raised
             if isinstance(cause, MedHarnessError):

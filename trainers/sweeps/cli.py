@@ -96,7 +96,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.executor == "ray" or args.ray_address:  # Ray tasks run the cells (sweeps/ray_executor.py)
         from medharness.trainers.sweeps.ray_executor import run_on_ray
 
-        return run_on_ray(args, file, stages, cells, references)
+        return run_on_ray(args, stages, cells, references, lambda failed, started: merge_executed(
+            sweep, file, stages, cells, references, failed, started))
     if args.executor != "local" or args.slurm_option:  # a scheduler runs the cells (trainers/sweeps/slurm.py)
         from medharness.trainers.sweeps.slurm import submit_sweep
 
@@ -155,6 +156,35 @@ def run_all(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell],
               file=sys.stderr)
         return 1
     return 0
+
+
+def merge_executed(sweep: SweepConfig, file: Path, stages: Stages, cells: list[Cell],
+                   references: dict[str, str | None], failed: dict[str, str], started: int) -> int:
+    """After an executor ran the cells (`failed`: {cell: why} of those that did not finish): every stage
+    finished, the local `--resume` (`run_all`, which finds them finished and renders the board); else the
+    board of what finished, as a local sweep writes it with failed cells, and nothing is run here."""
+    from medharness.trainers.sweeps.slurm import reference_finished
+
+    failed = dict(failed)
+    for name in references:
+        if REFERENCE_PREFIX + name not in failed and not reference_finished(stages, name):
+            failed[REFERENCE_PREFIX + name] = "its task ended but its runs are not finished"
+    for cell in cells:
+        if cell.id not in failed and not stages.cell_finished(cell):
+            failed[cell.id] = (f"not run: its parent {cell.parent} failed" if cell.parent in failed
+                               else "its task ended but its folders are not finished")
+    order = [REFERENCE_PREFIX + name for name in references] + [cell.id for cell in cells]
+    failed = {cid: failed[cid] for cid in order if cid in failed}  # as a local sweep lists them
+    if not failed:
+        print(f"{started} task(s) finished; merging" if started else
+              "every cell had finished: nothing started; merging", flush=True)
+        return run_all(sweep, file, stages, cells, references)
+    board_path = write_board(sweep, file, stages, cells, references, failed)
+    print(board_path.read_text(encoding="utf-8"), end="")
+    print(f"wrote {board_path} and {stages.dir.log_file}")
+    print(f"{len(failed)} cell(s) failed: {', '.join(failed)}; fix and run the same command again (finished "
+          "cells are skipped)", file=sys.stderr)
+    return 1
 
 
 def run_one(cid: str, stages: Stages, cells: list[Cell], references: dict[str, str | None]) -> int:

@@ -8,10 +8,10 @@ trainers/sweeps/slurm.py `plan`). A task runs the cell's own command, the one `-
 the cell and a task writes exactly the folders a local sweep writes. A cell that trains `from:` another is
 given its parent's task result (an ObjectRef): Ray starts it once the parent has ended, and it runs nothing
 when the parent failed. Ray runs as many tasks at once as the cluster's free GPUs and CPUs allow. When all
-have ended this process merges: every stage finished, it runs the plain `train-then-eval ... --resume` code
-(`run_all`), which skips every stage and renders SWEEP/leaderboard.md and SWEEP/sweep.json (the local
-executor's board); if a task failed, the board of what finished is written (as a local sweep writes it
-with failed cells) and nothing is run here.
+have ended this process merges (sweeps/cli.py `merge_executed`): every stage finished, it runs the plain
+`train-then-eval ... --resume` code (`run_all`), which skips every stage and renders SWEEP/leaderboard.md and
+SWEEP/sweep.json (the local executor's board); if a task failed, the board of what finished is written (as
+a local sweep writes it with failed cells) and nothing is run here.
 
 Resources: a task declares the GPUs `--executor slurm` gives its job (`slurm.cell_gpus`, `slurm.eval_gpus`:
 the sweep's `launch:` processes, or the evaluation's tensor x data parallel GPUs where more; a baseline row
@@ -186,9 +186,10 @@ def resources(ray: Any, jobs: list[Job]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def run_on_ray(args: argparse.Namespace, file: Path, stages: Stages, cells: list[Cell],
-               references: dict[str, str | None]) -> int:
-    """The `--executor ray` branch of `train-then-eval`."""
+def run_on_ray(args: argparse.Namespace, stages: Stages, cells: list[Cell], references: dict[str, str | None],
+               merge: Callable[[dict[str, str], int], int]) -> int:
+    """The `--executor ray` branch of `train-then-eval`: the tasks, then `merge(failed, tasks started)`
+    (sweeps/cli.py: the local `--resume`, or the board of what finished)."""
     from medharness.core.errors import ConfigError
 
     if args.executor != "ray":
@@ -209,13 +210,13 @@ def run_on_ray(args: argparse.Namespace, file: Path, stages: Stages, cells: list
                           + "; ".join(found.problems[:3]))
     for missing in found.missing_data:
         print(f"note: data not on this machine: {missing} (the tasks read it where they run)", flush=True)
-    jobs = [job for job in plan(file, stages, cells, references, stages.sweep.data_dir if args.data_dir
+    jobs = [job for job in plan(stages.file, stages, cells, references, stages.sweep.data_dir if args.data_dir
                                 else None) if job.name != MERGE]
     stages.root.mkdir(parents=True, exist_ok=True)
     lock = RunLock.acquire(stages.root, "train-then-eval")  # one whole-sweep driver per folder
     try:
         failed = run_tasks(args.ray_address, jobs, stages) if jobs else {}
-        return merge(file, stages, cells, references, failed, started=len(jobs))
+        return merge(failed, len(jobs))
     finally:
         stages.close()
         lock.release()
@@ -289,34 +290,6 @@ def wait_all(ray: Any, refs: dict[str, Any], records: dict[str, dict[str, Any]],
             print(f"{job}: finished ({result['seconds']} s, {result['host']})", flush=True)
         save()
     return failed
-
-
-def merge(file: Path, stages: Stages, cells: list[Cell], references: dict[str, str | None],
-          failed: dict[str, str], started: int) -> int:
-    """Every task finished: the local `--resume` (`run_all`, which finds every stage finished and renders
-    the board). Else the board of what finished, as a local sweep writes it with failed cells."""
-    from medharness.trainers.sweeps.cli import REFERENCE_PREFIX, run_all, write_board
-    from medharness.trainers.sweeps.slurm import reference_finished
-
-    for name in references:
-        if REFERENCE_PREFIX + name not in failed and not reference_finished(stages, name):
-            failed[REFERENCE_PREFIX + name] = "its task ended but its runs are not finished"
-    for cell in cells:
-        if cell.id not in failed and not stages.cell_finished(cell):
-            failed[cell.id] = ("not run: its parent " + cell.parent + " failed" if cell.parent in failed
-                               else "its task ended but its folders are not finished")
-    order = [REFERENCE_PREFIX + name for name in references] + [cell.id for cell in cells]
-    failed = {job: failed[job] for job in order if job in failed}  # as a local sweep lists them
-    if not failed:
-        print(f"{started} Ray task(s) finished; merging" if started else
-              "every cell had finished: nothing started; merging", flush=True)
-        return run_all(stages.sweep, file, stages, cells, references)
-    board = write_board(stages.sweep, file, stages, cells, references, failed)
-    print(board.read_text(encoding="utf-8"), end="")
-    print(f"wrote {board} and {stages.dir.log_file} (Ray tasks: {stages.root / RAY_DIR / 'tasks.json'})")
-    print(f"{len(failed)} cell(s) failed: {', '.join(failed)}; fix and run the same command again "
-          "(finished cells are skipped)", file=sys.stderr)
-    return 1
 
 
 if __name__ == "__main__":  # the guard: python -m medharness.trainers.sweeps.ray_executor PARENT LEVELS ARGV

@@ -152,7 +152,7 @@ def test_cells_run_as_ray_tasks_in_dependency_order(ray_instance: Any, fake_cell
     assert [c["cell"] for c in fake_calls(out)[5:]] == [SFT0, GRPO0]
     assert [t["name"] for t in json.loads((out / "ray" / "tasks.json").read_text())] == [SFT0, GRPO0]
     assert fake_cells["merged"] == [sorted(ALL)]
-    assert "2 Ray task(s) finished; merging" in capsys.readouterr().out
+    assert "2 task(s) finished; merging" in capsys.readouterr().out
     # all finished: nothing starts, the merge only
     assert main([*argv, "--resume"]) == 0
     assert len(fake_calls(out)) == 7 and len(fake_cells["merged"]) == 2

@@ -11,9 +11,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import ray_faults  # registers echo_dies_once: a backend without torch (tests/support)
 
 from medharness.backends import ray_replicas
-from medharness.backends.ray_replicas import RayExecutor, _plan, engine_ref, gpus_per_replica
+from medharness.backends.ray_replicas import RayExecutor, _plan, check_executor, engine_ref, gpus_per_replica
 from medharness.cli import main
 from medharness.core.errors import ConfigError
 from medharness.runs.pipeline import RunConfig, Runner
@@ -26,10 +27,10 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_missing_extra_is_a_clear_error(no_ray: None, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    config = RunConfig(model=str(tmp_path / "m"), backend="hf", tasks="phantom_presence", limit=2)
+    config = RunConfig(model="m", backend="echo_dies_once", tasks="phantom_presence", limit=2)
     with pytest.raises(ConfigError, match=r"pip install 'medharness\[ray\]'"):
         Runner(config, output=tmp_path / "run", executor=RayExecutor())
-    assert main(["run", "--model", str(tmp_path / "m"), "--backend", "hf", "--tasks", "phantom_presence",
+    assert main(["run", "--model", "m", "--backend", "echo_dies_once", "--tasks", "phantom_presence",
                  "--executor", "ray", "--output", str(tmp_path / "run")]) == 2
     assert "needs Ray, which is not installed here: pip install 'medharness[ray]'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
@@ -47,12 +48,11 @@ def test_vllm_data_parallel_size_is_ray_replicas(no_ray: None, tmp_path: Path) -
 @pytest.mark.parametrize(("argv", "message"), [
     (["--backend", "replay", "--executor", "ray"], "the replay backend has none"),
     (["--model", "baseline:majority", "--executor", "ray"], "the baseline backend has none"),
-    (["--backend", "vllm", "--backend-option", "data_parallel_size=2", "--executor", "ray"],
-     "as --replicas, not as the vllm option data_parallel_size"),
-    (["--backend", "hf", "--executor", "ray", "--replicas", "0"], "--replicas must be >= 1"),
-    (["--backend", "hf", "--replicas", "2"], "--replicas and --ray-address need --executor ray"),
-    (["--backend", "hf", "--ray-address", "auto"], "--replicas and --ray-address need --executor ray"),
-    (["--backend", "hf", "--executor", "ray", "--tasks", "lm_eval:arc_easy"], "lm_eval: tasks run in this"),
+    (["--backend", "echo_dies_once", "--executor", "ray", "--replicas", "0"], "--replicas must be >= 1"),
+    (["--backend", "echo_dies_once", "--replicas", "2"], "--replicas and --ray-address need --executor ray"),
+    (["--backend", "echo_dies_once", "--ray-address", "auto"], "--ray-address need --executor ray"),
+    (["--backend", "echo_dies_once", "--executor", "ray", "--tasks", "lm_eval:arc_easy"],
+     "lm_eval: tasks run in this"),
 ])
 def test_refused_before_any_work(argv: list[str], message: str, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
@@ -61,6 +61,12 @@ def test_refused_before_any_work(argv: list[str], message: str, tmp_path: Path,
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_engines_given_twice_are_refused() -> None:
+    with pytest.raises(ConfigError, match="as --replicas, not as the vllm option data_parallel_size"):
+        check_executor("vllm", {"data_parallel_size": 2})
+    check_executor("vllm", {"data_parallel_size": 1})
 
 
 def fake_cluster(gpus: float, cpus_per_node: list[float]) -> Any:
@@ -89,8 +95,6 @@ def test_gpus_and_engine_of_a_replica() -> None:
     assert gpus_per_replica("vllm", {"tensor_parallel_size": 4}) == 4.0
     assert gpus_per_replica("hf", {}) == 1.0 and gpus_per_replica("hf", {"device": "cpu"}) == 0.0
     assert engine_ref("hf") == "hf"  # a built-in: imported in the replica only
-    import ray_faults
-
     assert engine_ref("echo_dies_once") == "ray_faults:EchoDiesOnce"  # a plugin: by its class
     assert ray_faults.EchoDiesOnce.name == "echo_dies_once"
 

@@ -68,7 +68,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                         "the Ray cluster; 1 without GPUs)")
     p.add_argument("--ray-address",
                    help="--executor ray: the cluster to join (auto: the one `ray start` runs here; "
-                        "HOST:PORT; ray://HOST:10001); default a new local Ray instance")
+                        "HOST:PORT; ray://HOST:10001); default $RAY_ADDRESS, else a new local Ray instance")
     p.add_argument("--device", help="hf backend: cpu, cuda, auto (default auto)")
     p.add_argument("--dtype", help="hf backend: float32, bfloat16, auto (default auto)")
     p.add_argument("--id-field", help="replay backend: the predictions file's id field")

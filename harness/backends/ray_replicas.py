@@ -50,8 +50,9 @@ LOCAL_ONLY = ("openai", "gemini", "replay", "baseline")  # no engine to replicat
 @dataclass(frozen=True)
 class RayExecutor:
     """Where the replicas run: `replicas` engines (None: one per GPU group of the cluster, 1 without GPUs) on
-    the Ray cluster at `address` (None: the instance this process already joined, else a new local one;
-    "auto": the running cluster `ray start` made on this machine; "HOST:PORT" or "ray://HOST:10001")."""
+    the Ray cluster at `address` (None: the instance this process already joined, else the cluster
+    `RAY_ADDRESS` names, else a new local instance; "auto": the running cluster `ray start` made on this
+    machine; "HOST:PORT" or "ray://HOST:10001")."""
 
     replicas: int | None = None
     address: str | None = None
@@ -145,7 +146,9 @@ def _connect(ray: ModuleType, address: str | None) -> bool:
         return False
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING}
     if address is None and not os.environ.get("RAY_ADDRESS"):
-        kwargs["include_dashboard"] = False  # a new local instance; ray writes its session under /tmp/ray
+        # a new local instance, even where `ray start` runs one (joined only by --ray-address auto); Ray
+        # writes its session under /tmp/ray
+        address, kwargs["include_dashboard"] = "local", False
     ray.init(address=address, **kwargs)
     return True
 

@@ -163,6 +163,11 @@ def start(address: str | None) -> tuple[Any, bool]:
     notice.setLevel(logging.ERROR)  # not "token authentication is enabled" on every run
     try:
         ray.init(**options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:  # no cluster there, a refused token, ...
+        from medharness.core.errors import ConfigError
+
+        where = "a local Ray instance" if local else f"the Ray cluster at {address}"
+        raise ConfigError(f"--executor ray: cannot start or join {where}: {exc}") from None
     finally:
         notice.setLevel(level)
     return ray, True

@@ -49,6 +49,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from medharness.trainers.sweeps.worker import PR_SET_PDEATHSIG  # (the stage worker's module: stdlib only)
+
 if TYPE_CHECKING:  # the sweep modules load when the executor runs (the guard below imports nothing heavy)
     from medharness.trainers.sweeps.schema import Cell
     from medharness.trainers.sweeps.slurm import Job
@@ -57,7 +59,6 @@ if TYPE_CHECKING:  # the sweep modules load when the executor runs (the guard be
 RAY_DIR = "ray"
 MODULE = "medharness.trainers.sweeps.ray_executor"  # the guard's program (`__name__` is __main__ there)
 EXTRA = "pip install 'medharness[ray]'"
-PR_SET_PDEATHSIG = 1  # prctl(2), as trainers/sweeps/worker.py uses it
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 

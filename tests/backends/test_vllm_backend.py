@@ -190,7 +190,8 @@ def test_runner_end_to_end_matches_hf(engine: VLLMBackend, model_dir: Path, tmp_
     """`medharness run --backend vllm --tasks phantom_presence --limit 16` (the engine is the module's)."""
     made: list[RunConfig] = []
 
-    def make_backend(config: RunConfig) -> Backend:
+    def make_backend(config: RunConfig, executor: object = None) -> Backend:
+        assert executor is None  # an in-process run
         made.append(config)
         return _Borrowed(engine) if config.backend == "vllm" else real_make_backend(config)
 

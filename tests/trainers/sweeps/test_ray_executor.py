@@ -1,8 +1,10 @@
 """`train-then-eval --executor ray` (trainers/sweeps/ray_executor.py) on a real local Ray instance (2 CPUs and
-one logical GPU), each cell's command replaced by a fake that records when and where it ran: one Ray task per
+two logical GPUs), each cell's command replaced by a fake that records when and where it ran: one Ray task per
 cell, a `from:` cell after its parent, a failed cell failing only its descendants, GPUs declared from the
 launch settings, the merge only when all finished, finished cells not started again. Without Ray: the
-missing extra, the refused options, and the guard that ends a task's process group with its Ray worker."""
+missing extra, the refused options, and the guard that ends a task's process group with its Ray worker.
+Slow: the demo sweep (tiny settings) on Ray, its driver killed mid-sweep and resumed, against the local
+executor's board and answers."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ def _digest(ref: str) -> str:
 def test_phantom_train_split_never_repeats_a_test_image(name: str) -> None:
     task = load_task(name)
     train, test = task.load_samples("train"), task.load_samples("test")
-    assert len(test) == 200 and len(train) == (2018 if name == "phantom_presence" else 200)
+    assert len(test) == 200 and len(train) == {"phantom_presence": 2018, "phantom_box": 2000}.get(name, 200)
     train_refs = {r for s in train for r in s.images}
     test_refs = {r for s in test for r in s.images}
     assert not train_refs & test_refs  # different generator seeds (test: seed, train: seed + 1000)

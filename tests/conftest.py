@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +21,9 @@ for var, value in {
     "HF_HOME": os.path.join(_cache, "hf"),
     "XDG_CACHE_HOME": _cache,
     "MPLCONFIGDIR": os.path.join(_cache, "mpl"),
+    # one Ray token for every local Ray instance the suite starts (in this process, whose Ray client keeps
+    # the first token it read, and in its subprocesses), and none written to ~/.ray/auth_token
+    "RAY_AUTH_TOKEN": secrets.token_hex(32),
 }.items():
     os.environ.setdefault(var, value)
 

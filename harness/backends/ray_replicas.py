@@ -31,6 +31,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -69,6 +70,17 @@ def import_ray() -> ModuleType:
     except ImportError as exc:
         raise ConfigError(f"--executor ray needs Ray, which is not installed here: {RAY_EXTRA}") from exc
     return ray
+
+
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")  # a user's choice of Ray auth
+
+
+def instance_token() -> None:
+    """Before starting a local Ray instance: Ray's token authentication (its default) with a token for this
+    process's instances, in the environment its processes inherit, instead of one Ray would generate into
+    ~/.ray/auth_token (outside any output folder). Kept where the user set Ray's own variables."""
+    if not any(os.environ.get(var) for var in AUTH_VARS):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 
 
 def check_executor(backend_name: str, options: dict[str, Any]) -> None:
@@ -149,6 +161,8 @@ def _connect(ray: ModuleType, address: str | None) -> bool:
         # a new local instance, even where `ray start` runs one (joined only by --ray-address auto); Ray
         # writes its session under /tmp/ray
         address, kwargs["include_dashboard"] = "local", False
+    if address == "local":
+        instance_token()
     ray.init(address=address, **kwargs)
     return True
 

@@ -4,6 +4,7 @@ tests/runs/test_ray_replicas.py."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,21 @@ def test_help_and_the_run_loop_never_import_ray() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("ok") and "--executor {local,ray}" in out.stdout
     assert ray_replicas.RAY_EXTRA == "pip install 'medharness[ray]'"
+
+
+def test_a_local_instance_gets_its_own_token_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray 2.60 generates a token into ~/.ray/auth_token for a local instance (outside any output folder):
+    `instance_token` puts one in the environment instead, unless the user chose Ray's authentication."""
+    from medharness.backends import ray_replicas
+
+    for var in ray_replicas.AUTH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    ray_replicas.instance_token()
+    token = os.environ["RAY_AUTH_TOKEN"]
+    assert len(token) == 64 and int(token, 16) >= 0
+    ray_replicas.instance_token()
+    assert os.environ["RAY_AUTH_TOKEN"] == token  # one per process: its instances and their workers agree
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray_replicas.instance_token()
+    assert "RAY_AUTH_TOKEN" not in os.environ

@@ -37,7 +37,6 @@ import argparse
 import ctypes
 import os
 import re
-import secrets
 import shlex
 import signal
 import socket
@@ -47,7 +46,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from medharness.trainers.sweeps.worker import PR_SET_PDEATHSIG  # (the stage worker's module: stdlib only)
 
@@ -58,23 +57,13 @@ if TYPE_CHECKING:  # the sweep modules load when the executor runs (the guard be
 
 RAY_DIR = "ray"
 MODULE = "medharness.trainers.sweeps.ray_executor"  # the guard's program (`__name__` is __main__ there)
-EXTRA = "pip install 'medharness[ray]'"
-AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
 def import_ray() -> Any:
-    """The `ray` module, or a ConfigError naming the extra."""
-    try:
-        import ray
-    except ImportError as exc:
-        missing(exc)
-    return ray
+    """The `ray` module, or a ConfigError naming the extra (the run path's own rule)."""
+    from medharness.backends.ray_replicas import import_ray
 
-
-def missing(exc: ImportError) -> NoReturn:
-    from medharness.core.errors import ConfigError
-
-    raise ConfigError(f"--executor ray needs Ray, which is not installed ({exc}): {EXTRA}") from None
+    return import_ray()
 
 
 # -- the task (runs in a Ray worker) ------------------------------------------------------------------------
@@ -150,11 +139,11 @@ def start(address: str | None) -> tuple[Any, bool]:
         return ray, False
     import logging
 
+    from medharness.backends.ray_replicas import instance_token
+
     local = address in (None, "local")
-    if local and not any(os.environ.get(var) for var in AUTH_VARS):
-        # Ray's token authentication (its default) with a token for this instance only, in the environment its
-        # processes inherit, instead of one generated into ~/.ray/auth_token
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    if local:
+        instance_token()
     options: dict[str, Any] = {"address": "local" if local else address, "logging_level": logging.WARNING,
                                "log_to_driver": False}  # each task's output goes to its log file
     if local:  # tasks pass small dicts only

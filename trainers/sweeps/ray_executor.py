@@ -191,20 +191,11 @@ def run_on_ray(args: argparse.Namespace, stages: Stages, cells: list[Cell], refe
         raise ConfigError("--ray-address needs --executor ray")
     if args.slurm_option:
         raise ConfigError("--slurm-option needs --executor slurm")
-    if args.cell or args.dry_run or args.print_commands or args.json:
-        raise ConfigError("--executor ray runs the whole sweep: leave out --cell, --dry-run, --json and "
-                          "--print-commands (each Ray task runs one --cell)")
-    import_ray()  # a missing extra stops here, before anything is written
     from medharness.runs.runlog import RunLock
-    from medharness.trainers.sweeps.check import check_sweep
-    from medharness.trainers.sweeps.slurm import MERGE, plan
+    from medharness.trainers.sweeps.slurm import MERGE, check_whole_sweep, plan
 
-    found = check_sweep(stages.sweep, stages, cells)  # the dry run's checks: nothing starts for a bad cell
-    if found.problems:
-        raise ConfigError(f"nothing started: {len(found.problems)} problem(s) (`--dry-run` lists them): "
-                          + "; ".join(found.problems[:3]))
-    for missing in found.missing_data:
-        print(f"note: data not on this machine: {missing} (the tasks read it where they run)", flush=True)
+    check_whole_sweep(args, stages, cells)
+    import_ray()  # a missing extra stops here, before anything is written
     jobs = [job for job in plan(stages.file, stages, cells, references, stages.sweep.data_dir if args.data_dir
                                 else None) if job.name != MERGE]
     stages.root.mkdir(parents=True, exist_ok=True)

@@ -176,23 +176,35 @@ def submit(jobs: list[Job], root: Path, options: dict[str, str], sweep_name: str
     return ids
 
 
+# how each scheduler's messages say it: (what it does with the sweep, what runs a cell, what a bad cell stops)
+EXECUTOR_WORDS = {"slurm": ("submits", "job", "submitted"), "ray": ("runs", "Ray task", "started")}
+
+
+def check_whole_sweep(args: argparse.Namespace, stages: Stages, cells: list[Cell]) -> None:
+    """What a scheduler (`--executor slurm`, `ray`) checks before it starts anything: no per-cell flag (each
+    of its jobs runs one `--cell`), and the dry run's checks of every cell (a bad cell starts nothing); data
+    missing here is a note, as the jobs read it where they run."""
+    does, unit, stopped = EXECUTOR_WORDS[args.executor]
+    if args.cell or args.dry_run or args.print_commands or args.json:
+        raise ConfigError(f"--executor {args.executor} {does} the whole sweep: leave out --cell, --dry-run, "
+                          f"--json and --print-commands (each {unit} runs one --cell)")
+    from medharness.trainers.sweeps.check import check_sweep
+
+    found = check_sweep(stages.sweep, stages, cells)
+    if found.problems:
+        raise ConfigError(f"nothing {stopped}: {len(found.problems)} problem(s) (`--dry-run` lists them): "
+                          + "; ".join(found.problems[:3]))
+    for missing in found.missing_data:
+        print(f"note: data not on this machine: {missing} (the {unit}s read it where they run)", flush=True)
+
+
 def submit_sweep(args: argparse.Namespace, file: Path, stages: Stages, cells: list[Cell],
                  references: dict[str, str | None]) -> int:
     """The `--executor slurm` branch of `train-then-eval` (`--executor ray`: sweeps/ray_executor.py)."""
     if args.executor != "slurm":
         raise ConfigError("--slurm-option needs --executor slurm")
-    if args.cell or args.dry_run or args.print_commands or args.json:
-        raise ConfigError("--executor slurm submits the whole sweep: leave out --cell, --dry-run, --json and "
-                          "--print-commands (each job runs one --cell)")
+    check_whole_sweep(args, stages, cells)
     options = parse_options(args.slurm_option)
-    from medharness.trainers.sweeps.check import check_sweep
-
-    found = check_sweep(stages.sweep, stages, cells)  # the dry run's checks: nothing submitted for a bad cell
-    if found.problems:
-        raise ConfigError(f"nothing submitted: {len(found.problems)} problem(s) (`--dry-run` lists them): "
-                          + "; ".join(found.problems[:3]))
-    for missing in found.missing_data:
-        print(f"note: data not on this machine: {missing} (the jobs read it where they run)", flush=True)
     jobs = plan(file, stages, cells, references, stages.sweep.data_dir if args.data_dir else None)
     name = re.sub(r"[^A-Za-z0-9_.-]", "-", stages.sweep.name or file.stem)
     ids = submit(jobs, stages.root, options, name, Path.cwd(), say=lambda line: print(line, flush=True))

@@ -20,29 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chain_sweep import ALL, GRPO0, GRPO1, SFT0, SFT1, SWEEP  # tests/support
 
 from medharness.cli import main
 from medharness.trainers.sweeps import cli as sweep_cli
 from medharness.trainers.sweeps import slurm
 from medharness.trainers.sweeps import stages as sweep_stages
 from medharness.trainers.sweeps.stages import Stages
-
-SWEEP = """\
-name: chain
-model: tiny
-tasks: [phantom_presence]
-seeds: [0, 1]
-recipes:
-  - sft
-  - {recipe: grpo, from: sft}
-common_presets: [tiny_cpu]
-max_steps: 2
-eval: {limit: 2, batch_size: 2}
-baselines: [majority]
-"""
-SFT0, SFT1 = "sft-phantom_presence-kall-s0", "sft-phantom_presence-kall-s1"
-GRPO0, GRPO1 = "grpo-from-sft-phantom_presence-kall-s0", "grpo-from-sft-phantom_presence-kall-s1"
-ALL = ["reference-base", "reference-baseline-majority", SFT0, SFT1, GRPO0, GRPO1]
 
 # the cell command's stand-in: records itself, sleeps (the second SFT cell longer: a child that did not wait
 # for it would start while it runs), fails where told, else marks its cell finished

@@ -13,25 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from chain_sweep import SWEEP as CHAIN  # tests/support
 
 from medharness.cli import main
 from medharness.trainers.sweeps import slurm
 from medharness.trainers.sweeps.stages import PROGRAM, Stages
 
-SWEEP = """\
-name: chain
-model: tiny
-tasks: [phantom_presence]
-seeds: [0, 1]
-recipes:
-  - sft
-  - {recipe: grpo, from: sft}
-common_presets: [tiny_cpu]
-max_steps: 2
-eval: {limit: 2, batch_size: 2}
-baselines: [majority]
-launch: {launcher: accelerate, num_processes: 2}
-"""
+SWEEP = CHAIN + "launch: {launcher: accelerate, num_processes: 2}\n"
 
 FAKE_SBATCH = """\
 #!{python}

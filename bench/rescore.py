@@ -89,11 +89,12 @@ def write_run(folder: Path, task_name: str, prompt: str | None, n_rows: int,
     from medharness.core.records import Answer, Generation, ResultRow, Sample, TaskEntry
     from medharness.runs.pipeline import RunConfig
     from medharness.runs.runlog import RunDir
-    from medharness.taskfiles.task import load_task
+    from medharness.taskfiles.task import load_task, recipe_for
 
     task = load_task(task_name, {"prompt": prompt} if prompt else {})
     run = RunDir.create(folder, RunConfig(model="bench", tasks=task_name))
-    run.set_task(task_name, TaskEntry(version=task.version, prompt=task.prompt_name, convention="harness",
+    convention = recipe_for(task).convention  # as recorded by a run: name@version
+    run.set_task(task_name, TaskEntry(version=task.version, prompt=task.prompt_name, convention=convention,
                                       path=str(task.path)))
     rows = []
     for i in range(n_rows):

@@ -7,6 +7,8 @@ The run: the tiny model (`make-tiny-model --size small`, built offline) on N pha
 - `in process`: a Python process that imports `medharness.cli`, runs once (warm-up: imports of the backend's
   libraries, first model load), then times the same `main([...])` call again (model load, generation,
   scoring and writing included: what a caller that keeps its process pays).
+- `imports only`: a fresh process that imports what the hf backend needs (torch, torchvision, transformers'
+  auto classes) and does nothing else: the floor of any process that generates with transformers.
 The issue's target: the whole process within 1.5x of the in-process time.
 
 Usage: python bench/run_process.py [--limit 64] [--repeat 3]
@@ -44,6 +46,14 @@ t3 = time.perf_counter()
 print(json.dumps({"import_cli": t1 - t0, "first": t2 - t1, "warm": t3 - t2}))
 """
 
+# the hf backend's third-party imports (the shim: a CUDA torchvision next to CPU torch, as on this machine)
+IMPORTS_ONLY = """
+from medharness.core.torchvision_shim import ensure_torchvision_importable
+ensure_torchvision_importable()
+import torch, torchvision
+from transformers import AutoModelForImageTextToText, AutoProcessor
+"""
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -55,24 +65,27 @@ def main() -> int:
         model = Path(tmp) / "tiny-small"
         subprocess.run([*program, "make-tiny-model", str(model), "--size", "small"], check=True,
                        capture_output=True)
-        process, warm, first = [], [], []
+        process, warm, first, floor = [], [], [], []
         for i in range(args.repeat):
             argv = ["run", "--model", str(model), "--tasks", "phantom_presence", "--limit", str(args.limit),
                     "--no-cache", "--output", str(Path(tmp) / f"p{i}")]
             t0 = time.perf_counter()
             subprocess.run([*program, *argv], check=True, capture_output=True)
             process.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", IMPORTS_ONLY], check=True, capture_output=True)
+            floor.append(time.perf_counter() - t0)
             argv[-1] = str(Path(tmp) / f"w{i}")
             done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(argv)], check=True,
                                   capture_output=True, text=True)
             times = json.loads(done.stdout.strip().splitlines()[-1])
             warm.append(times["warm"])
             first.append(times["first"])
-    p, w = statistics.median(process), statistics.median(warm)
+    p, w, f = statistics.median(process), statistics.median(warm), statistics.median(floor)
     rows = [[f"`medharness run` ({args.limit} samples, tiny model, hf, --no-cache)", f"{p:.2f} s",
-             f"{w:.2f} s", f"{statistics.median(first):.2f} s", f"{p / w:.2f}x"]]
+             f"{w:.2f} s", f"{statistics.median(first):.2f} s", f"{p / w:.2f}x", f"{f:.2f} s ({f / w:.2f}x)"]]
     print(tabulate(rows, headers=["", "process", "in process (warm)", "in process (first call)",
-                                  "process / in process"], tablefmt="github"))
+                                  "process / in process", "imports only (/ in process)"], tablefmt="github"))
     print(f"\nmedians of {args.repeat}, interleaved; cores: {os.cpu_count()}, load average "
           f"{os.getloadavg()[0]:.1f} at the end")
     return 0

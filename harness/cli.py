@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -525,11 +527,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Short commands that make no cyclic garbage worth collecting and leave no file open, no thread running and no
-# exit handler with work to do: run as the program, their process runs without the cyclic garbage collector
-# (whose passes over every imported module's objects cost `score` ~0.07 s) and ends without the interpreter's
-# teardown (`_exit_now`).
-SHORT_LIVED = frozenset({"score"})
+# Run as the program, these commands end without the interpreter's teardown (`_exit_now`): freeing every
+# imported module and object does nothing a finished command needs (~0.15 s CPU after `score`, ~0.85 s after a
+# `run` that imported torch and transformers). `score` makes no cyclic garbage worth collecting, so its
+# process also runs without the cyclic garbage collector (whose passes over the imported modules' objects cost
+# it ~0.07 s).
+QUICK_EXIT = frozenset({"score", "run"})
+NO_COLLECTOR = frozenset({"score"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -537,23 +541,25 @@ def main(argv: list[str] | None = None) -> int:
     if program:
         gc.disable()  # until the command is known
     args = build_parser().parse_args(argv)
-    short = program and args.command in SHORT_LIVED
-    if program and not short and collecting:
+    if program and args.command not in NO_COLLECTOR and collecting:
         gc.enable()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     code = _dispatch(args)
-    if short:
+    if program and args.command in QUICK_EXIT:
         _exit_now(code)
     return code
 
 
 def _exit_now(code: int) -> None:
-    """End the process at once, once what it printed is flushed: the interpreter's teardown (freeing every
-    module and object; ~0.15 s CPU after `score`, which imports numpy, scipy and pydantic) does nothing a
-    finished `score` needs. A reader that went away is no error (as in `_dispatch`); where a flush fails
-    otherwise, the ordinary exit reports it."""
-    logging.shutdown()  # flushes and closes the log handlers
+    """End the process at once, as an ordinary exit would end it but without the teardown: the exit handlers
+    run first (the log handlers' flush, Ray's and multiprocessing's shutdown, ...), then what was printed is
+    flushed. Where a thread that is no daemon still runs, the ordinary exit (which waits for it) takes over. A
+    reader that went away is no error (as in `_dispatch`); where a flush fails otherwise, the ordinary exit
+    reports it."""
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        return
+    atexit._run_exitfuncs()  # each handler runs once: the ordinary exit, should it follow, finds none left
     try:
         sys.stdout.flush()
     except BrokenPipeError:

@@ -142,6 +142,36 @@ def test_score_as_the_program_prints_what_main_returns(tmp_path: Path,
     assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
 
 
+# `medharness run` as the program, with an exit handler and (on request) a thread that is no daemon, both of
+# which write a file beside the run folder when they end
+RUN_AS_PROGRAM = """
+import atexit, sys, threading, time
+from pathlib import Path
+from medharness.cli import main
+out = Path(sys.argv[1])
+atexit.register(lambda: Path(f"{out}.atexit").write_text("ran"))
+if sys.argv[2] == "thread":
+    threading.Thread(target=lambda: (time.sleep(1), Path(f"{out}.thread").write_text("ran"))).start()
+sys.argv = ["medharness", "run", "--model", "baseline:random", "--tasks", "phantom_presence", "--limit", "20",
+            "--output", str(out), "--no-progress"]
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("thread", ["none", "thread"])
+def test_run_as_the_program_ends_after_its_exit_handlers_and_threads(tmp_path: Path, thread: str) -> None:
+    """`run` ends without the interpreter's teardown: its exit handlers still run, a running thread that is
+    no daemon is still waited for, and the run folder, output and exit code are whole."""
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", RUN_AS_PROGRAM, str(out), thread], capture_output=True,
+                          text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "phantom_presence" in done.stdout and "yes_no_accuracy" in done.stdout
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    assert Path(f"{out}.atexit").read_text() == "ran"
+    assert Path(f"{out}.thread").exists() == (thread == "thread")
+
+
 def test_ls_and_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ls", "tasks"]) == 0
     out = capsys.readouterr().out

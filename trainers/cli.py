@@ -352,6 +352,7 @@ def cmd_reward(args: argparse.Namespace) -> int:
     table = [{"sample_id": r["sample_id"], "answer": r["answer"], **r["rewards"], "total": r["total"]}
              for r in rows]
     weights = ", ".join(f"{lab} x {w:g}" for lab, w in zip(rewards.labels, rewards.weights))
-    print(f"task {task.name}, prompt '{prompt}', total = {weights}", file=sys.stderr)
+    print(f"task {task.name}, prompt '{prompt}', total = {weights} (a missing component's weight is "
+          "shared out over the others in proportion)", file=sys.stderr)
     print(tabulate(table, headers="keys", tablefmt="github", missingval="n/a"))
     return 0

@@ -143,8 +143,8 @@ def test_the_tiny_cpu_overlay_fits_every_recipe_preset(tmp_path: Path) -> None:
 def test_the_tiny_learn_overlay_sets_each_recipe_its_own_schedule(tmp_path: Path) -> None:
     """tiny_learn (after tiny_cpu) fits the recipes bench/learning.py trains; each gets its own steps and
     learning rate, every sample and a trained vision tower."""
-    expected = {"sft": (600, 3e-4, "cosine"), "grpo": (150, 1e-4, "cosine"),
-                "dr_grpo": (150, 1e-4, "cosine"), "dpo": (300, 3e-5, "constant"),
+    expected = {"sft": (600, 3e-4, "cosine"), "grpo": (300, 1e-4, "cosine"),
+                "dr_grpo": (300, 1e-4, "cosine"), "dpo": (300, 3e-5, "constant"),
                 "vrft_aug_paper": (100, 1e-4, "cosine")}
     for preset, (steps, lr, schedule) in expected.items():
         config, args = _args(tmp_path, [preset, "tiny_cpu", "tiny_learn"])

@@ -191,8 +191,10 @@ def test_reward_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["reward", "--task", "phantom_presence", "--completions", str(plain), "--sample-id",
                  sample.id, "--rewards",
                  "[{metric: yes_no_accuracy}, {metric: exact_match, weight: 0.5}]"]) == 0
-    out = capsys.readouterr().out
-    assert "yes_no_accuracy" in out and "exact_match" in out and sample.id in out
+    printed = capsys.readouterr()
+    assert "yes_no_accuracy" in printed.out and "exact_match" in printed.out and sample.id in printed.out
+    assert ("total = yes_no_accuracy x 1, exact_match x 0.5 (a missing component's weight is shared out over "
+            "the others in proportion)") in printed.err
     assert main(["reward", "--task", "phantom_presence", "--completions", str(plain), "--sample-id",
                  sample.id, "--rewards", "[{metric: yes_no_acuracy}]"]) == 2
     assert "Did you mean 'yes_no_accuracy'" in capsys.readouterr().err

@@ -477,14 +477,17 @@ def _add_tiny(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", default="tiny", choices=["tiny", "small"],
                    help="tiny (default, ~0.23 M params) or small (~2 M params: learns the phantom tasks on "
                         "a CPU)")
+    p.add_argument("--rope", default="qwen", choices=["qwen", "grid"],
+                   help="the text model's multimodal rotary embedding: qwen (default, Qwen2-VL's own: image "
+                        "tokens are not told apart by place) or grid (same weights; they are: for box tasks)")
     p.add_argument("--seed", type=int, default=0)
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
     from medharness.checkpoints.tiny import build_tiny_vlm
 
-    path = build_tiny_vlm(args.dir, arch=args.arch, seed=args.seed, size=args.size)
-    print(f"built a {args.size} {args.arch} in {path}")
+    path = build_tiny_vlm(args.dir, arch=args.arch, seed=args.seed, size=args.size, rope=args.rope)
+    print(f"built a {args.size} {args.arch} ({args.rope} rope) in {path}")
     return 0
 
 

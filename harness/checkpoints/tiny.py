@@ -6,6 +6,8 @@ parameters (text hidden 64, 2 layers, 2 heads, 1 KV head of size 32; vision dept
 the processor resizes every image to between 56x56 and 112x112 pixels (4 to 16 image tokens).
 `size="small"` is the same tokenizer and processor on a model that can learn the phantom tasks on a CPU:
 text hidden 192, 4 layers, 6 heads (2 KV heads of size 32), vision depth 4, width 64 (about 2 M parameters).
+`rope="grid"` changes two numbers of the text model's multimodal rotary embedding (`ROPES`) so that its
+attention can tell a 4 x 4 grid of image tokens apart by place, which boxing a lesion needs.
 Never commit a built folder: transformers 4 and 5 write incompatible configs.
 """
 
@@ -24,6 +26,14 @@ from medharness.core.torchvision_shim import ensure_torchvision_importable
 log = logging.getLogger(__name__)
 
 ARCHS = ("qwen2_vl", "qwen2_5_vl")
+
+# The text model's M-RoPE: (rope_theta, mrope_section), the section splitting the 16 frequencies of a
+# 32-wide head between the temporal, height and width positions in that order, highest frequencies first.
+# "qwen" is Qwen2-VL's own: theta 1e6 leaves the height and width sections below 0.032 and 0.0002 rad a
+# grid step, so across the 4 tokens of a 112-pixel image row the text model cannot tell image tokens apart
+# by place (it learns a lesion's size, never where it is). "grid" turns every frequency by 0.36-0.87 rad a
+# step (theta 3) and gives height and width 7 frequencies each; text tokens keep all 16, whatever the split.
+ROPES: dict[str, tuple[float, list[int]]] = {"qwen": (1_000_000.0, [4, 6, 6]), "grid": (3.0, [2, 7, 7])}
 
 
 @dataclass(frozen=True)
@@ -141,17 +151,18 @@ def _ids(tok: Any) -> _Ids:
                 vision_end=get("<|vision_end|>"))
 
 
-def _config(arch: str, tok: Any, size: str = "tiny") -> Any:
+def _config(arch: str, tok: Any, size: str = "tiny", rope: str = "qwen") -> Any:
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
     ids, dims = _ids(tok), SIZES[size]
+    theta, section = ROPES[rope]
     text = {
         "vocab_size": len(tok), "hidden_size": dims.hidden, "intermediate_size": dims.intermediate,
         "num_hidden_layers": dims.layers, "num_attention_heads": dims.heads,
         "num_key_value_heads": dims.kv_heads,  # head dim 32: the smallest vLLM CPU accepts
         "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "hidden_act": "silu",
         # mrope_section sums to head_dim / 2 = 16 (temporal, height, width)
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [4, 6, 6]},
+        "rope_parameters": {"rope_type": "default", "rope_theta": theta, "mrope_section": section},
         "bos_token_id": ids.pad, "eos_token_id": ids.im_end, "pad_token_id": ids.pad,
     }
     patches = {"patch_size": PATCH, "spatial_merge_size": MERGE, "temporal_patch_size": TEMPORAL_PATCH,
@@ -171,7 +182,7 @@ def _config(arch: str, tok: Any, size: str = "tiny") -> Any:
     return cfg
 
 
-def _model(arch: str, tok: Any, seed: int, size: str = "tiny") -> Any:
+def _model(arch: str, tok: Any, seed: int, size: str = "tiny", rope: str = "qwen") -> Any:
     """Random weights drawn from a private RNG stream seeded with `seed` (global RNG state untouched)."""
     import torch
     from transformers import (
@@ -183,7 +194,7 @@ def _model(arch: str, tok: Any, seed: int, size: str = "tiny") -> Any:
     cls = Qwen2VLForConditionalGeneration if arch == "qwen2_vl" else Qwen2_5_VLForConditionalGeneration
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = cls(_config(arch, tok, size)).eval()
+        model = cls(_config(arch, tok, size, rope)).eval()
     ids = _ids(tok)
     model.generation_config = GenerationConfig(bos_token_id=ids.pad, eos_token_id=[ids.im_end, ids.pad],
                                                pad_token_id=ids.pad, do_sample=False)
@@ -205,27 +216,32 @@ def _processor(arch: str, tok: Any) -> Any:
                tokenizer=tok, chat_template=CHAT_TEMPLATE)
 
 
-def build_tiny_vlm(out_dir: Path | str, arch: str = "qwen2_vl", seed: int = 0, size: str = "tiny") -> Path:
+def build_tiny_vlm(out_dir: Path | str, arch: str = "qwen2_vl", seed: int = 0, size: str = "tiny",
+                   rope: str = "qwen") -> Path:
     """Build a tiny random-weight VLM offline and save it to `out_dir`; return `out_dir`.
 
     `arch` is "qwen2_vl" or "qwen2_5_vl". The folder holds the model weights and config, its
     generation config (greedy), and the processor with its tokenizer and chat template, so it loads
     with `AutoProcessor` / `AutoModelForImageTextToText` (and the `hf` backend). The same `seed`
     gives the same weights. `size` is "tiny" (the default, about 0.23 M parameters) or "small" (about 2 M,
-    enough to learn the phantom tasks on a CPU). Needs torch, transformers >= 5, tokenizers and torchvision.
+    enough to learn the phantom tasks on a CPU). `rope` is "qwen" (the default: Qwen2-VL's own) or
+    "grid" (`ROPES`: the same weights, a rotary embedding that places image tokens). Needs torch,
+    transformers >= 5, tokenizers and torchvision.
     """
     if arch not in ARCHS:
         raise ConfigError(f"unknown tiny model arch {arch!r}; choose one of {', '.join(ARCHS)}")
     if size not in SIZES:
         raise ConfigError(f"unknown tiny model size {size!r}; choose one of {', '.join(SIZES)}")
+    if rope not in ROPES:
+        raise ConfigError(f"unknown tiny model rope {rope!r}; choose one of {', '.join(ROPES)}")
     ensure_torchvision_importable()
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer()
-    model = _model(arch, tok, seed, size)
+    model = _model(arch, tok, seed, size, rope)
     model.save_pretrained(out)
     _processor(arch, tok).save_pretrained(out)
-    log.info("built %s %s (%d params, seed %d) in %.1fs -> %s", size, arch,
-             sum(p.numel() for p in model.parameters()), seed, time.perf_counter() - start, out)
+    log.info("built %s %s (%d params, seed %d, %s rope) in %.1fs -> %s", size, arch,
+             sum(p.numel() for p in model.parameters()), seed, rope, time.perf_counter() - start, out)
     return out

@@ -81,11 +81,46 @@ def test_tiny_folder_reloads_offline(tiny_models: dict[str, Path], arch: str) ->
         add_generation_prompt=True)
 
 
+def _grid_step_angles(model: torch.nn.Module) -> tuple[float, float]:
+    """The largest rotation (rad, over the head's frequencies) that one step right and one step down in a
+    grid of image tokens adds in the text model's M-RoPE (positions: temporal, height, width)."""
+    rotary = model.model.language_model.rotary_emb
+    # (t/h/w, batch 1, 3 tokens): here, one step right, one step down
+    at = torch.tensor([[[5, 5, 5]], [[5, 5, 6]], [[5, 6, 5]]]).permute(2, 1, 0)
+    dummy = torch.zeros(1, 3, model.config.text_config.hidden_size)
+    cos, sin = rotary(dummy, at)
+    angle = torch.atan2(sin[0], cos[0])  # (3 positions, head dim)
+
+    def largest(step: torch.Tensor) -> float:  # wrapped to [-pi, pi]
+        return float(torch.remainder(step + torch.pi, 2 * torch.pi).sub(torch.pi).abs().max())
+
+    return largest(angle[1] - angle[0]), largest(angle[2] - angle[0])
+
+
+def test_grid_rope_tells_image_tokens_apart_by_place(tmp_path: Path, arch: str) -> None:
+    """Qwen2-VL's own rope turns a neighbouring image token by under 0.04 rad (a tiny text model cannot tell
+    where a lesion is); `rope="grid"` by over 0.3 in both directions, with the same weights."""
+    from transformers import AutoModelForImageTextToText
+
+    qwen, grid = (build_tiny_vlm(tmp_path / rope, arch=arch, size="small", rope=rope)
+                  for rope in ("qwen", "grid"))
+    sq, sg = (load_file(p / "model.safetensors") for p in (qwen, grid))
+    assert sq.keys() == sg.keys() and all(torch.equal(sq[k], sg[k]) for k in sq)
+    models = [AutoModelForImageTextToText.from_pretrained(p, local_files_only=True) for p in (qwen, grid)]
+    assert models[1].config.text_config.rope_parameters["mrope_section"] == [2, 7, 7]
+    right, down = _grid_step_angles(models[0])
+    assert 0 < right < 0.001 and 0.01 < down < 0.04
+    right, down = _grid_step_angles(models[1])
+    assert right > 0.3 and down > 0.3
+
+
 def test_unknown_arch_refused(tmp_path: Path) -> None:
     from medharness.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="qwen2_vl"):
         build_tiny_vlm(tmp_path, arch="llava")
+    with pytest.raises(ConfigError, match="grid"):
+        build_tiny_vlm(tmp_path, rope="alibi")
 
 
 # -- HFBackend --------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ offline tiny model, every stage through the `medharness` CLI (offline, in subpro
 1. `make-tiny-model --size small --seed S` (the box task: `--rope grid`, a rotary embedding that places
    image tokens; Qwen2-VL's own cannot, docs/training-eval.md);
 2. SFT from it on the gold answers written in the r1 format (600 steps, a checkpoint every 50; the box task:
-   1,500 steps, a checkpoint every 250);
+   3,000 steps, a checkpoint every 250);
 3. "SFT early": the first of its checkpoints whose accuracy reward metric (MFRS; IoU > 0.5 accuracy) on the
    VALIDATION copy (phantom seed 7) lies within the task's EARLY window, fixed before any test score was seen
    (phantom_size: [0.55, 0.80], first [0.55, 0.75], which no checkpoint of seed 1 met on the validation copy;
@@ -51,10 +51,12 @@ PRESETS = ("--preset", "tiny_cpu", "--preset", "tiny_learn")
 
 
 BOX_SAMPLES = ("samples.balanced=false",)  # every train box is a different answer: no classes to balance
-# Chosen on the validation copy, seed 0, before any test score (docs/benchmarks.md, "VRFT-Aug on a box
-# task"): the grid-rope model's SFT checkpoints scored 0.0, 1.0 and 14.5 % there at steps 500, 750, 1,000.
+# Chosen on the validation copy before any test score (docs/benchmarks.md, "VRFT-Aug on a box task"): with
+# the grid rope, SFT leaves the mean box suddenly, at a step that varies by seed (seed 0: 0.0 % IoU > 0.5 at
+# step 750, 14.5 % at 1,000; seed 1, 1,500 steps: 0.5 % at the end; with 3,000 steps: 8.5 % at 1,500, 37.5 %
+# at 1,750). Not final: vrft_aug has not yet raised the box accuracy in any setting tried there.
 BOX_EARLY = (0.10, 0.40)
-BOX_SFT_STEPS = 1500
+BOX_SFT_STEPS = 3000
 
 
 @dataclass(frozen=True)

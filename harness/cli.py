@@ -470,14 +470,16 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def _add_tiny(sub: argparse._SubParsersAction) -> None:
+    from medharness.checkpoints.tiny import ARCHS, ROPES, SIZES  # light: torch is imported on build
+
     p = sub.add_parser("make-tiny-model",
                        help="build a tiny random-weight VLM offline (for smoke tests and CI)")
     p.add_argument("dir", type=Path)
-    p.add_argument("--arch", default="qwen2_vl", choices=["qwen2_vl", "qwen2_5_vl"])
-    p.add_argument("--size", default="tiny", choices=["tiny", "small"],
+    p.add_argument("--arch", default="qwen2_vl", choices=ARCHS)
+    p.add_argument("--size", default="tiny", choices=list(SIZES),
                    help="tiny (default, ~0.23 M params) or small (~2 M params: learns the phantom tasks on "
                         "a CPU)")
-    p.add_argument("--rope", default="qwen", choices=["qwen", "grid"],
+    p.add_argument("--rope", default="qwen", choices=list(ROPES),
                    help="the text model's multimodal rotary embedding: qwen (default, Qwen2-VL's own: image "
                         "tokens are not told apart by place) or grid (same weights; they are: for box tasks)")
     p.add_argument("--seed", type=int, default=0)

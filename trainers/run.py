@@ -279,6 +279,9 @@ def resume_point(output: Path, config: TrainConfig) -> Checkpoint | None:
     stored = dict(before.config) if before is not None else {}
     now = scrub_value(json.loads(config.model_dump_json(by_alias=True)))  # as train.json recorded it
     stored.setdefault("options", {})  # runs from before recipes had options
+    for side in (stored, now):  # how rollouts are generated may change, like TRL settings (and is newer)
+        if isinstance(side.get("lora"), dict):
+            side["lora"] = {k: v for k, v in side["lora"].items() if k != "merge_for_rollouts"}
     differ = [k for k in RESUME_KEYS if stored.get(k) != now.get(k)]
     if differ:
         raise ConfigError(f"--resume: {output} was trained with different {', '.join(differ)}; "

@@ -24,6 +24,10 @@ class LoraSpec(Strict):
                                       min_length=1, description="the modules that get an adapter")
     freeze_vision: bool = Field(True, description="keep the adapters off the vision tower (its modules are "
                                                   "excluded)")
+    merge_for_rollouts: bool = Field(True, description=(
+        "GRPO-family recipes: sample rollouts (HF generate) with the adapters merged into the base weights, "
+        "which are restored exactly after each generation: the full model's cost per token "
+        "(trainers/rollouts.py)"))
 
 
 class RewardSpec(Strict):

@@ -9,7 +9,8 @@ One script, one call on a GPU machine (a script, not a test; CI never runs it):
    study's pixel budget (max 401,408 pixels); saved in bfloat16;
 2. `medharness train --recipe grpo` on phantom_presence with G = 8 completions of one prompt per step, a fixed
    completion length (`min_new_tokens` = `max_completion_length`, so EOS is ignored), with and without LoRA
-   (the `grpo` and `grpo_lora` presets otherwise unchanged): seconds per step, completion tokens/s/GPU (from
+   (the `grpo` and `grpo_lora` presets otherwise unchanged; LoRA also with `lora.merge_for_rollouts=false`,
+   rollouts through the unmerged adapters): seconds per step, completion tokens/s/GPU (from
    the trainer's logs.jsonl), peak GPU memory (the trainer's `peak_memory_gib`);
 3. `medharness run --backend hf` at batch 1, 8 and 32 on the same folder: samples/s and generated tokens/s
    (run.json's `usage.generate_s`: model loading excluded).
@@ -40,6 +41,10 @@ FULL = {"hidden": 1536, "intermediate": 8960, "layers": 28, "heads": 12, "kv_hea
 MINI = {"hidden": 128, "intermediate": 256, "layers": 2, "heads": 4, "kv_heads": 2, "vocab": 4096,
         "rope_theta": 1_000_000.0, "mrope": [4, 6, 6], "vision_depth": 2, "vision_width": 64,
         "vision_heads": 2, "max_pixels": 112 * 112}
+# (label, preset, -C settings): LoRA with its rollouts merged (the default) and unmerged, as TRL generates
+RUNS = (("grpo", "grpo", ()), ("grpo_lora", "grpo_lora", ()),
+        ("grpo_lora-unmerged (lora.merge_for_rollouts=false)", "grpo_lora",
+         ("lora.merge_for_rollouts=false",)))
 
 
 def build(out: Path, dims: dict[str, Any]) -> int:
@@ -94,9 +99,10 @@ def build(out: Path, dims: dict[str, Any]) -> int:
     return n
 
 
-def train(model: Path, out: Path, preset: str, steps: int, completion: int, gpu: bool) -> dict[str, Any]:
+def train(model: Path, out: Path, preset: str, steps: int, completion: int, gpu: bool,
+          label: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """GRPO steps through the real `medharness train`; step time and tokens/s from its logs.jsonl."""
-    settings = [f"trl.max_steps={steps}", "trl.logging_steps=1", f"trl.save_steps={steps * 10}",
+    settings = [*extra, f"trl.max_steps={steps}", "trl.logging_steps=1", f"trl.save_steps={steps * 10}",
                 "trl.gradient_accumulation_steps=1", "trl.num_generations=8",
                 "trl.per_device_train_batch_size=8", f"trl.max_completion_length={completion}",
                 f"trl.generation_kwargs={{min_new_tokens: {completion}}}", "samples.limit=64"]
@@ -113,7 +119,7 @@ def train(model: Path, out: Path, preset: str, steps: int, completion: int, gpu:
     step_time = sum(r["step_time"] for r in timed) / len(timed)
     peaks = [r["peak_memory_gib"] for r in logs if r.get("peak_memory_gib") is not None]
     completion_tokens = 8 * completion
-    return {"preset": preset, "steps": len(steps_logged), "step_time_s": step_time,
+    return {"preset": label, "steps": len(steps_logged), "step_time_s": step_time,
             "completion_tokens_per_s": completion_tokens / step_time,
             "logged_tokens_per_s": sum(r.get("tokens_per_s", 0.0) for r in timed) / len(timed),
             "peak_memory_gib": max(peaks) if peaks else None, "wall_s": wall}
@@ -158,12 +164,12 @@ def main() -> None:
     print(f"built {n_params / 1e9:.2f} B parameters in {result['build_s']:.0f} s on {device}", flush=True)
     result["grpo"], result["hf"], result["failed"] = [], [], []
     save = args.report or args.out / "gpu_bench.json"
-    for preset in ("grpo", "grpo_lora"):  # one failing part must not lose the others' figures
+    for label, preset, extra in RUNS:  # one failing part must not lose the others' figures
         try:
-            result["grpo"].append(train(model, args.out / f"train-{preset}", preset, args.steps,
-                                        args.completion, gpu))
+            result["grpo"].append(train(model, args.out / f"train-{label.split()[0]}", preset, args.steps,
+                                        args.completion, gpu, label, extra))
         except (subprocess.CalledProcessError, OSError, KeyError, ValueError) as exc:
-            result["failed"].append(f"train {preset}: {exc}")
+            result["failed"].append(f"train {label}: {exc}")
         save.write_text(json.dumps(result, indent=2))
     for batch, limit in ((1, 8), (8, 32), (32, 64)):
         try:

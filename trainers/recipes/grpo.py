@@ -1,12 +1,17 @@
 """`grpo`: TRL's GRPOTrainer, the rewards being the task's own metrics. Dr.GRPO is the `dr_grpo` preset
-(`loss_type: dr_grpo`, `scale_rewards: none`); LoRA is the `lora:` option (presets `grpo_lora`)."""
+(`loss_type: dr_grpo`, `scale_rewards: none`); LoRA is the `lora:` option (presets `grpo_lora`), its rollouts
+generated with the adapters merged (trainers/rollouts.py)."""
 
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 from medharness.trainers.recipes.base import TrainContext, TrainerRecipe, trainer
+from medharness.trainers.rollouts import merge_for_rollouts
+
+log = logging.getLogger(__name__)
 
 
 @trainer("grpo")
@@ -49,6 +54,11 @@ class GRPORecipe(TrainerRecipe):
                             reward_funcs=list[Any](ctx.rewards.functions()),
                             args=args, train_dataset=ctx.dataset, peft_config=ctx.peft_config,
                             callbacks=ctx.callbacks)
+        lora = ctx.config.lora
+        if lora is not None and lora.merge_for_rollouts and not ctx.trl_args.use_vllm \
+                and not (built.is_deepspeed_enabled or built.is_fsdp_enabled):  # sharded weights: not merged
+            log.info("LoRA rollouts: generated with the adapters of %d layers merged "
+                     "(lora.merge_for_rollouts)", merge_for_rollouts(built.model))
         if ctx.trl_args.use_vllm:
             # trl 1.16 seeds the colocated vLLM engine with `process_index // tensor_parallel_size`, which
             # resets the global RNG the sampler draws from: re-seed from the run seed so seeds vary the

@@ -85,3 +85,29 @@ def test_seed_drives_sampling(tmp_path: Path, tiny_models: dict[str, Path]) -> N
     assert len(first) == G and len({text for _, text in first}) > 1  # the G completions of one prompt differ
     assert first == again  # same seed, same data order and samples
     assert first != other  # another seed, other prompts and/or completions
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_lora_rollouts_are_generated_merged_and_the_base_stays_exact(tmp_path: Path,
+                                                                     tiny_models: dict[str, Path],
+                                                                     merge: bool) -> None:
+    """Through TRL's own GRPO step: the forwards without gradients (the rollouts; beta 0, so no reference
+    pass) see merged adapters, the policy-gradient forwards unmerged ones; the base weights come back."""
+    from peft.tuners.lora import LoraLayer
+
+    config, layers = resolve(TrainRequest(
+        presets=["grpo_lora", "tiny_cpu"], task="phantom_presence", prompt="r1",
+        model=str(tiny_models["qwen2_vl"]),
+        overrides=[REWARDS, "trl.max_steps=1", f"trl.num_generations={G}", "trl.beta=0",
+                   f"trl.per_device_train_batch_size={G}", f"lora.merge_for_rollouts={str(merge).lower()}"]))
+    prepared = prepare(config, layers, tmp_path)
+    built = prepared.recipe.build(prepared.ctx)
+    lora_layers = [m for m in built.model.modules() if isinstance(m, LoraLayer)]
+    seen: list[tuple[bool, bool]] = []
+    lora_layers[0].register_forward_pre_hook(lambda m, args: seen.append((torch.is_grad_enabled(), m.merged)))
+    before = {n: p.detach().clone() for n, p in built.model.named_parameters() if "base_layer" in n}
+    built.train()
+    assert {merged for grad, merged in seen if not grad} == {merge}
+    assert {merged for grad, merged in seen if grad} == {False}
+    after = dict(built.model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)

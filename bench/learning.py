@@ -47,6 +47,7 @@ import numpy as np
 import yaml
 from tabulate import tabulate
 
+from medharness.core.atomic import write_text_atomic
 from medharness.runs.folders import TrainDir
 from medharness.runs.runlog import RunDir
 
@@ -88,7 +89,9 @@ def validation_copy(out: Path, task: str = TASK) -> Path:
         source["train"] = {**train, "seed": train.get("seed", source.get("seed", 0) + 1000)}
         source["seed"] = VALIDATION_SEED
     path = out / f"{spec['name']}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    text = yaml.safe_dump(spec, sort_keys=False)
+    if not path.exists() or path.read_text() != text:  # one process per seed may share the output folder
+        write_text_atomic(path, text)
     return path
 
 
